@@ -1,0 +1,125 @@
+// Softmax output losses, fused with their gradient and the accuracy count.
+//
+// For each row r < step.rows of the batch, with logits z = logits[r, :], p = softmax(z),
+// label y = labels[r] and one-hot target t (C = shape.classes):
+//   softmax_cross_entropy:  loss_r = logsumexp(z) - z[y]
+//                           dL/dz  = (p - t) / rows
+//   softmax_mean_squared_error (Keras' mse on the softmax output):
+//                           loss_r = (1/C) sum_j (p_j - t_j)^2
+//                           g_j    = 2 (p_j - t_j) / (C rows)        (dL/dp)
+//                           dL/dz_k = p_k (g_k - sum_j g_j p_j)
+// Both: correct_r = (first argmax of z == y).
+// loss_r and correct_r are stored at sample slot step.batch_start + r, so that a reduction at the
+// end of an epoch counts every sample exactly once; the batch mean loss is sum_r loss_r / rows.
+//
+// Bindings (group 0):
+//   0 step            uniform, dynamic offset   Step below (this step's slot base and row count)
+//   1 shape           uniform                   Shape below
+//   2 logits          storage, read             f32 [rows, C] row-major
+//   3 labels          storage, read             u32 [rows]
+//   4 logits_grad     storage, read_write       f32 [rows, C] row-major; written if shape.write_gradient != 0
+//   5 sample_loss     storage, read_write       f32 [samples]
+//   6 sample_correct  storage, read_write       u32 [samples]
+//
+// Workgroup: 64 invocations, one per row. Dispatch grid: (ceil(rows / 64), 1, 1).
+
+struct Step {
+    batch_start: u32,
+    rows: u32,
+    adam_step_size: f32,
+    _pad: u32,
+}
+
+struct Shape {
+    classes: u32,
+    write_gradient: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> shape: Shape;
+@group(0) @binding(2) var<storage, read> logits: array<f32>;
+@group(0) @binding(3) var<storage, read> labels: array<u32>;
+@group(0) @binding(4) var<storage, read_write> logits_grad: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sample_loss: array<f32>;
+@group(0) @binding(6) var<storage, read_write> sample_correct: array<u32>;
+
+struct Softmax {
+    max_logit: f32,
+    log_sum_exp: f32,
+    argmax: u32,
+}
+
+fn softmax_stats(row: u32) -> Softmax {
+    let base = row * shape.classes;
+    var max_logit = logits[base];
+    var argmax = 0u;
+    for (var j = 1u; j < shape.classes; j++) {
+        let z = logits[base + j];
+        if (z > max_logit) {
+            max_logit = z;
+            argmax = j;
+        }
+    }
+    var sum = 0.0;
+    for (var j = 0u; j < shape.classes; j++) {
+        sum += exp(logits[base + j] - max_logit);
+    }
+    return Softmax(max_logit, max_logit + log(sum), argmax);
+}
+
+fn record(row: u32, loss: f32, stats: Softmax) {
+    let slot = step.batch_start + row;
+    sample_loss[slot] = loss;
+    sample_correct[slot] = select(0u, 1u, stats.argmax == labels[row]);
+}
+
+@compute @workgroup_size(64)
+fn softmax_cross_entropy(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= step.rows) {
+        return;
+    }
+    let base = row * shape.classes;
+    let label = labels[row];
+    let stats = softmax_stats(row);
+    record(row, stats.log_sum_exp - logits[base + label], stats);
+    if (shape.write_gradient != 0u) {
+        let inv_rows = 1.0 / f32(step.rows);
+        for (var j = 0u; j < shape.classes; j++) {
+            let p = exp(logits[base + j] - stats.log_sum_exp);
+            logits_grad[base + j] = (p - select(0.0, 1.0, j == label)) * inv_rows;
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn softmax_mean_squared_error(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= step.rows) {
+        return;
+    }
+    let base = row * shape.classes;
+    let label = labels[row];
+    let stats = softmax_stats(row);
+    let classes = f32(shape.classes);
+    var squared_error = 0.0;
+    // sum_j g_j p_j, with g_j = 2 (p_j - t_j) / (C rows)
+    var g_dot_p = 0.0;
+    let g_scale = 2.0 / (classes * f32(step.rows));
+    for (var j = 0u; j < shape.classes; j++) {
+        let p = exp(logits[base + j] - stats.log_sum_exp);
+        let diff = p - select(0.0, 1.0, j == label);
+        squared_error += diff * diff;
+        g_dot_p += g_scale * diff * p;
+    }
+    record(row, squared_error / classes, stats);
+    if (shape.write_gradient != 0u) {
+        for (var j = 0u; j < shape.classes; j++) {
+            let p = exp(logits[base + j] - stats.log_sum_exp);
+            let g = g_scale * (p - select(0.0, 1.0, j == label));
+            logits_grad[base + j] = p * (g - g_dot_p);
+        }
+    }
+}

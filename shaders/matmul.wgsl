@@ -1,0 +1,107 @@
+// Dense-layer matrix product, register- and workgroup-tiled.
+//
+//   C[m, n] = sum_k A(m, k) * B(k, n)        for m < M, n < N, k < K
+//
+// A and B are read through offsets and strides, so this one kernel computes all three products
+// of a dense layer without materialising a transpose (W is [in, out] row-major, X is [rows, in]):
+//   forward      Y  = X  W     A = X  (row stride in, col stride 1)   B = W  (row stride out, col stride 1)
+//   weight grad  dW = Xᵀ dY    A = Xᵀ (row stride 1, col stride in)   B = dY (row stride out, col stride 1)
+//   input grad   dX = dY Wᵀ    A = dY (row stride out, col stride 1)  B = Wᵀ (row stride 1, col stride out)
+//
+// Bindings (group 0):
+//   0 dims   uniform   Dims below
+//   1 lhs    storage, read        f32 array holding A at dims.a_offset
+//   2 rhs    storage, read        f32 array holding B at dims.b_offset
+//   3 out    storage, read_write  f32 array; C is row-major [M, N] at dims.c_offset
+//
+// Workgroup: (WG_N, WG_M) invocations; each computes a 4x4 block of C, so a workgroup covers a
+// (4 WG_M) x (4 WG_N) tile, stepping through K in slabs of TILE_K staged in workgroup memory.
+// Dispatch grid: (ceil(N / (4 WG_N)), ceil(M / (4 WG_M)), 1).
+// Shapes need not be multiples of any tile: loads outside A or B read zero, stores outside C are skipped.
+
+struct Dims {
+    m: u32,
+    n: u32,
+    k: u32,
+    a_offset: u32,
+    a_row_stride: u32,
+    a_col_stride: u32,
+    b_offset: u32,
+    b_row_stride: u32,
+    b_col_stride: u32,
+    c_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+override WG_M: u32 = 16u;
+override WG_N: u32 = 16u;
+override TILE_K: u32 = 16u;
+
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> lhs: array<f32>;
+@group(0) @binding(2) var<storage, read> rhs: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+// a_tile[k * WG_M + i] holds A rows 4i..4i+3 of the tile at slab column k; b_tile likewise for B columns.
+var<workgroup> a_tile: array<vec4<f32>, TILE_K * WG_M>;
+var<workgroup> b_tile: array<vec4<f32>, TILE_K * WG_N>;
+
+fn load_a(m: u32, k: u32) -> f32 {
+    if (m < dims.m && k < dims.k) {
+        return lhs[dims.a_offset + m * dims.a_row_stride + k * dims.a_col_stride];
+    }
+    return 0.0;
+}
+
+fn load_b(k: u32, n: u32) -> f32 {
+    if (k < dims.k && n < dims.n) {
+        return rhs[dims.b_offset + k * dims.b_row_stride + n * dims.b_col_stride];
+    }
+    return 0.0;
+}
+
+@compute @workgroup_size(WG_N, WG_M)
+fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tile_m = wid.y * WG_M * 4u;
+    let tile_n = wid.x * WG_N * 4u;
+    let flat = lid.y * WG_N + lid.x;
+    let threads = WG_M * WG_N;
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+
+    for (var k0 = 0u; k0 < dims.k; k0 += TILE_K) {
+        for (var i = flat; i < TILE_K * WG_M; i += threads) {
+            let k = k0 + i / WG_M;
+            let m = tile_m + (i % WG_M) * 4u;
+            a_tile[i] = vec4<f32>(load_a(m, k), load_a(m + 1u, k), load_a(m + 2u, k), load_a(m + 3u, k));
+        }
+        for (var i = flat; i < TILE_K * WG_N; i += threads) {
+            let k = k0 + i / WG_N;
+            let n = tile_n + (i % WG_N) * 4u;
+            b_tile[i] = vec4<f32>(load_b(k, n), load_b(k, n + 1u), load_b(k, n + 2u), load_b(k, n + 3u));
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            let a = a_tile[kk * WG_M + lid.y];
+            let b = b_tile[kk * WG_N + lid.x];
+            acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
+            acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
+            acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
+            acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
+        }
+        workgroupBarrier();
+    }
+
+    for (var r = 0u; r < 4u; r++) {
+        let m = tile_m + lid.y * 4u + r;
+        if (m >= dims.m) {
+            break;
+        }
+        for (var c = 0u; c < 4u; c++) {
+            let n = tile_n + lid.x * 4u + c;
+            if (n < dims.n) {
+                out[dims.c_offset + m * dims.n + n] = acc[r][c];
+            }
+        }
+    }
+}

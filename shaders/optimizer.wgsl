@@ -1,0 +1,72 @@
+// Parameter updates over the whole flat parameter buffer in one dispatch.
+//
+// sgd_update (plain gradient descent):  p -= lr * g
+// adam_update (Kingma & Ba, in Keras' formulation):
+//   m = beta1 m + (1 - beta1) g
+//   v = beta2 v + (1 - beta2) g^2
+//   p -= step_size * m / (sqrt(v) + epsilon),  step_size = lr sqrt(1 - beta2^t) / (1 - beta1^t)
+// The step size depends on the step number t, so the host precomputes it per step into the
+// step uniform (read through a dynamic offset), and many steps can be recorded before any runs.
+//
+// Bindings (group 0):
+//   0 step     uniform, dynamic offset   Step below (adam only)
+//   1 hyper    uniform                   Hyper below
+//   2 params   storage, read_write       f32 [count]
+//   3 grads    storage, read             f32 [count]
+//   4 moment1  storage, read_write       f32 [count] (adam only)
+//   5 moment2  storage, read_write       f32 [count] (adam only)
+//
+// Workgroup: 64 invocations, one per parameter. Dispatch grid: ceil(count / 64) workgroups as
+// (x, y) with x <= 65535 (index = (y * num_workgroups.x + x) * 64 + local).
+
+struct Step {
+    batch_start: u32,
+    rows: u32,
+    adam_step_size: f32,
+    _pad: u32,
+}
+
+struct Hyper {
+    count: u32,
+    learning_rate: f32,
+    beta1: f32,
+    beta2: f32,
+    epsilon: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> hyper: Hyper;
+@group(0) @binding(2) var<storage, read_write> params: array<f32>;
+@group(0) @binding(3) var<storage, read> grads: array<f32>;
+@group(0) @binding(4) var<storage, read_write> moment1: array<f32>;
+@group(0) @binding(5) var<storage, read_write> moment2: array<f32>;
+
+fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return gid.y * groups.x * 64u + gid.x;
+}
+
+@compute @workgroup_size(64)
+fn sgd_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(gid, groups);
+    if (i >= hyper.count) {
+        return;
+    }
+    params[i] -= hyper.learning_rate * grads[i];
+}
+
+@compute @workgroup_size(64)
+fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(gid, groups);
+    if (i >= hyper.count) {
+        return;
+    }
+    let g = grads[i];
+    let m = hyper.beta1 * moment1[i] + (1.0 - hyper.beta1) * g;
+    let v = hyper.beta2 * moment2[i] + (1.0 - hyper.beta2) * g * g;
+    moment1[i] = m;
+    moment2[i] = v;
+    params[i] -= step.adam_step_size * m / (sqrt(v) + hyper.epsilon);
+}

@@ -1,0 +1,58 @@
+//! One error type for the library: every failure a user can cause or meet is a value with a
+//! message that names the file, flag or device limit involved.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: {problem}")]
+    MalformedIdx { path: PathBuf, problem: String },
+
+    #[error("dataset in {dir}: {problem}")]
+    Dataset { dir: PathBuf, problem: String },
+
+    #[error(
+        "no GPU adapter found (backends tried: {backends}{filter}). On Linux without a GPU, install a \
+         software Vulkan driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`, which provides \
+         lavapipe), or choose another backend with --backend"
+    )]
+    NoAdapter { backends: String, filter: String },
+
+    #[error("could not open a device on adapter {adapter}: {reason}")]
+    Device { adapter: String, reason: String },
+
+    #[error(
+        "{what} needs {bytes} bytes, more than this adapter allows in one {limit_name} ({limit} bytes); \
+         use a smaller model, batch size or dataset, or another adapter"
+    )]
+    BufferTooLarge {
+        what: String,
+        bytes: u64,
+        limit: u64,
+        limit_name: &'static str,
+    },
+
+    #[error("reading results back from the GPU failed: {0}")]
+    Readback(String),
+
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Creating buffers within the device's limits, and reading results back.
+
+use bytemuck::Pod;
+use wgpu::util::DeviceExt;
+use wgpu::{Buffer, BufferUsages};
+
+use super::Gpu;
+use crate::error::{Error, Result};
+
+/// Bytes a storage binding must at least have (wgpu rejects empty bindings).
+const MIN_BINDING_BYTES: u64 = 16;
+
+impl Gpu {
+    fn check_storage_size(&self, what: &str, bytes: u64) -> Result<()> {
+        let limits = [
+            (
+                self.limits.max_storage_buffer_binding_size,
+                "storage buffer binding (max_storage_buffer_binding_size)",
+            ),
+            (self.limits.max_buffer_size, "buffer (max_buffer_size)"),
+        ];
+        for (limit, limit_name) in limits {
+            if bytes > limit {
+                return Err(Error::BufferTooLarge {
+                    what: what.to_string(),
+                    bytes,
+                    limit,
+                    limit_name,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A zeroed storage buffer of `bytes` bytes (rounded up to a bindable size).
+    pub fn storage_buffer(&self, what: &str, bytes: u64) -> Result<Buffer> {
+        self.check_storage_size(what, bytes)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size: bytes.next_multiple_of(4).max(MIN_BINDING_BYTES),
+            usage: BufferUsages::STORAGE | BufferUsages::COPY_SRC | BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `data` (padded with zeros to a bindable size).
+    pub fn storage_with<T: Pod>(&self, what: &str, data: &[T]) -> Result<Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let buffer = self.storage_buffer(what, bytes.len() as u64)?;
+        self.queue.write_buffer(&buffer, 0, bytes);
+        Ok(buffer)
+    }
+
+    /// A uniform buffer holding `value`.
+    pub fn uniform_with<T: Pod>(&self, what: &str, value: &T) -> Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(what),
+                contents: bytemuck::bytes_of(value),
+                usage: BufferUsages::UNIFORM,
+            })
+    }
+
+    /// Copies `count` values from the start of `buffer` back to the host, waiting for the GPU.
+    /// For tests, checkpoints and exports: never inside a training epoch.
+    pub fn read_back<T: Pod>(&self, buffer: &Buffer, count: usize) -> Result<Vec<T>> {
+        let bytes = (count * std::mem::size_of::<T>()) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read back"),
+            size: bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT).max(4),
+            usage: BufferUsages::MAP_READ | BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, staging.size());
+        self.queue.submit([encoder.finish()]);
+        let mut values = self.map_and_read(&staging)?;
+        values.truncate(count);
+        Ok(values)
+    }
+
+    /// Maps a MAP_READ buffer whose copy has been submitted, waits, and returns its contents.
+    pub fn map_and_read<T: Pod>(&self, staging: &Buffer) -> Result<Vec<T>> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |result| {
+            let _ = sender.send(result);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        receiver
+            .recv()
+            .map_err(|e| Error::Readback(e.to_string()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let values = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            bytemuck::pod_collect_to_vec(&view)
+        };
+        staging.unmap();
+        Ok(values)
+    }
+}
+
+/// Workgroups for `invocations` invocations in groups of `workgroup`, folded into (x, y) when
+/// more than `max_per_dimension` are needed (the kernels flatten the index back).
+pub fn grid_1d(invocations: usize, workgroup: u32, max_per_dimension: u32) -> [u32; 3] {
+    let groups = (invocations as u64).div_ceil(workgroup as u64).max(1);
+    if groups <= max_per_dimension as u64 {
+        [groups as u32, 1, 1]
+    } else {
+        [
+            max_per_dimension,
+            groups.div_ceil(max_per_dimension as u64) as u32,
+            1,
+        ]
+    }
+}

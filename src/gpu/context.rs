@@ -1,0 +1,160 @@
+//! Finding an adapter and opening a device on it.
+
+use wgpu::{Backends, DeviceType};
+
+use crate::error::{Error, Result};
+
+/// Which graphics API to look for adapters through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// Every backend this build supports.
+    #[default]
+    Auto,
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl BackendChoice {
+    pub fn backends(self) -> Backends {
+        match self {
+            BackendChoice::Auto => Backends::all(),
+            BackendChoice::Vulkan => Backends::VULKAN,
+            BackendChoice::Metal => Backends::METAL,
+            BackendChoice::Dx12 => Backends::DX12,
+            BackendChoice::Gl => Backends::GL,
+        }
+    }
+}
+
+/// How to choose the adapter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdapterRequest {
+    pub backend: BackendChoice,
+    /// Keep only adapters whose name contains this (case-insensitive).
+    pub name_contains: Option<String>,
+}
+
+/// What `shadertrain adapters` shows of one adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    /// Whether this adapter is the one `Gpu::open` picks for the request.
+    pub chosen: bool,
+}
+
+/// An open device: the context every buffer and kernel is created in.
+pub struct Gpu {
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub limits: wgpu::Limits,
+}
+
+fn enumerate(backends: Backends) -> Vec<wgpu::Adapter> {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = backends;
+    let instance = wgpu::Instance::new(descriptor);
+    pollster::block_on(instance.enumerate_adapters(backends))
+}
+
+/// Preference when several adapters match: real GPUs first, then native APIs over GL.
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let device = match info.device_type {
+        DeviceType::DiscreteGpu => 0,
+        DeviceType::IntegratedGpu => 1,
+        DeviceType::VirtualGpu => 2,
+        DeviceType::Cpu => 3,
+        DeviceType::Other => 4,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (device, backend)
+}
+
+fn matches(info: &wgpu::AdapterInfo, request: &AdapterRequest) -> bool {
+    request
+        .name_contains
+        .as_ref()
+        .is_none_or(|s| info.name.to_lowercase().contains(&s.to_lowercase()))
+}
+
+/// Index (into `adapters`) of the adapter the request picks.
+fn choose(adapters: &[wgpu::Adapter], request: &AdapterRequest) -> Option<usize> {
+    adapters
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| matches(&a.get_info(), request))
+        .min_by_key(|(i, a)| (rank(&a.get_info()), *i))
+        .map(|(i, _)| i)
+}
+
+/// Every adapter the backend choice sees, marking the one the request would pick.
+pub fn list_adapters(request: &AdapterRequest) -> Vec<AdapterSummary> {
+    let adapters = enumerate(request.backend.backends());
+    let chosen = choose(&adapters, request);
+    adapters
+        .iter()
+        .enumerate()
+        .map(|(index, adapter)| {
+            let info = adapter.get_info();
+            AdapterSummary {
+                index,
+                name: info.name,
+                backend: format!("{:?}", info.backend),
+                device_type: format!("{:?}", info.device_type),
+                driver: [info.driver, info.driver_info]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                chosen: chosen == Some(index),
+            }
+        })
+        .collect()
+}
+
+impl Gpu {
+    /// Opens a device on the best adapter matching the request, with all of the adapter's limits.
+    pub fn open(request: &AdapterRequest) -> Result<Gpu> {
+        let mut adapters = enumerate(request.backend.backends());
+        let index = choose(&adapters, request).ok_or_else(|| Error::NoAdapter {
+            backends: format!("{:?}", request.backend.backends()),
+            filter: request
+                .name_contains
+                .as_ref()
+                .map(|s| format!(", name containing {s:?}"))
+                .unwrap_or_default(),
+        })?;
+        let adapter = adapters.swap_remove(index);
+        let limits = adapter.limits();
+        let descriptor = wgpu::DeviceDescriptor {
+            label: Some("shadertrain"),
+            required_limits: limits.clone(),
+            ..Default::default()
+        };
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&descriptor)).map_err(|e| Error::Device {
+                adapter: adapter.get_info().name,
+                reason: e.to_string(),
+            })?;
+        Ok(Gpu {
+            adapter,
+            device,
+            queue,
+            limits,
+        })
+    }
+
+    pub fn adapter_name(&self) -> String {
+        let info = self.adapter.get_info();
+        format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+    }
+}

@@ -1,0 +1,285 @@
+//! Every compute pipeline, built once per device, with its bind group layout.
+
+use wgpu::{BindGroupLayoutEntry, BindingType, BufferBindingType, ShaderStages};
+
+use super::Gpu;
+use super::uniforms::StepUniform;
+
+/// The kind of one binding slot, as declared in the kernel's WGSL header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Uniform,
+    /// The per-step uniform, selected with a dynamic offset when the step is recorded.
+    Step,
+    Read,
+    ReadWrite,
+}
+
+/// A pipeline and the layout its bind groups are made with.
+pub struct Kernel {
+    pub name: &'static str,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    /// Its bind groups take the step uniform at a dynamic offset.
+    pub uses_step: bool,
+    /// Binding numbers, in the order `bind` takes resources.
+    bindings: Vec<u32>,
+}
+
+impl Kernel {
+    /// A bind group for this kernel; `resources` in binding order (the step uniform, when the
+    /// kernel has one, is bound 16 bytes wide and moved by dynamic offsets).
+    pub fn bind(&self, gpu: &Gpu, resources: &[wgpu::BindingResource<'_>]) -> wgpu::BindGroup {
+        assert_eq!(
+            resources.len(),
+            self.bindings.len(),
+            "kernel {} takes {} bindings",
+            self.name,
+            self.bindings.len()
+        );
+        let entries: Vec<wgpu::BindGroupEntry> = self
+            .bindings
+            .iter()
+            .zip(resources)
+            .map(|(&binding, resource)| wgpu::BindGroupEntry {
+                binding,
+                resource: resource.clone(),
+            })
+            .collect();
+        gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(self.name),
+            layout: &self.layout,
+            entries: &entries,
+        })
+    }
+}
+
+/// The step uniform as a binding resource: one `StepUniform` wide, positioned by dynamic offset.
+pub fn step_binding(buffer: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset: 0,
+        size: wgpu::BufferSize::new(std::mem::size_of::<StepUniform>() as u64),
+    })
+}
+
+/// Tile shape of the matmul kernel (its `override` constants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatmulTiling {
+    /// Invocations along M and N; each computes a 4×4 block, so a tile is 4·wg_m × 4·wg_n.
+    pub wg_m: u32,
+    pub wg_n: u32,
+    /// Depth of the K slab staged in workgroup memory.
+    pub tile_k: u32,
+}
+
+impl Default for MatmulTiling {
+    fn default() -> Self {
+        MatmulTiling {
+            wg_m: 16,
+            wg_n: 16,
+            tile_k: 16,
+        }
+    }
+}
+
+impl MatmulTiling {
+    pub fn grid(&self, m: u32, n: u32) -> [u32; 3] {
+        [n.div_ceil(4 * self.wg_n), m.div_ceil(4 * self.wg_m), 1]
+    }
+}
+
+/// Every kernel the trainer runs. Built once; pipelines are never created during training.
+pub struct Kernels {
+    pub matmul: Kernel,
+    pub matmul_tiling: MatmulTiling,
+    pub bias_activation: Kernel,
+    pub activation_backward: Kernel,
+    pub softmax_cross_entropy: Kernel,
+    pub softmax_mean_squared_error: Kernel,
+    pub gather_batch: Kernel,
+    pub sum_metrics: Kernel,
+    pub sgd_update: Kernel,
+    pub adam_update: Kernel,
+}
+
+/// Workgroup width of the element-wise and per-row kernels (`@workgroup_size(64)` in their WGSL).
+pub const ROW_WORKGROUP: u32 = 64;
+
+impl Kernels {
+    pub fn new(gpu: &Gpu) -> Kernels {
+        Self::with_tiling(gpu, MatmulTiling::default())
+    }
+
+    pub fn with_tiling(gpu: &Gpu, tiling: MatmulTiling) -> Kernels {
+        use Slot::*;
+        let module = |label: &str, source: &str| {
+            gpu.device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(label),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                })
+        };
+        let matmul = module("matmul.wgsl", include_str!("../../shaders/matmul.wgsl"));
+        let activation = module(
+            "activation.wgsl",
+            include_str!("../../shaders/activation.wgsl"),
+        );
+        let loss = module("loss.wgsl", include_str!("../../shaders/loss.wgsl"));
+        let gather = module("gather.wgsl", include_str!("../../shaders/gather.wgsl"));
+        let metrics = module("metrics.wgsl", include_str!("../../shaders/metrics.wgsl"));
+        let optimizer = module(
+            "optimizer.wgsl",
+            include_str!("../../shaders/optimizer.wgsl"),
+        );
+
+        let tiling_constants = [
+            ("WG_M", tiling.wg_m as f64),
+            ("WG_N", tiling.wg_n as f64),
+            ("TILE_K", tiling.tile_k as f64),
+        ];
+        let loss_slots = [
+            (0, Step),
+            (1, Uniform),
+            (2, Read),
+            (3, Read),
+            (4, ReadWrite),
+            (5, ReadWrite),
+            (6, ReadWrite),
+        ];
+        Kernels {
+            matmul: build(
+                gpu,
+                &matmul,
+                "matmul",
+                &[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite)],
+                &tiling_constants,
+            ),
+            matmul_tiling: tiling,
+            bias_activation: build(
+                gpu,
+                &activation,
+                "bias_activation_forward",
+                &[(0, Uniform), (1, ReadWrite), (2, Read)],
+                &[],
+            ),
+            activation_backward: build(
+                gpu,
+                &activation,
+                "activation_backward",
+                &[(0, Uniform), (1, ReadWrite), (2, Read), (3, ReadWrite)],
+                &[],
+            ),
+            softmax_cross_entropy: build(gpu, &loss, "softmax_cross_entropy", &loss_slots, &[]),
+            softmax_mean_squared_error: build(
+                gpu,
+                &loss,
+                "softmax_mean_squared_error",
+                &loss_slots,
+                &[],
+            ),
+            gather_batch: build(
+                gpu,
+                &gather,
+                "gather_batch",
+                &[
+                    (0, Step),
+                    (1, Uniform),
+                    (2, Read),
+                    (3, Read),
+                    (4, Read),
+                    (5, ReadWrite),
+                    (6, ReadWrite),
+                ],
+                &[],
+            ),
+            sum_metrics: build(
+                gpu,
+                &metrics,
+                "sum_metrics",
+                &[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite)],
+                &[],
+            ),
+            sgd_update: build(
+                gpu,
+                &optimizer,
+                "sgd_update",
+                &[(1, Uniform), (2, ReadWrite), (3, Read)],
+                &[],
+            ),
+            adam_update: build(
+                gpu,
+                &optimizer,
+                "adam_update",
+                &[
+                    (0, Step),
+                    (1, Uniform),
+                    (2, ReadWrite),
+                    (3, Read),
+                    (4, ReadWrite),
+                    (5, ReadWrite),
+                ],
+                &[],
+            ),
+        }
+    }
+}
+
+fn build(
+    gpu: &Gpu,
+    module: &wgpu::ShaderModule,
+    entry_point: &'static str,
+    slots: &[(u32, Slot)],
+    constants: &[(&str, f64)],
+) -> Kernel {
+    let entries: Vec<BindGroupLayoutEntry> = slots
+        .iter()
+        .map(|&(binding, slot)| BindGroupLayoutEntry {
+            binding,
+            visibility: ShaderStages::COMPUTE,
+            ty: BindingType::Buffer {
+                ty: match slot {
+                    Slot::Uniform | Slot::Step => BufferBindingType::Uniform,
+                    Slot::Read => BufferBindingType::Storage { read_only: true },
+                    Slot::ReadWrite => BufferBindingType::Storage { read_only: false },
+                },
+                has_dynamic_offset: slot == Slot::Step,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let layout = gpu
+        .device
+        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(entry_point),
+            entries: &entries,
+        });
+    let pipeline_layout = gpu
+        .device
+        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(entry_point),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+    let pipeline = gpu
+        .device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry_point),
+            layout: Some(&pipeline_layout),
+            module,
+            entry_point: Some(entry_point),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                ..Default::default()
+            },
+            cache: None,
+        });
+    Kernel {
+        name: entry_point,
+        pipeline,
+        layout,
+        uses_step: slots.iter().any(|&(_, s)| s == Slot::Step),
+        bindings: slots.iter().map(|&(b, _)| b).collect(),
+    }
+}

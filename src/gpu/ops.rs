@@ -1,0 +1,358 @@
+//! Each kernel run once on host data, results read back: what the kernel tests and `selftest`
+//! compare against `crate::reference`. Buffers are made per call, so this is for checking
+//! kernels, never for training.
+
+use wgpu::Buffer;
+
+use super::Gpu;
+use super::buffers::grid_1d;
+use super::kernels::{Kernel, Kernels, ROW_WORKGROUP, step_binding};
+use super::uniforms::*;
+use crate::data::Dataset;
+use crate::error::Result;
+use crate::model::{LayerActivation, Loss};
+use crate::reference::LossOutput;
+
+/// Records one dispatch of `kernel` and submits it.
+fn dispatch(gpu: &Gpu, kernel: &Kernel, bind_group: &wgpu::BindGroup, grid: [u32; 3]) {
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&kernel.pipeline);
+        let offsets: &[u32] = if kernel.uses_step { &[0] } else { &[] };
+        pass.set_bind_group(0, bind_group, offsets);
+        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+    }
+    gpu.queue.submit([encoder.finish()]);
+}
+
+fn max_groups(gpu: &Gpu) -> u32 {
+    gpu.limits.max_compute_workgroups_per_dimension
+}
+
+fn step_uniform(gpu: &Gpu, step: StepUniform) -> Buffer {
+    gpu.uniform_with("step", &step)
+}
+
+/// matmul.wgsl. `out` gives the initial contents of the output buffer (elements outside C are kept).
+pub fn matmul(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    dims: &MatmulDims,
+    lhs: &[f32],
+    rhs: &[f32],
+    out: &[f32],
+) -> Result<Vec<f32>> {
+    let dims_buffer = gpu.uniform_with("dims", dims);
+    let lhs_buffer = gpu.storage_with("lhs", lhs)?;
+    let rhs_buffer = gpu.storage_with("rhs", rhs)?;
+    let out_buffer = gpu.storage_with("out", out)?;
+    let bind_group = kernels.matmul.bind(
+        gpu,
+        &[
+            dims_buffer.as_entire_binding(),
+            lhs_buffer.as_entire_binding(),
+            rhs_buffer.as_entire_binding(),
+            out_buffer.as_entire_binding(),
+        ],
+    );
+    let grid = kernels.matmul_tiling.grid(dims.m, dims.n);
+    dispatch(gpu, &kernels.matmul, &bind_group, grid);
+    gpu.read_back(&out_buffer, out.len())
+}
+
+/// activation.wgsl `bias_activation_forward` on `values` [rows, bias.len()].
+pub fn bias_activation_forward(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    values: &[f32],
+    bias: &[f32],
+    activation: LayerActivation,
+) -> Result<Vec<f32>> {
+    let shape = ActivationShape {
+        rows: (values.len() / bias.len()) as u32,
+        cols: bias.len() as u32,
+        bias_offset: 0,
+        activation: activation.shader_code(),
+    };
+    let shape_buffer = gpu.uniform_with("shape", &shape);
+    let values_buffer = gpu.storage_with("values", values)?;
+    let bias_buffer = gpu.storage_with("bias", bias)?;
+    let bind_group = kernels.bias_activation.bind(
+        gpu,
+        &[
+            shape_buffer.as_entire_binding(),
+            values_buffer.as_entire_binding(),
+            bias_buffer.as_entire_binding(),
+        ],
+    );
+    let grid = grid_1d(values.len(), ROW_WORKGROUP, max_groups(gpu));
+    dispatch(gpu, &kernels.bias_activation, &bind_group, grid);
+    gpu.read_back(&values_buffer, values.len())
+}
+
+/// activation.wgsl `activation_backward`: returns (dL/dz, bias gradient).
+pub fn activation_backward(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    grad: &[f32],
+    output: &[f32],
+    cols: usize,
+    activation: LayerActivation,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let shape = ActivationShape {
+        rows: (grad.len() / cols) as u32,
+        cols: cols as u32,
+        bias_offset: 0,
+        activation: activation.shader_code(),
+    };
+    let shape_buffer = gpu.uniform_with("shape", &shape);
+    let grad_buffer = gpu.storage_with("grad", grad)?;
+    let output_buffer = gpu.storage_with("output", output)?;
+    let bias_grad_buffer = gpu.storage_buffer("bias grad", (cols * 4) as u64)?;
+    let bind_group = kernels.activation_backward.bind(
+        gpu,
+        &[
+            shape_buffer.as_entire_binding(),
+            grad_buffer.as_entire_binding(),
+            output_buffer.as_entire_binding(),
+            bias_grad_buffer.as_entire_binding(),
+        ],
+    );
+    let grid = grid_1d(cols, ROW_WORKGROUP, max_groups(gpu));
+    dispatch(gpu, &kernels.activation_backward, &bind_group, grid);
+    Ok((
+        gpu.read_back(&grad_buffer, grad.len())?,
+        gpu.read_back(&bias_grad_buffer, cols)?,
+    ))
+}
+
+/// loss.wgsl for a batch whose per-sample metrics go to slots `batch_start..batch_start + rows`.
+pub fn softmax_loss(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    loss: Loss,
+    logits: &[f32],
+    labels: &[u32],
+    classes: usize,
+    batch_start: usize,
+) -> Result<LossOutput> {
+    let rows = labels.len();
+    let samples = batch_start + rows;
+    let kernel = match loss {
+        Loss::Xent => &kernels.softmax_cross_entropy,
+        Loss::Mse => &kernels.softmax_mean_squared_error,
+    };
+    let step = step_uniform(
+        gpu,
+        StepUniform {
+            batch_start: batch_start as u32,
+            rows: rows as u32,
+            adam_step_size: 0.0,
+            _pad: 0,
+        },
+    );
+    let shape = gpu.uniform_with(
+        "shape",
+        &LossShape {
+            classes: classes as u32,
+            write_gradient: 1,
+            _pad: [0; 2],
+        },
+    );
+    let logits_buffer = gpu.storage_with("logits", logits)?;
+    let labels_buffer = gpu.storage_with("labels", labels)?;
+    let grad_buffer = gpu.storage_buffer("logits grad", (logits.len() * 4) as u64)?;
+    let loss_buffer = gpu.storage_buffer("sample loss", (samples * 4) as u64)?;
+    let correct_buffer = gpu.storage_buffer("sample correct", (samples * 4) as u64)?;
+    let bind_group = kernel.bind(
+        gpu,
+        &[
+            step_binding(&step),
+            shape.as_entire_binding(),
+            logits_buffer.as_entire_binding(),
+            labels_buffer.as_entire_binding(),
+            grad_buffer.as_entire_binding(),
+            loss_buffer.as_entire_binding(),
+            correct_buffer.as_entire_binding(),
+        ],
+    );
+    dispatch(
+        gpu,
+        kernel,
+        &bind_group,
+        grid_1d(rows, ROW_WORKGROUP, max_groups(gpu)),
+    );
+    let sample_loss: Vec<f32> = gpu.read_back(&loss_buffer, samples)?;
+    let sample_correct: Vec<u32> = gpu.read_back(&correct_buffer, samples)?;
+    Ok(LossOutput {
+        sample_loss: sample_loss[batch_start..batch_start + rows].to_vec(),
+        sample_correct: sample_correct[batch_start..batch_start + rows].to_vec(),
+        logits_grad: gpu.read_back(&grad_buffer, logits.len())?,
+    })
+}
+
+/// gather.wgsl: returns (batch x, batch y).
+pub fn gather_batch(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    data: &Dataset,
+    order: &[u32],
+    batch_start: usize,
+    rows: usize,
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    let features = data.features;
+    let words_per_sample = features / 4;
+    let step = step_uniform(
+        gpu,
+        StepUniform {
+            batch_start: batch_start as u32,
+            rows: rows as u32,
+            adam_step_size: 0.0,
+            _pad: 0,
+        },
+    );
+    let shape = gpu.uniform_with(
+        "shape",
+        &GatherShape {
+            words_per_sample: words_per_sample as u32,
+            _pad: [0; 3],
+        },
+    );
+    let pixel_buffer = gpu.storage_with("pixels", &data.pixels)?;
+    let labels_u32: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
+    let label_buffer = gpu.storage_with("labels", &labels_u32)?;
+    let order_buffer = gpu.storage_with("order", order)?;
+    let x_buffer = gpu.storage_buffer("batch x", (rows * features * 4) as u64)?;
+    let y_buffer = gpu.storage_buffer("batch y", (rows * 4) as u64)?;
+    let bind_group = kernels.gather_batch.bind(
+        gpu,
+        &[
+            step_binding(&step),
+            shape.as_entire_binding(),
+            pixel_buffer.as_entire_binding(),
+            label_buffer.as_entire_binding(),
+            order_buffer.as_entire_binding(),
+            x_buffer.as_entire_binding(),
+            y_buffer.as_entire_binding(),
+        ],
+    );
+    let grid = grid_1d(rows * words_per_sample, ROW_WORKGROUP, max_groups(gpu));
+    dispatch(gpu, &kernels.gather_batch, &bind_group, grid);
+    Ok((
+        gpu.read_back(&x_buffer, rows * features)?,
+        gpu.read_back(&y_buffer, rows)?,
+    ))
+}
+
+/// metrics.wgsl: (Σ loss, Σ correct).
+pub fn sum_metrics(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    sample_loss: &[f32],
+    sample_correct: &[u32],
+) -> Result<(f32, u32)> {
+    let shape = gpu.uniform_with(
+        "shape",
+        &MetricsShape {
+            count: sample_loss.len() as u32,
+            slot: 0,
+            _pad: [0; 2],
+        },
+    );
+    let loss_buffer = gpu.storage_with("sample loss", sample_loss)?;
+    let correct_buffer = gpu.storage_with("sample correct", sample_correct)?;
+    let totals = gpu.storage_buffer("totals", 8)?;
+    let bind_group = kernels.sum_metrics.bind(
+        gpu,
+        &[
+            shape.as_entire_binding(),
+            loss_buffer.as_entire_binding(),
+            correct_buffer.as_entire_binding(),
+            totals.as_entire_binding(),
+        ],
+    );
+    dispatch(gpu, &kernels.sum_metrics, &bind_group, [1, 1, 1]);
+    let words: Vec<u32> = gpu.read_back(&totals, 2)?;
+    Ok((f32::from_bits(words[0]), words[1]))
+}
+
+/// optimizer.wgsl `sgd_update`: the updated parameters.
+pub fn sgd_update(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    params: &[f32],
+    grads: &[f32],
+    learning_rate: f32,
+) -> Result<Vec<f32>> {
+    let hyper = gpu.uniform_with(
+        "hyper",
+        &OptimizerHyper {
+            count: params.len() as u32,
+            learning_rate,
+            beta1: 0.0,
+            beta2: 0.0,
+            epsilon: 0.0,
+            _pad: [0; 3],
+        },
+    );
+    let params_buffer = gpu.storage_with("params", params)?;
+    let grads_buffer = gpu.storage_with("grads", grads)?;
+    let bind_group = kernels.sgd_update.bind(
+        gpu,
+        &[
+            hyper.as_entire_binding(),
+            params_buffer.as_entire_binding(),
+            grads_buffer.as_entire_binding(),
+        ],
+    );
+    let grid = grid_1d(params.len(), ROW_WORKGROUP, max_groups(gpu));
+    dispatch(gpu, &kernels.sgd_update, &bind_group, grid);
+    gpu.read_back(&params_buffer, params.len())
+}
+
+/// optimizer.wgsl `adam_update`: (parameters, first moment, second moment) after the update.
+#[allow(clippy::too_many_arguments)]
+pub fn adam_update(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    params: &[f32],
+    grads: &[f32],
+    moment1: &[f32],
+    moment2: &[f32],
+    hyper: &OptimizerHyper,
+    step_size: f32,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let step = step_uniform(
+        gpu,
+        StepUniform {
+            batch_start: 0,
+            rows: 0,
+            adam_step_size: step_size,
+            _pad: 0,
+        },
+    );
+    let hyper_buffer = gpu.uniform_with("hyper", hyper);
+    let params_buffer = gpu.storage_with("params", params)?;
+    let grads_buffer = gpu.storage_with("grads", grads)?;
+    let m_buffer = gpu.storage_with("moment1", moment1)?;
+    let v_buffer = gpu.storage_with("moment2", moment2)?;
+    let bind_group = kernels.adam_update.bind(
+        gpu,
+        &[
+            step_binding(&step),
+            hyper_buffer.as_entire_binding(),
+            params_buffer.as_entire_binding(),
+            grads_buffer.as_entire_binding(),
+            m_buffer.as_entire_binding(),
+            v_buffer.as_entire_binding(),
+        ],
+    );
+    let grid = grid_1d(params.len(), ROW_WORKGROUP, max_groups(gpu));
+    dispatch(gpu, &kernels.adam_update, &bind_group, grid);
+    Ok((
+        gpu.read_back(&params_buffer, params.len())?,
+        gpu.read_back(&m_buffer, params.len())?,
+        gpu.read_back(&v_buffer, params.len())?,
+    ))
+}

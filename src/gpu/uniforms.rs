@@ -1,0 +1,143 @@
+//! Host mirrors of the uniform structs in `shaders/`. Field order and padding match the WGSL
+//! declarations exactly (every field is 4 bytes; each struct is padded to 16 bytes).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::model::DenseLayer;
+
+/// `Dims` in matmul.wgsl: C[m, n] = Σ_k A(m, k) B(k, n), A and B read through strides.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct MatmulDims {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub a_offset: u32,
+    pub a_row_stride: u32,
+    pub a_col_stride: u32,
+    pub b_offset: u32,
+    pub b_row_stride: u32,
+    pub b_col_stride: u32,
+    pub c_offset: u32,
+    pub _pad: [u32; 2],
+}
+
+impl MatmulDims {
+    /// C[m×n] = A[m×k] · B[k×n], every matrix row-major and contiguous from offset 0.
+    pub fn plain(m: usize, n: usize, k: usize) -> Self {
+        MatmulDims {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            a_offset: 0,
+            a_row_stride: k as u32,
+            a_col_stride: 1,
+            b_offset: 0,
+            b_row_stride: n as u32,
+            b_col_stride: 1,
+            c_offset: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Forward product of a dense layer: Y[rows×out] = X[rows×in] · W, W read from the
+    /// parameter buffer at the layer's weight offset.
+    pub fn layer_forward(rows: usize, layer: &DenseLayer) -> Self {
+        MatmulDims {
+            b_offset: layer.weight_offset as u32,
+            ..Self::plain(rows, layer.outputs, layer.inputs)
+        }
+    }
+
+    /// Weight gradient: dW[in×out] = Xᵀ · dY, written into the gradient buffer at the layer's
+    /// weight offset; Xᵀ is X[rows×in] read column-wise.
+    pub fn layer_weight_grad(rows: usize, layer: &DenseLayer) -> Self {
+        MatmulDims {
+            a_row_stride: 1,
+            a_col_stride: layer.inputs as u32,
+            c_offset: layer.weight_offset as u32,
+            ..Self::plain(layer.inputs, layer.outputs, rows)
+        }
+    }
+
+    /// Input gradient: dX[rows×in] = dY · Wᵀ, Wᵀ being W[in×out] read column-wise.
+    pub fn layer_input_grad(rows: usize, layer: &DenseLayer) -> Self {
+        MatmulDims {
+            b_offset: layer.weight_offset as u32,
+            b_row_stride: 1,
+            b_col_stride: layer.outputs as u32,
+            ..Self::plain(rows, layer.inputs, layer.outputs)
+        }
+    }
+
+    pub fn lhs_index(&self, m: usize, k: usize) -> usize {
+        self.a_offset as usize + m * self.a_row_stride as usize + k * self.a_col_stride as usize
+    }
+
+    pub fn rhs_index(&self, k: usize, n: usize) -> usize {
+        self.b_offset as usize + k * self.b_row_stride as usize + n * self.b_col_stride as usize
+    }
+
+    pub fn out_index(&self, m: usize, n: usize) -> usize {
+        self.c_offset as usize + m * self.n as usize + n
+    }
+}
+
+/// `Shape` in activation.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct ActivationShape {
+    pub rows: u32,
+    pub cols: u32,
+    pub bias_offset: u32,
+    pub activation: u32,
+}
+
+/// `Step` in gather.wgsl, loss.wgsl and optimizer.wgsl: what changes from one training step to
+/// the next, stored per step in one buffer and selected with a dynamic offset.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+pub struct StepUniform {
+    pub batch_start: u32,
+    pub rows: u32,
+    pub adam_step_size: f32,
+    pub _pad: u32,
+}
+
+/// `Shape` in gather.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct GatherShape {
+    pub words_per_sample: u32,
+    pub _pad: [u32; 3],
+}
+
+/// `Shape` in loss.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct LossShape {
+    pub classes: u32,
+    pub write_gradient: u32,
+    pub _pad: [u32; 2],
+}
+
+/// `Shape` in metrics.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct MetricsShape {
+    pub count: u32,
+    pub slot: u32,
+    pub _pad: [u32; 2],
+}
+
+/// `Hyper` in optimizer.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+pub struct OptimizerHyper {
+    pub count: u32,
+    pub learning_rate: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub epsilon: f32,
+    pub _pad: [u32; 3],
+}

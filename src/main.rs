@@ -1,0 +1,212 @@
+//! The `shadertrain` command: a thin layer of argument parsing and printing over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use shadertrain::data::{DATA_ENV, DEFAULT_DATA_DIR, Dataset, Split};
+use shadertrain::gpu::{AdapterRequest, BackendChoice, Gpu, Kernels, list_adapters};
+use shadertrain::model::{Activation, Loss, ModelSpec};
+use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
+
+#[derive(Parser)]
+#[command(
+    name = "shadertrain",
+    version,
+    about = "Train neural networks on any GPU (or a software one) with WGSL compute shaders"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train an MLP classifier on MNIST and print train/test loss and accuracy after each epoch.
+    Train(TrainArgs),
+    /// List every GPU adapter wgpu can see, marking the one `train` would use.
+    Adapters(AdapterArgs),
+}
+
+#[derive(Args)]
+struct AdapterArgs {
+    /// Graphics API to look for adapters through.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// Use the adapter whose name contains this text (case-insensitive), e.g. "llvmpipe" or "nvidia".
+    #[arg(long, value_name = "SUBSTRING")]
+    adapter: Option<String>,
+}
+
+impl AdapterArgs {
+    fn request(&self) -> AdapterRequest {
+        AdapterRequest {
+            backend: self.backend,
+            name_contains: self.adapter.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Folder holding the four MNIST IDX files (train-images-idx3-ubyte[.gz], ...).
+    #[arg(long, value_name = "DIR", env = DATA_ENV, default_value = DEFAULT_DATA_DIR)]
+    data: PathBuf,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Samples per gradient step (the last batch of an epoch may be smaller; it is trained on too).
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Learning rate [default: 0.001 for adam, 0.01 for sgd, as in Keras].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Seed for the weight initialisation and the per-epoch shuffles; the same seed on the same
+    /// adapter gives the same run.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Hidden layer widths, comma-separated; "none" (or "") for a linear softmax classifier.
+    #[arg(long, default_value = "256,128", value_parser = parse_hidden)]
+    hidden: Hidden,
+    /// Activation of the hidden layers.
+    #[arg(long, value_enum, default_value_t = Activation::Relu)]
+    activation: Activation,
+    /// Loss on the softmax output: cross-entropy, or mean squared error against one-hot targets.
+    #[arg(long, value_enum, default_value_t = Loss::Xent)]
+    loss: Loss,
+    /// Optimizer: Adam (β1 0.9, β2 0.999, ε 1e-7) or plain gradient descent.
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    optimizer: OptimizerKind,
+    #[command(flatten)]
+    adapter: AdapterArgs,
+}
+
+#[derive(Clone, Debug)]
+struct Hidden(Vec<usize>);
+
+fn parse_hidden(text: &str) -> Result<Hidden, String> {
+    let text = text.trim();
+    if text.is_empty() || text.eq_ignore_ascii_case("none") {
+        return Ok(Hidden(vec![]));
+    }
+    text.split(',')
+        .map(|w| match w.trim().parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!(
+                "expected comma-separated positive layer widths like 256,128 (or \"none\"), got {w:?}"
+            )),
+            Ok(width) => Ok(width),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Hidden)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Train(args) => train(args),
+        Command::Adapters(args) => {
+            adapters(&args);
+            Ok(())
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn adapters(args: &AdapterArgs) {
+    let found = list_adapters(&args.request());
+    if found.is_empty() {
+        println!(
+            "no adapters found. On Linux without a GPU, `apt-get install mesa-vulkan-drivers` gives a software one (lavapipe)."
+        );
+        return;
+    }
+    println!(
+        "  {:>5}  {:<40} {:<8} {:<14} driver",
+        "index", "name", "backend", "type"
+    );
+    for a in found {
+        println!(
+            "{} {:>5}  {:<40} {:<8} {:<14} {}",
+            if a.chosen { "*" } else { " " },
+            a.index,
+            a.name,
+            a.backend,
+            a.device_type,
+            a.driver
+        );
+    }
+    println!("(* = the adapter `train` uses with these options)");
+}
+
+fn train(args: TrainArgs) -> shadertrain::Result<()> {
+    let train_set = Dataset::load_mnist(&args.data, Split::Train)?;
+    let test_set = Dataset::load_mnist(&args.data, Split::Test)?;
+    let spec = ModelSpec {
+        inputs: train_set.features,
+        hidden: args.hidden.0,
+        classes: train_set.classes,
+        activation: args.activation,
+        loss: args.loss,
+    };
+    let config = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr.unwrap_or(match args.optimizer {
+            OptimizerKind::Adam => 1e-3,
+            OptimizerKind::Sgd => 1e-2,
+        }),
+        seed: args.seed,
+        optimizer: args.optimizer,
+        ..TrainConfig::default()
+    };
+    let gpu = Gpu::open(&args.adapter.request())?;
+    let kernels = Kernels::new(&gpu);
+    println!("adapter: {}", gpu.adapter_name());
+    println!(
+        "data: {} ({} training, {} test samples)",
+        args.data.display(),
+        train_set.samples(),
+        test_set.samples()
+    );
+    println!(
+        "model: {}  activation {:?}, loss {:?}, optimizer {:?} (lr {}), batch {}, seed {}",
+        spec.widths()
+            .iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+            .join("-"),
+        spec.activation,
+        spec.loss,
+        config.optimizer,
+        config.learning_rate,
+        config.batch_size,
+        config.seed
+    );
+    let epochs = config.epochs;
+    let mut trainer = Trainer::new(&gpu, &kernels, spec, config, &train_set, &test_set)?;
+    println!(
+        "{:>5} {:>10} {:>9} {:>10} {:>9} {:>8} {:>10}",
+        "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "samples/s"
+    );
+    for _ in 0..epochs {
+        let m = trainer.run_epoch()?;
+        println!(
+            "{:>5} {:>10.4} {:>8.2}% {:>10.4} {:>8.2}% {:>8.2} {:>10.0}",
+            m.epoch,
+            m.train_loss,
+            100.0 * m.train_accuracy,
+            m.test_loss,
+            100.0 * m.test_accuracy,
+            m.seconds,
+            m.samples_per_second
+        );
+    }
+    Ok(())
+}

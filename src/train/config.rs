@@ -1,0 +1,79 @@
+//! What a training run is asked to do, and what it reports.
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptimizerKind {
+    /// Adam (Kingma & Ba) in Keras' formulation.
+    Adam,
+    /// Plain (minibatch) gradient descent: θ ← θ − lr · ∇L.
+    Sgd,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f32,
+    /// Seeds the weight initialisation and every epoch's shuffle.
+    pub seed: u64,
+    pub optimizer: OptimizerKind,
+    pub beta1: f32,
+    pub beta2: f32,
+    /// Added to sqrt(v) in Adam's denominator; Keras' default 1e-7.
+    pub epsilon: f32,
+    /// Training steps recorded into one command buffer before it is submitted.
+    pub steps_per_submit: usize,
+}
+
+impl Default for TrainConfig {
+    /// The reference recipe: Adam (lr 1e-3, β1 0.9, β2 0.999, ε 1e-7), batch 128, 10 epochs.
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 128,
+            learning_rate: 1e-3,
+            seed: 0,
+            optimizer: OptimizerKind::Adam,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+            steps_per_submit: 32,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(Error::Config("--batch-size must be at least 1".into()));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(Error::Config(format!(
+                "--lr must be a positive number, got {}",
+                self.learning_rate
+            )));
+        }
+        if self.steps_per_submit == 0 {
+            return Err(Error::Config("steps per submit must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What one epoch achieved, as printed after it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochMetrics {
+    /// Counting from 1.
+    pub epoch: usize,
+    /// Mean loss over every training sample of the epoch (each seen once, with the weights of its step).
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    /// Mean loss and accuracy on the test set with the weights at the end of the epoch.
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    /// Wall time of the epoch: training and the test evaluation.
+    pub seconds: f64,
+    /// Training samples per second of that wall time.
+    pub samples_per_second: f64,
+}

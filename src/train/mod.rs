@@ -1,0 +1,658 @@
+//! The training driver: uploads the data once, builds every bind group once, then records whole
+//! chunks of steps without waiting on the GPU, and reads back metrics once per epoch.
+//!
+//! Per step, for a batch of `rows` samples (the last batch of an epoch may be partial):
+//!   gather        x = pixels[order[start..start+rows]] / 255, y = labels[...]
+//!   per layer l   a[l+1] = f_l(a[l] W_l + b_l)                  (f of the last layer: identity)
+//!   loss          per-sample loss and correct flag into epoch slots; g[L] = dL/dlogits
+//!   per layer l, last first:
+//!                 g[l+1] *= f_l'(a[l+1]);  db_l = Σ_rows g[l+1];  dW_l = a[l]ᵀ g[l+1]
+//!                 g[l] = g[l+1] W_lᵀ                             (not for the input layer)
+//!   update        Adam or SGD over the flat parameter buffer, in one dispatch
+//! At the end of an epoch: the test set's forward passes, two reductions of the per-sample
+//! metrics, one copy into a staging buffer, one map.
+
+pub mod config;
+mod program;
+
+use std::time::Instant;
+
+use wgpu::Buffer;
+
+pub use config::{EpochMetrics, OptimizerKind, TrainConfig};
+use program::Program;
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::gpu::buffers::grid_1d;
+use crate::gpu::kernels::{ROW_WORKGROUP, step_binding};
+use crate::gpu::uniforms::*;
+use crate::gpu::{Gpu, Kernels};
+use crate::model::{Loss, ModelSpec, ParamLayout};
+use crate::reference::adam_step_size;
+use crate::rng::Rng;
+
+/// One dataset split on the GPU, with its per-sample metric slots.
+struct DeviceSplit {
+    samples: usize,
+    pixels: Buffer,
+    labels: Buffer,
+    order: Buffer,
+    sample_loss: Buffer,
+    sample_correct: Buffer,
+}
+
+impl DeviceSplit {
+    fn upload(gpu: &Gpu, name: &str, data: &Dataset) -> Result<Self> {
+        let labels: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
+        let identity: Vec<u32> = (0..data.samples() as u32).collect();
+        let slots = (data.samples() * 4) as u64;
+        Ok(DeviceSplit {
+            samples: data.samples(),
+            pixels: gpu.storage_with(&format!("{name} pixels"), &data.pixels)?,
+            labels: gpu.storage_with(&format!("{name} labels"), &labels)?,
+            order: gpu.storage_with(&format!("{name} order"), &identity)?,
+            sample_loss: gpu.storage_buffer(&format!("{name} sample loss"), slots)?,
+            sample_correct: gpu.storage_buffer(&format!("{name} sample correct"), slots)?,
+        })
+    }
+}
+
+/// Batches of one epoch: (start, rows) for each step.
+fn batches(samples: usize, batch_size: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..samples)
+        .step_by(batch_size)
+        .map(move |start| (start, batch_size.min(samples - start)))
+}
+
+/// The program for a batch of `rows`: the partial-batch one when it is shorter than a full batch.
+fn program_for<'p, 'k>(
+    rows: usize,
+    batch_size: usize,
+    full: &'p Program<'k>,
+    tail: &'p Option<Program<'k>>,
+) -> &'p Program<'k> {
+    match tail {
+        Some(tail) if rows < batch_size => tail,
+        _ => full,
+    }
+}
+
+/// Trains one model on one device. Construction does all allocation and pipeline binding.
+pub struct Trainer<'k> {
+    gpu: &'k Gpu,
+    spec: ModelSpec,
+    config: TrainConfig,
+    layout: ParamLayout,
+    rng: Rng,
+    epochs_done: usize,
+    steps_done: u64,
+    train: DeviceSplit,
+    test: DeviceSplit,
+    params: Buffer,
+    grads: Buffer,
+    step_uniforms: Buffer,
+    step_stride: u64,
+    totals_staging: Buffer,
+    totals: Buffer,
+    /// Forward + backward for a full batch and for the epoch's partial last batch, if any.
+    train_full: Program<'k>,
+    train_tail: Option<Program<'k>>,
+    update: Program<'k>,
+    test_full: Program<'k>,
+    test_tail: Option<Program<'k>>,
+    epoch_end: Program<'k>,
+}
+
+impl<'k> Trainer<'k> {
+    pub fn new(
+        gpu: &'k Gpu,
+        kernels: &'k Kernels,
+        spec: ModelSpec,
+        config: TrainConfig,
+        train: &Dataset,
+        test: &Dataset,
+    ) -> Result<Self> {
+        spec.validate()?;
+        config.validate()?;
+        for (name, data) in [("training", train), ("test", test)] {
+            if data.features != spec.inputs || data.classes != spec.classes {
+                return Err(Error::Config(format!(
+                    "the model takes {} inputs and {} classes but the {name} set has {} features and {} classes",
+                    spec.inputs, spec.classes, data.features, data.classes
+                )));
+            }
+            if data.samples() == 0 {
+                return Err(Error::Config(format!("the {name} set is empty")));
+            }
+        }
+        if !spec.inputs.is_multiple_of(4) {
+            return Err(Error::Config(format!(
+                "inputs per sample must be a multiple of 4 (the GPU unpacks pixels four at a time), got {}",
+                spec.inputs
+            )));
+        }
+        let layout = spec.layout();
+        let mut rng = Rng::new(config.seed);
+        let initial = layout.glorot_uniform(&mut rng);
+        let param_bytes = (layout.total * 4) as u64;
+        let params = gpu.storage_with("parameters", &initial)?;
+        let grads = gpu.storage_buffer("gradients", param_bytes)?;
+        let moments = match config.optimizer {
+            OptimizerKind::Adam => Some((
+                gpu.storage_buffer("adam first moment", param_bytes)?,
+                gpu.storage_buffer("adam second moment", param_bytes)?,
+            )),
+            OptimizerKind::Sgd => None,
+        };
+
+        let batch = config.batch_size;
+        let widths = spec.widths();
+        let mut activations = Vec::new();
+        let mut activation_grads = Vec::new();
+        for (l, &width) in widths.iter().enumerate() {
+            let bytes = (batch * width * 4) as u64;
+            activations.push(gpu.storage_buffer(&format!("activation {l}"), bytes)?);
+            activation_grads.push(gpu.storage_buffer(&format!("activation grad {l}"), bytes)?);
+        }
+        let batch_labels = gpu.storage_buffer("batch labels", (batch * 4) as u64)?;
+
+        let train_split = DeviceSplit::upload(gpu, "training", train)?;
+        let test_split = DeviceSplit::upload(gpu, "test", test)?;
+        let train_steps = train.samples().div_ceil(batch);
+        let test_steps = test.samples().div_ceil(batch);
+        let step_stride = (std::mem::size_of::<StepUniform>() as u64)
+            .next_multiple_of(gpu.limits.min_uniform_buffer_offset_alignment as u64);
+        let step_uniforms = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step uniforms"),
+            size: step_stride * (train_steps + test_steps) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let totals = gpu.storage_buffer("metric totals", 16)?;
+        let totals_staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("metric totals staging"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+
+        let builder = ProgramBuilder {
+            gpu,
+            kernels,
+            spec: &spec,
+            layout: &layout,
+            activations: &activations,
+            activation_grads: &activation_grads,
+            batch_labels: &batch_labels,
+            params: &params,
+            grads: &grads,
+            step_uniforms: &step_uniforms,
+        };
+        let train_program = |rows: usize| {
+            let mut program = builder.forward(&train_split, rows, true);
+            program.extend(builder.backward(rows));
+            program
+        };
+        let tail = |samples: usize| Some(samples % batch).filter(|&r| r > 0);
+        let train_full = train_program(batch);
+        let train_tail = tail(train.samples()).map(train_program);
+        let test_full = builder.forward(&test_split, batch, false);
+        let test_tail = tail(test.samples()).map(|rows| builder.forward(&test_split, rows, false));
+        let update = builder.update(&config, moments.as_ref());
+        let mut epoch_end = builder.sum_metrics(&train_split, 0, &totals);
+        epoch_end.extend(builder.sum_metrics(&test_split, 1, &totals));
+
+        let trainer = Trainer {
+            gpu,
+            spec,
+            config,
+            layout,
+            rng,
+            epochs_done: 0,
+            steps_done: 0,
+            train: train_split,
+            test: test_split,
+            params,
+            grads,
+            step_uniforms,
+            step_stride,
+            totals_staging,
+            totals,
+            train_full,
+            train_tail,
+            update,
+            test_full,
+            test_tail,
+            epoch_end,
+        };
+        // The test set's step uniforms never change: positions only.
+        let test_uniforms: Vec<StepUniform> = batches(test.samples(), batch)
+            .map(|(start, rows)| StepUniform {
+                batch_start: start as u32,
+                rows: rows as u32,
+                adam_step_size: 0.0,
+                _pad: 0,
+            })
+            .collect();
+        trainer.write_step_uniforms(train_steps, &test_uniforms);
+        Ok(trainer)
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    pub fn epochs_done(&self) -> usize {
+        self.epochs_done
+    }
+
+    fn train_steps(&self) -> usize {
+        self.train.samples.div_ceil(self.config.batch_size)
+    }
+
+    fn write_step_uniforms(&self, first_slot: usize, steps: &[StepUniform]) {
+        let stride = self.step_stride as usize;
+        let mut bytes = vec![0u8; steps.len() * stride];
+        for (chunk, step) in bytes.chunks_mut(stride).zip(steps) {
+            chunk[..std::mem::size_of::<StepUniform>()].copy_from_slice(bytemuck::bytes_of(step));
+        }
+        self.gpu.queue.write_buffer(
+            &self.step_uniforms,
+            first_slot as u64 * self.step_stride,
+            &bytes,
+        );
+    }
+
+    /// Trains one epoch over the whole training set in a freshly shuffled order, then evaluates
+    /// the test set. The host waits on the GPU once, for the metrics, at the end.
+    pub fn run_epoch(&mut self) -> Result<EpochMetrics> {
+        let started = Instant::now();
+        let batch = self.config.batch_size;
+        let mut order: Vec<u32> = (0..self.train.samples as u32).collect();
+        self.rng.shuffle(&mut order);
+        self.gpu
+            .queue
+            .write_buffer(&self.train.order, 0, bytemuck::cast_slice(&order));
+        let steps: Vec<StepUniform> = batches(self.train.samples, batch)
+            .enumerate()
+            .map(|(i, (start, rows))| StepUniform {
+                batch_start: start as u32,
+                rows: rows as u32,
+                adam_step_size: adam_step_size(
+                    self.config.learning_rate,
+                    self.config.beta1,
+                    self.config.beta2,
+                    self.steps_done + i as u64 + 1,
+                ),
+                _pad: 0,
+            })
+            .collect();
+        self.write_step_uniforms(0, &steps);
+
+        for (chunk_index, chunk) in steps.chunks(self.config.steps_per_submit).enumerate() {
+            let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                for (i, step) in chunk.iter().enumerate() {
+                    let slot = chunk_index * self.config.steps_per_submit + i;
+                    let offset = (slot as u64 * self.step_stride) as u32;
+                    let program = program_for(
+                        step.rows as usize,
+                        batch,
+                        &self.train_full,
+                        &self.train_tail,
+                    );
+                    program.record(&mut pass, offset);
+                    self.update.record(&mut pass, offset);
+                }
+            }
+            self.gpu.queue.submit([encoder.finish()]);
+        }
+        self.steps_done += steps.len() as u64;
+
+        let totals = self.evaluate_and_read_totals()?;
+        self.epochs_done += 1;
+        let seconds = started.elapsed().as_secs_f64();
+        let train_samples = self.train.samples as f64;
+        let test_samples = self.test.samples as f64;
+        Ok(EpochMetrics {
+            epoch: self.epochs_done,
+            train_loss: f32::from_bits(totals[0]) as f64 / train_samples,
+            train_accuracy: totals[1] as f64 / train_samples,
+            test_loss: f32::from_bits(totals[2]) as f64 / test_samples,
+            test_accuracy: totals[3] as f64 / test_samples,
+            seconds,
+            samples_per_second: train_samples / seconds,
+        })
+    }
+
+    /// Runs the test set forward, reduces both splits' per-sample metrics and reads the four
+    /// totals (training loss, training correct, test loss, test correct) back: the one wait.
+    fn evaluate_and_read_totals(&self) -> Result<Vec<u32>> {
+        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            let first_slot = self.train_steps();
+            for (i, (_, rows)) in batches(self.test.samples, self.config.batch_size).enumerate() {
+                let offset = ((first_slot + i) as u64 * self.step_stride) as u32;
+                program_for(
+                    rows,
+                    self.config.batch_size,
+                    &self.test_full,
+                    &self.test_tail,
+                )
+                .record(&mut pass, offset);
+            }
+            self.epoch_end.record(&mut pass, 0);
+        }
+        encoder.copy_buffer_to_buffer(&self.totals, 0, &self.totals_staging, 0, 16);
+        self.gpu.queue.submit([encoder.finish()]);
+        self.gpu.map_and_read(&self.totals_staging)
+    }
+
+    /// The current parameters, laid out as `layout()` says (waits for the GPU).
+    pub fn parameters(&self) -> Result<Vec<f32>> {
+        self.gpu.read_back(&self.params, self.layout.total)
+    }
+
+    /// Gradients of the mean loss over the first `batch_size` samples in file order, at the
+    /// current parameters, computed by the training kernels without updating anything.
+    pub fn first_batch_gradients(&self) -> Result<Vec<f32>> {
+        let rows = self.config.batch_size.min(self.train.samples);
+        let identity: Vec<u32> = (0..self.train.samples as u32).collect();
+        self.gpu
+            .queue
+            .write_buffer(&self.train.order, 0, bytemuck::cast_slice(&identity));
+        self.write_step_uniforms(
+            0,
+            &[StepUniform {
+                batch_start: 0,
+                rows: rows as u32,
+                adam_step_size: 0.0,
+                _pad: 0,
+            }],
+        );
+        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            program_for(
+                rows,
+                self.config.batch_size,
+                &self.train_full,
+                &self.train_tail,
+            )
+            .record(&mut pass, 0);
+        }
+        self.gpu.queue.submit([encoder.finish()]);
+        self.gpu.read_back(&self.grads, self.layout.total)
+    }
+}
+
+/// Builds the bind groups of every dispatch of a step, once.
+struct ProgramBuilder<'a, 'k> {
+    gpu: &'k Gpu,
+    kernels: &'k Kernels,
+    spec: &'a ModelSpec,
+    layout: &'a ParamLayout,
+    activations: &'a [Buffer],
+    activation_grads: &'a [Buffer],
+    batch_labels: &'a Buffer,
+    params: &'a Buffer,
+    grads: &'a Buffer,
+    step_uniforms: &'a Buffer,
+}
+
+impl<'k> ProgramBuilder<'_, 'k> {
+    fn max_groups(&self) -> u32 {
+        self.gpu.limits.max_compute_workgroups_per_dimension
+    }
+
+    fn matmul(
+        &self,
+        program: &mut Program<'k>,
+        dims: MatmulDims,
+        lhs: &Buffer,
+        rhs: &Buffer,
+        out: &Buffer,
+    ) {
+        let kernel = &self.kernels.matmul;
+        let uniform = self.gpu.uniform_with("matmul dims", &dims);
+        let bind_group = kernel.bind(
+            self.gpu,
+            &[
+                uniform.as_entire_binding(),
+                lhs.as_entire_binding(),
+                rhs.as_entire_binding(),
+                out.as_entire_binding(),
+            ],
+        );
+        program.push(
+            kernel,
+            bind_group,
+            self.kernels.matmul_tiling.grid(dims.m, dims.n),
+        );
+    }
+
+    /// gather → dense layers → loss, for `rows` samples of `split`.
+    fn forward(&self, split: &DeviceSplit, rows: usize, write_gradient: bool) -> Program<'k> {
+        let mut program = Program::default();
+        let gpu = self.gpu;
+        let words = self.spec.inputs / 4;
+        let shape = gpu.uniform_with(
+            "gather shape",
+            &GatherShape {
+                words_per_sample: words as u32,
+                _pad: [0; 3],
+            },
+        );
+        let kernel = &self.kernels.gather_batch;
+        let bind_group = kernel.bind(
+            gpu,
+            &[
+                step_binding(self.step_uniforms),
+                shape.as_entire_binding(),
+                split.pixels.as_entire_binding(),
+                split.labels.as_entire_binding(),
+                split.order.as_entire_binding(),
+                self.activations[0].as_entire_binding(),
+                self.batch_labels.as_entire_binding(),
+            ],
+        );
+        program.push(
+            kernel,
+            bind_group,
+            grid_1d(rows * words, ROW_WORKGROUP, self.max_groups()),
+        );
+
+        for (l, layer) in self.layout.layers.iter().enumerate() {
+            let (input, output) = (&self.activations[l], &self.activations[l + 1]);
+            self.matmul(
+                &mut program,
+                MatmulDims::layer_forward(rows, layer),
+                input,
+                self.params,
+                output,
+            );
+            let shape = gpu.uniform_with(
+                "activation shape",
+                &ActivationShape {
+                    rows: rows as u32,
+                    cols: layer.outputs as u32,
+                    bias_offset: layer.bias_offset as u32,
+                    activation: self.spec.layer_activation(l).shader_code(),
+                },
+            );
+            let kernel = &self.kernels.bias_activation;
+            let bind_group = kernel.bind(
+                gpu,
+                &[
+                    shape.as_entire_binding(),
+                    output.as_entire_binding(),
+                    self.params.as_entire_binding(),
+                ],
+            );
+            let grid = grid_1d(rows * layer.outputs, ROW_WORKGROUP, self.max_groups());
+            program.push(kernel, bind_group, grid);
+        }
+
+        let kernel = match self.spec.loss {
+            Loss::Xent => &self.kernels.softmax_cross_entropy,
+            Loss::Mse => &self.kernels.softmax_mean_squared_error,
+        };
+        let shape = gpu.uniform_with(
+            "loss shape",
+            &LossShape {
+                classes: self.spec.classes as u32,
+                write_gradient: write_gradient as u32,
+                _pad: [0; 2],
+            },
+        );
+        let last = self.activations.len() - 1;
+        let bind_group = kernel.bind(
+            gpu,
+            &[
+                step_binding(self.step_uniforms),
+                shape.as_entire_binding(),
+                self.activations[last].as_entire_binding(),
+                self.batch_labels.as_entire_binding(),
+                self.activation_grads[last].as_entire_binding(),
+                split.sample_loss.as_entire_binding(),
+                split.sample_correct.as_entire_binding(),
+            ],
+        );
+        program.push(
+            kernel,
+            bind_group,
+            grid_1d(rows, ROW_WORKGROUP, self.max_groups()),
+        );
+        program
+    }
+
+    /// Backward through every layer, last first, writing the whole gradient buffer.
+    fn backward(&self, rows: usize) -> Program<'k> {
+        let mut program = Program::default();
+        for (l, layer) in self.layout.layers.iter().enumerate().rev() {
+            let (upstream, output) = (&self.activation_grads[l + 1], &self.activations[l + 1]);
+            let shape = self.gpu.uniform_with(
+                "activation shape",
+                &ActivationShape {
+                    rows: rows as u32,
+                    cols: layer.outputs as u32,
+                    bias_offset: layer.bias_offset as u32,
+                    activation: self.spec.layer_activation(l).shader_code(),
+                },
+            );
+            let kernel = &self.kernels.activation_backward;
+            let bind_group = kernel.bind(
+                self.gpu,
+                &[
+                    shape.as_entire_binding(),
+                    upstream.as_entire_binding(),
+                    output.as_entire_binding(),
+                    self.grads.as_entire_binding(),
+                ],
+            );
+            let grid = grid_1d(layer.outputs, ROW_WORKGROUP, self.max_groups());
+            program.push(kernel, bind_group, grid);
+            let input = &self.activations[l];
+            self.matmul(
+                &mut program,
+                MatmulDims::layer_weight_grad(rows, layer),
+                input,
+                upstream,
+                self.grads,
+            );
+            if l > 0 {
+                let downstream = &self.activation_grads[l];
+                self.matmul(
+                    &mut program,
+                    MatmulDims::layer_input_grad(rows, layer),
+                    upstream,
+                    self.params,
+                    downstream,
+                );
+            }
+        }
+        program
+    }
+
+    fn update(&self, config: &TrainConfig, moments: Option<&(Buffer, Buffer)>) -> Program<'k> {
+        let mut program = Program::default();
+        let hyper = self.gpu.uniform_with(
+            "optimizer hyperparameters",
+            &OptimizerHyper {
+                count: self.layout.total as u32,
+                learning_rate: config.learning_rate,
+                beta1: config.beta1,
+                beta2: config.beta2,
+                epsilon: config.epsilon,
+                _pad: [0; 3],
+            },
+        );
+        let grid = grid_1d(self.layout.total, ROW_WORKGROUP, self.max_groups());
+        match moments {
+            Some((moment1, moment2)) => {
+                let kernel = &self.kernels.adam_update;
+                let bind_group = kernel.bind(
+                    self.gpu,
+                    &[
+                        step_binding(self.step_uniforms),
+                        hyper.as_entire_binding(),
+                        self.params.as_entire_binding(),
+                        self.grads.as_entire_binding(),
+                        moment1.as_entire_binding(),
+                        moment2.as_entire_binding(),
+                    ],
+                );
+                program.push(kernel, bind_group, grid);
+            }
+            None => {
+                let kernel = &self.kernels.sgd_update;
+                let bind_group = kernel.bind(
+                    self.gpu,
+                    &[
+                        hyper.as_entire_binding(),
+                        self.params.as_entire_binding(),
+                        self.grads.as_entire_binding(),
+                    ],
+                );
+                program.push(kernel, bind_group, grid);
+            }
+        }
+        program
+    }
+
+    /// Sums a split's per-sample metrics into `totals` at `slot`.
+    fn sum_metrics(&self, split: &DeviceSplit, slot: u32, totals: &Buffer) -> Program<'k> {
+        let mut program = Program::default();
+        let shape = self.gpu.uniform_with(
+            "metrics shape",
+            &MetricsShape {
+                count: split.samples as u32,
+                slot,
+                _pad: [0; 2],
+            },
+        );
+        let kernel = &self.kernels.sum_metrics;
+        let bind_group = kernel.bind(
+            self.gpu,
+            &[
+                shape.as_entire_binding(),
+                split.sample_loss.as_entire_binding(),
+                split.sample_correct.as_entire_binding(),
+                totals.as_entire_binding(),
+            ],
+        );
+        program.push(kernel, bind_group, [1, 1, 1]);
+        program
+    }
+}

@@ -1,0 +1,43 @@
+//! A recorded sequence of kernel dispatches with their bind groups, built once and replayed
+//! every step: recording a step is only set_pipeline / set_bind_group / dispatch.
+
+use crate::gpu::Kernel;
+
+pub struct Dispatch<'k> {
+    pub kernel: &'k Kernel,
+    pub bind_group: wgpu::BindGroup,
+    pub grid: [u32; 3],
+}
+
+#[derive(Default)]
+pub struct Program<'k> {
+    pub dispatches: Vec<Dispatch<'k>>,
+}
+
+impl<'k> Program<'k> {
+    pub fn push(&mut self, kernel: &'k Kernel, bind_group: wgpu::BindGroup, grid: [u32; 3]) {
+        self.dispatches.push(Dispatch {
+            kernel,
+            bind_group,
+            grid,
+        });
+    }
+
+    pub fn extend(&mut self, other: Program<'k>) {
+        self.dispatches.extend(other.dispatches);
+    }
+
+    /// Records every dispatch; kernels that read the step uniform see the one at `step_offset`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, step_offset: u32) {
+        for d in &self.dispatches {
+            pass.set_pipeline(&d.kernel.pipeline);
+            let offsets: &[u32] = if d.kernel.uses_step {
+                &[step_offset]
+            } else {
+                &[]
+            };
+            pass.set_bind_group(0, &d.bind_group, offsets);
+            pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The command line: adapters listing, flag errors and data errors exit cleanly with messages.
+
+use std::process::Command;
+
+fn shadertrain(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+        .args(args)
+        .env_remove("SHADERTRAIN_DATA")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn adapters_lists_and_marks_the_chosen_one() {
+    let (code, stdout, _) = shadertrain(&["adapters"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with('*')).count(),
+        1,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_adapter_filter_matching_nothing_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().to_str().unwrap();
+    // The data check comes first, so give it files it can read.
+    for (name, bytes) in [
+        ("train-images-idx3-ubyte", images()),
+        ("train-labels-idx1-ubyte", labels()),
+        ("t10k-images-idx3-ubyte", images()),
+        ("t10k-labels-idx1-ubyte", labels()),
+    ] {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let (code, _, stderr) =
+        shadertrain(&["train", "--data", fake, "--adapter", "no-such-gpu-anywhere"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no GPU adapter") && stderr.contains("mesa-vulkan-drivers"),
+        "{stderr}"
+    );
+}
+
+fn images() -> Vec<u8> {
+    shadertrain::data::idx::encode_idx_u8(&[2, 2, 2], &[0; 8])
+}
+
+fn labels() -> Vec<u8> {
+    shadertrain::data::idx::encode_idx_u8(&[2], &[1, 2])
+}
+
+#[test]
+fn missing_data_names_the_folder_and_the_flag() {
+    let (code, _, stderr) = shadertrain(&["train", "--data", "/nonexistent/mnist"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("/nonexistent/mnist") && stderr.contains("--data"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    for args in [
+        &["train", "--hidden", "256,x"][..],
+        &["train", "--activation", "swish"],
+        &["train", "--loss", "hinge"],
+        &["train", "--backend", "glide"],
+    ] {
+        let (code, _, stderr) = shadertrain(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_explains_the_train_flags() {
+    let (code, stdout, _) = shadertrain(&["train", "--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--data",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--seed",
+        "--hidden",
+        "--activation",
+        "--loss",
+        "--optimizer",
+        "--backend",
+        "--adapter",
+    ] {
+        assert!(stdout.contains(flag), "--help lacks {flag}");
+    }
+}

@@ -1,0 +1,58 @@
+//! Shared by the integration tests: one device per test binary, random data, comparisons.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use shadertrain::data::{DATA_ENV, DEFAULT_DATA_DIR, Dataset};
+use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
+use shadertrain::reference::compare;
+use shadertrain::rng::Rng;
+
+/// The device every test in this binary shares. Fails (never skips) when there is no adapter:
+/// CI must prove the kernels run.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        Gpu::open(&AdapterRequest::default())
+            .unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))
+    })
+}
+
+pub fn kernels() -> &'static Kernels {
+    static KERNELS: OnceLock<Kernels> = OnceLock::new();
+    KERNELS.get_or_init(|| Kernels::new(gpu()))
+}
+
+pub fn random_vec(rng: &mut Rng, len: usize, low: f32, high: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.uniform(low, high)).collect()
+}
+
+/// Asserts closeness, naming the worst element on failure.
+pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], atol: f32, rtol: f32) {
+    if let Err(m) = compare(actual, expected, atol, rtol) {
+        panic!("{what}: {m} (atol {atol}, rtol {rtol})");
+    }
+}
+
+/// The MNIST folder: $SHADERTRAIN_DATA, else data/mnist. Missing data fails the test.
+pub fn mnist_dir() -> PathBuf {
+    let dir = std::env::var_os(DATA_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_DATA_DIR));
+    assert!(
+        dir.is_dir(),
+        "MNIST tests need the dataset: set {DATA_ENV} to the folder with the four IDX files (looked in {})",
+        dir.display()
+    );
+    dir
+}
+
+/// A small random classification set: `features` bytes per sample, labels below `classes`.
+pub fn random_dataset(rng: &mut Rng, samples: usize, features: usize, classes: usize) -> Dataset {
+    let pixels = (0..samples * features)
+        .map(|_| rng.below(256) as u8)
+        .collect();
+    let labels = (0..samples).map(|_| rng.below(classes) as u8).collect();
+    Dataset::new(features, classes, pixels, labels).unwrap()
+}

@@ -1,0 +1,205 @@
+//! Whole-network checks: the CPU reference's gradients against finite differences, the GPU's
+//! forward + backward against the reference, and a whole GPU training epoch against the
+//! reference stepping through the same batches.
+
+mod common;
+
+use common::{assert_close, gpu, kernels, random_dataset, random_vec};
+use shadertrain::data::Dataset;
+use shadertrain::gpu::uniforms::OptimizerHyper;
+use shadertrain::model::{Activation, Loss, ModelSpec};
+use shadertrain::reference::{self, forward_backward};
+use shadertrain::rng::Rng;
+use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
+
+fn small_spec(features: usize, classes: usize, activation: Activation, loss: Loss) -> ModelSpec {
+    ModelSpec {
+        inputs: features,
+        hidden: vec![7, 5],
+        classes,
+        activation,
+        loss,
+    }
+}
+
+const CASES: [(Activation, Loss); 4] = [
+    (Activation::Relu, Loss::Xent),
+    (Activation::Sigmoid, Loss::Xent),
+    (Activation::Tanh, Loss::Mse),
+    (Activation::Relu, Loss::Mse),
+];
+
+#[test]
+fn reference_gradients_match_finite_differences() {
+    let mut rng = Rng::new(11);
+    // Smooth activations only: relu's kink makes a finite difference meaningless near 0.
+    for (activation, loss) in [
+        (Activation::Sigmoid, Loss::Xent),
+        (Activation::Tanh, Loss::Xent),
+        (Activation::Tanh, Loss::Mse),
+        (Activation::Sigmoid, Loss::Mse),
+    ] {
+        let spec = ModelSpec {
+            inputs: 6,
+            hidden: vec![5, 4],
+            classes: 3,
+            activation,
+            loss,
+        };
+        let layout = spec.layout();
+        let params = random_vec(&mut rng, layout.total, -1.0, 1.0);
+        let rows = 9;
+        let x = random_vec(&mut rng, rows * spec.inputs, 0.0, 1.0);
+        let labels: Vec<u32> = (0..rows).map(|_| rng.below(3) as u32).collect();
+        let analytic = forward_backward(&spec, &params, &x, &labels).grads;
+        let eps = 3e-3;
+        let numeric: Vec<f32> = (0..layout.total)
+            .map(|i| {
+                let mut plus = params.clone();
+                plus[i] += eps;
+                let mut minus = params.clone();
+                minus[i] -= eps;
+                let up = forward_backward(&spec, &plus, &x, &labels).mean_loss();
+                let down = forward_backward(&spec, &minus, &x, &labels).mean_loss();
+                ((up - down) / (2.0 * eps as f64)) as f32
+            })
+            .collect();
+        assert!(
+            analytic.iter().any(|g| g.abs() > 1e-3),
+            "gradients vanish: the check would be empty"
+        );
+        assert_close(
+            &format!("{activation:?} {loss:?}"),
+            &analytic,
+            &numeric,
+            2e-4,
+            2e-2,
+        );
+    }
+}
+
+#[test]
+fn gpu_forward_backward_matches_reference() {
+    let mut rng = Rng::new(12);
+    let data = random_dataset(&mut rng, 40, 12, 3);
+    for (activation, loss) in CASES {
+        let spec = small_spec(12, 3, activation, loss);
+        for batch_size in [16, 40, 64] {
+            let config = TrainConfig {
+                batch_size,
+                ..TrainConfig::default()
+            };
+            let trainer =
+                Trainer::new(gpu(), kernels(), spec.clone(), config, &data, &data).unwrap();
+            let params = trainer.parameters().unwrap();
+            let rows = batch_size.min(data.samples());
+            let order: Vec<u32> = (0..data.samples() as u32).collect();
+            let (x, y) = reference::gather_batch(&data, &order, 0, rows);
+            let expected = forward_backward(&spec, &params, &x, &y).grads;
+            let actual = trainer.first_batch_gradients().unwrap();
+            assert_close(
+                &format!("{activation:?} {loss:?} batch {batch_size} gradients"),
+                &actual,
+                &expected,
+                1e-6,
+                1e-3,
+            );
+        }
+    }
+}
+
+/// The reference's version of one epoch as `Trainer` defines it: Glorot init from the seed, a
+/// Fisher-Yates shuffle from the same stream, every batch (the last one partial) trained on.
+struct ReferenceRun {
+    params: Vec<f32>,
+    train_loss: f64,
+    train_correct: u32,
+}
+
+fn reference_epoch(spec: &ModelSpec, config: &TrainConfig, data: &Dataset) -> ReferenceRun {
+    let layout = spec.layout();
+    let mut rng = Rng::new(config.seed);
+    let mut params = layout.glorot_uniform(&mut rng);
+    let mut order: Vec<u32> = (0..data.samples() as u32).collect();
+    rng.shuffle(&mut order);
+    let (mut m, mut v) = (vec![0.0; layout.total], vec![0.0; layout.total]);
+    let hyper = OptimizerHyper {
+        count: layout.total as u32,
+        learning_rate: config.learning_rate,
+        beta1: config.beta1,
+        beta2: config.beta2,
+        epsilon: config.epsilon,
+        _pad: [0; 3],
+    };
+    let (mut loss_sum, mut correct) = (0.0, 0);
+    for (step, start) in (0..data.samples()).step_by(config.batch_size).enumerate() {
+        let rows = config.batch_size.min(data.samples() - start);
+        let (x, y) = reference::gather_batch(data, &order, start, rows);
+        let result = forward_backward(spec, &params, &x, &y);
+        loss_sum += result
+            .loss
+            .sample_loss
+            .iter()
+            .map(|&l| l as f64)
+            .sum::<f64>();
+        correct += result.loss.sample_correct.iter().sum::<u32>();
+        match config.optimizer {
+            OptimizerKind::Sgd => {
+                reference::sgd_update(&mut params, &result.grads, config.learning_rate)
+            }
+            OptimizerKind::Adam => {
+                let t = step as u64 + 1;
+                let size =
+                    reference::adam_step_size(config.learning_rate, config.beta1, config.beta2, t);
+                reference::adam_update(&mut params, &result.grads, &mut m, &mut v, &hyper, size);
+            }
+        }
+    }
+    ReferenceRun {
+        params,
+        train_loss: loss_sum / data.samples() as f64,
+        train_correct: correct,
+    }
+}
+
+#[test]
+fn gpu_epoch_with_partial_last_batch_matches_reference() {
+    let mut rng = Rng::new(13);
+    let data = random_dataset(&mut rng, 50, 12, 4);
+    for optimizer in [OptimizerKind::Adam, OptimizerKind::Sgd] {
+        for (activation, loss) in CASES {
+            let spec = small_spec(12, 4, activation, loss);
+            let config = TrainConfig {
+                batch_size: 16,
+                learning_rate: 0.01,
+                optimizer,
+                seed: 5,
+                steps_per_submit: 3,
+                ..TrainConfig::default()
+            };
+            let expected = reference_epoch(&spec, &config, &data);
+            let mut trainer = Trainer::new(gpu(), kernels(), spec, config, &data, &data).unwrap();
+            let metrics = trainer.run_epoch().unwrap();
+            let what = format!("{optimizer:?} {activation:?} {loss:?}");
+            assert_close(
+                &format!("{what} parameters"),
+                &trainer.parameters().unwrap(),
+                &expected.params,
+                1e-5,
+                1e-4,
+            );
+            assert_close(
+                &format!("{what} train loss"),
+                &[metrics.train_loss as f32],
+                &[expected.train_loss as f32],
+                1e-6,
+                1e-5,
+            );
+            assert_eq!(
+                metrics.train_accuracy,
+                expected.train_correct as f64 / 50.0,
+                "{what} train accuracy"
+            );
+        }
+    }
+}
