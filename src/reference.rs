@@ -171,6 +171,21 @@ impl ReferenceStep {
     }
 }
 
+/// Every layer's output for the batch `x` (rows × inputs), from `x` itself to the logits.
+pub fn forward(spec: &ModelSpec, params: &[f32], x: &[f32]) -> Vec<Vec<f32>> {
+    let rows = x.len() / spec.inputs;
+    let mut activations = vec![x.to_vec()];
+    for (l, layer) in spec.layout().layers.iter().enumerate() {
+        let dims = MatmulDims::layer_forward(rows, layer);
+        let mut y = vec![0.0; rows * layer.outputs];
+        matmul(&dims, &activations[l], params, &mut y);
+        let bias = &params[layer.bias_offset..layer.bias_offset + layer.outputs];
+        bias_activation_forward(&mut y, bias, spec.layer_activation(l));
+        activations.push(y);
+    }
+    activations
+}
+
 /// Forward and backward through the whole network, built from the kernel references above in
 /// the order the GPU runs them.
 pub fn forward_backward(
@@ -181,15 +196,7 @@ pub fn forward_backward(
 ) -> ReferenceStep {
     let layout = spec.layout();
     let rows = labels.len();
-    let mut activations = vec![x.to_vec()];
-    for (l, layer) in layout.layers.iter().enumerate() {
-        let dims = MatmulDims::layer_forward(rows, layer);
-        let mut y = vec![0.0; rows * layer.outputs];
-        matmul(&dims, &activations[l], params, &mut y);
-        let bias = &params[layer.bias_offset..layer.bias_offset + layer.outputs];
-        bias_activation_forward(&mut y, bias, spec.layer_activation(l));
-        activations.push(y);
-    }
+    let activations = forward(spec, params, x);
     let loss = softmax_loss(spec.loss, activations.last().unwrap(), labels, spec.classes);
 
     let mut grads = vec![0.0; layout.total];

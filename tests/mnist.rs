@@ -5,16 +5,20 @@ mod common;
 use common::{gpu, kernels, mnist_dir};
 use shadertrain::data::{Dataset, Split};
 use shadertrain::model::ModelSpec;
+use shadertrain::reference;
 use shadertrain::train::{EpochMetrics, TrainConfig, Trainer};
 
+/// One epoch with Keras' default `fit` batch size (32). With the reference batch of 128, one
+/// epoch lands at 95.6-96.0 % here and 95.7-96.3 % in PyTorch over seeds (see the README), too
+/// close to 96 % for a test; the ten-epoch reference run is measured by `shadertrain train`.
 #[test]
-fn one_epoch_of_the_reference_recipe_reaches_96_percent() {
+fn one_epoch_on_full_mnist_reaches_96_percent() {
     let dir = mnist_dir();
     let train = Dataset::load_mnist(&dir, Split::Train).unwrap();
     let test = Dataset::load_mnist(&dir, Split::Test).unwrap();
     assert_eq!((train.samples(), test.samples()), (60_000, 10_000));
     let config = TrainConfig {
-        epochs: 1,
+        batch_size: 32,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(
@@ -74,5 +78,41 @@ fn the_same_seed_gives_identical_metrics() {
     assert!(
         first[1].train_loss < first[0].train_loss,
         "training does not learn: {first:?}"
+    );
+}
+
+#[test]
+fn test_metrics_equal_a_cpu_evaluation_of_the_trained_parameters() {
+    let dir = mnist_dir();
+    let train = Dataset::load_mnist(&dir, Split::Train)
+        .unwrap()
+        .truncated(3000);
+    let test = Dataset::load_mnist(&dir, Split::Test).unwrap();
+    let spec = ModelSpec::reference();
+    let mut trainer = Trainer::new(
+        gpu(),
+        kernels(),
+        spec.clone(),
+        TrainConfig::default(),
+        &train,
+        &test,
+    )
+    .unwrap();
+    let m = trainer.run_epoch().unwrap();
+    let params = trainer.parameters().unwrap();
+    let order: Vec<u32> = (0..test.samples() as u32).collect();
+    let (x, y) = reference::gather_batch(&test, &order, 0, test.samples());
+    let logits = reference::forward(&spec, &params, &x).pop().unwrap();
+    let expected = reference::softmax_loss(spec.loss, &logits, &y, spec.classes);
+    let correct: u32 = expected.sample_correct.iter().sum();
+    let loss: f64 =
+        expected.sample_loss.iter().map(|&l| l as f64).sum::<f64>() / test.samples() as f64;
+    assert!(
+        (m.test_accuracy - correct as f64 / test.samples() as f64).abs() <= 2e-4,
+        "{m:?} vs {correct} correct"
+    );
+    assert!(
+        (m.test_loss - loss).abs() <= 1e-4 * loss,
+        "{m:?} vs loss {loss}"
     );
 }
