@@ -41,6 +41,16 @@ pub enum Error {
         limit_name: &'static str,
     },
 
+    #[error(
+        "could not download {file} into {dir}: every mirror failed ({attempts}). Without network, put \
+         the four IDX files in that folder yourself, or point --data at a folder that has them"
+    )]
+    Download {
+        file: String,
+        dir: PathBuf,
+        attempts: String,
+    },
+
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
 

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use shadertrain::data::{DATA_ENV, DEFAULT_DATA_DIR, Dataset, Split};
+mod cli;
+
+use shadertrain::data::{DATA_ENV, Dataset, DatasetKind, Split, default_dir};
 use shadertrain::gpu::{AdapterRequest, BackendChoice, Gpu, Kernels, list_adapters};
 use shadertrain::model::{Activation, Loss, ModelSpec};
 use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
@@ -27,6 +29,17 @@ enum Command {
     Train(TrainArgs),
     /// List every GPU adapter wgpu can see, marking the one `train` would use.
     Adapters(AdapterArgs),
+    /// Download a dataset's four files from its mirrors, verifying each against its checksum.
+    Download(DownloadArgs),
+}
+
+#[derive(Args)]
+struct DownloadArgs {
+    #[arg(long, value_enum, default_value_t = DatasetKind::Mnist)]
+    dataset: DatasetKind,
+    /// Folder to put the files in [default: data/<dataset>/].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -50,9 +63,16 @@ impl AdapterArgs {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Folder holding the four MNIST IDX files (train-images-idx3-ubyte[.gz], ...).
-    #[arg(long, value_name = "DIR", env = DATA_ENV, default_value = DEFAULT_DATA_DIR)]
-    data: PathBuf,
+    /// Folder holding the dataset's four IDX files (train-images-idx3-ubyte[.gz], ...) [default:
+    /// data/<dataset>/, then where a system package installs it; downloaded when absent].
+    #[arg(long, value_name = "DIR", env = DATA_ENV)]
+    data: Option<PathBuf>,
+    /// Dataset to train on.
+    #[arg(long, value_enum, default_value_t = DatasetKind::Mnist)]
+    dataset: DatasetKind,
+    /// Never download: stop with a message when the dataset is not on disk.
+    #[arg(long)]
+    offline: bool,
     /// Passes over the training set.
     #[arg(long, default_value_t = 10)]
     epochs: usize,
@@ -109,6 +129,10 @@ fn main() -> ExitCode {
             adapters(&args);
             Ok(())
         }
+        Command::Download(args) => {
+            let dir = args.dir.unwrap_or_else(|| default_dir(args.dataset));
+            cli::fetch_dataset(args.dataset, &dir)
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -146,8 +170,9 @@ fn adapters(args: &AdapterArgs) {
 }
 
 fn train(args: TrainArgs) -> shadertrain::Result<()> {
-    let train_set = Dataset::load_mnist(&args.data, Split::Train)?;
-    let test_set = Dataset::load_mnist(&args.data, Split::Test)?;
+    let data_dir = cli::dataset_dir(args.dataset, args.data.as_deref(), args.offline)?;
+    let train_set = Dataset::load_mnist(&data_dir, Split::Train)?;
+    let test_set = Dataset::load_mnist(&data_dir, Split::Test)?;
     let spec = ModelSpec {
         inputs: train_set.features,
         hidden: args.hidden.0,
@@ -170,10 +195,12 @@ fn train(args: TrainArgs) -> shadertrain::Result<()> {
     let kernels = Kernels::new(&gpu);
     println!("adapter: {}", gpu.adapter_name());
     println!(
-        "data: {} ({} training, {} test samples)",
-        args.data.display(),
+        "data: {} from {} ({} training, {} test samples; classes {})",
+        args.dataset.name(),
+        data_dir.display(),
         train_set.samples(),
-        test_set.samples()
+        test_set.samples(),
+        args.dataset.class_names().join(", ")
     );
     println!(
         "model: {}  activation {:?}, loss {:?}, optimizer {:?} (lr {}), batch {}, seed {}",

@@ -58,10 +58,29 @@ fn labels() -> Vec<u8> {
 
 #[test]
 fn missing_data_names_the_folder_and_the_flag() {
-    let (code, _, stderr) = shadertrain(&["train", "--data", "/nonexistent/mnist"]);
+    let (code, _, stderr) = shadertrain(&["train", "--offline", "--data", "/nonexistent/mnist"]);
     assert_eq!(code, 1);
     assert!(
-        stderr.contains("/nonexistent/mnist") && stderr.contains("--data"),
+        stderr.contains("/nonexistent/mnist")
+            && stderr.contains("--data")
+            && stderr.contains("--offline"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn offline_without_data_says_where_to_put_the_files() {
+    let cwd = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+        .args(["train", "--offline", "--dataset", "mnist"])
+        .current_dir(cwd.path())
+        .env_remove("SHADERTRAIN_DATA")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("data/mnist") && stderr.contains("train-images-idx3-ubyte.gz"),
         "{stderr}"
     );
 }

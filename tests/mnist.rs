@@ -3,7 +3,7 @@
 mod common;
 
 use common::{gpu, kernels, mnist_dir};
-use shadertrain::data::{Dataset, Split};
+use shadertrain::data::{Dataset, DatasetKind, Split, locate};
 use shadertrain::model::ModelSpec;
 use shadertrain::reference;
 use shadertrain::train::{EpochMetrics, TrainConfig, Trainer};
@@ -114,5 +114,36 @@ fn test_metrics_equal_a_cpu_evaluation_of_the_trained_parameters() {
     assert!(
         (m.test_loss - loss).abs() <= 1e-4 * loss,
         "{m:?} vs loss {loss}"
+    );
+}
+
+/// Runs where Debian's `dataset-fashion-mnist` (or data/fashion-mnist/) is present; CI installs
+/// the package, so there a missing dataset fails the test.
+#[test]
+fn one_epoch_on_fashion_mnist_reaches_80_percent() {
+    let Some(dir) = locate(DatasetKind::FashionMnist, None) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install dataset-fashion-mnist"
+        );
+        eprintln!("Fashion-MNIST not installed: not tested here");
+        return;
+    };
+    let train = Dataset::load_mnist(&dir, Split::Train).unwrap();
+    let test = Dataset::load_mnist(&dir, Split::Test).unwrap();
+    let mut trainer = Trainer::new(
+        gpu(),
+        kernels(),
+        ModelSpec::reference(),
+        TrainConfig::default(),
+        &train,
+        &test,
+    )
+    .unwrap();
+    let m = trainer.run_epoch().unwrap();
+    println!("{m:?}");
+    assert!(
+        m.test_accuracy >= 0.80,
+        "Fashion-MNIST after one epoch: {m:?}"
     );
 }

@@ -10,7 +10,7 @@ use flate2::read::GzDecoder;
 
 use crate::error::{Error, Result};
 
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+pub(crate) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const DTYPE_U8: u8 = 0x08;
 
 /// An IDX array of unsigned bytes.

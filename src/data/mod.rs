@@ -1,5 +1,7 @@
 //! Datasets: MNIST-format image classification data read from IDX files.
 
+pub mod catalog;
+pub mod download;
 pub mod idx;
 
 use std::path::{Path, PathBuf};
@@ -10,8 +12,38 @@ use idx::read_idx_u8;
 /// The environment variable that, like `--data`, names the folder holding the dataset files.
 pub const DATA_ENV: &str = "SHADERTRAIN_DATA";
 
-/// The folder looked in when neither `--data` nor the environment variable is given.
-pub const DEFAULT_DATA_DIR: &str = "data/mnist";
+pub use catalog::DatasetKind;
+
+/// The folder under the working directory where datasets are looked for and downloaded to,
+/// `data/<dataset>/`, when neither `--data` nor the environment variable names one.
+pub fn default_dir(kind: DatasetKind) -> PathBuf {
+    Path::new("data").join(kind.name())
+}
+
+/// Whether `dir` holds all four files of an MNIST-format dataset (raw or gzip).
+pub fn has_dataset_files(dir: &Path) -> bool {
+    catalog::FILE_STEMS
+        .iter()
+        .all(|stem| download::existing_file(dir, stem).is_some())
+}
+
+/// The folders looked in, in order: the one named by `--data` or the environment variable
+/// (alone, when given), else `data/<dataset>/`, then where system packages install the dataset.
+pub fn candidate_dirs(kind: DatasetKind, named: Option<&Path>) -> Vec<PathBuf> {
+    match named {
+        Some(dir) => vec![dir.to_path_buf()],
+        None => std::iter::once(default_dir(kind))
+            .chain(kind.system_dirs().iter().map(PathBuf::from))
+            .collect(),
+    }
+}
+
+/// The first candidate folder holding the whole dataset.
+pub fn locate(kind: DatasetKind, named: Option<&Path>) -> Option<PathBuf> {
+    candidate_dirs(kind, named)
+        .into_iter()
+        .find(|dir| has_dataset_files(dir))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
@@ -147,18 +179,11 @@ impl Dataset {
 }
 
 fn find_file(dir: &Path, stem: &str) -> Result<PathBuf> {
-    let gz = dir.join(format!("{stem}.gz"));
-    let raw = dir.join(stem);
-    [gz.clone(), raw.clone()]
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| Error::Dataset {
-            dir: dir.to_path_buf(),
-            problem: format!(
-                "neither {} nor {} exists; point --data (or {DATA_ENV}) at the folder holding the \
-                 four MNIST IDX files",
-                gz.display(),
-                raw.display()
-            ),
-        })
+    download::existing_file(dir, stem).ok_or_else(|| Error::Dataset {
+        dir: dir.to_path_buf(),
+        problem: format!(
+            "neither {stem}.gz nor {stem} is there; point --data (or {DATA_ENV}) at the folder \
+             holding the four IDX files, or run `shadertrain download`"
+        ),
+    })
 }

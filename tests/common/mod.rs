@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use shadertrain::data::{DATA_ENV, DEFAULT_DATA_DIR, Dataset};
+use shadertrain::data::{DATA_ENV, Dataset, DatasetKind, default_dir};
 use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
 use shadertrain::reference::compare;
 use shadertrain::rng::Rng;
@@ -39,7 +39,9 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], atol: f32, rto
 pub fn mnist_dir() -> PathBuf {
     let dir = std::env::var_os(DATA_ENV)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_DATA_DIR));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(default_dir(DatasetKind::Mnist))
+        });
     assert!(
         dir.is_dir(),
         "MNIST tests need the dataset: set {DATA_ENV} to the folder with the four IDX files (looked in {})",

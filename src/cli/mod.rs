@@ -1,0 +1,90 @@
+//! What the commands do beyond parsing: finding or fetching data, and showing progress.
+
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use shadertrain::data::download::{DownloadEvent, DownloadOptions, download};
+use shadertrain::data::{DATA_ENV, DatasetKind, candidate_dirs, default_dir, locate};
+use shadertrain::{Error, Result};
+
+/// The folder holding the dataset: found where `candidate_dirs` says, else downloaded (into the
+/// named folder, or `data/<dataset>/`) unless `offline`.
+pub fn dataset_dir(kind: DatasetKind, named: Option<&Path>, offline: bool) -> Result<PathBuf> {
+    if let Some(dir) = locate(kind, named) {
+        return Ok(dir);
+    }
+    let target = named
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| default_dir(kind));
+    if offline {
+        let looked: Vec<String> = candidate_dirs(kind, named)
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        return Err(Error::Dataset {
+            dir: target,
+            problem: format!(
+                "{} is not on disk (looked in {}) and --offline forbids downloading it. Put its four \
+                 IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, \
+                 t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in {}, point --data or {DATA_ENV} \
+                 at a folder that has them, or drop --offline",
+                kind.name(),
+                looked.join(", "),
+                default_dir(kind).display()
+            ),
+        });
+    }
+    eprintln!(
+        "{} not found; downloading it into {}",
+        kind.name(),
+        target.display()
+    );
+    fetch_dataset(kind, &target)?;
+    Ok(target)
+}
+
+/// Downloads with a progress bar per file on a terminal, plain lines otherwise.
+pub fn fetch_dataset(kind: DatasetKind, dir: &Path) -> Result<()> {
+    let mut bar: Option<ProgressBar> = None;
+    let mut on_event = |event: DownloadEvent| match event {
+        DownloadEvent::AlreadyPresent { file } => eprintln!("{file}: already present and verified"),
+        DownloadEvent::Started { file, url, bytes } => {
+            let b = ProgressBar::with_draw_target(bytes, indicatif::ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            b.set_message(file.to_string());
+            if b.is_hidden() {
+                eprintln!("{file}: fetching {url}");
+            }
+            bar = Some(b);
+        }
+        DownloadEvent::Progress { received, .. } => {
+            if let Some(b) = &bar {
+                b.set_position(received);
+            }
+        }
+        DownloadEvent::MirrorFailed { file, url, reason } => {
+            if let Some(b) = bar.take() {
+                b.abandon();
+            }
+            eprintln!("{file}: {url} failed: {reason}; trying the next mirror");
+        }
+        DownloadEvent::Verified { file, .. } => {
+            if let Some(b) = bar.take() {
+                b.finish_and_clear();
+            }
+            eprintln!("{file}: downloaded, checksum verified");
+        }
+    };
+    download(
+        &kind.source(),
+        dir,
+        &DownloadOptions::default(),
+        &mut on_event,
+    )
+}

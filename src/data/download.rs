@@ -1,0 +1,281 @@
+//! Fetching dataset files from a list of mirrors. Each file is streamed into a temporary file in
+//! the target folder, verified by the MD5 of its decompressed content, synced, then renamed into
+//! place: a failure or a bad mirror never leaves a partial file under the final name.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flate2::read::GzDecoder;
+use md5::{Digest, Md5};
+
+use super::idx::GZIP_MAGIC;
+use crate::error::{Error, Result};
+
+/// One file of a dataset: fetched as `<mirror><stem>.gz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    pub stem: String,
+    /// Hex MD5 of the decompressed content.
+    pub md5: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Base URLs, tried in order.
+    pub mirrors: Vec<String>,
+    pub files: Vec<RemoteFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadOptions {
+    /// Limit on opening a connection.
+    pub connect_timeout: Duration,
+    /// Limit on any single read: a mirror that sends nothing for this long is abandoned.
+    pub stall_timeout: Duration,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        DownloadOptions {
+            connect_timeout: Duration::from_secs(15),
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What happens during a download, for a caller that shows progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownloadEvent<'a> {
+    AlreadyPresent {
+        file: &'a str,
+    },
+    Started {
+        file: &'a str,
+        url: &'a str,
+        bytes: Option<u64>,
+    },
+    Progress {
+        file: &'a str,
+        received: u64,
+    },
+    MirrorFailed {
+        file: &'a str,
+        url: &'a str,
+        reason: &'a str,
+    },
+    Verified {
+        file: &'a str,
+        url: &'a str,
+    },
+}
+
+/// No dataset file is anywhere near this; a mirror sending more is refused.
+const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// Hex MD5 of a file's content, decompressed first when it is gzip.
+pub fn content_md5(path: &Path) -> std::io::Result<String> {
+    let file = BufReader::new(File::open(path)?);
+    let mut content: Box<dyn Read> = if is_gzip(path)? {
+        Box::new(GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut hasher = Md5::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        match content.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn is_gzip(path: &Path) -> std::io::Result<bool> {
+    let mut magic = Vec::with_capacity(2);
+    File::open(path)?.take(2).read_to_end(&mut magic)?;
+    Ok(magic == GZIP_MAGIC)
+}
+
+/// The file in `dir` holding `stem`, gzip or raw, if there is one.
+pub fn existing_file(dir: &Path, stem: &str) -> Option<PathBuf> {
+    [dir.join(format!("{stem}.gz")), dir.join(stem)]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// Makes `dir` hold every file of `source`, verified; files already there and correct are kept.
+pub fn download(
+    source: &Source,
+    dir: &Path,
+    options: &DownloadOptions,
+    on_event: &mut dyn FnMut(DownloadEvent),
+) -> Result<()> {
+    let created = !dir.exists();
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let result = download_into(source, dir, options, on_event);
+    if result.is_err() && created {
+        // Only succeeds while empty: a folder this call made and filled with nothing goes again.
+        let _ = std::fs::remove_dir(dir);
+    }
+    result
+}
+
+fn download_into(
+    source: &Source,
+    dir: &Path,
+    options: &DownloadOptions,
+    on_event: &mut dyn FnMut(DownloadEvent),
+) -> Result<()> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(options.connect_timeout)
+        .timeout_read(options.stall_timeout)
+        .build();
+    for file in &source.files {
+        if let Some(path) = existing_file(dir, &file.stem)
+            && content_md5(&path).is_ok_and(|md5| md5 == file.md5)
+        {
+            on_event(DownloadEvent::AlreadyPresent { file: &file.stem });
+            continue;
+        }
+        let mut failures = Vec::new();
+        let mut done = false;
+        for mirror in &source.mirrors {
+            let url = format!("{}/{}.gz", mirror.trim_end_matches('/'), file.stem);
+            match fetch(&agent, &url, dir, file, on_event)? {
+                Ok(()) => {
+                    on_event(DownloadEvent::Verified {
+                        file: &file.stem,
+                        url: &url,
+                    });
+                    done = true;
+                    break;
+                }
+                Err(reason) => {
+                    on_event(DownloadEvent::MirrorFailed {
+                        file: &file.stem,
+                        url: &url,
+                        reason: &reason,
+                    });
+                    failures.push(format!("{url}: {reason}"));
+                }
+            }
+        }
+        if !done {
+            return Err(Error::Download {
+                file: file.stem.clone(),
+                dir: dir.to_path_buf(),
+                attempts: failures.join("; "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One attempt from one mirror. The outer error is local (the folder cannot be written) and
+/// ends the download; the inner one is the mirror's fault, and the next mirror is tried.
+fn fetch(
+    agent: &ureq::Agent,
+    url: &str,
+    dir: &Path,
+    file: &RemoteFile,
+    on_event: &mut dyn FnMut(DownloadEvent),
+) -> Result<Result<(), String>> {
+    let response = match agent.get(url).call() {
+        Ok(response) => response,
+        Err(ureq::Error::Status(code, response)) => {
+            return Ok(Err(format!("HTTP {code} {}", response.status_text())));
+        }
+        // ureq's message starts with the URL, which the caller already names.
+        Err(e) => {
+            let message = e.to_string();
+            let reason = message
+                .strip_prefix(&format!("{url}: "))
+                .unwrap_or(&message);
+            return Ok(Err(reason.to_string()));
+        }
+    };
+    let expected_bytes = response
+        .header("Content-Length")
+        .and_then(|v| v.parse::<u64>().ok());
+    on_event(DownloadEvent::Started {
+        file: &file.stem,
+        url,
+        bytes: expected_bytes,
+    });
+    if expected_bytes.is_some_and(|b| b > MAX_FILE_BYTES) {
+        return Ok(Err(format!(
+            "announces {} bytes, more than any dataset file",
+            expected_bytes.unwrap_or_default()
+        )));
+    }
+    let mut temp = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    let mut reader = response.into_reader().take(MAX_FILE_BYTES + 1);
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut received = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return Ok(Err(format!("stalled after {received} bytes: {e}")));
+            }
+            Err(e) => return Ok(Err(format!("failed after {received} bytes: {e}"))),
+        };
+        temp.write_all(&buffer[..n])
+            .map_err(|e| Error::io(temp.path(), e))?;
+        received += n as u64;
+        on_event(DownloadEvent::Progress {
+            file: &file.stem,
+            received,
+        });
+    }
+    if received > MAX_FILE_BYTES {
+        return Ok(Err("sent more bytes than any dataset file has".into()));
+    }
+    if let Some(expected) = expected_bytes.filter(|&b| b != received) {
+        return Ok(Err(format!(
+            "truncated: received {received} of {expected} bytes"
+        )));
+    }
+    temp.flush().map_err(|e| Error::io(temp.path(), e))?;
+    match content_md5(temp.path()) {
+        Ok(md5) if md5 == file.md5 => {}
+        Ok(md5) => {
+            return Ok(Err(format!(
+                "checksum mismatch: decompressed content has MD5 {md5}, expected {}",
+                file.md5
+            )));
+        }
+        Err(e) => return Ok(Err(format!("unreadable content: {e}"))),
+    }
+    temp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(temp.path(), e))?;
+    let gzip = is_gzip(temp.path()).map_err(|e| Error::io(temp.path(), e))?;
+    let target = dir.join(if gzip {
+        format!("{}.gz", file.stem)
+    } else {
+        file.stem.clone()
+    });
+    temp.persist(&target)
+        .map_err(|e| Error::io(&target, e.error))?;
+    Ok(Ok(()))
+}

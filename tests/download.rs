@@ -1,0 +1,292 @@
+//! Downloads from a loopback HTTP server (127.0.0.1, port 0) whose mirrors misbehave in each way
+//! a real one can: missing file, corrupted content, truncated body, stalled connection.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use shadertrain::data::catalog::{DatasetKind, FILE_STEMS};
+use shadertrain::data::download::{
+    DownloadEvent, DownloadOptions, RemoteFile, Source, content_md5, download,
+};
+use shadertrain::data::idx::encode_idx_u8;
+use shadertrain::data::{Dataset, Split};
+
+#[derive(Clone)]
+enum Reply {
+    Body(Vec<u8>),
+    /// Announces the whole body, sends half, closes.
+    Truncated(Vec<u8>),
+    /// Sends the headers and a few bytes, then nothing for 3 s.
+    Stall(Vec<u8>),
+}
+
+/// Serves `routes` (path → reply; anything else is a 404) on a loopback port, for at most
+/// 200 connections; returns the base URL.
+fn serve(routes: HashMap<String, Reply>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let routes = Arc::new(routes);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(200).flatten() {
+            let routes = routes.clone();
+            std::thread::spawn(move || respond(stream, &routes));
+        }
+    });
+    base
+}
+
+fn respond(mut stream: TcpStream, routes: &HashMap<String, Reply>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+            break;
+        }
+    }
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_string();
+    let head = |len: usize| {
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+    };
+    let _ = match routes.get(&path) {
+        None => stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        Some(Reply::Body(body)) => stream
+            .write_all(head(body.len()).as_bytes())
+            .and_then(|_| stream.write_all(body)),
+        Some(Reply::Truncated(body)) => stream
+            .write_all(head(body.len()).as_bytes())
+            .and_then(|_| stream.write_all(&body[..body.len() / 2])),
+        Some(Reply::Stall(body)) => {
+            let sent = stream
+                .write_all(head(body.len()).as_bytes())
+                .and_then(|_| stream.write_all(&body[..10.min(body.len())]))
+                .and_then(|_| stream.flush());
+            std::thread::sleep(Duration::from_secs(3));
+            sent
+        }
+    };
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn md5_of(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, bytes).unwrap();
+    content_md5(&path).unwrap()
+}
+
+/// Two small IDX files, their remote description, and their gzip bytes.
+fn synthetic_files() -> Vec<(RemoteFile, Vec<u8>)> {
+    [
+        (
+            "train-images-idx3-ubyte",
+            encode_idx_u8(&[300, 4, 4], &[9; 4800]),
+        ),
+        ("train-labels-idx1-ubyte", encode_idx_u8(&[300], &[3; 300])),
+    ]
+    .into_iter()
+    .map(|(stem, raw)| {
+        let file = RemoteFile {
+            stem: stem.to_string(),
+            md5: md5_of(&raw),
+        };
+        (file, gzip(&raw))
+    })
+    .collect()
+}
+
+fn corrupted(gz: &[u8]) -> Vec<u8> {
+    let mut bytes = gz.to_vec();
+    let n = bytes.len();
+    bytes[n - 12] ^= 0xff; // inside the deflate data / CRC
+    bytes
+}
+
+fn routes_for(
+    files: &[(RemoteFile, Vec<u8>)],
+    mirror: &str,
+    make: impl Fn(&[u8]) -> Reply,
+) -> HashMap<String, Reply> {
+    files
+        .iter()
+        .map(|(f, gz)| (format!("/{mirror}/{}.gz", f.stem), make(gz)))
+        .collect()
+}
+
+fn options() -> DownloadOptions {
+    DownloadOptions {
+        connect_timeout: Duration::from_secs(2),
+        stall_timeout: Duration::from_millis(500),
+    }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn bad_mirrors_are_reported_and_the_good_one_is_used() {
+    let files = synthetic_files();
+    let mut routes = routes_for(&files, "good", |gz| Reply::Body(gz.to_vec()));
+    routes.extend(routes_for(&files, "corrupt", |gz| {
+        Reply::Body(corrupted(gz))
+    }));
+    routes.extend(routes_for(&files, "truncated", |gz| {
+        Reply::Truncated(gz.to_vec())
+    }));
+    routes.extend(routes_for(&files, "stall", |gz| Reply::Stall(gz.to_vec())));
+    let base = serve(routes);
+    let source = Source {
+        mirrors: ["missing", "corrupt", "truncated", "stall", "good"]
+            .iter()
+            .map(|m| format!("{base}/{m}/"))
+            .collect(),
+        files: files.iter().map(|(f, _)| f.clone()).collect(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    download(&source, dir.path(), &options(), &mut |event| {
+        if let DownloadEvent::MirrorFailed { url, reason, .. } = event {
+            failures.push(format!("{url}: {reason}"));
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        names_in(dir.path()),
+        vec!["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    );
+    assert_eq!(failures.len(), 8, "{failures:#?}");
+    for (mirror, why) in [
+        ("missing", "404"),
+        ("corrupt", ""),
+        ("truncated", "truncated"),
+        ("stall", "stalled"),
+    ] {
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains(&format!("/{mirror}/")) && f.contains(why)),
+            "no {mirror} failure mentioning {why:?}: {failures:#?}"
+        );
+    }
+    let data = Dataset::load_mnist(dir.path(), Split::Train).unwrap();
+    assert_eq!(data.samples(), 300);
+}
+
+#[test]
+fn all_mirrors_bad_is_a_clear_error_and_leaves_nothing() {
+    let files = synthetic_files();
+    let mut routes = routes_for(&files, "corrupt", |gz| Reply::Body(corrupted(gz)));
+    routes.extend(routes_for(&files, "truncated", |gz| {
+        Reply::Truncated(gz.to_vec())
+    }));
+    let base = serve(routes);
+    let source = Source {
+        // A closed port first: refused at once, then the next mirror.
+        mirrors: vec![
+            "http://127.0.0.1:1/".into(),
+            format!("{base}/corrupt/"),
+            format!("{base}/truncated/"),
+        ],
+        files: files.iter().map(|(f, _)| f.clone()).collect(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let message = download(&source, dir.path(), &options(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("train-images-idx3-ubyte"), "{message}");
+    for mirror in ["127.0.0.1:1", "/corrupt/", "/truncated/"] {
+        assert!(message.contains(mirror), "{message} should name {mirror}");
+    }
+    assert!(
+        names_in(dir.path()).is_empty(),
+        "left behind: {:?}",
+        names_in(dir.path())
+    );
+}
+
+#[test]
+fn verified_files_are_not_fetched_again() {
+    let files = synthetic_files();
+    let base = serve(routes_for(&files, "good", |gz| Reply::Body(gz.to_vec())));
+    let mut source = Source {
+        mirrors: vec![format!("{base}/good/")],
+        files: files.iter().map(|(f, _)| f.clone()).collect(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    download(&source, dir.path(), &options(), &mut |_| {}).unwrap();
+    source.mirrors = vec![format!("{base}/nothing-here/")];
+    let mut present = 0;
+    download(&source, dir.path(), &options(), &mut |event| {
+        present += matches!(event, DownloadEvent::AlreadyPresent { .. }) as usize;
+    })
+    .unwrap();
+    assert_eq!(present, 2);
+}
+
+/// The pinned checksums accept the real files, served re-compressed from the local copies.
+#[test]
+fn pinned_checksums_accept_the_real_datasets() {
+    let mut local = vec![(DatasetKind::Mnist, common::mnist_dir())];
+    let fashion = Path::new("/usr/share/datasets/fashion-mnist");
+    if fashion.is_dir() {
+        local.push((DatasetKind::FashionMnist, fashion.to_path_buf()));
+    }
+    for (kind, from) in local {
+        let routes = FILE_STEMS
+            .iter()
+            .map(|stem| {
+                let path = shadertrain::data::download::existing_file(&from, stem).unwrap();
+                let mut raw = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()),
+                    &mut raw,
+                )
+                .unwrap();
+                (
+                    format!("/{}/{stem}.gz", kind.name()),
+                    Reply::Body(gzip(&raw)),
+                )
+            })
+            .collect();
+        let base = serve(routes);
+        let source = Source {
+            mirrors: vec![format!("{base}/{}/", kind.name())],
+            ..kind.source()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        download(&source, dir.path(), &options(), &mut |_| {}).unwrap();
+        assert_eq!(
+            Dataset::load_mnist(dir.path(), Split::Test)
+                .unwrap()
+                .samples(),
+            10_000
+        );
+    }
+}
