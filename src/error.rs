@@ -54,6 +54,9 @@ pub enum Error {
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
 
+    #[error("selftest failed: {0} disagree with the CPU reference on this adapter")]
+    SelftestFailed(String),
+
     #[error("invalid configuration: {0}")]
     Config(String),
 }

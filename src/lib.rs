@@ -15,12 +15,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod model;
 pub mod reference;
 pub mod rng;
+pub mod selftest;
 pub mod train;
 
 pub use error::{Error, Result};

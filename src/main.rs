@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -29,8 +30,27 @@ enum Command {
     Train(TrainArgs),
     /// List every GPU adapter wgpu can see, marking the one `train` would use.
     Adapters(AdapterArgs),
+    /// Measure the training step on the chosen adapter: start-up times, ms per step, GFLOP/s of the
+    /// step and of each matmul shape against the adapter's FMA peak, GPU work per epoch, host
+    /// memory. Takes train's flags (--epochs is ignored: one epoch is timed).
+    Bench(BenchArgs),
+    /// Run every kernel on random data against the CPU reference and report the worst error of
+    /// each; exits non-zero if any is outside its tolerance. Run this first on an unusual GPU.
+    Selftest(AdapterArgs),
     /// Download a dataset's four files from its mirrors, verifying each against its checksum.
     Download(DownloadArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    recipe: TrainArgs,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Training steps in the steady-state timing (after 32 warm-up steps).
+    #[arg(long, default_value_t = 64)]
+    steps: usize,
 }
 
 #[derive(Args)]
@@ -122,13 +142,16 @@ fn parse_hidden(text: &str) -> Result<Hidden, String> {
 }
 
 fn main() -> ExitCode {
+    let process_start = Instant::now();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Train(args) => train(args),
+        Command::Bench(args) => bench(args, process_start),
         Command::Adapters(args) => {
             adapters(&args);
             Ok(())
         }
+        Command::Selftest(args) => cli::selftest(&args.request()),
         Command::Download(args) => {
             let dir = args.dir.unwrap_or_else(|| default_dir(args.dataset));
             cli::fetch_dataset(args.dataset, &dir)
@@ -169,13 +192,22 @@ fn adapters(args: &AdapterArgs) {
     println!("(* = the adapter `train` uses with these options)");
 }
 
-fn train(args: TrainArgs) -> shadertrain::Result<()> {
+/// What `train` and `bench` load and build from the recipe flags.
+struct Recipe {
+    data_dir: PathBuf,
+    train_set: Dataset,
+    test_set: Dataset,
+    spec: ModelSpec,
+    config: TrainConfig,
+}
+
+fn recipe(args: &TrainArgs) -> shadertrain::Result<Recipe> {
     let data_dir = cli::dataset_dir(args.dataset, args.data.as_deref(), args.offline)?;
     let train_set = Dataset::load_mnist(&data_dir, Split::Train)?;
     let test_set = Dataset::load_mnist(&data_dir, Split::Test)?;
     let spec = ModelSpec {
         inputs: train_set.features,
-        hidden: args.hidden.0,
+        hidden: args.hidden.0.clone(),
         classes: train_set.classes,
         activation: args.activation,
         loss: args.loss,
@@ -191,6 +223,45 @@ fn train(args: TrainArgs) -> shadertrain::Result<()> {
         optimizer: args.optimizer,
         ..TrainConfig::default()
     };
+    Ok(Recipe {
+        data_dir,
+        train_set,
+        test_set,
+        spec,
+        config,
+    })
+}
+
+fn bench(args: BenchArgs, process_start: Instant) -> shadertrain::Result<()> {
+    let recipe = recipe(&args.recipe)?;
+    let report = cli::bench::run(
+        &args.recipe.adapter.request(),
+        &recipe.spec,
+        &recipe.config,
+        &recipe.train_set,
+        &recipe.test_set,
+        args.steps,
+        process_start,
+    )?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("plain data serialises")
+        );
+    } else {
+        cli::bench::print(&report);
+    }
+    Ok(())
+}
+
+fn train(args: TrainArgs) -> shadertrain::Result<()> {
+    let Recipe {
+        data_dir,
+        train_set,
+        test_set,
+        spec,
+        config,
+    } = recipe(&args)?;
     let gpu = Gpu::open(&args.adapter.request())?;
     let kernels = Kernels::new(&gpu);
     println!("adapter: {}", gpu.adapter_name());

@@ -237,12 +237,20 @@ pub struct Mismatch {
 
 /// Compares element-wise; on failure returns the worst element (NaN counts as worst).
 pub fn compare(actual: &[f32], expected: &[f32], atol: f32, rtol: f32) -> Result<(), Mismatch> {
+    match worst_element(actual, expected, atol, rtol) {
+        Some(m) if m.ratio > 1.0 => Err(m),
+        _ => Ok(()),
+    }
+}
+
+/// The element furthest from `expected` relative to its tolerance (`None` for empty slices).
+pub fn worst_element(actual: &[f32], expected: &[f32], atol: f32, rtol: f32) -> Option<Mismatch> {
     assert_eq!(
         actual.len(),
         expected.len(),
         "compared slices differ in length"
     );
-    let worst = actual
+    actual
         .iter()
         .zip(expected)
         .enumerate()
@@ -257,11 +265,7 @@ pub fn compare(actual: &[f32], expected: &[f32], atol: f32, rtol: f32) -> Result
                 ratio,
             }
         })
-        .max_by(|x, y| x.ratio.total_cmp(&y.ratio));
-    match worst {
-        Some(m) if m.ratio > 1.0 => Err(m),
-        _ => Ok(()),
-    }
+        .max_by(|x, y| x.ratio.total_cmp(&y.ratio))
 }
 
 impl std::fmt::Display for Mismatch {

@@ -119,3 +119,65 @@ fn help_explains_the_train_flags() {
         assert!(stdout.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn selftest_passes_on_this_adapter() {
+    let (code, stdout, stderr) = shadertrain(&["selftest"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
+        9,
+        "{stdout}"
+    );
+    assert!(stdout.contains("selftest passed"), "{stdout}");
+}
+
+/// A small MNIST-shaped dataset on disk: `samples` random 28×28 images per split.
+fn write_small_mnist(dir: &std::path::Path, samples: usize) {
+    let mut rng = shadertrain::rng::Rng::new(3);
+    for (images, labels) in [
+        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    ] {
+        let pixels: Vec<u8> = (0..samples * 784).map(|_| rng.below(256) as u8).collect();
+        let classes: Vec<u8> = (0..samples).map(|_| rng.below(10) as u8).collect();
+        let encode = shadertrain::data::idx::encode_idx_u8;
+        std::fs::write(dir.join(images), encode(&[samples, 28, 28], &pixels)).unwrap();
+        std::fs::write(dir.join(labels), encode(&[samples], &classes)).unwrap();
+    }
+}
+
+#[test]
+fn bench_reports_counts_within_budget_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 1000);
+    let data = dir.path().to_str().unwrap();
+    let (code, stdout, stderr) = shadertrain(&[
+        "bench",
+        "--json",
+        "--offline",
+        "--data",
+        data,
+        "--steps",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).expect("bench --json prints one JSON object");
+    let steps = 1000usize.div_ceil(128);
+    assert_eq!(report["readbacks_per_epoch"], 1, "{report}");
+    assert!(
+        report["submits_per_epoch"].as_u64().unwrap() as usize <= steps.div_ceil(32) + 2,
+        "{report}"
+    );
+    assert_eq!(report["matmuls"].as_array().unwrap().len(), 8, "{report}");
+    for key in [
+        "fma_peak_gflops",
+        "step_gflops",
+        "ms_per_step",
+        "epoch_s",
+        "first_step_done_s",
+    ] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
+    }
+}

@@ -203,3 +203,30 @@ fn gpu_epoch_with_partial_last_batch_matches_reference() {
         }
     }
 }
+
+/// The budget of issue 3, checked by counting: chunks of `steps_per_submit` steps per
+/// submission, one more for the evaluation, and one readback per epoch.
+#[test]
+fn an_epoch_submits_in_chunks_and_reads_back_once() {
+    let mut rng = Rng::new(14);
+    let train = random_dataset(&mut rng, 1000, 12, 3);
+    let test = random_dataset(&mut rng, 100, 12, 3);
+    let spec = small_spec(12, 3, Activation::Relu, Loss::Xent);
+    let config = TrainConfig {
+        batch_size: 8,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(gpu(), kernels(), spec, config, &train, &test).unwrap();
+    let work = trainer.run_epoch().unwrap().work;
+    let steps = 1000usize.div_ceil(8);
+    assert_eq!(work.readbacks, 1);
+    assert_eq!(work.submits, steps.div_ceil(32) + 1, "{work:?}");
+    // Per training step: gather, 3 × (matmul + bias/activation), loss, 3 × (activation
+    // backward + weight grad), 2 input grads, update = 17; per test batch the 8 forward
+    // dispatches; two metric reductions.
+    assert_eq!(
+        work.dispatches,
+        steps * 17 + 100usize.div_ceil(8) * 8 + 2,
+        "{work:?}"
+    );
+}

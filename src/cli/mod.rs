@@ -2,10 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod bench;
+
 use indicatif::{ProgressBar, ProgressStyle};
 use shadertrain::data::download::{DownloadEvent, DownloadOptions, download};
 use shadertrain::data::{DATA_ENV, DatasetKind, candidate_dirs, default_dir, locate};
-use shadertrain::{Error, Result};
+use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
+use shadertrain::{Error, Result, selftest};
 
 /// The folder holding the dataset: found where `candidate_dirs` says, else downloaded (into the
 /// named folder, or `data/<dataset>/`) unless `offline`.
@@ -87,4 +90,29 @@ pub fn fetch_dataset(kind: DatasetKind, dir: &Path) -> Result<()> {
         &DownloadOptions::default(),
         &mut on_event,
     )
+}
+
+/// `shadertrain selftest`: one line per kernel check, then a verdict.
+pub fn selftest(request: &AdapterRequest) -> Result<()> {
+    let gpu = Gpu::open(request)?;
+    let kernels = Kernels::new(&gpu);
+    println!("adapter: {}", gpu.adapter_name());
+    let mut failed = Vec::new();
+    for name in selftest::CHECKS {
+        let result = selftest::run(&gpu, &kernels, name)?;
+        let verdict = if result.passed() { "ok  " } else { "FAIL" };
+        println!(
+            "{verdict} {name:<38} worst {:>8.2e} of tolerance  ({})",
+            result.worst_ratio, result.worst
+        );
+        if !result.passed() {
+            failed.push(name);
+        }
+    }
+    if failed.is_empty() {
+        println!("selftest passed: every kernel matches the CPU reference on this adapter");
+        Ok(())
+    } else {
+        Err(Error::SelftestFailed(failed.join(", ")))
+    }
 }

@@ -23,7 +23,11 @@ pub struct IdxBytes {
 /// Reads an IDX file of unsigned bytes, checking the header against the data that follows.
 pub fn read_idx_u8(path: &Path) -> Result<IdxBytes> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::new(file);
+    read_idx_u8_from(path, BufReader::new(file))
+}
+
+/// Reads an IDX u8 array from any reader; `path` only names the source in errors.
+pub fn read_idx_u8_from(path: &Path, mut reader: impl Read) -> Result<IdxBytes> {
     let mut start = [0u8; 2];
     let got = read_up_to(&mut reader, &mut start).map_err(|e| Error::io(path, e))?;
     let head = std::io::Cursor::new(start[..got].to_vec());

@@ -76,4 +76,14 @@ pub struct EpochMetrics {
     pub seconds: f64,
     /// Training samples per second of that wall time.
     pub samples_per_second: f64,
+    /// What the epoch asked of the GPU, counted as it was recorded.
+    pub work: GpuWork,
+}
+
+/// Command-buffer submissions, kernel dispatches and host readbacks (map + wait) of an epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuWork {
+    pub submits: usize,
+    pub dispatches: usize,
+    pub readbacks: usize,
 }

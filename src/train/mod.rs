@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use wgpu::Buffer;
 
-pub use config::{EpochMetrics, OptimizerKind, TrainConfig};
+pub use config::{EpochMetrics, GpuWork, OptimizerKind, TrainConfig};
 use program::Program;
 
 use crate::data::Dataset;
@@ -298,28 +298,10 @@ impl<'k> Trainer<'k> {
             .collect();
         self.write_step_uniforms(0, &steps);
 
-        for (chunk_index, chunk) in steps.chunks(self.config.steps_per_submit).enumerate() {
-            let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                for (i, step) in chunk.iter().enumerate() {
-                    let slot = chunk_index * self.config.steps_per_submit + i;
-                    let offset = (slot as u64 * self.step_stride) as u32;
-                    let program = program_for(
-                        step.rows as usize,
-                        batch,
-                        &self.train_full,
-                        &self.train_tail,
-                    );
-                    program.record(&mut pass, offset);
-                    self.update.record(&mut pass, offset);
-                }
-            }
-            self.gpu.queue.submit([encoder.finish()]);
-        }
+        let mut work = GpuWork::default();
+        self.submit_training_steps(&steps, &mut work);
         self.steps_done += steps.len() as u64;
-
-        let totals = self.evaluate_and_read_totals()?;
+        let totals = self.evaluate_and_read_totals(&mut work)?;
         self.epochs_done += 1;
         let seconds = started.elapsed().as_secs_f64();
         let train_samples = self.train.samples as f64;
@@ -332,31 +314,84 @@ impl<'k> Trainer<'k> {
             test_accuracy: totals[3] as f64 / test_samples,
             seconds,
             samples_per_second: train_samples / seconds,
+            work,
         })
+    }
+
+    /// Records `steps` (whose uniforms are in slots 0..) into command buffers of
+    /// `steps_per_submit` steps each and submits them, without waiting.
+    fn submit_training_steps(&self, steps: &[StepUniform], work: &mut GpuWork) {
+        let per_submit = self.config.steps_per_submit;
+        for (chunk_index, chunk) in steps.chunks(per_submit).enumerate() {
+            let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                for (i, step) in chunk.iter().enumerate() {
+                    let offset = ((chunk_index * per_submit + i) as u64 * self.step_stride) as u32;
+                    let rows = step.rows as usize;
+                    let batch = self.config.batch_size;
+                    work.dispatches += program_for(rows, batch, &self.train_full, &self.train_tail)
+                        .record(&mut pass, offset);
+                    work.dispatches += self.update.record(&mut pass, offset);
+                }
+            }
+            self.gpu.queue.submit([encoder.finish()]);
+            work.submits += 1;
+        }
     }
 
     /// Runs the test set forward, reduces both splits' per-sample metrics and reads the four
     /// totals (training loss, training correct, test loss, test correct) back: the one wait.
-    fn evaluate_and_read_totals(&self) -> Result<Vec<u32>> {
+    fn evaluate_and_read_totals(&self, work: &mut GpuWork) -> Result<Vec<u32>> {
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             let first_slot = self.train_steps();
-            for (i, (_, rows)) in batches(self.test.samples, self.config.batch_size).enumerate() {
+            let batch = self.config.batch_size;
+            for (i, (_, rows)) in batches(self.test.samples, batch).enumerate() {
                 let offset = ((first_slot + i) as u64 * self.step_stride) as u32;
-                program_for(
-                    rows,
-                    self.config.batch_size,
-                    &self.test_full,
-                    &self.test_tail,
-                )
-                .record(&mut pass, offset);
+                work.dispatches += program_for(rows, batch, &self.test_full, &self.test_tail)
+                    .record(&mut pass, offset);
             }
-            self.epoch_end.record(&mut pass, 0);
+            work.dispatches += self.epoch_end.record(&mut pass, 0);
         }
         encoder.copy_buffer_to_buffer(&self.totals, 0, &self.totals_staging, 0, 16);
         self.gpu.queue.submit([encoder.finish()]);
+        work.submits += 1;
+        work.readbacks += 1;
         self.gpu.map_and_read(&self.totals_staging)
+    }
+
+    /// Trains `count` full-batch steps (cycling through the current epoch order, the first
+    /// batches again and again) and waits for them: for benchmarks, not for training runs.
+    pub fn run_benchmark_steps(&mut self, count: usize) -> Result<GpuWork> {
+        let batch = self.config.batch_size.min(self.train.samples);
+        let full_batches = (self.train.samples / batch).max(1);
+        let steps: Vec<StepUniform> = (0..count)
+            .map(|i| StepUniform {
+                batch_start: ((i % full_batches) * batch) as u32,
+                rows: batch as u32,
+                adam_step_size: adam_step_size(
+                    self.config.learning_rate,
+                    self.config.beta1,
+                    self.config.beta2,
+                    self.steps_done + i as u64 + 1,
+                ),
+                _pad: 0,
+            })
+            .collect();
+        let mut work = GpuWork::default();
+        for chunk in steps.chunks(self.train_steps()) {
+            self.write_step_uniforms(0, chunk);
+            self.submit_training_steps(chunk, &mut work);
+            self.steps_done += chunk.len() as u64;
+        }
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        work.readbacks += 1;
+        Ok(work)
     }
 
     /// The current parameters, laid out as `layout()` says (waits for the GPU).

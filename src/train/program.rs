@@ -28,7 +28,8 @@ impl<'k> Program<'k> {
     }
 
     /// Records every dispatch; kernels that read the step uniform see the one at `step_offset`.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, step_offset: u32) {
+    /// Returns how many dispatches were recorded.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, step_offset: u32) -> usize {
         for d in &self.dispatches {
             pass.set_pipeline(&d.kernel.pipeline);
             let offsets: &[u32] = if d.kernel.uses_step {
@@ -39,5 +40,6 @@ impl<'k> Program<'k> {
             pass.set_bind_group(0, &d.bind_group, offsets);
             pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
         }
+        self.dispatches.len()
     }
 }

@@ -1,0 +1,182 @@
+//! Measurements behind `shadertrain bench`: the adapter's arithmetic peak, each matmul shape of a
+//! training step alone, and the model FLOPs that turn step times into GFLOP/s.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::gpu::uniforms::MatmulDims;
+use crate::gpu::{Gpu, Kernels};
+use crate::model::ModelSpec;
+
+/// One matmul of a training step, timed alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct MatmulShape {
+    /// e.g. "layer 0 forward".
+    pub name: String,
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub gflops: f64,
+}
+
+/// The three products of every dense layer for a batch of `rows` (no input gradient for the
+/// first layer: nothing consumes it).
+pub fn step_matmuls(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims)> {
+    let mut shapes = Vec::new();
+    for (l, layer) in spec.layout().layers.iter().enumerate() {
+        shapes.push((
+            format!("layer {l} forward"),
+            MatmulDims::layer_forward(rows, layer),
+        ));
+        shapes.push((
+            format!("layer {l} weight grad"),
+            MatmulDims::layer_weight_grad(rows, layer),
+        ));
+        if l > 0 {
+            shapes.push((
+                format!("layer {l} input grad"),
+                MatmulDims::layer_input_grad(rows, layer),
+            ));
+        }
+    }
+    shapes
+}
+
+fn flops(dims: &MatmulDims) -> f64 {
+    2.0 * dims.m as f64 * dims.n as f64 * dims.k as f64
+}
+
+/// Model FLOPs of one training step: the multiply-adds of its matmuls (the element-wise kernels
+/// and the optimizer are a rounding error beside them, and are not counted).
+pub fn step_flops(spec: &ModelSpec, rows: usize) -> f64 {
+    step_matmuls(spec, rows).iter().map(|(_, d)| flops(d)).sum()
+}
+
+fn wait(gpu: &Gpu) -> Result<()> {
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map(|_| ())
+        .map_err(|e| Error::Readback(e.to_string()))
+}
+
+/// Seconds per dispatch of `pipeline` (no dynamic offsets), recorded `repeats` times in one submission, repeating
+/// with more until one submission takes at least `min_seconds`; the best of three such.
+fn time_dispatches(
+    gpu: &Gpu,
+    pipeline: &wgpu::ComputePipeline,
+    bind_group: &wgpu::BindGroup,
+    grid: [u32; 3],
+    min_seconds: f64,
+) -> Result<f64> {
+    let run = |repeats: usize| -> Result<f64> {
+        let started = Instant::now();
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind_group, &[]);
+            for _ in 0..repeats {
+                pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+            }
+        }
+        gpu.queue.submit([encoder.finish()]);
+        wait(gpu)?;
+        Ok(started.elapsed().as_secs_f64())
+    };
+    run(1)?; // warm-up: first use of the pipeline
+    let mut repeats = 1;
+    let mut elapsed = run(repeats)?;
+    while elapsed < min_seconds && repeats < 1 << 20 {
+        repeats *= 2;
+        elapsed = run(repeats)?;
+    }
+    let best = (0..2).try_fold(elapsed, |best, _| run(repeats).map(|t| best.min(t)))?;
+    Ok(best / repeats as f64)
+}
+
+/// GFLOP/s of one matmul shape alone, on buffers of random contents.
+pub fn matmul_gflops(gpu: &Gpu, kernels: &Kernels, dims: &MatmulDims) -> Result<f64> {
+    let lhs_len = dims.lhs_index(dims.m as usize - 1, dims.k as usize - 1) + 1;
+    let rhs_len = dims.rhs_index(dims.k as usize - 1, dims.n as usize - 1) + 1;
+    let out_len = dims.out_index(dims.m as usize - 1, dims.n as usize - 1) + 1;
+    let lhs = gpu.storage_with("bench lhs", &vec![0.5f32; lhs_len])?;
+    let rhs = gpu.storage_with("bench rhs", &vec![0.25f32; rhs_len])?;
+    let out = gpu.storage_buffer("bench out", (out_len * 4) as u64)?;
+    let uniform = gpu.uniform_with("bench dims", dims);
+    let bind_group = kernels.matmul.bind(
+        gpu,
+        &[
+            uniform.as_entire_binding(),
+            lhs.as_entire_binding(),
+            rhs.as_entire_binding(),
+            out.as_entire_binding(),
+        ],
+    );
+    let grid = kernels.matmul_tiling.grid(dims.m, dims.n);
+    let seconds = time_dispatches(gpu, &kernels.matmul.pipeline, &bind_group, grid, 0.2)?;
+    Ok(flops(dims) / seconds / 1e9)
+}
+
+/// The adapter's vec4 FMA rate (GFLOP/s) from `shaders/peak.wgsl`.
+pub fn fma_peak_gflops(gpu: &Gpu) -> Result<f64> {
+    #[repr(C)]
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    struct Shape {
+        iterations: u32,
+        _pad: [u32; 3],
+    }
+    const ITERATIONS: u32 = 1024;
+    const GROUPS: u32 = 1024;
+    let module = gpu
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("peak.wgsl"),
+            source: wgpu::ShaderSource::Wgsl(include_str!("../shaders/peak.wgsl").into()),
+        });
+    let pipeline = gpu
+        .device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("fma_peak"),
+            layout: None,
+            module: &module,
+            entry_point: Some("fma_peak"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+    let layout = pipeline.get_bind_group_layout(0);
+    let uniform = gpu.uniform_with(
+        "peak shape",
+        &Shape {
+            iterations: ITERATIONS,
+            _pad: [0; 3],
+        },
+    );
+    let sink = gpu.storage_buffer("peak sink", GROUPS as u64 * 64 * 16)?;
+    let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("fma_peak"),
+        layout: &layout,
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: uniform.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: sink.as_entire_binding(),
+            },
+        ],
+    });
+    let seconds = time_dispatches(gpu, &pipeline, &bind_group, [GROUPS, 1, 1], 0.3)?;
+    let flops = GROUPS as f64 * 64.0 * ITERATIONS as f64 * 8.0 * 4.0 * 2.0;
+    Ok(flops / seconds / 1e9)
+}
+
+/// The process's peak resident memory (Linux: VmHWM), in bytes.
+pub fn peak_host_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -1,0 +1,141 @@
+//! `shadertrain bench`: times the recipe on one adapter and reports against the adapter's peak.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use shadertrain::Result;
+use shadertrain::bench::{
+    MatmulShape, fma_peak_gflops, matmul_gflops, peak_host_memory_bytes, step_flops, step_matmuls,
+};
+use shadertrain::data::Dataset;
+use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
+use shadertrain::model::ModelSpec;
+use shadertrain::train::{TrainConfig, Trainer};
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub adapter: String,
+    pub batch_size: usize,
+    pub open_adapter_s: f64,
+    pub build_pipelines_s: f64,
+    /// From process start (data loading, adapter, pipelines and upload included).
+    pub first_step_done_s: f64,
+    pub ms_per_step: f64,
+    pub samples_per_s: f64,
+    /// One whole epoch: training and test evaluation.
+    pub epoch_s: f64,
+    pub step_gflops: f64,
+    pub fma_peak_gflops: f64,
+    pub step_fraction_of_peak: f64,
+    pub matmuls: Vec<MatmulShape>,
+    pub submits_per_epoch: usize,
+    pub dispatches_per_epoch: usize,
+    pub readbacks_per_epoch: usize,
+    pub peak_host_memory_mb: Option<f64>,
+}
+
+pub fn run(
+    request: &AdapterRequest,
+    spec: &ModelSpec,
+    config: &TrainConfig,
+    train: &Dataset,
+    test: &Dataset,
+    steps: usize,
+    process_start: Instant,
+) -> Result<BenchReport> {
+    let started = Instant::now();
+    let gpu = Gpu::open(request)?;
+    let open_adapter_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let kernels = Kernels::new(&gpu);
+    // Pipeline creation may be lazy on some drivers: wait so the figure includes compilation.
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| shadertrain::Error::Readback(e.to_string()))?;
+    let build_pipelines_s = started.elapsed().as_secs_f64();
+
+    let mut trainer = Trainer::new(&gpu, &kernels, spec.clone(), config.clone(), train, test)?;
+    trainer.run_benchmark_steps(1)?;
+    let first_step_done_s = process_start.elapsed().as_secs_f64();
+
+    trainer.run_benchmark_steps(32)?;
+    let started = Instant::now();
+    trainer.run_benchmark_steps(steps.max(1))?;
+    let step_s = started.elapsed().as_secs_f64() / steps.max(1) as f64;
+    let epoch = trainer.run_epoch()?;
+
+    let fma_peak = fma_peak_gflops(&gpu)?;
+    let rows = config.batch_size.min(train.samples());
+    let step_gflops = step_flops(spec, rows) / step_s / 1e9;
+    let matmuls = step_matmuls(spec, rows)
+        .into_iter()
+        .map(|(name, dims)| {
+            Ok(MatmulShape {
+                name,
+                m: dims.m,
+                n: dims.n,
+                k: dims.k,
+                gflops: matmul_gflops(&gpu, &kernels, &dims)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(BenchReport {
+        adapter: gpu.adapter_name(),
+        batch_size: rows,
+        open_adapter_s,
+        build_pipelines_s,
+        first_step_done_s,
+        ms_per_step: step_s * 1e3,
+        samples_per_s: rows as f64 / step_s,
+        epoch_s: epoch.seconds,
+        step_gflops,
+        fma_peak_gflops: fma_peak,
+        step_fraction_of_peak: step_gflops / fma_peak,
+        matmuls,
+        submits_per_epoch: epoch.work.submits,
+        dispatches_per_epoch: epoch.work.dispatches,
+        readbacks_per_epoch: epoch.work.readbacks,
+        peak_host_memory_mb: peak_host_memory_bytes().map(|b| b as f64 / (1 << 20) as f64),
+    })
+}
+
+pub fn print(r: &BenchReport) {
+    let pct = |g: f64| 100.0 * g / r.fma_peak_gflops;
+    println!("adapter: {}", r.adapter);
+    println!("open adapter           {:>9.3} s", r.open_adapter_s);
+    println!("build pipelines        {:>9.3} s", r.build_pipelines_s);
+    println!(
+        "first step done        {:>9.3} s after process start",
+        r.first_step_done_s
+    );
+    println!(
+        "steady state           {:>9.3} ms/step, {:.0} samples/s (batch {})",
+        r.ms_per_step, r.samples_per_s, r.batch_size
+    );
+    println!("epoch (train + test)   {:>9.2} s", r.epoch_s);
+    println!("vec4 FMA peak          {:>9.2} GFLOP/s", r.fma_peak_gflops);
+    println!(
+        "whole step             {:>9.2} GFLOP/s  {:>5.1} % of peak",
+        r.step_gflops,
+        pct(r.step_gflops)
+    );
+    for m in &r.matmuls {
+        println!(
+            "  {:<22} {:>9.2} GFLOP/s  {:>5.1} % of peak   (M {} N {} K {})",
+            m.name,
+            m.gflops,
+            pct(m.gflops),
+            m.m,
+            m.n,
+            m.k
+        );
+    }
+    println!(
+        "per epoch              {} submits, {} dispatches, {} readbacks",
+        r.submits_per_epoch, r.dispatches_per_epoch, r.readbacks_per_epoch
+    );
+    match r.peak_host_memory_mb {
+        Some(mb) => println!("peak host memory       {mb:>9.1} MB"),
+        None => println!("peak host memory       not available on this system"),
+    }
+}

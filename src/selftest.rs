@@ -1,0 +1,349 @@
+//! Every kernel the trainer uses, run on random data and compared with `crate::reference`, on
+//! shapes that are not multiples of any tile. `shadertrain selftest` prints these checks; the
+//! kernel tests assert them.
+
+use crate::data::Dataset;
+use crate::error::Result;
+use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
+use crate::gpu::{Gpu, Kernels, ops};
+use crate::model::{Activation, DenseLayer, LayerActivation, Loss};
+use crate::reference::{self, worst_element};
+use crate::rng::Rng;
+
+/// The outcome of one check: the worst element over every shape tried.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub name: String,
+    /// The worst element's error as a multiple of its tolerance (≤ 1 passes), and where it was.
+    pub worst_ratio: f64,
+    pub worst: String,
+}
+
+impl CheckResult {
+    pub fn passed(&self) -> bool {
+        self.worst_ratio <= 1.0
+    }
+}
+
+/// Accumulates comparisons for one check.
+struct Tally {
+    name: String,
+    worst_ratio: f64,
+    worst: String,
+}
+
+impl Tally {
+    fn new(name: impl Into<String>) -> Self {
+        Tally {
+            name: name.into(),
+            worst_ratio: 0.0,
+            worst: "exact".into(),
+        }
+    }
+
+    fn close(&mut self, case: &str, actual: &[f32], expected: &[f32], atol: f32, rtol: f32) {
+        if actual.len() != expected.len() {
+            self.worst_ratio = f64::INFINITY;
+            self.worst = format!(
+                "{case}: {} values, expected {}",
+                actual.len(),
+                expected.len()
+            );
+        } else if let Some(m) = worst_element(actual, expected, atol, rtol)
+            && m.ratio >= self.worst_ratio
+        {
+            self.worst_ratio = m.ratio;
+            self.worst = format!("{case}: {m}");
+        }
+    }
+
+    fn equal<T: PartialEq + std::fmt::Debug>(&mut self, case: &str, actual: &[T], expected: &[T]) {
+        if let Some(i) =
+            (0..actual.len().max(expected.len())).find(|&i| actual.get(i) != expected.get(i))
+        {
+            self.worst_ratio = f64::INFINITY;
+            self.worst = format!(
+                "{case}: element {i} is {:?}, expected {:?}",
+                actual.get(i),
+                expected.get(i)
+            );
+        }
+    }
+
+    fn finish(self) -> CheckResult {
+        CheckResult {
+            name: self.name,
+            worst_ratio: self.worst_ratio,
+            worst: self.worst,
+        }
+    }
+}
+
+const MATMUL_SHAPES: [(usize, usize, usize); 5] = [
+    (1, 1, 1),
+    (7, 13, 5),
+    (3, 65, 129),
+    (64, 64, 16),
+    (129, 785, 257),
+];
+
+const ACTIVATIONS: [LayerActivation; 4] = [
+    LayerActivation::Identity,
+    LayerActivation::Hidden(Activation::Relu),
+    LayerActivation::Hidden(Activation::Sigmoid),
+    LayerActivation::Hidden(Activation::Tanh),
+];
+
+fn random_vec(rng: &mut Rng, len: usize, low: f32, high: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.uniform(low, high)).collect()
+}
+
+/// Names of the checks, in the order `run` performs them.
+pub const CHECKS: [&str; 9] = [
+    "matmul",
+    "matmul dense-layer products",
+    "bias + activation forward",
+    "activation backward + bias gradient",
+    "softmax losses",
+    "batch gather",
+    "metric sums",
+    "sgd update",
+    "adam update",
+];
+
+/// Runs the named check (one of `CHECKS`).
+pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
+    let mut rng = Rng::new(0x5e1f_7e57);
+    let mut tally = Tally::new(name);
+    match name {
+        "matmul" => {
+            for (m, n, k) in MATMUL_SHAPES {
+                let dims = MatmulDims::plain(m, n, k);
+                check_matmul(
+                    gpu,
+                    kernels,
+                    &mut tally,
+                    &format!("{m}x{n}x{k}"),
+                    dims,
+                    [m * k, k * n, m * n],
+                    &mut rng,
+                )?;
+            }
+        }
+        "matmul dense-layer products" => {
+            for (rows, outputs, inputs) in MATMUL_SHAPES {
+                // The weight sits inside a larger flat buffer, as in training.
+                let layer = DenseLayer {
+                    inputs,
+                    outputs,
+                    weight_offset: 37,
+                    bias_offset: 37 + inputs * outputs,
+                };
+                let params = 37 + inputs * outputs + outputs + 11;
+                let shape = format!("rows {rows}, {inputs}->{outputs}");
+                let cases = [
+                    (
+                        "forward",
+                        MatmulDims::layer_forward(rows, &layer),
+                        [rows * inputs, params, rows * outputs],
+                    ),
+                    (
+                        "weight grad",
+                        MatmulDims::layer_weight_grad(rows, &layer),
+                        [rows * inputs, rows * outputs, params],
+                    ),
+                    (
+                        "input grad",
+                        MatmulDims::layer_input_grad(rows, &layer),
+                        [rows * outputs, params, rows * inputs],
+                    ),
+                ];
+                for (what, dims, lens) in cases {
+                    check_matmul(
+                        gpu,
+                        kernels,
+                        &mut tally,
+                        &format!("{what} {shape}"),
+                        dims,
+                        lens,
+                        &mut rng,
+                    )?;
+                }
+            }
+        }
+        "bias + activation forward" => {
+            for activation in ACTIVATIONS {
+                for (rows, cols) in [(1, 1), (7, 13), (129, 257)] {
+                    let values = random_vec(&mut rng, rows * cols, -4.0, 4.0);
+                    let bias = random_vec(&mut rng, cols, -1.0, 1.0);
+                    let mut expected = values.clone();
+                    reference::bias_activation_forward(&mut expected, &bias, activation);
+                    let actual =
+                        ops::bias_activation_forward(gpu, kernels, &values, &bias, activation)?;
+                    tally.close(
+                        &format!("{activation:?} {rows}x{cols}"),
+                        &actual,
+                        &expected,
+                        1e-6,
+                        1e-5,
+                    );
+                }
+            }
+        }
+        "activation backward + bias gradient" => {
+            for activation in ACTIVATIONS {
+                for (rows, cols) in [(1, 1), (7, 13), (129, 257)] {
+                    let grad = random_vec(&mut rng, rows * cols, -1.0, 1.0);
+                    // Outputs in the activation's range (relu: about half exactly zero).
+                    let mut output = random_vec(&mut rng, rows * cols, -3.0, 3.0);
+                    reference::bias_activation_forward(&mut output, &vec![0.0; cols], activation);
+                    let mut expected = grad.clone();
+                    let expected_bias =
+                        reference::activation_backward(&mut expected, &output, cols, activation);
+                    let (actual, actual_bias) =
+                        ops::activation_backward(gpu, kernels, &grad, &output, cols, activation)?;
+                    let case = format!("{activation:?} {rows}x{cols}");
+                    tally.close(&format!("{case} dz"), &actual, &expected, 1e-6, 1e-5);
+                    tally.close(
+                        &format!("{case} bias grad"),
+                        &actual_bias,
+                        &expected_bias,
+                        1e-5,
+                        1e-4,
+                    );
+                }
+            }
+        }
+        "softmax losses" => {
+            for loss in [Loss::Xent, Loss::Mse] {
+                for (rows, classes) in [(1, 2), (7, 10), (129, 3)] {
+                    let logits = random_vec(&mut rng, rows * classes, -8.0, 8.0);
+                    let labels: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
+                    let expected = reference::softmax_loss(loss, &logits, &labels, classes);
+                    let actual =
+                        ops::softmax_loss(gpu, kernels, loss, &logits, &labels, classes, 5)?;
+                    let case = format!("{loss:?} {rows}x{classes}");
+                    tally.close(
+                        &format!("{case} loss"),
+                        &actual.sample_loss,
+                        &expected.sample_loss,
+                        1e-5,
+                        1e-4,
+                    );
+                    // MSE's gradient subtracts nearly equal terms: an absolute floor of 1e-6.
+                    tally.close(
+                        &format!("{case} grad"),
+                        &actual.logits_grad,
+                        &expected.logits_grad,
+                        1e-6,
+                        1e-4,
+                    );
+                    tally.equal(
+                        &format!("{case} correct"),
+                        &actual.sample_correct,
+                        &expected.sample_correct,
+                    );
+                }
+            }
+        }
+        "batch gather" => {
+            let pixels = (0..37 * 12).map(|_| rng.below(256) as u8).collect();
+            let labels = (0..37).map(|_| rng.below(10) as u8).collect();
+            let data = Dataset::new(12, 10, pixels, labels)?;
+            let mut order: Vec<u32> = (0..37).collect();
+            rng.shuffle(&mut order);
+            for (start, rows) in [(0, 1), (3, 16), (30, 7)] {
+                let (x, y) = reference::gather_batch(&data, &order, start, rows);
+                let (gx, gy) = ops::gather_batch(gpu, kernels, &data, &order, start, rows)?;
+                tally.close(&format!("x at {start}"), &gx, &x, 0.0, 1e-6);
+                tally.equal(&format!("y at {start}"), &gy, &y);
+            }
+        }
+        "metric sums" => {
+            for count in [1, 255, 1000, 60001] {
+                let loss = random_vec(&mut rng, count, 0.0, 3.0);
+                let correct: Vec<u32> = (0..count).map(|_| rng.below(2) as u32).collect();
+                let (sum, hits) = ops::sum_metrics(gpu, kernels, &loss, &correct)?;
+                let expected: f64 = loss.iter().map(|&l| l as f64).sum();
+                tally.close(
+                    &format!("loss sum of {count}"),
+                    &[sum],
+                    &[expected as f32],
+                    1e-4,
+                    1e-5,
+                );
+                tally.equal(
+                    &format!("correct count of {count}"),
+                    &[hits],
+                    &[correct.iter().sum::<u32>()],
+                );
+            }
+        }
+        "sgd update" => {
+            for count in [1, 1001] {
+                let params = random_vec(&mut rng, count, -1.0, 1.0);
+                let grads = random_vec(&mut rng, count, -1.0, 1.0);
+                let mut expected = params.clone();
+                reference::sgd_update(&mut expected, &grads, 0.05);
+                let actual = ops::sgd_update(gpu, kernels, &params, &grads, 0.05)?;
+                tally.close(
+                    &format!("{count} parameters"),
+                    &actual,
+                    &expected,
+                    1e-7,
+                    1e-6,
+                );
+            }
+        }
+        "adam update" => {
+            for (count, t) in [(1, 1), (1001, 1), (1001, 57)] {
+                let hyper = OptimizerHyper {
+                    count: count as u32,
+                    learning_rate: 1e-3,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    epsilon: 1e-7,
+                    _pad: [0; 3],
+                };
+                let params = random_vec(&mut rng, count, -1.0, 1.0);
+                let grads = random_vec(&mut rng, count, -1.0, 1.0);
+                let m = random_vec(&mut rng, count, -0.1, 0.1);
+                let v = random_vec(&mut rng, count, 0.0, 0.01);
+                let step_size = reference::adam_step_size(1e-3, 0.9, 0.999, t);
+                let (mut ep, mut em, mut ev) = (params.clone(), m.clone(), v.clone());
+                reference::adam_update(&mut ep, &grads, &mut em, &mut ev, &hyper, step_size);
+                let (ap, am, av) =
+                    ops::adam_update(gpu, kernels, &params, &grads, &m, &v, &hyper, step_size)?;
+                let case = format!("{count} parameters at t={t}");
+                tally.close(&format!("{case} params"), &ap, &ep, 1e-7, 1e-5);
+                tally.close(&format!("{case} m"), &am, &em, 1e-8, 1e-5);
+                tally.close(&format!("{case} v"), &av, &ev, 1e-10, 1e-5);
+            }
+        }
+        other => panic!("no check named {other:?}; see selftest::CHECKS"),
+    }
+    Ok(tally.finish())
+}
+
+fn check_matmul(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    case: &str,
+    dims: MatmulDims,
+    [lhs_len, rhs_len, out_len]: [usize; 3],
+    rng: &mut Rng,
+) -> Result<()> {
+    let lhs = random_vec(rng, lhs_len, -1.0, 1.0);
+    let rhs = random_vec(rng, rhs_len, -1.0, 1.0);
+    // Elements of the output buffer outside C must survive: start from random contents.
+    let initial = random_vec(rng, out_len, -1.0, 1.0);
+    let mut expected = initial.clone();
+    reference::matmul(&dims, &lhs, &rhs, &mut expected);
+    let actual = ops::matmul(gpu, kernels, &dims, &lhs, &rhs, &initial)?;
+    // f32 accumulation error grows with the dot-product length; near-zero sums of K terms of
+    // magnitude ~1 need an absolute floor proportional to K.
+    let atol = 1e-6 + 1e-7 * dims.k as f32;
+    tally.close(case, &actual, &expected, atol, 1e-4);
+    Ok(())
+}
