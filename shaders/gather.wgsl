@@ -7,7 +7,7 @@
 // so each invocation unpacks one word into one vec4 of the batch.
 //
 // Bindings (group 0):
-//   0 step     uniform, dynamic offset   Step below (this step's position in the epoch order)
+//   0 schedule storage, read             Schedule below; this step's position in the epoch order
 //   1 shape    uniform                   Shape below
 //   2 pixels   storage, read             u32 [samples * features / 4]
 //   3 labels   storage, read             u32 [samples]
@@ -25,6 +25,15 @@ struct Step {
     _pad: u32,
 }
 
+// The step schedule (see schedule.wgsl): steps[cursor] is the step being run.
+struct Schedule {
+    cursor: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    steps: array<Step>,
+}
+
 struct Shape {
     words_per_sample: u32,
     _pad0: u32,
@@ -32,7 +41,11 @@ struct Shape {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(0) var<storage, read> schedule: Schedule;
+
+fn current_step() -> Step {
+    return schedule.steps[schedule.cursor];
+}
 @group(0) @binding(1) var<uniform> shape: Shape;
 @group(0) @binding(2) var<storage, read> pixels: array<u32>;
 @group(0) @binding(3) var<storage, read> labels: array<u32>;
@@ -45,6 +58,7 @@ fn gather_batch(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
+    let step = current_step();
     let i = gid.y * groups.x * 64u + gid.x;
     if (i >= step.rows * shape.words_per_sample) {
         return;

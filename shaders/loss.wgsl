@@ -13,7 +13,7 @@
 // end of an epoch counts every sample exactly once; the batch mean loss is sum_r loss_r / rows.
 //
 // Bindings (group 0):
-//   0 step            uniform, dynamic offset   Step below (this step's slot base and row count)
+//   0 schedule        storage, read             Schedule below; this step's slot base and row count
 //   1 shape           uniform                   Shape below
 //   2 logits          storage, read             f32 [rows, C] row-major
 //   3 labels          storage, read             u32 [rows]
@@ -30,6 +30,15 @@ struct Step {
     _pad: u32,
 }
 
+// The step schedule (see schedule.wgsl): steps[cursor] is the step being run.
+struct Schedule {
+    cursor: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    steps: array<Step>,
+}
+
 struct Shape {
     classes: u32,
     write_gradient: u32,
@@ -37,7 +46,11 @@ struct Shape {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(0) var<storage, read> schedule: Schedule;
+
+fn current_step() -> Step {
+    return schedule.steps[schedule.cursor];
+}
 @group(0) @binding(1) var<uniform> shape: Shape;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read> labels: array<u32>;
@@ -70,13 +83,14 @@ fn softmax_stats(row: u32) -> Softmax {
 }
 
 fn record(row: u32, loss: f32, stats: Softmax) {
-    let slot = step.batch_start + row;
+    let slot = current_step().batch_start + row;
     sample_loss[slot] = loss;
     sample_correct[slot] = select(0u, 1u, stats.argmax == labels[row]);
 }
 
 @compute @workgroup_size(64)
 fn softmax_cross_entropy(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let step = current_step();
     let row = gid.x;
     if (row >= step.rows) {
         return;
@@ -96,6 +110,7 @@ fn softmax_cross_entropy(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 @compute @workgroup_size(64)
 fn softmax_mean_squared_error(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let step = current_step();
     let row = gid.x;
     if (row >= step.rows) {
         return;

@@ -6,10 +6,10 @@
 //   v = beta2 v + (1 - beta2) g^2
 //   p -= step_size * m / (sqrt(v) + epsilon),  step_size = lr sqrt(1 - beta2^t) / (1 - beta1^t)
 // The step size depends on the step number t, so the host precomputes it per step into the
-// step uniform (read through a dynamic offset), and many steps can be recorded before any runs.
+// step schedule, and many steps can be recorded before any runs.
 //
 // Bindings (group 0):
-//   0 step     uniform, dynamic offset   Step below (adam only)
+//   0 schedule storage, read             Schedule below (adam only)
 //   1 hyper    uniform                   Hyper below
 //   2 params   storage, read_write       f32 [count]
 //   3 grads    storage, read             f32 [count]
@@ -26,6 +26,15 @@ struct Step {
     _pad: u32,
 }
 
+// The step schedule (see schedule.wgsl): steps[cursor] is the step being run.
+struct Schedule {
+    cursor: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    steps: array<Step>,
+}
+
 struct Hyper {
     count: u32,
     learning_rate: f32,
@@ -37,7 +46,11 @@ struct Hyper {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(0) var<storage, read> schedule: Schedule;
+
+fn current_step() -> Step {
+    return schedule.steps[schedule.cursor];
+}
 @group(0) @binding(1) var<uniform> hyper: Hyper;
 @group(0) @binding(2) var<storage, read_write> params: array<f32>;
 @group(0) @binding(3) var<storage, read> grads: array<f32>;
@@ -68,5 +81,5 @@ fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let v = hyper.beta2 * moment2[i] + (1.0 - hyper.beta2) * g * g;
     moment1[i] = m;
     moment2[i] = v;
-    params[i] -= step.adam_step_size * m / (sqrt(v) + hyper.epsilon);
+    params[i] -= current_step().adam_step_size * m / (sqrt(v) + hyper.epsilon);
 }

@@ -238,8 +238,8 @@ fn bench(args: BenchArgs, process_start: Instant) -> shadertrain::Result<()> {
         &args.recipe.adapter.request(),
         &recipe.spec,
         &recipe.config,
-        &recipe.train_set,
-        &recipe.test_set,
+        recipe.train_set,
+        recipe.test_set,
         args.steps,
         process_start,
     )?;
@@ -289,6 +289,8 @@ fn train(args: TrainArgs) -> shadertrain::Result<()> {
     );
     let epochs = config.epochs;
     let mut trainer = Trainer::new(&gpu, &kernels, spec, config, &train_set, &test_set)?;
+    // The data lives on the GPU now.
+    drop((train_set, test_set));
     println!(
         "{:>5} {:>10} {:>9} {:>10} {:>9} {:>8} {:>10}",
         "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "samples/s"

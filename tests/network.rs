@@ -222,11 +222,11 @@ fn an_epoch_submits_in_chunks_and_reads_back_once() {
     assert_eq!(work.readbacks, 1);
     assert_eq!(work.submits, steps.div_ceil(32) + 1, "{work:?}");
     // Per training step: gather, 3 × (matmul + bias/activation), loss, 3 × (activation
-    // backward + weight grad), 2 input grads, update = 17; per test batch the 8 forward
-    // dispatches; two metric reductions.
+    // backward + weight grad), 2 input grads, update, schedule advance = 18; per test batch
+    // the 8 forward dispatches and the advance; two metric reductions.
     assert_eq!(
         work.dispatches,
-        steps * 17 + 100usize.div_ceil(8) * 8 + 2,
+        steps * 18 + 100usize.div_ceil(8) * 9 + 2,
         "{work:?}"
     );
 }

@@ -38,8 +38,8 @@ pub fn run(
     request: &AdapterRequest,
     spec: &ModelSpec,
     config: &TrainConfig,
-    train: &Dataset,
-    test: &Dataset,
+    train: Dataset,
+    test: Dataset,
     steps: usize,
     process_start: Instant,
 ) -> Result<BenchReport> {
@@ -54,7 +54,10 @@ pub fn run(
         .map_err(|e| shadertrain::Error::Readback(e.to_string()))?;
     let build_pipelines_s = started.elapsed().as_secs_f64();
 
-    let mut trainer = Trainer::new(&gpu, &kernels, spec.clone(), config.clone(), train, test)?;
+    let mut trainer = Trainer::new(&gpu, &kernels, spec.clone(), config.clone(), &train, &test)?;
+    let train_samples = train.samples();
+    // As `train` does: the data lives on the GPU now.
+    drop((train, test));
     trainer.run_benchmark_steps(1)?;
     let first_step_done_s = process_start.elapsed().as_secs_f64();
 
@@ -65,7 +68,7 @@ pub fn run(
     let epoch = trainer.run_epoch()?;
 
     let fma_peak = fma_peak_gflops(&gpu)?;
-    let rows = config.batch_size.min(train.samples());
+    let rows = config.batch_size.min(train_samples);
     let step_gflops = step_flops(spec, rows) / step_s / 1e9;
     let matmuls = step_matmuls(spec, rows)
         .into_iter()

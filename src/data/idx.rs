@@ -99,7 +99,9 @@ fn parse(path: &Path, mut reader: impl Read) -> Result<IdxBytes> {
 
     // Read at most one byte past what the header promises: enough to detect trailing data, and
     // memory follows the bytes really present, not the header's claim.
-    let mut data = Vec::new();
+    // Reserve what the header promises up to a bound, so a truthful MNIST header costs one
+    // allocation and a lying one cannot reserve more than the bound.
+    let mut data = Vec::with_capacity(expected.min(64 << 20) + 1);
     reader
         .take(expected as u64 + 1)
         .read_to_end(&mut data)

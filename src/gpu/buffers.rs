@@ -44,10 +44,23 @@ impl Gpu {
     }
 
     /// A storage buffer holding `data` (padded with zeros to a bindable size).
+    ///
+    /// Large data goes up in slices, each flushed before the next, so the staging memory
+    /// wgpu needs never exceeds one slice: uploading MNIST must not double the host's peak.
     pub fn storage_with<T: Pod>(&self, what: &str, data: &[T]) -> Result<Buffer> {
+        const SLICE_BYTES: usize = 8 << 20;
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = self.storage_buffer(what, bytes.len() as u64)?;
-        self.queue.write_buffer(&buffer, 0, bytes);
+        for (i, slice) in bytes.chunks(SLICE_BYTES).enumerate() {
+            self.queue
+                .write_buffer(&buffer, (i * SLICE_BYTES) as u64, slice);
+            if bytes.len() > SLICE_BYTES {
+                self.queue.submit([]);
+                self.device
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| Error::Readback(e.to_string()))?;
+            }
+        }
         Ok(buffer)
     }
 

@@ -3,14 +3,11 @@
 use wgpu::{BindGroupLayoutEntry, BindingType, BufferBindingType, ShaderStages};
 
 use super::Gpu;
-use super::uniforms::StepUniform;
 
 /// The kind of one binding slot, as declared in the kernel's WGSL header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Uniform,
-    /// The per-step uniform, selected with a dynamic offset when the step is recorded.
-    Step,
     Read,
     ReadWrite,
 }
@@ -20,15 +17,12 @@ pub struct Kernel {
     pub name: &'static str,
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
-    /// Its bind groups take the step uniform at a dynamic offset.
-    pub uses_step: bool,
     /// Binding numbers, in the order `bind` takes resources.
     bindings: Vec<u32>,
 }
 
 impl Kernel {
-    /// A bind group for this kernel; `resources` in binding order (the step uniform, when the
-    /// kernel has one, is bound 16 bytes wide and moved by dynamic offsets).
+    /// A bind group for this kernel; `resources` in binding order.
     pub fn bind(&self, gpu: &Gpu, resources: &[wgpu::BindingResource<'_>]) -> wgpu::BindGroup {
         assert_eq!(
             resources.len(),
@@ -52,15 +46,6 @@ impl Kernel {
             entries: &entries,
         })
     }
-}
-
-/// The step uniform as a binding resource: one `StepUniform` wide, positioned by dynamic offset.
-pub fn step_binding(buffer: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
-    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-        buffer,
-        offset: 0,
-        size: wgpu::BufferSize::new(std::mem::size_of::<StepUniform>() as u64),
-    })
 }
 
 /// Tile shape of the matmul kernel (its `override` constants).
@@ -101,6 +86,7 @@ pub struct Kernels {
     pub sum_metrics: Kernel,
     pub sgd_update: Kernel,
     pub adam_update: Kernel,
+    pub advance_step: Kernel,
 }
 
 /// Workgroup width of the element-wise and per-row kernels (`@workgroup_size(64)` in their WGSL).
@@ -132,6 +118,7 @@ impl Kernels {
             "optimizer.wgsl",
             include_str!("../../shaders/optimizer.wgsl"),
         );
+        let schedule = module("schedule.wgsl", include_str!("../../shaders/schedule.wgsl"));
 
         let tiling_constants = [
             ("WG_M", tiling.wg_m as f64),
@@ -139,7 +126,7 @@ impl Kernels {
             ("TILE_K", tiling.tile_k as f64),
         ];
         let loss_slots = [
-            (0, Step),
+            (0, Read),
             (1, Uniform),
             (2, Read),
             (3, Read),
@@ -183,7 +170,7 @@ impl Kernels {
                 &gather,
                 "gather_batch",
                 &[
-                    (0, Step),
+                    (0, Read),
                     (1, Uniform),
                     (2, Read),
                     (3, Read),
@@ -212,7 +199,7 @@ impl Kernels {
                 &optimizer,
                 "adam_update",
                 &[
-                    (0, Step),
+                    (0, Read),
                     (1, Uniform),
                     (2, ReadWrite),
                     (3, Read),
@@ -221,6 +208,7 @@ impl Kernels {
                 ],
                 &[],
             ),
+            advance_step: build(gpu, &schedule, "advance_step", &[(0, ReadWrite)], &[]),
         }
     }
 }
@@ -239,11 +227,11 @@ fn build(
             visibility: ShaderStages::COMPUTE,
             ty: BindingType::Buffer {
                 ty: match slot {
-                    Slot::Uniform | Slot::Step => BufferBindingType::Uniform,
+                    Slot::Uniform => BufferBindingType::Uniform,
                     Slot::Read => BufferBindingType::Storage { read_only: true },
                     Slot::ReadWrite => BufferBindingType::Storage { read_only: false },
                 },
-                has_dynamic_offset: slot == Slot::Step,
+                has_dynamic_offset: false,
                 min_binding_size: None,
             },
             count: None,
@@ -279,7 +267,6 @@ fn build(
         name: entry_point,
         pipeline,
         layout,
-        uses_step: slots.iter().any(|&(_, s)| s == Slot::Step),
         bindings: slots.iter().map(|&(b, _)| b).collect(),
     }
 }

@@ -6,7 +6,7 @@ use wgpu::Buffer;
 
 use super::Gpu;
 use super::buffers::grid_1d;
-use super::kernels::{Kernel, Kernels, ROW_WORKGROUP, step_binding};
+use super::kernels::{Kernel, Kernels, ROW_WORKGROUP};
 use super::uniforms::*;
 use crate::data::Dataset;
 use crate::error::Result;
@@ -19,8 +19,7 @@ fn dispatch(gpu: &Gpu, kernel: &Kernel, bind_group: &wgpu::BindGroup, grid: [u32
     {
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(&kernel.pipeline);
-        let offsets: &[u32] = if kernel.uses_step { &[0] } else { &[] };
-        pass.set_bind_group(0, bind_group, offsets);
+        pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
     }
     gpu.queue.submit([encoder.finish()]);
@@ -30,8 +29,9 @@ fn max_groups(gpu: &Gpu) -> u32 {
     gpu.limits.max_compute_workgroups_per_dimension
 }
 
-fn step_uniform(gpu: &Gpu, step: StepUniform) -> Buffer {
-    gpu.uniform_with("step", &step)
+/// A schedule holding the one step a kernel is run for (cursor 0).
+fn schedule(gpu: &Gpu, step: StepParams) -> Result<Buffer> {
+    gpu.storage_with("schedule", &schedule_bytes(&[step]))
 }
 
 /// matmul.wgsl. `out` gives the initial contents of the output buffer (elements outside C are kept).
@@ -143,15 +143,15 @@ pub fn softmax_loss(
         Loss::Xent => &kernels.softmax_cross_entropy,
         Loss::Mse => &kernels.softmax_mean_squared_error,
     };
-    let step = step_uniform(
+    let step = schedule(
         gpu,
-        StepUniform {
+        StepParams {
             batch_start: batch_start as u32,
             rows: rows as u32,
             adam_step_size: 0.0,
             _pad: 0,
         },
-    );
+    )?;
     let shape = gpu.uniform_with(
         "shape",
         &LossShape {
@@ -168,7 +168,7 @@ pub fn softmax_loss(
     let bind_group = kernel.bind(
         gpu,
         &[
-            step_binding(&step),
+            step.as_entire_binding(),
             shape.as_entire_binding(),
             logits_buffer.as_entire_binding(),
             labels_buffer.as_entire_binding(),
@@ -203,15 +203,15 @@ pub fn gather_batch(
 ) -> Result<(Vec<f32>, Vec<u32>)> {
     let features = data.features;
     let words_per_sample = features / 4;
-    let step = step_uniform(
+    let step = schedule(
         gpu,
-        StepUniform {
+        StepParams {
             batch_start: batch_start as u32,
             rows: rows as u32,
             adam_step_size: 0.0,
             _pad: 0,
         },
-    );
+    )?;
     let shape = gpu.uniform_with(
         "shape",
         &GatherShape {
@@ -228,7 +228,7 @@ pub fn gather_batch(
     let bind_group = kernels.gather_batch.bind(
         gpu,
         &[
-            step_binding(&step),
+            step.as_entire_binding(),
             shape.as_entire_binding(),
             pixel_buffer.as_entire_binding(),
             label_buffer.as_entire_binding(),
@@ -323,15 +323,15 @@ pub fn adam_update(
     hyper: &OptimizerHyper,
     step_size: f32,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let step = step_uniform(
+    let step = schedule(
         gpu,
-        StepUniform {
+        StepParams {
             batch_start: 0,
             rows: 0,
             adam_step_size: step_size,
             _pad: 0,
         },
-    );
+    )?;
     let hyper_buffer = gpu.uniform_with("hyper", hyper);
     let params_buffer = gpu.storage_with("params", params)?;
     let grads_buffer = gpu.storage_with("grads", grads)?;
@@ -340,7 +340,7 @@ pub fn adam_update(
     let bind_group = kernels.adam_update.bind(
         gpu,
         &[
-            step_binding(&step),
+            step.as_entire_binding(),
             hyper_buffer.as_entire_binding(),
             params_buffer.as_entire_binding(),
             grads_buffer.as_entire_binding(),

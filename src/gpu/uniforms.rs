@@ -93,15 +93,25 @@ pub struct ActivationShape {
     pub activation: u32,
 }
 
-/// `Step` in gather.wgsl, loss.wgsl and optimizer.wgsl: what changes from one training step to
-/// the next, stored per step in one buffer and selected with a dynamic offset.
+/// `Step` in schedule.wgsl (and gather, loss, optimizer): what changes from one step to the
+/// next. The schedule buffer holds a 16-byte header (the cursor) and then one of these per step.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-pub struct StepUniform {
+pub struct StepParams {
     pub batch_start: u32,
     pub rows: u32,
     pub adam_step_size: f32,
     pub _pad: u32,
+}
+
+/// Bytes before the first step in the schedule buffer (the cursor and its padding).
+pub const SCHEDULE_HEADER_BYTES: u64 = 16;
+
+/// A schedule buffer's bytes: the cursor at 0, then `steps`.
+pub fn schedule_bytes(steps: &[StepParams]) -> Vec<u8> {
+    let mut bytes = vec![0u8; SCHEDULE_HEADER_BYTES as usize];
+    bytes.extend_from_slice(bytemuck::cast_slice(steps));
+    bytes
 }
 
 /// `Shape` in gather.wgsl.

@@ -25,7 +25,7 @@ use program::Program;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::grid_1d;
-use crate::gpu::kernels::{ROW_WORKGROUP, step_binding};
+use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels};
 use crate::model::{Loss, ModelSpec, ParamLayout};
@@ -91,14 +91,17 @@ pub struct Trainer<'k> {
     test: DeviceSplit,
     params: Buffer,
     grads: Buffer,
-    step_uniforms: Buffer,
-    step_stride: u64,
+    /// The step schedule (schedule.wgsl): cursor, then this epoch's training steps, then the
+    /// test set's evaluation steps.
+    schedule: Buffer,
     totals_staging: Buffer,
     totals: Buffer,
     /// Forward + backward for a full batch and for the epoch's partial last batch, if any.
     train_full: Program<'k>,
     train_tail: Option<Program<'k>>,
     update: Program<'k>,
+    /// Moves the schedule's cursor to the next step; ends every step.
+    advance: Program<'k>,
     test_full: Program<'k>,
     test_tail: Option<Program<'k>>,
     epoch_end: Program<'k>,
@@ -161,14 +164,11 @@ impl<'k> Trainer<'k> {
         let test_split = DeviceSplit::upload(gpu, "test", test)?;
         let train_steps = train.samples().div_ceil(batch);
         let test_steps = test.samples().div_ceil(batch);
-        let step_stride = (std::mem::size_of::<StepUniform>() as u64)
-            .next_multiple_of(gpu.limits.min_uniform_buffer_offset_alignment as u64);
-        let step_uniforms = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("step uniforms"),
-            size: step_stride * (train_steps + test_steps) as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let step_bytes = std::mem::size_of::<StepParams>() as u64;
+        let schedule = gpu.storage_buffer(
+            "step schedule",
+            SCHEDULE_HEADER_BYTES + step_bytes * (train_steps + test_steps) as u64,
+        )?;
         let totals = gpu.storage_buffer("metric totals", 16)?;
         let totals_staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("metric totals staging"),
@@ -187,7 +187,7 @@ impl<'k> Trainer<'k> {
             batch_labels: &batch_labels,
             params: &params,
             grads: &grads,
-            step_uniforms: &step_uniforms,
+            schedule: &schedule,
         };
         let train_program = |rows: usize| {
             let mut program = builder.forward(&train_split, rows, true);
@@ -200,6 +200,7 @@ impl<'k> Trainer<'k> {
         let test_full = builder.forward(&test_split, batch, false);
         let test_tail = tail(test.samples()).map(|rows| builder.forward(&test_split, rows, false));
         let update = builder.update(&config, moments.as_ref());
+        let advance = builder.advance();
         let mut epoch_end = builder.sum_metrics(&train_split, 0, &totals);
         epoch_end.extend(builder.sum_metrics(&test_split, 1, &totals));
 
@@ -215,27 +216,27 @@ impl<'k> Trainer<'k> {
             test: test_split,
             params,
             grads,
-            step_uniforms,
-            step_stride,
+            schedule,
             totals_staging,
             totals,
             train_full,
             train_tail,
             update,
+            advance,
             test_full,
             test_tail,
             epoch_end,
         };
-        // The test set's step uniforms never change: positions only.
-        let test_uniforms: Vec<StepUniform> = batches(test.samples(), batch)
-            .map(|(start, rows)| StepUniform {
+        // The test set's steps never change: positions only.
+        let test_steps: Vec<StepParams> = batches(test.samples(), batch)
+            .map(|(start, rows)| StepParams {
                 batch_start: start as u32,
                 rows: rows as u32,
                 adam_step_size: 0.0,
                 _pad: 0,
             })
             .collect();
-        trainer.write_step_uniforms(train_steps, &test_uniforms);
+        trainer.write_schedule(train_steps, &test_steps);
         Ok(trainer)
     }
 
@@ -259,17 +260,14 @@ impl<'k> Trainer<'k> {
         self.train.samples.div_ceil(self.config.batch_size)
     }
 
-    fn write_step_uniforms(&self, first_slot: usize, steps: &[StepUniform]) {
-        let stride = self.step_stride as usize;
-        let mut bytes = vec![0u8; steps.len() * stride];
-        for (chunk, step) in bytes.chunks_mut(stride).zip(steps) {
-            chunk[..std::mem::size_of::<StepUniform>()].copy_from_slice(bytemuck::bytes_of(step));
-        }
-        self.gpu.queue.write_buffer(
-            &self.step_uniforms,
-            first_slot as u64 * self.step_stride,
-            &bytes,
-        );
+    /// Writes `steps` into the schedule from slot `first_slot` on, and puts the cursor at 0.
+    /// Queue writes land before any later submission, so this must not run mid-epoch.
+    fn write_schedule(&self, first_slot: usize, steps: &[StepParams]) {
+        let queue = &self.gpu.queue;
+        queue.write_buffer(&self.schedule, 0, &[0u8; SCHEDULE_HEADER_BYTES as usize]);
+        let offset =
+            SCHEDULE_HEADER_BYTES + (first_slot * std::mem::size_of::<StepParams>()) as u64;
+        queue.write_buffer(&self.schedule, offset, bytemuck::cast_slice(steps));
     }
 
     /// Trains one epoch over the whole training set in a freshly shuffled order, then evaluates
@@ -282,9 +280,9 @@ impl<'k> Trainer<'k> {
         self.gpu
             .queue
             .write_buffer(&self.train.order, 0, bytemuck::cast_slice(&order));
-        let steps: Vec<StepUniform> = batches(self.train.samples, batch)
+        let steps: Vec<StepParams> = batches(self.train.samples, batch)
             .enumerate()
-            .map(|(i, (start, rows))| StepUniform {
+            .map(|(i, (start, rows))| StepParams {
                 batch_start: start as u32,
                 rows: rows as u32,
                 adam_step_size: adam_step_size(
@@ -296,7 +294,7 @@ impl<'k> Trainer<'k> {
                 _pad: 0,
             })
             .collect();
-        self.write_step_uniforms(0, &steps);
+        self.write_schedule(0, &steps);
 
         let mut work = GpuWork::default();
         self.submit_training_steps(&steps, &mut work);
@@ -320,19 +318,19 @@ impl<'k> Trainer<'k> {
 
     /// Records `steps` (whose uniforms are in slots 0..) into command buffers of
     /// `steps_per_submit` steps each and submits them, without waiting.
-    fn submit_training_steps(&self, steps: &[StepUniform], work: &mut GpuWork) {
+    fn submit_training_steps(&self, steps: &[StepParams], work: &mut GpuWork) {
         let per_submit = self.config.steps_per_submit;
-        for (chunk_index, chunk) in steps.chunks(per_submit).enumerate() {
+        for chunk in steps.chunks(per_submit) {
             let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
             {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
-                for (i, step) in chunk.iter().enumerate() {
-                    let offset = ((chunk_index * per_submit + i) as u64 * self.step_stride) as u32;
+                for step in chunk {
                     let rows = step.rows as usize;
                     let batch = self.config.batch_size;
                     work.dispatches += program_for(rows, batch, &self.train_full, &self.train_tail)
-                        .record(&mut pass, offset);
-                    work.dispatches += self.update.record(&mut pass, offset);
+                        .record(&mut pass);
+                    work.dispatches += self.update.record(&mut pass);
+                    work.dispatches += self.advance.record(&mut pass);
                 }
             }
             self.gpu.queue.submit([encoder.finish()]);
@@ -346,14 +344,14 @@ impl<'k> Trainer<'k> {
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            let first_slot = self.train_steps();
             let batch = self.config.batch_size;
-            for (i, (_, rows)) in batches(self.test.samples, batch).enumerate() {
-                let offset = ((first_slot + i) as u64 * self.step_stride) as u32;
-                work.dispatches += program_for(rows, batch, &self.test_full, &self.test_tail)
-                    .record(&mut pass, offset);
+            // The cursor stands at the first test step: the training steps advanced it there.
+            for (_, rows) in batches(self.test.samples, batch) {
+                work.dispatches +=
+                    program_for(rows, batch, &self.test_full, &self.test_tail).record(&mut pass);
+                work.dispatches += self.advance.record(&mut pass);
             }
-            work.dispatches += self.epoch_end.record(&mut pass, 0);
+            work.dispatches += self.epoch_end.record(&mut pass);
         }
         encoder.copy_buffer_to_buffer(&self.totals, 0, &self.totals_staging, 0, 16);
         self.gpu.queue.submit([encoder.finish()]);
@@ -367,8 +365,8 @@ impl<'k> Trainer<'k> {
     pub fn run_benchmark_steps(&mut self, count: usize) -> Result<GpuWork> {
         let batch = self.config.batch_size.min(self.train.samples);
         let full_batches = (self.train.samples / batch).max(1);
-        let steps: Vec<StepUniform> = (0..count)
-            .map(|i| StepUniform {
+        let steps: Vec<StepParams> = (0..count)
+            .map(|i| StepParams {
                 batch_start: ((i % full_batches) * batch) as u32,
                 rows: batch as u32,
                 adam_step_size: adam_step_size(
@@ -382,7 +380,7 @@ impl<'k> Trainer<'k> {
             .collect();
         let mut work = GpuWork::default();
         for chunk in steps.chunks(self.train_steps()) {
-            self.write_step_uniforms(0, chunk);
+            self.write_schedule(0, chunk);
             self.submit_training_steps(chunk, &mut work);
             self.steps_done += chunk.len() as u64;
         }
@@ -407,9 +405,9 @@ impl<'k> Trainer<'k> {
         self.gpu
             .queue
             .write_buffer(&self.train.order, 0, bytemuck::cast_slice(&identity));
-        self.write_step_uniforms(
+        self.write_schedule(
             0,
-            &[StepUniform {
+            &[StepParams {
                 batch_start: 0,
                 rows: rows as u32,
                 adam_step_size: 0.0,
@@ -425,7 +423,7 @@ impl<'k> Trainer<'k> {
                 &self.train_full,
                 &self.train_tail,
             )
-            .record(&mut pass, 0);
+            .record(&mut pass);
         }
         self.gpu.queue.submit([encoder.finish()]);
         self.gpu.read_back(&self.grads, self.layout.total)
@@ -443,7 +441,7 @@ struct ProgramBuilder<'a, 'k> {
     batch_labels: &'a Buffer,
     params: &'a Buffer,
     grads: &'a Buffer,
-    step_uniforms: &'a Buffer,
+    schedule: &'a Buffer,
 }
 
 impl<'k> ProgramBuilder<'_, 'k> {
@@ -493,7 +491,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
         let bind_group = kernel.bind(
             gpu,
             &[
-                step_binding(self.step_uniforms),
+                self.schedule.as_entire_binding(),
                 shape.as_entire_binding(),
                 split.pixels.as_entire_binding(),
                 split.labels.as_entire_binding(),
@@ -555,7 +553,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
         let bind_group = kernel.bind(
             gpu,
             &[
-                step_binding(self.step_uniforms),
+                self.schedule.as_entire_binding(),
                 shape.as_entire_binding(),
                 self.activations[last].as_entire_binding(),
                 self.batch_labels.as_entire_binding(),
@@ -620,6 +618,14 @@ impl<'k> ProgramBuilder<'_, 'k> {
         program
     }
 
+    fn advance(&self) -> Program<'k> {
+        let mut program = Program::default();
+        let kernel = &self.kernels.advance_step;
+        let bind_group = kernel.bind(self.gpu, &[self.schedule.as_entire_binding()]);
+        program.push(kernel, bind_group, [1, 1, 1]);
+        program
+    }
+
     fn update(&self, config: &TrainConfig, moments: Option<&(Buffer, Buffer)>) -> Program<'k> {
         let mut program = Program::default();
         let hyper = self.gpu.uniform_with(
@@ -640,7 +646,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
                 let bind_group = kernel.bind(
                     self.gpu,
                     &[
-                        step_binding(self.step_uniforms),
+                        self.schedule.as_entire_binding(),
                         hyper.as_entire_binding(),
                         self.params.as_entire_binding(),
                         self.grads.as_entire_binding(),

@@ -27,17 +27,11 @@ impl<'k> Program<'k> {
         self.dispatches.extend(other.dispatches);
     }
 
-    /// Records every dispatch; kernels that read the step uniform see the one at `step_offset`.
-    /// Returns how many dispatches were recorded.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, step_offset: u32) -> usize {
+    /// Records every dispatch; returns how many.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
         for d in &self.dispatches {
             pass.set_pipeline(&d.kernel.pipeline);
-            let offsets: &[u32] = if d.kernel.uses_step {
-                &[step_offset]
-            } else {
-                &[]
-            };
-            pass.set_bind_group(0, &d.bind_group, offsets);
+            pass.set_bind_group(0, &d.bind_group, &[]);
             pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
         }
         self.dispatches.len()
