@@ -260,6 +260,23 @@ impl<'k> Trainer<'k> {
         self.train.samples.div_ceil(self.config.batch_size)
     }
 
+    /// The parameters of the training step `index` steps after the last one done: Adam's
+    /// bias-corrected step size depends on its number t (counting from 1).
+    fn training_step(&self, index: usize, batch_start: usize, rows: usize) -> StepParams {
+        let c = &self.config;
+        StepParams {
+            batch_start: batch_start as u32,
+            rows: rows as u32,
+            adam_step_size: adam_step_size(
+                c.learning_rate,
+                c.beta1,
+                c.beta2,
+                self.steps_done + index as u64 + 1,
+            ),
+            _pad: 0,
+        }
+    }
+
     /// Writes `steps` into the schedule from slot `first_slot` on, and puts the cursor at 0.
     /// Queue writes land before any later submission, so this must not run mid-epoch.
     fn write_schedule(&self, first_slot: usize, steps: &[StepParams]) {
@@ -282,17 +299,7 @@ impl<'k> Trainer<'k> {
             .write_buffer(&self.train.order, 0, bytemuck::cast_slice(&order));
         let steps: Vec<StepParams> = batches(self.train.samples, batch)
             .enumerate()
-            .map(|(i, (start, rows))| StepParams {
-                batch_start: start as u32,
-                rows: rows as u32,
-                adam_step_size: adam_step_size(
-                    self.config.learning_rate,
-                    self.config.beta1,
-                    self.config.beta2,
-                    self.steps_done + i as u64 + 1,
-                ),
-                _pad: 0,
-            })
+            .map(|(i, (start, rows))| self.training_step(i, start, rows))
             .collect();
         self.write_schedule(0, &steps);
 
@@ -366,17 +373,7 @@ impl<'k> Trainer<'k> {
         let batch = self.config.batch_size.min(self.train.samples);
         let full_batches = (self.train.samples / batch).max(1);
         let steps: Vec<StepParams> = (0..count)
-            .map(|i| StepParams {
-                batch_start: ((i % full_batches) * batch) as u32,
-                rows: batch as u32,
-                adam_step_size: adam_step_size(
-                    self.config.learning_rate,
-                    self.config.beta1,
-                    self.config.beta2,
-                    self.steps_done + i as u64 + 1,
-                ),
-                _pad: 0,
-            })
+            .map(|i| self.training_step(i, (i % full_batches) * batch, batch))
             .collect();
         let mut work = GpuWork::default();
         for chunk in steps.chunks(self.train_steps()) {
