@@ -9,7 +9,7 @@
 //                            grads[bias_offset + j] = sum_r grad[r, j]                  (bias gradient)
 //
 // Bindings (group 0):
-//   0 shape   uniform              Shape below
+//   0 shape   storage, read        Shape below
 //   1 values  storage, read_write  f32 [rows, cols] row-major (forward: pre-activation in, output out;
 //                                  backward: dL/da in, dL/dz out)
 //   2 operand storage, read        forward: flat parameter buffer (bias at bias_offset)
@@ -33,7 +33,7 @@ const RELU: u32 = 1u;
 const SIGMOID: u32 = 2u;
 const TANH: u32 = 3u;
 
-@group(0) @binding(0) var<uniform> shape: Shape;
+@group(0) @binding(0) var<storage, read> shape: Shape;
 @group(0) @binding(1) var<storage, read_write> values: array<f32>;
 @group(0) @binding(2) var<storage, read> operand: array<f32>;
 @group(0) @binding(3) var<storage, read_write> grads: array<f32>;

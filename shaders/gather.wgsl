@@ -8,7 +8,7 @@
 //
 // Bindings (group 0):
 //   0 schedule storage, read             Schedule below; this step's position in the epoch order
-//   1 shape    uniform                   Shape below
+//   1 shape    storage, read             Shape below
 //   2 pixels   storage, read             u32 [samples * features / 4]
 //   3 labels   storage, read             u32 [samples]
 //   4 order    storage, read             u32 [samples], this epoch's sample order
@@ -46,7 +46,7 @@ struct Shape {
 fn current_step() -> Step {
     return schedule.steps[schedule.cursor];
 }
-@group(0) @binding(1) var<uniform> shape: Shape;
+@group(0) @binding(1) var<storage, read> shape: Shape;
 @group(0) @binding(2) var<storage, read> pixels: array<u32>;
 @group(0) @binding(3) var<storage, read> labels: array<u32>;
 @group(0) @binding(4) var<storage, read> order: array<u32>;

@@ -14,7 +14,7 @@
 //
 // Bindings (group 0):
 //   0 schedule        storage, read             Schedule below; this step's slot base and row count
-//   1 shape           uniform                   Shape below
+//   1 shape           storage, read             Shape below
 //   2 logits          storage, read             f32 [rows, C] row-major
 //   3 labels          storage, read             u32 [rows]
 //   4 logits_grad     storage, read_write       f32 [rows, C] row-major; written if shape.write_gradient != 0
@@ -51,7 +51,7 @@ struct Shape {
 fn current_step() -> Step {
     return schedule.steps[schedule.cursor];
 }
-@group(0) @binding(1) var<uniform> shape: Shape;
+@group(0) @binding(1) var<storage, read> shape: Shape;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read> labels: array<u32>;
 @group(0) @binding(4) var<storage, read_write> logits_grad: array<f32>;

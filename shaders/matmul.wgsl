@@ -9,7 +9,7 @@
 //   input grad   dX = dY Wᵀ    A = dY (row stride out, col stride 1)  B = Wᵀ (row stride 1, col stride out)
 //
 // Bindings (group 0):
-//   0 dims   uniform   Dims below
+//   0 dims   storage, read        Dims below (a storage buffer, not a uniform: see src/gpu/kernels.rs)
 //   1 lhs    storage, read        f32 array holding A at dims.a_offset
 //   2 rhs    storage, read        f32 array holding B at dims.b_offset
 //   3 out    storage, read_write  f32 array; C is row-major [M, N] at dims.c_offset
@@ -38,7 +38,7 @@ override WG_M: u32 = 16u;
 override WG_N: u32 = 16u;
 override TILE_K: u32 = 16u;
 
-@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(0) var<storage, read> dims: Dims;
 @group(0) @binding(1) var<storage, read> lhs: array<f32>;
 @group(0) @binding(2) var<storage, read> rhs: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;

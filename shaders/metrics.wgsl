@@ -6,7 +6,7 @@
 // The summation order is fixed (strided partial sums, then a tree), so results are reproducible.
 //
 // Bindings (group 0):
-//   0 shape           uniform              Shape below
+//   0 shape           storage, read        Shape below
 //   1 sample_loss     storage, read        f32 [count]
 //   2 sample_correct  storage, read        u32 [count]
 //   3 totals          storage, read_write  u32 [2 * slots]
@@ -22,7 +22,7 @@ struct Shape {
 
 const WORKGROUP: u32 = 256u;
 
-@group(0) @binding(0) var<uniform> shape: Shape;
+@group(0) @binding(0) var<storage, read> shape: Shape;
 @group(0) @binding(1) var<storage, read> sample_loss: array<f32>;
 @group(0) @binding(2) var<storage, read> sample_correct: array<u32>;
 @group(0) @binding(3) var<storage, read_write> totals: array<u32>;

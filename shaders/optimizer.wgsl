@@ -10,7 +10,7 @@
 //
 // Bindings (group 0):
 //   0 schedule storage, read             Schedule below (adam only)
-//   1 hyper    uniform                   Hyper below
+//   1 hyper    storage, read             Hyper below
 //   2 params   storage, read_write       f32 [count]
 //   3 grads    storage, read             f32 [count]
 //   4 moment1  storage, read_write       f32 [count] (adam only)
@@ -51,7 +51,7 @@ struct Hyper {
 fn current_step() -> Step {
     return schedule.steps[schedule.cursor];
 }
-@group(0) @binding(1) var<uniform> hyper: Hyper;
+@group(0) @binding(1) var<storage, read> hyper: Hyper;
 @group(0) @binding(2) var<storage, read_write> params: array<f32>;
 @group(0) @binding(3) var<storage, read> grads: array<f32>;
 @group(0) @binding(4) var<storage, read_write> moment1: array<f32>;

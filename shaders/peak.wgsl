@@ -4,7 +4,7 @@
 //   FLOPs = invocations × iterations × 8 chains × 4 lanes × 2 (multiply + add)
 //
 // Bindings (group 0):
-//   0 shape  uniform              Shape below
+//   0 shape  storage, read        Shape below
 //   1 sink   storage, read_write  vec4<f32> [invocations]; written so the loop is not optimised away
 //
 // Workgroup: 64 invocations. Dispatch grid: (groups, 1, 1).
@@ -16,7 +16,7 @@ struct Shape {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> shape: Shape;
+@group(0) @binding(0) var<storage, read> shape: Shape;
 @group(0) @binding(1) var<storage, read_write> sink: array<vec4<f32>>;
 
 @compute @workgroup_size(64)

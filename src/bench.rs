@@ -104,7 +104,7 @@ pub fn matmul_gflops(gpu: &Gpu, kernels: &Kernels, dims: &MatmulDims) -> Result<
     let lhs = gpu.storage_with("bench lhs", &vec![0.5f32; lhs_len])?;
     let rhs = gpu.storage_with("bench rhs", &vec![0.25f32; rhs_len])?;
     let out = gpu.storage_buffer("bench out", (out_len * 4) as u64)?;
-    let uniform = gpu.uniform_with("bench dims", dims);
+    let uniform = gpu.params_with("bench dims", dims);
     let bind_group = kernels.matmul.bind(
         gpu,
         &[
@@ -146,7 +146,7 @@ pub fn fma_peak_gflops(gpu: &Gpu) -> Result<f64> {
             cache: None,
         });
     let layout = pipeline.get_bind_group_layout(0);
-    let uniform = gpu.uniform_with(
+    let uniform = gpu.params_with(
         "peak shape",
         &Shape {
             iterations: ITERATIONS,

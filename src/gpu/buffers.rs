@@ -64,13 +64,14 @@ impl Gpu {
         Ok(buffer)
     }
 
-    /// A uniform buffer holding `value`.
-    pub fn uniform_with<T: Pod>(&self, what: &str, value: &T) -> Buffer {
+    /// A kernel's parameter block (one of the structs in `uniforms`), as a read-only storage
+    /// buffer (why not a uniform buffer: see `kernels::Slot`).
+    pub fn params_with<T: Pod>(&self, what: &str, value: &T) -> Buffer {
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(what),
                 contents: bytemuck::bytes_of(value),
-                usage: BufferUsages::UNIFORM,
+                usage: BufferUsages::STORAGE,
             })
     }
 

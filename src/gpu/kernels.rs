@@ -5,9 +5,15 @@ use wgpu::{BindGroupLayoutEntry, BindingType, BufferBindingType, ShaderStages};
 use super::Gpu;
 
 /// The kind of one binding slot, as declared in the kernel's WGSL header.
+///
+/// Kernel parameters (shapes, offsets, hyperparameters) are read from small read-only storage
+/// buffers, not uniform buffers: lavapipe (Mesa 22.3) inlines uniform values into a freshly
+/// compiled shader variant whenever a pipeline is bound again, so a training step, which switches
+/// pipelines every dispatch, recompiled shaders and leaked their code (≈ 0.5 MB and several ms a
+/// step).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
-    Uniform,
+    Params,
     Read,
     ReadWrite,
 }
@@ -127,7 +133,7 @@ impl Kernels {
         ];
         let loss_slots = [
             (0, Read),
-            (1, Uniform),
+            (1, Params),
             (2, Read),
             (3, Read),
             (4, ReadWrite),
@@ -139,7 +145,7 @@ impl Kernels {
                 gpu,
                 &matmul,
                 "matmul",
-                &[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite)],
+                &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)],
                 &tiling_constants,
             ),
             matmul_tiling: tiling,
@@ -147,14 +153,14 @@ impl Kernels {
                 gpu,
                 &activation,
                 "bias_activation_forward",
-                &[(0, Uniform), (1, ReadWrite), (2, Read)],
+                &[(0, Params), (1, ReadWrite), (2, Read)],
                 &[],
             ),
             activation_backward: build(
                 gpu,
                 &activation,
                 "activation_backward",
-                &[(0, Uniform), (1, ReadWrite), (2, Read), (3, ReadWrite)],
+                &[(0, Params), (1, ReadWrite), (2, Read), (3, ReadWrite)],
                 &[],
             ),
             softmax_cross_entropy: build(gpu, &loss, "softmax_cross_entropy", &loss_slots, &[]),
@@ -171,7 +177,7 @@ impl Kernels {
                 "gather_batch",
                 &[
                     (0, Read),
-                    (1, Uniform),
+                    (1, Params),
                     (2, Read),
                     (3, Read),
                     (4, Read),
@@ -184,14 +190,14 @@ impl Kernels {
                 gpu,
                 &metrics,
                 "sum_metrics",
-                &[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite)],
+                &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)],
                 &[],
             ),
             sgd_update: build(
                 gpu,
                 &optimizer,
                 "sgd_update",
-                &[(1, Uniform), (2, ReadWrite), (3, Read)],
+                &[(1, Params), (2, ReadWrite), (3, Read)],
                 &[],
             ),
             adam_update: build(
@@ -200,7 +206,7 @@ impl Kernels {
                 "adam_update",
                 &[
                     (0, Read),
-                    (1, Uniform),
+                    (1, Params),
                     (2, ReadWrite),
                     (3, Read),
                     (4, ReadWrite),
@@ -227,7 +233,7 @@ fn build(
             visibility: ShaderStages::COMPUTE,
             ty: BindingType::Buffer {
                 ty: match slot {
-                    Slot::Uniform => BufferBindingType::Uniform,
+                    Slot::Params => BufferBindingType::Storage { read_only: true },
                     Slot::Read => BufferBindingType::Storage { read_only: true },
                     Slot::ReadWrite => BufferBindingType::Storage { read_only: false },
                 },

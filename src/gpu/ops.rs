@@ -43,7 +43,7 @@ pub fn matmul(
     rhs: &[f32],
     out: &[f32],
 ) -> Result<Vec<f32>> {
-    let dims_buffer = gpu.uniform_with("dims", dims);
+    let dims_buffer = gpu.params_with("dims", dims);
     let lhs_buffer = gpu.storage_with("lhs", lhs)?;
     let rhs_buffer = gpu.storage_with("rhs", rhs)?;
     let out_buffer = gpu.storage_with("out", out)?;
@@ -75,7 +75,7 @@ pub fn bias_activation_forward(
         bias_offset: 0,
         activation: activation.shader_code(),
     };
-    let shape_buffer = gpu.uniform_with("shape", &shape);
+    let shape_buffer = gpu.params_with("shape", &shape);
     let values_buffer = gpu.storage_with("values", values)?;
     let bias_buffer = gpu.storage_with("bias", bias)?;
     let bind_group = kernels.bias_activation.bind(
@@ -106,7 +106,7 @@ pub fn activation_backward(
         bias_offset: 0,
         activation: activation.shader_code(),
     };
-    let shape_buffer = gpu.uniform_with("shape", &shape);
+    let shape_buffer = gpu.params_with("shape", &shape);
     let grad_buffer = gpu.storage_with("grad", grad)?;
     let output_buffer = gpu.storage_with("output", output)?;
     let bias_grad_buffer = gpu.storage_buffer("bias grad", (cols * 4) as u64)?;
@@ -152,7 +152,7 @@ pub fn softmax_loss(
             _pad: 0,
         },
     )?;
-    let shape = gpu.uniform_with(
+    let shape = gpu.params_with(
         "shape",
         &LossShape {
             classes: classes as u32,
@@ -212,7 +212,7 @@ pub fn gather_batch(
             _pad: 0,
         },
     )?;
-    let shape = gpu.uniform_with(
+    let shape = gpu.params_with(
         "shape",
         &GatherShape {
             words_per_sample: words_per_sample as u32,
@@ -252,7 +252,7 @@ pub fn sum_metrics(
     sample_loss: &[f32],
     sample_correct: &[u32],
 ) -> Result<(f32, u32)> {
-    let shape = gpu.uniform_with(
+    let shape = gpu.params_with(
         "shape",
         &MetricsShape {
             count: sample_loss.len() as u32,
@@ -285,7 +285,7 @@ pub fn sgd_update(
     grads: &[f32],
     learning_rate: f32,
 ) -> Result<Vec<f32>> {
-    let hyper = gpu.uniform_with(
+    let hyper = gpu.params_with(
         "hyper",
         &OptimizerHyper {
             count: params.len() as u32,
@@ -332,7 +332,7 @@ pub fn adam_update(
             _pad: 0,
         },
     )?;
-    let hyper_buffer = gpu.uniform_with("hyper", hyper);
+    let hyper_buffer = gpu.params_with("hyper", hyper);
     let params_buffer = gpu.storage_with("params", params)?;
     let grads_buffer = gpu.storage_with("grads", grads)?;
     let m_buffer = gpu.storage_with("moment1", moment1)?;

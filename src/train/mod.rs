@@ -455,7 +455,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
         out: &Buffer,
     ) {
         let kernel = &self.kernels.matmul;
-        let uniform = self.gpu.uniform_with("matmul dims", &dims);
+        let uniform = self.gpu.params_with("matmul dims", &dims);
         let bind_group = kernel.bind(
             self.gpu,
             &[
@@ -477,7 +477,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
         let mut program = Program::default();
         let gpu = self.gpu;
         let words = self.spec.inputs / 4;
-        let shape = gpu.uniform_with(
+        let shape = gpu.params_with(
             "gather shape",
             &GatherShape {
                 words_per_sample: words as u32,
@@ -512,7 +512,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
                 self.params,
                 output,
             );
-            let shape = gpu.uniform_with(
+            let shape = gpu.params_with(
                 "activation shape",
                 &ActivationShape {
                     rows: rows as u32,
@@ -538,7 +538,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
             Loss::Xent => &self.kernels.softmax_cross_entropy,
             Loss::Mse => &self.kernels.softmax_mean_squared_error,
         };
-        let shape = gpu.uniform_with(
+        let shape = gpu.params_with(
             "loss shape",
             &LossShape {
                 classes: self.spec.classes as u32,
@@ -572,7 +572,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
         let mut program = Program::default();
         for (l, layer) in self.layout.layers.iter().enumerate().rev() {
             let (upstream, output) = (&self.activation_grads[l + 1], &self.activations[l + 1]);
-            let shape = self.gpu.uniform_with(
+            let shape = self.gpu.params_with(
                 "activation shape",
                 &ActivationShape {
                     rows: rows as u32,
@@ -625,7 +625,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
 
     fn update(&self, config: &TrainConfig, moments: Option<&(Buffer, Buffer)>) -> Program<'k> {
         let mut program = Program::default();
-        let hyper = self.gpu.uniform_with(
+        let hyper = self.gpu.params_with(
             "optimizer hyperparameters",
             &OptimizerHyper {
                 count: self.layout.total as u32,
@@ -672,7 +672,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
     /// Sums a split's per-sample metrics into `totals` at `slot`.
     fn sum_metrics(&self, split: &DeviceSplit, slot: u32, totals: &Buffer) -> Program<'k> {
         let mut program = Program::default();
-        let shape = self.gpu.uniform_with(
+        let shape = self.gpu.params_with(
             "metrics shape",
             &MetricsShape {
                 count: split.samples as u32,
