@@ -51,6 +51,9 @@ pub enum Error {
         attempts: String,
     },
 
+    #[error("model file {path}: {problem}")]
+    ModelFile { path: PathBuf, problem: String },
+
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
 

@@ -18,8 +18,10 @@
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod files;
 pub mod gpu;
 pub mod model;
+pub mod model_file;
 pub mod reference;
 pub mod rng;
 pub mod selftest;

@@ -11,6 +11,7 @@ mod cli;
 use shadertrain::data::{DATA_ENV, Dataset, DatasetKind, Split, default_dir};
 use shadertrain::gpu::{AdapterRequest, BackendChoice, Gpu, Kernels, list_adapters};
 use shadertrain::model::{Activation, Loss, ModelSpec};
+use shadertrain::model_file::save_model;
 use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
 
 #[derive(Parser)]
@@ -118,6 +119,12 @@ struct TrainArgs {
     /// Optimizer: Adam (β1 0.9, β2 0.999, ε 1e-7) or plain gradient descent.
     #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
     optimizer: OptimizerKind,
+    /// After training, write the model here as a safetensors file (PyTorch nn.Linear layout).
+    #[arg(long, value_name = "PATH")]
+    save: Option<PathBuf>,
+    /// Append one JSON object per epoch (every printed figure and a timestamp) to this file.
+    #[arg(long, value_name = "PATH")]
+    metrics: Option<PathBuf>,
     #[command(flatten)]
     adapter: AdapterArgs,
 }
@@ -255,6 +262,21 @@ fn bench(args: BenchArgs, process_start: Instant) -> shadertrain::Result<()> {
 }
 
 fn train(args: TrainArgs) -> shadertrain::Result<()> {
+    // Fail before training, not after, when an output cannot be written.
+    for (flag, path) in [("--save", &args.save), ("--metrics", &args.metrics)] {
+        if let Some(parent) = path.as_ref().and_then(|p| p.parent())
+            && !parent.as_os_str().is_empty()
+            && !parent.is_dir()
+        {
+            return Err(shadertrain::Error::Config(format!(
+                "{flag} {}: the folder {} does not exist",
+                path.as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                parent.display()
+            )));
+        }
+    }
     let Recipe {
         data_dir,
         train_set,
@@ -297,6 +319,24 @@ fn train(args: TrainArgs) -> shadertrain::Result<()> {
     );
     for _ in 0..epochs {
         let m = trainer.run_epoch()?;
+        if let Some(path) = &args.metrics {
+            let timestamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
+            let line = serde_json::json!({
+                "timestamp_unix_s": timestamp,
+                "dataset": args.dataset.name(),
+                "epoch": m.epoch,
+                "train_loss": m.train_loss,
+                "train_accuracy": m.train_accuracy,
+                "test_loss": m.test_loss,
+                "test_accuracy": m.test_accuracy,
+                "seconds": m.seconds,
+                "samples_per_second": m.samples_per_second,
+            });
+            shadertrain::files::append_line_atomically(path, &line.to_string())?;
+        }
         println!(
             "{:>5} {:>10.4} {:>8.2}% {:>10.4} {:>8.2}% {:>8.2} {:>10.0}",
             m.epoch,
@@ -307,6 +347,11 @@ fn train(args: TrainArgs) -> shadertrain::Result<()> {
             m.seconds,
             m.samples_per_second
         );
+    }
+    if let Some(path) = &args.save {
+        let params = trainer.parameters()?;
+        save_model(path, trainer.spec(), &params, args.dataset)?;
+        println!("saved the model to {}", path.display());
     }
     Ok(())
 }

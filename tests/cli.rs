@@ -181,3 +181,83 @@ fn bench_reports_counts_within_budget_as_json() {
         assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
     }
 }
+
+#[test]
+fn train_saves_a_model_and_a_metrics_log_that_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 300);
+    let data = dir.path().to_str().unwrap();
+    let model = dir.path().join("out.safetensors");
+    let metrics = dir.path().join("metrics.jsonl");
+    let (code, stdout, stderr) = shadertrain(&[
+        "train",
+        "--offline",
+        "--data",
+        data,
+        "--epochs",
+        "2",
+        "--hidden",
+        "32",
+        "--save",
+        model.to_str().unwrap(),
+        "--metrics",
+        metrics.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["epoch"], 2);
+    for key in [
+        "train_loss",
+        "train_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "seconds",
+        "timestamp_unix_s",
+    ] {
+        assert!(lines[1][key].is_number(), "{key}: {}", lines[1]);
+    }
+
+    // The saved weights, evaluated on the CPU, give the test figures the run reported.
+    let saved = shadertrain::model_file::load_model(&model).unwrap();
+    assert_eq!(saved.spec.widths(), vec![784, 32, 10]);
+    let test =
+        shadertrain::data::Dataset::load_mnist(dir.path(), shadertrain::data::Split::Test).unwrap();
+    let order: Vec<u32> = (0..test.samples() as u32).collect();
+    let (x, y) = shadertrain::reference::gather_batch(&test, &order, 0, test.samples());
+    let logits = shadertrain::reference::forward(&saved.spec, &saved.params, &x)
+        .pop()
+        .unwrap();
+    let result = shadertrain::reference::softmax_loss(saved.spec.loss, &logits, &y, 10);
+    let accuracy = result.sample_correct.iter().sum::<u32>() as f64 / test.samples() as f64;
+    let loss = result.sample_loss.iter().map(|&l| l as f64).sum::<f64>() / test.samples() as f64;
+    assert!(
+        (lines[1]["test_accuracy"].as_f64().unwrap() - accuracy).abs() < 1e-9,
+        "{} vs {accuracy}",
+        lines[1]
+    );
+    assert!(
+        (lines[1]["test_loss"].as_f64().unwrap() - loss).abs() < 1e-4 * loss,
+        "{} vs {loss}",
+        lines[1]
+    );
+}
+
+#[test]
+fn an_unwritable_save_path_fails_before_training() {
+    let (code, _, stderr) = shadertrain(&[
+        "train",
+        "--offline",
+        "--save",
+        "/nonexistent-folder/model.safetensors",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("--save") && stderr.contains("/nonexistent-folder"),
+        "{stderr}"
+    );
+}
