@@ -8,6 +8,19 @@ use shadertrain::model::ModelSpec;
 use shadertrain::reference;
 use shadertrain::train::{EpochMetrics, TrainConfig, Trainer};
 
+/// A trainer for the reference model on the shared device.
+fn reference_trainer(config: TrainConfig, train: &Dataset, test: &Dataset) -> Trainer<'static> {
+    Trainer::new(
+        gpu(),
+        kernels(),
+        ModelSpec::reference(),
+        config,
+        train,
+        test,
+    )
+    .unwrap()
+}
+
 /// One epoch with Keras' default `fit` batch size (32). With the reference batch of 128, one
 /// epoch lands at 95.6-96.0 % here and 95.7-96.3 % in PyTorch over seeds (see the README), too
 /// close to 96 % for a test; the ten-epoch reference run is measured by `shadertrain train`.
@@ -21,15 +34,7 @@ fn one_epoch_on_full_mnist_reaches_96_percent() {
         batch_size: 32,
         ..TrainConfig::default()
     };
-    let mut trainer = Trainer::new(
-        gpu(),
-        kernels(),
-        ModelSpec::reference(),
-        config,
-        &train,
-        &test,
-    )
-    .unwrap();
+    let mut trainer = reference_trainer(config, &train, &test);
     let m = trainer.run_epoch().unwrap();
     println!("{m:?}");
     assert!(
@@ -55,15 +60,7 @@ fn the_same_seed_gives_identical_metrics() {
             seed,
             ..TrainConfig::default()
         };
-        let mut trainer = Trainer::new(
-            gpu(),
-            kernels(),
-            ModelSpec::reference(),
-            config,
-            &train,
-            &test,
-        )
-        .unwrap();
+        let mut trainer = reference_trainer(config, &train, &test);
         (0..2)
             .map(|_| EpochMetrics {
                 seconds: 0.0,
@@ -131,15 +128,7 @@ fn one_epoch_on_fashion_mnist_reaches_80_percent() {
     };
     let train = Dataset::load_mnist(&dir, Split::Train).unwrap();
     let test = Dataset::load_mnist(&dir, Split::Test).unwrap();
-    let mut trainer = Trainer::new(
-        gpu(),
-        kernels(),
-        ModelSpec::reference(),
-        TrainConfig::default(),
-        &train,
-        &test,
-    )
-    .unwrap();
+    let mut trainer = reference_trainer(TrainConfig::default(), &train, &test);
     let m = trainer.run_epoch().unwrap();
     println!("{m:?}");
     assert!(

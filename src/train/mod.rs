@@ -9,6 +9,7 @@
 //!                 g[l+1] *= f_l'(a[l+1]);  db_l = Σ_rows g[l+1];  dW_l = a[l]ᵀ g[l+1]
 //!                 g[l] = g[l+1] W_lᵀ                             (not for the input layer)
 //!   update        Adam or SGD over the flat parameter buffer, in one dispatch
+//!   advance       the step schedule's cursor moves to the next step's (start, rows, step size)
 //! At the end of an epoch: the test set's forward passes, two reductions of the per-sample
 //! metrics, one copy into a staging buffer, one map.
 
