@@ -8,7 +8,7 @@
 //                           loss_r = (1/C) sum_j (p_j - t_j)^2
 //                           g_j    = 2 (p_j - t_j) / (C rows)        (dL/dp)
 //                           dL/dz_k = p_k (g_k - sum_j g_j p_j)
-// Both: correct_r = (first argmax of z == y).
+// Both: prediction_r = first argmax of z; correct_r = (prediction_r == y).
 // loss_r and correct_r are stored at sample slot step.batch_start + r, so that a reduction at the
 // end of an epoch counts every sample exactly once; the batch mean loss is sum_r loss_r / rows.
 //
@@ -20,6 +20,7 @@
 //   4 logits_grad     storage, read_write       f32 [rows, C] row-major; written if shape.write_gradient != 0
 //   5 sample_loss     storage, read_write       f32 [samples]
 //   6 sample_correct  storage, read_write       u32 [samples]
+//   7 sample_prediction storage, read_write     u32 [samples]
 //
 // Workgroup: 64 invocations, one per row. Dispatch grid: (ceil(rows / 64), 1, 1).
 
@@ -57,6 +58,7 @@ fn current_step() -> Step {
 @group(0) @binding(4) var<storage, read_write> logits_grad: array<f32>;
 @group(0) @binding(5) var<storage, read_write> sample_loss: array<f32>;
 @group(0) @binding(6) var<storage, read_write> sample_correct: array<u32>;
+@group(0) @binding(7) var<storage, read_write> sample_prediction: array<u32>;
 
 struct Softmax {
     max_logit: f32,
@@ -86,6 +88,7 @@ fn record(row: u32, loss: f32, stats: Softmax) {
     let slot = current_step().batch_start + row;
     sample_loss[slot] = loss;
     sample_correct[slot] = select(0u, 1u, stats.argmax == labels[row]);
+    sample_prediction[slot] = stats.argmax;
 }
 
 @compute @workgroup_size(64)

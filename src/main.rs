@@ -35,6 +35,9 @@ enum Command {
     /// step and of each matmul shape against the adapter's FMA peak, GPU work per epoch, host
     /// memory. Takes train's flags (--epochs is ignored: one epoch is timed).
     Bench(BenchArgs),
+    /// Evaluate a saved model on its dataset's test set: loss, accuracy, per-class accuracy and
+    /// a confusion matrix.
+    Eval(EvalArgs),
     /// Run every kernel on random data against the CPU reference and report the worst error of
     /// each; exits non-zero if any is outside its tolerance. Run this first on an unusual GPU.
     Selftest(AdapterArgs),
@@ -52,6 +55,24 @@ struct BenchArgs {
     /// Training steps in the steady-state timing (after 32 warm-up steps).
     #[arg(long, default_value_t = 64)]
     steps: usize,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A model written by `train --save`.
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// Folder holding the dataset the model was trained on [default: as for train].
+    #[arg(long, value_name = "DIR", env = DATA_ENV)]
+    data: Option<PathBuf>,
+    /// Never download the dataset.
+    #[arg(long)]
+    offline: bool,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    adapter: AdapterArgs,
 }
 
 #[derive(Args)]
@@ -158,6 +179,13 @@ fn main() -> ExitCode {
             adapters(&args);
             Ok(())
         }
+        Command::Eval(args) => cli::eval::run(
+            &args.model,
+            args.data.as_deref(),
+            args.offline,
+            &args.adapter.request(),
+            args.json,
+        ),
         Command::Selftest(args) => cli::selftest(&args.request()),
         Command::Download(args) => {
             let dir = args.dir.unwrap_or_else(|| default_dir(args.dataset));

@@ -47,6 +47,8 @@ pub fn activation_backward(
 pub struct LossOutput {
     pub sample_loss: Vec<f32>,
     pub sample_correct: Vec<u32>,
+    /// First argmax of each row's logits.
+    pub sample_prediction: Vec<u32>,
     /// dL/dlogits of the batch-mean loss.
     pub logits_grad: Vec<f32>,
 }
@@ -57,6 +59,7 @@ pub fn softmax_loss(loss: Loss, logits: &[f32], labels: &[u32], classes: usize) 
     let mut out = LossOutput {
         sample_loss: Vec::with_capacity(rows),
         sample_correct: Vec::with_capacity(rows),
+        sample_prediction: Vec::with_capacity(rows),
         logits_grad: vec![0.0; rows * classes],
     };
     for (r, &label) in labels.iter().enumerate() {
@@ -95,6 +98,7 @@ pub fn softmax_loss(loss: Loss, logits: &[f32], labels: &[u32], classes: usize) 
         };
         out.sample_loss.push(sample_loss as f32);
         out.sample_correct.push((argmax == label) as u32);
+        out.sample_prediction.push(argmax as u32);
     }
     out
 }

@@ -243,6 +243,11 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                         &actual.sample_correct,
                         &expected.sample_correct,
                     );
+                    tally.equal(
+                        &format!("{case} prediction"),
+                        &actual.sample_prediction,
+                        &expected.sample_prediction,
+                    );
                 }
             }
         }

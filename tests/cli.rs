@@ -245,6 +245,40 @@ fn train_saves_a_model_and_a_metrics_log_that_agree() {
         "{} vs {loss}",
         lines[1]
     );
+
+    // `eval` on the saved file, with no other flag about the model, reports the same figures.
+    let (code, stdout, stderr) = shadertrain(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data,
+        "--offline",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        (report["accuracy"].as_f64().unwrap() - accuracy).abs() < 1e-9,
+        "{report}"
+    );
+    let matrix: Vec<Vec<u64>> = serde_json::from_value(report["confusion_matrix"].clone()).unwrap();
+    assert_eq!(matrix.iter().flatten().sum::<u64>(), test.samples() as u64);
+    let diagonal: u64 = (0..10).map(|c| matrix[c][c]).sum();
+    assert_eq!(diagonal, result.sample_correct.iter().sum::<u32>() as u64);
+    let (code, _, stderr) = shadertrain(&[
+        "eval",
+        "--model",
+        metrics.to_str().unwrap(),
+        "--data",
+        data,
+        "--offline",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("metrics.jsonl") && stderr.contains("safetensors"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod bench;
+pub mod eval;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use shadertrain::data::download::{DownloadEvent, DownloadOptions, download};

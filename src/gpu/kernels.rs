@@ -141,6 +141,7 @@ impl Kernels {
             (4, ReadWrite),
             (5, ReadWrite),
             (6, ReadWrite),
+            (7, ReadWrite),
         ];
         Kernels {
             matmul: build(

@@ -165,6 +165,7 @@ pub fn softmax_loss(
     let grad_buffer = gpu.storage_buffer("logits grad", (logits.len() * 4) as u64)?;
     let loss_buffer = gpu.storage_buffer("sample loss", (samples * 4) as u64)?;
     let correct_buffer = gpu.storage_buffer("sample correct", (samples * 4) as u64)?;
+    let prediction_buffer = gpu.storage_buffer("sample prediction", (samples * 4) as u64)?;
     let bind_group = kernel.bind(
         gpu,
         &[
@@ -175,6 +176,7 @@ pub fn softmax_loss(
             grad_buffer.as_entire_binding(),
             loss_buffer.as_entire_binding(),
             correct_buffer.as_entire_binding(),
+            prediction_buffer.as_entire_binding(),
         ],
     );
     dispatch(
@@ -185,9 +187,11 @@ pub fn softmax_loss(
     );
     let sample_loss: Vec<f32> = gpu.read_back(&loss_buffer, samples)?;
     let sample_correct: Vec<u32> = gpu.read_back(&correct_buffer, samples)?;
+    let sample_prediction: Vec<u32> = gpu.read_back(&prediction_buffer, samples)?;
     Ok(LossOutput {
         sample_loss: sample_loss[batch_start..batch_start + rows].to_vec(),
         sample_correct: sample_correct[batch_start..batch_start + rows].to_vec(),
+        sample_prediction: sample_prediction[batch_start..batch_start + rows].to_vec(),
         logits_grad: gpu.read_back(&grad_buffer, logits.len())?,
     })
 }

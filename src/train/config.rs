@@ -87,3 +87,23 @@ pub struct GpuWork {
     pub dispatches: usize,
     pub readbacks: usize,
 }
+
+/// A model's results on a test set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: f64,
+    /// Predicted class of each test sample, in file order.
+    pub predictions: Vec<u32>,
+}
+
+impl Evaluation {
+    /// `matrix[true][predicted]` sample counts.
+    pub fn confusion_matrix(&self, labels: &[u8], classes: usize) -> Vec<Vec<usize>> {
+        let mut matrix = vec![vec![0; classes]; classes];
+        for (&label, &predicted) in labels.iter().zip(&self.predictions) {
+            matrix[label as usize][predicted as usize] += 1;
+        }
+        matrix
+    }
+}

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use wgpu::Buffer;
 
-pub use config::{EpochMetrics, GpuWork, OptimizerKind, TrainConfig};
+pub use config::{EpochMetrics, Evaluation, GpuWork, OptimizerKind, TrainConfig};
 use program::Program;
 
 use crate::data::Dataset;
@@ -41,6 +41,7 @@ struct DeviceSplit {
     order: Buffer,
     sample_loss: Buffer,
     sample_correct: Buffer,
+    sample_prediction: Buffer,
 }
 
 impl DeviceSplit {
@@ -55,6 +56,7 @@ impl DeviceSplit {
             order: gpu.storage_with(&format!("{name} order"), &identity)?,
             sample_loss: gpu.storage_buffer(&format!("{name} sample loss"), slots)?,
             sample_correct: gpu.storage_buffer(&format!("{name} sample correct"), slots)?,
+            sample_prediction: gpu.storage_buffer(&format!("{name} sample prediction"), slots)?,
         })
     }
 }
@@ -117,17 +119,55 @@ impl<'k> Trainer<'k> {
         train: &Dataset,
         test: &Dataset,
     ) -> Result<Self> {
+        if train.samples() == 0 {
+            return Err(Error::Config("the training set is empty".into()));
+        }
+        Self::build(gpu, kernels, spec, config, train, test)
+    }
+
+    /// A trainer that only evaluates `test` (with parameters given by `set_parameters`): it has
+    /// no training set.
+    pub fn for_evaluation(
+        gpu: &'k Gpu,
+        kernels: &'k Kernels,
+        spec: ModelSpec,
+        test: &Dataset,
+    ) -> Result<Self> {
+        let no_training = Dataset {
+            features: test.features,
+            classes: test.classes,
+            pixels: Vec::new(),
+            labels: Vec::new(),
+        };
+        Self::build(
+            gpu,
+            kernels,
+            spec,
+            TrainConfig::default(),
+            &no_training,
+            test,
+        )
+    }
+
+    fn build(
+        gpu: &'k Gpu,
+        kernels: &'k Kernels,
+        spec: ModelSpec,
+        config: TrainConfig,
+        train: &Dataset,
+        test: &Dataset,
+    ) -> Result<Self> {
         spec.validate()?;
         config.validate()?;
+        if test.samples() == 0 {
+            return Err(Error::Config("the test set is empty".into()));
+        }
         for (name, data) in [("training", train), ("test", test)] {
             if data.features != spec.inputs || data.classes != spec.classes {
                 return Err(Error::Config(format!(
                     "the model takes {} inputs and {} classes but the {name} set has {} features and {} classes",
                     spec.inputs, spec.classes, data.features, data.classes
                 )));
-            }
-            if data.samples() == 0 {
-                return Err(Error::Config(format!("the {name} set is empty")));
             }
         }
         if !spec.inputs.is_multiple_of(4) {
@@ -346,6 +386,40 @@ impl<'k> Trainer<'k> {
         }
     }
 
+    /// Evaluates the test set with the current parameters: mean loss, accuracy and each
+    /// sample's predicted class (waits for the GPU).
+    pub fn evaluate(&self) -> Result<Evaluation> {
+        // Put the schedule's cursor on the first test step, where training would have left it.
+        let cursor = [self.train_steps() as u32, 0, 0, 0];
+        self.gpu
+            .queue
+            .write_buffer(&self.schedule, 0, bytemuck::cast_slice(&cursor));
+        let totals = self.evaluate_and_read_totals(&mut GpuWork::default())?;
+        let samples = self.test.samples as f64;
+        Ok(Evaluation {
+            loss: f32::from_bits(totals[2]) as f64 / samples,
+            accuracy: totals[3] as f64 / samples,
+            predictions: self
+                .gpu
+                .read_back(&self.test.sample_prediction, self.test.samples)?,
+        })
+    }
+
+    /// Replaces the parameters (laid out as `layout()` says), e.g. with a saved model's.
+    pub fn set_parameters(&self, params: &[f32]) -> Result<()> {
+        if params.len() != self.layout.total {
+            return Err(Error::Config(format!(
+                "{} parameters given, the model has {}",
+                params.len(),
+                self.layout.total
+            )));
+        }
+        self.gpu
+            .queue
+            .write_buffer(&self.params, 0, bytemuck::cast_slice(params));
+        Ok(())
+    }
+
     /// Runs the test set forward, reduces both splits' per-sample metrics and reads the four
     /// totals (training loss, training correct, test loss, test correct) back: the one wait.
     fn evaluate_and_read_totals(&self, work: &mut GpuWork) -> Result<Vec<u32>> {
@@ -558,6 +632,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
                 self.activation_grads[last].as_entire_binding(),
                 split.sample_loss.as_entire_binding(),
                 split.sample_correct.as_entire_binding(),
+                split.sample_prediction.as_entire_binding(),
             ],
         );
         program.push(

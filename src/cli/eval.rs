@@ -1,0 +1,98 @@
+//! `shadertrain eval`: a saved model on its dataset's test set, as a table or JSON.
+
+use std::path::Path;
+
+use serde_json::json;
+use shadertrain::Result;
+use shadertrain::data::{Dataset, Split};
+use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
+use shadertrain::model_file::load_model;
+use shadertrain::train::Trainer;
+
+pub fn run(
+    model: &Path,
+    data: Option<&Path>,
+    offline: bool,
+    request: &AdapterRequest,
+    as_json: bool,
+) -> Result<()> {
+    let saved = load_model(model)?;
+    let dir = super::dataset_dir(saved.dataset, data, offline)?;
+    let test = Dataset::load_mnist(&dir, Split::Test)?;
+    let gpu = Gpu::open(request)?;
+    let kernels = Kernels::new(&gpu);
+    let evaluator = Trainer::for_evaluation(&gpu, &kernels, saved.spec.clone(), &test)?;
+    evaluator.set_parameters(&saved.params)?;
+    let result = evaluator.evaluate()?;
+    let classes = saved.spec.classes;
+    let matrix = result.confusion_matrix(&test.labels, classes);
+    let names = saved.dataset.class_names();
+    let name = |c: usize| names.get(c).copied().unwrap_or("?");
+    let per_class: Vec<(usize, f64)> = matrix
+        .iter()
+        .enumerate()
+        .map(|(c, row)| {
+            let samples: usize = row.iter().sum();
+            (samples, row[c] as f64 / samples.max(1) as f64)
+        })
+        .collect();
+
+    if as_json {
+        let report = json!({
+            "model": model.display().to_string(),
+            "dataset": saved.dataset.name(),
+            "samples": test.samples(),
+            "loss": result.loss,
+            "accuracy": result.accuracy,
+            "per_class": per_class.iter().enumerate().map(|(c, (samples, accuracy))| json!({
+                "class": c, "name": name(c), "samples": samples, "accuracy": accuracy,
+            })).collect::<Vec<_>>(),
+            "confusion_matrix": matrix,
+        });
+        println!("{report}");
+        return Ok(());
+    }
+    println!(
+        "model: {} ({}, {:?} activation) on the {} test set ({} samples)",
+        model.display(),
+        saved
+            .spec
+            .widths()
+            .iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+            .join("-"),
+        saved.spec.activation,
+        saved.dataset.name(),
+        test.samples()
+    );
+    println!(
+        "test loss {:.4}, accuracy {:.2}%",
+        result.loss,
+        100.0 * result.accuracy
+    );
+    println!();
+    println!("{:<12} {:>8} {:>9}", "class", "samples", "accuracy");
+    for (c, (samples, accuracy)) in per_class.iter().enumerate() {
+        println!("{:<12} {:>8} {:>8.2}%", name(c), samples, 100.0 * accuracy);
+    }
+    println!();
+    println!("confusion matrix (rows: true class, columns: predicted class)");
+    print!("{:<12}", "");
+    for c in 0..classes {
+        print!(" {:>6}", truncate(name(c), 6));
+    }
+    println!();
+    for (c, row) in matrix.iter().enumerate() {
+        print!("{:<12}", name(c));
+        for count in row {
+            print!(" {count:>6}");
+        }
+        println!();
+    }
+    Ok(())
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    text.chars().take(width).collect()
+}
