@@ -51,6 +51,9 @@ pub enum Error {
         attempts: String,
     },
 
+    #[error("image {path}: {problem}")]
+    Image { path: PathBuf, problem: String },
+
     #[error("model file {path}: {problem}")]
     ModelFile { path: PathBuf, problem: String },
 

@@ -38,6 +38,9 @@ enum Command {
     /// Evaluate a saved model on its dataset's test set: loss, accuracy, per-class accuracy and
     /// a confusion matrix.
     Eval(EvalArgs),
+    /// Classify images (PNG or JPEG, any size; preprocessed as MNIST was) or test samples with a
+    /// saved model, printing the top three classes.
+    Predict(PredictArgs),
     /// Run every kernel on random data against the CPU reference and report the worst error of
     /// each; exits non-zero if any is outside its tolerance. Run this first on an unusual GPU.
     Selftest(AdapterArgs),
@@ -73,6 +76,28 @@ struct EvalArgs {
     json: bool,
     #[command(flatten)]
     adapter: AdapterArgs,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// A model written by `train --save`.
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// Image files to classify.
+    #[arg(value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// Classify test image N of the model's dataset instead (repeatable).
+    #[arg(long = "index", value_name = "N")]
+    indices: Vec<usize>,
+    /// Folder holding the dataset, for --index [default: as for train].
+    #[arg(long, value_name = "DIR", env = DATA_ENV)]
+    data: Option<PathBuf>,
+    /// Never download the dataset.
+    #[arg(long)]
+    offline: bool,
+    /// Print one JSON array instead of lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -184,6 +209,14 @@ fn main() -> ExitCode {
             args.data.as_deref(),
             args.offline,
             &args.adapter.request(),
+            args.json,
+        ),
+        Command::Predict(args) => cli::predict::run(
+            &args.model,
+            &args.images,
+            &args.indices,
+            args.data.as_deref(),
+            args.offline,
             args.json,
         ),
         Command::Selftest(args) => cli::selftest(&args.request()),

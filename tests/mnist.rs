@@ -136,3 +136,99 @@ fn one_epoch_on_fashion_mnist_reaches_80_percent() {
         "Fashion-MNIST after one epoch: {m:?}"
     );
 }
+
+/// Test images drawn into PNG/JPEG files (enlarged, half of them dark-on-light) are classified
+/// as their labels by `predict`, through the MNIST-style preprocessing.
+#[test]
+fn predict_reads_rendered_test_images_as_their_labels() {
+    let dir = mnist_dir();
+    let train = Dataset::load_mnist(&dir, Split::Train)
+        .unwrap()
+        .truncated(10_000);
+    let test = Dataset::load_mnist(&dir, Split::Test).unwrap();
+    let mut trainer = reference_trainer(TrainConfig::default(), &train, &test.truncated(100));
+    trainer.run_epoch().unwrap();
+    let params = trainer.parameters().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let model = out.path().join("model.safetensors");
+    shadertrain::model_file::save_model(
+        &model,
+        &ModelSpec::reference(),
+        &params,
+        DatasetKind::Mnist,
+    )
+    .unwrap();
+
+    // Samples the model itself gets right with confidence: the check is about the images.
+    let order: Vec<u32> = (0..50).collect();
+    let (x, y) = reference::gather_batch(&test, &order, 0, 50);
+    let logits = reference::forward(&ModelSpec::reference(), &params, &x)
+        .pop()
+        .unwrap();
+    let confident: Vec<usize> = (0..50)
+        .filter(|&i| {
+            let row = &logits[i * 10..(i + 1) * 10];
+            let best = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            let second = (0..10)
+                .filter(|&c| c != best)
+                .map(|c| row[c])
+                .fold(f32::MIN, f32::max);
+            best as u32 == y[i] && row[best] - second > 3.0
+        })
+        .take(6)
+        .collect();
+    assert_eq!(confident.len(), 6);
+
+    let mut files = Vec::new();
+    for (n, &i) in confident.iter().enumerate() {
+        let pixels = test.pixels[i * 784..(i + 1) * 784].to_vec();
+        let small = image::GrayImage::from_raw(28, 28, pixels).unwrap();
+        let mut big =
+            image::imageops::resize(&small, 112, 112, image::imageops::FilterType::Triangle);
+        if n % 2 == 1 {
+            image::imageops::invert(&mut big);
+        }
+        let path = out
+            .path()
+            .join(format!("digit{n}.{}", if n == 5 { "jpg" } else { "png" }));
+        big.save(&path).unwrap();
+        files.push(path.to_str().unwrap().to_string());
+    }
+    let mut args = vec!["predict", "--json", "--model", model.to_str().unwrap()];
+    args.extend(files.iter().map(String::as_str));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for (n, &i) in confident.iter().enumerate() {
+        assert_eq!(
+            report[n]["top"][0]["class"], test.labels[i] as u64,
+            "digit{n} (test image {i}): {}",
+            report[n]
+        );
+    }
+
+    let not_an_image = out.path().join("notes.png");
+    std::fs::write(&not_an_image, "not a picture").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+        .args([
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            not_an_image.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("notes.png") && stderr.contains("not a readable"),
+        "{stderr}"
+    );
+}

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 pub mod bench;
 pub mod eval;
+pub mod predict;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use shadertrain::data::download::{DownloadEvent, DownloadOptions, download};

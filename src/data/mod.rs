@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod download;
 pub mod idx;
+pub mod images;
 
 use std::path::{Path, PathBuf};
 
