@@ -11,7 +11,7 @@ mod cli;
 use shadertrain::data::{DATA_ENV, Dataset, DatasetKind, Split, default_dir};
 use shadertrain::gpu::{AdapterRequest, BackendChoice, Gpu, Kernels, list_adapters};
 use shadertrain::model::{Activation, Loss, ModelSpec};
-use shadertrain::model_file::save_model;
+use shadertrain::model_file::{load_model, save_model};
 use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
 
 #[derive(Parser)]
@@ -165,6 +165,17 @@ struct TrainArgs {
     /// Optimizer: Adam (β1 0.9, β2 0.999, ε 1e-7) or plain gradient descent.
     #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
     optimizer: OptimizerKind,
+    /// Train in file order instead of shuffling every epoch (to reproduce a run step by step
+    /// in another framework).
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Stop after this many training steps in all, mid-epoch if need be.
+    #[arg(long, value_name = "N")]
+    max_steps: Option<u64>,
+    /// Start from the weights of this safetensors model (fine-tuning); its layer sizes must
+    /// match the model being trained.
+    #[arg(long, value_name = "PATH")]
+    init: Option<PathBuf>,
     /// After training, write the model here as a safetensors file (PyTorch nn.Linear layout).
     #[arg(long, value_name = "PATH")]
     save: Option<PathBuf>,
@@ -289,6 +300,8 @@ fn recipe(args: &TrainArgs) -> shadertrain::Result<Recipe> {
         }),
         seed: args.seed,
         optimizer: args.optimizer,
+        shuffle: !args.no_shuffle,
+        max_steps: args.max_steps,
         ..TrainConfig::default()
     };
     Ok(Recipe {
@@ -378,7 +391,23 @@ fn train(args: TrainArgs) -> shadertrain::Result<()> {
         "{:>5} {:>10} {:>9} {:>10} {:>9} {:>8} {:>10}",
         "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "samples/s"
     );
+    if let Some(path) = &args.init {
+        let saved = load_model(path)?;
+        if saved.spec.widths() != trainer.spec().widths() {
+            return Err(shadertrain::Error::Config(format!(
+                "--init {}: its layer sizes {:?} differ from the model being trained, {:?}",
+                path.display(),
+                saved.spec.widths(),
+                trainer.spec().widths()
+            )));
+        }
+        trainer.set_parameters(&saved.params)?;
+        println!("initialised from {}", path.display());
+    }
     for _ in 0..epochs {
+        if trainer.finished() {
+            break;
+        }
         let m = trainer.run_epoch()?;
         if let Some(path) = &args.metrics {
             let timestamp = std::time::SystemTime::now()
@@ -389,6 +418,7 @@ fn train(args: TrainArgs) -> shadertrain::Result<()> {
                 "timestamp_unix_s": timestamp,
                 "dataset": args.dataset.name(),
                 "epoch": m.epoch,
+                "train_samples": m.train_samples,
                 "train_loss": m.train_loss,
                 "train_accuracy": m.train_accuracy,
                 "test_loss": m.test_loss,

@@ -295,3 +295,48 @@ fn an_unwritable_save_path_fails_before_training() {
         "{stderr}"
     );
 }
+
+#[test]
+fn init_starts_from_a_saved_model_and_refuses_other_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 200);
+    let data = dir.path().to_str().unwrap();
+    let first = dir.path().join("first.safetensors");
+    let second = dir.path().join("second.safetensors");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--offline", "--data", data, "--hidden", "16"];
+        args.extend_from_slice(extra);
+        shadertrain(&args)
+    };
+    let (code, _, stderr) = train(&["--epochs", "1", "--save", first.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    // No epochs: the saved weights are exactly those it started from.
+    let (code, stdout, stderr) = train(&[
+        "--epochs",
+        "0",
+        "--init",
+        first.to_str().unwrap(),
+        "--save",
+        second.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("initialised from"), "{stdout}");
+    let load = shadertrain::model_file::load_model;
+    assert_eq!(load(&first).unwrap().params, load(&second).unwrap().params);
+
+    let (code, _, stderr) = shadertrain(&[
+        "train",
+        "--offline",
+        "--data",
+        data,
+        "--hidden",
+        "8",
+        "--init",
+        first.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("--init") && stderr.contains("[784, 16, 10]"),
+        "{stderr}"
+    );
+}

@@ -230,3 +230,70 @@ fn an_epoch_submits_in_chunks_and_reads_back_once() {
         "{work:?}"
     );
 }
+
+/// `--no-shuffle` and `--max-steps`: two steps in file order, stopping mid-epoch, equal the
+/// reference's first two steps; the epoch's metrics count only the samples trained.
+#[test]
+fn file_order_and_a_step_limit_reproduce_the_reference_step_by_step() {
+    let mut rng = Rng::new(15);
+    let data = random_dataset(&mut rng, 50, 12, 4);
+    let spec = small_spec(12, 4, Activation::Tanh, Loss::Xent);
+    let config = TrainConfig {
+        batch_size: 16,
+        learning_rate: 0.01,
+        shuffle: false,
+        max_steps: Some(2),
+        ..TrainConfig::default()
+    };
+    let mut trainer =
+        Trainer::new(gpu(), kernels(), spec.clone(), config.clone(), &data, &data).unwrap();
+    let metrics = trainer.run_epoch().unwrap();
+    assert!(trainer.finished());
+    assert!(trainer.run_epoch().is_err(), "nothing is left to train");
+    assert_eq!(metrics.train_samples, 32);
+
+    let layout = spec.layout();
+    let mut params = layout.glorot_uniform(&mut Rng::new(config.seed));
+    let (mut m, mut v) = (vec![0.0; layout.total], vec![0.0; layout.total]);
+    let hyper = OptimizerHyper {
+        count: layout.total as u32,
+        learning_rate: config.learning_rate,
+        beta1: config.beta1,
+        beta2: config.beta2,
+        epsilon: config.epsilon,
+        _pad: [0; 3],
+    };
+    let order: Vec<u32> = (0..50).collect();
+    let mut loss_sum = 0.0;
+    for step in 0..2 {
+        let (x, y) = reference::gather_batch(&data, &order, step * 16, 16);
+        let result = forward_backward(&spec, &params, &x, &y);
+        loss_sum += result
+            .loss
+            .sample_loss
+            .iter()
+            .map(|&l| l as f64)
+            .sum::<f64>();
+        let size = reference::adam_step_size(
+            config.learning_rate,
+            config.beta1,
+            config.beta2,
+            step as u64 + 1,
+        );
+        reference::adam_update(&mut params, &result.grads, &mut m, &mut v, &hyper, size);
+    }
+    assert_close(
+        "parameters after 2 steps",
+        &trainer.parameters().unwrap(),
+        &params,
+        1e-6,
+        1e-4,
+    );
+    assert_close(
+        "train loss",
+        &[metrics.train_loss as f32],
+        &[(loss_sum / 32.0) as f32],
+        1e-6,
+        1e-5,
+    );
+}

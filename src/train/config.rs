@@ -24,6 +24,10 @@ pub struct TrainConfig {
     pub epsilon: f32,
     /// Training steps recorded into one command buffer before it is submitted.
     pub steps_per_submit: usize,
+    /// Shuffle the training set every epoch (else file order, for step-by-step comparisons).
+    pub shuffle: bool,
+    /// Stop after this many training steps in all, mid-epoch if need be.
+    pub max_steps: Option<u64>,
 }
 
 impl Default for TrainConfig {
@@ -39,6 +43,8 @@ impl Default for TrainConfig {
             beta2: 0.999,
             epsilon: 1e-7,
             steps_per_submit: 32,
+            shuffle: true,
+            max_steps: None,
         }
     }
 }
@@ -66,6 +72,8 @@ impl TrainConfig {
 pub struct EpochMetrics {
     /// Counting from 1.
     pub epoch: usize,
+    /// Training samples this epoch trained on: the whole set, unless `max_steps` ended it early.
+    pub train_samples: usize,
     /// Mean loss over every training sample of the epoch (each seen once, with the weights of its step).
     pub train_loss: f64,
     pub train_accuracy: f64,

@@ -99,6 +99,9 @@ pub struct Trainer<'k> {
     schedule: Buffer,
     totals_staging: Buffer,
     totals: Buffer,
+    /// The training split's metric-reduction parameters: its count is the samples trained this
+    /// epoch, written per epoch.
+    train_metrics_shape: Buffer,
     /// Forward + backward for a full batch and for the epoch's partial last batch, if any.
     train_full: Program<'k>,
     train_tail: Option<Program<'k>>,
@@ -242,8 +245,17 @@ impl<'k> Trainer<'k> {
         let test_tail = tail(test.samples()).map(|rows| builder.forward(&test_split, rows, false));
         let update = builder.update(&config, moments.as_ref());
         let advance = builder.advance();
-        let mut epoch_end = builder.sum_metrics(&train_split, 0, &totals);
-        epoch_end.extend(builder.sum_metrics(&test_split, 1, &totals));
+        let metrics_shape = |split: &DeviceSplit, slot| MetricsShape {
+            count: split.samples as u32,
+            slot,
+            _pad: [0; 2],
+        };
+        let train_metrics_shape =
+            gpu.storage_with("training metrics shape", &[metrics_shape(&train_split, 0)])?;
+        let test_metrics_shape =
+            gpu.params_with("test metrics shape", &metrics_shape(&test_split, 1));
+        let mut epoch_end = builder.sum_metrics(&train_split, &train_metrics_shape, &totals);
+        epoch_end.extend(builder.sum_metrics(&test_split, &test_metrics_shape, &totals));
 
         let trainer = Trainer {
             gpu,
@@ -260,6 +272,7 @@ impl<'k> Trainer<'k> {
             schedule,
             totals_staging,
             totals,
+            train_metrics_shape,
             train_full,
             train_tail,
             update,
@@ -333,16 +346,38 @@ impl<'k> Trainer<'k> {
     pub fn run_epoch(&mut self) -> Result<EpochMetrics> {
         let started = Instant::now();
         let batch = self.config.batch_size;
+        if self.finished() {
+            return Err(Error::Config(format!(
+                "the step limit ({} steps) is reached: nothing left to train",
+                self.steps_done
+            )));
+        }
+        let remaining = self
+            .config
+            .max_steps
+            .map_or(u64::MAX, |m| m - self.steps_done);
         let mut order: Vec<u32> = (0..self.train.samples as u32).collect();
-        self.rng.shuffle(&mut order);
+        if self.config.shuffle {
+            self.rng.shuffle(&mut order);
+        }
         self.gpu
             .queue
             .write_buffer(&self.train.order, 0, bytemuck::cast_slice(&order));
         let steps: Vec<StepParams> = batches(self.train.samples, batch)
+            .take(usize::try_from(remaining).unwrap_or(usize::MAX))
             .enumerate()
             .map(|(i, (start, rows))| self.training_step(i, start, rows))
             .collect();
         self.write_schedule(0, &steps);
+        let trained: usize = steps.iter().map(|s| s.rows as usize).sum();
+        let shape = MetricsShape {
+            count: trained as u32,
+            slot: 0,
+            _pad: [0; 2],
+        };
+        self.gpu
+            .queue
+            .write_buffer(&self.train_metrics_shape, 0, bytemuck::bytes_of(&shape));
 
         let mut work = GpuWork::default();
         self.submit_training_steps(&steps, &mut work);
@@ -350,10 +385,11 @@ impl<'k> Trainer<'k> {
         let totals = self.evaluate_and_read_totals(&mut work)?;
         self.epochs_done += 1;
         let seconds = started.elapsed().as_secs_f64();
-        let train_samples = self.train.samples as f64;
+        let train_samples = trained as f64;
         let test_samples = self.test.samples as f64;
         Ok(EpochMetrics {
             epoch: self.epochs_done,
+            train_samples: trained,
             train_loss: f32::from_bits(totals[0]) as f64 / train_samples,
             train_accuracy: totals[1] as f64 / train_samples,
             test_loss: f32::from_bits(totals[2]) as f64 / test_samples,
@@ -362,6 +398,11 @@ impl<'k> Trainer<'k> {
             samples_per_second: train_samples / seconds,
             work,
         })
+    }
+
+    /// Whether `max_steps` training steps have been taken.
+    pub fn finished(&self) -> bool {
+        self.config.max_steps.is_some_and(|m| self.steps_done >= m)
     }
 
     /// Records `steps` (whose uniforms are in slots 0..) into command buffers of
@@ -745,17 +786,9 @@ impl<'k> ProgramBuilder<'_, 'k> {
         program
     }
 
-    /// Sums a split's per-sample metrics into `totals` at `slot`.
-    fn sum_metrics(&self, split: &DeviceSplit, slot: u32, totals: &Buffer) -> Program<'k> {
+    /// Sums a split's per-sample metrics into `totals` (count and slot: in `shape`).
+    fn sum_metrics(&self, split: &DeviceSplit, shape: &Buffer, totals: &Buffer) -> Program<'k> {
         let mut program = Program::default();
-        let shape = self.gpu.params_with(
-            "metrics shape",
-            &MetricsShape {
-                count: split.samples as u32,
-                slot,
-                _pad: [0; 2],
-            },
-        );
         let kernel = &self.kernels.sum_metrics;
         let bind_group = kernel.bind(
             self.gpu,
