@@ -22,6 +22,7 @@ pub mod files;
 pub mod gpu;
 pub mod model;
 pub mod model_file;
+pub mod plot;
 pub mod reference;
 pub mod rng;
 pub mod selftest;

@@ -41,6 +41,9 @@ enum Command {
     /// Classify images (PNG or JPEG, any size; preprocessed as MNIST was) or test samples with a
     /// saved model, printing the top three classes.
     Predict(PredictArgs),
+    /// Draw loss and accuracy (train and test) against epochs from a `train --metrics` log, as
+    /// PNG or SVG (by the output's extension).
+    Plot(PlotArgs),
     /// Run every kernel on random data against the CPU reference and report the worst error of
     /// each; exits non-zero if any is outside its tolerance. Run this first on an unusual GPU.
     Selftest(AdapterArgs),
@@ -98,6 +101,16 @@ struct PredictArgs {
     /// Print one JSON array instead of lines.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// A log written by `train --metrics`.
+    #[arg(value_name = "METRICS")]
+    metrics: PathBuf,
+    /// The picture to write: NAME.png or NAME.svg.
+    #[arg(short, long, value_name = "PATH")]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -230,6 +243,7 @@ fn main() -> ExitCode {
             args.offline,
             args.json,
         ),
+        Command::Plot(args) => plot(&args),
         Command::Selftest(args) => cli::selftest(&args.request()),
         Command::Download(args) => {
             let dir = args.dir.unwrap_or_else(|| default_dir(args.dataset));
@@ -269,6 +283,28 @@ fn adapters(args: &AdapterArgs) {
         );
     }
     println!("(* = the adapter `train` uses with these options)");
+}
+
+fn plot(args: &PlotArgs) -> shadertrain::Result<()> {
+    use shadertrain::plot::{curves_png, curves_svg, read_metrics};
+    let extension = args
+        .output
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_lowercase);
+    let bytes = match extension.as_deref() {
+        Some("svg") => curves_svg(&read_metrics(&args.metrics)?).into_bytes(),
+        Some("png") => curves_png(&read_metrics(&args.metrics)?)?,
+        _ => {
+            return Err(shadertrain::Error::Config(format!(
+                "-o {}: give a .png or .svg file name",
+                args.output.display()
+            )));
+        }
+    };
+    shadertrain::files::write_atomically(&args.output, &bytes)?;
+    println!("wrote {}", args.output.display());
+    Ok(())
 }
 
 /// What `train` and `bench` load and build from the recipe flags.

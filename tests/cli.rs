@@ -340,3 +340,53 @@ fn init_starts_from_a_saved_model_and_refuses_other_shapes() {
         "{stderr}"
     );
 }
+
+#[test]
+fn plot_draws_png_and_svg_from_a_metrics_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("metrics.jsonl");
+    let lines: Vec<String> = (1..=4)
+        .map(|e| {
+            let e = e as f64;
+            serde_json::json!({"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e,
+                "train_accuracy": 0.8 + 0.04 * e, "test_accuracy": 0.78 + 0.04 * e})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&log, lines.join("\n")).unwrap();
+    let svg = dir.path().join("curves.svg");
+    let png = dir.path().join("curves.png");
+    for out in [&svg, &png] {
+        let (code, _, stderr) =
+            shadertrain(&["plot", log.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(
+        text.matches("<polyline").count(),
+        4,
+        "train and test, loss and accuracy"
+    );
+    for label in ["Loss", "Accuracy", "epoch", "train", "test"] {
+        assert!(text.contains(&format!(">{label}<")), "no {label} label");
+    }
+    let picture = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(picture.dimensions(), (960, 400));
+    let has = |r: u8, g: u8, b: u8| picture.pixels().any(|p| p.0 == [r, g, b]);
+    assert!(
+        has(0x1f, 0x77, 0xb4) && has(0xd6, 0x27, 0x28),
+        "both curves are drawn"
+    );
+
+    std::fs::write(&log, "{\"epoch\": 1}\n").unwrap();
+    let (code, _, stderr) =
+        shadertrain(&["plot", log.to_str().unwrap(), "-o", svg.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("metrics.jsonl:1") && stderr.contains("train_loss"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = shadertrain(&["plot", log.to_str().unwrap(), "-o", "curves.gif"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains(".png or .svg"), "{stderr}");
+}

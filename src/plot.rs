@@ -1,0 +1,229 @@
+//! Learning curves from a `--metrics` log: loss and accuracy, train and test, against epochs, as
+//! SVG (written here) or PNG (that SVG rendered by resvg).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// One epoch's figures, as `train --metrics` logs them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochPoint {
+    pub epoch: f64,
+    pub train_loss: f64,
+    pub test_loss: f64,
+    pub train_accuracy: f64,
+    pub test_accuracy: f64,
+}
+
+/// Reads a metrics log (one JSON object per line).
+pub fn read_metrics(path: &Path) -> Result<Vec<EpochPoint>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bad = |line: usize, problem: String| {
+        Error::Config(format!("{}:{line}: {problem}", path.display()))
+    };
+    let mut points = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| bad(i + 1, format!("not a JSON object: {e}")))?;
+        let field = |key: &str| {
+            value[key].as_f64().ok_or_else(|| {
+                bad(
+                    i + 1,
+                    format!("no number {key:?}: not a `train --metrics` log"),
+                )
+            })
+        };
+        points.push(EpochPoint {
+            epoch: field("epoch")?,
+            train_loss: field("train_loss")?,
+            test_loss: field("test_loss")?,
+            train_accuracy: field("train_accuracy")?,
+            test_accuracy: field("test_accuracy")?,
+        });
+    }
+    if points.is_empty() {
+        return Err(bad(0, "no epochs logged".into()));
+    }
+    Ok(points)
+}
+
+const WIDTH: f64 = 960.0;
+const HEIGHT: f64 = 400.0;
+const TRAIN_COLOUR: &str = "#1f77b4";
+const TEST_COLOUR: &str = "#d62728";
+
+/// "Nice" tick values covering [low, high].
+fn ticks(low: f64, high: f64) -> Vec<f64> {
+    let span = (high - low).max(1e-12);
+    let raw = span / 5.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|s| span / s <= 6.0)
+        .unwrap_or(10.0 * magnitude);
+    let first = (low / step).ceil() * step;
+    (0..)
+        .map(|i| first + i as f64 * step)
+        .take_while(|t| *t <= high + step * 1e-9)
+        .collect()
+}
+
+/// One panel: two series against epochs, with axes, ticks, labels and a legend.
+fn panel(
+    svg: &mut String,
+    left: f64,
+    title: &str,
+    y_label: &str,
+    points: &[EpochPoint],
+    series: [(&str, &str, fn(&EpochPoint) -> f64); 2],
+) {
+    let (width, height) = (WIDTH / 2.0 - 90.0, HEIGHT - 135.0);
+    let (x0, y0) = (left + 70.0, 50.0);
+    let epochs = (
+        points[0].epoch,
+        points[points.len() - 1].epoch.max(points[0].epoch + 1.0),
+    );
+    let values: Vec<f64> = points
+        .iter()
+        .flat_map(|p| series.iter().map(move |s| (s.2)(p)))
+        .collect();
+    let (mut low, mut high) = values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let pad = ((high - low) * 0.08).max(1e-6);
+    (low, high) = (low - pad, high + pad);
+    let x = |e: f64| x0 + (e - epochs.0) / (epochs.1 - epochs.0) * width;
+    let y = |v: f64| y0 + height - (v - low) / (high - low) * height;
+
+    let _ = write!(
+        svg,
+        r#"<text x="{}" y="30" font-size="16" text-anchor="middle" font-weight="bold">{title}</text>"#,
+        x0 + width / 2.0
+    );
+    let _ = write!(
+        svg,
+        r##"<rect x="{x0}" y="{y0}" width="{width}" height="{height}" fill="none" stroke="#444"/>"##
+    );
+    for t in ticks(low, high) {
+        let _ = write!(
+            svg,
+            r##"<line x1="{x0}" x2="{x1}" y1="{ty}" y2="{ty}" stroke="#ddd"/><text x="{lx}" y="{ly}" font-size="11" text-anchor="end">{label}</text>"##,
+            x1 = x0 + width,
+            ty = y(t),
+            lx = x0 - 6.0,
+            ly = y(t) + 4.0,
+            label = format_tick(t)
+        );
+    }
+    for t in ticks(epochs.0, epochs.1)
+        .into_iter()
+        .filter(|t| t.fract() == 0.0)
+    {
+        let _ = write!(
+            svg,
+            r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{t}</text>"#,
+            x(t),
+            y0 + height + 16.0
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="{}" y="{}" font-size="13" text-anchor="middle">epoch</text>"#,
+        x0 + width / 2.0,
+        y0 + height + 38.0
+    );
+    let _ = write!(
+        svg,
+        r#"<text x="{0}" y="{1}" font-size="13" text-anchor="middle" transform="rotate(-90 {0} {1})">{y_label}</text>"#,
+        left + 18.0,
+        y0 + height / 2.0
+    );
+    for (i, (name, colour, value)) in series.iter().enumerate() {
+        let path: Vec<String> = points
+            .iter()
+            .map(|p| format!("{:.2},{:.2}", x(p.epoch), y(value(p))))
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
+            path.join(" ")
+        );
+        for p in points {
+            let _ = write!(
+                svg,
+                r#"<circle cx="{:.2}" cy="{:.2}" r="3" fill="{colour}"/>"#,
+                x(p.epoch),
+                y(value(p))
+            );
+        }
+        let ly = y0 + height + 60.0;
+        let lx = x0 + i as f64 * 110.0;
+        let _ = write!(
+            svg,
+            r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="3"/><text x="{}" y="{}" font-size="13">{name}</text>"#,
+            lx + 24.0,
+            lx + 30.0,
+            ly + 4.0
+        );
+    }
+}
+
+fn format_tick(t: f64) -> String {
+    let text = format!("{t:.4}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// The curves as an SVG document.
+pub fn curves_svg(points: &[EpochPoint]) -> String {
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="DejaVu Sans, Arial, sans-serif"><rect width="100%" height="100%" fill="white"/>"#
+    );
+    panel(
+        &mut svg,
+        0.0,
+        "Loss",
+        "loss",
+        points,
+        [
+            ("train", TRAIN_COLOUR, |p| p.train_loss),
+            ("test", TEST_COLOUR, |p| p.test_loss),
+        ],
+    );
+    panel(
+        &mut svg,
+        WIDTH / 2.0,
+        "Accuracy",
+        "accuracy",
+        points,
+        [
+            ("train", TRAIN_COLOUR, |p| p.train_accuracy),
+            ("test", TEST_COLOUR, |p| p.test_accuracy),
+        ],
+    );
+    svg.push_str("</svg>");
+    svg
+}
+
+/// Renders the SVG to PNG bytes (text in the system's fonts).
+pub fn curves_png(points: &[EpochPoint]) -> Result<Vec<u8>> {
+    let mut options = resvg::usvg::Options::default();
+    options.fontdb_mut().load_system_fonts();
+    let tree = resvg::usvg::Tree::from_str(&curves_svg(points), &options)
+        .map_err(|e| Error::Config(format!("internal: the plot's SVG did not parse: {e}")))?;
+    let mut pixmap =
+        resvg::tiny_skia::Pixmap::new(WIDTH as u32, HEIGHT as u32).expect("non-zero size");
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::default(),
+        &mut pixmap.as_mut(),
+    );
+    pixmap
+        .encode_png()
+        .map_err(|e| Error::Config(format!("could not encode the PNG: {e}")))
+}
