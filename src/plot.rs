@@ -74,6 +74,9 @@ fn ticks(low: f64, high: f64) -> Vec<f64> {
         .collect()
 }
 
+/// A curve of a panel: its legend name, colour, and the figure it plots.
+type Series<'a> = (&'a str, &'a str, fn(&EpochPoint) -> f64);
+
 /// One panel: two series against epochs, with axes, ticks, labels and a legend.
 fn panel(
     svg: &mut String,
@@ -81,7 +84,7 @@ fn panel(
     title: &str,
     y_label: &str,
     points: &[EpochPoint],
-    series: [(&str, &str, fn(&EpochPoint) -> f64); 2],
+    series: [Series; 2],
 ) {
     let (width, height) = (WIDTH / 2.0 - 90.0, HEIGHT - 135.0);
     let (x0, y0) = (left + 70.0, 50.0);
