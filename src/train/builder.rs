@@ -1,0 +1,286 @@
+//! Builds, once, the bind groups of every dispatch a training or evaluation step records.
+
+use wgpu::Buffer;
+
+use super::program::Program;
+use super::{DeviceSplit, TrainConfig};
+use crate::gpu::buffers::grid_1d;
+use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::uniforms::*;
+use crate::gpu::{Gpu, Kernels};
+use crate::model::{Loss, ModelSpec, ParamLayout};
+
+/// Builds the bind groups of every dispatch of a step, once.
+pub(super) struct ProgramBuilder<'a, 'k> {
+    pub(super) gpu: &'k Gpu,
+    pub(super) kernels: &'k Kernels,
+    pub(super) spec: &'a ModelSpec,
+    pub(super) layout: &'a ParamLayout,
+    pub(super) activations: &'a [Buffer],
+    pub(super) activation_grads: &'a [Buffer],
+    pub(super) batch_labels: &'a Buffer,
+    pub(super) params: &'a Buffer,
+    pub(super) grads: &'a Buffer,
+    pub(super) schedule: &'a Buffer,
+}
+
+impl<'k> ProgramBuilder<'_, 'k> {
+    fn max_groups(&self) -> u32 {
+        self.gpu.limits.max_compute_workgroups_per_dimension
+    }
+
+    fn matmul(
+        &self,
+        program: &mut Program<'k>,
+        dims: MatmulDims,
+        lhs: &Buffer,
+        rhs: &Buffer,
+        out: &Buffer,
+    ) {
+        let kernel = &self.kernels.matmul;
+        let uniform = self.gpu.params_with("matmul dims", &dims);
+        let bind_group = kernel.bind(
+            self.gpu,
+            &[
+                uniform.as_entire_binding(),
+                lhs.as_entire_binding(),
+                rhs.as_entire_binding(),
+                out.as_entire_binding(),
+            ],
+        );
+        program.push(
+            kernel,
+            bind_group,
+            self.kernels.matmul_tiling.grid(dims.m, dims.n),
+        );
+    }
+
+    /// gather → dense layers → loss, for `rows` samples of `split`.
+    pub(super) fn forward(
+        &self,
+        split: &DeviceSplit,
+        rows: usize,
+        write_gradient: bool,
+    ) -> Program<'k> {
+        let mut program = Program::default();
+        let gpu = self.gpu;
+        let words = self.spec.inputs / 4;
+        let shape = gpu.params_with(
+            "gather shape",
+            &GatherShape {
+                words_per_sample: words as u32,
+                _pad: [0; 3],
+            },
+        );
+        let kernel = &self.kernels.gather_batch;
+        let bind_group = kernel.bind(
+            gpu,
+            &[
+                self.schedule.as_entire_binding(),
+                shape.as_entire_binding(),
+                split.pixels.as_entire_binding(),
+                split.labels.as_entire_binding(),
+                split.order.as_entire_binding(),
+                self.activations[0].as_entire_binding(),
+                self.batch_labels.as_entire_binding(),
+            ],
+        );
+        program.push(
+            kernel,
+            bind_group,
+            grid_1d(rows * words, ROW_WORKGROUP, self.max_groups()),
+        );
+
+        for (l, layer) in self.layout.layers.iter().enumerate() {
+            let (input, output) = (&self.activations[l], &self.activations[l + 1]);
+            self.matmul(
+                &mut program,
+                MatmulDims::layer_forward(rows, layer),
+                input,
+                self.params,
+                output,
+            );
+            let shape = gpu.params_with(
+                "activation shape",
+                &ActivationShape {
+                    rows: rows as u32,
+                    cols: layer.outputs as u32,
+                    bias_offset: layer.bias_offset as u32,
+                    activation: self.spec.layer_activation(l).shader_code(),
+                },
+            );
+            let kernel = &self.kernels.bias_activation;
+            let bind_group = kernel.bind(
+                gpu,
+                &[
+                    shape.as_entire_binding(),
+                    output.as_entire_binding(),
+                    self.params.as_entire_binding(),
+                ],
+            );
+            let grid = grid_1d(rows * layer.outputs, ROW_WORKGROUP, self.max_groups());
+            program.push(kernel, bind_group, grid);
+        }
+
+        let kernel = match self.spec.loss {
+            Loss::Xent => &self.kernels.softmax_cross_entropy,
+            Loss::Mse => &self.kernels.softmax_mean_squared_error,
+        };
+        let shape = gpu.params_with(
+            "loss shape",
+            &LossShape {
+                classes: self.spec.classes as u32,
+                write_gradient: write_gradient as u32,
+                _pad: [0; 2],
+            },
+        );
+        let last = self.activations.len() - 1;
+        let bind_group = kernel.bind(
+            gpu,
+            &[
+                self.schedule.as_entire_binding(),
+                shape.as_entire_binding(),
+                self.activations[last].as_entire_binding(),
+                self.batch_labels.as_entire_binding(),
+                self.activation_grads[last].as_entire_binding(),
+                split.sample_loss.as_entire_binding(),
+                split.sample_correct.as_entire_binding(),
+                split.sample_prediction.as_entire_binding(),
+            ],
+        );
+        program.push(
+            kernel,
+            bind_group,
+            grid_1d(rows, ROW_WORKGROUP, self.max_groups()),
+        );
+        program
+    }
+
+    /// Backward through every layer, last first, writing the whole gradient buffer.
+    pub(super) fn backward(&self, rows: usize) -> Program<'k> {
+        let mut program = Program::default();
+        for (l, layer) in self.layout.layers.iter().enumerate().rev() {
+            let (upstream, output) = (&self.activation_grads[l + 1], &self.activations[l + 1]);
+            let shape = self.gpu.params_with(
+                "activation shape",
+                &ActivationShape {
+                    rows: rows as u32,
+                    cols: layer.outputs as u32,
+                    bias_offset: layer.bias_offset as u32,
+                    activation: self.spec.layer_activation(l).shader_code(),
+                },
+            );
+            let kernel = &self.kernels.activation_backward;
+            let bind_group = kernel.bind(
+                self.gpu,
+                &[
+                    shape.as_entire_binding(),
+                    upstream.as_entire_binding(),
+                    output.as_entire_binding(),
+                    self.grads.as_entire_binding(),
+                ],
+            );
+            let grid = grid_1d(layer.outputs, ROW_WORKGROUP, self.max_groups());
+            program.push(kernel, bind_group, grid);
+            let input = &self.activations[l];
+            self.matmul(
+                &mut program,
+                MatmulDims::layer_weight_grad(rows, layer),
+                input,
+                upstream,
+                self.grads,
+            );
+            if l > 0 {
+                let downstream = &self.activation_grads[l];
+                self.matmul(
+                    &mut program,
+                    MatmulDims::layer_input_grad(rows, layer),
+                    upstream,
+                    self.params,
+                    downstream,
+                );
+            }
+        }
+        program
+    }
+
+    pub(super) fn advance(&self) -> Program<'k> {
+        let mut program = Program::default();
+        let kernel = &self.kernels.advance_step;
+        let bind_group = kernel.bind(self.gpu, &[self.schedule.as_entire_binding()]);
+        program.push(kernel, bind_group, [1, 1, 1]);
+        program
+    }
+
+    pub(super) fn update(
+        &self,
+        config: &TrainConfig,
+        moments: Option<&(Buffer, Buffer)>,
+    ) -> Program<'k> {
+        let mut program = Program::default();
+        let hyper = self.gpu.params_with(
+            "optimizer hyperparameters",
+            &OptimizerHyper {
+                count: self.layout.total as u32,
+                learning_rate: config.learning_rate,
+                beta1: config.beta1,
+                beta2: config.beta2,
+                epsilon: config.epsilon,
+                _pad: [0; 3],
+            },
+        );
+        let grid = grid_1d(self.layout.total, ROW_WORKGROUP, self.max_groups());
+        match moments {
+            Some((moment1, moment2)) => {
+                let kernel = &self.kernels.adam_update;
+                let bind_group = kernel.bind(
+                    self.gpu,
+                    &[
+                        self.schedule.as_entire_binding(),
+                        hyper.as_entire_binding(),
+                        self.params.as_entire_binding(),
+                        self.grads.as_entire_binding(),
+                        moment1.as_entire_binding(),
+                        moment2.as_entire_binding(),
+                    ],
+                );
+                program.push(kernel, bind_group, grid);
+            }
+            None => {
+                let kernel = &self.kernels.sgd_update;
+                let bind_group = kernel.bind(
+                    self.gpu,
+                    &[
+                        hyper.as_entire_binding(),
+                        self.params.as_entire_binding(),
+                        self.grads.as_entire_binding(),
+                    ],
+                );
+                program.push(kernel, bind_group, grid);
+            }
+        }
+        program
+    }
+
+    /// Sums a split's per-sample metrics into `totals` (count and slot: in `shape`).
+    pub(super) fn sum_metrics(
+        &self,
+        split: &DeviceSplit,
+        shape: &Buffer,
+        totals: &Buffer,
+    ) -> Program<'k> {
+        let mut program = Program::default();
+        let kernel = &self.kernels.sum_metrics;
+        let bind_group = kernel.bind(
+            self.gpu,
+            &[
+                shape.as_entire_binding(),
+                split.sample_loss.as_entire_binding(),
+                split.sample_correct.as_entire_binding(),
+                totals.as_entire_binding(),
+            ],
+        );
+        program.push(kernel, bind_group, [1, 1, 1]);
+        program
+    }
+}
