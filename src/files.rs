@@ -18,6 +18,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(dir, e))?;
     temp.write_all(bytes)
         .map_err(|e| Error::io(temp.path(), e))?;
+    // Temporary files are private (0600); the result should read like any file the user writes.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let permissions = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(temp.path(), permissions)
+            .map_err(|e| Error::io(temp.path(), e))?;
+    }
     temp.flush().map_err(|e| Error::io(temp.path(), e))?;
     temp.as_file()
         .sync_all()

@@ -206,3 +206,14 @@ fn bad_files_are_refused_with_a_reason() {
         );
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn written_files_are_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    save_model(&path, &spec(), &random_params(&spec()), DatasetKind::Mnist).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+}
