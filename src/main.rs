@@ -420,26 +420,33 @@ fn train(args: TrainArgs) -> shadertrain::Result<()> {
         config.seed
     );
     let epochs = config.epochs;
+    // Checked before any work, like the output paths.
+    let init = match &args.init {
+        Some(path) => {
+            let saved = load_model(path)?;
+            if saved.spec.widths() != spec.widths() {
+                return Err(shadertrain::Error::Config(format!(
+                    "--init {}: its layer sizes {:?} differ from the model being trained, {:?}",
+                    path.display(),
+                    saved.spec.widths(),
+                    spec.widths()
+                )));
+            }
+            Some((path, saved.params))
+        }
+        None => None,
+    };
     let mut trainer = Trainer::new(&gpu, &kernels, spec, config, &train_set, &test_set)?;
     // The data lives on the GPU now.
     drop((train_set, test_set));
+    if let Some((path, params)) = init {
+        trainer.set_parameters(&params)?;
+        println!("initialised from {}", path.display());
+    }
     println!(
         "{:>5} {:>10} {:>9} {:>10} {:>9} {:>8} {:>10}",
         "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "samples/s"
     );
-    if let Some(path) = &args.init {
-        let saved = load_model(path)?;
-        if saved.spec.widths() != trainer.spec().widths() {
-            return Err(shadertrain::Error::Config(format!(
-                "--init {}: its layer sizes {:?} differ from the model being trained, {:?}",
-                path.display(),
-                saved.spec.widths(),
-                trainer.spec().widths()
-            )));
-        }
-        trainer.set_parameters(&saved.params)?;
-        println!("initialised from {}", path.display());
-    }
     for _ in 0..epochs {
         if trainer.finished() {
             break;
