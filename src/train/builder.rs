@@ -8,7 +8,7 @@ use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels};
-use crate::model::{Loss, ModelSpec, ParamLayout};
+use crate::model::{DenseLayer, Loss, ModelSpec, ParamLayout};
 
 /// Builds the bind groups of every dispatch of a step, once.
 pub(super) struct ProgramBuilder<'a, 'k> {
@@ -100,15 +100,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
                 self.params,
                 output,
             );
-            let shape = gpu.params_with(
-                "activation shape",
-                &ActivationShape {
-                    rows: rows as u32,
-                    cols: layer.outputs as u32,
-                    bias_offset: layer.bias_offset as u32,
-                    activation: self.spec.layer_activation(l).shader_code(),
-                },
-            );
+            let shape = self.activation_shape(rows, l, layer);
             let kernel = &self.kernels.bias_activation;
             let bind_group = kernel.bind(
                 gpu,
@@ -157,19 +149,24 @@ impl<'k> ProgramBuilder<'_, 'k> {
     }
 
     /// Backward through every layer, last first, writing the whole gradient buffer.
+    /// activation.wgsl's parameters for layer `l` over `rows` samples.
+    fn activation_shape(&self, rows: usize, l: usize, layer: &DenseLayer) -> Buffer {
+        self.gpu.params_with(
+            "activation shape",
+            &ActivationShape {
+                rows: rows as u32,
+                cols: layer.outputs as u32,
+                bias_offset: layer.bias_offset as u32,
+                activation: self.spec.layer_activation(l).shader_code(),
+            },
+        )
+    }
+
     pub(super) fn backward(&self, rows: usize) -> Program<'k> {
         let mut program = Program::default();
         for (l, layer) in self.layout.layers.iter().enumerate().rev() {
             let (upstream, output) = (&self.activation_grads[l + 1], &self.activations[l + 1]);
-            let shape = self.gpu.params_with(
-                "activation shape",
-                &ActivationShape {
-                    rows: rows as u32,
-                    cols: layer.outputs as u32,
-                    bias_offset: layer.bias_offset as u32,
-                    activation: self.spec.layer_activation(l).shader_code(),
-                },
-            );
+            let shape = self.activation_shape(rows, l, layer);
             let kernel = &self.kernels.activation_backward;
             let bind_group = kernel.bind(
                 self.gpu,
