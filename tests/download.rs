@@ -290,3 +290,40 @@ fn pinned_checksums_accept_the_real_datasets() {
         );
     }
 }
+
+#[test]
+fn a_corrupt_local_copy_is_replaced_not_kept_beside() {
+    let files = synthetic_files();
+    // The mirror serves the content uncompressed; the folder holds a corrupt gzip copy.
+    let raw: HashMap<String, Reply> = files
+        .iter()
+        .map(|(f, gz)| {
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut content)
+                .unwrap();
+            (format!("/raw/{}.gz", f.stem), Reply::Body(content))
+        })
+        .collect();
+    let base = serve(raw);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("train-images-idx3-ubyte.gz"),
+        corrupted(&files[0].1),
+    )
+    .unwrap();
+    let source = Source {
+        mirrors: vec![format!("{base}/raw/")],
+        files: files.iter().map(|(f, _)| f.clone()).collect(),
+    };
+    download(&source, dir.path(), &options(), &mut |_| {}).unwrap();
+    assert_eq!(
+        names_in(dir.path()),
+        vec!["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+    );
+    assert_eq!(
+        Dataset::load_mnist(dir.path(), Split::Train)
+            .unwrap()
+            .samples(),
+        300
+    );
+}

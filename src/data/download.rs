@@ -270,12 +270,20 @@ fn fetch(
         .sync_all()
         .map_err(|e| Error::io(temp.path(), e))?;
     let gzip = is_gzip(temp.path()).map_err(|e| Error::io(temp.path(), e))?;
-    let target = dir.join(if gzip {
-        format!("{}.gz", file.stem)
+    let (name, other) = if gzip {
+        (format!("{}.gz", file.stem), file.stem.clone())
     } else {
-        file.stem.clone()
-    });
+        (file.stem.clone(), format!("{}.gz", file.stem))
+    };
+    let target = dir.join(name);
     temp.persist(&target)
         .map_err(|e| Error::io(&target, e.error))?;
+    // A stale copy under the other name (which failed its checksum) would shadow this one.
+    match std::fs::remove_file(dir.join(&other)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::io(dir.join(other), e));
+        }
+        _ => {}
+    }
     Ok(Ok(()))
 }
