@@ -68,12 +68,8 @@ struct EvalArgs {
     /// A model written by `train --save`.
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
-    /// Folder holding the dataset the model was trained on [default: as for train].
-    #[arg(long, value_name = "DIR", env = DATA_ENV)]
-    data: Option<PathBuf>,
-    /// Never download the dataset.
-    #[arg(long)]
-    offline: bool,
+    #[command(flatten)]
+    data: DataArgs,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
@@ -92,12 +88,8 @@ struct PredictArgs {
     /// Classify test image N of the model's dataset instead (repeatable).
     #[arg(long = "index", value_name = "N")]
     indices: Vec<usize>,
-    /// Folder holding the dataset, for --index [default: as for train].
-    #[arg(long, value_name = "DIR", env = DATA_ENV)]
-    data: Option<PathBuf>,
-    /// Never download the dataset.
-    #[arg(long)]
-    offline: bool,
+    #[command(flatten)]
+    data: DataArgs,
     /// Print one JSON array instead of lines.
     #[arg(long)]
     json: bool,
@@ -141,18 +133,31 @@ impl AdapterArgs {
     }
 }
 
+/// Where the dataset is, for every command that reads one.
 #[derive(Args)]
-struct TrainArgs {
+struct DataArgs {
     /// Folder holding the dataset's four IDX files (train-images-idx3-ubyte[.gz], ...) [default:
     /// data/<dataset>/, then where a system package installs it; downloaded when absent].
     #[arg(long, value_name = "DIR", env = DATA_ENV)]
     data: Option<PathBuf>,
-    /// Dataset to train on.
-    #[arg(long, value_enum, default_value_t = DatasetKind::Mnist)]
-    dataset: DatasetKind,
     /// Never download: stop with a message when the dataset is not on disk.
     #[arg(long)]
     offline: bool,
+}
+
+impl DataArgs {
+    fn dir(&self, kind: DatasetKind) -> shadertrain::Result<PathBuf> {
+        cli::dataset_dir(kind, self.data.as_deref(), self.offline)
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Dataset to train on.
+    #[arg(long, value_enum, default_value_t = DatasetKind::Mnist)]
+    dataset: DatasetKind,
     /// Passes over the training set.
     #[arg(long, default_value_t = 10)]
     epochs: usize,
@@ -230,8 +235,7 @@ fn main() -> ExitCode {
         }
         Command::Eval(args) => cli::eval::run(
             &args.model,
-            args.data.as_deref(),
-            args.offline,
+            |kind| args.data.dir(kind),
             &args.adapter.request(),
             args.json,
         ),
@@ -239,8 +243,7 @@ fn main() -> ExitCode {
             &args.model,
             &args.images,
             &args.indices,
-            args.data.as_deref(),
-            args.offline,
+            |kind| args.data.dir(kind),
             args.json,
         ),
         Command::Plot(args) => plot(&args),
@@ -317,7 +320,7 @@ struct Recipe {
 }
 
 fn recipe(args: &TrainArgs) -> shadertrain::Result<Recipe> {
-    let data_dir = cli::dataset_dir(args.dataset, args.data.as_deref(), args.offline)?;
+    let data_dir = args.data.dir(args.dataset)?;
     let train_set = Dataset::load_mnist(&data_dir, Split::Train)?;
     let test_set = Dataset::load_mnist(&data_dir, Split::Test)?;
     let spec = ModelSpec {

@@ -108,10 +108,12 @@ fn gpu_forward_backward_matches_reference() {
     }
 }
 
-/// The reference's version of one epoch as `Trainer` defines it: Glorot init from the seed, a
-/// Fisher-Yates shuffle from the same stream, every batch (the last one partial) trained on.
+/// The reference's version of the first epoch as `Trainer` defines it: Glorot init from the
+/// seed, a Fisher-Yates shuffle from the same stream (unless `shuffle` is off), every batch (the
+/// last one partial) trained on, up to `max_steps`.
 struct ReferenceRun {
     params: Vec<f32>,
+    train_samples: usize,
     train_loss: f64,
     train_correct: u32,
 }
@@ -121,7 +123,9 @@ fn reference_epoch(spec: &ModelSpec, config: &TrainConfig, data: &Dataset) -> Re
     let mut rng = Rng::new(config.seed);
     let mut params = layout.glorot_uniform(&mut rng);
     let mut order: Vec<u32> = (0..data.samples() as u32).collect();
-    rng.shuffle(&mut order);
+    if config.shuffle {
+        rng.shuffle(&mut order);
+    }
     let (mut m, mut v) = (vec![0.0; layout.total], vec![0.0; layout.total]);
     let hyper = OptimizerHyper {
         count: layout.total as u32,
@@ -131,9 +135,15 @@ fn reference_epoch(spec: &ModelSpec, config: &TrainConfig, data: &Dataset) -> Re
         epsilon: config.epsilon,
         _pad: [0; 3],
     };
-    let (mut loss_sum, mut correct) = (0.0, 0);
-    for (step, start) in (0..data.samples()).step_by(config.batch_size).enumerate() {
+    let (mut loss_sum, mut correct, mut trained) = (0.0, 0, 0);
+    let steps = config.max_steps.map_or(usize::MAX, |m| m as usize);
+    for (step, start) in (0..data.samples())
+        .step_by(config.batch_size)
+        .take(steps)
+        .enumerate()
+    {
         let rows = config.batch_size.min(data.samples() - start);
+        trained += rows;
         let (x, y) = reference::gather_batch(data, &order, start, rows);
         let result = forward_backward(spec, &params, &x, &y);
         loss_sum += result
@@ -157,7 +167,8 @@ fn reference_epoch(spec: &ModelSpec, config: &TrainConfig, data: &Dataset) -> Re
     }
     ReferenceRun {
         params,
-        train_loss: loss_sum / data.samples() as f64,
+        train_samples: trained,
+        train_loss: loss_sum / trained as f64,
         train_correct: correct,
     }
 }
@@ -252,47 +263,19 @@ fn file_order_and_a_step_limit_reproduce_the_reference_step_by_step() {
     assert!(trainer.run_epoch().is_err(), "nothing is left to train");
     assert_eq!(metrics.train_samples, 32);
 
-    let layout = spec.layout();
-    let mut params = layout.glorot_uniform(&mut Rng::new(config.seed));
-    let (mut m, mut v) = (vec![0.0; layout.total], vec![0.0; layout.total]);
-    let hyper = OptimizerHyper {
-        count: layout.total as u32,
-        learning_rate: config.learning_rate,
-        beta1: config.beta1,
-        beta2: config.beta2,
-        epsilon: config.epsilon,
-        _pad: [0; 3],
-    };
-    let order: Vec<u32> = (0..50).collect();
-    let mut loss_sum = 0.0;
-    for step in 0..2 {
-        let (x, y) = reference::gather_batch(&data, &order, step * 16, 16);
-        let result = forward_backward(&spec, &params, &x, &y);
-        loss_sum += result
-            .loss
-            .sample_loss
-            .iter()
-            .map(|&l| l as f64)
-            .sum::<f64>();
-        let size = reference::adam_step_size(
-            config.learning_rate,
-            config.beta1,
-            config.beta2,
-            step as u64 + 1,
-        );
-        reference::adam_update(&mut params, &result.grads, &mut m, &mut v, &hyper, size);
-    }
+    let expected = reference_epoch(&spec, &config, &data);
+    assert_eq!(expected.train_samples, 32);
     assert_close(
         "parameters after 2 steps",
         &trainer.parameters().unwrap(),
-        &params,
+        &expected.params,
         1e-6,
         1e-4,
     );
     assert_close(
         "train loss",
         &[metrics.train_loss as f32],
-        &[(loss_sum / 32.0) as f32],
+        &[expected.train_loss as f32],
         1e-6,
         1e-5,
     );

@@ -1,23 +1,22 @@
 //! `shadertrain eval`: a saved model on its dataset's test set, as a table or JSON.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use shadertrain::Result;
-use shadertrain::data::{Dataset, Split};
+use shadertrain::data::{Dataset, DatasetKind, Split};
 use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
 use shadertrain::model_file::load_model;
 use shadertrain::train::Trainer;
 
 pub fn run(
     model: &Path,
-    data: Option<&Path>,
-    offline: bool,
+    data_dir: impl FnOnce(DatasetKind) -> Result<PathBuf>,
     request: &AdapterRequest,
     as_json: bool,
 ) -> Result<()> {
     let saved = load_model(model)?;
-    let dir = super::dataset_dir(saved.dataset, data, offline)?;
+    let dir = data_dir(saved.dataset)?;
     let test = Dataset::load_mnist(&dir, Split::Test)?;
     let gpu = Gpu::open(request)?;
     let kernels = Kernels::new(&gpu);

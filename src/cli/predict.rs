@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use shadertrain::data::images::load_digit;
-use shadertrain::data::{Dataset, Split};
+use shadertrain::data::{Dataset, DatasetKind, Split};
 use shadertrain::model_file::load_model;
 use shadertrain::reference::forward;
 use shadertrain::{Error, Result};
@@ -16,8 +16,7 @@ pub fn run(
     model: &Path,
     images: &[PathBuf],
     indices: &[usize],
-    data: Option<&Path>,
-    offline: bool,
+    data_dir: impl FnOnce(DatasetKind) -> Result<PathBuf>,
     as_json: bool,
 ) -> Result<()> {
     let saved = load_model(model)?;
@@ -33,7 +32,7 @@ pub fn run(
         inputs.push((path.display().to_string(), load_digit(path)?));
     }
     if !indices.is_empty() {
-        let dir = super::dataset_dir(saved.dataset, data, offline)?;
+        let dir = data_dir(saved.dataset)?;
         let test = Dataset::load_mnist(&dir, Split::Test)?;
         for &index in indices {
             if index >= test.samples() {
