@@ -57,6 +57,9 @@ pub enum Error {
     #[error("model file {path}: {problem}")]
     ModelFile { path: PathBuf, problem: String },
 
+    #[error("checkpoint {path}: {problem}")]
+    Checkpoint { path: PathBuf, problem: String },
+
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
 

@@ -13,10 +13,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => Path::new("."),
     };
     let mut temp = tempfile::Builder::new()
-        .prefix(".shadertrain-")
+        .prefix(TEMP_PREFIX)
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
-    temp.write_all(bytes)
+    let (first_half, second_half) = bytes.split_at(bytes.len() / 2);
+    temp.write_all(first_half)
+        .and_then(|()| temp.flush())
+        .map_err(|e| Error::io(temp.path(), e))?;
+    crate::failpoint::reach(crate::failpoint::FILE_WRITE);
+    temp.write_all(second_half)
         .map_err(|e| Error::io(temp.path(), e))?;
     // Temporary files are private (0600); the result should read like any file the user writes.
     #[cfg(unix)]
@@ -37,6 +42,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Prefix of the temporary files `write_atomically` creates (and a killed process leaves).
+pub const TEMP_PREFIX: &str = ".shadertrain-";
 
 /// Appends one line to a text file, rewriting it atomically (the file stays whole at every moment).
 pub fn append_line_atomically(path: &Path, line: &str) -> Result<()> {

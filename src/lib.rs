@@ -16,8 +16,10 @@
 //! ```
 
 pub mod bench;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod failpoint;
 pub mod files;
 pub mod gpu;
 pub mod model;

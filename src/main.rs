@@ -4,15 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cli;
 
 use shadertrain::data::{DATA_ENV, Dataset, DatasetKind, Split, default_dir};
-use shadertrain::gpu::{AdapterRequest, BackendChoice, Gpu, Kernels, list_adapters};
+use shadertrain::gpu::{AdapterRequest, BackendChoice, list_adapters};
 use shadertrain::model::{Activation, Loss, ModelSpec};
-use shadertrain::model_file::{load_model, save_model};
-use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
+use shadertrain::train::{OptimizerKind, TrainConfig};
 
 #[derive(Parser)]
 #[command(
@@ -200,6 +199,23 @@ struct TrainArgs {
     /// Append one JSON object per epoch (every printed figure and a timestamp) to this file.
     #[arg(long, value_name = "PATH")]
     metrics: Option<PathBuf>,
+    /// Write checkpoints (weights, Adam moments, counters, shuffle state, position in the
+    /// epoch, configuration) into this folder at every epoch end, and every --checkpoint-every
+    /// steps.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Also write a checkpoint every N training steps.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: Option<u64>,
+    /// How many of the newest checkpoints to keep in the folder.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    keep_checkpoints: usize,
+    /// Continue the run whose checkpoints are in DIR from its newest complete one: on the same
+    /// adapter the result is bit-identical to an uninterrupted run. Flags left out take the
+    /// checkpoint's values; flags given must agree with it (--epochs and --max-steps may
+    /// change). With no checkpoint in DIR yet, the run starts from the beginning.
+    #[arg(long, value_name = "DIR", conflicts_with = "init")]
+    resume: Option<PathBuf>,
     #[command(flatten)]
     adapter: AdapterArgs,
 }
@@ -225,9 +241,18 @@ fn parse_hidden(text: &str) -> Result<Hidden, String> {
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let outcome = match cli.command {
-        Command::Train(args) => train(args),
+        Command::Train(args) => {
+            let train_matches = matches
+                .subcommand_matches("train")
+                .expect("the train command");
+            let given = |id: &str| {
+                train_matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+            };
+            cli::train::run(args, &given)
+        }
         Command::Bench(args) => bench(args, process_start),
         Command::Adapters(args) => {
             adapters(&args);
@@ -370,125 +395,6 @@ fn bench(args: BenchArgs, process_start: Instant) -> shadertrain::Result<()> {
         );
     } else {
         cli::bench::print(&report);
-    }
-    Ok(())
-}
-
-fn train(args: TrainArgs) -> shadertrain::Result<()> {
-    // Fail before training, not after, when an output cannot be written.
-    for (flag, path) in [("--save", &args.save), ("--metrics", &args.metrics)] {
-        if let Some(parent) = path.as_ref().and_then(|p| p.parent())
-            && !parent.as_os_str().is_empty()
-            && !parent.is_dir()
-        {
-            return Err(shadertrain::Error::Config(format!(
-                "{flag} {}: the folder {} does not exist",
-                path.as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                parent.display()
-            )));
-        }
-    }
-    let Recipe {
-        data_dir,
-        train_set,
-        test_set,
-        spec,
-        config,
-    } = recipe(&args)?;
-    let gpu = Gpu::open(&args.adapter.request())?;
-    let kernels = Kernels::new(&gpu);
-    println!("adapter: {}", gpu.adapter_name());
-    println!(
-        "data: {} from {} ({} training, {} test samples; classes {})",
-        args.dataset.name(),
-        data_dir.display(),
-        train_set.samples(),
-        test_set.samples(),
-        args.dataset.class_names().join(", ")
-    );
-    println!(
-        "model: {}  activation {:?}, loss {:?}, optimizer {:?} (lr {}), batch {}, seed {}",
-        spec.widths()
-            .iter()
-            .map(|w| w.to_string())
-            .collect::<Vec<_>>()
-            .join("-"),
-        spec.activation,
-        spec.loss,
-        config.optimizer,
-        config.learning_rate,
-        config.batch_size,
-        config.seed
-    );
-    let epochs = config.epochs;
-    // Checked before any work, like the output paths.
-    let init = match &args.init {
-        Some(path) => {
-            let saved = load_model(path)?;
-            if saved.spec.widths() != spec.widths() {
-                return Err(shadertrain::Error::Config(format!(
-                    "--init {}: its layer sizes {:?} differ from the model being trained, {:?}",
-                    path.display(),
-                    saved.spec.widths(),
-                    spec.widths()
-                )));
-            }
-            Some((path, saved.params))
-        }
-        None => None,
-    };
-    let mut trainer = Trainer::new(&gpu, &kernels, spec, config, &train_set, &test_set)?;
-    // The data lives on the GPU now.
-    drop((train_set, test_set));
-    if let Some((path, params)) = init {
-        trainer.set_parameters(&params)?;
-        println!("initialised from {}", path.display());
-    }
-    println!(
-        "{:>5} {:>10} {:>9} {:>10} {:>9} {:>8} {:>10}",
-        "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "samples/s"
-    );
-    for _ in 0..epochs {
-        if trainer.finished() {
-            break;
-        }
-        let m = trainer.run_epoch()?;
-        if let Some(path) = &args.metrics {
-            let timestamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default();
-            let line = serde_json::json!({
-                "timestamp_unix_s": timestamp,
-                "dataset": args.dataset.name(),
-                "epoch": m.epoch,
-                "train_samples": m.train_samples,
-                "train_loss": m.train_loss,
-                "train_accuracy": m.train_accuracy,
-                "test_loss": m.test_loss,
-                "test_accuracy": m.test_accuracy,
-                "seconds": m.seconds,
-                "samples_per_second": m.samples_per_second,
-            });
-            shadertrain::files::append_line_atomically(path, &line.to_string())?;
-        }
-        println!(
-            "{:>5} {:>10.4} {:>8.2}% {:>10.4} {:>8.2}% {:>8.2} {:>10.0}",
-            m.epoch,
-            m.train_loss,
-            100.0 * m.train_accuracy,
-            m.test_loss,
-            100.0 * m.test_accuracy,
-            m.seconds,
-            m.samples_per_second
-        );
-    }
-    if let Some(path) = &args.save {
-        let params = trainer.parameters()?;
-        save_model(path, trainer.spec(), &params, args.dataset)?;
-        println!("saved the model to {}", path.display());
     }
     Ok(())
 }

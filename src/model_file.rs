@@ -29,7 +29,7 @@ pub struct SavedModel {
     pub dataset: DatasetKind,
 }
 
-fn name_of<T: ValueEnum>(value: &T) -> String {
+pub(crate) fn name_of<T: ValueEnum>(value: &T) -> String {
     value
         .to_possible_value()
         .map(|v| v.get_name().to_string())
@@ -70,22 +70,8 @@ pub fn save_model(
             bias.iter().flat_map(|b| b.to_le_bytes()).collect(),
         ));
     }
-    let widths: Vec<String> = spec.widths().iter().map(|w| w.to_string()).collect();
-    let metadata = HashMap::from([
-        ("format".to_string(), "shadertrain mlp".to_string()),
-        ("layer_sizes".to_string(), widths.join(",")),
-        ("activation".to_string(), name_of(&spec.activation)),
-        ("loss".to_string(), name_of(&spec.loss)),
-        (
-            "input_normalisation".to_string(),
-            INPUT_NORMALISATION.to_string(),
-        ),
-        ("dataset".to_string(), dataset.name().to_string()),
-        (
-            "shadertrain_version".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        ),
-    ]);
+    let mut metadata = describe_model(spec, dataset);
+    metadata.insert("format".to_string(), "shadertrain mlp".to_string());
     let views = tensors
         .iter()
         .map(|(name, shape, bytes)| {
@@ -98,6 +84,65 @@ pub fn save_model(
         problem: format!("could not serialise: {e}"),
     })?;
     write_atomically(path, &bytes)
+}
+
+/// The `__metadata__` entries that describe a model: what using it needs without flags.
+pub(crate) fn describe_model(spec: &ModelSpec, dataset: DatasetKind) -> HashMap<String, String> {
+    let widths: Vec<String> = spec.widths().iter().map(|w| w.to_string()).collect();
+    HashMap::from([
+        ("layer_sizes".to_string(), widths.join(",")),
+        ("activation".to_string(), name_of(&spec.activation)),
+        ("loss".to_string(), name_of(&spec.loss)),
+        (
+            "input_normalisation".to_string(),
+            INPUT_NORMALISATION.to_string(),
+        ),
+        ("dataset".to_string(), dataset.name().to_string()),
+        (
+            "shadertrain_version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+    ])
+}
+
+/// Reads back what `describe_model` wrote; a problem is described for the file's error.
+pub(crate) fn read_model_description(
+    metadata: &HashMap<String, String>,
+) -> Result<(ModelSpec, DatasetKind), String> {
+    let field = |key: &str| {
+        metadata
+            .get(key)
+            .cloned()
+            .ok_or_else(|| format!("__metadata__ lacks {key:?}: not written by shadertrain"))
+    };
+    let widths: Vec<usize> = field("layer_sizes")?
+        .split(',')
+        .map(|w| w.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| "__metadata__ layer_sizes is not a list of widths".to_string())?;
+    if widths.len() < 2 {
+        return Err(format!(
+            "layer_sizes {widths:?} needs an input and an output width"
+        ));
+    }
+    let activation_name = field("activation")?;
+    let activation = Activation::from_str(&activation_name, true)
+        .map_err(|_| format!("unknown activation {activation_name:?}"))?;
+    let loss_name = field("loss")?;
+    let loss =
+        Loss::from_str(&loss_name, true).map_err(|_| format!("unknown loss {loss_name:?}"))?;
+    let dataset_name = field("dataset")?;
+    let dataset = DatasetKind::from_str(&dataset_name, true)
+        .map_err(|_| format!("unknown dataset {dataset_name:?}"))?;
+    let spec = ModelSpec {
+        inputs: widths[0],
+        hidden: widths[1..widths.len() - 1].to_vec(),
+        classes: widths[widths.len() - 1],
+        activation,
+        loss,
+    };
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok((spec, dataset))
 }
 
 /// Reads a model written by `save_model`, checking every tensor against the metadata.
@@ -115,40 +160,8 @@ pub fn load_model(path: &Path) -> Result<SavedModel> {
         .metadata()
         .clone()
         .ok_or_else(|| bad("no __metadata__: not written by shadertrain".into()))?;
-    let field = |key: &str| {
-        metadata.get(key).cloned().ok_or_else(|| {
-            bad(format!(
-                "__metadata__ lacks {key:?}: not written by shadertrain"
-            ))
-        })
-    };
-    let widths: Vec<usize> = field("layer_sizes")?
-        .split(',')
-        .map(|w| w.trim().parse::<usize>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad("__metadata__ layer_sizes is not a list of widths".into()))?;
-    if widths.len() < 2 {
-        return Err(bad(format!(
-            "layer_sizes {widths:?} needs an input and an output width"
-        )));
-    }
-    let activation_name = field("activation")?;
-    let activation = Activation::from_str(&activation_name, true)
-        .map_err(|_| bad(format!("unknown activation {activation_name:?}")))?;
-    let loss_name = field("loss")?;
-    let loss =
-        Loss::from_str(&loss_name, true).map_err(|_| bad(format!("unknown loss {loss_name:?}")))?;
-    let dataset_name = field("dataset")?;
-    let dataset = DatasetKind::from_str(&dataset_name, true)
-        .map_err(|_| bad(format!("unknown dataset {dataset_name:?}")))?;
-    let spec = ModelSpec {
-        inputs: widths[0],
-        hidden: widths[1..widths.len() - 1].to_vec(),
-        classes: widths[widths.len() - 1],
-        activation,
-        loss,
-    };
-    spec.validate().map_err(|e| bad(e.to_string()))?;
+    let (spec, dataset) = read_model_description(&metadata).map_err(bad)?;
+    let widths = spec.widths();
     let layout = spec.layout();
     let mut params = vec![0.0f32; layout.total];
     for (i, layer) in layout.layers.iter().enumerate() {

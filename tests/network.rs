@@ -262,6 +262,10 @@ fn file_order_and_a_step_limit_reproduce_the_reference_step_by_step() {
     assert!(trainer.finished());
     assert!(trainer.run_epoch().is_err(), "nothing is left to train");
     assert_eq!(metrics.train_samples, 32);
+    // The test figures of an epoch cut short are those of the weights it ended with.
+    let evaluation = trainer.evaluate().unwrap();
+    assert_eq!(metrics.test_loss, evaluation.loss);
+    assert_eq!(metrics.test_accuracy, evaluation.accuracy);
 
     let expected = reference_epoch(&spec, &config, &data);
     assert_eq!(expected.train_samples, 32);

@@ -93,6 +93,37 @@ impl Gpu {
         Ok(values)
     }
 
+    /// Reads the first `bytes` of each buffer back with one copy submission and one wait.
+    pub fn read_back_parts(&self, parts: &[(&Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+        let aligned = |bytes: u64| bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        let total: u64 = parts.iter().map(|&(_, bytes)| aligned(bytes)).sum();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read back parts"),
+            size: total.max(4),
+            usage: BufferUsages::MAP_READ | BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        let mut offset = 0;
+        for &(buffer, bytes) in parts {
+            if bytes > 0 {
+                encoder.copy_buffer_to_buffer(buffer, 0, &staging, offset, aligned(bytes));
+            }
+            offset += aligned(bytes);
+        }
+        self.queue.submit([encoder.finish()]);
+        let all: Vec<u8> = self.map_and_read(&staging)?;
+        let mut offset = 0;
+        Ok(parts
+            .iter()
+            .map(|&(_, bytes)| {
+                let part = all[offset as usize..(offset + bytes) as usize].to_vec();
+                offset += aligned(bytes);
+                part
+            })
+            .collect())
+    }
+
     /// Maps a MAP_READ buffer whose copy has been submitted, waits, and returns its contents.
     pub fn map_and_read<T: Pod>(&self, staging: &Buffer) -> Result<Vec<T>> {
         let (sender, receiver) = std::sync::mpsc::channel();

@@ -88,12 +88,29 @@ pub struct EpochMetrics {
     pub work: GpuWork,
 }
 
-/// Command-buffer submissions, kernel dispatches and host readbacks (map + wait) of an epoch.
+/// Command-buffer submissions, kernel dispatches and host readbacks of an epoch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GpuWork {
     pub submits: usize,
     pub dispatches: usize,
+    /// Reads the host waits for with nothing else queued: the GPU idles until the host goes on.
     pub readbacks: usize,
+    /// Running-metric reads for a progress display: each waits for a chunk of steps while the
+    /// next chunks are already queued, so the GPU never waits for the host.
+    pub progress_reads: usize,
+}
+
+/// Where the epoch under way stands, reported after each chunk of steps the GPU finishes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochProgress {
+    /// The epoch under way, counting from 1.
+    pub epoch: usize,
+    /// Training steps of this epoch finished by the GPU, and the epoch's total.
+    pub steps_done: usize,
+    pub steps: usize,
+    /// Mean loss and accuracy over the samples trained so far this epoch.
+    pub running_loss: f64,
+    pub running_accuracy: f64,
 }
 
 /// A model's results on a test set.

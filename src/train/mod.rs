@@ -16,14 +16,18 @@
 mod builder;
 pub mod config;
 mod program;
+pub mod state;
 
+use std::collections::VecDeque;
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use wgpu::Buffer;
 
 use builder::ProgramBuilder;
-pub use config::{EpochMetrics, Evaluation, GpuWork, OptimizerKind, TrainConfig};
+pub use config::{EpochMetrics, EpochProgress, Evaluation, GpuWork, OptimizerKind, TrainConfig};
 use program::Program;
+pub use state::{EpochState, TrainingState};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -81,6 +85,46 @@ fn program_for<'p, 'k>(
     }
 }
 
+/// The epoch under way: its order and steps, and how many of them are submitted.
+struct EpochInProgress {
+    order: Vec<u32>,
+    steps: Vec<StepParams>,
+    /// Steps submitted so far.
+    next: usize,
+    started: Instant,
+    work: GpuWork,
+}
+
+impl EpochInProgress {
+    /// Training samples in the first `steps` steps.
+    fn samples_in(&self, steps: usize) -> usize {
+        self.steps[..steps].iter().map(|s| s.rows as usize).sum()
+    }
+}
+
+/// Staging buffers for running-metric reads in flight: one per chunk of steps that may be queued
+/// ahead of the chunk the host waits for.
+const PROGRESS_READS_IN_FLIGHT: usize = 3;
+
+/// What reading the running metrics needs: the reduction over the epoch's samples so far, and
+/// a ring of staging buffers so that reads of several chunks can be in flight.
+struct ProgressReads<'k> {
+    /// The reduction's count: samples trained so far this epoch, written before each chunk.
+    shape: Buffer,
+    totals: Buffer,
+    sum: Program<'k>,
+    staging: Vec<Buffer>,
+}
+
+/// A running-metric read submitted with a chunk of steps, not yet waited for.
+struct PendingRead {
+    staging: usize,
+    submission: wgpu::SubmissionIndex,
+    mapped: Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+    steps_done: usize,
+    samples: usize,
+}
+
 /// Trains one model on one device. Construction does all allocation and pipeline binding.
 pub struct Trainer<'k> {
     gpu: &'k Gpu,
@@ -94,6 +138,9 @@ pub struct Trainer<'k> {
     test: DeviceSplit,
     params: Buffer,
     grads: Buffer,
+    moments: Option<(Buffer, Buffer)>,
+    epoch: Option<EpochInProgress>,
+    progress: ProgressReads<'k>,
     /// The step schedule (schedule.wgsl): cursor, then this epoch's training steps, then the
     /// test set's evaluation steps.
     schedule: Buffer,
@@ -256,6 +303,24 @@ impl<'k> Trainer<'k> {
             gpu.params_with("test metrics shape", &metrics_shape(&test_split, 1));
         let mut epoch_end = builder.sum_metrics(&train_split, &train_metrics_shape, &totals);
         epoch_end.extend(builder.sum_metrics(&test_split, &test_metrics_shape, &totals));
+        let progress_shape =
+            gpu.storage_with("progress metrics shape", &[metrics_shape(&train_split, 0)])?;
+        let progress_totals = gpu.storage_buffer("progress totals", 16)?;
+        let progress = ProgressReads {
+            sum: builder.sum_metrics(&train_split, &progress_shape, &progress_totals),
+            shape: progress_shape,
+            totals: progress_totals,
+            staging: (0..PROGRESS_READS_IN_FLIGHT)
+                .map(|_| {
+                    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("progress staging"),
+                        size: 8,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    })
+                })
+                .collect(),
+        };
 
         let trainer = Trainer {
             gpu,
@@ -269,6 +334,9 @@ impl<'k> Trainer<'k> {
             test: test_split,
             params,
             grads,
+            moments,
+            epoch: None,
+            progress,
             schedule,
             totals_staging,
             totals,
@@ -290,7 +358,7 @@ impl<'k> Trainer<'k> {
                 _pad: 0,
             })
             .collect();
-        trainer.write_schedule(train_steps, &test_steps);
+        trainer.write_schedule(0, train_steps, &test_steps);
         Ok(trainer)
     }
 
@@ -310,66 +378,243 @@ impl<'k> Trainer<'k> {
         self.epochs_done
     }
 
+    /// Training steps taken (submitted) since the start of the run.
+    pub fn steps_done(&self) -> u64 {
+        self.steps_done
+    }
+
+    /// The epoch under way, if any: (steps taken, steps in the epoch).
+    pub fn epoch_position(&self) -> Option<(usize, usize)> {
+        self.epoch.as_ref().map(|e| (e.next, e.steps.len()))
+    }
+
     fn train_steps(&self) -> usize {
         self.train.samples.div_ceil(self.config.batch_size)
     }
 
-    /// The parameters of the training step `index` steps after the last one done: Adam's
-    /// bias-corrected step size depends on its number t (counting from 1).
-    fn training_step(&self, index: usize, batch_start: usize, rows: usize) -> StepParams {
+    /// The parameters of training step number `t` of the run (counting from 1): Adam's
+    /// bias-corrected step size depends on it.
+    fn training_step(&self, t: u64, batch_start: usize, rows: usize) -> StepParams {
         let c = &self.config;
         StepParams {
             batch_start: batch_start as u32,
             rows: rows as u32,
-            adam_step_size: adam_step_size(
-                c.learning_rate,
-                c.beta1,
-                c.beta2,
-                self.steps_done + index as u64 + 1,
-            ),
+            adam_step_size: adam_step_size(c.learning_rate, c.beta1, c.beta2, t),
             _pad: 0,
         }
     }
 
-    /// Writes `steps` into the schedule from slot `first_slot` on, and puts the cursor at 0.
-    /// Queue writes land before any later submission, so this must not run mid-epoch.
-    fn write_schedule(&self, first_slot: usize, steps: &[StepParams]) {
+    /// The steps of an epoch that starts after `steps_before` steps of the run: every batch,
+    /// unless `max_steps` ends the epoch early.
+    fn epoch_steps(&self, steps_before: u64) -> Vec<StepParams> {
+        let remaining = self
+            .config
+            .max_steps
+            .map_or(u64::MAX, |m| m.saturating_sub(steps_before));
+        batches(self.train.samples, self.config.batch_size)
+            .take(usize::try_from(remaining).unwrap_or(usize::MAX))
+            .enumerate()
+            .map(|(i, (start, rows))| self.training_step(steps_before + i as u64 + 1, start, rows))
+            .collect()
+    }
+
+    /// Writes `steps` into the schedule from slot `first_slot` on, and puts the cursor on slot
+    /// `cursor`. Queue writes land before the next submission, after the ones before it.
+    fn write_schedule(&self, cursor: usize, first_slot: usize, steps: &[StepParams]) {
         let queue = &self.gpu.queue;
-        queue.write_buffer(&self.schedule, 0, &[0u8; SCHEDULE_HEADER_BYTES as usize]);
+        let header = [cursor as u32, 0, 0, 0];
+        queue.write_buffer(&self.schedule, 0, bytemuck::cast_slice(&header));
         let offset =
             SCHEDULE_HEADER_BYTES + (first_slot * std::mem::size_of::<StepParams>()) as u64;
         queue.write_buffer(&self.schedule, offset, bytemuck::cast_slice(steps));
     }
 
-    /// Trains one epoch over the whole training set in a freshly shuffled order, then evaluates
-    /// the test set. The host waits on the GPU once, for the metrics, at the end.
-    pub fn run_epoch(&mut self) -> Result<EpochMetrics> {
-        let started = Instant::now();
-        let batch = self.config.batch_size;
+    /// Makes `epoch` the epoch under way on the GPU: its order, and its steps from the next one on.
+    fn install_epoch(&mut self, epoch: EpochInProgress) {
+        self.gpu
+            .queue
+            .write_buffer(&self.train.order, 0, bytemuck::cast_slice(&epoch.order));
+        self.write_schedule(epoch.next, epoch.next, &epoch.steps[epoch.next..]);
+        self.epoch = Some(epoch);
+    }
+
+    /// Starts an epoch: draws its shuffled order (file order with `shuffle` off) and writes its
+    /// schedule. Its steps are then taken by `train` and it is closed by `end_epoch`.
+    pub fn start_epoch(&mut self) -> Result<()> {
+        if self.epoch.is_some() {
+            return Err(Error::Config("an epoch is already under way".into()));
+        }
         if self.finished() {
             return Err(Error::Config(format!(
                 "the step limit ({} steps) is reached: nothing left to train",
                 self.steps_done
             )));
         }
-        let remaining = self
-            .config
-            .max_steps
-            .map_or(u64::MAX, |m| m - self.steps_done);
         let mut order: Vec<u32> = (0..self.train.samples as u32).collect();
         if self.config.shuffle {
             self.rng.shuffle(&mut order);
         }
+        let epoch = EpochInProgress {
+            order,
+            steps: self.epoch_steps(self.steps_done),
+            next: 0,
+            started: Instant::now(),
+            work: GpuWork::default(),
+        };
+        self.install_epoch(epoch);
+        Ok(())
+    }
+
+    /// Trains one epoch over the whole training set in a freshly shuffled order (or finishes
+    /// the one under way), then evaluates the test set. The host waits on the GPU once, for
+    /// the metrics, at the end.
+    pub fn run_epoch(&mut self) -> Result<EpochMetrics> {
+        if self.epoch.is_none() {
+            self.start_epoch()?;
+        }
+        self.train(usize::MAX, None)?;
+        self.end_epoch()
+    }
+
+    /// Takes up to `count` more steps of the epoch under way, without waiting for the GPU, in
+    /// command buffers of `steps_per_submit` steps. With `progress`, each chunk also sums the
+    /// epoch's metrics so far and `progress` is called as the GPU finishes each chunk; chunks
+    /// are queued ahead of the one waited for, so the GPU does not wait for the host.
+    pub fn train(
+        &mut self,
+        count: usize,
+        progress: Option<&mut dyn FnMut(EpochProgress)>,
+    ) -> Result<()> {
+        let mut epoch = self
+            .epoch
+            .take()
+            .ok_or_else(|| Error::Config("no epoch is under way: start one first".into()))?;
+        let taken_before = epoch.next;
+        let outcome = self.submit_steps(&mut epoch, count, progress);
+        self.steps_done += (epoch.next - taken_before) as u64;
+        self.epoch = Some(epoch);
+        outcome
+    }
+
+    fn submit_steps(
+        &self,
+        epoch: &mut EpochInProgress,
+        count: usize,
+        mut progress: Option<&mut dyn FnMut(EpochProgress)>,
+    ) -> Result<()> {
+        let until = epoch.steps.len().min(epoch.next.saturating_add(count));
+        let mut pending = VecDeque::new();
+        let mut chunks = 0;
+        while epoch.next < until {
+            let end = until.min(epoch.next + self.config.steps_per_submit);
+            if let Some(report) = progress.as_deref_mut() {
+                if pending.len() == PROGRESS_READS_IN_FLIGHT {
+                    let read = pending.pop_front().expect("a full ring");
+                    self.finish_progress_read(read, epoch, report)?;
+                }
+                let shape = MetricsShape {
+                    count: epoch.samples_in(end) as u32,
+                    slot: 0,
+                    _pad: [0; 2],
+                };
+                self.gpu
+                    .queue
+                    .write_buffer(&self.progress.shape, 0, bytemuck::bytes_of(&shape));
+            }
+            let staging = chunks % PROGRESS_READS_IN_FLIGHT;
+            let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                self.record_steps(&mut pass, &epoch.steps[epoch.next..end], &mut epoch.work);
+                if progress.is_some() {
+                    epoch.work.dispatches += self.progress.sum.record(&mut pass);
+                }
+            }
+            if progress.is_some() {
+                let staging_buffer = &self.progress.staging[staging];
+                encoder.copy_buffer_to_buffer(&self.progress.totals, 0, staging_buffer, 0, 8);
+            }
+            let submission = self.gpu.queue.submit([encoder.finish()]);
+            epoch.work.submits += 1;
+            if progress.is_some() {
+                let (sender, mapped) = std::sync::mpsc::channel();
+                self.progress.staging[staging].map_async(wgpu::MapMode::Read, .., move |r| {
+                    let _ = sender.send(r);
+                });
+                pending.push_back(PendingRead {
+                    staging,
+                    submission,
+                    mapped,
+                    steps_done: end,
+                    samples: epoch.samples_in(end),
+                });
+            }
+            epoch.next = end;
+            chunks += 1;
+        }
+        if let Some(report) = progress {
+            while let Some(read) = pending.pop_front() {
+                self.finish_progress_read(read, epoch, report)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the chunk of `read` (later chunks stay queued), and reports its running metrics.
+    fn finish_progress_read(
+        &self,
+        read: PendingRead,
+        epoch: &mut EpochInProgress,
+        report: &mut dyn FnMut(EpochProgress),
+    ) -> Result<()> {
+        let failed = |e: String| Error::Readback(e);
         self.gpu
-            .queue
-            .write_buffer(&self.train.order, 0, bytemuck::cast_slice(&order));
-        let steps: Vec<StepParams> = batches(self.train.samples, batch)
-            .take(usize::try_from(remaining).unwrap_or(usize::MAX))
-            .enumerate()
-            .map(|(i, (start, rows))| self.training_step(i, start, rows))
-            .collect();
-        self.write_schedule(0, &steps);
-        let trained: usize = steps.iter().map(|s| s.rows as usize).sum();
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(read.submission),
+                timeout: None,
+            })
+            .map_err(|e| failed(e.to_string()))?;
+        read.mapped
+            .recv()
+            .map_err(|e| failed(e.to_string()))?
+            .map_err(|e| failed(e.to_string()))?;
+        let staging = &self.progress.staging[read.staging];
+        let totals: Vec<u32> = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| failed(e.to_string()))?;
+            bytemuck::pod_collect_to_vec(&view)
+        };
+        staging.unmap();
+        epoch.work.progress_reads += 1;
+        let samples = read.samples.max(1) as f64;
+        report(EpochProgress {
+            epoch: self.epochs_done + 1,
+            steps_done: read.steps_done,
+            steps: epoch.steps.len(),
+            running_loss: f32::from_bits(totals[0]) as f64 / samples,
+            running_accuracy: totals[1] as f64 / samples,
+        });
+        Ok(())
+    }
+
+    /// Closes the epoch under way once all its steps are taken: evaluates the test set and
+    /// reads back the epoch's metrics (the one wait).
+    pub fn end_epoch(&mut self) -> Result<EpochMetrics> {
+        let Some(epoch) = self.epoch.as_mut() else {
+            return Err(Error::Config("no epoch is under way".into()));
+        };
+        if epoch.next < epoch.steps.len() {
+            return Err(Error::Config(format!(
+                "the epoch has {} of its {} steps left",
+                epoch.steps.len() - epoch.next,
+                epoch.steps.len()
+            )));
+        }
+        let trained = epoch.samples_in(epoch.steps.len());
+        let mut work = epoch.work;
+        let started = epoch.started;
         let shape = MetricsShape {
             count: trained as u32,
             slot: 0,
@@ -378,11 +623,8 @@ impl<'k> Trainer<'k> {
         self.gpu
             .queue
             .write_buffer(&self.train_metrics_shape, 0, bytemuck::bytes_of(&shape));
-
-        let mut work = GpuWork::default();
-        self.submit_training_steps(&steps, &mut work);
-        self.steps_done += steps.len() as u64;
         let totals = self.evaluate_and_read_totals(&mut work)?;
+        self.epoch = None;
         self.epochs_done += 1;
         let seconds = started.elapsed().as_secs_f64();
         let train_samples = trained as f64;
@@ -400,41 +642,168 @@ impl<'k> Trainer<'k> {
         })
     }
 
+    /// The whole training state, for a checkpoint (waits for the GPU).
+    pub fn state(&self) -> Result<TrainingState> {
+        let param_bytes = (self.layout.total * 4) as u64;
+        let mut parts = vec![(&self.params, param_bytes)];
+        if let Some((m, v)) = &self.moments {
+            parts.extend([(m, param_bytes), (v, param_bytes)]);
+        }
+        let trained = self.epoch.as_ref().map_or(0, |e| e.samples_in(e.next));
+        if self.epoch.is_some() {
+            let sample_bytes = (trained * 4) as u64;
+            parts.extend([
+                (&self.train.sample_loss, sample_bytes),
+                (&self.train.sample_correct, sample_bytes),
+            ]);
+        }
+        let mut parts = self.gpu.read_back_parts(&parts)?.into_iter();
+        let mut next = || -> Vec<u8> { parts.next().expect("one part per buffer") };
+        let parameters = bytemuck::pod_collect_to_vec(&next());
+        let moments = self.moments.as_ref().map(|_| {
+            (
+                bytemuck::pod_collect_to_vec(&next()),
+                bytemuck::pod_collect_to_vec(&next()),
+            )
+        });
+        let epoch = self.epoch.as_ref().map(|e| EpochState {
+            order: e.order.clone(),
+            steps_taken: e.next,
+            sample_loss: bytemuck::pod_collect_to_vec(&next()),
+            sample_correct: bytemuck::pod_collect_to_vec(&next()),
+        });
+        Ok(TrainingState {
+            parameters,
+            moments,
+            steps_done: self.steps_done,
+            epochs_done: self.epochs_done,
+            rng_state: self.rng.state(),
+            epoch,
+        })
+    }
+
+    /// Continues from `state`, taken by `state()` from a trainer with the same model,
+    /// configuration and data. Checks that it fits before changing anything.
+    pub fn restore(&mut self, state: &TrainingState) -> Result<()> {
+        let bad = |problem: String| Err(Error::Config(format!("the training state {problem}")));
+        let total = self.layout.total;
+        if state.parameters.len() != total {
+            return bad(format!(
+                "has {} parameters, the model has {total}",
+                state.parameters.len()
+            ));
+        }
+        match (&state.moments, self.config.optimizer) {
+            (Some((m, v)), OptimizerKind::Adam) if m.len() == total && v.len() == total => {}
+            (None, OptimizerKind::Sgd) => {}
+            (Some(_), OptimizerKind::Adam) => {
+                return bad("has Adam moments of the wrong length".into());
+            }
+            (moments, optimizer) => {
+                return bad(format!(
+                    "{} Adam moments but the optimizer is {optimizer:?}",
+                    if moments.is_some() { "has" } else { "lacks" }
+                ));
+            }
+        }
+        if let Some(max) = self.config.max_steps
+            && state.steps_done > max
+        {
+            return bad(format!(
+                "is {} steps in, past the step limit of {max}",
+                state.steps_done
+            ));
+        }
+        let epoch = match &state.epoch {
+            None => None,
+            Some(e) => {
+                let samples = self.train.samples;
+                if !is_permutation(&e.order, samples) {
+                    return bad(format!(
+                        "has an epoch order that is not a permutation of the {samples} training samples"
+                    ));
+                }
+                let Some(steps_before) = state.steps_done.checked_sub(e.steps_taken as u64) else {
+                    return bad("has taken more steps this epoch than in all".into());
+                };
+                let epoch = EpochInProgress {
+                    order: e.order.clone(),
+                    steps: self.epoch_steps(steps_before),
+                    next: e.steps_taken,
+                    started: Instant::now(),
+                    work: GpuWork::default(),
+                };
+                if e.steps_taken > epoch.steps.len() {
+                    return bad(format!(
+                        "is {} steps into an epoch of {}",
+                        e.steps_taken,
+                        epoch.steps.len()
+                    ));
+                }
+                let trained = epoch.samples_in(e.steps_taken);
+                if e.sample_loss.len() != trained || e.sample_correct.len() != trained {
+                    return bad(format!(
+                        "has metrics of {} samples for {trained} trained this epoch",
+                        e.sample_loss.len()
+                    ));
+                }
+                Some(epoch)
+            }
+        };
+        let queue = &self.gpu.queue;
+        queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&state.parameters));
+        if let (Some((m, v)), Some((m_buffer, v_buffer))) = (&state.moments, &self.moments) {
+            queue.write_buffer(m_buffer, 0, bytemuck::cast_slice(m));
+            queue.write_buffer(v_buffer, 0, bytemuck::cast_slice(v));
+        }
+        self.steps_done = state.steps_done;
+        self.epochs_done = state.epochs_done;
+        self.rng = Rng::new(state.rng_state);
+        self.epoch = None;
+        if let (Some(epoch), Some(e)) = (epoch, &state.epoch) {
+            if !e.sample_loss.is_empty() {
+                queue.write_buffer(
+                    &self.train.sample_loss,
+                    0,
+                    bytemuck::cast_slice(&e.sample_loss),
+                );
+                queue.write_buffer(
+                    &self.train.sample_correct,
+                    0,
+                    bytemuck::cast_slice(&e.sample_correct),
+                );
+            }
+            self.install_epoch(epoch);
+        }
+        Ok(())
+    }
+
     /// Whether `max_steps` training steps have been taken.
     pub fn finished(&self) -> bool {
         self.config.max_steps.is_some_and(|m| self.steps_done >= m)
     }
 
-    /// Records `steps` (whose uniforms are in slots 0..) into command buffers of
-    /// `steps_per_submit` steps each and submits them, without waiting.
-    fn submit_training_steps(&self, steps: &[StepParams], work: &mut GpuWork) {
-        let per_submit = self.config.steps_per_submit;
-        for chunk in steps.chunks(per_submit) {
-            let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                for step in chunk {
-                    let rows = step.rows as usize;
-                    let batch = self.config.batch_size;
-                    work.dispatches += program_for(rows, batch, &self.train_full, &self.train_tail)
-                        .record(&mut pass);
-                    work.dispatches += self.update.record(&mut pass);
-                    work.dispatches += self.advance.record(&mut pass);
-                }
-            }
-            self.gpu.queue.submit([encoder.finish()]);
-            work.submits += 1;
+    /// Records the dispatches of `steps`, whose parameters are in the schedule from the
+    /// cursor on.
+    fn record_steps(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        steps: &[StepParams],
+        work: &mut GpuWork,
+    ) {
+        let batch = self.config.batch_size;
+        for step in steps {
+            let rows = step.rows as usize;
+            work.dispatches +=
+                program_for(rows, batch, &self.train_full, &self.train_tail).record(pass);
+            work.dispatches += self.update.record(pass);
+            work.dispatches += self.advance.record(pass);
         }
     }
 
     /// Evaluates the test set with the current parameters: mean loss, accuracy and each
     /// sample's predicted class (waits for the GPU).
     pub fn evaluate(&self) -> Result<Evaluation> {
-        // Put the schedule's cursor on the first test step, where training would have left it.
-        let cursor = [self.train_steps() as u32, 0, 0, 0];
-        self.gpu
-            .queue
-            .write_buffer(&self.schedule, 0, bytemuck::cast_slice(&cursor));
         let totals = self.evaluate_and_read_totals(&mut GpuWork::default())?;
         let samples = self.test.samples as f64;
         Ok(Evaluation {
@@ -464,11 +833,16 @@ impl<'k> Trainer<'k> {
     /// Runs the test set forward, reduces both splits' per-sample metrics and reads the four
     /// totals (training loss, training correct, test loss, test correct) back: the one wait.
     fn evaluate_and_read_totals(&self, work: &mut GpuWork) -> Result<Vec<u32>> {
+        // The test steps follow the slots of a whole epoch's training steps, whether or not a
+        // step limit ended this epoch early.
+        let cursor = [self.train_steps() as u32, 0, 0, 0];
+        self.gpu
+            .queue
+            .write_buffer(&self.schedule, 0, bytemuck::cast_slice(&cursor));
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             let batch = self.config.batch_size;
-            // The cursor stands at the first test step: the training steps advanced it there.
             for (_, rows) in batches(self.test.samples, batch) {
                 work.dispatches +=
                     program_for(rows, batch, &self.test_full, &self.test_tail).record(&mut pass);
@@ -489,13 +863,25 @@ impl<'k> Trainer<'k> {
         let batch = self.config.batch_size.min(self.train.samples);
         let full_batches = (self.train.samples / batch).max(1);
         let steps: Vec<StepParams> = (0..count)
-            .map(|i| self.training_step(i, (i % full_batches) * batch, batch))
+            .map(|i| {
+                let t = self.steps_done + i as u64 + 1;
+                self.training_step(t, (i % full_batches) * batch, batch)
+            })
             .collect();
         let mut work = GpuWork::default();
-        for chunk in steps.chunks(self.train_steps()) {
-            self.write_schedule(0, chunk);
-            self.submit_training_steps(chunk, &mut work);
-            self.steps_done += chunk.len() as u64;
+        for epoch_long in steps.chunks(self.train_steps()) {
+            self.write_schedule(0, 0, epoch_long);
+            for chunk in epoch_long.chunks(self.config.steps_per_submit) {
+                let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+                self.record_steps(
+                    &mut encoder.begin_compute_pass(&Default::default()),
+                    chunk,
+                    &mut work,
+                );
+                self.gpu.queue.submit([encoder.finish()]);
+                work.submits += 1;
+            }
+            self.steps_done += epoch_long.len() as u64;
         }
         self.gpu
             .device
@@ -520,6 +906,7 @@ impl<'k> Trainer<'k> {
             .write_buffer(&self.train.order, 0, bytemuck::cast_slice(&identity));
         self.write_schedule(
             0,
+            0,
             &[StepParams {
                 batch_start: 0,
                 rows: rows as u32,
@@ -541,4 +928,13 @@ impl<'k> Trainer<'k> {
         self.gpu.queue.submit([encoder.finish()]);
         self.gpu.read_back(&self.grads, self.layout.total)
     }
+}
+
+/// Whether `order` holds each of 0..n exactly once.
+fn is_permutation(order: &[u32], n: usize) -> bool {
+    let mut seen = vec![false; n];
+    order.len() == n
+        && order
+            .iter()
+            .all(|&i| (i as usize) < n && !std::mem::replace(&mut seen[i as usize], true))
 }

@@ -1,0 +1,391 @@
+//! Checkpoints: the whole state of a training run in a safetensors file, so that a run killed at
+//! any moment resumes bit for bit.
+//!
+//! A checkpoint folder holds `step-{steps done:010}.safetensors` files. Each is written atomically
+//! (a killed write leaves a `.shadertrain-*` temporary file, never a partial checkpoint), so the
+//! file with the highest step number is the newest complete checkpoint.
+//!
+//! Tensors: `parameters` F32 [P] in the flat buffer's layout (see `ParamLayout`); `adam.m` and
+//! `adam.v` F32 [P] with Adam; inside an epoch, `epoch.order` U32 [training samples] and
+//! `epoch.sample_loss` F32 [k], `epoch.sample_correct` U32 [k] for the k samples trained so far
+//! in it. `__metadata__`: the model's description (as in model files), the configuration, the
+//! counters, the generator's state, the adapter, and the last finished epoch's record.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use clap::ValueEnum;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::data::DatasetKind;
+use crate::error::{Error, Result};
+use crate::files::{TEMP_PREFIX, write_atomically};
+use crate::model::ModelSpec;
+use crate::model_file::{describe_model, name_of, read_model_description};
+use crate::train::{EpochState, OptimizerKind, TrainConfig, TrainingState};
+
+const FORMAT: &str = "shadertrain checkpoint 1";
+
+/// What a run trains and on what: everything a resumed run must agree with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunDescription {
+    pub dataset: DatasetKind,
+    pub spec: ModelSpec,
+    pub config: TrainConfig,
+    pub train_samples: usize,
+    pub test_samples: usize,
+}
+
+impl RunDescription {
+    /// What in `asked` contradicts this run (a checkpoint's), one line per difference. The
+    /// number of epochs, the step limit and the steps per submission may change on resume:
+    /// they do not change the steps taken.
+    pub fn contradictions(&self, asked: &RunDescription) -> Vec<String> {
+        let describe = |run: &RunDescription| {
+            let c = &run.config;
+            let widths: Vec<String> = run.spec.widths().iter().map(|w| w.to_string()).collect();
+            [
+                ("dataset (--dataset)", run.dataset.name().to_string()),
+                ("layer sizes (--hidden)", widths.join("-")),
+                ("activation (--activation)", name_of(&run.spec.activation)),
+                ("loss (--loss)", name_of(&run.spec.loss)),
+                ("optimizer (--optimizer)", name_of(&c.optimizer)),
+                ("learning rate (--lr)", c.learning_rate.to_string()),
+                ("batch size (--batch-size)", c.batch_size.to_string()),
+                ("seed (--seed)", c.seed.to_string()),
+                ("shuffling (--no-shuffle)", on_off(c.shuffle).to_string()),
+                ("Adam beta1", c.beta1.to_string()),
+                ("Adam beta2", c.beta2.to_string()),
+                ("Adam epsilon", c.epsilon.to_string()),
+                ("training samples", run.train_samples.to_string()),
+                ("test samples", run.test_samples.to_string()),
+            ]
+        };
+        describe(self)
+            .into_iter()
+            .zip(describe(asked))
+            .filter(|((_, saved), (_, wanted))| saved != wanted)
+            .map(|((what, saved), (_, wanted))| {
+                format!("{what}: the checkpoint has {saved}, this run asks for {wanted}")
+            })
+            .collect()
+    }
+}
+
+fn on_off(flag: bool) -> &'static str {
+    if flag { "on" } else { "off" }
+}
+
+/// A training run's state with what is needed to check and continue it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub run: RunDescription,
+    /// The adapter that trained it: bit-identical continuation needs the same one.
+    pub adapter: String,
+    /// The run's checkpoint interval in steps, if any: a resumed run keeps it unless told otherwise.
+    pub checkpoint_every: Option<u64>,
+    pub state: TrainingState,
+    /// The record of the epoch that ended just before the checkpoint, as the caller wrote it
+    /// (a metrics line), so that a run killed before logging it can still log it.
+    pub last_epoch: Option<String>,
+}
+
+/// The path of the checkpoint taken after `steps_done` steps.
+pub fn path_for(dir: &Path, steps_done: u64) -> PathBuf {
+    dir.join(format!("step-{steps_done:010}.safetensors"))
+}
+
+/// The complete checkpoints in `dir`, oldest first, with their step counts.
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let steps = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("step-"))
+            .and_then(|n| n.strip_suffix(".safetensors"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(steps) = steps {
+            found.push((steps, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The newest complete checkpoint in `dir`, if it holds any.
+pub fn newest(dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(list(dir)?.pop().map(|(_, path)| path))
+}
+
+/// Removes the temporary files that killed writes left in `dir`; returns how many.
+pub fn remove_temporary_files(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Writes `checkpoint` into `dir` atomically, then deletes all but the newest `keep` checkpoints
+/// there. Returns the new file's path.
+pub fn save(dir: &Path, checkpoint: &Checkpoint, keep: usize) -> Result<PathBuf> {
+    let path = path_for(dir, checkpoint.state.steps_done);
+    write_atomically(&path, &serialise(checkpoint, &path)?)?;
+    let all = list(dir)?;
+    for (_, old) in &all[..all.len().saturating_sub(keep.max(1))] {
+        std::fs::remove_file(old).map_err(|e| Error::io(old, e))?;
+    }
+    Ok(path)
+}
+
+fn serialise(checkpoint: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
+    let run = &checkpoint.run;
+    let c = &run.config;
+    let state = &checkpoint.state;
+    let mut metadata = describe_model(&run.spec, run.dataset);
+    let optional = |value: Option<u64>| value.map_or("none".to_string(), |v| v.to_string());
+    for (key, value) in [
+        ("format", FORMAT.to_string()),
+        ("optimizer", name_of(&c.optimizer)),
+        ("learning_rate", c.learning_rate.to_string()),
+        ("beta1", c.beta1.to_string()),
+        ("beta2", c.beta2.to_string()),
+        ("epsilon", c.epsilon.to_string()),
+        ("batch_size", c.batch_size.to_string()),
+        ("seed", c.seed.to_string()),
+        ("shuffle", c.shuffle.to_string()),
+        ("epochs", c.epochs.to_string()),
+        ("max_steps", optional(c.max_steps)),
+        ("steps_per_submit", c.steps_per_submit.to_string()),
+        ("train_samples", run.train_samples.to_string()),
+        ("test_samples", run.test_samples.to_string()),
+        ("adapter", checkpoint.adapter.clone()),
+        ("checkpoint_every", optional(checkpoint.checkpoint_every)),
+        ("steps_done", state.steps_done.to_string()),
+        ("epochs_done", state.epochs_done.to_string()),
+        ("rng_state", state.rng_state.to_string()),
+        (
+            "epoch_steps_taken",
+            state
+                .epoch
+                .as_ref()
+                .map_or("none".to_string(), |e| e.steps_taken.to_string()),
+        ),
+    ] {
+        metadata.insert(key.to_string(), value);
+    }
+    if let Some(record) = &checkpoint.last_epoch {
+        metadata.insert("last_epoch".to_string(), record.clone());
+    }
+
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let u32_bytes = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut tensors = vec![("parameters", Dtype::F32, f32_bytes(&state.parameters))];
+    if let Some((m, v)) = &state.moments {
+        tensors.push(("adam.m", Dtype::F32, f32_bytes(m)));
+        tensors.push(("adam.v", Dtype::F32, f32_bytes(v)));
+    }
+    if let Some(e) = &state.epoch {
+        tensors.push(("epoch.order", Dtype::U32, u32_bytes(&e.order)));
+        tensors.push(("epoch.sample_loss", Dtype::F32, f32_bytes(&e.sample_loss)));
+        tensors.push((
+            "epoch.sample_correct",
+            Dtype::U32,
+            u32_bytes(&e.sample_correct),
+        ));
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, dtype, bytes)| {
+            TensorView::new(*dtype, vec![bytes.len() / 4], bytes).map(|view| (*name, view))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .expect("tensor shapes match their data");
+    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        problem: format!("could not serialise: {e}"),
+    })
+}
+
+/// Reads a checkpoint written by `save`, checking every tensor against the metadata.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bad = |problem: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
+    let metadata = header
+        .metadata()
+        .clone()
+        .ok_or_else(|| bad("no __metadata__: not a shadertrain checkpoint".into()))?;
+    if metadata.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(bad(format!(
+            "not a shadertrain checkpoint (format {:?}, expected {FORMAT:?})",
+            metadata.get("format")
+        )));
+    }
+    let meta = Metadata {
+        map: &metadata,
+        bad: &bad,
+    };
+    let (spec, dataset) = read_model_description(&metadata).map_err(bad)?;
+    let optimizer_name = meta.text("optimizer")?;
+    let optimizer = OptimizerKind::from_str(&optimizer_name, true)
+        .map_err(|_| bad(format!("unknown optimizer {optimizer_name:?}")))?;
+    let config = TrainConfig {
+        epochs: meta.value("epochs")?,
+        batch_size: meta.value("batch_size")?,
+        learning_rate: meta.value("learning_rate")?,
+        seed: meta.value("seed")?,
+        optimizer,
+        beta1: meta.value("beta1")?,
+        beta2: meta.value("beta2")?,
+        epsilon: meta.value("epsilon")?,
+        steps_per_submit: meta.value("steps_per_submit")?,
+        shuffle: meta.value("shuffle")?,
+        max_steps: meta.optional("max_steps")?,
+    };
+    config.validate().map_err(|e| bad(e.to_string()))?;
+    let run = RunDescription {
+        dataset,
+        spec,
+        config,
+        train_samples: meta.value("train_samples")?,
+        test_samples: meta.value("test_samples")?,
+    };
+
+    let parameter_count = run.spec.layout().total;
+    let tensors = Tensors {
+        file: &file,
+        bad: &bad,
+    };
+    let parameters = tensors.f32s("parameters", parameter_count)?;
+    let moments = match run.config.optimizer {
+        OptimizerKind::Adam => Some((
+            tensors.f32s("adam.m", parameter_count)?,
+            tensors.f32s("adam.v", parameter_count)?,
+        )),
+        OptimizerKind::Sgd => None,
+    };
+    let epoch = match meta.optional::<usize>("epoch_steps_taken")? {
+        None => None,
+        Some(steps_taken) => {
+            let order = tensors.u32s("epoch.order", run.train_samples)?;
+            let trained = file
+                .tensor("epoch.sample_loss")
+                .map(|t| t.shape().iter().product())
+                .unwrap_or(0);
+            Some(EpochState {
+                order,
+                steps_taken,
+                sample_loss: tensors.f32s("epoch.sample_loss", trained)?,
+                sample_correct: tensors.u32s("epoch.sample_correct", trained)?,
+            })
+        }
+    };
+    let expected_tensors =
+        1 + 2 * usize::from(moments.is_some()) + 3 * usize::from(epoch.is_some());
+    if file.len() != expected_tensors {
+        return Err(bad(format!(
+            "holds {} tensors, expected {expected_tensors}",
+            file.len()
+        )));
+    }
+    Ok(Checkpoint {
+        run,
+        adapter: meta.text("adapter")?,
+        checkpoint_every: meta.optional("checkpoint_every")?,
+        state: TrainingState {
+            parameters,
+            moments,
+            steps_done: meta.value("steps_done")?,
+            epochs_done: meta.value("epochs_done")?,
+            rng_state: meta.value("rng_state")?,
+            epoch,
+        },
+        last_epoch: metadata.get("last_epoch").cloned(),
+    })
+}
+
+/// Typed access to `__metadata__`, with errors that name the key.
+struct Metadata<'a> {
+    map: &'a HashMap<String, String>,
+    bad: &'a dyn Fn(String) -> Error,
+}
+
+impl Metadata<'_> {
+    fn text(&self, key: &str) -> Result<String> {
+        self.map
+            .get(key)
+            .cloned()
+            .ok_or_else(|| (self.bad)(format!("__metadata__ lacks {key:?}")))
+    }
+
+    fn value<T: FromStr>(&self, key: &str) -> Result<T> {
+        let text = self.text(key)?;
+        text.parse()
+            .map_err(|_| (self.bad)(format!("__metadata__ {key} = {text:?} is not valid")))
+    }
+
+    /// A value, or "none".
+    fn optional<T: FromStr>(&self, key: &str) -> Result<Option<T>> {
+        match self.text(key)?.as_str() {
+            "none" => Ok(None),
+            _ => self.value(key).map(Some),
+        }
+    }
+}
+
+/// Typed, length-checked access to the tensors.
+struct Tensors<'a> {
+    file: &'a SafeTensors<'a>,
+    bad: &'a dyn Fn(String) -> Error,
+}
+
+impl Tensors<'_> {
+    fn words(&self, name: &str, dtype: Dtype, len: usize) -> Result<Vec<[u8; 4]>> {
+        let view = self
+            .file
+            .tensor(name)
+            .map_err(|_| (self.bad)(format!("tensor {name} is missing")))?;
+        if view.dtype() != dtype || view.shape() != [len] {
+            return Err((self.bad)(format!(
+                "tensor {name} is {:?} {:?}, expected {dtype:?} [{len}]",
+                view.dtype(),
+                view.shape()
+            )));
+        }
+        Ok(view
+            .data()
+            .chunks_exact(4)
+            .map(|b| [b[0], b[1], b[2], b[3]])
+            .collect())
+    }
+
+    fn f32s(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        Ok(self
+            .words(name, Dtype::F32, len)?
+            .into_iter()
+            .map(f32::from_le_bytes)
+            .collect())
+    }
+
+    fn u32s(&self, name: &str, len: usize) -> Result<Vec<u32>> {
+        Ok(self
+            .words(name, Dtype::U32, len)?
+            .into_iter()
+            .map(u32::from_le_bytes)
+            .collect())
+    }
+}

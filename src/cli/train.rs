@@ -1,0 +1,423 @@
+//! `shadertrain train`: the epoch loop, with checkpoints, resuming, the progress bar and the
+//! metrics log around the library's `Trainer`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shadertrain::checkpoint::{self, Checkpoint, RunDescription};
+use shadertrain::data::DatasetKind;
+use shadertrain::failpoint;
+use shadertrain::gpu::{Gpu, Kernels};
+use shadertrain::model_file::{load_model, save_model};
+use shadertrain::train::{EpochMetrics, EpochProgress, Trainer};
+use shadertrain::{Error, Result};
+
+use crate::{Hidden, Recipe, TrainArgs, recipe};
+
+/// Where and how often checkpoints are written.
+struct CheckpointPlan {
+    dir: PathBuf,
+    every: Option<u64>,
+    keep: usize,
+}
+
+/// `given(id)` tells whether the flag with that clap id was on the command line: on resume,
+/// flags not given take the checkpoint's values.
+pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
+    check_output_folders(&args)?;
+    let resumed = match &args.resume {
+        Some(dir) => newest_checkpoint(dir)?,
+        None => None,
+    };
+    if let Some((_, saved)) = &resumed {
+        take_unset_flags_from(&mut args, saved, given);
+    }
+    let plan = checkpoint_plan(&args, resumed.as_ref().map(|(_, c)| c), given)?;
+    let Recipe {
+        data_dir,
+        train_set,
+        test_set,
+        spec,
+        config,
+    } = recipe(&args)?;
+    let run = RunDescription {
+        dataset: args.dataset,
+        spec: spec.clone(),
+        config: config.clone(),
+        train_samples: train_set.samples(),
+        test_samples: test_set.samples(),
+    };
+    if let Some((path, saved)) = &resumed {
+        let contradictions = saved.run.contradictions(&run);
+        if !contradictions.is_empty() {
+            return Err(Error::Config(format!(
+                "--resume: this run contradicts the checkpoint {}:\n  {}\n(leave those flags out \
+                 to continue with the checkpoint's values)",
+                path.display(),
+                contradictions.join("\n  ")
+            )));
+        }
+    }
+    // Checked before any work, like the output paths.
+    let init = match &args.init {
+        Some(path) => {
+            let saved = load_model(path)?;
+            if saved.spec.widths() != spec.widths() {
+                return Err(Error::Config(format!(
+                    "--init {}: its layer sizes {:?} differ from the model being trained, {:?}",
+                    path.display(),
+                    saved.spec.widths(),
+                    spec.widths()
+                )));
+            }
+            Some((path, saved.params))
+        }
+        None => None,
+    };
+
+    let gpu = Gpu::open(&args.adapter.request())?;
+    let kernels = Kernels::new(&gpu);
+    println!("adapter: {}", gpu.adapter_name());
+    println!(
+        "data: {} from {} ({} training, {} test samples; classes {})",
+        args.dataset.name(),
+        data_dir.display(),
+        train_set.samples(),
+        test_set.samples(),
+        args.dataset.class_names().join(", ")
+    );
+    println!(
+        "model: {}  activation {:?}, loss {:?}, optimizer {:?} (lr {}), batch {}, seed {}",
+        spec.widths()
+            .iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+            .join("-"),
+        spec.activation,
+        spec.loss,
+        config.optimizer,
+        config.learning_rate,
+        config.batch_size,
+        config.seed
+    );
+    let epochs = config.epochs;
+    let mut trainer = Trainer::new(&gpu, &kernels, spec, config, &train_set, &test_set)?;
+    // The data lives on the GPU now.
+    drop((train_set, test_set));
+    if let Some((path, params)) = init {
+        trainer.set_parameters(&params)?;
+        println!("initialised from {}", path.display());
+    }
+    if let Some((path, saved)) = &resumed {
+        trainer.restore(&saved.state)?;
+        println!("{}", resume_summary(path, saved, &trainer));
+        if saved.adapter != gpu.adapter_name() {
+            println!(
+                "note: the checkpoint was trained on {}; continuing on another adapter can differ \
+                 from the uninterrupted run in the last bits",
+                saved.adapter
+            );
+        }
+        if let (Some(log), Some(record)) = (&args.metrics, &saved.last_epoch) {
+            log_epoch_if_missing(log, saved.state.epochs_done, record)?;
+        }
+    }
+    if let Some(plan) = &plan {
+        println!(
+            "checkpoints: {} (at each epoch end{}; the newest {} kept)",
+            plan.dir.display(),
+            plan.every
+                .map(|n| format!(" and every {n} steps"))
+                .unwrap_or_default(),
+            plan.keep
+        );
+    }
+
+    println!(
+        "{:>5} {:>10} {:>9} {:>10} {:>9} {:>8} {:>10}",
+        "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "samples/s"
+    );
+    let checkpoint_of = |trainer: &Trainer, last_epoch: Option<String>| -> Result<Checkpoint> {
+        Ok(Checkpoint {
+            run: run.clone(),
+            adapter: gpu.adapter_name(),
+            checkpoint_every: plan.as_ref().and_then(|p| p.every),
+            state: trainer.state()?,
+            last_epoch,
+        })
+    };
+    let mut epochs_run = 0;
+    while trainer.epochs_done() < epochs && !trainer.finished() {
+        epochs_run += 1;
+        if trainer.epoch_position().is_none() {
+            trainer.start_epoch()?;
+        }
+        let bar = progress_bar(&trainer);
+        let bar_start = (
+            Instant::now(),
+            trainer.epoch_position().map_or(0, |(taken, _)| taken),
+        );
+        let mut show = |p: EpochProgress| {
+            if let Some(bar) = &bar {
+                let rate =
+                    (p.steps_done - bar_start.1) as f64 / bar_start.0.elapsed().as_secs_f64();
+                bar.set_position(p.steps_done as u64);
+                bar.set_message(format!("{rate:.1} steps/s  loss {:.4}", p.running_loss));
+            }
+        };
+        while let Some((taken, total)) = trainer.epoch_position()
+            && taken < total
+        {
+            let every = plan.as_ref().and_then(|p| p.every);
+            let to_boundary = every.map_or(usize::MAX, |n| (n - trainer.steps_done() % n) as usize);
+            trainer.train(
+                to_boundary,
+                bar.is_some()
+                    .then_some(&mut show as &mut dyn FnMut(EpochProgress)),
+            )?;
+            // An epoch's last step is followed by its end-of-epoch checkpoint instead.
+            if let (Some(plan), Some(n), Some((taken, total))) =
+                (&plan, every, trainer.epoch_position())
+                && trainer.steps_done().is_multiple_of(n)
+                && taken < total
+            {
+                checkpoint::save(&plan.dir, &checkpoint_of(&trainer, None)?, plan.keep)?;
+            }
+        }
+        let m = trainer.end_epoch()?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        failpoint::reach(failpoint::EPOCH_END);
+        let record = epoch_record(args.dataset, &m);
+        if let Some(plan) = &plan {
+            let checkpoint = checkpoint_of(&trainer, Some(record.clone()))?;
+            checkpoint::save(&plan.dir, &checkpoint, plan.keep)?;
+        }
+        if let Some(path) = &args.metrics {
+            shadertrain::files::append_line_atomically(path, &record)?;
+        }
+        print_epoch(&m);
+    }
+    if resumed.is_some() && epochs_run == 0 {
+        println!(
+            "nothing left to train: the run had finished ({} epochs, {} steps)",
+            trainer.epochs_done(),
+            trainer.steps_done()
+        );
+    }
+    if let Some(path) = &args.save {
+        let params = trainer.parameters()?;
+        save_model(path, trainer.spec(), &params, args.dataset)?;
+        println!("saved the model to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Fail before training, not after, when an output cannot be written.
+fn check_output_folders(args: &TrainArgs) -> Result<()> {
+    for (flag, path) in [("--save", &args.save), ("--metrics", &args.metrics)] {
+        if let Some(path) = path
+            && let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+            && !parent.is_dir()
+        {
+            return Err(Error::Config(format!(
+                "{flag} {}: the folder {} does not exist",
+                path.display(),
+                parent.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The newest checkpoint in `dir` and its path; None when the folder has none yet (a run
+/// killed before its first checkpoint starts over).
+fn newest_checkpoint(dir: &Path) -> Result<Option<(PathBuf, Checkpoint)>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    match checkpoint::newest(dir)? {
+        Some(path) => {
+            let saved = checkpoint::load(&path)?;
+            Ok(Some((path, saved)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Fills every training flag not given on the command line with the checkpoint's value.
+fn take_unset_flags_from(args: &mut TrainArgs, saved: &Checkpoint, given: &dyn Fn(&str) -> bool) {
+    let run = &saved.run;
+    let c = &run.config;
+    let unset = |id: &str| !given(id);
+    if unset("dataset") {
+        args.dataset = run.dataset;
+    }
+    if unset("hidden") {
+        args.hidden = Hidden(run.spec.hidden.clone());
+    }
+    if unset("activation") {
+        args.activation = run.spec.activation;
+    }
+    if unset("loss") {
+        args.loss = run.spec.loss;
+    }
+    if unset("optimizer") {
+        args.optimizer = c.optimizer;
+    }
+    if unset("lr") {
+        args.lr = Some(c.learning_rate);
+    }
+    if unset("batch_size") {
+        args.batch_size = c.batch_size;
+    }
+    if unset("seed") {
+        args.seed = c.seed;
+    }
+    if unset("no_shuffle") {
+        args.no_shuffle = !c.shuffle;
+    }
+    if unset("epochs") {
+        args.epochs = c.epochs;
+    }
+    if unset("max_steps") {
+        args.max_steps = c.max_steps;
+    }
+}
+
+/// Where checkpoints go: --checkpoint-dir, else the folder resumed from. Creates the folder,
+/// removes what killed writes left there, and refuses to mix a new run into another's folder.
+fn checkpoint_plan(
+    args: &TrainArgs,
+    resumed: Option<&Checkpoint>,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<Option<CheckpointPlan>> {
+    let every = if given("checkpoint_every") {
+        args.checkpoint_every
+    } else {
+        args.checkpoint_every
+            .or(resumed.and_then(|c| c.checkpoint_every))
+    };
+    let Some(dir) = args.checkpoint_dir.clone().or(args.resume.clone()) else {
+        if every.is_some() {
+            return Err(Error::Config(
+                "--checkpoint-every needs --checkpoint-dir (or --resume) to say where".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    checkpoint::remove_temporary_files(&dir)?;
+    if resumed.is_none()
+        && let Some(existing) = checkpoint::newest(&dir)?
+        && args.resume.is_none()
+    {
+        return Err(Error::Config(format!(
+            "--checkpoint-dir {}: it already holds checkpoints of a run (newest {}); continue that \
+             run with --resume {}, or give an empty folder",
+            dir.display(),
+            existing.display(),
+            dir.display()
+        )));
+    }
+    if args.keep_checkpoints == 0 {
+        return Err(Error::Config(
+            "--keep-checkpoints must be at least 1".into(),
+        ));
+    }
+    Ok(Some(CheckpointPlan {
+        dir,
+        every,
+        keep: args.keep_checkpoints,
+    }))
+}
+
+fn resume_summary(path: &Path, saved: &Checkpoint, trainer: &Trainer) -> String {
+    let state = &saved.state;
+    let position = match trainer.epoch_position() {
+        Some((taken, total)) => format!(
+            "in epoch {}, step {taken} of {total}",
+            state.epochs_done + 1
+        ),
+        None => format!("after epoch {}", state.epochs_done),
+    };
+    format!(
+        "resumed from {} ({position}; {} steps done)",
+        path.display(),
+        state.steps_done
+    )
+}
+
+/// A bar for the epoch under way when stderr is a terminal; None otherwise (logs get one line
+/// per epoch, on stdout).
+fn progress_bar(trainer: &Trainer) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let (taken, total) = trainer.epoch_position()?;
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} [{bar:20}] {pos}/{len}  {msg}  ETA {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix((trainer.epochs_done() + 1).to_string());
+    bar.set_position(taken as u64);
+    Some(bar)
+}
+
+fn print_epoch(m: &EpochMetrics) {
+    println!(
+        "{:>5} {:>10.4} {:>8.2}% {:>10.4} {:>8.2}% {:>8.2} {:>10.0}",
+        m.epoch,
+        m.train_loss,
+        100.0 * m.train_accuracy,
+        m.test_loss,
+        100.0 * m.test_accuracy,
+        m.seconds,
+        m.samples_per_second
+    );
+}
+
+/// The epoch's line in the --metrics log: every printed figure and a timestamp.
+fn epoch_record(dataset: DatasetKind, m: &EpochMetrics) -> String {
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    serde_json::json!({
+        "timestamp_unix_s": timestamp,
+        "dataset": dataset.name(),
+        "epoch": m.epoch,
+        "train_samples": m.train_samples,
+        "train_loss": m.train_loss,
+        "train_accuracy": m.train_accuracy,
+        "test_loss": m.test_loss,
+        "test_accuracy": m.test_accuracy,
+        "seconds": m.seconds,
+        "samples_per_second": m.samples_per_second,
+    })
+    .to_string()
+}
+
+/// A run killed after its end-of-epoch checkpoint but before logging the epoch logs it on resume.
+fn log_epoch_if_missing(log: &Path, epochs_done: usize, record: &str) -> Result<()> {
+    let logged = match std::fs::read_to_string(log) {
+        Ok(text) => text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|value| value["epoch"].as_u64())
+            .max()
+            .unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(Error::io(log, e)),
+    };
+    if (logged as usize) < epochs_done {
+        shadertrain::files::append_line_atomically(log, record)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! The trainer's state: taken mid-epoch or between epochs and restored into a fresh trainer, it
+//! continues the run bit for bit; the progress reads report the running metrics without
+//! changing the run.
+
+mod common;
+
+use common::{gpu, kernels, random_dataset};
+use shadertrain::data::Dataset;
+use shadertrain::model::{Activation, Loss, ModelSpec};
+use shadertrain::rng::Rng;
+use shadertrain::train::{EpochMetrics, EpochProgress, OptimizerKind, TrainConfig, Trainer};
+
+fn spec() -> ModelSpec {
+    ModelSpec {
+        inputs: 12,
+        hidden: vec![9, 6],
+        classes: 4,
+        activation: Activation::Relu,
+        loss: Loss::Xent,
+    }
+}
+
+fn config(optimizer: OptimizerKind) -> TrainConfig {
+    TrainConfig {
+        // 70 samples in batches of 16: four full batches and a partial one per epoch.
+        batch_size: 16,
+        learning_rate: 0.01,
+        optimizer,
+        seed: 3,
+        steps_per_submit: 2,
+        ..TrainConfig::default()
+    }
+}
+
+fn data() -> (Dataset, Dataset) {
+    let mut rng = Rng::new(21);
+    (
+        random_dataset(&mut rng, 70, 12, 4),
+        random_dataset(&mut rng, 30, 12, 4),
+    )
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Everything an epoch reports except its timing.
+fn figures(m: &EpochMetrics) -> [u64; 5] {
+    [
+        m.train_samples as u64,
+        m.train_loss.to_bits(),
+        m.train_accuracy.to_bits(),
+        m.test_loss.to_bits(),
+        m.test_accuracy.to_bits(),
+    ]
+}
+
+#[test]
+fn a_restored_state_continues_the_run_bit_for_bit() {
+    let (train, test) = data();
+    for optimizer in [OptimizerKind::Adam, OptimizerKind::Sgd] {
+        let mut straight =
+            Trainer::new(gpu(), kernels(), spec(), config(optimizer), &train, &test).unwrap();
+        let expected: Vec<[u64; 5]> = (0..3)
+            .map(|_| figures(&straight.run_epoch().unwrap()))
+            .collect();
+        let expected_params = bits(&straight.parameters().unwrap());
+
+        // Stop 3 steps into epoch 2, and again between epochs 2 and 3, each time carrying on
+        // in a new trainer from the state alone.
+        let new_trainer =
+            || Trainer::new(gpu(), kernels(), spec(), config(optimizer), &train, &test).unwrap();
+        let mut first = new_trainer();
+        first.run_epoch().unwrap();
+        first.start_epoch().unwrap();
+        first.train(3, None).unwrap();
+        let mid_epoch = first.state().unwrap();
+        assert_eq!(mid_epoch.steps_done, 5 + 3);
+        assert_eq!(mid_epoch.epoch.as_ref().unwrap().steps_taken, 3);
+        assert_eq!(mid_epoch.epoch.as_ref().unwrap().sample_loss.len(), 48);
+        drop(first);
+
+        let mut second = new_trainer();
+        second.restore(&mid_epoch).unwrap();
+        assert_eq!(second.epoch_position(), Some((3, 5)));
+        assert_eq!(
+            figures(&second.run_epoch().unwrap()),
+            expected[1],
+            "{optimizer:?} epoch 2"
+        );
+        let between_epochs = second.state().unwrap();
+        assert!(between_epochs.epoch.is_none());
+        drop(second);
+
+        let mut third = new_trainer();
+        third.restore(&between_epochs).unwrap();
+        assert_eq!(
+            figures(&third.run_epoch().unwrap()),
+            expected[2],
+            "{optimizer:?} epoch 3"
+        );
+        assert_eq!(
+            bits(&third.parameters().unwrap()),
+            expected_params,
+            "{optimizer:?} parameters after 3 epochs"
+        );
+    }
+}
+
+#[test]
+fn a_state_that_does_not_fit_the_trainer_is_refused() {
+    let (train, test) = data();
+    let mut trainer = Trainer::new(
+        gpu(),
+        kernels(),
+        spec(),
+        config(OptimizerKind::Adam),
+        &train,
+        &test,
+    )
+    .unwrap();
+    trainer.start_epoch().unwrap();
+    trainer.train(2, None).unwrap();
+    let state = trainer.state().unwrap();
+
+    let mut short = state.clone();
+    short.parameters.pop();
+    let mut not_a_permutation = state.clone();
+    not_a_permutation.epoch.as_mut().unwrap().order[0] = 70;
+    let mut no_moments = state.clone();
+    no_moments.moments = None;
+    let mut too_far = state.clone();
+    too_far.epoch.as_mut().unwrap().steps_taken = 6;
+    for (bad, expected) in [
+        (short, "parameters"),
+        (not_a_permutation, "permutation"),
+        (no_moments, "Adam moments"),
+        (too_far, "steps"),
+    ] {
+        let error = trainer.restore(&bad).unwrap_err().to_string();
+        assert!(error.contains(expected), "{error}");
+    }
+    // Nothing was changed by the refused states.
+    assert_eq!(trainer.state().unwrap(), state);
+}
+
+#[test]
+fn progress_reports_the_running_metrics_and_leaves_the_run_unchanged() {
+    let (train, test) = data();
+    let make = || {
+        Trainer::new(
+            gpu(),
+            kernels(),
+            spec(),
+            config(OptimizerKind::Adam),
+            &train,
+            &test,
+        )
+        .unwrap()
+    };
+    let mut plain = make();
+    let expected = plain.run_epoch().unwrap();
+
+    let mut watched = make();
+    watched.start_epoch().unwrap();
+    let mut reports: Vec<EpochProgress> = Vec::new();
+    watched
+        .train(usize::MAX, Some(&mut |p| reports.push(p)))
+        .unwrap();
+    let metrics = watched.end_epoch().unwrap();
+    assert_eq!(figures(&metrics), figures(&expected));
+    assert_eq!(
+        bits(&watched.parameters().unwrap()),
+        bits(&plain.parameters().unwrap())
+    );
+    // One report per submission of 2 steps, in order, the last over the whole epoch.
+    let steps: Vec<usize> = reports.iter().map(|p| p.steps_done).collect();
+    assert_eq!(steps, [2, 4, 5]);
+    assert!(reports.iter().all(|p| p.epoch == 1 && p.steps == 5));
+    let last = reports.last().unwrap();
+    assert_eq!(last.running_loss.to_bits(), metrics.train_loss.to_bits());
+    assert_eq!(last.running_accuracy, metrics.train_accuracy);
+    assert_eq!(metrics.work.readbacks, 1);
+    assert_eq!(metrics.work.progress_reads, 3);
+    assert_eq!(metrics.work.submits, expected.work.submits);
+}
