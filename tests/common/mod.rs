@@ -58,3 +58,40 @@ pub fn random_dataset(rng: &mut Rng, samples: usize, features: usize, classes: u
     let labels = (0..samples).map(|_| rng.below(classes) as u8).collect();
     Dataset::new(features, classes, pixels, labels).unwrap()
 }
+
+/// A folder holding the first `train` training and `test` test samples of MNIST as raw IDX
+/// files: a dataset for whole-program runs that must be quick.
+pub fn small_mnist(train: usize, test: usize) -> tempfile::TempDir {
+    use shadertrain::data::{Split, idx::encode_idx_u8};
+    let dir = tempfile::tempdir().unwrap();
+    for (split, count, images, labels) in [
+        (
+            Split::Train,
+            train,
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+        ),
+        (
+            Split::Test,
+            test,
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ),
+    ] {
+        let data = Dataset::load_mnist(&mnist_dir(), split)
+            .unwrap()
+            .truncated(count);
+        let samples = data.samples();
+        std::fs::write(
+            dir.path().join(images),
+            encode_idx_u8(&[samples, 28, 28], &data.pixels),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(labels),
+            encode_idx_u8(&[samples], &data.labels),
+        )
+        .unwrap();
+    }
+    dir
+}

@@ -1,0 +1,298 @@
+//! Checkpoints and `train --resume` through the program itself: a run SIGKILLed at several
+//! moments (in the middle of writing a checkpoint, between an epoch's evaluation and its
+//! checkpoint, at an arbitrary moment) and resumed each time ends with the weights of the
+//! uninterrupted run, bit for bit, and logs each epoch once with the same figures.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::small_mnist;
+use shadertrain::checkpoint;
+use shadertrain::failpoint::{EPOCH_END, FILE_WRITE, STALL_ENV};
+use shadertrain::model_file::load_model;
+
+/// 2000 samples in batches of 64: 32 steps per epoch, the last one of 16 samples; with a
+/// checkpoint every 7 steps, an epoch writes four checkpoints inside it and one at its end.
+const RECIPE: [&str; 10] = [
+    "--hidden",
+    "32",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "3",
+    "--lr",
+    "0.002",
+    "--seed",
+    "9",
+];
+
+struct Run {
+    data: PathBuf,
+    checkpoints: PathBuf,
+    metrics: PathBuf,
+}
+
+impl Run {
+    /// `train` with the recipe's flags and `extra`.
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut command = self.bare_command(extra);
+        command.args(RECIPE);
+        command
+    }
+
+    /// `train` with only the data, the metrics log and `extra`.
+    fn bare_command(&self, extra: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shadertrain"));
+        command
+            .arg("train")
+            .arg("--offline")
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--metrics")
+            .arg(&self.metrics)
+            .args(extra)
+            .env_remove("SHADERTRAIN_DATA")
+            .env_remove(STALL_ENV);
+        command
+    }
+
+    /// Starts the run, lets it reach the `n`-th pass through `point`, where it stalls, and
+    /// SIGKILLs it there.
+    fn kill_at(&self, extra: &[&str], point: &str, n: usize) {
+        let mut child = self
+            .command(extra)
+            .env(STALL_ENV, format!("{point}:{n}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = Vec::new();
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if line == format!("stalled at {point}") {
+                sigkill(child);
+                return;
+            }
+            seen.push(line);
+        }
+        panic!(
+            "the run ended without reaching {point} #{n}: {:?}; stderr: {seen:?}",
+            child.wait()
+        );
+    }
+
+    fn checkpoint_steps(&self) -> Vec<u64> {
+        checkpoint::list(&self.checkpoints)
+            .unwrap()
+            .into_iter()
+            .map(|(steps, _)| steps)
+            .collect()
+    }
+
+    fn temporary_files(&self) -> usize {
+        std::fs::read_dir(&self.checkpoints)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".shadertrain-")
+            })
+            .count()
+    }
+}
+
+fn sigkill(mut child: Child) {
+    // Child::kill sends SIGKILL on Unix.
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn run_to_completion(mut command: Command) -> String {
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The figures of each logged epoch, without the clock's.
+fn logged_epochs(metrics: &Path) -> Vec<String> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let fields = record.as_object_mut().unwrap();
+            for clock in ["timestamp_unix_s", "seconds", "samples_per_second"] {
+                fields.remove(clock);
+            }
+            record.to_string()
+        })
+        .collect()
+}
+
+fn parameter_bits(model: &Path) -> Vec<u32> {
+    load_model(model)
+        .unwrap()
+        .params
+        .iter()
+        .map(|p| p.to_bits())
+        .collect()
+}
+
+#[test]
+fn a_run_killed_at_any_moment_resumes_to_the_same_weights_bit_for_bit() {
+    let data = small_mnist(2000, 500);
+    let work = tempfile::tempdir().unwrap();
+    let reference = Run {
+        data: data.path().to_path_buf(),
+        checkpoints: work.path().join("unused"),
+        metrics: work.path().join("reference.jsonl"),
+    };
+    let reference_model = work.path().join("reference.safetensors");
+    run_to_completion(reference.command(&["--save", reference_model.to_str().unwrap()]));
+
+    let run = Run {
+        data: data.path().to_path_buf(),
+        checkpoints: work.path().join("checkpoints"),
+        metrics: work.path().join("resumed.jsonl"),
+    };
+    let dir = run.checkpoints.to_str().unwrap();
+    let resume = ["--resume", dir];
+
+    // 1. Killed while writing its third checkpoint (after step 21): half of it is in a
+    //    temporary file, and the two before it are complete.
+    run.kill_at(
+        &["--checkpoint-dir", dir, "--checkpoint-every", "7"],
+        FILE_WRITE,
+        3,
+    );
+    assert_eq!(run.checkpoint_steps(), [7, 14]);
+    assert_eq!(run.temporary_files(), 1);
+
+    // 2. Resumed from step 14 (the flags come from the checkpoint), and killed after epoch
+    //    2's evaluation, before its checkpoint: the newest is from step 63 of 64.
+    run.kill_at(&resume, EPOCH_END, 2);
+    assert_eq!(run.temporary_files(), 0, "the resumed run cleans up");
+    assert_eq!(run.checkpoint_steps(), [56, 63]);
+
+    // 3. Resumed and killed at an arbitrary moment after its first new checkpoint.
+    let mut child = run
+        .command(&resume)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while run.checkpoint_steps().last() < Some(&70) {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no new checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sigkill(child);
+    child = run
+        .command(&resume)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    sigkill(child);
+
+    // 4. Resumed to the end.
+    let resumed_model = work.path().join("resumed.safetensors");
+    let stdout = run_to_completion(run.command(&[
+        "--resume",
+        dir,
+        "--save",
+        resumed_model.to_str().unwrap(),
+    ]));
+    assert!(stdout.contains("resumed from"), "{stdout}");
+
+    assert_eq!(
+        parameter_bits(&resumed_model),
+        parameter_bits(&reference_model),
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+    assert_eq!(
+        logged_epochs(&run.metrics),
+        logged_epochs(&reference.metrics)
+    );
+    assert_eq!(logged_epochs(&run.metrics).len(), 3);
+
+    // Resuming a finished run trains nothing and says so.
+    let stdout = run_to_completion(run.command(&resume));
+    assert!(stdout.contains("nothing left to train"), "{stdout}");
+}
+
+fn failure(mut command: Command) -> String {
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn resuming_refuses_a_contradicting_run_and_unreadable_checkpoints() {
+    let data = small_mnist(300, 100);
+    let work = tempfile::tempdir().unwrap();
+    let run = Run {
+        data: data.path().to_path_buf(),
+        checkpoints: work.path().join("checkpoints"),
+        metrics: work.path().join("metrics.jsonl"),
+    };
+    let dir = run.checkpoints.to_str().unwrap();
+    run_to_completion(run.command(&["--checkpoint-dir", dir, "--max-steps", "3"]));
+    assert_eq!(run.checkpoint_steps(), [3]);
+
+    // Flags left out take the checkpoint's values (its --hidden is not the default); flags
+    // given must agree.
+    let stderr = failure(run.bare_command(&["--resume", dir, "--hidden", "64", "--seed", "1"]));
+    for expected in ["layer sizes", "784-32-10", "784-64-10", "seed", "--resume"] {
+        assert!(stderr.contains(expected), "{expected:?} missing: {stderr}");
+    }
+    let stderr = failure(run.bare_command(&["--resume", dir, "--dataset", "fashion-mnist"]));
+    assert!(
+        stderr.contains("dataset") && stderr.contains("fashion-mnist"),
+        "{stderr}"
+    );
+    let stderr = failure(run.command(&["--checkpoint-dir", dir]));
+    assert!(
+        stderr.contains("already holds checkpoints") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    let stderr = failure(run.command(&["--checkpoint-every", "5"]));
+    assert!(stderr.contains("--checkpoint-dir"), "{stderr}");
+
+    // A newer checkpoint that is damaged is an error naming it, not a silent fallback.
+    let newest = checkpoint::path_for(&run.checkpoints, 3);
+    let bytes = std::fs::read(&newest).unwrap();
+    for (name, damaged) in [
+        ("truncated", bytes[..bytes.len() / 2].to_vec()),
+        ("garbage", b"not a checkpoint at all".to_vec()),
+    ] {
+        std::fs::write(checkpoint::path_for(&run.checkpoints, 4), &damaged).unwrap();
+        let stderr = failure(run.command(&["--resume", dir]));
+        assert!(
+            stderr.contains("step-0000000004.safetensors") && !stderr.contains("panicked"),
+            "{name}: {stderr}"
+        );
+    }
+    // A model file is not a checkpoint.
+    let model = work.path().join("model.safetensors");
+    run_to_completion(run.command(&["--max-steps", "1", "--save", model.to_str().unwrap()]));
+    std::fs::copy(&model, checkpoint::path_for(&run.checkpoints, 4)).unwrap();
+    let stderr = failure(run.command(&["--resume", dir]));
+    assert!(stderr.contains("not a shadertrain checkpoint"), "{stderr}");
+}
