@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::gpu::uniforms::MatmulDims;
-use crate::gpu::{Gpu, Kernels};
+use crate::gpu::{Gpu, Kernels, MatmulVariant};
 use crate::model::ModelSpec;
 
 /// One matmul of a training step, timed alone.
@@ -18,7 +18,38 @@ pub struct MatmulShape {
     pub m: u32,
     pub n: u32,
     pub k: u32,
+    /// The variant the training step runs it on, and its rate.
+    pub variant: MatmulVariant,
     pub gflops: f64,
+    /// Each variant's rate (None where it cannot compute the shape).
+    pub tiled_gflops: Option<f64>,
+    pub registers_gflops: Option<f64>,
+}
+
+/// Times `dims` with every variant; reports the one the step uses.
+pub fn measure_matmul(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    name: String,
+    dims: &MatmulDims,
+) -> Result<MatmulShape> {
+    let tiled_gflops = matmul_gflops(gpu, kernels, MatmulVariant::Tiled, dims)?;
+    let registers_gflops = matmul_gflops(gpu, kernels, MatmulVariant::Registers, dims)?;
+    let variant = kernels.matmul.for_dims(dims).variant;
+    let gflops = match variant {
+        MatmulVariant::Tiled => tiled_gflops,
+        MatmulVariant::Registers => registers_gflops,
+    };
+    Ok(MatmulShape {
+        name,
+        m: dims.m,
+        n: dims.n,
+        k: dims.k,
+        variant,
+        gflops: gflops.expect("the chosen variant computes the shape"),
+        tiled_gflops,
+        registers_gflops,
+    })
 }
 
 /// The three products of every dense layer for a batch of `rows` (no input gradient for the
@@ -96,8 +127,17 @@ fn time_dispatches(
     Ok(best / repeats as f64)
 }
 
-/// GFLOP/s of one matmul shape alone, on buffers of random contents.
-pub fn matmul_gflops(gpu: &Gpu, kernels: &Kernels, dims: &MatmulDims) -> Result<f64> {
+/// GFLOP/s of one matmul shape alone with `variant` (None if it cannot compute it), on buffers
+/// of constant contents.
+pub fn matmul_gflops(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    variant: MatmulVariant,
+    dims: &MatmulDims,
+) -> Result<Option<f64>> {
+    let Some(chosen) = kernels.matmul.with_variant(dims, variant) else {
+        return Ok(None);
+    };
     let lhs_len = dims.lhs_index(dims.m as usize - 1, dims.k as usize - 1) + 1;
     let rhs_len = dims.rhs_index(dims.k as usize - 1, dims.n as usize - 1) + 1;
     let out_len = dims.out_index(dims.m as usize - 1, dims.n as usize - 1) + 1;
@@ -105,7 +145,7 @@ pub fn matmul_gflops(gpu: &Gpu, kernels: &Kernels, dims: &MatmulDims) -> Result<
     let rhs = gpu.storage_with("bench rhs", &vec![0.25f32; rhs_len])?;
     let out = gpu.storage_buffer("bench out", (out_len * 4) as u64)?;
     let uniform = gpu.params_with("bench dims", dims);
-    let bind_group = kernels.matmul.bind(
+    let bind_group = chosen.kernel.bind(
         gpu,
         &[
             uniform.as_entire_binding(),
@@ -114,9 +154,8 @@ pub fn matmul_gflops(gpu: &Gpu, kernels: &Kernels, dims: &MatmulDims) -> Result<
             out.as_entire_binding(),
         ],
     );
-    let grid = kernels.matmul_tiling.grid(dims.m, dims.n);
-    let seconds = time_dispatches(gpu, &kernels.matmul.pipeline, &bind_group, grid, 0.2)?;
-    Ok(flops(dims) / seconds / 1e9)
+    let seconds = time_dispatches(gpu, &chosen.kernel.pipeline, &bind_group, chosen.grid, 0.2)?;
+    Ok(Some(flops(dims) / seconds / 1e9))
 }
 
 /// The adapter's vec4 FMA rate (GFLOP/s) from `shaders/peak.wgsl`.

@@ -5,7 +5,7 @@
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
-use crate::gpu::{Gpu, Kernels, ops};
+use crate::gpu::{Gpu, Kernels, MatmulVariant, ops};
 use crate::model::{Activation, DenseLayer, LayerActivation, Loss};
 use crate::reference::{self, worst_element};
 use crate::rng::Rng;
@@ -70,6 +70,11 @@ impl Tally {
         }
     }
 
+    fn fail(&mut self, case: &str, problem: &str) {
+        self.worst_ratio = f64::INFINITY;
+        self.worst = format!("{case}: {problem}");
+    }
+
     fn finish(self) -> CheckResult {
         CheckResult {
             name: self.name,
@@ -79,12 +84,23 @@ impl Tally {
     }
 }
 
+/// (M, N, K) for the tiled kernel: any shape.
 const MATMUL_SHAPES: [(usize, usize, usize); 5] = [
     (1, 1, 1),
     (7, 13, 5),
     (3, 65, 129),
     (64, 64, 16),
     (129, 785, 257),
+];
+
+/// (M, N, K) for the register kernels: N and K in multiples of 4, M (and, in the dense-layer
+/// products, the batch) anything; none a multiple of the 8×8 block or of a workgroup's 64×64.
+const REGISTER_SHAPES: [(usize, usize, usize); 5] = [
+    (1, 4, 4),
+    (7, 12, 20),
+    (3, 68, 132),
+    (64, 64, 16),
+    (129, 788, 260),
 ];
 
 const ACTIVATIONS: [LayerActivation; 4] = [
@@ -99,9 +115,11 @@ fn random_vec(rng: &mut Rng, len: usize, low: f32, high: f32) -> Vec<f32> {
 }
 
 /// Names of the checks, in the order `run` performs them.
-pub const CHECKS: [&str; 9] = [
-    "matmul",
-    "matmul dense-layer products",
+pub const CHECKS: [&str; 11] = [
+    "matmul (tiled)",
+    "matmul dense-layer products (tiled)",
+    "matmul (registers)",
+    "matmul dense-layer products (registers)",
     "bias + activation forward",
     "activation backward + bias gradient",
     "softmax losses",
@@ -116,60 +134,17 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
     let mut rng = Rng::new(0x5e1f_7e57);
     let mut tally = Tally::new(name);
     match name {
-        "matmul" => {
-            for (m, n, k) in MATMUL_SHAPES {
-                let dims = MatmulDims::plain(m, n, k);
-                check_matmul(
-                    gpu,
-                    kernels,
-                    &mut tally,
-                    &format!("{m}x{n}x{k}"),
-                    dims,
-                    [m * k, k * n, m * n],
-                    &mut rng,
-                )?;
-            }
+        "matmul (tiled)" => {
+            check_plain_matmuls(gpu, kernels, &mut tally, MatmulVariant::Tiled, &mut rng)?;
         }
-        "matmul dense-layer products" => {
-            for (rows, outputs, inputs) in MATMUL_SHAPES {
-                // The weight sits inside a larger flat buffer, as in training.
-                let layer = DenseLayer {
-                    inputs,
-                    outputs,
-                    weight_offset: 37,
-                    bias_offset: 37 + inputs * outputs,
-                };
-                let params = 37 + inputs * outputs + outputs + 11;
-                let shape = format!("rows {rows}, {inputs}->{outputs}");
-                let cases = [
-                    (
-                        "forward",
-                        MatmulDims::layer_forward(rows, &layer),
-                        [rows * inputs, params, rows * outputs],
-                    ),
-                    (
-                        "weight grad",
-                        MatmulDims::layer_weight_grad(rows, &layer),
-                        [rows * inputs, rows * outputs, params],
-                    ),
-                    (
-                        "input grad",
-                        MatmulDims::layer_input_grad(rows, &layer),
-                        [rows * outputs, params, rows * inputs],
-                    ),
-                ];
-                for (what, dims, lens) in cases {
-                    check_matmul(
-                        gpu,
-                        kernels,
-                        &mut tally,
-                        &format!("{what} {shape}"),
-                        dims,
-                        lens,
-                        &mut rng,
-                    )?;
-                }
-            }
+        "matmul dense-layer products (tiled)" => {
+            check_layer_matmuls(gpu, kernels, &mut tally, MatmulVariant::Tiled, &mut rng)?;
+        }
+        "matmul (registers)" => {
+            check_plain_matmuls(gpu, kernels, &mut tally, MatmulVariant::Registers, &mut rng)?;
+        }
+        "matmul dense-layer products (registers)" => {
+            check_layer_matmuls(gpu, kernels, &mut tally, MatmulVariant::Registers, &mut rng)?;
         }
         "bias + activation forward" => {
             for activation in ACTIVATIONS {
@@ -330,10 +305,91 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
     Ok(tally.finish())
 }
 
+fn shapes_for(variant: MatmulVariant) -> [(usize, usize, usize); 5] {
+    match variant {
+        MatmulVariant::Tiled => MATMUL_SHAPES,
+        MatmulVariant::Registers => REGISTER_SHAPES,
+    }
+}
+
+/// C = A B with every matrix row-major and contiguous.
+fn check_plain_matmuls(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    variant: MatmulVariant,
+    rng: &mut Rng,
+) -> Result<()> {
+    for (m, n, k) in shapes_for(variant) {
+        let dims = MatmulDims::plain(m, n, k);
+        let lens = [m * k, k * n, m * n];
+        check_matmul(
+            gpu,
+            kernels,
+            tally,
+            variant,
+            &format!("{m}x{n}x{k}"),
+            dims,
+            lens,
+            rng,
+        )?;
+    }
+    Ok(())
+}
+
+/// The three products of a dense layer, with the weight inside a larger flat buffer as in
+/// training (at an offset the variant can read: any for tiled, a multiple of 4 for registers).
+fn check_layer_matmuls(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    variant: MatmulVariant,
+    rng: &mut Rng,
+) -> Result<()> {
+    let offset = match variant {
+        MatmulVariant::Tiled => 37,
+        MatmulVariant::Registers => 36,
+    };
+    for (rows, outputs, inputs) in shapes_for(variant) {
+        let layer = DenseLayer {
+            inputs,
+            outputs,
+            weight_offset: offset,
+            bias_offset: offset + inputs * outputs,
+        };
+        let params = offset + inputs * outputs + outputs + 11;
+        let shape = format!("rows {rows}, {inputs}->{outputs}");
+        let cases = [
+            (
+                "forward",
+                MatmulDims::layer_forward(rows, &layer),
+                [rows * inputs, params, rows * outputs],
+            ),
+            (
+                "weight grad",
+                MatmulDims::layer_weight_grad(rows, &layer),
+                [rows * inputs, rows * outputs, params],
+            ),
+            (
+                "input grad",
+                MatmulDims::layer_input_grad(rows, &layer),
+                [rows * outputs, params, rows * inputs],
+            ),
+        ];
+        for (what, dims, lens) in cases {
+            let case = format!("{what} {shape}");
+            check_matmul(gpu, kernels, tally, variant, &case, dims, lens, rng)?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn check_matmul(
     gpu: &Gpu,
     kernels: &Kernels,
     tally: &mut Tally,
+    variant: MatmulVariant,
     case: &str,
     dims: MatmulDims,
     [lhs_len, rhs_len, out_len]: [usize; 3],
@@ -345,7 +401,10 @@ fn check_matmul(
     let initial = random_vec(rng, out_len, -1.0, 1.0);
     let mut expected = initial.clone();
     reference::matmul(&dims, &lhs, &rhs, &mut expected);
-    let actual = ops::matmul(gpu, kernels, &dims, &lhs, &rhs, &initial)?;
+    let Some(actual) = ops::matmul(gpu, kernels, variant, &dims, &lhs, &rhs, &initial)? else {
+        tally.fail(case, "this variant cannot compute the shape");
+        return Ok(());
+    };
     // f32 accumulation error grows with the dot-product length; near-zero sums of K terms of
     // magnitude ~1 need an absolute floor proportional to K.
     let atol = 1e-6 + 1e-7 * dims.k as f32;

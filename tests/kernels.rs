@@ -17,13 +17,23 @@ fn check(name: &str) {
 }
 
 #[test]
-fn matmul() {
-    check("matmul");
+fn matmul_tiled() {
+    check("matmul (tiled)");
 }
 
 #[test]
-fn matmul_dense_layer_products() {
-    check("matmul dense-layer products");
+fn matmul_dense_layer_products_tiled() {
+    check("matmul dense-layer products (tiled)");
+}
+
+#[test]
+fn matmul_registers() {
+    check("matmul (registers)");
+}
+
+#[test]
+fn matmul_dense_layer_products_registers() {
+    check("matmul dense-layer products (registers)");
 }
 
 #[test]
@@ -65,7 +75,7 @@ fn adam_update() {
 fn every_check_has_a_test() {
     assert_eq!(
         selftest::CHECKS.len(),
-        9,
+        11,
         "add a test above for each new check"
     );
 }

@@ -6,7 +6,8 @@ mod common;
 
 use common::{assert_close, gpu, kernels, random_dataset, random_vec};
 use shadertrain::data::Dataset;
-use shadertrain::gpu::uniforms::OptimizerHyper;
+use shadertrain::gpu::uniforms::{MatmulDims, OptimizerHyper};
+use shadertrain::gpu::{Kernels, MatmulTiling, MatmulVariant};
 use shadertrain::model::{Activation, Loss, ModelSpec};
 use shadertrain::reference::{self, forward_backward};
 use shadertrain::rng::Rng;
@@ -212,6 +213,56 @@ fn gpu_epoch_with_partial_last_batch_matches_reference() {
                 "{what} train accuracy"
             );
         }
+    }
+}
+
+/// Both matmul variants train the same epoch as the reference, on a model whose shapes the
+/// register kernels take (multiples of 4) with a partial last batch.
+#[test]
+fn both_matmul_variants_train_like_the_reference() {
+    let mut rng = Rng::new(16);
+    let data = random_dataset(&mut rng, 70, 12, 4);
+    let spec = ModelSpec {
+        inputs: 12,
+        hidden: vec![8, 16],
+        classes: 4,
+        activation: Activation::Tanh,
+        loss: Loss::Xent,
+    };
+    let config = TrainConfig {
+        batch_size: 16,
+        learning_rate: 0.01,
+        seed: 6,
+        ..TrainConfig::default()
+    };
+    let expected = reference_epoch(&spec, &config, &data);
+    for variant in [MatmulVariant::Tiled, MatmulVariant::Registers] {
+        let kernels = Kernels::with_matmul(gpu(), MatmulTiling::default(), variant);
+        let layout = spec.layout();
+        for dims in [
+            MatmulDims::layer_forward(16, &layout.layers[1]),
+            MatmulDims::layer_weight_grad(16, &layout.layers[1]),
+            MatmulDims::layer_input_grad(16, &layout.layers[1]),
+        ] {
+            assert_eq!(kernels.matmul.for_dims(&dims).variant, variant);
+        }
+        let mut trainer =
+            Trainer::new(gpu(), &kernels, spec.clone(), config.clone(), &data, &data).unwrap();
+        let metrics = trainer.run_epoch().unwrap();
+        assert_close(
+            &format!("{variant:?} parameters"),
+            &trainer.parameters().unwrap(),
+            &expected.params,
+            1e-5,
+            1e-4,
+        );
+        assert_close(
+            &format!("{variant:?} train loss"),
+            &[metrics.train_loss as f32],
+            &[expected.train_loss as f32],
+            1e-6,
+            1e-5,
+        );
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde::Serialize;
 use shadertrain::Result;
 use shadertrain::bench::{
-    MatmulShape, fma_peak_gflops, matmul_gflops, peak_host_memory_bytes, step_flops, step_matmuls,
+    MatmulShape, fma_peak_gflops, measure_matmul, peak_host_memory_bytes, step_flops, step_matmuls,
 };
 use shadertrain::data::Dataset;
 use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
@@ -72,15 +72,7 @@ pub fn run(
     let step_gflops = step_flops(spec, rows) / step_s / 1e9;
     let matmuls = step_matmuls(spec, rows)
         .into_iter()
-        .map(|(name, dims)| {
-            Ok(MatmulShape {
-                name,
-                m: dims.m,
-                n: dims.n,
-                k: dims.k,
-                gflops: matmul_gflops(&gpu, &kernels, &dims)?,
-            })
-        })
+        .map(|(name, dims)| measure_matmul(&gpu, &kernels, name, &dims))
         .collect::<Result<Vec<_>>>()?;
     Ok(BenchReport {
         adapter: gpu.adapter_name(),
@@ -122,12 +114,16 @@ pub fn print(r: &BenchReport) {
         r.step_gflops,
         pct(r.step_gflops)
     );
+    let rate = |g: Option<f64>| g.map_or("-".to_string(), |g| format!("{g:.2}"));
     for m in &r.matmuls {
         println!(
-            "  {:<22} {:>9.2} GFLOP/s  {:>5.1} % of peak   (M {} N {} K {})",
+            "  {:<22} {:>9.2} GFLOP/s  {:>5.1} % of peak   {:<9} (tiled {}, registers {}; M {} N {} K {})",
             m.name,
             m.gflops,
             pct(m.gflops),
+            format!("{:?}", m.variant).to_lowercase(),
+            rate(m.tiled_gflops),
+            rate(m.registers_gflops),
             m.m,
             m.n,
             m.k

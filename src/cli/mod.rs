@@ -105,7 +105,7 @@ pub fn selftest(request: &AdapterRequest) -> Result<()> {
         let result = selftest::run(&gpu, &kernels, name)?;
         let verdict = if result.passed() { "ok  " } else { "FAIL" };
         println!(
-            "{verdict} {name:<38} worst {:>8.2e} of tolerance  ({})",
+            "{verdict} {name:<40} worst {:>8.2e} of tolerance  ({})",
             result.worst_ratio, result.worst
         );
         if !result.passed() {

@@ -37,7 +37,8 @@ impl Gpu {
         self.check_storage_size(what, bytes)?;
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
-            size: bytes.next_multiple_of(4).max(MIN_BINDING_BYTES),
+            // Whole vec4s, so that a vec4 view of the buffer reaches its last element.
+            size: bytes.next_multiple_of(16).max(MIN_BINDING_BYTES),
             usage: BufferUsages::STORAGE | BufferUsages::COPY_SRC | BufferUsages::COPY_DST,
             mapped_at_creation: false,
         }))

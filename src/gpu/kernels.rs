@@ -3,6 +3,7 @@
 use wgpu::{BindGroupLayoutEntry, BindingType, BufferBindingType, ShaderStages};
 
 use super::Gpu;
+use super::matmul::{MatmulKernels, MatmulTiling, MatmulVariant};
 
 /// The kind of one binding slot, as declared in the kernel's WGSL header.
 ///
@@ -12,7 +13,7 @@ use super::Gpu;
 /// pipelines every dispatch, recompiled shaders and leaked their code (≈ 0.5 MB and several ms a
 /// step).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
+pub(super) enum Slot {
     Params,
     Read,
     ReadWrite,
@@ -54,38 +55,9 @@ impl Kernel {
     }
 }
 
-/// Tile shape of the matmul kernel (its `override` constants). On lavapipe a K slab of 32
-/// measured ~10 % faster than 16; a variant without workgroup memory (straight from the buffers)
-/// ran at half the speed, so there is one variant for now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MatmulTiling {
-    /// Invocations along M and N; each computes a 4×4 block, so a tile is 4·wg_m × 4·wg_n.
-    pub wg_m: u32,
-    pub wg_n: u32,
-    /// Depth of the K slab staged in workgroup memory.
-    pub tile_k: u32,
-}
-
-impl Default for MatmulTiling {
-    fn default() -> Self {
-        MatmulTiling {
-            wg_m: 16,
-            wg_n: 16,
-            tile_k: 32,
-        }
-    }
-}
-
-impl MatmulTiling {
-    pub fn grid(&self, m: u32, n: u32) -> [u32; 3] {
-        [n.div_ceil(4 * self.wg_n), m.div_ceil(4 * self.wg_m), 1]
-    }
-}
-
 /// Every kernel the trainer runs. Built once; pipelines are never created during training.
 pub struct Kernels {
-    pub matmul: Kernel,
-    pub matmul_tiling: MatmulTiling,
+    pub matmul: MatmulKernels,
     pub bias_activation: Kernel,
     pub activation_backward: Kernel,
     pub softmax_cross_entropy: Kernel,
@@ -101,11 +73,13 @@ pub struct Kernels {
 pub const ROW_WORKGROUP: u32 = 64;
 
 impl Kernels {
+    /// Every kernel, with the matmul variant this adapter runs best.
     pub fn new(gpu: &Gpu) -> Kernels {
-        Self::with_tiling(gpu, MatmulTiling::default())
+        let preferred = MatmulVariant::preferred_for(gpu.adapter.get_info().device_type);
+        Self::with_matmul(gpu, MatmulTiling::default(), preferred)
     }
 
-    pub fn with_tiling(gpu: &Gpu, tiling: MatmulTiling) -> Kernels {
+    pub fn with_matmul(gpu: &Gpu, tiling: MatmulTiling, preferred: MatmulVariant) -> Kernels {
         use Slot::*;
         let module = |label: &str, source: &str| {
             gpu.device
@@ -114,7 +88,6 @@ impl Kernels {
                     source: wgpu::ShaderSource::Wgsl(source.into()),
                 })
         };
-        let matmul = module("matmul.wgsl", include_str!("../../shaders/matmul.wgsl"));
         let activation = module(
             "activation.wgsl",
             include_str!("../../shaders/activation.wgsl"),
@@ -128,11 +101,6 @@ impl Kernels {
         );
         let schedule = module("schedule.wgsl", include_str!("../../shaders/schedule.wgsl"));
 
-        let tiling_constants = [
-            ("WG_M", tiling.wg_m as f64),
-            ("WG_N", tiling.wg_n as f64),
-            ("TILE_K", tiling.tile_k as f64),
-        ];
         let loss_slots = [
             (0, Read),
             (1, Params),
@@ -144,14 +112,7 @@ impl Kernels {
             (7, ReadWrite),
         ];
         Kernels {
-            matmul: build(
-                gpu,
-                &matmul,
-                "matmul",
-                &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)],
-                &tiling_constants,
-            ),
-            matmul_tiling: tiling,
+            matmul: MatmulKernels::new(gpu, tiling, preferred),
             bias_activation: build(
                 gpu,
                 &activation,
@@ -222,7 +183,7 @@ impl Kernels {
     }
 }
 
-fn build(
+pub(super) fn build(
     gpu: &Gpu,
     module: &wgpu::ShaderModule,
     entry_point: &'static str,

@@ -3,8 +3,10 @@
 pub mod buffers;
 pub mod context;
 pub mod kernels;
+pub mod matmul;
 pub mod ops;
 pub mod uniforms;
 
 pub use context::{AdapterRequest, AdapterSummary, BackendChoice, Gpu, list_adapters};
-pub use kernels::{Kernel, Kernels, MatmulTiling};
+pub use kernels::{Kernel, Kernels};
+pub use matmul::{MatmulTiling, MatmulVariant};

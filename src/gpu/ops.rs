@@ -7,6 +7,7 @@ use wgpu::Buffer;
 use super::Gpu;
 use super::buffers::grid_1d;
 use super::kernels::{Kernel, Kernels, ROW_WORKGROUP};
+use super::matmul::MatmulVariant;
 use super::uniforms::*;
 use crate::data::Dataset;
 use crate::error::Result;
@@ -34,20 +35,25 @@ fn schedule(gpu: &Gpu, step: StepParams) -> Result<Buffer> {
     gpu.storage_with("schedule", &schedule_bytes(&[step]))
 }
 
-/// matmul.wgsl. `out` gives the initial contents of the output buffer (elements outside C are kept).
+/// The matmul `variant` (None if it cannot compute `dims`). `out` gives the initial contents of
+/// the output buffer (elements outside C are kept).
 pub fn matmul(
     gpu: &Gpu,
     kernels: &Kernels,
+    variant: MatmulVariant,
     dims: &MatmulDims,
     lhs: &[f32],
     rhs: &[f32],
     out: &[f32],
-) -> Result<Vec<f32>> {
+) -> Result<Option<Vec<f32>>> {
     let dims_buffer = gpu.params_with("dims", dims);
     let lhs_buffer = gpu.storage_with("lhs", lhs)?;
     let rhs_buffer = gpu.storage_with("rhs", rhs)?;
     let out_buffer = gpu.storage_with("out", out)?;
-    let bind_group = kernels.matmul.bind(
+    let Some(chosen) = kernels.matmul.with_variant(dims, variant) else {
+        return Ok(None);
+    };
+    let bind_group = chosen.kernel.bind(
         gpu,
         &[
             dims_buffer.as_entire_binding(),
@@ -56,9 +62,8 @@ pub fn matmul(
             out_buffer.as_entire_binding(),
         ],
     );
-    let grid = kernels.matmul_tiling.grid(dims.m, dims.n);
-    dispatch(gpu, &kernels.matmul, &bind_group, grid);
-    gpu.read_back(&out_buffer, out.len())
+    dispatch(gpu, chosen.kernel, &bind_group, chosen.grid);
+    gpu.read_back(&out_buffer, out.len()).map(Some)
 }
 
 /// activation.wgsl `bias_activation_forward` on `values` [rows, bias.len()].

@@ -37,9 +37,9 @@ impl<'k> ProgramBuilder<'_, 'k> {
         rhs: &Buffer,
         out: &Buffer,
     ) {
-        let kernel = &self.kernels.matmul;
+        let chosen = self.kernels.matmul.for_dims(&dims);
         let uniform = self.gpu.params_with("matmul dims", &dims);
-        let bind_group = kernel.bind(
+        let bind_group = chosen.kernel.bind(
             self.gpu,
             &[
                 uniform.as_entire_binding(),
@@ -48,11 +48,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
                 out.as_entire_binding(),
             ],
         );
-        program.push(
-            kernel,
-            bind_group,
-            self.kernels.matmul_tiling.grid(dims.m, dims.n),
-        );
+        program.push(chosen.kernel, bind_group, chosen.grid);
     }
 
     /// gather → dense layers → loss, for `rows` samples of `split`.

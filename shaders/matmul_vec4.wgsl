@@ -1,0 +1,197 @@
+// Dense-layer matrix products, register-tiled with vec4 loads and no workgroup memory: the
+// variant for CPU adapters such as lavapipe, where each invocation's loads from a buffer are
+// done lane by lane and workgroup memory is ordinary memory, so the cost is in the number of
+// load instructions and each loaded vec4 must feed as many FMAs as possible.
+//
+//   C[m, n] = sum_k A(m, k) * B(k, n)        for m < M, n < N, k < K
+//
+// One entry point per storage order of the operands (the same Dims as matmul.wgsl; offsets and
+// strides in floats, all multiples of 4 so that every load is one aligned vec4):
+//   matmul_nn  A row-major [M, K] (a_col_stride 1), B row-major [K, N] (b_col_stride 1)
+//              forward  Y = X W
+//   matmul_tn  A stored [K, M] (a_row_stride 1),   B row-major [K, N]
+//              weight grad  dW = Xᵀ dY
+//   matmul_nt  A row-major [M, K],                 B stored [N, K] (b_row_stride 1)
+//              input grad  dX = dY Wᵀ
+// Requirements (checked by the host, which uses matmul.wgsl otherwise): N % 4 == 0, every offset
+// and stride a multiple of 4, K % 4 == 0 for nn and nt, M % 4 == 0 for tn.
+//
+// Bindings (group 0):
+//   0 dims   storage, read        Dims below
+//   1 lhs    storage, read        vec4<f32> array holding A at dims.a_offset / 4
+//   2 rhs    storage, read        vec4<f32> array holding B at dims.b_offset / 4
+//   3 out    storage, read_write  vec4<f32> array; C is row-major [M, N] at dims.c_offset / 4
+//
+// Each invocation computes an 8 x 8 block of C (8 rows, two vec4 of columns) in 16 vec4
+// accumulators. Rows past M and columns past N are computed on clamped (valid) indices and not
+// stored, so M and N need not be multiples of 8.
+// Workgroup: (WG_N, WG_M) invocations. Dispatch grid: (ceil(N / (8 WG_N)), ceil(M / (8 WG_M)), 1).
+
+struct Dims {
+    m: u32,
+    n: u32,
+    k: u32,
+    a_offset: u32,
+    a_row_stride: u32,
+    a_col_stride: u32,
+    b_offset: u32,
+    b_row_stride: u32,
+    b_col_stride: u32,
+    c_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+override WG_M: u32 = 8u;
+override WG_N: u32 = 8u;
+
+@group(0) @binding(0) var<storage, read> dims: Dims;
+@group(0) @binding(1) var<storage, read> lhs: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> rhs: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+
+// The 8 x 8 block of C: row r, columns 0-3 in lo[r] and 4-7 in hi[r].
+struct Block {
+    lo: array<vec4<f32>, 8>,
+    hi: array<vec4<f32>, 8>,
+}
+
+// acc + a.x b0 + a.y b1 + a.z b2 + a.w b3: one row's contribution of four k.
+fn row4(acc: vec4<f32>, a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
+    return fma(vec4<f32>(a.w), b3, fma(vec4<f32>(a.z), b2, fma(vec4<f32>(a.y), b1, fma(vec4<f32>(a.x), b0, acc))));
+}
+
+// Where this invocation's block starts: (first row, first vec4 column), and whether it has one.
+fn block_origin(gid: vec3<u32>) -> vec3<u32> {
+    let m0 = gid.y * 8u;
+    let q0 = gid.x * 2u;
+    return vec3<u32>(m0, q0, select(0u, 1u, m0 < dims.m && q0 < dims.n / 4u));
+}
+
+// Stores the rows and columns of the block that lie inside C.
+fn store_block(block: Block, m0: u32, q0: u32) {
+    let columns = dims.n / 4u;
+    let base = dims.c_offset / 4u;
+    for (var r = 0u; r < 8u; r++) {
+        let m = m0 + r;
+        if (m < dims.m) {
+            out[base + m * columns + q0] = block.lo[r];
+            if (q0 + 1u < columns) {
+                out[base + m * columns + q0 + 1u] = block.hi[r];
+            }
+        }
+    }
+}
+
+// Start of row m of a row-major matrix, in vec4, with m clamped into 0..rows.
+fn row_start(offset: u32, stride: u32, m: u32, rows: u32) -> u32 {
+    return offset / 4u + min(m, rows - 1u) * (stride / 4u);
+}
+
+@compute @workgroup_size(WG_N, WG_M)
+fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let origin = block_origin(gid);
+    if (origin.z == 0u) {
+        return;
+    }
+    let m0 = origin.x;
+    let q0 = origin.y;
+    let q1 = min(q0 + 1u, dims.n / 4u - 1u);
+    var a_row: array<u32, 8>;
+    for (var r = 0u; r < 8u; r++) {
+        a_row[r] = row_start(dims.a_offset, dims.a_row_stride, m0 + r, dims.m);
+    }
+    let b_stride = dims.b_row_stride / 4u;
+    var block: Block;
+    for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
+        let b = dims.b_offset / 4u + 4u * k4 * b_stride;
+        let lo0 = rhs[b + q0];
+        let lo1 = rhs[b + b_stride + q0];
+        let lo2 = rhs[b + 2u * b_stride + q0];
+        let lo3 = rhs[b + 3u * b_stride + q0];
+        let hi0 = rhs[b + q1];
+        let hi1 = rhs[b + b_stride + q1];
+        let hi2 = rhs[b + 2u * b_stride + q1];
+        let hi3 = rhs[b + 3u * b_stride + q1];
+        for (var r = 0u; r < 8u; r++) {
+            let a = lhs[a_row[r] + k4];
+            block.lo[r] = row4(block.lo[r], a, lo0, lo1, lo2, lo3);
+            block.hi[r] = row4(block.hi[r], a, hi0, hi1, hi2, hi3);
+        }
+    }
+    store_block(block, m0, q0);
+}
+
+@compute @workgroup_size(WG_N, WG_M)
+fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let origin = block_origin(gid);
+    if (origin.z == 0u) {
+        return;
+    }
+    let m0 = origin.x;
+    let q0 = origin.y;
+    let q1 = min(q0 + 1u, dims.n / 4u - 1u);
+    // A(m, k) = lhs[a_offset + k a_col_stride + m]: rows m0..m0+7 are two vec4 of A's row k.
+    let a_stride = dims.a_col_stride / 4u;
+    let m_quads = dims.m / 4u;
+    let mq0 = m0 / 4u;
+    let mq1 = min(mq0 + 1u, m_quads - 1u);
+    let b_stride = dims.b_row_stride / 4u;
+    var block: Block;
+    for (var k = 0u; k < dims.k; k++) {
+        let a = dims.a_offset / 4u + k * a_stride;
+        let a_lo = lhs[a + mq0];
+        let a_hi = lhs[a + mq1];
+        let b = dims.b_offset / 4u + k * b_stride;
+        let b_lo = rhs[b + q0];
+        let b_hi = rhs[b + q1];
+        for (var r = 0u; r < 4u; r++) {
+            block.lo[r] = fma(vec4<f32>(a_lo[r]), b_lo, block.lo[r]);
+            block.hi[r] = fma(vec4<f32>(a_lo[r]), b_hi, block.hi[r]);
+            block.lo[r + 4u] = fma(vec4<f32>(a_hi[r]), b_lo, block.lo[r + 4u]);
+            block.hi[r + 4u] = fma(vec4<f32>(a_hi[r]), b_hi, block.hi[r + 4u]);
+        }
+    }
+    store_block(block, m0, q0);
+}
+
+@compute @workgroup_size(WG_N, WG_M)
+fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let origin = block_origin(gid);
+    if (origin.z == 0u) {
+        return;
+    }
+    let m0 = origin.x;
+    let q0 = origin.y;
+    var a_row: array<u32, 8>;
+    for (var r = 0u; r < 8u; r++) {
+        a_row[r] = row_start(dims.a_offset, dims.a_row_stride, m0 + r, dims.m);
+    }
+    // B(k, n) = rhs[b_offset + n b_col_stride + k]: column n of B is a row of the stored [N, K].
+    var b_row: array<u32, 8>;
+    for (var c = 0u; c < 8u; c++) {
+        b_row[c] = row_start(dims.b_offset, dims.b_col_stride, 4u * q0 + c, dims.n);
+    }
+    var block: Block;
+    for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
+        // Columns 0-7 at k4's four k, transposed so that lo_j holds B(4 k4 + j, columns 0-3).
+        var t: array<vec4<f32>, 8>;
+        for (var c = 0u; c < 8u; c++) {
+            t[c] = rhs[b_row[c] + k4];
+        }
+        let lo0 = vec4<f32>(t[0].x, t[1].x, t[2].x, t[3].x);
+        let lo1 = vec4<f32>(t[0].y, t[1].y, t[2].y, t[3].y);
+        let lo2 = vec4<f32>(t[0].z, t[1].z, t[2].z, t[3].z);
+        let lo3 = vec4<f32>(t[0].w, t[1].w, t[2].w, t[3].w);
+        let hi0 = vec4<f32>(t[4].x, t[5].x, t[6].x, t[7].x);
+        let hi1 = vec4<f32>(t[4].y, t[5].y, t[6].y, t[7].y);
+        let hi2 = vec4<f32>(t[4].z, t[5].z, t[6].z, t[7].z);
+        let hi3 = vec4<f32>(t[4].w, t[5].w, t[6].w, t[7].w);
+        for (var r = 0u; r < 8u; r++) {
+            let a = lhs[a_row[r] + k4];
+            block.lo[r] = row4(block.lo[r], a, lo0, lo1, lo2, lo3);
+            block.hi[r] = row4(block.hi[r], a, hi0, hi1, hi2, hi3);
+        }
+    }
+    store_block(block, m0, q0);
+}

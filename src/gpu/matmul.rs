@@ -1,0 +1,186 @@
+//! The matmul kernels and the choice between them for each product of a step.
+//!
+//! Two implementations of the same product (see the WGSL headers):
+//! - `Tiled` (matmul.wgsl): workgroup-memory tiles and scalar loads; any shape and strides. The
+//!   usual GPU design: threads of a workgroup share each loaded tile.
+//! - `Registers` (matmul_vec4.wgsl): 8×8 blocks per invocation from aligned vec4 loads, no
+//!   workgroup memory; needs shapes and offsets in multiples of 4. On a CPU adapter such as
+//!   lavapipe, where buffer and workgroup loads are done lane by lane, it is 4-6 times faster.
+//!
+//! Each product runs on the adapter's preferred variant where that variant can compute it, else
+//! on `Tiled`.
+
+use serde::Serialize;
+
+use super::Gpu;
+use super::kernels::{Kernel, Slot, build};
+use super::uniforms::MatmulDims;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MatmulVariant {
+    /// matmul.wgsl: workgroup-memory tiles (GPUs).
+    Tiled,
+    /// matmul_vec4.wgsl: register blocks from vec4 loads (CPU adapters).
+    Registers,
+}
+
+impl MatmulVariant {
+    /// The variant an adapter of this type runs best (measured on lavapipe; on GPUs sharing
+    /// tiles through workgroup memory is the established design).
+    pub fn preferred_for(device_type: wgpu::DeviceType) -> Self {
+        match device_type {
+            wgpu::DeviceType::Cpu => MatmulVariant::Registers,
+            _ => MatmulVariant::Tiled,
+        }
+    }
+}
+
+/// Tile shape of the tiled kernel (its `override` constants). On lavapipe a K slab of 32
+/// measured ~10 % faster than 16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatmulTiling {
+    /// Invocations along M and N; each computes a 4×4 block, so a tile is 4·wg_m × 4·wg_n.
+    pub wg_m: u32,
+    pub wg_n: u32,
+    /// Depth of the K slab staged in workgroup memory.
+    pub tile_k: u32,
+}
+
+impl Default for MatmulTiling {
+    fn default() -> Self {
+        MatmulTiling {
+            wg_m: 16,
+            wg_n: 16,
+            tile_k: 32,
+        }
+    }
+}
+
+/// Invocations per workgroup along M and N of the register kernels (8×8 outputs each).
+const REGISTER_WG: u32 = 8;
+
+/// The storage orders the register kernels handle, one entry point each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RegisterForm {
+    /// A row-major, B row-major: forward products.
+    Nn,
+    /// A stored transposed ([K, M]), B row-major: weight gradients.
+    Tn,
+    /// A row-major, B stored transposed ([N, K]): input gradients.
+    Nt,
+}
+
+impl RegisterForm {
+    /// The form that computes `dims` with aligned vec4 loads only, if any.
+    fn of(d: &MatmulDims) -> Option<Self> {
+        let aligned = |values: &[u32]| values.iter().all(|v| v % 4 == 0);
+        if d.m == 0 || d.n == 0 || d.k == 0 || !aligned(&[d.n, d.a_offset, d.b_offset, d.c_offset])
+        {
+            return None;
+        }
+        let b_row_major = d.b_col_stride == 1 && aligned(&[d.b_row_stride]);
+        let b_transposed = d.b_row_stride == 1 && aligned(&[d.b_col_stride]);
+        let a_row_major = d.a_col_stride == 1 && aligned(&[d.a_row_stride]);
+        let a_transposed = d.a_row_stride == 1 && aligned(&[d.a_col_stride]);
+        if a_row_major && b_row_major && aligned(&[d.k]) {
+            Some(RegisterForm::Nn)
+        } else if a_transposed && b_row_major && aligned(&[d.m]) {
+            Some(RegisterForm::Tn)
+        } else if a_row_major && b_transposed && aligned(&[d.k]) {
+            Some(RegisterForm::Nt)
+        } else {
+            None
+        }
+    }
+}
+
+/// Every matmul pipeline, and the adapter's preferred variant.
+pub struct MatmulKernels {
+    pub tiled: Kernel,
+    pub tiling: MatmulTiling,
+    nn: Kernel,
+    tn: Kernel,
+    nt: Kernel,
+    pub preferred: MatmulVariant,
+}
+
+/// A kernel to dispatch for one product, with its grid.
+pub struct MatmulDispatch<'k> {
+    pub kernel: &'k Kernel,
+    pub grid: [u32; 3],
+    pub variant: MatmulVariant,
+}
+
+impl MatmulKernels {
+    pub(super) fn new(gpu: &Gpu, tiling: MatmulTiling, preferred: MatmulVariant) -> Self {
+        use Slot::*;
+        let slots = [(0, Params), (1, Read), (2, Read), (3, ReadWrite)];
+        let module = |label: &str, source: &str| {
+            gpu.device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(label),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                })
+        };
+        let tiled = module("matmul.wgsl", include_str!("../../shaders/matmul.wgsl"));
+        let registers = module(
+            "matmul_vec4.wgsl",
+            include_str!("../../shaders/matmul_vec4.wgsl"),
+        );
+        let tiling_constants = [
+            ("WG_M", tiling.wg_m as f64),
+            ("WG_N", tiling.wg_n as f64),
+            ("TILE_K", tiling.tile_k as f64),
+        ];
+        let register_constants = [("WG_M", REGISTER_WG as f64), ("WG_N", REGISTER_WG as f64)];
+        let register = |entry| build(gpu, &registers, entry, &slots, &register_constants);
+        MatmulKernels {
+            tiled: build(gpu, &tiled, "matmul", &slots, &tiling_constants),
+            tiling,
+            nn: register("matmul_nn"),
+            tn: register("matmul_tn"),
+            nt: register("matmul_nt"),
+            preferred,
+        }
+    }
+
+    /// What computes `dims` with `variant`; None if that variant cannot.
+    pub fn with_variant(
+        &self,
+        dims: &MatmulDims,
+        variant: MatmulVariant,
+    ) -> Option<MatmulDispatch<'_>> {
+        match variant {
+            MatmulVariant::Tiled => Some(MatmulDispatch {
+                kernel: &self.tiled,
+                grid: [
+                    dims.n.div_ceil(4 * self.tiling.wg_n),
+                    dims.m.div_ceil(4 * self.tiling.wg_m),
+                    1,
+                ],
+                variant,
+            }),
+            MatmulVariant::Registers => {
+                let kernel = match RegisterForm::of(dims)? {
+                    RegisterForm::Nn => &self.nn,
+                    RegisterForm::Tn => &self.tn,
+                    RegisterForm::Nt => &self.nt,
+                };
+                let block = 8 * REGISTER_WG;
+                Some(MatmulDispatch {
+                    kernel,
+                    grid: [dims.n.div_ceil(block), dims.m.div_ceil(block), 1],
+                    variant,
+                })
+            }
+        }
+    }
+
+    /// What computes `dims`: the preferred variant where it can, else the tiled one.
+    pub fn for_dims(&self, dims: &MatmulDims) -> MatmulDispatch<'_> {
+        self.with_variant(dims, self.preferred)
+            .or_else(|| self.with_variant(dims, MatmulVariant::Tiled))
+            .expect("the tiled kernel computes every product")
+    }
+}
