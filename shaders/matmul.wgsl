@@ -105,3 +105,48 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         }
     }
 }
+
+// matmul_blocks: the same product without workgroup memory, for CPU adapters (see
+// matmul_vec4.wgsl) on shapes the vec4 kernels cannot take, such as a 10-class output layer.
+// Each invocation computes a 4 x 4 block of C from scalar loads at clamped (valid) indices;
+// blocks are numbered along N first.
+// Workgroup: 64 invocations. Dispatch grid: ceil(ceil(M / 4) ceil(N / 4) / 64) workgroups as
+// (x, y) with x <= 65535 (block = (y * num_workgroups.x + x) * 64 + local).
+@compute @workgroup_size(64)
+fn matmul_blocks(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let block = gid.y * groups.x * 64u + gid.x;
+    let n_blocks = (dims.n + 3u) / 4u;
+    let m0 = (block / n_blocks) * 4u;
+    let n0 = (block % n_blocks) * 4u;
+    if (m0 >= dims.m) {
+        return;
+    }
+    var a_row: vec4<u32>;
+    var b_col: vec4<u32>;
+    for (var i = 0u; i < 4u; i++) {
+        a_row[i] = dims.a_offset + min(m0 + i, dims.m - 1u) * dims.a_row_stride;
+        b_col[i] = dims.b_offset + min(n0 + i, dims.n - 1u) * dims.b_col_stride;
+    }
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var k = 0u; k < dims.k; k++) {
+        let a_k = k * dims.a_col_stride;
+        let b_k = k * dims.b_row_stride;
+        let b = vec4<f32>(rhs[b_col.x + b_k], rhs[b_col.y + b_k], rhs[b_col.z + b_k], rhs[b_col.w + b_k]);
+        acc[0] = fma(vec4<f32>(lhs[a_row.x + a_k]), b, acc[0]);
+        acc[1] = fma(vec4<f32>(lhs[a_row.y + a_k]), b, acc[1]);
+        acc[2] = fma(vec4<f32>(lhs[a_row.z + a_k]), b, acc[2]);
+        acc[3] = fma(vec4<f32>(lhs[a_row.w + a_k]), b, acc[3]);
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let m = m0 + r;
+        if (m >= dims.m) {
+            break;
+        }
+        for (var c = 0u; c < 4u; c++) {
+            let n = n0 + c;
+            if (n < dims.n) {
+                out[dims.c_offset + m * dims.n + n] = acc[r][c];
+            }
+        }
+    }
+}

@@ -21,9 +21,9 @@ pub struct MatmulShape {
     /// The variant the training step runs it on, and its rate.
     pub variant: MatmulVariant,
     pub gflops: f64,
-    /// Each variant's rate (None where it cannot compute the shape).
-    pub tiled_gflops: Option<f64>,
-    pub registers_gflops: Option<f64>,
+    /// Each variant's rate.
+    pub tiled_gflops: f64,
+    pub registers_gflops: f64,
 }
 
 /// Times `dims` with every variant; reports the one the step uses.
@@ -46,7 +46,7 @@ pub fn measure_matmul(
         n: dims.n,
         k: dims.k,
         variant,
-        gflops: gflops.expect("the chosen variant computes the shape"),
+        gflops,
         tiled_gflops,
         registers_gflops,
     })
@@ -127,17 +127,14 @@ fn time_dispatches(
     Ok(best / repeats as f64)
 }
 
-/// GFLOP/s of one matmul shape alone with `variant` (None if it cannot compute it), on buffers
-/// of constant contents.
+/// GFLOP/s of one matmul shape alone with `variant`, on buffers of constant contents.
 pub fn matmul_gflops(
     gpu: &Gpu,
     kernels: &Kernels,
     variant: MatmulVariant,
     dims: &MatmulDims,
-) -> Result<Option<f64>> {
-    let Some(chosen) = kernels.matmul.with_variant(dims, variant) else {
-        return Ok(None);
-    };
+) -> Result<f64> {
+    let chosen = kernels.matmul.with_variant(dims, variant);
     let lhs_len = dims.lhs_index(dims.m as usize - 1, dims.k as usize - 1) + 1;
     let rhs_len = dims.rhs_index(dims.k as usize - 1, dims.n as usize - 1) + 1;
     let out_len = dims.out_index(dims.m as usize - 1, dims.n as usize - 1) + 1;
@@ -155,7 +152,7 @@ pub fn matmul_gflops(
         ],
     );
     let seconds = time_dispatches(gpu, &chosen.kernel.pipeline, &bind_group, chosen.grid, 0.2)?;
-    Ok(Some(flops(dims) / seconds / 1e9))
+    Ok(flops(dims) / seconds / 1e9)
 }
 
 /// The adapter's vec4 FMA rate (GFLOP/s) from `shaders/peak.wgsl`.

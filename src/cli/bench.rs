@@ -114,16 +114,15 @@ pub fn print(r: &BenchReport) {
         r.step_gflops,
         pct(r.step_gflops)
     );
-    let rate = |g: Option<f64>| g.map_or("-".to_string(), |g| format!("{g:.2}"));
     for m in &r.matmuls {
         println!(
-            "  {:<22} {:>9.2} GFLOP/s  {:>5.1} % of peak   {:<9} (tiled {}, registers {}; M {} N {} K {})",
+            "  {:<22} {:>9.2} GFLOP/s  {:>5.1} % of peak   {:<9} (tiled {:.2}, registers {:.2}; M {} N {} K {})",
             m.name,
             m.gflops,
             pct(m.gflops),
             format!("{:?}", m.variant).to_lowercase(),
-            rate(m.tiled_gflops),
-            rate(m.registers_gflops),
+            m.tiled_gflops,
+            m.registers_gflops,
             m.m,
             m.n,
             m.k

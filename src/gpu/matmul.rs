@@ -3,17 +3,18 @@
 //! Two implementations of the same product (see the WGSL headers):
 //! - `Tiled` (matmul.wgsl): workgroup-memory tiles and scalar loads; any shape and strides. The
 //!   usual GPU design: threads of a workgroup share each loaded tile.
-//! - `Registers` (matmul_vec4.wgsl): 8×8 blocks per invocation from aligned vec4 loads, no
-//!   workgroup memory; needs shapes and offsets in multiples of 4. On a CPU adapter such as
-//!   lavapipe, where buffer and workgroup loads are done lane by lane, it is 4-6 times faster.
+//! - `Registers`: no workgroup memory, each invocation's block of C in registers: 8×8 blocks
+//!   from aligned vec4 loads (matmul_vec4.wgsl) where shapes and offsets are multiples of 4,
+//!   else 4×4 blocks from scalar loads (`matmul_blocks` in matmul.wgsl). On a CPU adapter such as
+//!   lavapipe, where buffer and workgroup loads are done lane by lane, it is several times faster.
 //!
-//! Each product runs on the adapter's preferred variant where that variant can compute it, else
-//! on `Tiled`.
+//! Every product of a step runs on the adapter's preferred variant.
 
 use serde::Serialize;
 
 use super::Gpu;
-use super::kernels::{Kernel, Slot, build};
+use super::buffers::grid_1d;
+use super::kernels::{Kernel, ROW_WORKGROUP, Slot, build};
 use super::uniforms::MatmulDims;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -99,10 +100,12 @@ impl RegisterForm {
 pub struct MatmulKernels {
     pub tiled: Kernel,
     pub tiling: MatmulTiling,
+    blocks: Kernel,
     nn: Kernel,
     tn: Kernel,
     nt: Kernel,
     pub preferred: MatmulVariant,
+    max_groups: u32,
 }
 
 /// A kernel to dispatch for one product, with its grid.
@@ -138,49 +141,60 @@ impl MatmulKernels {
         MatmulKernels {
             tiled: build(gpu, &tiled, "matmul", &slots, &tiling_constants),
             tiling,
+            blocks: build(gpu, &tiled, "matmul_blocks", &slots, &[]),
             nn: register("matmul_nn"),
             tn: register("matmul_tn"),
             nt: register("matmul_nt"),
             preferred,
+            max_groups: gpu.limits.max_compute_workgroups_per_dimension,
         }
     }
 
-    /// What computes `dims` with `variant`; None if that variant cannot.
-    pub fn with_variant(
-        &self,
-        dims: &MatmulDims,
-        variant: MatmulVariant,
-    ) -> Option<MatmulDispatch<'_>> {
-        match variant {
-            MatmulVariant::Tiled => Some(MatmulDispatch {
-                kernel: &self.tiled,
-                grid: [
+    /// What computes `dims` with `variant`.
+    pub fn with_variant(&self, dims: &MatmulDims, variant: MatmulVariant) -> MatmulDispatch<'_> {
+        let (kernel, grid) = match variant {
+            MatmulVariant::Tiled => (
+                &self.tiled,
+                [
                     dims.n.div_ceil(4 * self.tiling.wg_n),
                     dims.m.div_ceil(4 * self.tiling.wg_m),
                     1,
                 ],
-                variant,
-            }),
-            MatmulVariant::Registers => {
-                let kernel = match RegisterForm::of(dims)? {
-                    RegisterForm::Nn => &self.nn,
-                    RegisterForm::Tn => &self.tn,
-                    RegisterForm::Nt => &self.nt,
-                };
-                let block = 8 * REGISTER_WG;
-                Some(MatmulDispatch {
-                    kernel,
-                    grid: [dims.n.div_ceil(block), dims.m.div_ceil(block), 1],
-                    variant,
-                })
-            }
+            ),
+            MatmulVariant::Registers => match RegisterForm::of(dims) {
+                Some(form) => {
+                    let kernel = match form {
+                        RegisterForm::Nn => &self.nn,
+                        RegisterForm::Tn => &self.tn,
+                        RegisterForm::Nt => &self.nt,
+                    };
+                    let block = 8 * REGISTER_WG;
+                    (kernel, [dims.n.div_ceil(block), dims.m.div_ceil(block), 1])
+                }
+                None => {
+                    let blocks = dims.m.div_ceil(4) as usize * dims.n.div_ceil(4) as usize;
+                    (
+                        &self.blocks,
+                        grid_1d(blocks, ROW_WORKGROUP, self.max_groups),
+                    )
+                }
+            },
+        };
+        MatmulDispatch {
+            kernel,
+            grid,
+            variant,
         }
     }
 
-    /// What computes `dims`: the preferred variant where it can, else the tiled one.
+    /// What computes `dims` on the adapter's preferred variant.
     pub fn for_dims(&self, dims: &MatmulDims) -> MatmulDispatch<'_> {
         self.with_variant(dims, self.preferred)
-            .or_else(|| self.with_variant(dims, MatmulVariant::Tiled))
-            .expect("the tiled kernel computes every product")
+    }
+
+    /// Whether the register variant computes `dims` with its 8×8 vec4 kernels (else with 4×4
+    /// scalar blocks).
+    pub fn takes_vec4(dims: &MatmulDims) -> bool {
+        RegisterForm::of(dims).is_some()
     }
 }

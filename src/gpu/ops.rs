@@ -35,8 +35,8 @@ fn schedule(gpu: &Gpu, step: StepParams) -> Result<Buffer> {
     gpu.storage_with("schedule", &schedule_bytes(&[step]))
 }
 
-/// The matmul `variant` (None if it cannot compute `dims`). `out` gives the initial contents of
-/// the output buffer (elements outside C are kept).
+/// The matmul `variant`. `out` gives the initial contents of the output buffer (elements outside
+/// C are kept).
 pub fn matmul(
     gpu: &Gpu,
     kernels: &Kernels,
@@ -45,14 +45,12 @@ pub fn matmul(
     lhs: &[f32],
     rhs: &[f32],
     out: &[f32],
-) -> Result<Option<Vec<f32>>> {
+) -> Result<Vec<f32>> {
     let dims_buffer = gpu.params_with("dims", dims);
     let lhs_buffer = gpu.storage_with("lhs", lhs)?;
     let rhs_buffer = gpu.storage_with("rhs", rhs)?;
     let out_buffer = gpu.storage_with("out", out)?;
-    let Some(chosen) = kernels.matmul.with_variant(dims, variant) else {
-        return Ok(None);
-    };
+    let chosen = kernels.matmul.with_variant(dims, variant);
     let bind_group = chosen.kernel.bind(
         gpu,
         &[
@@ -63,7 +61,7 @@ pub fn matmul(
         ],
     );
     dispatch(gpu, chosen.kernel, &bind_group, chosen.grid);
-    gpu.read_back(&out_buffer, out.len()).map(Some)
+    gpu.read_back(&out_buffer, out.len())
 }
 
 /// activation.wgsl `bias_activation_forward` on `values` [rows, bias.len()].
