@@ -3,6 +3,7 @@
 use wgpu::{BindGroupLayoutEntry, BindingType, BufferBindingType, ShaderStages};
 
 use super::Gpu;
+use super::buffers::grid_1d;
 use super::matmul::{MatmulKernels, MatmulTiling, MatmulVariant};
 
 /// The kind of one binding slot, as declared in the kernel's WGSL header.
@@ -71,6 +72,11 @@ pub struct Kernels {
 
 /// Workgroup width of the element-wise and per-row kernels (`@workgroup_size(64)` in their WGSL).
 pub const ROW_WORKGROUP: u32 = 64;
+
+/// The grid of an optimizer update over `count` parameters (optimizer.wgsl: a vec4 each).
+pub fn optimizer_grid(count: usize, max_groups: u32) -> [u32; 3] {
+    grid_1d(count.div_ceil(4), ROW_WORKGROUP, max_groups)
+}
 
 impl Kernels {
     /// Every kernel, with the matmul variant this adapter runs best.

@@ -6,7 +6,7 @@ use wgpu::Buffer;
 
 use super::Gpu;
 use super::buffers::grid_1d;
-use super::kernels::{Kernel, Kernels, ROW_WORKGROUP};
+use super::kernels::{Kernel, Kernels, ROW_WORKGROUP, optimizer_grid};
 use super::matmul::MatmulVariant;
 use super::uniforms::*;
 use crate::data::Dataset;
@@ -313,7 +313,7 @@ pub fn sgd_update(
             grads_buffer.as_entire_binding(),
         ],
     );
-    let grid = grid_1d(params.len(), ROW_WORKGROUP, max_groups(gpu));
+    let grid = optimizer_grid(params.len(), max_groups(gpu));
     dispatch(gpu, &kernels.sgd_update, &bind_group, grid);
     gpu.read_back(&params_buffer, params.len())
 }
@@ -355,7 +355,7 @@ pub fn adam_update(
             v_buffer.as_entire_binding(),
         ],
     );
-    let grid = grid_1d(params.len(), ROW_WORKGROUP, max_groups(gpu));
+    let grid = optimizer_grid(params.len(), max_groups(gpu));
     dispatch(gpu, &kernels.adam_update, &bind_group, grid);
     Ok((
         gpu.read_back(&params_buffer, params.len())?,

@@ -5,7 +5,7 @@ use wgpu::Buffer;
 use super::program::Program;
 use super::{DeviceSplit, TrainConfig};
 use crate::gpu::buffers::grid_1d;
-use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::kernels::{ROW_WORKGROUP, optimizer_grid};
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels};
 use crate::model::{DenseLayer, Loss, ModelSpec, ParamLayout};
@@ -222,7 +222,7 @@ impl<'k> ProgramBuilder<'_, 'k> {
                 _pad: [0; 3],
             },
         );
-        let grid = grid_1d(self.layout.total, ROW_WORKGROUP, self.max_groups());
+        let grid = optimizer_grid(self.layout.total, self.max_groups());
         match moments {
             Some((moment1, moment2)) => {
                 let kernel = &self.kernels.adam_update;
