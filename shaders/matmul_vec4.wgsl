@@ -122,6 +122,16 @@ fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
     store_block(block, m0, q0);
 }
 
+// One k of matmul_tn: the outer product of A's rows m0..m0+7 and B's columns at k.
+fn tn_step(block: ptr<function, Block>, a_lo: vec4<f32>, a_hi: vec4<f32>, b_lo: vec4<f32>, b_hi: vec4<f32>) {
+    for (var r = 0u; r < 4u; r++) {
+        (*block).lo[r] = fma(vec4<f32>(a_lo[r]), b_lo, (*block).lo[r]);
+        (*block).hi[r] = fma(vec4<f32>(a_lo[r]), b_hi, (*block).hi[r]);
+        (*block).lo[r + 4u] = fma(vec4<f32>(a_hi[r]), b_lo, (*block).lo[r + 4u]);
+        (*block).hi[r + 4u] = fma(vec4<f32>(a_hi[r]), b_hi, (*block).hi[r + 4u]);
+    }
+}
+
 @compute @workgroup_size(WG_N, WG_M)
 fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
     let origin = block_origin(gid);
@@ -133,24 +143,24 @@ fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
     let q1 = min(q0 + 1u, dims.n / 4u - 1u);
     // A(m, k) = lhs[a_offset + k a_col_stride + m]: rows m0..m0+7 are two vec4 of A's row k.
     let a_stride = dims.a_col_stride / 4u;
-    let m_quads = dims.m / 4u;
     let mq0 = m0 / 4u;
-    let mq1 = min(mq0 + 1u, m_quads - 1u);
+    let mq1 = min(mq0 + 1u, dims.m / 4u - 1u);
     let b_stride = dims.b_row_stride / 4u;
     var block: Block;
-    for (var k = 0u; k < dims.k; k++) {
-        let a = dims.a_offset / 4u + k * a_stride;
-        let a_lo = lhs[a + mq0];
-        let a_hi = lhs[a + mq1];
-        let b = dims.b_offset / 4u + k * b_stride;
-        let b_lo = rhs[b + q0];
-        let b_hi = rhs[b + q1];
-        for (var r = 0u; r < 4u; r++) {
-            block.lo[r] = fma(vec4<f32>(a_lo[r]), b_lo, block.lo[r]);
-            block.hi[r] = fma(vec4<f32>(a_lo[r]), b_hi, block.hi[r]);
-            block.lo[r + 4u] = fma(vec4<f32>(a_hi[r]), b_lo, block.lo[r + 4u]);
-            block.hi[r + 4u] = fma(vec4<f32>(a_hi[r]), b_hi, block.hi[r + 4u]);
+    var a = dims.a_offset / 4u;
+    var b = dims.b_offset / 4u;
+    // Four k per iteration (the loop's own cost is not negligible on a CPU), then the rest.
+    for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
+        for (var j = 0u; j < 4u; j++) {
+            tn_step(&block, lhs[a + mq0], lhs[a + mq1], rhs[b + q0], rhs[b + q1]);
+            a += a_stride;
+            b += b_stride;
         }
+    }
+    for (var k = dims.k / 4u * 4u; k < dims.k; k++) {
+        tn_step(&block, lhs[a + mq0], lhs[a + mq1], rhs[b + q0], rhs[b + q1]);
+        a += a_stride;
+        b += b_stride;
     }
     store_block(block, m0, q0);
 }

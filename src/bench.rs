@@ -92,9 +92,10 @@ fn wait(gpu: &Gpu) -> Result<()> {
         .map_err(|e| Error::Readback(e.to_string()))
 }
 
-/// Seconds per dispatch of `pipeline` (no dynamic offsets), recorded `repeats` times in one submission, repeating
-/// with more until one submission takes at least `min_seconds`; the best of three such.
-fn time_dispatches(
+/// Seconds per dispatch of `pipeline` (no dynamic offsets), recorded `repeats` times in one
+/// submission, repeating with more until one submission takes at least `min_seconds`; the best of
+/// three such.
+pub fn time_dispatches(
     gpu: &Gpu,
     pipeline: &wgpu::ComputePipeline,
     bind_group: &wgpu::BindGroup,

@@ -28,10 +28,18 @@ pub struct BenchReport {
     pub fma_peak_gflops: f64,
     pub step_fraction_of_peak: f64,
     pub matmuls: Vec<MatmulShape>,
+    /// Milliseconds of each kernel in a step, its dispatches timed one by one.
+    pub step_ms_by_kernel: Vec<KernelTime>,
     pub submits_per_epoch: usize,
     pub dispatches_per_epoch: usize,
     pub readbacks_per_epoch: usize,
     pub peak_host_memory_mb: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KernelTime {
+    pub kernel: &'static str,
+    pub ms: f64,
 }
 
 pub fn run(
@@ -74,6 +82,14 @@ pub fn run(
         .into_iter()
         .map(|(name, dims)| measure_matmul(&gpu, &kernels, name, &dims))
         .collect::<Result<Vec<_>>>()?;
+    let step_ms_by_kernel = trainer
+        .profile_step()?
+        .into_iter()
+        .map(|(kernel, seconds)| KernelTime {
+            kernel,
+            ms: seconds * 1e3,
+        })
+        .collect();
     Ok(BenchReport {
         adapter: gpu.adapter_name(),
         batch_size: rows,
@@ -87,6 +103,7 @@ pub fn run(
         fma_peak_gflops: fma_peak,
         step_fraction_of_peak: step_gflops / fma_peak,
         matmuls,
+        step_ms_by_kernel,
         submits_per_epoch: epoch.work.submits,
         dispatches_per_epoch: epoch.work.dispatches,
         readbacks_per_epoch: epoch.work.readbacks,
@@ -126,6 +143,16 @@ pub fn print(r: &BenchReport) {
             m.m,
             m.n,
             m.k
+        );
+    }
+    let profiled: f64 = r.step_ms_by_kernel.iter().map(|k| k.ms).sum();
+    println!("step by kernel         {profiled:>9.3} ms in all, each dispatch timed alone");
+    for k in &r.step_ms_by_kernel {
+        println!(
+            "  {:<30} {:>7.3} ms  {:>5.1} %",
+            k.kernel,
+            k.ms,
+            100.0 * k.ms / profiled
         );
     }
     println!(

@@ -891,6 +891,32 @@ impl<'k> Trainer<'k> {
         Ok(work)
     }
 
+    /// Where a training step's time goes: the seconds of each of its dispatches run alone
+    /// (repeated until the timing is stable), summed per kernel, largest first. Repeating the
+    /// dispatches scrambles the training state, so this consumes the trainer.
+    pub fn profile_step(self) -> Result<Vec<(&'static str, f64)>> {
+        let mut per_kernel: Vec<(&'static str, f64)> = Vec::new();
+        let step = [&self.train_full, &self.update, &self.advance];
+        for dispatch in step.iter().flat_map(|program| &program.dispatches) {
+            let seconds = crate::bench::time_dispatches(
+                self.gpu,
+                &dispatch.kernel.pipeline,
+                &dispatch.bind_group,
+                dispatch.grid,
+                0.02,
+            )?;
+            match per_kernel
+                .iter_mut()
+                .find(|(name, _)| *name == dispatch.kernel.name)
+            {
+                Some((_, total)) => *total += seconds,
+                None => per_kernel.push((dispatch.kernel.name, seconds)),
+            }
+        }
+        per_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(per_kernel)
+    }
+
     /// The current parameters, laid out as `layout()` says (waits for the GPU).
     pub fn parameters(&self) -> Result<Vec<f32>> {
         self.gpu.read_back(&self.params, self.layout.total)
