@@ -199,6 +199,10 @@ struct TrainArgs {
     /// Append one JSON object per epoch (every printed figure and a timestamp) to this file.
     #[arg(long, value_name = "PATH")]
     metrics: Option<PathBuf>,
+    /// Also append the epoch's running training loss and accuracy every N steps ("kind":
+    /// "interval" lines; read without waiting on the GPU per step).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    metrics_every: Option<u64>,
     /// Write checkpoints (weights, Adam moments, counters, shuffle state, position in the
     /// epoch, configuration) into this folder at every epoch end, and every --checkpoint-every
     /// steps.

@@ -30,6 +30,10 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochPoint>> {
     {
         let value: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| bad(i + 1, format!("not a JSON object: {e}")))?;
+        // `--metrics-every` lines: running figures inside an epoch; the curves are per epoch.
+        if value["kind"] == "interval" {
+            continue;
+        }
         let field = |key: &str| {
             value[key].as_f64().ok_or_else(|| {
                 bad(

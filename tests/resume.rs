@@ -1,7 +1,8 @@
 //! Checkpoints and `train --resume` through the program itself: a run SIGKILLed at several
 //! moments (in the middle of writing a checkpoint, between an epoch's evaluation and its
 //! checkpoint, at an arbitrary moment) and resumed each time ends with the weights of the
-//! uninterrupted run, bit for bit, and logs each epoch once with the same figures.
+//! uninterrupted run, bit for bit, and logs each epoch once with the same figures. Also the
+//! metrics log's running figures between epochs.
 
 mod common;
 
@@ -235,6 +236,45 @@ fn a_run_killed_at_any_moment_resumes_to_the_same_weights_bit_for_bit() {
     // Resuming a finished run trains nothing and says so.
     let stdout = run_to_completion(run.command(&resume));
     assert!(stdout.contains("nothing left to train"), "{stdout}");
+}
+
+/// `--metrics-every`: running figures every N steps between the epoch lines, the one at an
+/// epoch's last step equal to the epoch's training figures; `plot` reads past them.
+#[test]
+fn metrics_every_logs_running_figures_between_epochs() {
+    let data = small_mnist(300, 100);
+    let work = tempfile::tempdir().unwrap();
+    let run = Run {
+        data: data.path().to_path_buf(),
+        checkpoints: work.path().join("unused"),
+        metrics: work.path().join("metrics.jsonl"),
+    };
+    // 300 samples in batches of 64: 5 steps per epoch, so step 5 ends epoch 1.
+    run_to_completion(run.bare_command(&[
+        "--hidden",
+        "32",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "2",
+        "--metrics-every",
+        "5",
+    ]));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&run.metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["interval", "epoch", "interval", "epoch"]);
+    for (interval, epoch) in [(&lines[0], &lines[1]), (&lines[2], &lines[3])] {
+        assert_eq!(interval["epoch_step"], 5);
+        assert_eq!(interval["running_train_loss"], epoch["train_loss"]);
+        assert_eq!(interval["running_train_accuracy"], epoch["train_accuracy"]);
+    }
+    assert_eq!(lines[2]["step"], 10);
+    let points = shadertrain::plot::read_metrics(&run.metrics).unwrap();
+    assert_eq!(points.len(), 2);
 }
 
 fn failure(mut command: Command) -> String {

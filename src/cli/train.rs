@@ -1,6 +1,7 @@
 //! `shadertrain train`: the epoch loop, with checkpoints, resuming, the progress bar and the
 //! metrics log around the library's `Trainer`.
 
+use std::cell::Cell;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -159,7 +160,9 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
             Instant::now(),
             trainer.epoch_position().map_or(0, |(taken, _)| taken),
         );
-        let mut show = |p: EpochProgress| {
+        let latest = Cell::new(None);
+        let mut observe = |p: EpochProgress| {
+            latest.set(Some(p));
             if let Some(bar) = &bar {
                 let rate =
                     (p.steps_done - bar_start.1) as f64 / bar_start.0.elapsed().as_secs_f64();
@@ -167,20 +170,30 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
                 bar.set_message(format!("{rate:.1} steps/s  loss {:.4}", p.running_loss));
             }
         };
+        let observed = bar.is_some() || args.metrics_every.is_some();
+        let checkpoint_every = plan.as_ref().and_then(|p| p.every);
         while let Some((taken, total)) = trainer.epoch_position()
             && taken < total
         {
-            let every = plan.as_ref().and_then(|p| p.every);
-            let to_boundary = every.map_or(usize::MAX, |n| (n - trainer.steps_done() % n) as usize);
+            // Stop at the next step that is a multiple of either interval.
+            let steps_to = |every: Option<u64>| {
+                every.map_or(usize::MAX, |n| (n - trainer.steps_done() % n) as usize)
+            };
+            let count = steps_to(checkpoint_every).min(steps_to(args.metrics_every));
             trainer.train(
-                to_boundary,
-                bar.is_some()
-                    .then_some(&mut show as &mut dyn FnMut(EpochProgress)),
+                count,
+                observed.then_some(&mut observe as &mut dyn FnMut(EpochProgress)),
             )?;
+            let at = |every: Option<u64>| every.is_some_and(|n| trainer.steps_done() % n == 0);
+            if let (Some(path), Some(progress)) = (&args.metrics, latest.get())
+                && at(args.metrics_every)
+            {
+                let record = interval_record(args.dataset, trainer.steps_done(), &progress);
+                shadertrain::files::append_line_atomically(path, &record)?;
+            }
             // An epoch's last step is followed by its end-of-epoch checkpoint instead.
-            if let (Some(plan), Some(n), Some((taken, total))) =
-                (&plan, every, trainer.epoch_position())
-                && trainer.steps_done().is_multiple_of(n)
+            if let (Some(plan), Some((taken, total))) = (&plan, trainer.epoch_position())
+                && at(checkpoint_every)
                 && taken < total
             {
                 checkpoint::save(&plan.dir, &checkpoint_of(&trainer, None)?, plan.keep)?;
@@ -218,6 +231,11 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
 
 /// Fail before training, not after, when an output cannot be written.
 fn check_output_folders(args: &TrainArgs) -> Result<()> {
+    if args.metrics_every.is_some() && args.metrics.is_none() {
+        return Err(Error::Config(
+            "--metrics-every needs --metrics to say where to write".into(),
+        ));
+    }
     for (flag, path) in [("--save", &args.save), ("--metrics", &args.metrics)] {
         if let Some(path) = path
             && let Some(parent) = path.parent()
@@ -390,6 +408,7 @@ fn epoch_record(dataset: DatasetKind, m: &EpochMetrics) -> String {
         .map(|d| d.as_secs_f64())
         .unwrap_or_default();
     serde_json::json!({
+        "kind": "epoch",
         "timestamp_unix_s": timestamp,
         "dataset": dataset.name(),
         "epoch": m.epoch,
@@ -404,12 +423,33 @@ fn epoch_record(dataset: DatasetKind, m: &EpochMetrics) -> String {
     .to_string()
 }
 
+/// A --metrics-every line: the running training metrics of the epoch under way.
+fn interval_record(dataset: DatasetKind, steps_done: u64, p: &EpochProgress) -> String {
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    serde_json::json!({
+        "kind": "interval",
+        "timestamp_unix_s": timestamp,
+        "dataset": dataset.name(),
+        "epoch": p.epoch,
+        "step": steps_done,
+        "epoch_step": p.steps_done,
+        "epoch_steps": p.steps,
+        "running_train_loss": p.running_loss,
+        "running_train_accuracy": p.running_accuracy,
+    })
+    .to_string()
+}
+
 /// A run killed after its end-of-epoch checkpoint but before logging the epoch logs it on resume.
 fn log_epoch_if_missing(log: &Path, epochs_done: usize, record: &str) -> Result<()> {
     let logged = match std::fs::read_to_string(log) {
         Ok(text) => text
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|value| value["kind"] != "interval")
             .filter_map(|value| value["epoch"].as_u64())
             .max()
             .unwrap_or(0),
