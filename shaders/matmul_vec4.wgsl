@@ -22,10 +22,14 @@
 //   2 rhs    storage, read        vec4<f32> array holding B at dims.b_offset / 4
 //   3 out    storage, read_write  vec4<f32> array; C is row-major [M, N] at dims.c_offset / 4
 //
-// Each invocation computes an 8 x 8 block of C (8 rows, two vec4 of columns) in 16 vec4
-// accumulators. Rows past M and columns past N are computed on clamped (valid) indices and not
-// stored, so M and N need not be multiples of 8.
-// Workgroup: (WG_N, WG_M) invocations. Dispatch grid: (ceil(N / (8 WG_N)), ceil(M / (8 WG_M)), 1).
+// Each invocation computes a block of C in registers: 8 x 8 (8 rows, two vec4 of columns, in
+// 16 vec4 accumulators) in matmul_nn and matmul_nt, 8 x 16 (four vec4 of columns, 32
+// accumulators) in matmul_tn. Per four k, an 8 x 8 block loads 16 vec4 for 64 vec4 FMAs; the
+// wider block 24 for 128, which pays in matmul_tn (its loop holds little else) but measured
+// slower in the other two on lavapipe. Rows past M and columns past N are computed on clamped
+// (valid) indices and not stored, so M and N need not be multiples of a block.
+// Workgroup: (WG_N, WG_M) invocations (the host sets them per entry point). Dispatch grid:
+// (ceil(N / (block columns WG_N)), ceil(M / (8 WG_M)), 1).
 
 struct Dims {
     m: u32,
@@ -122,49 +126,6 @@ fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
     store_block(block, m0, q0);
 }
 
-// One k of matmul_tn: the outer product of A's rows m0..m0+7 and B's columns at k.
-fn tn_step(block: ptr<function, Block>, a_lo: vec4<f32>, a_hi: vec4<f32>, b_lo: vec4<f32>, b_hi: vec4<f32>) {
-    for (var r = 0u; r < 4u; r++) {
-        (*block).lo[r] = fma(vec4<f32>(a_lo[r]), b_lo, (*block).lo[r]);
-        (*block).hi[r] = fma(vec4<f32>(a_lo[r]), b_hi, (*block).hi[r]);
-        (*block).lo[r + 4u] = fma(vec4<f32>(a_hi[r]), b_lo, (*block).lo[r + 4u]);
-        (*block).hi[r + 4u] = fma(vec4<f32>(a_hi[r]), b_hi, (*block).hi[r + 4u]);
-    }
-}
-
-@compute @workgroup_size(WG_N, WG_M)
-fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let origin = block_origin(gid);
-    if (origin.z == 0u) {
-        return;
-    }
-    let m0 = origin.x;
-    let q0 = origin.y;
-    let q1 = min(q0 + 1u, dims.n / 4u - 1u);
-    // A(m, k) = lhs[a_offset + k a_col_stride + m]: rows m0..m0+7 are two vec4 of A's row k.
-    let a_stride = dims.a_col_stride / 4u;
-    let mq0 = m0 / 4u;
-    let mq1 = min(mq0 + 1u, dims.m / 4u - 1u);
-    let b_stride = dims.b_row_stride / 4u;
-    var block: Block;
-    var a = dims.a_offset / 4u;
-    var b = dims.b_offset / 4u;
-    // Four k per iteration (the loop's own cost is not negligible on a CPU), then the rest.
-    for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
-        for (var j = 0u; j < 4u; j++) {
-            tn_step(&block, lhs[a + mq0], lhs[a + mq1], rhs[b + q0], rhs[b + q1]);
-            a += a_stride;
-            b += b_stride;
-        }
-    }
-    for (var k = dims.k / 4u * 4u; k < dims.k; k++) {
-        tn_step(&block, lhs[a + mq0], lhs[a + mq1], rhs[b + q0], rhs[b + q1]);
-        a += a_stride;
-        b += b_stride;
-    }
-    store_block(block, m0, q0);
-}
-
 @compute @workgroup_size(WG_N, WG_M)
 fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
     let origin = block_origin(gid);
@@ -204,4 +165,104 @@ fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
     store_block(block, m0, q0);
+}
+
+// matmul_tn's wider 8 x 16 blocks (see the header).
+
+// The 8 x 16 block of C: row r, columns 4c..4c+3 in c<c>[r].
+struct WideBlock {
+    c0: array<vec4<f32>, 8>,
+    c1: array<vec4<f32>, 8>,
+    c2: array<vec4<f32>, 8>,
+    c3: array<vec4<f32>, 8>,
+}
+
+// Where this invocation's block starts (first row, first vec4 column), and its four vec4
+// columns clamped into C.
+struct Origin {
+    m0: u32,
+    q: vec4<u32>,
+    inside: bool,
+}
+
+fn wide_origin(gid: vec3<u32>) -> Origin {
+    let m0 = gid.y * 8u;
+    let q0 = gid.x * 4u;
+    let last = dims.n / 4u - 1u;
+    let q = vec4<u32>(min(q0, last), min(q0 + 1u, last), min(q0 + 2u, last), min(q0 + 3u, last));
+    return Origin(m0, q, m0 < dims.m && q0 <= last);
+}
+
+// Stores the rows and columns of a wide block that lie inside C.
+fn store_wide(block: WideBlock, origin: Origin) {
+    let columns = dims.n / 4u;
+    let base = dims.c_offset / 4u;
+    let q0 = origin.q.x;
+    for (var r = 0u; r < 8u; r++) {
+        let m = origin.m0 + r;
+        if (m < dims.m) {
+            let row = base + m * columns;
+            out[row + q0] = block.c0[r];
+            if (q0 + 1u < columns) {
+                out[row + q0 + 1u] = block.c1[r];
+            }
+            if (q0 + 2u < columns) {
+                out[row + q0 + 2u] = block.c2[r];
+            }
+            if (q0 + 3u < columns) {
+                out[row + q0 + 3u] = block.c3[r];
+            }
+        }
+    }
+}
+
+// One k of matmul_tn: the outer product of A's rows m0..m0+7 (two vec4 at a_k + mq.x and
+// a_k + mq.y) and B's 16 columns (four vec4 at b_k + q).
+fn tn_step(block: ptr<function, WideBlock>, a_k: u32, mq: vec2<u32>, b_k: u32, q: vec4<u32>) {
+    let a_lo = lhs[a_k + mq.x];
+    let a_hi = lhs[a_k + mq.y];
+    let b0 = rhs[b_k + q.x];
+    let b1 = rhs[b_k + q.y];
+    let b2 = rhs[b_k + q.z];
+    let b3 = rhs[b_k + q.w];
+    for (var r = 0u; r < 4u; r++) {
+        (*block).c0[r] = fma(vec4<f32>(a_lo[r]), b0, (*block).c0[r]);
+        (*block).c1[r] = fma(vec4<f32>(a_lo[r]), b1, (*block).c1[r]);
+        (*block).c2[r] = fma(vec4<f32>(a_lo[r]), b2, (*block).c2[r]);
+        (*block).c3[r] = fma(vec4<f32>(a_lo[r]), b3, (*block).c3[r]);
+        (*block).c0[r + 4u] = fma(vec4<f32>(a_hi[r]), b0, (*block).c0[r + 4u]);
+        (*block).c1[r + 4u] = fma(vec4<f32>(a_hi[r]), b1, (*block).c1[r + 4u]);
+        (*block).c2[r + 4u] = fma(vec4<f32>(a_hi[r]), b2, (*block).c2[r + 4u]);
+        (*block).c3[r + 4u] = fma(vec4<f32>(a_hi[r]), b3, (*block).c3[r + 4u]);
+    }
+}
+
+@compute @workgroup_size(WG_N, WG_M)
+fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let origin = wide_origin(gid);
+    if (!origin.inside) {
+        return;
+    }
+    // A(m, k) = lhs[a_offset + k a_col_stride + m]: rows m0..m0+7 are two vec4 of A's row k.
+    let a_stride = dims.a_col_stride / 4u;
+    let mq0 = origin.m0 / 4u;
+    let mq = vec2<u32>(mq0, min(mq0 + 1u, dims.m / 4u - 1u));
+    let b_stride = dims.b_row_stride / 4u;
+    var block: WideBlock;
+    var a_k = dims.a_offset / 4u;
+    var b_k = dims.b_offset / 4u;
+    // Four k per iteration (the loop's own cost is not negligible on a CPU), then the rest.
+    for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
+        for (var j = 0u; j < 4u; j++) {
+            tn_step(&block, a_k, mq, b_k, origin.q);
+            a_k += a_stride;
+            b_k += b_stride;
+        }
+    }
+    for (var k = dims.k / 4u * 4u; k < dims.k; k++) {
+        tn_step(&block, a_k, mq, b_k, origin.q);
+        a_k += a_stride;
+        b_k += b_stride;
+    }
+    store_wide(block, origin);
 }

@@ -88,8 +88,8 @@ const MATMUL_SHAPES: [(usize, usize, usize); 5] = [
     (129, 785, 257),
 ];
 
-/// (M, N, K) for the register kernels: N and K in multiples of 4, M (and, in the dense-layer
-/// products, the batch) anything; none a multiple of the 8×8 block or of a workgroup's 64×64.
+/// (M, N, K) for the vec4 register kernels: N and K in multiples of 4, M (and, in the
+/// dense-layer products, the batch) anything; partial blocks and workgroups along every side.
 const REGISTER_SHAPES: [(usize, usize, usize); 5] = [
     (1, 4, 4),
     (7, 12, 20),
@@ -301,7 +301,7 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
 }
 
 /// The shapes each variant is checked on: the register variant on shapes for both of its
-/// kernels (8×8 vec4 blocks, and 4×4 scalar blocks for the others).
+/// kernels (vec4 blocks, and 4×4 scalar blocks for the other shapes).
 fn shapes_for(variant: MatmulVariant) -> Vec<(usize, usize, usize)> {
     match variant {
         MatmulVariant::Tiled => MATMUL_SHAPES.to_vec(),

@@ -3,7 +3,7 @@
 //! Two implementations of the same product (see the WGSL headers):
 //! - `Tiled` (matmul.wgsl): workgroup-memory tiles and scalar loads; any shape and strides. The
 //!   usual GPU design: threads of a workgroup share each loaded tile.
-//! - `Registers`: no workgroup memory, each invocation's block of C in registers: 8×8 blocks
+//! - `Registers`: no workgroup memory, each invocation's block of C in registers: 8×8 or 8×16 blocks
 //!   from aligned vec4 loads (matmul_vec4.wgsl) where shapes and offsets are multiples of 4,
 //!   else 4×4 blocks from scalar loads (`matmul_blocks` in matmul.wgsl). On a CPU adapter such as
 //!   lavapipe, where buffer and workgroup loads are done lane by lane, it is several times faster.
@@ -58,8 +58,48 @@ impl Default for MatmulTiling {
     }
 }
 
-/// Invocations per workgroup along M and N of the register kernels (8×8 outputs each).
-const REGISTER_WG: u32 = 8;
+/// Launch shape of a vec4 register kernel (matmul_vec4.wgsl): invocations per workgroup along M
+/// and N (its `override` constants), and the block of C each invocation computes.
+#[derive(Debug, Clone, Copy)]
+struct RegisterShape {
+    wg_m: u32,
+    wg_n: u32,
+    block_m: u32,
+    block_n: u32,
+}
+
+impl RegisterShape {
+    /// Measured on lavapipe: 8×8 blocks in workgroups of 8×8 for nn and nt, 8×16 blocks in
+    /// workgroups of 4×8 for tn.
+    fn of(form: RegisterForm) -> Self {
+        match form {
+            RegisterForm::Nn | RegisterForm::Nt => RegisterShape {
+                wg_m: 8,
+                wg_n: 8,
+                block_m: 8,
+                block_n: 8,
+            },
+            RegisterForm::Tn => RegisterShape {
+                wg_m: 4,
+                wg_n: 8,
+                block_m: 8,
+                block_n: 16,
+            },
+        }
+    }
+
+    fn constants(self) -> [(&'static str, f64); 2] {
+        [("WG_M", self.wg_m as f64), ("WG_N", self.wg_n as f64)]
+    }
+
+    fn grid(self, dims: &MatmulDims) -> [u32; 3] {
+        [
+            dims.n.div_ceil(self.block_n * self.wg_n),
+            dims.m.div_ceil(self.block_m * self.wg_m),
+            1,
+        ]
+    }
+}
 
 /// The storage orders the register kernels handle, one entry point each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,15 +176,17 @@ impl MatmulKernels {
             ("WG_N", tiling.wg_n as f64),
             ("TILE_K", tiling.tile_k as f64),
         ];
-        let register_constants = [("WG_M", REGISTER_WG as f64), ("WG_N", REGISTER_WG as f64)];
-        let register = |entry| build(gpu, &registers, entry, &slots, &register_constants);
+        let register = |entry, form| {
+            let constants = RegisterShape::of(form).constants();
+            build(gpu, &registers, entry, &slots, &constants)
+        };
         MatmulKernels {
             tiled: build(gpu, &tiled, "matmul", &slots, &tiling_constants),
             tiling,
             blocks: build(gpu, &tiled, "matmul_blocks", &slots, &[]),
-            nn: register("matmul_nn"),
-            tn: register("matmul_tn"),
-            nt: register("matmul_nt"),
+            nn: register("matmul_nn", RegisterForm::Nn),
+            tn: register("matmul_tn", RegisterForm::Tn),
+            nt: register("matmul_nt", RegisterForm::Nt),
             preferred,
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
         }
@@ -168,8 +210,7 @@ impl MatmulKernels {
                         RegisterForm::Tn => &self.tn,
                         RegisterForm::Nt => &self.nt,
                     };
-                    let block = 8 * REGISTER_WG;
-                    (kernel, [dims.n.div_ceil(block), dims.m.div_ceil(block), 1])
+                    (kernel, RegisterShape::of(form).grid(dims))
                 }
                 None => {
                     let blocks = dims.m.div_ceil(4) as usize * dims.n.div_ceil(4) as usize;
@@ -192,7 +233,7 @@ impl MatmulKernels {
         self.with_variant(dims, self.preferred)
     }
 
-    /// Whether the register variant computes `dims` with its 8×8 vec4 kernels (else with 4×4
+    /// Whether the register variant computes `dims` with its vec4 kernels (else with 4×4
     /// scalar blocks).
     pub fn takes_vec4(dims: &MatmulDims) -> bool {
         RegisterForm::of(dims).is_some()
