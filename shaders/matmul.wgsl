@@ -8,6 +8,11 @@
 //   weight grad  dW = Xᵀ dY    A = Xᵀ (row stride 1, col stride in)   B = dY (row stride out, col stride 1)
 //   input grad   dX = dY Wᵀ    A = dY (row stride out, col stride 1)  B = Wᵀ (row stride 1, col stride out)
 //
+// Epilogue (dims.epilogue): 0 stores the product; 1 + an activation code (activation.wgsl's: 0
+// identity, 1 relu, 2 sigmoid, 3 tanh) stores f(C[m, n] + B_buffer[bias_offset + n]), which
+// makes the product a dense layer's whole forward pass: Y = f(X W + b), W and b both in the flat
+// parameter buffer bound as rhs.
+//
 // Bindings (group 0):
 //   0 dims   storage, read        Dims below (a storage buffer, not a uniform: see src/gpu/kernels.rs)
 //   1 lhs    storage, read        f32 array holding A at dims.a_offset
@@ -30,8 +35,8 @@ struct Dims {
     b_row_stride: u32,
     b_col_stride: u32,
     c_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
+    bias_offset: u32,
+    epilogue: u32,
 }
 
 override WG_M: u32 = 16u;
@@ -46,6 +51,20 @@ override TILE_K: u32 = 16u;
 // a_tile[k * WG_M + i] holds A rows 4i..4i+3 of the tile at slab column k; b_tile likewise for B columns.
 var<workgroup> a_tile: array<vec4<f32>, TILE_K * WG_M>;
 var<workgroup> b_tile: array<vec4<f32>, TILE_K * WG_N>;
+
+// The value stored at C[m, n] (see Epilogue above).
+fn finish(value: f32, n: u32) -> f32 {
+    if (dims.epilogue == 0u) {
+        return value;
+    }
+    let z = value + rhs[dims.bias_offset + n];
+    switch dims.epilogue - 1u {
+        case 1u: { return max(z, 0.0); }
+        case 2u: { return 1.0 / (1.0 + exp(-z)); }
+        case 3u: { return tanh(z); }
+        default: { return z; }
+    }
+}
 
 fn load_a(m: u32, k: u32) -> f32 {
     if (m < dims.m && k < dims.k) {
@@ -100,7 +119,7 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         for (var c = 0u; c < 4u; c++) {
             let n = tile_n + lid.x * 4u + c;
             if (n < dims.n) {
-                out[dims.c_offset + m * dims.n + n] = acc[r][c];
+                out[dims.c_offset + m * dims.n + n] = finish(acc[r][c], n);
             }
         }
     }
@@ -145,7 +164,7 @@ fn matmul_blocks(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         for (var c = 0u; c < 4u; c++) {
             let n = n0 + c;
             if (n < dims.n) {
-                out[dims.c_offset + m * dims.n + n] = acc[r][c];
+                out[dims.c_offset + m * dims.n + n] = finish(acc[r][c], n);
             }
         }
     }

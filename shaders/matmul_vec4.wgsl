@@ -13,8 +13,10 @@
 //              weight grad  dW = Xᵀ dY
 //   matmul_nt  A row-major [M, K],                 B stored [N, K] (b_row_stride 1)
 //              input grad  dX = dY Wᵀ
+// Epilogue (dims.epilogue) as in matmul.wgsl: 0 stores the product, 1 + an activation code
+// stores f(C + bias), the bias a vec4 per column quad at B_buffer[bias_offset / 4 + q].
 // Requirements (checked by the host, which uses matmul.wgsl otherwise): N % 4 == 0, every offset
-// and stride a multiple of 4, K % 4 == 0 for nn and nt, M % 4 == 0 for tn.
+// (the bias's too) and stride a multiple of 4, K % 4 == 0 for nn and nt, M % 4 == 0 for tn.
 //
 // Bindings (group 0):
 //   0 dims   storage, read        Dims below
@@ -42,8 +44,8 @@ struct Dims {
     b_row_stride: u32,
     b_col_stride: u32,
     c_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
+    bias_offset: u32,
+    epilogue: u32,
 }
 
 override WG_M: u32 = 8u;
@@ -72,6 +74,20 @@ fn block_origin(gid: vec3<u32>) -> vec3<u32> {
     return vec3<u32>(m0, q0, select(0u, 1u, m0 < dims.m && q0 < dims.n / 4u));
 }
 
+// The four values stored at C[m, 4q..4q+3] (see Epilogue above).
+fn finish(value: vec4<f32>, q: u32) -> vec4<f32> {
+    if (dims.epilogue == 0u) {
+        return value;
+    }
+    let z = value + rhs[dims.bias_offset / 4u + q];
+    switch dims.epilogue - 1u {
+        case 1u: { return max(z, vec4<f32>(0.0)); }
+        case 2u: { return 1.0 / (1.0 + exp(-z)); }
+        case 3u: { return tanh(z); }
+        default: { return z; }
+    }
+}
+
 // Stores the rows and columns of the block that lie inside C.
 fn store_block(block: Block, m0: u32, q0: u32) {
     let columns = dims.n / 4u;
@@ -79,9 +95,9 @@ fn store_block(block: Block, m0: u32, q0: u32) {
     for (var r = 0u; r < 8u; r++) {
         let m = m0 + r;
         if (m < dims.m) {
-            out[base + m * columns + q0] = block.lo[r];
+            out[base + m * columns + q0] = finish(block.lo[r], q0);
             if (q0 + 1u < columns) {
-                out[base + m * columns + q0 + 1u] = block.hi[r];
+                out[base + m * columns + q0 + 1u] = finish(block.hi[r], q0 + 1u);
             }
         }
     }
@@ -202,15 +218,15 @@ fn store_wide(block: WideBlock, origin: Origin) {
         let m = origin.m0 + r;
         if (m < dims.m) {
             let row = base + m * columns;
-            out[row + q0] = block.c0[r];
+            out[row + q0] = finish(block.c0[r], q0);
             if (q0 + 1u < columns) {
-                out[row + q0 + 1u] = block.c1[r];
+                out[row + q0 + 1u] = finish(block.c1[r], q0 + 1u);
             }
             if (q0 + 2u < columns) {
-                out[row + q0 + 2u] = block.c2[r];
+                out[row + q0 + 2u] = finish(block.c2[r], q0 + 2u);
             }
             if (q0 + 3u < columns) {
-                out[row + q0 + 3u] = block.c3[r];
+                out[row + q0 + 3u] = finish(block.c3[r], q0 + 3u);
             }
         }
     }

@@ -30,6 +30,17 @@ impl LayerActivation {
         }
     }
 
+    pub fn from_shader_code(code: u32) -> Option<Self> {
+        [
+            LayerActivation::Identity,
+            LayerActivation::Hidden(Activation::Relu),
+            LayerActivation::Hidden(Activation::Sigmoid),
+            LayerActivation::Hidden(Activation::Tanh),
+        ]
+        .into_iter()
+        .find(|a| a.shader_code() == code)
+    }
+
     pub fn apply(self, z: f32) -> f32 {
         match self {
             LayerActivation::Identity => z,

@@ -5,14 +5,18 @@ use crate::data::Dataset;
 use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
 use crate::model::{LayerActivation, Loss, ModelSpec};
 
-/// matmul.wgsl: out[c_offset + m N + n] = Σ_k A(m, k) B(k, n), accumulated in f64.
+/// matmul.wgsl: out[c_offset + m N + n] = Σ_k A(m, k) B(k, n), accumulated in f64, then with an
+/// epilogue f(sum + bias[n]) in f32.
 pub fn matmul(dims: &MatmulDims, lhs: &[f32], rhs: &[f32], out: &mut [f32]) {
     for m in 0..dims.m as usize {
         for n in 0..dims.n as usize {
             let sum: f64 = (0..dims.k as usize)
                 .map(|k| lhs[dims.lhs_index(m, k)] as f64 * rhs[dims.rhs_index(k, n)] as f64)
                 .sum();
-            out[dims.out_index(m, n)] = sum as f32;
+            out[dims.out_index(m, n)] = match dims.epilogue_activation() {
+                Some(f) => f.apply(sum as f32 + rhs[dims.bias_offset as usize + n]),
+                None => sum as f32,
+            };
         }
     }
 }

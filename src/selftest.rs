@@ -110,12 +110,11 @@ fn random_vec(rng: &mut Rng, len: usize, low: f32, high: f32) -> Vec<f32> {
 }
 
 /// Names of the checks, in the order `run` performs them.
-pub const CHECKS: [&str; 11] = [
+pub const CHECKS: [&str; 10] = [
     "matmul (tiled)",
     "matmul dense-layer products (tiled)",
     "matmul (registers)",
     "matmul dense-layer products (registers)",
-    "bias + activation forward",
     "activation backward + bias gradient",
     "softmax losses",
     "batch gather",
@@ -140,25 +139,6 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
         }
         "matmul dense-layer products (registers)" => {
             check_layer_matmuls(gpu, kernels, &mut tally, MatmulVariant::Registers, &mut rng)?;
-        }
-        "bias + activation forward" => {
-            for activation in ACTIVATIONS {
-                for (rows, cols) in [(1, 1), (7, 13), (129, 257)] {
-                    let values = random_vec(&mut rng, rows * cols, -4.0, 4.0);
-                    let bias = random_vec(&mut rng, cols, -1.0, 1.0);
-                    let mut expected = values.clone();
-                    reference::bias_activation_forward(&mut expected, &bias, activation);
-                    let actual =
-                        ops::bias_activation_forward(gpu, kernels, &values, &bias, activation)?;
-                    tally.close(
-                        &format!("{activation:?} {rows}x{cols}"),
-                        &actual,
-                        &expected,
-                        1e-6,
-                        1e-5,
-                    );
-                }
-            }
         }
         "activation backward + bias gradient" => {
             for activation in ACTIVATIONS {
@@ -334,8 +314,8 @@ fn check_plain_matmuls(
     Ok(())
 }
 
-/// The three products of a dense layer, with the weight inside a larger flat buffer as in
-/// training (at an offset the variant can read: any for tiled, a multiple of 4 for registers).
+/// The three products of a dense layer, with the weight and bias inside a larger flat buffer as
+/// in training, the forward product also with each activation fused into its epilogue.
 fn check_layer_matmuls(
     gpu: &Gpu,
     kernels: &Kernels,
@@ -377,6 +357,12 @@ fn check_layer_matmuls(
         ];
         for (what, dims, lens) in cases {
             let case = format!("{what} {shape}");
+            check_matmul(gpu, kernels, tally, variant, &case, dims, lens, rng)?;
+        }
+        for activation in ACTIVATIONS {
+            let dims = MatmulDims::layer_forward_activated(rows, &layer, activation);
+            let lens = [rows * inputs, params, rows * outputs];
+            let case = format!("forward + bias + {activation:?} {shape}");
             check_matmul(gpu, kernels, tally, variant, &case, dims, lens, rng)?;
         }
     }

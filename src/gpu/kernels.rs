@@ -59,7 +59,6 @@ impl Kernel {
 /// Every kernel the trainer runs. Built once; pipelines are never created during training.
 pub struct Kernels {
     pub matmul: MatmulKernels,
-    pub bias_activation: Kernel,
     pub activation_backward: Kernel,
     pub softmax_cross_entropy: Kernel,
     pub softmax_mean_squared_error: Kernel,
@@ -119,13 +118,6 @@ impl Kernels {
         ];
         Kernels {
             matmul: MatmulKernels::new(gpu, tiling, preferred),
-            bias_activation: build(
-                gpu,
-                &activation,
-                "bias_activation_forward",
-                &[(0, Params), (1, ReadWrite), (2, Read)],
-                &[],
-            ),
             activation_backward: build(
                 gpu,
                 &activation,

@@ -116,8 +116,8 @@ impl RegisterForm {
     /// The form that computes `dims` with aligned vec4 loads only, if any.
     fn of(d: &MatmulDims) -> Option<Self> {
         let aligned = |values: &[u32]| values.iter().all(|v| v % 4 == 0);
-        if d.m == 0 || d.n == 0 || d.k == 0 || !aligned(&[d.n, d.a_offset, d.b_offset, d.c_offset])
-        {
+        let offsets = [d.n, d.a_offset, d.b_offset, d.c_offset, d.bias_offset];
+        if d.m == 0 || d.n == 0 || d.k == 0 || !aligned(&offsets) {
             return None;
         }
         let b_row_major = d.b_col_stride == 1 && aligned(&[d.b_row_stride]);

@@ -64,36 +64,6 @@ pub fn matmul(
     gpu.read_back(&out_buffer, out.len())
 }
 
-/// activation.wgsl `bias_activation_forward` on `values` [rows, bias.len()].
-pub fn bias_activation_forward(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    values: &[f32],
-    bias: &[f32],
-    activation: LayerActivation,
-) -> Result<Vec<f32>> {
-    let shape = ActivationShape {
-        rows: (values.len() / bias.len()) as u32,
-        cols: bias.len() as u32,
-        bias_offset: 0,
-        activation: activation.shader_code(),
-    };
-    let shape_buffer = gpu.params_with("shape", &shape);
-    let values_buffer = gpu.storage_with("values", values)?;
-    let bias_buffer = gpu.storage_with("bias", bias)?;
-    let bind_group = kernels.bias_activation.bind(
-        gpu,
-        &[
-            shape_buffer.as_entire_binding(),
-            values_buffer.as_entire_binding(),
-            bias_buffer.as_entire_binding(),
-        ],
-    );
-    let grid = grid_1d(values.len(), ROW_WORKGROUP, max_groups(gpu));
-    dispatch(gpu, &kernels.bias_activation, &bind_group, grid);
-    gpu.read_back(&values_buffer, values.len())
-}
-
 /// activation.wgsl `activation_backward`: returns (dL/dz, bias gradient).
 pub fn activation_backward(
     gpu: &Gpu,

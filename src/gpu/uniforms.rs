@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::model::DenseLayer;
+use crate::model::{DenseLayer, LayerActivation};
 
 /// `Dims` in matmul.wgsl: C[m, n] = Σ_k A(m, k) B(k, n), A and B read through strides.
 #[repr(C)]
@@ -19,8 +19,14 @@ pub struct MatmulDims {
     pub b_row_stride: u32,
     pub b_col_stride: u32,
     pub c_offset: u32,
-    pub _pad: [u32; 2],
+    /// With an epilogue, the bias's offset in the B buffer (the flat parameters).
+    pub bias_offset: u32,
+    /// `NO_EPILOGUE`, or 1 + an activation code: C = f(A B + bias), see `layer_forward_activated`.
+    pub epilogue: u32,
 }
+
+/// `MatmulDims::epilogue` when C is the plain product.
+pub const NO_EPILOGUE: u32 = 0;
 
 impl MatmulDims {
     /// C[m×n] = A[m×k] · B[k×n], every matrix row-major and contiguous from offset 0.
@@ -36,7 +42,8 @@ impl MatmulDims {
             b_row_stride: n as u32,
             b_col_stride: 1,
             c_offset: 0,
-            _pad: [0; 2],
+            bias_offset: 0,
+            epilogue: NO_EPILOGUE,
         }
     }
 
@@ -47,6 +54,27 @@ impl MatmulDims {
             b_offset: layer.weight_offset as u32,
             ..Self::plain(rows, layer.outputs, layer.inputs)
         }
+    }
+
+    /// The whole forward pass of a dense layer in one product: Y = f(X W + b), the bias (read
+    /// from the parameter buffer) and the activation applied as each element is stored.
+    pub fn layer_forward_activated(
+        rows: usize,
+        layer: &DenseLayer,
+        activation: LayerActivation,
+    ) -> Self {
+        MatmulDims {
+            bias_offset: layer.bias_offset as u32,
+            epilogue: 1 + activation.shader_code(),
+            ..Self::layer_forward(rows, layer)
+        }
+    }
+
+    /// The activation of the epilogue, if there is one.
+    pub fn epilogue_activation(&self) -> Option<LayerActivation> {
+        self.epilogue
+            .checked_sub(1)
+            .and_then(LayerActivation::from_shader_code)
     }
 
     /// Weight gradient: dW[in×out] = Xᵀ · dY, written into the gradient buffer at the layer's

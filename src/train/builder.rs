@@ -87,27 +87,16 @@ impl<'k> ProgramBuilder<'_, 'k> {
             grid_1d(rows * words, ROW_WORKGROUP, self.max_groups()),
         );
 
+        // Each layer is one product with the bias and activation fused into its epilogue.
         for (l, layer) in self.layout.layers.iter().enumerate() {
-            let (input, output) = (&self.activations[l], &self.activations[l + 1]);
+            let activation = self.spec.layer_activation(l);
             self.matmul(
                 &mut program,
-                MatmulDims::layer_forward(rows, layer),
-                input,
+                MatmulDims::layer_forward_activated(rows, layer, activation),
+                &self.activations[l],
                 self.params,
-                output,
+                &self.activations[l + 1],
             );
-            let shape = self.activation_shape(rows, l, layer);
-            let kernel = &self.kernels.bias_activation;
-            let bind_group = kernel.bind(
-                gpu,
-                &[
-                    shape.as_entire_binding(),
-                    output.as_entire_binding(),
-                    self.params.as_entire_binding(),
-                ],
-            );
-            let grid = grid_1d(rows * layer.outputs, ROW_WORKGROUP, self.max_groups());
-            program.push(kernel, bind_group, grid);
         }
 
         let kernel = match self.spec.loss {
