@@ -22,7 +22,7 @@ use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 use crate::files::{TEMP_PREFIX, write_atomically};
 use crate::model::ModelSpec;
-use crate::model_file::{describe_model, name_of, read_model_description};
+use crate::model_file::{describe_model, name_of, parse_safetensors, read_model_description};
 use crate::train::{EpochState, OptimizerKind, TrainConfig, TrainingState};
 
 const FORMAT: &str = "shadertrain checkpoint 1";
@@ -221,14 +221,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         problem,
     };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
-    let metadata = header
-        .metadata()
-        .clone()
-        .ok_or_else(|| bad("no __metadata__: not a shadertrain checkpoint".into()))?;
+    let (file, metadata) = parse_safetensors(&bytes, &bad, "not a shadertrain checkpoint")?;
     if metadata.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(bad(format!(
             "not a shadertrain checkpoint (format {:?}, expected {FORMAT:?})",

@@ -145,6 +145,24 @@ pub(crate) fn read_model_description(
     Ok((spec, dataset))
 }
 
+/// Parses a safetensors file and its `__metadata__` (whose absence means `foreign`); `bad`
+/// words the errors for the file.
+pub(crate) fn parse_safetensors<'a>(
+    bytes: &'a [u8],
+    bad: &dyn Fn(String) -> Error,
+    foreign: &str,
+) -> Result<(SafeTensors<'a>, HashMap<String, String>)> {
+    let unreadable =
+        |e: safetensors::SafeTensorError| bad(format!("not a readable safetensors file: {e}"));
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(unreadable)?;
+    let file = SafeTensors::deserialize(bytes).map_err(unreadable)?;
+    let metadata = header
+        .metadata()
+        .clone()
+        .ok_or_else(|| bad(format!("no __metadata__: {foreign}")))?;
+    Ok((file, metadata))
+}
+
 /// Reads a model written by `save_model`, checking every tensor against the metadata.
 pub fn load_model(path: &Path) -> Result<SavedModel> {
     let bad = |problem: String| Error::ModelFile {
@@ -152,14 +170,7 @@ pub fn load_model(path: &Path) -> Result<SavedModel> {
         problem,
     };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
-    let metadata = header
-        .metadata()
-        .clone()
-        .ok_or_else(|| bad("no __metadata__: not written by shadertrain".into()))?;
+    let (file, metadata) = parse_safetensors(&bytes, &bad, "not written by shadertrain")?;
     let (spec, dataset) = read_model_description(&metadata).map_err(bad)?;
     let widths = spec.widths();
     let layout = spec.layout();

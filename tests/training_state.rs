@@ -40,6 +40,10 @@ fn data() -> (Dataset, Dataset) {
     )
 }
 
+fn trainer(optimizer: OptimizerKind, train: &Dataset, test: &Dataset) -> Trainer<'static> {
+    Trainer::new(gpu(), kernels(), spec(), config(optimizer), train, test).unwrap()
+}
+
 fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
 }
@@ -59,8 +63,7 @@ fn figures(m: &EpochMetrics) -> [u64; 5] {
 fn a_restored_state_continues_the_run_bit_for_bit() {
     let (train, test) = data();
     for optimizer in [OptimizerKind::Adam, OptimizerKind::Sgd] {
-        let mut straight =
-            Trainer::new(gpu(), kernels(), spec(), config(optimizer), &train, &test).unwrap();
+        let mut straight = trainer(optimizer, &train, &test);
         let expected: Vec<[u64; 5]> = (0..3)
             .map(|_| figures(&straight.run_epoch().unwrap()))
             .collect();
@@ -68,8 +71,7 @@ fn a_restored_state_continues_the_run_bit_for_bit() {
 
         // Stop 3 steps into epoch 2, and again between epochs 2 and 3, each time carrying on
         // in a new trainer from the state alone.
-        let new_trainer =
-            || Trainer::new(gpu(), kernels(), spec(), config(optimizer), &train, &test).unwrap();
+        let new_trainer = || trainer(optimizer, &train, &test);
         let mut first = new_trainer();
         first.run_epoch().unwrap();
         first.start_epoch().unwrap();
@@ -110,15 +112,7 @@ fn a_restored_state_continues_the_run_bit_for_bit() {
 #[test]
 fn a_state_that_does_not_fit_the_trainer_is_refused() {
     let (train, test) = data();
-    let mut trainer = Trainer::new(
-        gpu(),
-        kernels(),
-        spec(),
-        config(OptimizerKind::Adam),
-        &train,
-        &test,
-    )
-    .unwrap();
+    let mut trainer = trainer(OptimizerKind::Adam, &train, &test);
     trainer.start_epoch().unwrap();
     trainer.train(2, None).unwrap();
     let state = trainer.state().unwrap();
@@ -147,17 +141,7 @@ fn a_state_that_does_not_fit_the_trainer_is_refused() {
 #[test]
 fn progress_reports_the_running_metrics_and_leaves_the_run_unchanged() {
     let (train, test) = data();
-    let make = || {
-        Trainer::new(
-            gpu(),
-            kernels(),
-            spec(),
-            config(OptimizerKind::Adam),
-            &train,
-            &test,
-        )
-        .unwrap()
-    };
+    let make = || trainer(OptimizerKind::Adam, &train, &test);
     let mut plain = make();
     let expected = plain.run_epoch().unwrap();
 

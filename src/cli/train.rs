@@ -403,13 +403,9 @@ fn print_epoch(m: &EpochMetrics) {
 
 /// The epoch's line in the --metrics log: every printed figure and a timestamp.
 fn epoch_record(dataset: DatasetKind, m: &EpochMetrics) -> String {
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default();
     serde_json::json!({
         "kind": "epoch",
-        "timestamp_unix_s": timestamp,
+        "timestamp_unix_s": unix_time(),
         "dataset": dataset.name(),
         "epoch": m.epoch,
         "train_samples": m.train_samples,
@@ -423,15 +419,19 @@ fn epoch_record(dataset: DatasetKind, m: &EpochMetrics) -> String {
     .to_string()
 }
 
-/// A --metrics-every line: the running training metrics of the epoch under way.
-fn interval_record(dataset: DatasetKind, steps_done: u64, p: &EpochProgress) -> String {
-    let timestamp = std::time::SystemTime::now()
+/// Seconds since 1970, for the metrics log.
+fn unix_time() -> f64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// A --metrics-every line: the running training metrics of the epoch under way.
+fn interval_record(dataset: DatasetKind, steps_done: u64, p: &EpochProgress) -> String {
     serde_json::json!({
         "kind": "interval",
-        "timestamp_unix_s": timestamp,
+        "timestamp_unix_s": unix_time(),
         "dataset": dataset.name(),
         "epoch": p.epoch,
         "step": steps_done,
