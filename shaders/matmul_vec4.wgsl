@@ -13,8 +13,9 @@
 //              weight grad  dW = Xᵀ dY
 //   matmul_nt  A row-major [M, K],                 B stored [N, K] (b_row_stride 1)
 //              input grad  dX = dY Wᵀ
-// Epilogue (dims.epilogue) as in matmul.wgsl: 0 stores the product, 1 + an activation code
-// stores f(C + bias), the bias a vec4 per column quad at B_buffer[bias_offset / 4 + q].
+// Epilogue (dims.epilogue) as in matmul.wgsl, matmul_nn only (a forward product is the only one
+// fused): 0 stores the product, 1 + an activation code stores f(C + bias), the bias a vec4 per
+// column quad at B_buffer[bias_offset / 4 + q].
 // Requirements (checked by the host, which uses matmul.wgsl otherwise): N % 4 == 0, every offset
 // (the bias's too) and stride a multiple of 4, K % 4 == 0 for nn and nt, M % 4 == 0 for tn.
 //
@@ -88,16 +89,24 @@ fn finish(value: vec4<f32>, q: u32) -> vec4<f32> {
     }
 }
 
-// Stores the rows and columns of the block that lie inside C.
-fn store_block(block: Block, m0: u32, q0: u32) {
+// Stores the rows and columns of the block that lie inside C, through the epilogue if `fused`
+// (a constant at every call: the epilogue's code, an exp and a tanh per value, is large enough
+// to slow the first dispatch's compilation where it is not needed).
+fn store_block(block: Block, m0: u32, q0: u32, fused: bool) {
     let columns = dims.n / 4u;
     let base = dims.c_offset / 4u;
     for (var r = 0u; r < 8u; r++) {
         let m = m0 + r;
         if (m < dims.m) {
-            out[base + m * columns + q0] = finish(block.lo[r], q0);
+            var lo = block.lo[r];
+            var hi = block.hi[r];
+            if (fused) {
+                lo = finish(lo, q0);
+                hi = finish(hi, q0 + 1u);
+            }
+            out[base + m * columns + q0] = lo;
             if (q0 + 1u < columns) {
-                out[base + m * columns + q0 + 1u] = finish(block.hi[r], q0 + 1u);
+                out[base + m * columns + q0 + 1u] = hi;
             }
         }
     }
@@ -139,7 +148,7 @@ fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
             block.hi[r] = row4(block.hi[r], a, hi0, hi1, hi2, hi3);
         }
     }
-    store_block(block, m0, q0);
+    store_block(block, m0, q0, true);
 }
 
 @compute @workgroup_size(WG_N, WG_M)
@@ -180,7 +189,7 @@ fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
             block.hi[r] = row4(block.hi[r], a, hi0, hi1, hi2, hi3);
         }
     }
-    store_block(block, m0, q0);
+    store_block(block, m0, q0, false);
 }
 
 // matmul_tn's wider 8 x 16 blocks (see the header).
@@ -218,15 +227,15 @@ fn store_wide(block: WideBlock, origin: Origin) {
         let m = origin.m0 + r;
         if (m < dims.m) {
             let row = base + m * columns;
-            out[row + q0] = finish(block.c0[r], q0);
+            out[row + q0] = block.c0[r];
             if (q0 + 1u < columns) {
-                out[row + q0 + 1u] = finish(block.c1[r], q0 + 1u);
+                out[row + q0 + 1u] = block.c1[r];
             }
             if (q0 + 2u < columns) {
-                out[row + q0 + 2u] = finish(block.c2[r], q0 + 2u);
+                out[row + q0 + 2u] = block.c2[r];
             }
             if (q0 + 3u < columns) {
-                out[row + q0 + 3u] = finish(block.c3[r], q0 + 3u);
+                out[row + q0 + 3u] = block.c3[r];
             }
         }
     }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::Gpu;
 use super::buffers::grid_1d;
 use super::kernels::{Kernel, ROW_WORKGROUP, Slot, build};
-use super::uniforms::MatmulDims;
+use super::uniforms::{MatmulDims, NO_EPILOGUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -124,11 +124,13 @@ impl RegisterForm {
         let b_transposed = d.b_row_stride == 1 && aligned(&[d.b_col_stride]);
         let a_row_major = d.a_col_stride == 1 && aligned(&[d.a_row_stride]);
         let a_transposed = d.a_row_stride == 1 && aligned(&[d.a_col_stride]);
+        // Only the forward form has the epilogue (fused bias + activation).
+        let plain = d.epilogue == NO_EPILOGUE;
         if a_row_major && b_row_major && aligned(&[d.k]) {
             Some(RegisterForm::Nn)
-        } else if a_transposed && b_row_major && aligned(&[d.m]) {
+        } else if a_transposed && b_row_major && aligned(&[d.m]) && plain {
             Some(RegisterForm::Tn)
-        } else if a_row_major && b_transposed && aligned(&[d.k]) {
+        } else if a_row_major && b_transposed && aligned(&[d.k]) && plain {
             Some(RegisterForm::Nt)
         } else {
             None
