@@ -15,11 +15,12 @@
 
 mod builder;
 pub mod config;
+mod measure;
 mod program;
+mod progress;
 pub mod state;
 
 use std::collections::VecDeque;
-use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use wgpu::Buffer;
@@ -27,6 +28,7 @@ use wgpu::Buffer;
 use builder::ProgramBuilder;
 pub use config::{EpochMetrics, EpochProgress, Evaluation, GpuWork, OptimizerKind, TrainConfig};
 use program::Program;
+use progress::{PROGRESS_READS_IN_FLIGHT, PendingRead, ProgressReads};
 pub use state::{EpochState, TrainingState};
 
 use crate::data::Dataset;
@@ -100,29 +102,6 @@ impl EpochInProgress {
     fn samples_in(&self, steps: usize) -> usize {
         self.steps[..steps].iter().map(|s| s.rows as usize).sum()
     }
-}
-
-/// Staging buffers for running-metric reads in flight: one per chunk of steps that may be queued
-/// ahead of the chunk the host waits for.
-const PROGRESS_READS_IN_FLIGHT: usize = 3;
-
-/// What reading the running metrics needs: the reduction over the epoch's samples so far, and
-/// a ring of staging buffers so that reads of several chunks can be in flight.
-struct ProgressReads<'k> {
-    /// The reduction's count: samples trained so far this epoch, written before each chunk.
-    shape: Buffer,
-    totals: Buffer,
-    sum: Program<'k>,
-    staging: Vec<Buffer>,
-}
-
-/// A running-metric read submitted with a chunk of steps, not yet waited for.
-struct PendingRead {
-    staging: usize,
-    submission: wgpu::SubmissionIndex,
-    mapped: Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
-    steps_done: usize,
-    samples: usize,
 }
 
 /// Trains one model on one device. Construction does all allocation and pipeline binding.
@@ -303,24 +282,7 @@ impl<'k> Trainer<'k> {
             gpu.params_with("test metrics shape", &metrics_shape(&test_split, 1));
         let mut epoch_end = builder.sum_metrics(&train_split, &train_metrics_shape, &totals);
         epoch_end.extend(builder.sum_metrics(&test_split, &test_metrics_shape, &totals));
-        let progress_shape =
-            gpu.storage_with("progress metrics shape", &[metrics_shape(&train_split, 0)])?;
-        let progress_totals = gpu.storage_buffer("progress totals", 16)?;
-        let progress = ProgressReads {
-            sum: builder.sum_metrics(&train_split, &progress_shape, &progress_totals),
-            shape: progress_shape,
-            totals: progress_totals,
-            staging: (0..PROGRESS_READS_IN_FLIGHT)
-                .map(|_| {
-                    gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("progress staging"),
-                        size: 8,
-                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    })
-                })
-                .collect(),
-        };
+        let progress = ProgressReads::new(&builder, &train_split)?;
 
         let trainer = Trainer {
             gpu,
@@ -560,45 +522,6 @@ impl<'k> Trainer<'k> {
         Ok(())
     }
 
-    /// Waits for the chunk of `read` (later chunks stay queued), and reports its running metrics.
-    fn finish_progress_read(
-        &self,
-        read: PendingRead,
-        epoch: &mut EpochInProgress,
-        report: &mut dyn FnMut(EpochProgress),
-    ) -> Result<()> {
-        let failed = |e: String| Error::Readback(e);
-        self.gpu
-            .device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(read.submission),
-                timeout: None,
-            })
-            .map_err(|e| failed(e.to_string()))?;
-        read.mapped
-            .recv()
-            .map_err(|e| failed(e.to_string()))?
-            .map_err(|e| failed(e.to_string()))?;
-        let staging = &self.progress.staging[read.staging];
-        let totals: Vec<u32> = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| failed(e.to_string()))?;
-            bytemuck::pod_collect_to_vec(&view)
-        };
-        staging.unmap();
-        epoch.work.progress_reads += 1;
-        let samples = read.samples.max(1) as f64;
-        report(EpochProgress {
-            epoch: self.epochs_done + 1,
-            steps_done: read.steps_done,
-            steps: epoch.steps.len(),
-            running_loss: f32::from_bits(totals[0]) as f64 / samples,
-            running_accuracy: totals[1] as f64 / samples,
-        });
-        Ok(())
-    }
-
     /// Closes the epoch under way once all its steps are taken: evaluates the test set and
     /// reads back the epoch's metrics (the one wait).
     pub fn end_epoch(&mut self) -> Result<EpochMetrics> {
@@ -640,142 +563,6 @@ impl<'k> Trainer<'k> {
             samples_per_second: train_samples / seconds,
             work,
         })
-    }
-
-    /// The whole training state, for a checkpoint (waits for the GPU).
-    pub fn state(&self) -> Result<TrainingState> {
-        let param_bytes = (self.layout.total * 4) as u64;
-        let mut parts = vec![(&self.params, param_bytes)];
-        if let Some((m, v)) = &self.moments {
-            parts.extend([(m, param_bytes), (v, param_bytes)]);
-        }
-        let trained = self.epoch.as_ref().map_or(0, |e| e.samples_in(e.next));
-        if self.epoch.is_some() {
-            let sample_bytes = (trained * 4) as u64;
-            parts.extend([
-                (&self.train.sample_loss, sample_bytes),
-                (&self.train.sample_correct, sample_bytes),
-            ]);
-        }
-        let mut parts = self.gpu.read_back_parts(&parts)?.into_iter();
-        let mut next = || -> Vec<u8> { parts.next().expect("one part per buffer") };
-        let parameters = bytemuck::pod_collect_to_vec(&next());
-        let moments = self.moments.as_ref().map(|_| {
-            (
-                bytemuck::pod_collect_to_vec(&next()),
-                bytemuck::pod_collect_to_vec(&next()),
-            )
-        });
-        let epoch = self.epoch.as_ref().map(|e| EpochState {
-            order: e.order.clone(),
-            steps_taken: e.next,
-            sample_loss: bytemuck::pod_collect_to_vec(&next()),
-            sample_correct: bytemuck::pod_collect_to_vec(&next()),
-        });
-        Ok(TrainingState {
-            parameters,
-            moments,
-            steps_done: self.steps_done,
-            epochs_done: self.epochs_done,
-            rng_state: self.rng.state(),
-            epoch,
-        })
-    }
-
-    /// Continues from `state`, taken by `state()` from a trainer with the same model,
-    /// configuration and data. Checks that it fits before changing anything.
-    pub fn restore(&mut self, state: &TrainingState) -> Result<()> {
-        let bad = |problem: String| Err(Error::Config(format!("the training state {problem}")));
-        let total = self.layout.total;
-        if state.parameters.len() != total {
-            return bad(format!(
-                "has {} parameters, the model has {total}",
-                state.parameters.len()
-            ));
-        }
-        match (&state.moments, self.config.optimizer) {
-            (Some((m, v)), OptimizerKind::Adam) if m.len() == total && v.len() == total => {}
-            (None, OptimizerKind::Sgd) => {}
-            (Some(_), OptimizerKind::Adam) => {
-                return bad("has Adam moments of the wrong length".into());
-            }
-            (moments, optimizer) => {
-                return bad(format!(
-                    "{} Adam moments but the optimizer is {optimizer:?}",
-                    if moments.is_some() { "has" } else { "lacks" }
-                ));
-            }
-        }
-        if let Some(max) = self.config.max_steps
-            && state.steps_done > max
-        {
-            return bad(format!(
-                "is {} steps in, past the step limit of {max}",
-                state.steps_done
-            ));
-        }
-        let epoch = match &state.epoch {
-            None => None,
-            Some(e) => {
-                let samples = self.train.samples;
-                if !is_permutation(&e.order, samples) {
-                    return bad(format!(
-                        "has an epoch order that is not a permutation of the {samples} training samples"
-                    ));
-                }
-                let Some(steps_before) = state.steps_done.checked_sub(e.steps_taken as u64) else {
-                    return bad("has taken more steps this epoch than in all".into());
-                };
-                let epoch = EpochInProgress {
-                    order: e.order.clone(),
-                    steps: self.epoch_steps(steps_before),
-                    next: e.steps_taken,
-                    started: Instant::now(),
-                    work: GpuWork::default(),
-                };
-                if e.steps_taken > epoch.steps.len() {
-                    return bad(format!(
-                        "is {} steps into an epoch of {}",
-                        e.steps_taken,
-                        epoch.steps.len()
-                    ));
-                }
-                let trained = epoch.samples_in(e.steps_taken);
-                if e.sample_loss.len() != trained || e.sample_correct.len() != trained {
-                    return bad(format!(
-                        "has metrics of {} samples for {trained} trained this epoch",
-                        e.sample_loss.len()
-                    ));
-                }
-                Some(epoch)
-            }
-        };
-        let queue = &self.gpu.queue;
-        queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&state.parameters));
-        if let (Some((m, v)), Some((m_buffer, v_buffer))) = (&state.moments, &self.moments) {
-            queue.write_buffer(m_buffer, 0, bytemuck::cast_slice(m));
-            queue.write_buffer(v_buffer, 0, bytemuck::cast_slice(v));
-        }
-        self.steps_done = state.steps_done;
-        self.epochs_done = state.epochs_done;
-        self.rng = Rng::new(state.rng_state);
-        self.epoch = None;
-        if let (Some(epoch), Some(e)) = (epoch, &state.epoch) {
-            if !e.sample_loss.is_empty() {
-                queue.write_buffer(
-                    &self.train.sample_loss,
-                    0,
-                    bytemuck::cast_slice(&e.sample_loss),
-                );
-                queue.write_buffer(
-                    &self.train.sample_correct,
-                    0,
-                    bytemuck::cast_slice(&e.sample_correct),
-                );
-            }
-            self.install_epoch(epoch);
-        }
-        Ok(())
     }
 
     /// Whether `max_steps` training steps have been taken.
@@ -857,110 +644,8 @@ impl<'k> Trainer<'k> {
         self.gpu.map_and_read(&self.totals_staging)
     }
 
-    /// Trains `count` full-batch steps (cycling through the current epoch order, the first
-    /// batches again and again) and waits for them: for benchmarks, not for training runs.
-    pub fn run_benchmark_steps(&mut self, count: usize) -> Result<GpuWork> {
-        let batch = self.config.batch_size.min(self.train.samples);
-        let full_batches = (self.train.samples / batch).max(1);
-        let steps: Vec<StepParams> = (0..count)
-            .map(|i| {
-                let t = self.steps_done + i as u64 + 1;
-                self.training_step(t, (i % full_batches) * batch, batch)
-            })
-            .collect();
-        let mut work = GpuWork::default();
-        for epoch_long in steps.chunks(self.train_steps()) {
-            self.write_schedule(0, 0, epoch_long);
-            for chunk in epoch_long.chunks(self.config.steps_per_submit) {
-                let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
-                self.record_steps(
-                    &mut encoder.begin_compute_pass(&Default::default()),
-                    chunk,
-                    &mut work,
-                );
-                self.gpu.queue.submit([encoder.finish()]);
-                work.submits += 1;
-            }
-            self.steps_done += epoch_long.len() as u64;
-        }
-        self.gpu
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Readback(e.to_string()))?;
-        work.readbacks += 1;
-        Ok(work)
-    }
-
-    /// Where a training step's time goes: the seconds of each of its dispatches run alone
-    /// (repeated until the timing is stable), summed per kernel, largest first. Repeating the
-    /// dispatches scrambles the training state, so this consumes the trainer.
-    pub fn profile_step(self) -> Result<Vec<(&'static str, f64)>> {
-        let mut per_kernel: Vec<(&'static str, f64)> = Vec::new();
-        let step = [&self.train_full, &self.update, &self.advance];
-        for dispatch in step.iter().flat_map(|program| &program.dispatches) {
-            let seconds = crate::bench::time_dispatches(
-                self.gpu,
-                &dispatch.kernel.pipeline,
-                &dispatch.bind_group,
-                dispatch.grid,
-                0.02,
-            )?;
-            match per_kernel
-                .iter_mut()
-                .find(|(name, _)| *name == dispatch.kernel.name)
-            {
-                Some((_, total)) => *total += seconds,
-                None => per_kernel.push((dispatch.kernel.name, seconds)),
-            }
-        }
-        per_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(per_kernel)
-    }
-
     /// The current parameters, laid out as `layout()` says (waits for the GPU).
     pub fn parameters(&self) -> Result<Vec<f32>> {
         self.gpu.read_back(&self.params, self.layout.total)
     }
-
-    /// Gradients of the mean loss over the first `batch_size` samples in file order, at the
-    /// current parameters, computed by the training kernels without updating anything.
-    pub fn first_batch_gradients(&self) -> Result<Vec<f32>> {
-        let rows = self.config.batch_size.min(self.train.samples);
-        let identity: Vec<u32> = (0..self.train.samples as u32).collect();
-        self.gpu
-            .queue
-            .write_buffer(&self.train.order, 0, bytemuck::cast_slice(&identity));
-        self.write_schedule(
-            0,
-            0,
-            &[StepParams {
-                batch_start: 0,
-                rows: rows as u32,
-                adam_step_size: 0.0,
-                _pad: 0,
-            }],
-        );
-        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            program_for(
-                rows,
-                self.config.batch_size,
-                &self.train_full,
-                &self.train_tail,
-            )
-            .record(&mut pass);
-        }
-        self.gpu.queue.submit([encoder.finish()]);
-        self.gpu.read_back(&self.grads, self.layout.total)
-    }
-}
-
-/// Whether `order` holds each of 0..n exactly once.
-fn is_permutation(order: &[u32], n: usize) -> bool {
-    let mut seen = vec![false; n];
-    order.len() == n
-        && order
-            .iter()
-            .all(|&i| (i as usize) < n && !std::mem::replace(&mut seen[i as usize], true))
 }

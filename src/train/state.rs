@@ -1,4 +1,11 @@
-//! Everything a training run needs to continue exactly where it stopped: what a checkpoint holds.
+//! Everything a training run needs to continue exactly where it stopped (what a checkpoint
+//! holds), and taking it from and restoring it into a trainer.
+
+use std::time::Instant;
+
+use super::{EpochInProgress, GpuWork, OptimizerKind, Trainer};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
 
 /// A run's whole state between two steps. Restoring it into a trainer built with the same model,
 /// configuration and data, on the same adapter, continues the run bit for bit.
@@ -28,4 +35,151 @@ pub struct EpochState {
     /// epoch's training metrics are summed from them at its end.
     pub sample_loss: Vec<f32>,
     pub sample_correct: Vec<u32>,
+}
+
+impl Trainer<'_> {
+    /// The whole training state, for a checkpoint (waits for the GPU).
+    pub fn state(&self) -> Result<TrainingState> {
+        let param_bytes = (self.layout.total * 4) as u64;
+        let mut parts = vec![(&self.params, param_bytes)];
+        if let Some((m, v)) = &self.moments {
+            parts.extend([(m, param_bytes), (v, param_bytes)]);
+        }
+        let trained = self.epoch.as_ref().map_or(0, |e| e.samples_in(e.next));
+        if self.epoch.is_some() {
+            let sample_bytes = (trained * 4) as u64;
+            parts.extend([
+                (&self.train.sample_loss, sample_bytes),
+                (&self.train.sample_correct, sample_bytes),
+            ]);
+        }
+        let mut parts = self.gpu.read_back_parts(&parts)?.into_iter();
+        let mut next = || -> Vec<u8> { parts.next().expect("one part per buffer") };
+        let parameters = bytemuck::pod_collect_to_vec(&next());
+        let moments = self.moments.as_ref().map(|_| {
+            (
+                bytemuck::pod_collect_to_vec(&next()),
+                bytemuck::pod_collect_to_vec(&next()),
+            )
+        });
+        let epoch = self.epoch.as_ref().map(|e| EpochState {
+            order: e.order.clone(),
+            steps_taken: e.next,
+            sample_loss: bytemuck::pod_collect_to_vec(&next()),
+            sample_correct: bytemuck::pod_collect_to_vec(&next()),
+        });
+        Ok(TrainingState {
+            parameters,
+            moments,
+            steps_done: self.steps_done,
+            epochs_done: self.epochs_done,
+            rng_state: self.rng.state(),
+            epoch,
+        })
+    }
+
+    /// Continues from `state`, taken by `state()` from a trainer with the same model,
+    /// configuration and data. Checks that it fits before changing anything.
+    pub fn restore(&mut self, state: &TrainingState) -> Result<()> {
+        let bad = |problem: String| Err(Error::Config(format!("the training state {problem}")));
+        let total = self.layout.total;
+        if state.parameters.len() != total {
+            return bad(format!(
+                "has {} parameters, the model has {total}",
+                state.parameters.len()
+            ));
+        }
+        match (&state.moments, self.config.optimizer) {
+            (Some((m, v)), OptimizerKind::Adam) if m.len() == total && v.len() == total => {}
+            (None, OptimizerKind::Sgd) => {}
+            (Some(_), OptimizerKind::Adam) => {
+                return bad("has Adam moments of the wrong length".into());
+            }
+            (moments, optimizer) => {
+                return bad(format!(
+                    "{} Adam moments but the optimizer is {optimizer:?}",
+                    if moments.is_some() { "has" } else { "lacks" }
+                ));
+            }
+        }
+        if let Some(max) = self.config.max_steps
+            && state.steps_done > max
+        {
+            return bad(format!(
+                "is {} steps in, past the step limit of {max}",
+                state.steps_done
+            ));
+        }
+        let epoch = match &state.epoch {
+            None => None,
+            Some(e) => {
+                let samples = self.train.samples;
+                if !is_permutation(&e.order, samples) {
+                    return bad(format!(
+                        "has an epoch order that is not a permutation of the {samples} training samples"
+                    ));
+                }
+                let Some(steps_before) = state.steps_done.checked_sub(e.steps_taken as u64) else {
+                    return bad("has taken more steps this epoch than in all".into());
+                };
+                let epoch = EpochInProgress {
+                    order: e.order.clone(),
+                    steps: self.epoch_steps(steps_before),
+                    next: e.steps_taken,
+                    started: Instant::now(),
+                    work: GpuWork::default(),
+                };
+                if e.steps_taken > epoch.steps.len() {
+                    return bad(format!(
+                        "is {} steps into an epoch of {}",
+                        e.steps_taken,
+                        epoch.steps.len()
+                    ));
+                }
+                let trained = epoch.samples_in(e.steps_taken);
+                if e.sample_loss.len() != trained || e.sample_correct.len() != trained {
+                    return bad(format!(
+                        "has metrics of {} samples for {trained} trained this epoch",
+                        e.sample_loss.len()
+                    ));
+                }
+                Some(epoch)
+            }
+        };
+        let queue = &self.gpu.queue;
+        queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&state.parameters));
+        if let (Some((m, v)), Some((m_buffer, v_buffer))) = (&state.moments, &self.moments) {
+            queue.write_buffer(m_buffer, 0, bytemuck::cast_slice(m));
+            queue.write_buffer(v_buffer, 0, bytemuck::cast_slice(v));
+        }
+        self.steps_done = state.steps_done;
+        self.epochs_done = state.epochs_done;
+        self.rng = Rng::new(state.rng_state);
+        self.epoch = None;
+        if let (Some(epoch), Some(e)) = (epoch, &state.epoch) {
+            if !e.sample_loss.is_empty() {
+                queue.write_buffer(
+                    &self.train.sample_loss,
+                    0,
+                    bytemuck::cast_slice(&e.sample_loss),
+                );
+                queue.write_buffer(
+                    &self.train.sample_correct,
+                    0,
+                    bytemuck::cast_slice(&e.sample_correct),
+                );
+            }
+            self.install_epoch(epoch);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `order` holds each of 0..n exactly once.
+fn is_permutation(order: &[u32], n: usize) -> bool {
+    let mut seen = vec![false; n];
+    order.len() == n
+        && order
+            .iter()
+            .all(|&i| (i as usize) < n && !std::mem::replace(&mut seen[i as usize], true))
 }
