@@ -314,6 +314,18 @@ fn resuming_refuses_a_contradicting_run_and_unreadable_checkpoints() {
     );
     let stderr = failure(run.command(&["--checkpoint-every", "5"]));
     assert!(stderr.contains("--checkpoint-dir"), "{stderr}");
+    // A run refused before training leaves no checkpoint folder behind.
+    let fresh = work.path().join("fresh");
+    let stderr = failure(run.bare_command(&[
+        "--checkpoint-dir",
+        fresh.to_str().unwrap(),
+        "--resume",
+        dir,
+        "--seed",
+        "5",
+    ]));
+    assert!(stderr.contains("seed"), "{stderr}");
+    assert!(!fresh.exists());
 
     // A newer checkpoint that is damaged is an error naming it, not a silent fallback.
     let newest = checkpoint::path_for(&run.checkpoints, 3);

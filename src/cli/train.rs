@@ -126,6 +126,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         }
     }
     if let Some(plan) = &plan {
+        plan.prepare()?;
         println!(
             "checkpoints: {} (at each epoch end{}; the newest {} kept)",
             plan.dir.display(),
@@ -307,8 +308,8 @@ fn take_unset_flags_from(args: &mut TrainArgs, saved: &Checkpoint, given: &dyn F
     }
 }
 
-/// Where checkpoints go: --checkpoint-dir, else the folder resumed from. Creates the folder,
-/// removes what killed writes left there, and refuses to mix a new run into another's folder.
+/// Where checkpoints go: --checkpoint-dir, else the folder resumed from. Refuses to mix a run
+/// into a folder holding another run's checkpoints.
 fn checkpoint_plan(
     args: &TrainArgs,
     resumed: Option<&Checkpoint>,
@@ -328,11 +329,10 @@ fn checkpoint_plan(
         }
         return Ok(None);
     };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    checkpoint::remove_temporary_files(&dir)?;
-    if resumed.is_none()
+    let resuming_here = args.resume.as_deref().is_some_and(|r| same_folder(r, &dir));
+    if dir.is_dir()
+        && !resuming_here
         && let Some(existing) = checkpoint::newest(&dir)?
-        && args.resume.is_none()
     {
         return Err(Error::Config(format!(
             "--checkpoint-dir {}: it already holds checkpoints of a run (newest {}); continue that \
@@ -352,6 +352,23 @@ fn checkpoint_plan(
         every,
         keep: args.keep_checkpoints,
     }))
+}
+
+fn same_folder(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+impl CheckpointPlan {
+    /// Creates the folder and removes what killed writes left there: just before training, so
+    /// that a run refused earlier leaves nothing behind.
+    fn prepare(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        checkpoint::remove_temporary_files(&self.dir)?;
+        Ok(())
+    }
 }
 
 fn resume_summary(path: &Path, saved: &Checkpoint, trainer: &Trainer) -> String {
