@@ -53,7 +53,7 @@ enum Command {
 #[derive(Args)]
 struct BenchArgs {
     #[command(flatten)]
-    recipe: TrainArgs,
+    recipe: RecipeArgs,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -151,7 +151,8 @@ impl DataArgs {
 }
 
 #[derive(Args)]
-struct TrainArgs {
+/// The recipe: data, model, optimisation and adapter (what `train` and `bench` share).
+struct RecipeArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Dataset to train on.
@@ -189,6 +190,14 @@ struct TrainArgs {
     /// Stop after this many training steps in all, mid-epoch if need be.
     #[arg(long, value_name = "N")]
     max_steps: Option<u64>,
+    #[command(flatten)]
+    adapter: AdapterArgs,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    recipe: RecipeArgs,
     /// Start from the weights of this safetensors model (fine-tuning); its layer sizes must
     /// match the model being trained.
     #[arg(long, value_name = "PATH")]
@@ -220,8 +229,6 @@ struct TrainArgs {
     /// change). With no checkpoint in DIR yet, the run starts from the beginning.
     #[arg(long, value_name = "DIR", conflicts_with = "init")]
     resume: Option<PathBuf>,
-    #[command(flatten)]
-    adapter: AdapterArgs,
 }
 
 #[derive(Clone, Debug)]
@@ -348,7 +355,7 @@ struct Recipe {
     config: TrainConfig,
 }
 
-fn recipe(args: &TrainArgs) -> shadertrain::Result<Recipe> {
+fn recipe(args: &RecipeArgs) -> shadertrain::Result<Recipe> {
     let data_dir = args.data.dir(args.dataset)?;
     let train_set = Dataset::load_mnist(&data_dir, Split::Train)?;
     let test_set = Dataset::load_mnist(&data_dir, Split::Test)?;

@@ -42,9 +42,9 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         test_set,
         spec,
         config,
-    } = recipe(&args)?;
+    } = recipe(&args.recipe)?;
     let run = RunDescription {
-        dataset: args.dataset,
+        dataset: args.recipe.dataset,
         spec: spec.clone(),
         config: config.clone(),
         train_samples: train_set.samples(),
@@ -78,16 +78,16 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         None => None,
     };
 
-    let gpu = Gpu::open(&args.adapter.request())?;
+    let gpu = Gpu::open(&args.recipe.adapter.request())?;
     let kernels = Kernels::new(&gpu);
     println!("adapter: {}", gpu.adapter_name());
     println!(
         "data: {} from {} ({} training, {} test samples; classes {})",
-        args.dataset.name(),
+        args.recipe.dataset.name(),
         data_dir.display(),
         train_set.samples(),
         test_set.samples(),
-        args.dataset.class_names().join(", ")
+        args.recipe.dataset.class_names().join(", ")
     );
     println!(
         "model: {}  activation {:?}, loss {:?}, optimizer {:?} (lr {}), batch {}, seed {}",
@@ -189,7 +189,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
             if let (Some(path), Some(progress)) = (&args.metrics, latest.get())
                 && at(args.metrics_every)
             {
-                let record = interval_record(args.dataset, trainer.steps_done(), &progress);
+                let record = interval_record(args.recipe.dataset, trainer.steps_done(), &progress);
                 shadertrain::files::append_line_atomically(path, &record)?;
             }
             // An epoch's last step is followed by its end-of-epoch checkpoint instead.
@@ -205,7 +205,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
             bar.finish_and_clear();
         }
         failpoint::reach(failpoint::EPOCH_END);
-        let record = epoch_record(args.dataset, &m);
+        let record = epoch_record(args.recipe.dataset, &m);
         if let Some(plan) = &plan {
             let checkpoint = checkpoint_of(&trainer, Some(record.clone()))?;
             checkpoint::save(&plan.dir, &checkpoint, plan.keep)?;
@@ -224,7 +224,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     }
     if let Some(path) = &args.save {
         let params = trainer.parameters()?;
-        save_model(path, trainer.spec(), &params, args.dataset)?;
+        save_model(path, trainer.spec(), &params, args.recipe.dataset)?;
         println!("saved the model to {}", path.display());
     }
     Ok(())
@@ -274,37 +274,37 @@ fn take_unset_flags_from(args: &mut TrainArgs, saved: &Checkpoint, given: &dyn F
     let c = &run.config;
     let unset = |id: &str| !given(id);
     if unset("dataset") {
-        args.dataset = run.dataset;
+        args.recipe.dataset = run.dataset;
     }
     if unset("hidden") {
-        args.hidden = Hidden(run.spec.hidden.clone());
+        args.recipe.hidden = Hidden(run.spec.hidden.clone());
     }
     if unset("activation") {
-        args.activation = run.spec.activation;
+        args.recipe.activation = run.spec.activation;
     }
     if unset("loss") {
-        args.loss = run.spec.loss;
+        args.recipe.loss = run.spec.loss;
     }
     if unset("optimizer") {
-        args.optimizer = c.optimizer;
+        args.recipe.optimizer = c.optimizer;
     }
     if unset("lr") {
-        args.lr = Some(c.learning_rate);
+        args.recipe.lr = Some(c.learning_rate);
     }
     if unset("batch_size") {
-        args.batch_size = c.batch_size;
+        args.recipe.batch_size = c.batch_size;
     }
     if unset("seed") {
-        args.seed = c.seed;
+        args.recipe.seed = c.seed;
     }
     if unset("no_shuffle") {
-        args.no_shuffle = !c.shuffle;
+        args.recipe.no_shuffle = !c.shuffle;
     }
     if unset("epochs") {
-        args.epochs = c.epochs;
+        args.recipe.epochs = c.epochs;
     }
     if unset("max_steps") {
-        args.max_steps = c.max_steps;
+        args.recipe.max_steps = c.max_steps;
     }
 }
 
