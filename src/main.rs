@@ -32,7 +32,7 @@ enum Command {
     Adapters(AdapterArgs),
     /// Measure the training step on the chosen adapter: start-up times, ms per step, GFLOP/s of the
     /// step and of each matmul shape against the adapter's FMA peak, GPU work per epoch, host
-    /// memory. Takes train's flags (--epochs is ignored: one epoch is timed).
+    /// memory. Takes train's recipe flags (--epochs is ignored: one epoch is timed).
     Bench(BenchArgs),
     /// Evaluate a saved model on its dataset's test set: loss, accuracy, per-class accuracy and
     /// a confusion matrix.
