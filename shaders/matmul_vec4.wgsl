@@ -17,7 +17,8 @@
 // fused): 0 stores the product, 1 + an activation code stores f(C + bias), the bias a vec4 per
 // column quad at B_buffer[bias_offset / 4 + q].
 // Requirements (checked by the host, which uses matmul.wgsl otherwise): N % 4 == 0, every offset
-// (the bias's too) and stride a multiple of 4, K % 4 == 0 for nn and nt, M % 4 == 0 for tn.
+// (the bias's too) and stride a multiple of 4, K % 4 == 0 for nn and nt, M % 4 == 0 for tn; and
+// subgroups (the host builds this module only on a device with them) of 8 to 64 invocations.
 //
 // Bindings (group 0):
 //   0 dims   storage, read        Dims below
@@ -27,12 +28,15 @@
 //
 // Each invocation computes a block of C in registers: 8 x 8 (8 rows, two vec4 of columns, in
 // 16 vec4 accumulators) in matmul_nn and matmul_nt, 8 x 16 (four vec4 of columns, 32
-// accumulators) in matmul_tn. Per four k, an 8 x 8 block loads 16 vec4 for 64 vec4 FMAs; the
-// wider block 24 for 128, which pays in matmul_tn (its loop holds little else) but measured
-// slower in the other two on lavapipe. Rows past M and columns past N are computed on clamped
-// (valid) indices and not stored, so M and N need not be multiples of a block.
-// Workgroup: (WG_N, WG_M) invocations (the host sets them per entry point). Dispatch grid:
-// (ceil(N / (block columns WG_N)), ceil(M / (8 WG_M)), 1).
+// accumulators) in matmul_tn, whose loop holds little else (8 x 16 measured slower in the other
+// two). A workgroup is 8 groups of 8 lanes, numbered through the subgroup builtins so that a
+// group lies inside one subgroup; the lanes of a group compute side-by-side blocks of the same 8
+// rows, so each lane loads one eighth of those rows' part of A and receives the rest from its
+// group through subgroupShuffle: 8 times fewer loads of A, the same arithmetic in the same
+// order. Blocks past M or N are computed on clamped (valid) indices and not stored, so M and N
+// need not be multiples of a block, and every lane takes part in every shuffle.
+// Workgroup: 64 invocations, 8 lanes along N times 8 groups along M. Dispatch grid:
+// (ceil(N / (8 block columns)), ceil(M / 64), 1).
 
 struct Dims {
     m: u32,
@@ -49,9 +53,6 @@ struct Dims {
     epilogue: u32,
 }
 
-override WG_M: u32 = 8u;
-override WG_N: u32 = 8u;
-
 @group(0) @binding(0) var<storage, read> dims: Dims;
 @group(0) @binding(1) var<storage, read> lhs: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> rhs: array<vec4<f32>>;
@@ -66,13 +67,6 @@ struct Block {
 // acc + a.x b0 + a.y b1 + a.z b2 + a.w b3: one row's contribution of four k.
 fn row4(acc: vec4<f32>, a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
     return fma(vec4<f32>(a.w), b3, fma(vec4<f32>(a.z), b2, fma(vec4<f32>(a.y), b1, fma(vec4<f32>(a.x), b0, acc))));
-}
-
-// Where this invocation's block starts: (first row, first vec4 column), and whether it has one.
-fn block_origin(gid: vec3<u32>) -> vec3<u32> {
-    let m0 = gid.y * 8u;
-    let q0 = gid.x * 2u;
-    return vec3<u32>(m0, q0, select(0u, 1u, m0 < dims.m && q0 < dims.n / 4u));
 }
 
 // The four values stored at C[m, 4q..4q+3] (see Epilogue above).
@@ -117,19 +111,35 @@ fn row_start(offset: u32, stride: u32, m: u32, rows: u32) -> u32 {
     return offset / 4u + min(m, rows - 1u) * (stride / 4u);
 }
 
-@compute @workgroup_size(WG_N, WG_M)
-fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let origin = block_origin(gid);
-    if (origin.z == 0u) {
-        return;
-    }
-    let m0 = origin.x;
-    let q0 = origin.y;
-    let q1 = min(q0 + 1u, dims.n / 4u - 1u);
-    var a_row: array<u32, 8>;
-    for (var r = 0u; r < 8u; r++) {
-        a_row[r] = row_start(dims.a_offset, dims.a_row_stride, m0 + r, dims.m);
-    }
+// This invocation's place: its group's first lane in the subgroup, its index in the group, and
+// its block's (column, row) index in the grid of blocks.
+struct Lane {
+    group_base: u32,
+    index: u32,
+    block: vec2<u32>,
+}
+
+fn lane_of(workgroup: vec3<u32>, subgroup: u32, lane: u32, subgroup_size: u32) -> Lane {
+    let flat = subgroup * subgroup_size + lane;
+    let block = vec2<u32>(workgroup.x * 8u + flat % 8u, workgroup.y * 8u + flat / 8u);
+    return Lane(lane & ~7u, lane & 7u, block);
+}
+
+@compute @workgroup_size(64)
+fn matmul_nn(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(subgroup_invocation_id) lane_id: u32,
+    @builtin(subgroup_size) subgroup_size: u32,
+) {
+    let lane = lane_of(workgroup, subgroup, lane_id, subgroup_size);
+    let m0 = lane.block.y * 8u;
+    let q_first = lane.block.x * 2u;
+    let last = dims.n / 4u - 1u;
+    let q0 = min(q_first, last);
+    let q1 = min(q_first + 1u, last);
+    // This lane's row of the group's eight: rows m0..m0+7 come from lanes group_base..+7.
+    let my_row = row_start(dims.a_offset, dims.a_row_stride, m0 + lane.index, dims.m);
     let b_stride = dims.b_row_stride / 4u;
     var block: Block;
     for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
@@ -142,31 +152,33 @@ fn matmul_nn(@builtin(global_invocation_id) gid: vec3<u32>) {
         let hi1 = rhs[b + b_stride + q1];
         let hi2 = rhs[b + 2u * b_stride + q1];
         let hi3 = rhs[b + 3u * b_stride + q1];
+        let mine = lhs[my_row + k4];
         for (var r = 0u; r < 8u; r++) {
-            let a = lhs[a_row[r] + k4];
+            let a = subgroupShuffle(mine, lane.group_base + r);
             block.lo[r] = row4(block.lo[r], a, lo0, lo1, lo2, lo3);
             block.hi[r] = row4(block.hi[r], a, hi0, hi1, hi2, hi3);
         }
     }
-    store_block(block, m0, q0, true);
+    if (m0 < dims.m && q_first <= last) {
+        store_block(block, m0, q_first, true);
+    }
 }
 
-@compute @workgroup_size(WG_N, WG_M)
-fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let origin = block_origin(gid);
-    if (origin.z == 0u) {
-        return;
-    }
-    let m0 = origin.x;
-    let q0 = origin.y;
-    var a_row: array<u32, 8>;
-    for (var r = 0u; r < 8u; r++) {
-        a_row[r] = row_start(dims.a_offset, dims.a_row_stride, m0 + r, dims.m);
-    }
+@compute @workgroup_size(64)
+fn matmul_nt(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(subgroup_invocation_id) lane_id: u32,
+    @builtin(subgroup_size) subgroup_size: u32,
+) {
+    let lane = lane_of(workgroup, subgroup, lane_id, subgroup_size);
+    let m0 = lane.block.y * 8u;
+    let q_first = lane.block.x * 2u;
+    let my_row = row_start(dims.a_offset, dims.a_row_stride, m0 + lane.index, dims.m);
     // B(k, n) = rhs[b_offset + n b_col_stride + k]: column n of B is a row of the stored [N, K].
     var b_row: array<u32, 8>;
     for (var c = 0u; c < 8u; c++) {
-        b_row[c] = row_start(dims.b_offset, dims.b_col_stride, 4u * q0 + c, dims.n);
+        b_row[c] = row_start(dims.b_offset, dims.b_col_stride, 4u * q_first + c, dims.n);
     }
     var block: Block;
     for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
@@ -183,16 +195,19 @@ fn matmul_nt(@builtin(global_invocation_id) gid: vec3<u32>) {
         let hi1 = vec4<f32>(t[4].y, t[5].y, t[6].y, t[7].y);
         let hi2 = vec4<f32>(t[4].z, t[5].z, t[6].z, t[7].z);
         let hi3 = vec4<f32>(t[4].w, t[5].w, t[6].w, t[7].w);
+        let mine = lhs[my_row + k4];
         for (var r = 0u; r < 8u; r++) {
-            let a = lhs[a_row[r] + k4];
+            let a = subgroupShuffle(mine, lane.group_base + r);
             block.lo[r] = row4(block.lo[r], a, lo0, lo1, lo2, lo3);
             block.hi[r] = row4(block.hi[r], a, hi0, hi1, hi2, hi3);
         }
     }
-    store_block(block, m0, q0, false);
+    if (m0 < dims.m && q_first <= dims.n / 4u - 1u) {
+        store_block(block, m0, q_first, false);
+    }
 }
 
-// matmul_tn's wider 8 x 16 blocks (see the header).
+// matmul_tn's 8 x 16 blocks.
 
 // The 8 x 16 block of C: row r, columns 4c..4c+3 in c<c>[r].
 struct WideBlock {
@@ -202,29 +217,12 @@ struct WideBlock {
     c3: array<vec4<f32>, 8>,
 }
 
-// Where this invocation's block starts (first row, first vec4 column), and its four vec4
-// columns clamped into C.
-struct Origin {
-    m0: u32,
-    q: vec4<u32>,
-    inside: bool,
-}
-
-fn wide_origin(gid: vec3<u32>) -> Origin {
-    let m0 = gid.y * 8u;
-    let q0 = gid.x * 4u;
-    let last = dims.n / 4u - 1u;
-    let q = vec4<u32>(min(q0, last), min(q0 + 1u, last), min(q0 + 2u, last), min(q0 + 3u, last));
-    return Origin(m0, q, m0 < dims.m && q0 <= last);
-}
-
 // Stores the rows and columns of a wide block that lie inside C.
-fn store_wide(block: WideBlock, origin: Origin) {
+fn store_wide(block: WideBlock, m0: u32, q0: u32) {
     let columns = dims.n / 4u;
     let base = dims.c_offset / 4u;
-    let q0 = origin.q.x;
     for (var r = 0u; r < 8u; r++) {
-        let m = origin.m0 + r;
+        let m = m0 + r;
         if (m < dims.m) {
             let row = base + m * columns;
             out[row + q0] = block.c0[r];
@@ -241,11 +239,9 @@ fn store_wide(block: WideBlock, origin: Origin) {
     }
 }
 
-// One k of matmul_tn: the outer product of A's rows m0..m0+7 (two vec4 at a_k + mq.x and
-// a_k + mq.y) and B's 16 columns (four vec4 at b_k + q).
-fn tn_step(block: ptr<function, WideBlock>, a_k: u32, mq: vec2<u32>, b_k: u32, q: vec4<u32>) {
-    let a_lo = lhs[a_k + mq.x];
-    let a_hi = lhs[a_k + mq.y];
+// One k of matmul_tn: block += (A's rows m0..m0+7 at k: a_lo, a_hi) x (B's 16 columns at k,
+// four vec4 at b_k + q).
+fn tn_step(block: ptr<function, WideBlock>, a_lo: vec4<f32>, a_hi: vec4<f32>, b_k: u32, q: vec4<u32>) {
     let b0 = rhs[b_k + q.x];
     let b1 = rhs[b_k + q.y];
     let b2 = rhs[b_k + q.z];
@@ -262,32 +258,47 @@ fn tn_step(block: ptr<function, WideBlock>, a_k: u32, mq: vec2<u32>, b_k: u32, q
     }
 }
 
-@compute @workgroup_size(WG_N, WG_M)
-fn matmul_tn(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let origin = wide_origin(gid);
-    if (!origin.inside) {
-        return;
-    }
-    // A(m, k) = lhs[a_offset + k a_col_stride + m]: rows m0..m0+7 are two vec4 of A's row k.
+@compute @workgroup_size(64)
+fn matmul_tn(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(subgroup_invocation_id) lane_id: u32,
+    @builtin(subgroup_size) subgroup_size: u32,
+) {
+    let lane = lane_of(workgroup, subgroup, lane_id, subgroup_size);
+    let m0 = lane.block.y * 8u;
+    let q_first = lane.block.x * 4u;
+    let last = dims.n / 4u - 1u;
+    let q = vec4<u32>(min(q_first, last), min(q_first + 1u, last), min(q_first + 2u, last), min(q_first + 3u, last));
+    // A(m, k) = lhs[a_offset + k a_col_stride + m]: rows m0..m0+7 are two vec4 of A's row k,
+    // at a_k + mq.x and a_k + mq.y (clamped into A).
     let a_stride = dims.a_col_stride / 4u;
-    let mq0 = origin.m0 / 4u;
+    let mq0 = min(m0 / 4u, dims.m / 4u - 1u);
     let mq = vec2<u32>(mq0, min(mq0 + 1u, dims.m / 4u - 1u));
     let b_stride = dims.b_row_stride / 4u;
     var block: WideBlock;
     var a_k = dims.a_offset / 4u;
     var b_k = dims.b_offset / 4u;
-    // Four k per iteration (the loop's own cost is not negligible on a CPU), then the rest.
+    // Four k per iteration: the group's 8 lanes load the 8 vec4 of A those k need (k 4 k4 + j
+    // half h from lane 2 j + h) and share them.
+    let my_k = lane.index / 2u;
+    let my_half = select(mq.x, mq.y, (lane.index & 1u) == 1u);
     for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
+        let mine = lhs[a_k + my_k * a_stride + my_half];
         for (var j = 0u; j < 4u; j++) {
-            tn_step(&block, a_k, mq, b_k, origin.q);
-            a_k += a_stride;
+            let a_lo = subgroupShuffle(mine, lane.group_base + 2u * j);
+            let a_hi = subgroupShuffle(mine, lane.group_base + 2u * j + 1u);
+            tn_step(&block, a_lo, a_hi, b_k, q);
             b_k += b_stride;
         }
+        a_k += 4u * a_stride;
     }
     for (var k = dims.k / 4u * 4u; k < dims.k; k++) {
-        tn_step(&block, a_k, mq, b_k, origin.q);
+        tn_step(&block, lhs[a_k + mq.x], lhs[a_k + mq.y], b_k, q);
         a_k += a_stride;
         b_k += b_stride;
     }
-    store_wide(block, origin);
+    if (m0 < dims.m && q_first <= last) {
+        store_wide(block, m0, q_first);
+    }
 }

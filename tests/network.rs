@@ -6,7 +6,6 @@ mod common;
 
 use common::{assert_close, gpu, kernels, random_dataset, random_vec};
 use shadertrain::data::Dataset;
-use shadertrain::gpu::matmul::MatmulKernels;
 use shadertrain::gpu::uniforms::{MatmulDims, OptimizerHyper};
 use shadertrain::gpu::{Kernels, MatmulTiling, MatmulVariant};
 use shadertrain::model::{Activation, Loss, ModelSpec};
@@ -246,7 +245,7 @@ fn both_matmul_variants_train_like_the_reference() {
             MatmulDims::layer_input_grad(16, &layout.layers[1]),
         ] {
             assert_eq!(kernels.matmul.for_dims(&dims).variant, variant);
-            assert!(MatmulKernels::takes_vec4(&dims), "{dims:?}");
+            assert!(kernels.matmul.takes_vec4(&dims), "{dims:?}");
         }
         let mut trainer =
             Trainer::new(gpu(), &kernels, spec.clone(), config.clone(), &data, &data).unwrap();

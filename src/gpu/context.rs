@@ -137,6 +137,9 @@ impl Gpu {
         let limits = adapter.limits();
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("shadertrain"),
+            // Subgroup operations where the adapter has them: the vec4 register matmul kernels
+            // share loaded rows through them.
+            required_features: adapter.features() & wgpu::Features::SUBGROUP,
             required_limits: limits.clone(),
             ..Default::default()
         };

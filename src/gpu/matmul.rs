@@ -58,47 +58,23 @@ impl Default for MatmulTiling {
     }
 }
 
-/// Launch shape of a vec4 register kernel (matmul_vec4.wgsl): invocations per workgroup along M
-/// and N (its `override` constants), and the block of C each invocation computes.
-#[derive(Debug, Clone, Copy)]
-struct RegisterShape {
-    wg_m: u32,
-    wg_n: u32,
-    block_m: u32,
-    block_n: u32,
+/// The block of C each invocation of a vec4 register kernel computes (matmul_vec4.wgsl, where a
+/// workgroup is 8 lanes along N times 8 groups along M).
+fn register_block(form: RegisterForm) -> (u32, u32) {
+    match form {
+        RegisterForm::Nn | RegisterForm::Nt => (8, 8),
+        RegisterForm::Tn => (8, 16),
+    }
 }
 
-impl RegisterShape {
-    /// Measured on lavapipe: 8×8 blocks in workgroups of 8×8 for nn and nt, 8×16 blocks in
-    /// workgroups of 4×8 for tn.
-    fn of(form: RegisterForm) -> Self {
-        match form {
-            RegisterForm::Nn | RegisterForm::Nt => RegisterShape {
-                wg_m: 8,
-                wg_n: 8,
-                block_m: 8,
-                block_n: 8,
-            },
-            RegisterForm::Tn => RegisterShape {
-                wg_m: 4,
-                wg_n: 8,
-                block_m: 8,
-                block_n: 16,
-            },
-        }
-    }
-
-    fn constants(self) -> [(&'static str, f64); 2] {
-        [("WG_M", self.wg_m as f64), ("WG_N", self.wg_n as f64)]
-    }
-
-    fn grid(self, dims: &MatmulDims) -> [u32; 3] {
-        [
-            dims.n.div_ceil(self.block_n * self.wg_n),
-            dims.m.div_ceil(self.block_m * self.wg_m),
-            1,
-        ]
-    }
+/// Whether this device can run matmul_vec4.wgsl: subgroup operations, in subgroups of 8 to 64
+/// invocations (groups of 8 lanes must lie inside one subgroup, and a subgroup inside the
+/// workgroup of 64).
+fn has_register_subgroups(gpu: &Gpu) -> bool {
+    let info = gpu.adapter.get_info();
+    gpu.device.features().contains(wgpu::Features::SUBGROUP)
+        && info.subgroup_min_size >= 8
+        && info.subgroup_max_size <= 64
 }
 
 /// The storage orders the register kernels handle, one entry point each.
@@ -143,11 +119,17 @@ pub struct MatmulKernels {
     pub tiled: Kernel,
     pub tiling: MatmulTiling,
     blocks: Kernel,
+    /// matmul_vec4.wgsl's forms, on devices with suitable subgroups (else `blocks` serves the
+    /// register variant on every shape).
+    vec4: Option<Vec4Kernels>,
+    pub preferred: MatmulVariant,
+    max_groups: u32,
+}
+
+struct Vec4Kernels {
     nn: Kernel,
     tn: Kernel,
     nt: Kernel,
-    pub preferred: MatmulVariant,
-    max_groups: u32,
 }
 
 /// A kernel to dispatch for one product, with its grid.
@@ -169,26 +151,27 @@ impl MatmulKernels {
                 })
         };
         let tiled = module("matmul.wgsl", include_str!("../../shaders/matmul.wgsl"));
-        let registers = module(
-            "matmul_vec4.wgsl",
-            include_str!("../../shaders/matmul_vec4.wgsl"),
-        );
         let tiling_constants = [
             ("WG_M", tiling.wg_m as f64),
             ("WG_N", tiling.wg_n as f64),
             ("TILE_K", tiling.tile_k as f64),
         ];
-        let register = |entry, form| {
-            let constants = RegisterShape::of(form).constants();
-            build(gpu, &registers, entry, &slots, &constants)
-        };
+        let vec4 = has_register_subgroups(gpu).then(|| {
+            let registers = module(
+                "matmul_vec4.wgsl",
+                include_str!("../../shaders/matmul_vec4.wgsl"),
+            );
+            Vec4Kernels {
+                nn: build(gpu, &registers, "matmul_nn", &slots, &[]),
+                tn: build(gpu, &registers, "matmul_tn", &slots, &[]),
+                nt: build(gpu, &registers, "matmul_nt", &slots, &[]),
+            }
+        });
         MatmulKernels {
             tiled: build(gpu, &tiled, "matmul", &slots, &tiling_constants),
             tiling,
             blocks: build(gpu, &tiled, "matmul_blocks", &slots, &[]),
-            nn: register("matmul_nn", RegisterForm::Nn),
-            tn: register("matmul_tn", RegisterForm::Tn),
-            nt: register("matmul_nt", RegisterForm::Nt),
+            vec4,
             preferred,
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
         }
@@ -205,16 +188,23 @@ impl MatmulKernels {
                     1,
                 ],
             ),
-            MatmulVariant::Registers => match RegisterForm::of(dims) {
-                Some(form) => {
+            MatmulVariant::Registers => match (&self.vec4, RegisterForm::of(dims)) {
+                (Some(vec4), Some(form)) => {
                     let kernel = match form {
-                        RegisterForm::Nn => &self.nn,
-                        RegisterForm::Tn => &self.tn,
-                        RegisterForm::Nt => &self.nt,
+                        RegisterForm::Nn => &vec4.nn,
+                        RegisterForm::Tn => &vec4.tn,
+                        RegisterForm::Nt => &vec4.nt,
                     };
-                    (kernel, RegisterShape::of(form).grid(dims))
+                    // A workgroup: 8 blocks along N times 8 along M.
+                    let (block_m, block_n) = register_block(form);
+                    let grid = [
+                        dims.n.div_ceil(8 * block_n),
+                        dims.m.div_ceil(8 * block_m),
+                        1,
+                    ];
+                    (kernel, grid)
                 }
-                None => {
+                _ => {
                     let blocks = dims.m.div_ceil(4) as usize * dims.n.div_ceil(4) as usize;
                     (
                         &self.blocks,
@@ -237,7 +227,7 @@ impl MatmulKernels {
 
     /// Whether the register variant computes `dims` with its vec4 kernels (else with 4×4
     /// scalar blocks).
-    pub fn takes_vec4(dims: &MatmulDims) -> bool {
-        RegisterForm::of(dims).is_some()
+    pub fn takes_vec4(&self, dims: &MatmulDims) -> bool {
+        self.vec4.is_some() && RegisterForm::of(dims).is_some()
     }
 }
