@@ -119,20 +119,24 @@ struct Lane {
     block: vec2<u32>,
 }
 
-fn lane_of(workgroup: vec3<u32>, subgroup: u32, lane: u32, subgroup_size: u32) -> Lane {
-    let flat = subgroup * subgroup_size + lane;
+// The builtins every entry point takes.
+struct Invocation {
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) subgroup_size: u32,
+}
+
+fn lane_of(invocation: Invocation) -> Lane {
+    let flat = invocation.subgroup * invocation.subgroup_size + invocation.lane;
+    let workgroup = invocation.workgroup;
     let block = vec2<u32>(workgroup.x * 8u + flat % 8u, workgroup.y * 8u + flat / 8u);
-    return Lane(lane & ~7u, lane & 7u, block);
+    return Lane(invocation.lane & ~7u, invocation.lane & 7u, block);
 }
 
 @compute @workgroup_size(64)
-fn matmul_nn(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(subgroup_id) subgroup: u32,
-    @builtin(subgroup_invocation_id) lane_id: u32,
-    @builtin(subgroup_size) subgroup_size: u32,
-) {
-    let lane = lane_of(workgroup, subgroup, lane_id, subgroup_size);
+fn matmul_nn(invocation: Invocation) {
+    let lane = lane_of(invocation);
     let m0 = lane.block.y * 8u;
     let q_first = lane.block.x * 2u;
     let last = dims.n / 4u - 1u;
@@ -165,13 +169,8 @@ fn matmul_nn(
 }
 
 @compute @workgroup_size(64)
-fn matmul_nt(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(subgroup_id) subgroup: u32,
-    @builtin(subgroup_invocation_id) lane_id: u32,
-    @builtin(subgroup_size) subgroup_size: u32,
-) {
-    let lane = lane_of(workgroup, subgroup, lane_id, subgroup_size);
+fn matmul_nt(invocation: Invocation) {
+    let lane = lane_of(invocation);
     let m0 = lane.block.y * 8u;
     let q_first = lane.block.x * 2u;
     let my_row = row_start(dims.a_offset, dims.a_row_stride, m0 + lane.index, dims.m);
@@ -259,13 +258,8 @@ fn tn_step(block: ptr<function, WideBlock>, a_lo: vec4<f32>, a_hi: vec4<f32>, b_
 }
 
 @compute @workgroup_size(64)
-fn matmul_tn(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(subgroup_id) subgroup: u32,
-    @builtin(subgroup_invocation_id) lane_id: u32,
-    @builtin(subgroup_size) subgroup_size: u32,
-) {
-    let lane = lane_of(workgroup, subgroup, lane_id, subgroup_size);
+fn matmul_tn(invocation: Invocation) {
+    let lane = lane_of(invocation);
     let m0 = lane.block.y * 8u;
     let q_first = lane.block.x * 4u;
     let last = dims.n / 4u - 1u;
