@@ -153,57 +153,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     let mut epochs_run = 0;
     while trainer.epochs_done() < epochs && !trainer.finished() {
         epochs_run += 1;
-        if trainer.epoch_position().is_none() {
-            trainer.start_epoch()?;
-        }
-        let bar = progress_bar(&trainer);
-        let bar_start = (
-            Instant::now(),
-            trainer.epoch_position().map_or(0, |(taken, _)| taken),
-        );
-        let latest = Cell::new(None);
-        let mut observe = |p: EpochProgress| {
-            latest.set(Some(p));
-            if let Some(bar) = &bar {
-                let rate =
-                    (p.steps_done - bar_start.1) as f64 / bar_start.0.elapsed().as_secs_f64();
-                bar.set_position(p.steps_done as u64);
-                bar.set_message(format!("{rate:.1} steps/s  loss {:.4}", p.running_loss));
-            }
-        };
-        let observed = bar.is_some() || args.metrics_every.is_some();
-        let checkpoint_every = plan.as_ref().and_then(|p| p.every);
-        while let Some((taken, total)) = trainer.epoch_position()
-            && taken < total
-        {
-            // Stop at the next step that is a multiple of either interval.
-            let steps_to = |every: Option<u64>| {
-                every.map_or(usize::MAX, |n| (n - trainer.steps_done() % n) as usize)
-            };
-            let count = steps_to(checkpoint_every).min(steps_to(args.metrics_every));
-            trainer.train(
-                count,
-                observed.then_some(&mut observe as &mut dyn FnMut(EpochProgress)),
-            )?;
-            let at = |every: Option<u64>| every.is_some_and(|n| trainer.steps_done() % n == 0);
-            if let (Some(path), Some(progress)) = (&args.metrics, latest.get())
-                && at(args.metrics_every)
-            {
-                let record = interval_record(args.recipe.dataset, trainer.steps_done(), &progress);
-                shadertrain::files::append_line_atomically(path, &record)?;
-            }
-            // An epoch's last step is followed by its end-of-epoch checkpoint instead.
-            if let (Some(plan), Some((taken, total))) = (&plan, trainer.epoch_position())
-                && at(checkpoint_every)
-                && taken < total
-            {
-                checkpoint::save(&plan.dir, &checkpoint_of(&trainer, None)?, plan.keep)?;
-            }
-        }
-        let m = trainer.end_epoch()?;
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
+        let m = train_one_epoch(&mut trainer, &args, plan.as_ref(), &checkpoint_of)?;
         failpoint::reach(failpoint::EPOCH_END);
         let record = epoch_record(args.recipe.dataset, &m);
         if let Some(plan) = &plan {
@@ -228,6 +178,68 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         println!("saved the model to {}", path.display());
     }
     Ok(())
+}
+
+/// Takes the rest of the epoch under way (or a new one) and ends it: the progress bar, the
+/// --metrics-every lines and the checkpoints inside the epoch (its end-of-epoch checkpoint is the
+/// caller's).
+fn train_one_epoch(
+    trainer: &mut Trainer,
+    args: &TrainArgs,
+    plan: Option<&CheckpointPlan>,
+    checkpoint_of: &dyn Fn(&Trainer, Option<String>) -> Result<Checkpoint>,
+) -> Result<EpochMetrics> {
+    if trainer.epoch_position().is_none() {
+        trainer.start_epoch()?;
+    }
+    let bar = progress_bar(trainer);
+    let bar_start = (
+        Instant::now(),
+        trainer.epoch_position().map_or(0, |(taken, _)| taken),
+    );
+    let latest = Cell::new(None);
+    let mut observe = |p: EpochProgress| {
+        latest.set(Some(p));
+        if let Some(bar) = &bar {
+            let rate = (p.steps_done - bar_start.1) as f64 / bar_start.0.elapsed().as_secs_f64();
+            bar.set_position(p.steps_done as u64);
+            bar.set_message(format!("{rate:.1} steps/s  loss {:.4}", p.running_loss));
+        }
+    };
+    let observed = bar.is_some() || args.metrics_every.is_some();
+    let checkpoint_every = plan.and_then(|p| p.every);
+    while let Some((taken, total)) = trainer.epoch_position()
+        && taken < total
+    {
+        // Stop at the next step that is a multiple of either interval.
+        let steps_to = |every: Option<u64>| {
+            every.map_or(usize::MAX, |n| (n - trainer.steps_done() % n) as usize)
+        };
+        let count = steps_to(checkpoint_every).min(steps_to(args.metrics_every));
+        trainer.train(
+            count,
+            observed.then_some(&mut observe as &mut dyn FnMut(EpochProgress)),
+        )?;
+        let at = |every: Option<u64>| every.is_some_and(|n| trainer.steps_done() % n == 0);
+        if let (Some(path), Some(progress)) = (&args.metrics, latest.get())
+            && at(args.metrics_every)
+        {
+            let record = interval_record(args.recipe.dataset, trainer.steps_done(), &progress);
+            shadertrain::files::append_line_atomically(path, &record)?;
+        }
+        // An epoch's last step is followed by its end-of-epoch checkpoint instead.
+        if let (Some(plan), Some((taken, total))) = (plan, trainer.epoch_position())
+            && at(checkpoint_every)
+            && taken < total
+        {
+            checkpoint::save(&plan.dir, &checkpoint_of(trainer, None)?, plan.keep)?;
+        }
+    }
+    let m = trainer.end_epoch()?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(m)
 }
 
 /// Fail before training, not after, when an output cannot be written.
