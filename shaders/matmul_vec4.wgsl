@@ -30,12 +30,15 @@
 // 16 vec4 accumulators) in matmul_nn and matmul_nt, 8 x 16 (four vec4 of columns, 32
 // accumulators) in matmul_tn, whose loop holds little else (8 x 16 measured slower in the other
 // two). A workgroup is 8 groups of 8 lanes, numbered through the subgroup builtins so that a
-// group lies inside one subgroup; the lanes of a group compute side-by-side blocks of the same 8
-// rows, so each lane loads one eighth of those rows' part of A and receives the rest from its
-// group through subgroupShuffle: 8 times fewer loads of A, the same arithmetic in the same
-// order. Blocks past M or N are computed on clamped (valid) indices and not stored, so M and N
-// need not be multiples of a block, and every lane takes part in every shuffle.
-// Workgroup: 64 invocations, 8 lanes along N times 8 groups along M. Dispatch grid:
+// group lies inside one subgroup, and the lanes of a group share what they load through
+// subgroupShuffle (a SIMD shuffle, no memory access): in matmul_nn and matmul_nt the group is
+// 2 x 4 blocks, each row of A loaded by one of the 4 lanes needing it and each part of B by one
+// of the 2; in matmul_tn the group's blocks share their 16 columns, so each lane loads 2 of the
+// 16 vec4 of B four k need. Per four k a lane then loads 6 vec4 (nn, nt; 16 unshared) or 10 (tn;
+// 24 unshared), with the same arithmetic in the same order. Blocks past M or N are computed on
+// clamped (valid) indices and not stored, so M and N need not be multiples of a block, and every
+// lane takes part in every shuffle.
+// Workgroup: 64 invocations covering 8 x 8 blocks. Dispatch grid:
 // (ceil(N / (8 block columns)), ceil(M / 64), 1).
 
 struct Dims {
@@ -127,40 +130,68 @@ struct Invocation {
     @builtin(subgroup_size) subgroup_size: u32,
 }
 
-fn lane_of(invocation: Invocation) -> Lane {
+// A group's 8 lanes as blocks of the same 16 columns, one below the other (matmul_tn).
+fn lane_of_columns(invocation: Invocation) -> Lane {
     let flat = invocation.subgroup * invocation.subgroup_size + invocation.lane;
     let workgroup = invocation.workgroup;
-    let block = vec2<u32>(workgroup.x * 8u + flat % 8u, workgroup.y * 8u + flat / 8u);
+    let block = vec2<u32>(workgroup.x * 8u + flat / 8u, workgroup.y * 8u + flat % 8u);
+    return Lane(invocation.lane & ~7u, invocation.lane & 7u, block);
+}
+
+
+// A group's 8 lanes as 2 x 4 blocks (matmul_nn, matmul_nt): lanes c and c + 4 share columns,
+// lanes 4 j..4 j + 3 share rows. The group's 2 x 4 and a workgroup's 4 x 2 groups make 8 x 8
+// blocks.
+fn lane_of_tiles(invocation: Invocation) -> Lane {
+    let flat = invocation.subgroup * invocation.subgroup_size + invocation.lane;
+    let group = flat / 8u;
+    let i = flat % 8u;
+    let workgroup = invocation.workgroup;
+    let block = vec2<u32>(workgroup.x * 8u + (group % 2u) * 4u + i % 4u, workgroup.y * 8u + (group / 2u) * 2u + i / 4u);
     return Lane(invocation.lane & ~7u, invocation.lane & 7u, block);
 }
 
 @compute @workgroup_size(64)
 fn matmul_nn(invocation: Invocation) {
-    let lane = lane_of(invocation);
+    let lane = lane_of_tiles(invocation);
     let m0 = lane.block.y * 8u;
     let q_first = lane.block.x * 2u;
     let last = dims.n / 4u - 1u;
     let q0 = min(q_first, last);
     let q1 = min(q_first + 1u, last);
-    // This lane's row of the group's eight: rows m0..m0+7 come from lanes group_base..+7.
-    let my_row = row_start(dims.a_offset, dims.a_row_stride, m0 + lane.index, dims.m);
+    let row_sel = lane.index / 4u;
+    let col_sel = lane.index % 4u;
+    // A: the 4 lanes sharing these rows load two rows each (2 col_sel, 2 col_sel + 1).
+    let row_a = row_start(dims.a_offset, dims.a_row_stride, m0 + 2u * col_sel, dims.m);
+    let row_b = row_start(dims.a_offset, dims.a_row_stride, m0 + 2u * col_sel + 1u, dims.m);
+    let a_source = lane.group_base + 4u * row_sel;
+    // B: the 2 lanes sharing these columns load two k each (2 row_sel, 2 row_sel + 1).
+    let b_source = lane.group_base + col_sel;
     let b_stride = dims.b_row_stride / 4u;
     var block: Block;
     for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
-        let b = dims.b_offset / 4u + 4u * k4 * b_stride;
-        let lo0 = rhs[b + q0];
-        let lo1 = rhs[b + b_stride + q0];
-        let lo2 = rhs[b + 2u * b_stride + q0];
-        let lo3 = rhs[b + 3u * b_stride + q0];
-        let hi0 = rhs[b + q1];
-        let hi1 = rhs[b + b_stride + q1];
-        let hi2 = rhs[b + 2u * b_stride + q1];
-        let hi3 = rhs[b + 3u * b_stride + q1];
-        let mine = lhs[my_row + k4];
-        for (var r = 0u; r < 8u; r++) {
-            let a = subgroupShuffle(mine, lane.group_base + r);
-            block.lo[r] = row4(block.lo[r], a, lo0, lo1, lo2, lo3);
-            block.hi[r] = row4(block.hi[r], a, hi0, hi1, hi2, hi3);
+        let b = dims.b_offset / 4u + (4u * k4 + 2u * row_sel) * b_stride;
+        let my_lo0 = rhs[b + q0];
+        let my_hi0 = rhs[b + q1];
+        let my_lo1 = rhs[b + b_stride + q0];
+        let my_hi1 = rhs[b + b_stride + q1];
+        let lo0 = subgroupShuffle(my_lo0, b_source);
+        let lo1 = subgroupShuffle(my_lo1, b_source);
+        let lo2 = subgroupShuffle(my_lo0, b_source + 4u);
+        let lo3 = subgroupShuffle(my_lo1, b_source + 4u);
+        let hi0 = subgroupShuffle(my_hi0, b_source);
+        let hi1 = subgroupShuffle(my_hi1, b_source);
+        let hi2 = subgroupShuffle(my_hi0, b_source + 4u);
+        let hi3 = subgroupShuffle(my_hi1, b_source + 4u);
+        let mine_a = lhs[row_a + k4];
+        let mine_b = lhs[row_b + k4];
+        for (var r = 0u; r < 4u; r++) {
+            let a_even = subgroupShuffle(mine_a, a_source + r);
+            let a_odd = subgroupShuffle(mine_b, a_source + r);
+            block.lo[2u * r] = row4(block.lo[2u * r], a_even, lo0, lo1, lo2, lo3);
+            block.hi[2u * r] = row4(block.hi[2u * r], a_even, hi0, hi1, hi2, hi3);
+            block.lo[2u * r + 1u] = row4(block.lo[2u * r + 1u], a_odd, lo0, lo1, lo2, lo3);
+            block.hi[2u * r + 1u] = row4(block.hi[2u * r + 1u], a_odd, hi0, hi1, hi2, hi3);
         }
     }
     if (m0 < dims.m && q_first <= last) {
@@ -170,21 +201,34 @@ fn matmul_nn(invocation: Invocation) {
 
 @compute @workgroup_size(64)
 fn matmul_nt(invocation: Invocation) {
-    let lane = lane_of(invocation);
+    let lane = lane_of_tiles(invocation);
     let m0 = lane.block.y * 8u;
     let q_first = lane.block.x * 2u;
-    let my_row = row_start(dims.a_offset, dims.a_row_stride, m0 + lane.index, dims.m);
+    let row_sel = lane.index / 4u;
+    let col_sel = lane.index % 4u;
+    // A as in matmul_nn: the 4 lanes sharing these rows load two rows each.
+    let row_a = row_start(dims.a_offset, dims.a_row_stride, m0 + 2u * col_sel, dims.m);
+    let row_b = row_start(dims.a_offset, dims.a_row_stride, m0 + 2u * col_sel + 1u, dims.m);
+    let a_source = lane.group_base + 4u * row_sel;
     // B(k, n) = rhs[b_offset + n b_col_stride + k]: column n of B is a row of the stored [N, K].
-    var b_row: array<u32, 8>;
-    for (var c = 0u; c < 8u; c++) {
-        b_row[c] = row_start(dims.b_offset, dims.b_col_stride, 4u * q_first + c, dims.n);
+    // The 2 lanes sharing these 8 columns load four each (4 row_sel .. 4 row_sel + 3).
+    var b_row: array<u32, 4>;
+    for (var c = 0u; c < 4u; c++) {
+        b_row[c] = row_start(dims.b_offset, dims.b_col_stride, 4u * q_first + 4u * row_sel + c, dims.n);
     }
+    let b_source = lane.group_base + col_sel;
     var block: Block;
     for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
-        // Columns 0-7 at k4's four k, transposed so that lo_j holds B(4 k4 + j, columns 0-3).
+        // Columns 0-7 at k4's four k (t[c]: column c), transposed so that lo_j holds
+        // B(4 k4 + j, columns 0-3).
+        var mine: array<vec4<f32>, 4>;
+        for (var c = 0u; c < 4u; c++) {
+            mine[c] = rhs[b_row[c] + k4];
+        }
         var t: array<vec4<f32>, 8>;
-        for (var c = 0u; c < 8u; c++) {
-            t[c] = rhs[b_row[c] + k4];
+        for (var c = 0u; c < 4u; c++) {
+            t[c] = subgroupShuffle(mine[c], b_source);
+            t[c + 4u] = subgroupShuffle(mine[c], b_source + 4u);
         }
         let lo0 = vec4<f32>(t[0].x, t[1].x, t[2].x, t[3].x);
         let lo1 = vec4<f32>(t[0].y, t[1].y, t[2].y, t[3].y);
@@ -194,11 +238,15 @@ fn matmul_nt(invocation: Invocation) {
         let hi1 = vec4<f32>(t[4].y, t[5].y, t[6].y, t[7].y);
         let hi2 = vec4<f32>(t[4].z, t[5].z, t[6].z, t[7].z);
         let hi3 = vec4<f32>(t[4].w, t[5].w, t[6].w, t[7].w);
-        let mine = lhs[my_row + k4];
-        for (var r = 0u; r < 8u; r++) {
-            let a = subgroupShuffle(mine, lane.group_base + r);
-            block.lo[r] = row4(block.lo[r], a, lo0, lo1, lo2, lo3);
-            block.hi[r] = row4(block.hi[r], a, hi0, hi1, hi2, hi3);
+        let mine_a = lhs[row_a + k4];
+        let mine_b = lhs[row_b + k4];
+        for (var r = 0u; r < 4u; r++) {
+            let a_even = subgroupShuffle(mine_a, a_source + r);
+            let a_odd = subgroupShuffle(mine_b, a_source + r);
+            block.lo[2u * r] = row4(block.lo[2u * r], a_even, lo0, lo1, lo2, lo3);
+            block.hi[2u * r] = row4(block.hi[2u * r], a_even, hi0, hi1, hi2, hi3);
+            block.lo[2u * r + 1u] = row4(block.lo[2u * r + 1u], a_odd, lo0, lo1, lo2, lo3);
+            block.hi[2u * r + 1u] = row4(block.hi[2u * r + 1u], a_odd, hi0, hi1, hi2, hi3);
         }
     }
     if (m0 < dims.m && q_first <= dims.n / 4u - 1u) {
@@ -238,13 +286,9 @@ fn store_wide(block: WideBlock, m0: u32, q0: u32) {
     }
 }
 
-// One k of matmul_tn: block += (A's rows m0..m0+7 at k: a_lo, a_hi) x (B's 16 columns at k,
-// four vec4 at b_k + q).
-fn tn_step(block: ptr<function, WideBlock>, a_lo: vec4<f32>, a_hi: vec4<f32>, b_k: u32, q: vec4<u32>) {
-    let b0 = rhs[b_k + q.x];
-    let b1 = rhs[b_k + q.y];
-    let b2 = rhs[b_k + q.z];
-    let b3 = rhs[b_k + q.w];
+// One k of matmul_tn: block += (A's rows m0..m0+7 at k: a_lo, a_hi) x (B's 16 columns at k:
+// b0..b3).
+fn tn_step(block: ptr<function, WideBlock>, a_lo: vec4<f32>, a_hi: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) {
     for (var r = 0u; r < 4u; r++) {
         (*block).c0[r] = fma(vec4<f32>(a_lo[r]), b0, (*block).c0[r]);
         (*block).c1[r] = fma(vec4<f32>(a_lo[r]), b1, (*block).c1[r]);
@@ -259,7 +303,9 @@ fn tn_step(block: ptr<function, WideBlock>, a_lo: vec4<f32>, a_hi: vec4<f32>, b_
 
 @compute @workgroup_size(64)
 fn matmul_tn(invocation: Invocation) {
-    let lane = lane_of(invocation);
+    // Here the lanes of a group compute blocks of the same 16 columns (and different rows), and
+    // share B, the larger part: per four k, 16 vec4 of B (2 loads per lane) and 8 of A.
+    let lane = lane_of_columns(invocation);
     let m0 = lane.block.y * 8u;
     let q_first = lane.block.x * 4u;
     let last = dims.n / 4u - 1u;
@@ -273,22 +319,26 @@ fn matmul_tn(invocation: Invocation) {
     var block: WideBlock;
     var a_k = dims.a_offset / 4u;
     var b_k = dims.b_offset / 4u;
-    // Four k per iteration: the group's 8 lanes load the 8 vec4 of A those k need (k 4 k4 + j
-    // half h from lane 2 j + h) and share them.
+    // B at k 4 k4 + j: vec4 columns 0, 1 from lane 2 j, columns 2, 3 from lane 2 j + 1.
     let my_k = lane.index / 2u;
-    let my_half = select(mq.x, mq.y, (lane.index & 1u) == 1u);
+    let my_columns = select(q.xy, q.zw, (lane.index & 1u) == 1u);
     for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
-        let mine = lhs[a_k + my_k * a_stride + my_half];
+        let b_row = b_k + my_k * b_stride;
+        let mine0 = rhs[b_row + my_columns.x];
+        let mine1 = rhs[b_row + my_columns.y];
         for (var j = 0u; j < 4u; j++) {
-            let a_lo = subgroupShuffle(mine, lane.group_base + 2u * j);
-            let a_hi = subgroupShuffle(mine, lane.group_base + 2u * j + 1u);
-            tn_step(&block, a_lo, a_hi, b_k, q);
-            b_k += b_stride;
+            let source = lane.group_base + 2u * j;
+            let b0 = subgroupShuffle(mine0, source);
+            let b1 = subgroupShuffle(mine1, source);
+            let b2 = subgroupShuffle(mine0, source + 1u);
+            let b3 = subgroupShuffle(mine1, source + 1u);
+            tn_step(&block, lhs[a_k + mq.x], lhs[a_k + mq.y], b0, b1, b2, b3);
+            a_k += a_stride;
         }
-        a_k += 4u * a_stride;
+        b_k += 4u * b_stride;
     }
     for (var k = dims.k / 4u * 4u; k < dims.k; k++) {
-        tn_step(&block, lhs[a_k + mq.x], lhs[a_k + mq.y], b_k, q);
+        tn_step(&block, lhs[a_k + mq.x], lhs[a_k + mq.y], rhs[b_k + q.x], rhs[b_k + q.y], rhs[b_k + q.z], rhs[b_k + q.w]);
         a_k += a_stride;
         b_k += b_stride;
     }
