@@ -151,6 +151,39 @@ fn lane_of_tiles(invocation: Invocation) -> Lane {
     return Lane(invocation.lane & ~7u, invocation.lane & 7u, block);
 }
 
+// The two rows of A (per four k) this lane loads for the 4 lanes of its group that share its
+// block's rows (matmul_nn, matmul_nt): rows 2 c and 2 c + 1 of the block for col_sel c, and the
+// first of those 4 lanes.
+struct SharedRows {
+    even: u32,
+    odd: u32,
+    source: u32,
+}
+
+fn shared_rows(lane: Lane, m0: u32) -> SharedRows {
+    let col_sel = lane.index % 4u;
+    return SharedRows(
+        row_start(dims.a_offset, dims.a_row_stride, m0 + 2u * col_sel, dims.m),
+        row_start(dims.a_offset, dims.a_row_stride, m0 + 2u * col_sel + 1u, dims.m),
+        lane.group_base + 4u * (lane.index / 4u),
+    );
+}
+
+// block += (the block's 8 rows of A at four k, gathered from the lanes sharing them) x (B at those
+// k: b[j] columns 0-3 and b[4 + j] columns 4-7 at k j).
+fn add_shared_rows(block: ptr<function, Block>, rows: SharedRows, k4: u32, b: array<vec4<f32>, 8>) {
+    let mine_even = lhs[rows.even + k4];
+    let mine_odd = lhs[rows.odd + k4];
+    for (var r = 0u; r < 4u; r++) {
+        let a_even = subgroupShuffle(mine_even, rows.source + r);
+        let a_odd = subgroupShuffle(mine_odd, rows.source + r);
+        (*block).lo[2u * r] = row4((*block).lo[2u * r], a_even, b[0], b[1], b[2], b[3]);
+        (*block).hi[2u * r] = row4((*block).hi[2u * r], a_even, b[4], b[5], b[6], b[7]);
+        (*block).lo[2u * r + 1u] = row4((*block).lo[2u * r + 1u], a_odd, b[0], b[1], b[2], b[3]);
+        (*block).hi[2u * r + 1u] = row4((*block).hi[2u * r + 1u], a_odd, b[4], b[5], b[6], b[7]);
+    }
+}
+
 @compute @workgroup_size(64)
 fn matmul_nn(invocation: Invocation) {
     let lane = lane_of_tiles(invocation);
@@ -161,10 +194,7 @@ fn matmul_nn(invocation: Invocation) {
     let q1 = min(q_first + 1u, last);
     let row_sel = lane.index / 4u;
     let col_sel = lane.index % 4u;
-    // A: the 4 lanes sharing these rows load two rows each (2 col_sel, 2 col_sel + 1).
-    let row_a = row_start(dims.a_offset, dims.a_row_stride, m0 + 2u * col_sel, dims.m);
-    let row_b = row_start(dims.a_offset, dims.a_row_stride, m0 + 2u * col_sel + 1u, dims.m);
-    let a_source = lane.group_base + 4u * row_sel;
+    let rows = shared_rows(lane, m0);
     // B: the 2 lanes sharing these columns load two k each (2 row_sel, 2 row_sel + 1).
     let b_source = lane.group_base + col_sel;
     let b_stride = dims.b_row_stride / 4u;
@@ -183,16 +213,8 @@ fn matmul_nn(invocation: Invocation) {
         let hi1 = subgroupShuffle(my_hi1, b_source);
         let hi2 = subgroupShuffle(my_hi0, b_source + 4u);
         let hi3 = subgroupShuffle(my_hi1, b_source + 4u);
-        let mine_a = lhs[row_a + k4];
-        let mine_b = lhs[row_b + k4];
-        for (var r = 0u; r < 4u; r++) {
-            let a_even = subgroupShuffle(mine_a, a_source + r);
-            let a_odd = subgroupShuffle(mine_b, a_source + r);
-            block.lo[2u * r] = row4(block.lo[2u * r], a_even, lo0, lo1, lo2, lo3);
-            block.hi[2u * r] = row4(block.hi[2u * r], a_even, hi0, hi1, hi2, hi3);
-            block.lo[2u * r + 1u] = row4(block.lo[2u * r + 1u], a_odd, lo0, lo1, lo2, lo3);
-            block.hi[2u * r + 1u] = row4(block.hi[2u * r + 1u], a_odd, hi0, hi1, hi2, hi3);
-        }
+        let b_values = array<vec4<f32>, 8>(lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3);
+        add_shared_rows(&block, rows, k4, b_values);
     }
     if (m0 < dims.m && q_first <= last) {
         store_block(block, m0, q_first, true);
@@ -206,10 +228,7 @@ fn matmul_nt(invocation: Invocation) {
     let q_first = lane.block.x * 2u;
     let row_sel = lane.index / 4u;
     let col_sel = lane.index % 4u;
-    // A as in matmul_nn: the 4 lanes sharing these rows load two rows each.
-    let row_a = row_start(dims.a_offset, dims.a_row_stride, m0 + 2u * col_sel, dims.m);
-    let row_b = row_start(dims.a_offset, dims.a_row_stride, m0 + 2u * col_sel + 1u, dims.m);
-    let a_source = lane.group_base + 4u * row_sel;
+    let rows = shared_rows(lane, m0);
     // B(k, n) = rhs[b_offset + n b_col_stride + k]: column n of B is a row of the stored [N, K].
     // The 2 lanes sharing these 8 columns load four each (4 row_sel .. 4 row_sel + 3).
     var b_row: array<u32, 4>;
@@ -238,16 +257,8 @@ fn matmul_nt(invocation: Invocation) {
         let hi1 = vec4<f32>(t[4].y, t[5].y, t[6].y, t[7].y);
         let hi2 = vec4<f32>(t[4].z, t[5].z, t[6].z, t[7].z);
         let hi3 = vec4<f32>(t[4].w, t[5].w, t[6].w, t[7].w);
-        let mine_a = lhs[row_a + k4];
-        let mine_b = lhs[row_b + k4];
-        for (var r = 0u; r < 4u; r++) {
-            let a_even = subgroupShuffle(mine_a, a_source + r);
-            let a_odd = subgroupShuffle(mine_b, a_source + r);
-            block.lo[2u * r] = row4(block.lo[2u * r], a_even, lo0, lo1, lo2, lo3);
-            block.hi[2u * r] = row4(block.hi[2u * r], a_even, hi0, hi1, hi2, hi3);
-            block.lo[2u * r + 1u] = row4(block.lo[2u * r + 1u], a_odd, lo0, lo1, lo2, lo3);
-            block.hi[2u * r + 1u] = row4(block.hi[2u * r + 1u], a_odd, hi0, hi1, hi2, hi3);
-        }
+        let b_values = array<vec4<f32>, 8>(lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3);
+        add_shared_rows(&block, rows, k4, b_values);
     }
     if (m0 < dims.m && q_first <= dims.n / 4u - 1u) {
         store_block(block, m0, q_first, false);
