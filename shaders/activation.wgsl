@@ -33,8 +33,8 @@ const TANH: u32 = 3u;
 @group(0) @binding(2) var<storage, read> operand: array<f32>;
 @group(0) @binding(3) var<storage, read_write> grads: array<f32>;
 
-fn derivative_from_output(a: f32) -> f32 {
-    switch shape.activation {
+fn derivative_from_output(activation: u32, a: f32) -> f32 {
+    switch activation {
         case RELU: { return select(0.0, 1.0, a > 0.0); }
         case SIGMOID: { return a * (1.0 - a); }
         case TANH: { return 1.0 - a * a; }
@@ -48,10 +48,15 @@ fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (j >= shape.cols) {
         return;
     }
+    // The shape read once: on lavapipe every read of `shape` inside the loop would be another
+    // round of per-lane loads, as many as the loop's own.
+    let rows = shape.rows;
+    let cols = shape.cols;
+    let activation = shape.activation;
     var bias_grad = 0.0;
-    for (var r = 0u; r < shape.rows; r++) {
-        let i = r * shape.cols + j;
-        let g = values[i] * derivative_from_output(operand[i]);
+    for (var r = 0u; r < rows; r++) {
+        let i = r * cols + j;
+        let g = values[i] * derivative_from_output(activation, operand[i]);
         values[i] = g;
         bias_grad += g;
     }

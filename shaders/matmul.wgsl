@@ -52,17 +52,40 @@ override TILE_K: u32 = 16u;
 var<workgroup> a_tile: array<vec4<f32>, TILE_K * WG_M>;
 var<workgroup> b_tile: array<vec4<f32>, TILE_K * WG_N>;
 
-// The value stored at C[m, n] (see Epilogue above).
-fn finish(value: f32, n: u32) -> f32 {
-    if (dims.epilogue == 0u) {
+// The value stored at C[m, n] (see Epilogue above; `epilogue` and `bias_offset` from dims).
+fn finish(value: f32, n: u32, epilogue: u32, bias_offset: u32) -> f32 {
+    if (epilogue == 0u) {
         return value;
     }
-    let z = value + rhs[dims.bias_offset + n];
-    switch dims.epilogue - 1u {
+    let z = value + rhs[bias_offset + n];
+    switch epilogue - 1u {
         case 1u: { return max(z, 0.0); }
         case 2u: { return 1.0 / (1.0 + exp(-z)); }
         case 3u: { return tanh(z); }
         default: { return z; }
+    }
+}
+
+// Stores the 4 x 4 block acc (row r in acc[r]) at C[m0.., n0..], the part inside C, through the
+// epilogue. `dims` is read once, before the loops: on lavapipe each read inside them would be
+// another round of per-lane loads, as many as the stores' own.
+fn store_block(acc: array<vec4<f32>, 4>, m0: u32, n0: u32) {
+    let m_end = dims.m;
+    let n_end = dims.n;
+    let c_offset = dims.c_offset;
+    let epilogue = dims.epilogue;
+    let bias_offset = dims.bias_offset;
+    for (var r = 0u; r < 4u; r++) {
+        let m = m0 + r;
+        if (m >= m_end) {
+            break;
+        }
+        for (var c = 0u; c < 4u; c++) {
+            let n = n0 + c;
+            if (n < n_end) {
+                out[c_offset + m * n_end + n] = finish(acc[r][c], n, epilogue, bias_offset);
+            }
+        }
     }
 }
 
@@ -111,18 +134,7 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         workgroupBarrier();
     }
 
-    for (var r = 0u; r < 4u; r++) {
-        let m = tile_m + lid.y * 4u + r;
-        if (m >= dims.m) {
-            break;
-        }
-        for (var c = 0u; c < 4u; c++) {
-            let n = tile_n + lid.x * 4u + c;
-            if (n < dims.n) {
-                out[dims.c_offset + m * dims.n + n] = finish(acc[r][c], n);
-            }
-        }
-    }
+    store_block(acc, tile_m + lid.y * 4u, tile_n + lid.x * 4u);
 }
 
 // matmul_blocks: the same product without workgroup memory, for CPU adapters (see
@@ -140,32 +152,24 @@ fn matmul_blocks(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     if (m0 >= dims.m) {
         return;
     }
-    var a_row: vec4<u32>;
-    var b_col: vec4<u32>;
-    for (var i = 0u; i < 4u; i++) {
-        a_row[i] = dims.a_offset + min(m0 + i, dims.m - 1u) * dims.a_row_stride;
-        b_col[i] = dims.b_offset + min(n0 + i, dims.n - 1u) * dims.b_col_stride;
-    }
+    // `dims` read once, before the loops: every read of it inside a loop is another round of
+    // per-lane loads on lavapipe.
+    let last_row = vec4<u32>(dims.m - 1u);
+    let last_col = vec4<u32>(dims.n - 1u);
+    let a_row = dims.a_offset + min(m0 + vec4<u32>(0u, 1u, 2u, 3u), last_row) * dims.a_row_stride;
+    let b_col = dims.b_offset + min(n0 + vec4<u32>(0u, 1u, 2u, 3u), last_col) * dims.b_col_stride;
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var k = 0u; k < dims.k; k++) {
-        let a_k = k * dims.a_col_stride;
-        let b_k = k * dims.b_row_stride;
+    let k_end = dims.k;
+    let a_col_stride = dims.a_col_stride;
+    let b_row_stride = dims.b_row_stride;
+    for (var k = 0u; k < k_end; k++) {
+        let a_k = k * a_col_stride;
+        let b_k = k * b_row_stride;
         let b = vec4<f32>(rhs[b_col.x + b_k], rhs[b_col.y + b_k], rhs[b_col.z + b_k], rhs[b_col.w + b_k]);
         acc[0] = fma(vec4<f32>(lhs[a_row.x + a_k]), b, acc[0]);
         acc[1] = fma(vec4<f32>(lhs[a_row.y + a_k]), b, acc[1]);
         acc[2] = fma(vec4<f32>(lhs[a_row.z + a_k]), b, acc[2]);
         acc[3] = fma(vec4<f32>(lhs[a_row.w + a_k]), b, acc[3]);
     }
-    for (var r = 0u; r < 4u; r++) {
-        let m = m0 + r;
-        if (m >= dims.m) {
-            break;
-        }
-        for (var c = 0u; c < 4u; c++) {
-            let n = n0 + c;
-            if (n < dims.n) {
-                out[dims.c_offset + m * dims.n + n] = finish(acc[r][c], n);
-            }
-        }
-    }
+    store_block(acc, m0, n0);
 }

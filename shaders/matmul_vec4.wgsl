@@ -73,12 +73,12 @@ fn row4(acc: vec4<f32>, a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32
 }
 
 // The four values stored at C[m, 4q..4q+3] (see Epilogue above).
-fn finish(value: vec4<f32>, q: u32) -> vec4<f32> {
-    if (dims.epilogue == 0u) {
+fn finish(value: vec4<f32>, q: u32, epilogue: u32, bias_offset: u32) -> vec4<f32> {
+    if (epilogue == 0u) {
         return value;
     }
-    let z = value + rhs[dims.bias_offset / 4u + q];
-    switch dims.epilogue - 1u {
+    let z = value + rhs[bias_offset / 4u + q];
+    switch epilogue - 1u {
         case 1u: { return max(z, vec4<f32>(0.0)); }
         case 2u: { return 1.0 / (1.0 + exp(-z)); }
         case 3u: { return tanh(z); }
@@ -88,18 +88,23 @@ fn finish(value: vec4<f32>, q: u32) -> vec4<f32> {
 
 // Stores the rows and columns of the block that lie inside C, through the epilogue if `fused`
 // (a constant at every call: the epilogue's code, an exp and a tanh per value, is large enough
-// to slow the first dispatch's compilation where it is not needed).
+// to slow the first dispatch's compilation where it is not needed). `dims` is read before the
+// loop, as in every kernel here: on lavapipe each read inside a loop is another round of
+// per-lane loads.
 fn store_block(block: Block, m0: u32, q0: u32, fused: bool) {
     let columns = dims.n / 4u;
     let base = dims.c_offset / 4u;
+    let m_end = dims.m;
+    let epilogue = dims.epilogue;
+    let bias_offset = dims.bias_offset;
     for (var r = 0u; r < 8u; r++) {
         let m = m0 + r;
-        if (m < dims.m) {
+        if (m < m_end) {
             var lo = block.lo[r];
             var hi = block.hi[r];
             if (fused) {
-                lo = finish(lo, q0);
-                hi = finish(hi, q0 + 1u);
+                lo = finish(lo, q0, epilogue, bias_offset);
+                hi = finish(hi, q0 + 1u, epilogue, bias_offset);
             }
             out[base + m * columns + q0] = lo;
             if (q0 + 1u < columns) {
@@ -198,9 +203,11 @@ fn matmul_nn(invocation: Invocation) {
     // B: the 2 lanes sharing these columns load two k each (2 row_sel, 2 row_sel + 1).
     let b_source = lane.group_base + col_sel;
     let b_stride = dims.b_row_stride / 4u;
+    let k4_end = dims.k / 4u;
+    let b_first = dims.b_offset / 4u + 2u * row_sel * b_stride;
     var block: Block;
-    for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
-        let b = dims.b_offset / 4u + (4u * k4 + 2u * row_sel) * b_stride;
+    for (var k4 = 0u; k4 < k4_end; k4++) {
+        let b = b_first + 4u * k4 * b_stride;
         let my_lo0 = rhs[b + q0];
         let my_hi0 = rhs[b + q1];
         let my_lo1 = rhs[b + b_stride + q0];
@@ -236,8 +243,9 @@ fn matmul_nt(invocation: Invocation) {
         b_row[c] = row_start(dims.b_offset, dims.b_col_stride, 4u * q_first + 4u * row_sel + c, dims.n);
     }
     let b_source = lane.group_base + col_sel;
+    let k4_end = dims.k / 4u;
     var block: Block;
-    for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
+    for (var k4 = 0u; k4 < k4_end; k4++) {
         // Columns 0-7 at k4's four k (t[c]: column c), transposed so that lo_j holds
         // B(4 k4 + j, columns 0-3).
         var mine: array<vec4<f32>, 4>;
@@ -279,9 +287,10 @@ struct WideBlock {
 fn store_wide(block: WideBlock, m0: u32, q0: u32) {
     let columns = dims.n / 4u;
     let base = dims.c_offset / 4u;
+    let m_end = dims.m;
     for (var r = 0u; r < 8u; r++) {
         let m = m0 + r;
-        if (m < dims.m) {
+        if (m < m_end) {
             let row = base + m * columns;
             out[row + q0] = block.c0[r];
             if (q0 + 1u < columns) {
@@ -333,7 +342,8 @@ fn matmul_tn(invocation: Invocation) {
     // B at k 4 k4 + j: vec4 columns 0, 1 from lane 2 j, columns 2, 3 from lane 2 j + 1.
     let my_k = lane.index / 2u;
     let my_columns = select(q.xy, q.zw, (lane.index & 1u) == 1u);
-    for (var k4 = 0u; k4 < dims.k / 4u; k4++) {
+    let k_end = dims.k;
+    for (var k4 = 0u; k4 < k_end / 4u; k4++) {
         let b_row = b_k + my_k * b_stride;
         let mine0 = rhs[b_row + my_columns.x];
         let mine1 = rhs[b_row + my_columns.y];
@@ -348,7 +358,7 @@ fn matmul_tn(invocation: Invocation) {
         }
         b_k += 4u * b_stride;
     }
-    for (var k = dims.k / 4u * 4u; k < dims.k; k++) {
+    for (var k = k_end / 4u * 4u; k < k_end; k++) {
         tn_step(&block, lhs[a_k + mq.x], lhs[a_k + mq.y], rhs[b_k + q.x], rhs[b_k + q.y], rhs[b_k + q.z], rhs[b_k + q.w]);
         a_k += a_stride;
         b_k += b_stride;

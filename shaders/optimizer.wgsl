@@ -8,20 +8,24 @@
 // The step size depends on the step number t, so the host precomputes it per step into the
 // step schedule, and many steps can be recorded before any runs.
 //
-// Parameters are updated four at a time, as vec4: on a CPU adapter every buffer access costs the
-// same whatever its width, so this quarters the cost. The buffers hold whole vec4s (the host
-// sizes them so); the padding after the last parameter has zero gradient and stays zero.
+// Parameters are updated as vec4, VEC4S_PER_INVOCATION consecutive vec4 per invocation: on a CPU
+// adapter every buffer access costs much the same whatever its width, and every read of `hyper`
+// or the schedule is one more such access, so each invocation reads those once for 16
+// parameters. The buffers hold whole groups of 16 parameters (the host sizes every storage
+// buffer to a multiple of 64 bytes); the padding after the last parameter has zero gradient, so
+// it stays zero.
 //
 // Bindings (group 0):
 //   0 schedule storage, read             Schedule below (adam only)
 //   1 hyper    storage, read             Hyper below
-//   2 params   storage, read_write       vec4<f32> [ceil(count / 4)]
-//   3 grads    storage, read             vec4<f32> [ceil(count / 4)]
-//   4 moment1  storage, read_write       vec4<f32> [ceil(count / 4)] (adam only)
-//   5 moment2  storage, read_write       vec4<f32> [ceil(count / 4)] (adam only)
+//   2 params   storage, read_write       vec4<f32> [4 ceil(count / 16)]
+//   3 grads    storage, read             vec4<f32> [4 ceil(count / 16)]
+//   4 moment1  storage, read_write       vec4<f32> [4 ceil(count / 16)] (adam only)
+//   5 moment2  storage, read_write       vec4<f32> [4 ceil(count / 16)] (adam only)
 //
-// Workgroup: 64 invocations, one per vec4 of parameters. Dispatch grid: ceil(count / 256)
-// workgroups as (x, y) with x <= 65535 (index = (y * num_workgroups.x + x) * 64 + local).
+// Workgroup: 64 invocations, each updating 4 vec4 (16 parameters). Dispatch grid:
+// ceil(count / 1024) workgroups as (x, y) with x <= 65535 (invocation = (y * num_workgroups.x + x)
+// * 64 + local).
 
 struct Step {
     batch_start: u32,
@@ -61,29 +65,43 @@ fn current_step() -> Step {
 @group(0) @binding(4) var<storage, read_write> moment1: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> moment2: array<vec4<f32>>;
 
-fn flat_index(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return gid.y * groups.x * 64u + gid.x;
+const VEC4S_PER_INVOCATION: u32 = 4u;
+
+// The first of this invocation's vec4.
+fn first_vec4(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return (gid.y * groups.x * 64u + gid.x) * VEC4S_PER_INVOCATION;
 }
 
 @compute @workgroup_size(64)
 fn sgd_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_index(gid, groups);
-    if (i >= (hyper.count + 3u) / 4u) {
+    let first = first_vec4(gid, groups);
+    if (first >= (hyper.count + 3u) / 4u) {
         return;
     }
-    params[i] -= hyper.learning_rate * grads[i];
+    let learning_rate = hyper.learning_rate;
+    for (var j = 0u; j < VEC4S_PER_INVOCATION; j++) {
+        let i = first + j;
+        params[i] -= learning_rate * grads[i];
+    }
 }
 
 @compute @workgroup_size(64)
 fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_index(gid, groups);
-    if (i >= (hyper.count + 3u) / 4u) {
+    let first = first_vec4(gid, groups);
+    if (first >= (hyper.count + 3u) / 4u) {
         return;
     }
-    let g = grads[i];
-    let m = hyper.beta1 * moment1[i] + (1.0 - hyper.beta1) * g;
-    let v = hyper.beta2 * moment2[i] + (1.0 - hyper.beta2) * g * g;
-    moment1[i] = m;
-    moment2[i] = v;
-    params[i] -= current_step().adam_step_size * m / (sqrt(v) + vec4<f32>(hyper.epsilon));
+    let beta1 = hyper.beta1;
+    let beta2 = hyper.beta2;
+    let epsilon = vec4<f32>(hyper.epsilon);
+    let step_size = current_step().adam_step_size;
+    for (var j = 0u; j < VEC4S_PER_INVOCATION; j++) {
+        let i = first + j;
+        let g = grads[i];
+        let m = beta1 * moment1[i] + (1.0 - beta1) * g;
+        let v = beta2 * moment2[i] + (1.0 - beta2) * g * g;
+        moment1[i] = m;
+        moment2[i] = v;
+        params[i] -= step_size * m / (sqrt(v) + epsilon);
+    }
 }

@@ -57,7 +57,8 @@ struct BenchArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
-    /// Training steps in the steady-state timing (after 32 warm-up steps).
+    /// Training steps in each steady-state timing window (after 32 warm-up steps; the best of
+    /// three windows is reported).
     #[arg(long, default_value_t = 64)]
     steps: usize,
 }

@@ -235,7 +235,7 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
             }
         }
         "sgd update" => {
-            for count in [1, 1001] {
+            for count in [1, 1001, 20_011] {
                 let params = random_vec(&mut rng, count, -1.0, 1.0);
                 let grads = random_vec(&mut rng, count, -1.0, 1.0);
                 let mut expected = params.clone();
@@ -251,7 +251,7 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
             }
         }
         "adam update" => {
-            for (count, t) in [(1, 1), (1001, 1), (1001, 57)] {
+            for (count, t) in [(1, 1), (1001, 1), (1001, 57), (20_011, 3)] {
                 let hyper = OptimizerHyper {
                     count: count as u32,
                     learning_rate: 1e-3,

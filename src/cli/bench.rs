@@ -42,6 +42,9 @@ pub struct KernelTime {
     pub ms: f64,
 }
 
+/// Windows of `steps` steps (and peak measurements) whose best is reported.
+const TIMING_WINDOWS: usize = 3;
+
 pub fn run(
     request: &AdapterRequest,
     spec: &ModelSpec,
@@ -70,12 +73,19 @@ pub fn run(
     let first_step_done_s = process_start.elapsed().as_secs_f64();
 
     trainer.run_benchmark_steps(32)?;
-    let started = Instant::now();
-    trainer.run_benchmark_steps(steps.max(1))?;
-    let step_s = started.elapsed().as_secs_f64() / steps.max(1) as f64;
+    // The step rate and the peak it is compared with are each the best of a few windows, taken
+    // in turn: on a shared machine (and on a CPU adapter above all) other work slows single
+    // windows by tens of per cent, and it must not slow one figure and not the other.
+    let mut step_s = f64::INFINITY;
+    let mut fma_peak = 0.0f64;
+    for _ in 0..TIMING_WINDOWS {
+        let started = Instant::now();
+        trainer.run_benchmark_steps(steps.max(1))?;
+        step_s = step_s.min(started.elapsed().as_secs_f64() / steps.max(1) as f64);
+        fma_peak = fma_peak.max(fma_peak_gflops(&gpu)?);
+    }
     let epoch = trainer.run_epoch()?;
 
-    let fma_peak = fma_peak_gflops(&gpu)?;
     let rows = config.batch_size.min(train_samples);
     let step_gflops = step_flops(spec, rows) / step_s / 1e9;
     let matmuls = step_matmuls(spec, rows)
@@ -121,11 +131,14 @@ pub fn print(r: &BenchReport) {
         r.first_step_done_s
     );
     println!(
-        "steady state           {:>9.3} ms/step, {:.0} samples/s (batch {})",
+        "steady state           {:>9.3} ms/step, {:.0} samples/s (batch {}; best of {TIMING_WINDOWS})",
         r.ms_per_step, r.samples_per_s, r.batch_size
     );
     println!("epoch (train + test)   {:>9.2} s", r.epoch_s);
-    println!("vec4 FMA peak          {:>9.2} GFLOP/s", r.fma_peak_gflops);
+    println!(
+        "vec4 FMA peak          {:>9.2} GFLOP/s (best of {TIMING_WINDOWS})",
+        r.fma_peak_gflops
+    );
     println!(
         "whole step             {:>9.2} GFLOP/s  {:>5.1} % of peak",
         r.step_gflops,

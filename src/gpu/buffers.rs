@@ -37,8 +37,9 @@ impl Gpu {
         self.check_storage_size(what, bytes)?;
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
-            // Whole vec4s, so that a vec4 view of the buffer reaches its last element.
-            size: bytes.next_multiple_of(16).max(MIN_BINDING_BYTES),
+            // Whole groups of four vec4: a vec4 view of the buffer reaches its last element,
+            // and the optimizer (16 parameters per invocation) stays inside it.
+            size: bytes.next_multiple_of(64).max(MIN_BINDING_BYTES),
             usage: BufferUsages::STORAGE | BufferUsages::COPY_SRC | BufferUsages::COPY_DST,
             mapped_at_creation: false,
         }))

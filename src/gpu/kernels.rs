@@ -72,9 +72,9 @@ pub struct Kernels {
 /// Workgroup width of the element-wise and per-row kernels (`@workgroup_size(64)` in their WGSL).
 pub const ROW_WORKGROUP: u32 = 64;
 
-/// The grid of an optimizer update over `count` parameters (optimizer.wgsl: a vec4 each).
+/// The grid of an optimizer update over `count` parameters (optimizer.wgsl: 16 each).
 pub fn optimizer_grid(count: usize, max_groups: u32) -> [u32; 3] {
-    grid_1d(count.div_ceil(4), ROW_WORKGROUP, max_groups)
+    grid_1d(count.div_ceil(16), ROW_WORKGROUP, max_groups)
 }
 
 impl Kernels {
