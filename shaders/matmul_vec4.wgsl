@@ -1,7 +1,8 @@
 // Dense-layer matrix products, register-tiled with vec4 loads and no workgroup memory: the
-// variant for CPU adapters such as lavapipe, where each invocation's loads from a buffer are
-// done lane by lane and workgroup memory is ordinary memory, so the cost is in the number of
-// load instructions and each loaded vec4 must feed as many FMAs as possible.
+// variant for CPU adapters such as lavapipe, where workgroup memory is ordinary memory and loads,
+// not FMAs, are the cost, so each loaded vec4 must feed as many FMAs as possible. The operands are
+// read from texture mirrors of their buffers (src/gpu/mirror.rs): lavapipe fetches texels with
+// SIMD code but loads from a storage buffer lane by lane.
 //
 //   C[m, n] = sum_k A(m, k) * B(k, n)        for m < M, n < N, k < K
 //
@@ -15,15 +16,16 @@
 //              input grad  dX = dY Wᵀ
 // Epilogue (dims.epilogue) as in matmul.wgsl, matmul_nn only (a forward product is the only one
 // fused): 0 stores the product, 1 + an activation code stores f(C + bias), the bias a vec4 per
-// column quad at B_buffer[bias_offset / 4 + q].
+// column quad at vec4 bias_offset / 4 + q of the B buffer (its mirror).
 // Requirements (checked by the host, which uses matmul.wgsl otherwise): N % 4 == 0, every offset
 // (the bias's too) and stride a multiple of 4, K % 4 == 0 for nn and nt, M % 4 == 0 for tn; and
 // subgroups (the host builds this module only on a device with them) of 8 to 64 invocations.
 //
 // Bindings (group 0):
 //   0 dims   storage, read        Dims below
-//   1 lhs    storage, read        vec4<f32> array holding A at dims.a_offset / 4
-//   2 rhs    storage, read        vec4<f32> array holding B at dims.b_offset / 4
+//   1 lhs    texture_2d<f32>      rgba32float mirror of the buffer holding A at dims.a_offset:
+//                                 its vec4 i is the texel (i % MIRROR_ROW_TEXELS, i / MIRROR_ROW_TEXELS)
+//   2 rhs    texture_2d<f32>      likewise for the buffer holding B (and the bias) at dims.b_offset
 //   3 out    storage, read_write  vec4<f32> array; C is row-major [M, N] at dims.c_offset / 4
 //
 // Each invocation computes a block of C in registers: 8 x 8 (8 rows, two vec4 of columns, in
@@ -57,9 +59,25 @@ struct Dims {
 }
 
 @group(0) @binding(0) var<storage, read> dims: Dims;
-@group(0) @binding(1) var<storage, read> lhs: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> rhs: array<vec4<f32>>;
+@group(0) @binding(1) var lhs: texture_2d<f32>;
+@group(0) @binding(2) var rhs: texture_2d<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+
+// Texels per row of a texture mirror (MIRROR_ROW_TEXELS in src/gpu/mirror.rs).
+const MIRROR_ROW_TEXELS: u32 = 1024u;
+
+// vec4 i of a mirrored buffer: floats 4 i .. 4 i + 3.
+fn mirrored(texture: texture_2d<f32>, i: u32) -> vec4<f32> {
+    return textureLoad(texture, vec2<u32>(i % MIRROR_ROW_TEXELS, i / MIRROR_ROW_TEXELS), 0);
+}
+
+fn lhs_at(i: u32) -> vec4<f32> {
+    return mirrored(lhs, i);
+}
+
+fn rhs_at(i: u32) -> vec4<f32> {
+    return mirrored(rhs, i);
+}
 
 // The 8 x 8 block of C: row r, columns 0-3 in lo[r] and 4-7 in hi[r].
 struct Block {
@@ -77,7 +95,7 @@ fn finish(value: vec4<f32>, q: u32, epilogue: u32, bias_offset: u32) -> vec4<f32
     if (epilogue == 0u) {
         return value;
     }
-    let z = value + rhs[bias_offset / 4u + q];
+    let z = value + rhs_at(bias_offset / 4u + q);
     switch epilogue - 1u {
         case 1u: { return max(z, vec4<f32>(0.0)); }
         case 2u: { return 1.0 / (1.0 + exp(-z)); }
@@ -177,8 +195,8 @@ fn shared_rows(lane: Lane, m0: u32) -> SharedRows {
 // block += (the block's 8 rows of A at four k, gathered from the lanes sharing them) x (B at those
 // k: b[j] columns 0-3 and b[4 + j] columns 4-7 at k j).
 fn add_shared_rows(block: ptr<function, Block>, rows: SharedRows, k4: u32, b: array<vec4<f32>, 8>) {
-    let mine_even = lhs[rows.even + k4];
-    let mine_odd = lhs[rows.odd + k4];
+    let mine_even = lhs_at(rows.even + k4);
+    let mine_odd = lhs_at(rows.odd + k4);
     for (var r = 0u; r < 4u; r++) {
         let a_even = subgroupShuffle(mine_even, rows.source + r);
         let a_odd = subgroupShuffle(mine_odd, rows.source + r);
@@ -208,10 +226,10 @@ fn matmul_nn(invocation: Invocation) {
     var block: Block;
     for (var k4 = 0u; k4 < k4_end; k4++) {
         let b = b_first + 4u * k4 * b_stride;
-        let my_lo0 = rhs[b + q0];
-        let my_hi0 = rhs[b + q1];
-        let my_lo1 = rhs[b + b_stride + q0];
-        let my_hi1 = rhs[b + b_stride + q1];
+        let my_lo0 = rhs_at(b + q0);
+        let my_hi0 = rhs_at(b + q1);
+        let my_lo1 = rhs_at(b + b_stride + q0);
+        let my_hi1 = rhs_at(b + b_stride + q1);
         let lo0 = subgroupShuffle(my_lo0, b_source);
         let lo1 = subgroupShuffle(my_lo1, b_source);
         let lo2 = subgroupShuffle(my_lo0, b_source + 4u);
@@ -236,7 +254,7 @@ fn matmul_nt(invocation: Invocation) {
     let row_sel = lane.index / 4u;
     let col_sel = lane.index % 4u;
     let rows = shared_rows(lane, m0);
-    // B(k, n) = rhs[b_offset + n b_col_stride + k]: column n of B is a row of the stored [N, K].
+    // B(k, n) = rhs_at(b_offset + n b_col_stride + k): column n of B is a row of the stored [N, K].
     // The 2 lanes sharing these 8 columns load four each (4 row_sel .. 4 row_sel + 3).
     var b_row: array<u32, 4>;
     for (var c = 0u; c < 4u; c++) {
@@ -250,7 +268,7 @@ fn matmul_nt(invocation: Invocation) {
         // B(4 k4 + j, columns 0-3).
         var mine: array<vec4<f32>, 4>;
         for (var c = 0u; c < 4u; c++) {
-            mine[c] = rhs[b_row[c] + k4];
+            mine[c] = rhs_at(b_row[c] + k4);
         }
         var t: array<vec4<f32>, 8>;
         for (var c = 0u; c < 4u; c++) {
@@ -330,7 +348,7 @@ fn matmul_tn(invocation: Invocation) {
     let q_first = lane.block.x * 4u;
     let last = dims.n / 4u - 1u;
     let q = vec4<u32>(min(q_first, last), min(q_first + 1u, last), min(q_first + 2u, last), min(q_first + 3u, last));
-    // A(m, k) = lhs[a_offset + k a_col_stride + m]: rows m0..m0+7 are two vec4 of A's row k,
+    // A(m, k) = lhs_at(a_offset + k a_col_stride + m): rows m0..m0+7 are two vec4 of A's row k,
     // at a_k + mq.x and a_k + mq.y (clamped into A).
     let a_stride = dims.a_col_stride / 4u;
     let mq0 = min(m0 / 4u, dims.m / 4u - 1u);
@@ -345,21 +363,21 @@ fn matmul_tn(invocation: Invocation) {
     let k_end = dims.k;
     for (var k4 = 0u; k4 < k_end / 4u; k4++) {
         let b_row = b_k + my_k * b_stride;
-        let mine0 = rhs[b_row + my_columns.x];
-        let mine1 = rhs[b_row + my_columns.y];
+        let mine0 = rhs_at(b_row + my_columns.x);
+        let mine1 = rhs_at(b_row + my_columns.y);
         for (var j = 0u; j < 4u; j++) {
             let source = lane.group_base + 2u * j;
             let b0 = subgroupShuffle(mine0, source);
             let b1 = subgroupShuffle(mine1, source);
             let b2 = subgroupShuffle(mine0, source + 1u);
             let b3 = subgroupShuffle(mine1, source + 1u);
-            tn_step(&block, lhs[a_k + mq.x], lhs[a_k + mq.y], b0, b1, b2, b3);
+            tn_step(&block, lhs_at(a_k + mq.x), lhs_at(a_k + mq.y), b0, b1, b2, b3);
             a_k += a_stride;
         }
         b_k += 4u * b_stride;
     }
     for (var k = k_end / 4u * 4u; k < k_end; k++) {
-        tn_step(&block, lhs[a_k + mq.x], lhs[a_k + mq.y], rhs[b_k + q.x], rhs[b_k + q.y], rhs[b_k + q.z], rhs[b_k + q.w]);
+        tn_step(&block, lhs_at(a_k + mq.x), lhs_at(a_k + mq.y), rhs_at(b_k + q.x), rhs_at(b_k + q.y), rhs_at(b_k + q.z), rhs_at(b_k + q.w));
         a_k += a_stride;
         b_k += b_stride;
     }

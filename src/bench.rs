@@ -6,8 +6,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::gpu::matmul::refresh_into;
 use crate::gpu::uniforms::MatmulDims;
-use crate::gpu::{Gpu, Kernels, MatmulVariant};
+use crate::gpu::{Gpu, Kernels, MatmulOperand, MatmulVariant, TextureMirror};
 use crate::model::ModelSpec;
 
 /// One matmul of a training step, timed alone.
@@ -102,17 +103,35 @@ pub fn time_dispatches(
     grid: [u32; 3],
     min_seconds: f64,
 ) -> Result<f64> {
+    time_repeated(gpu, min_seconds, |encoder, repeats| {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        for _ in 0..repeats {
+            pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+        }
+    })
+}
+
+/// Seconds per refresh of `mirror`, timed as `time_dispatches` times a dispatch.
+pub fn time_mirror_refresh(gpu: &Gpu, mirror: &TextureMirror, min_seconds: f64) -> Result<f64> {
+    time_repeated(gpu, min_seconds, |encoder, repeats| {
+        for _ in 0..repeats {
+            mirror.record_refresh(encoder);
+        }
+    })
+}
+
+/// Seconds per repeat of what `record` records `repeats` times, as `time_dispatches` says.
+fn time_repeated(
+    gpu: &Gpu,
+    min_seconds: f64,
+    record: impl Fn(&mut wgpu::CommandEncoder, usize),
+) -> Result<f64> {
     let run = |repeats: usize| -> Result<f64> {
         let started = Instant::now();
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, bind_group, &[]);
-            for _ in 0..repeats {
-                pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
-            }
-        }
+        record(&mut encoder, repeats);
         gpu.queue.submit([encoder.finish()]);
         wait(gpu)?;
         Ok(started.elapsed().as_secs_f64())
@@ -143,15 +162,19 @@ pub fn matmul_gflops(
     let rhs = gpu.storage_with("bench rhs", &vec![0.25f32; rhs_len])?;
     let out = gpu.storage_buffer("bench out", (out_len * 4) as u64)?;
     let uniform = gpu.params_with("bench dims", dims);
-    let bind_group = chosen.kernel.bind(
+    let lhs_mirror = TextureMirror::new(gpu, "bench lhs mirror", &lhs);
+    let rhs_mirror = TextureMirror::new(gpu, "bench rhs mirror", &rhs);
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    // The operands are constant: their mirrors are filled once, outside the timing.
+    let bind_group = chosen.bind(
         gpu,
-        &[
-            uniform.as_entire_binding(),
-            lhs.as_entire_binding(),
-            rhs.as_entire_binding(),
-            out.as_entire_binding(),
-        ],
+        &uniform,
+        MatmulOperand::new(&lhs, lhs_mirror.as_ref()),
+        MatmulOperand::new(&rhs, rhs_mirror.as_ref()),
+        &out,
+        &mut refresh_into(&mut encoder),
     );
+    gpu.queue.submit([encoder.finish()]);
     let seconds = time_dispatches(gpu, &chosen.kernel.pipeline, &bind_group, chosen.grid, 0.2)?;
     Ok(flops(dims) / seconds / 1e9)
 }

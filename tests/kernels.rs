@@ -4,6 +4,8 @@
 mod common;
 
 use common::{gpu, kernels};
+use shadertrain::gpu::uniforms::MatmulDims;
+use shadertrain::gpu::{Kernels, MatmulOperand, MatmulTiling, MatmulVariant, TextureMirror};
 use shadertrain::selftest;
 
 fn check(name: &str) {
@@ -73,4 +75,27 @@ fn every_check_has_a_test() {
         10,
         "add a test above for each new check"
     );
+}
+
+/// The register variant's vec4 kernels read texture mirrors of their operands; a product with
+/// an operand that has none (a buffer too large for the device's textures) runs on the scalar
+/// blocks, which read buffers.
+#[test]
+fn register_products_without_mirrors_fall_back_to_buffer_kernels() {
+    let kernels = Kernels::with_matmul(gpu(), MatmulTiling::default(), MatmulVariant::Registers);
+    let dims = MatmulDims::plain(64, 64, 64);
+    let buffer = gpu().storage_buffer("operand", 64 * 64 * 4).unwrap();
+    let mirror = TextureMirror::new(gpu(), "operand mirror", &buffer).unwrap();
+    let with = MatmulOperand::new(&buffer, Some(&mirror));
+    let without = MatmulOperand::new(&buffer, None);
+    assert_eq!(
+        kernels.matmul.for_operands(&dims, with, with).reads_mirrors,
+        kernels.matmul.takes_vec4(&dims)
+    );
+    for (lhs, rhs) in [(with, without), (without, with), (without, without)] {
+        let chosen = kernels.matmul.for_operands(&dims, lhs, rhs);
+        assert!(!chosen.reads_mirrors);
+        assert_eq!(chosen.kernel.name, "matmul_blocks");
+        assert_eq!(chosen.variant, MatmulVariant::Registers);
+    }
 }

@@ -18,6 +18,8 @@ pub(super) enum Slot {
     Params,
     Read,
     ReadWrite,
+    /// A texture mirror of a buffer (`mirror::TextureMirror`), read with `textureLoad`.
+    Mirror,
 }
 
 /// A pipeline and the layout its bind groups are made with.
@@ -193,14 +195,19 @@ pub(super) fn build(
         .map(|&(binding, slot)| BindGroupLayoutEntry {
             binding,
             visibility: ShaderStages::COMPUTE,
-            ty: BindingType::Buffer {
-                ty: match slot {
-                    Slot::Params => BufferBindingType::Storage { read_only: true },
-                    Slot::Read => BufferBindingType::Storage { read_only: true },
-                    Slot::ReadWrite => BufferBindingType::Storage { read_only: false },
+            ty: match slot {
+                Slot::Params | Slot::Read | Slot::ReadWrite => BindingType::Buffer {
+                    ty: BufferBindingType::Storage {
+                        read_only: slot != Slot::ReadWrite,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
                 },
-                has_dynamic_offset: false,
-                min_binding_size: None,
+                Slot::Mirror => BindingType::Texture {
+                    sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                    view_dimension: wgpu::TextureViewDimension::D2,
+                    multisampled: false,
+                },
             },
             count: None,
         })

@@ -8,15 +8,20 @@
 //!   (matmul_vec4.wgsl), where shapes and offsets are multiples of 4 and the device has
 //!   subgroups; else 4×4 blocks from scalar loads (`matmul_blocks` in matmul.wgsl). On a CPU
 //!   adapter such as lavapipe, where buffer and workgroup loads are done lane by lane, it is 7-12
-//!   times faster.
+//!   times faster. The vec4 kernels read A and B from texture mirrors of their buffers
+//!   (`mirror::TextureMirror`), whose loads lavapipe vectorises: operands come as
+//!   `MatmulOperand`s, and a product whose operands have no mirror takes the scalar blocks.
 //!
 //! Every product of a step runs on the adapter's preferred variant.
 
 use serde::Serialize;
 
+use wgpu::{BindGroup, Buffer, CommandEncoder};
+
 use super::Gpu;
 use super::buffers::grid_1d;
 use super::kernels::{Kernel, ROW_WORKGROUP, Slot, build};
+use super::mirror::TextureMirror;
 use super::uniforms::{MatmulDims, NO_EPILOGUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -139,6 +144,69 @@ pub struct MatmulDispatch<'k> {
     pub kernel: &'k Kernel,
     pub grid: [u32; 3],
     pub variant: MatmulVariant,
+    /// Whether the kernel reads A and B from texture mirrors (else from the buffers).
+    pub reads_mirrors: bool,
+}
+
+/// An operand of a product: the buffer holding it, and the buffer's texture mirror if it has
+/// one.
+#[derive(Clone, Copy)]
+pub struct MatmulOperand<'a> {
+    pub buffer: &'a Buffer,
+    pub mirror: Option<&'a TextureMirror>,
+}
+
+impl<'a> MatmulOperand<'a> {
+    pub fn new(buffer: &'a Buffer, mirror: Option<&'a TextureMirror>) -> Self {
+        MatmulOperand { buffer, mirror }
+    }
+}
+
+impl MatmulDispatch<'_> {
+    /// The bind group of this product (`dims` is its parameter buffer). Where the kernel reads
+    /// mirrors, records into `encoder` the refresh of both operands' mirrors, which must then
+    /// be submitted before the dispatch.
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        dims: &Buffer,
+        lhs: MatmulOperand<'_>,
+        rhs: MatmulOperand<'_>,
+        out: &Buffer,
+        refresh: &mut dyn FnMut(&TextureMirror),
+    ) -> BindGroup {
+        if self.reads_mirrors {
+            const NO_MIRROR: &str =
+                "a mirror-reading matmul kernel chosen for an operand without one";
+            let (lhs, rhs) = (lhs.mirror.expect(NO_MIRROR), rhs.mirror.expect(NO_MIRROR));
+            refresh(lhs);
+            refresh(rhs);
+            self.kernel.bind(
+                gpu,
+                &[
+                    dims.as_entire_binding(),
+                    wgpu::BindingResource::TextureView(&lhs.view),
+                    wgpu::BindingResource::TextureView(&rhs.view),
+                    out.as_entire_binding(),
+                ],
+            )
+        } else {
+            self.kernel.bind(
+                gpu,
+                &[
+                    dims.as_entire_binding(),
+                    lhs.buffer.as_entire_binding(),
+                    rhs.buffer.as_entire_binding(),
+                    out.as_entire_binding(),
+                ],
+            )
+        }
+    }
+}
+
+/// Records a mirror refresh into `encoder` (for `MatmulDispatch::bind` outside a program).
+pub fn refresh_into(encoder: &mut CommandEncoder) -> impl FnMut(&TextureMirror) + '_ {
+    move |mirror| mirror.record_refresh(encoder)
 }
 
 impl MatmulKernels {
@@ -163,6 +231,7 @@ impl MatmulKernels {
                 "matmul_vec4.wgsl",
                 include_str!("../../shaders/matmul_vec4.wgsl"),
             );
+            let slots = [(0, Params), (1, Mirror), (2, Mirror), (3, ReadWrite)];
             Vec4Kernels {
                 nn: build(gpu, &registers, "matmul_nn", &slots, &[]),
                 tn: build(gpu, &registers, "matmul_tn", &slots, &[]),
@@ -179,9 +248,43 @@ impl MatmulKernels {
         }
     }
 
-    /// What computes `dims` with `variant`.
+    /// What computes `dims` with `variant`, on operands that have texture mirrors.
     pub fn with_variant(&self, dims: &MatmulDims, variant: MatmulVariant) -> MatmulDispatch<'_> {
-        let (kernel, grid) = match variant {
+        self.choose(dims, variant, true)
+    }
+
+    /// What computes `dims` on the adapter's preferred variant, on operands that have texture
+    /// mirrors.
+    pub fn for_dims(&self, dims: &MatmulDims) -> MatmulDispatch<'_> {
+        self.with_variant(dims, self.preferred)
+    }
+
+    /// What computes `dims` on the preferred variant for these operands: a mirror-reading
+    /// kernel only if both have mirrors.
+    pub fn for_operands(
+        &self,
+        dims: &MatmulDims,
+        lhs: MatmulOperand<'_>,
+        rhs: MatmulOperand<'_>,
+    ) -> MatmulDispatch<'_> {
+        let mirrored = lhs.mirror.is_some() && rhs.mirror.is_some();
+        self.choose(dims, self.preferred, mirrored)
+    }
+
+    /// Whether products on the preferred variant may read texture mirrors (so their operands
+    /// are worth mirroring).
+    pub fn reads_mirrors(&self) -> bool {
+        self.preferred == MatmulVariant::Registers && self.vec4.is_some()
+    }
+
+    fn choose(
+        &self,
+        dims: &MatmulDims,
+        variant: MatmulVariant,
+        mirrored: bool,
+    ) -> MatmulDispatch<'_> {
+        let vec4 = self.vec4.as_ref().filter(|_| mirrored);
+        let (kernel, grid, reads_mirrors) = match variant {
             MatmulVariant::Tiled => (
                 &self.tiled,
                 [
@@ -189,8 +292,9 @@ impl MatmulKernels {
                     dims.m.div_ceil(4 * self.tiling.wg_m),
                     1,
                 ],
+                false,
             ),
-            MatmulVariant::Registers => match (&self.vec4, RegisterForm::of(dims)) {
+            MatmulVariant::Registers => match (vec4, RegisterForm::of(dims)) {
                 (Some(vec4), Some(form)) => {
                     let kernel = match form {
                         RegisterForm::Nn => &vec4.nn,
@@ -204,13 +308,14 @@ impl MatmulKernels {
                         dims.m.div_ceil(8 * block_m),
                         1,
                     ];
-                    (kernel, grid)
+                    (kernel, grid, true)
                 }
                 _ => {
                     let blocks = dims.m.div_ceil(4) as usize * dims.n.div_ceil(4) as usize;
                     (
                         &self.blocks,
                         grid_1d(blocks, ROW_WORKGROUP, self.max_groups),
+                        false,
                     )
                 }
             },
@@ -219,16 +324,12 @@ impl MatmulKernels {
             kernel,
             grid,
             variant,
+            reads_mirrors,
         }
     }
 
-    /// What computes `dims` on the adapter's preferred variant.
-    pub fn for_dims(&self, dims: &MatmulDims) -> MatmulDispatch<'_> {
-        self.with_variant(dims, self.preferred)
-    }
-
-    /// Whether the register variant computes `dims` with its vec4 kernels (else with 4×4
-    /// scalar blocks).
+    /// Whether the register variant computes `dims` with its vec4 kernels where the operands
+    /// have mirrors (else with 4×4 scalar blocks).
     pub fn takes_vec4(&self, dims: &MatmulDims) -> bool {
         self.vec4.is_some() && RegisterForm::of(dims).is_some()
     }

@@ -7,7 +7,8 @@ use wgpu::Buffer;
 use super::Gpu;
 use super::buffers::grid_1d;
 use super::kernels::{Kernel, Kernels, ROW_WORKGROUP, optimizer_grid};
-use super::matmul::MatmulVariant;
+use super::matmul::{MatmulOperand, MatmulVariant, refresh_into};
+use super::mirror::TextureMirror;
 use super::uniforms::*;
 use crate::data::Dataset;
 use crate::error::Result;
@@ -50,16 +51,19 @@ pub fn matmul(
     let lhs_buffer = gpu.storage_with("lhs", lhs)?;
     let rhs_buffer = gpu.storage_with("rhs", rhs)?;
     let out_buffer = gpu.storage_with("out", out)?;
+    let lhs_mirror = TextureMirror::new(gpu, "lhs mirror", &lhs_buffer);
+    let rhs_mirror = TextureMirror::new(gpu, "rhs mirror", &rhs_buffer);
     let chosen = kernels.matmul.with_variant(dims, variant);
-    let bind_group = chosen.kernel.bind(
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let bind_group = chosen.bind(
         gpu,
-        &[
-            dims_buffer.as_entire_binding(),
-            lhs_buffer.as_entire_binding(),
-            rhs_buffer.as_entire_binding(),
-            out_buffer.as_entire_binding(),
-        ],
+        &dims_buffer,
+        MatmulOperand::new(&lhs_buffer, lhs_mirror.as_ref()),
+        MatmulOperand::new(&rhs_buffer, rhs_mirror.as_ref()),
+        &out_buffer,
+        &mut refresh_into(&mut encoder),
     );
+    gpu.queue.submit([encoder.finish()]);
     dispatch(gpu, chosen.kernel, &bind_group, chosen.grid);
     gpu.read_back(&out_buffer, out.len())
 }

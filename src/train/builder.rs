@@ -7,7 +7,7 @@ use super::{DeviceSplit, TrainConfig};
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::{ROW_WORKGROUP, optimizer_grid};
 use crate::gpu::uniforms::*;
-use crate::gpu::{Gpu, Kernels};
+use crate::gpu::{Gpu, Kernels, MatmulOperand, TextureMirror};
 use crate::model::{DenseLayer, Loss, ModelSpec, ParamLayout};
 
 /// Builds the bind groups of every dispatch of a step, once.
@@ -22,9 +22,47 @@ pub(super) struct ProgramBuilder<'a, 'k> {
     pub(super) params: &'a Buffer,
     pub(super) grads: &'a Buffer,
     pub(super) schedule: &'a Buffer,
+    /// Texture mirrors of the matmul operands, where the kernels read mirrors.
+    pub(super) mirrors: &'a OperandMirrors,
 }
 
-impl<'k> ProgramBuilder<'_, 'k> {
+/// Texture mirrors (`gpu::mirror`) of the buffers the matmuls read: the parameters, each
+/// activation and each activation gradient (`None` where there is none).
+#[derive(Default)]
+pub(super) struct OperandMirrors {
+    pub(super) params: Option<TextureMirror>,
+    pub(super) activations: Vec<Option<TextureMirror>>,
+    pub(super) activation_grads: Vec<Option<TextureMirror>>,
+}
+
+impl OperandMirrors {
+    /// Mirrors of every operand buffer if this device's matmul kernels read mirrors; else none.
+    pub(super) fn new(
+        gpu: &Gpu,
+        kernels: &Kernels,
+        params: &Buffer,
+        activations: &[Buffer],
+        activation_grads: &[Buffer],
+    ) -> Self {
+        if !kernels.matmul.reads_mirrors() {
+            return OperandMirrors::default();
+        }
+        let mirror_all = |buffers: &[Buffer], what: &str| {
+            buffers
+                .iter()
+                .enumerate()
+                .map(|(l, b)| TextureMirror::new(gpu, &format!("{what} {l} mirror"), b))
+                .collect()
+        };
+        OperandMirrors {
+            params: TextureMirror::new(gpu, "parameters mirror", params),
+            activations: mirror_all(activations, "activation"),
+            activation_grads: mirror_all(activation_grads, "activation grad"),
+        }
+    }
+}
+
+impl<'a, 'k> ProgramBuilder<'a, 'k> {
     fn max_groups(&self) -> u32 {
         self.gpu.limits.max_compute_workgroups_per_dimension
     }
@@ -33,22 +71,34 @@ impl<'k> ProgramBuilder<'_, 'k> {
         &self,
         program: &mut Program<'k>,
         dims: MatmulDims,
-        lhs: &Buffer,
-        rhs: &Buffer,
+        lhs: MatmulOperand<'_>,
+        rhs: MatmulOperand<'_>,
         out: &Buffer,
     ) {
-        let chosen = self.kernels.matmul.for_dims(&dims);
+        let chosen = self.kernels.matmul.for_operands(&dims, lhs, rhs);
         let uniform = self.gpu.params_with("matmul dims", &dims);
-        let bind_group = chosen.kernel.bind(
-            self.gpu,
-            &[
-                uniform.as_entire_binding(),
-                lhs.as_entire_binding(),
-                rhs.as_entire_binding(),
-                out.as_entire_binding(),
-            ],
-        );
+        let bind_group = chosen.bind(self.gpu, &uniform, lhs, rhs, out, &mut |mirror| {
+            program.refresh(mirror)
+        });
         program.push(chosen.kernel, bind_group, chosen.grid);
+    }
+
+    fn params_operand(&self) -> MatmulOperand<'a> {
+        MatmulOperand::new(self.params, self.mirrors.params.as_ref())
+    }
+
+    fn activation(&self, l: usize) -> MatmulOperand<'a> {
+        let mirror = self.mirrors.activations.get(l).and_then(Option::as_ref);
+        MatmulOperand::new(&self.activations[l], mirror)
+    }
+
+    fn activation_grad(&self, l: usize) -> MatmulOperand<'a> {
+        let mirror = self
+            .mirrors
+            .activation_grads
+            .get(l)
+            .and_then(Option::as_ref);
+        MatmulOperand::new(&self.activation_grads[l], mirror)
     }
 
     /// gather → dense layers → loss, for `rows` samples of `split`.
@@ -93,8 +143,8 @@ impl<'k> ProgramBuilder<'_, 'k> {
             self.matmul(
                 &mut program,
                 MatmulDims::layer_forward_activated(rows, layer, activation),
-                &self.activations[l],
-                self.params,
+                self.activation(l),
+                self.params_operand(),
                 &self.activations[l + 1],
             );
         }
@@ -164,22 +214,20 @@ impl<'k> ProgramBuilder<'_, 'k> {
             );
             let grid = grid_1d(layer.outputs, ROW_WORKGROUP, self.max_groups());
             program.push(kernel, bind_group, grid);
-            let input = &self.activations[l];
             self.matmul(
                 &mut program,
                 MatmulDims::layer_weight_grad(rows, layer),
-                input,
-                upstream,
+                self.activation(l),
+                self.activation_grad(l + 1),
                 self.grads,
             );
             if l > 0 {
-                let downstream = &self.activation_grads[l];
                 self.matmul(
                     &mut program,
                     MatmulDims::layer_input_grad(rows, layer),
-                    upstream,
-                    self.params,
-                    downstream,
+                    self.activation_grad(l + 1),
+                    self.params_operand(),
+                    &self.activation_grads[l],
                 );
             }
         }

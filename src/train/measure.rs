@@ -1,8 +1,12 @@
 //! Running a trainer's kernels for measurement and checks rather than training: benchmark
 //! steps, a per-kernel profile of a step, and the first batch's gradients.
 
+use super::program::{Command, Recorder};
 use super::{GpuWork, StepParams, Trainer, program_for};
 use crate::error::{Error, Result};
+
+/// The profile's name for the copies of buffers into their texture mirrors.
+pub const MIRROR_REFRESH: &str = "texture mirror refresh";
 
 impl Trainer<'_> {
     /// Trains `count` full-batch steps (cycling through the current epoch order, the first
@@ -21,11 +25,7 @@ impl Trainer<'_> {
             self.write_schedule(0, 0, epoch_long);
             for chunk in epoch_long.chunks(self.config.steps_per_submit) {
                 let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
-                self.record_steps(
-                    &mut encoder.begin_compute_pass(&Default::default()),
-                    chunk,
-                    &mut work,
-                );
+                self.record_steps(&mut Recorder::new(&mut encoder), chunk, &mut work);
                 self.gpu.queue.submit([encoder.finish()]);
                 work.submits += 1;
             }
@@ -39,26 +39,33 @@ impl Trainer<'_> {
         Ok(work)
     }
 
-    /// Where a training step's time goes: the seconds of each of its dispatches run alone
-    /// (repeated until the timing is stable), summed per kernel, largest first. Repeating the
-    /// dispatches scrambles the training state, so this consumes the trainer.
+    /// Where a training step's time goes: the seconds of each of its dispatches (and texture
+    /// mirror refreshes) run alone (repeated until the timing is stable), summed per kernel,
+    /// largest first. Repeating the dispatches scrambles the training state, so this consumes
+    /// the trainer.
     pub fn profile_step(self) -> Result<Vec<(&'static str, f64)>> {
         let mut per_kernel: Vec<(&'static str, f64)> = Vec::new();
         let step = [&self.train_full, &self.update, &self.advance];
-        for dispatch in step.iter().flat_map(|program| &program.dispatches) {
-            let seconds = crate::bench::time_dispatches(
-                self.gpu,
-                &dispatch.kernel.pipeline,
-                &dispatch.bind_group,
-                dispatch.grid,
-                0.02,
-            )?;
-            match per_kernel
-                .iter_mut()
-                .find(|(name, _)| *name == dispatch.kernel.name)
-            {
+        for command in step.iter().flat_map(|program| &program.commands) {
+            let (name, seconds) = match command {
+                Command::Dispatch(dispatch) => (
+                    dispatch.kernel.name,
+                    crate::bench::time_dispatches(
+                        self.gpu,
+                        &dispatch.kernel.pipeline,
+                        &dispatch.bind_group,
+                        dispatch.grid,
+                        0.02,
+                    )?,
+                ),
+                Command::Refresh(mirror) => (
+                    MIRROR_REFRESH,
+                    crate::bench::time_mirror_refresh(self.gpu, mirror, 0.02)?,
+                ),
+            };
+            match per_kernel.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, total)) => *total += seconds,
-                None => per_kernel.push((dispatch.kernel.name, seconds)),
+                None => per_kernel.push((name, seconds)),
             }
         }
         per_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -84,16 +91,13 @@ impl Trainer<'_> {
             }],
         );
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            program_for(
-                rows,
-                self.config.batch_size,
-                &self.train_full,
-                &self.train_tail,
-            )
-            .record(&mut pass);
-        }
+        program_for(
+            rows,
+            self.config.batch_size,
+            &self.train_full,
+            &self.train_tail,
+        )
+        .record(&mut Recorder::new(&mut encoder));
         self.gpu.queue.submit([encoder.finish()]);
         self.gpu.read_back(&self.grads, self.layout.total)
     }

@@ -25,9 +25,9 @@ use std::time::Instant;
 
 use wgpu::Buffer;
 
-use builder::ProgramBuilder;
+use builder::{OperandMirrors, ProgramBuilder};
 pub use config::{EpochMetrics, EpochProgress, Evaluation, GpuWork, OptimizerKind, TrainConfig};
-use program::Program;
+use program::{Program, Recorder};
 use progress::{PROGRESS_READS_IN_FLIGHT, PendingRead, ProgressReads};
 pub use state::{EpochState, TrainingState};
 
@@ -247,6 +247,7 @@ impl<'k> Trainer<'k> {
             mapped_at_creation: false,
         });
 
+        let mirrors = OperandMirrors::new(gpu, kernels, &params, &activations, &activation_grads);
         let builder = ProgramBuilder {
             gpu,
             kernels,
@@ -258,6 +259,7 @@ impl<'k> Trainer<'k> {
             params: &params,
             grads: &grads,
             schedule: &schedule,
+            mirrors: &mirrors,
         };
         let train_program = |rows: usize| {
             let mut program = builder.forward(&train_split, rows, true);
@@ -486,10 +488,11 @@ impl<'k> Trainer<'k> {
             let staging = chunks % PROGRESS_READS_IN_FLIGHT;
             let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
             {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                self.record_steps(&mut pass, &epoch.steps[epoch.next..end], &mut epoch.work);
+                let mut recorder = Recorder::new(&mut encoder);
+                let steps = &epoch.steps[epoch.next..end];
+                self.record_steps(&mut recorder, steps, &mut epoch.work);
                 if progress.is_some() {
-                    epoch.work.dispatches += self.progress.sum.record(&mut pass);
+                    epoch.work.dispatches += self.progress.sum.record(&mut recorder);
                 }
             }
             if progress.is_some() {
@@ -572,19 +575,14 @@ impl<'k> Trainer<'k> {
 
     /// Records the dispatches of `steps`, whose parameters are in the schedule from the
     /// cursor on.
-    fn record_steps(
-        &self,
-        pass: &mut wgpu::ComputePass<'_>,
-        steps: &[StepParams],
-        work: &mut GpuWork,
-    ) {
+    fn record_steps(&self, recorder: &mut Recorder<'_>, steps: &[StepParams], work: &mut GpuWork) {
         let batch = self.config.batch_size;
         for step in steps {
             let rows = step.rows as usize;
             work.dispatches +=
-                program_for(rows, batch, &self.train_full, &self.train_tail).record(pass);
-            work.dispatches += self.update.record(pass);
-            work.dispatches += self.advance.record(pass);
+                program_for(rows, batch, &self.train_full, &self.train_tail).record(recorder);
+            work.dispatches += self.update.record(recorder);
+            work.dispatches += self.advance.record(recorder);
         }
     }
 
@@ -628,14 +626,14 @@ impl<'k> Trainer<'k> {
             .write_buffer(&self.schedule, 0, bytemuck::cast_slice(&cursor));
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
         {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
+            let mut recorder = Recorder::new(&mut encoder);
             let batch = self.config.batch_size;
             for (_, rows) in batches(self.test.samples, batch) {
-                work.dispatches +=
-                    program_for(rows, batch, &self.test_full, &self.test_tail).record(&mut pass);
-                work.dispatches += self.advance.record(&mut pass);
+                work.dispatches += program_for(rows, batch, &self.test_full, &self.test_tail)
+                    .record(&mut recorder);
+                work.dispatches += self.advance.record(&mut recorder);
             }
-            work.dispatches += self.epoch_end.record(&mut pass);
+            work.dispatches += self.epoch_end.record(&mut recorder);
         }
         encoder.copy_buffer_to_buffer(&self.totals, 0, &self.totals_staging, 0, 16);
         self.gpu.queue.submit([encoder.finish()]);

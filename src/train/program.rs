@@ -1,7 +1,10 @@
-//! A recorded sequence of kernel dispatches with their bind groups, built once and replayed
-//! every step: recording a step is only set_pipeline / set_bind_group / dispatch.
+//! A recorded sequence of kernel dispatches with their bind groups (and the texture-mirror
+//! refreshes some of them need), built once and replayed every step: recording a step is only
+//! set_pipeline / set_bind_group / dispatch, and buffer-to-texture copies.
 
-use crate::gpu::Kernel;
+use wgpu::{CommandEncoder, ComputePass};
+
+use crate::gpu::{Kernel, TextureMirror};
 
 pub struct Dispatch<'k> {
     pub kernel: &'k Kernel,
@@ -9,31 +12,89 @@ pub struct Dispatch<'k> {
     pub grid: [u32; 3],
 }
 
+pub enum Command<'k> {
+    Dispatch(Dispatch<'k>),
+    /// Copies a buffer's current contents into its texture mirror, for the next dispatch.
+    Refresh(TextureMirror),
+}
+
 #[derive(Default)]
 pub struct Program<'k> {
-    pub dispatches: Vec<Dispatch<'k>>,
+    pub commands: Vec<Command<'k>>,
 }
 
 impl<'k> Program<'k> {
     pub fn push(&mut self, kernel: &'k Kernel, bind_group: wgpu::BindGroup, grid: [u32; 3]) {
-        self.dispatches.push(Dispatch {
+        self.commands.push(Command::Dispatch(Dispatch {
             kernel,
             bind_group,
             grid,
-        });
+        }));
+    }
+
+    /// A refresh of `mirror` before the next dispatch. The builder asks for one right before
+    /// every dispatch that reads the mirror, so a mirror is never stale whatever wrote its
+    /// buffer since (a kernel, or the host between steps); on lavapipe a refresh costs about
+    /// 20 µs per MB.
+    pub fn refresh(&mut self, mirror: &TextureMirror) {
+        self.commands.push(Command::Refresh(mirror.clone()));
     }
 
     pub fn extend(&mut self, other: Program<'k>) {
-        self.dispatches.extend(other.dispatches);
+        self.commands.extend(other.commands);
     }
 
-    /// Records every dispatch; returns how many.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) -> usize {
-        for d in &self.dispatches {
-            pass.set_pipeline(&d.kernel.pipeline);
-            pass.set_bind_group(0, &d.bind_group, &[]);
-            pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
+    pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch<'k>> {
+        self.commands.iter().filter_map(|c| match c {
+            Command::Dispatch(d) => Some(d),
+            Command::Refresh(_) => None,
+        })
+    }
+
+    /// Records every command; returns how many dispatches.
+    pub fn record(&self, recorder: &mut Recorder<'_>) -> usize {
+        for command in &self.commands {
+            match command {
+                Command::Dispatch(d) => {
+                    let pass = recorder.pass();
+                    pass.set_pipeline(&d.kernel.pipeline);
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
+                }
+                Command::Refresh(mirror) => mirror.record_refresh(recorder.encoder()),
+            }
         }
-        self.dispatches.len()
+        self.dispatches().count()
+    }
+}
+
+/// Records programs into one command encoder, keeping one compute pass open across consecutive
+/// dispatches (a copy closes it).
+pub struct Recorder<'e> {
+    encoder: &'e mut CommandEncoder,
+    pass: Option<ComputePass<'static>>,
+}
+
+impl<'e> Recorder<'e> {
+    pub fn new(encoder: &'e mut CommandEncoder) -> Self {
+        Recorder {
+            encoder,
+            pass: None,
+        }
+    }
+
+    fn pass(&mut self) -> &mut ComputePass<'static> {
+        let encoder = &mut *self.encoder;
+        self.pass.get_or_insert_with(|| {
+            encoder
+                .begin_compute_pass(&Default::default())
+                .forget_lifetime()
+        })
+    }
+
+    /// The encoder, for commands outside a compute pass (the open pass ends first).
+    pub fn encoder(&mut self) -> &mut CommandEncoder {
+        self.pass = None;
+        self.encoder
     }
 }

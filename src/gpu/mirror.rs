@@ -1,0 +1,103 @@
+//! Texture mirrors: a read-only `rgba32float` copy of a storage buffer, for the kernels that load
+//! their operands as textures (`shaders/matmul_vec4.wgsl`).
+//!
+//! Why: on lavapipe a storage-buffer load is done lane by lane, with a branch per lane and
+//! component, while a texel fetch goes through the sampler code, which is SIMD; the register
+//! matmul kernels are bound by their loads, and read through textures they run 15-30 % faster.
+//! The copy into the texture is a memcpy there (about 20 µs per MB).
+//!
+//! Layout: vec4 `i` of the buffer (floats 4i..4i+3) is the texel at
+//! (i % MIRROR_ROW_TEXELS, i / MIRROR_ROW_TEXELS), so the kernels address a mirror with the same
+//! offsets and strides as the buffer.
+
+use wgpu::{Buffer, CommandEncoder, Texture, TextureView};
+
+use super::Gpu;
+
+/// Texels per texture row; `MIRROR_ROW_TEXELS` in matmul_vec4.wgsl.
+pub const MIRROR_ROW_TEXELS: u32 = 1024;
+
+const TEXEL_BYTES: u64 = 16;
+const ROW_BYTES: u64 = MIRROR_ROW_TEXELS as u64 * TEXEL_BYTES;
+
+/// A texture holding a copy of a storage buffer's contents, refreshed by `record_refresh`.
+#[derive(Debug, Clone)]
+pub struct TextureMirror {
+    buffer: Buffer,
+    texture: Texture,
+    pub view: TextureView,
+}
+
+impl TextureMirror {
+    /// A mirror of `buffer` (whose size is a multiple of 16 bytes, as `Gpu::storage_buffer`
+    /// makes them), or `None` where the device's textures are too small to hold it.
+    pub fn new(gpu: &Gpu, what: &str, buffer: &Buffer) -> Option<Self> {
+        let rows = buffer.size().div_ceil(ROW_BYTES);
+        if rows > gpu.limits.max_texture_dimension_2d as u64
+            || MIRROR_ROW_TEXELS > gpu.limits.max_texture_dimension_2d
+        {
+            return None;
+        }
+        let texture = gpu.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some(what),
+            size: wgpu::Extent3d {
+                width: MIRROR_ROW_TEXELS,
+                height: rows as u32,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        let view = texture.create_view(&Default::default());
+        Some(TextureMirror {
+            buffer: buffer.clone(),
+            texture,
+            view,
+        })
+    }
+
+    /// Records the copy of the buffer's current contents into the texture: its whole rows, then
+    /// the partial last row (the buffer need not fill it).
+    pub fn record_refresh(&self, encoder: &mut CommandEncoder) {
+        let bytes = self.buffer.size();
+        let full_rows = (bytes / ROW_BYTES) as u32;
+        let tail_texels = ((bytes % ROW_BYTES) / TEXEL_BYTES) as u32;
+        let mut copy = |first_row: u32, width: u32, height: u32| {
+            encoder.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &self.buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: first_row as u64 * ROW_BYTES,
+                        bytes_per_row: Some(ROW_BYTES as u32),
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &self.texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d {
+                        x: 0,
+                        y: first_row,
+                        z: 0,
+                    },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d {
+                    width,
+                    height,
+                    depth_or_array_layers: 1,
+                },
+            );
+        };
+        if full_rows > 0 {
+            copy(0, MIRROR_ROW_TEXELS, full_rows);
+        }
+        if tail_texels > 0 {
+            copy(full_rows, tail_texels, 1);
+        }
+    }
+}
