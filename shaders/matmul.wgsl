@@ -66,27 +66,47 @@ fn finish(value: f32, n: u32, epilogue: u32, bias_offset: u32) -> f32 {
     }
 }
 
-// Stores the 4 x 4 block acc (row r in acc[r]) at C[m0.., n0..], the part inside C, through the
-// epilogue. `dims` is read once, before the loops: on lavapipe each read inside them would be
-// another round of per-lane loads, as many as the stores' own.
-fn store_block(acc: array<vec4<f32>, 4>, m0: u32, n0: u32) {
-    let m_end = dims.m;
-    let n_end = dims.n;
-    let c_offset = dims.c_offset;
-    let epilogue = dims.epilogue;
-    let bias_offset = dims.bias_offset;
-    for (var r = 0u; r < 4u; r++) {
-        let m = m0 + r;
-        if (m >= m_end) {
-            break;
-        }
-        for (var c = 0u; c < 4u; c++) {
-            let n = n0 + c;
-            if (n < n_end) {
-                out[c_offset + m * n_end + n] = finish(acc[r][c], n, epilogue, bias_offset);
-            }
-        }
+// Stores row m of a 4 x 4 block (columns n0..n0+3), the part inside C, through the epilogue.
+fn store_row(row: vec4<f32>, m: u32, n0: u32, to: Destination) {
+    if (m >= to.m_end) {
+        return;
     }
+    let start = to.c_offset + m * to.n_end + n0;
+    out[start] = finish(row.x, n0, to.epilogue, to.bias_offset);
+    if (n0 + 1u < to.n_end) {
+        out[start + 1u] = finish(row.y, n0 + 1u, to.epilogue, to.bias_offset);
+    }
+    if (n0 + 2u < to.n_end) {
+        out[start + 2u] = finish(row.z, n0 + 2u, to.epilogue, to.bias_offset);
+    }
+    if (n0 + 3u < to.n_end) {
+        out[start + 3u] = finish(row.w, n0 + 3u, to.epilogue, to.bias_offset);
+    }
+}
+
+// Where a block goes in C, read from dims once: on lavapipe each read of `dims` at a store would
+// be another round of per-lane loads, as many as the stores' own.
+struct Destination {
+    m_end: u32,
+    n_end: u32,
+    c_offset: u32,
+    epilogue: u32,
+    bias_offset: u32,
+}
+
+// Stores the 4 x 4 block acc (row r in acc[r]) at C[m0.., n0..], the part inside C. Row by row
+// with constant indices: in a loop that NIR does not unroll (it has branches) acc would be
+// indexed dynamically, which lavapipe does through scratch memory, lane by lane (measured: the
+// stores of a K = 10 product took twice as long).
+fn store_block(acc: array<vec4<f32>, 4>, m0: u32, n0: u32) {
+    let to = Destination(dims.m, dims.n, dims.c_offset, dims.epilogue, dims.bias_offset);
+    if (n0 >= to.n_end) {
+        return;
+    }
+    store_row(acc[0], m0, n0, to);
+    store_row(acc[1], m0 + 1u, n0, to);
+    store_row(acc[2], m0 + 2u, n0, to);
+    store_row(acc[3], m0 + 3u, n0, to);
 }
 
 fn load_a(m: u32, k: u32) -> f32 {
