@@ -74,6 +74,11 @@ pub struct Kernels {
 /// Workgroup width of the element-wise and per-row kernels (`@workgroup_size(64)` in their WGSL).
 pub const ROW_WORKGROUP: u32 = 64;
 
+/// The grid of a batch gather of `words` packed pixel words (gather.wgsl: 4 each).
+pub fn gather_grid(words: usize, max_groups: u32) -> [u32; 3] {
+    grid_1d(words.div_ceil(4), ROW_WORKGROUP, max_groups)
+}
+
 /// The grid of an optimizer update over `count` parameters (optimizer.wgsl: 16 each).
 pub fn optimizer_grid(count: usize, max_groups: u32) -> [u32; 3] {
     grid_1d(count.div_ceil(16), ROW_WORKGROUP, max_groups)

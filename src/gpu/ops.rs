@@ -6,7 +6,7 @@ use wgpu::Buffer;
 
 use super::Gpu;
 use super::buffers::grid_1d;
-use super::kernels::{Kernel, Kernels, ROW_WORKGROUP, optimizer_grid};
+use super::kernels::{Kernel, Kernels, ROW_WORKGROUP, gather_grid, optimizer_grid};
 use super::matmul::{MatmulOperand, MatmulVariant, refresh_into};
 use super::mirror::TextureMirror;
 use super::uniforms::*;
@@ -218,7 +218,7 @@ pub fn gather_batch(
             y_buffer.as_entire_binding(),
         ],
     );
-    let grid = grid_1d(rows * words_per_sample, ROW_WORKGROUP, max_groups(gpu));
+    let grid = gather_grid(rows * words_per_sample, max_groups(gpu));
     dispatch(gpu, &kernels.gather_batch, &bind_group, grid);
     Ok((
         gpu.read_back(&x_buffer, rows * features)?,

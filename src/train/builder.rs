@@ -5,7 +5,7 @@ use wgpu::Buffer;
 use super::program::Program;
 use super::{DeviceSplit, TrainConfig};
 use crate::gpu::buffers::grid_1d;
-use crate::gpu::kernels::{ROW_WORKGROUP, optimizer_grid};
+use crate::gpu::kernels::{ROW_WORKGROUP, gather_grid, optimizer_grid};
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels, MatmulOperand, TextureMirror};
 use crate::model::{DenseLayer, Loss, ModelSpec, ParamLayout};
@@ -134,7 +134,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         program.push(
             kernel,
             bind_group,
-            grid_1d(rows * words, ROW_WORKGROUP, self.max_groups()),
+            gather_grid(rows * words, self.max_groups()),
         );
 
         // Each layer is one product with the bias and activation fused into its epilogue.
