@@ -7,6 +7,7 @@
 //
 // activation_backward:       grad[r, j] *= f'(operand[r, j])                            (in place)
 //                            grads[bias_offset + j] = sum_r grad[r, j]                  (bias gradient)
+// With the identity (f' = 1) only the bias gradient is written.
 //
 // Bindings (group 0):
 //   0 shape   storage, read        Shape below
@@ -54,11 +55,20 @@ fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let cols = shape.cols;
     let activation = shape.activation;
     var bias_grad = 0.0;
-    for (var r = 0u; r < rows; r++) {
-        let i = r * cols + j;
-        let g = values[i] * derivative_from_output(activation, operand[i]);
-        values[i] = g;
-        bias_grad += g;
+    if (activation == IDENTITY) {
+        // f' = 1: the values stay as they are (so this is all there is to do for the output
+        // layer, and for a layer whose derivative the next layer's input-gradient product
+        // already applied: see matmul_vec4.wgsl).
+        for (var r = 0u; r < rows; r++) {
+            bias_grad += values[r * cols + j];
+        }
+    } else {
+        for (var r = 0u; r < rows; r++) {
+            let i = r * cols + j;
+            let g = values[i] * derivative_from_output(activation, operand[i]);
+            values[i] = g;
+            bias_grad += g;
+        }
     }
     grads[shape.bias_offset + j] = bias_grad;
 }

@@ -14,9 +14,12 @@
 //              weight grad  dW = Xᵀ dY
 //   matmul_nt  A row-major [M, K],                 B stored [N, K] (b_row_stride 1)
 //              input grad  dX = dY Wᵀ
-// Epilogue (dims.epilogue) as in matmul.wgsl, matmul_nn only (a forward product is the only one
-// fused): 0 stores the product, 1 + an activation code stores f(C + bias), the bias a vec4 per
-// column quad at vec4 bias_offset / 4 + q of the B buffer (its mirror).
+// Epilogue (dims.epilogue): 0 stores the product. matmul_nn, as in matmul.wgsl: 1 + an
+// activation code stores f(C + bias), the bias a vec4 per column quad at vec4 bias_offset / 4 + q
+// of the B buffer (its mirror). matmul_nt: DERIVATIVE_EPILOGUE + an activation code stores
+// C ⊙ f'(a), a read from `below` at C's position (the output a = f(z) of the layer beneath,
+// activation codes and derivatives as in activation.wgsl): the input gradient carried through
+// that layer's activation, for which activation.wgsl then only sums the bias gradient.
 // Requirements (checked by the host, which uses matmul.wgsl otherwise): N % 4 == 0, every offset
 // (the bias's too) and stride a multiple of 4, K % 4 == 0 for nn and nt, M % 4 == 0 for tn; and
 // subgroups (the host builds this module only on a device with them) of 8 to 64 invocations.
@@ -27,6 +30,8 @@
 //                                 its vec4 i is the texel (i % MIRROR_ROW_TEXELS, i / MIRROR_ROW_TEXELS)
 //   2 rhs    texture_2d<f32>      likewise for the buffer holding B (and the bias) at dims.b_offset
 //   3 out    storage, read_write  vec4<f32> array; C is row-major [M, N] at dims.c_offset / 4
+//   4 below  texture_2d<f32>      matmul_nt only: mirror of the buffer holding a, its vec4 i
+//                                 beside C's vec4 i (any mirror where the epilogue is 0)
 //
 // Each invocation computes a block of C in registers: 8 x 8 (8 rows, two vec4 of columns, in
 // 16 vec4 accumulators) in matmul_nn and matmul_nt, 8 x 16 (four vec4 of columns, 32
@@ -62,6 +67,7 @@ struct Dims {
 @group(0) @binding(1) var lhs: texture_2d<f32>;
 @group(0) @binding(2) var rhs: texture_2d<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(4) var below: texture_2d<f32>;
 
 // Texels per row of a texture mirror (MIRROR_ROW_TEXELS in src/gpu/mirror.rs).
 const MIRROR_ROW_TEXELS: u32 = 1024u;
@@ -104,6 +110,22 @@ fn finish(value: vec4<f32>, q: u32, epilogue: u32, bias_offset: u32) -> vec4<f32
     }
 }
 
+const DERIVATIVE_EPILOGUE: u32 = 8u;
+
+// The four values stored at C[m, 4q..4q+3] by matmul_nt, C's vec4 i (see Epilogue above).
+fn through_derivative(value: vec4<f32>, i: u32, epilogue: u32) -> vec4<f32> {
+    if (epilogue < DERIVATIVE_EPILOGUE) {
+        return value;
+    }
+    let a = mirrored(below, i);
+    switch epilogue - DERIVATIVE_EPILOGUE {
+        case 1u: { return value * select(vec4<f32>(0.0), vec4<f32>(1.0), a > vec4<f32>(0.0)); }
+        case 2u: { return value * (a * (1.0 - a)); }
+        case 3u: { return value * (1.0 - a * a); }
+        default: { return value; }
+    }
+}
+
 // Where a block's rows go in C, read from dims once.
 struct Destination {
     base: u32,
@@ -117,42 +139,65 @@ fn destination() -> Destination {
     return Destination(dims.c_offset / 4u, dims.n / 4u, dims.m, dims.epilogue, dims.bias_offset);
 }
 
-// One row of an 8 x 8 block at row m: columns 0-3 (lo) and 4-7 (hi), the part inside C.
-fn store_row(to: Destination, lo: vec4<f32>, hi: vec4<f32>, m: u32, q0: u32, fused: bool) {
-    if (m >= to.m_end) {
-        return;
-    }
-    let start = to.base + m * to.columns + q0;
-    if (fused) {
-        out[start] = finish(lo, q0, to.epilogue, to.bias_offset);
-        if (q0 + 1u < to.columns) {
-            out[start + 1u] = finish(hi, q0 + 1u, to.epilogue, to.bias_offset);
-        }
-    } else {
-        out[start] = lo;
-        if (q0 + 1u < to.columns) {
-            out[start + 1u] = hi;
-        }
+// Stores the two vec4 of a row of an 8 x 8 block, C's vec4 start and start + 1 (columns q0 and
+// q0 + 1), the second only inside C.
+fn store_pair(to: Destination, start: u32, q0: u32, first: vec4<f32>, second: vec4<f32>) {
+    out[start] = first;
+    if (q0 + 1u < to.columns) {
+        out[start + 1u] = second;
     }
 }
 
-// Stores the rows and columns of the block that lie inside C, through the epilogue if `fused`
-// (a constant at every call: the epilogue's code, an exp and a tanh per value, is large enough
-// to slow the first dispatch's compilation where it is not needed). `dims` is read once, as in
-// every kernel here: on lavapipe each read inside a loop is another round of per-lane loads.
-fn store_block(block: Block, m0: u32, q0: u32, fused: bool) {
+// Row m of an 8 x 8 block (columns 0-3 in lo, 4-7 in hi) through the forward epilogue, if the
+// row lies inside C.
+fn store_forward_row(to: Destination, lo: vec4<f32>, hi: vec4<f32>, m: u32, q0: u32) {
+    if (m < to.m_end) {
+        let first = finish(lo, q0, to.epilogue, to.bias_offset);
+        let second = finish(hi, q0 + 1u, to.epilogue, to.bias_offset);
+        store_pair(to, to.base + m * to.columns + q0, q0, first, second);
+    }
+}
+
+// Row m of an 8 x 8 block through the backward epilogue, if the row lies inside C.
+fn store_backward_row(to: Destination, lo: vec4<f32>, hi: vec4<f32>, m: u32, q0: u32) {
+    if (m < to.m_end) {
+        let start = to.base + m * to.columns + q0;
+        let first = through_derivative(lo, start, to.epilogue);
+        let second = through_derivative(hi, start + 1u, to.epilogue);
+        store_pair(to, start, q0, first, second);
+    }
+}
+
+// Stores the rows and columns of an 8 x 8 block that lie inside C, through matmul_nn's epilogue
+// (store_forward) or matmul_nt's (store_backward): two functions, so that neither kernel carries
+// the other's epilogue code (an exp and a tanh per value in the forward one, large enough to slow
+// the first dispatch's compilation) or binding. `dims` is read once, as in every kernel here: on
+// lavapipe each read inside a loop is another round of per-lane loads. Row by row with constant
+// indices: a loop over the rows that NIR does not unroll (it has branches) would index the block
+// dynamically, which lavapipe does through scratch memory, lane by lane (measured: the forward
+// product up to 30 % slower).
+fn store_forward(block: Block, m0: u32, q0: u32) {
     let to = destination();
-    // Row by row with constant indices: a loop over the rows that NIR does not unroll (it has
-    // branches) would index the block dynamically, which lavapipe does through scratch memory,
-    // lane by lane (measured: the forward product up to 30 % slower).
-    store_row(to, block.lo[0], block.hi[0], m0, q0, fused);
-    store_row(to, block.lo[1], block.hi[1], m0 + 1u, q0, fused);
-    store_row(to, block.lo[2], block.hi[2], m0 + 2u, q0, fused);
-    store_row(to, block.lo[3], block.hi[3], m0 + 3u, q0, fused);
-    store_row(to, block.lo[4], block.hi[4], m0 + 4u, q0, fused);
-    store_row(to, block.lo[5], block.hi[5], m0 + 5u, q0, fused);
-    store_row(to, block.lo[6], block.hi[6], m0 + 6u, q0, fused);
-    store_row(to, block.lo[7], block.hi[7], m0 + 7u, q0, fused);
+    store_forward_row(to, block.lo[0], block.hi[0], m0, q0);
+    store_forward_row(to, block.lo[1], block.hi[1], m0 + 1u, q0);
+    store_forward_row(to, block.lo[2], block.hi[2], m0 + 2u, q0);
+    store_forward_row(to, block.lo[3], block.hi[3], m0 + 3u, q0);
+    store_forward_row(to, block.lo[4], block.hi[4], m0 + 4u, q0);
+    store_forward_row(to, block.lo[5], block.hi[5], m0 + 5u, q0);
+    store_forward_row(to, block.lo[6], block.hi[6], m0 + 6u, q0);
+    store_forward_row(to, block.lo[7], block.hi[7], m0 + 7u, q0);
+}
+
+fn store_backward(block: Block, m0: u32, q0: u32) {
+    let to = destination();
+    store_backward_row(to, block.lo[0], block.hi[0], m0, q0);
+    store_backward_row(to, block.lo[1], block.hi[1], m0 + 1u, q0);
+    store_backward_row(to, block.lo[2], block.hi[2], m0 + 2u, q0);
+    store_backward_row(to, block.lo[3], block.hi[3], m0 + 3u, q0);
+    store_backward_row(to, block.lo[4], block.hi[4], m0 + 4u, q0);
+    store_backward_row(to, block.lo[5], block.hi[5], m0 + 5u, q0);
+    store_backward_row(to, block.lo[6], block.hi[6], m0 + 6u, q0);
+    store_backward_row(to, block.lo[7], block.hi[7], m0 + 7u, q0);
 }
 
 // Start of row m of a row-major matrix, in vec4, with m clamped into 0..rows.
@@ -265,7 +310,7 @@ fn matmul_nn(invocation: Invocation) {
         add_shared_rows(&block, rows, k4, b_values);
     }
     if (m0 < dims.m && q_first <= last) {
-        store_block(block, m0, q_first, true);
+        store_forward(block, m0, q_first);
     }
 }
 
@@ -310,7 +355,7 @@ fn matmul_nt(invocation: Invocation) {
         add_shared_rows(&block, rows, k4, b_values);
     }
     if (m0 < dims.m && q_first <= dims.n / 4u - 1u) {
-        store_block(block, m0, q_first, false);
+        store_backward(block, m0, q_first);
     }
 }
 

@@ -172,6 +172,7 @@ pub fn matmul_gflops(
         MatmulOperand::new(&lhs, lhs_mirror.as_ref()),
         MatmulOperand::new(&rhs, rhs_mirror.as_ref()),
         &out,
+        None,
         &mut refresh_into(&mut encoder),
     );
     gpu.queue.submit([encoder.finish()]);

@@ -21,7 +21,28 @@ pub fn matmul(dims: &MatmulDims, lhs: &[f32], rhs: &[f32], out: &mut [f32]) {
     }
 }
 
-/// activation.wgsl `bias_activation_forward`: values[r, j] = f(values[r, j] + bias[j]).
+/// matmul_vec4.wgsl's matmul_nt with the backward epilogue: the product of `matmul`, each
+/// element then multiplied by f'(below[same index]) (`MatmulDims::derivative_activation`).
+pub fn matmul_through_derivative(
+    dims: &MatmulDims,
+    lhs: &[f32],
+    rhs: &[f32],
+    below: &[f32],
+    out: &mut [f32],
+) {
+    let activation = dims
+        .derivative_activation()
+        .expect("dims with a derivative epilogue");
+    matmul(dims, lhs, rhs, out);
+    for m in 0..dims.m as usize {
+        for n in 0..dims.n as usize {
+            let i = dims.out_index(m, n);
+            out[i] *= activation.derivative_from_output(below[i]);
+        }
+    }
+}
+
+/// The forward epilogue of the matmul kernels: values[r, j] = f(values[r, j] + bias[j]).
 pub fn bias_activation_forward(values: &mut [f32], bias: &[f32], activation: LayerActivation) {
     for row in values.chunks_mut(bias.len()) {
         for (v, b) in row.iter_mut().zip(bias) {

@@ -364,6 +364,13 @@ fn check_layer_matmuls(
             let lens = [rows * inputs, params, rows * outputs];
             let case = format!("forward + bias + {activation:?} {shape}");
             check_matmul(gpu, kernels, tally, variant, &case, dims, lens, rng)?;
+            // The backward epilogue: only the vec4 input-gradient kernel has it.
+            let dims = MatmulDims::layer_input_grad_through(rows, &layer, activation);
+            if variant == MatmulVariant::Registers && kernels.matmul.takes_vec4(&dims) {
+                let lens = [rows * outputs, params, rows * inputs];
+                let case = format!("input grad through {activation:?} {shape}");
+                check_matmul(gpu, kernels, tally, variant, &case, dims, lens, rng)?;
+            }
         }
     }
     Ok(())
@@ -385,8 +392,18 @@ fn check_matmul(
     // Elements of the output buffer outside C must survive: start from random contents.
     let initial = random_vec(rng, out_len, -1.0, 1.0);
     let mut expected = initial.clone();
-    reference::matmul(&dims, &lhs, &rhs, &mut expected);
-    let actual = ops::matmul(gpu, kernels, variant, &dims, &lhs, &rhs, &initial)?;
+    // A backward epilogue reads the layer output beneath, beside C (as in training).
+    let below = dims
+        .derivative_activation()
+        .map(|_| random_vec(rng, out_len, -1.0, 1.0));
+    match &below {
+        Some(below) => {
+            reference::matmul_through_derivative(&dims, &lhs, &rhs, below, &mut expected)
+        }
+        None => reference::matmul(&dims, &lhs, &rhs, &mut expected),
+    }
+    let below = below.as_deref();
+    let actual = ops::matmul(gpu, kernels, variant, &dims, &lhs, &rhs, below, &initial)?;
     // f32 accumulation error grows with the dot-product length; near-zero sums of K terms of
     // magnitude ~1 need an absolute floor proportional to K.
     let atol = 1e-6 + 1e-7 * dims.k as f32;

@@ -22,7 +22,7 @@ use super::Gpu;
 use super::buffers::grid_1d;
 use super::kernels::{Kernel, ROW_WORKGROUP, Slot, build};
 use super::mirror::TextureMirror;
-use super::uniforms::{MatmulDims, NO_EPILOGUE};
+use super::uniforms::{DERIVATIVE_EPILOGUE, MatmulDims, NO_EPILOGUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -107,13 +107,15 @@ impl RegisterForm {
         let b_transposed = d.b_row_stride == 1 && aligned(&[d.b_col_stride]);
         let a_row_major = d.a_col_stride == 1 && aligned(&[d.a_row_stride]);
         let a_transposed = d.a_row_stride == 1 && aligned(&[d.a_col_stride]);
-        // Only the forward form has the epilogue (fused bias + activation).
+        // The forward form has the forward epilogue (bias + activation), the input-gradient
+        // form the backward one (the derivative of the activation below).
         let plain = d.epilogue == NO_EPILOGUE;
-        if a_row_major && b_row_major && aligned(&[d.k]) {
+        let backward = d.epilogue >= DERIVATIVE_EPILOGUE;
+        if a_row_major && b_row_major && aligned(&[d.k]) && !backward {
             Some(RegisterForm::Nn)
         } else if a_transposed && b_row_major && aligned(&[d.m]) && plain {
             Some(RegisterForm::Tn)
-        } else if a_row_major && b_transposed && aligned(&[d.k]) && plain {
+        } else if a_row_major && b_transposed && aligned(&[d.k]) && (plain || backward) {
             Some(RegisterForm::Nt)
         } else {
             None
@@ -146,6 +148,9 @@ pub struct MatmulDispatch<'k> {
     pub variant: MatmulVariant,
     /// Whether the kernel reads A and B from texture mirrors (else from the buffers).
     pub reads_mirrors: bool,
+    /// Whether the kernel takes the mirror of the layer output its backward epilogue reads
+    /// (matmul_vec4.wgsl's matmul_nt).
+    pub reads_below: bool,
 }
 
 /// An operand of a product: the buffer holding it, and the buffer's texture mirror if it has
@@ -163,9 +168,10 @@ impl<'a> MatmulOperand<'a> {
 }
 
 impl MatmulDispatch<'_> {
-    /// The bind group of this product (`dims` is its parameter buffer). Where the kernel reads
-    /// mirrors, records into `encoder` the refresh of both operands' mirrors, which must then
-    /// be submitted before the dispatch.
+    /// The bind group of this product (`dims` is its parameter buffer; `below`, for a backward
+    /// epilogue, the mirror of the layer output it reads). Where the kernel reads mirrors, hands
+    /// each one it reads to `refresh`, whose copy must run before the dispatch.
+    #[allow(clippy::too_many_arguments)]
     pub fn bind(
         &self,
         gpu: &Gpu,
@@ -173,25 +179,11 @@ impl MatmulDispatch<'_> {
         lhs: MatmulOperand<'_>,
         rhs: MatmulOperand<'_>,
         out: &Buffer,
+        below: Option<&TextureMirror>,
         refresh: &mut dyn FnMut(&TextureMirror),
     ) -> BindGroup {
-        if self.reads_mirrors {
-            const NO_MIRROR: &str =
-                "a mirror-reading matmul kernel chosen for an operand without one";
-            let (lhs, rhs) = (lhs.mirror.expect(NO_MIRROR), rhs.mirror.expect(NO_MIRROR));
-            refresh(lhs);
-            refresh(rhs);
-            self.kernel.bind(
-                gpu,
-                &[
-                    dims.as_entire_binding(),
-                    wgpu::BindingResource::TextureView(&lhs.view),
-                    wgpu::BindingResource::TextureView(&rhs.view),
-                    out.as_entire_binding(),
-                ],
-            )
-        } else {
-            self.kernel.bind(
+        if !self.reads_mirrors {
+            return self.kernel.bind(
                 gpu,
                 &[
                     dims.as_entire_binding(),
@@ -199,8 +191,30 @@ impl MatmulDispatch<'_> {
                     rhs.buffer.as_entire_binding(),
                     out.as_entire_binding(),
                 ],
-            )
+            );
         }
+        const NO_MIRROR: &str = "a mirror-reading matmul kernel chosen for an operand without one";
+        let (lhs, rhs) = (lhs.mirror.expect(NO_MIRROR), rhs.mirror.expect(NO_MIRROR));
+        refresh(lhs);
+        refresh(rhs);
+        let mut resources = vec![
+            dims.as_entire_binding(),
+            wgpu::BindingResource::TextureView(&lhs.view),
+            wgpu::BindingResource::TextureView(&rhs.view),
+            out.as_entire_binding(),
+        ];
+        if self.reads_below {
+            // Without a backward epilogue the kernel reads nothing there: any mirror will do.
+            let below = match below {
+                Some(below) => {
+                    refresh(below);
+                    below
+                }
+                None => lhs,
+            };
+            resources.push(wgpu::BindingResource::TextureView(&below.view));
+        }
+        self.kernel.bind(gpu, &resources)
     }
 }
 
@@ -232,10 +246,11 @@ impl MatmulKernels {
                 include_str!("../../shaders/matmul_vec4.wgsl"),
             );
             let slots = [(0, Params), (1, Mirror), (2, Mirror), (3, ReadWrite)];
+            let with_below = [slots.as_slice(), &[(4, Mirror)]].concat();
             Vec4Kernels {
                 nn: build(gpu, &registers, "matmul_nn", &slots, &[]),
                 tn: build(gpu, &registers, "matmul_tn", &slots, &[]),
-                nt: build(gpu, &registers, "matmul_nt", &slots, &[]),
+                nt: build(gpu, &registers, "matmul_nt", &with_below, &[]),
             }
         });
         MatmulKernels {
@@ -271,6 +286,18 @@ impl MatmulKernels {
         self.choose(dims, self.preferred, mirrored)
     }
 
+    /// Whether `dims`, a product with the backward epilogue, can run on the preferred variant
+    /// with these operands (only matmul_vec4.wgsl's matmul_nt has that epilogue).
+    pub fn has_backward_epilogue(
+        &self,
+        dims: &MatmulDims,
+        lhs: MatmulOperand<'_>,
+        rhs: MatmulOperand<'_>,
+    ) -> bool {
+        let mirrored = lhs.mirror.is_some() && rhs.mirror.is_some();
+        self.reads_mirrors() && mirrored && RegisterForm::of(dims) == Some(RegisterForm::Nt)
+    }
+
     /// Whether products on the preferred variant may read texture mirrors (so their operands
     /// are worth mirroring).
     pub fn reads_mirrors(&self) -> bool {
@@ -284,6 +311,7 @@ impl MatmulKernels {
         mirrored: bool,
     ) -> MatmulDispatch<'_> {
         let vec4 = self.vec4.as_ref().filter(|_| mirrored);
+        let form = RegisterForm::of(dims).filter(|_| variant == MatmulVariant::Registers);
         let (kernel, grid, reads_mirrors) = match variant {
             MatmulVariant::Tiled => (
                 &self.tiled,
@@ -320,11 +348,17 @@ impl MatmulKernels {
                 }
             },
         };
+        let reads_below = reads_mirrors && form == Some(RegisterForm::Nt);
+        assert!(
+            dims.epilogue < DERIVATIVE_EPILOGUE || reads_below,
+            "only matmul_vec4.wgsl's matmul_nt has the backward epilogue ({dims:?})"
+        );
         MatmulDispatch {
             kernel,
             grid,
             variant,
             reads_mirrors,
+            reads_below,
         }
     }
 

@@ -37,7 +37,8 @@ fn schedule(gpu: &Gpu, step: StepParams) -> Result<Buffer> {
 }
 
 /// The matmul `variant`. `out` gives the initial contents of the output buffer (elements outside
-/// C are kept).
+/// C are kept); `below`, for a backward epilogue, the layer output it reads.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul(
     gpu: &Gpu,
     kernels: &Kernels,
@@ -45,6 +46,7 @@ pub fn matmul(
     dims: &MatmulDims,
     lhs: &[f32],
     rhs: &[f32],
+    below: Option<&[f32]>,
     out: &[f32],
 ) -> Result<Vec<f32>> {
     let dims_buffer = gpu.params_with("dims", dims);
@@ -53,6 +55,12 @@ pub fn matmul(
     let out_buffer = gpu.storage_with("out", out)?;
     let lhs_mirror = TextureMirror::new(gpu, "lhs mirror", &lhs_buffer);
     let rhs_mirror = TextureMirror::new(gpu, "rhs mirror", &rhs_buffer);
+    let below_buffer = below
+        .map(|values| gpu.storage_with("below", values))
+        .transpose()?;
+    let below_mirror = below_buffer
+        .as_ref()
+        .and_then(|buffer| TextureMirror::new(gpu, "below mirror", buffer));
     let chosen = kernels.matmul.with_variant(dims, variant);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     let bind_group = chosen.bind(
@@ -61,6 +69,7 @@ pub fn matmul(
         MatmulOperand::new(&lhs_buffer, lhs_mirror.as_ref()),
         MatmulOperand::new(&rhs_buffer, rhs_mirror.as_ref()),
         &out_buffer,
+        below_mirror.as_ref(),
         &mut refresh_into(&mut encoder),
     );
     gpu.queue.submit([encoder.finish()]);

@@ -21,12 +21,20 @@ pub struct MatmulDims {
     pub c_offset: u32,
     /// With an epilogue, the bias's offset in the B buffer (the flat parameters).
     pub bias_offset: u32,
-    /// `NO_EPILOGUE`, or 1 + an activation code: C = f(A B + bias), see `layer_forward_activated`.
+    /// `NO_EPILOGUE`; 1 + an activation code: C = f(A B + bias), see `layer_forward_activated`;
+    /// or `DERIVATIVE_EPILOGUE` + an activation code: C = (A B) ⊙ f'(a), see
+    /// `layer_input_grad_through`.
     pub epilogue: u32,
 }
 
 /// `MatmulDims::epilogue` when C is the plain product.
 pub const NO_EPILOGUE: u32 = 0;
+
+/// `MatmulDims::epilogue` base of the backward epilogue: `DERIVATIVE_EPILOGUE` + an activation
+/// code multiplies each element of C by f'(a), the derivative taken from the output a = f(z) of
+/// the layer below, read at C's position from a third operand (matmul_vec4.wgsl's matmul_nt
+/// only).
+pub const DERIVATIVE_EPILOGUE: u32 = 8;
 
 impl MatmulDims {
     /// C[m×n] = A[m×k] · B[k×n], every matrix row-major and contiguous from offset 0.
@@ -70,10 +78,17 @@ impl MatmulDims {
         }
     }
 
-    /// The activation of the epilogue, if there is one.
+    /// The activation of the forward epilogue, if there is one.
     pub fn epilogue_activation(&self) -> Option<LayerActivation> {
+        (NO_EPILOGUE < self.epilogue && self.epilogue < DERIVATIVE_EPILOGUE)
+            .then(|| LayerActivation::from_shader_code(self.epilogue - 1))
+            .flatten()
+    }
+
+    /// The activation whose derivative the backward epilogue applies, if there is one.
+    pub fn derivative_activation(&self) -> Option<LayerActivation> {
         self.epilogue
-            .checked_sub(1)
+            .checked_sub(DERIVATIVE_EPILOGUE)
             .and_then(LayerActivation::from_shader_code)
     }
 
@@ -95,6 +110,20 @@ impl MatmulDims {
             b_row_stride: 1,
             b_col_stride: layer.outputs as u32,
             ..Self::plain(rows, layer.inputs, layer.outputs)
+        }
+    }
+
+    /// The input gradient carried on through the activation `below` of the layer beneath (whose
+    /// output X is this layer's input): dL/dZ = (dY · Wᵀ) ⊙ below'(X), which is what
+    /// activation.wgsl would otherwise compute in a dispatch of its own.
+    pub fn layer_input_grad_through(
+        rows: usize,
+        layer: &DenseLayer,
+        below: LayerActivation,
+    ) -> Self {
+        MatmulDims {
+            epilogue: DERIVATIVE_EPILOGUE + below.shader_code(),
+            ..Self::layer_input_grad(rows, layer)
         }
     }
 

@@ -8,7 +8,7 @@ use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::{ROW_WORKGROUP, gather_grid, optimizer_grid};
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels, MatmulOperand, TextureMirror};
-use crate::model::{DenseLayer, Loss, ModelSpec, ParamLayout};
+use crate::model::{DenseLayer, LayerActivation, Loss, ModelSpec, ParamLayout};
 
 /// Builds the bind groups of every dispatch of a step, once.
 pub(super) struct ProgramBuilder<'a, 'k> {
@@ -67,17 +67,18 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         self.gpu.limits.max_compute_workgroups_per_dimension
     }
 
+    /// Records the product `dims` (`below`: the mirror a backward epilogue reads).
     fn matmul(
         &self,
         program: &mut Program<'k>,
         dims: MatmulDims,
-        lhs: MatmulOperand<'_>,
-        rhs: MatmulOperand<'_>,
+        [lhs, rhs]: [MatmulOperand<'_>; 2],
         out: &Buffer,
+        below: Option<&TextureMirror>,
     ) {
         let chosen = self.kernels.matmul.for_operands(&dims, lhs, rhs);
         let uniform = self.gpu.params_with("matmul dims", &dims);
-        let bind_group = chosen.bind(self.gpu, &uniform, lhs, rhs, out, &mut |mirror| {
+        let bind_group = chosen.bind(self.gpu, &uniform, lhs, rhs, out, below, &mut |mirror| {
             program.refresh(mirror)
         });
         program.push(chosen.kernel, bind_group, chosen.grid);
@@ -143,9 +144,9 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             self.matmul(
                 &mut program,
                 MatmulDims::layer_forward_activated(rows, layer, activation),
-                self.activation(l),
-                self.params_operand(),
+                [self.activation(l), self.params_operand()],
                 &self.activations[l + 1],
+                None,
             );
         }
 
@@ -183,25 +184,40 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         program
     }
 
-    /// Backward through every layer, last first, writing the whole gradient buffer.
-    /// activation.wgsl's parameters for layer `l` over `rows` samples.
-    fn activation_shape(&self, rows: usize, l: usize, layer: &DenseLayer) -> Buffer {
+    /// activation.wgsl's parameters for `layer` over `rows` samples, taking the derivative of
+    /// `activation` (the identity: only the bias gradient).
+    fn activation_shape(
+        &self,
+        rows: usize,
+        layer: &DenseLayer,
+        activation: LayerActivation,
+    ) -> Buffer {
         self.gpu.params_with(
             "activation shape",
             &ActivationShape {
                 rows: rows as u32,
                 cols: layer.outputs as u32,
                 bias_offset: layer.bias_offset as u32,
-                activation: self.spec.layer_activation(l).shader_code(),
+                activation: activation.shader_code(),
             },
         )
     }
 
+    /// Backward through every layer, last first, writing the whole gradient buffer. Where the
+    /// input-gradient product can carry the gradient through the activation below (the
+    /// register kernels), activation.wgsl only sums that layer's bias gradient.
     pub(super) fn backward(&self, rows: usize) -> Program<'k> {
         let mut program = Program::default();
+        // Whether the layer's activation derivative is already applied to its output gradient
+        // (by the epilogue of the layer above's input-gradient product).
+        let mut derivative_applied = false;
         for (l, layer) in self.layout.layers.iter().enumerate().rev() {
             let (upstream, output) = (&self.activation_grads[l + 1], &self.activations[l + 1]);
-            let shape = self.activation_shape(rows, l, layer);
+            let activation = match derivative_applied {
+                true => LayerActivation::Identity,
+                false => self.spec.layer_activation(l),
+            };
+            let shape = self.activation_shape(rows, layer, activation);
             let kernel = &self.kernels.activation_backward;
             let bind_group = kernel.bind(
                 self.gpu,
@@ -217,18 +233,30 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             self.matmul(
                 &mut program,
                 MatmulDims::layer_weight_grad(rows, layer),
-                self.activation(l),
-                self.activation_grad(l + 1),
+                [self.activation(l), self.activation_grad(l + 1)],
                 self.grads,
+                None,
             );
+            derivative_applied = false;
             if l > 0 {
-                self.matmul(
-                    &mut program,
-                    MatmulDims::layer_input_grad(rows, layer),
-                    self.activation_grad(l + 1),
-                    self.params_operand(),
-                    &self.activation_grads[l],
-                );
+                let operands = [self.activation_grad(l + 1), self.params_operand()];
+                let below = self.spec.layer_activation(l - 1);
+                let through = MatmulDims::layer_input_grad_through(rows, layer, below);
+                let below_mirror = self.mirrors.activations.get(l).and_then(Option::as_ref);
+                let fused = below_mirror.is_some()
+                    && (self.kernels.matmul).has_backward_epilogue(
+                        &through,
+                        operands[0],
+                        operands[1],
+                    );
+                let downstream = &self.activation_grads[l];
+                if fused {
+                    self.matmul(&mut program, through, operands, downstream, below_mirror);
+                    derivative_applied = true;
+                } else {
+                    let dims = MatmulDims::layer_input_grad(rows, layer);
+                    self.matmul(&mut program, dims, operands, downstream, None);
+                }
             }
         }
         program
