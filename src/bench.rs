@@ -6,7 +6,6 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::gpu::matmul::refresh_into;
 use crate::gpu::uniforms::MatmulDims;
 use crate::gpu::{Gpu, Kernels, MatmulOperand, MatmulVariant, TextureMirror};
 use crate::model::ModelSpec;
@@ -173,7 +172,7 @@ pub fn matmul_gflops(
         MatmulOperand::new(&rhs, rhs_mirror.as_ref()),
         &out,
         None,
-        &mut refresh_into(&mut encoder),
+        &mut encoder,
     );
     gpu.queue.submit([encoder.finish()]);
     let seconds = time_dispatches(gpu, &chosen.kernel.pipeline, &bind_group, chosen.grid, 0.2)?;

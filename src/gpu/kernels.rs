@@ -29,6 +29,8 @@ pub struct Kernel {
     pub layout: wgpu::BindGroupLayout,
     /// Binding numbers, in the order `bind` takes resources.
     bindings: Vec<u32>,
+    /// Whether the kernel may write the resource at each of those bindings.
+    writable: Vec<bool>,
 }
 
 impl Kernel {
@@ -55,6 +57,22 @@ impl Kernel {
             layout: &self.layout,
             entries: &entries,
         })
+    }
+
+    /// The buffers among `resources` (in binding order) that the kernel may write.
+    pub fn written<'a>(
+        &self,
+        resources: &[wgpu::BindingResource<'a>],
+    ) -> impl Iterator<Item = &'a wgpu::Buffer> {
+        resources
+            .iter()
+            .zip(self.writable.clone())
+            .filter_map(|(resource, writable)| match resource {
+                wgpu::BindingResource::Buffer(binding) if writable => Some(binding.buffer),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 }
 
@@ -248,5 +266,6 @@ pub(super) fn build(
         pipeline,
         layout,
         bindings: slots.iter().map(|&(b, _)| b).collect(),
+        writable: slots.iter().map(|&(_, s)| s == Slot::ReadWrite).collect(),
     }
 }

@@ -16,7 +16,7 @@
 
 use serde::Serialize;
 
-use wgpu::{BindGroup, Buffer, CommandEncoder};
+use wgpu::{BindGroup, BindingResource, Buffer, CommandEncoder};
 
 use super::Gpu;
 use super::buffers::grid_1d;
@@ -167,31 +167,28 @@ impl<'a> MatmulOperand<'a> {
     }
 }
 
-impl MatmulDispatch<'_> {
-    /// The bind group of this product (`dims` is its parameter buffer; `below`, for a backward
-    /// epilogue, the mirror of the layer output it reads). Where the kernel reads mirrors, hands
-    /// each one it reads to `refresh`, whose copy must run before the dispatch.
+impl<'k> MatmulDispatch<'k> {
+    /// The resources this product binds, in binding order (`dims` is its parameter buffer;
+    /// `below`, for a backward epilogue, the mirror of the layer output it reads). Where the
+    /// kernel reads mirrors, hands each one it reads to `refresh`, whose copy must run before
+    /// the dispatch.
     #[allow(clippy::too_many_arguments)]
-    pub fn bind(
+    pub fn resources<'a>(
         &self,
-        gpu: &Gpu,
-        dims: &Buffer,
-        lhs: MatmulOperand<'_>,
-        rhs: MatmulOperand<'_>,
-        out: &Buffer,
-        below: Option<&TextureMirror>,
+        dims: &'a Buffer,
+        lhs: MatmulOperand<'a>,
+        rhs: MatmulOperand<'a>,
+        out: &'a Buffer,
+        below: Option<&'a TextureMirror>,
         refresh: &mut dyn FnMut(&TextureMirror),
-    ) -> BindGroup {
+    ) -> Vec<BindingResource<'a>> {
         if !self.reads_mirrors {
-            return self.kernel.bind(
-                gpu,
-                &[
-                    dims.as_entire_binding(),
-                    lhs.buffer.as_entire_binding(),
-                    rhs.buffer.as_entire_binding(),
-                    out.as_entire_binding(),
-                ],
-            );
+            return vec![
+                dims.as_entire_binding(),
+                lhs.buffer.as_entire_binding(),
+                rhs.buffer.as_entire_binding(),
+                out.as_entire_binding(),
+            ];
         }
         const NO_MIRROR: &str = "a mirror-reading matmul kernel chosen for an operand without one";
         let (lhs, rhs) = (lhs.mirror.expect(NO_MIRROR), rhs.mirror.expect(NO_MIRROR));
@@ -199,8 +196,8 @@ impl MatmulDispatch<'_> {
         refresh(rhs);
         let mut resources = vec![
             dims.as_entire_binding(),
-            wgpu::BindingResource::TextureView(&lhs.view),
-            wgpu::BindingResource::TextureView(&rhs.view),
+            BindingResource::TextureView(&lhs.view),
+            BindingResource::TextureView(&rhs.view),
             out.as_entire_binding(),
         ];
         if self.reads_below {
@@ -212,15 +209,28 @@ impl MatmulDispatch<'_> {
                 }
                 None => lhs,
             };
-            resources.push(wgpu::BindingResource::TextureView(&below.view));
+            resources.push(BindingResource::TextureView(&below.view));
         }
+        resources
+    }
+
+    /// The bind group of `resources`, refreshing into `encoder` the mirrors it reads (for a
+    /// product run on its own, outside a training program).
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        dims: &Buffer,
+        lhs: MatmulOperand<'_>,
+        rhs: MatmulOperand<'_>,
+        out: &Buffer,
+        below: Option<&TextureMirror>,
+        encoder: &mut CommandEncoder,
+    ) -> BindGroup {
+        let mut refresh = |mirror: &TextureMirror| mirror.record_refresh(encoder);
+        let resources = self.resources(dims, lhs, rhs, out, below, &mut refresh);
         self.kernel.bind(gpu, &resources)
     }
-}
-
-/// Records a mirror refresh into `encoder` (for `MatmulDispatch::bind` outside a program).
-pub fn refresh_into(encoder: &mut CommandEncoder) -> impl FnMut(&TextureMirror) + '_ {
-    move |mirror| mirror.record_refresh(encoder)
 }
 
 impl MatmulKernels {

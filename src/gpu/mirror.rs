@@ -60,6 +60,11 @@ impl TextureMirror {
         })
     }
 
+    /// The buffer this mirrors.
+    pub fn buffer(&self) -> &Buffer {
+        &self.buffer
+    }
+
     /// Records the copy of the buffer's current contents into the texture: its whole rows, then
     /// the partial last row (the buffer need not fill it).
     pub fn record_refresh(&self, encoder: &mut CommandEncoder) {

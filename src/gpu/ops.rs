@@ -7,7 +7,7 @@ use wgpu::Buffer;
 use super::Gpu;
 use super::buffers::grid_1d;
 use super::kernels::{Kernel, Kernels, ROW_WORKGROUP, gather_grid, optimizer_grid};
-use super::matmul::{MatmulOperand, MatmulVariant, refresh_into};
+use super::matmul::{MatmulOperand, MatmulVariant};
 use super::mirror::TextureMirror;
 use super::uniforms::*;
 use crate::data::Dataset;
@@ -70,7 +70,7 @@ pub fn matmul(
         MatmulOperand::new(&rhs_buffer, rhs_mirror.as_ref()),
         &out_buffer,
         below_mirror.as_ref(),
-        &mut refresh_into(&mut encoder),
+        &mut encoder,
     );
     gpu.queue.submit([encoder.finish()]);
     dispatch(gpu, chosen.kernel, &bind_group, chosen.grid);

@@ -78,10 +78,10 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
     ) {
         let chosen = self.kernels.matmul.for_operands(&dims, lhs, rhs);
         let uniform = self.gpu.params_with("matmul dims", &dims);
-        let bind_group = chosen.bind(self.gpu, &uniform, lhs, rhs, out, below, &mut |mirror| {
+        let resources = chosen.resources(&uniform, lhs, rhs, out, below, &mut |mirror| {
             program.refresh(mirror)
         });
-        program.push(chosen.kernel, bind_group, chosen.grid);
+        program.dispatch(self.gpu, chosen.kernel, &resources, chosen.grid);
     }
 
     fn params_operand(&self) -> MatmulOperand<'a> {
@@ -120,21 +120,19 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             },
         );
         let kernel = &self.kernels.gather_batch;
-        let bind_group = kernel.bind(
+        let resources = [
+            self.schedule.as_entire_binding(),
+            shape.as_entire_binding(),
+            split.pixels.as_entire_binding(),
+            split.labels.as_entire_binding(),
+            split.order.as_entire_binding(),
+            self.activations[0].as_entire_binding(),
+            self.batch_labels.as_entire_binding(),
+        ];
+        program.dispatch(
             gpu,
-            &[
-                self.schedule.as_entire_binding(),
-                shape.as_entire_binding(),
-                split.pixels.as_entire_binding(),
-                split.labels.as_entire_binding(),
-                split.order.as_entire_binding(),
-                self.activations[0].as_entire_binding(),
-                self.batch_labels.as_entire_binding(),
-            ],
-        );
-        program.push(
             kernel,
-            bind_group,
+            &resources,
             gather_grid(rows * words, self.max_groups()),
         );
 
@@ -163,22 +161,20 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             },
         );
         let last = self.activations.len() - 1;
-        let bind_group = kernel.bind(
+        let resources = [
+            self.schedule.as_entire_binding(),
+            shape.as_entire_binding(),
+            self.activations[last].as_entire_binding(),
+            self.batch_labels.as_entire_binding(),
+            self.activation_grads[last].as_entire_binding(),
+            split.sample_loss.as_entire_binding(),
+            split.sample_correct.as_entire_binding(),
+            split.sample_prediction.as_entire_binding(),
+        ];
+        program.dispatch(
             gpu,
-            &[
-                self.schedule.as_entire_binding(),
-                shape.as_entire_binding(),
-                self.activations[last].as_entire_binding(),
-                self.batch_labels.as_entire_binding(),
-                self.activation_grads[last].as_entire_binding(),
-                split.sample_loss.as_entire_binding(),
-                split.sample_correct.as_entire_binding(),
-                split.sample_prediction.as_entire_binding(),
-            ],
-        );
-        program.push(
             kernel,
-            bind_group,
+            &resources,
             grid_1d(rows, ROW_WORKGROUP, self.max_groups()),
         );
         program
@@ -219,17 +215,14 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             };
             let shape = self.activation_shape(rows, layer, activation);
             let kernel = &self.kernels.activation_backward;
-            let bind_group = kernel.bind(
-                self.gpu,
-                &[
-                    shape.as_entire_binding(),
-                    upstream.as_entire_binding(),
-                    output.as_entire_binding(),
-                    self.grads.as_entire_binding(),
-                ],
-            );
+            let resources = [
+                shape.as_entire_binding(),
+                upstream.as_entire_binding(),
+                output.as_entire_binding(),
+                self.grads.as_entire_binding(),
+            ];
             let grid = grid_1d(layer.outputs, ROW_WORKGROUP, self.max_groups());
-            program.push(kernel, bind_group, grid);
+            program.dispatch(self.gpu, kernel, &resources, grid);
             self.matmul(
                 &mut program,
                 MatmulDims::layer_weight_grad(rows, layer),
@@ -265,8 +258,8 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
     pub(super) fn advance(&self) -> Program<'k> {
         let mut program = Program::default();
         let kernel = &self.kernels.advance_step;
-        let bind_group = kernel.bind(self.gpu, &[self.schedule.as_entire_binding()]);
-        program.push(kernel, bind_group, [1, 1, 1]);
+        let resources = [self.schedule.as_entire_binding()];
+        program.dispatch(self.gpu, kernel, &resources, [1, 1, 1]);
         program
     }
 
@@ -291,30 +284,24 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         match moments {
             Some((moment1, moment2)) => {
                 let kernel = &self.kernels.adam_update;
-                let bind_group = kernel.bind(
-                    self.gpu,
-                    &[
-                        self.schedule.as_entire_binding(),
-                        hyper.as_entire_binding(),
-                        self.params.as_entire_binding(),
-                        self.grads.as_entire_binding(),
-                        moment1.as_entire_binding(),
-                        moment2.as_entire_binding(),
-                    ],
-                );
-                program.push(kernel, bind_group, grid);
+                let resources = [
+                    self.schedule.as_entire_binding(),
+                    hyper.as_entire_binding(),
+                    self.params.as_entire_binding(),
+                    self.grads.as_entire_binding(),
+                    moment1.as_entire_binding(),
+                    moment2.as_entire_binding(),
+                ];
+                program.dispatch(self.gpu, kernel, &resources, grid);
             }
             None => {
                 let kernel = &self.kernels.sgd_update;
-                let bind_group = kernel.bind(
-                    self.gpu,
-                    &[
-                        hyper.as_entire_binding(),
-                        self.params.as_entire_binding(),
-                        self.grads.as_entire_binding(),
-                    ],
-                );
-                program.push(kernel, bind_group, grid);
+                let resources = [
+                    hyper.as_entire_binding(),
+                    self.params.as_entire_binding(),
+                    self.grads.as_entire_binding(),
+                ];
+                program.dispatch(self.gpu, kernel, &resources, grid);
             }
         }
         program
@@ -329,16 +316,13 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
     ) -> Program<'k> {
         let mut program = Program::default();
         let kernel = &self.kernels.sum_metrics;
-        let bind_group = kernel.bind(
-            self.gpu,
-            &[
-                shape.as_entire_binding(),
-                split.sample_loss.as_entire_binding(),
-                split.sample_correct.as_entire_binding(),
-                totals.as_entire_binding(),
-            ],
-        );
-        program.push(kernel, bind_group, [1, 1, 1]);
+        let resources = [
+            shape.as_entire_binding(),
+            split.sample_loss.as_entire_binding(),
+            split.sample_correct.as_entire_binding(),
+            totals.as_entire_binding(),
+        ];
+        program.dispatch(self.gpu, kernel, &resources, [1, 1, 1]);
         program
     }
 }

@@ -2,9 +2,9 @@
 //! refreshes some of them need), built once and replayed every step: recording a step is only
 //! set_pipeline / set_bind_group / dispatch, and buffer-to-texture copies.
 
-use wgpu::{CommandEncoder, ComputePass};
+use wgpu::{BindingResource, Buffer, CommandEncoder, ComputePass};
 
-use crate::gpu::{Kernel, TextureMirror};
+use crate::gpu::{Gpu, Kernel, TextureMirror};
 
 pub struct Dispatch<'k> {
     pub kernel: &'k Kernel,
@@ -21,27 +21,45 @@ pub enum Command<'k> {
 #[derive(Default)]
 pub struct Program<'k> {
     pub commands: Vec<Command<'k>>,
+    /// Buffers whose mirror this program has refreshed and no dispatch of it has written since.
+    fresh: Vec<Buffer>,
 }
 
 impl<'k> Program<'k> {
-    pub fn push(&mut self, kernel: &'k Kernel, bind_group: wgpu::BindGroup, grid: [u32; 3]) {
+    /// A dispatch of `kernel` on `resources` (in binding order).
+    pub fn dispatch(
+        &mut self,
+        gpu: &Gpu,
+        kernel: &'k Kernel,
+        resources: &[BindingResource<'_>],
+        grid: [u32; 3],
+    ) {
+        let written: Vec<&Buffer> = kernel.written(resources).collect();
+        self.fresh.retain(|buffer| !written.contains(&buffer));
         self.commands.push(Command::Dispatch(Dispatch {
             kernel,
-            bind_group,
+            bind_group: kernel.bind(gpu, resources),
             grid,
         }));
     }
 
-    /// A refresh of `mirror` before the next dispatch. The builder asks for one right before
-    /// every dispatch that reads the mirror, so a mirror is never stale whatever wrote its
-    /// buffer since (a kernel, or the host between steps); on lavapipe a refresh costs about
-    /// 20 µs per MB.
+    /// A refresh of `mirror` before the next dispatch, which reads it, unless this program has
+    /// already refreshed it since its buffer was last written. A program's first read of each
+    /// mirror always refreshes it, so a mirror is never stale whatever wrote its buffer between
+    /// programs (a kernel, or the host between steps); on lavapipe a refresh costs about 20 µs
+    /// per MB.
     pub fn refresh(&mut self, mirror: &TextureMirror) {
+        if self.fresh.contains(mirror.buffer()) {
+            return;
+        }
+        self.fresh.push(mirror.buffer().clone());
         self.commands.push(Command::Refresh(mirror.clone()));
     }
 
+    /// Appends `other`'s commands (which refresh what they read as if they started a program).
     pub fn extend(&mut self, other: Program<'k>) {
         self.commands.extend(other.commands);
+        self.fresh = other.fresh;
     }
 
     pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch<'k>> {
