@@ -199,11 +199,12 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         )
     }
 
-    /// Backward through every layer, last first, writing the whole gradient buffer. Where the
-    /// input-gradient product can carry the gradient through the activation below (the
-    /// register kernels), activation.wgsl only sums that layer's bias gradient.
-    pub(super) fn backward(&self, rows: usize) -> Program<'k> {
-        let mut program = Program::default();
+    /// `forward` continued backward through every layer, last first, writing the whole gradient
+    /// buffer (one program, so that mirrors the forward pass refreshed are not copied again).
+    /// Where the input-gradient product can carry the gradient through the activation below
+    /// (the register kernels), activation.wgsl only sums that layer's bias gradient.
+    pub(super) fn backward(&self, forward: Program<'k>, rows: usize) -> Program<'k> {
+        let mut program = forward;
         // Whether the layer's activation derivative is already applied to its output gradient
         // (by the epilogue of the layer above's input-gradient product).
         let mut derivative_applied = false;

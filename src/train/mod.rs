@@ -261,11 +261,8 @@ impl<'k> Trainer<'k> {
             schedule: &schedule,
             mirrors: &mirrors,
         };
-        let train_program = |rows: usize| {
-            let mut program = builder.forward(&train_split, rows, true);
-            program.extend(builder.backward(rows));
-            program
-        };
+        let train_program =
+            |rows: usize| builder.backward(builder.forward(&train_split, rows, true), rows);
         let tail = |samples: usize| Some(samples % batch).filter(|&r| r > 0);
         let train_full = train_program(batch);
         let train_tail = tail(train.samples()).map(train_program);
