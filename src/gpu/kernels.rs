@@ -60,19 +60,15 @@ impl Kernel {
     }
 
     /// The buffers among `resources` (in binding order) that the kernel may write.
-    pub fn written<'a>(
-        &self,
-        resources: &[wgpu::BindingResource<'a>],
-    ) -> impl Iterator<Item = &'a wgpu::Buffer> {
+    pub fn written<'a>(&self, resources: &[wgpu::BindingResource<'a>]) -> Vec<&'a wgpu::Buffer> {
         resources
             .iter()
-            .zip(self.writable.clone())
-            .filter_map(|(resource, writable)| match resource {
+            .zip(&self.writable)
+            .filter_map(|(resource, &writable)| match resource {
                 wgpu::BindingResource::Buffer(binding) if writable => Some(binding.buffer),
                 _ => None,
             })
-            .collect::<Vec<_>>()
-            .into_iter()
+            .collect()
     }
 }
 

@@ -34,7 +34,7 @@ impl<'k> Program<'k> {
         resources: &[BindingResource<'_>],
         grid: [u32; 3],
     ) {
-        let written: Vec<&Buffer> = kernel.written(resources).collect();
+        let written = kernel.written(resources);
         self.fresh.retain(|buffer| !written.contains(&buffer));
         self.commands.push(Command::Dispatch(Dispatch {
             kernel,
