@@ -161,8 +161,12 @@ pub fn matmul_gflops(
     let rhs = gpu.storage_with("bench rhs", &vec![0.25f32; rhs_len])?;
     let out = gpu.storage_buffer("bench out", (out_len * 4) as u64)?;
     let uniform = gpu.params_with("bench dims", dims);
-    let lhs_mirror = TextureMirror::new(gpu, "bench lhs mirror", &lhs);
-    let rhs_mirror = TextureMirror::new(gpu, "bench rhs mirror", &rhs);
+    let mirror = |buffer: &wgpu::Buffer| {
+        (chosen.reads_mirrors)
+            .then(|| TextureMirror::new(gpu, "bench operand mirror", buffer))
+            .flatten()
+    };
+    let (lhs_mirror, rhs_mirror) = (mirror(&lhs), mirror(&rhs));
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     // The operands are constant: their mirrors are filled once, outside the timing.
     let bind_group = chosen.bind(

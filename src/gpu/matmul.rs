@@ -84,6 +84,21 @@ fn has_register_subgroups(gpu: &Gpu) -> bool {
         && info.subgroup_max_size <= 64
 }
 
+/// Whether both operands have texture mirrors.
+fn mirrored(lhs: MatmulOperand<'_>, rhs: MatmulOperand<'_>) -> bool {
+    lhs.mirror.is_some() && rhs.mirror.is_some()
+}
+
+/// `dispatch`, which must have the epilogue `dims` asks for: a kernel without the backward
+/// epilogue would silently store the plain product.
+fn checked<'k>(dispatch: MatmulDispatch<'k>, dims: &MatmulDims) -> MatmulDispatch<'k> {
+    assert!(
+        dims.epilogue < DERIVATIVE_EPILOGUE || dispatch.reads_below,
+        "only matmul_vec4.wgsl's matmul_nt has the backward epilogue ({dims:?})"
+    );
+    dispatch
+}
+
 /// The storage orders the register kernels handle, one entry point each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RegisterForm {
@@ -275,7 +290,7 @@ impl MatmulKernels {
 
     /// What computes `dims` with `variant`, on operands that have texture mirrors.
     pub fn with_variant(&self, dims: &MatmulDims, variant: MatmulVariant) -> MatmulDispatch<'_> {
-        self.choose(dims, variant, true)
+        checked(self.choose(dims, variant, true), dims)
     }
 
     /// What computes `dims` on the adapter's preferred variant, on operands that have texture
@@ -292,8 +307,7 @@ impl MatmulKernels {
         lhs: MatmulOperand<'_>,
         rhs: MatmulOperand<'_>,
     ) -> MatmulDispatch<'_> {
-        let mirrored = lhs.mirror.is_some() && rhs.mirror.is_some();
-        self.choose(dims, self.preferred, mirrored)
+        checked(self.choose(dims, self.preferred, mirrored(lhs, rhs)), dims)
     }
 
     /// Whether `dims`, a product with the backward epilogue, can run on the preferred variant
@@ -304,8 +318,8 @@ impl MatmulKernels {
         lhs: MatmulOperand<'_>,
         rhs: MatmulOperand<'_>,
     ) -> bool {
-        let mirrored = lhs.mirror.is_some() && rhs.mirror.is_some();
-        self.reads_mirrors() && mirrored && RegisterForm::of(dims) == Some(RegisterForm::Nt)
+        self.choose(dims, self.preferred, mirrored(lhs, rhs))
+            .reads_below
     }
 
     /// Whether products on the preferred variant may read texture mirrors (so their operands
@@ -314,6 +328,8 @@ impl MatmulKernels {
         self.preferred == MatmulVariant::Registers && self.vec4.is_some()
     }
 
+    /// The kernel for `dims` (`mirrored`: whether the operands have mirrors), whether or not it
+    /// has the epilogue `dims` asks for (`checked` says).
     fn choose(
         &self,
         dims: &MatmulDims,
@@ -321,7 +337,7 @@ impl MatmulKernels {
         mirrored: bool,
     ) -> MatmulDispatch<'_> {
         let vec4 = self.vec4.as_ref().filter(|_| mirrored);
-        let form = RegisterForm::of(dims).filter(|_| variant == MatmulVariant::Registers);
+        let form = RegisterForm::of(dims);
         let (kernel, grid, reads_mirrors) = match variant {
             MatmulVariant::Tiled => (
                 &self.tiled,
@@ -332,7 +348,7 @@ impl MatmulKernels {
                 ],
                 false,
             ),
-            MatmulVariant::Registers => match (vec4, RegisterForm::of(dims)) {
+            MatmulVariant::Registers => match (vec4, form) {
                 (Some(vec4), Some(form)) => {
                     let kernel = match form {
                         RegisterForm::Nn => &vec4.nn,
@@ -358,17 +374,12 @@ impl MatmulKernels {
                 }
             },
         };
-        let reads_below = reads_mirrors && form == Some(RegisterForm::Nt);
-        assert!(
-            dims.epilogue < DERIVATIVE_EPILOGUE || reads_below,
-            "only matmul_vec4.wgsl's matmul_nt has the backward epilogue ({dims:?})"
-        );
         MatmulDispatch {
             kernel,
             grid,
             variant,
             reads_mirrors,
-            reads_below,
+            reads_below: reads_mirrors && form == Some(RegisterForm::Nt),
         }
     }
 

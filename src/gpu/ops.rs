@@ -53,15 +53,18 @@ pub fn matmul(
     let lhs_buffer = gpu.storage_with("lhs", lhs)?;
     let rhs_buffer = gpu.storage_with("rhs", rhs)?;
     let out_buffer = gpu.storage_with("out", out)?;
-    let lhs_mirror = TextureMirror::new(gpu, "lhs mirror", &lhs_buffer);
-    let rhs_mirror = TextureMirror::new(gpu, "rhs mirror", &rhs_buffer);
+    let chosen = kernels.matmul.with_variant(dims, variant);
+    // Mirrors only where the kernel reads them.
+    let mirror = |buffer: &wgpu::Buffer| {
+        (chosen.reads_mirrors)
+            .then(|| TextureMirror::new(gpu, "operand mirror", buffer))
+            .flatten()
+    };
+    let (lhs_mirror, rhs_mirror) = (mirror(&lhs_buffer), mirror(&rhs_buffer));
     let below_buffer = below
         .map(|values| gpu.storage_with("below", values))
         .transpose()?;
-    let below_mirror = below_buffer
-        .as_ref()
-        .and_then(|buffer| TextureMirror::new(gpu, "below mirror", buffer));
-    let chosen = kernels.matmul.with_variant(dims, variant);
+    let below_mirror = below_buffer.as_ref().and_then(mirror);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     let bind_group = chosen.bind(
         gpu,

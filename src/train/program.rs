@@ -62,15 +62,9 @@ impl<'k> Program<'k> {
         self.fresh = other.fresh;
     }
 
-    pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch<'k>> {
-        self.commands.iter().filter_map(|c| match c {
-            Command::Dispatch(d) => Some(d),
-            Command::Refresh(_) => None,
-        })
-    }
-
     /// Records every command; returns how many dispatches.
     pub fn record(&self, recorder: &mut Recorder<'_>) -> usize {
+        let mut dispatches = 0;
         for command in &self.commands {
             match command {
                 Command::Dispatch(d) => {
@@ -78,11 +72,12 @@ impl<'k> Program<'k> {
                     pass.set_pipeline(&d.kernel.pipeline);
                     pass.set_bind_group(0, &d.bind_group, &[]);
                     pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
+                    dispatches += 1;
                 }
                 Command::Refresh(mirror) => mirror.record_refresh(recorder.encoder()),
             }
         }
-        self.dispatches().count()
+        dispatches
     }
 }
 
@@ -114,5 +109,36 @@ impl<'e> Recorder<'e> {
     pub fn encoder(&mut self) -> &mut CommandEncoder {
         self.pass = None;
         self.encoder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{AdapterRequest, Kernels};
+
+    #[test]
+    fn a_mirror_is_copied_again_only_after_its_buffer_is_written() {
+        let gpu = Gpu::open(&AdapterRequest::default()).unwrap();
+        let kernels = Kernels::new(&gpu);
+        let mirrored = gpu.storage_buffer("mirrored", 64).unwrap();
+        let other = gpu.storage_buffer("other", 64).unwrap();
+        let mirror = TextureMirror::new(&gpu, "mirror", &mirrored).unwrap();
+        // advance_step binds its one buffer read-write.
+        fn write<'k>(gpu: &Gpu, program: &mut Program<'k>, kernel: &'k Kernel, buffer: &Buffer) {
+            program.dispatch(gpu, kernel, &[buffer.as_entire_binding()], [1, 1, 1]);
+        }
+        let writer = &kernels.advance_step;
+        let mut program = Program::default();
+        program.refresh(&mirror);
+        program.refresh(&mirror);
+        write(&gpu, &mut program, writer, &other);
+        program.refresh(&mirror);
+        write(&gpu, &mut program, writer, &mirrored);
+        program.refresh(&mirror);
+        let copies: Vec<bool> = (program.commands.iter())
+            .map(|c| matches!(c, Command::Refresh(_)))
+            .collect();
+        assert_eq!(copies, [true, false, false, true]);
     }
 }
