@@ -20,6 +20,19 @@ pub const MIRROR_ROW_TEXELS: u32 = 1024;
 const TEXEL_BYTES: u64 = 16;
 const ROW_BYTES: u64 = MIRROR_ROW_TEXELS as u64 * TEXEL_BYTES;
 
+/// The height of a mirror that needs `rows` rows: the least height that holds them and is not a
+/// power of two. Why: llvmpipe compiles a kernel again for each combination of its textures'
+/// static state, which includes whether each dimension is a power of two; every mirror is 1024
+/// texels wide, so with heights off the powers of two all mirrors share one compiled variant of
+/// each kernel. Measured from a cold shader cache: the forward and weight-gradient kernels were
+/// compiled twice each (the 8-, 4- and 1-row mirrors of the smaller layers against the 25- and
+/// 58-row ones), about 0.4 s of the first step.
+fn shared_variant_height(rows: u64) -> u64 {
+    (rows.max(3)..)
+        .find(|height| !height.is_power_of_two())
+        .expect("every power of two above 2 is followed by a number that is not one")
+}
+
 /// A texture holding a copy of a storage buffer's contents, refreshed by `record_refresh`.
 #[derive(Debug, Clone)]
 pub struct TextureMirror {
@@ -32,7 +45,7 @@ impl TextureMirror {
     /// A mirror of `buffer` (whose size is a multiple of 16 bytes, as `Gpu::storage_buffer`
     /// makes them), or `None` where the device's textures are too small to hold it.
     pub fn new(gpu: &Gpu, what: &str, buffer: &Buffer) -> Option<Self> {
-        let rows = buffer.size().div_ceil(ROW_BYTES);
+        let rows = shared_variant_height(buffer.size().div_ceil(ROW_BYTES));
         if rows > gpu.limits.max_texture_dimension_2d as u64
             || MIRROR_ROW_TEXELS > gpu.limits.max_texture_dimension_2d
         {
@@ -103,6 +116,23 @@ impl TextureMirror {
         }
         if tail_texels > 0 {
             copy(full_rows, tail_texels, 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_variant_height;
+
+    #[test]
+    fn mirror_heights_are_never_powers_of_two() {
+        for rows in 1..=4096u64 {
+            let height = shared_variant_height(rows);
+            assert!(
+                height >= rows && height <= rows.max(2) + 1,
+                "{rows} rows -> {height}"
+            );
+            assert!(!height.is_power_of_two(), "{rows} rows -> {height}");
         }
     }
 }
