@@ -16,7 +16,10 @@
 //              input grad  dX = dY Wᵀ
 // Epilogue (dims.epilogue): 0 stores the product. matmul_nn, as in matmul.wgsl: 1 + an
 // activation code stores f(C + bias), the bias a vec4 per column quad at vec4 bias_offset / 4 + q
-// of the B buffer (its mirror). matmul_nt: DERIVATIVE_EPILOGUE + an activation code stores
+// of the B buffer (its mirror); f is the pipeline's ACTIVATION (an override constant: the host
+// builds a matmul_nn pipeline per activation and passes 1 + ACTIVATION or 0), because an
+// epilogue holding every activation's code for 32 accumulators took lavapipe 0.5-0.8 s to compile
+// at the first dispatch. matmul_nt: DERIVATIVE_EPILOGUE + an activation code stores
 // C ⊙ f'(a), a read from `below` at C's position (the output a = f(z) of the layer beneath,
 // activation codes and derivatives as in activation.wgsl): the input gradient carried through
 // that layer's activation, for which activation.wgsl then only sums the bias gradient.
@@ -33,16 +36,19 @@
 //   4 below  texture_2d<f32>      matmul_nt only: mirror of the buffer holding a, its vec4 i
 //                                 beside C's vec4 i (any mirror where the epilogue is 0)
 //
-// Each invocation computes a block of C in registers: 8 x 8 (8 rows, two vec4 of columns, in
-// 16 vec4 accumulators) in matmul_nn and matmul_nt, 8 x 16 (four vec4 of columns, 32
-// accumulators) in matmul_tn, whose loop holds little else (8 x 16 measured slower in the other
-// two). A workgroup is 8 groups of 8 lanes, numbered through the subgroup builtins so that a
-// group lies inside one subgroup, and the lanes of a group share what they load through
-// subgroupShuffle (a SIMD shuffle, no memory access): in matmul_nn and matmul_nt the group is
-// 2 x 4 blocks, each row of A loaded by one of the 4 lanes needing it and each part of B by one
-// of the 2; in matmul_tn the group's blocks share their 16 columns, so each lane loads 2 of the
-// 16 vec4 of B four k need. Per four k a lane then loads 6 vec4 (nn, nt; 16 unshared) or 10 (tn;
-// 24 unshared), with the same arithmetic in the same order. Blocks past M or N are computed on
+// Each invocation computes a block of C in registers: 8 x 16 (8 rows, four vec4 of columns, in
+// 32 vec4 accumulators) in matmul_nn and matmul_tn, 8 x 8 (two vec4 of columns, 16
+// accumulators) in matmul_nt. A workgroup is 8 groups of 8 lanes, numbered through the subgroup
+// builtins so that a group lies inside one subgroup, and the lanes of a group share what they
+// load through subgroupShuffle (a SIMD shuffle, no memory access): in matmul_nn the group is
+// 4 x 2 blocks, each row of A loaded by one of the 2 lanes needing it and each k row of B by one
+// of the 4; in matmul_nt 2 x 4 blocks, each row of A loaded by one of 4 lanes and each part of B
+// by one of 2; in matmul_tn the group's blocks share their 16 columns, so each lane loads 2 of
+// the 16 vec4 of B four k need. Per four k a lane then loads 8 vec4 for 128 vec4 FMAs (nn; 48
+// unshared), 6 for 64 (nt; 16 unshared) or 10 for 128 (tn; 24 unshared), with the same
+// arithmetic in the same order as unshared. Loads per FMA are what count: texel fetches took
+// about 70 % of the 8 x 8 forward kernel's time on lavapipe (the kernel without them ran 3x
+// faster), and the 8 x 16 forward blocks run 15-25 % faster than 8 x 8 ones did. Blocks past M or N are computed on
 // clamped (valid) indices and not stored, so M and N need not be multiples of a block, and every
 // lane takes part in every shuffle.
 // Workgroup: 64 invocations covering 8 x 8 blocks. Dispatch grid:
@@ -62,6 +68,9 @@ struct Dims {
     bias_offset: u32,
     epilogue: u32,
 }
+
+// matmul_nn's forward activation (activation.wgsl's codes; see Epilogue above).
+override ACTIVATION: u32 = 0u;
 
 @group(0) @binding(0) var<storage, read> dims: Dims;
 @group(0) @binding(1) var lhs: texture_2d<f32>;
@@ -85,10 +94,18 @@ fn rhs_at(i: u32) -> vec4<f32> {
     return mirrored(rhs, i);
 }
 
-// The 8 x 8 block of C: row r, columns 0-3 in lo[r] and 4-7 in hi[r].
+// The 8 x 8 block of C (matmul_nt): row r, columns 0-3 in lo[r] and 4-7 in hi[r].
 struct Block {
     lo: array<vec4<f32>, 8>,
     hi: array<vec4<f32>, 8>,
+}
+
+// The 8 x 16 block of C: row r, columns 4c..4c+3 in c<c>[r].
+struct WideBlock {
+    c0: array<vec4<f32>, 8>,
+    c1: array<vec4<f32>, 8>,
+    c2: array<vec4<f32>, 8>,
+    c3: array<vec4<f32>, 8>,
 }
 
 // acc + a.x b0 + a.y b1 + a.z b2 + a.w b3: one row's contribution of four k.
@@ -102,7 +119,7 @@ fn finish(value: vec4<f32>, q: u32, epilogue: u32, bias_offset: u32) -> vec4<f32
         return value;
     }
     let z = value + rhs_at(bias_offset / 4u + q);
-    switch epilogue - 1u {
+    switch ACTIVATION {
         case 1u: { return max(z, vec4<f32>(0.0)); }
         case 2u: { return 1.0 / (1.0 + exp(-z)); }
         case 3u: { return tanh(z); }
@@ -148,16 +165,6 @@ fn store_pair(to: Destination, start: u32, q0: u32, first: vec4<f32>, second: ve
     }
 }
 
-// Row m of an 8 x 8 block (columns 0-3 in lo, 4-7 in hi) through the forward epilogue, if the
-// row lies inside C.
-fn store_forward_row(to: Destination, lo: vec4<f32>, hi: vec4<f32>, m: u32, q0: u32) {
-    if (m < to.m_end) {
-        let first = finish(lo, q0, to.epilogue, to.bias_offset);
-        let second = finish(hi, q0 + 1u, to.epilogue, to.bias_offset);
-        store_pair(to, to.base + m * to.columns + q0, q0, first, second);
-    }
-}
-
 // Row m of an 8 x 8 block through the backward epilogue, if the row lies inside C.
 fn store_backward_row(to: Destination, lo: vec4<f32>, hi: vec4<f32>, m: u32, q0: u32) {
     if (m < to.m_end) {
@@ -168,26 +175,14 @@ fn store_backward_row(to: Destination, lo: vec4<f32>, hi: vec4<f32>, m: u32, q0:
     }
 }
 
-// Stores the rows and columns of an 8 x 8 block that lie inside C, through matmul_nn's epilogue
-// (store_forward) or matmul_nt's (store_backward): two functions, so that neither kernel carries
-// the other's epilogue code (an exp and a tanh per value in the forward one, large enough to slow
-// the first dispatch's compilation) or binding. `dims` is read once, as in every kernel here: on
-// lavapipe each read inside a loop is another round of per-lane loads. Row by row with constant
-// indices: a loop over the rows that NIR does not unroll (it has branches) would index the block
-// dynamically, which lavapipe does through scratch memory, lane by lane (measured: the forward
-// product up to 30 % slower).
-fn store_forward(block: Block, m0: u32, q0: u32) {
-    let to = destination();
-    store_forward_row(to, block.lo[0], block.hi[0], m0, q0);
-    store_forward_row(to, block.lo[1], block.hi[1], m0 + 1u, q0);
-    store_forward_row(to, block.lo[2], block.hi[2], m0 + 2u, q0);
-    store_forward_row(to, block.lo[3], block.hi[3], m0 + 3u, q0);
-    store_forward_row(to, block.lo[4], block.hi[4], m0 + 4u, q0);
-    store_forward_row(to, block.lo[5], block.hi[5], m0 + 5u, q0);
-    store_forward_row(to, block.lo[6], block.hi[6], m0 + 6u, q0);
-    store_forward_row(to, block.lo[7], block.hi[7], m0 + 7u, q0);
-}
-
+// Stores the rows and columns of an 8 x 8 block that lie inside C through matmul_nt's epilogue
+// (and store_forward_wide, below, a wide block through matmul_nn's): two functions, so that
+// neither kernel carries the other's epilogue code (an exp and a tanh per value in the forward
+// one, large enough to slow the first dispatch's compilation) or binding. `dims` is read once, as
+// in every kernel here: on lavapipe each read inside a loop is another round of per-lane loads.
+// Row by row with constant indices: a loop over the rows that NIR does not unroll (it has
+// branches) would index the block dynamically, which lavapipe does through scratch memory, lane
+// by lane (measured: the forward product up to 30 % slower).
 fn store_backward(block: Block, m0: u32, q0: u32) {
     let to = destination();
     store_backward_row(to, block.lo[0], block.hi[0], m0, q0);
@@ -230,7 +225,7 @@ fn lane_of_columns(invocation: Invocation) -> Lane {
 }
 
 
-// A group's 8 lanes as 2 x 4 blocks (matmul_nn, matmul_nt): lanes c and c + 4 share columns,
+// A group's 8 lanes as 2 x 4 blocks (matmul_nt): lanes c and c + 4 share columns,
 // lanes 4 j..4 j + 3 share rows. The group's 2 x 4 and a workgroup's 4 x 2 groups make 8 x 8
 // blocks.
 fn lane_of_tiles(invocation: Invocation) -> Lane {
@@ -243,7 +238,7 @@ fn lane_of_tiles(invocation: Invocation) -> Lane {
 }
 
 // The two rows of A (per four k) this lane loads for the 4 lanes of its group that share its
-// block's rows (matmul_nn, matmul_nt): rows 2 c and 2 c + 1 of the block for col_sel c, and the
+// block's rows (matmul_nt): rows 2 c and 2 c + 1 of the block for col_sel c, and the
 // first of those 4 lanes.
 struct SharedRows {
     even: u32,
@@ -275,42 +270,106 @@ fn add_shared_rows(block: ptr<function, Block>, rows: SharedRows, k4: u32, b: ar
     }
 }
 
+// A group's 8 lanes as 4 x 2 wide (8 x 16) blocks (matmul_nn): lanes 2 j and 2 j + 1 share the
+// rows of block row j, lanes c, c + 2, c + 4 and c + 6 the columns of block column c. The
+// group's 4 x 2 and a workgroup's 2 x 4 groups make 8 x 8 blocks.
+fn lane_of_wide_tiles(invocation: Invocation) -> Lane {
+    let flat = invocation.subgroup * invocation.subgroup_size + invocation.lane;
+    let group = flat / 8u;
+    let i = flat % 8u;
+    let workgroup = invocation.workgroup;
+    let block = vec2<u32>(workgroup.x * 8u + (group % 4u) * 2u + i % 2u, workgroup.y * 8u + (group / 4u) * 4u + i / 2u);
+    return Lane(invocation.lane & ~7u, invocation.lane & 7u, block);
+}
+
+// One column quad of a wide block over four k: acc[r] += rows[r] (A's row r at the four k) x B
+// at the four k, which the lanes source, source + 2, source + 4 and source + 6 loaded (`mine`:
+// this lane's part, k index / 2).
+fn add_quad(acc: ptr<function, array<vec4<f32>, 8>>, rows: array<vec4<f32>, 8>, mine: vec4<f32>, source: u32) {
+    let b0 = subgroupShuffle(mine, source);
+    let b1 = subgroupShuffle(mine, source + 2u);
+    let b2 = subgroupShuffle(mine, source + 4u);
+    let b3 = subgroupShuffle(mine, source + 6u);
+    for (var r = 0u; r < 8u; r++) {
+        (*acc)[r] = row4((*acc)[r], rows[r], b0, b1, b2, b3);
+    }
+}
+
+// Row m of a wide block through the forward epilogue (matmul_nn), if the row lies inside C;
+// each of its four vec4 only inside C.
+fn store_forward_wide_row(to: Destination, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>, m: u32, q0: u32) {
+    if (m < to.m_end) {
+        let start = to.base + m * to.columns + q0;
+        out[start] = finish(c0, q0, to.epilogue, to.bias_offset);
+        if (q0 + 1u < to.columns) {
+            out[start + 1u] = finish(c1, q0 + 1u, to.epilogue, to.bias_offset);
+        }
+        if (q0 + 2u < to.columns) {
+            out[start + 2u] = finish(c2, q0 + 2u, to.epilogue, to.bias_offset);
+        }
+        if (q0 + 3u < to.columns) {
+            out[start + 3u] = finish(c3, q0 + 3u, to.epilogue, to.bias_offset);
+        }
+    }
+}
+
+fn store_forward_wide(block: WideBlock, m0: u32, q0: u32) {
+    let to = destination();
+    store_forward_wide_row(to, block.c0[0], block.c1[0], block.c2[0], block.c3[0], m0, q0);
+    store_forward_wide_row(to, block.c0[1], block.c1[1], block.c2[1], block.c3[1], m0 + 1u, q0);
+    store_forward_wide_row(to, block.c0[2], block.c1[2], block.c2[2], block.c3[2], m0 + 2u, q0);
+    store_forward_wide_row(to, block.c0[3], block.c1[3], block.c2[3], block.c3[3], m0 + 3u, q0);
+    store_forward_wide_row(to, block.c0[4], block.c1[4], block.c2[4], block.c3[4], m0 + 4u, q0);
+    store_forward_wide_row(to, block.c0[5], block.c1[5], block.c2[5], block.c3[5], m0 + 5u, q0);
+    store_forward_wide_row(to, block.c0[6], block.c1[6], block.c2[6], block.c3[6], m0 + 6u, q0);
+    store_forward_wide_row(to, block.c0[7], block.c1[7], block.c2[7], block.c3[7], m0 + 7u, q0);
+}
+
 @compute @workgroup_size(64)
 fn matmul_nn(invocation: Invocation) {
-    let lane = lane_of_tiles(invocation);
+    let lane = lane_of_wide_tiles(invocation);
     let m0 = lane.block.y * 8u;
-    let q_first = lane.block.x * 2u;
+    let q_first = lane.block.x * 4u;
     let last = dims.n / 4u - 1u;
-    let q0 = min(q_first, last);
-    let q1 = min(q_first + 1u, last);
-    let row_sel = lane.index / 4u;
-    let col_sel = lane.index % 4u;
-    let rows = shared_rows(lane, m0);
-    // B: the 2 lanes sharing these columns load two k each (2 row_sel, 2 row_sel + 1).
-    let b_source = lane.group_base + col_sel;
+    let q = vec4<u32>(min(q_first, last), min(q_first + 1u, last), min(q_first + 2u, last), min(q_first + 3u, last));
+    // A: this lane loads rows 4 h .. 4 h + 3 of its block (h = index % 2) for itself and the
+    // other lane of its block row; B: the four column quads at k row index / 2 of each four k,
+    // for the 4 lanes of its block column.
+    let h = lane.index % 2u;
+    let a0 = row_start(dims.a_offset, dims.a_row_stride, m0 + 4u * h, dims.m);
+    let a1 = row_start(dims.a_offset, dims.a_row_stride, m0 + 4u * h + 1u, dims.m);
+    let a2 = row_start(dims.a_offset, dims.a_row_stride, m0 + 4u * h + 2u, dims.m);
+    let a3 = row_start(dims.a_offset, dims.a_row_stride, m0 + 4u * h + 3u, dims.m);
+    let a_source = lane.group_base + 2u * (lane.index / 2u);
+    let b_source = lane.group_base + h;
     let b_stride = dims.b_row_stride / 4u;
+    let b_first = dims.b_offset / 4u + (lane.index / 2u) * b_stride;
     let k4_end = dims.k / 4u;
-    let b_first = dims.b_offset / 4u + 2u * row_sel * b_stride;
-    var block: Block;
+    // The block's four column quads in four arrays rather than a WideBlock: naga's SPIR-V writer
+    // fails on a pointer to a struct member passed to a function ("Expression is not cached").
+    var c0: array<vec4<f32>, 8>;
+    var c1: array<vec4<f32>, 8>;
+    var c2: array<vec4<f32>, 8>;
+    var c3: array<vec4<f32>, 8>;
     for (var k4 = 0u; k4 < k4_end; k4++) {
+        let mine0 = lhs_at(a0 + k4);
+        let mine1 = lhs_at(a1 + k4);
+        let mine2 = lhs_at(a2 + k4);
+        let mine3 = lhs_at(a3 + k4);
+        let rows = array<vec4<f32>, 8>(
+            subgroupShuffle(mine0, a_source), subgroupShuffle(mine1, a_source),
+            subgroupShuffle(mine2, a_source), subgroupShuffle(mine3, a_source),
+            subgroupShuffle(mine0, a_source + 1u), subgroupShuffle(mine1, a_source + 1u),
+            subgroupShuffle(mine2, a_source + 1u), subgroupShuffle(mine3, a_source + 1u),
+        );
         let b = b_first + 4u * k4 * b_stride;
-        let my_lo0 = rhs_at(b + q0);
-        let my_hi0 = rhs_at(b + q1);
-        let my_lo1 = rhs_at(b + b_stride + q0);
-        let my_hi1 = rhs_at(b + b_stride + q1);
-        let lo0 = subgroupShuffle(my_lo0, b_source);
-        let lo1 = subgroupShuffle(my_lo1, b_source);
-        let lo2 = subgroupShuffle(my_lo0, b_source + 4u);
-        let lo3 = subgroupShuffle(my_lo1, b_source + 4u);
-        let hi0 = subgroupShuffle(my_hi0, b_source);
-        let hi1 = subgroupShuffle(my_hi1, b_source);
-        let hi2 = subgroupShuffle(my_hi0, b_source + 4u);
-        let hi3 = subgroupShuffle(my_hi1, b_source + 4u);
-        let b_values = array<vec4<f32>, 8>(lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3);
-        add_shared_rows(&block, rows, k4, b_values);
+        add_quad(&c0, rows, rhs_at(b + q.x), b_source);
+        add_quad(&c1, rows, rhs_at(b + q.y), b_source);
+        add_quad(&c2, rows, rhs_at(b + q.z), b_source);
+        add_quad(&c3, rows, rhs_at(b + q.w), b_source);
     }
     if (m0 < dims.m && q_first <= last) {
-        store_forward(block, m0, q_first);
+        store_forward_wide(WideBlock(c0, c1, c2, c3), m0, q_first);
     }
 }
 
@@ -359,15 +418,7 @@ fn matmul_nt(invocation: Invocation) {
     }
 }
 
-// matmul_tn's 8 x 16 blocks.
-
-// The 8 x 16 block of C: row r, columns 4c..4c+3 in c<c>[r].
-struct WideBlock {
-    c0: array<vec4<f32>, 8>,
-    c1: array<vec4<f32>, 8>,
-    c2: array<vec4<f32>, 8>,
-    c3: array<vec4<f32>, 8>,
-}
+// matmul_tn.
 
 // Stores the rows and columns of a wide block that lie inside C.
 fn store_wide(block: WideBlock, m0: u32, q0: u32) {

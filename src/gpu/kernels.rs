@@ -72,7 +72,8 @@ impl Kernel {
     }
 }
 
-/// Every kernel the trainer runs. Built once; pipelines are never created during training.
+/// Every kernel the trainer runs. Built once (matmul_nn's per-activation pipelines when a product
+/// first asks for one, as programs are built); pipelines are never created during training.
 pub struct Kernels {
     pub matmul: MatmulKernels,
     pub activation_backward: Kernel,
@@ -140,22 +141,28 @@ impl Kernels {
         Kernels {
             matmul: MatmulKernels::new(gpu, tiling, preferred),
             activation_backward: build(
-                gpu,
+                &gpu.device,
                 &activation,
                 "activation_backward",
                 &[(0, Params), (1, ReadWrite), (2, Read), (3, ReadWrite)],
                 &[],
             ),
-            softmax_cross_entropy: build(gpu, &loss, "softmax_cross_entropy", &loss_slots, &[]),
+            softmax_cross_entropy: build(
+                &gpu.device,
+                &loss,
+                "softmax_cross_entropy",
+                &loss_slots,
+                &[],
+            ),
             softmax_mean_squared_error: build(
-                gpu,
+                &gpu.device,
                 &loss,
                 "softmax_mean_squared_error",
                 &loss_slots,
                 &[],
             ),
             gather_batch: build(
-                gpu,
+                &gpu.device,
                 &gather,
                 "gather_batch",
                 &[
@@ -170,21 +177,21 @@ impl Kernels {
                 &[],
             ),
             sum_metrics: build(
-                gpu,
+                &gpu.device,
                 &metrics,
                 "sum_metrics",
                 &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)],
                 &[],
             ),
             sgd_update: build(
-                gpu,
+                &gpu.device,
                 &optimizer,
                 "sgd_update",
                 &[(1, Params), (2, ReadWrite), (3, Read)],
                 &[],
             ),
             adam_update: build(
-                gpu,
+                &gpu.device,
                 &optimizer,
                 "adam_update",
                 &[
@@ -197,13 +204,19 @@ impl Kernels {
                 ],
                 &[],
             ),
-            advance_step: build(gpu, &schedule, "advance_step", &[(0, ReadWrite)], &[]),
+            advance_step: build(
+                &gpu.device,
+                &schedule,
+                "advance_step",
+                &[(0, ReadWrite)],
+                &[],
+            ),
         }
     }
 }
 
 pub(super) fn build(
-    gpu: &Gpu,
+    device: &wgpu::Device,
     module: &wgpu::ShaderModule,
     entry_point: &'static str,
     slots: &[(u32, Slot)],
@@ -231,32 +244,26 @@ pub(super) fn build(
             count: None,
         })
         .collect();
-    let layout = gpu
-        .device
-        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(entry_point),
-            entries: &entries,
-        });
-    let pipeline_layout = gpu
-        .device
-        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(entry_point),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-    let pipeline = gpu
-        .device
-        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry_point),
-            layout: Some(&pipeline_layout),
-            module,
-            entry_point: Some(entry_point),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                ..Default::default()
-            },
-            cache: None,
-        });
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(entry_point),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(entry_point),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry_point),
+        layout: Some(&pipeline_layout),
+        module,
+        entry_point: Some(entry_point),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants,
+            ..Default::default()
+        },
+        cache: None,
+    });
     Kernel {
         name: entry_point,
         pipeline,

@@ -14,6 +14,8 @@
 //!
 //! Every product of a step runs on the adapter's preferred variant.
 
+use std::sync::OnceLock;
+
 use serde::Serialize;
 
 use wgpu::{BindGroup, BindingResource, Buffer, CommandEncoder};
@@ -66,13 +68,25 @@ impl Default for MatmulTiling {
 }
 
 /// The block of C each invocation of a vec4 register kernel computes (matmul_vec4.wgsl, where a
-/// workgroup is 8 lanes along N times 8 groups along M).
+/// workgroup covers 8 x 8 blocks): 8 x 16 where the loads allow sharing a wide block's operands
+/// (forward, weight gradient), 8 x 8 for the input gradient, whose B is loaded transposed.
 fn register_block(form: RegisterForm) -> (u32, u32) {
     match form {
-        RegisterForm::Nn | RegisterForm::Nt => (8, 8),
-        RegisterForm::Tn => (8, 16),
+        RegisterForm::Nt => (8, 8),
+        RegisterForm::Nn | RegisterForm::Tn => (8, 16),
     }
 }
+
+/// Activation codes of matmul_vec4.wgsl's forward epilogue (`LayerActivation::shader_code`).
+const FORWARD_ACTIVATIONS: usize = 4;
+
+/// Bindings of matmul_vec4.wgsl's kernels (matmul_nt adds `below`).
+const VEC4_SLOTS: [(u32, Slot); 4] = [
+    (0, Slot::Params),
+    (1, Slot::Mirror),
+    (2, Slot::Mirror),
+    (3, Slot::ReadWrite),
+];
 
 /// Whether this device can run matmul_vec4.wgsl: subgroup operations, in subgroups of 8 to 64
 /// invocations (groups of 8 lanes must lie inside one subgroup, and a subgroup inside the
@@ -151,9 +165,31 @@ pub struct MatmulKernels {
 }
 
 struct Vec4Kernels {
-    nn: Kernel,
+    module: wgpu::ShaderModule,
+    device: wgpu::Device,
+    /// matmul_nn specialised for each forward activation (by `LayerActivation::shader_code`),
+    /// each built when a product first asks for it, while programs are built: creating one
+    /// costs lavapipe about 75 ms, and a model uses one or two.
+    nn: [OnceLock<Kernel>; FORWARD_ACTIVATIONS],
     tn: Kernel,
     nt: Kernel,
+}
+
+impl Vec4Kernels {
+    /// matmul_nn for the forward activation of `dims` (any where it has no epilogue).
+    fn nn(&self, dims: &MatmulDims) -> &Kernel {
+        let code = dims.epilogue_activation().map_or(0, |a| a.shader_code());
+        self.nn[code as usize].get_or_init(|| {
+            let constants = [("ACTIVATION", code as f64)];
+            build(
+                &self.device,
+                &self.module,
+                "matmul_nn",
+                &VEC4_SLOTS,
+                &constants,
+            )
+        })
+    }
 }
 
 /// A kernel to dispatch for one product, with its grid.
@@ -270,18 +306,19 @@ impl MatmulKernels {
                 "matmul_vec4.wgsl",
                 include_str!("../../shaders/matmul_vec4.wgsl"),
             );
-            let slots = [(0, Params), (1, Mirror), (2, Mirror), (3, ReadWrite)];
-            let with_below = [slots.as_slice(), &[(4, Mirror)]].concat();
+            let with_below = [VEC4_SLOTS.as_slice(), &[(4, Mirror)]].concat();
             Vec4Kernels {
-                nn: build(gpu, &registers, "matmul_nn", &slots, &[]),
-                tn: build(gpu, &registers, "matmul_tn", &slots, &[]),
-                nt: build(gpu, &registers, "matmul_nt", &with_below, &[]),
+                tn: build(&gpu.device, &registers, "matmul_tn", &VEC4_SLOTS, &[]),
+                nt: build(&gpu.device, &registers, "matmul_nt", &with_below, &[]),
+                nn: Default::default(),
+                module: registers,
+                device: gpu.device.clone(),
             }
         });
         MatmulKernels {
-            tiled: build(gpu, &tiled, "matmul", &slots, &tiling_constants),
+            tiled: build(&gpu.device, &tiled, "matmul", &slots, &tiling_constants),
             tiling,
-            blocks: build(gpu, &tiled, "matmul_blocks", &slots, &[]),
+            blocks: build(&gpu.device, &tiled, "matmul_blocks", &slots, &[]),
             vec4,
             preferred,
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
@@ -351,7 +388,7 @@ impl MatmulKernels {
             MatmulVariant::Registers => match (vec4, form) {
                 (Some(vec4), Some(form)) => {
                     let kernel = match form {
-                        RegisterForm::Nn => &vec4.nn,
+                        RegisterForm::Nn => vec4.nn(dims),
                         RegisterForm::Tn => &vec4.tn,
                         RegisterForm::Nt => &vec4.nt,
                     };
