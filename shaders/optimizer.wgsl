@@ -1,4 +1,5 @@
-// Parameter updates over the whole flat parameter buffer in one dispatch.
+// Parameter updates over the whole flat parameter buffer in one dispatch. (optimizer_packed.wgsl
+// is the same on 64-bit words, for CPU adapters.)
 //
 // sgd_update (plain gradient descent):  p -= lr * g
 // adam_update (Kingma & Ba, in Keras' formulation):

@@ -4,6 +4,7 @@
 
 use crate::data::Dataset;
 use crate::error::Result;
+use crate::gpu::kernels::{OptimizerKernels, OptimizerWords};
 use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
 use crate::gpu::{Gpu, Kernels, MatmulVariant, ops};
 use crate::model::{Activation, DenseLayer, LayerActivation, Loss};
@@ -235,49 +236,58 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
             }
         }
         "sgd update" => {
-            for count in [1, 1001, 20_011] {
-                let params = random_vec(&mut rng, count, -1.0, 1.0);
-                let grads = random_vec(&mut rng, count, -1.0, 1.0);
-                let mut expected = params.clone();
-                reference::sgd_update(&mut expected, &grads, 0.05);
-                let actual = ops::sgd_update(gpu, kernels, &params, &grads, 0.05)?;
-                tally.close(
-                    &format!("{count} parameters"),
-                    &actual,
-                    &expected,
-                    1e-7,
-                    1e-6,
-                );
+            for (words, optimizer) in optimizers(kernels) {
+                for count in [1, 1001, 20_011] {
+                    let params = random_vec(&mut rng, count, -1.0, 1.0);
+                    let grads = random_vec(&mut rng, count, -1.0, 1.0);
+                    let mut expected = params.clone();
+                    reference::sgd_update(&mut expected, &grads, 0.05);
+                    let actual = ops::sgd_update(gpu, optimizer, &params, &grads, 0.05)?;
+                    let case = format!("{words:?} words, {count} parameters");
+                    tally.close(&case, &actual, &expected, 1e-7, 1e-6);
+                }
             }
         }
         "adam update" => {
-            for (count, t) in [(1, 1), (1001, 1), (1001, 57), (20_011, 3)] {
-                let hyper = OptimizerHyper {
-                    count: count as u32,
-                    learning_rate: 1e-3,
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    epsilon: 1e-7,
-                    _pad: [0; 3],
-                };
-                let params = random_vec(&mut rng, count, -1.0, 1.0);
-                let grads = random_vec(&mut rng, count, -1.0, 1.0);
-                let m = random_vec(&mut rng, count, -0.1, 0.1);
-                let v = random_vec(&mut rng, count, 0.0, 0.01);
-                let step_size = reference::adam_step_size(1e-3, 0.9, 0.999, t);
-                let (mut ep, mut em, mut ev) = (params.clone(), m.clone(), v.clone());
-                reference::adam_update(&mut ep, &grads, &mut em, &mut ev, &hyper, step_size);
-                let (ap, am, av) =
-                    ops::adam_update(gpu, kernels, &params, &grads, &m, &v, &hyper, step_size)?;
-                let case = format!("{count} parameters at t={t}");
-                tally.close(&format!("{case} params"), &ap, &ep, 1e-7, 1e-5);
-                tally.close(&format!("{case} m"), &am, &em, 1e-8, 1e-5);
-                tally.close(&format!("{case} v"), &av, &ev, 1e-10, 1e-5);
+            for (words, optimizer) in optimizers(kernels) {
+                for (count, t) in [(1, 1), (1001, 1), (1001, 57), (20_011, 3)] {
+                    let hyper = OptimizerHyper {
+                        count: count as u32,
+                        learning_rate: 1e-3,
+                        beta1: 0.9,
+                        beta2: 0.999,
+                        epsilon: 1e-7,
+                        _pad: [0; 3],
+                    };
+                    let params = random_vec(&mut rng, count, -1.0, 1.0);
+                    let grads = random_vec(&mut rng, count, -1.0, 1.0);
+                    let m = random_vec(&mut rng, count, -0.1, 0.1);
+                    let v = random_vec(&mut rng, count, 0.0, 0.01);
+                    let step_size = reference::adam_step_size(1e-3, 0.9, 0.999, t);
+                    let (mut ep, mut em, mut ev) = (params.clone(), m.clone(), v.clone());
+                    reference::adam_update(&mut ep, &grads, &mut em, &mut ev, &hyper, step_size);
+                    let (ap, am, av) = ops::adam_update(
+                        gpu, optimizer, &params, &grads, &m, &v, &hyper, step_size,
+                    )?;
+                    let case = format!("{words:?} words, {count} parameters at t={t}");
+                    tally.close(&format!("{case} params"), &ap, &ep, 1e-7, 1e-5);
+                    tally.close(&format!("{case} m"), &am, &em, 1e-8, 1e-5);
+                    tally.close(&format!("{case} v"), &av, &ev, 1e-10, 1e-5);
+                }
             }
         }
         other => panic!("no check named {other:?}; see selftest::CHECKS"),
     }
     Ok(tally.finish())
+}
+
+/// Every optimizer module the device has (the float one, and the packed one where it has 64-bit
+/// integers), whichever training uses.
+fn optimizers(kernels: &Kernels) -> Vec<(OptimizerWords, &OptimizerKernels)> {
+    [OptimizerWords::Floats, OptimizerWords::Packed]
+        .into_iter()
+        .filter_map(|words| Some((words, kernels.optimizer_with(words)?)))
+        .collect()
 }
 
 /// The shapes each variant is checked on: the register variant on shapes for both of its

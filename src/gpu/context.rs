@@ -138,8 +138,10 @@ impl Gpu {
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("shadertrain"),
             // Subgroup operations where the adapter has them: the vec4 register matmul kernels
-            // share loaded rows through them.
-            required_features: adapter.features() & wgpu::Features::SUBGROUP,
+            // share loaded rows through them. 64-bit integers likewise: the packed optimizer
+            // updates (optimizer_packed.wgsl) read parameters as 64-bit words.
+            required_features: adapter.features()
+                & (wgpu::Features::SUBGROUP | wgpu::Features::SHADER_INT64),
             required_limits: limits.clone(),
             ..Default::default()
         };

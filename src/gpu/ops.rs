@@ -6,7 +6,9 @@ use wgpu::Buffer;
 
 use super::Gpu;
 use super::buffers::grid_1d;
-use super::kernels::{Kernel, Kernels, ROW_WORKGROUP, gather_grid, optimizer_grid};
+use super::kernels::{
+    Kernel, Kernels, OptimizerKernels, ROW_WORKGROUP, gather_grid, optimizer_grid,
+};
 use super::matmul::{MatmulOperand, MatmulVariant};
 use super::mirror::TextureMirror;
 use super::uniforms::*;
@@ -270,10 +272,11 @@ pub fn sum_metrics(
     Ok((f32::from_bits(words[0]), words[1]))
 }
 
-/// optimizer.wgsl `sgd_update`: the updated parameters.
+/// `sgd_update` of `optimizer` (optimizer.wgsl or optimizer_packed.wgsl): the updated
+/// parameters.
 pub fn sgd_update(
     gpu: &Gpu,
-    kernels: &Kernels,
+    optimizer: &OptimizerKernels,
     params: &[f32],
     grads: &[f32],
     learning_rate: f32,
@@ -291,7 +294,7 @@ pub fn sgd_update(
     );
     let params_buffer = gpu.storage_with("params", params)?;
     let grads_buffer = gpu.storage_with("grads", grads)?;
-    let bind_group = kernels.sgd_update.bind(
+    let bind_group = optimizer.sgd.bind(
         gpu,
         &[
             hyper.as_entire_binding(),
@@ -300,15 +303,15 @@ pub fn sgd_update(
         ],
     );
     let grid = optimizer_grid(params.len(), max_groups(gpu));
-    dispatch(gpu, &kernels.sgd_update, &bind_group, grid);
+    dispatch(gpu, &optimizer.sgd, &bind_group, grid);
     gpu.read_back(&params_buffer, params.len())
 }
 
-/// optimizer.wgsl `adam_update`: (parameters, first moment, second moment) after the update.
+/// `adam_update` of `optimizer`: (parameters, first moment, second moment) after the update.
 #[allow(clippy::too_many_arguments)]
 pub fn adam_update(
     gpu: &Gpu,
-    kernels: &Kernels,
+    optimizer: &OptimizerKernels,
     params: &[f32],
     grads: &[f32],
     moment1: &[f32],
@@ -330,7 +333,7 @@ pub fn adam_update(
     let grads_buffer = gpu.storage_with("grads", grads)?;
     let m_buffer = gpu.storage_with("moment1", moment1)?;
     let v_buffer = gpu.storage_with("moment2", moment2)?;
-    let bind_group = kernels.adam_update.bind(
+    let bind_group = optimizer.adam.bind(
         gpu,
         &[
             step.as_entire_binding(),
@@ -342,7 +345,7 @@ pub fn adam_update(
         ],
     );
     let grid = optimizer_grid(params.len(), max_groups(gpu));
-    dispatch(gpu, &kernels.adam_update, &bind_group, grid);
+    dispatch(gpu, &optimizer.adam, &bind_group, grid);
     Ok((
         gpu.read_back(&params_buffer, params.len())?,
         gpu.read_back(&m_buffer, params.len())?,

@@ -284,7 +284,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         let grid = optimizer_grid(self.layout.total, self.max_groups());
         match moments {
             Some((moment1, moment2)) => {
-                let kernel = &self.kernels.adam_update;
+                let kernel = &self.kernels.optimizer().adam;
                 let resources = [
                     self.schedule.as_entire_binding(),
                     hyper.as_entire_binding(),
@@ -296,7 +296,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
                 program.dispatch(self.gpu, kernel, &resources, grid);
             }
             None => {
-                let kernel = &self.kernels.sgd_update;
+                let kernel = &self.kernels.optimizer().sgd;
                 let resources = [
                     hyper.as_entire_binding(),
                     self.params.as_entire_binding(),

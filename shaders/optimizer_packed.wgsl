@@ -1,0 +1,135 @@
+// optimizer.wgsl's updates (the same math, in the same order, so bit for bit the same results)
+// on the same buffers read as 64-bit words: a vec4<u64> holds 8 consecutive parameters, the
+// parameter 2j in the low half of its word j (little-endian, as every Vulkan, Metal and D3D12
+// device stores it). For CPU adapters: lavapipe (Mesa 22.3) loads and stores a storage buffer one
+// lane and one component at a time, so 8 parameters as four 64-bit components are half the
+// memory operations of two vec4<f32> (Adam measured 25-35 % faster). Needs
+// `Features::SHADER_INT64`; the host builds this module only on devices that have it.
+//
+// sgd_update:   p -= lr * g
+// adam_update:  m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2;
+//               p -= step_size * m / (sqrt(v) + epsilon)
+// (step_size from the step schedule, as in optimizer.wgsl.)
+//
+// Bindings (group 0), as optimizer.wgsl's, each parameter-sized buffer as 64-bit words:
+//   0 schedule storage, read             Schedule below (adam only)
+//   1 hyper    storage, read             Hyper below
+//   2 params   storage, read_write       vec4<u64> [2 ceil(count / 16)]
+//   3 grads    storage, read             vec4<u64> [2 ceil(count / 16)]
+//   4 moment1  storage, read_write       vec4<u64> [2 ceil(count / 16)] (adam only)
+//   5 moment2  storage, read_write       vec4<u64> [2 ceil(count / 16)] (adam only)
+//
+// Workgroup: 64 invocations, each updating 2 vec4<u64> (16 parameters, as in optimizer.wgsl, so
+// the grid is the same): ceil(count / 1024) workgroups as (x, y) with x <= 65535 (invocation =
+// (y * num_workgroups.x + x) * 64 + local).
+
+struct Step {
+    batch_start: u32,
+    rows: u32,
+    adam_step_size: f32,
+    _pad: u32,
+}
+
+// The step schedule (see schedule.wgsl): steps[cursor] is the step being run.
+struct Schedule {
+    cursor: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    steps: array<Step>,
+}
+
+struct Hyper {
+    count: u32,
+    learning_rate: f32,
+    beta1: f32,
+    beta2: f32,
+    epsilon: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> schedule: Schedule;
+@group(0) @binding(1) var<storage, read> hyper: Hyper;
+@group(0) @binding(2) var<storage, read_write> params: array<vec4<u64>>;
+@group(0) @binding(3) var<storage, read> grads: array<vec4<u64>>;
+@group(0) @binding(4) var<storage, read_write> moment1: array<vec4<u64>>;
+@group(0) @binding(5) var<storage, read_write> moment2: array<vec4<u64>>;
+
+const WORDS_PER_INVOCATION: u32 = 2u;
+
+// Parameters 0-3 of a word (half = 0) or 4-7 (half = 1).
+fn unpack(word: vec4<u64>, half: u32) -> vec4<f32> {
+    let pair = select(word.xy, word.zw, half == 1u);
+    return bitcast<vec4<f32>>(vec4<u32>(u32(pair.x & 0xfffffffflu), u32(pair.x >> 32u), u32(pair.y & 0xfffffffflu), u32(pair.y >> 32u)));
+}
+
+// The word holding parameters 0-3 in `low` and 4-7 in `high`.
+fn pack(low: vec4<f32>, high: vec4<f32>) -> vec4<u64> {
+    let l = vec4<u64>(bitcast<vec4<u32>>(low));
+    let h = vec4<u64>(bitcast<vec4<u32>>(high));
+    return vec4<u64>(l.x | (l.y << 32u), l.z | (l.w << 32u), h.x | (h.y << 32u), h.z | (h.w << 32u));
+}
+
+// The first of this invocation's words.
+fn first_word(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return (gid.y * groups.x * 64u + gid.x) * WORDS_PER_INVOCATION;
+}
+
+@compute @workgroup_size(64)
+fn sgd_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let first = first_word(gid, groups);
+    if (first >= (hyper.count + 7u) / 8u) {
+        return;
+    }
+    let learning_rate = hyper.learning_rate;
+    for (var j = 0u; j < WORDS_PER_INVOCATION; j++) {
+        let i = first + j;
+        let p = params[i];
+        let g = grads[i];
+        params[i] = pack(unpack(p, 0u) - learning_rate * unpack(g, 0u), unpack(p, 1u) - learning_rate * unpack(g, 1u));
+    }
+}
+
+// Adam's new (parameters, first moment, second moment) for four parameters.
+struct AdamState {
+    p: vec4<f32>,
+    m: vec4<f32>,
+    v: vec4<f32>,
+}
+
+struct AdamConstants {
+    beta1: f32,
+    beta2: f32,
+    epsilon: vec4<f32>,
+    step_size: f32,
+}
+
+fn adam(c: AdamConstants, p: vec4<f32>, g: vec4<f32>, m_before: vec4<f32>, v_before: vec4<f32>) -> AdamState {
+    let m = c.beta1 * m_before + (1.0 - c.beta1) * g;
+    let v = c.beta2 * v_before + (1.0 - c.beta2) * g * g;
+    return AdamState(p - c.step_size * m / (sqrt(v) + c.epsilon), m, v);
+}
+
+@compute @workgroup_size(64)
+fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let first = first_word(gid, groups);
+    if (first >= (hyper.count + 7u) / 8u) {
+        return;
+    }
+    let step = schedule.steps[schedule.cursor];
+    let c = AdamConstants(hyper.beta1, hyper.beta2, vec4<f32>(hyper.epsilon), step.adam_step_size);
+    for (var j = 0u; j < WORDS_PER_INVOCATION; j++) {
+        let i = first + j;
+        let p = params[i];
+        let g = grads[i];
+        let m = moment1[i];
+        let v = moment2[i];
+        let low = adam(c, unpack(p, 0u), unpack(g, 0u), unpack(m, 0u), unpack(v, 0u));
+        let high = adam(c, unpack(p, 1u), unpack(g, 1u), unpack(m, 1u), unpack(v, 1u));
+        moment1[i] = pack(low.m, high.m);
+        moment2[i] = pack(low.v, high.v);
+        params[i] = pack(low.p, high.p);
+    }
+}
