@@ -285,8 +285,16 @@ pub fn worst_element(actual: &[f32], expected: &[f32], atol: f32, rtol: f32) -> 
         .enumerate()
         .map(|(index, (&a, &e))| {
             let allowed = (atol + rtol * e.abs()) as f64;
-            let ratio = ((a - e).abs() as f64 / allowed).max(0.0);
-            let ratio = if ratio.is_nan() { f64::INFINITY } else { ratio };
+            let difference = (a - e).abs() as f64;
+            // Exact agreement passes even with no tolerance at all (0 / 0); a NaN never does
+            // (`f64::max` would have dropped it).
+            let ratio = if difference == 0.0 {
+                0.0
+            } else if difference.is_nan() {
+                f64::INFINITY
+            } else {
+                difference / allowed
+            };
             Mismatch {
                 index,
                 actual: a,
@@ -304,5 +312,21 @@ impl std::fmt::Display for Mismatch {
             "worst element {}: got {}, expected {} ({:.2}x the tolerance)",
             self.index, self.actual, self.expected, self.ratio
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worst_element;
+
+    #[test]
+    fn a_nan_is_the_worst_element_and_exact_zeros_pass_without_tolerance() {
+        let worst = worst_element(&[0.0, f32::NAN, 1.0], &[0.0, 0.0, 1.0], 0.0, 1e-6).unwrap();
+        assert_eq!(worst.index, 1);
+        assert!(worst.ratio.is_infinite());
+        let exact = worst_element(&[0.0, 2.0], &[0.0, 2.0], 0.0, 0.0).unwrap();
+        assert_eq!(exact.ratio, 0.0);
+        let off = worst_element(&[1e-9], &[0.0], 0.0, 1e-6).unwrap();
+        assert!(off.ratio.is_infinite());
     }
 }
