@@ -210,9 +210,41 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
             rng.shuffle(&mut order);
             for (start, rows) in [(0, 1), (3, 16), (30, 7)] {
                 let (x, y) = reference::gather_batch(&data, &order, start, rows);
-                let (gx, gy) = ops::gather_batch(gpu, kernels, &data, &order, start, rows)?;
-                tally.close(&format!("x at {start}"), &gx, &x, 0.0, 1e-6);
-                tally.equal(&format!("y at {start}"), &gy, &y);
+                let gathered = ops::gather_batch(gpu, kernels, &data, &order, start, rows, None)?;
+                tally.close(&format!("x at {start}"), &gathered.x, &x, 0.0, 1e-6);
+                tally.equal(&format!("y at {start}"), &gathered.y, &y);
+                // Transposed too, into rows longer than the batch (a batch size of 20).
+                let quads = 5;
+                let transposed = Some(quads);
+                let gathered =
+                    ops::gather_batch(gpu, kernels, &data, &order, start, rows, transposed)?;
+                // The written columns: the batch's, and zeros to the next multiple of 4.
+                let written = rows.next_multiple_of(4);
+                let mut x_t = vec![0.0; data.features * written];
+                for (r, row) in x.chunks(data.features).enumerate() {
+                    for (f, &value) in row.iter().enumerate() {
+                        x_t[f * written + r] = value;
+                    }
+                }
+                let actual_t: Vec<f32> = (gathered.x_transposed.expect("asked for"))
+                    .chunks(4 * quads)
+                    .flat_map(|row| row[..written].to_vec())
+                    .collect();
+                tally.close(
+                    &format!("x at {start}, transposing"),
+                    &gathered.x,
+                    &x,
+                    0.0,
+                    1e-6,
+                );
+                tally.equal(&format!("y at {start}, transposing"), &gathered.y, &y);
+                tally.close(
+                    &format!("x transposed at {start}"),
+                    &actual_t,
+                    &x_t,
+                    0.0,
+                    1e-6,
+                );
             }
         }
         "metric sums" => {

@@ -80,6 +80,7 @@ pub struct Kernels {
     pub softmax_cross_entropy: Kernel,
     pub softmax_mean_squared_error: Kernel,
     pub gather_batch: Kernel,
+    pub gather_batch_transposed: Kernel,
     pub sum_metrics: Kernel,
     /// The optimizer updates on float words (optimizer.wgsl), for every adapter.
     pub optimizer_floats: OptimizerKernels,
@@ -128,6 +129,27 @@ pub const ROW_WORKGROUP: u32 = 64;
 pub fn gather_grid(words: usize, max_groups: u32) -> [u32; 3] {
     grid_1d(words.div_ceil(4), ROW_WORKGROUP, max_groups)
 }
+
+/// The grid of a transposing batch gather of `rows` samples of `words_per_sample` words
+/// (gather.wgsl `gather_batch_transposed`: a tile of 4 rows' word each).
+pub fn gather_transposed_grid(rows: usize, words_per_sample: usize, max_groups: u32) -> [u32; 3] {
+    grid_1d(
+        rows.div_ceil(4) * words_per_sample,
+        ROW_WORKGROUP,
+        max_groups,
+    )
+}
+
+/// gather.wgsl's bindings 0-6 (`gather_batch_transposed` adds 7).
+const GATHER_SLOTS: [(u32, Slot); 7] = [
+    (0, Slot::Read),
+    (1, Slot::Params),
+    (2, Slot::Read),
+    (3, Slot::Read),
+    (4, Slot::Read),
+    (5, Slot::ReadWrite),
+    (6, Slot::ReadWrite),
+];
 
 /// The grid of an optimizer update over `count` parameters (optimizer.wgsl: 16 each).
 pub fn optimizer_grid(count: usize, max_groups: u32) -> [u32; 3] {
@@ -206,19 +228,12 @@ impl Kernels {
                 &loss_slots,
                 &[],
             ),
-            gather_batch: build(
+            gather_batch: build(&gpu.device, &gather, "gather_batch", &GATHER_SLOTS, &[]),
+            gather_batch_transposed: build(
                 &gpu.device,
                 &gather,
-                "gather_batch",
-                &[
-                    (0, Read),
-                    (1, Params),
-                    (2, Read),
-                    (3, Read),
-                    (4, Read),
-                    (5, ReadWrite),
-                    (6, ReadWrite),
-                ],
+                "gather_batch_transposed",
+                &[GATHER_SLOTS.as_slice(), &[(7, ReadWrite)]].concat(),
                 &[],
             ),
             sum_metrics: build(

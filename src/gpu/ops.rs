@@ -7,7 +7,8 @@ use wgpu::Buffer;
 use super::Gpu;
 use super::buffers::grid_1d;
 use super::kernels::{
-    Kernel, Kernels, OptimizerKernels, ROW_WORKGROUP, gather_grid, optimizer_grid,
+    Kernel, Kernels, OptimizerKernels, ROW_WORKGROUP, gather_grid, gather_transposed_grid,
+    optimizer_grid,
 };
 use super::matmul::{MatmulOperand, MatmulVariant};
 use super::mirror::TextureMirror;
@@ -187,7 +188,16 @@ pub fn softmax_loss(
     })
 }
 
-/// gather.wgsl: returns (batch x, batch y).
+/// A batch gathered by gather.wgsl: x row-major [rows, features], y, and (from
+/// `gather_batch_transposed`) xᵀ row-major [features, 4 transposed_quads].
+pub struct GatheredBatch {
+    pub x: Vec<f32>,
+    pub y: Vec<u32>,
+    pub x_transposed: Option<Vec<f32>>,
+}
+
+/// gather.wgsl `gather_batch`, or `gather_batch_transposed` with rows of `transposed_quads`
+/// vec4 where that is given.
 pub fn gather_batch(
     gpu: &Gpu,
     kernels: &Kernels,
@@ -195,7 +205,8 @@ pub fn gather_batch(
     order: &[u32],
     batch_start: usize,
     rows: usize,
-) -> Result<(Vec<f32>, Vec<u32>)> {
+    transposed_quads: Option<usize>,
+) -> Result<GatheredBatch> {
     let features = data.features;
     let words_per_sample = features / 4;
     let step = schedule(
@@ -211,7 +222,8 @@ pub fn gather_batch(
         "shape",
         &GatherShape {
             words_per_sample: words_per_sample as u32,
-            _pad: [0; 3],
+            transposed_quads: transposed_quads.unwrap_or(0) as u32,
+            _pad: [0; 2],
         },
     );
     let pixel_buffer = gpu.storage_with("pixels", &data.pixels)?;
@@ -220,24 +232,40 @@ pub fn gather_batch(
     let order_buffer = gpu.storage_with("order", order)?;
     let x_buffer = gpu.storage_buffer("batch x", (rows * features * 4) as u64)?;
     let y_buffer = gpu.storage_buffer("batch y", (rows * 4) as u64)?;
-    let bind_group = kernels.gather_batch.bind(
-        gpu,
-        &[
-            step.as_entire_binding(),
-            shape.as_entire_binding(),
-            pixel_buffer.as_entire_binding(),
-            label_buffer.as_entire_binding(),
-            order_buffer.as_entire_binding(),
-            x_buffer.as_entire_binding(),
-            y_buffer.as_entire_binding(),
-        ],
-    );
-    let grid = gather_grid(rows * words_per_sample, max_groups(gpu));
-    dispatch(gpu, &kernels.gather_batch, &bind_group, grid);
-    Ok((
-        gpu.read_back(&x_buffer, rows * features)?,
-        gpu.read_back(&y_buffer, rows)?,
-    ))
+    let transposed_len = features * 4 * transposed_quads.unwrap_or(0);
+    // Filled with a value the kernel must overwrite everywhere (zeros past the batch included).
+    let t_buffer =
+        gpu.storage_with("batch x transposed", &vec![f32::NAN; transposed_len.max(1)])?;
+    let mut resources = vec![
+        step.as_entire_binding(),
+        shape.as_entire_binding(),
+        pixel_buffer.as_entire_binding(),
+        label_buffer.as_entire_binding(),
+        order_buffer.as_entire_binding(),
+        x_buffer.as_entire_binding(),
+        y_buffer.as_entire_binding(),
+    ];
+    let (kernel, grid) = match transposed_quads {
+        None => (
+            &kernels.gather_batch,
+            gather_grid(rows * words_per_sample, max_groups(gpu)),
+        ),
+        Some(_) => {
+            resources.push(t_buffer.as_entire_binding());
+            let grid = gather_transposed_grid(rows, words_per_sample, max_groups(gpu));
+            (&kernels.gather_batch_transposed, grid)
+        }
+    };
+    let bind_group = kernel.bind(gpu, &resources);
+    dispatch(gpu, kernel, &bind_group, grid);
+    Ok(GatheredBatch {
+        x: gpu.read_back(&x_buffer, rows * features)?,
+        y: gpu.read_back(&y_buffer, rows)?,
+        x_transposed: match transposed_quads {
+            Some(_) => Some(gpu.read_back(&t_buffer, transposed_len)?),
+            None => None,
+        },
+    })
 }
 
 /// metrics.wgsl: (Σ loss, Σ correct).

@@ -103,6 +103,16 @@ impl MatmulDims {
         }
     }
 
+    /// Weight gradient from the batch stored transposed (gather.wgsl's `gather_batch_transposed`:
+    /// Xᵀ row-major [in × stride]) as a forward-form product, dW = (Xᵀ) · dY.
+    pub fn layer_weight_grad_transposed(rows: usize, layer: &DenseLayer, stride: usize) -> Self {
+        MatmulDims {
+            a_row_stride: stride as u32,
+            c_offset: layer.weight_offset as u32,
+            ..Self::plain(layer.inputs, layer.outputs, rows)
+        }
+    }
+
     /// Input gradient: dX[rows×in] = dY · Wᵀ, Wᵀ being W[in×out] read column-wise.
     pub fn layer_input_grad(rows: usize, layer: &DenseLayer) -> Self {
         MatmulDims {
@@ -176,7 +186,9 @@ pub fn schedule_bytes(steps: &[StepParams]) -> Vec<u8> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct GatherShape {
     pub words_per_sample: u32,
-    pub _pad: [u32; 3],
+    /// vec4 per row of the transposed batch (gather_batch_transposed).
+    pub transposed_quads: u32,
+    pub _pad: [u32; 2],
 }
 
 /// `Shape` in loss.wgsl.

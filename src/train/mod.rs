@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use wgpu::Buffer;
 
-use builder::{OperandMirrors, ProgramBuilder};
+use builder::{OperandMirrors, ProgramBuilder, TransposedInput};
 pub use config::{EpochMetrics, EpochProgress, Evaluation, GpuWork, OptimizerKind, TrainConfig};
 use program::{Program, Recorder};
 use progress::{PROGRESS_READS_IN_FLIGHT, PendingRead, ProgressReads};
@@ -248,6 +248,7 @@ impl<'k> Trainer<'k> {
         });
 
         let mirrors = OperandMirrors::new(gpu, kernels, &params, &activations, &activation_grads);
+        let input_transposed = TransposedInput::new(gpu, kernels, spec.inputs, batch)?;
         let builder = ProgramBuilder {
             gpu,
             kernels,
@@ -260,6 +261,7 @@ impl<'k> Trainer<'k> {
             grads: &grads,
             schedule: &schedule,
             mirrors: &mirrors,
+            input_transposed: input_transposed.as_ref(),
         };
         let train_program =
             |rows: usize| builder.backward(builder.forward(&train_split, rows, true), rows);
