@@ -26,16 +26,19 @@ pub struct MatmulShape {
     pub registers_gflops: f64,
 }
 
-/// Times `dims` with every variant; reports the one the step uses.
-pub fn measure_matmul(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    name: String,
-    dims: &MatmulDims,
-) -> Result<MatmulShape> {
+/// Times a product with every variant (each in the form a training step computes it with);
+/// reports the one the step uses.
+pub fn measure_matmul(gpu: &Gpu, kernels: &Kernels, product: &StepMatmul) -> Result<MatmulShape> {
+    let dims = &product.dims;
     let tiled_gflops = matmul_gflops(gpu, kernels, MatmulVariant::Tiled, dims)?;
-    let registers_gflops = matmul_gflops(gpu, kernels, MatmulVariant::Registers, dims)?;
+    let registers_gflops = matmul_gflops(
+        gpu,
+        kernels,
+        MatmulVariant::Registers,
+        &product.register_dims,
+    )?;
     let variant = kernels.matmul.for_dims(dims).variant;
+    let name = product.name.clone();
     let gflops = match variant {
         MatmulVariant::Tiled => tiled_gflops,
         MatmulVariant::Registers => registers_gflops,
@@ -52,9 +55,20 @@ pub fn measure_matmul(
     })
 }
 
+/// One matmul of a training step.
+pub struct StepMatmul {
+    /// e.g. "layer 0 weight grad".
+    pub name: String,
+    pub dims: MatmulDims,
+    /// The same product in the form the register kernels compute it with in a step where the
+    /// vec4 kernels take it: the first layer's weight gradient on the transposed batch
+    /// (`train::builder::TransposedInput`); else `dims`.
+    pub register_dims: MatmulDims,
+}
+
 /// The three products of every dense layer for a batch of `rows` (no input gradient for the
 /// first layer: nothing consumes it).
-pub fn step_matmuls(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims)> {
+fn products(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims)> {
     let mut shapes = Vec::new();
     for (l, layer) in spec.layout().layers.iter().enumerate() {
         shapes.push((
@@ -75,6 +89,26 @@ pub fn step_matmuls(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims)> 
     shapes
 }
 
+/// The products of a training step (see `products`), each with the form the register kernels
+/// compute it in.
+pub fn step_matmuls(kernels: &Kernels, spec: &ModelSpec, rows: usize) -> Vec<StepMatmul> {
+    let first_layer = spec.layout().layers[0];
+    let stride = rows.next_multiple_of(4);
+    let transposed = MatmulDims::layer_weight_grad_transposed(rows, &first_layer, stride);
+    let first_weight_grad = MatmulDims::layer_weight_grad(rows, &first_layer);
+    products(spec, rows)
+        .into_iter()
+        .map(|(name, dims)| {
+            let transposes = dims == first_weight_grad && kernels.matmul.takes_vec4(&transposed);
+            StepMatmul {
+                name,
+                dims,
+                register_dims: if transposes { transposed } else { dims },
+            }
+        })
+        .collect()
+}
+
 fn flops(dims: &MatmulDims) -> f64 {
     2.0 * dims.m as f64 * dims.n as f64 * dims.k as f64
 }
@@ -82,7 +116,10 @@ fn flops(dims: &MatmulDims) -> f64 {
 /// Model FLOPs of one training step: the multiply-adds of its matmuls (the element-wise kernels
 /// and the optimizer are a rounding error beside them, and are not counted).
 pub fn step_flops(spec: &ModelSpec, rows: usize) -> f64 {
-    step_matmuls(spec, rows).iter().map(|(_, d)| flops(d)).sum()
+    products(spec, rows)
+        .iter()
+        .map(|(_, dims)| flops(dims))
+        .sum()
 }
 
 fn wait(gpu: &Gpu) -> Result<()> {

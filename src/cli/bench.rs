@@ -88,9 +88,9 @@ pub fn run(
 
     let rows = config.batch_size.min(train_samples);
     let step_gflops = step_flops(spec, rows) / step_s / 1e9;
-    let matmuls = step_matmuls(spec, rows)
+    let matmuls = step_matmuls(&kernels, spec, rows)
         .into_iter()
-        .map(|(name, dims)| measure_matmul(&gpu, &kernels, name, &dims))
+        .map(|product| measure_matmul(&gpu, &kernels, &product))
         .collect::<Result<Vec<_>>>()?;
     let step_ms_by_kernel = trainer
         .profile_step()?
