@@ -61,8 +61,8 @@ pub struct StepMatmul {
     pub name: String,
     pub dims: MatmulDims,
     /// The same product in the form the register kernels compute it with in a step where the
-    /// vec4 kernels take it: the first layer's weight gradient on the transposed batch
-    /// (`train::builder::TransposedInput`); else `dims`.
+    /// vec4 kernels take it: the first layer's weight gradient on the transposed batch, with the
+    /// bias gradient as one more row (`train::builder::TransposedInput`); else `dims`.
     pub register_dims: MatmulDims,
 }
 
@@ -94,7 +94,7 @@ fn products(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims)> {
 pub fn step_matmuls(kernels: &Kernels, spec: &ModelSpec, rows: usize) -> Vec<StepMatmul> {
     let first_layer = spec.layout().layers[0];
     let stride = rows.next_multiple_of(4);
-    let transposed = MatmulDims::layer_weight_grad_transposed(rows, &first_layer, stride);
+    let transposed = MatmulDims::layer_weight_and_bias_grad_transposed(rows, &first_layer, stride);
     let first_weight_grad = MatmulDims::layer_weight_grad(rows, &first_layer);
     products(spec, rows)
         .into_iter()

@@ -103,13 +103,24 @@ impl MatmulDims {
         }
     }
 
-    /// Weight gradient from the batch stored transposed (gather.wgsl's `gather_batch_transposed`:
-    /// Xᵀ row-major [in × stride]) as a forward-form product, dW = (Xᵀ) · dY.
-    pub fn layer_weight_grad_transposed(rows: usize, layer: &DenseLayer, stride: usize) -> Self {
+    /// Weight and bias gradient from the batch stored transposed with a row of ones below it
+    /// (gather.wgsl's `gather_batch_transposed`: Xᵀ row-major [in × stride], then row `in` all
+    /// ones) as one forward-form product: [dW; db] = [Xᵀ; 1ᵀ] · dY, whose last row lands on the
+    /// bias gradient because the bias follows the weights in the parameter layout.
+    pub fn layer_weight_and_bias_grad_transposed(
+        rows: usize,
+        layer: &DenseLayer,
+        stride: usize,
+    ) -> Self {
+        assert_eq!(
+            layer.bias_offset,
+            layer.weight_offset + layer.inputs * layer.outputs,
+            "the bias follows the weights"
+        );
         MatmulDims {
             a_row_stride: stride as u32,
             c_offset: layer.weight_offset as u32,
-            ..Self::plain(layer.inputs, layer.outputs, rows)
+            ..Self::plain(layer.inputs + 1, layer.outputs, rows)
         }
     }
 

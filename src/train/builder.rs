@@ -30,8 +30,10 @@ pub(super) struct ProgramBuilder<'a, 'k> {
 
 /// The training batch stored transposed, for the first layer's weight gradient as a forward-form
 /// product (gather.wgsl's `gather_batch_transposed` writes it): on the register kernels the
-/// 8×16 forward blocks compute that shape (M 784, N 256, K 128 for MNIST) at 40-47 GFLOP/s where
-/// the weight-gradient form reaches 25-33, for about 0.1 ms more gathering.
+/// 8×16 forward blocks compute that shape (M 784, N 256, K 128 for MNIST) at 40-50 GFLOP/s where
+/// the weight-gradient form reaches 25-33, at no measurable cost to the gather. A row of ones
+/// below it (written once, never gathered) makes the same product sum the bias gradient too,
+/// which saves activation.wgsl's dispatch for that layer where its derivative is already applied.
 pub(super) struct TransposedInput {
     buffer: Buffer,
     mirror: TextureMirror,
@@ -52,7 +54,11 @@ impl TransposedInput {
             return Ok(None);
         }
         let quads = batch.div_ceil(4);
-        let buffer = gpu.storage_buffer("batch transposed", (inputs * quads * 16) as u64)?;
+        let buffer = gpu.storage_buffer("batch transposed", ((inputs + 1) * quads * 16) as u64)?;
+        let ones = vec![1.0f32; 4 * quads];
+        let ones_row = (inputs * quads * 16) as u64;
+        gpu.queue
+            .write_buffer(&buffer, ones_row, bytemuck::cast_slice(&ones));
         Ok(
             TextureMirror::new(gpu, "batch transposed mirror", &buffer).map(|mirror| {
                 TransposedInput {
@@ -132,12 +138,13 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         MatmulOperand::new(&self.activations[l], mirror)
     }
 
-    /// The first layer's weight gradient on the transposed batch, where it runs on the register
-    /// kernels' forward form (not where a partial batch's rows are not a multiple of 4).
+    /// The first layer's weight and bias gradient on the transposed batch, where it runs on the
+    /// register kernels' forward form (not where a partial batch's rows are not a multiple of 4).
     fn first_weight_grad_transposed(&self, rows: usize) -> Option<(MatmulDims, MatmulOperand<'a>)> {
         let transposed = self.input_transposed?;
         let layer = &self.layout.layers[0];
-        let dims = MatmulDims::layer_weight_grad_transposed(rows, layer, 4 * transposed.quads);
+        let stride = 4 * transposed.quads;
+        let dims = MatmulDims::layer_weight_and_bias_grad_transposed(rows, layer, stride);
         let lhs = MatmulOperand::new(&transposed.buffer, Some(&transposed.mirror));
         let chosen = self
             .kernels
@@ -276,18 +283,24 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
                 true => LayerActivation::Identity,
                 false => self.spec.layer_activation(l),
             };
-            let shape = self.activation_shape(rows, layer, activation);
-            let kernel = &self.kernels.activation_backward;
-            let resources = [
-                shape.as_entire_binding(),
-                upstream.as_entire_binding(),
-                output.as_entire_binding(),
-                self.grads.as_entire_binding(),
-            ];
-            let grid = grid_1d(layer.outputs, ROW_WORKGROUP, self.max_groups());
-            program.dispatch(self.gpu, kernel, &resources, grid);
+            let transposed = self.first_weight_grad_transposed(rows).filter(|_| l == 0);
+            // The transposed product sums the bias gradient itself: activation.wgsl is needed
+            // only to apply a derivative (its bias gradient is then computed again, the same
+            // sum in the same order).
+            if transposed.is_none() || activation != LayerActivation::Identity {
+                let shape = self.activation_shape(rows, layer, activation);
+                let kernel = &self.kernels.activation_backward;
+                let resources = [
+                    shape.as_entire_binding(),
+                    upstream.as_entire_binding(),
+                    output.as_entire_binding(),
+                    self.grads.as_entire_binding(),
+                ];
+                let grid = grid_1d(layer.outputs, ROW_WORKGROUP, self.max_groups());
+                program.dispatch(self.gpu, kernel, &resources, grid);
+            }
             let upstream_operand = self.activation_grad(l + 1);
-            match self.first_weight_grad_transposed(rows).filter(|_| l == 0) {
+            match transposed {
                 // `forward` gathered the transposed batch for it.
                 Some((dims, lhs)) => {
                     let operands = [lhs, upstream_operand];
