@@ -225,15 +225,18 @@ fn lane_of_columns(invocation: Invocation) -> Lane {
 }
 
 
-// A group's 8 lanes as 2 x 4 blocks (matmul_nt): lanes c and c + 4 share columns,
-// lanes 4 j..4 j + 3 share rows. The group's 2 x 4 and a workgroup's 4 x 2 groups make 8 x 8
-// blocks.
-fn lane_of_tiles(invocation: Invocation) -> Lane {
+// A group's 8 lanes as blocks `width` wide and 8 / width high: lane i at column i % width and
+// row i / width of its group; a workgroup's 8 groups as 8 / width across and width down, so
+// that the workgroup covers 8 x 8 blocks. matmul_nt: 2 x 4 blocks (width 4: lanes c and c + 4
+// share columns, lanes 4 j..4 j + 3 share rows); matmul_nn: 4 x 2 (width 2: lanes 2 j and 2 j + 1
+// share the rows of block row j, lanes c, c + 2, c + 4 and c + 6 the columns of block column c).
+fn lane_of_tiles(invocation: Invocation, width: u32) -> Lane {
     let flat = invocation.subgroup * invocation.subgroup_size + invocation.lane;
     let group = flat / 8u;
     let i = flat % 8u;
+    let across = 8u / width;
     let workgroup = invocation.workgroup;
-    let block = vec2<u32>(workgroup.x * 8u + (group % 2u) * 4u + i % 4u, workgroup.y * 8u + (group / 2u) * 2u + i / 4u);
+    let block = vec2<u32>(workgroup.x * 8u + (group % across) * width + i % width, workgroup.y * 8u + (group / across) * across + i / width);
     return Lane(invocation.lane & ~7u, invocation.lane & 7u, block);
 }
 
@@ -268,18 +271,6 @@ fn add_shared_rows(block: ptr<function, Block>, rows: SharedRows, k4: u32, b: ar
         (*block).lo[2u * r + 1u] = row4((*block).lo[2u * r + 1u], a_odd, b[0], b[1], b[2], b[3]);
         (*block).hi[2u * r + 1u] = row4((*block).hi[2u * r + 1u], a_odd, b[4], b[5], b[6], b[7]);
     }
-}
-
-// A group's 8 lanes as 4 x 2 wide (8 x 16) blocks (matmul_nn): lanes 2 j and 2 j + 1 share the
-// rows of block row j, lanes c, c + 2, c + 4 and c + 6 the columns of block column c. The
-// group's 4 x 2 and a workgroup's 2 x 4 groups make 8 x 8 blocks.
-fn lane_of_wide_tiles(invocation: Invocation) -> Lane {
-    let flat = invocation.subgroup * invocation.subgroup_size + invocation.lane;
-    let group = flat / 8u;
-    let i = flat % 8u;
-    let workgroup = invocation.workgroup;
-    let block = vec2<u32>(workgroup.x * 8u + (group % 4u) * 2u + i % 2u, workgroup.y * 8u + (group / 4u) * 4u + i / 2u);
-    return Lane(invocation.lane & ~7u, invocation.lane & 7u, block);
 }
 
 // One column quad of a wide block over four k: acc[r] += rows[r] (A's row r at the four k) x B
@@ -327,7 +318,7 @@ fn store_forward_wide(block: WideBlock, m0: u32, q0: u32) {
 
 @compute @workgroup_size(64)
 fn matmul_nn(invocation: Invocation) {
-    let lane = lane_of_wide_tiles(invocation);
+    let lane = lane_of_tiles(invocation, 2u);
     let m0 = lane.block.y * 8u;
     let q_first = lane.block.x * 4u;
     let last = dims.n / 4u - 1u;
@@ -375,7 +366,7 @@ fn matmul_nn(invocation: Invocation) {
 
 @compute @workgroup_size(64)
 fn matmul_nt(invocation: Invocation) {
-    let lane = lane_of_tiles(invocation);
+    let lane = lane_of_tiles(invocation, 4u);
     let m0 = lane.block.y * 8u;
     let q_first = lane.block.x * 2u;
     let row_sel = lane.index / 4u;
