@@ -9,7 +9,8 @@
 // One entry point per storage order of the operands (the same Dims as matmul.wgsl; offsets and
 // strides in floats, all multiples of 4 so that every load is one aligned vec4):
 //   matmul_nn  A row-major [M, K] (a_col_stride 1), B row-major [K, N] (b_col_stride 1)
-//              forward  Y = X W
+//              forward  Y = X W; and the first layer's [dW; db] = [Xᵀ; 1ᵀ] dY, on the batch
+//              the gather also stored transposed with a row of ones below (gather.wgsl)
 //   matmul_tn  A stored [K, M] (a_row_stride 1),   B row-major [K, N]
 //              weight grad  dW = Xᵀ dY
 //   matmul_nt  A row-major [M, K],                 B stored [N, K] (b_row_stride 1)
@@ -236,7 +237,7 @@ fn lane_of_tiles(invocation: Invocation, width: u32) -> Lane {
     let i = flat % 8u;
     let across = 8u / width;
     let workgroup = invocation.workgroup;
-    let block = vec2<u32>(workgroup.x * 8u + (group % across) * width + i % width, workgroup.y * 8u + (group / across) * across + i / width);
+    let block = vec2<u32>(workgroup.x * 8u + (group % across) * width + i % width, workgroup.y * 8u + (group / across) * (8u / width) + i / width);
     return Lane(invocation.lane & ~7u, invocation.lane & 7u, block);
 }
 

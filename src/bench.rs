@@ -99,7 +99,9 @@ pub fn step_matmuls(kernels: &Kernels, spec: &ModelSpec, rows: usize) -> Vec<Ste
     products(spec, rows)
         .into_iter()
         .map(|(name, dims)| {
-            let transposes = dims == first_weight_grad && kernels.matmul.takes_vec4(&transposed);
+            let transposes = dims == first_weight_grad
+                && kernels.matmul.reads_mirrors()
+                && kernels.matmul.takes_vec4(&transposed);
             StepMatmul {
                 name,
                 dims,

@@ -288,12 +288,10 @@ pub fn worst_element(actual: &[f32], expected: &[f32], atol: f32, rtol: f32) -> 
             let difference = (a - e).abs() as f64;
             // Exact agreement passes even with no tolerance at all (0 / 0); a NaN never does
             // (`f64::max` would have dropped it).
-            let ratio = if difference == 0.0 {
-                0.0
-            } else if difference.is_nan() {
-                f64::INFINITY
-            } else {
-                difference / allowed
+            let ratio = match (a == e, difference / allowed) {
+                (true, _) => 0.0,
+                (false, ratio) if ratio.is_nan() => f64::INFINITY,
+                (false, ratio) => ratio,
             };
             Mismatch {
                 index,
@@ -328,5 +326,7 @@ mod tests {
         assert_eq!(exact.ratio, 0.0);
         let off = worst_element(&[1e-9], &[0.0], 0.0, 1e-6).unwrap();
         assert!(off.ratio.is_infinite());
+        let finite = worst_element(&[1.0], &[f32::INFINITY], 0.0, 1e-6).unwrap();
+        assert!(finite.ratio.is_infinite());
     }
 }

@@ -226,10 +226,24 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                         x_t[f * written + r] = value;
                     }
                 }
-                let actual_t: Vec<f32> = (gathered.x_transposed.expect("asked for"))
-                    .chunks(4 * quads)
+                // Its rows (one more past them: the kernel must not reach it), each split into the
+                // written columns and the rest, which must keep their NaN.
+                let all_t = gathered.x_transposed.expect("asked for");
+                let rows_t: Vec<&[f32]> = all_t.chunks(4 * quads).collect();
+                let actual_t: Vec<f32> = rows_t[..data.features]
+                    .iter()
                     .flat_map(|row| row[..written].to_vec())
                     .collect();
+                let untouched = (rows_t[..data.features].iter())
+                    .flat_map(|row| &row[written..])
+                    .chain(rows_t[data.features])
+                    .filter(|v| !v.is_nan())
+                    .count();
+                tally.equal(
+                    &format!("x transposed at {start}, elsewhere"),
+                    &[untouched],
+                    &[0],
+                );
                 tally.close(
                     &format!("x at {start}, transposing"),
                     &gathered.x,
@@ -268,36 +282,39 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
             }
         }
         "sgd update" => {
-            for (words, optimizer) in optimizers(kernels) {
-                for count in [1, 1001, 20_011] {
-                    let params = random_vec(&mut rng, count, -1.0, 1.0);
-                    let grads = random_vec(&mut rng, count, -1.0, 1.0);
-                    let mut expected = params.clone();
-                    reference::sgd_update(&mut expected, &grads, 0.05);
+            for count in [1, 1001, 20_011] {
+                let params = random_vec(&mut rng, count, -1.0, 1.0);
+                let grads = random_vec(&mut rng, count, -1.0, 1.0);
+                let mut expected = params.clone();
+                reference::sgd_update(&mut expected, &grads, 0.05);
+                let mut first: Option<Vec<u32>> = None;
+                for (words, optimizer) in optimizers(kernels) {
                     let actual = ops::sgd_update(gpu, optimizer, &params, &grads, 0.05)?;
                     let case = format!("{words:?} words, {count} parameters");
                     tally.close(&case, &actual, &expected, 1e-7, 1e-6);
+                    same_bits(&mut tally, &case, &mut first, &actual);
                 }
             }
         }
         "adam update" => {
-            for (words, optimizer) in optimizers(kernels) {
-                for (count, t) in [(1, 1), (1001, 1), (1001, 57), (20_011, 3)] {
-                    let hyper = OptimizerHyper {
-                        count: count as u32,
-                        learning_rate: 1e-3,
-                        beta1: 0.9,
-                        beta2: 0.999,
-                        epsilon: 1e-7,
-                        _pad: [0; 3],
-                    };
-                    let params = random_vec(&mut rng, count, -1.0, 1.0);
-                    let grads = random_vec(&mut rng, count, -1.0, 1.0);
-                    let m = random_vec(&mut rng, count, -0.1, 0.1);
-                    let v = random_vec(&mut rng, count, 0.0, 0.01);
-                    let step_size = reference::adam_step_size(1e-3, 0.9, 0.999, t);
-                    let (mut ep, mut em, mut ev) = (params.clone(), m.clone(), v.clone());
-                    reference::adam_update(&mut ep, &grads, &mut em, &mut ev, &hyper, step_size);
+            for (count, t) in [(1, 1), (1001, 1), (1001, 57), (20_011, 3)] {
+                let hyper = OptimizerHyper {
+                    count: count as u32,
+                    learning_rate: 1e-3,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    epsilon: 1e-7,
+                    _pad: [0; 3],
+                };
+                let params = random_vec(&mut rng, count, -1.0, 1.0);
+                let grads = random_vec(&mut rng, count, -1.0, 1.0);
+                let m = random_vec(&mut rng, count, -0.1, 0.1);
+                let v = random_vec(&mut rng, count, 0.0, 0.01);
+                let step_size = reference::adam_step_size(1e-3, 0.9, 0.999, t);
+                let (mut ep, mut em, mut ev) = (params.clone(), m.clone(), v.clone());
+                reference::adam_update(&mut ep, &grads, &mut em, &mut ev, &hyper, step_size);
+                let mut first: Option<Vec<u32>> = None;
+                for (words, optimizer) in optimizers(kernels) {
                     let (ap, am, av) = ops::adam_update(
                         gpu, optimizer, &params, &grads, &m, &v, &hyper, step_size,
                     )?;
@@ -305,6 +322,7 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                     tally.close(&format!("{case} params"), &ap, &ep, 1e-7, 1e-5);
                     tally.close(&format!("{case} m"), &am, &em, 1e-8, 1e-5);
                     tally.close(&format!("{case} v"), &av, &ev, 1e-10, 1e-5);
+                    same_bits(&mut tally, &case, &mut first, &[ap, am, av].concat());
                 }
             }
         }
@@ -313,8 +331,18 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
     Ok(tally.finish())
 }
 
-/// Every optimizer module the device has (the float one, and the packed one where it has 64-bit
-/// integers), whichever training uses.
+/// Checks that `values` has the bits of the first optimizer module's output on the same inputs
+/// (`first`, recorded by the first call): the modules do the same arithmetic in the same order.
+fn same_bits(tally: &mut Tally, case: &str, first: &mut Option<Vec<u32>>, values: &[f32]) {
+    let bits: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+    match first {
+        Some(first) => tally.equal(&format!("{case}, bits as the float module's"), &bits, first),
+        None => *first = Some(bits),
+    }
+}
+
+/// Every optimizer module the device has built (the float one, and the packed one where training
+/// uses it).
 fn optimizers(kernels: &Kernels) -> Vec<(OptimizerWords, &OptimizerKernels)> {
     [OptimizerWords::Floats, OptimizerWords::Packed]
         .into_iter()
@@ -379,6 +407,7 @@ fn check_layer_matmuls(
             bias_offset: offset + inputs * outputs,
         };
         let params = offset + inputs * outputs + outputs + 11;
+        let stride = rows.next_multiple_of(4) + 4;
         let shape = format!("rows {rows}, {inputs}->{outputs}");
         let cases = [
             (
@@ -395,6 +424,13 @@ fn check_layer_matmuls(
                 "input grad",
                 MatmulDims::layer_input_grad(rows, &layer),
                 [rows * outputs, params, rows * inputs],
+            ),
+            // The first layer's form on the register kernels: the batch transposed, in rows
+            // longer than the batch, and a row below (ones in training) giving the bias row.
+            (
+                "weight and bias grad on the transposed batch",
+                MatmulDims::layer_weight_and_bias_grad_transposed(rows, &layer, stride),
+                [(inputs + 1) * stride, rows * outputs, params],
             ),
         ];
         for (what, dims, lens) in cases {

@@ -216,6 +216,34 @@ fn gpu_epoch_with_partial_last_batch_matches_reference() {
     }
 }
 
+/// `kernels` train one epoch of `spec` on `data` as the reference does.
+fn assert_trains_like_the_reference(
+    what: &str,
+    kernels: &Kernels,
+    spec: &ModelSpec,
+    config: &TrainConfig,
+    data: &Dataset,
+) {
+    let expected = reference_epoch(spec, config, data);
+    let mut trainer =
+        Trainer::new(gpu(), kernels, spec.clone(), config.clone(), data, data).unwrap();
+    let metrics = trainer.run_epoch().unwrap();
+    assert_close(
+        &format!("{what} parameters"),
+        &trainer.parameters().unwrap(),
+        &expected.params,
+        1e-5,
+        1e-4,
+    );
+    assert_close(
+        &format!("{what} train loss"),
+        &[metrics.train_loss as f32],
+        &[expected.train_loss as f32],
+        1e-6,
+        1e-5,
+    );
+}
+
 /// Both matmul variants train the same epoch as the reference, on a model whose shapes the
 /// register kernels take (multiples of 4) with a partial last batch.
 #[test]
@@ -235,7 +263,6 @@ fn both_matmul_variants_train_like_the_reference() {
         seed: 6,
         ..TrainConfig::default()
     };
-    let expected = reference_epoch(&spec, &config, &data);
     for variant in [MatmulVariant::Tiled, MatmulVariant::Registers] {
         let kernels = Kernels::with_matmul(gpu(), MatmulTiling::default(), variant);
         let layout = spec.layout();
@@ -247,23 +274,43 @@ fn both_matmul_variants_train_like_the_reference() {
             assert_eq!(kernels.matmul.for_dims(&dims).variant, variant);
             assert!(kernels.matmul.takes_vec4(&dims), "{dims:?}");
         }
-        let mut trainer =
-            Trainer::new(gpu(), &kernels, spec.clone(), config.clone(), &data, &data).unwrap();
-        let metrics = trainer.run_epoch().unwrap();
-        assert_close(
-            &format!("{variant:?} parameters"),
-            &trainer.parameters().unwrap(),
-            &expected.params,
-            1e-5,
-            1e-4,
-        );
-        assert_close(
-            &format!("{variant:?} train loss"),
-            &[metrics.train_loss as f32],
-            &[expected.train_loss as f32],
-            1e-6,
-            1e-5,
-        );
+        assert_trains_like_the_reference(&format!("{variant:?}"), &kernels, &spec, &config, &data);
+    }
+}
+
+/// The register kernels' first-layer weight and bias gradient on the transposed batch
+/// (`gather_batch_transposed` and a row of ones), in the cases the previous test does not reach:
+/// a partial batch they take (8 rows in rows of 16), a first layer whose derivative the layer
+/// above does not apply (its input-gradient product, K = 10, is not a vec4 one), and a model
+/// without hidden layers (the first layer is the output layer).
+#[test]
+fn the_transposed_first_weight_gradient_trains_like_the_reference() {
+    let kernels = Kernels::with_matmul(gpu(), MatmulTiling::default(), MatmulVariant::Registers);
+    let cases = [
+        ("partial batch of 8", 72, vec![8, 16], 4),
+        ("derivative not fused", 64, vec![8], 10),
+        ("no hidden layer", 64, vec![], 4),
+    ];
+    for (what, samples, hidden, classes) in cases {
+        let mut rng = Rng::new(17);
+        let data = random_dataset(&mut rng, samples, 12, classes);
+        let spec = ModelSpec {
+            inputs: 12,
+            hidden,
+            classes,
+            activation: Activation::Sigmoid,
+            loss: Loss::Xent,
+        };
+        let config = TrainConfig {
+            batch_size: 16,
+            learning_rate: 0.01,
+            seed: 7,
+            ..TrainConfig::default()
+        };
+        let first = spec.layout().layers[0];
+        let transposed = MatmulDims::layer_weight_and_bias_grad_transposed(16, &first, 16);
+        assert!(kernels.matmul.takes_vec4(&transposed), "{what}");
+        assert_trains_like_the_reference(what, &kernels, &spec, &config, &data);
     }
 }
 
@@ -285,7 +332,8 @@ fn an_epoch_submits_in_chunks_and_reads_back_once() {
     assert_eq!(work.readbacks, 1);
     assert_eq!(work.submits, steps.div_ceil(32) + 1, "{work:?}");
     // Per training step: gather, 3 matmuls with bias + activation in their epilogue, loss,
-    // 3 × (activation backward + weight grad), 2 input grads, update, schedule advance = 15;
+    // 3 × (activation backward + weight grad), 2 input grads, update, schedule advance = 15
+    // (the shared kernels: widths 12 -> 3 are not vec4 ones, so every product is strided);
     // per test batch the 5 forward dispatches and the advance; two metric reductions.
     assert_eq!(
         work.dispatches,

@@ -84,7 +84,7 @@ pub struct Kernels {
     pub sum_metrics: Kernel,
     /// The optimizer updates on float words (optimizer.wgsl), for every adapter.
     pub optimizer_floats: OptimizerKernels,
-    /// The same on 64-bit words (optimizer_packed.wgsl), where the device has 64-bit integers.
+    /// The same on 64-bit words (optimizer_packed.wgsl), where training uses them.
     pub optimizer_packed: Option<OptimizerKernels>,
     /// Which of the two training uses.
     pub optimizer_words: OptimizerWords,
@@ -183,16 +183,14 @@ impl Kernels {
             "optimizer.wgsl",
             include_str!("../../shaders/optimizer.wgsl"),
         );
-        let optimizer_packed = gpu
-            .device
-            .features()
-            .contains(wgpu::Features::SHADER_INT64)
-            .then(|| {
-                module(
-                    "optimizer_packed.wgsl",
-                    include_str!("../../shaders/optimizer_packed.wgsl"),
-                )
-            });
+        // Built only where training uses it (and so checked where it runs).
+        let optimizer_words = OptimizerWords::preferred_for(gpu);
+        let optimizer_packed = (optimizer_words == OptimizerWords::Packed).then(|| {
+            module(
+                "optimizer_packed.wgsl",
+                include_str!("../../shaders/optimizer_packed.wgsl"),
+            )
+        });
         let schedule = module("schedule.wgsl", include_str!("../../shaders/schedule.wgsl"));
 
         let loss_slots = [
@@ -246,7 +244,7 @@ impl Kernels {
             optimizer_floats: OptimizerKernels::new(&gpu.device, &optimizer),
             optimizer_packed: optimizer_packed
                 .map(|module| OptimizerKernels::new(&gpu.device, &module)),
-            optimizer_words: OptimizerWords::preferred_for(gpu),
+            optimizer_words,
             advance_step: build(
                 &gpu.device,
                 &schedule,

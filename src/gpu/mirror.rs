@@ -45,10 +45,13 @@ impl TextureMirror {
     /// A mirror of `buffer` (whose size is a multiple of 16 bytes, as `Gpu::storage_buffer`
     /// makes them), or `None` where the device's textures are too small to hold it.
     pub fn new(gpu: &Gpu, what: &str, buffer: &Buffer) -> Option<Self> {
-        let rows = shared_variant_height(buffer.size().div_ceil(ROW_BYTES));
-        if rows > gpu.limits.max_texture_dimension_2d as u64
-            || MIRROR_ROW_TEXELS > gpu.limits.max_texture_dimension_2d
-        {
+        let needed = buffer.size().div_ceil(ROW_BYTES);
+        let limit = gpu.limits.max_texture_dimension_2d as u64;
+        // Where the shared height would not fit, the exact one (compiled separately) may.
+        let rows = Some(shared_variant_height(needed))
+            .filter(|&rows| rows <= limit)
+            .unwrap_or(needed);
+        if rows > limit || MIRROR_ROW_TEXELS > gpu.limits.max_texture_dimension_2d {
             return None;
         }
         let texture = gpu.device.create_texture(&wgpu::TextureDescriptor {

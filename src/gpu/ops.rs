@@ -189,7 +189,8 @@ pub fn softmax_loss(
 }
 
 /// A batch gathered by gather.wgsl: x row-major [rows, features], y, and (from
-/// `gather_batch_transposed`) xᵀ row-major [features, 4 transposed_quads].
+/// `gather_batch_transposed`) xᵀ row-major [features, 4 transposed_quads] with one row more,
+/// which the kernel must leave as it found it (NaN).
 pub struct GatheredBatch {
     pub x: Vec<f32>,
     pub y: Vec<u32>,
@@ -232,8 +233,9 @@ pub fn gather_batch(
     let order_buffer = gpu.storage_with("order", order)?;
     let x_buffer = gpu.storage_buffer("batch x", (rows * features * 4) as u64)?;
     let y_buffer = gpu.storage_buffer("batch y", (rows * 4) as u64)?;
-    let transposed_len = features * 4 * transposed_quads.unwrap_or(0);
-    // Filled with a value the kernel must overwrite everywhere (zeros past the batch included).
+    // Xᵀ's rows and one more, filled with NaN: the kernel writes the batch's columns (and zeros to
+    // the next multiple of 4) and nothing else.
+    let transposed_len = (features + 1) * 4 * transposed_quads.unwrap_or(0);
     let t_buffer =
         gpu.storage_with("batch x transposed", &vec![f32::NAN; transposed_len.max(1)])?;
     let mut resources = vec![

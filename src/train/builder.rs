@@ -140,6 +140,8 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
 
     /// The first layer's weight and bias gradient on the transposed batch, where it runs on the
     /// register kernels' forward form (not where a partial batch's rows are not a multiple of 4).
+    /// `forward` (whether to gather the batch transposed too) and `backward` both ask this for the
+    /// same rows, so they agree.
     fn first_weight_grad_transposed(&self, rows: usize) -> Option<(MatmulDims, MatmulOperand<'a>)> {
         let transposed = self.input_transposed?;
         let layer = &self.layout.layers[0];
@@ -271,19 +273,22 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
     /// `forward` continued backward through every layer, last first, writing the whole gradient
     /// buffer (one program, so that mirrors the forward pass refreshed are not copied again).
     /// Where the input-gradient product can carry the gradient through the activation below
-    /// (the register kernels), activation.wgsl only sums that layer's bias gradient.
+    /// (the register kernels), activation.wgsl only sums that layer's bias gradient, and for the
+    /// first layer not even that where its weight gradient runs on the transposed batch, whose
+    /// row of ones sums the bias gradient in the same product.
     pub(super) fn backward(&self, forward: Program<'k>, rows: usize) -> Program<'k> {
         let mut program = forward;
         // Whether the layer's activation derivative is already applied to its output gradient
         // (by the epilogue of the layer above's input-gradient product).
         let mut derivative_applied = false;
+        let first_transposed = self.first_weight_grad_transposed(rows);
         for (l, layer) in self.layout.layers.iter().enumerate().rev() {
             let (upstream, output) = (&self.activation_grads[l + 1], &self.activations[l + 1]);
             let activation = match derivative_applied {
                 true => LayerActivation::Identity,
                 false => self.spec.layer_activation(l),
             };
-            let transposed = self.first_weight_grad_transposed(rows).filter(|_| l == 0);
+            let transposed = first_transposed.filter(|_| l == 0);
             // The transposed product sums the bias gradient itself: activation.wgsl is needed
             // only to apply a derivative (its bias gradient is then computed again, the same
             // sum in the same order).
