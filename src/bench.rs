@@ -94,19 +94,18 @@ fn products(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims)> {
 pub fn step_matmuls(kernels: &Kernels, spec: &ModelSpec, rows: usize) -> Vec<StepMatmul> {
     let first_layer = spec.layout().layers[0];
     let stride = rows.next_multiple_of(4);
-    let transposed = MatmulDims::layer_weight_and_bias_grad_transposed(rows, &first_layer, stride);
+    let transposed = kernels
+        .matmul
+        .transposed_first_weight_grad(rows, &first_layer, stride);
     let first_weight_grad = MatmulDims::layer_weight_grad(rows, &first_layer);
     products(spec, rows)
         .into_iter()
-        .map(|(name, dims)| {
-            let transposes = dims == first_weight_grad
-                && kernels.matmul.reads_mirrors()
-                && kernels.matmul.takes_vec4(&transposed);
-            StepMatmul {
-                name,
-                dims,
-                register_dims: if transposes { transposed } else { dims },
-            }
+        .map(|(name, dims)| StepMatmul {
+            register_dims: transposed
+                .filter(|_| dims == first_weight_grad)
+                .unwrap_or(dims),
+            name,
+            dims,
         })
         .collect()
 }

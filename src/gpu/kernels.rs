@@ -84,10 +84,8 @@ pub struct Kernels {
     pub sum_metrics: Kernel,
     /// The optimizer updates on float words (optimizer.wgsl), for every adapter.
     pub optimizer_floats: OptimizerKernels,
-    /// The same on 64-bit words (optimizer_packed.wgsl), where training uses them.
+    /// The same on 64-bit words (optimizer_packed.wgsl), built only where training uses them.
     pub optimizer_packed: Option<OptimizerKernels>,
-    /// Which of the two training uses.
-    pub optimizer_words: OptimizerWords,
     pub advance_step: Kernel,
 }
 
@@ -184,8 +182,8 @@ impl Kernels {
             include_str!("../../shaders/optimizer.wgsl"),
         );
         // Built only where training uses it (and so checked where it runs).
-        let optimizer_words = OptimizerWords::preferred_for(gpu);
-        let optimizer_packed = (optimizer_words == OptimizerWords::Packed).then(|| {
+        let packed = OptimizerWords::preferred_for(gpu) == OptimizerWords::Packed;
+        let optimizer_packed = packed.then(|| {
             module(
                 "optimizer_packed.wgsl",
                 include_str!("../../shaders/optimizer_packed.wgsl"),
@@ -244,7 +242,6 @@ impl Kernels {
             optimizer_floats: OptimizerKernels::new(&gpu.device, &optimizer),
             optimizer_packed: optimizer_packed
                 .map(|module| OptimizerKernels::new(&gpu.device, &module)),
-            optimizer_words,
             advance_step: build(
                 &gpu.device,
                 &schedule,
@@ -294,9 +291,10 @@ impl Kernels {
         }
     }
 
-    /// The optimizer updates training uses.
+    /// The optimizer updates training uses: the packed ones wherever they were built.
     pub fn optimizer(&self) -> &OptimizerKernels {
-        self.optimizer_with(self.optimizer_words)
+        self.optimizer_packed
+            .as_ref()
             .unwrap_or(&self.optimizer_floats)
     }
 }

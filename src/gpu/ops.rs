@@ -236,8 +236,10 @@ pub fn gather_batch(
     // Xᵀ's rows and one more, filled with NaN: the kernel writes the batch's columns (and zeros to
     // the next multiple of 4) and nothing else.
     let transposed_len = (features + 1) * 4 * transposed_quads.unwrap_or(0);
-    let t_buffer =
-        gpu.storage_with("batch x transposed", &vec![f32::NAN; transposed_len.max(1)])?;
+    let t_buffer = match transposed_quads {
+        Some(_) => Some(gpu.storage_with("batch x transposed", &vec![f32::NAN; transposed_len])?),
+        None => None,
+    };
     let mut resources = vec![
         step.as_entire_binding(),
         shape.as_entire_binding(),
@@ -247,12 +249,12 @@ pub fn gather_batch(
         x_buffer.as_entire_binding(),
         y_buffer.as_entire_binding(),
     ];
-    let (kernel, grid) = match transposed_quads {
+    let (kernel, grid) = match &t_buffer {
         None => (
             &kernels.gather_batch,
             gather_grid(rows * words_per_sample, max_groups(gpu)),
         ),
-        Some(_) => {
+        Some(t_buffer) => {
             resources.push(t_buffer.as_entire_binding());
             let grid = gather_transposed_grid(rows, words_per_sample, max_groups(gpu));
             (&kernels.gather_batch_transposed, grid)
@@ -263,8 +265,8 @@ pub fn gather_batch(
     Ok(GatheredBatch {
         x: gpu.read_back(&x_buffer, rows * features)?,
         y: gpu.read_back(&y_buffer, rows)?,
-        x_transposed: match transposed_quads {
-            Some(_) => Some(gpu.read_back(&t_buffer, transposed_len)?),
+        x_transposed: match &t_buffer {
+            Some(t_buffer) => Some(gpu.read_back(t_buffer, transposed_len)?),
             None => None,
         },
     })

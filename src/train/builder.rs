@@ -146,13 +146,11 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         let transposed = self.input_transposed?;
         let layer = &self.layout.layers[0];
         let stride = 4 * transposed.quads;
-        let dims = MatmulDims::layer_weight_and_bias_grad_transposed(rows, layer, stride);
-        let lhs = MatmulOperand::new(&transposed.buffer, Some(&transposed.mirror));
-        let chosen = self
-            .kernels
-            .matmul
-            .for_operands(&dims, lhs, self.activation_grad(1));
-        chosen.reads_mirrors.then_some((dims, lhs))
+        let dims = (self.kernels.matmul).transposed_first_weight_grad(rows, layer, stride)?;
+        Some((
+            dims,
+            MatmulOperand::new(&transposed.buffer, Some(&transposed.mirror)),
+        ))
     }
 
     fn activation_grad(&self, l: usize) -> MatmulOperand<'a> {
