@@ -1,9 +1,8 @@
 // The activation's backward pass and the bias-gradient reduction of a dense layer. (Its forward
 // pass, f(z + bias), is the epilogue of the layer's matmul: see matmul.wgsl.)
 //
-// Activation codes (Shape.activation): 0 identity, 1 relu, 2 sigmoid, 3 tanh.
-// The derivative is taken from the layer's output a = f(z), which is all backward needs:
-//   relu' = (a > 0), sigmoid' = a (1 - a), tanh' = 1 - a^2, identity' = 1.
+// Shape.activation is an activation code, and f' is taken from the layer's output a = f(z), as
+// shared/activations.wgsl says.
 //
 // activation_backward:       grad[r, j] *= f'(operand[r, j])                            (in place)
 //                            grads[bias_offset + j] = sum_r grad[r, j]                  (bias gradient)
@@ -17,6 +16,8 @@
 //
 // Workgroup: 64 invocations. Dispatch grid: one invocation per column, (ceil(cols / 64), 1, 1).
 
+import package::shared::activations::{IDENTITY, derivative_from_output};
+
 struct Shape {
     rows: u32,
     cols: u32,
@@ -24,24 +25,10 @@ struct Shape {
     activation: u32,
 }
 
-const IDENTITY: u32 = 0u;
-const RELU: u32 = 1u;
-const SIGMOID: u32 = 2u;
-const TANH: u32 = 3u;
-
 @group(0) @binding(0) var<storage, read> shape: Shape;
 @group(0) @binding(1) var<storage, read_write> values: array<f32>;
 @group(0) @binding(2) var<storage, read> operand: array<f32>;
 @group(0) @binding(3) var<storage, read_write> grads: array<f32>;
-
-fn derivative_from_output(activation: u32, a: f32) -> f32 {
-    switch activation {
-        case RELU: { return select(0.0, 1.0, a > 0.0); }
-        case SIGMOID: { return a * (1.0 - a); }
-        case TANH: { return 1.0 - a * a; }
-        default: { return 1.0; }
-    }
-}
 
 @compute @workgroup_size(64)
 fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>) {

@@ -16,7 +16,7 @@
 // Each of its invocations takes a 4 x 4 tile (4 rows' word w), unpacked once and stored both ways.
 //
 // Bindings (group 0):
-//   0 schedule storage, read             Schedule below; this step's position in the epoch order
+//   0 schedule storage, read             Schedule (shared/step.wgsl, bound by current_step); this step's position in the epoch order
 //   1 shape    storage, read             Shape below
 //   2 pixels   storage, read             u32 [samples * features / 4]
 //   3 labels   storage, read             u32 [samples]
@@ -30,21 +30,7 @@
 // (invocation = (y * num_workgroups.x + x) * 64 + local); gather_batch_transposed likewise over
 // ceil(rows / 4) * features / 4 tiles.
 
-struct Step {
-    batch_start: u32,
-    rows: u32,
-    adam_step_size: f32,
-    _pad: u32,
-}
-
-// The step schedule (see schedule.wgsl): steps[cursor] is the step being run.
-struct Schedule {
-    cursor: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-    steps: array<Step>,
-}
+import package::shared::step::current_step;
 
 struct Shape {
     words_per_sample: u32,
@@ -54,11 +40,6 @@ struct Shape {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> schedule: Schedule;
-
-fn current_step() -> Step {
-    return schedule.steps[schedule.cursor];
-}
 @group(0) @binding(1) var<storage, read> shape: Shape;
 @group(0) @binding(2) var<storage, read> pixels: array<u32>;
 @group(0) @binding(3) var<storage, read> labels: array<u32>;

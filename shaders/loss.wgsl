@@ -13,7 +13,7 @@
 // end of an epoch counts every sample exactly once; the batch mean loss is sum_r loss_r / rows.
 //
 // Bindings (group 0):
-//   0 schedule        storage, read             Schedule below; this step's slot base and row count
+//   0 schedule        storage, read             Schedule (shared/step.wgsl, bound by current_step); this step's slot base and row count
 //   1 shape           storage, read             Shape below
 //   2 logits          storage, read             f32 [rows, C] row-major
 //   3 labels          storage, read             u32 [rows]
@@ -24,21 +24,7 @@
 //
 // Workgroup: 64 invocations, one per row. Dispatch grid: (ceil(rows / 64), 1, 1).
 
-struct Step {
-    batch_start: u32,
-    rows: u32,
-    adam_step_size: f32,
-    _pad: u32,
-}
-
-// The step schedule (see schedule.wgsl): steps[cursor] is the step being run.
-struct Schedule {
-    cursor: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-    steps: array<Step>,
-}
+import package::shared::step::current_step;
 
 struct Shape {
     classes: u32,
@@ -47,11 +33,6 @@ struct Shape {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> schedule: Schedule;
-
-fn current_step() -> Step {
-    return schedule.steps[schedule.cursor];
-}
 @group(0) @binding(1) var<storage, read> shape: Shape;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read> labels: array<u32>;

@@ -8,13 +8,13 @@
 //   weight grad  dW = Xᵀ dY    A = Xᵀ (row stride 1, col stride in)   B = dY (row stride out, col stride 1)
 //   input grad   dX = dY Wᵀ    A = dY (row stride out, col stride 1)  B = Wᵀ (row stride 1, col stride out)
 //
-// Epilogue (dims.epilogue): 0 stores the product; 1 + an activation code (activation.wgsl's: 0
+// Epilogue (dims.epilogue): 0 stores the product; 1 + an activation code (shared/activations.wgsl: 0
 // identity, 1 relu, 2 sigmoid, 3 tanh) stores f(C[m, n] + B_buffer[bias_offset + n]), which
 // makes the product a dense layer's whole forward pass: Y = f(X W + b), W and b both in the flat
 // parameter buffer bound as rhs.
 //
 // Bindings (group 0):
-//   0 dims   storage, read        Dims below (a storage buffer, not a uniform: see src/gpu/kernels.rs)
+//   0 dims   storage, read        Dims (shared/matmul_dims.wgsl; a storage buffer, not a uniform: see src/gpu/kernels.rs)
 //   1 lhs    storage, read        f32 array holding A at dims.a_offset
 //   2 rhs    storage, read        f32 array holding B at dims.b_offset
 //   3 out    storage, read_write  f32 array; C is row-major [M, N] at dims.c_offset
@@ -24,20 +24,8 @@
 // Dispatch grid: (ceil(N / (4 WG_N)), ceil(M / (4 WG_M)), 1).
 // Shapes need not be multiples of any tile: loads outside A or B read zero, stores outside C are skipped.
 
-struct Dims {
-    m: u32,
-    n: u32,
-    k: u32,
-    a_offset: u32,
-    a_row_stride: u32,
-    a_col_stride: u32,
-    b_offset: u32,
-    b_row_stride: u32,
-    b_col_stride: u32,
-    c_offset: u32,
-    bias_offset: u32,
-    epilogue: u32,
-}
+import package::shared::matmul_dims::Dims;
+import package::shared::activations::activate;
 
 override WG_M: u32 = 16u;
 override WG_N: u32 = 16u;
@@ -57,13 +45,7 @@ fn finish(value: f32, n: u32, epilogue: u32, bias_offset: u32) -> f32 {
     if (epilogue == 0u) {
         return value;
     }
-    let z = value + rhs[bias_offset + n];
-    switch epilogue - 1u {
-        case 1u: { return max(z, 0.0); }
-        case 2u: { return 1.0 / (1.0 + exp(-z)); }
-        case 3u: { return tanh(z); }
-        default: { return z; }
-    }
+    return activate(epilogue - 1u, value + rhs[bias_offset + n]);
 }
 
 // Stores row m of a 4 x 4 block (columns n0..n0+3), the part inside C, through the epilogue.

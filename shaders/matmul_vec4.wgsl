@@ -29,7 +29,7 @@
 // subgroups (the host builds this module only on a device with them) of 8 to 64 invocations.
 //
 // Bindings (group 0):
-//   0 dims   storage, read        Dims below
+//   0 dims   storage, read        Dims (shared/matmul_dims.wgsl)
 //   1 lhs    texture_2d<f32>      rgba32float mirror of the buffer holding A at dims.a_offset:
 //                                 its vec4 i is the texel (i % MIRROR_ROW_TEXELS, i / MIRROR_ROW_TEXELS)
 //   2 rhs    texture_2d<f32>      likewise for the buffer holding B (and the bias) at dims.b_offset
@@ -55,20 +55,9 @@
 // Workgroup: 64 invocations covering 8 x 8 blocks. Dispatch grid:
 // (ceil(N / (8 block columns)), ceil(M / 64), 1).
 
-struct Dims {
-    m: u32,
-    n: u32,
-    k: u32,
-    a_offset: u32,
-    a_row_stride: u32,
-    a_col_stride: u32,
-    b_offset: u32,
-    b_row_stride: u32,
-    b_col_stride: u32,
-    c_offset: u32,
-    bias_offset: u32,
-    epilogue: u32,
-}
+import package::shared::matmul_dims::{Dims, DERIVATIVE_EPILOGUE};
+import package::shared::activations::{activate4, derivative_from_output4};
+import package::shared::mirror::mirrored;
 
 // matmul_nn's forward activation (activation.wgsl's codes; see Epilogue above).
 override ACTIVATION: u32 = 0u;
@@ -78,14 +67,6 @@ override ACTIVATION: u32 = 0u;
 @group(0) @binding(2) var rhs: texture_2d<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(4) var below: texture_2d<f32>;
-
-// Texels per row of a texture mirror (MIRROR_ROW_TEXELS in src/gpu/mirror.rs).
-const MIRROR_ROW_TEXELS: u32 = 1024u;
-
-// vec4 i of a mirrored buffer: floats 4 i .. 4 i + 3.
-fn mirrored(texture: texture_2d<f32>, i: u32) -> vec4<f32> {
-    return textureLoad(texture, vec2<u32>(i % MIRROR_ROW_TEXELS, i / MIRROR_ROW_TEXELS), 0);
-}
 
 fn lhs_at(i: u32) -> vec4<f32> {
     return mirrored(lhs, i);
@@ -119,29 +100,15 @@ fn finish(value: vec4<f32>, q: u32, epilogue: u32, bias_offset: u32) -> vec4<f32
     if (epilogue == 0u) {
         return value;
     }
-    let z = value + rhs_at(bias_offset / 4u + q);
-    switch ACTIVATION {
-        case 1u: { return max(z, vec4<f32>(0.0)); }
-        case 2u: { return 1.0 / (1.0 + exp(-z)); }
-        case 3u: { return tanh(z); }
-        default: { return z; }
-    }
+    return activate4(ACTIVATION, value + rhs_at(bias_offset / 4u + q));
 }
-
-const DERIVATIVE_EPILOGUE: u32 = 8u;
 
 // The four values stored at C[m, 4q..4q+3] by matmul_nt, C's vec4 i (see Epilogue above).
 fn through_derivative(value: vec4<f32>, i: u32, epilogue: u32) -> vec4<f32> {
     if (epilogue < DERIVATIVE_EPILOGUE) {
         return value;
     }
-    let a = mirrored(below, i);
-    switch epilogue - DERIVATIVE_EPILOGUE {
-        case 1u: { return value * select(vec4<f32>(0.0), vec4<f32>(1.0), a > vec4<f32>(0.0)); }
-        case 2u: { return value * (a * (1.0 - a)); }
-        case 3u: { return value * (1.0 - a * a); }
-        default: { return value; }
-    }
+    return value * derivative_from_output4(epilogue - DERIVATIVE_EPILOGUE, mirrored(below, i));
 }
 
 // Where a block's rows go in C, read from dims once.

@@ -17,8 +17,8 @@
 // it stays zero.
 //
 // Bindings (group 0):
-//   0 schedule storage, read             Schedule below (adam only)
-//   1 hyper    storage, read             Hyper below
+//   0 schedule storage, read             Schedule (shared/step.wgsl, bound by current_step; adam only)
+//   1 hyper    storage, read             Hyper (shared/optimizer_hyper.wgsl)
 //   2 params   storage, read_write       vec4<f32> [4 ceil(count / 16)]
 //   3 grads    storage, read             vec4<f32> [4 ceil(count / 16)]
 //   4 moment1  storage, read_write       vec4<f32> [4 ceil(count / 16)] (adam only)
@@ -28,38 +28,9 @@
 // ceil(count / 1024) workgroups as (x, y) with x <= 65535 (invocation = (y * num_workgroups.x + x)
 // * 64 + local).
 
-struct Step {
-    batch_start: u32,
-    rows: u32,
-    adam_step_size: f32,
-    _pad: u32,
-}
+import package::shared::step::current_step;
+import package::shared::optimizer_hyper::Hyper;
 
-// The step schedule (see schedule.wgsl): steps[cursor] is the step being run.
-struct Schedule {
-    cursor: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-    steps: array<Step>,
-}
-
-struct Hyper {
-    count: u32,
-    learning_rate: f32,
-    beta1: f32,
-    beta2: f32,
-    epsilon: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<storage, read> schedule: Schedule;
-
-fn current_step() -> Step {
-    return schedule.steps[schedule.cursor];
-}
 @group(0) @binding(1) var<storage, read> hyper: Hyper;
 @group(0) @binding(2) var<storage, read_write> params: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> grads: array<vec4<f32>>;

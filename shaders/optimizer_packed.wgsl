@@ -12,8 +12,8 @@
 // (step_size from the step schedule, as in optimizer.wgsl.)
 //
 // Bindings (group 0), as optimizer.wgsl's, each parameter-sized buffer as 64-bit words:
-//   0 schedule storage, read             Schedule below (adam only)
-//   1 hyper    storage, read             Hyper below
+//   0 schedule storage, read             Schedule (shared/step.wgsl, bound by current_step; adam only)
+//   1 hyper    storage, read             Hyper (shared/optimizer_hyper.wgsl)
 //   2 params   storage, read_write       vec4<u64> [2 ceil(count / 16)]
 //   3 grads    storage, read             vec4<u64> [2 ceil(count / 16)]
 //   4 moment1  storage, read_write       vec4<u64> [2 ceil(count / 16)] (adam only)
@@ -23,34 +23,9 @@
 // the grid is the same): ceil(count / 1024) workgroups as (x, y) with x <= 65535 (invocation =
 // (y * num_workgroups.x + x) * 64 + local).
 
-struct Step {
-    batch_start: u32,
-    rows: u32,
-    adam_step_size: f32,
-    _pad: u32,
-}
+import package::shared::step::current_step;
+import package::shared::optimizer_hyper::Hyper;
 
-// The step schedule (see schedule.wgsl): steps[cursor] is the step being run.
-struct Schedule {
-    cursor: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-    steps: array<Step>,
-}
-
-struct Hyper {
-    count: u32,
-    learning_rate: f32,
-    beta1: f32,
-    beta2: f32,
-    epsilon: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<storage, read> schedule: Schedule;
 @group(0) @binding(1) var<storage, read> hyper: Hyper;
 @group(0) @binding(2) var<storage, read_write> params: array<vec4<u64>>;
 @group(0) @binding(3) var<storage, read> grads: array<vec4<u64>>;
@@ -118,7 +93,7 @@ fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     if (first >= (hyper.count + 7u) / 8u) {
         return;
     }
-    let step = schedule.steps[schedule.cursor];
+    let step = current_step();
     let c = AdamConstants(hyper.beta1, hyper.beta2, vec4<f32>(hyper.epsilon), step.adam_step_size);
     for (var j = 0u; j < WORDS_PER_INVOCATION; j++) {
         let i = first + j;

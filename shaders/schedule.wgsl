@@ -7,24 +7,11 @@
 //   cursor += 1
 //
 // Bindings (group 0):
-//   0 schedule  storage, read_write   Schedule below: a 16-byte header, then Step [steps]
+//   0 schedule  storage, read_write   Schedule (shared/step.wgsl): a 16-byte header, then Step [steps]
 //
 // Workgroup: 1 invocation. Dispatch grid: (1, 1, 1).
 
-struct Step {
-    batch_start: u32,
-    rows: u32,
-    adam_step_size: f32,
-    _pad: u32,
-}
-
-struct Schedule {
-    cursor: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-    steps: array<Step>,
-}
+import package::shared::step::Schedule;
 
 @group(0) @binding(0) var<storage, read_write> schedule: Schedule;
 

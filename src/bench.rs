@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::gpu::uniforms::MatmulDims;
+use crate::gpu::uniforms::{MatmulDims, PeakShape};
 use crate::gpu::{Gpu, Kernels, MatmulOperand, MatmulVariant, TextureMirror};
 use crate::model::ModelSpec;
 
@@ -223,12 +223,6 @@ pub fn matmul_gflops(
 
 /// The adapter's vec4 FMA rate (GFLOP/s) from `shaders/peak.wgsl`.
 pub fn fma_peak_gflops(gpu: &Gpu) -> Result<f64> {
-    #[repr(C)]
-    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-    struct Shape {
-        iterations: u32,
-        _pad: [u32; 3],
-    }
     // Four FMA steps an iteration (see peak.wgsl): 1024 steps per chain.
     const ITERATIONS: u32 = 256;
     const GROUPS: u32 = 1024;
@@ -236,7 +230,7 @@ pub fn fma_peak_gflops(gpu: &Gpu) -> Result<f64> {
         .device
         .create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("peak.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(include_str!("../shaders/peak.wgsl").into()),
+            source: wgpu::ShaderSource::Wgsl(crate::shader_source!("peak.wgsl").into()),
         });
     let pipeline = gpu
         .device
@@ -251,7 +245,7 @@ pub fn fma_peak_gflops(gpu: &Gpu) -> Result<f64> {
     let layout = pipeline.get_bind_group_layout(0);
     let uniform = gpu.params_with(
         "peak shape",
-        &Shape {
+        &PeakShape {
             iterations: ITERATIONS,
             _pad: [0; 3],
         },

@@ -170,26 +170,20 @@ impl Kernels {
                     source: wgpu::ShaderSource::Wgsl(source.into()),
                 })
         };
-        let activation = module(
-            "activation.wgsl",
-            include_str!("../../shaders/activation.wgsl"),
-        );
-        let loss = module("loss.wgsl", include_str!("../../shaders/loss.wgsl"));
-        let gather = module("gather.wgsl", include_str!("../../shaders/gather.wgsl"));
-        let metrics = module("metrics.wgsl", include_str!("../../shaders/metrics.wgsl"));
-        let optimizer = module(
-            "optimizer.wgsl",
-            include_str!("../../shaders/optimizer.wgsl"),
-        );
+        let activation = module("activation.wgsl", crate::shader_source!("activation.wgsl"));
+        let loss = module("loss.wgsl", crate::shader_source!("loss.wgsl"));
+        let gather = module("gather.wgsl", crate::shader_source!("gather.wgsl"));
+        let metrics = module("metrics.wgsl", crate::shader_source!("metrics.wgsl"));
+        let optimizer = module("optimizer.wgsl", crate::shader_source!("optimizer.wgsl"));
         // Built only where training uses it (and so checked where it runs).
         let packed = OptimizerWords::preferred_for(gpu) == OptimizerWords::Packed;
         let optimizer_packed = packed.then(|| {
             module(
                 "optimizer_packed.wgsl",
-                include_str!("../../shaders/optimizer_packed.wgsl"),
+                crate::shader_source!("optimizer_packed.wgsl"),
             )
         });
-        let schedule = module("schedule.wgsl", include_str!("../../shaders/schedule.wgsl"));
+        let schedule = module("schedule.wgsl", crate::shader_source!("schedule.wgsl"));
 
         let loss_slots = [
             (0, Read),

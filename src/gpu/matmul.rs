@@ -296,7 +296,7 @@ impl MatmulKernels {
                     source: wgpu::ShaderSource::Wgsl(source.into()),
                 })
         };
-        let tiled = module("matmul.wgsl", include_str!("../../shaders/matmul.wgsl"));
+        let tiled = module("matmul.wgsl", crate::shader_source!("matmul.wgsl"));
         let tiling_constants = [
             ("WG_M", tiling.wg_m as f64),
             ("WG_N", tiling.wg_n as f64),
@@ -305,7 +305,7 @@ impl MatmulKernels {
         let vec4 = has_register_subgroups(gpu).then(|| {
             let registers = module(
                 "matmul_vec4.wgsl",
-                include_str!("../../shaders/matmul_vec4.wgsl"),
+                crate::shader_source!("matmul_vec4.wgsl"),
             );
             let with_below = [VEC4_SLOTS.as_slice(), &[(4, Mirror)]].concat();
             Vec4Kernels {

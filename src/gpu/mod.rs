@@ -8,6 +8,15 @@ pub mod mirror;
 pub mod ops;
 pub mod uniforms;
 
+/// The WGSL of the kernel file `shaders/$name`, as `build.rs` compiled it (its `import`s of
+/// `shaders/shared/` resolved).
+#[macro_export]
+macro_rules! shader_source {
+    ($name:literal) => {
+        include_str!(concat!(env!("OUT_DIR"), "/", $name))
+    };
+}
+
 pub use context::{AdapterRequest, AdapterSummary, BackendChoice, Gpu, list_adapters};
 pub use kernels::{Kernel, Kernels};
 pub use matmul::{MatmulOperand, MatmulTiling, MatmulVariant};

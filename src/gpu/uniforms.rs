@@ -1,5 +1,6 @@
-//! Host mirrors of the uniform structs in `shaders/`. Field order and padding match the WGSL
-//! declarations exactly (every field is 4 bytes; each struct is padded to 16 bytes).
+//! Host twins of the parameter structs in `shaders/`. Field order and padding match the WGSL
+//! declarations exactly (every field is 4 bytes; each struct is padded to 16 bytes); a unit test
+//! compares each with the compiled kernels' layout.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -230,4 +231,206 @@ pub struct OptimizerHyper {
     pub beta2: f32,
     pub epsilon: f32,
     pub _pad: [u32; 3],
+}
+
+/// `Shape` in peak.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct PeakShape {
+    pub iterations: u32,
+    pub _pad: [u32; 3],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host struct's size and the offsets of its named fields.
+    struct HostLayout {
+        size: usize,
+        fields: Vec<(&'static str, usize)>,
+    }
+
+    macro_rules! host_layout {
+        ($ty:ty { $($field:ident),* $(,)? }) => {
+            HostLayout {
+                size: std::mem::size_of::<$ty>(),
+                fields: vec![$((stringify!($field), std::mem::offset_of!($ty, $field))),*],
+            }
+        };
+    }
+
+    /// The compiled kernel's struct `name`: its size and each member's (name, offset), as naga
+    /// lays it out.
+    fn wgsl_layout(kernel: &str, source: &str, name: &str) -> (u32, Vec<(String, u32)>) {
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("{kernel}: {}", e.emit_to_string(source)));
+        let found = module.types.iter().find_map(|(_, ty)| match &ty.inner {
+            naga::TypeInner::Struct { members, span } if ty.name.as_deref() == Some(name) => {
+                let members = members
+                    .iter()
+                    .map(|m| (m.name.clone().unwrap_or_default(), m.offset))
+                    .collect();
+                Some((*span, members))
+            }
+            _ => None,
+        });
+        found.unwrap_or_else(|| panic!("{kernel} declares no struct {name}"))
+    }
+
+    /// Every WGSL struct the host writes, in every kernel that binds it, against its Rust twin:
+    /// the same size, and each member not named `_…` at the offset of the Rust field of that
+    /// name. A drifted copy would be read as other numbers, silently.
+    #[test]
+    fn host_structs_have_the_layout_of_their_wgsl_twins() {
+        let dims = || {
+            host_layout!(MatmulDims {
+                m,
+                n,
+                k,
+                a_offset,
+                a_row_stride,
+                a_col_stride,
+                b_offset,
+                b_row_stride,
+                b_col_stride,
+                c_offset,
+                bias_offset,
+                epilogue
+            })
+        };
+        let step = || {
+            host_layout!(StepParams {
+                batch_start,
+                rows,
+                adam_step_size
+            })
+        };
+        let hyper = || {
+            host_layout!(OptimizerHyper {
+                count,
+                learning_rate,
+                beta1,
+                beta2,
+                epsilon
+            })
+        };
+        let cases: Vec<(&str, &str, &str, HostLayout)> = vec![
+            (
+                "matmul.wgsl",
+                crate::shader_source!("matmul.wgsl"),
+                "Dims",
+                dims(),
+            ),
+            (
+                "matmul_vec4.wgsl",
+                crate::shader_source!("matmul_vec4.wgsl"),
+                "Dims",
+                dims(),
+            ),
+            (
+                "activation.wgsl",
+                crate::shader_source!("activation.wgsl"),
+                "Shape",
+                host_layout!(ActivationShape {
+                    rows,
+                    cols,
+                    bias_offset,
+                    activation
+                }),
+            ),
+            (
+                "gather.wgsl",
+                crate::shader_source!("gather.wgsl"),
+                "Step",
+                step(),
+            ),
+            (
+                "gather.wgsl",
+                crate::shader_source!("gather.wgsl"),
+                "Shape",
+                host_layout!(GatherShape {
+                    words_per_sample,
+                    transposed_quads
+                }),
+            ),
+            (
+                "loss.wgsl",
+                crate::shader_source!("loss.wgsl"),
+                "Step",
+                step(),
+            ),
+            (
+                "loss.wgsl",
+                crate::shader_source!("loss.wgsl"),
+                "Shape",
+                host_layout!(LossShape {
+                    classes,
+                    write_gradient
+                }),
+            ),
+            (
+                "metrics.wgsl",
+                crate::shader_source!("metrics.wgsl"),
+                "Shape",
+                host_layout!(MetricsShape { count, slot }),
+            ),
+            (
+                "optimizer.wgsl",
+                crate::shader_source!("optimizer.wgsl"),
+                "Step",
+                step(),
+            ),
+            (
+                "optimizer.wgsl",
+                crate::shader_source!("optimizer.wgsl"),
+                "Hyper",
+                hyper(),
+            ),
+            (
+                "optimizer_packed.wgsl",
+                crate::shader_source!("optimizer_packed.wgsl"),
+                "Step",
+                step(),
+            ),
+            (
+                "optimizer_packed.wgsl",
+                crate::shader_source!("optimizer_packed.wgsl"),
+                "Hyper",
+                hyper(),
+            ),
+            (
+                "peak.wgsl",
+                crate::shader_source!("peak.wgsl"),
+                "Shape",
+                host_layout!(PeakShape { iterations }),
+            ),
+        ];
+        for (kernel, source, name, host) in cases {
+            let (size, members) = wgsl_layout(kernel, source, name);
+            assert_eq!(size as usize, host.size, "{kernel} {name}: size");
+            let named: Vec<(String, usize)> = members
+                .into_iter()
+                .filter(|(member, _)| !member.starts_with('_'))
+                .map(|(member, offset)| (member, offset as usize))
+                .collect();
+            let host_fields: Vec<(String, usize)> = (host.fields.iter())
+                .map(|&(field, offset)| (field.to_string(), offset))
+                .collect();
+            assert_eq!(named, host_fields, "{kernel} {name}: members and offsets");
+        }
+        // The steps follow the schedule's header.
+        for (kernel, source) in [
+            ("schedule.wgsl", crate::shader_source!("schedule.wgsl")),
+            ("gather.wgsl", crate::shader_source!("gather.wgsl")),
+        ] {
+            let (_, members) = wgsl_layout(kernel, source, "Schedule");
+            let steps = members.iter().find(|(m, _)| m == "steps").map(|&(_, o)| o);
+            assert_eq!(
+                steps,
+                Some(SCHEDULE_HEADER_BYTES as u32),
+                "{kernel} Schedule"
+            );
+        }
+    }
 }

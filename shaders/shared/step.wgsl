@@ -1,0 +1,27 @@
+// The step schedule (src/gpu/uniforms.rs `StepParams`, `SCHEDULE_HEADER_BYTES`): a storage
+// buffer holding a cursor and one Step per training or evaluation step of an epoch, written by the
+// host once per epoch; schedule.wgsl's advance_step moves the cursor on at the end of every step.
+// Kernels that vary per step import `current_step`, which binds the schedule, read-only, at
+// binding 0 of group 0.
+
+struct Step {
+    batch_start: u32,
+    rows: u32,
+    adam_step_size: f32,
+    _pad: u32,
+}
+
+struct Schedule {
+    cursor: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    steps: array<Step>,
+}
+
+@group(0) @binding(0) var<storage, read> schedule: Schedule;
+
+// The step being run.
+fn current_step() -> Step {
+    return schedule.steps[schedule.cursor];
+}
