@@ -7,16 +7,22 @@
 // activation_backward:       grad[r, j] *= f'(operand[r, j])                            (in place)
 //                            grads[bias_offset + j] = sum_r grad[r, j]                  (bias gradient)
 // With the identity (f' = 1) only the bias gradient is written.
+// apply_derivative:          grad[i] *= f'(operand[i])  for i < rows cols              (in place)
+// (for a convolution's output, whose bias gradient its weight-gradient product computes)
 //
 // Bindings (group 0):
 //   0 shape   storage, read        Shape below
 //   1 values  storage, read_write  f32 [rows, cols] row-major: dL/da in, dL/dz out
 //   2 operand storage, read        f32 [rows, cols], the layer's forward output a
-//   3 grads   storage, read_write  flat gradient buffer (bias gradient at bias_offset)
+//   3 grads   storage, read_write  flat gradient buffer (bias gradient at bias_offset;
+//                                  activation_backward only)
 //
-// Workgroup: 64 invocations. Dispatch grid: one invocation per column, (ceil(cols / 64), 1, 1).
+// Workgroup: 64 invocations. Dispatch grid: activation_backward, one invocation per column,
+// (ceil(cols / 64), 1, 1); apply_derivative, one per 4 values, ceil(rows cols / 256) workgroups
+// folded into (x, y) with x <= 65535 (invocation = (y * num_workgroups.x + x) * 64 + local).
 
 import package::shared::activations::{IDENTITY, derivative_from_output};
+import package::shared::grid::flat_invocation;
 
 struct Shape {
     rows: u32,
@@ -58,4 +64,14 @@ fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
     grads[shape.bias_offset + j] = bias_grad;
+}
+
+@compute @workgroup_size(64)
+fn apply_derivative(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let first = flat_invocation(gid, groups, 64u) * 4u;
+    let count = shape.rows * shape.cols;
+    let activation = shape.activation;
+    for (var i = first; i < min(first + 4u, count); i++) {
+        values[i] *= derivative_from_output(activation, operand[i]);
+    }
 }

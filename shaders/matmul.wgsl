@@ -11,7 +11,8 @@
 // Epilogue (dims.epilogue): 0 stores the product; 1 + an activation code (shared/activations.wgsl: 0
 // identity, 1 relu, 2 sigmoid, 3 tanh) stores f(C[m, n] + B_buffer[bias_offset + n]), which
 // makes the product a dense layer's whole forward pass: Y = f(X W + b), W and b both in the flat
-// parameter buffer bound as rhs.
+// parameter buffer bound as rhs; 16 + an activation code stores f(C[m, n]) (a convolution's
+// product, whose last k multiplies the bias row by a column of ones: conv2d.wgsl).
 //
 // Bindings (group 0):
 //   0 dims   storage, read        Dims (shared/matmul_dims.wgsl; a storage buffer, not a uniform: see src/gpu/kernels.rs)
@@ -24,7 +25,7 @@
 // Dispatch grid: (ceil(N / (4 WG_N)), ceil(M / (4 WG_M)), 1).
 // Shapes need not be multiples of any tile: loads outside A or B read zero, stores outside C are skipped.
 
-import package::shared::matmul_dims::Dims;
+import package::shared::matmul_dims::{Dims, NO_EPILOGUE, ACTIVATION_EPILOGUE};
 import package::shared::activations::activate;
 
 override WG_M: u32 = 16u;
@@ -42,8 +43,11 @@ var<workgroup> b_tile: array<vec4<f32>, TILE_K * WG_N>;
 
 // The value stored at C[m, n] (see Epilogue above; `epilogue` and `bias_offset` from dims).
 fn finish(value: f32, n: u32, epilogue: u32, bias_offset: u32) -> f32 {
-    if (epilogue == 0u) {
+    if (epilogue == NO_EPILOGUE) {
         return value;
+    }
+    if (epilogue >= ACTIVATION_EPILOGUE) {
+        return activate(epilogue - ACTIVATION_EPILOGUE, value);
     }
     return activate(epilogue - 1u, value + rhs[bias_offset + n]);
 }

@@ -17,12 +17,13 @@
 //              input grad  dX = dY Wᵀ
 // Epilogue (dims.epilogue): 0 stores the product. matmul_nn, as in matmul.wgsl: 1 + an
 // activation code stores f(C + bias), the bias a vec4 per column quad at vec4 bias_offset / 4 + q
-// of the B buffer (its mirror); f is the pipeline's ACTIVATION (an override constant: the host
-// builds a matmul_nn pipeline per activation and passes 1 + ACTIVATION or 0), because an
+// of the B buffer (its mirror), or 16 + an activation code stores f(C) (a convolution's product,
+// its bias in the last k); f is the pipeline's ACTIVATION (an override constant: the host
+// builds a matmul_nn pipeline per activation and passes 1 + ACTIVATION, 16 + ACTIVATION or 0), because an
 // epilogue holding every activation's code for 32 accumulators took lavapipe 0.5-0.8 s to compile
 // at the first dispatch. matmul_nt: DERIVATIVE_EPILOGUE + an activation code stores
 // C ⊙ f'(a), a read from `below` at C's position (the output a = f(z) of the layer beneath,
-// activation codes and derivatives as in activation.wgsl): the input gradient carried through
+// activation codes and derivatives as in shared/activations.wgsl): the input gradient carried through
 // that layer's activation, for which activation.wgsl then only sums the bias gradient.
 // Requirements (checked by the host, which uses matmul.wgsl otherwise): N % 4 == 0, every offset
 // (the bias's too) and stride a multiple of 4, K % 4 == 0 for nn and nt, M % 4 == 0 for tn; and
@@ -55,7 +56,7 @@
 // Workgroup: 64 invocations covering 8 x 8 blocks. Dispatch grid:
 // (ceil(N / (8 block columns)), ceil(M / 64), 1).
 
-import package::shared::matmul_dims::{Dims, DERIVATIVE_EPILOGUE};
+import package::shared::matmul_dims::{Dims, NO_EPILOGUE, DERIVATIVE_EPILOGUE, ACTIVATION_EPILOGUE};
 import package::shared::activations::{activate4, derivative_from_output4};
 import package::shared::mirror::mirrored;
 
@@ -97,8 +98,11 @@ fn row4(acc: vec4<f32>, a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32
 
 // The four values stored at C[m, 4q..4q+3] (see Epilogue above).
 fn finish(value: vec4<f32>, q: u32, epilogue: u32, bias_offset: u32) -> vec4<f32> {
-    if (epilogue == 0u) {
+    if (epilogue == NO_EPILOGUE) {
         return value;
+    }
+    if (epilogue >= ACTIVATION_EPILOGUE) {
+        return activate4(ACTIVATION, value);
     }
     return activate4(ACTIVATION, value + rhs_at(bias_offset / 4u + q));
 }

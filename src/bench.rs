@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::gpu::uniforms::{MatmulDims, PeakShape};
 use crate::gpu::{Gpu, Kernels, MatmulOperand, MatmulVariant, TextureMirror};
-use crate::model::ModelSpec;
+use crate::model::{LayerSpec, ModelSpec};
 
 /// One matmul of a training step, timed alone.
 #[derive(Debug, Clone, Serialize)]
@@ -66,44 +66,73 @@ pub struct StepMatmul {
     pub register_dims: MatmulDims,
 }
 
-/// The three products of every dense layer for a batch of `rows` (no input gradient for the
-/// first layer: nothing consumes it).
-fn products(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims)> {
-    let mut shapes = Vec::new();
-    for (l, layer) in spec.layout().layers.iter().enumerate() {
-        shapes.push((
-            format!("layer {l} forward"),
-            MatmulDims::layer_forward(rows, layer),
-        ));
-        shapes.push((
-            format!("layer {l} weight grad"),
-            MatmulDims::layer_weight_grad(rows, layer),
-        ));
-        if l > 0 {
-            shapes.push((
-                format!("layer {l} input grad"),
-                MatmulDims::layer_input_grad(rows, layer),
-            ));
+/// The products of a training step over a batch of `rows`: each dense layer's forward, weight
+/// gradient and input gradient, each convolution's forward, weight gradient and patch-matrix
+/// gradient (no input gradient for a layer with no parameters below it: nothing consumes it),
+/// named after the layer's `layers.{i}` index; with the model FLOPs of each (a convolution's
+/// without the bias column and padding its product carries).
+fn products(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims, f64)> {
+    let layout = spec.layout();
+    let shapes = spec.shapes().expect("a validated model");
+    let mut products = Vec::new();
+    for (l, layer) in spec.layers.iter().enumerate() {
+        let (Some(m), Some(i)) = (layout.of_layer(l), layout.layer_matrix[l]) else {
+            continue;
+        };
+        let input_grad = spec.layers[..l].iter().any(LayerSpec::has_parameters);
+        let (kind, dims, positions) = match *layer {
+            LayerSpec::Conv2d { activation, .. } => {
+                let positions = rows * layer.geometry(shapes[l]).expect("valid").positions();
+                let dims = [
+                    MatmulDims::conv_forward(positions, &m, activation),
+                    MatmulDims::conv_weight_grad(positions, &m),
+                    MatmulDims::conv_patch_grad(positions, &m),
+                ];
+                ("conv", dims, positions)
+            }
+            _ => {
+                let dims = [
+                    MatmulDims::layer_forward(rows, &m),
+                    MatmulDims::layer_weight_grad(rows, &m),
+                    MatmulDims::layer_input_grad(rows, &m),
+                ];
+                ("dense", dims, rows)
+            }
+        };
+        let model_flops = 2.0 * positions as f64 * m.inputs as f64 * m.outputs as f64;
+        let names = ["forward", "weight grad", "input grad"];
+        for (part, (name, dims)) in names.iter().zip(dims).enumerate() {
+            if part < 2 || input_grad {
+                products.push((format!("{kind} {i} {name}"), dims, model_flops));
+            }
         }
     }
-    shapes
+    products
 }
 
 /// The products of a training step (see `products`), each with the form the register kernels
 /// compute it in.
 pub fn step_matmuls(kernels: &Kernels, spec: &ModelSpec, rows: usize) -> Vec<StepMatmul> {
-    let first_layer = spec.layout().layers[0];
+    // The dense layer that reads the batch (after any Flatten) takes its weight gradient on the
+    // transposed batch where the register kernels do.
+    let layout = spec.layout();
+    let batch_dense = (spec.layers.iter().enumerate())
+        .find(|(_, layer)| **layer != LayerSpec::Flatten)
+        .filter(|(_, layer)| matches!(layer, LayerSpec::Dense { .. }))
+        .and_then(|(l, _)| layout.of_layer(l));
     let stride = rows.next_multiple_of(4);
-    let transposed = kernels
-        .matmul
-        .transposed_first_weight_grad(rows, &first_layer, stride);
-    let first_weight_grad = MatmulDims::layer_weight_grad(rows, &first_layer);
+    let transposed = batch_dense.and_then(|m| {
+        let dims = kernels
+            .matmul
+            .transposed_first_weight_grad(rows, &m, stride)?;
+        Some((MatmulDims::layer_weight_grad(rows, &m), dims))
+    });
     products(spec, rows)
         .into_iter()
-        .map(|(name, dims)| StepMatmul {
+        .map(|(name, dims, _)| StepMatmul {
             register_dims: transposed
-                .filter(|_| dims == first_weight_grad)
-                .unwrap_or(dims),
+                .filter(|(plain, _)| *plain == dims)
+                .map_or(dims, |(_, transposed)| transposed),
             name,
             dims,
         })
@@ -117,10 +146,7 @@ fn flops(dims: &MatmulDims) -> f64 {
 /// Model FLOPs of one training step: the multiply-adds of its matmuls (the element-wise kernels
 /// and the optimizer are a rounding error beside them, and are not counted).
 pub fn step_flops(spec: &ModelSpec, rows: usize) -> f64 {
-    products(spec, rows)
-        .iter()
-        .map(|(_, dims)| flops(dims))
-        .sum()
+    products(spec, rows).iter().map(|(_, _, flops)| flops).sum()
 }
 
 fn wait(gpu: &Gpu) -> Result<()> {

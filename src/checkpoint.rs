@@ -25,7 +25,7 @@ use crate::model::ModelSpec;
 use crate::model_file::{describe_model, name_of, parse_safetensors, read_model_description};
 use crate::train::{EpochState, OptimizerKind, TrainConfig, TrainingState};
 
-const FORMAT: &str = "shadertrain checkpoint 1";
+const FORMAT: &str = "shadertrain checkpoint 2";
 
 /// What a run trains and on what: everything a resumed run must agree with.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,17 +44,23 @@ impl RunDescription {
     pub fn contradictions(&self, asked: &RunDescription) -> Vec<String> {
         let describe = |run: &RunDescription| {
             let c = &run.config;
-            let widths: Vec<String> = run.spec.widths().iter().map(|w| w.to_string()).collect();
             [
                 ("dataset (--dataset)", run.dataset.name().to_string()),
-                ("layer sizes (--hidden)", widths.join("-")),
-                ("activation (--activation)", name_of(&run.spec.activation)),
+                (
+                    "layers (--model, --layers, --hidden, --activation)",
+                    run.spec.describe(),
+                ),
+                ("input shape", run.spec.input.to_string()),
                 ("loss (--loss)", name_of(&run.spec.loss)),
                 ("optimizer (--optimizer)", name_of(&c.optimizer)),
                 ("learning rate (--lr)", c.learning_rate.to_string()),
                 ("batch size (--batch-size)", c.batch_size.to_string()),
                 ("seed (--seed)", c.seed.to_string()),
                 ("shuffling (--no-shuffle)", on_off(c.shuffle).to_string()),
+                (
+                    "validation split (--validation-split)",
+                    c.validation_split.to_string(),
+                ),
                 ("Adam beta1", c.beta1.to_string()),
                 ("Adam beta2", c.beta2.to_string()),
                 ("Adam epsilon", c.epsilon.to_string()),
@@ -163,6 +169,7 @@ fn serialise(checkpoint: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
         ("shuffle", c.shuffle.to_string()),
         ("epochs", c.epochs.to_string()),
         ("max_steps", optional(c.max_steps)),
+        ("validation_split", c.validation_split.to_string()),
         ("steps_per_submit", c.steps_per_submit.to_string()),
         ("train_samples", run.train_samples.to_string()),
         ("test_samples", run.test_samples.to_string()),
@@ -221,7 +228,9 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         problem,
     };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (file, metadata) = parse_safetensors(&bytes, &bad, "not a shadertrain checkpoint")?;
+    let (file, metadata) = parse_safetensors(&bytes, &bad)?;
+    let metadata =
+        metadata.ok_or_else(|| bad("no __metadata__: not a shadertrain checkpoint".into()))?;
     if metadata.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(bad(format!(
             "not a shadertrain checkpoint (format {:?}, expected {FORMAT:?})",
@@ -248,6 +257,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         steps_per_submit: meta.value("steps_per_submit")?,
         shuffle: meta.value("shuffle")?,
         max_steps: meta.optional("max_steps")?,
+        validation_split: meta.value("validation_split")?,
     };
     config.validate().map_err(|e| bad(e.to_string()))?;
     let run = RunDescription {

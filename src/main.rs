@@ -10,7 +10,7 @@ mod cli;
 
 use shadertrain::data::{DATA_ENV, Dataset, DatasetKind, Split, default_dir};
 use shadertrain::gpu::{AdapterRequest, BackendChoice, list_adapters};
-use shadertrain::model::{Activation, Loss, ModelSpec};
+use shadertrain::model::{Activation, Loss, ModelSpec, parse_layers};
 use shadertrain::train::{OptimizerKind, TrainConfig};
 
 #[derive(Parser)]
@@ -26,7 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train an MLP classifier on MNIST and print train/test loss and accuracy after each epoch.
+    /// Train a classifier (an MLP, Keras' MNIST convnet, or any layer list) on MNIST or
+    /// Fashion-MNIST and print training, validation and test loss and accuracy after each epoch.
     Train(TrainArgs),
     /// List every GPU adapter wgpu can see, marking the one `train` would use.
     Adapters(AdapterArgs),
@@ -159,9 +160,26 @@ struct RecipeArgs {
     /// Dataset to train on.
     #[arg(long, value_enum, default_value_t = DatasetKind::Mnist)]
     dataset: DatasetKind,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
+    /// The model: the reference MLP (--hidden, --activation), or Keras' mnist_convnet
+    /// (conv32k3, maxpool2, conv64k3, maxpool2, flatten, dropout0.5, dense; 15 epochs and
+    /// --validation-split 0.1 unless given) [default: mlp].
+    #[arg(long, value_enum, conflicts_with_all = ["layers", "hidden"])]
+    model: Option<ModelPreset>,
+    /// Any sequential model as a list of layers (instead of --model / --hidden): comma-separated
+    /// conv<filters>k<size>[s<stride>][same], maxpool<size>[s<stride>], flatten, dropout<rate>,
+    /// dense<units>; layers with weights may end in :relu, :sigmoid, :tanh or :linear (default
+    /// --activation; the last layer is linear), e.g.
+    /// conv32k3,maxpool2,conv64k3,maxpool2,flatten,dropout0.5,dense10.
+    #[arg(long, value_name = "LIST", value_parser = check_layers, conflicts_with = "hidden")]
+    layers: Option<String>,
+    /// Passes over the training set [default: 10; 15 with --model convnet].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Hold out this fraction of the training set, its last samples as loaded (Keras'
+    /// validation_split), and report val_loss and val_acc every epoch [default: 0; 0.1 with
+    /// --model convnet].
+    #[arg(long, value_name = "F")]
+    validation_split: Option<f64>,
     /// Samples per gradient step (the last batch of an epoch may be smaller; it is trained on too).
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
@@ -172,10 +190,11 @@ struct RecipeArgs {
     /// adapter gives the same run.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Hidden layer widths, comma-separated; "none" (or "") for a linear softmax classifier.
+    /// The MLP's hidden layer widths, comma-separated; "none" (or "") for a linear softmax
+    /// classifier.
     #[arg(long, default_value = "256,128", value_parser = parse_hidden)]
     hidden: Hidden,
-    /// Activation of the hidden layers.
+    /// Activation of the hidden layers (of every layer with weights but the last).
     #[arg(long, value_enum, default_value_t = Activation::Relu)]
     activation: Activation,
     /// Loss on the softmax output: cross-entropy, or mean squared error against one-hot targets.
@@ -230,6 +249,25 @@ struct TrainArgs {
     /// change). With no checkpoint in DIR yet, the run starts from the beginning.
     #[arg(long, value_name = "DIR", conflicts_with = "init")]
     resume: Option<PathBuf>,
+}
+
+/// The models `--model` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModelPreset {
+    /// Flatten, dense layers of --hidden widths with --activation, a linear dense layer.
+    Mlp,
+    /// Keras' mnist_convnet.
+    Convnet,
+}
+
+/// Keras' mnist_convnet recipe as a layer list, for `classes` classes.
+fn convnet_layers(classes: usize) -> String {
+    format!("conv32k3,maxpool2,conv64k3,maxpool2,flatten,dropout0.5,dense{classes}")
+}
+
+/// `--layers`: a usage error at the token that does not parse.
+fn check_layers(text: &str) -> Result<String, String> {
+    parse_layers(text, Activation::Relu).map(|_| text.to_string())
 }
 
 #[derive(Clone, Debug)]
@@ -360,15 +398,40 @@ fn recipe(args: &RecipeArgs) -> shadertrain::Result<Recipe> {
     let data_dir = args.data.dir(args.dataset)?;
     let train_set = Dataset::load_mnist(&data_dir, Split::Train)?;
     let test_set = Dataset::load_mnist(&data_dir, Split::Test)?;
-    let spec = ModelSpec {
-        inputs: train_set.features,
-        hidden: args.hidden.0.clone(),
-        classes: train_set.classes,
-        activation: args.activation,
-        loss: args.loss,
+    let classes = train_set.classes;
+    let convnet = args.model == Some(ModelPreset::Convnet);
+    let layers = match (&args.layers, convnet) {
+        (Some(layers), _) => Some(layers.clone()),
+        (None, true) => Some(convnet_layers(classes)),
+        (None, false) => None,
     };
+    let spec = match layers {
+        Some(layers) => ModelSpec {
+            input: train_set.shape,
+            layers: parse_layers(&layers, args.activation)
+                .map_err(|e| shadertrain::Error::Config(format!("--layers: {e}")))?,
+            loss: args.loss,
+        },
+        None => ModelSpec::mlp(
+            train_set.shape,
+            &args.hidden.0,
+            classes,
+            args.activation,
+            args.loss,
+        ),
+    };
+    spec.validate().map_err(|e| {
+        let problem = match e {
+            shadertrain::Error::Config(problem) => problem,
+            other => other.to_string(),
+        };
+        shadertrain::Error::Config(format!(
+            "the model does not fit the data's samples of {}: {problem}",
+            spec.input
+        ))
+    })?;
     let config = TrainConfig {
-        epochs: args.epochs,
+        epochs: args.epochs.unwrap_or(if convnet { 15 } else { 10 }),
         batch_size: args.batch_size,
         learning_rate: args.lr.unwrap_or(match args.optimizer {
             OptimizerKind::Adam => 1e-3,
@@ -378,6 +441,9 @@ fn recipe(args: &RecipeArgs) -> shadertrain::Result<Recipe> {
         optimizer: args.optimizer,
         shuffle: !args.no_shuffle,
         max_steps: args.max_steps,
+        validation_split: args
+            .validation_split
+            .unwrap_or(if convnet { 0.1 } else { 0.0 }),
         ..TrainConfig::default()
     };
     Ok(Recipe {

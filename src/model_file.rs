@@ -1,10 +1,14 @@
 //! Trained models as safetensors files that PyTorch can load.
 //!
-//! Tensors follow `torch.nn.Linear`: `layers.{i}.weight` of shape [out, in] and `layers.{i}.bias`
-//! of shape [out], F32, i counting dense layers from 0. (In the flat parameter buffer a weight is
-//! [in, out]; it is transposed on the way out and back.) `__metadata__` holds what is needed to
-//! use the file without flags: layer sizes, activation, loss, input normalisation, dataset, and the
-//! version of shadertrain that wrote it.
+//! Tensors `layers.{i}.weight` and `layers.{i}.bias`, F32, `i` counting the layers that have
+//! parameters from 0, in PyTorch's layouts: a dense layer's weight `[out, in]` (`nn.Linear`), a
+//! convolution's `[out_channels, in_channels, kh, kw]` (`nn.Conv2d`), biases `[out]`. A dense
+//! layer after a Flatten of a C × H × W tensor numbers its inputs as `nn.Flatten` does, (channel,
+//! row, column), so `nn.Conv2d` … `nn.Flatten()` `nn.Linear` load the file with nothing but a
+//! mapping of names. (In the flat parameter buffer a weight is a `[in, out]` matrix over
+//! channels-last inputs; it is reordered on the way out and back.) `__metadata__` holds what is
+//! needed to use the file without flags: the layer list, the input shape, the loss, the input
+//! normalisation, the dataset, and the version of shadertrain that wrote it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,10 +19,12 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 use crate::files::write_atomically;
-use crate::model::{Activation, Loss, ModelSpec};
+use crate::model::{Activation, LayerSpec, Loss, ModelSpec, Shape, parse_layers};
 
 /// How inputs were scaled before the first layer; the only scaling shadertrain uses.
 pub const INPUT_NORMALISATION: &str = "pixel / 255 (u8 grey levels to [0, 1])";
+
+const FORMAT: &str = "shadertrain model";
 
 /// A model read back from a file.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,11 +35,93 @@ pub struct SavedModel {
     pub dataset: DatasetKind,
 }
 
-pub(crate) fn name_of<T: ValueEnum>(value: &T) -> String {
+/// The command-line spelling of a flag value.
+pub fn name_of<T: ValueEnum>(value: &T) -> String {
     value
         .to_possible_value()
         .map(|v| v.get_name().to_string())
         .unwrap_or_default()
+}
+
+/// How one layer's tensors map onto its weight matrix: each file weight element's index in the
+/// flat buffer, in the file's (PyTorch's) order.
+struct TensorMapping {
+    name: String,
+    shape: Vec<usize>,
+    /// `positions[j]`: where the file's element j lives in the flat buffer.
+    positions: Vec<usize>,
+}
+
+/// The tensors of every layer with parameters, weight then bias, as the file holds them.
+fn tensor_mappings(spec: &ModelSpec) -> Vec<TensorMapping> {
+    let layout = spec.layout();
+    let shapes = spec.shapes().expect("a validated model");
+    let mut mappings = Vec::new();
+    for (l, layer) in spec.layers.iter().enumerate() {
+        let Some(m) = layout.of_layer(l) else {
+            continue;
+        };
+        let i = layout.layer_matrix[l].expect("a matrix");
+        let at = |row: usize, out: usize| m.weight_offset + row * m.outputs + out;
+        let (shape, positions) = match *layer {
+            LayerSpec::Conv2d {
+                filters, kernel, ..
+            } => {
+                let channels = shapes[l].channels;
+                let mut positions = Vec::with_capacity(m.inputs * filters);
+                for f in 0..filters {
+                    for c in 0..channels {
+                        for ky in 0..kernel {
+                            for kx in 0..kernel {
+                                positions.push(at((ky * kernel + kx) * channels + c, f));
+                            }
+                        }
+                    }
+                }
+                (vec![filters, channels, kernel, kernel], positions)
+            }
+            _ => {
+                // nn.Flatten numbers a C × H × W input (channel, row, column); ours is
+                // channels-last, (row, column, channel).
+                let image = flattened_image(spec, &shapes, l);
+                let ours = |input: usize| match image {
+                    Some(s) => {
+                        let (c, pixel) =
+                            (input / (s.height * s.width), input % (s.height * s.width));
+                        pixel * s.channels + c
+                    }
+                    None => input,
+                };
+                let positions = (0..m.outputs)
+                    .flat_map(|out| (0..m.inputs).map(move |input| (out, input)))
+                    .map(|(out, input)| at(ours(input), out))
+                    .collect();
+                (vec![m.outputs, m.inputs], positions)
+            }
+        };
+        mappings.push(TensorMapping {
+            name: format!("layers.{i}.weight"),
+            shape,
+            positions,
+        });
+        mappings.push(TensorMapping {
+            name: format!("layers.{i}.bias"),
+            shape: vec![m.outputs],
+            positions: (m.bias_offset..m.bias_offset + m.outputs).collect(),
+        });
+    }
+    mappings
+}
+
+/// The C × H × W shape a dense layer's input was flattened from (through any dropout), where
+/// PyTorch's order of its values differs from ours.
+fn flattened_image(spec: &ModelSpec, shapes: &[Shape], dense: usize) -> Option<Shape> {
+    let flatten = (0..dense)
+        .rev()
+        .find(|&l| !matches!(spec.layers[l], LayerSpec::Dropout { .. }))?;
+    let image = shapes[flatten];
+    let reordered = image.channels > 1 && image.height * image.width > 1;
+    (spec.layers[flatten] == LayerSpec::Flatten && reordered).then_some(image)
 }
 
 /// Writes the model atomically.
@@ -43,35 +131,20 @@ pub fn save_model(
     params: &[f32],
     dataset: DatasetKind,
 ) -> Result<()> {
-    let layout = spec.layout();
     assert_eq!(
         params.len(),
-        layout.total,
+        spec.layout().total,
         "parameters do not match the model"
     );
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (i, layer) in layout.layers.iter().enumerate() {
-        let weight = &params[layer.weight_offset..layer.bias_offset];
-        let mut transposed = Vec::with_capacity(weight.len() * 4);
-        for out in 0..layer.outputs {
-            for input in 0..layer.inputs {
-                transposed.extend_from_slice(&weight[input * layer.outputs + out].to_le_bytes());
-            }
-        }
-        tensors.push((
-            format!("layers.{i}.weight"),
-            vec![layer.outputs, layer.inputs],
-            transposed,
-        ));
-        let bias = &params[layer.bias_offset..layer.bias_offset + layer.outputs];
-        tensors.push((
-            format!("layers.{i}.bias"),
-            vec![layer.outputs],
-            bias.iter().flat_map(|b| b.to_le_bytes()).collect(),
-        ));
-    }
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = tensor_mappings(spec)
+        .into_iter()
+        .map(|t| {
+            let bytes = t.positions.iter().flat_map(|&p| params[p].to_le_bytes());
+            (t.name, t.shape, bytes.collect())
+        })
+        .collect();
     let mut metadata = describe_model(spec, dataset);
-    metadata.insert("format".to_string(), "shadertrain mlp".to_string());
+    metadata.insert("format".to_string(), FORMAT.to_string());
     let views = tensors
         .iter()
         .map(|(name, shape, bytes)| {
@@ -88,10 +161,13 @@ pub fn save_model(
 
 /// The `__metadata__` entries that describe a model: what using it needs without flags.
 pub(crate) fn describe_model(spec: &ModelSpec, dataset: DatasetKind) -> HashMap<String, String> {
-    let widths: Vec<String> = spec.widths().iter().map(|w| w.to_string()).collect();
+    let input = spec.input;
     HashMap::from([
-        ("layer_sizes".to_string(), widths.join(",")),
-        ("activation".to_string(), name_of(&spec.activation)),
+        ("layers".to_string(), spec.describe()),
+        (
+            "input_shape".to_string(),
+            format!("{},{},{}", input.channels, input.height, input.width),
+        ),
         ("loss".to_string(), name_of(&spec.loss)),
         (
             "input_normalisation".to_string(),
@@ -105,10 +181,50 @@ pub(crate) fn describe_model(spec: &ModelSpec, dataset: DatasetKind) -> HashMap<
     ])
 }
 
-/// Reads back what `describe_model` wrote; a problem is described for the file's error.
+/// Reads back what `describe_model` wrote (or what versions before the layer list wrote:
+/// `layer_sizes` and `activation` of an MLP); a problem is described for the file's error.
 pub(crate) fn read_model_description(
     metadata: &HashMap<String, String>,
 ) -> Result<(ModelSpec, DatasetKind), String> {
+    let field = |key: &str| {
+        metadata
+            .get(key)
+            .cloned()
+            .ok_or_else(|| format!("__metadata__ lacks {key:?}: not written by shadertrain"))
+    };
+    let loss_name = field("loss")?;
+    let loss =
+        Loss::from_str(&loss_name, true).map_err(|_| format!("unknown loss {loss_name:?}"))?;
+    let dataset_name = field("dataset")?;
+    let dataset = DatasetKind::from_str(&dataset_name, true)
+        .map_err(|_| format!("unknown dataset {dataset_name:?}"))?;
+    let spec = match metadata.get("layers") {
+        Some(layers) => {
+            let dims: Vec<usize> = field("input_shape")?
+                .split(',')
+                .map(|d| d.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| "__metadata__ input_shape is not C,H,W".to_string())?;
+            let [channels, height, width] = dims[..] else {
+                return Err("__metadata__ input_shape is not C,H,W".into());
+            };
+            ModelSpec {
+                input: Shape::image(channels, height, width),
+                // Every activation is named, so the default is never used.
+                layers: parse_layers(layers, Activation::Relu)
+                    .map_err(|e| format!("__metadata__ layers: {e}"))?,
+                loss,
+            }
+        }
+        None => legacy_mlp(metadata, loss)?,
+    };
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok((spec, dataset))
+}
+
+/// An MLP as versions before the layer list described it: `layer_sizes` (input, hidden widths,
+/// classes) and one `activation`.
+fn legacy_mlp(metadata: &HashMap<String, String>, loss: Loss) -> Result<ModelSpec, String> {
     let field = |key: &str| {
         metadata
             .get(key)
@@ -120,107 +236,136 @@ pub(crate) fn read_model_description(
         .map(|w| w.trim().parse::<usize>())
         .collect::<Result<_, _>>()
         .map_err(|_| "__metadata__ layer_sizes is not a list of widths".to_string())?;
-    if widths.len() < 2 {
+    if widths.len() < 2 || widths.contains(&0) {
         return Err(format!(
-            "layer_sizes {widths:?} needs an input and an output width"
+            "layer_sizes {widths:?} needs positive input and output widths"
         ));
     }
     let activation_name = field("activation")?;
     let activation = Activation::from_str(&activation_name, true)
         .map_err(|_| format!("unknown activation {activation_name:?}"))?;
-    let loss_name = field("loss")?;
-    let loss =
-        Loss::from_str(&loss_name, true).map_err(|_| format!("unknown loss {loss_name:?}"))?;
-    let dataset_name = field("dataset")?;
-    let dataset = DatasetKind::from_str(&dataset_name, true)
-        .map_err(|_| format!("unknown dataset {dataset_name:?}"))?;
-    let spec = ModelSpec {
-        inputs: widths[0],
-        hidden: widths[1..widths.len() - 1].to_vec(),
-        classes: widths[widths.len() - 1],
+    Ok(ModelSpec::mlp(
+        Shape::flat(widths[0]),
+        &widths[1..widths.len() - 1],
+        widths[widths.len() - 1],
         activation,
         loss,
-    };
-    spec.validate().map_err(|e| e.to_string())?;
-    Ok((spec, dataset))
+    ))
 }
 
-/// Parses a safetensors file and its `__metadata__` (whose absence means `foreign`); `bad`
-/// words the errors for the file.
+/// Parses a safetensors file and its `__metadata__`, if it has one; `bad` words the errors for
+/// the file.
 pub(crate) fn parse_safetensors<'a>(
     bytes: &'a [u8],
     bad: &dyn Fn(String) -> Error,
-    foreign: &str,
-) -> Result<(SafeTensors<'a>, HashMap<String, String>)> {
+) -> Result<(SafeTensors<'a>, Option<HashMap<String, String>>)> {
     let unreadable =
         |e: safetensors::SafeTensorError| bad(format!("not a readable safetensors file: {e}"));
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(unreadable)?;
     let file = SafeTensors::deserialize(bytes).map_err(unreadable)?;
-    let metadata = header
-        .metadata()
-        .clone()
-        .ok_or_else(|| bad(format!("no __metadata__: {foreign}")))?;
-    Ok((file, metadata))
+    Ok((file, header.metadata().clone()))
 }
 
-/// Reads a model written by `save_model`, checking every tensor against the metadata.
+/// Reads a model written by `save_model`, checking every tensor against its metadata.
 pub fn load_model(path: &Path) -> Result<SavedModel> {
-    let bad = |problem: String| Error::ModelFile {
-        path: path.to_path_buf(),
-        problem,
-    };
+    let bad = bad_file(path);
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (file, metadata) = parse_safetensors(&bytes, &bad, "not written by shadertrain")?;
-    let (spec, dataset) = read_model_description(&metadata).map_err(bad)?;
-    let widths = spec.widths();
-    let layout = spec.layout();
-    let mut params = vec![0.0f32; layout.total];
-    for (i, layer) in layout.layers.iter().enumerate() {
-        let read = |name: String, shape: Vec<usize>| -> Result<Vec<f32>> {
-            let view = file
-                .tensor(&name)
-                .map_err(|_| bad(format!("tensor {name} is missing")))?;
-            if view.dtype() != Dtype::F32 {
-                return Err(bad(format!(
-                    "tensor {name} is {:?}, expected F32",
-                    view.dtype()
-                )));
-            }
-            if view.shape() != shape.as_slice() {
-                return Err(bad(format!(
-                    "tensor {name} has shape {:?}, expected {shape:?} for layer sizes {widths:?}",
-                    view.shape()
-                )));
-            }
-            Ok(view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect())
-        };
-        let weight = read(
-            format!("layers.{i}.weight"),
-            vec![layer.outputs, layer.inputs],
-        )?;
-        for out in 0..layer.outputs {
-            for input in 0..layer.inputs {
-                params[layer.weight_offset + input * layer.outputs + out] =
-                    weight[out * layer.inputs + input];
-            }
-        }
-        let bias = read(format!("layers.{i}.bias"), vec![layer.outputs])?;
-        params[layer.bias_offset..layer.bias_offset + layer.outputs].copy_from_slice(&bias);
-    }
-    if file.len() != 2 * layout.layers.len() {
-        return Err(bad(format!(
-            "holds {} tensors; a model with layer sizes {widths:?} has {}",
-            file.len(),
-            2 * layout.layers.len()
-        )));
-    }
+    let (file, metadata) = parse_safetensors(&bytes, &bad)?;
+    let metadata =
+        metadata.ok_or_else(|| bad("no __metadata__: not written by shadertrain".into()))?;
+    let (spec, dataset) = read_model_description(&metadata).map_err(&bad)?;
+    let params = read_parameters(&file, &spec, &bad)?;
     Ok(SavedModel {
         spec,
         params,
         dataset,
     })
+}
+
+/// The weights of a file for the model `spec` (`--init`): a file shadertrain wrote must describe
+/// the same layers on the same input; a file without shadertrain's metadata (as PyTorch's
+/// `save_file(model.state_dict())` writes it, under our tensor names) must hold every tensor
+/// `spec` has, in name and shape.
+pub fn load_parameters_for(path: &Path, spec: &ModelSpec) -> Result<Vec<f32>> {
+    let bad = bad_file(path);
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (file, metadata) = parse_safetensors(&bytes, &bad)?;
+    let ours = metadata.filter(|m| m.contains_key("layers") || m.contains_key("layer_sizes"));
+    if let Some(metadata) = ours {
+        let (saved, _) = read_model_description(&metadata).map_err(&bad)?;
+        if saved.describe() != spec.describe() || saved.input.len() != spec.input.len() {
+            return Err(bad(format!(
+                "it holds the model {} on inputs of {}, not {} on inputs of {}",
+                saved.describe(),
+                saved.input,
+                spec.describe(),
+                spec.input
+            )));
+        }
+        return read_parameters(&file, &saved, &bad);
+    }
+    read_parameters(&file, spec, &bad)
+}
+
+fn bad_file(path: &Path) -> impl Fn(String) -> Error + '_ {
+    move |problem| Error::ModelFile {
+        path: path.to_path_buf(),
+        problem,
+    }
+}
+
+/// Every tensor of `spec` from `file`, into the flat buffer's layout; a missing, extra or
+/// misshapen tensor is an error naming it.
+fn read_parameters(
+    file: &SafeTensors<'_>,
+    spec: &ModelSpec,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<Vec<f32>> {
+    let mut params = vec![0.0f32; spec.layout().total];
+    let mappings = tensor_mappings(spec);
+    for t in &mappings {
+        let view = file.tensor(&t.name).map_err(|_| {
+            bad(format!(
+                "tensor {} is missing (the model is {})",
+                t.name,
+                spec.describe()
+            ))
+        })?;
+        if view.dtype() != Dtype::F32 {
+            return Err(bad(format!(
+                "tensor {} is {:?}, expected F32",
+                t.name,
+                view.dtype()
+            )));
+        }
+        if view.shape() != t.shape.as_slice() {
+            return Err(bad(format!(
+                "tensor {} has shape {:?}, expected {:?} for the model {}",
+                t.name,
+                view.shape(),
+                t.shape,
+                spec.describe()
+            )));
+        }
+        for (bytes, &position) in view.data().chunks_exact(4).zip(&t.positions) {
+            params[position] = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        }
+    }
+    if file.len() != mappings.len() {
+        let mut extra: Vec<String> = file
+            .names()
+            .into_iter()
+            .filter(|name| !mappings.iter().any(|t| t.name == **name))
+            .map(|name| name.to_string())
+            .collect();
+        extra.sort();
+        return Err(bad(format!(
+            "holds {} tensors; the model {} has {} (not its: {})",
+            file.len(),
+            spec.describe(),
+            mappings.len(),
+            extra.join(", ")
+        )));
+    }
+    Ok(params)
 }

@@ -3,18 +3,23 @@
 
 use crate::data::Dataset;
 use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
-use crate::model::{LayerActivation, Loss, ModelSpec};
+use crate::layers::{conv2d, dense, dropout, pool};
+use crate::model::{Geometry, LayerActivation, LayerSpec, Loss, ModelSpec};
 
 /// matmul.wgsl: out[c_offset + m N + n] = Σ_k A(m, k) B(k, n), accumulated in f64, then with an
-/// epilogue f(sum + bias[n]) in f32.
+/// epilogue f(sum + bias[n]) or f(sum) in f32.
 pub fn matmul(dims: &MatmulDims, lhs: &[f32], rhs: &[f32], out: &mut [f32]) {
     for m in 0..dims.m as usize {
         for n in 0..dims.n as usize {
             let sum: f64 = (0..dims.k as usize)
                 .map(|k| lhs[dims.lhs_index(m, k)] as f64 * rhs[dims.rhs_index(k, n)] as f64)
                 .sum();
+            let bias = match dims.epilogue_adds_bias() {
+                true => rhs[dims.bias_offset as usize + n],
+                false => 0.0,
+            };
             out[dims.out_index(m, n)] = match dims.epilogue_activation() {
-                Some(f) => f.apply(sum as f32 + rhs[dims.bias_offset as usize + n]),
+                Some(f) => f.apply(sum as f32 + bias),
                 None => sum as f32,
             };
         }
@@ -135,7 +140,7 @@ pub fn gather_batch(
     start: usize,
     rows: usize,
 ) -> (Vec<f32>, Vec<u32>) {
-    let features = data.features;
+    let features = data.features();
     let mut x = Vec::with_capacity(rows * features);
     let mut y = Vec::with_capacity(rows);
     for &sample in &order[start..start + rows] {
@@ -200,57 +205,334 @@ impl ReferenceStep {
     }
 }
 
-/// Every layer's output for the batch `x` (rows × inputs), from `x` itself to the logits.
-pub fn forward(spec: &ModelSpec, params: &[f32], x: &[f32]) -> Vec<Vec<f32>> {
-    let rows = x.len() / spec.inputs;
+/// What keys a training step's dropout masks: the run's seed and the step's number (from 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StepKey {
+    pub seed: u64,
+    pub step: u32,
+}
+
+/// Every layer's output for the batch `x` (`[rows, spec.input]`), from `x` itself to the logits:
+/// in evaluation (dropout is the identity) where `training` is None, else as training step
+/// `training` computes it.
+pub fn forward_pass(
+    spec: &ModelSpec,
+    params: &[f32],
+    x: &[f32],
+    training: Option<StepKey>,
+) -> Vec<Vec<f32>> {
+    let rows = x.len() / spec.input.len();
+    let layout = spec.layout();
+    let shapes = spec.shapes().expect("a validated model");
     let mut activations = vec![x.to_vec()];
-    for (l, layer) in spec.layout().layers.iter().enumerate() {
-        let dims = MatmulDims::layer_forward(rows, layer);
-        let mut y = vec![0.0; rows * layer.outputs];
-        matmul(&dims, &activations[l], params, &mut y);
-        let bias = &params[layer.bias_offset..layer.bias_offset + layer.outputs];
-        bias_activation_forward(&mut y, bias, spec.layer_activation(l));
-        activations.push(y);
+    for (l, layer) in spec.layers.iter().enumerate() {
+        let input = &activations[l];
+        let output = match *layer {
+            LayerSpec::Dense { activation, .. } => {
+                let m = layout.of_layer(l).expect("a dense layer's matrix");
+                dense::reference_forward(&m, activation, params, input, rows)
+            }
+            LayerSpec::Conv2d { activation, .. } => {
+                let m = layout.of_layer(l).expect("a convolution's matrix");
+                let geometry = layer.geometry(shapes[l]).expect("a validated model");
+                conv2d::reference_forward(&geometry, &m, activation, params, input, rows)
+            }
+            LayerSpec::MaxPool2d { .. } => {
+                let geometry = layer.geometry(shapes[l]).expect("a validated model");
+                pool::reference_forward(&geometry, input, rows).0
+            }
+            LayerSpec::Flatten => input.clone(),
+            LayerSpec::Dropout { rate } => {
+                let key = training.map(|k| (dropout_layer_key(k.seed, l), k.step));
+                let layer_key = key.map_or(0, |(layer_key, _)| layer_key);
+                dropout::reference_forward(input, rate, layer_key, key.map(|(_, step)| step))
+            }
+        };
+        activations.push(output);
     }
     activations
 }
 
-/// Forward and backward through the whole network, built from the kernel references above in
-/// the order the GPU runs them.
+/// Every layer's output in evaluation (`forward_pass` without dropout).
+pub fn forward(spec: &ModelSpec, params: &[f32], x: &[f32]) -> Vec<Vec<f32>> {
+    forward_pass(spec, params, x, None)
+}
+
+/// Forward and backward through the whole network as training step `key` computes them, from
+/// the layers' references (`crate::layers`): each layer's activation derivative applied to its
+/// output gradient, then its own backward pass.
 pub fn forward_backward(
     spec: &ModelSpec,
     params: &[f32],
     x: &[f32],
     labels: &[u32],
+    key: StepKey,
 ) -> ReferenceStep {
     let layout = spec.layout();
+    let shapes = spec.shapes().expect("a validated model");
     let rows = labels.len();
-    let activations = forward(spec, params, x);
-    let loss = softmax_loss(spec.loss, activations.last().unwrap(), labels, spec.classes);
+    let activations = forward_pass(spec, params, x, Some(key));
+    let loss = softmax_loss(
+        spec.loss,
+        activations.last().unwrap(),
+        labels,
+        spec.classes(),
+    );
 
     let mut grads = vec![0.0; layout.total];
     let mut upstream = loss.logits_grad.clone();
-    for (l, layer) in layout.layers.iter().enumerate().rev() {
-        let bias_grad = activation_backward(
-            &mut upstream,
-            &activations[l + 1],
-            layer.outputs,
-            spec.layer_activation(l),
-        );
-        grads[layer.bias_offset..layer.bias_offset + layer.outputs].copy_from_slice(&bias_grad);
-        let weight_dims = MatmulDims::layer_weight_grad(rows, layer);
-        matmul(&weight_dims, &activations[l], &upstream, &mut grads);
-        if l > 0 {
-            let input_dims = MatmulDims::layer_input_grad(rows, layer);
-            let mut downstream = vec![0.0; rows * layer.inputs];
-            matmul(&input_dims, &upstream, params, &mut downstream);
-            upstream = downstream;
+    for (l, layer) in spec.layers.iter().enumerate().rev() {
+        apply_derivative(&mut upstream, &activations[l + 1], layer.activation());
+        let wanted = spec.layers[..l].iter().any(LayerSpec::has_parameters);
+        let input = &activations[l];
+        let downstream = match *layer {
+            LayerSpec::Dense { .. } => {
+                let m = layout.of_layer(l).expect("a dense layer's matrix");
+                dense::reference_backward(&m, params, input, &upstream, rows, &mut grads, wanted)
+            }
+            LayerSpec::Conv2d { .. } => {
+                let m = layout.of_layer(l).expect("a convolution's matrix");
+                let geometry = layer.geometry(shapes[l]).expect("a validated model");
+                conv2d::reference_backward(
+                    &geometry, &m, params, input, &upstream, rows, &mut grads, wanted,
+                )
+            }
+            LayerSpec::MaxPool2d { .. } => {
+                let geometry = layer.geometry(shapes[l]).expect("a validated model");
+                Some(pool::reference_backward(&geometry, input, &upstream, rows))
+            }
+            LayerSpec::Flatten => Some(upstream.clone()),
+            LayerSpec::Dropout { rate } => {
+                let layer_key = dropout_layer_key(key.seed, l);
+                Some(dropout::reference_backward(
+                    &upstream, rate, layer_key, key.step,
+                ))
+            }
+        };
+        match downstream {
+            Some(downstream) if wanted => upstream = downstream,
+            _ => break,
         }
     }
     ReferenceStep {
         activations,
         loss,
         grads,
+    }
+}
+
+/// Σ_r values[r, j] for each column j of `[rows, cols]` values, in f64, rounded once.
+pub fn column_sums(values: &[f32], cols: usize) -> Vec<f32> {
+    let mut sums = vec![0.0f64; cols];
+    for (i, &v) in values.iter().enumerate() {
+        sums[i % cols] += v as f64;
+    }
+    sums.into_iter().map(|s| s as f32).collect()
+}
+
+/// conv2d.wgsl `im2col`: the patch matrix of a convolution over `rows` samples of x (channels-last
+/// `[rows, H, W, C]`): row `(n, oy, ox)` holds the window under output position (oy, ox),
+/// column `(ky kw + kx) C + c` the input x[n, oy s + ky - pad, ox s + kx - pad, c] (zero outside
+/// the image), then a one (its product with the bias row is the bias) and zeros to `columns`.
+pub fn im2col(x: &[f32], rows: usize, geometry: &Geometry, columns: usize) -> Vec<f32> {
+    let (input, (wy, wx)) = (geometry.input, (geometry.rows, geometry.columns));
+    let channels = input.channels;
+    let patch = wy.size * wx.size * channels;
+    let mut patches = vec![0.0; rows * geometry.positions() * columns];
+    for n in 0..rows {
+        for oy in 0..wy.output {
+            for ox in 0..wx.output {
+                let row = (n * wy.output + oy) * wx.output + ox;
+                let out = &mut patches[row * columns..(row + 1) * columns];
+                for ky in 0..wy.size {
+                    for kx in 0..wx.size {
+                        let (Some(iy), Some(ix)) = (wy.input_at(oy, ky), wx.input_at(ox, kx))
+                        else {
+                            continue;
+                        };
+                        let from = ((n * input.height + iy) * input.width + ix) * channels;
+                        let to = (ky * wx.size + kx) * channels;
+                        out[to..to + channels].copy_from_slice(&x[from..from + channels]);
+                    }
+                }
+                out[patch] = 1.0;
+            }
+        }
+    }
+    patches
+}
+
+/// conv2d.wgsl `col2im`: the input gradient of a convolution from the gradient of its patch
+/// matrix (`[rows positions, columns]`, laid out as `im2col`'s): each input value sums the
+/// patch entries that copied it, kernel rows then columns in ascending order; then, where
+/// `below` is not the identity, times below'(x) (the derivative of the layer beneath, from its
+/// output x, this layer's input).
+pub fn col2im(
+    patch_grads: &[f32],
+    rows: usize,
+    geometry: &Geometry,
+    columns: usize,
+    x: &[f32],
+    below: LayerActivation,
+) -> Vec<f32> {
+    let (input, (wy, wx)) = (geometry.input, (geometry.rows, geometry.columns));
+    let channels = input.channels;
+    let mut grads = vec![0.0f32; rows * input.len()];
+    for n in 0..rows {
+        for iy in 0..input.height {
+            for ix in 0..input.width {
+                for c in 0..channels {
+                    let mut sum = 0.0f32;
+                    for ky in 0..wy.size {
+                        for kx in 0..wx.size {
+                            let (Some(oy), Some(ox)) = (wy.output_at(iy, ky), wx.output_at(ix, kx))
+                            else {
+                                continue;
+                            };
+                            let row = (n * wy.output + oy) * wx.output + ox;
+                            sum += patch_grads[row * columns + (ky * wx.size + kx) * channels + c];
+                        }
+                    }
+                    let i = ((n * input.height + iy) * input.width + ix) * channels + c;
+                    grads[i] = sum * below.derivative_from_output(x[i]);
+                }
+            }
+        }
+    }
+    grads
+}
+
+/// pool.wgsl `maxpool_forward`: each output the maximum of its window of x (channels-last), and
+/// where it was: the window offset dy size + dx of the first maximum in row-major order.
+pub fn maxpool_forward(x: &[f32], rows: usize, geometry: &Geometry) -> (Vec<f32>, Vec<u32>) {
+    let (input, output) = (geometry.input, geometry.output);
+    let (wy, wx) = (geometry.rows, geometry.columns);
+    let channels = input.channels;
+    let mut y = Vec::with_capacity(rows * output.len());
+    let mut argmax = Vec::with_capacity(rows * output.len());
+    for n in 0..rows {
+        for oy in 0..output.height {
+            for ox in 0..output.width {
+                for c in 0..channels {
+                    let mut best = (f32::NEG_INFINITY, 0u32);
+                    for dy in 0..wy.size {
+                        for dx in 0..wx.size {
+                            let iy = oy * wy.stride + dy;
+                            let ix = ox * wx.stride + dx;
+                            let v = x[((n * input.height + iy) * input.width + ix) * channels + c];
+                            if v > best.0 || (dy == 0 && dx == 0) {
+                                best = (v, (dy * wx.size + dx) as u32);
+                            }
+                        }
+                    }
+                    y.push(best.0);
+                    argmax.push(best.1);
+                }
+            }
+        }
+    }
+    (y, argmax)
+}
+
+/// pool.wgsl `maxpool_backward`: each input value gets the gradient of every output whose window
+/// it won (in output order), times below'(x) as in `col2im`.
+pub fn maxpool_backward(
+    output_grads: &[f32],
+    argmax: &[u32],
+    rows: usize,
+    geometry: &Geometry,
+    x: &[f32],
+    below: LayerActivation,
+) -> Vec<f32> {
+    let (input, output) = (geometry.input, geometry.output);
+    let (wy, wx) = (geometry.rows, geometry.columns);
+    let channels = input.channels;
+    let mut grads = vec![0.0f32; rows * input.len()];
+    for n in 0..rows {
+        for iy in 0..input.height {
+            for ix in 0..input.width {
+                for c in 0..channels {
+                    let mut sum = 0.0f32;
+                    for dy in 0..wy.size {
+                        for dx in 0..wx.size {
+                            let (Some(oy), Some(ox)) = (wy.output_at(iy, dy), wx.output_at(ix, dx))
+                            else {
+                                continue;
+                            };
+                            let o = ((n * output.height + oy) * output.width + ox) * channels + c;
+                            if argmax[o] == (dy * wx.size + dx) as u32 {
+                                sum += output_grads[o];
+                            }
+                        }
+                    }
+                    let i = ((n * input.height + iy) * input.width + ix) * channels + c;
+                    grads[i] = sum * below.derivative_from_output(x[i]);
+                }
+            }
+        }
+    }
+    grads
+}
+
+/// lowbias32 (Chris Wellons' integer hash): dropout.wgsl's `mix`.
+pub fn mix(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// The key of dropout layer `layer`'s masks in a run with `seed` (dropout.wgsl `Shape.layer_key`).
+pub fn dropout_layer_key(seed: u64, layer: usize) -> u32 {
+    mix(layer as u32 ^ mix(seed as u32 ^ mix((seed >> 32) as u32)))
+}
+
+/// Whether dropout keeps element `element` of the batch at training step `step`: a hash of
+/// (layer key, step, element) at least `threshold` (= rate · 2³², `dropout_threshold`).
+pub fn dropout_keeps(layer_key: u32, step: u32, element: u32, threshold: u32) -> bool {
+    mix(element ^ mix(step ^ layer_key)) >= threshold
+}
+
+/// The hash threshold below which dropout at `rate` drops a value.
+pub fn dropout_threshold(rate: f32) -> u32 {
+    (rate as f64 * 4_294_967_296.0).round().min(u32::MAX as f64) as u32
+}
+
+/// dropout.wgsl `dropout_forward` in training: y = x / (1 - rate) where kept, else 0.
+pub fn dropout_forward(x: &[f32], layer_key: u32, step: u32, rate: f32) -> Vec<f32> {
+    let threshold = dropout_threshold(rate);
+    let scale = 1.0 / (1.0 - rate);
+    (x.iter().enumerate())
+        .map(
+            |(i, &v)| match dropout_keeps(layer_key, step, i as u32, threshold) {
+                true => v * scale,
+                false => 0.0,
+            },
+        )
+        .collect()
+}
+
+/// dropout.wgsl `dropout_backward`: dx = dy / (1 - rate) where kept, else 0; then times
+/// below'(x) as in `col2im`.
+pub fn dropout_backward(
+    output_grads: &[f32],
+    layer_key: u32,
+    step: u32,
+    rate: f32,
+    x: &[f32],
+    below: LayerActivation,
+) -> Vec<f32> {
+    let masked = dropout_forward(output_grads, layer_key, step, rate);
+    (masked.iter().zip(x))
+        .map(|(&g, &x)| g * below.derivative_from_output(x))
+        .collect()
+}
+
+/// activation.wgsl `apply_derivative`: grad[i] *= f'(output[i]).
+pub fn apply_derivative(grad: &mut [f32], output: &[f32], activation: LayerActivation) {
+    for (g, &a) in grad.iter_mut().zip(output) {
+        *g *= activation.derivative_from_output(a);
     }
 }
 

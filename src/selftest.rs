@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::gpu::kernels::{OptimizerKernels, OptimizerWords};
 use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
 use crate::gpu::{Gpu, Kernels, MatmulVariant, ops};
-use crate::model::{Activation, DenseLayer, LayerActivation, Loss};
+use crate::model::{Activation, LayerActivation, Loss, WeightMatrix};
 use crate::reference::{self, worst_element};
 use crate::rng::Rng;
 
@@ -220,8 +220,8 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                     ops::gather_batch(gpu, kernels, &data, &order, start, rows, transposed)?;
                 // The written columns: the batch's, and zeros to the next multiple of 4.
                 let written = rows.next_multiple_of(4);
-                let mut x_t = vec![0.0; data.features * written];
-                for (r, row) in x.chunks(data.features).enumerate() {
+                let mut x_t = vec![0.0; data.features() * written];
+                for (r, row) in x.chunks(data.features()).enumerate() {
                     for (f, &value) in row.iter().enumerate() {
                         x_t[f * written + r] = value;
                     }
@@ -230,13 +230,13 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                 // written columns and the rest, which must keep their NaN.
                 let all_t = gathered.x_transposed.expect("asked for");
                 let rows_t: Vec<&[f32]> = all_t.chunks(4 * quads).collect();
-                let actual_t: Vec<f32> = rows_t[..data.features]
+                let actual_t: Vec<f32> = rows_t[..data.features()]
                     .iter()
                     .flat_map(|row| row[..written].to_vec())
                     .collect();
-                let untouched = (rows_t[..data.features].iter())
+                let untouched = (rows_t[..data.features()].iter())
                     .flat_map(|row| &row[written..])
-                    .chain(rows_t[data.features])
+                    .chain(rows_t[data.features()])
                     .filter(|v| !v.is_nan())
                     .count();
                 tally.equal(
@@ -400,9 +400,10 @@ fn check_layer_matmuls(
         } else {
             37
         };
-        let layer = DenseLayer {
+        let layer = WeightMatrix {
             inputs,
             outputs,
+            rows: inputs + 1,
             weight_offset: offset,
             bias_offset: offset + inputs * outputs,
         };

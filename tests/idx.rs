@@ -156,6 +156,6 @@ fn a_loaded_split_has_consistent_parts() {
     let dir = tempfile::tempdir().unwrap();
     write_split(dir.path(), &images(3), &encode_idx_u8(&[3], &[0, 9, 5]));
     let data = Dataset::load_mnist(dir.path(), Split::Train).unwrap();
-    assert_eq!((data.samples(), data.features, data.classes), (3, 4, 10));
+    assert_eq!((data.samples(), data.features(), data.classes), (3, 4, 10));
     assert_eq!(data.labels, vec![0, 9, 5]);
 }

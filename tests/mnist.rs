@@ -100,7 +100,7 @@ fn test_metrics_equal_a_cpu_evaluation_of_the_trained_parameters() {
     let order: Vec<u32> = (0..test.samples() as u32).collect();
     let (x, y) = reference::gather_batch(&test, &order, 0, test.samples());
     let logits = reference::forward(&spec, &params, &x).pop().unwrap();
-    let expected = reference::softmax_loss(spec.loss, &logits, &y, spec.classes);
+    let expected = reference::softmax_loss(spec.loss, &logits, &y, spec.classes());
     let correct: u32 = expected.sample_correct.iter().sum();
     let loss: f64 =
         expected.sample_loss.iter().map(|&l| l as f64).sum::<f64>() / test.samples() as f64;

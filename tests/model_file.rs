@@ -7,18 +7,12 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use shadertrain::Error;
 use shadertrain::data::DatasetKind;
-use shadertrain::model::{Activation, Loss, ModelSpec};
+use shadertrain::model::{Activation, Loss, ModelSpec, Shape};
 use shadertrain::model_file::{load_model, save_model};
 use shadertrain::rng::Rng;
 
 fn spec() -> ModelSpec {
-    ModelSpec {
-        inputs: 12,
-        hidden: vec![7, 5],
-        classes: 3,
-        activation: Activation::Tanh,
-        loss: Loss::Mse,
-    }
+    ModelSpec::mlp(Shape::flat(12), &[7, 5], 3, Activation::Tanh, Loss::Mse)
 }
 
 fn random_params(spec: &ModelSpec) -> Vec<f32> {
@@ -55,7 +49,7 @@ fn tensors_follow_pytorch_linear_layout() {
     let bytes = std::fs::read(&path).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
     let layout = spec.layout();
-    for (i, layer) in layout.layers.iter().enumerate() {
+    for (i, layer) in layout.matrices.iter().enumerate() {
         let weight = file.tensor(&format!("layers.{i}.weight")).unwrap();
         assert_eq!(weight.shape(), &[layer.outputs, layer.inputs]);
         assert_eq!(weight.dtype(), Dtype::F32);
@@ -80,8 +74,8 @@ fn tensors_follow_pytorch_linear_layout() {
     }
     let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
     let metadata = header.metadata().clone().unwrap();
-    assert_eq!(metadata["layer_sizes"], "12,7,5,3");
-    assert_eq!(metadata["activation"], "tanh");
+    assert_eq!(metadata["layers"], "dense7:tanh,dense5:tanh,dense3:linear");
+    assert_eq!(metadata["input_shape"], "12,1,1");
     assert_eq!(metadata["loss"], "mse");
     assert_eq!(metadata["dataset"], "mnist");
     assert!(

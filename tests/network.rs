@@ -8,19 +8,13 @@ use common::{assert_close, gpu, kernels, random_dataset, random_vec};
 use shadertrain::data::Dataset;
 use shadertrain::gpu::uniforms::{MatmulDims, OptimizerHyper};
 use shadertrain::gpu::{Kernels, MatmulTiling, MatmulVariant};
-use shadertrain::model::{Activation, Loss, ModelSpec};
-use shadertrain::reference::{self, forward_backward};
+use shadertrain::model::{Activation, Loss, ModelSpec, Shape};
+use shadertrain::reference::{self, StepKey, forward_backward};
 use shadertrain::rng::Rng;
 use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
 
 fn small_spec(features: usize, classes: usize, activation: Activation, loss: Loss) -> ModelSpec {
-    ModelSpec {
-        inputs: features,
-        hidden: vec![7, 5],
-        classes,
-        activation,
-        loss,
-    }
+    ModelSpec::mlp(Shape::flat(features), &[7, 5], classes, activation, loss)
 }
 
 const CASES: [(Activation, Loss); 4] = [
@@ -40,19 +34,13 @@ fn reference_gradients_match_finite_differences() {
         (Activation::Tanh, Loss::Mse),
         (Activation::Sigmoid, Loss::Mse),
     ] {
-        let spec = ModelSpec {
-            inputs: 6,
-            hidden: vec![5, 4],
-            classes: 3,
-            activation,
-            loss,
-        };
+        let spec = ModelSpec::mlp(Shape::flat(6), &[5, 4], 3, activation, loss);
         let layout = spec.layout();
         let params = random_vec(&mut rng, layout.total, -1.0, 1.0);
         let rows = 9;
-        let x = random_vec(&mut rng, rows * spec.inputs, 0.0, 1.0);
+        let x = random_vec(&mut rng, rows * spec.input.len(), 0.0, 1.0);
         let labels: Vec<u32> = (0..rows).map(|_| rng.below(3) as u32).collect();
-        let analytic = forward_backward(&spec, &params, &x, &labels).grads;
+        let analytic = forward_backward(&spec, &params, &x, &labels, StepKey::default()).grads;
         let eps = 3e-3;
         let numeric: Vec<f32> = (0..layout.total)
             .map(|i| {
@@ -60,8 +48,10 @@ fn reference_gradients_match_finite_differences() {
                 plus[i] += eps;
                 let mut minus = params.clone();
                 minus[i] -= eps;
-                let up = forward_backward(&spec, &plus, &x, &labels).mean_loss();
-                let down = forward_backward(&spec, &minus, &x, &labels).mean_loss();
+                let up =
+                    forward_backward(&spec, &plus, &x, &labels, StepKey::default()).mean_loss();
+                let down =
+                    forward_backward(&spec, &minus, &x, &labels, StepKey::default()).mean_loss();
                 ((up - down) / (2.0 * eps as f64)) as f32
             })
             .collect();
@@ -96,7 +86,7 @@ fn gpu_forward_backward_matches_reference() {
             let rows = batch_size.min(data.samples());
             let order: Vec<u32> = (0..data.samples() as u32).collect();
             let (x, y) = reference::gather_batch(&data, &order, 0, rows);
-            let expected = forward_backward(&spec, &params, &x, &y).grads;
+            let expected = forward_backward(&spec, &params, &x, &y, StepKey::default()).grads;
             let actual = trainer.first_batch_gradients().unwrap();
             assert_close(
                 &format!("{activation:?} {loss:?} batch {batch_size} gradients"),
@@ -119,10 +109,18 @@ struct ReferenceRun {
     train_correct: u32,
 }
 
+/// The dropout key of the epoch's step `step` (from 0): the run's step number counts from 1.
+fn key(config: &TrainConfig, step: usize) -> StepKey {
+    StepKey {
+        seed: config.seed,
+        step: step as u32 + 1,
+    }
+}
+
 fn reference_epoch(spec: &ModelSpec, config: &TrainConfig, data: &Dataset) -> ReferenceRun {
     let layout = spec.layout();
     let mut rng = Rng::new(config.seed);
-    let mut params = layout.glorot_uniform(&mut rng);
+    let mut params = spec.glorot_uniform(&mut rng);
     let mut order: Vec<u32> = (0..data.samples() as u32).collect();
     if config.shuffle {
         rng.shuffle(&mut order);
@@ -146,7 +144,7 @@ fn reference_epoch(spec: &ModelSpec, config: &TrainConfig, data: &Dataset) -> Re
         let rows = config.batch_size.min(data.samples() - start);
         trained += rows;
         let (x, y) = reference::gather_batch(data, &order, start, rows);
-        let result = forward_backward(spec, &params, &x, &y);
+        let result = forward_backward(spec, &params, &x, &y, key(config, step));
         loss_sum += result
             .loss
             .sample_loss
@@ -234,13 +232,7 @@ fn assert_trains_like_the_reference(
 fn both_matmul_variants_train_like_the_reference() {
     let mut rng = Rng::new(16);
     let data = random_dataset(&mut rng, 70, 12, 4);
-    let spec = ModelSpec {
-        inputs: 12,
-        hidden: vec![8, 16],
-        classes: 4,
-        activation: Activation::Tanh,
-        loss: Loss::Xent,
-    };
+    let spec = ModelSpec::mlp(Shape::flat(12), &[8, 16], 4, Activation::Tanh, Loss::Xent);
     let config = TrainConfig {
         batch_size: 16,
         learning_rate: 0.01,
@@ -251,9 +243,9 @@ fn both_matmul_variants_train_like_the_reference() {
         let kernels = Kernels::with_matmul(gpu(), MatmulTiling::default(), variant);
         let layout = spec.layout();
         for dims in [
-            MatmulDims::layer_forward(16, &layout.layers[1]),
-            MatmulDims::layer_weight_grad(16, &layout.layers[1]),
-            MatmulDims::layer_input_grad(16, &layout.layers[1]),
+            MatmulDims::layer_forward(16, &layout.matrices[1]),
+            MatmulDims::layer_weight_grad(16, &layout.matrices[1]),
+            MatmulDims::layer_input_grad(16, &layout.matrices[1]),
         ] {
             assert_eq!(kernels.matmul.for_dims(&dims).variant, variant);
             assert!(kernels.matmul.takes_vec4(&dims), "{dims:?}");
@@ -278,20 +270,20 @@ fn the_transposed_first_weight_gradient_trains_like_the_reference() {
     for (what, samples, hidden, classes) in cases {
         let mut rng = Rng::new(17);
         let data = random_dataset(&mut rng, samples, 12, classes);
-        let spec = ModelSpec {
-            inputs: 12,
-            hidden,
+        let spec = ModelSpec::mlp(
+            Shape::flat(12),
+            &hidden,
             classes,
-            activation: Activation::Sigmoid,
-            loss: Loss::Xent,
-        };
+            Activation::Sigmoid,
+            Loss::Xent,
+        );
         let config = TrainConfig {
             batch_size: 16,
             learning_rate: 0.01,
             seed: 7,
             ..TrainConfig::default()
         };
-        let first = spec.layout().layers[0];
+        let first = spec.layout().matrices[0];
         let transposed = MatmulDims::layer_weight_and_bias_grad_transposed(16, &first, 16);
         assert!(kernels.matmul.takes_vec4(&transposed), "{what}");
         assert_trains_like_the_reference(what, &kernels, &spec, &config, &data);

@@ -299,7 +299,7 @@ fn resuming_refuses_a_contradicting_run_and_unreadable_checkpoints() {
     // Flags left out take the checkpoint's values (its --hidden is not the default); flags
     // given must agree.
     let stderr = failure(run.bare_command(&["--resume", dir, "--hidden", "64", "--seed", "1"]));
-    for expected in ["layer sizes", "784-32-10", "784-64-10", "seed", "--resume"] {
+    for expected in ["layers", "dense32:relu", "dense64:relu", "seed", "--resume"] {
         assert!(stderr.contains(expected), "{expected:?} missing: {stderr}");
     }
     let stderr = failure(run.bare_command(&["--resume", dir, "--dataset", "fashion-mnist"]));

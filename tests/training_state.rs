@@ -6,18 +6,12 @@ mod common;
 
 use common::{gpu, kernels, random_dataset};
 use shadertrain::data::Dataset;
-use shadertrain::model::{Activation, Loss, ModelSpec};
+use shadertrain::model::{Activation, Loss, ModelSpec, Shape};
 use shadertrain::rng::Rng;
 use shadertrain::train::{EpochMetrics, EpochProgress, OptimizerKind, TrainConfig, Trainer};
 
 fn spec() -> ModelSpec {
-    ModelSpec {
-        inputs: 12,
-        hidden: vec![9, 6],
-        classes: 4,
-        activation: Activation::Relu,
-        loss: Loss::Xent,
-    }
+    ModelSpec::mlp(Shape::flat(12), &[9, 6], 4, Activation::Relu, Loss::Xent)
 }
 
 fn config(optimizer: OptimizerKind) -> TrainConfig {

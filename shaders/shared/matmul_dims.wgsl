@@ -15,10 +15,12 @@ struct Dims {
     c_offset: u32,
     // With an epilogue, the bias's offset in the B buffer.
     bias_offset: u32,
-    // 0: the plain product; 1 + an activation code: the forward epilogue f(C + bias);
-    // DERIVATIVE_EPILOGUE + an activation code: the backward epilogue C * f'(a).
+    // NO_EPILOGUE: the plain product; 1 + an activation code: the forward epilogue f(C + bias);
+    // DERIVATIVE_EPILOGUE + an activation code: the backward epilogue C * f'(a);
+    // ACTIVATION_EPILOGUE + an activation code: f(C) (a product whose last k carries the bias).
     epilogue: u32,
 }
 
 const NO_EPILOGUE: u32 = 0u;
 const DERIVATIVE_EPILOGUE: u32 = 8u;
+const ACTIVATION_EPILOGUE: u32 = 16u;

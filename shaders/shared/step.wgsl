@@ -8,7 +8,9 @@ struct Step {
     batch_start: u32,
     rows: u32,
     adam_step_size: f32,
-    _pad: u32,
+    // The training step's number in the run, from 1 (0 in evaluation): dropout masks are keyed
+    // by it.
+    number: u32,
 }
 
 struct Schedule {

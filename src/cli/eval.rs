@@ -23,7 +23,7 @@ pub fn run(
     let evaluator = Trainer::for_evaluation(&gpu, &kernels, saved.spec.clone(), &test)?;
     evaluator.set_parameters(&saved.params)?;
     let result = evaluator.evaluate()?;
-    let classes = saved.spec.classes;
+    let classes = saved.spec.classes();
     let matrix = result.confusion_matrix(&test.labels, classes);
     let names = saved.dataset.class_names();
     let name = |c: usize| names.get(c).copied().unwrap_or("?");
@@ -52,16 +52,10 @@ pub fn run(
         return Ok(());
     }
     println!(
-        "model: {} ({}, {:?} activation) on the {} test set ({} samples)",
+        "model: {} ({} on {}) on the {} test set ({} samples)",
         model.display(),
-        saved
-            .spec
-            .widths()
-            .iter()
-            .map(|w| w.to_string())
-            .collect::<Vec<_>>()
-            .join("-"),
-        saved.spec.activation,
+        saved.spec.describe(),
+        saved.spec.input,
         saved.dataset.name(),
         test.samples()
     );

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use shadertrain::data::images::load_digit;
 use shadertrain::data::{Dataset, DatasetKind, Split};
+use shadertrain::model::Shape;
 use shadertrain::model_file::load_model;
 use shadertrain::reference::forward;
 use shadertrain::{Error, Result};
@@ -20,11 +21,11 @@ pub fn run(
     as_json: bool,
 ) -> Result<()> {
     let saved = load_model(model)?;
-    if saved.spec.inputs != 784 {
+    if !saved.spec.takes(Shape::image(1, 28, 28)) {
         return Err(Error::Config(format!(
-            "{} takes {} inputs; predict reads 28×28 images",
+            "{} takes inputs of {}; predict reads 28×28 images",
             model.display(),
-            saved.spec.inputs
+            saved.spec.input
         )));
     }
     let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
@@ -60,7 +61,7 @@ pub fn run(
     let logits = forward(&saved.spec, &saved.params, &x)
         .pop()
         .expect("a model has an output layer");
-    let classes = saved.spec.classes;
+    let classes = saved.spec.classes();
     let names = saved.dataset.class_names();
     let mut report = Vec::new();
     for ((input, _), row) in inputs.iter().zip(logits.chunks(classes)) {

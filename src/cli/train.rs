@@ -11,11 +11,12 @@ use shadertrain::checkpoint::{self, Checkpoint, RunDescription};
 use shadertrain::data::DatasetKind;
 use shadertrain::failpoint;
 use shadertrain::gpu::{Gpu, Kernels};
-use shadertrain::model_file::{load_model, save_model};
+use shadertrain::model_file::name_of;
+use shadertrain::model_file::{load_parameters_for, save_model};
 use shadertrain::train::{EpochMetrics, EpochProgress, Trainer};
 use shadertrain::{Error, Result};
 
-use crate::{Hidden, Recipe, TrainArgs, recipe};
+use crate::{Recipe, TrainArgs, recipe};
 
 /// Where and how often checkpoints are written.
 struct CheckpointPlan {
@@ -64,16 +65,9 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     // Checked before any work, like the output paths.
     let init = match &args.init {
         Some(path) => {
-            let saved = load_model(path)?;
-            if saved.spec.widths() != spec.widths() {
-                return Err(Error::Config(format!(
-                    "--init {}: its layer sizes {:?} differ from the model being trained, {:?}",
-                    path.display(),
-                    saved.spec.widths(),
-                    spec.widths()
-                )));
-            }
-            Some((path, saved.params))
+            let params = load_parameters_for(path, &spec)
+                .map_err(|e| Error::Config(format!("--init: {e}")))?;
+            Some((path, params))
         }
         None => None,
     };
@@ -89,21 +83,25 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         test_set.samples(),
         args.recipe.dataset.class_names().join(", ")
     );
+    if let Some(validation) = validation_samples(train_set.samples(), config.validation_split) {
+        println!(
+            "validation: the last {validation} training samples (--validation-split {})",
+            config.validation_split
+        );
+    }
     println!(
-        "model: {}  activation {:?}, loss {:?}, optimizer {:?} (lr {}), batch {}, seed {}",
-        spec.widths()
-            .iter()
-            .map(|w| w.to_string())
-            .collect::<Vec<_>>()
-            .join("-"),
-        spec.activation,
-        spec.loss,
-        config.optimizer,
+        "model: {} on {} ({} parameters), loss {}, optimizer {} (lr {}), batch {}, seed {}",
+        spec.describe(),
+        spec.input,
+        spec.layout().parameter_count(),
+        name_of(&spec.loss),
+        name_of(&config.optimizer),
         config.learning_rate,
         config.batch_size,
         config.seed
     );
     let epochs = config.epochs;
+    let validating = config.validation_split > 0.0;
     let mut trainer = Trainer::new(&gpu, &kernels, spec, config, &train_set, &test_set)?;
     // The data lives on the GPU now.
     drop((train_set, test_set));
@@ -137,10 +135,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         );
     }
 
-    println!(
-        "{:>5} {:>10} {:>9} {:>10} {:>9} {:>8} {:>10}",
-        "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "samples/s"
-    );
+    print_header(validating);
     let checkpoint_of = |trainer: &Trainer, last_epoch: Option<String>| -> Result<Checkpoint> {
         Ok(Checkpoint {
             run: run.clone(),
@@ -288,11 +283,12 @@ fn take_unset_flags_from(args: &mut TrainArgs, saved: &Checkpoint, given: &dyn F
     if unset("dataset") {
         args.recipe.dataset = run.dataset;
     }
-    if unset("hidden") {
-        args.recipe.hidden = Hidden(run.spec.hidden.clone());
-    }
-    if unset("activation") {
-        args.recipe.activation = run.spec.activation;
+    // The checkpoint's model, unless one is given (which must then be the same).
+    if ["model", "layers", "hidden", "activation"]
+        .iter()
+        .all(|id| unset(id))
+    {
+        args.recipe.layers = Some(run.spec.describe());
     }
     if unset("loss") {
         args.recipe.loss = run.spec.loss;
@@ -313,7 +309,10 @@ fn take_unset_flags_from(args: &mut TrainArgs, saved: &Checkpoint, given: &dyn F
         args.recipe.no_shuffle = !c.shuffle;
     }
     if unset("epochs") {
-        args.recipe.epochs = c.epochs;
+        args.recipe.epochs = Some(c.epochs);
+    }
+    if unset("validation_split") {
+        args.recipe.validation_split = Some(c.validation_split);
     }
     if unset("max_steps") {
         args.recipe.max_steps = c.max_steps;
@@ -417,9 +416,30 @@ fn progress_bar(trainer: &Trainer) -> Option<ProgressBar> {
     Some(bar)
 }
 
-fn print_epoch(m: &EpochMetrics) {
+/// Samples `--validation-split` holds out of `samples`, if any (as `Dataset::split_validation`).
+fn validation_samples(samples: usize, fraction: f64) -> Option<usize> {
+    let kept = (samples as f64 * (1.0 - fraction)).floor() as usize;
+    (fraction > 0.0).then_some(samples - kept)
+}
+
+fn print_header(validating: bool) {
+    let validation = match validating {
+        true => format!(" {:>10} {:>9}", "val_loss", "val_acc"),
+        false => String::new(),
+    };
     println!(
-        "{:>5} {:>10.4} {:>8.2}% {:>10.4} {:>8.2}% {:>8.2} {:>10.0}",
+        "{:>5} {:>10} {:>9}{validation} {:>10} {:>9} {:>8} {:>10}",
+        "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "samples/s"
+    );
+}
+
+fn print_epoch(m: &EpochMetrics) {
+    let validation = match m.validation {
+        Some(v) => format!(" {:>10.4} {:>8.2}%", v.loss, 100.0 * v.accuracy),
+        None => String::new(),
+    };
+    println!(
+        "{:>5} {:>10.4} {:>8.2}%{validation} {:>10.4} {:>8.2}% {:>8.2} {:>10.0}",
         m.epoch,
         m.train_loss,
         100.0 * m.train_accuracy,
@@ -432,7 +452,7 @@ fn print_epoch(m: &EpochMetrics) {
 
 /// The epoch's line in the --metrics log: every printed figure and a timestamp.
 fn epoch_record(dataset: DatasetKind, m: &EpochMetrics) -> String {
-    serde_json::json!({
+    let mut record = serde_json::json!({
         "kind": "epoch",
         "timestamp_unix_s": unix_time(),
         "dataset": dataset.name(),
@@ -444,8 +464,12 @@ fn epoch_record(dataset: DatasetKind, m: &EpochMetrics) -> String {
         "test_accuracy": m.test_accuracy,
         "seconds": m.seconds,
         "samples_per_second": m.samples_per_second,
-    })
-    .to_string()
+    });
+    if let Some(v) = m.validation {
+        record["val_loss"] = v.loss.into();
+        record["val_accuracy"] = v.accuracy.into();
+    }
+    record.to_string()
 }
 
 /// Seconds since 1970, for the metrics log.

@@ -5,9 +5,11 @@ pub mod download;
 pub mod idx;
 pub mod images;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::model::Shape;
 use idx::read_idx_u8;
 
 /// The environment variable that, like `--data`, names the folder holding the dataset files.
@@ -65,8 +67,9 @@ impl Split {
 /// normalised (÷255) on the GPU, so the host never holds a float copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dataset {
-    /// Pixels per image (rows × columns).
-    pub features: usize,
+    /// One sample's shape: 1 × rows × columns for images (from the IDX dimensions), n × 1 × 1 for
+    /// vectors of n features.
+    pub shape: Shape,
     pub classes: usize,
     /// `samples × features` bytes, row-major.
     pub pixels: Vec<u8>,
@@ -81,10 +84,26 @@ impl Dataset {
         self.labels.len()
     }
 
-    /// Builds a dataset from parts, checking that they agree.
+    /// Values per sample.
+    pub fn features(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Builds a dataset of flat samples (`features` values each) from parts, checking that they
+    /// agree.
     pub fn new(features: usize, classes: usize, pixels: Vec<u8>, labels: Vec<u8>) -> Result<Self> {
+        Self::with_shape(Shape::flat(features), classes, pixels, labels)
+    }
+
+    /// Builds a dataset of samples of `shape` from parts, checking that they agree.
+    pub fn with_shape(
+        shape: Shape,
+        classes: usize,
+        pixels: Vec<u8>,
+        labels: Vec<u8>,
+    ) -> Result<Self> {
         let dataset = Dataset {
-            features,
+            shape,
             classes,
             pixels,
             labels,
@@ -97,12 +116,12 @@ impl Dataset {
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.features == 0 || self.pixels.len() != self.samples() * self.features {
+        if self.features() == 0 || self.pixels.len() != self.samples() * self.features() {
             return Err(format!(
                 "{} pixel bytes do not make {} images of {} pixels",
                 self.pixels.len(),
                 self.samples(),
-                self.features
+                self.features()
             ));
         }
         if let Some((i, &l)) = self
@@ -155,7 +174,7 @@ impl Dataset {
             });
         }
         let dataset = Dataset {
-            features: images.dims[1] * images.dims[2],
+            shape: Shape::image(1, images.dims[1], images.dims[2]),
             classes: MNIST_CLASSES,
             pixels: images.data,
             labels: labels.data,
@@ -169,13 +188,40 @@ impl Dataset {
 
     /// The first `count` samples (all if fewer): for quick runs and tests.
     pub fn truncated(&self, count: usize) -> Dataset {
-        let count = count.min(self.samples());
+        self.range(0, count.min(self.samples()))
+    }
+
+    /// Samples `start..end`.
+    fn range(&self, start: usize, end: usize) -> Dataset {
+        let features = self.features();
         Dataset {
-            features: self.features,
+            shape: self.shape,
             classes: self.classes,
-            pixels: self.pixels[..count * self.features].to_vec(),
-            labels: self.labels[..count].to_vec(),
+            pixels: self.pixels[start * features..end * features].to_vec(),
+            labels: self.labels[start..end].to_vec(),
         }
+    }
+
+    /// Holds out the last `fraction` of the samples for validation, as Keras' `validation_split`
+    /// does (before any shuffling): the first floor(n (1 - fraction)) samples train, the rest
+    /// validate. A fraction of 0 holds out nothing.
+    pub fn split_validation(&self, fraction: f64) -> Result<(Cow<'_, Dataset>, Option<Dataset>)> {
+        if fraction == 0.0 {
+            return Ok((Cow::Borrowed(self), None));
+        }
+        let samples = self.samples();
+        let kept = (samples as f64 * (1.0 - fraction)).floor() as usize;
+        if kept == 0 || kept == samples {
+            return Err(Error::Config(format!(
+                "--validation-split {fraction} of {samples} samples leaves {kept} to train and {} \
+                 to validate: both need at least one",
+                samples - kept
+            )));
+        }
+        Ok((
+            Cow::Owned(self.range(0, kept)),
+            Some(self.range(kept, samples)),
+        ))
     }
 }
 

@@ -81,12 +81,35 @@ pub struct Kernels {
     pub softmax_mean_squared_error: Kernel,
     pub gather_batch: Kernel,
     pub gather_batch_transposed: Kernel,
+    /// activation.wgsl: dz = dy ⊙ f'(y) in place, for a convolution's output.
+    pub apply_derivative: Kernel,
+    pub conv: ConvKernels,
+    pub pool: PoolKernels,
+    pub dropout_forward: Kernel,
+    pub dropout_backward: Kernel,
     pub sum_metrics: Kernel,
     /// The optimizer updates on float words (optimizer.wgsl), for every adapter.
     pub optimizer_floats: OptimizerKernels,
     /// The same on 64-bit words (optimizer_packed.wgsl), built only where training uses them.
     pub optimizer_packed: Option<OptimizerKernels>,
     pub advance_step: Kernel,
+}
+
+/// conv2d.wgsl: the patch matrix of a convolution and the gather of its input gradient, for any
+/// channel count and four channels at a time.
+pub struct ConvKernels {
+    pub im2col: Kernel,
+    pub im2col_quads: Kernel,
+    pub col2im: Kernel,
+    pub col2im_quads: Kernel,
+}
+
+/// pool.wgsl: max pooling and its gather backward, per channel and four channels at a time.
+pub struct PoolKernels {
+    pub forward: Kernel,
+    pub forward_quads: Kernel,
+    pub backward: Kernel,
+    pub backward_quads: Kernel,
 }
 
 /// The two parameter updates of one optimizer module; each updates every parameter in one
@@ -184,6 +207,16 @@ impl Kernels {
             )
         });
         let schedule = module("schedule.wgsl", crate::shader_source!("schedule.wgsl"));
+        let conv = module("conv2d.wgsl", crate::shader_source!("conv2d.wgsl"));
+        let pool = module("pool.wgsl", crate::shader_source!("pool.wgsl"));
+        let dropout = module("dropout.wgsl", crate::shader_source!("dropout.wgsl"));
+        let device = &gpu.device;
+        let im2col_slots = [(0, Params), (1, Read), (2, ReadWrite)];
+        let col2im_slots = [(0, Params), (1, Read), (2, ReadWrite), (3, Read)];
+        let pool_forward_slots = [(0, Params), (1, Read), (2, ReadWrite), (3, ReadWrite)];
+        let pool_backward_slots = [(0, Params), (1, Read), (2, ReadWrite), (3, Read), (4, Read)];
+        let dropout_slots = [(0, Read), (1, Params), (2, Read), (3, ReadWrite)];
+        let dropout_backward_slots = [(0, Read), (1, Params), (2, Read), (3, ReadWrite), (4, Read)];
 
         let loss_slots = [
             (0, Read),
@@ -216,6 +249,45 @@ impl Kernels {
                 &loss,
                 "softmax_mean_squared_error",
                 &loss_slots,
+                &[],
+            ),
+            apply_derivative: build(
+                device,
+                &activation,
+                "apply_derivative",
+                &[(0, Params), (1, ReadWrite), (2, Read)],
+                &[],
+            ),
+            conv: ConvKernels {
+                im2col: build(device, &conv, "im2col", &im2col_slots, &[]),
+                im2col_quads: build(device, &conv, "im2col_quads", &im2col_slots, &[]),
+                col2im: build(device, &conv, "col2im", &col2im_slots, &[]),
+                col2im_quads: build(device, &conv, "col2im_quads", &col2im_slots, &[]),
+            },
+            pool: PoolKernels {
+                forward: build(device, &pool, "maxpool_forward", &pool_forward_slots, &[]),
+                forward_quads: build(
+                    device,
+                    &pool,
+                    "maxpool_forward_quads",
+                    &pool_forward_slots,
+                    &[],
+                ),
+                backward: build(device, &pool, "maxpool_backward", &pool_backward_slots, &[]),
+                backward_quads: build(
+                    device,
+                    &pool,
+                    "maxpool_backward_quads",
+                    &pool_backward_slots,
+                    &[],
+                ),
+            },
+            dropout_forward: build(device, &dropout, "dropout_forward", &dropout_slots, &[]),
+            dropout_backward: build(
+                device,
+                &dropout,
+                "dropout_backward",
+                &dropout_backward_slots,
                 &[],
             ),
             gather_batch: build(&gpu.device, &gather, "gather_batch", &GATHER_SLOTS, &[]),

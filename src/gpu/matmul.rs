@@ -24,8 +24,8 @@ use super::Gpu;
 use super::buffers::grid_1d;
 use super::kernels::{Kernel, ROW_WORKGROUP, Slot, build};
 use super::mirror::TextureMirror;
-use super::uniforms::{DERIVATIVE_EPILOGUE, MatmulDims, NO_EPILOGUE};
-use crate::model::DenseLayer;
+use super::uniforms::{MatmulDims, NO_EPILOGUE};
+use crate::model::WeightMatrix;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -108,7 +108,7 @@ fn mirrored(lhs: MatmulOperand<'_>, rhs: MatmulOperand<'_>) -> bool {
 /// epilogue would silently store the plain product.
 fn checked<'k>(dispatch: MatmulDispatch<'k>, dims: &MatmulDims) -> MatmulDispatch<'k> {
     assert!(
-        dims.epilogue < DERIVATIVE_EPILOGUE || dispatch.reads_below,
+        dims.derivative_activation().is_none() || dispatch.reads_below,
         "only matmul_vec4.wgsl's matmul_nt has the backward epilogue ({dims:?})"
     );
     dispatch
@@ -140,7 +140,7 @@ impl RegisterForm {
         // The forward form has the forward epilogue (bias + activation), the input-gradient
         // form the backward one (the derivative of the activation below).
         let plain = d.epilogue == NO_EPILOGUE;
-        let backward = d.epilogue >= DERIVATIVE_EPILOGUE;
+        let backward = d.derivative_activation().is_some();
         if a_row_major && b_row_major && aligned(&[d.k]) && !backward {
             Some(RegisterForm::Nn)
         } else if a_transposed && b_row_major && aligned(&[d.m]) && plain {
@@ -429,7 +429,7 @@ impl MatmulKernels {
     pub fn transposed_first_weight_grad(
         &self,
         rows: usize,
-        layer: &DenseLayer,
+        layer: &WeightMatrix,
         stride: usize,
     ) -> Option<MatmulDims> {
         let dims = MatmulDims::layer_weight_and_bias_grad_transposed(rows, layer, stride);

@@ -141,7 +141,7 @@ pub fn softmax_loss(
             batch_start: batch_start as u32,
             rows: rows as u32,
             adam_step_size: 0.0,
-            _pad: 0,
+            number: 0,
         },
     )?;
     let shape = gpu.params_with(
@@ -208,7 +208,7 @@ pub fn gather_batch(
     rows: usize,
     transposed_quads: Option<usize>,
 ) -> Result<GatheredBatch> {
-    let features = data.features;
+    let features = data.features();
     let words_per_sample = features / 4;
     let step = schedule(
         gpu,
@@ -216,7 +216,7 @@ pub fn gather_batch(
             batch_start: batch_start as u32,
             rows: rows as u32,
             adam_step_size: 0.0,
-            _pad: 0,
+            number: 0,
         },
     )?;
     let shape = gpu.params_with(
@@ -357,7 +357,7 @@ pub fn adam_update(
             batch_start: 0,
             rows: 0,
             adam_step_size: step_size,
-            _pad: 0,
+            number: 0,
         },
     )?;
     let hyper_buffer = gpu.params_with("hyper", hyper);

@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::model::{DenseLayer, LayerActivation};
+use crate::model::{Geometry, LayerActivation, WeightMatrix};
 
 /// `Dims` in matmul.wgsl: C[m, n] = Σ_k A(m, k) B(k, n), A and B read through strides.
 #[repr(C)]
@@ -23,8 +23,9 @@ pub struct MatmulDims {
     /// With an epilogue, the bias's offset in the B buffer (the flat parameters).
     pub bias_offset: u32,
     /// `NO_EPILOGUE`; 1 + an activation code: C = f(A B + bias), see `layer_forward_activated`;
-    /// or `DERIVATIVE_EPILOGUE` + an activation code: C = (A B) ⊙ f'(a), see
-    /// `layer_input_grad_through`.
+    /// `DERIVATIVE_EPILOGUE` + an activation code: C = (A B) ⊙ f'(a), see
+    /// `layer_input_grad_through`; or `ACTIVATION_EPILOGUE` + an activation code: C = f(A B),
+    /// see `conv_forward`.
     pub epilogue: u32,
 }
 
@@ -36,6 +37,11 @@ pub const NO_EPILOGUE: u32 = 0;
 /// the layer below, read at C's position from a third operand (matmul_vec4.wgsl's matmul_nt
 /// only).
 pub const DERIVATIVE_EPILOGUE: u32 = 8;
+
+/// `MatmulDims::epilogue` base of the forward epilogue without a bias: `ACTIVATION_EPILOGUE` + an
+/// activation code stores f(C), for a convolution's product, whose last k multiplies the bias row
+/// of its weight matrix by the patch matrix's column of ones.
+pub const ACTIVATION_EPILOGUE: u32 = 16;
 
 impl MatmulDims {
     /// C[m×n] = A[m×k] · B[k×n], every matrix row-major and contiguous from offset 0.
@@ -58,7 +64,7 @@ impl MatmulDims {
 
     /// Forward product of a dense layer: Y[rows×out] = X[rows×in] · W, W read from the
     /// parameter buffer at the layer's weight offset.
-    pub fn layer_forward(rows: usize, layer: &DenseLayer) -> Self {
+    pub fn layer_forward(rows: usize, layer: &WeightMatrix) -> Self {
         MatmulDims {
             b_offset: layer.weight_offset as u32,
             ..Self::plain(rows, layer.outputs, layer.inputs)
@@ -69,7 +75,7 @@ impl MatmulDims {
     /// from the parameter buffer) and the activation applied as each element is stored.
     pub fn layer_forward_activated(
         rows: usize,
-        layer: &DenseLayer,
+        layer: &WeightMatrix,
         activation: LayerActivation,
     ) -> Self {
         MatmulDims {
@@ -81,21 +87,66 @@ impl MatmulDims {
 
     /// The activation of the forward epilogue, if there is one.
     pub fn epilogue_activation(&self) -> Option<LayerActivation> {
-        (NO_EPILOGUE < self.epilogue && self.epilogue < DERIVATIVE_EPILOGUE)
-            .then(|| LayerActivation::from_shader_code(self.epilogue - 1))
-            .flatten()
+        match self.epilogue {
+            NO_EPILOGUE => None,
+            e if e < DERIVATIVE_EPILOGUE => LayerActivation::from_shader_code(e - 1),
+            e if e >= ACTIVATION_EPILOGUE => {
+                LayerActivation::from_shader_code(e - ACTIVATION_EPILOGUE)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the forward epilogue adds the bias read at `bias_offset`.
+    pub fn epilogue_adds_bias(&self) -> bool {
+        NO_EPILOGUE < self.epilogue && self.epilogue < DERIVATIVE_EPILOGUE
     }
 
     /// The activation whose derivative the backward epilogue applies, if there is one.
     pub fn derivative_activation(&self) -> Option<LayerActivation> {
-        self.epilogue
-            .checked_sub(DERIVATIVE_EPILOGUE)
-            .and_then(LayerActivation::from_shader_code)
+        match self.epilogue {
+            e if (DERIVATIVE_EPILOGUE..ACTIVATION_EPILOGUE).contains(&e) => {
+                LayerActivation::from_shader_code(e - DERIVATIVE_EPILOGUE)
+            }
+            _ => None,
+        }
+    }
+
+    /// A convolution's forward product over `positions` output positions (rows of the patch
+    /// matrix P `[positions, m.rows]`, `conv2d.wgsl`): Y = f(P W) with W the whole weight matrix,
+    /// whose bias row meets P's column of ones.
+    pub fn conv_forward(positions: usize, m: &WeightMatrix, activation: LayerActivation) -> Self {
+        MatmulDims {
+            b_offset: m.weight_offset as u32,
+            epilogue: ACTIVATION_EPILOGUE + activation.shader_code(),
+            ..Self::plain(positions, m.outputs, m.rows)
+        }
+    }
+
+    /// A convolution's weight and bias gradient: [dW; db; 0] = Pᵀ dZ, written over the whole
+    /// weight matrix (its padding rows get zero).
+    pub fn conv_weight_grad(positions: usize, m: &WeightMatrix) -> Self {
+        MatmulDims {
+            a_row_stride: 1,
+            a_col_stride: m.rows as u32,
+            c_offset: m.weight_offset as u32,
+            ..Self::plain(m.rows, m.outputs, positions)
+        }
+    }
+
+    /// The gradient of a convolution's patch matrix: dP `[positions, m.rows]` = dZ Wᵀ.
+    pub fn conv_patch_grad(positions: usize, m: &WeightMatrix) -> Self {
+        MatmulDims {
+            b_offset: m.weight_offset as u32,
+            b_row_stride: 1,
+            b_col_stride: m.outputs as u32,
+            ..Self::plain(positions, m.rows, m.outputs)
+        }
     }
 
     /// Weight gradient: dW[in×out] = Xᵀ · dY, written into the gradient buffer at the layer's
     /// weight offset; Xᵀ is X[rows×in] read column-wise.
-    pub fn layer_weight_grad(rows: usize, layer: &DenseLayer) -> Self {
+    pub fn layer_weight_grad(rows: usize, layer: &WeightMatrix) -> Self {
         MatmulDims {
             a_row_stride: 1,
             a_col_stride: layer.inputs as u32,
@@ -110,7 +161,7 @@ impl MatmulDims {
     /// bias gradient because the bias follows the weights in the parameter layout.
     pub fn layer_weight_and_bias_grad_transposed(
         rows: usize,
-        layer: &DenseLayer,
+        layer: &WeightMatrix,
         stride: usize,
     ) -> Self {
         assert_eq!(
@@ -126,7 +177,7 @@ impl MatmulDims {
     }
 
     /// Input gradient: dX[rows×in] = dY · Wᵀ, Wᵀ being W[in×out] read column-wise.
-    pub fn layer_input_grad(rows: usize, layer: &DenseLayer) -> Self {
+    pub fn layer_input_grad(rows: usize, layer: &WeightMatrix) -> Self {
         MatmulDims {
             b_offset: layer.weight_offset as u32,
             b_row_stride: 1,
@@ -140,7 +191,7 @@ impl MatmulDims {
     /// activation.wgsl would otherwise compute in a dispatch of its own.
     pub fn layer_input_grad_through(
         rows: usize,
-        layer: &DenseLayer,
+        layer: &WeightMatrix,
         below: LayerActivation,
     ) -> Self {
         MatmulDims {
@@ -172,15 +223,17 @@ pub struct ActivationShape {
     pub activation: u32,
 }
 
-/// `Step` in schedule.wgsl (and gather, loss, optimizer): what changes from one step to the
-/// next. The schedule buffer holds a 16-byte header (the cursor) and then one of these per step.
+/// `Step` in shared/step.wgsl: what changes from one step to the next. The schedule buffer
+/// holds a 16-byte header (the cursor) and then one of these per step.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct StepParams {
     pub batch_start: u32,
     pub rows: u32,
     pub adam_step_size: f32,
-    pub _pad: u32,
+    /// The training step's number in the run, from 1 (0 in evaluation): dropout keys its masks
+    /// by it.
+    pub number: u32,
 }
 
 /// Bytes before the first step in the schedule buffer (the cursor and its padding).
@@ -231,6 +284,114 @@ pub struct OptimizerHyper {
     pub beta2: f32,
     pub epsilon: f32,
     pub _pad: [u32; 3],
+}
+
+/// `ConvShape` in conv2d.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct ConvShape {
+    pub samples: u32,
+    pub in_height: u32,
+    pub in_width: u32,
+    pub channels: u32,
+    pub out_height: u32,
+    pub out_width: u32,
+    pub kernel_height: u32,
+    pub kernel_width: u32,
+    pub stride_y: u32,
+    pub stride_x: u32,
+    pub pad_y: u32,
+    pub pad_x: u32,
+    /// Floats per row of the patch matrix.
+    pub columns: u32,
+    /// col2im: the activation code of the layer beneath whose derivative is applied.
+    pub derivative: u32,
+    pub _pad: [u32; 2],
+}
+
+impl ConvShape {
+    /// The shape of a convolution over `samples` samples (`derivative`: of the layer beneath).
+    pub fn new(
+        samples: usize,
+        geometry: &Geometry,
+        columns: usize,
+        derivative: LayerActivation,
+    ) -> Self {
+        let (rows, cols) = (geometry.rows, geometry.columns);
+        ConvShape {
+            samples: samples as u32,
+            in_height: rows.input as u32,
+            in_width: cols.input as u32,
+            channels: geometry.input.channels as u32,
+            out_height: rows.output as u32,
+            out_width: cols.output as u32,
+            kernel_height: rows.size as u32,
+            kernel_width: cols.size as u32,
+            stride_y: rows.stride as u32,
+            stride_x: cols.stride as u32,
+            pad_y: rows.pad as u32,
+            pad_x: cols.pad as u32,
+            columns: columns as u32,
+            derivative: derivative.shader_code(),
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// `PoolShape` in pool.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct PoolShape {
+    pub samples: u32,
+    pub in_height: u32,
+    pub in_width: u32,
+    pub channels: u32,
+    pub out_height: u32,
+    pub out_width: u32,
+    pub size_y: u32,
+    pub size_x: u32,
+    pub stride_y: u32,
+    pub stride_x: u32,
+    /// Backward: the activation code of the layer beneath whose derivative is applied.
+    pub derivative: u32,
+    pub _pad: u32,
+}
+
+impl PoolShape {
+    pub fn new(samples: usize, geometry: &Geometry, derivative: LayerActivation) -> Self {
+        let (rows, cols) = (geometry.rows, geometry.columns);
+        PoolShape {
+            samples: samples as u32,
+            in_height: rows.input as u32,
+            in_width: cols.input as u32,
+            channels: geometry.input.channels as u32,
+            out_height: rows.output as u32,
+            out_width: cols.output as u32,
+            size_y: rows.size as u32,
+            size_x: cols.size as u32,
+            stride_y: rows.stride as u32,
+            stride_x: cols.stride as u32,
+            derivative: derivative.shader_code(),
+            _pad: 0,
+        }
+    }
+}
+
+/// `DropoutShape` in dropout.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+pub struct DropoutShape {
+    pub count: u32,
+    /// A value is dropped where its hash is below this (rate · 2³²).
+    pub threshold: u32,
+    /// 1 / (1 - rate).
+    pub scale: f32,
+    pub layer_key: u32,
+    /// Backward: the activation code of the layer beneath whose derivative is applied.
+    pub derivative: u32,
+    /// 0 in evaluation: the forward pass copies its input.
+    pub training: u32,
+    pub _pad: [u32; 2],
 }
 
 /// `Shape` in peak.wgsl.
@@ -303,7 +464,8 @@ mod tests {
             host_layout!(StepParams {
                 batch_start,
                 rows,
-                adam_step_size
+                adam_step_size,
+                number
             })
         };
         let hyper = || {
@@ -398,6 +560,64 @@ mod tests {
                 crate::shader_source!("optimizer_packed.wgsl"),
                 "Hyper",
                 hyper(),
+            ),
+            (
+                "conv2d.wgsl",
+                crate::shader_source!("conv2d.wgsl"),
+                "ConvShape",
+                host_layout!(ConvShape {
+                    samples,
+                    in_height,
+                    in_width,
+                    channels,
+                    out_height,
+                    out_width,
+                    kernel_height,
+                    kernel_width,
+                    stride_y,
+                    stride_x,
+                    pad_y,
+                    pad_x,
+                    columns,
+                    derivative
+                }),
+            ),
+            (
+                "pool.wgsl",
+                crate::shader_source!("pool.wgsl"),
+                "PoolShape",
+                host_layout!(PoolShape {
+                    samples,
+                    in_height,
+                    in_width,
+                    channels,
+                    out_height,
+                    out_width,
+                    size_y,
+                    size_x,
+                    stride_y,
+                    stride_x,
+                    derivative
+                }),
+            ),
+            (
+                "dropout.wgsl",
+                crate::shader_source!("dropout.wgsl"),
+                "Step",
+                step(),
+            ),
+            (
+                "dropout.wgsl",
+                crate::shader_source!("dropout.wgsl"),
+                "DropoutShape",
+                host_layout!(DropoutShape {
+                    count,
+                    threshold,
+                    scale,
+                    layer_key,
+                    derivative,
+                    training
+                }),
             ),
             (
                 "peak.wgsl",

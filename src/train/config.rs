@@ -28,6 +28,9 @@ pub struct TrainConfig {
     pub shuffle: bool,
     /// Stop after this many training steps in all, mid-epoch if need be.
     pub max_steps: Option<u64>,
+    /// The fraction of the training set held out for validation: its last samples, as loaded
+    /// (as Keras' `validation_split`). 0: none.
+    pub validation_split: f64,
 }
 
 impl Default for TrainConfig {
@@ -45,6 +48,7 @@ impl Default for TrainConfig {
             steps_per_submit: 32,
             shuffle: true,
             max_steps: None,
+            validation_split: 0.0,
         }
     }
 }
@@ -58,6 +62,12 @@ impl TrainConfig {
             return Err(Error::Config(format!(
                 "--lr must be a positive number, got {}",
                 self.learning_rate
+            )));
+        }
+        if !(0.0..1.0).contains(&self.validation_split) {
+            return Err(Error::Config(format!(
+                "--validation-split must be at least 0 and below 1, got {}",
+                self.validation_split
             )));
         }
         if self.steps_per_submit == 0 {
@@ -80,12 +90,21 @@ pub struct EpochMetrics {
     /// Mean loss and accuracy on the test set with the weights at the end of the epoch.
     pub test_loss: f64,
     pub test_accuracy: f64,
+    /// The same on the validation set, with `validation_split`.
+    pub validation: Option<SplitMetrics>,
     /// Wall time of the epoch: training and the test evaluation.
     pub seconds: f64,
     /// Training samples per second of that wall time.
     pub samples_per_second: f64,
     /// What the epoch asked of the GPU, counted as it was recorded.
     pub work: GpuWork,
+}
+
+/// Mean loss and accuracy over a split.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SplitMetrics {
+    pub loss: f64,
+    pub accuracy: f64,
 }
 
 /// Command-buffer submissions, kernel dispatches and host readbacks of an epoch.

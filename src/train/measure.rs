@@ -87,7 +87,7 @@ impl Trainer<'_> {
                 batch_start: 0,
                 rows: rows as u32,
                 adam_step_size: 0.0,
-                _pad: 0,
+                number: 0,
             }],
         );
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());

@@ -3,20 +3,21 @@
 //!
 //! Per step, for a batch of `rows` samples (the last batch of an epoch may be partial):
 //!   gather        x = pixels[order[start..start+rows]] / 255, y = labels[...]
-//!   per layer l   a[l+1] = f_l(a[l] W_l + b_l)                  (f of the last layer: identity)
+//!   per layer l   a[l+1] = layer_l(a[l])                         (`crate::layers`)
 //!   loss          per-sample loss and correct flag into epoch slots; g[L] = dL/dlogits
 //!   per layer l, last first:
-//!                 g[l+1] *= f_l'(a[l+1]);  db_l = Σ_rows g[l+1];  dW_l = a[l]ᵀ g[l+1]
-//!                 g[l] = g[l+1] W_lᵀ                             (not for the input layer)
+//!                 the layer's parameter gradients, and g[l] = dL/da[l] where a layer below
+//!                 has parameters
 //!   update        Adam or SGD over the flat parameter buffer, in one dispatch
-//!   advance       the step schedule's cursor moves to the next step's (start, rows, step size)
-//! At the end of an epoch: the test set's forward passes, two reductions of the per-sample
-//! metrics, one copy into a staging buffer, one map.
+//!   advance       the step schedule's cursor moves to the next step's (start, rows, step size,
+//!                 step number)
+//! At the end of an epoch: the test set's (and validation set's) forward passes, reductions of
+//! the per-sample metrics, one copy into a staging buffer, one map.
 
-mod builder;
+pub(crate) mod builder;
 pub mod config;
 mod measure;
-mod program;
+pub(crate) mod program;
 mod progress;
 pub mod state;
 
@@ -25,8 +26,10 @@ use std::time::Instant;
 
 use wgpu::Buffer;
 
-use builder::{OperandMirrors, ProgramBuilder, TransposedInput};
-pub use config::{EpochMetrics, EpochProgress, Evaluation, GpuWork, OptimizerKind, TrainConfig};
+use builder::{ProgramBuilder, TransposedInput};
+pub use config::{
+    EpochMetrics, EpochProgress, Evaluation, GpuWork, OptimizerKind, SplitMetrics, TrainConfig,
+};
 use program::{Program, Recorder};
 use progress::{PROGRESS_READS_IN_FLIGHT, PendingRead, ProgressReads};
 pub use state::{EpochState, TrainingState};
@@ -35,12 +38,13 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels};
-use crate::model::{ModelSpec, ParamLayout};
+use crate::layers::{DeviceLayer, DeviceTensor};
+use crate::model::{LayerSpec, ModelSpec, ParamLayout};
 use crate::reference::adam_step_size;
 use crate::rng::Rng;
 
 /// One dataset split on the GPU, with its per-sample metric slots.
-struct DeviceSplit {
+pub(crate) struct DeviceSplit {
     samples: usize,
     pixels: Buffer,
     labels: Buffer,
@@ -66,6 +70,10 @@ impl DeviceSplit {
         })
     }
 }
+
+/// Bytes of the metric totals: a loss and a correct count for each of training, test and
+/// validation.
+const TOTALS_BYTES: u64 = 24;
 
 /// Batches of one epoch: (start, rows) for each step.
 fn batches(samples: usize, batch_size: usize) -> impl Iterator<Item = (usize, usize)> {
@@ -104,6 +112,18 @@ impl EpochInProgress {
     }
 }
 
+/// A split evaluated at every epoch's end (the test set, the validation set): its data and its
+/// forward programs, for a full batch and its partial last batch.
+struct EvaluatedSplit<'k> {
+    data: DeviceSplit,
+    full: Program<'k>,
+    tail: Option<Program<'k>>,
+    /// Its first step's slot in the schedule.
+    first_slot: usize,
+    /// Its slot in the metric totals.
+    totals_slot: usize,
+}
+
 /// Trains one model on one device. Construction does all allocation and pipeline binding.
 pub struct Trainer<'k> {
     gpu: &'k Gpu,
@@ -114,14 +134,15 @@ pub struct Trainer<'k> {
     epochs_done: usize,
     steps_done: u64,
     train: DeviceSplit,
-    test: DeviceSplit,
-    params: Buffer,
+    test: EvaluatedSplit<'k>,
+    validation: Option<EvaluatedSplit<'k>>,
+    params: DeviceTensor,
     grads: Buffer,
     moments: Option<(Buffer, Buffer)>,
     epoch: Option<EpochInProgress>,
     progress: ProgressReads<'k>,
-    /// The step schedule (schedule.wgsl): cursor, then this epoch's training steps, then the
-    /// test set's evaluation steps.
+    /// The step schedule (shared/step.wgsl): cursor, then this epoch's training steps, then the
+    /// test set's evaluation steps, then the validation set's.
     schedule: Buffer,
     totals_staging: Buffer,
     totals: Buffer,
@@ -134,8 +155,6 @@ pub struct Trainer<'k> {
     update: Program<'k>,
     /// Moves the schedule's cursor to the next step; ends every step.
     advance: Program<'k>,
-    test_full: Program<'k>,
-    test_tail: Option<Program<'k>>,
     epoch_end: Program<'k>,
 }
 
@@ -163,7 +182,7 @@ impl<'k> Trainer<'k> {
         test: &Dataset,
     ) -> Result<Self> {
         let no_training = Dataset {
-            features: test.features,
+            shape: test.shape,
             classes: test.classes,
             pixels: Vec::new(),
             labels: Vec::new(),
@@ -188,28 +207,33 @@ impl<'k> Trainer<'k> {
     ) -> Result<Self> {
         spec.validate()?;
         config.validate()?;
+        let (train, validation) = train.split_validation(config.validation_split)?;
         if test.samples() == 0 {
             return Err(Error::Config("the test set is empty".into()));
         }
-        for (name, data) in [("training", train), ("test", test)] {
-            if data.features != spec.inputs || data.classes != spec.classes {
+        let classes = spec.classes();
+        for (name, data) in [("training", &*train), ("test", test)] {
+            if !spec.takes(data.shape) || data.classes != classes {
                 return Err(Error::Config(format!(
-                    "the model takes {} inputs and {} classes but the {name} set has {} features and {} classes",
-                    spec.inputs, spec.classes, data.features, data.classes
+                    "the model takes inputs of {} and {classes} classes but the {name} set has \
+                     samples of {} and {} classes",
+                    spec.input, data.shape, data.classes
                 )));
             }
         }
-        if !spec.inputs.is_multiple_of(4) {
+        if !spec.input.len().is_multiple_of(4) {
             return Err(Error::Config(format!(
-                "inputs per sample must be a multiple of 4 (the GPU unpacks pixels four at a time), got {}",
-                spec.inputs
+                "values per sample must be a multiple of 4 (the GPU unpacks pixels four at a time), got {}",
+                spec.input.len()
             )));
         }
         let layout = spec.layout();
         let mut rng = Rng::new(config.seed);
-        let initial = layout.glorot_uniform(&mut rng);
+        let initial = spec.glorot_uniform(&mut rng);
         let param_bytes = (layout.total * 4) as u64;
-        let params = gpu.storage_with("parameters", &initial)?;
+        let params = DeviceTensor::new(gpu, kernels, "parameters", param_bytes)?;
+        gpu.queue
+            .write_buffer(&params.buffer, 0, bytemuck::cast_slice(&initial));
         let grads = gpu.storage_buffer("gradients", param_bytes)?;
         let moments = match config.optimizer {
             OptimizerKind::Adam => Some((
@@ -219,70 +243,133 @@ impl<'k> Trainer<'k> {
             OptimizerKind::Sgd => None,
         };
 
+        // Tensor l is layer l's input (0: the batch); a layer that moves nothing shares its
+        // input's buffers.
         let batch = config.batch_size;
-        let widths = spec.widths();
-        let mut activations = Vec::new();
-        let mut activation_grads = Vec::new();
-        for (l, &width) in widths.iter().enumerate() {
-            let bytes = (batch * width * 4) as u64;
-            activations.push(gpu.storage_buffer(&format!("activation {l}"), bytes)?);
-            activation_grads.push(gpu.storage_buffer(&format!("activation grad {l}"), bytes)?);
+        let shapes = spec.shapes()?;
+        let mut tensors: Vec<DeviceTensor> = Vec::new();
+        let mut grad_tensors: Vec<DeviceTensor> = Vec::new();
+        let mut layers = Vec::new();
+        for (l, &shape) in shapes.iter().enumerate() {
+            let layer = l.checked_sub(1).map(|below| {
+                let input = shapes[below];
+                let matrix = layout.of_layer(below);
+                DeviceLayer::new(
+                    gpu,
+                    kernels,
+                    &spec,
+                    below,
+                    input,
+                    matrix,
+                    batch,
+                    config.seed,
+                )
+            });
+            let layer = layer.transpose()?;
+            if layer.as_ref().is_some_and(DeviceLayer::aliases_input) {
+                tensors.push(tensors[l - 1].clone());
+                grad_tensors.push(grad_tensors[l - 1].clone());
+                layers.extend(layer);
+                continue;
+            }
+            let bytes = (batch * shape.len() * 4) as u64;
+            tensors.push(DeviceTensor::new(
+                gpu,
+                kernels,
+                &format!("activation {l}"),
+                bytes,
+            )?);
+            let what = format!("activation grad {l}");
+            grad_tensors.push(DeviceTensor::new(gpu, kernels, &what, bytes)?);
+            layers.extend(layer);
         }
         let batch_labels = gpu.storage_buffer("batch labels", (batch * 4) as u64)?;
 
-        let train_split = DeviceSplit::upload(gpu, "training", train)?;
+        let train_split = DeviceSplit::upload(gpu, "training", &train)?;
         let test_split = DeviceSplit::upload(gpu, "test", test)?;
+        let validation_split = validation
+            .as_ref()
+            .map(|data| DeviceSplit::upload(gpu, "validation", data))
+            .transpose()?;
         let train_steps = train.samples().div_ceil(batch);
         let test_steps = test.samples().div_ceil(batch);
+        let validation_steps = validation
+            .as_ref()
+            .map_or(0, |v| v.samples().div_ceil(batch));
         let step_bytes = std::mem::size_of::<StepParams>() as u64;
+        let slots = train_steps + test_steps + validation_steps;
         let schedule = gpu.storage_buffer(
             "step schedule",
-            SCHEDULE_HEADER_BYTES + step_bytes * (train_steps + test_steps) as u64,
+            SCHEDULE_HEADER_BYTES + step_bytes * slots as u64,
         )?;
-        let totals = gpu.storage_buffer("metric totals", 16)?;
+        let totals = gpu.storage_buffer("metric totals", TOTALS_BYTES)?;
         let totals_staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("metric totals staging"),
-            size: 16,
+            size: TOTALS_BYTES,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
 
-        let mirrors = OperandMirrors::new(gpu, kernels, &params, &activations, &activation_grads);
-        let input_transposed = TransposedInput::new(gpu, kernels, spec.inputs, batch)?;
+        // The first layer with parameters, if it reads the batch itself (after any Flatten).
+        let batch_dense = (spec.layers.iter().enumerate())
+            .find(|(_, layer)| **layer != LayerSpec::Flatten)
+            .filter(|(_, layer)| matches!(layer, LayerSpec::Dense { .. }))
+            .and_then(|(l, _)| layout.of_layer(l));
+        let input_transposed = match batch_dense {
+            Some(_) => TransposedInput::new(gpu, kernels, spec.input.len(), batch)?,
+            None => None,
+        };
         let builder = ProgramBuilder {
             gpu,
             kernels,
             spec: &spec,
-            layout: &layout,
-            activations: &activations,
-            activation_grads: &activation_grads,
+            layers: &layers,
+            tensors: &tensors,
+            grad_tensors: &grad_tensors,
             batch_labels: &batch_labels,
             params: &params,
+            param_floats: layout.total,
             grads: &grads,
             schedule: &schedule,
-            mirrors: &mirrors,
             input_transposed: input_transposed.as_ref(),
+            batch_dense,
         };
         let train_program =
             |rows: usize| builder.backward(builder.forward(&train_split, rows, true), rows);
         let tail = |samples: usize| Some(samples % batch).filter(|&r| r > 0);
         let train_full = train_program(batch);
         let train_tail = tail(train.samples()).map(train_program);
-        let test_full = builder.forward(&test_split, batch, false);
-        let test_tail = tail(test.samples()).map(|rows| builder.forward(&test_split, rows, false));
+        let evaluated = |data: DeviceSplit, first_slot: usize, totals_slot: usize| {
+            let full = builder.forward(&data, batch, false);
+            let tail = tail(data.samples).map(|rows| builder.forward(&data, rows, false));
+            EvaluatedSplit {
+                data,
+                full,
+                tail,
+                first_slot,
+                totals_slot,
+            }
+        };
+        let test_split = evaluated(test_split, train_steps, 1);
+        let validation_split =
+            validation_split.map(|data| evaluated(data, train_steps + test_steps, 2));
         let update = builder.update(&config, moments.as_ref());
         let advance = builder.advance();
-        let metrics_shape = |split: &DeviceSplit, slot| MetricsShape {
-            count: split.samples as u32,
+        let metrics_shape = |samples: usize, slot| MetricsShape {
+            count: samples as u32,
             slot,
             _pad: [0; 2],
         };
-        let train_metrics_shape =
-            gpu.storage_with("training metrics shape", &[metrics_shape(&train_split, 0)])?;
-        let test_metrics_shape =
-            gpu.params_with("test metrics shape", &metrics_shape(&test_split, 1));
+        let train_metrics_shape = gpu.storage_with(
+            "training metrics shape",
+            &[metrics_shape(train_split.samples, 0)],
+        )?;
         let mut epoch_end = builder.sum_metrics(&train_split, &train_metrics_shape, &totals);
-        epoch_end.extend(builder.sum_metrics(&test_split, &test_metrics_shape, &totals));
+        for split in std::iter::once(&test_split).chain(&validation_split) {
+            let shape = metrics_shape(split.data.samples, split.totals_slot as u32);
+            let shape = gpu.params_with("evaluation metrics shape", &shape);
+            epoch_end.extend(builder.sum_metrics(&split.data, &shape, &totals));
+        }
         let progress = ProgressReads::new(&builder, &train_split)?;
 
         let trainer = Trainer {
@@ -295,6 +382,7 @@ impl<'k> Trainer<'k> {
             steps_done: 0,
             train: train_split,
             test: test_split,
+            validation: validation_split,
             params,
             grads,
             moments,
@@ -308,20 +396,20 @@ impl<'k> Trainer<'k> {
             train_tail,
             update,
             advance,
-            test_full,
-            test_tail,
             epoch_end,
         };
-        // The test set's steps never change: positions only.
-        let test_steps: Vec<StepParams> = batches(test.samples(), batch)
-            .map(|(start, rows)| StepParams {
-                batch_start: start as u32,
-                rows: rows as u32,
-                adam_step_size: 0.0,
-                _pad: 0,
-            })
-            .collect();
-        trainer.write_schedule(0, train_steps, &test_steps);
+        // The evaluation steps never change: positions only.
+        for split in std::iter::once(&trainer.test).chain(&trainer.validation) {
+            let steps: Vec<StepParams> = batches(split.data.samples, batch)
+                .map(|(start, rows)| StepParams {
+                    batch_start: start as u32,
+                    rows: rows as u32,
+                    adam_step_size: 0.0,
+                    number: 0,
+                })
+                .collect();
+            trainer.write_schedule(0, split.first_slot, &steps);
+        }
         Ok(trainer)
     }
 
@@ -363,7 +451,7 @@ impl<'k> Trainer<'k> {
             batch_start: batch_start as u32,
             rows: rows as u32,
             adam_step_size: adam_step_size(c.learning_rate, c.beta1, c.beta2, t),
-            _pad: 0,
+            number: t as u32,
         }
     }
 
@@ -552,17 +640,26 @@ impl<'k> Trainer<'k> {
         self.epoch = None;
         self.epochs_done += 1;
         let seconds = started.elapsed().as_secs_f64();
-        let train_samples = trained as f64;
-        let test_samples = self.test.samples as f64;
+        let mean = |slot: usize, samples: usize| {
+            let samples = samples as f64;
+            let loss = f32::from_bits(totals[2 * slot]) as f64 / samples;
+            (loss, totals[2 * slot + 1] as f64 / samples)
+        };
+        let (train_loss, train_accuracy) = mean(0, trained);
+        let (test_loss, test_accuracy) = mean(self.test.totals_slot, self.test.data.samples);
+        let validation = (self.validation.as_ref())
+            .map(|v| mean(v.totals_slot, v.data.samples))
+            .map(|(loss, accuracy)| SplitMetrics { loss, accuracy });
         Ok(EpochMetrics {
             epoch: self.epochs_done,
             train_samples: trained,
-            train_loss: f32::from_bits(totals[0]) as f64 / train_samples,
-            train_accuracy: totals[1] as f64 / train_samples,
-            test_loss: f32::from_bits(totals[2]) as f64 / test_samples,
-            test_accuracy: totals[3] as f64 / test_samples,
+            train_loss,
+            train_accuracy,
+            test_loss,
+            test_accuracy,
+            validation,
             seconds,
-            samples_per_second: train_samples / seconds,
+            samples_per_second: trained as f64 / seconds,
             work,
         })
     }
@@ -589,13 +686,12 @@ impl<'k> Trainer<'k> {
     /// sample's predicted class (waits for the GPU).
     pub fn evaluate(&self) -> Result<Evaluation> {
         let totals = self.evaluate_and_read_totals(&mut GpuWork::default())?;
-        let samples = self.test.samples as f64;
+        let samples = self.test.data.samples;
+        let slot = self.test.totals_slot;
         Ok(Evaluation {
-            loss: f32::from_bits(totals[2]) as f64 / samples,
-            accuracy: totals[3] as f64 / samples,
-            predictions: self
-                .gpu
-                .read_back(&self.test.sample_prediction, self.test.samples)?,
+            loss: f32::from_bits(totals[2 * slot]) as f64 / samples as f64,
+            accuracy: totals[2 * slot + 1] as f64 / samples as f64,
+            predictions: (self.gpu).read_back(&self.test.data.sample_prediction, samples)?,
         })
     }
 
@@ -610,31 +706,35 @@ impl<'k> Trainer<'k> {
         }
         self.gpu
             .queue
-            .write_buffer(&self.params, 0, bytemuck::cast_slice(params));
+            .write_buffer(&self.params.buffer, 0, bytemuck::cast_slice(params));
         Ok(())
     }
 
-    /// Runs the test set forward, reduces both splits' per-sample metrics and reads the four
-    /// totals (training loss, training correct, test loss, test correct) back: the one wait.
+    /// Runs the test set (and the validation set) forward, reduces every split's per-sample
+    /// metrics and reads the totals (loss and correct count per split: training, test,
+    /// validation) back: the one wait.
     fn evaluate_and_read_totals(&self, work: &mut GpuWork) -> Result<Vec<u32>> {
+        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+        let batch = self.config.batch_size;
         // The test steps follow the slots of a whole epoch's training steps, whether or not a
-        // step limit ended this epoch early.
-        let cursor = [self.train_steps() as u32, 0, 0, 0];
+        // step limit ended this epoch early; the validation steps follow them. Both are run in
+        // one pass over the schedule from the test set's first slot.
+        let cursor = [self.test.first_slot as u32, 0, 0, 0];
         self.gpu
             .queue
             .write_buffer(&self.schedule, 0, bytemuck::cast_slice(&cursor));
-        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut recorder = Recorder::new(&mut encoder);
-            let batch = self.config.batch_size;
-            for (_, rows) in batches(self.test.samples, batch) {
-                work.dispatches += program_for(rows, batch, &self.test_full, &self.test_tail)
-                    .record(&mut recorder);
-                work.dispatches += self.advance.record(&mut recorder);
+            for split in std::iter::once(&self.test).chain(&self.validation) {
+                for (_, rows) in batches(split.data.samples, batch) {
+                    work.dispatches +=
+                        program_for(rows, batch, &split.full, &split.tail).record(&mut recorder);
+                    work.dispatches += self.advance.record(&mut recorder);
+                }
             }
             work.dispatches += self.epoch_end.record(&mut recorder);
         }
-        encoder.copy_buffer_to_buffer(&self.totals, 0, &self.totals_staging, 0, 16);
+        encoder.copy_buffer_to_buffer(&self.totals, 0, &self.totals_staging, 0, TOTALS_BYTES);
         self.gpu.queue.submit([encoder.finish()]);
         work.submits += 1;
         work.readbacks += 1;
@@ -643,6 +743,6 @@ impl<'k> Trainer<'k> {
 
     /// The current parameters, laid out as `layout()` says (waits for the GPU).
     pub fn parameters(&self) -> Result<Vec<f32>> {
-        self.gpu.read_back(&self.params, self.layout.total)
+        self.gpu.read_back(&self.params.buffer, self.layout.total)
     }
 }

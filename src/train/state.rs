@@ -41,7 +41,7 @@ impl Trainer<'_> {
     /// The whole training state, for a checkpoint (waits for the GPU).
     pub fn state(&self) -> Result<TrainingState> {
         let param_bytes = (self.layout.total * 4) as u64;
-        let mut parts = vec![(&self.params, param_bytes)];
+        let mut parts = vec![(&self.params.buffer, param_bytes)];
         if let Some((m, v)) = &self.moments {
             parts.extend([(m, param_bytes), (v, param_bytes)]);
         }
@@ -147,7 +147,11 @@ impl Trainer<'_> {
             }
         };
         let queue = &self.gpu.queue;
-        queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&state.parameters));
+        queue.write_buffer(
+            &self.params.buffer,
+            0,
+            bytemuck::cast_slice(&state.parameters),
+        );
         if let (Some((m, v)), Some((m_buffer, v_buffer))) = (&state.moments, &self.moments) {
             queue.write_buffer(m_buffer, 0, bytemuck::cast_slice(m));
             queue.write_buffer(v_buffer, 0, bytemuck::cast_slice(v));

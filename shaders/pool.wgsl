@@ -1,0 +1,200 @@
+// 2-D max pooling, channels-last (x[((n H + y) W + x) C + c]), 'valid' windows of SY x SX,
+// strides (TY, TX): OH = (H - SY) / TY + 1, OW = (W - SX) / TX + 1.
+//
+// maxpool_forward, maxpool_forward_quads:
+//   Y[n, oy, ox, c] = max over dy < SY, dx < SX of X[n, oy TY + dy, ox TX + dx, c]
+//   A[n, oy, ox, c] = dy SX + dx of the first maximum in row-major window order
+// maxpool_backward, maxpool_backward_quads: a gather, no scatter (so deterministic): each input
+// value sums the gradient of every output whose window it won, in output order, times the
+// derivative of the layer beneath:
+//   dX[n, y, x, c] = (sum over (oy, ox) with A[n, oy, ox, c] = (y - oy TY) SX + (x - ox TX)
+//                     of dY[n, oy, ox, c]) * f'(X[n, y, x, c])      f = shape.derivative
+// Values in no window (past the last whole one) get 0. The _quads entry points take four
+// channels at a time and need C % 4 == 0.
+//
+// Bindings (group 0):
+//   0 shape   storage, read        PoolShape below
+//   1 input   storage, read        forward: X f32 [samples, H, W, C]; backward: dY [samples, OH, OW, C]
+//   2 output  storage, read_write  forward: Y f32 [samples, OH, OW, C]; backward: dX [samples, H, W, C]
+//   3 argmax  storage, forward read_write / backward read   u32 [samples, OH, OW, C]
+//   4 below   storage, read        backward: X, the layer beneath's output (any buffer where
+//                                  shape.derivative is 0)
+//
+// Workgroup: 64 invocations. Dispatch grid, folded into (x, y) with x <= 65535 (invocation =
+// (y * num_workgroups.x + x) * 64 + local): one invocation per output value (forward) or input
+// value (backward), a quarter as many for the _quads entry points.
+
+import package::shared::activations::{derivative_from_output, derivative_from_output4};
+import package::shared::grid::flat_invocation;
+
+struct PoolShape {
+    samples: u32,
+    in_height: u32,
+    in_width: u32,
+    channels: u32,
+    out_height: u32,
+    out_width: u32,
+    size_y: u32,
+    size_x: u32,
+    stride_y: u32,
+    stride_x: u32,
+    derivative: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> shape: PoolShape;
+@group(0) @binding(1) var<storage, read> input: array<f32>;
+@group(0) @binding(2) var<storage, read_write> output: array<f32>;
+@group(0) @binding(3) var<storage, read_write> argmax_out: array<u32>;
+@group(0) @binding(3) var<storage, read> argmax_in: array<u32>;
+@group(0) @binding(4) var<storage, read> below: array<f32>;
+@group(0) @binding(1) var<storage, read> input_quads: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> output_quads: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> argmax_out_quads: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> argmax_in_quads: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> below_quads: array<vec4<f32>>;
+
+// Where a value's window lies, read from the shape once.
+struct Windows {
+    in_height: u32,
+    in_width: u32,
+    out_height: u32,
+    out_width: u32,
+    channels: u32,
+    size_y: u32,
+    size_x: u32,
+    stride_y: u32,
+    stride_x: u32,
+}
+
+fn windows() -> Windows {
+    return Windows(shape.in_height, shape.in_width, shape.out_height, shape.out_width, shape.channels,
+        shape.size_y, shape.size_x, shape.stride_y, shape.stride_x);
+}
+
+// A pixel (n, y, x) of an image `height` x `width`, from its index n H W + y W + x.
+struct Pixel {
+    n: u32,
+    y: u32,
+    x: u32,
+}
+
+fn pixel_of(index: u32, height: u32, width: u32) -> Pixel {
+    let per_sample = height * width;
+    return Pixel(index / per_sample, (index % per_sample) / width, index % width);
+}
+
+// The index, in channel units, of the first value of output pixel `o`'s window (its channel 0).
+fn window_start(w: Windows, o: Pixel) -> u32 {
+    return ((o.n * w.in_height + o.y * w.stride_y) * w.in_width + o.x * w.stride_x) * w.channels;
+}
+
+// The output pixel whose window holds input pixel `p` at offset (dy, dx), as an index into the
+// output's pixels, or none (0xffffffff).
+fn window_at(w: Windows, p: Pixel, dy: u32, dx: u32) -> u32 {
+    if (dy > p.y || dx > p.x) {
+        return 0xffffffffu;
+    }
+    let sy = p.y - dy;
+    let sx = p.x - dx;
+    let oy = sy / w.stride_y;
+    let ox = sx / w.stride_x;
+    if (sy % w.stride_y != 0u || sx % w.stride_x != 0u || oy >= w.out_height || ox >= w.out_width) {
+        return 0xffffffffu;
+    }
+    return (p.n * w.out_height + oy) * w.out_width + ox;
+}
+
+@compute @workgroup_size(64)
+fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = flat_invocation(gid, groups, 64u);
+    let w = windows();
+    if (index >= shape.samples * w.out_height * w.out_width * w.channels) {
+        return;
+    }
+    let first = window_start(w, pixel_of(index / w.channels, w.out_height, w.out_width)) + index % w.channels;
+    var best = input[first];
+    var best_at = 0u;
+    for (var dy = 0u; dy < w.size_y; dy++) {
+        for (var dx = 0u; dx < w.size_x; dx++) {
+            let v = input[first + (dy * w.in_width + dx) * w.channels];
+            if (v > best) {
+                best = v;
+                best_at = dy * w.size_x + dx;
+            }
+        }
+    }
+    output[index] = best;
+    argmax_out[index] = best_at;
+}
+
+@compute @workgroup_size(64)
+fn maxpool_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = flat_invocation(gid, groups, 64u);
+    let w = windows();
+    let quads = w.channels / 4u;
+    if (index >= shape.samples * w.out_height * w.out_width * quads) {
+        return;
+    }
+    let first = window_start(w, pixel_of(index / quads, w.out_height, w.out_width)) / 4u + index % quads;
+    var best = input_quads[first];
+    var best_at = vec4<u32>(0u);
+    for (var dy = 0u; dy < w.size_y; dy++) {
+        for (var dx = 0u; dx < w.size_x; dx++) {
+            let v = input_quads[first + (dy * w.in_width + dx) * quads];
+            let better = v > best;
+            best = select(best, v, better);
+            best_at = select(best_at, vec4<u32>(dy * w.size_x + dx), better);
+        }
+    }
+    output_quads[index] = best;
+    argmax_out_quads[index] = best_at;
+}
+
+@compute @workgroup_size(64)
+fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = flat_invocation(gid, groups, 64u);
+    let w = windows();
+    if (index >= shape.samples * w.in_height * w.in_width * w.channels) {
+        return;
+    }
+    let p = pixel_of(index / w.channels, w.in_height, w.in_width);
+    let c = index % w.channels;
+    var sum = 0.0;
+    for (var dy = 0u; dy < w.size_y; dy++) {
+        for (var dx = 0u; dx < w.size_x; dx++) {
+            let o = window_at(w, p, dy, dx);
+            if (o != 0xffffffffu) {
+                let at = o * w.channels + c;
+                if (argmax_in[at] == dy * w.size_x + dx) {
+                    sum += input[at];
+                }
+            }
+        }
+    }
+    output[index] = sum * derivative_from_output(shape.derivative, below[index]);
+}
+
+@compute @workgroup_size(64)
+fn maxpool_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = flat_invocation(gid, groups, 64u);
+    let w = windows();
+    let quads = w.channels / 4u;
+    if (index >= shape.samples * w.in_height * w.in_width * quads) {
+        return;
+    }
+    let p = pixel_of(index / quads, w.in_height, w.in_width);
+    let q = index % quads;
+    var sum = vec4<f32>(0.0);
+    for (var dy = 0u; dy < w.size_y; dy++) {
+        for (var dx = 0u; dx < w.size_x; dx++) {
+            let o = window_at(w, p, dy, dx);
+            if (o != 0xffffffffu) {
+                let at = o * quads + q;
+                let won = argmax_in_quads[at] == vec4<u32>(dy * w.size_x + dx);
+                sum += select(vec4<f32>(0.0), input_quads[at], won);
+            }
+        }
+    }
+    output_quads[index] = sum * derivative_from_output4(shape.derivative, below_quads[index]);
+}

@@ -1,0 +1,195 @@
+//! Conv2D as matrix products over the patch matrix (im2col; `shaders/conv2d.wgsl`).
+//!
+//! Forward, x `[rows, H, W, C]` → y `[rows, OH, OW, F]`: P = im2col(x) `[rows OH OW, Kp]` (each
+//! row a window, channel fastest, then a one and zeros to Kp), y = f(P W) with W the layer's
+//! whole `[Kp, F]` weight matrix (its bias row meets P's ones). Backward, from dy: dz = dy ⊙ f'(y)
+//! (unless the layer above applied it), [dW; db; 0] = Pᵀ dz, and, where a layer below needs it,
+//! dP = dz Wᵀ `[rows OH OW, Kp]` and dx = col2im(dP) ⊙ below'(x).
+
+use wgpu::Buffer;
+
+use super::{Backward, DeviceTensor, LayerIo};
+use crate::error::Result;
+use crate::gpu::buffers::grid_1d;
+use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::uniforms::{ActivationShape, ConvShape, MatmulDims};
+use crate::gpu::{Gpu, Kernels};
+use crate::model::{Geometry, LayerActivation, WeightMatrix};
+use crate::reference;
+use crate::train::builder::ProgramBuilder;
+use crate::train::program::Program;
+
+/// A convolution in a training program, with its patch matrix and the patch matrix's gradient.
+pub(crate) struct ConvDevice {
+    geometry: Geometry,
+    matrix: WeightMatrix,
+    activation: LayerActivation,
+    patches: DeviceTensor,
+    patch_grads: Buffer,
+}
+
+impl ConvDevice {
+    pub fn new(
+        gpu: &Gpu,
+        kernels: &Kernels,
+        geometry: Geometry,
+        matrix: WeightMatrix,
+        activation: LayerActivation,
+        batch: usize,
+    ) -> Result<Self> {
+        let bytes = (batch * geometry.positions() * matrix.rows * 4) as u64;
+        Ok(ConvDevice {
+            patches: DeviceTensor::new(gpu, kernels, "patch matrix", bytes)?,
+            patch_grads: gpu.storage_buffer("patch matrix gradient", bytes)?,
+            geometry,
+            matrix,
+            activation,
+        })
+    }
+
+    /// Whether the kernels move four channels at a time.
+    fn quads(&self) -> bool {
+        self.geometry.input.channels.is_multiple_of(4)
+    }
+
+    pub(crate) fn record_forward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+    ) {
+        let g = &self.geometry;
+        let shape = ConvShape::new(rows, g, self.matrix.rows, LayerActivation::Identity);
+        let shape = builder.gpu.params_with("im2col shape", &shape);
+        let resources = [
+            shape.as_entire_binding(),
+            io.input.buffer.as_entire_binding(),
+            self.patches.buffer.as_entire_binding(),
+        ];
+        let invocations = rows * g.positions() * (g.window_len() + 1);
+        let grid = grid_1d(invocations, ROW_WORKGROUP, builder.max_groups());
+        let conv = &builder.kernels.conv;
+        let kernel = if self.quads() {
+            &conv.im2col_quads
+        } else {
+            &conv.im2col
+        };
+        program.dispatch(builder.gpu, kernel, &resources, grid);
+        let dims = MatmulDims::conv_forward(rows * g.positions(), &self.matrix, self.activation);
+        let operands = [self.patches.operand(), builder.params_operand()];
+        builder.matmul(program, dims, operands, &io.output.buffer, None);
+    }
+
+    pub(crate) fn record_backward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+        backward: Backward,
+    ) -> bool {
+        let g = &self.geometry;
+        let positions = rows * g.positions();
+        let gpu = builder.gpu;
+        if !backward.derivative_applied && self.activation != LayerActivation::Identity {
+            let shape = gpu.params_with(
+                "derivative shape",
+                &ActivationShape {
+                    rows: positions as u32,
+                    cols: self.matrix.outputs as u32,
+                    bias_offset: 0,
+                    activation: self.activation.shader_code(),
+                },
+            );
+            let resources = [
+                shape.as_entire_binding(),
+                io.output_grad.buffer.as_entire_binding(),
+                io.output.buffer.as_entire_binding(),
+            ];
+            let values = positions * self.matrix.outputs;
+            let grid = grid_1d(values.div_ceil(4), ROW_WORKGROUP, builder.max_groups());
+            program.dispatch(gpu, &builder.kernels.apply_derivative, &resources, grid);
+        }
+        let dims = MatmulDims::conv_weight_grad(positions, &self.matrix);
+        let operands = [self.patches.operand(), io.output_grad.operand()];
+        builder.matmul(program, dims, operands, builder.grads, None);
+        let Some(input_grad) = io.input_grad else {
+            return false;
+        };
+        let dims = MatmulDims::conv_patch_grad(positions, &self.matrix);
+        let operands = [io.output_grad.operand(), builder.params_operand()];
+        builder.matmul(program, dims, operands, &self.patch_grads, None);
+        let shape = ConvShape::new(rows, g, self.matrix.rows, backward.below);
+        let shape = gpu.params_with("col2im shape", &shape);
+        let resources = [
+            shape.as_entire_binding(),
+            self.patch_grads.as_entire_binding(),
+            input_grad.buffer.as_entire_binding(),
+            io.input.buffer.as_entire_binding(),
+        ];
+        let conv = &builder.kernels.conv;
+        let (kernel, per_invocation) = match self.quads() {
+            true => (&conv.col2im_quads, 4),
+            false => (&conv.col2im, 1),
+        };
+        let values = rows * g.input.len() / per_invocation;
+        let grid = grid_1d(values, ROW_WORKGROUP, builder.max_groups());
+        program.dispatch(gpu, kernel, &resources, grid);
+        true
+    }
+}
+
+/// Conv2D forward, CPU reference: x `[rows, H, W, C]` → f(im2col(x) W) `[rows, OH, OW, F]`.
+pub fn reference_forward(
+    geometry: &Geometry,
+    m: &WeightMatrix,
+    activation: LayerActivation,
+    params: &[f32],
+    x: &[f32],
+    rows: usize,
+) -> Vec<f32> {
+    let patches = reference::im2col(x, rows, geometry, m.rows);
+    let positions = rows * geometry.positions();
+    let mut y = vec![0.0; positions * m.outputs];
+    let dims = MatmulDims::conv_forward(positions, m, activation);
+    reference::matmul(&dims, &patches, params, &mut y);
+    y
+}
+
+/// Conv2D backward, CPU reference: from dz `[rows, OH, OW, F]` (the activation's derivative
+/// applied), [dW; db; 0] into `grads` over the layer's matrix; dx `[rows, H, W, C]` if
+/// `input_grad`.
+#[allow(clippy::too_many_arguments)]
+pub fn reference_backward(
+    geometry: &Geometry,
+    m: &WeightMatrix,
+    params: &[f32],
+    x: &[f32],
+    dz: &[f32],
+    rows: usize,
+    grads: &mut [f32],
+    input_grad: bool,
+) -> Option<Vec<f32>> {
+    let patches = reference::im2col(x, rows, geometry, m.rows);
+    let positions = rows * geometry.positions();
+    reference::matmul(
+        &MatmulDims::conv_weight_grad(positions, m),
+        &patches,
+        dz,
+        grads,
+    );
+    input_grad.then(|| {
+        let mut patch_grads = vec![0.0; positions * m.rows];
+        let dims = MatmulDims::conv_patch_grad(positions, m);
+        reference::matmul(&dims, dz, params, &mut patch_grads);
+        reference::col2im(
+            &patch_grads,
+            rows,
+            geometry,
+            m.rows,
+            x,
+            LayerActivation::Identity,
+        )
+    })
+}

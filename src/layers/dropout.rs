@@ -1,0 +1,108 @@
+//! Dropout (`shaders/dropout.wgsl`): inverted dropout in training, the identity in evaluation.
+//!
+//! Forward, x `[rows, features]` → y: in training y = x / (1 - rate) where a counter-based hash
+//! of (layer key, step number, element) keeps the value, else 0; in evaluation y = x. Backward:
+//! dx = the same mask and scale applied to dy, ⊙ below'(x). The mask is recomputed, not stored,
+//! and depends on nothing but the seed, the step number and the element, so a rerun and a resume
+//! draw the same masks.
+
+use super::{Backward, LayerIo};
+use crate::gpu::buffers::grid_1d;
+use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::uniforms::DropoutShape;
+use crate::model::{LayerActivation, Shape};
+use crate::reference;
+use crate::train::builder::ProgramBuilder;
+use crate::train::program::Program;
+
+/// A dropout layer in a training program.
+pub(crate) struct DropoutDevice {
+    features: usize,
+    rate: f32,
+    layer_key: u32,
+}
+
+impl DropoutDevice {
+    pub fn new(input: Shape, rate: f32, layer_key: u32) -> Self {
+        DropoutDevice {
+            features: input.len(),
+            rate,
+            layer_key,
+        }
+    }
+
+    fn shape(&self, rows: usize, training: bool, below: LayerActivation) -> DropoutShape {
+        DropoutShape {
+            count: (rows * self.features) as u32,
+            threshold: reference::dropout_threshold(self.rate),
+            scale: 1.0 / (1.0 - self.rate),
+            layer_key: self.layer_key,
+            derivative: below.shader_code(),
+            training: training as u32,
+            _pad: [0; 2],
+        }
+    }
+
+    fn grid(&self, builder: &ProgramBuilder<'_, '_>, rows: usize) -> [u32; 3] {
+        let invocations = (rows * self.features).div_ceil(4);
+        grid_1d(invocations, ROW_WORKGROUP, builder.max_groups())
+    }
+
+    pub(crate) fn record_forward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+        training: bool,
+    ) {
+        let shape = self.shape(rows, training, LayerActivation::Identity);
+        let shape = builder.gpu.params_with("dropout shape", &shape);
+        let resources = [
+            builder.schedule.as_entire_binding(),
+            shape.as_entire_binding(),
+            io.input.buffer.as_entire_binding(),
+            io.output.buffer.as_entire_binding(),
+        ];
+        let kernel = &builder.kernels.dropout_forward;
+        program.dispatch(builder.gpu, kernel, &resources, self.grid(builder, rows));
+    }
+
+    pub(crate) fn record_backward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+        backward: Backward,
+    ) -> bool {
+        let Some(input_grad) = io.input_grad else {
+            return false;
+        };
+        let shape = self.shape(rows, true, backward.below);
+        let shape = builder.gpu.params_with("dropout shape", &shape);
+        let resources = [
+            builder.schedule.as_entire_binding(),
+            shape.as_entire_binding(),
+            io.output_grad.buffer.as_entire_binding(),
+            input_grad.buffer.as_entire_binding(),
+            io.input.buffer.as_entire_binding(),
+        ];
+        let kernel = &builder.kernels.dropout_backward;
+        program.dispatch(builder.gpu, kernel, &resources, self.grid(builder, rows));
+        true
+    }
+}
+
+/// Dropout forward, CPU reference: x `[rows, features]` at training step `step` (None: evaluation).
+pub fn reference_forward(x: &[f32], rate: f32, layer_key: u32, step: Option<u32>) -> Vec<f32> {
+    match step {
+        Some(step) => reference::dropout_forward(x, layer_key, step, rate),
+        None => x.to_vec(),
+    }
+}
+
+/// Dropout backward, CPU reference: dy → dx with the forward pass's mask and scale.
+pub fn reference_backward(dy: &[f32], rate: f32, layer_key: u32, step: u32) -> Vec<f32> {
+    reference::dropout_forward(dy, layer_key, step, rate)
+}

@@ -1,0 +1,178 @@
+//! The layers of a model: for each kind (`crate::model::LayerSpec` says what it is and its
+//! shapes), the dispatches of its forward and backward passes on the GPU, and its CPU reference
+//! forward and backward. The trainer (`crate::train`) walks the list of layers and knows none of
+//! their insides; a layer knows its own tensors, its slice of the flat parameter buffer (its
+//! `WeightMatrix`) and the kernels it records.
+//!
+//! Every tensor is a batch of samples stored channels-last (`crate::model`), so a layer's output
+//! buffer is the next layer's input without any reordering.
+
+pub mod conv2d;
+pub mod dense;
+pub mod dropout;
+pub mod pool;
+
+use wgpu::Buffer;
+
+use crate::error::Result;
+use crate::gpu::{Gpu, Kernels, MatmulOperand, TextureMirror};
+use crate::model::{LayerActivation, LayerSpec, ModelSpec, Shape, WeightMatrix};
+use crate::train::builder::ProgramBuilder;
+use crate::train::program::Program;
+
+/// A batch tensor on the GPU, with its texture mirror where the matmul kernels read mirrors.
+/// Clones share the buffer (Flatten's output is its input).
+#[derive(Clone)]
+pub(crate) struct DeviceTensor {
+    pub buffer: Buffer,
+    pub mirror: Option<TextureMirror>,
+}
+
+impl DeviceTensor {
+    /// A zeroed tensor of `bytes`, mirrored where the matmul kernels read mirrors.
+    pub fn new(gpu: &Gpu, kernels: &Kernels, what: &str, bytes: u64) -> Result<Self> {
+        let buffer = gpu.storage_buffer(what, bytes)?;
+        let mirror = kernels
+            .matmul
+            .reads_mirrors()
+            .then(|| TextureMirror::new(gpu, &format!("{what} mirror"), &buffer))
+            .flatten();
+        Ok(DeviceTensor { buffer, mirror })
+    }
+
+    pub fn operand(&self) -> MatmulOperand<'_> {
+        MatmulOperand::new(&self.buffer, self.mirror.as_ref())
+    }
+}
+
+/// What one layer reads and writes in a step: tensors of the batch, laid out as `[rows, shape]`.
+pub(crate) struct LayerIo<'a> {
+    pub input: &'a DeviceTensor,
+    pub output: &'a DeviceTensor,
+    /// dL/d(output), written by the layer above (or the loss).
+    pub output_grad: &'a DeviceTensor,
+    /// dL/d(input), where a layer below has parameters (else nothing consumes it).
+    pub input_grad: Option<&'a DeviceTensor>,
+    /// Whether `input` is the gathered batch itself.
+    pub input_is_batch: bool,
+}
+
+/// What the backward pass of a layer is told.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backward {
+    /// Whether `output_grad` already holds dL/dz, the derivative of this layer's own activation
+    /// applied by the layer above as it computed it.
+    pub derivative_applied: bool,
+    /// The activation of the layer beneath (through any Flatten): where it is not the identity,
+    /// the input gradient may be multiplied by its derivative here, which `record_backward`'s
+    /// result says.
+    pub below: LayerActivation,
+}
+
+/// A layer as the training programs record it, with the buffers it needs besides its input and
+/// output (made once, for the batch size).
+pub(crate) enum DeviceLayer {
+    Dense(dense::DenseDevice),
+    Conv2d(Box<conv2d::ConvDevice>),
+    MaxPool2d(pool::PoolDevice),
+    Flatten,
+    Dropout(dropout::DropoutDevice),
+}
+
+impl DeviceLayer {
+    /// Layer `index` of `spec` for batches of up to `batch` samples, with input of `input` shape
+    /// (`seed`: the run's, which keys dropout masks).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: &Gpu,
+        kernels: &Kernels,
+        spec: &ModelSpec,
+        index: usize,
+        input: Shape,
+        matrix: Option<WeightMatrix>,
+        batch: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let layer = spec.layers[index];
+        let matrix = || matrix.expect("a layer with parameters has a weight matrix");
+        Ok(match layer {
+            LayerSpec::Dense { activation, .. } => {
+                DeviceLayer::Dense(dense::DenseDevice::new(matrix(), activation))
+            }
+            LayerSpec::Conv2d { activation, .. } => {
+                let geometry = layer.geometry(input).expect("a validated model");
+                DeviceLayer::Conv2d(Box::new(conv2d::ConvDevice::new(
+                    gpu,
+                    kernels,
+                    geometry,
+                    matrix(),
+                    activation,
+                    batch,
+                )?))
+            }
+            LayerSpec::MaxPool2d { .. } => {
+                let geometry = layer.geometry(input).expect("a validated model");
+                DeviceLayer::MaxPool2d(pool::PoolDevice::new(gpu, geometry, batch)?)
+            }
+            LayerSpec::Flatten => DeviceLayer::Flatten,
+            LayerSpec::Dropout { rate } => DeviceLayer::Dropout(dropout::DropoutDevice::new(
+                input,
+                rate,
+                crate::reference::dropout_layer_key(seed, index),
+            )),
+        })
+    }
+
+    /// Whether the layer's output is its input's buffer (it moves nothing).
+    pub fn aliases_input(&self) -> bool {
+        matches!(self, DeviceLayer::Flatten)
+    }
+
+    /// Records the forward pass over `rows` samples (`training`: dropout masks; else the
+    /// identity).
+    pub(crate) fn record_forward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+        training: bool,
+    ) {
+        match self {
+            DeviceLayer::Dense(dense) => dense.record_forward(builder, program, io, rows),
+            DeviceLayer::Conv2d(conv) => conv.record_forward(builder, program, io, rows),
+            DeviceLayer::MaxPool2d(pool) => pool.record_forward(builder, program, io, rows),
+            DeviceLayer::Flatten => {}
+            DeviceLayer::Dropout(dropout) => {
+                dropout.record_forward(builder, program, io, rows, training)
+            }
+        }
+    }
+
+    /// Records the backward pass over `rows` samples: the layer's parameter gradients into the
+    /// gradient buffer, and its input gradient where `io` has one. Returns whether that input
+    /// gradient has the derivative of `backward.below` applied.
+    pub(crate) fn record_backward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+        backward: Backward,
+    ) -> bool {
+        match self {
+            DeviceLayer::Dense(dense) => {
+                dense.record_backward(builder, program, io, rows, backward)
+            }
+            DeviceLayer::Conv2d(conv) => conv.record_backward(builder, program, io, rows, backward),
+            DeviceLayer::MaxPool2d(pool) => {
+                pool.record_backward(builder, program, io, rows, backward)
+            }
+            // Its input gradient is its output gradient.
+            DeviceLayer::Flatten => backward.derivative_applied,
+            DeviceLayer::Dropout(dropout) => {
+                dropout.record_backward(builder, program, io, rows, backward)
+            }
+        }
+    }
+}

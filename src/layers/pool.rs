@@ -1,0 +1,114 @@
+//! MaxPool2D (`shaders/pool.wgsl`), 'valid' windows.
+//!
+//! Forward, x `[rows, H, W, C]` → y `[rows, OH, OW, C]`, each the maximum of its window, and the
+//! argmax of each (its offset in the window), kept for the backward pass. Backward, from dy, a
+//! gather: dx at each input the sum of dy over the windows it won, ⊙ below'(x).
+
+use wgpu::Buffer;
+
+use super::{Backward, LayerIo};
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::gpu::buffers::grid_1d;
+use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::uniforms::PoolShape;
+use crate::model::{Geometry, LayerActivation};
+use crate::reference;
+use crate::train::builder::ProgramBuilder;
+use crate::train::program::Program;
+
+/// A max pool in a training program, with where each output's maximum was.
+pub(crate) struct PoolDevice {
+    geometry: Geometry,
+    argmax: Buffer,
+}
+
+impl PoolDevice {
+    pub fn new(gpu: &Gpu, geometry: Geometry, batch: usize) -> Result<Self> {
+        let bytes = (batch * geometry.output.len() * 4) as u64;
+        Ok(PoolDevice {
+            argmax: gpu.storage_buffer("pool argmax", bytes)?,
+            geometry,
+        })
+    }
+
+    /// Channels per invocation: four where they come in fours.
+    fn per_invocation(&self) -> usize {
+        match self.geometry.input.channels % 4 {
+            0 => 4,
+            _ => 1,
+        }
+    }
+
+    pub(crate) fn record_forward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+    ) {
+        let g = &self.geometry;
+        let shape = builder.gpu.params_with(
+            "pool shape",
+            &PoolShape::new(rows, g, LayerActivation::Identity),
+        );
+        let resources = [
+            shape.as_entire_binding(),
+            io.input.buffer.as_entire_binding(),
+            io.output.buffer.as_entire_binding(),
+            self.argmax.as_entire_binding(),
+        ];
+        let pool = &builder.kernels.pool;
+        let kernel = match self.per_invocation() {
+            4 => &pool.forward_quads,
+            _ => &pool.forward,
+        };
+        let values = rows * g.output.len() / self.per_invocation();
+        let grid = grid_1d(values, ROW_WORKGROUP, builder.max_groups());
+        program.dispatch(builder.gpu, kernel, &resources, grid);
+    }
+
+    pub(crate) fn record_backward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+        backward: Backward,
+    ) -> bool {
+        let Some(input_grad) = io.input_grad else {
+            return false;
+        };
+        let g = &self.geometry;
+        let shape = builder
+            .gpu
+            .params_with("pool shape", &PoolShape::new(rows, g, backward.below));
+        let resources = [
+            shape.as_entire_binding(),
+            io.output_grad.buffer.as_entire_binding(),
+            input_grad.buffer.as_entire_binding(),
+            self.argmax.as_entire_binding(),
+            io.input.buffer.as_entire_binding(),
+        ];
+        let pool = &builder.kernels.pool;
+        let kernel = match self.per_invocation() {
+            4 => &pool.backward_quads,
+            _ => &pool.backward,
+        };
+        let values = rows * g.input.len() / self.per_invocation();
+        let grid = grid_1d(values, ROW_WORKGROUP, builder.max_groups());
+        program.dispatch(builder.gpu, kernel, &resources, grid);
+        true
+    }
+}
+
+/// MaxPool2D forward, CPU reference: x `[rows, H, W, C]` → (y `[rows, OH, OW, C]`, argmax).
+pub fn reference_forward(geometry: &Geometry, x: &[f32], rows: usize) -> (Vec<f32>, Vec<u32>) {
+    reference::maxpool_forward(x, rows, geometry)
+}
+
+/// MaxPool2D backward, CPU reference: dy `[rows, OH, OW, C]` → dx `[rows, H, W, C]`.
+pub fn reference_backward(geometry: &Geometry, x: &[f32], dy: &[f32], rows: usize) -> Vec<f32> {
+    let (_, argmax) = reference::maxpool_forward(x, rows, geometry);
+    reference::maxpool_backward(dy, &argmax, rows, geometry, x, LayerActivation::Identity)
+}
