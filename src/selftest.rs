@@ -7,7 +7,9 @@ use crate::error::Result;
 use crate::gpu::kernels::{OptimizerKernels, OptimizerWords};
 use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
 use crate::gpu::{Gpu, Kernels, MatmulVariant, ops};
-use crate::model::{Activation, LayerActivation, Loss, WeightMatrix};
+use crate::model::{
+    Activation, Geometry, LayerActivation, LayerSpec, Loss, Padding, Shape, WeightMatrix,
+};
 use crate::reference::{self, worst_element};
 use crate::rng::Rng;
 
@@ -71,6 +73,11 @@ impl Tally {
         }
     }
 
+    fn fail(&mut self, problem: &str) {
+        self.worst_ratio = f64::INFINITY;
+        self.worst = problem.to_string();
+    }
+
     fn finish(self) -> CheckResult {
         CheckResult {
             name: self.name,
@@ -111,11 +118,17 @@ fn random_vec(rng: &mut Rng, len: usize, low: f32, high: f32) -> Vec<f32> {
 }
 
 /// Names of the checks, in the order `run` performs them.
-pub const CHECKS: [&str; 10] = [
+pub const CHECKS: [&str; 16] = [
     "matmul (tiled)",
     "matmul dense-layer products (tiled)",
     "matmul (registers)",
     "matmul dense-layer products (registers)",
+    "matmul convolution products (tiled)",
+    "matmul convolution products (registers)",
+    "conv2d patch matrix (im2col)",
+    "conv2d input gradient (col2im)",
+    "max pool forward + backward",
+    "dropout forward + backward",
     "activation backward + bias gradient",
     "softmax losses",
     "batch gather",
@@ -141,6 +154,100 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
         "matmul dense-layer products (registers)" => {
             check_layer_matmuls(gpu, kernels, &mut tally, MatmulVariant::Registers, &mut rng)?;
         }
+        "matmul convolution products (tiled)" => {
+            check_conv_matmuls(gpu, kernels, &mut tally, MatmulVariant::Tiled, &mut rng)?;
+        }
+        "matmul convolution products (registers)" => {
+            check_conv_matmuls(gpu, kernels, &mut tally, MatmulVariant::Registers, &mut rng)?;
+        }
+        "conv2d patch matrix (im2col)" => {
+            for (what, geometry, m) in conv_cases() {
+                let x = random_vec(&mut rng, CONV_BATCH * geometry.input.len(), -1.0, 1.0);
+                let expected = reference::im2col(&x, CONV_BATCH, &geometry, m.rows);
+                let actual = ops::im2col(gpu, kernels, &x, CONV_BATCH, &geometry, m.rows)?;
+                tally.close(&what, &actual, &expected, 0.0, 0.0);
+            }
+        }
+        "conv2d input gradient (col2im)" => {
+            for (what, geometry, m) in conv_cases() {
+                for below in ACTIVATIONS {
+                    let positions = CONV_BATCH * geometry.positions();
+                    let grads = random_vec(&mut rng, positions * m.rows, -1.0, 1.0);
+                    let x = activated(&mut rng, CONV_BATCH * geometry.input.len(), below);
+                    let expected =
+                        reference::col2im(&grads, CONV_BATCH, &geometry, m.rows, &x, below);
+                    let actual = ops::col2im(
+                        gpu, kernels, &grads, CONV_BATCH, &geometry, m.rows, &x, below,
+                    )?;
+                    let case = format!("{what}, through {below:?}");
+                    tally.close(&case, &actual, &expected, 1e-6, 1e-6);
+                }
+            }
+        }
+        "max pool forward + backward" => {
+            for (what, geometry) in pool_cases() {
+                // Values on a coarse grid, so that windows hold ties: the first maximum wins.
+                let x: Vec<f32> = (0..CONV_BATCH * geometry.input.len())
+                    .map(|_| rng.below(7) as f32 - 3.0)
+                    .collect();
+                let (expected, expected_argmax) =
+                    reference::maxpool_forward(&x, CONV_BATCH, &geometry);
+                let (actual, argmax) =
+                    ops::maxpool_forward(gpu, kernels, &x, CONV_BATCH, &geometry)?;
+                tally.close(&format!("{what} forward"), &actual, &expected, 0.0, 0.0);
+                tally.equal(&format!("{what} argmax"), &argmax, &expected_argmax);
+                for below in ACTIVATIONS {
+                    let dy = random_vec(&mut rng, expected.len(), -1.0, 1.0);
+                    let below_x = activated(&mut rng, x.len(), below);
+                    let expected = reference::maxpool_backward(
+                        &dy,
+                        &expected_argmax,
+                        CONV_BATCH,
+                        &geometry,
+                        &below_x,
+                        below,
+                    );
+                    let actual = ops::maxpool_backward(
+                        gpu,
+                        kernels,
+                        &dy,
+                        &expected_argmax,
+                        CONV_BATCH,
+                        &geometry,
+                        &below_x,
+                        below,
+                    )?;
+                    let case = format!("{what} backward through {below:?}");
+                    tally.close(&case, &actual, &expected, 1e-7, 1e-6);
+                }
+            }
+        }
+        "dropout forward + backward" => {
+            for (rate, step, len) in [(0.5, 1, 185), (0.3, 7, 1001), (0.0, 2, 64), (0.9, 3, 300)] {
+                let key = reference::dropout_layer_key(0x5eed, 5);
+                let x = random_vec(&mut rng, len, -1.0, 1.0);
+                let case = format!("rate {rate}, step {step}, {len} values");
+                let expected = reference::dropout_forward(&x, key, step, rate);
+                let actual = ops::dropout(gpu, kernels, &x, rate, key, step, true, None)?;
+                tally.close(&format!("{case} forward"), &actual, &expected, 0.0, 0.0);
+                let kept = expected.iter().filter(|&&v| v != 0.0).count() as f64 / len as f64;
+                if (kept - (1.0 - rate as f64)).abs() > 0.1 {
+                    tally.fail(&format!("{case}: kept {kept:.3} of the values"));
+                }
+                let actual = ops::dropout(gpu, kernels, &x, rate, key, 0, false, None)?;
+                tally.close(&format!("{case} evaluation"), &actual, &x, 0.0, 0.0);
+                for below in ACTIVATIONS {
+                    let dy = random_vec(&mut rng, len, -1.0, 1.0);
+                    let below_x = activated(&mut rng, len, below);
+                    let expected =
+                        reference::dropout_backward(&dy, key, step, rate, &below_x, below);
+                    let backward = Some((below_x.as_slice(), below));
+                    let actual = ops::dropout(gpu, kernels, &dy, rate, key, step, true, backward)?;
+                    let case = format!("{case} backward through {below:?}");
+                    tally.close(&case, &actual, &expected, 1e-7, 1e-6);
+                }
+            }
+        }
         "activation backward + bias gradient" => {
             for activation in ACTIVATIONS {
                 for (rows, cols) in [(1, 1), (7, 13), (129, 257)] {
@@ -162,6 +269,9 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                         1e-5,
                         1e-4,
                     );
+                    // apply_derivative: the same dz, with no bias gradient (a convolution's).
+                    let actual = ops::apply_derivative(gpu, kernels, &grad, &output, activation)?;
+                    tally.close(&format!("{case} dz alone"), &actual, &expected, 1e-6, 1e-5);
                 }
             }
         }
@@ -329,6 +439,130 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
         other => panic!("no check named {other:?}; see selftest::CHECKS"),
     }
     Ok(tally.finish())
+}
+
+/// Samples per batch in the convolution, pool and dropout checks.
+const CONV_BATCH: usize = 5;
+
+/// Convolutions that fit no tile: odd images, 1, 3, 4 and 8 channels (the last two through the
+/// four-channel kernels), kernels 3 and 5, strides 1 and 2, 'valid' and 'same'; with a weight
+/// matrix inside a larger parameter buffer, as in training.
+fn conv_cases() -> Vec<(String, Geometry, WeightMatrix)> {
+    let cases = [
+        (3, 7, 9, 5, 3, 1, Padding::Valid),
+        (3, 7, 9, 6, 5, 2, Padding::Same),
+        (8, 7, 9, 4, 3, 1, Padding::Same),
+        (4, 6, 5, 8, 5, 1, Padding::Valid),
+        (1, 9, 7, 4, 3, 1, Padding::Valid),
+        (8, 9, 7, 12, 3, 2, Padding::Valid),
+    ];
+    cases
+        .into_iter()
+        .map(
+            |(channels, height, width, filters, kernel, stride, padding)| {
+                let layer = LayerSpec::Conv2d {
+                    filters,
+                    kernel,
+                    stride,
+                    padding,
+                    activation: LayerActivation::Identity,
+                };
+                let input = Shape::image(channels, height, width);
+                let geometry = layer.geometry(input).expect("the case fits");
+                let inputs = kernel * kernel * channels;
+                let offset = 36;
+                let matrix = WeightMatrix {
+                    inputs,
+                    outputs: filters,
+                    rows: (inputs + 1).next_multiple_of(4),
+                    weight_offset: offset,
+                    bias_offset: offset + inputs * filters,
+                };
+                let what = format!("{input}, {}", layer.token());
+                (what, geometry, matrix)
+            },
+        )
+        .collect()
+}
+
+/// Pools over odd images, overlapping windows, and 1, 3, 4 and 8 channels.
+fn pool_cases() -> Vec<(String, Geometry)> {
+    [
+        (3, 7, 9, 2, 2),
+        (8, 7, 9, 3, 2),
+        (4, 5, 5, 2, 1),
+        (1, 9, 7, 2, 2),
+    ]
+    .into_iter()
+    .map(|(channels, height, width, size, stride)| {
+        let layer = LayerSpec::MaxPool2d { size, stride };
+        let input = Shape::image(channels, height, width);
+        let geometry = layer.geometry(input).expect("the case fits");
+        (format!("{input}, {}", layer.token()), geometry)
+    })
+    .collect()
+}
+
+/// `len` outputs of `activation` (relu: about half exactly zero).
+fn activated(rng: &mut Rng, len: usize, activation: LayerActivation) -> Vec<f32> {
+    let mut values = random_vec(rng, len, -3.0, 3.0);
+    reference::bias_activation_forward(&mut values, &[0.0], activation);
+    values
+}
+
+/// The three products of a convolution through `variant`, on `conv_cases`: forward (with each
+/// activation), weight and bias gradient, patch-matrix gradient.
+fn check_conv_matmuls(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    variant: MatmulVariant,
+    rng: &mut Rng,
+) -> Result<()> {
+    for (what, geometry, m) in conv_cases() {
+        let positions = CONV_BATCH * geometry.positions();
+        let params = m.end() + 11;
+        let (patches, outputs) = (positions * m.rows, positions * m.outputs);
+        for activation in ACTIVATIONS {
+            let dims = MatmulDims::conv_forward(positions, &m, activation);
+            let case = format!("{what} forward + {activation:?}");
+            check_matmul(
+                gpu,
+                kernels,
+                tally,
+                variant,
+                &case,
+                dims,
+                [patches, params, outputs],
+                rng,
+            )?;
+        }
+        let dims = MatmulDims::conv_weight_grad(positions, &m);
+        let case = format!("{what} weight grad");
+        check_matmul(
+            gpu,
+            kernels,
+            tally,
+            variant,
+            &case,
+            dims,
+            [patches, outputs, params],
+            rng,
+        )?;
+        let dims = MatmulDims::conv_patch_grad(positions, &m);
+        let case = format!("{what} patch grad");
+        check_matmul(
+            gpu,
+            kernels,
+            tally,
+            variant,
+            &case,
+            dims,
+            [outputs, params, patches],
+            rng,
+        )?;
+    }
+    Ok(())
 }
 
 /// Checks that `values` has the bits of the first optimizer module's output on the same inputs

@@ -39,6 +39,36 @@ fn matmul_dense_layer_products_registers() {
 }
 
 #[test]
+fn matmul_convolution_products_tiled() {
+    check("matmul convolution products (tiled)");
+}
+
+#[test]
+fn matmul_convolution_products_registers() {
+    check("matmul convolution products (registers)");
+}
+
+#[test]
+fn conv2d_patch_matrix() {
+    check("conv2d patch matrix (im2col)");
+}
+
+#[test]
+fn conv2d_input_gradient() {
+    check("conv2d input gradient (col2im)");
+}
+
+#[test]
+fn max_pool_forward_and_backward() {
+    check("max pool forward + backward");
+}
+
+#[test]
+fn dropout_forward_and_backward() {
+    check("dropout forward + backward");
+}
+
+#[test]
 fn activation_backward_and_bias_gradient() {
     check("activation backward + bias gradient");
 }
@@ -72,7 +102,7 @@ fn adam_update() {
 fn every_check_has_a_test() {
     assert_eq!(
         selftest::CHECKS.len(),
-        10,
+        16,
         "add a test above for each new check"
     );
 }

@@ -15,7 +15,7 @@ use super::mirror::TextureMirror;
 use super::uniforms::*;
 use crate::data::Dataset;
 use crate::error::Result;
-use crate::model::{LayerActivation, Loss};
+use crate::model::{Geometry, LayerActivation, Loss};
 use crate::reference::LossOutput;
 
 /// Records one dispatch of `kernel` and submits it.
@@ -383,4 +383,225 @@ pub fn adam_update(
         gpu.read_back(&m_buffer, params.len())?,
         gpu.read_back(&v_buffer, params.len())?,
     ))
+}
+
+/// The grid of `invocations` invocations of a 64-wide 1-D kernel.
+fn grid_of(gpu: &Gpu, invocations: usize) -> [u32; 3] {
+    grid_1d(invocations, ROW_WORKGROUP, max_groups(gpu))
+}
+
+/// conv2d.wgsl `im2col` (or `im2col_quads` where the channels come in fours): the patch matrix of
+/// `rows` samples of x, rows of `columns` floats.
+pub fn im2col(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    x: &[f32],
+    rows: usize,
+    geometry: &Geometry,
+    columns: usize,
+) -> Result<Vec<f32>> {
+    let shape = ConvShape::new(rows, geometry, columns, LayerActivation::Identity);
+    let shape = gpu.params_with("shape", &shape);
+    let x_buffer = gpu.storage_with("x", x)?;
+    let len = rows * geometry.positions() * columns;
+    // Every element is written: start from NaN to see it.
+    let patches = gpu.storage_with("patches", &vec![f32::NAN; len])?;
+    let kernel = match geometry.input.channels % 4 {
+        0 => &kernels.conv.im2col_quads,
+        _ => &kernels.conv.im2col,
+    };
+    let resources = [
+        shape.as_entire_binding(),
+        x_buffer.as_entire_binding(),
+        patches.as_entire_binding(),
+    ];
+    let invocations = rows * geometry.positions() * (geometry.window_len() + 1);
+    dispatch(
+        gpu,
+        kernel,
+        &kernel.bind(gpu, &resources),
+        grid_of(gpu, invocations),
+    );
+    gpu.read_back(&patches, len)
+}
+
+/// conv2d.wgsl `col2im` (`col2im_quads` where the channels come in fours): the input gradient
+/// from the patch matrix's gradient, times below'(x) of the layer beneath's output x.
+#[allow(clippy::too_many_arguments)]
+pub fn col2im(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    patch_grads: &[f32],
+    rows: usize,
+    geometry: &Geometry,
+    columns: usize,
+    x: &[f32],
+    below: LayerActivation,
+) -> Result<Vec<f32>> {
+    let shape = gpu.params_with("shape", &ConvShape::new(rows, geometry, columns, below));
+    let grads = gpu.storage_with("patch grads", patch_grads)?;
+    let len = rows * geometry.input.len();
+    let out = gpu.storage_with("input grads", &vec![f32::NAN; len])?;
+    let x_buffer = gpu.storage_with("below", x)?;
+    let (kernel, per_invocation) = match geometry.input.channels % 4 {
+        0 => (&kernels.conv.col2im_quads, 4),
+        _ => (&kernels.conv.col2im, 1),
+    };
+    let resources = [
+        shape.as_entire_binding(),
+        grads.as_entire_binding(),
+        out.as_entire_binding(),
+        x_buffer.as_entire_binding(),
+    ];
+    let grid = grid_of(gpu, len / per_invocation);
+    dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
+    gpu.read_back(&out, len)
+}
+
+/// pool.wgsl `maxpool_forward` (`_quads` where the channels come in fours): (y, argmax).
+pub fn maxpool_forward(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    x: &[f32],
+    rows: usize,
+    geometry: &Geometry,
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    let shape = PoolShape::new(rows, geometry, LayerActivation::Identity);
+    let shape = gpu.params_with("shape", &shape);
+    let x_buffer = gpu.storage_with("x", x)?;
+    let len = rows * geometry.output.len();
+    let y = gpu.storage_with("y", &vec![f32::NAN; len])?;
+    let argmax = gpu.storage_with("argmax", &vec![u32::MAX; len])?;
+    let (kernel, per_invocation) = match geometry.input.channels % 4 {
+        0 => (&kernels.pool.forward_quads, 4),
+        _ => (&kernels.pool.forward, 1),
+    };
+    let resources = [
+        shape.as_entire_binding(),
+        x_buffer.as_entire_binding(),
+        y.as_entire_binding(),
+        argmax.as_entire_binding(),
+    ];
+    let grid = grid_of(gpu, len / per_invocation);
+    dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
+    Ok((gpu.read_back(&y, len)?, gpu.read_back(&argmax, len)?))
+}
+
+/// pool.wgsl `maxpool_backward` (`_quads` where the channels come in fours): the input gradient,
+/// times below'(x).
+#[allow(clippy::too_many_arguments)]
+pub fn maxpool_backward(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    output_grads: &[f32],
+    argmax: &[u32],
+    rows: usize,
+    geometry: &Geometry,
+    x: &[f32],
+    below: LayerActivation,
+) -> Result<Vec<f32>> {
+    let shape = gpu.params_with("shape", &PoolShape::new(rows, geometry, below));
+    let grads = gpu.storage_with("output grads", output_grads)?;
+    let argmax = gpu.storage_with("argmax", argmax)?;
+    let x_buffer = gpu.storage_with("below", x)?;
+    let len = rows * geometry.input.len();
+    let out = gpu.storage_with("input grads", &vec![f32::NAN; len])?;
+    let (kernel, per_invocation) = match geometry.input.channels % 4 {
+        0 => (&kernels.pool.backward_quads, 4),
+        _ => (&kernels.pool.backward, 1),
+    };
+    let resources = [
+        shape.as_entire_binding(),
+        grads.as_entire_binding(),
+        out.as_entire_binding(),
+        argmax.as_entire_binding(),
+        x_buffer.as_entire_binding(),
+    ];
+    let grid = grid_of(gpu, len / per_invocation);
+    dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
+    gpu.read_back(&out, len)
+}
+
+/// dropout.wgsl at training step `step` (0 with `training` off): `dropout_forward` of x, or with
+/// `backward` = Some((x, below)) `dropout_backward` of the values as output gradients.
+#[allow(clippy::too_many_arguments)]
+pub fn dropout(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    values: &[f32],
+    rate: f32,
+    layer_key: u32,
+    step: u32,
+    training: bool,
+    backward: Option<(&[f32], LayerActivation)>,
+) -> Result<Vec<f32>> {
+    let schedule = schedule(
+        gpu,
+        StepParams {
+            batch_start: 0,
+            rows: 0,
+            adam_step_size: 0.0,
+            number: step,
+        },
+    )?;
+    let below = backward.map_or(LayerActivation::Identity, |(_, below)| below);
+    let shape = DropoutShape {
+        count: values.len() as u32,
+        threshold: crate::reference::dropout_threshold(rate),
+        scale: 1.0 / (1.0 - rate),
+        layer_key,
+        derivative: below.shader_code(),
+        training: training as u32,
+        _pad: [0; 2],
+    };
+    let shape = gpu.params_with("shape", &shape);
+    let input = gpu.storage_with("input", values)?;
+    let out = gpu.storage_with("output", &vec![f32::NAN; values.len()])?;
+    let mut resources = vec![
+        schedule.as_entire_binding(),
+        shape.as_entire_binding(),
+        input.as_entire_binding(),
+        out.as_entire_binding(),
+    ];
+    let below_buffer = backward
+        .map(|(x, _)| gpu.storage_with("below", x))
+        .transpose()?;
+    let kernel = match &below_buffer {
+        Some(buffer) => {
+            resources.push(buffer.as_entire_binding());
+            &kernels.dropout_backward
+        }
+        None => &kernels.dropout_forward,
+    };
+    let grid = grid_of(gpu, values.len().div_ceil(4));
+    dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
+    gpu.read_back(&out, values.len())
+}
+
+/// activation.wgsl `apply_derivative`: grad ⊙ f'(output).
+pub fn apply_derivative(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    grad: &[f32],
+    output: &[f32],
+    activation: LayerActivation,
+) -> Result<Vec<f32>> {
+    let shape = ActivationShape {
+        rows: 1,
+        cols: grad.len() as u32,
+        bias_offset: 0,
+        activation: activation.shader_code(),
+    };
+    let shape = gpu.params_with("shape", &shape);
+    let grad_buffer = gpu.storage_with("grad", grad)?;
+    let output_buffer = gpu.storage_with("output", output)?;
+    let kernel = &kernels.apply_derivative;
+    let resources = [
+        shape.as_entire_binding(),
+        grad_buffer.as_entire_binding(),
+        output_buffer.as_entire_binding(),
+    ];
+    let grid = grid_of(gpu, grad.len().div_ceil(4));
+    dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
+    gpu.read_back(&grad_buffer, grad.len())
 }

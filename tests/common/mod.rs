@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use shadertrain::data::{DATA_ENV, Dataset, DatasetKind, default_dir};
+use shadertrain::gpu::uniforms::OptimizerHyper;
 use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
-use shadertrain::reference::compare;
+use shadertrain::model::ModelSpec;
+use shadertrain::reference::{self, StepKey, compare, forward_backward};
 use shadertrain::rng::Rng;
+use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
 
 /// The device every test in this binary shares. Fails (never skips) when there is no adapter:
 /// CI must prove the kernels run.
@@ -94,4 +97,110 @@ pub fn small_mnist(train: usize, test: usize) -> tempfile::TempDir {
         .unwrap();
     }
     dir
+}
+
+/// The reference's version of the first epoch as `Trainer` defines it: Glorot init from the
+/// seed, a Fisher-Yates shuffle from the same stream (unless `shuffle` is off), every batch (the
+/// last one partial) trained on, up to `max_steps`.
+pub struct ReferenceRun {
+    pub params: Vec<f32>,
+    pub train_samples: usize,
+    pub train_loss: f64,
+    pub train_correct: u32,
+}
+
+/// The dropout key of the epoch's step `step` (from 0): the run's step number counts from 1.
+pub fn key(config: &TrainConfig, step: usize) -> StepKey {
+    StepKey {
+        seed: config.seed,
+        step: step as u32 + 1,
+    }
+}
+
+pub fn reference_epoch(spec: &ModelSpec, config: &TrainConfig, data: &Dataset) -> ReferenceRun {
+    let layout = spec.layout();
+    let mut rng = Rng::new(config.seed);
+    let mut params = spec.glorot_uniform(&mut rng);
+    let mut order: Vec<u32> = (0..data.samples() as u32).collect();
+    if config.shuffle {
+        rng.shuffle(&mut order);
+    }
+    let (mut m, mut v) = (vec![0.0; layout.total], vec![0.0; layout.total]);
+    let hyper = OptimizerHyper {
+        count: layout.total as u32,
+        learning_rate: config.learning_rate,
+        beta1: config.beta1,
+        beta2: config.beta2,
+        epsilon: config.epsilon,
+        _pad: [0; 3],
+    };
+    let (mut loss_sum, mut correct, mut trained) = (0.0, 0, 0);
+    let steps = config.max_steps.map_or(usize::MAX, |m| m as usize);
+    for (step, start) in (0..data.samples())
+        .step_by(config.batch_size)
+        .take(steps)
+        .enumerate()
+    {
+        let rows = config.batch_size.min(data.samples() - start);
+        trained += rows;
+        let (x, y) = reference::gather_batch(data, &order, start, rows);
+        let result = forward_backward(spec, &params, &x, &y, key(config, step));
+        loss_sum += result
+            .loss
+            .sample_loss
+            .iter()
+            .map(|&l| l as f64)
+            .sum::<f64>();
+        correct += result.loss.sample_correct.iter().sum::<u32>();
+        match config.optimizer {
+            OptimizerKind::Sgd => {
+                reference::sgd_update(&mut params, &result.grads, config.learning_rate)
+            }
+            OptimizerKind::Adam => {
+                let t = step as u64 + 1;
+                let size =
+                    reference::adam_step_size(config.learning_rate, config.beta1, config.beta2, t);
+                reference::adam_update(&mut params, &result.grads, &mut m, &mut v, &hyper, size);
+            }
+        }
+    }
+    ReferenceRun {
+        params,
+        train_samples: trained,
+        train_loss: loss_sum / trained as f64,
+        train_correct: correct,
+    }
+}
+
+/// `kernels` train one epoch of `spec` on `data` as the reference does.
+pub fn assert_trains_like_the_reference(
+    what: &str,
+    kernels: &Kernels,
+    spec: &ModelSpec,
+    config: &TrainConfig,
+    data: &Dataset,
+) {
+    let expected = reference_epoch(spec, config, data);
+    let mut trainer =
+        Trainer::new(gpu(), kernels, spec.clone(), config.clone(), data, data).unwrap();
+    let metrics = trainer.run_epoch().unwrap();
+    assert_close(
+        &format!("{what} parameters"),
+        &trainer.parameters().unwrap(),
+        &expected.params,
+        1e-5,
+        1e-4,
+    );
+    assert_close(
+        &format!("{what} train loss"),
+        &[metrics.train_loss as f32],
+        &[expected.train_loss as f32],
+        1e-6,
+        1e-5,
+    );
+    assert_eq!(
+        metrics.train_accuracy,
+        expected.train_correct as f64 / data.samples() as f64,
+        "{what} train accuracy"
+    );
 }
