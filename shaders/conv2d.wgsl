@@ -32,6 +32,7 @@
 
 import package::shared::activations::{derivative_from_output, derivative_from_output4};
 import package::shared::grid::flat_invocation;
+import package::shared::divide::quotient;
 
 struct ConvShape {
     samples: u32,
@@ -74,14 +75,15 @@ struct Tap {
 
 fn tap_of(index: u32) -> Tap {
     let taps = shape.kernel_height * shape.kernel_width;
-    let row = index / (taps + 1u);
-    let tap = index % (taps + 1u);
+    let row = quotient(index, taps + 1u);
+    let tap = index - row * (taps + 1u);
     let positions = shape.out_height * shape.out_width;
-    let n = row / positions;
-    let oy = (row % positions) / shape.out_width;
-    let ox = row % shape.out_width;
-    let ky = tap / shape.kernel_width;
-    let kx = tap % shape.kernel_width;
+    let n = quotient(row, positions);
+    let position = row - n * positions;
+    let oy = quotient(position, shape.out_width);
+    let ox = position - oy * shape.out_width;
+    let ky = quotient(tap, shape.kernel_width);
+    let kx = tap - ky * shape.kernel_width;
     // Unsigned: a position left of or above the image wraps to a huge value, outside too.
     let y = oy * shape.stride_y + ky - shape.pad_y;
     let x = ox * shape.stride_x + kx - shape.pad_x;
@@ -164,9 +166,10 @@ struct Gather {
 // The input pixel of index `pixel` (n H W + y W + x).
 fn gather_of(pixel: u32) -> Gather {
     let per_sample = shape.in_height * shape.in_width;
-    let n = pixel / per_sample;
-    let y = (pixel % per_sample) / shape.in_width;
-    let x = pixel % shape.in_width;
+    let n = quotient(pixel, per_sample);
+    let in_sample = pixel - n * per_sample;
+    let y = quotient(in_sample, shape.in_width);
+    let x = in_sample - y * shape.in_width;
     return Gather(n, y, x, shape.kernel_height, shape.kernel_width, shape.stride_y, shape.stride_x,
         shape.out_height, shape.out_width, y + shape.pad_y, x + shape.pad_x);
 }
@@ -178,9 +181,9 @@ fn patch_row(g: Gather, ky: u32, kx: u32) -> u32 {
     }
     let sy = g.padded_y - ky;
     let sx = g.padded_x - kx;
-    let oy = sy / g.stride_y;
-    let ox = sx / g.stride_x;
-    if (sy % g.stride_y != 0u || sx % g.stride_x != 0u || oy >= g.out_height || ox >= g.out_width) {
+    let oy = quotient(sy, g.stride_y);
+    let ox = quotient(sx, g.stride_x);
+    if (sy != oy * g.stride_y || sx != ox * g.stride_x || oy >= g.out_height || ox >= g.out_width) {
         return 0xffffffffu;
     }
     return (g.n * g.out_height + oy) * g.out_width + ox;
@@ -193,8 +196,9 @@ fn col2im(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     if (index >= shape.samples * shape.in_height * shape.in_width * channels) {
         return;
     }
-    let g = gather_of(index / channels);
-    let c = index % channels;
+    let pixel = quotient(index, channels);
+    let g = gather_of(pixel);
+    let c = index - pixel * channels;
     let columns = shape.columns;
     var sum = 0.0;
     for (var ky = 0u; ky < g.kernel_height; ky++) {
@@ -215,8 +219,9 @@ fn col2im_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     if (index >= shape.samples * shape.in_height * shape.in_width * quads) {
         return;
     }
-    let g = gather_of(index / quads);
-    let q = index % quads;
+    let pixel = quotient(index, quads);
+    let g = gather_of(pixel);
+    let q = index - pixel * quads;
     let row_quads = shape.columns / 4u;
     var sum = vec4<f32>(0.0);
     for (var ky = 0u; ky < g.kernel_height; ky++) {

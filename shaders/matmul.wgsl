@@ -27,6 +27,7 @@
 
 import package::shared::matmul_dims::{Dims, NO_EPILOGUE, ACTIVATION_EPILOGUE};
 import package::shared::activations::activate;
+import package::shared::grid::flat_invocation;
 
 override WG_M: u32 = 16u;
 override WG_N: u32 = 16u;
@@ -178,4 +179,31 @@ fn matmul_blocks(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         acc[3] = fma(vec4<f32>(lhs[a_row.w + a_k]), b, acc[3]);
     }
     store_block(acc, m0, n0);
+}
+
+// matmul_sum_parts: the sum of matmul_tn_parts's partial products (matmul_vec4.wgsl), in part
+// order, so that the result does not depend on how the parts were scheduled:
+//   C[c_offset + i] = sum over p < parts of lhs[a_offset + p M N + i]      for i < M N
+// (rhs is not read). M N is a multiple of 4 (N is, for matmul_tn_parts).
+// Workgroup: 64 invocations, one per four values of C. Dispatch grid: ceil(M N / 256)
+// workgroups as (x, y) with x <= 65535 (invocation = (y * num_workgroups.x + x) * 64 + local).
+@compute @workgroup_size(64)
+fn matmul_sum_parts(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let first = 4u * flat_invocation(gid, groups, 64u);
+    let values = dims.m * dims.n;
+    if (first >= values) {
+        return;
+    }
+    let parts = dims.parts;
+    var sum = vec4<f32>(0.0);
+    var at = dims.a_offset + first;
+    for (var p = 0u; p < parts; p++) {
+        sum += vec4<f32>(lhs[at], lhs[at + 1u], lhs[at + 2u], lhs[at + 3u]);
+        at += values;
+    }
+    let to = dims.c_offset + first;
+    out[to] = sum.x;
+    out[to + 1u] = sum.y;
+    out[to + 2u] = sum.z;
+    out[to + 3u] = sum.w;
 }

@@ -15,6 +15,8 @@
 //              weight grad  dW = Xᵀ dY
 //   matmul_nt  A row-major [M, K],                 B stored [N, K] (b_row_stride 1)
 //              input grad  dX = dY Wᵀ
+//   matmul_tn_parts  as matmul_tn, K split into dims.parts slices whose partial products
+//              matmul.wgsl's matmul_sum_parts adds (see the entry point)
 // Epilogue (dims.epilogue): 0 stores the product. matmul_nn, as in matmul.wgsl: 1 + an
 // activation code stores f(C + bias), the bias a vec4 per column quad at vec4 bias_offset / 4 + q
 // of the B buffer (its mirror), or 16 + an activation code stores f(C) (a convolution's product,
@@ -53,15 +55,20 @@
 // faster), and the 8 x 16 forward blocks run 15-25 % faster than 8 x 8 ones did. Blocks past M or N are computed on
 // clamped (valid) indices and not stored, so M and N need not be multiples of a block, and every
 // lane takes part in every shuffle.
-// Workgroup: 64 invocations covering 8 x 8 blocks. Dispatch grid:
-// (ceil(N / (8 block columns)), ceil(M / 64), 1).
+// Workgroup: 64 invocations covering 8 x 8 blocks (matmul_nn: 2 NN_ACROSS x 32 / NN_ACROSS).
+// Dispatch grid: (ceil(N / (block columns of a workgroup)), ceil(M / (its rows)), 1).
 
 import package::shared::matmul_dims::{Dims, NO_EPILOGUE, DERIVATIVE_EPILOGUE, ACTIVATION_EPILOGUE};
 import package::shared::activations::{activate4, derivative_from_output4};
 import package::shared::mirror::mirrored;
+import package::shared::grid::flat_invocation;
 
 // matmul_nn's forward activation (activation.wgsl's codes; see Epilogue above).
 override ACTIVATION: u32 = 0u;
+// matmul_nn's groups across a workgroup (1, 2 or 4): 4 covers 128 columns and 64 rows of C, 1
+// covers 32 columns and 256 rows, so that a narrow product (a convolution's: N = its filters)
+// leaves no lane computing columns past N.
+override NN_ACROSS: u32 = 4u;
 
 @group(0) @binding(0) var<storage, read> dims: Dims;
 @group(0) @binding(1) var lhs: texture_2d<f32>;
@@ -198,17 +205,19 @@ fn lane_of_columns(invocation: Invocation) -> Lane {
 
 
 // A group's 8 lanes as blocks `width` wide and 8 / width high: lane i at column i % width and
-// row i / width of its group; a workgroup's 8 groups as 8 / width across and width down, so
-// that the workgroup covers 8 x 8 blocks. matmul_nt: 2 x 4 blocks (width 4: lanes c and c + 4
-// share columns, lanes 4 j..4 j + 3 share rows); matmul_nn: 4 x 2 (width 2: lanes 2 j and 2 j + 1
-// share the rows of block row j, lanes c, c + 2, c + 4 and c + 6 the columns of block column c).
-fn lane_of_tiles(invocation: Invocation, width: u32) -> Lane {
+// row i / width of its group; a workgroup's 8 groups as `across` across and 8 / across down.
+// matmul_nt: 2 x 4 blocks (width 4: lanes c and c + 4 share columns, lanes 4 j..4 j + 3 share
+// rows), 2 groups across; matmul_nn: 4 x 2 (width 2: lanes 2 j and 2 j + 1 share the rows of
+// block row j, lanes c, c + 2, c + 4 and c + 6 the columns of block column c), NN_ACROSS groups
+// across.
+fn lane_of_tiles(invocation: Invocation, width: u32, across: u32) -> Lane {
     let flat = invocation.subgroup * invocation.subgroup_size + invocation.lane;
     let group = flat / 8u;
     let i = flat % 8u;
-    let across = 8u / width;
+    let down = 8u / across;
+    let high = 8u / width;
     let workgroup = invocation.workgroup;
-    let block = vec2<u32>(workgroup.x * 8u + (group % across) * width + i % width, workgroup.y * 8u + (group / across) * (8u / width) + i / width);
+    let block = vec2<u32>(workgroup.x * across * width + (group % across) * width + i % width, workgroup.y * down * high + (group / across) * high + i / width);
     return Lane(invocation.lane & ~7u, invocation.lane & 7u, block);
 }
 
@@ -290,7 +299,7 @@ fn store_forward_wide(block: WideBlock, m0: u32, q0: u32) {
 
 @compute @workgroup_size(64)
 fn matmul_nn(invocation: Invocation) {
-    let lane = lane_of_tiles(invocation, 2u);
+    let lane = lane_of_tiles(invocation, 2u, NN_ACROSS);
     let m0 = lane.block.y * 8u;
     let q_first = lane.block.x * 4u;
     let last = dims.n / 4u - 1u;
@@ -338,7 +347,7 @@ fn matmul_nn(invocation: Invocation) {
 
 @compute @workgroup_size(64)
 fn matmul_nt(invocation: Invocation) {
-    let lane = lane_of_tiles(invocation, 4u);
+    let lane = lane_of_tiles(invocation, 4u, 2u);
     let m0 = lane.block.y * 8u;
     let q_first = lane.block.x * 2u;
     let row_sel = lane.index / 4u;
@@ -383,11 +392,10 @@ fn matmul_nt(invocation: Invocation) {
 
 // matmul_tn.
 
-// Stores the rows and columns of a wide block that lie inside C.
-fn store_wide(block: WideBlock, m0: u32, q0: u32) {
+// Stores the rows and columns of a wide block that lie inside the C whose vec4 0 is `base`.
+fn store_wide(block: WideBlock, m0: u32, q0: u32, base: u32) {
     let to = destination();
     let columns = to.columns;
-    let base = to.base;
     let m_end = to.m_end;
     for (var r = 0u; r < 8u; r++) {
         let m = m0 + r;
@@ -465,6 +473,56 @@ fn matmul_tn(invocation: Invocation) {
         b_k += b_stride;
     }
     if (m0 < dims.m && q_first <= last) {
-        store_wide(block, m0, q_first);
+        store_wide(block, m0, q_first, dims.c_offset / 4u);
+    }
+}
+
+// matmul_tn_parts: matmul_tn's product split along K, for shapes with few blocks of C and a long
+// K (a convolution's weight gradient, K its output positions), where matmul_tn's grid would leave
+// most lanes and cores idle. K's k / 4 are cut into dims.parts slices of equal length (the last
+// slice also takes the k past the last multiple of 4), and each invocation computes one 8 x 16
+// block over one slice, its loads not shared:
+//   C_p[m, n] = sum over k in slice p of A(m, k) B(k, n), stored at C's place + p M N
+// Invocation i: block i % blocks (numbered along N first; blocks = ceil(M / 8) ceil(N / 16)) of
+// part i / blocks. matmul.wgsl's matmul_sum_parts then adds the parts in order.
+// Workgroup: 64 invocations. Dispatch grid: ceil(blocks parts / 64) workgroups as (x, y) with
+// x <= 65535 (invocation = (y * num_workgroups.x + x) * 64 + local).
+@compute @workgroup_size(64)
+fn matmul_tn_parts(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = flat_invocation(gid, groups, 64u);
+    let blocks_n = (dims.n + 15u) / 16u;
+    let blocks = blocks_n * ((dims.m + 7u) / 8u);
+    let parts = dims.parts;
+    if (index >= blocks * parts) {
+        return;
+    }
+    let part = index / blocks;
+    let block = index - part * blocks;
+    let block_row = block / blocks_n;
+    let m0 = block_row * 8u;
+    let q_first = (block - block_row * blocks_n) * 4u;
+    let last = dims.n / 4u - 1u;
+    let q = vec4<u32>(min(q_first, last), min(q_first + 1u, last), min(q_first + 2u, last), min(q_first + 3u, last));
+    let mq0 = min(m0 / 4u, dims.m / 4u - 1u);
+    let mq = vec2<u32>(mq0, min(mq0 + 1u, dims.m / 4u - 1u));
+    let a_stride = dims.a_col_stride / 4u;
+    let b_stride = dims.b_row_stride / 4u;
+    let k4_all = dims.k / 4u;
+    let slice = (k4_all + parts - 1u) / parts;
+    let k_begin = 4u * min(part * slice, k4_all);
+    var k_end = 4u * min(part * slice + slice, k4_all);
+    if (part == parts - 1u) {
+        k_end = dims.k;
+    }
+    var a_k = dims.a_offset / 4u + k_begin * a_stride;
+    var b_k = dims.b_offset / 4u + k_begin * b_stride;
+    var block_sum: WideBlock;
+    for (var k = k_begin; k < k_end; k++) {
+        tn_step(&block_sum, lhs_at(a_k + mq.x), lhs_at(a_k + mq.y), rhs_at(b_k + q.x), rhs_at(b_k + q.y), rhs_at(b_k + q.z), rhs_at(b_k + q.w));
+        a_k += a_stride;
+        b_k += b_stride;
+    }
+    if (m0 < dims.m && q_first <= last) {
+        store_wide(block_sum, m0, q_first, (dims.c_offset + part * dims.m * dims.n) / 4u);
     }
 }

@@ -9,7 +9,8 @@
 // derivative of the layer beneath:
 //   dX[n, y, x, c] = (sum over (oy, ox) with A[n, oy, ox, c] = (y - oy TY) SX + (x - ox TX)
 //                     of dY[n, oy, ox, c]) * f'(X[n, y, x, c])      f = shape.derivative
-// Values in no window (past the last whole one) get 0. The _quads entry points take four
+// Values in no window (past the last whole one) get 0. Where the windows tile the input
+// (stride = size) each value finds its one window directly, without the loop. The _quads entry points take four
 // channels at a time and need C % 4 == 0.
 //
 // Bindings (group 0):
@@ -26,6 +27,7 @@
 
 import package::shared::activations::{derivative_from_output, derivative_from_output4};
 import package::shared::grid::flat_invocation;
+import package::shared::divide::quotient;
 
 struct PoolShape {
     samples: u32,
@@ -80,8 +82,10 @@ struct Pixel {
 }
 
 fn pixel_of(index: u32, height: u32, width: u32) -> Pixel {
-    let per_sample = height * width;
-    return Pixel(index / per_sample, (index % per_sample) / width, index % width);
+    let n = quotient(index, height * width);
+    let in_sample = index - n * height * width;
+    let y = quotient(in_sample, width);
+    return Pixel(n, y, in_sample - y * width);
 }
 
 // The index, in channel units, of the first value of output pixel `o`'s window (its channel 0).
@@ -97,12 +101,34 @@ fn window_at(w: Windows, p: Pixel, dy: u32, dx: u32) -> u32 {
     }
     let sy = p.y - dy;
     let sx = p.x - dx;
-    let oy = sy / w.stride_y;
-    let ox = sx / w.stride_x;
-    if (sy % w.stride_y != 0u || sx % w.stride_x != 0u || oy >= w.out_height || ox >= w.out_width) {
+    let oy = quotient(sy, w.stride_y);
+    let ox = quotient(sx, w.stride_x);
+    if (sy != oy * w.stride_y || sx != ox * w.stride_x || oy >= w.out_height || ox >= w.out_width) {
         return 0xffffffffu;
     }
     return (p.n * w.out_height + oy) * w.out_width + ox;
+}
+
+// Whether the windows tile the input (stride = size, Keras' default): then an input pixel lies
+// in at most one window, found without a loop.
+fn tiles(w: Windows) -> bool {
+    return w.stride_y == w.size_y && w.stride_x == w.size_x;
+}
+
+// The output pixel whose window holds `p` where windows tile (none: 0xffffffff), and `p`'s
+// place in that window (dy SX + dx).
+struct Tile {
+    pixel: u32,
+    offset: u32,
+}
+
+fn tile_of(w: Windows, p: Pixel) -> Tile {
+    let oy = quotient(p.y, w.size_y);
+    let ox = quotient(p.x, w.size_x);
+    if (oy >= w.out_height || ox >= w.out_width) {
+        return Tile(0xffffffffu, 0u);
+    }
+    return Tile((p.n * w.out_height + oy) * w.out_width + ox, (p.y - oy * w.size_y) * w.size_x + p.x - ox * w.size_x);
 }
 
 @compute @workgroup_size(64)
@@ -112,7 +138,8 @@ fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     if (index >= shape.samples * w.out_height * w.out_width * w.channels) {
         return;
     }
-    let first = window_start(w, pixel_of(index / w.channels, w.out_height, w.out_width)) + index % w.channels;
+    let pixel = quotient(index, w.channels);
+    let first = window_start(w, pixel_of(pixel, w.out_height, w.out_width)) + index - pixel * w.channels;
     var best = input[first];
     var best_at = 0u;
     for (var dy = 0u; dy < w.size_y; dy++) {
@@ -136,7 +163,8 @@ fn maxpool_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     if (index >= shape.samples * w.out_height * w.out_width * quads) {
         return;
     }
-    let first = window_start(w, pixel_of(index / quads, w.out_height, w.out_width)) / 4u + index % quads;
+    let pixel = quotient(index, quads);
+    let first = window_start(w, pixel_of(pixel, w.out_height, w.out_width)) / 4u + index - pixel * quads;
     var best = input_quads[first];
     var best_at = vec4<u32>(0u);
     for (var dy = 0u; dy < w.size_y; dy++) {
@@ -158,8 +186,19 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     if (index >= shape.samples * w.in_height * w.in_width * w.channels) {
         return;
     }
-    let p = pixel_of(index / w.channels, w.in_height, w.in_width);
-    let c = index % w.channels;
+    let pixel = quotient(index, w.channels);
+    let p = pixel_of(pixel, w.in_height, w.in_width);
+    let c = index - pixel * w.channels;
+    let derivative = derivative_from_output(shape.derivative, below[index]);
+    if (tiles(w)) {
+        let o = tile_of(w, p);
+        var value = 0.0;
+        if (o.pixel != 0xffffffffu && argmax_in[o.pixel * w.channels + c] == o.offset) {
+            value = input[o.pixel * w.channels + c];
+        }
+        output[index] = value * derivative;
+        return;
+    }
     var sum = 0.0;
     for (var dy = 0u; dy < w.size_y; dy++) {
         for (var dx = 0u; dx < w.size_x; dx++) {
@@ -172,7 +211,7 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
             }
         }
     }
-    output[index] = sum * derivative_from_output(shape.derivative, below[index]);
+    output[index] = sum * derivative;
 }
 
 @compute @workgroup_size(64)
@@ -183,8 +222,20 @@ fn maxpool_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     if (index >= shape.samples * w.in_height * w.in_width * quads) {
         return;
     }
-    let p = pixel_of(index / quads, w.in_height, w.in_width);
-    let q = index % quads;
+    let pixel = quotient(index, quads);
+    let p = pixel_of(pixel, w.in_height, w.in_width);
+    let q = index - pixel * quads;
+    let derivative = derivative_from_output4(shape.derivative, below_quads[index]);
+    if (tiles(w)) {
+        let o = tile_of(w, p);
+        var value = vec4<f32>(0.0);
+        if (o.pixel != 0xffffffffu) {
+            let at = o.pixel * quads + q;
+            value = select(vec4<f32>(0.0), input_quads[at], argmax_in_quads[at] == vec4<u32>(o.offset));
+        }
+        output_quads[index] = value * derivative;
+        return;
+    }
     var sum = vec4<f32>(0.0);
     for (var dy = 0u; dy < w.size_y; dy++) {
         for (var dx = 0u; dx < w.size_x; dx++) {
@@ -196,5 +247,5 @@ fn maxpool_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builti
             }
         }
     }
-    output_quads[index] = sum * derivative_from_output4(shape.derivative, below_quads[index]);
+    output_quads[index] = sum * derivative;
 }

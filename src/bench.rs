@@ -232,18 +232,48 @@ pub fn matmul_gflops(
     };
     let (lhs_mirror, rhs_mirror) = (mirror(&lhs), mirror(&rhs));
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    // The operands are constant: their mirrors are filled once, outside the timing.
-    let bind_group = chosen.bind(
-        gpu,
-        &uniform,
+    let (lhs, rhs) = (
         MatmulOperand::new(&lhs, lhs_mirror.as_ref()),
         MatmulOperand::new(&rhs, rhs_mirror.as_ref()),
-        &out,
-        None,
-        &mut encoder,
     );
-    gpu.queue.submit([encoder.finish()]);
-    let seconds = time_dispatches(gpu, &chosen.kernel.pipeline, &bind_group, chosen.grid, 0.2)?;
+    let split = (variant == MatmulVariant::Registers)
+        .then(|| kernels.matmul.split_along_k(dims))
+        .flatten();
+    let seconds = match split {
+        // As a step computes it: the parts, then their sum.
+        Some(split) => {
+            let scratch = gpu.storage_buffer("bench parts", (split.scratch_floats * 4) as u64)?;
+            let parts_dims = gpu.params_with("bench parts dims", &split.parts_dims);
+            let sum_dims = gpu.params_with("bench sum dims", &split.sum_dims);
+            let parts =
+                (split.parts).bind(gpu, &parts_dims, lhs, rhs, &scratch, None, &mut encoder);
+            let resources = [
+                sum_dims.as_entire_binding(),
+                scratch.as_entire_binding(),
+                scratch.as_entire_binding(),
+                out.as_entire_binding(),
+            ];
+            let sum = split.sum.kernel.bind(gpu, &resources);
+            gpu.queue.submit([encoder.finish()]);
+            time_repeated(gpu, 0.2, |encoder, repeats| {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                for _ in 0..repeats {
+                    for (dispatch, group) in [(&split.parts, &parts), (&split.sum, &sum)] {
+                        pass.set_pipeline(&dispatch.kernel.pipeline);
+                        pass.set_bind_group(0, group, &[]);
+                        let [x, y, z] = dispatch.grid;
+                        pass.dispatch_workgroups(x, y, z);
+                    }
+                }
+            })?
+        }
+        None => {
+            // The operands are constant: their mirrors are filled once, outside the timing.
+            let bind_group = chosen.bind(gpu, &uniform, lhs, rhs, &out, None, &mut encoder);
+            gpu.queue.submit([encoder.finish()]);
+            time_dispatches(gpu, &chosen.kernel.pipeline, &bind_group, chosen.grid, 0.2)?
+        }
+    };
     Ok(flops(dims) / seconds / 1e9)
 }
 

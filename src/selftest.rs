@@ -510,6 +510,10 @@ fn activated(rng: &mut Rng, len: usize, activation: LayerActivation) -> Vec<f32>
     values
 }
 
+/// Output positions of the long-batch weight-gradient case: long enough to be split along K,
+/// odd so that the last part has a tail of k past a multiple of 4.
+const LONG_CONV_POSITIONS: usize = 2 * 1024 + 3;
+
 /// The three products of a convolution through `variant`, on `conv_cases`: forward (with each
 /// activation), weight and bias gradient, patch-matrix gradient.
 fn check_conv_matmuls(
@@ -549,6 +553,20 @@ fn check_conv_matmuls(
             [patches, outputs, params],
             rng,
         )?;
+        // A batch long enough for the register kernels to split the weight gradient along K
+        // (`MatmulKernels::split_along_k`), its K no multiple of 4.
+        let long = LONG_CONV_POSITIONS;
+        let dims = MatmulDims::conv_weight_grad(long, &m);
+        let split = (variant == MatmulVariant::Registers)
+            .then(|| kernels.matmul.split_along_k(&dims))
+            .flatten();
+        let split = match split {
+            Some(split) => format!("in {} parts", split.parts_dims.parts),
+            None => "unsplit".to_string(),
+        };
+        let case = format!("{what} weight grad over {long} positions, {split}");
+        let lens = [long * m.rows, long * m.outputs, params];
+        check_matmul(gpu, kernels, tally, variant, &case, dims, lens, rng)?;
         let dims = MatmulDims::conv_patch_grad(positions, &m);
         let case = format!("{what} patch grad");
         check_matmul(

@@ -158,6 +158,7 @@ pub struct MatmulKernels {
     pub tiled: Kernel,
     pub tiling: MatmulTiling,
     blocks: Kernel,
+    sum_parts: Kernel,
     /// matmul_vec4.wgsl's forms, on devices with suitable subgroups (else `blocks` serves the
     /// register variant on every shape).
     vec4: Option<Vec4Kernels>,
@@ -168,20 +169,40 @@ pub struct MatmulKernels {
 struct Vec4Kernels {
     module: wgpu::ShaderModule,
     device: wgpu::Device,
-    /// matmul_nn specialised for each forward activation (by `LayerActivation::shader_code`),
-    /// each built when a product first asks for it, while programs are built: creating one
-    /// costs lavapipe about 75 ms, and a model uses one or two.
-    nn: [OnceLock<Kernel>; FORWARD_ACTIVATIONS],
+    /// matmul_nn specialised for each forward activation (by `LayerActivation::shader_code`)
+    /// and workgroup arrangement (`nn_across`), each built when a product first asks for it,
+    /// while programs are built: creating one costs lavapipe about 75 ms, and a model uses a few.
+    nn: [[OnceLock<Kernel>; NN_ARRANGEMENTS]; FORWARD_ACTIVATIONS],
     tn: Kernel,
+    tn_parts: Kernel,
     nt: Kernel,
 }
 
+/// matmul_nn's `NN_ACROSS` values: groups of lanes across a workgroup, which covers
+/// 32 NN_ACROSS columns.
+const NN_ARRANGEMENTS: usize = 3;
+
+/// The `NN_ACROSS` index (0, 1, 2 for 1, 2, 4 groups across) of the narrowest arrangement whose
+/// workgroup is as wide as a product `n` columns wide, or the widest.
+fn nn_across(n: u32) -> usize {
+    match n {
+        0..=32 => 0,
+        33..=64 => 1,
+        _ => 2,
+    }
+}
+
 impl Vec4Kernels {
-    /// matmul_nn for the forward activation of `dims` (any where it has no epilogue).
+    /// matmul_nn for the forward activation and width of `dims` (any activation where it has no
+    /// epilogue).
     fn nn(&self, dims: &MatmulDims) -> &Kernel {
         let code = dims.epilogue_activation().map_or(0, |a| a.shader_code());
-        self.nn[code as usize].get_or_init(|| {
-            let constants = [("ACTIVATION", code as f64)];
+        let across = nn_across(dims.n);
+        self.nn[code as usize][across].get_or_init(|| {
+            let constants = [
+                ("ACTIVATION", code as f64),
+                ("NN_ACROSS", (1u32 << across) as f64),
+            ];
             build(
                 &self.device,
                 &self.module,
@@ -192,6 +213,24 @@ impl Vec4Kernels {
         })
     }
 }
+
+/// A product computed in parts along K (`MatmulKernels::split_along_k`): `parts` writes
+/// `parts_dims.parts` partial products into a scratch buffer of `scratch_floats`, `sum` adds them
+/// in a fixed order into the product's place.
+pub struct SplitProduct<'k> {
+    pub parts: MatmulDispatch<'k>,
+    pub parts_dims: MatmulDims,
+    pub sum: MatmulDispatch<'k>,
+    pub sum_dims: MatmulDims,
+    pub scratch_floats: usize,
+}
+
+/// Products split along K only from this K on (shorter ones fill the adapter unsplit)...
+const SPLIT_MIN_K: u32 = 1024;
+/// ... into parts of at least this many k...
+const SPLIT_MIN_PART_K: u32 = 256;
+/// ... and into as many parts as give the blocks of C this many invocations in all.
+const SPLIT_INVOCATIONS: u32 = 512;
 
 /// A kernel to dispatch for one product, with its grid.
 pub struct MatmulDispatch<'k> {
@@ -310,6 +349,7 @@ impl MatmulKernels {
             let with_below = [VEC4_SLOTS.as_slice(), &[(4, Mirror)]].concat();
             Vec4Kernels {
                 tn: build(&gpu.device, &registers, "matmul_tn", &VEC4_SLOTS, &[]),
+                tn_parts: build(&gpu.device, &registers, "matmul_tn_parts", &VEC4_SLOTS, &[]),
                 nt: build(&gpu.device, &registers, "matmul_nt", &with_below, &[]),
                 nn: Default::default(),
                 module: registers,
@@ -320,6 +360,7 @@ impl MatmulKernels {
             tiled: build(&gpu.device, &tiled, "matmul", &slots, &tiling_constants),
             tiling,
             blocks: build(&gpu.device, &tiled, "matmul_blocks", &slots, &[]),
+            sum_parts: build(&gpu.device, &tiled, "matmul_sum_parts", &slots, &[]),
             vec4,
             preferred,
             max_groups: gpu.limits.max_compute_workgroups_per_dimension,
@@ -393,11 +434,19 @@ impl MatmulKernels {
                         RegisterForm::Tn => &vec4.tn,
                         RegisterForm::Nt => &vec4.nt,
                     };
-                    // A workgroup: 8 blocks along N times 8 along M.
+                    // A workgroup: 8 blocks along N times 8 along M, or for matmul_nn
+                    // 2 NN_ACROSS times 32 / NN_ACROSS.
                     let (block_m, block_n) = register_block(form);
+                    let (across, down) = match form {
+                        RegisterForm::Nn => {
+                            let across = 1 << nn_across(dims.n);
+                            (2 * across, 32 / across)
+                        }
+                        _ => (8, 8),
+                    };
                     let grid = [
-                        dims.n.div_ceil(8 * block_n),
-                        dims.m.div_ceil(8 * block_m),
+                        dims.n.div_ceil(across * block_n),
+                        dims.m.div_ceil(down * block_m),
                         1,
                     ];
                     (kernel, grid, true)
@@ -434,6 +483,59 @@ impl MatmulKernels {
     ) -> Option<MatmulDims> {
         let dims = MatmulDims::layer_weight_and_bias_grad_transposed(rows, layer, stride);
         (self.reads_mirrors() && self.takes_vec4(&dims)).then_some(dims)
+    }
+
+    /// `dims` in parts along K where the preferred variant computes it so (operands with
+    /// mirrors): a weight-gradient-form product (A stored transposed) whose K is long and whose
+    /// C has too few blocks to fill the adapter, such as a convolution's weight gradient.
+    pub fn split_along_k(&self, dims: &MatmulDims) -> Option<SplitProduct<'_>> {
+        let vec4 = self.vec4.as_ref().filter(|_| self.reads_mirrors())?;
+        if RegisterForm::of(dims) != Some(RegisterForm::Tn) || dims.k < SPLIT_MIN_K {
+            return None;
+        }
+        let blocks = dims.m.div_ceil(8) * dims.n.div_ceil(16);
+        let parts = SPLIT_INVOCATIONS
+            .div_ceil(blocks)
+            .min(dims.k / SPLIT_MIN_PART_K);
+        if parts < 2 {
+            return None;
+        }
+        let values = dims.m * dims.n;
+        let parts_dims = MatmulDims {
+            c_offset: 0,
+            parts,
+            ..*dims
+        };
+        let sum_dims = MatmulDims {
+            parts,
+            ..MatmulDims {
+                c_offset: dims.c_offset,
+                ..MatmulDims::plain(dims.m as usize, dims.n as usize, 0)
+            }
+        };
+        let dispatch = |kernel, grid, reads_mirrors| MatmulDispatch {
+            kernel,
+            grid,
+            variant: MatmulVariant::Registers,
+            reads_mirrors,
+            reads_below: false,
+        };
+        let invocations = (blocks * parts) as usize;
+        Some(SplitProduct {
+            parts: dispatch(
+                &vec4.tn_parts,
+                grid_1d(invocations, ROW_WORKGROUP, self.max_groups),
+                true,
+            ),
+            parts_dims,
+            sum: dispatch(
+                &self.sum_parts,
+                grid_1d(values.div_ceil(4) as usize, ROW_WORKGROUP, self.max_groups),
+                false,
+            ),
+            sum_dims,
+            scratch_floats: (parts * values) as usize,
+        })
     }
 
     /// Whether the register variant computes `dims` with its vec4 kernels where the operands

@@ -69,11 +69,36 @@ pub fn matmul(
         .transpose()?;
     let below_mirror = below_buffer.as_ref().and_then(mirror);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let (lhs, rhs) = (
+        MatmulOperand::new(&lhs_buffer, lhs_mirror.as_ref()),
+        MatmulOperand::new(&rhs_buffer, rhs_mirror.as_ref()),
+    );
+    let split = (variant == MatmulVariant::Registers)
+        .then(|| kernels.matmul.split_along_k(dims))
+        .flatten();
+    if let Some(split) = split {
+        // As a training step computes it: the parts, then their sum.
+        let scratch = gpu.storage_buffer("parts", (split.scratch_floats * 4) as u64)?;
+        let parts_dims = gpu.params_with("parts dims", &split.parts_dims);
+        let parts = (split.parts).bind(gpu, &parts_dims, lhs, rhs, &scratch, None, &mut encoder);
+        gpu.queue.submit([encoder.finish()]);
+        dispatch(gpu, split.parts.kernel, &parts, split.parts.grid);
+        let sum_dims = gpu.params_with("sum dims", &split.sum_dims);
+        let resources = [
+            sum_dims.as_entire_binding(),
+            scratch.as_entire_binding(),
+            scratch.as_entire_binding(),
+            out_buffer.as_entire_binding(),
+        ];
+        let sum = split.sum.kernel.bind(gpu, &resources);
+        dispatch(gpu, split.sum.kernel, &sum, split.sum.grid);
+        return gpu.read_back(&out_buffer, out.len());
+    }
     let bind_group = chosen.bind(
         gpu,
         &dims_buffer,
-        MatmulOperand::new(&lhs_buffer, lhs_mirror.as_ref()),
-        MatmulOperand::new(&rhs_buffer, rhs_mirror.as_ref()),
+        lhs,
+        rhs,
         &out_buffer,
         below_mirror.as_ref(),
         &mut encoder,

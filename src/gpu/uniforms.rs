@@ -27,6 +27,8 @@ pub struct MatmulDims {
     /// `layer_input_grad_through`; or `ACTIVATION_EPILOGUE` + an activation code: C = f(A B),
     /// see `conv_forward`.
     pub epilogue: u32,
+    /// matmul_tn_parts's number of slices of K (`MatmulKernels::split_along_k`); 1 elsewhere.
+    pub parts: u32,
 }
 
 /// `MatmulDims::epilogue` when C is the plain product.
@@ -59,6 +61,7 @@ impl MatmulDims {
             c_offset: 0,
             bias_offset: 0,
             epilogue: NO_EPILOGUE,
+            parts: 1,
         }
     }
 
@@ -457,7 +460,8 @@ mod tests {
                 b_col_stride,
                 c_offset,
                 bias_offset,
-                epilogue
+                epilogue,
+                parts
             })
         };
         let step = || {

@@ -26,6 +26,8 @@ pub(crate) struct ConvDevice {
     activation: LayerActivation,
     patches: DeviceTensor,
     patch_grads: Buffer,
+    /// The weight gradient's partial products, where it is computed in parts along K.
+    weight_grad_parts: Option<Buffer>,
 }
 
 impl ConvDevice {
@@ -37,8 +39,19 @@ impl ConvDevice {
         activation: LayerActivation,
         batch: usize,
     ) -> Result<Self> {
-        let bytes = (batch * geometry.positions() * matrix.rows * 4) as u64;
+        let positions = batch * geometry.positions();
+        let bytes = (positions * matrix.rows * 4) as u64;
+        // A smaller batch splits into as many parts or fewer.
+        let split =
+            (kernels.matmul).split_along_k(&MatmulDims::conv_weight_grad(positions, &matrix));
+        let weight_grad_parts = match split {
+            Some(split) => Some(
+                gpu.storage_buffer("weight gradient parts", (split.scratch_floats * 4) as u64)?,
+            ),
+            None => None,
+        };
         Ok(ConvDevice {
+            weight_grad_parts,
             patches: DeviceTensor::new(gpu, kernels, "patch matrix", bytes)?,
             patch_grads: gpu.storage_buffer("patch matrix gradient", bytes)?,
             geometry,
@@ -113,7 +126,8 @@ impl ConvDevice {
         }
         let dims = MatmulDims::conv_weight_grad(positions, &self.matrix);
         let operands = [self.patches.operand(), io.output_grad.operand()];
-        builder.matmul(program, dims, operands, builder.grads, None);
+        let scratch = self.weight_grad_parts.as_ref();
+        builder.matmul_in_parts(program, dims, operands, builder.grads, scratch);
         let Some(input_grad) = io.input_grad else {
             return false;
         };

@@ -100,6 +100,43 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         program.dispatch(self.gpu, chosen.kernel, &resources, chosen.grid);
     }
 
+    /// Records the product `dims` in parts along K where the kernels split it
+    /// (`MatmulKernels::split_along_k`), the parts in `scratch` (sized for the largest split the
+    /// caller records; without one, unsplit).
+    pub(crate) fn matmul_in_parts(
+        &self,
+        program: &mut Program<'k>,
+        dims: MatmulDims,
+        [lhs, rhs]: [MatmulOperand<'_>; 2],
+        out: &Buffer,
+        scratch: Option<&Buffer>,
+    ) {
+        let split = (self.kernels.matmul.split_along_k(&dims))
+            .filter(|_| lhs.mirror.is_some() && rhs.mirror.is_some());
+        let (Some(split), Some(scratch)) = (split, scratch) else {
+            return self.matmul(program, dims, [lhs, rhs], out, None);
+        };
+        assert!(
+            (split.scratch_floats * 4) as u64 <= scratch.size(),
+            "a split product's parts fit its scratch buffer"
+        );
+        let uniform = self.gpu.params_with("matmul parts dims", &split.parts_dims);
+        let resources = split
+            .parts
+            .resources(&uniform, lhs, rhs, scratch, None, &mut |mirror| {
+                program.refresh(mirror)
+            });
+        program.dispatch(self.gpu, split.parts.kernel, &resources, split.parts.grid);
+        let uniform = self.gpu.params_with("matmul sum dims", &split.sum_dims);
+        let resources = [
+            uniform.as_entire_binding(),
+            scratch.as_entire_binding(),
+            scratch.as_entire_binding(),
+            out.as_entire_binding(),
+        ];
+        program.dispatch(self.gpu, split.sum.kernel, &resources, split.sum.grid);
+    }
+
     pub(crate) fn params_operand(&self) -> MatmulOperand<'a> {
         self.params.operand()
     }
