@@ -1,12 +1,21 @@
 #!/usr/bin/env python3
-"""The reference recipe in PyTorch on the CPU, for comparison with shadertrain.
+"""shadertrain's reference recipes in PyTorch on the CPU, for comparison with shadertrain, and a
+check that PyTorch loads shadertrain's model files and agrees with them.
 
-MNIST from the same IDX files, pixels/255, MLP 784-256(relu)-128(relu)-10, softmax + categorical
-cross-entropy, Adam (lr 1e-3, betas 0.9/0.999, eps 1e-7 as Keras), batch 128, shuffled every epoch,
-Glorot-uniform weights and zero biases (Keras' Dense default). Tensors live in memory; the
-per-epoch time covers training and the test evaluation, as shadertrain's does.
+MNIST from the same IDX files, pixels/255, softmax + categorical cross-entropy, Adam (lr 1e-3,
+betas 0.9/0.999, eps 1e-7 as Keras), batch 128, shuffled every epoch, Glorot-uniform weights and
+zero biases (Keras' default). Tensors live in memory; the per-epoch time covers training and the
+evaluations, as shadertrain's does.
+- `--model mlp` (default): 784-256(relu)-128(relu)-10, 10 epochs.
+- `--model convnet`: Keras' mnist_convnet: Conv2D(32, 3) relu, MaxPool(2), Conv2D(64, 3) relu,
+  MaxPool(2), Flatten, Dropout(0.5), Dense(10); 15 epochs, the last 10 % of the training set held
+  out for validation (as Keras' validation_split takes it, before shuffling).
+- `--load FILE`: no training; load a `shadertrain train --save` file (tensors `layers.{i}.weight`
+  and `.bias`, `i` counting the layers with parameters) into the module and print its test loss
+  and accuracy, to compare with `shadertrain eval`.
 
-usage: pytorch_mnist.py DATA_DIR [--epochs N] [--threads T] [--seed S] [--device cpu|cuda]
+usage: pytorch_mnist.py DATA_DIR [--model mlp|convnet] [--epochs N] [--threads T] [--seed S]
+                        [--device cpu|cuda] [--load FILE]
 """
 import argparse
 import gzip
@@ -38,14 +47,53 @@ def find(data_dir, stem):
 def load(data_dir, prefix, device):
     x = read_idx(find(data_dir, f"{prefix}-images-idx3-ubyte"))
     y = read_idx(find(data_dir, f"{prefix}-labels-idx1-ubyte"))
-    x = torch.tensor(x.reshape(len(x), -1), dtype=torch.float32, device=device) / 255.0
+    x = torch.tensor(x.reshape(len(x), 1, 28, 28), dtype=torch.float32, device=device) / 255.0
     return x, torch.tensor(y, dtype=torch.long, device=device)
+
+
+def build(model):
+    nn = torch.nn
+    if model == "mlp":
+        layers = [nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+                  nn.Linear(128, 10)]
+    else:
+        layers = [nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                  nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(1600, 10)]
+    for layer in layers:
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+def shadertrain_names(module):
+    """PyTorch's state_dict names (e.g. "3.weight") to shadertrain's ("layers.1.weight")."""
+    names = {}
+    with_parameters = [name for name, child in module.named_children() if len(list(child.parameters()))]
+    for i, name in enumerate(with_parameters):
+        for kind in ("weight", "bias"):
+            names[f"{name}.{kind}"] = f"layers.{i}.{kind}"
+    return names
+
+
+def evaluate(model, loss_fn, x, y, batch=1000):
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for first in range(0, len(x), batch):
+            logits = model(x[first : first + batch])
+            loss += loss_fn(logits, y[first : first + batch]).item()
+            correct += (logits.argmax(1) == y[first : first + batch]).sum().item()
+    return loss / len(x), correct / len(x)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("data")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--model", choices=["mlp", "convnet"], default="mlp")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--validation-split", type=float)
+    parser.add_argument("--load")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -57,18 +105,31 @@ def main():
     x_train, y_train = load(args.data, "train", device)
     x_test, y_test = load(args.data, "t10k", device)
 
-    layers = [torch.nn.Linear(784, 256), torch.nn.Linear(256, 128), torch.nn.Linear(128, 10)]
-    for layer in layers:
-        torch.nn.init.xavier_uniform_(layer.weight)
-        torch.nn.init.zeros_(layer.bias)
-    model = torch.nn.Sequential(layers[0], torch.nn.ReLU(), layers[1], torch.nn.ReLU(), layers[2]).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
+    convnet = args.model == "convnet"
+    epochs = args.epochs or (15 if convnet else 10)
+    split = args.validation_split if args.validation_split is not None else (0.1 if convnet else 0.0)
+    model = build(args.model).to(device)
     loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
 
-    print(f"pytorch {torch.__version__} on {device}, {args.threads} thread(s)")
-    print("epoch train_loss train_acc test_loss test_acc seconds samples/s")
+    if args.load:
+        from safetensors.torch import load_file
+
+        ours = load_file(args.load)
+        state = {torch_name: ours[name] for torch_name, name in shadertrain_names(model).items()}
+        model.load_state_dict(state)  # strict: every tensor, in PyTorch's shape
+        test_loss, test_acc = evaluate(model, loss_fn, x_test, y_test)
+        print(f"{args.load}: test_loss {test_loss:.4f}, test_acc {100 * test_acc:.2f}% (pytorch {torch.__version__})")
+        return
+
+    held_out = int(len(x_train) * split)
+    x_val, y_val = x_train[len(x_train) - held_out :], y_train[len(y_train) - held_out :]
+    x_train, y_train = x_train[: len(x_train) - held_out], y_train[: len(y_train) - held_out]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
+
+    print(f"pytorch {torch.__version__} on {device}, {args.threads} thread(s), {args.model}")
+    print("epoch train_loss train_acc" + (" val_loss val_acc" if held_out else "") + " test_loss test_acc seconds samples/s")
     n = len(x_train)
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(1, epochs + 1):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -85,14 +146,14 @@ def main():
             optimizer.step()
             loss_sum += loss.detach()
             correct += (logits.argmax(1) == y_train[idx]).sum()
-        model.eval()
-        with torch.no_grad():
-            logits = model(x_test)
-            test_loss = loss_fn(logits, y_test).item() / len(x_test)
-            test_acc = (logits.argmax(1) == y_test).float().mean().item()
+        val = ""
+        if held_out:
+            val_loss, val_acc = evaluate(model, loss_fn, x_val, y_val)
+            val = f" {val_loss:10.4f} {100 * val_acc:8.2f}%"
+        test_loss, test_acc = evaluate(model, loss_fn, x_test, y_test)
         train_loss, train_acc = loss_sum.item() / n, correct.item() / n
         seconds = time.perf_counter() - start
-        print(f"{epoch:5d} {train_loss:10.4f} {100 * train_acc:8.2f}% {test_loss:10.4f} {100 * test_acc:8.2f}% "
+        print(f"{epoch:5d} {train_loss:10.4f} {100 * train_acc:8.2f}%{val} {test_loss:10.4f} {100 * test_acc:8.2f}% "
               f"{seconds:8.2f} {n / seconds:10.0f}", flush=True)
 
 

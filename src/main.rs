@@ -41,7 +41,7 @@ enum Command {
     /// Classify images (PNG or JPEG, any size; preprocessed as MNIST was) or test samples with a
     /// saved model, printing the top three classes.
     Predict(PredictArgs),
-    /// Draw loss and accuracy (train and test) against epochs from a `train --metrics` log, as
+    /// Draw loss and accuracy (train, validation where held out, and test) against epochs from a `train --metrics` log, as
     /// PNG or SVG (by the output's extension).
     Plot(PlotArgs),
     /// Run every kernel on random data against the CPU reference and report the worst error of

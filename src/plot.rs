@@ -1,5 +1,6 @@
-//! Learning curves from a `--metrics` log: loss and accuracy, train and test, against epochs, as
-//! SVG (written here) or PNG (that SVG rendered by resvg).
+//! Learning curves from a `--metrics` log: loss and accuracy, train, validation (when the run
+//! held some out) and test, against epochs, as SVG (written here) or PNG (that SVG rendered by
+//! resvg).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -14,6 +15,8 @@ pub struct EpochPoint {
     pub test_loss: f64,
     pub train_accuracy: f64,
     pub test_accuracy: f64,
+    /// Loss and accuracy on the held-out part of the training set (`--validation-split`).
+    pub validation: Option<(f64, f64)>,
 }
 
 /// Reads a metrics log (one JSON object per line).
@@ -42,16 +45,27 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochPoint>> {
                 )
             })
         };
+        let validation = match (value.get("val_loss"), value.get("val_accuracy")) {
+            (None, None) => None,
+            _ => Some((field("val_loss")?, field("val_accuracy")?)),
+        };
         points.push(EpochPoint {
             epoch: field("epoch")?,
             train_loss: field("train_loss")?,
             test_loss: field("test_loss")?,
             train_accuracy: field("train_accuracy")?,
             test_accuracy: field("test_accuracy")?,
+            validation,
         });
     }
     if points.is_empty() {
         return Err(bad(0, "no epochs logged".into()));
+    }
+    // A curve is drawn only where every epoch has its figure.
+    if points.iter().any(|p| p.validation.is_none()) {
+        for p in &mut points {
+            p.validation = None;
+        }
     }
     Ok(points)
 }
@@ -60,6 +74,7 @@ const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 400.0;
 const TRAIN_COLOUR: &str = "#1f77b4";
 const TEST_COLOUR: &str = "#d62728";
+const VALIDATION_COLOUR: &str = "#2ca02c";
 
 /// "Nice" tick values covering [low, high].
 fn ticks(low: f64, high: f64) -> Vec<f64> {
@@ -81,14 +96,14 @@ fn ticks(low: f64, high: f64) -> Vec<f64> {
 /// A curve of a panel: its legend name, colour, and the figure it plots.
 type Series<'a> = (&'a str, &'a str, fn(&EpochPoint) -> f64);
 
-/// One panel: two series against epochs, with axes, ticks, labels and a legend.
+/// One panel: its series against epochs, with axes, ticks, labels and a legend.
 fn panel(
     svg: &mut String,
     left: f64,
     title: &str,
     y_label: &str,
     points: &[EpochPoint],
-    series: [Series; 2],
+    series: &[Series],
 ) {
     let (width, height) = (WIDTH / 2.0 - 90.0, HEIGHT - 135.0);
     let (x0, y0) = (left + 70.0, 50.0);
@@ -170,7 +185,7 @@ fn panel(
             );
         }
         let ly = y0 + height + 60.0;
-        let lx = x0 + i as f64 * 110.0;
+        let lx = x0 + i as f64 * 115.0;
         let _ = write!(
             svg,
             r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="3"/><text x="{}" y="{}" font-size="13">{name}</text>"#,
@@ -191,27 +206,27 @@ pub fn curves_svg(points: &[EpochPoint]) -> String {
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="DejaVu Sans, Arial, sans-serif"><rect width="100%" height="100%" fill="white"/>"#
     );
-    panel(
-        &mut svg,
-        0.0,
-        "Loss",
-        "loss",
-        points,
-        [
-            ("train", TRAIN_COLOUR, |p| p.train_loss),
-            ("test", TEST_COLOUR, |p| p.test_loss),
-        ],
-    );
+    let validated = points.iter().all(|p| p.validation.is_some());
+    let mut losses: Vec<Series> = vec![("train", TRAIN_COLOUR, |p| p.train_loss)];
+    let mut accuracies: Vec<Series> = vec![("train", TRAIN_COLOUR, |p| p.train_accuracy)];
+    if validated {
+        losses.push(("validation", VALIDATION_COLOUR, |p| {
+            p.validation.map_or(f64::NAN, |v| v.0)
+        }));
+        accuracies.push(("validation", VALIDATION_COLOUR, |p| {
+            p.validation.map_or(f64::NAN, |v| v.1)
+        }));
+    }
+    losses.push(("test", TEST_COLOUR, |p| p.test_loss));
+    accuracies.push(("test", TEST_COLOUR, |p| p.test_accuracy));
+    panel(&mut svg, 0.0, "Loss", "loss", points, &losses);
     panel(
         &mut svg,
         WIDTH / 2.0,
         "Accuracy",
         "accuracy",
         points,
-        [
-            ("train", TRAIN_COLOUR, |p| p.train_accuracy),
-            ("test", TEST_COLOUR, |p| p.test_accuracy),
-        ],
+        &accuracies,
     );
     svg.push_str("</svg>");
     svg

@@ -99,6 +99,132 @@ fn bad_flags_are_usage_errors() {
     }
 }
 
+/// Each bad `--layers` list is a usage error that quotes the bad token and says why; a list
+/// that parses but does not fit the data's shape is refused before training, naming the layer
+/// and the shapes.
+#[test]
+fn bad_layer_lists_are_refused_naming_the_layer() {
+    let parse_errors = [
+        (
+            "conv32k3,maxpool,flatten,dense10",
+            "layer 2 (\"maxpool\")",
+            "needs a size",
+        ),
+        (
+            "conv32k3,flatten,dense10x",
+            "layer 3 (\"dense10x\")",
+            "\"x\"",
+        ),
+        (
+            "conv0k3,flatten,dense10",
+            "layer 1 (\"conv0k3\")",
+            "at least 1",
+        ),
+        ("dropout1.5,flatten,dense10", "\"dropout1.5\"", "below 1"),
+        (
+            "conv8k3:swish,flatten,dense10",
+            "\"conv8k3:swish\"",
+            "unknown activation",
+        ),
+        ("conv8k3,,dense10", "layer 2 (\"\")", "not a layer"),
+        ("lstm32,dense10", "layer 1 (\"lstm32\")", "not a layer"),
+    ];
+    for (layers, token, why) in parse_errors {
+        let (code, _, stderr) = shadertrain(&["train", "--offline", "--layers", layers]);
+        assert_eq!(code, 2, "{layers}: {stderr}");
+        assert!(
+            stderr.contains("--layers") && stderr.contains(token) && stderr.contains(why),
+            "{layers}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 20);
+    let data = dir.path().to_str().unwrap();
+    let shape_errors = [
+        (
+            "maxpool40,flatten,dense10",
+            "layer 1 (maxpool40)",
+            "40×40 pool is larger than its input, 1×28×28",
+        ),
+        (
+            "conv8k3,dense10",
+            "layer 2 (dense10:linear)",
+            "its input is 8×26×26",
+        ),
+        ("conv8k3,flatten", "last layer is flatten", "dense layer"),
+    ];
+    for (layers, layer, shapes) in shape_errors {
+        let (code, stdout, stderr) =
+            shadertrain(&["train", "--offline", "--data", data, "--layers", layers]);
+        assert_eq!(code, 1, "{layers}: {stderr}");
+        assert!(
+            stderr.contains(layer) && stderr.contains(shapes),
+            "{layers}: {stderr}"
+        );
+        assert!(
+            !stdout.contains("epoch"),
+            "refused before training: {stdout}"
+        );
+    }
+}
+
+/// A saved convnet carries its layer list: `eval` and `predict` need no model flag.
+#[test]
+fn a_saved_convnet_evaluates_and_predicts_without_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 150);
+    let data = dir.path().to_str().unwrap();
+    let model = dir.path().join("convnet.safetensors");
+    let model = model.to_str().unwrap();
+    let layers = "conv4k3,maxpool2,conv8k3s2same,flatten,dropout0.25,dense10";
+    let (code, stdout, stderr) = shadertrain(&[
+        "train",
+        "--offline",
+        "--data",
+        data,
+        "--layers",
+        layers,
+        "--epochs",
+        "1",
+        "--save",
+        model,
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, stdout, stderr) = shadertrain(&[
+        "eval",
+        "--offline",
+        "--data",
+        data,
+        "--model",
+        model,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(report["accuracy"].is_number(), "{report}");
+    let (code, stdout, stderr) = shadertrain(&[
+        "predict",
+        "--offline",
+        "--data",
+        data,
+        "--model",
+        model,
+        "--index",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let predictions: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(predictions.as_array().unwrap().len(), 1, "{predictions}");
+    let saved = shadertrain::model_file::load_model(std::path::Path::new(model)).unwrap();
+    assert_eq!(
+        saved.spec.describe(),
+        "conv4k3:relu,maxpool2,conv8k3s2same:relu,flatten,dropout0.25,dense10:linear"
+    );
+}
+
 #[test]
 fn help_explains_the_train_flags() {
     let (code, stdout, _) = shadertrain(&["train", "--help"]);
@@ -115,6 +241,9 @@ fn help_explains_the_train_flags() {
         "--optimizer",
         "--backend",
         "--adapter",
+        "--model",
+        "--layers",
+        "--validation-split",
     ] {
         assert!(stdout.contains(flag), "--help lacks {flag}");
     }
@@ -376,6 +505,31 @@ fn plot_draws_png_and_svg_from_a_metrics_log() {
     assert!(
         has(0x1f, 0x77, 0xb4) && has(0xd6, 0x27, 0x28),
         "both curves are drawn"
+    );
+
+    // A run with `--validation-split` logs val_loss and val_accuracy: a third curve per panel.
+    let validated: Vec<String> = (1..=3)
+        .map(|e| {
+            let e = e as f64;
+            serde_json::json!({"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e,
+                "val_loss": 1.1 / e, "val_accuracy": 0.79 + 0.04 * e,
+                "train_accuracy": 0.8 + 0.04 * e, "test_accuracy": 0.78 + 0.04 * e})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&log, validated.join("\n")).unwrap();
+    for out in [&svg, &png] {
+        let (code, _, stderr) =
+            shadertrain(&["plot", log.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(text.matches("<polyline").count(), 6);
+    assert!(text.contains(">validation<"), "no validation label");
+    let picture = image::open(&png).unwrap().to_rgb8();
+    assert!(
+        picture.pixels().any(|p| p.0 == [0x2c, 0xa0, 0x2c]),
+        "the validation curves are drawn"
     );
 
     std::fs::write(&log, "{\"epoch\": 1}\n").unwrap();

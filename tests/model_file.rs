@@ -7,8 +7,8 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use shadertrain::Error;
 use shadertrain::data::DatasetKind;
-use shadertrain::model::{Activation, Loss, ModelSpec, Shape};
-use shadertrain::model_file::{load_model, save_model};
+use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
+use shadertrain::model_file::{load_model, load_parameters_for, save_model};
 use shadertrain::rng::Rng;
 
 fn spec() -> ModelSpec {
@@ -210,4 +210,119 @@ fn written_files_are_readable_by_others() {
     save_model(&path, &spec(), &random_params(&spec()), DatasetKind::Mnist).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o644);
+}
+
+/// A small convnet: one convolution (4 filters, 3×3 on 1×8×8), a pool, a dense layer.
+fn convnet() -> ModelSpec {
+    let spec = ModelSpec {
+        input: Shape::image(1, 8, 8),
+        layers: parse_layers(
+            "conv4k3,maxpool2,flatten,dropout0.5,dense3",
+            Activation::Relu,
+        )
+        .unwrap(),
+        loss: Loss::Xent,
+    };
+    spec.validate().unwrap();
+    spec
+}
+
+/// The tensors of a file, without its metadata, as PyTorch's `save_file(model.state_dict())`
+/// would write them.
+fn without_metadata(from: &Path, to: &Path, reshape: Option<(&str, Vec<usize>)>) {
+    let bytes = std::fs::read(from).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let shape = match &reshape {
+                Some((target, shape)) if *target == name => shape.clone(),
+                _ => view.shape().to_vec(),
+            };
+            let mut data = view.data().to_vec();
+            data.resize(shape.iter().product::<usize>() * 4, 0);
+            (name, shape, data)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            (
+                name.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(to, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn convnet_tensors_have_pytorch_shapes_and_load_without_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours.safetensors");
+    let spec = convnet();
+    let params = random_params(&spec);
+    save_model(&ours, &spec, &params, DatasetKind::Mnist).unwrap();
+    assert_eq!(load_model(&ours).unwrap().spec, spec);
+    let params_saved = load_model(&ours).unwrap().params;
+    assert_eq!(
+        params_saved[..36],
+        params[..36],
+        "the convolution's weights"
+    );
+
+    let bytes = std::fs::read(&ours).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    // nn.Conv2d(1, 4, 3): weight [out, in, kh, kw]; after two pooled 3×3 rows and columns,
+    // nn.Flatten gives 4·3·3 = 36 features for nn.Linear(36, 3).
+    let shapes: Vec<(String, Vec<usize>)> = [
+        "layers.0.weight",
+        "layers.0.bias",
+        "layers.1.weight",
+        "layers.1.bias",
+    ]
+    .iter()
+    .map(|name| {
+        (
+            name.to_string(),
+            file.tensor(name).unwrap().shape().to_vec(),
+        )
+    })
+    .collect();
+    assert_eq!(
+        shapes,
+        vec![
+            ("layers.0.weight".to_string(), vec![4, 1, 3, 3]),
+            ("layers.0.bias".to_string(), vec![4]),
+            ("layers.1.weight".to_string(), vec![3, 36]),
+            ("layers.1.bias".to_string(), vec![3]),
+        ]
+    );
+    assert_eq!(file.len(), 4);
+
+    let pytorch = dir.path().join("pytorch.safetensors");
+    without_metadata(&ours, &pytorch, None);
+    // (The flat buffer pads each layer's slice; padding is not saved, so compare with the load.)
+    let saved = load_model(&ours).unwrap().params;
+    assert_eq!(load_parameters_for(&pytorch, &spec).unwrap(), saved);
+    // `load_model` needs the metadata (it says what the model is); `--init` takes it from flags.
+    assert!(load_error(&pytorch).contains("__metadata__"));
+
+    let misshapen = dir.path().join("misshapen.safetensors");
+    without_metadata(
+        &ours,
+        &misshapen,
+        Some(("layers.0.weight", vec![4, 1, 5, 5])),
+    );
+    let message = load_parameters_for(&misshapen, &spec)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("layers.0.weight")
+            && message.contains("[4, 1, 5, 5]")
+            && message.contains("[4, 1, 3, 3]")
+            && message.contains("misshapen.safetensors"),
+        "{message}"
+    );
 }

@@ -32,6 +32,8 @@ const RECIPE: [&str; 10] = [
 ];
 
 struct Run {
+    /// The flags every `command` starts with.
+    recipe: &'static [&'static str],
     data: PathBuf,
     checkpoints: PathBuf,
     metrics: PathBuf,
@@ -41,7 +43,7 @@ impl Run {
     /// `train` with the recipe's flags and `extra`.
     fn command(&self, extra: &[&str]) -> Command {
         let mut command = self.bare_command(extra);
-        command.args(RECIPE);
+        command.args(self.recipe);
         command
     }
 
@@ -156,6 +158,7 @@ fn a_run_killed_at_any_moment_resumes_to_the_same_weights_bit_for_bit() {
     let data = small_mnist(2000, 500);
     let work = tempfile::tempdir().unwrap();
     let reference = Run {
+        recipe: &RECIPE,
         data: data.path().to_path_buf(),
         checkpoints: work.path().join("unused"),
         metrics: work.path().join("reference.jsonl"),
@@ -164,6 +167,7 @@ fn a_run_killed_at_any_moment_resumes_to_the_same_weights_bit_for_bit() {
     run_to_completion(reference.command(&["--save", reference_model.to_str().unwrap()]));
 
     let run = Run {
+        recipe: &RECIPE,
         data: data.path().to_path_buf(),
         checkpoints: work.path().join("checkpoints"),
         metrics: work.path().join("resumed.jsonl"),
@@ -238,6 +242,70 @@ fn a_run_killed_at_any_moment_resumes_to_the_same_weights_bit_for_bit() {
     assert!(stdout.contains("nothing left to train"), "{stdout}");
 }
 
+/// A small convnet with dropout: 640 samples in batches of 64, 10 steps per epoch; with a
+/// checkpoint every 3 steps.
+const CONVNET_RECIPE: [&str; 10] = [
+    "--layers",
+    "conv4k3,maxpool2,flatten,dropout0.5,dense10",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "2",
+    "--validation-split",
+    "0.1",
+    "--seed",
+    "5",
+];
+
+/// Dropout's masks are keyed by (seed, step, element), so a convnet with dropout, killed and
+/// resumed, ends where the uninterrupted run does; and the same seed twice gives the same run.
+#[test]
+fn a_killed_convnet_with_dropout_resumes_bit_for_bit() {
+    let data = small_mnist(640, 100);
+    let work = tempfile::tempdir().unwrap();
+    let reference = |name: &str| {
+        let run = Run {
+            recipe: &CONVNET_RECIPE,
+            data: data.path().to_path_buf(),
+            checkpoints: work.path().join("unused"),
+            metrics: work.path().join(format!("{name}.jsonl")),
+        };
+        let model = work.path().join(format!("{name}.safetensors"));
+        run_to_completion(run.command(&["--save", model.to_str().unwrap()]));
+        (logged_epochs(&run.metrics), parameter_bits(&model))
+    };
+    let first = reference("first");
+    assert_eq!(reference("second"), first, "the same seed twice");
+    assert_eq!(first.0.len(), 2);
+    assert!(first.0[0].contains("val_accuracy"), "{}", first.0[0]);
+
+    let run = Run {
+        recipe: &CONVNET_RECIPE,
+        data: data.path().to_path_buf(),
+        checkpoints: work.path().join("checkpoints"),
+        metrics: work.path().join("resumed.jsonl"),
+    };
+    let dir = run.checkpoints.to_str().unwrap();
+    // 576 training samples after the split: 9 steps per epoch. Killed while writing the
+    // checkpoint after step 12, in the second epoch.
+    run.kill_at(
+        &["--checkpoint-dir", dir, "--checkpoint-every", "3"],
+        FILE_WRITE,
+        4,
+    );
+    assert_eq!(run.checkpoint_steps(), [6, 9]);
+    let resumed_model = work.path().join("resumed.safetensors");
+    let stdout = run_to_completion(run.command(&[
+        "--resume",
+        dir,
+        "--save",
+        resumed_model.to_str().unwrap(),
+    ]));
+    assert!(stdout.contains("resumed from"), "{stdout}");
+    assert_eq!(parameter_bits(&resumed_model), first.1);
+    assert_eq!(logged_epochs(&run.metrics), first.0);
+}
+
 /// `--metrics-every`: running figures every N steps between the epoch lines, the one at an
 /// epoch's last step equal to the epoch's training figures; `plot` reads past them.
 #[test]
@@ -245,6 +313,7 @@ fn metrics_every_logs_running_figures_between_epochs() {
     let data = small_mnist(300, 100);
     let work = tempfile::tempdir().unwrap();
     let run = Run {
+        recipe: &RECIPE,
         data: data.path().to_path_buf(),
         checkpoints: work.path().join("unused"),
         metrics: work.path().join("metrics.jsonl"),
@@ -288,6 +357,7 @@ fn resuming_refuses_a_contradicting_run_and_unreadable_checkpoints() {
     let data = small_mnist(300, 100);
     let work = tempfile::tempdir().unwrap();
     let run = Run {
+        recipe: &RECIPE,
         data: data.path().to_path_buf(),
         checkpoints: work.path().join("checkpoints"),
         metrics: work.path().join("metrics.jsonl"),
