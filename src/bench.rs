@@ -247,12 +247,7 @@ pub fn matmul_gflops(
             let sum_dims = gpu.params_with("bench sum dims", &split.sum_dims);
             let parts =
                 (split.parts).bind(gpu, &parts_dims, lhs, rhs, &scratch, None, &mut encoder);
-            let resources = [
-                sum_dims.as_entire_binding(),
-                scratch.as_entire_binding(),
-                scratch.as_entire_binding(),
-                out.as_entire_binding(),
-            ];
+            let resources = split.sum_resources(&sum_dims, &scratch, &out);
             let sum = split.sum.kernel.bind(gpu, &resources);
             gpu.queue.submit([encoder.finish()]);
             time_repeated(gpu, 0.2, |encoder, repeats| {

@@ -225,6 +225,24 @@ pub struct SplitProduct<'k> {
     pub scratch_floats: usize,
 }
 
+impl SplitProduct<'_> {
+    /// The sum kernel's bindings: its dims, the parts (bound as both operands; it reads one),
+    /// and C.
+    pub fn sum_resources<'b>(
+        &self,
+        sum_dims: &'b Buffer,
+        scratch: &'b Buffer,
+        out: &'b Buffer,
+    ) -> [BindingResource<'b>; 4] {
+        [
+            sum_dims.as_entire_binding(),
+            scratch.as_entire_binding(),
+            scratch.as_entire_binding(),
+            out.as_entire_binding(),
+        ]
+    }
+}
+
 /// Products split along K only from this K on (shorter ones fill the adapter unsplit)...
 const SPLIT_MIN_K: u32 = 1024;
 /// ... into parts of at least this many k...

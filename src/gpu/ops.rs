@@ -84,12 +84,7 @@ pub fn matmul(
         gpu.queue.submit([encoder.finish()]);
         dispatch(gpu, split.parts.kernel, &parts, split.parts.grid);
         let sum_dims = gpu.params_with("sum dims", &split.sum_dims);
-        let resources = [
-            sum_dims.as_entire_binding(),
-            scratch.as_entire_binding(),
-            scratch.as_entire_binding(),
-            out_buffer.as_entire_binding(),
-        ];
+        let resources = split.sum_resources(&sum_dims, &scratch, &out_buffer);
         let sum = split.sum.kernel.bind(gpu, &resources);
         dispatch(gpu, split.sum.kernel, &sum, split.sum.grid);
         return gpu.read_back(&out_buffer, out.len());

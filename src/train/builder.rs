@@ -128,12 +128,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             });
         program.dispatch(self.gpu, split.parts.kernel, &resources, split.parts.grid);
         let uniform = self.gpu.params_with("matmul sum dims", &split.sum_dims);
-        let resources = [
-            uniform.as_entire_binding(),
-            scratch.as_entire_binding(),
-            scratch.as_entire_binding(),
-            out.as_entire_binding(),
-        ];
+        let resources = split.sum_resources(&uniform, scratch, out);
         program.dispatch(self.gpu, split.sum.kernel, &resources, split.sum.grid);
     }
 
