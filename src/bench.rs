@@ -236,24 +236,15 @@ pub fn matmul_gflops(
         MatmulOperand::new(&lhs, lhs_mirror.as_ref()),
         MatmulOperand::new(&rhs, rhs_mirror.as_ref()),
     );
-    let split = (variant == MatmulVariant::Registers)
-        .then(|| kernels.matmul.split_along_k(dims))
-        .flatten();
-    let seconds = match split {
+    let seconds = match kernels.matmul.split_for(dims, [&lhs, &rhs]) {
         // As a step computes it: the parts, then their sum.
         Some(split) => {
-            let scratch = gpu.storage_buffer("bench parts", (split.scratch_floats * 4) as u64)?;
-            let parts_dims = gpu.params_with("bench parts dims", &split.parts_dims);
-            let sum_dims = gpu.params_with("bench sum dims", &split.sum_dims);
-            let parts =
-                (split.parts).bind(gpu, &parts_dims, lhs, rhs, &scratch, None, &mut encoder);
-            let resources = split.sum_resources(&sum_dims, &scratch, &out);
-            let sum = split.sum.kernel.bind(gpu, &resources);
+            let groups = split.bind_alone(gpu, [lhs, rhs], &out, &mut encoder)?;
             gpu.queue.submit([encoder.finish()]);
             time_repeated(gpu, 0.2, |encoder, repeats| {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
                 for _ in 0..repeats {
-                    for (dispatch, group) in [(&split.parts, &parts), (&split.sum, &sum)] {
+                    for (dispatch, group) in &groups {
                         pass.set_pipeline(&dispatch.kernel.pipeline);
                         pass.set_bind_group(0, group, &[]);
                         let [x, y, z] = dispatch.grid;

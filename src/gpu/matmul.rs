@@ -225,7 +225,24 @@ pub struct SplitProduct<'k> {
     pub scratch_floats: usize,
 }
 
-impl SplitProduct<'_> {
+impl<'k> SplitProduct<'k> {
+    /// Bind groups for the parts, then the sum, over scratch and dims buffers of their own: the
+    /// product run alone (a training program binds its layer's scratch through `Program`).
+    pub fn bind_alone(
+        &self,
+        gpu: &Gpu,
+        [lhs, rhs]: [MatmulOperand<'_>; 2],
+        out: &Buffer,
+        encoder: &mut CommandEncoder,
+    ) -> crate::error::Result<[(&MatmulDispatch<'k>, BindGroup); 2]> {
+        let scratch = gpu.storage_buffer("matmul parts", (self.scratch_floats * 4) as u64)?;
+        let parts_dims = gpu.params_with("matmul parts dims", &self.parts_dims);
+        let sum_dims = gpu.params_with("matmul sum dims", &self.sum_dims);
+        let parts = (self.parts).bind(gpu, &parts_dims, lhs, rhs, &scratch, None, encoder);
+        let sum = (self.sum.kernel).bind(gpu, &self.sum_resources(&sum_dims, &scratch, out));
+        Ok([(&self.parts, parts), (&self.sum, sum)])
+    }
+
     /// The sum kernel's bindings: its dims, the parts (bound as both operands; it reads one),
     /// and C.
     pub fn sum_resources<'b>(
@@ -506,6 +523,18 @@ impl MatmulKernels {
     /// `dims` in parts along K where the preferred variant computes it so (operands with
     /// mirrors): a weight-gradient-form product (A stored transposed) whose K is long and whose
     /// C has too few blocks to fill the adapter, such as a convolution's weight gradient.
+    /// The split of `dims` over these operands: only where both have the mirrors the parts
+    /// kernel reads (a mirror can be missing where a buffer exceeds the texture limits).
+    pub fn split_for(
+        &self,
+        dims: &MatmulDims,
+        [lhs, rhs]: [&MatmulOperand<'_>; 2],
+    ) -> Option<SplitProduct<'_>> {
+        (lhs.mirror.is_some() && rhs.mirror.is_some())
+            .then(|| self.split_along_k(dims))
+            .flatten()
+    }
+
     pub fn split_along_k(&self, dims: &MatmulDims) -> Option<SplitProduct<'_>> {
         let vec4 = self.vec4.as_ref().filter(|_| self.reads_mirrors())?;
         if RegisterForm::of(dims) != Some(RegisterForm::Tn) || dims.k < SPLIT_MIN_K {

@@ -73,20 +73,13 @@ pub fn matmul(
         MatmulOperand::new(&lhs_buffer, lhs_mirror.as_ref()),
         MatmulOperand::new(&rhs_buffer, rhs_mirror.as_ref()),
     );
-    let split = (variant == MatmulVariant::Registers)
-        .then(|| kernels.matmul.split_along_k(dims))
-        .flatten();
-    if let Some(split) = split {
+    if let Some(split) = kernels.matmul.split_for(dims, [&lhs, &rhs]) {
         // As a training step computes it: the parts, then their sum.
-        let scratch = gpu.storage_buffer("parts", (split.scratch_floats * 4) as u64)?;
-        let parts_dims = gpu.params_with("parts dims", &split.parts_dims);
-        let parts = (split.parts).bind(gpu, &parts_dims, lhs, rhs, &scratch, None, &mut encoder);
+        let groups = split.bind_alone(gpu, [lhs, rhs], &out_buffer, &mut encoder)?;
         gpu.queue.submit([encoder.finish()]);
-        dispatch(gpu, split.parts.kernel, &parts, split.parts.grid);
-        let sum_dims = gpu.params_with("sum dims", &split.sum_dims);
-        let resources = split.sum_resources(&sum_dims, &scratch, &out_buffer);
-        let sum = split.sum.kernel.bind(gpu, &resources);
-        dispatch(gpu, split.sum.kernel, &sum, split.sum.grid);
+        for (step, group) in &groups {
+            dispatch(gpu, step.kernel, group, step.grid);
+        }
         return gpu.read_back(&out_buffer, out.len());
     }
     let bind_group = chosen.bind(

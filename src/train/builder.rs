@@ -111,8 +111,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         out: &Buffer,
         scratch: Option<&Buffer>,
     ) {
-        let split = (self.kernels.matmul.split_along_k(&dims))
-            .filter(|_| lhs.mirror.is_some() && rhs.mirror.is_some());
+        let split = self.kernels.matmul.split_for(&dims, [&lhs, &rhs]);
         let (Some(split), Some(scratch)) = (split, scratch) else {
             return self.matmul(program, dims, [lhs, rhs], out, None);
         };
