@@ -89,6 +89,17 @@ impl Run {
         );
     }
 
+    /// Resumes from the checkpoint folder and runs to the end, saving the model to `model`.
+    fn resume_to_the_end(&self, model: &Path) {
+        let stdout = run_to_completion(self.command(&[
+            "--resume",
+            self.checkpoints.to_str().unwrap(),
+            "--save",
+            model.to_str().unwrap(),
+        ]));
+        assert!(stdout.contains("resumed from"), "{stdout}");
+    }
+
     fn checkpoint_steps(&self) -> Vec<u64> {
         checkpoint::list(&self.checkpoints)
             .unwrap()
@@ -218,13 +229,7 @@ fn a_run_killed_at_any_moment_resumes_to_the_same_weights_bit_for_bit() {
 
     // 4. Resumed to the end.
     let resumed_model = work.path().join("resumed.safetensors");
-    let stdout = run_to_completion(run.command(&[
-        "--resume",
-        dir,
-        "--save",
-        resumed_model.to_str().unwrap(),
-    ]));
-    assert!(stdout.contains("resumed from"), "{stdout}");
+    run.resume_to_the_end(&resumed_model);
 
     assert_eq!(
         parameter_bits(&resumed_model),
@@ -295,13 +300,7 @@ fn a_killed_convnet_with_dropout_resumes_bit_for_bit() {
     );
     assert_eq!(run.checkpoint_steps(), [6, 9]);
     let resumed_model = work.path().join("resumed.safetensors");
-    let stdout = run_to_completion(run.command(&[
-        "--resume",
-        dir,
-        "--save",
-        resumed_model.to_str().unwrap(),
-    ]));
-    assert!(stdout.contains("resumed from"), "{stdout}");
+    run.resume_to_the_end(&resumed_model);
     assert_eq!(parameter_bits(&resumed_model), first.1);
     assert_eq!(logged_epochs(&run.metrics), first.0);
 }
