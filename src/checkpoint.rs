@@ -22,7 +22,9 @@ use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 use crate::files::{TEMP_PREFIX, write_atomically};
 use crate::model::ModelSpec;
-use crate::model_file::{describe_model, name_of, parse_safetensors, read_model_description};
+use crate::model_file::{
+    describe_model, name_of, parse_safetensors, read_model_description, serialize_in_fixed_order,
+};
 use crate::train::{EpochState, OptimizerKind, TrainConfig, TrainingState};
 
 const FORMAT: &str = "shadertrain checkpoint 2";
@@ -93,7 +95,8 @@ pub struct Checkpoint {
     pub checkpoint_every: Option<u64>,
     pub state: TrainingState,
     /// The record of the epoch that ended just before the checkpoint, as the caller wrote it
-    /// (a metrics line), so that a run killed before logging it can still log it.
+    /// (a metrics line without the clock's figures), so that a run killed before logging it can
+    /// still log it.
     pub last_epoch: Option<String>,
 }
 
@@ -215,9 +218,9 @@ fn serialise(checkpoint: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
         })
         .collect::<Result<Vec<_>, _>>()
         .expect("tensor shapes match their data");
-    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint {
+    serialize_in_fixed_order(views, metadata).map_err(|problem| Error::Checkpoint {
         path: path.to_path_buf(),
-        problem: format!("could not serialise: {e}"),
+        problem,
     })
 }
 

@@ -152,11 +152,37 @@ pub fn save_model(
         })
         .collect::<Result<Vec<_>, _>>()
         .expect("tensor shapes match their data");
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::ModelFile {
+    let bytes = serialize_in_fixed_order(views, metadata).map_err(|problem| Error::ModelFile {
         path: path.to_path_buf(),
-        problem: format!("could not serialise: {e}"),
+        problem,
     })?;
     write_atomically(path, &bytes)
+}
+
+/// `safetensors::serialize` with the header's keys (and `__metadata__`'s) in sorted order, so
+/// that the same tensors and metadata always give the same bytes: the crate writes the
+/// metadata from a `HashMap`, whose order changes from run to run.
+pub(crate) fn serialize_in_fixed_order<'a>(
+    views: Vec<(impl AsRef<str>, TensorView<'a>)>,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, String> {
+    let unwritable = |e: &dyn std::fmt::Display| format!("could not serialise: {e}");
+    let views: Vec<(String, TensorView<'a>)> = views
+        .into_iter()
+        .map(|(name, view)| (name.as_ref().to_string(), view))
+        .collect();
+    let mut bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| unwritable(&e))?;
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header = &bytes[8..8 + header_len];
+    // serde_json's map is a BTreeMap: parsing and writing the header sorts every object's keys.
+    let parsed: serde_json::Value = serde_json::from_slice(header).map_err(|e| unwritable(&e))?;
+    let mut sorted = serde_json::to_vec(&parsed).map_err(|e| unwritable(&e))?;
+    if sorted.len() > header_len {
+        return Err(unwritable(&"the sorted header is longer than the original"));
+    }
+    sorted.resize(header_len, b' ');
+    bytes[8..8 + header_len].copy_from_slice(&sorted);
+    Ok(bytes)
 }
 
 /// The `__metadata__` entries that describe a model: what using it needs without flags.

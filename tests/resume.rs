@@ -417,3 +417,42 @@ fn resuming_refuses_a_contradicting_run_and_unreadable_checkpoints() {
     let stderr = failure(run.command(&["--resume", dir]));
     assert!(stderr.contains("not a shadertrain checkpoint"), "{stderr}");
 }
+
+/// The same run twice writes the same bytes: models and checkpoints hold no clock and write
+/// their metadata in a fixed order.
+#[test]
+fn identical_runs_write_byte_identical_models_and_checkpoints() {
+    let data = small_mnist(300, 100);
+    let work = tempfile::tempdir().unwrap();
+    let files = |name: &str| {
+        let run = Run {
+            recipe: &RECIPE,
+            data: data.path().to_path_buf(),
+            checkpoints: work.path().join(format!("{name}-checkpoints")),
+            metrics: work.path().join(format!("{name}.jsonl")),
+        };
+        let model = work.path().join(format!("{name}.safetensors"));
+        let dir = run.checkpoints.to_str().unwrap();
+        run_to_completion(run.command(&[
+            "--checkpoint-dir",
+            dir,
+            "--checkpoint-every",
+            "2",
+            "--save",
+            model.to_str().unwrap(),
+        ]));
+        let mut bytes = vec![std::fs::read(&model).unwrap()];
+        for (_, path) in checkpoint::list(&run.checkpoints).unwrap() {
+            bytes.push(std::fs::read(path).unwrap());
+        }
+        bytes
+    };
+    let first = files("first");
+    let second = files("second");
+    // 5 steps per epoch: the model, the checkpoint after step 14 (inside the last epoch) and
+    // the one at its end.
+    assert_eq!(first.len(), 3);
+    for (i, (a, b)) in first.iter().zip(&second).enumerate() {
+        assert!(a == b, "file {i} differs between identical runs");
+    }
+}

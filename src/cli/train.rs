@@ -152,7 +152,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         failpoint::reach(failpoint::EPOCH_END);
         let record = epoch_record(args.recipe.dataset, &m);
         if let Some(plan) = &plan {
-            let checkpoint = checkpoint_of(&trainer, Some(record.clone()))?;
+            let checkpoint = checkpoint_of(&trainer, Some(without_clock(&record)))?;
             checkpoint::save(&plan.dir, &checkpoint, plan.keep)?;
         }
         if let Some(path) = &args.metrics {
@@ -470,6 +470,18 @@ fn epoch_record(dataset: DatasetKind, m: &EpochMetrics) -> String {
         record["val_accuracy"] = v.accuracy.into();
     }
     record.to_string()
+}
+
+/// A metrics record without the clock's figures: what a checkpoint keeps, so that identical
+/// runs write identical checkpoints.
+fn without_clock(record: &str) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(record).expect("our own JSON");
+    if let Some(fields) = value.as_object_mut() {
+        for clock in ["timestamp_unix_s", "seconds", "samples_per_second"] {
+            fields.remove(clock);
+        }
+    }
+    value.to_string()
 }
 
 /// Seconds since 1970, for the metrics log.
