@@ -21,11 +21,17 @@ pub enum Error {
     Dataset { dir: PathBuf, problem: String },
 
     #[error(
-        "no GPU adapter found (backends tried: {backends}{filter}). On Linux without a GPU, install a \
+        "no GPU adapter found (backends tried: {backends}). On Linux without a GPU, install a \
          software Vulkan driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`, which provides \
          lavapipe), or choose another backend with --backend"
     )]
-    NoAdapter { backends: String, filter: String },
+    NoAdapter { backends: String },
+
+    #[error(
+        "no adapter's name contains {wanted:?} (--adapter); the adapters seen are: {seen}. Give a \
+         part of one of those names, or leave --adapter out to take the best one"
+    )]
+    NoMatchingAdapter { wanted: String, seen: String },
 
     #[error("could not open a device on adapter {adapter}: {reason}")]
     Device { adapter: String, reason: String },

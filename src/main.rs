@@ -173,7 +173,7 @@ struct RecipeArgs {
     #[arg(long, value_name = "LIST", value_parser = check_layers, conflicts_with = "hidden")]
     layers: Option<String>,
     /// Passes over the training set [default: 10; 15 with --model convnet].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     epochs: Option<usize>,
     /// Hold out this fraction of the training set, its last samples as loaded (Keras'
     /// validation_split), and report val_loss and val_acc every epoch [default: 0; 0.1 with
@@ -208,7 +208,7 @@ struct RecipeArgs {
     #[arg(long)]
     no_shuffle: bool,
     /// Stop after this many training steps in all, mid-epoch if need be.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_steps: Option<u64>,
     #[command(flatten)]
     adapter: AdapterArgs,
@@ -245,8 +245,10 @@ struct TrainArgs {
     keep_checkpoints: usize,
     /// Continue the run whose checkpoints are in DIR from its newest complete one: on the same
     /// adapter the result is bit-identical to an uninterrupted run. Flags left out take the
-    /// checkpoint's values; flags given must agree with it (--epochs and --max-steps may
-    /// change). With no checkpoint in DIR yet, the run starts from the beginning.
+    /// checkpoint's values; flags given must agree with it. --epochs and --max-steps may
+    /// change, but not to a point the checkpoint has passed (refused); at the point it has
+    /// reached, nothing is trained. With no checkpoint in DIR yet, the run starts from the
+    /// beginning.
     #[arg(long, value_name = "DIR", conflicts_with = "init")]
     resume: Option<PathBuf>,
 }
@@ -291,6 +293,7 @@ fn parse_hidden(text: &str) -> Result<Hidden, String> {
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
+    let _runtime_dir = give_mesa_a_runtime_dir();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let outcome = match cli.command {
@@ -304,10 +307,7 @@ fn main() -> ExitCode {
             cli::train::run(args, &given)
         }
         Command::Bench(args) => bench(args, process_start),
-        Command::Adapters(args) => {
-            adapters(&args);
-            Ok(())
-        }
+        Command::Adapters(args) => adapters(&args),
         Command::Eval(args) => cli::eval::run(
             &args.model,
             |kind| args.data.dir(kind),
@@ -337,14 +337,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn adapters(args: &AdapterArgs) {
-    let found = list_adapters(&args.request());
-    if found.is_empty() {
-        println!(
-            "no adapters found. On Linux without a GPU, `apt-get install mesa-vulkan-drivers` gives a software one (lavapipe)."
-        );
-        return;
+/// Mesa's drivers print "XDG_RUNTIME_DIR is invalid" to the terminal when it is unset (under
+/// cron, ssh without a session, containers): point it at a private folder that lives as long as
+/// the process.
+fn give_mesa_a_runtime_dir() -> Option<tempfile::TempDir> {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return None;
     }
+    let dir = tempfile::Builder::new()
+        .prefix("shadertrain-runtime-")
+        .tempdir()
+        .ok()?;
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe { std::env::set_var("XDG_RUNTIME_DIR", dir.path()) };
+    Some(dir)
+}
+
+fn adapters(args: &AdapterArgs) -> shadertrain::Result<()> {
+    let found = list_adapters(&args.request())?;
     println!(
         "  {:>5}  {:<40} {:<8} {:<14} driver",
         "index", "name", "backend", "type"
@@ -361,6 +371,7 @@ fn adapters(args: &AdapterArgs) {
         );
     }
     println!("(* = the adapter `train` uses with these options)");
+    Ok(())
 }
 
 fn plot(args: &PlotArgs) -> shadertrain::Result<()> {

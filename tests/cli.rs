@@ -26,6 +26,19 @@ fn adapters_lists_and_marks_the_chosen_one() {
     );
 }
 
+/// Mesa complains on stderr when XDG_RUNTIME_DIR is unset; the program gives it one.
+#[test]
+fn the_terminal_stays_clean_without_xdg_runtime_dir() {
+    let output = Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+        .arg("adapters")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
 #[test]
 fn an_adapter_filter_matching_nothing_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,13 +52,20 @@ fn an_adapter_filter_matching_nothing_is_a_clear_error() {
     ] {
         std::fs::write(dir.path().join(name), bytes).unwrap();
     }
-    let (code, _, stderr) =
-        shadertrain(&["train", "--data", fake, "--adapter", "no-such-gpu-anywhere"]);
-    assert_eq!(code, 1);
-    assert!(
-        stderr.contains("no GPU adapter") && stderr.contains("mesa-vulkan-drivers"),
-        "{stderr}"
-    );
+    // Adapters exist here: the message lists them rather than suggesting a driver.
+    for args in [
+        &["train", "--data", fake, "--adapter", "no-such-gpu-anywhere"][..],
+        &["adapters", "--adapter", "no-such-gpu-anywhere"],
+    ] {
+        let (code, _, stderr) = shadertrain(args);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(
+            stderr.contains("\"no-such-gpu-anywhere\" (--adapter)")
+                && stderr.contains("llvmpipe")
+                && !stderr.contains("mesa-vulkan-drivers"),
+            "{args:?}: {stderr}"
+        );
+    }
 }
 
 fn images() -> Vec<u8> {
@@ -92,6 +112,8 @@ fn bad_flags_are_usage_errors() {
         &["train", "--activation", "swish"],
         &["train", "--loss", "hinge"],
         &["train", "--backend", "glide"],
+        &["train", "--epochs", "0"],
+        &["train", "--max-steps", "0"],
     ] {
         let (code, _, stderr) = shadertrain(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");

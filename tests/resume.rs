@@ -242,9 +242,18 @@ fn a_run_killed_at_any_moment_resumes_to_the_same_weights_bit_for_bit() {
     );
     assert_eq!(logged_epochs(&run.metrics).len(), 3);
 
-    // Resuming a finished run trains nothing and says so.
+    // Resuming a finished run trains nothing and says so; a target the run has passed is
+    // refused, by the one rule for --epochs and --max-steps.
     let stdout = run_to_completion(run.command(&resume));
     assert!(stdout.contains("nothing left to train"), "{stdout}");
+    for target in [["--epochs", "2"], ["--max-steps", "80"]] {
+        let stderr = failure(run.bare_command(&[&resume[..], &target[..]].concat()));
+        let flag = format!("past {} {}", target[0], target[1]);
+        assert!(
+            stderr.contains(&flag) && stderr.contains("after epoch 3"),
+            "{stderr}"
+        );
+    }
 }
 
 /// A small convnet with dropout: 640 samples in batches of 64, 10 steps per epoch; with a

@@ -13,7 +13,7 @@ use shadertrain::failpoint;
 use shadertrain::gpu::{Gpu, Kernels};
 use shadertrain::model_file::name_of;
 use shadertrain::model_file::{load_parameters_for, save_model};
-use shadertrain::train::{EpochMetrics, EpochProgress, Trainer};
+use shadertrain::train::{EpochMetrics, EpochProgress, TrainConfig, Trainer};
 use shadertrain::{Error, Result};
 
 use crate::{Recipe, TrainArgs, recipe};
@@ -61,6 +61,9 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
                 contradictions.join("\n  ")
             )));
         }
+    }
+    if let Some((path, saved)) = &resumed {
+        refuse_a_target_behind(path, saved, &config)?;
     }
     // Checked before any work, like the output paths.
     let init = match &args.init {
@@ -273,6 +276,31 @@ fn newest_checkpoint(dir: &Path) -> Result<Option<(PathBuf, Checkpoint)>> {
         }
         None => Ok(None),
     }
+}
+
+/// One rule for --epochs and --max-steps on resume: a target the checkpoint has passed is refused
+/// (the run cannot go back); a target it has just reached trains nothing.
+fn refuse_a_target_behind(path: &Path, saved: &Checkpoint, config: &TrainConfig) -> Result<()> {
+    let state = &saved.state;
+    let in_epoch = state.epoch.is_some();
+    let epochs_passed =
+        state.epochs_done > config.epochs || (in_epoch && state.epochs_done == config.epochs);
+    let steps_passed = config.max_steps.filter(|&max| state.steps_done > max);
+    let position = match in_epoch {
+        true => format!("in epoch {}", state.epochs_done + 1),
+        false => format!("after epoch {}", state.epochs_done),
+    };
+    let passed = match (epochs_passed, steps_passed) {
+        (true, _) => format!("--epochs {}", config.epochs),
+        (false, Some(max)) => format!("--max-steps {max}"),
+        (false, None) => return Ok(()),
+    };
+    Err(Error::Config(format!(
+        "--resume: the checkpoint {} is {position} ({} steps done), past {passed}; give a target \
+         at or beyond the checkpoint, or leave the flag out",
+        path.display(),
+        state.steps_done
+    )))
 }
 
 /// Fills every training flag not given on the command line with the checkpoint's value.

@@ -96,11 +96,32 @@ fn choose(adapters: &[wgpu::Adapter], request: &AdapterRequest) -> Option<usize>
         .map(|(i, _)| i)
 }
 
-/// Every adapter the backend choice sees, marking the one the request would pick.
-pub fn list_adapters(request: &AdapterRequest) -> Vec<AdapterSummary> {
+/// Why `request` picks none of `adapters`: none at all, or none with the name asked for.
+fn no_adapter(adapters: &[wgpu::Adapter], request: &AdapterRequest) -> Error {
+    match (&request.name_contains, adapters.is_empty()) {
+        (Some(wanted), false) => Error::NoMatchingAdapter {
+            wanted: wanted.clone(),
+            seen: adapters
+                .iter()
+                .map(|a| {
+                    let info = a.get_info();
+                    format!("{} ({:?})", info.name, info.backend)
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        },
+        _ => Error::NoAdapter {
+            backends: format!("{:?}", request.backend.backends()),
+        },
+    }
+}
+
+/// Every adapter the backend choice sees, marking the one the request would pick; an error
+/// when it would pick none.
+pub fn list_adapters(request: &AdapterRequest) -> Result<Vec<AdapterSummary>> {
     let adapters = enumerate(request.backend.backends());
-    let chosen = choose(&adapters, request);
-    adapters
+    let chosen = choose(&adapters, request).ok_or_else(|| no_adapter(&adapters, request))?;
+    Ok(adapters
         .iter()
         .enumerate()
         .map(|(index, adapter)| {
@@ -115,24 +136,17 @@ pub fn list_adapters(request: &AdapterRequest) -> Vec<AdapterSummary> {
                     .filter(|s| !s.is_empty())
                     .collect::<Vec<_>>()
                     .join(" "),
-                chosen: chosen == Some(index),
+                chosen: chosen == index,
             }
         })
-        .collect()
+        .collect())
 }
 
 impl Gpu {
     /// Opens a device on the best adapter matching the request, with all of the adapter's limits.
     pub fn open(request: &AdapterRequest) -> Result<Gpu> {
         let mut adapters = enumerate(request.backend.backends());
-        let index = choose(&adapters, request).ok_or_else(|| Error::NoAdapter {
-            backends: format!("{:?}", request.backend.backends()),
-            filter: request
-                .name_contains
-                .as_ref()
-                .map(|s| format!(", name containing {s:?}"))
-                .unwrap_or_default(),
-        })?;
+        let index = choose(&adapters, request).ok_or_else(|| no_adapter(&adapters, request))?;
         let adapter = adapters.swap_remove(index);
         let limits = adapter.limits();
         let descriptor = wgpu::DeviceDescriptor {

@@ -55,6 +55,12 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::Config("--epochs must be at least 1".into()));
+        }
+        if self.max_steps == Some(0) {
+            return Err(Error::Config("--max-steps must be at least 1".into()));
+        }
         if self.batch_size == 0 {
             return Err(Error::Config("--batch-size must be at least 1".into()));
         }
@@ -92,9 +98,10 @@ pub struct EpochMetrics {
     pub test_accuracy: f64,
     /// The same on the validation set, with `validation_split`.
     pub validation: Option<SplitMetrics>,
-    /// Wall time of the epoch: training and the test evaluation.
+    /// Wall time of the epoch: training and the test evaluation (in a resumed epoch, since the
+    /// resume).
     pub seconds: f64,
-    /// Training samples per second of that wall time.
+    /// Training samples trained in that wall time per second.
     pub samples_per_second: f64,
     /// What the epoch asked of the GPU, counted as it was recorded.
     pub work: GpuWork,

@@ -101,7 +101,10 @@ struct EpochInProgress {
     steps: Vec<StepParams>,
     /// Steps submitted so far.
     next: usize,
+    /// When this process took the epoch up, and at which step: a resumed epoch's clock starts
+    /// at the resume.
     started: Instant,
+    started_at_step: usize,
     work: GpuWork,
 }
 
@@ -510,6 +513,7 @@ impl<'k> Trainer<'k> {
             steps: self.epoch_steps(self.steps_done),
             next: 0,
             started: Instant::now(),
+            started_at_step: 0,
             work: GpuWork::default(),
         };
         self.install_epoch(epoch);
@@ -626,6 +630,7 @@ impl<'k> Trainer<'k> {
             )));
         }
         let trained = epoch.samples_in(epoch.steps.len());
+        let trained_here = trained - epoch.samples_in(epoch.started_at_step);
         let mut work = epoch.work;
         let started = epoch.started;
         let shape = MetricsShape {
@@ -659,7 +664,7 @@ impl<'k> Trainer<'k> {
             test_accuracy,
             validation,
             seconds,
-            samples_per_second: trained as f64 / seconds,
+            samples_per_second: trained_here as f64 / seconds,
             work,
         })
     }

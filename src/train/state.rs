@@ -127,6 +127,7 @@ impl Trainer<'_> {
                     steps: self.epoch_steps(steps_before),
                     next: e.steps_taken,
                     started: Instant::now(),
+                    started_at_step: e.steps_taken,
                     work: GpuWork::default(),
                 };
                 if e.steps_taken > epoch.steps.len() {
