@@ -85,10 +85,26 @@ fn on_off(flag: bool) -> &'static str {
     if flag { "on" } else { "off" }
 }
 
+/// Where a run writes and reads, so that `--resume DIR` alone continues it as it was started.
+/// Paths are absolute: a run may be resumed from another working folder.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunOutputs {
+    /// `--save`, `--metrics`, `--metrics-every`, `--data`, `--keep-checkpoints`.
+    pub save: Option<PathBuf>,
+    pub metrics: Option<PathBuf>,
+    pub metrics_every: Option<u64>,
+    pub data: Option<PathBuf>,
+    pub keep_checkpoints: Option<usize>,
+    /// Lines in the `--metrics` log at this checkpoint (counting an epoch's line that follows
+    /// its end-of-epoch checkpoint): a resumed run continues the log from there.
+    pub metrics_lines: Option<usize>,
+}
+
 /// A training run's state with what is needed to check and continue it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
     pub run: RunDescription,
+    pub outputs: RunOutputs,
     /// The adapter that trained it: bit-identical continuation needs the same one.
     pub adapter: String,
     /// The run's checkpoint interval in steps, if any: a resumed run keeps it unless told otherwise.
@@ -127,6 +143,98 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// The newest complete checkpoint in `dir`, if it holds any.
 pub fn newest(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(list(dir)?.pop().map(|(_, path)| path))
+}
+
+/// A checkpoint that could not be read back whole, moved aside by `newest_intact`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetAside {
+    pub path: PathBuf,
+    pub moved_to: PathBuf,
+    pub problem: String,
+}
+
+/// A checkpoint read back, with its path.
+pub type Found = (PathBuf, Checkpoint);
+
+/// The newest checkpoint in `dir` that reads back whole, with its path. Newer ones that do not
+/// (truncated, overwritten) are renamed aside, never deleted, and returned so that the caller
+/// can say so. A file that is whole but not a checkpoint of this format is an error.
+pub fn newest_intact(dir: &Path) -> Result<(Option<Found>, Vec<SetAside>)> {
+    let mut set_aside = Vec::new();
+    for (_, path) in list(dir)?.into_iter().rev() {
+        match load(&path) {
+            Ok(checkpoint) => return Ok((Some((path, checkpoint)), set_aside)),
+            Err(Error::DamagedCheckpoint { problem, .. }) => {
+                let moved_to = free_name(&path, "damaged");
+                std::fs::rename(&path, &moved_to).map_err(|e| Error::io(&path, e))?;
+                set_aside.push(SetAside {
+                    path,
+                    moved_to,
+                    problem,
+                });
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Ok((None, set_aside))
+}
+
+/// `path` with `.{tag}` appended, numbered if that name is taken.
+fn free_name(path: &Path, tag: &str) -> PathBuf {
+    let with = |suffix: String| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    std::iter::once(format!(".{tag}"))
+        .chain((2..).map(|n| format!(".{tag}.{n}")))
+        .map(with)
+        .find(|candidate| !candidate.exists())
+        .expect("an unused name")
+}
+
+/// The lock file inside a checkpoint folder: one run at a time writes there.
+pub const LOCK_FILE: &str = ".shadertrain.lock";
+
+/// An exclusive lock on a checkpoint folder, held until dropped or until the process ends
+/// (the OS releases it then, so a killed run never leaves a stale lock).
+#[derive(Debug)]
+pub struct FolderLock {
+    _file: std::fs::File,
+}
+
+/// Locks `dir` (which must exist) for this process, or says which process holds it.
+pub fn lock(dir: &Path) -> Result<FolderLock> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(Error::FolderInUse {
+                dir: dir.to_path_buf(),
+                holder: match holder.trim() {
+                    "" => "another process".to_string(),
+                    pid => format!("process {pid}"),
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .and_then(|()| file.flush())
+        .map_err(|e| Error::io(&path, e))?;
+    Ok(FolderLock { _file: file })
 }
 
 /// Removes the temporary files that killed writes left in `dir`; returns how many.
@@ -194,6 +302,30 @@ fn serialise(checkpoint: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
     if let Some(record) = &checkpoint.last_epoch {
         metadata.insert("last_epoch".to_string(), record.clone());
     }
+    let outputs = &checkpoint.outputs;
+    let path_text =
+        |path: &Option<PathBuf>| path.as_ref().and_then(|p| p.to_str()).map(str::to_string);
+    for (key, value) in [
+        ("output.save", path_text(&outputs.save)),
+        ("output.metrics", path_text(&outputs.metrics)),
+        (
+            "output.metrics_every",
+            outputs.metrics_every.map(|n| n.to_string()),
+        ),
+        ("output.data", path_text(&outputs.data)),
+        (
+            "output.keep_checkpoints",
+            outputs.keep_checkpoints.map(|n| n.to_string()),
+        ),
+        (
+            "output.metrics_lines",
+            outputs.metrics_lines.map(|n| n.to_string()),
+        ),
+    ] {
+        if let Some(value) = value {
+            metadata.insert(key.to_string(), value);
+        }
+    }
 
     let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let u32_bytes = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -231,7 +363,11 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         problem,
     };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (file, metadata) = parse_safetensors(&bytes, &bad)?;
+    let damaged = |problem: String| Error::DamagedCheckpoint {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let (file, metadata) = parse_safetensors(&bytes, &damaged)?;
     let metadata =
         metadata.ok_or_else(|| bad("no __metadata__: not a shadertrain checkpoint".into()))?;
     if metadata.get("format").map(String::as_str) != Some(FORMAT) {
@@ -308,8 +444,17 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             file.len()
         )));
     }
+    let outputs = RunOutputs {
+        save: metadata.get("output.save").map(PathBuf::from),
+        metrics: metadata.get("output.metrics").map(PathBuf::from),
+        metrics_every: meta.if_present("output.metrics_every")?,
+        data: metadata.get("output.data").map(PathBuf::from),
+        keep_checkpoints: meta.if_present("output.keep_checkpoints")?,
+        metrics_lines: meta.if_present("output.metrics_lines")?,
+    };
     Ok(Checkpoint {
         run,
+        outputs,
         adapter: meta.text("adapter")?,
         checkpoint_every: meta.optional("checkpoint_every")?,
         state: TrainingState {
@@ -342,6 +487,14 @@ impl Metadata<'_> {
         let text = self.text(key)?;
         text.parse()
             .map_err(|_| (self.bad)(format!("__metadata__ {key} = {text:?} is not valid")))
+    }
+
+    /// A value where the key is present (keys added after the format's first version).
+    fn if_present<T: FromStr>(&self, key: &str) -> Result<Option<T>> {
+        match self.map.contains_key(key) {
+            true => self.value(key).map(Some),
+            false => Ok(None),
+        }
     }
 
     /// A value, or "none".

@@ -66,6 +66,22 @@ pub enum Error {
     #[error("checkpoint {path}: {problem}")]
     Checkpoint { path: PathBuf, problem: String },
 
+    #[error("checkpoint {path} is damaged: {problem}")]
+    DamagedCheckpoint { path: PathBuf, problem: String },
+
+    #[error(
+        "the checkpoint folder {dir} is in use by {holder}: another run is writing there. Wait \
+         for it to end, or give this run another --checkpoint-dir"
+    )]
+    FolderInUse { dir: PathBuf, holder: String },
+
+    #[error("{flag} {path}: {problem}")]
+    Unwritable {
+        flag: &'static str,
+        path: PathBuf,
+        problem: String,
+    },
+
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
 

@@ -8,10 +8,7 @@ use crate::error::{Error, Result};
 
 /// Replaces `path` with `bytes`, atomically.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = folder_of(path);
     let mut temp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .tempfile_in(dir)
@@ -59,4 +56,52 @@ pub fn append_line_atomically(path: &Path, line: &str) -> Result<()> {
     content.extend_from_slice(line.as_bytes());
     content.push(b'\n');
     write_atomically(path, &content)
+}
+
+/// Why a file could not be written at `path` (checked before work that would be lost): it is a
+/// folder, its folder does not exist, or nothing can be created there.
+pub fn check_file_writable(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err("that is a folder; give a file name".into());
+    }
+    let folder = folder_of(path);
+    if !folder.is_dir() {
+        return Err(format!("the folder {} does not exist", folder.display()));
+    }
+    try_creating_a_file_in(folder)
+}
+
+/// Why `dir` could not be used as an output folder: it is a file, or the folder (or, when it
+/// does not exist yet, the nearest folder above it, where it would be created) is not writable.
+pub fn check_folder_writable(dir: &Path) -> Result<(), String> {
+    if dir.exists() && !dir.is_dir() {
+        return Err("that is a file, not a folder".into());
+    }
+    let existing = dir
+        .ancestors()
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .find(|a| a.is_dir())
+        .unwrap_or(Path::new("."));
+    try_creating_a_file_in(existing)
+}
+
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn try_creating_a_file_in(folder: &Path) -> Result<(), String> {
+    tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(folder)
+        .map(drop)
+        .map_err(|e| format!("cannot write in {}: {e}", folder.display()))
 }

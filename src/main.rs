@@ -376,6 +376,13 @@ fn adapters(args: &AdapterArgs) -> shadertrain::Result<()> {
 
 fn plot(args: &PlotArgs) -> shadertrain::Result<()> {
     use shadertrain::plot::{curves_png, curves_svg, read_metrics};
+    shadertrain::files::check_file_writable(&args.output).map_err(|problem| {
+        shadertrain::Error::Unwritable {
+            flag: "-o",
+            path: args.output.clone(),
+            problem,
+        }
+    })?;
     let extension = args
         .output
         .extension()

@@ -31,6 +31,7 @@ const RECIPE: [&str; 10] = [
     "9",
 ];
 
+#[derive(Clone)]
 struct Run {
     /// The flags every `command` starts with.
     recipe: &'static [&'static str],
@@ -392,33 +393,55 @@ fn resuming_refuses_a_contradicting_run_and_unreadable_checkpoints() {
     );
     let stderr = failure(run.command(&["--checkpoint-every", "5"]));
     assert!(stderr.contains("--checkpoint-dir"), "{stderr}");
-    // A run refused before training leaves no checkpoint folder behind.
+    // A run refused before training leaves no checkpoint folder behind; a resumed run writes
+    // into the folder it resumes from, never another.
     let fresh = work.path().join("fresh");
     let stderr = failure(run.bare_command(&[
-        "--checkpoint-dir",
-        fresh.to_str().unwrap(),
         "--resume",
         dir,
         "--seed",
         "5",
+        "--checkpoint-dir",
+        fresh.to_str().unwrap(),
     ]));
+    assert!(stderr.contains("name different folders"), "{stderr}");
+    let stderr = failure(run.bare_command(&["--resume", dir, "--seed", "5"]));
     assert!(stderr.contains("seed"), "{stderr}");
     assert!(!fresh.exists());
 
-    // A newer checkpoint that is damaged is an error naming it, not a silent fallback.
+    // A newer checkpoint that is damaged is set aside with a warning naming it, and the run
+    // resumes from the newest intact one.
     let newest = checkpoint::path_for(&run.checkpoints, 3);
     let bytes = std::fs::read(&newest).unwrap();
     for (name, damaged) in [
         ("truncated", bytes[..bytes.len() / 2].to_vec()),
         ("garbage", b"not a checkpoint at all".to_vec()),
     ] {
-        std::fs::write(checkpoint::path_for(&run.checkpoints, 4), &damaged).unwrap();
-        let stderr = failure(run.command(&["--resume", dir]));
+        let damaged_path = checkpoint::path_for(&run.checkpoints, 4);
+        std::fs::write(&damaged_path, &damaged).unwrap();
+        let output = run
+            .command(&["--resume", dir, "--max-steps", "3"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{name}: {stderr}");
         assert!(
-            stderr.contains("step-0000000004.safetensors") && !stderr.contains("panicked"),
-            "{name}: {stderr}"
+            stderr.contains("step-0000000004.safetensors is damaged")
+                && stderr.contains("resuming from the older")
+                && stdout.contains("step-0000000003.safetensors"),
+            "{name}: {stderr}\n{stdout}"
         );
+        assert!(!damaged_path.exists(), "{name}: left under its name");
+        assert_eq!(run.checkpoint_steps(), [3]);
     }
+    let set_aside = |suffix: &str| {
+        let mut name = checkpoint::path_for(&run.checkpoints, 4).into_os_string();
+        name.push(suffix);
+        std::fs::read(name).unwrap()
+    };
+    assert_eq!(set_aside(".damaged"), bytes[..bytes.len() / 2]);
+    assert_eq!(set_aside(".damaged.2"), b"not a checkpoint at all");
     // A model file is not a checkpoint.
     let model = work.path().join("model.safetensors");
     run_to_completion(run.command(&["--max-steps", "1", "--save", model.to_str().unwrap()]));
@@ -432,15 +455,18 @@ fn resuming_refuses_a_contradicting_run_and_unreadable_checkpoints() {
 #[test]
 fn identical_runs_write_byte_identical_models_and_checkpoints() {
     let data = small_mnist(300, 100);
-    let work = tempfile::tempdir().unwrap();
-    let files = |name: &str| {
+    // The same paths both times: checkpoints record where the run writes.
+    let parent = tempfile::tempdir().unwrap();
+    let work = parent.path().join("run");
+    let files = || {
+        std::fs::create_dir(&work).unwrap();
         let run = Run {
             recipe: &RECIPE,
             data: data.path().to_path_buf(),
-            checkpoints: work.path().join(format!("{name}-checkpoints")),
-            metrics: work.path().join(format!("{name}.jsonl")),
+            checkpoints: work.join("checkpoints"),
+            metrics: work.join("metrics.jsonl"),
         };
-        let model = work.path().join(format!("{name}.safetensors"));
+        let model = work.join("model.safetensors");
         let dir = run.checkpoints.to_str().unwrap();
         run_to_completion(run.command(&[
             "--checkpoint-dir",
@@ -454,14 +480,211 @@ fn identical_runs_write_byte_identical_models_and_checkpoints() {
         for (_, path) in checkpoint::list(&run.checkpoints).unwrap() {
             bytes.push(std::fs::read(path).unwrap());
         }
+        std::fs::remove_dir_all(&work).unwrap();
         bytes
     };
-    let first = files("first");
-    let second = files("second");
+    let first = files();
+    let second = files();
     // 5 steps per epoch: the model, the checkpoint after step 14 (inside the last epoch) and
     // the one at its end.
     assert_eq!(first.len(), 3);
     for (i, (a, b)) in first.iter().zip(&second).enumerate() {
         assert!(a == b, "file {i} differs between identical runs");
     }
+}
+
+/// One run at a time writes into a checkpoint folder: a second is refused at once, naming the
+/// folder and the holder's process id; the OS lets go of the lock when the holder dies.
+#[test]
+fn a_checkpoint_folder_in_use_is_refused_until_its_run_ends() {
+    let data = small_mnist(300, 100);
+    let work = tempfile::tempdir().unwrap();
+    let run = Run {
+        recipe: &RECIPE,
+        data: data.path().to_path_buf(),
+        checkpoints: work.path().join("checkpoints"),
+        metrics: work.path().join("metrics.jsonl"),
+    };
+    let dir = run.checkpoints.to_str().unwrap();
+    let mut holder = run
+        .command(&["--checkpoint-dir", dir, "--checkpoint-every", "2"])
+        .env(STALL_ENV, format!("{EPOCH_END}:1"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(holder.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("stalled at {EPOCH_END}"));
+    for args in [
+        &["--checkpoint-dir", dir, "--hidden", "16"][..],
+        &["--resume", dir],
+    ] {
+        let refused = failure(run.bare_command(args));
+        assert!(
+            refused.contains(&format!("{dir} is in use by process {}", holder.id())),
+            "{args:?}: {refused}"
+        );
+    }
+    assert_eq!(
+        run.checkpoint_steps(),
+        [2, 4],
+        "the holder's checkpoints are untouched"
+    );
+    sigkill(holder);
+    let stdout = run_to_completion(run.command(&["--resume", dir]));
+    assert!(stdout.contains("resumed from"), "{stdout}");
+}
+
+/// Every output is checked before the first step: a run that could not write its model, log
+/// or checkpoints is refused at once, naming the flag and the path.
+#[test]
+fn unwritable_outputs_are_refused_before_training() {
+    let data = small_mnist(300, 100);
+    let work = tempfile::tempdir().unwrap();
+    let run = Run {
+        recipe: &RECIPE,
+        data: data.path().to_path_buf(),
+        checkpoints: work.path().join("unused"),
+        metrics: work.path().join("metrics.jsonl"),
+    };
+    let folder = work.path().to_str().unwrap();
+    let missing = work.path().join("missing/model.safetensors");
+    let file = work.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    for (flag, path, problem) in [
+        ("--save", folder, "is a folder"),
+        ("--save", missing.to_str().unwrap(), "does not exist"),
+        ("--save", "/proc/model.safetensors", "cannot write in /proc"),
+        ("--metrics", "/proc/metrics.jsonl", "cannot write in /proc"),
+        (
+            "--checkpoint-dir",
+            "/proc/checkpoints",
+            "cannot write in /proc",
+        ),
+        (
+            "--checkpoint-dir",
+            file.to_str().unwrap(),
+            "a file, not a folder",
+        ),
+    ] {
+        let mut command = match flag {
+            "--metrics" => Run {
+                metrics: PathBuf::from(path),
+                ..run.clone()
+            }
+            .command(&[]),
+            _ => run.command(&[flag, path]),
+        };
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{flag} {path}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{flag} {path}: ")) && stderr.contains(problem),
+            "{flag} {path}: {stderr}"
+        );
+        assert!(
+            output.stdout.is_empty(),
+            "{flag} {path}: started: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    let (code, stderr) = {
+        let output = Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+            .args(["plot", "no-such-log.jsonl", "-o", "/proc/curves.png"])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("-o /proc/curves.png: cannot write"),
+        "{stderr}"
+    );
+}
+
+/// `--resume DIR` alone continues the run as it was started, from any working folder: the
+/// model is saved where --save said, the log goes on with its --metrics-every lines, the data
+/// is read from where it was, and --keep-checkpoints holds.
+#[test]
+fn resume_alone_restores_the_runs_outputs() {
+    let data = small_mnist(300, 100);
+    let work = tempfile::tempdir().unwrap();
+    let started_in = work.path().join("started-here");
+    std::fs::create_dir(&started_in).unwrap();
+    let model = work.path().join("model.safetensors");
+    let metrics = work.path().join("metrics.jsonl");
+    let checkpoints = work.path().join("checkpoints");
+    // Relative paths, from the folder the run is started in.
+    let mut original = Command::new(env!("CARGO_BIN_EXE_shadertrain"));
+    original
+        .current_dir(&started_in)
+        .args(["train", "--offline", "--data"])
+        .arg(data.path())
+        .args(RECIPE)
+        .args([
+            "--save",
+            "../model.safetensors",
+            "--metrics",
+            "../metrics.jsonl",
+            "--metrics-every",
+            "2",
+            "--checkpoint-dir",
+            "../checkpoints",
+            "--checkpoint-every",
+            "3",
+            "--keep-checkpoints",
+            "3",
+        ])
+        .env_remove("SHADERTRAIN_DATA")
+        .env(STALL_ENV, format!("{EPOCH_END}:2"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = original.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), format!("stalled at {EPOCH_END}"));
+    sigkill(child);
+
+    let mut resumed = Command::new(env!("CARGO_BIN_EXE_shadertrain"));
+    resumed
+        .current_dir(work.path())
+        .args(["train", "--offline", "--resume", "checkpoints"])
+        .env_remove("SHADERTRAIN_DATA")
+        .env_remove(STALL_ENV);
+    let stdout = run_to_completion(resumed);
+    assert!(stdout.contains("resumed from"), "{stdout}");
+    assert!(model.exists(), "no model: {stdout}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // 5 steps per epoch, 3 epochs: intervals at steps 2, 4, ..., 14, and three epoch lines.
+    let steps: Vec<u64> = lines.iter().filter_map(|l| l["step"].as_u64()).collect();
+    assert_eq!(steps, [2, 4, 6, 8, 10, 12, 14]);
+    assert_eq!(lines.iter().filter(|l| l["kind"] == "epoch").count(), 3);
+    assert_eq!(checkpoint::list(&checkpoints).unwrap().len(), 3);
+
+    // A folder with no checkpoint yet: one line, then the run from the start.
+    let empty = work.path().join("empty");
+    let stdout = run_to_completion(
+        Run {
+            recipe: &RECIPE,
+            data: data.path().to_path_buf(),
+            checkpoints: empty.clone(),
+            metrics: work.path().join("fresh.jsonl"),
+        }
+        .bare_command(&["--resume", empty.to_str().unwrap(), "--max-steps", "1"]),
+    );
+    assert!(
+        stdout.contains(&format!("no checkpoint in {} yet", empty.display())),
+        "{stdout}"
+    );
 }

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shadertrain::checkpoint::{self, Checkpoint, RunDescription};
+use shadertrain::checkpoint::{self, Checkpoint, FolderLock, RunDescription, RunOutputs};
 use shadertrain::data::DatasetKind;
-use shadertrain::failpoint;
 use shadertrain::gpu::{Gpu, Kernels};
 use shadertrain::model_file::name_of;
 use shadertrain::model_file::{load_parameters_for, save_model};
 use shadertrain::train::{EpochMetrics, EpochProgress, TrainConfig, Trainer};
 use shadertrain::{Error, Result};
+use shadertrain::{failpoint, files};
 
 use crate::{Recipe, TrainArgs, recipe};
 
@@ -28,14 +28,22 @@ struct CheckpointPlan {
 /// `given(id)` tells whether the flag with that clap id was on the command line: on resume,
 /// flags not given take the checkpoint's values.
 pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
-    check_output_folders(&args)?;
+    check_flag_combinations(&args, given)?;
+    // Lock an existing folder before reading it: another run's checkpoints are neither read
+    // nor written while it runs. A folder still to be created is locked when it is.
+    let folder = args.checkpoint_dir.as_ref().or(args.resume.as_ref());
+    let lock = match folder {
+        Some(dir) if dir.is_dir() => Some(checkpoint::lock(dir)?),
+        _ => None,
+    };
     let resumed = match &args.resume {
-        Some(dir) => newest_checkpoint(dir)?,
+        Some(dir) => resume_point(dir)?,
         None => None,
     };
-    if let Some((_, saved)) = &resumed {
-        take_unset_flags_from(&mut args, saved, given);
+    if let Some((path, saved)) = &resumed {
+        take_unset_flags_from(&mut args, path, saved, given)?;
     }
+    check_outputs(&args)?;
     let plan = checkpoint_plan(&args, resumed.as_ref().map(|(_, c)| c), given)?;
     let Recipe {
         data_dir,
@@ -122,12 +130,17 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
                 saved.adapter
             );
         }
-        if let (Some(log), Some(record)) = (&args.metrics, &saved.last_epoch) {
-            log_epoch_if_missing(log, saved.state.epochs_done, record)?;
-        }
     }
+    let log = args
+        .metrics
+        .as_deref()
+        .map(|path| MetricsLog::continue_from(path, resumed.as_ref().map(|(_, c)| c)))
+        .transpose()?;
+    let _lock = match &plan {
+        Some(plan) => Some(plan.prepare(lock)?),
+        None => None,
+    };
     if let Some(plan) = &plan {
-        plan.prepare()?;
         println!(
             "checkpoints: {} (at each epoch end{}; the newest {} kept)",
             plan.dir.display(),
@@ -139,9 +152,23 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     }
 
     print_header(validating);
+    let outputs = RunOutputs {
+        save: args.save.as_deref().map(absolute),
+        metrics: args.metrics.as_deref().map(absolute),
+        metrics_every: args.metrics_every,
+        data: Some(absolute(&data_dir)),
+        keep_checkpoints: plan.as_ref().map(|p| p.keep),
+        metrics_lines: None,
+    };
+    // At an epoch's end the checkpoint comes first, then the epoch's line in the log.
     let checkpoint_of = |trainer: &Trainer, last_epoch: Option<String>| -> Result<Checkpoint> {
+        let follows = usize::from(last_epoch.is_some());
         Ok(Checkpoint {
             run: run.clone(),
+            outputs: RunOutputs {
+                metrics_lines: log.as_ref().map(|log| log.lines.get() + follows),
+                ..outputs.clone()
+            },
             adapter: gpu.adapter_name(),
             checkpoint_every: plan.as_ref().and_then(|p| p.every),
             state: trainer.state()?,
@@ -151,15 +178,21 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     let mut epochs_run = 0;
     while trainer.epochs_done() < epochs && !trainer.finished() {
         epochs_run += 1;
-        let m = train_one_epoch(&mut trainer, &args, plan.as_ref(), &checkpoint_of)?;
+        let m = train_one_epoch(
+            &mut trainer,
+            &args,
+            log.as_ref(),
+            plan.as_ref(),
+            &checkpoint_of,
+        )?;
         failpoint::reach(failpoint::EPOCH_END);
         let record = epoch_record(args.recipe.dataset, &m);
         if let Some(plan) = &plan {
             let checkpoint = checkpoint_of(&trainer, Some(without_clock(&record)))?;
             checkpoint::save(&plan.dir, &checkpoint, plan.keep)?;
         }
-        if let Some(path) = &args.metrics {
-            shadertrain::files::append_line_atomically(path, &record)?;
+        if let Some(log) = &log {
+            log.append(&record)?;
         }
         print_epoch(&m);
     }
@@ -184,6 +217,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
 fn train_one_epoch(
     trainer: &mut Trainer,
     args: &TrainArgs,
+    log: Option<&MetricsLog>,
     plan: Option<&CheckpointPlan>,
     checkpoint_of: &dyn Fn(&Trainer, Option<String>) -> Result<Checkpoint>,
 ) -> Result<EpochMetrics> {
@@ -219,11 +253,14 @@ fn train_one_epoch(
             observed.then_some(&mut observe as &mut dyn FnMut(EpochProgress)),
         )?;
         let at = |every: Option<u64>| every.is_some_and(|n| trainer.steps_done() % n == 0);
-        if let (Some(path), Some(progress)) = (&args.metrics, latest.get())
+        if let (Some(log), Some(progress)) = (log, latest.get())
             && at(args.metrics_every)
         {
-            let record = interval_record(args.recipe.dataset, trainer.steps_done(), &progress);
-            shadertrain::files::append_line_atomically(path, &record)?;
+            log.append(&interval_record(
+                args.recipe.dataset,
+                trainer.steps_done(),
+                &progress,
+            ))?;
         }
         // An epoch's last step is followed by its end-of-epoch checkpoint instead.
         if let (Some(plan), Some((taken, total))) = (plan, trainer.epoch_position())
@@ -240,42 +277,95 @@ fn train_one_epoch(
     Ok(m)
 }
 
-/// Fail before training, not after, when an output cannot be written.
-fn check_output_folders(args: &TrainArgs) -> Result<()> {
-    if args.metrics_every.is_some() && args.metrics.is_none() {
+/// Flags that only make sense with another, or not with another.
+fn check_flag_combinations(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
+    if args.metrics_every.is_some() && args.metrics.is_none() && args.resume.is_none() {
         return Err(Error::Config(
             "--metrics-every needs --metrics to say where to write".into(),
         ));
     }
-    for (flag, path) in [("--save", &args.save), ("--metrics", &args.metrics)] {
-        if let Some(path) = path
-            && let Some(parent) = path.parent()
-            && !parent.as_os_str().is_empty()
-            && !parent.is_dir()
-        {
+    if let (Some(dir), Some(resume)) = (&args.checkpoint_dir, &args.resume)
+        && !same_folder(dir, resume)
+    {
+        return Err(Error::Config(format!(
+            "--checkpoint-dir {} and --resume {} name different folders: a resumed run goes on \
+             writing into the folder it resumes from (leave --checkpoint-dir out)",
+            dir.display(),
+            resume.display()
+        )));
+    }
+    let no_folder = args.checkpoint_dir.is_none() && args.resume.is_none();
+    for (id, flag) in [
+        ("checkpoint_every", "--checkpoint-every"),
+        ("keep_checkpoints", "--keep-checkpoints"),
+    ] {
+        if no_folder && given(id) {
             return Err(Error::Config(format!(
-                "{flag} {}: the folder {} does not exist",
-                path.display(),
-                parent.display()
+                "{flag} needs --checkpoint-dir (or --resume) to say where the checkpoints go"
             )));
         }
     }
     Ok(())
 }
 
-/// The newest checkpoint in `dir` and its path; None when the folder has none yet (a run
-/// killed before its first checkpoint starts over).
-fn newest_checkpoint(dir: &Path) -> Result<Option<(PathBuf, Checkpoint)>> {
-    if !dir.exists() {
-        return Ok(None);
+/// Fail before training, not after, when an output cannot be written.
+fn check_outputs(args: &TrainArgs) -> Result<()> {
+    if args.metrics_every.is_some() && args.metrics.is_none() {
+        return Err(Error::Config(
+            "--metrics-every needs --metrics to say where to write".into(),
+        ));
     }
-    match checkpoint::newest(dir)? {
-        Some(path) => {
-            let saved = checkpoint::load(&path)?;
-            Ok(Some((path, saved)))
+    let unwritable = |flag, path: &Path, problem| Error::Unwritable {
+        flag,
+        path: path.to_path_buf(),
+        problem,
+    };
+    for (flag, path) in [("--save", &args.save), ("--metrics", &args.metrics)] {
+        if let Some(path) = path {
+            files::check_file_writable(path).map_err(|p| unwritable(flag, path, p))?;
         }
-        None => Ok(None),
     }
+    for (flag, dir) in [
+        ("--checkpoint-dir", &args.checkpoint_dir),
+        ("--resume", &args.resume),
+    ] {
+        if let Some(dir) = dir {
+            files::check_folder_writable(dir).map_err(|p| unwritable(flag, dir, p))?;
+        }
+    }
+    Ok(())
+}
+
+/// The checkpoint `--resume DIR` continues from: the newest that reads back whole (newer
+/// damaged ones are set aside, with a warning); None, said in one line, when DIR has none yet.
+fn resume_point(dir: &Path) -> Result<Option<(PathBuf, Checkpoint)>> {
+    let (found, set_aside) = match dir.is_dir() {
+        true => checkpoint::newest_intact(dir)?,
+        false => (None, Vec::new()),
+    };
+    for damaged in &set_aside {
+        eprintln!(
+            "warning: {} is damaged ({}); moved it aside to {}",
+            damaged.path.display(),
+            damaged.problem,
+            damaged.moved_to.display()
+        );
+    }
+    match &found {
+        Some((path, _)) if !set_aside.is_empty() => {
+            eprintln!("warning: resuming from the older {}", path.display())
+        }
+        Some(_) => {}
+        None => println!(
+            "no checkpoint in {} yet: starting the run from the beginning",
+            dir.display()
+        ),
+    }
+    Ok(found)
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// One rule for --epochs and --max-steps on resume: a target the checkpoint has passed is refused
@@ -303,11 +393,68 @@ fn refuse_a_target_behind(path: &Path, saved: &Checkpoint, config: &TrainConfig)
     )))
 }
 
-/// Fills every training flag not given on the command line with the checkpoint's value.
-fn take_unset_flags_from(args: &mut TrainArgs, saved: &Checkpoint, given: &dyn Fn(&str) -> bool) {
+/// Fills every training flag not given on the command line with the checkpoint's value; an
+/// output given that the checkpoint names otherwise is refused (a run's log and model stay in
+/// one place). `--data` may move: the data's identity is checked by content.
+fn take_unset_flags_from(
+    args: &mut TrainArgs,
+    path: &Path,
+    saved: &Checkpoint,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     let run = &saved.run;
     let c = &run.config;
     let unset = |id: &str| !given(id);
+    let outputs = &saved.outputs;
+    let mut contradictions = Vec::new();
+    for (id, flag, asked, original) in [
+        ("save", "--save", &mut args.save, &outputs.save),
+        ("metrics", "--metrics", &mut args.metrics, &outputs.metrics),
+    ] {
+        match (unset(id), original) {
+            (true, Some(original)) => *asked = Some(original.clone()),
+            (false, Some(original))
+                if asked.as_deref().map(absolute).as_ref() != Some(original) =>
+            {
+                contradictions.push(format!(
+                    "{flag}: the run writes {}, this run asks for {}",
+                    original.display(),
+                    asked.as_deref().unwrap_or(Path::new("")).display()
+                ))
+            }
+            _ => {}
+        }
+    }
+    match (unset("metrics_every"), outputs.metrics_every) {
+        (true, Some(every)) => args.metrics_every = Some(every),
+        (false, Some(every)) if args.metrics_every != Some(every) => contradictions.push(format!(
+            "--metrics-every: the run logs every {every} steps, this run asks for {}",
+            args.metrics_every.unwrap_or_default()
+        )),
+        _ => {}
+    }
+    match (unset("keep_checkpoints"), outputs.keep_checkpoints) {
+        (true, Some(keep)) => args.keep_checkpoints = keep,
+        (false, Some(keep)) if args.keep_checkpoints != keep => contradictions.push(format!(
+            "--keep-checkpoints: the run keeps {keep}, this run asks for {}",
+            args.keep_checkpoints
+        )),
+        _ => {}
+    }
+    if !contradictions.is_empty() {
+        return Err(Error::Config(format!(
+            "--resume: this run contradicts the checkpoint {}:\n  {}\n(leave those flags out \
+             to continue with the checkpoint's values)",
+            path.display(),
+            contradictions.join("\n  ")
+        )));
+    }
+    if let Some(data) = &outputs.data
+        && unset("data")
+        && data.is_dir()
+    {
+        args.recipe.data.data = Some(data.clone());
+    }
     if unset("dataset") {
         args.recipe.dataset = run.dataset;
     }
@@ -345,6 +492,7 @@ fn take_unset_flags_from(args: &mut TrainArgs, saved: &Checkpoint, given: &dyn F
     if unset("max_steps") {
         args.recipe.max_steps = c.max_steps;
     }
+    Ok(())
 }
 
 /// Where checkpoints go: --checkpoint-dir, else the folder resumed from. Refuses to mix a run
@@ -361,11 +509,6 @@ fn checkpoint_plan(
             .or(resumed.and_then(|c| c.checkpoint_every))
     };
     let Some(dir) = args.checkpoint_dir.clone().or(args.resume.clone()) else {
-        if every.is_some() {
-            return Err(Error::Config(
-                "--checkpoint-every needs --checkpoint-dir (or --resume) to say where".into(),
-            ));
-        }
         return Ok(None);
     };
     let resuming_here = args.resume.as_deref().is_some_and(|r| same_folder(r, &dir));
@@ -401,12 +544,17 @@ fn same_folder(a: &Path, b: &Path) -> bool {
 }
 
 impl CheckpointPlan {
-    /// Creates the folder and removes what killed writes left there: just before training, so
-    /// that a run refused earlier leaves nothing behind.
-    fn prepare(&self) -> Result<()> {
+    /// Creates the folder, locks it (unless `lock` already holds it) and removes what killed
+    /// writes left there: just before training, so that a run refused earlier leaves nothing
+    /// behind.
+    fn prepare(&self, lock: Option<FolderLock>) -> Result<FolderLock> {
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let lock = match lock {
+            Some(lock) => lock,
+            None => checkpoint::lock(&self.dir)?,
+        };
         checkpoint::remove_temporary_files(&self.dir)?;
-        Ok(())
+        Ok(lock)
     }
 }
 
@@ -536,21 +684,46 @@ fn interval_record(dataset: DatasetKind, steps_done: u64, p: &EpochProgress) -> 
     .to_string()
 }
 
-/// A run killed after its end-of-epoch checkpoint but before logging the epoch logs it on resume.
-fn log_epoch_if_missing(log: &Path, epochs_done: usize, record: &str) -> Result<()> {
-    let logged = match std::fs::read_to_string(log) {
-        Ok(text) => text
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|value| value["kind"] != "interval")
-            .filter_map(|value| value["epoch"].as_u64())
-            .max()
-            .unwrap_or(0),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(Error::io(log, e)),
-    };
-    if (logged as usize) < epochs_done {
-        shadertrain::files::append_line_atomically(log, record)?;
+/// The `--metrics` log and how many lines it holds: a checkpoint records where the log stood,
+/// so that a resumed run continues it as the uninterrupted run would have written it.
+struct MetricsLog {
+    path: PathBuf,
+    lines: Cell<usize>,
+}
+
+impl MetricsLog {
+    /// On resume, lines written after the checkpoint (by the run that was killed, and written
+    /// again now) are dropped, and an epoch's line the killed run did not get to write is
+    /// written from the checkpoint.
+    fn continue_from(path: &Path, resumed: Option<&Checkpoint>) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let log = MetricsLog {
+            path: path.to_path_buf(),
+            lines: Cell::new(lines.len()),
+        };
+        let Some(saved) = resumed else {
+            return Ok(log);
+        };
+        match (saved.outputs.metrics_lines, &saved.last_epoch) {
+            (Some(stood), _) if lines.len() > stood => {
+                let kept: String = lines[..stood].iter().map(|l| format!("{l}\n")).collect();
+                files::write_atomically(path, kept.as_bytes())?;
+                log.lines.set(stood);
+            }
+            (Some(stood), Some(record)) if lines.len() + 1 == stood => log.append(record)?,
+            _ => {}
+        }
+        Ok(log)
     }
-    Ok(())
+
+    fn append(&self, record: &str) -> Result<()> {
+        files::append_line_atomically(&self.path, record)?;
+        self.lines.set(self.lines.get() + 1);
+        Ok(())
+    }
 }
