@@ -82,6 +82,18 @@ pub enum Error {
         problem: String,
     },
 
+    #[error(
+        "training diverged in epoch {epoch}: the {what} is {value}. Nothing was saved from this \
+         epoch on (the last checkpoint and any model file are left as they were); try a lower \
+         --lr (this run: {learning_rate:?})"
+    )]
+    Diverged {
+        epoch: usize,
+        what: &'static str,
+        value: f64,
+        learning_rate: f32,
+    },
+
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
 

@@ -37,6 +37,13 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochPoint>> {
         if value["kind"] == "interval" {
             continue;
         }
+        // A diverged epoch's figures are written as text ("NaN", "inf"): it has no point.
+        let not_finite = ["train_loss", "test_loss", "val_loss"]
+            .iter()
+            .any(|key| matches!(value[key].as_str(), Some("NaN" | "inf" | "-inf")));
+        if not_finite {
+            continue;
+        }
         let field = |key: &str| {
             value[key].as_f64().ok_or_else(|| {
                 bad(
@@ -59,7 +66,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochPoint>> {
         });
     }
     if points.is_empty() {
-        return Err(bad(0, "no epochs logged".into()));
+        return Err(bad(0, "no epoch with finite figures logged".into()));
     }
     // A curve is drawn only where every epoch has its figure.
     if points.iter().any(|p| p.validation.is_none()) {

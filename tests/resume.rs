@@ -688,3 +688,51 @@ fn resume_alone_restores_the_runs_outputs() {
         "{stdout}"
     );
 }
+
+/// A diverging run stops with an error naming the epoch and --lr: it writes no model over a
+/// good one and no checkpoint of the diverged state, and its log stays readable (no nulls).
+#[test]
+fn a_diverging_run_stops_and_saves_nothing_from_then_on() {
+    let data = small_mnist(300, 100);
+    let work = tempfile::tempdir().unwrap();
+    let run = Run {
+        recipe: &[],
+        data: data.path().to_path_buf(),
+        checkpoints: work.path().join("checkpoints"),
+        metrics: work.path().join("metrics.jsonl"),
+    };
+    let model = work.path().join("model.safetensors");
+    std::fs::write(&model, b"a good model from before").unwrap();
+    let output = run
+        .command(&[
+            "--hidden",
+            "32",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e30",
+            "--checkpoint-dir",
+            run.checkpoints.to_str().unwrap(),
+            "--save",
+            model.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("diverged in epoch 1") && stderr.contains("lower --lr (this run: 1e30)"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&model).unwrap(), b"a good model from before");
+    assert!(checkpoint::list(&run.checkpoints).unwrap().is_empty());
+    let log = std::fs::read_to_string(&run.metrics).unwrap();
+    let record: serde_json::Value = serde_json::from_str(log.trim()).unwrap();
+    assert_eq!(record["train_loss"], "NaN", "{log}");
+    assert!(!log.contains("null"), "{log}");
+    let error = shadertrain::plot::read_metrics(&run.metrics).unwrap_err();
+    assert!(
+        error.to_string().contains("no epoch with finite figures"),
+        "{error}"
+    );
+}

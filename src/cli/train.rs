@@ -187,6 +187,25 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         )?;
         failpoint::reach(failpoint::EPOCH_END);
         let record = epoch_record(args.recipe.dataset, &m);
+        let losses = [("training loss", m.train_loss), ("test loss", m.test_loss)];
+        let validation = m.validation.map(|v| ("validation loss", v.loss));
+        if let Some((what, value)) = losses
+            .into_iter()
+            .chain(validation)
+            .find(|(_, v)| !v.is_finite())
+        {
+            // The log keeps the epoch (as text where not finite); nothing else is written.
+            if let Some(log) = &log {
+                log.append(&record)?;
+            }
+            print_epoch(&m);
+            return Err(Error::Diverged {
+                epoch: m.epoch,
+                what,
+                value,
+                learning_rate: trainer.config().learning_rate,
+            });
+        }
         if let Some(plan) = &plan {
             let checkpoint = checkpoint_of(&trainer, Some(without_clock(&record)))?;
             checkpoint::save(&plan.dir, &checkpoint, plan.keep)?;
@@ -252,6 +271,17 @@ fn train_one_epoch(
             count,
             observed.then_some(&mut observe as &mut dyn FnMut(EpochProgress)),
         )?;
+        // Seen early where progress is read anyway: stop before checkpointing a diverged run.
+        if let Some(progress) = latest.get()
+            && !progress.running_loss.is_finite()
+        {
+            return Err(Error::Diverged {
+                epoch: trainer.epochs_done() + 1,
+                what: "running training loss",
+                value: progress.running_loss,
+                learning_rate: trainer.config().learning_rate,
+            });
+        }
         let at = |every: Option<u64>| every.is_some_and(|n| trainer.steps_done() % n == 0);
         if let (Some(log), Some(progress)) = (log, latest.get())
             && at(args.metrics_every)
@@ -609,21 +639,38 @@ fn print_header(validating: bool) {
     );
 }
 
+/// A loss in the table's 10 columns: fixed point while it fits, else scientific.
+fn loss_column(loss: f64) -> String {
+    match loss.abs() < 1e5 || !loss.is_finite() {
+        true => format!("{loss:>10.4}"),
+        false => format!("{loss:>10.3e}"),
+    }
+}
+
 fn print_epoch(m: &EpochMetrics) {
     let validation = match m.validation {
-        Some(v) => format!(" {:>10.4} {:>8.2}%", v.loss, 100.0 * v.accuracy),
+        Some(v) => format!(" {} {:>8.2}%", loss_column(v.loss), 100.0 * v.accuracy),
         None => String::new(),
     };
     println!(
-        "{:>5} {:>10.4} {:>8.2}%{validation} {:>10.4} {:>8.2}% {:>8.2} {:>10.0}",
+        "{:>5} {} {:>8.2}%{validation} {} {:>8.2}% {:>8.2} {:>10.0}",
         m.epoch,
-        m.train_loss,
+        loss_column(m.train_loss),
         100.0 * m.train_accuracy,
-        m.test_loss,
+        loss_column(m.test_loss),
         100.0 * m.test_accuracy,
         m.seconds,
         m.samples_per_second
     );
+}
+
+/// A figure for the metrics log: a number, or "NaN" / "inf" / "-inf" as text (JSON has no
+/// such numbers, and serde_json would write null).
+fn figure(value: f64) -> serde_json::Value {
+    match value.is_finite() {
+        true => value.into(),
+        false => format!("{value}").into(),
+    }
 }
 
 /// The epoch's line in the --metrics log: every printed figure and a timestamp.
@@ -634,15 +681,15 @@ fn epoch_record(dataset: DatasetKind, m: &EpochMetrics) -> String {
         "dataset": dataset.name(),
         "epoch": m.epoch,
         "train_samples": m.train_samples,
-        "train_loss": m.train_loss,
+        "train_loss": figure(m.train_loss),
         "train_accuracy": m.train_accuracy,
-        "test_loss": m.test_loss,
+        "test_loss": figure(m.test_loss),
         "test_accuracy": m.test_accuracy,
         "seconds": m.seconds,
         "samples_per_second": m.samples_per_second,
     });
     if let Some(v) = m.validation {
-        record["val_loss"] = v.loss.into();
+        record["val_loss"] = figure(v.loss);
         record["val_accuracy"] = v.accuracy.into();
     }
     record.to_string()
@@ -678,7 +725,7 @@ fn interval_record(dataset: DatasetKind, steps_done: u64, p: &EpochProgress) -> 
         "step": steps_done,
         "epoch_step": p.steps_done,
         "epoch_steps": p.steps,
-        "running_train_loss": p.running_loss,
+        "running_train_loss": figure(p.running_loss),
         "running_train_accuracy": p.running_accuracy,
     })
     .to_string()
