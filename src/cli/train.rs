@@ -62,12 +62,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     if let Some((path, saved)) = &resumed {
         let contradictions = saved.run.contradictions(&run);
         if !contradictions.is_empty() {
-            return Err(Error::Config(format!(
-                "--resume: this run contradicts the checkpoint {}:\n  {}\n(leave those flags out \
-                 to continue with the checkpoint's values)",
-                path.display(),
-                contradictions.join("\n  ")
-            )));
+            return Err(contradicting(path, &contradictions));
         }
     }
     if let Some((path, saved)) = &resumed {
@@ -394,6 +389,16 @@ fn resume_point(dir: &Path) -> Result<Option<(PathBuf, Checkpoint)>> {
     Ok(found)
 }
 
+/// The error for flags on resume that contradict the checkpoint at `path`, one line each.
+fn contradicting(path: &Path, contradictions: &[String]) -> Error {
+    Error::Config(format!(
+        "--resume: this run contradicts the checkpoint {}:\n  {}\n(leave those flags out to \
+         continue with the checkpoint's values)",
+        path.display(),
+        contradictions.join("\n  ")
+    ))
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
@@ -472,12 +477,7 @@ fn take_unset_flags_from(
         _ => {}
     }
     if !contradictions.is_empty() {
-        return Err(Error::Config(format!(
-            "--resume: this run contradicts the checkpoint {}:\n  {}\n(leave those flags out \
-             to continue with the checkpoint's values)",
-            path.display(),
-            contradictions.join("\n  ")
-        )));
+        return Err(contradicting(path, &contradictions));
     }
     if let Some(data) = &outputs.data
         && unset("data")
