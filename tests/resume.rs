@@ -41,6 +41,16 @@ struct Run {
 }
 
 impl Run {
+    /// A run that keeps its checkpoints and metrics log in `work`.
+    fn new(recipe: &'static [&'static str], data: &Path, work: &Path) -> Run {
+        Run {
+            recipe,
+            data: data.to_path_buf(),
+            checkpoints: work.join("checkpoints"),
+            metrics: work.join("metrics.jsonl"),
+        }
+    }
+
     /// `train` with the recipe's flags and `extra`.
     fn command(&self, extra: &[&str]) -> Command {
         let mut command = self.bare_command(extra);
@@ -67,27 +77,7 @@ impl Run {
     /// Starts the run, lets it reach the `n`-th pass through `point`, where it stalls, and
     /// SIGKILLs it there.
     fn kill_at(&self, extra: &[&str], point: &str, n: usize) {
-        let mut child = self
-            .command(extra)
-            .env(STALL_ENV, format!("{point}:{n}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut seen = Vec::new();
-        for line in stderr.lines() {
-            let line = line.unwrap();
-            if line == format!("stalled at {point}") {
-                sigkill(child);
-                return;
-            }
-            seen.push(line);
-        }
-        panic!(
-            "the run ended without reaching {point} #{n}: {:?}; stderr: {seen:?}",
-            child.wait()
-        );
+        sigkill(stalled_at(self.command(extra), point, n));
     }
 
     /// Resumes from the checkpoint folder and runs to the end, saving the model to `model`.
@@ -121,6 +111,30 @@ impl Run {
             })
             .count()
     }
+}
+
+/// Starts `command`, lets it reach the `n`-th pass through `point`, where it stalls, and
+/// returns it stalled there.
+fn stalled_at(mut command: Command, point: &str, n: usize) -> Child {
+    let mut child = command
+        .env(STALL_ENV, format!("{point}:{n}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if line == format!("stalled at {point}") {
+            return child;
+        }
+        seen.push(line);
+    }
+    panic!(
+        "the run ended without reaching {point} #{n}: {:?}; stderr: {seen:?}",
+        child.wait()
+    );
 }
 
 fn sigkill(mut child: Child) {
@@ -170,19 +184,15 @@ fn a_run_killed_at_any_moment_resumes_to_the_same_weights_bit_for_bit() {
     let data = small_mnist(2000, 500);
     let work = tempfile::tempdir().unwrap();
     let reference = Run {
-        recipe: &RECIPE,
-        data: data.path().to_path_buf(),
-        checkpoints: work.path().join("unused"),
         metrics: work.path().join("reference.jsonl"),
+        ..Run::new(&RECIPE, data.path(), work.path())
     };
     let reference_model = work.path().join("reference.safetensors");
     run_to_completion(reference.command(&["--save", reference_model.to_str().unwrap()]));
 
     let run = Run {
-        recipe: &RECIPE,
-        data: data.path().to_path_buf(),
-        checkpoints: work.path().join("checkpoints"),
         metrics: work.path().join("resumed.jsonl"),
+        ..Run::new(&RECIPE, data.path(), work.path())
     };
     let dir = run.checkpoints.to_str().unwrap();
     let resume = ["--resume", dir];
@@ -280,10 +290,8 @@ fn a_killed_convnet_with_dropout_resumes_bit_for_bit() {
     let work = tempfile::tempdir().unwrap();
     let reference = |name: &str| {
         let run = Run {
-            recipe: &CONVNET_RECIPE,
-            data: data.path().to_path_buf(),
-            checkpoints: work.path().join("unused"),
             metrics: work.path().join(format!("{name}.jsonl")),
+            ..Run::new(&CONVNET_RECIPE, data.path(), work.path())
         };
         let model = work.path().join(format!("{name}.safetensors"));
         run_to_completion(run.command(&["--save", model.to_str().unwrap()]));
@@ -295,10 +303,8 @@ fn a_killed_convnet_with_dropout_resumes_bit_for_bit() {
     assert!(first.0[0].contains("val_accuracy"), "{}", first.0[0]);
 
     let run = Run {
-        recipe: &CONVNET_RECIPE,
-        data: data.path().to_path_buf(),
-        checkpoints: work.path().join("checkpoints"),
         metrics: work.path().join("resumed.jsonl"),
+        ..Run::new(&CONVNET_RECIPE, data.path(), work.path())
     };
     let dir = run.checkpoints.to_str().unwrap();
     // 576 training samples after the split: 9 steps per epoch. Killed while writing the
@@ -321,12 +327,7 @@ fn a_killed_convnet_with_dropout_resumes_bit_for_bit() {
 fn metrics_every_logs_running_figures_between_epochs() {
     let data = small_mnist(300, 100);
     let work = tempfile::tempdir().unwrap();
-    let run = Run {
-        recipe: &RECIPE,
-        data: data.path().to_path_buf(),
-        checkpoints: work.path().join("unused"),
-        metrics: work.path().join("metrics.jsonl"),
-    };
+    let run = Run::new(&RECIPE, data.path(), work.path());
     // 300 samples in batches of 64: 5 steps per epoch, so step 5 ends epoch 1.
     run_to_completion(run.bare_command(&[
         "--hidden",
@@ -365,12 +366,7 @@ fn failure(mut command: Command) -> String {
 fn resuming_refuses_a_contradicting_run_and_unreadable_checkpoints() {
     let data = small_mnist(300, 100);
     let work = tempfile::tempdir().unwrap();
-    let run = Run {
-        recipe: &RECIPE,
-        data: data.path().to_path_buf(),
-        checkpoints: work.path().join("checkpoints"),
-        metrics: work.path().join("metrics.jsonl"),
-    };
+    let run = Run::new(&RECIPE, data.path(), work.path());
     let dir = run.checkpoints.to_str().unwrap();
     run_to_completion(run.command(&["--checkpoint-dir", dir, "--max-steps", "3"]));
     assert_eq!(run.checkpoint_steps(), [3]);
@@ -460,12 +456,7 @@ fn identical_runs_write_byte_identical_models_and_checkpoints() {
     let work = parent.path().join("run");
     let files = || {
         std::fs::create_dir(&work).unwrap();
-        let run = Run {
-            recipe: &RECIPE,
-            data: data.path().to_path_buf(),
-            checkpoints: work.join("checkpoints"),
-            metrics: work.join("metrics.jsonl"),
-        };
+        let run = Run::new(&RECIPE, data.path(), &work);
         let model = work.join("model.safetensors");
         let dir = run.checkpoints.to_str().unwrap();
         run_to_completion(run.command(&[
@@ -499,24 +490,13 @@ fn identical_runs_write_byte_identical_models_and_checkpoints() {
 fn a_checkpoint_folder_in_use_is_refused_until_its_run_ends() {
     let data = small_mnist(300, 100);
     let work = tempfile::tempdir().unwrap();
-    let run = Run {
-        recipe: &RECIPE,
-        data: data.path().to_path_buf(),
-        checkpoints: work.path().join("checkpoints"),
-        metrics: work.path().join("metrics.jsonl"),
-    };
+    let run = Run::new(&RECIPE, data.path(), work.path());
     let dir = run.checkpoints.to_str().unwrap();
-    let mut holder = run
-        .command(&["--checkpoint-dir", dir, "--checkpoint-every", "2"])
-        .env(STALL_ENV, format!("{EPOCH_END}:1"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(holder.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), format!("stalled at {EPOCH_END}"));
+    let holder = stalled_at(
+        run.command(&["--checkpoint-dir", dir, "--checkpoint-every", "2"]),
+        EPOCH_END,
+        1,
+    );
     for args in [
         &["--checkpoint-dir", dir, "--hidden", "16"][..],
         &["--resume", dir],
@@ -543,12 +523,7 @@ fn a_checkpoint_folder_in_use_is_refused_until_its_run_ends() {
 fn unwritable_outputs_are_refused_before_training() {
     let data = small_mnist(300, 100);
     let work = tempfile::tempdir().unwrap();
-    let run = Run {
-        recipe: &RECIPE,
-        data: data.path().to_path_buf(),
-        checkpoints: work.path().join("unused"),
-        metrics: work.path().join("metrics.jsonl"),
-    };
+    let run = Run::new(&RECIPE, data.path(), work.path());
     let folder = work.path().to_str().unwrap();
     let missing = work.path().join("missing/model.safetensors");
     let file = work.path().join("a-file");
@@ -640,17 +615,8 @@ fn resume_alone_restores_the_runs_outputs() {
             "--keep-checkpoints",
             "3",
         ])
-        .env_remove("SHADERTRAIN_DATA")
-        .env(STALL_ENV, format!("{EPOCH_END}:2"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = original.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), format!("stalled at {EPOCH_END}"));
-    sigkill(child);
+        .env_remove("SHADERTRAIN_DATA");
+    sigkill(stalled_at(original, EPOCH_END, 2));
 
     let mut resumed = Command::new(env!("CARGO_BIN_EXE_shadertrain"));
     resumed
@@ -676,10 +642,9 @@ fn resume_alone_restores_the_runs_outputs() {
     let empty = work.path().join("empty");
     let stdout = run_to_completion(
         Run {
-            recipe: &RECIPE,
-            data: data.path().to_path_buf(),
             checkpoints: empty.clone(),
             metrics: work.path().join("fresh.jsonl"),
+            ..Run::new(&RECIPE, data.path(), work.path())
         }
         .bare_command(&["--resume", empty.to_str().unwrap(), "--max-steps", "1"]),
     );
@@ -695,12 +660,7 @@ fn resume_alone_restores_the_runs_outputs() {
 fn a_diverging_run_stops_and_saves_nothing_from_then_on() {
     let data = small_mnist(300, 100);
     let work = tempfile::tempdir().unwrap();
-    let run = Run {
-        recipe: &[],
-        data: data.path().to_path_buf(),
-        checkpoints: work.path().join("checkpoints"),
-        metrics: work.path().join("metrics.jsonl"),
-    };
+    let run = Run::new(&[], data.path(), work.path());
     let model = work.path().join("model.safetensors");
     std::fs::write(&model, b"a good model from before").unwrap();
     let output = run

@@ -304,11 +304,6 @@ fn train_one_epoch(
 
 /// Flags that only make sense with another, or not with another.
 fn check_flag_combinations(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
-    if args.metrics_every.is_some() && args.metrics.is_none() && args.resume.is_none() {
-        return Err(Error::Config(
-            "--metrics-every needs --metrics to say where to write".into(),
-        ));
-    }
     if let (Some(dir), Some(resume)) = (&args.checkpoint_dir, &args.resume)
         && !same_folder(dir, resume)
     {
@@ -333,7 +328,8 @@ fn check_flag_combinations(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Re
     Ok(())
 }
 
-/// Fail before training, not after, when an output cannot be written.
+/// Fail before training, not after, when an output cannot be written. Runs after a resumed
+/// run's flags are restored.
 fn check_outputs(args: &TrainArgs) -> Result<()> {
     if args.metrics_every.is_some() && args.metrics.is_none() {
         return Err(Error::Config(
