@@ -94,6 +94,15 @@ pub enum Error {
         learning_rate: f32,
     },
 
+    /// Not a failure of the run: a signal stopped it, and `then` says what was kept.
+    #[error("stopped by {signal} after step {steps_done}: {then}")]
+    Interrupted {
+        signal: &'static str,
+        exit_code: u8,
+        steps_done: u64,
+        then: String,
+    },
+
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
 

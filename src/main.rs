@@ -8,6 +8,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cli;
 
+use shadertrain::Error;
 use shadertrain::data::{DATA_ENV, Dataset, DatasetKind, Split, default_dir};
 use shadertrain::gpu::{AdapterRequest, BackendChoice, list_adapters};
 use shadertrain::model::{Activation, Loss, ModelSpec, parse_layers};
@@ -330,6 +331,10 @@ fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ Error::Interrupted { exit_code, .. }) => {
+            eprintln!("{e}");
+            ExitCode::from(exit_code)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

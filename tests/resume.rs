@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::small_mnist;
 use shadertrain::checkpoint;
-use shadertrain::failpoint::{EPOCH_END, FILE_WRITE, STALL_ENV};
+use shadertrain::failpoint::{CHUNK_SUBMITTED, EPOCH_END, FILE_WRITE, RAISE_ENV, STALL_ENV};
 use shadertrain::model_file::load_model;
 
 /// 2000 samples in batches of 64: 32 steps per epoch, the last one of 16 samples; with a
@@ -70,7 +70,8 @@ impl Run {
             .arg(&self.metrics)
             .args(extra)
             .env_remove("SHADERTRAIN_DATA")
-            .env_remove(STALL_ENV);
+            .env_remove(STALL_ENV)
+            .env_remove(RAISE_ENV);
         command
     }
 
@@ -695,4 +696,130 @@ fn a_diverging_run_stops_and_saves_nothing_from_then_on() {
         error.to_string().contains("no epoch with finite figures"),
         "{error}"
     );
+}
+
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
+
+/// The epoch lines of a metrics log, without the clock's figures.
+fn logged_epoch_lines(metrics: &Path) -> Vec<String> {
+    logged_epochs(metrics)
+        .into_iter()
+        .filter(|line| line.contains(r#""kind":"epoch""#))
+        .collect()
+}
+
+/// SIGINT or SIGTERM stops the run at the next chunk boundary: a checkpoint of the step
+/// reached (none is left half-written), the model so far, one line on how to go on, exit
+/// 128 + the signal; resumed, the run ends where the uninterrupted one does, bit for bit.
+#[test]
+fn a_stop_signal_saves_a_checkpoint_that_resumes_bit_for_bit() {
+    let data = small_mnist(2000, 500);
+    let work = tempfile::tempdir().unwrap();
+    let reference = Run {
+        metrics: work.path().join("reference.jsonl"),
+        ..Run::new(&RECIPE, data.path(), work.path())
+    };
+    let reference_model = work.path().join("reference.safetensors");
+    run_to_completion(reference.command(&["--save", reference_model.to_str().unwrap()]));
+    let expected = (
+        parameter_bits(&reference_model),
+        logged_epoch_lines(&reference.metrics),
+    );
+
+    // (signal, where it is raised, the steps the run has checkpointed when it exits)
+    let cases = [
+        // After the third chunk (ending at steps 5, 7, 10: --metrics-every 5 and
+        // --checkpoint-every 7): step 10, mid-epoch, not checkpointed before.
+        (
+            SIGTERM,
+            format!("{CHUNK_SUBMITTED}:3:{SIGTERM}"),
+            vec![7, 10],
+        ),
+        // While the checkpoint of step 14 is being written (the fourth file write, after the
+        // log's lines at 5 and 10 and the checkpoint of 7): it is completed, not left
+        // half-written, and is the one to resume from.
+        (SIGINT, format!("{FILE_WRITE}:4:{SIGINT}"), vec![7, 14]),
+    ];
+    for (signal, raise, checkpointed) in cases {
+        let case = format!("signal {signal}");
+        let folder = work.path().join(format!("signal-{signal}"));
+        std::fs::create_dir(&folder).unwrap();
+        let run = Run::new(&RECIPE, data.path(), &folder);
+        let dir = run.checkpoints.to_str().unwrap();
+        let model = folder.join("model.safetensors");
+        let output = run
+            .command(&[
+                "--checkpoint-dir",
+                dir,
+                "--checkpoint-every",
+                "7",
+                "--metrics-every",
+                "5",
+                "--save",
+                model.to_str().unwrap(),
+            ])
+            .env(RAISE_ENV, &raise)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(128 + signal), "{case}: {stderr}");
+        let name = if signal == SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        let step = checkpointed.last().unwrap();
+        assert!(
+            stderr.contains(&format!("stopped by {name} after step {step}: "))
+                && stderr.contains(&format!("the model so far in {}", model.display()))
+                && stderr.contains(&format!("continue with: shadertrain train --resume {dir}")),
+            "{case}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{case}: one line: {stderr}");
+        assert_eq!(run.checkpoint_steps(), checkpointed, "{case}");
+        assert_eq!(run.temporary_files(), 0, "{case}");
+        assert!(load_model(&model).is_ok(), "{case}: the model so far");
+
+        // --resume alone restores --save and the log.
+        let stdout = run_to_completion(run.bare_command(&["--resume", dir]));
+        assert!(stdout.contains("resumed from"), "{case}: {stdout}");
+        assert_eq!(parameter_bits(&model), expected.0, "{case}");
+        assert_eq!(logged_epoch_lines(&run.metrics), expected.1, "{case}");
+    }
+}
+
+/// A second signal ends the run at once, saving nothing more; without a checkpoint folder the
+/// line says that the run cannot be resumed.
+#[test]
+fn a_second_signal_exits_at_once_and_a_run_without_checkpoints_says_so() {
+    let data = small_mnist(300, 100);
+    let work = tempfile::tempdir().unwrap();
+    let run = Run::new(&RECIPE, data.path(), work.path());
+    let dir = run.checkpoints.to_str().unwrap();
+    let output = run
+        .command(&["--checkpoint-dir", dir, "--checkpoint-every", "2"])
+        .env(RAISE_ENV, format!("{CHUNK_SUBMITTED}:3:{SIGINT}:2"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(!stderr.contains("stopped by"), "{stderr}");
+    // The checkpoints of steps 2 and 4 were written before; none of step 6.
+    assert_eq!(run.checkpoint_steps(), [2, 4]);
+
+    let model = work.path().join("model.safetensors");
+    let output = run
+        .command(&["--save", model.to_str().unwrap()])
+        .env(RAISE_ENV, format!("{CHUNK_SUBMITTED}:1:{SIGTERM}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains("stopped by SIGTERM after step 5: ")
+            && stderr.contains("no --checkpoint-dir, so the run cannot be resumed"),
+        "{stderr}"
+    );
+    assert!(load_model(&model).is_ok());
 }

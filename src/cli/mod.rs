@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 pub mod bench;
 pub mod eval;
 pub mod predict;
+pub mod signals;
 pub mod train;
 
 use indicatif::{ProgressBar, ProgressStyle};

@@ -16,6 +16,7 @@ use shadertrain::train::{EpochMetrics, EpochProgress, TrainConfig, Trainer};
 use shadertrain::{Error, Result};
 use shadertrain::{failpoint, files};
 
+use crate::cli::signals::{Interrupt, Received};
 use crate::{Recipe, TrainArgs, recipe};
 
 /// Where and how often checkpoints are written.
@@ -170,16 +171,27 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
             last_epoch,
         })
     };
+    let interrupt = Interrupt::register()?;
+    trainer.stop_when(interrupt.requested());
     let mut epochs_run = 0;
+    let mut stopped_by = None;
     while trainer.epochs_done() < epochs && !trainer.finished() {
+        if let Some(signal) = interrupt.received() {
+            stopped_by = Some(signal);
+            break;
+        }
         epochs_run += 1;
-        let m = train_one_epoch(
+        let Some(m) = train_one_epoch(
             &mut trainer,
             &args,
             log.as_ref(),
             plan.as_ref(),
             &checkpoint_of,
-        )?;
+        )?
+        else {
+            stopped_by = interrupt.received();
+            break;
+        };
         failpoint::reach(failpoint::EPOCH_END);
         let record = epoch_record(args.recipe.dataset, &m);
         let losses = [("training loss", m.train_loss), ("test loss", m.test_loss)];
@@ -210,6 +222,12 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         }
         print_epoch(&m);
     }
+    if let Some(signal) = stopped_by {
+        let save = args.save.as_deref().map(|path| (path, args.recipe.dataset));
+        return Err(stop(&trainer, signal, save, plan.as_ref(), &|t| {
+            checkpoint_of(t, None)
+        }));
+    }
     if resumed.is_some() && epochs_run == 0 {
         println!(
             "nothing left to train: the run had finished ({} epochs, {} steps)",
@@ -225,16 +243,66 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     Ok(())
 }
 
+/// After a stop signal: saves the model so far (with --save) and a checkpoint of the step
+/// reached (with a checkpoint folder, unless the newest is of that step), and returns the error
+/// that says how to go on.
+fn stop(
+    trainer: &Trainer,
+    signal: Received,
+    save: Option<(&Path, DatasetKind)>,
+    plan: Option<&CheckpointPlan>,
+    checkpoint_of: &dyn Fn(&Trainer) -> Result<Checkpoint>,
+) -> Error {
+    let steps_done = trainer.steps_done();
+    let stopped = |then: String| Error::Interrupted {
+        signal: signal.name,
+        exit_code: signal.exit_code,
+        steps_done,
+        then,
+    };
+    if steps_done == 0 {
+        return stopped("nothing was trained yet, nothing saved".into());
+    }
+    let saved = || -> Result<String> {
+        let mut kept = Vec::new();
+        if let Some((path, dataset)) = save {
+            save_model(path, trainer.spec(), &trainer.parameters()?, dataset)?;
+            kept.push(format!("the model so far in {}", path.display()));
+        }
+        let Some(plan) = plan else {
+            kept.push(
+                "no --checkpoint-dir, so the run cannot be resumed (give one to make a run \
+                 resumable)"
+                    .into(),
+            );
+            return Ok(kept.join("; "));
+        };
+        let newest = checkpoint::list(&plan.dir)?.last().map(|(steps, _)| *steps);
+        if newest != Some(steps_done) {
+            checkpoint::save(&plan.dir, &checkpoint_of(trainer)?, plan.keep)?;
+        }
+        kept.push(format!(
+            "continue with: shadertrain train --resume {}",
+            absolute(&plan.dir).display()
+        ));
+        Ok(kept.join("; "))
+    };
+    match saved() {
+        Ok(then) => stopped(then),
+        Err(e) => e,
+    }
+}
+
 /// Takes the rest of the epoch under way (or a new one) and ends it: the progress bar, the
 /// --metrics-every lines and the checkpoints inside the epoch (its end-of-epoch checkpoint is the
-/// caller's).
+/// caller's). None when a stop signal came first: the steps taken are whole, the epoch not.
 fn train_one_epoch(
     trainer: &mut Trainer,
     args: &TrainArgs,
     log: Option<&MetricsLog>,
     plan: Option<&CheckpointPlan>,
     checkpoint_of: &dyn Fn(&Trainer, Option<String>) -> Result<Checkpoint>,
-) -> Result<EpochMetrics> {
+) -> Result<Option<EpochMetrics>> {
     if trainer.epoch_position().is_none() {
         trainer.start_epoch()?;
     }
@@ -294,8 +362,13 @@ fn train_one_epoch(
         {
             checkpoint::save(&plan.dir, &checkpoint_of(trainer, None)?, plan.keep)?;
         }
+        if trainer.stop_requested() {
+            break;
+        }
     }
-    let m = trainer.end_epoch()?;
+    let m = (!trainer.stop_requested())
+        .then(|| trainer.end_epoch())
+        .transpose()?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

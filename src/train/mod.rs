@@ -22,6 +22,8 @@ mod progress;
 pub mod state;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use wgpu::Buffer;
@@ -159,6 +161,8 @@ pub struct Trainer<'k> {
     /// Moves the schedule's cursor to the next step; ends every step.
     advance: Program<'k>,
     epoch_end: Program<'k>,
+    /// When set, `train` returns at the next chunk boundary (a signal asked the run to stop).
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl<'k> Trainer<'k> {
@@ -400,6 +404,7 @@ impl<'k> Trainer<'k> {
             update,
             advance,
             epoch_end,
+            stop: None,
         };
         // The evaluation steps never change: positions only.
         for split in std::iter::once(&trainer.test).chain(&trainer.validation) {
@@ -414,6 +419,18 @@ impl<'k> Trainer<'k> {
             trainer.write_schedule(0, split.first_slot, &steps);
         }
         Ok(trainer)
+    }
+
+    /// Makes `train` return early, at the next boundary between command buffers, once `stop`
+    /// is set (by a signal handler, say); the steps taken so far are whole and can be saved.
+    /// The host then stays at most a few command buffers ahead of the GPU.
+    pub fn stop_when(&mut self, stop: Arc<AtomicBool>) {
+        self.stop = Some(stop);
+    }
+
+    /// Whether the flag given to `stop_when` is set.
+    pub fn stop_requested(&self) -> bool {
+        (self.stop.as_ref()).is_some_and(|s| s.load(Ordering::SeqCst))
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -559,8 +576,11 @@ impl<'k> Trainer<'k> {
     ) -> Result<()> {
         let until = epoch.steps.len().min(epoch.next.saturating_add(count));
         let mut pending = VecDeque::new();
+        // A stoppable run without progress reads stays as few chunks ahead of the GPU as one
+        // with them, so that a stop takes effect within a few chunks, not at the epoch's end.
+        let mut unwaited = VecDeque::new();
         let mut chunks = 0;
-        while epoch.next < until {
+        while epoch.next < until && !self.stop_requested() {
             let end = until.min(epoch.next + self.config.steps_per_submit);
             if let Some(report) = progress.as_deref_mut() {
                 if pending.len() == PROGRESS_READS_IN_FLIGHT {
@@ -592,6 +612,19 @@ impl<'k> Trainer<'k> {
             }
             let submission = self.gpu.queue.submit([encoder.finish()]);
             epoch.work.submits += 1;
+            if self.stop.is_some() && progress.is_none() {
+                if unwaited.len() == PROGRESS_READS_IN_FLIGHT {
+                    let oldest = unwaited.pop_front().expect("a full ring");
+                    self.gpu
+                        .device
+                        .poll(wgpu::PollType::Wait {
+                            submission_index: Some(oldest),
+                            timeout: None,
+                        })
+                        .map_err(|e| Error::Readback(e.to_string()))?;
+                }
+                unwaited.push_back(submission.clone());
+            }
             if progress.is_some() {
                 let (sender, mapped) = std::sync::mpsc::channel();
                 self.progress.staging[staging].map_async(wgpu::MapMode::Read, .., move |r| {
@@ -607,6 +640,7 @@ impl<'k> Trainer<'k> {
             }
             epoch.next = end;
             chunks += 1;
+            crate::failpoint::reach(crate::failpoint::CHUNK_SUBMITTED);
         }
         if let Some(report) = progress {
             while let Some(read) = pending.pop_front() {

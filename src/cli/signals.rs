@@ -1,0 +1,102 @@
+//! SIGINT and SIGTERM during training: the first asks the run to stop at the next chunk
+//! boundary and save what it has; a second ends the process at once, as the default would.
+//!
+//! Our own `sigaction` handler, installed after the GPU is set up, replaces any handler a
+//! driver installed before (lavapipe's LLVM installs one that restores the default and raises
+//! the signal again, which would end the process at the first signal). It does not chain.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
+
+use shadertrain::Result;
+
+/// A signal that asked the run to stop.
+#[derive(Clone, Copy, Debug)]
+pub struct Received {
+    pub name: &'static str,
+    /// What a shell reports for a process the signal ended: 128 + its number.
+    pub exit_code: u8,
+}
+
+/// The first stop signal's number, 0 until one arrives.
+static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The flag the trainer watches; a leaked `Arc` so that the handler only loads a pointer.
+static STOP_FLAG: AtomicPtr<AtomicBool> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Async-signal-safe: atomics and `_exit` only.
+#[cfg(unix)]
+extern "C" fn on_stop_signal(signal: libc::c_int) {
+    if FIRST_SIGNAL
+        .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // SAFETY: _exit is async-signal-safe and ends the process without unwinding.
+        unsafe { libc::_exit(128 + signal) };
+    }
+    let flag = STOP_FLAG.load(Ordering::SeqCst);
+    if !flag.is_null() {
+        // SAFETY: the pointer comes from a leaked Arc and is never freed.
+        unsafe { (*flag).store(true, Ordering::SeqCst) };
+    }
+}
+
+/// The handlers, once installed.
+pub struct Interrupt {
+    requested: Arc<AtomicBool>,
+}
+
+#[cfg(unix)]
+const STOP_SIGNALS: [(libc::c_int, &str); 2] =
+    [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")];
+
+impl Interrupt {
+    /// Installs the handlers (on Unix; elsewhere the default stays and no stop is requested).
+    pub fn register() -> Result<Interrupt> {
+        let requested = Arc::new(AtomicBool::new(false));
+        // Leaked: a handler may read it at any moment, for the rest of the process.
+        STOP_FLAG.store(
+            Arc::into_raw(requested.clone()).cast_mut(),
+            Ordering::SeqCst,
+        );
+        #[cfg(unix)]
+        for (signal, name) in STOP_SIGNALS {
+            // SAFETY: a zeroed sigaction with a handler and an empty mask is valid; the handler
+            // is async-signal-safe.
+            let installed = unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(signal, &action, std::ptr::null_mut())
+            };
+            if installed != 0 {
+                return Err(shadertrain::Error::Config(format!(
+                    "cannot handle {name} for training: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+        }
+        Ok(Interrupt { requested })
+    }
+
+    /// Set by the first stop signal.
+    pub fn requested(&self) -> Arc<AtomicBool> {
+        self.requested.clone()
+    }
+
+    /// The first stop signal, if one arrived.
+    pub fn received(&self) -> Option<Received> {
+        let signal = FIRST_SIGNAL.load(Ordering::SeqCst);
+        #[cfg(unix)]
+        for (number, name) in STOP_SIGNALS {
+            if number == signal {
+                return Some(Received {
+                    name,
+                    exit_code: 128 + number as u8,
+                });
+            }
+        }
+        let _ = signal;
+        None
+    }
+}
