@@ -182,6 +182,7 @@ struct RecipeArgs {
     #[arg(long, value_name = "F")]
     validation_split: Option<f64>,
     /// Samples per gradient step (the last batch of an epoch may be smaller; it is trained on too).
+    /// Evaluation takes larger batches of its own (up to 1024), with the same results.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Learning rate [default: 0.001 for adam, 0.01 for sgd, as in Keras].

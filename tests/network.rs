@@ -201,17 +201,70 @@ fn an_epoch_submits_in_chunks_and_reads_back_once() {
     let mut trainer = Trainer::new(gpu(), kernels(), spec, config, &train, &test).unwrap();
     let work = trainer.run_epoch().unwrap().work;
     let steps = 1000usize.div_ceil(8);
+    // The evaluation does not step at the training batch: the 100 test samples are one step.
+    assert_eq!(trainer.evaluation_batch(), 100);
     assert_eq!(work.readbacks, 1);
     assert_eq!(work.submits, steps.div_ceil(32) + 1, "{work:?}");
     // Per training step: gather, 3 matmuls with bias + activation in their epilogue, loss,
     // 3 × (activation backward + weight grad), 2 input grads, update, schedule advance = 15
     // (the shared kernels: widths 12 -> 3 are not vec4 ones, so every product is strided);
-    // per test batch the 5 forward dispatches and the advance; two metric reductions.
+    // for the one test step the 5 forward dispatches and the advance; two metric reductions.
+    assert_eq!(work.dispatches, steps * 15 + 6 + 2, "{work:?}");
+}
+
+/// A training batch of 1 evaluates in batches of up to 1024 rows (here one full and a partial
+/// one), with the CPU reference's per-sample results, and so does a trainer of another batch
+/// size with the same parameters, to the bit.
+#[test]
+fn the_evaluation_batch_does_not_follow_the_training_batch_or_change_results() {
+    let mut rng = Rng::new(19);
+    let train = random_dataset(&mut rng, 40, 12, 3);
+    let test = random_dataset(&mut rng, 1500, 12, 3);
+    let spec = small_spec(12, 3, Activation::Relu, Loss::Xent);
+    let trainer_of = |batch_size| {
+        let config = TrainConfig {
+            batch_size,
+            ..TrainConfig::default()
+        };
+        Trainer::new(gpu(), kernels(), spec.clone(), config, &train, &test).unwrap()
+    };
+    let mut one = trainer_of(1);
+    assert_eq!(one.evaluation_batch(), 1024);
+    let m = one.run_epoch().unwrap();
+    assert_eq!(m.work.readbacks, 1);
+    let params = one.parameters().unwrap();
+    let evaluation = one.evaluate().unwrap();
     assert_eq!(
-        work.dispatches,
-        steps * 15 + 100usize.div_ceil(8) * 6 + 2,
-        "{work:?}"
+        (m.test_loss, m.test_accuracy),
+        (evaluation.loss, evaluation.accuracy)
     );
+
+    let order: Vec<u32> = (0..1500).collect();
+    let (x, y) = reference::gather_batch(&test, &order, 0, 1500);
+    let logits = reference::forward(&spec, &params, &x).pop().unwrap();
+    let expected = reference::softmax_loss(spec.loss, &logits, &y, 3);
+    let predictions: Vec<u32> = (logits.chunks(3))
+        .map(|row| (0..3).fold(0, |best, c| if row[c] > row[best] { c } else { best }) as u32)
+        .collect();
+    let differing = (evaluation.predictions.iter().zip(&predictions))
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        differing <= 2,
+        "{differing} of 1500 predictions differ from the reference"
+    );
+    let loss = expected.sample_loss.iter().map(|&l| l as f64).sum::<f64>() / 1500.0;
+    assert!(
+        (evaluation.loss - loss).abs() <= 1e-5 * loss,
+        "{} vs {loss}",
+        evaluation.loss
+    );
+
+    let other = trainer_of(64);
+    other.set_parameters(&params).unwrap();
+    let again = other.evaluate().unwrap();
+    assert_eq!(again.loss.to_bits(), evaluation.loss.to_bits());
+    assert_eq!(again.predictions, evaluation.predictions);
 }
 
 /// `--no-shuffle` and `--max-steps`: two steps in file order, stopping mid-epoch, equal the

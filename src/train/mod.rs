@@ -77,6 +77,20 @@ impl DeviceSplit {
 /// validation.
 const TOTALS_BYTES: u64 = 24;
 
+/// Activation bytes an evaluation batch may take (tensors and their gradients).
+const EVALUATION_BYTES: usize = 32 << 20;
+/// The most rows an evaluation batch takes, however small the model.
+const EVALUATION_MAX_ROWS: usize = 1024;
+
+/// Rows of an evaluation batch for a model whose tensors have `floats_per_sample` in all: as many
+/// as fit `EVALUATION_BYTES`, up to `EVALUATION_MAX_ROWS` and the largest evaluated split, but
+/// never fewer than the training batch, whose buffers exist anyway. Each sample's metrics are
+/// its own, so the batch changes how fast the evaluation runs, not what it reports.
+fn evaluation_batch(floats_per_sample: usize, batch: usize, samples: usize) -> usize {
+    let fit = EVALUATION_BYTES / (8 * floats_per_sample).max(1);
+    fit.clamp(1, EVALUATION_MAX_ROWS).min(samples).max(batch)
+}
+
 /// Batches of one epoch: (start, rows) for each step.
 fn batches(samples: usize, batch_size: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..samples)
@@ -158,6 +172,8 @@ pub struct Trainer<'k> {
     train_full: Program<'k>,
     train_tail: Option<Program<'k>>,
     update: Program<'k>,
+    /// Rows of an evaluation step (`evaluation_batch`).
+    evaluation_batch: usize,
     /// Moves the schedule's cursor to the next step; ends every step.
     advance: Program<'k>,
     epoch_end: Program<'k>,
@@ -254,6 +270,16 @@ impl<'k> Trainer<'k> {
         // input's buffers.
         let batch = config.batch_size;
         let shapes = spec.shapes()?;
+        let evaluated_samples = test
+            .samples()
+            .max(validation.as_ref().map_or(0, |v| v.samples()));
+        let evaluation_batch = evaluation_batch(
+            shapes.iter().map(|shape| shape.len()).sum(),
+            batch,
+            evaluated_samples,
+        );
+        // Every tensor and layer is sized for the larger of a training and an evaluation step.
+        let rows_at_most = batch.max(evaluation_batch);
         let mut tensors: Vec<DeviceTensor> = Vec::new();
         let mut grad_tensors: Vec<DeviceTensor> = Vec::new();
         let mut layers = Vec::new();
@@ -268,7 +294,7 @@ impl<'k> Trainer<'k> {
                     below,
                     input,
                     matrix,
-                    batch,
+                    rows_at_most,
                     config.seed,
                 )
             });
@@ -279,7 +305,7 @@ impl<'k> Trainer<'k> {
                 layers.extend(layer);
                 continue;
             }
-            let bytes = (batch * shape.len() * 4) as u64;
+            let bytes = (rows_at_most * shape.len() * 4) as u64;
             tensors.push(DeviceTensor::new(
                 gpu,
                 kernels,
@@ -290,7 +316,7 @@ impl<'k> Trainer<'k> {
             grad_tensors.push(DeviceTensor::new(gpu, kernels, &what, bytes)?);
             layers.extend(layer);
         }
-        let batch_labels = gpu.storage_buffer("batch labels", (batch * 4) as u64)?;
+        let batch_labels = gpu.storage_buffer("batch labels", (rows_at_most * 4) as u64)?;
 
         let train_split = DeviceSplit::upload(gpu, "training", &train)?;
         let test_split = DeviceSplit::upload(gpu, "test", test)?;
@@ -299,10 +325,10 @@ impl<'k> Trainer<'k> {
             .map(|data| DeviceSplit::upload(gpu, "validation", data))
             .transpose()?;
         let train_steps = train.samples().div_ceil(batch);
-        let test_steps = test.samples().div_ceil(batch);
+        let test_steps = test.samples().div_ceil(evaluation_batch);
         let validation_steps = validation
             .as_ref()
-            .map_or(0, |v| v.samples().div_ceil(batch));
+            .map_or(0, |v| v.samples().div_ceil(evaluation_batch));
         let step_bytes = std::mem::size_of::<StepParams>() as u64;
         let slots = train_steps + test_steps + validation_steps;
         let schedule = gpu.storage_buffer(
@@ -343,12 +369,13 @@ impl<'k> Trainer<'k> {
         };
         let train_program =
             |rows: usize| builder.backward(builder.forward(&train_split, rows, true), rows);
-        let tail = |samples: usize| Some(samples % batch).filter(|&r| r > 0);
+        let tail = |samples: usize, batch: usize| Some(samples % batch).filter(|&r| r > 0);
         let train_full = train_program(batch);
-        let train_tail = tail(train.samples()).map(train_program);
+        let train_tail = tail(train.samples(), batch).map(train_program);
         let evaluated = |data: DeviceSplit, first_slot: usize, totals_slot: usize| {
-            let full = builder.forward(&data, batch, false);
-            let tail = tail(data.samples).map(|rows| builder.forward(&data, rows, false));
+            let full = builder.forward(&data, evaluation_batch, false);
+            let tail = tail(data.samples, evaluation_batch)
+                .map(|rows| builder.forward(&data, rows, false));
             EvaluatedSplit {
                 data,
                 full,
@@ -402,13 +429,14 @@ impl<'k> Trainer<'k> {
             train_full,
             train_tail,
             update,
+            evaluation_batch,
             advance,
             epoch_end,
             stop: None,
         };
         // The evaluation steps never change: positions only.
         for split in std::iter::once(&trainer.test).chain(&trainer.validation) {
-            let steps: Vec<StepParams> = batches(split.data.samples, batch)
+            let steps: Vec<StepParams> = batches(split.data.samples, evaluation_batch)
                 .map(|(start, rows)| StepParams {
                     batch_start: start as u32,
                     rows: rows as u32,
@@ -439,6 +467,12 @@ impl<'k> Trainer<'k> {
 
     pub fn config(&self) -> &TrainConfig {
         &self.config
+    }
+
+    /// Rows of an evaluation step: as many as the device memory set aside for it holds, however
+    /// small the training batch.
+    pub fn evaluation_batch(&self) -> usize {
+        self.evaluation_batch
     }
 
     pub fn layout(&self) -> &ParamLayout {
@@ -754,7 +788,7 @@ impl<'k> Trainer<'k> {
     /// validation) back: the one wait.
     fn evaluate_and_read_totals(&self, work: &mut GpuWork) -> Result<Vec<u32>> {
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
-        let batch = self.config.batch_size;
+        let batch = self.evaluation_batch;
         // The test steps follow the slots of a whole epoch's training steps, whether or not a
         // step limit ended this epoch early; the validation steps follow them. Both are run in
         // one pass over the schedule from the test set's first slot.
