@@ -18,7 +18,7 @@ use std::str::FromStr;
 use clap::ValueEnum;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
-use crate::data::DatasetKind;
+use crate::data::DataIdentity;
 use crate::error::{Error, Result};
 use crate::files::{TEMP_PREFIX, write_atomically};
 use crate::model::ModelSpec;
@@ -32,7 +32,7 @@ const FORMAT: &str = "shadertrain checkpoint 2";
 /// What a run trains and on what: everything a resumed run must agree with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunDescription {
-    pub dataset: DatasetKind,
+    pub data: DataIdentity,
     pub spec: ModelSpec,
     pub config: TrainConfig,
     pub train_samples: usize,
@@ -47,7 +47,7 @@ impl RunDescription {
         let describe = |run: &RunDescription| {
             let c = &run.config;
             [
-                ("dataset (--dataset)", run.dataset.name().to_string()),
+                ("data (--data, --dataset)", run.data.describe()),
                 (
                     "layers (--model, --layers, --hidden, --activation)",
                     run.spec.describe(),
@@ -266,7 +266,7 @@ fn serialise(checkpoint: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
     let run = &checkpoint.run;
     let c = &run.config;
     let state = &checkpoint.state;
-    let mut metadata = describe_model(&run.spec, run.dataset);
+    let mut metadata = describe_model(&run.spec, &run.data);
     let optional = |value: Option<u64>| value.map_or("none".to_string(), |v| v.to_string());
     for (key, value) in [
         ("format", FORMAT.to_string()),
@@ -380,7 +380,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         map: &metadata,
         bad: &bad,
     };
-    let (spec, dataset) = read_model_description(&metadata).map_err(bad)?;
+    let (spec, data) = read_model_description(&metadata).map_err(bad)?;
     let optimizer_name = meta.text("optimizer")?;
     let optimizer = OptimizerKind::from_str(&optimizer_name, true)
         .map_err(|_| bad(format!("unknown optimizer {optimizer_name:?}")))?;
@@ -400,7 +400,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     };
     config.validate().map_err(|e| bad(e.to_string()))?;
     let run = RunDescription {
-        dataset,
+        data,
         spec,
         config,
         train_samples: meta.value("train_samples")?,

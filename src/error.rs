@@ -60,6 +60,10 @@ pub enum Error {
     #[error("image {path}: {problem}")]
     Image { path: PathBuf, problem: String },
 
+    /// A readable image in which no digit can be seen (blank, or a few pixels in all).
+    #[error("image {path}: {problem}")]
+    NoDigit { path: PathBuf, problem: String },
+
     #[error("model file {path}: {problem}")]
     ModelFile { path: PathBuf, problem: String },
 

@@ -9,7 +9,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 mod cli;
 
 use shadertrain::Error;
-use shadertrain::data::{DATA_ENV, Dataset, DatasetKind, Split, default_dir};
+use shadertrain::data::{DATA_ENV, DataIdentity, Dataset, DatasetKind, Split, default_dir};
 use shadertrain::gpu::{AdapterRequest, BackendChoice, list_adapters};
 use shadertrain::model::{Activation, Loss, ModelSpec, parse_layers};
 use shadertrain::train::{OptimizerKind, TrainConfig};
@@ -72,6 +72,10 @@ struct EvalArgs {
     model: PathBuf,
     #[command(flatten)]
     data: DataArgs,
+    /// Evaluate on data other than the model's (its files' checksums are recorded in the model)
+    /// on purpose, e.g. to measure transfer to another dataset.
+    #[arg(long)]
+    allow_other_data: bool,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
@@ -92,6 +96,9 @@ struct PredictArgs {
     indices: Vec<usize>,
     #[command(flatten)]
     data: DataArgs,
+    /// Take --index samples from data other than the model's on purpose.
+    #[arg(long)]
+    allow_other_data: bool,
     /// Print one JSON array instead of lines.
     #[arg(long)]
     json: bool,
@@ -314,6 +321,7 @@ fn main() -> ExitCode {
             &args.model,
             |kind| args.data.dir(kind),
             &args.adapter.request(),
+            args.allow_other_data,
             args.json,
         ),
         Command::Predict(args) => cli::predict::run(
@@ -321,6 +329,7 @@ fn main() -> ExitCode {
             &args.images,
             &args.indices,
             |kind| args.data.dir(kind),
+            args.allow_other_data,
             args.json,
         ),
         Command::Plot(args) => plot(&args),
@@ -412,16 +421,38 @@ fn plot(args: &PlotArgs) -> shadertrain::Result<()> {
 /// What `train` and `bench` load and build from the recipe flags.
 struct Recipe {
     data_dir: PathBuf,
+    /// What the files in `data_dir` are.
+    data: DataIdentity,
     train_set: Dataset,
     test_set: Dataset,
     spec: ModelSpec,
     config: TrainConfig,
 }
 
-fn recipe(args: &RecipeArgs) -> shadertrain::Result<Recipe> {
+/// `claimed`: the dataset the files are said to be, and who says so (`--dataset`, a
+/// checkpoint): files that are another published dataset are refused, and custom files take its
+/// class names.
+fn recipe(args: &RecipeArgs, claimed: Option<(DatasetKind, &str)>) -> shadertrain::Result<Recipe> {
     let data_dir = args.data.dir(args.dataset)?;
-    let train_set = Dataset::load_mnist(&data_dir, Split::Train)?;
-    let test_set = Dataset::load_mnist(&data_dir, Split::Test)?;
+    let (train_set, mut digests) = Dataset::load_mnist_digested(&data_dir, Split::Train)?;
+    let (test_set, test_digests) = Dataset::load_mnist_digested(&data_dir, Split::Test)?;
+    digests.extend(test_digests);
+    let data = DataIdentity::identify(digests, claimed.map(|(kind, _)| kind).unwrap_or_default());
+    if let (Some(files), Some((kind, by))) = (data.dataset, claimed)
+        && files != kind
+    {
+        return Err(shadertrain::Error::Dataset {
+            dir: data_dir,
+            problem: format!(
+                "these files are {} (each one's content has {}'s published MD5), but {by} says {}: \
+                 point --data at {}'s files, or leave --dataset out",
+                files.name(),
+                files.name(),
+                kind.name(),
+                kind.name()
+            ),
+        });
+    }
     let classes = train_set.classes;
     let convnet = args.model == Some(ModelPreset::Convnet);
     let layers = match (&args.layers, convnet) {
@@ -472,6 +503,7 @@ fn recipe(args: &RecipeArgs) -> shadertrain::Result<Recipe> {
     };
     Ok(Recipe {
         data_dir,
+        data,
         train_set,
         test_set,
         spec,
@@ -480,7 +512,7 @@ fn recipe(args: &RecipeArgs) -> shadertrain::Result<Recipe> {
 }
 
 fn bench(args: BenchArgs, process_start: Instant) -> shadertrain::Result<()> {
-    let recipe = recipe(&args.recipe)?;
+    let recipe = recipe(&args.recipe, None)?;
     let report = cli::bench::run(
         &args.recipe.adapter.request(),
         &recipe.spec,

@@ -8,7 +8,7 @@
 //! mapping of names. (In the flat parameter buffer a weight is a `[in, out]` matrix over
 //! channels-last inputs; it is reordered on the way out and back.) `__metadata__` holds what is
 //! needed to use the file without flags: the layer list, the input shape, the loss, the input
-//! normalisation, the dataset, and the version of shadertrain that wrote it.
+//! normalisation, the data (its name and the MD5 of each file), and the version of shadertrain that wrote it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,7 +16,7 @@ use std::path::Path;
 use clap::ValueEnum;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
-use crate::data::DatasetKind;
+use crate::data::DataIdentity;
 use crate::error::{Error, Result};
 use crate::files::write_atomically;
 use crate::model::{Activation, LayerSpec, Loss, ModelSpec, Shape, parse_layers};
@@ -32,7 +32,8 @@ pub struct SavedModel {
     pub spec: ModelSpec,
     /// Laid out as `spec.layout()` says.
     pub params: Vec<f32>,
-    pub dataset: DatasetKind,
+    /// The data it was trained on.
+    pub data: DataIdentity,
 }
 
 /// The command-line spelling of a flag value.
@@ -129,7 +130,7 @@ pub fn save_model(
     path: &Path,
     spec: &ModelSpec,
     params: &[f32],
-    dataset: DatasetKind,
+    data: &DataIdentity,
 ) -> Result<()> {
     assert_eq!(
         params.len(),
@@ -143,7 +144,7 @@ pub fn save_model(
             (t.name, t.shape, bytes.collect())
         })
         .collect();
-    let mut metadata = describe_model(spec, dataset);
+    let mut metadata = describe_model(spec, data);
     metadata.insert("format".to_string(), FORMAT.to_string());
     let views = tensors
         .iter()
@@ -186,9 +187,9 @@ pub(crate) fn serialize_in_fixed_order<'a>(
 }
 
 /// The `__metadata__` entries that describe a model: what using it needs without flags.
-pub(crate) fn describe_model(spec: &ModelSpec, dataset: DatasetKind) -> HashMap<String, String> {
+pub(crate) fn describe_model(spec: &ModelSpec, data: &DataIdentity) -> HashMap<String, String> {
     let input = spec.input;
-    HashMap::from([
+    let mut metadata = HashMap::from([
         ("layers".to_string(), spec.describe()),
         (
             "input_shape".to_string(),
@@ -199,19 +200,20 @@ pub(crate) fn describe_model(spec: &ModelSpec, dataset: DatasetKind) -> HashMap<
             "input_normalisation".to_string(),
             INPUT_NORMALISATION.to_string(),
         ),
-        ("dataset".to_string(), dataset.name().to_string()),
         (
             "shadertrain_version".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         ),
-    ])
+    ]);
+    data.describe_in(&mut metadata);
+    metadata
 }
 
 /// Reads back what `describe_model` wrote (or what versions before the layer list wrote:
 /// `layer_sizes` and `activation` of an MLP); a problem is described for the file's error.
 pub(crate) fn read_model_description(
     metadata: &HashMap<String, String>,
-) -> Result<(ModelSpec, DatasetKind), String> {
+) -> Result<(ModelSpec, DataIdentity), String> {
     let field = |key: &str| {
         metadata
             .get(key)
@@ -221,9 +223,7 @@ pub(crate) fn read_model_description(
     let loss_name = field("loss")?;
     let loss =
         Loss::from_str(&loss_name, true).map_err(|_| format!("unknown loss {loss_name:?}"))?;
-    let dataset_name = field("dataset")?;
-    let dataset = DatasetKind::from_str(&dataset_name, true)
-        .map_err(|_| format!("unknown dataset {dataset_name:?}"))?;
+    let data = DataIdentity::read_from(metadata)?;
     let spec = match metadata.get("layers") {
         Some(layers) => {
             let dims: Vec<usize> = field("input_shape")?
@@ -245,7 +245,7 @@ pub(crate) fn read_model_description(
         None => legacy_mlp(metadata, loss)?,
     };
     spec.validate().map_err(|e| e.to_string())?;
-    Ok((spec, dataset))
+    Ok((spec, data))
 }
 
 /// An MLP as versions before the layer list described it: `layer_sizes` (input, hidden widths,
@@ -299,13 +299,9 @@ pub fn load_model(path: &Path) -> Result<SavedModel> {
     let (file, metadata) = parse_safetensors(&bytes, &bad)?;
     let metadata =
         metadata.ok_or_else(|| bad("no __metadata__: not written by shadertrain".into()))?;
-    let (spec, dataset) = read_model_description(&metadata).map_err(&bad)?;
+    let (spec, data) = read_model_description(&metadata).map_err(&bad)?;
     let params = read_parameters(&file, &spec, &bad)?;
-    Ok(SavedModel {
-        spec,
-        params,
-        dataset,
-    })
+    Ok(SavedModel { spec, params, data })
 }
 
 /// The weights of a file for the model `spec` (`--init`): a file shadertrain wrote must describe

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{gpu, kernels, mnist_dir};
-use shadertrain::data::{Dataset, DatasetKind, Split, locate};
+use shadertrain::data::{DataIdentity, Dataset, DatasetKind, Split, locate};
 use shadertrain::model::ModelSpec;
 use shadertrain::reference;
 use shadertrain::train::{EpochMetrics, TrainConfig, Trainer};
@@ -155,7 +155,7 @@ fn predict_reads_rendered_test_images_as_their_labels() {
         &model,
         &ModelSpec::reference(),
         &params,
-        DatasetKind::Mnist,
+        &DataIdentity::published(DatasetKind::Mnist),
     )
     .unwrap();
 
@@ -214,21 +214,90 @@ fn predict_reads_rendered_test_images_as_their_labels() {
         );
     }
 
+    // One unreadable file among several is reported and the rest classified, with a non-zero
+    // exit at the end; blank and tiny images are warned about, not classified.
     let not_an_image = out.path().join("notes.png");
     std::fs::write(&not_an_image, "not a picture").unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
-        .args([
-            "predict",
-            "--model",
-            model.to_str().unwrap(),
-            not_an_image.to_str().unwrap(),
-        ])
-        .output()
+    let blank = out.path().join("blank.png");
+    image::GrayImage::from_pixel(28, 28, image::Luma([255]))
+        .save(&blank)
         .unwrap();
+    let tiny = out.path().join("tiny.png");
+    image::GrayImage::from_pixel(1, 1, image::Luma([100]))
+        .save(&tiny)
+        .unwrap();
+    let predict = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+            .args(["predict", "--model", model.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let output = predict(&[
+        &files[0],
+        not_an_image.to_str().unwrap(),
+        blank.to_str().unwrap(),
+        tiny.to_str().unwrap(),
+        &files[1],
+    ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("notes.png") && stderr.contains("not a readable"),
+        stderr.contains("error: image") && stderr.contains("notes.png: not a readable"),
         "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: image") && stderr.contains("blank.png: no digit found"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tiny.png: 1×1 pixels is too small"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 of 5 images could not be read"),
+        "{stderr}"
+    );
+    let classified: Vec<&str> = stdout.lines().collect();
+    assert_eq!(classified.len(), 2, "{stdout}");
+    assert!(classified[0].starts_with(&files[0]) && classified[1].starts_with(&files[1]));
+
+    // MNIST's own images, written as 28×28 PNG files, come through the preprocessing as they
+    // are: classified from the files as from the test set (the same model either way).
+    let count = 1000;
+    let mut paths = Vec::new();
+    for i in 0..count {
+        let path = out.path().join(format!("test{i}.png"));
+        image::GrayImage::from_raw(28, 28, test.pixels[i * 784..(i + 1) * 784].to_vec())
+            .unwrap()
+            .save(&path)
+            .unwrap();
+        paths.push(path.to_str().unwrap().to_string());
+    }
+    let indices: Vec<String> = (0..count).map(|i| i.to_string()).collect();
+    let mut by_index = vec!["--json", "--offline", "--data", dir.to_str().unwrap()];
+    by_index.extend(indices.iter().flat_map(|i| ["--index", i.as_str()]));
+    let mut by_file = vec!["--json"];
+    by_file.extend(paths.iter().map(String::as_str));
+    let [from_files, from_indices] = [by_file, by_index].map(|args| {
+        let output = predict(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let top: Vec<u64> = (0..count)
+            .map(|i| report[i]["top"][0]["class"].as_u64().unwrap())
+            .collect();
+        top
+    });
+    let agree = (0..count)
+        .filter(|&i| from_files[i] == from_indices[i])
+        .count();
+    assert!(
+        agree * 1000 >= count * 995,
+        "predict agrees on {agree} of {count} test images written as files"
     );
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use shadertrain::Error;
-use shadertrain::data::DatasetKind;
+use shadertrain::data::{DataIdentity, DatasetKind};
 use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
 use shadertrain::model_file::{load_model, load_parameters_for, save_model};
 use shadertrain::rng::Rng;
@@ -27,11 +27,20 @@ fn save_then_load_is_exact_and_leaves_no_temporary_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     let params = random_params(&spec());
-    save_model(&path, &spec(), &params, DatasetKind::FashionMnist).unwrap();
+    save_model(
+        &path,
+        &spec(),
+        &params,
+        &DataIdentity::published(DatasetKind::FashionMnist),
+    )
+    .unwrap();
     let loaded = load_model(&path).unwrap();
     assert_eq!(loaded.spec, spec());
     assert_eq!(loaded.params, params);
-    assert_eq!(loaded.dataset, DatasetKind::FashionMnist);
+    assert_eq!(
+        loaded.data,
+        DataIdentity::published(DatasetKind::FashionMnist)
+    );
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -45,7 +54,13 @@ fn tensors_follow_pytorch_linear_layout() {
     let path = dir.path().join("model.safetensors");
     let spec = spec();
     let params = random_params(&spec);
-    save_model(&path, &spec, &params, DatasetKind::Mnist).unwrap();
+    save_model(
+        &path,
+        &spec,
+        &params,
+        &DataIdentity::published(DatasetKind::Mnist),
+    )
+    .unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
     let layout = spec.layout();
@@ -131,7 +146,13 @@ fn foreign(path: &Path, tensors: Vec<(&str, Dtype, Vec<usize>)>, with_metadata: 
 fn bad_files_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.safetensors");
-    save_model(&good, &spec(), &random_params(&spec()), DatasetKind::Mnist).unwrap();
+    save_model(
+        &good,
+        &spec(),
+        &random_params(&spec()),
+        &DataIdentity::published(DatasetKind::Mnist),
+    )
+    .unwrap();
     let bytes = std::fs::read(&good).unwrap();
 
     let truncated = dir.path().join("truncated.safetensors");
@@ -207,7 +228,13 @@ fn written_files_are_readable_by_others() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
-    save_model(&path, &spec(), &random_params(&spec()), DatasetKind::Mnist).unwrap();
+    save_model(
+        &path,
+        &spec(),
+        &random_params(&spec()),
+        &DataIdentity::published(DatasetKind::Mnist),
+    )
+    .unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o644);
 }
@@ -263,7 +290,13 @@ fn convnet_tensors_have_pytorch_shapes_and_load_without_metadata() {
     let ours = dir.path().join("ours.safetensors");
     let spec = convnet();
     let params = random_params(&spec);
-    save_model(&ours, &spec, &params, DatasetKind::Mnist).unwrap();
+    save_model(
+        &ours,
+        &spec,
+        &params,
+        &DataIdentity::published(DatasetKind::Mnist),
+    )
+    .unwrap();
     assert_eq!(load_model(&ours).unwrap().spec, spec);
     let params_saved = load_model(&ours).unwrap().params;
     assert_eq!(

@@ -447,6 +447,28 @@ fn resuming_refuses_a_contradicting_run_and_unreadable_checkpoints() {
     assert!(stderr.contains("not a shadertrain checkpoint"), "{stderr}");
 }
 
+/// A checkpoint resumes only on the data it was trained on, by content: other files under the
+/// same flags are refused.
+#[test]
+fn resuming_on_other_data_is_refused() {
+    let data = small_mnist(300, 100);
+    let work = tempfile::tempdir().unwrap();
+    let run = Run::new(&RECIPE, data.path(), work.path());
+    let dir = run.checkpoints.to_str().unwrap();
+    run_to_completion(run.command(&["--checkpoint-dir", dir, "--max-steps", "2"]));
+    let other = small_mnist(300, 90);
+    let mnist = common::mnist_dir();
+    for (data, named) in [(other.path(), "custom data"), (mnist.as_path(), "mnist")] {
+        let elsewhere = Run::new(&RECIPE, data, work.path());
+        let stderr = failure(elsewhere.bare_command(&["--resume", dir]));
+        assert!(
+            stderr.contains("data (--data, --dataset): the checkpoint has custom data")
+                && stderr.contains(&format!("this run asks for {named}")),
+            "{stderr}"
+        );
+    }
+}
+
 /// The same run twice writes the same bytes: models and checkpoints hold no clock and write
 /// their metadata in a fixed order.
 #[test]

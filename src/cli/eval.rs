@@ -1,10 +1,10 @@
-//! `shadertrain eval`: a saved model on its dataset's test set, as a table or JSON.
+//! `shadertrain eval`: a saved model on its data's test set, as a table or JSON.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use shadertrain::Result;
-use shadertrain::data::{Dataset, DatasetKind, Split};
+use shadertrain::data::DatasetKind;
 use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
 use shadertrain::model_file::load_model;
 use shadertrain::train::Trainer;
@@ -13,11 +13,12 @@ pub fn run(
     model: &Path,
     data_dir: impl FnOnce(DatasetKind) -> Result<PathBuf>,
     request: &AdapterRequest,
+    other_data: bool,
     as_json: bool,
 ) -> Result<()> {
     let saved = load_model(model)?;
-    let dir = data_dir(saved.dataset)?;
-    let test = Dataset::load_mnist(&dir, Split::Test)?;
+    let dir = data_dir(saved.data.labels)?;
+    let (test, read) = super::model_test_set(model, &saved, &dir, other_data)?;
     let gpu = Gpu::open(request)?;
     let kernels = Kernels::new(&gpu);
     let evaluator = Trainer::for_evaluation(&gpu, &kernels, saved.spec.clone(), &test)?;
@@ -25,7 +26,7 @@ pub fn run(
     let result = evaluator.evaluate()?;
     let classes = saved.spec.classes();
     let matrix = result.confusion_matrix(&test.labels, classes);
-    let names = saved.dataset.class_names();
+    let names = saved.data.class_names();
     let name = |c: usize| names.get(c).copied().unwrap_or("?");
     let per_class: Vec<(usize, f64)> = matrix
         .iter()
@@ -39,7 +40,7 @@ pub fn run(
     if as_json {
         let report = json!({
             "model": model.display().to_string(),
-            "dataset": saved.dataset.name(),
+            "dataset": read.name(),
             "samples": test.samples(),
             "loss": result.loss,
             "accuracy": result.accuracy,
@@ -56,7 +57,7 @@ pub fn run(
         model.display(),
         saved.spec.describe(),
         saved.spec.input,
-        saved.dataset.name(),
+        read.name(),
         test.samples()
     );
     println!(

@@ -10,8 +10,11 @@ pub mod train;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use shadertrain::data::download::{DownloadEvent, DownloadOptions, download};
-use shadertrain::data::{DATA_ENV, DatasetKind, candidate_dirs, default_dir, locate};
+use shadertrain::data::{
+    DATA_ENV, DataIdentity, Dataset, DatasetKind, Split, candidate_dirs, default_dir, locate,
+};
 use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
+use shadertrain::model_file::SavedModel;
 use shadertrain::{Error, Result, selftest};
 
 /// The folder holding the dataset: found where `candidate_dirs` says, else downloaded (into the
@@ -48,6 +51,31 @@ pub fn dataset_dir(kind: DatasetKind, named: Option<&Path>, offline: bool) -> Re
     );
     fetch_dataset(kind, &target)?;
     Ok(target)
+}
+
+/// The test split in `dir`, refused unless it is the data the model was trained on or
+/// `other_data` allows it; with what the files are.
+pub fn model_test_set(
+    model: &Path,
+    saved: &SavedModel,
+    dir: &Path,
+    other_data: bool,
+) -> Result<(Dataset, DataIdentity)> {
+    let (test, digests) = Dataset::load_mnist_digested(dir, Split::Test)?;
+    let read = DataIdentity::identify(digests, saved.data.labels);
+    if !other_data && !saved.data.same_as(&read) {
+        return Err(Error::Dataset {
+            dir: dir.to_path_buf(),
+            problem: format!(
+                "its test files are {}, but {} was trained on {}: point --data at the model's \
+                 data, or pass --allow-other-data to use these on purpose",
+                read.describe(),
+                model.display(),
+                saved.data.describe()
+            ),
+        });
+    }
+    Ok((test, read))
 }
 
 /// Downloads with a progress bar per file on a terminal, plain lines otherwise.

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
+use shadertrain::data::DatasetKind;
 use shadertrain::data::images::load_digit;
-use shadertrain::data::{Dataset, DatasetKind, Split};
 use shadertrain::model::Shape;
 use shadertrain::model_file::load_model;
 use shadertrain::reference::forward;
@@ -18,6 +18,7 @@ pub fn run(
     images: &[PathBuf],
     indices: &[usize],
     data_dir: impl FnOnce(DatasetKind) -> Result<PathBuf>,
+    other_data: bool,
     as_json: bool,
 ) -> Result<()> {
     let saved = load_model(model)?;
@@ -28,28 +29,46 @@ pub fn run(
             saved.spec.input
         )));
     }
+    // Each image is classified, or reported and left out: one bad file does not stop the rest.
     let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut left_out = Vec::new();
+    let mut unreadable = 0;
     for path in images {
-        inputs.push((path.display().to_string(), load_digit(path)?));
+        match load_digit(path) {
+            Ok(pixels) => inputs.push((path.display().to_string(), pixels)),
+            Err(e) => {
+                let kind = if matches!(e, Error::NoDigit { .. }) {
+                    "warning"
+                } else {
+                    unreadable += 1;
+                    "error"
+                };
+                eprintln!("{kind}: {e}; not classified");
+                let mut entry = serde_json::Map::new();
+                entry.insert("input".into(), path.display().to_string().into());
+                entry.insert(kind.into(), e.to_string().into());
+                left_out.push(serde_json::Value::Object(entry));
+            }
+        }
     }
     if !indices.is_empty() {
-        let dir = data_dir(saved.dataset)?;
-        let test = Dataset::load_mnist(&dir, Split::Test)?;
+        let dir = data_dir(saved.data.labels)?;
+        let (test, read) = super::model_test_set(model, &saved, &dir, other_data)?;
         for &index in indices {
             if index >= test.samples() {
                 return Err(Error::Config(format!(
                     "--index {index}: the {} test set has {} samples (0..{})",
-                    saved.dataset.name(),
+                    read.name(),
                     test.samples(),
                     test.samples() - 1
                 )));
             }
             let pixels = test.pixels[index * 784..(index + 1) * 784].to_vec();
-            let label = saved.dataset.class_names()[test.labels[index] as usize];
+            let label = saved.data.class_names()[test.labels[index] as usize];
             inputs.push((format!("test image {index} (label {label})"), pixels));
         }
     }
-    if inputs.is_empty() {
+    if inputs.is_empty() && left_out.is_empty() {
         return Err(Error::Config(
             "give image files, or --index N for test images".into(),
         ));
@@ -58,11 +77,14 @@ pub fn run(
         .iter()
         .flat_map(|(_, p)| p.iter().map(|&v| v as f32 / 255.0))
         .collect();
-    let logits = forward(&saved.spec, &saved.params, &x)
-        .pop()
-        .expect("a model has an output layer");
+    let logits = match inputs.is_empty() {
+        true => Vec::new(),
+        false => forward(&saved.spec, &saved.params, &x)
+            .pop()
+            .expect("a model has an output layer"),
+    };
     let classes = saved.spec.classes();
-    let names = saved.dataset.class_names();
+    let names = saved.data.class_names();
     let mut report = Vec::new();
     for ((input, _), row) in inputs.iter().zip(logits.chunks(classes)) {
         let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -92,7 +114,15 @@ pub fn run(
         }));
     }
     if as_json {
+        report.extend(left_out);
         println!("{}", serde_json::Value::Array(report));
+    }
+    if unreadable > 0 {
+        return Err(Error::Config(format!(
+            "{unreadable} of {} images could not be read (named above); the others were \
+             classified",
+            images.len()
+        )));
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shadertrain::checkpoint::{self, Checkpoint, FolderLock, RunDescription, RunOutputs};
-use shadertrain::data::DatasetKind;
+use shadertrain::data::DataIdentity;
 use shadertrain::gpu::{Gpu, Kernels};
 use shadertrain::model_file::name_of;
 use shadertrain::model_file::{load_parameters_for, save_model};
@@ -46,15 +46,21 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     }
     check_outputs(&args)?;
     let plan = checkpoint_plan(&args, resumed.as_ref().map(|(_, c)| c), given)?;
+    let claimed = match &resumed {
+        _ if given("dataset") => Some((args.recipe.dataset, "--dataset")),
+        Some((_, saved)) => Some((saved.run.data.labels, "the checkpoint")),
+        None => None,
+    };
     let Recipe {
         data_dir,
+        data,
         train_set,
         test_set,
         spec,
         config,
-    } = recipe(&args.recipe)?;
+    } = recipe(&args.recipe, claimed)?;
     let run = RunDescription {
-        dataset: args.recipe.dataset,
+        data: data.clone(),
         spec: spec.clone(),
         config: config.clone(),
         train_samples: train_set.samples(),
@@ -84,11 +90,11 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     println!("adapter: {}", gpu.adapter_name());
     println!(
         "data: {} from {} ({} training, {} test samples; classes {})",
-        args.recipe.dataset.name(),
+        data.name(),
         data_dir.display(),
         train_set.samples(),
         test_set.samples(),
-        args.recipe.dataset.class_names().join(", ")
+        data.class_names().join(", ")
     );
     if let Some(validation) = validation_samples(train_set.samples(), config.validation_split) {
         println!(
@@ -184,6 +190,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         let Some(m) = train_one_epoch(
             &mut trainer,
             &args,
+            &data,
             log.as_ref(),
             plan.as_ref(),
             &checkpoint_of,
@@ -193,7 +200,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
             break;
         };
         failpoint::reach(failpoint::EPOCH_END);
-        let record = epoch_record(args.recipe.dataset, &m);
+        let record = epoch_record(&data, &m);
         let losses = [("training loss", m.train_loss), ("test loss", m.test_loss)];
         let validation = m.validation.map(|v| ("validation loss", v.loss));
         if let Some((what, value)) = losses
@@ -223,7 +230,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         print_epoch(&m);
     }
     if let Some(signal) = stopped_by {
-        let save = args.save.as_deref().map(|path| (path, args.recipe.dataset));
+        let save = args.save.as_deref().map(|path| (path, &data));
         return Err(stop(&trainer, signal, save, plan.as_ref(), &|t| {
             checkpoint_of(t, None)
         }));
@@ -237,7 +244,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     }
     if let Some(path) = &args.save {
         let params = trainer.parameters()?;
-        save_model(path, trainer.spec(), &params, args.recipe.dataset)?;
+        save_model(path, trainer.spec(), &params, &data)?;
         println!("saved the model to {}", path.display());
     }
     Ok(())
@@ -249,7 +256,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
 fn stop(
     trainer: &Trainer,
     signal: Received,
-    save: Option<(&Path, DatasetKind)>,
+    save: Option<(&Path, &DataIdentity)>,
     plan: Option<&CheckpointPlan>,
     checkpoint_of: &dyn Fn(&Trainer) -> Result<Checkpoint>,
 ) -> Error {
@@ -265,8 +272,8 @@ fn stop(
     }
     let saved = || -> Result<String> {
         let mut kept = Vec::new();
-        if let Some((path, dataset)) = save {
-            save_model(path, trainer.spec(), &trainer.parameters()?, dataset)?;
+        if let Some((path, data)) = save {
+            save_model(path, trainer.spec(), &trainer.parameters()?, data)?;
             kept.push(format!("the model so far in {}", path.display()));
         }
         let Some(plan) = plan else {
@@ -299,6 +306,7 @@ fn stop(
 fn train_one_epoch(
     trainer: &mut Trainer,
     args: &TrainArgs,
+    data: &DataIdentity,
     log: Option<&MetricsLog>,
     plan: Option<&CheckpointPlan>,
     checkpoint_of: &dyn Fn(&Trainer, Option<String>) -> Result<Checkpoint>,
@@ -349,11 +357,7 @@ fn train_one_epoch(
         if let (Some(log), Some(progress)) = (log, latest.get())
             && at(args.metrics_every)
         {
-            log.append(&interval_record(
-                args.recipe.dataset,
-                trainer.steps_done(),
-                &progress,
-            ))?;
+            log.append(&interval_record(data, trainer.steps_done(), &progress))?;
         }
         // An epoch's last step is followed by its end-of-epoch checkpoint instead.
         if let (Some(plan), Some((taken, total))) = (plan, trainer.epoch_position())
@@ -555,7 +559,7 @@ fn take_unset_flags_from(
         args.recipe.data.data = Some(data.clone());
     }
     if unset("dataset") {
-        args.recipe.dataset = run.dataset;
+        args.recipe.dataset = run.data.labels;
     }
     // The checkpoint's model, unless one is given (which must then be the same).
     if ["model", "layers", "hidden", "activation"]
@@ -743,11 +747,11 @@ fn figure(value: f64) -> serde_json::Value {
 }
 
 /// The epoch's line in the --metrics log: every printed figure and a timestamp.
-fn epoch_record(dataset: DatasetKind, m: &EpochMetrics) -> String {
+fn epoch_record(data: &DataIdentity, m: &EpochMetrics) -> String {
     let mut record = serde_json::json!({
         "kind": "epoch",
         "timestamp_unix_s": unix_time(),
-        "dataset": dataset.name(),
+        "dataset": data.name(),
         "epoch": m.epoch,
         "train_samples": m.train_samples,
         "train_loss": figure(m.train_loss),
@@ -785,11 +789,11 @@ fn unix_time() -> f64 {
 }
 
 /// A --metrics-every line: the running training metrics of the epoch under way.
-fn interval_record(dataset: DatasetKind, steps_done: u64, p: &EpochProgress) -> String {
+fn interval_record(data: &DataIdentity, steps_done: u64, p: &EpochProgress) -> String {
     serde_json::json!({
         "kind": "interval",
         "timestamp_unix_s": unix_time(),
-        "dataset": dataset.name(),
+        "dataset": data.name(),
         "epoch": p.epoch,
         "step": steps_done,
         "epoch_step": p.steps_done,

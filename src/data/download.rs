@@ -92,11 +92,7 @@ pub fn content_md5(path: &Path) -> std::io::Result<String> {
             Err(e) => return Err(e),
         }
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(super::idx::hex(&hasher.finalize()))
 }
 
 fn is_gzip(path: &Path) -> std::io::Result<bool> {

@@ -7,6 +7,7 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 
 use flate2::read::GzDecoder;
+use md5::{Digest, Md5};
 
 use crate::error::{Error, Result};
 
@@ -18,6 +19,9 @@ const DTYPE_U8: u8 = 0x08;
 pub struct IdxBytes {
     pub dims: Vec<usize>,
     pub data: Vec<u8>,
+    /// Hex MD5 of the whole decompressed content, header included: what the datasets'
+    /// published checksums are of.
+    pub md5: String,
 }
 
 /// Reads an IDX file of unsigned bytes, checking the header against the data that follows.
@@ -38,7 +42,12 @@ pub fn read_idx_u8_from(path: &Path, mut reader: impl Read) -> Result<IdxBytes> 
     }
 }
 
-fn parse(path: &Path, mut reader: impl Read) -> Result<IdxBytes> {
+fn parse(path: &Path, reader: impl Read) -> Result<IdxBytes> {
+    // Every byte parsed passes through the digest; a file is accepted only when read to its end.
+    let mut reader = Digesting {
+        inner: reader,
+        md5: Md5::new(),
+    };
     let malformed = |problem: String| Error::MalformedIdx {
         path: path.to_path_buf(),
         problem,
@@ -102,7 +111,7 @@ fn parse(path: &Path, mut reader: impl Read) -> Result<IdxBytes> {
     // Reserve what the header promises up to a bound, so a truthful MNIST header costs one
     // allocation and a lying one cannot reserve more than the bound.
     let mut data = Vec::with_capacity(expected.min(64 << 20) + 1);
-    reader
+    (&mut reader)
         .take(expected as u64 + 1)
         .read_to_end(&mut data)
         .map_err(|e| read_err("the data", e))?;
@@ -117,7 +126,30 @@ fn parse(path: &Path, mut reader: impl Read) -> Result<IdxBytes> {
             "trailing data after the {expected} bytes the header {dims:?} describes"
         )));
     }
-    Ok(IdxBytes { dims, data })
+    Ok(IdxBytes {
+        dims,
+        data,
+        md5: hex(&reader.md5.finalize()),
+    })
+}
+
+/// A reader that hashes what it passes on.
+struct Digesting<R> {
+    inner: R,
+    md5: Md5,
+}
+
+impl<R: Read> Read for Digesting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.md5.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Lower-case hex, as checksum lists write digests.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Fills as much of `buf` as the reader has; returns how much (less only at end of stream).

@@ -1,6 +1,8 @@
 //! Turning an arbitrary photo or drawing of a digit into an MNIST-style sample, the way MNIST was
 //! made: grey levels, white digit on black, the digit's bounding box scaled into 20×20 (aspect kept),
-//! then placed in 28×28 so that its centre of mass sits at the centre.
+//! then placed in 28×28 so that its centre of mass sits at the centre. An image already in that
+//! form (28×28, the digit within 20×20 and centred) is taken as it is, so MNIST's own images come
+//! through unchanged.
 
 use std::path::Path;
 
@@ -11,24 +13,34 @@ use crate::error::{Error, Result};
 
 pub const SIDE: u32 = 28;
 const BOX: u32 = 20;
+/// Narrower or lower than this, an image cannot show a digit.
+const MIN_SIDE: u32 = 8;
+/// How far from the centre an image's centre of mass may be to count as centred: MNIST's are
+/// within one pixel.
+const CENTRED_WITHIN: f64 = 1.5;
 
 /// Reads a PNG or JPEG of any size and returns 28×28 grey levels, row-major, digit bright.
+/// `Error::Image` when the file cannot be read, `Error::NoDigit` when it shows no digit.
 pub fn load_digit(path: &Path) -> Result<Vec<u8>> {
-    let bad = |problem: String| Error::Image {
+    let image = image::open(path)
+        .map_err(|e| Error::Image {
+            path: path.to_path_buf(),
+            problem: format!("not a readable PNG or JPEG image: {e}"),
+        })?
+        .to_luma8();
+    digit_from_grey(&image).map_err(|problem| Error::NoDigit {
         path: path.to_path_buf(),
         problem,
-    };
-    let image = image::open(path)
-        .map_err(|e| bad(format!("not a readable PNG or JPEG image: {e}")))?
-        .to_luma8();
-    digit_from_grey(&image).map_err(bad)
+    })
 }
 
 /// The MNIST preprocessing of a grey image (see the module comment).
 pub fn digit_from_grey(image: &GrayImage) -> std::result::Result<Vec<u8>, String> {
     let (width, height) = image.dimensions();
-    if width == 0 || height == 0 {
-        return Err("the image is empty".into());
+    if width < MIN_SIDE || height < MIN_SIDE {
+        return Err(format!(
+            "{width}×{height} pixels is too small to show a digit (MNIST's are 28×28)"
+        ));
     }
     // A light border means dark ink on light paper: invert so the digit is bright, as in MNIST.
     let border: Vec<u8> = image
@@ -55,27 +67,22 @@ pub fn digit_from_grey(image: &GrayImage) -> std::result::Result<Vec<u8>, String
         }
     }
     let (box_w, box_h) = (x1 - x0 + 1, y1 - y0 + 1);
+    let in_mnist_form = (width, height) == (SIDE, SIDE)
+        && box_w.max(box_h) <= BOX
+        && centre_of_mass_offset(&ink) <= CENTRED_WITHIN;
+    if in_mnist_form {
+        return Ok(ink.into_raw());
+    }
     let cropped = image::imageops::crop_imm(&ink, x0, y0, box_w, box_h).to_image();
     let scale = BOX as f64 / box_w.max(box_h) as f64;
     let new_w = ((box_w as f64 * scale).round() as u32).clamp(1, BOX);
     let new_h = ((box_h as f64 * scale).round() as u32).clamp(1, BOX);
     let scaled = resize(&cropped, new_w, new_h, FilterType::Triangle);
 
-    let (mut mass, mut mx, mut my) = (0.0f64, 0.0f64, 0.0f64);
-    for (x, y, p) in scaled.enumerate_pixels() {
-        let v = p[0] as f64;
-        mass += v;
-        mx += v * (x as f64 + 0.5);
-        my += v * (y as f64 + 0.5);
-    }
     let centre = SIDE as f64 / 2.0;
-    let (dx, dy) = if mass > 0.0 {
-        (
-            (centre - mx / mass).round() as i64,
-            (centre - my / mass).round() as i64,
-        )
-    } else {
-        (((SIDE - new_w) / 2) as i64, ((SIDE - new_h) / 2) as i64)
+    let (dx, dy) = match centre_of_mass(&scaled) {
+        Some((mx, my)) => ((centre - mx).round() as i64, (centre - my).round() as i64),
+        None => (((SIDE - new_w) / 2) as i64, ((SIDE - new_h) / 2) as i64),
     };
     let mut out = vec![0u8; (SIDE * SIDE) as usize];
     for (x, y, p) in scaled.enumerate_pixels() {
@@ -85,6 +92,28 @@ pub fn digit_from_grey(image: &GrayImage) -> std::result::Result<Vec<u8>, String
         }
     }
     Ok(out)
+}
+
+/// The grey-level-weighted mean of pixel centres, None for an all-black image.
+fn centre_of_mass(image: &GrayImage) -> Option<(f64, f64)> {
+    let (mut mass, mut mx, mut my) = (0.0f64, 0.0f64, 0.0f64);
+    for (x, y, p) in image.enumerate_pixels() {
+        let v = p[0] as f64;
+        mass += v;
+        mx += v * (x as f64 + 0.5);
+        my += v * (y as f64 + 0.5);
+    }
+    (mass > 0.0).then(|| (mx / mass, my / mass))
+}
+
+/// How far the centre of mass is from the image's centre, in pixels along the worse axis.
+fn centre_of_mass_offset(image: &GrayImage) -> f64 {
+    let (width, height) = image.dimensions();
+    centre_of_mass(image).map_or(f64::INFINITY, |(mx, my)| {
+        (mx - width as f64 / 2.0)
+            .abs()
+            .max((my - height as f64 / 2.0).abs())
+    })
 }
 
 #[cfg(test)]
@@ -122,7 +151,39 @@ mod tests {
     }
 
     #[test]
-    fn a_blank_image_is_an_error() {
+    fn blank_and_tiny_images_show_no_digit() {
         assert!(digit_from_grey(&GrayImage::from_pixel(30, 30, image::Luma([255]))).is_err());
+        let tiny = digit_from_grey(&GrayImage::from_pixel(1, 1, image::Luma([100])));
+        assert!(tiny.unwrap_err().contains("too small"));
+    }
+
+    #[test]
+    fn a_centred_28_by_28_digit_comes_through_unchanged_and_an_off_centre_one_is_moved() {
+        // A 6×18 bar with soft edges, centred.
+        let bar = |x0: u32, y0: u32| {
+            GrayImage::from_fn(SIDE, SIDE, move |x, y| {
+                let inside = (x0..x0 + 6).contains(&x) && (y0..y0 + 18).contains(&y);
+                let edge = (x0 - 1..x0 + 7).contains(&x) && (y0 - 1..y0 + 19).contains(&y);
+                image::Luma([if inside {
+                    250
+                } else if edge {
+                    40
+                } else {
+                    0
+                }])
+            })
+        };
+        let centred = bar(11, 5);
+        assert_eq!(digit_from_grey(&centred).unwrap(), centred.as_raw().clone());
+        // Dark on light, it is only inverted.
+        let mut paper = centred.clone();
+        image::imageops::invert(&mut paper);
+        assert_eq!(digit_from_grey(&paper).unwrap(), centred.as_raw().clone());
+        // In a corner it is not MNIST's form: scaled and centred.
+        let corner = bar(2, 2);
+        let moved = digit_from_grey(&corner).unwrap();
+        assert_ne!(moved, corner.as_raw().clone());
+        let moved = GrayImage::from_raw(SIDE, SIDE, moved).unwrap();
+        assert!(centre_of_mass_offset(&moved) <= 1.0);
     }
 }

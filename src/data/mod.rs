@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod download;
+pub mod identity;
 pub mod idx;
 pub mod images;
 
@@ -16,6 +17,7 @@ use idx::read_idx_u8;
 pub const DATA_ENV: &str = "SHADERTRAIN_DATA";
 
 pub use catalog::DatasetKind;
+pub use identity::{DataIdentity, FileDigests};
 
 /// The folder under the working directory where datasets are looked for and downloaded to,
 /// `data/<dataset>/`, when neither `--data` nor the environment variable names one.
@@ -141,6 +143,11 @@ impl Dataset {
     /// Loads one split of an MNIST-format dataset (MNIST, Fashion-MNIST) from `dir`, where each
     /// file may be stored raw or gzip-compressed (`NAME` or `NAME.gz`).
     pub fn load_mnist(dir: &Path, split: Split) -> Result<Self> {
+        Self::load_mnist_digested(dir, split).map(|(dataset, _)| dataset)
+    }
+
+    /// `load_mnist`, with the MD5 of each file's decompressed content by file stem.
+    pub fn load_mnist_digested(dir: &Path, split: Split) -> Result<(Self, FileDigests)> {
         let (image_stem, label_stem) = split.file_stems();
         let image_path = find_file(dir, image_stem)?;
         let label_path = find_file(dir, label_stem)?;
@@ -183,7 +190,11 @@ impl Dataset {
             path: label_path,
             problem,
         })?;
-        Ok(dataset)
+        let digests = FileDigests::from([
+            (image_stem.to_string(), images.md5),
+            (label_stem.to_string(), labels.md5),
+        ]);
+        Ok((dataset, digests))
     }
 
     /// The first `count` samples (all if fewer): for quick runs and tests.
