@@ -64,6 +64,9 @@ pub enum Error {
     #[error("image {path}: {problem}")]
     NoDigit { path: PathBuf, problem: String },
 
+    #[error("metrics log {path}: {problem}")]
+    MetricsLog { path: PathBuf, problem: String },
+
     #[error("model file {path}: {problem}")]
     ModelFile { path: PathBuf, problem: String },
 
@@ -113,7 +116,7 @@ pub enum Error {
     #[error("selftest failed: {0} disagree with the CPU reference on this adapter")]
     SelftestFailed(String),
 
-    #[error("invalid configuration: {0}")]
+    #[error("{0}")]
     Config(String),
 }
 

@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 mod cli;
 
 use shadertrain::Error;
+use shadertrain::data::catalog::FILE_STEMS;
 use shadertrain::data::{DATA_ENV, DataIdentity, Dataset, DatasetKind, Split, default_dir};
 use shadertrain::gpu::{AdapterRequest, BackendChoice, list_adapters};
 use shadertrain::model::{Activation, Loss, ModelSpec, parse_layers};
@@ -34,16 +35,17 @@ enum Command {
     Adapters(AdapterArgs),
     /// Measure the training step on the chosen adapter: start-up times, ms per step, GFLOP/s of the
     /// step and of each matmul shape against the adapter's FMA peak, GPU work per epoch, host
-    /// memory. Takes train's recipe flags (--epochs is ignored: one epoch is timed).
+    /// memory. Takes train's model, data and optimisation flags; one epoch is timed.
     Bench(BenchArgs),
-    /// Evaluate a saved model on its dataset's test set: loss, accuracy, per-class accuracy and
-    /// a confusion matrix.
+    /// Evaluate a saved model on its data's test set: loss, accuracy, per-class accuracy and a
+    /// confusion matrix.
     Eval(EvalArgs),
     /// Classify images (PNG or JPEG, any size; preprocessed as MNIST was) or test samples with a
     /// saved model, printing the top three classes.
     Predict(PredictArgs),
-    /// Draw loss and accuracy (train, validation where held out, and test) against epochs from a `train --metrics` log, as
-    /// PNG or SVG (by the output's extension).
+    /// Draw loss and accuracy (train, validation where held out, and test) against epochs from a
+    /// `train --metrics` log, as PNG or SVG (by the output's extension); of a log holding several
+    /// runs, the last.
     Plot(PlotArgs),
     /// Run every kernel on random data against the CPU reference and report the worst error of
     /// each; exits non-zero if any is outside its tolerance. Run this first on an unusual GPU.
@@ -91,7 +93,7 @@ struct PredictArgs {
     /// Image files to classify.
     #[arg(value_name = "IMAGE")]
     images: Vec<PathBuf>,
-    /// Classify test image N of the model's dataset instead (repeatable).
+    /// Also classify test image N of the model's data (repeatable).
     #[arg(long = "index", value_name = "N")]
     indices: Vec<usize>,
     #[command(flatten)]
@@ -116,6 +118,7 @@ struct PlotArgs {
 
 #[derive(Args)]
 struct DownloadArgs {
+    /// Which dataset to fetch.
     #[arg(long, value_enum, default_value_t = DatasetKind::Mnist)]
     dataset: DatasetKind,
     /// Folder to put the files in [default: data/<dataset>/].
@@ -145,8 +148,10 @@ impl AdapterArgs {
 /// Where the dataset is, for every command that reads one.
 #[derive(Args)]
 struct DataArgs {
-    /// Folder holding the dataset's four IDX files (train-images-idx3-ubyte[.gz], ...) [default:
-    /// data/<dataset>/, then where a system package installs it; downloaded when absent].
+    /// Folder holding the dataset's IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    /// t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each raw or .gz; eval and predict read only
+    /// the t10k pair) [default: data/<dataset>/, then where a system package installs it;
+    /// downloaded when absent].
     #[arg(long, value_name = "DIR", env = DATA_ENV)]
     data: Option<PathBuf>,
     /// Never download: stop with a message when the dataset is not on disk.
@@ -155,8 +160,15 @@ struct DataArgs {
 }
 
 impl DataArgs {
+    /// The folder holding the whole dataset.
     fn dir(&self, kind: DatasetKind) -> shadertrain::Result<PathBuf> {
-        cli::dataset_dir(kind, self.data.as_deref(), self.offline)
+        cli::dataset_dir(kind, self.data.as_deref(), self.offline, &FILE_STEMS)
+    }
+
+    /// The folder holding the test split: all that `eval` and `predict` read.
+    fn test_dir(&self, kind: DatasetKind) -> shadertrain::Result<PathBuf> {
+        let (images, labels) = Split::Test.file_stems();
+        cli::dataset_dir(kind, self.data.as_deref(), self.offline, &[images, labels])
     }
 }
 
@@ -180,20 +192,17 @@ struct RecipeArgs {
     /// conv32k3,maxpool2,conv64k3,maxpool2,flatten,dropout0.5,dense10.
     #[arg(long, value_name = "LIST", value_parser = check_layers, conflicts_with = "hidden")]
     layers: Option<String>,
-    /// Passes over the training set [default: 10; 15 with --model convnet].
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    epochs: Option<usize>,
     /// Hold out this fraction of the training set, its last samples as loaded (Keras'
     /// validation_split), and report val_loss and val_acc every epoch [default: 0; 0.1 with
     /// --model convnet].
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
     validation_split: Option<f64>,
     /// Samples per gradient step (the last batch of an epoch may be smaller; it is trained on too).
     /// Evaluation takes larger batches of its own (up to 1024), with the same results.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Learning rate [default: 0.001 for adam, 0.01 for sgd, as in Keras].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
     /// Seed for the weight initialisation and the per-epoch shuffles; the same seed on the same
     /// adapter gives the same run.
@@ -227,6 +236,9 @@ struct RecipeArgs {
 struct TrainArgs {
     #[command(flatten)]
     recipe: RecipeArgs,
+    /// Passes over the training set [default: 10; 15 with --model convnet].
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    epochs: Option<usize>,
     /// Start from the weights of this safetensors model (fine-tuning); its layer sizes must
     /// match the model being trained.
     #[arg(long, value_name = "PATH")]
@@ -319,7 +331,7 @@ fn main() -> ExitCode {
         Command::Adapters(args) => adapters(&args),
         Command::Eval(args) => cli::eval::run(
             &args.model,
-            |kind| args.data.dir(kind),
+            |kind| args.data.test_dir(kind),
             &args.adapter.request(),
             args.allow_other_data,
             args.json,
@@ -328,7 +340,7 @@ fn main() -> ExitCode {
             &args.model,
             &args.images,
             &args.indices,
-            |kind| args.data.dir(kind),
+            |kind| args.data.test_dir(kind),
             args.allow_other_data,
             args.json,
         ),
@@ -390,7 +402,7 @@ fn adapters(args: &AdapterArgs) -> shadertrain::Result<()> {
 }
 
 fn plot(args: &PlotArgs) -> shadertrain::Result<()> {
-    use shadertrain::plot::{curves_png, curves_svg, read_metrics};
+    use shadertrain::plot::{curves_png, curves_svg, read_runs};
     shadertrain::files::check_file_writable(&args.output).map_err(|problem| {
         shadertrain::Error::Unwritable {
             flag: "-o",
@@ -403,17 +415,29 @@ fn plot(args: &PlotArgs) -> shadertrain::Result<()> {
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_lowercase);
+    if !matches!(extension.as_deref(), Some("svg" | "png")) {
+        return Err(shadertrain::Error::Config(format!(
+            "-o {}: give a .png or .svg file name",
+            args.output.display()
+        )));
+    }
+    let mut runs = read_runs(&args.metrics)?;
+    let points = runs.pop().expect("at least one run");
     let bytes = match extension.as_deref() {
-        Some("svg") => curves_svg(&read_metrics(&args.metrics)?).into_bytes(),
-        Some("png") => curves_png(&read_metrics(&args.metrics)?)?,
-        _ => {
-            return Err(shadertrain::Error::Config(format!(
-                "-o {}: give a .png or .svg file name",
-                args.output.display()
-            )));
-        }
+        Some("svg") => curves_svg(&points).into_bytes(),
+        _ => curves_png(&points)?,
     };
     shadertrain::files::write_atomically(&args.output, &bytes)?;
+    if !runs.is_empty() {
+        println!(
+            "{} holds {} runs (--metrics appends; the epoch count starts again): drawing the last, \
+             epochs {} to {}",
+            args.metrics.display(),
+            runs.len() + 1,
+            points[0].epoch,
+            points[points.len() - 1].epoch
+        );
+    }
     println!("wrote {}", args.output.display());
     Ok(())
 }
@@ -429,10 +453,14 @@ struct Recipe {
     config: TrainConfig,
 }
 
-/// `claimed`: the dataset the files are said to be, and who says so (`--dataset`, a
-/// checkpoint): files that are another published dataset are refused, and custom files take its
-/// class names.
-fn recipe(args: &RecipeArgs, claimed: Option<(DatasetKind, &str)>) -> shadertrain::Result<Recipe> {
+/// `epochs`: `train --epochs` (bench times one epoch). `claimed`: the dataset the files are said
+/// to be, and who says so (`--dataset`, a checkpoint): files that are another published dataset
+/// are refused, and custom files take its class names.
+fn recipe(
+    args: &RecipeArgs,
+    epochs: Option<usize>,
+    claimed: Option<(DatasetKind, &str)>,
+) -> shadertrain::Result<Recipe> {
     let data_dir = args.data.dir(args.dataset)?;
     let (train_set, mut digests) = Dataset::load_mnist_digested(&data_dir, Split::Train)?;
     let (test_set, test_digests) = Dataset::load_mnist_digested(&data_dir, Split::Test)?;
@@ -486,7 +514,7 @@ fn recipe(args: &RecipeArgs, claimed: Option<(DatasetKind, &str)>) -> shadertrai
         ))
     })?;
     let config = TrainConfig {
-        epochs: args.epochs.unwrap_or(if convnet { 15 } else { 10 }),
+        epochs: epochs.unwrap_or(if convnet { 15 } else { 10 }),
         batch_size: args.batch_size,
         learning_rate: args.lr.unwrap_or(match args.optimizer {
             OptimizerKind::Adam => 1e-3,
@@ -501,6 +529,8 @@ fn recipe(args: &RecipeArgs, claimed: Option<(DatasetKind, &str)>) -> shadertrai
             .unwrap_or(if convnet { 0.1 } else { 0.0 }),
         ..TrainConfig::default()
     };
+    // Before anything is printed about the run.
+    config.validate()?;
     Ok(Recipe {
         data_dir,
         data,
@@ -512,7 +542,7 @@ fn recipe(args: &RecipeArgs, claimed: Option<(DatasetKind, &str)>) -> shadertrai
 }
 
 fn bench(args: BenchArgs, process_start: Instant) -> shadertrain::Result<()> {
-    let recipe = recipe(&args.recipe, None)?;
+    let recipe = recipe(&args.recipe, None, None)?;
     let report = cli::bench::run(
         &args.recipe.adapter.request(),
         &recipe.spec,

@@ -21,11 +21,22 @@ pub struct EpochPoint {
 
 /// Reads a metrics log (one JSON object per line).
 pub fn read_metrics(path: &Path) -> Result<Vec<EpochPoint>> {
+    Ok(read_runs(path)?
+        .pop()
+        .expect("read_runs returns at least one run"))
+}
+
+/// Every run a log holds, oldest first (`train --metrics` appends, so a log can hold several: a
+/// run starts where the epoch count does not go up); each with at least one point.
+pub fn read_runs(path: &Path) -> Result<Vec<Vec<EpochPoint>>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let bad = |line: usize, problem: String| {
-        Error::Config(format!("{}:{line}: {problem}", path.display()))
+    let bad = |line: usize, problem: String| Error::MetricsLog {
+        path: path.to_path_buf(),
+        problem: format!("line {line}: {problem}"),
     };
+    let mut runs: Vec<Vec<EpochPoint>> = Vec::new();
     let mut points = Vec::new();
+    let mut last_epoch = None;
     for (i, line) in text
         .lines()
         .enumerate()
@@ -37,6 +48,16 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochPoint>> {
         if value["kind"] == "interval" {
             continue;
         }
+        let epoch = value["epoch"].as_f64().ok_or_else(|| {
+            bad(
+                i + 1,
+                "no number \"epoch\": not a `train --metrics` log".into(),
+            )
+        })?;
+        if last_epoch.is_some_and(|last| epoch <= last) && !points.is_empty() {
+            runs.push(std::mem::take(&mut points));
+        }
+        last_epoch = Some(epoch);
         // A diverged epoch's figures are written as text ("NaN", "inf"): it has no point.
         let not_finite = ["train_loss", "test_loss", "val_loss"]
             .iter()
@@ -57,7 +78,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochPoint>> {
             _ => Some((field("val_loss")?, field("val_accuracy")?)),
         };
         points.push(EpochPoint {
-            epoch: field("epoch")?,
+            epoch,
             train_loss: field("train_loss")?,
             test_loss: field("test_loss")?,
             train_accuracy: field("train_accuracy")?,
@@ -65,16 +86,26 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochPoint>> {
             validation,
         });
     }
-    if points.is_empty() {
-        return Err(bad(0, "no epoch with finite figures logged".into()));
+    if !points.is_empty() {
+        runs.push(points);
+    }
+    if runs.is_empty() {
+        return Err(Error::MetricsLog {
+            path: path.to_path_buf(),
+            problem: "no epoch with finite figures in it: `train --metrics PATH` writes a line \
+                      at the end of each epoch"
+                .into(),
+        });
     }
     // A curve is drawn only where every epoch has its figure.
-    if points.iter().any(|p| p.validation.is_none()) {
-        for p in &mut points {
-            p.validation = None;
+    for points in &mut runs {
+        if points.iter().any(|p| p.validation.is_none()) {
+            for p in points.iter_mut() {
+                p.validation = None;
+            }
         }
     }
-    Ok(points)
+    Ok(runs)
 }
 
 const WIDTH: f64 = 960.0;

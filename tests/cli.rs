@@ -100,9 +100,77 @@ fn offline_without_data_says_where_to_put_the_files() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("data/mnist") && stderr.contains("train-images-idx3-ubyte.gz"),
+        stderr.contains("data/mnist: the folder does not exist")
+            && stderr.contains("train-images-idx3-ubyte"),
         "{stderr}"
     );
+    // A folder holding some of the files is told which are missing.
+    std::fs::create_dir_all(cwd.path().join("data/mnist")).unwrap();
+    std::fs::write(
+        cwd.path().join("data/mnist/t10k-images-idx3-ubyte"),
+        images(),
+    )
+    .unwrap();
+    std::fs::write(
+        cwd.path().join("data/mnist/t10k-labels-idx1-ubyte"),
+        labels(),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+        .args(["train", "--offline"])
+        .current_dir(cwd.path())
+        .env_remove("SHADERTRAIN_DATA")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "the folder lacks train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("data/mnist").count(),
+        2,
+        "said once, and where to put them: {stderr}"
+    );
+}
+
+/// Out-of-range values are refused with the flag and the value, before anything is printed
+/// about the run (negative numbers are values, not flags).
+#[test]
+fn bad_values_are_refused_before_the_run_is_described() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 20);
+    let data = dir.path().to_str().unwrap();
+    for (flag, value, expected) in [
+        ("--lr", "-1", "--lr must be a positive number, got -1"),
+        (
+            "--validation-split",
+            "1.5",
+            "--validation-split must be at least 0 and below 1",
+        ),
+    ] {
+        let (code, stdout, stderr) =
+            shadertrain(&["train", "--offline", "--data", data, flag, value]);
+        assert_eq!(code, 1, "{flag} {value}: {stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(stdout.is_empty(), "{flag} {value}: {stdout}");
+    }
+}
+
+/// `bench` takes only the flags it uses: it times one epoch, whatever --epochs would say.
+#[test]
+fn bench_has_no_epochs_flag() {
+    let (_, stdout, _) = shadertrain(&["bench", "--help"]);
+    assert!(
+        stdout.contains("--batch-size") && !stdout.contains("--epochs"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = shadertrain(&["bench", "--epochs", "3"]);
+    assert_eq!(code, 2, "{stderr}");
+    let (_, stdout, _) = shadertrain(&["download", "--help"]);
+    assert!(stdout.contains("Which dataset to fetch"), "{stdout}");
 }
 
 #[test]
@@ -559,12 +627,38 @@ fn plot_draws_png_and_svg_from_a_metrics_log() {
         "the validation curves are drawn"
     );
 
+    // Two runs appended to one log (--metrics appends): the last is drawn, and that is said.
+    std::fs::write(&log, [lines.join("\n"), validated.join("\n")].join("\n")).unwrap();
+    let (code, stdout, stderr) =
+        shadertrain(&["plot", log.to_str().unwrap(), "-o", svg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("holds 2 runs") && stdout.contains("drawing the last, epochs 1 to 3"),
+        "{stdout}"
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(
+        text.matches("<polyline").count(),
+        6,
+        "the validated run alone"
+    );
+
     std::fs::write(&log, "{\"epoch\": 1}\n").unwrap();
     let (code, _, stderr) =
         shadertrain(&["plot", log.to_str().unwrap(), "-o", svg.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(
-        stderr.contains("metrics.jsonl:1") && stderr.contains("train_loss"),
+        stderr.starts_with("error: metrics log ")
+            && stderr.contains("metrics.jsonl: line 1: no number \"train_loss\""),
+        "{stderr}"
+    );
+    std::fs::write(&log, "").unwrap();
+    let (code, _, stderr) =
+        shadertrain(&["plot", log.to_str().unwrap(), "-o", svg.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("metrics.jsonl: no epoch with finite figures in it")
+            && !stderr.contains(":0"),
         "{stderr}"
     );
     let (code, _, stderr) = shadertrain(&["plot", log.to_str().unwrap(), "-o", "curves.gif"]);

@@ -130,6 +130,13 @@ fn eval_and_predict_refuse_other_data_unless_allowed() {
     );
     let output = eval(part.path().to_str().unwrap(), &[]);
     assert!(output.status.success(), "{}", text(&output));
+    // eval reads the test pair alone: a folder without the training files will do.
+    let test_only = tempfile::tempdir().unwrap();
+    for stem in ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+        std::fs::copy(part.path().join(stem), test_only.path().join(stem)).unwrap();
+    }
+    let output = eval(test_only.path().to_str().unwrap(), &[]);
+    assert!(output.status.success(), "{}", text(&output));
 
     // Other custom data (different test files) is other data too.
     let other = small_mnist(200, 40);

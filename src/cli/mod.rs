@@ -9,38 +9,59 @@ pub mod signals;
 pub mod train;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use shadertrain::data::catalog::FILE_STEMS;
 use shadertrain::data::download::{DownloadEvent, DownloadOptions, download};
 use shadertrain::data::{
-    DATA_ENV, DataIdentity, Dataset, DatasetKind, Split, candidate_dirs, default_dir, locate,
+    DATA_ENV, DataIdentity, Dataset, DatasetKind, Split, candidate_dirs, default_dir, locate_files,
+    missing_files,
 };
 use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
 use shadertrain::model_file::SavedModel;
 use shadertrain::{Error, Result, selftest};
 
-/// The folder holding the dataset: found where `candidate_dirs` says, else downloaded (into the
-/// named folder, or `data/<dataset>/`) unless `offline`.
-pub fn dataset_dir(kind: DatasetKind, named: Option<&Path>, offline: bool) -> Result<PathBuf> {
-    if let Some(dir) = locate(kind, named) {
+/// The folder holding the dataset's files `stems`: found where `candidate_dirs` says, else
+/// downloaded (into the named folder, or `data/<dataset>/`) unless `offline`.
+pub fn dataset_dir(
+    kind: DatasetKind,
+    named: Option<&Path>,
+    offline: bool,
+    stems: &[&str],
+) -> Result<PathBuf> {
+    if let Some(dir) = locate_files(kind, named, stems) {
         return Ok(dir);
     }
     let target = named
         .map(Path::to_path_buf)
         .unwrap_or_else(|| default_dir(kind));
     if offline {
-        let looked: Vec<String> = candidate_dirs(kind, named)
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
+        let candidates = candidate_dirs(kind, named);
+        let lacks = |dir: &Path| -> String {
+            let missing = missing_files(dir, stems);
+            if !dir.is_dir() {
+                "does not exist".into()
+            } else if missing.len() == stems.len() {
+                format!("holds none of {}'s files", kind.name())
+            } else {
+                let missing: Vec<String> = missing.iter().map(|s| format!("{s}[.gz]")).collect();
+                format!("lacks {}", missing.join(" and "))
+            }
+        };
+        let findings: Vec<String> = match &candidates[..] {
+            [only] => vec![format!("the folder {}", lacks(only))],
+            all => all
+                .iter()
+                .map(|dir| format!("{} {}", dir.display(), lacks(dir)))
+                .collect(),
+        };
         return Err(Error::Dataset {
-            dir: target,
+            dir: target.clone(),
             problem: format!(
-                "{} is not on disk (looked in {}) and --offline forbids downloading it. Put its four \
-                 IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, \
-                 t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in {}, point --data or {DATA_ENV} \
-                 at a folder that has them, or drop --offline",
+                "{}, and --offline forbids downloading. Put {}'s IDX files ({}, each raw or .gz) in \
+                 {}, point --data or {DATA_ENV} at a folder that has them, or drop --offline",
+                findings.join("; "),
                 kind.name(),
-                looked.join(", "),
-                default_dir(kind).display()
+                stems.join(", "),
+                target.display()
             ),
         });
     }
@@ -49,8 +70,13 @@ pub fn dataset_dir(kind: DatasetKind, named: Option<&Path>, offline: bool) -> Re
         kind.name(),
         target.display()
     );
-    fetch_dataset(kind, &target)?;
+    fetch_files(kind, &target, stems)?;
     Ok(target)
+}
+
+/// Downloads the whole dataset: `fetch_files` of all four files.
+pub fn fetch_dataset(kind: DatasetKind, dir: &Path) -> Result<()> {
+    fetch_files(kind, dir, &FILE_STEMS)
 }
 
 /// The test split in `dir`, refused unless it is the data the model was trained on or
@@ -78,8 +104,9 @@ pub fn model_test_set(
     Ok((test, read))
 }
 
-/// Downloads with a progress bar per file on a terminal, plain lines otherwise.
-pub fn fetch_dataset(kind: DatasetKind, dir: &Path) -> Result<()> {
+/// Downloads the files `stems` of the dataset, with a progress bar per file on a terminal, plain
+/// lines otherwise.
+fn fetch_files(kind: DatasetKind, dir: &Path, stems: &[&str]) -> Result<()> {
     let mut bar: Option<ProgressBar> = None;
     let mut on_event = |event: DownloadEvent| match event {
         DownloadEvent::AlreadyPresent { file } => eprintln!("{file}: already present and verified"),
@@ -116,12 +143,11 @@ pub fn fetch_dataset(kind: DatasetKind, dir: &Path) -> Result<()> {
             eprintln!("{file}: downloaded, checksum verified");
         }
     };
-    download(
-        &kind.source(),
-        dir,
-        &DownloadOptions::default(),
-        &mut on_event,
-    )
+    let mut source = kind.source();
+    source
+        .files
+        .retain(|file| stems.contains(&file.stem.as_str()));
+    download(&source, dir, &DownloadOptions::default(), &mut on_event)
 }
 
 /// `shadertrain selftest`: one line per kernel check, then a verdict.

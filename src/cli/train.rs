@@ -58,7 +58,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         test_set,
         spec,
         config,
-    } = recipe(&args.recipe, claimed)?;
+    } = recipe(&args.recipe, args.epochs, claimed)?;
     let run = RunDescription {
         data: data.clone(),
         spec: spec.clone(),
@@ -587,7 +587,7 @@ fn take_unset_flags_from(
         args.recipe.no_shuffle = !c.shuffle;
     }
     if unset("epochs") {
-        args.recipe.epochs = Some(c.epochs);
+        args.epochs = Some(c.epochs);
     }
     if unset("validation_split") {
         args.recipe.validation_split = Some(c.validation_split);

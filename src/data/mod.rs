@@ -27,9 +27,16 @@ pub fn default_dir(kind: DatasetKind) -> PathBuf {
 
 /// Whether `dir` holds all four files of an MNIST-format dataset (raw or gzip).
 pub fn has_dataset_files(dir: &Path) -> bool {
-    catalog::FILE_STEMS
+    missing_files(dir, &catalog::FILE_STEMS).is_empty()
+}
+
+/// Which of the files `stems` (raw or gzip) `dir` lacks.
+pub fn missing_files<'s>(dir: &Path, stems: &[&'s str]) -> Vec<&'s str> {
+    stems
         .iter()
-        .all(|stem| download::existing_file(dir, stem).is_some())
+        .copied()
+        .filter(|stem| download::existing_file(dir, stem).is_none())
+        .collect()
 }
 
 /// The folders looked in, in order: the one named by `--data` or the environment variable
@@ -45,9 +52,14 @@ pub fn candidate_dirs(kind: DatasetKind, named: Option<&Path>) -> Vec<PathBuf> {
 
 /// The first candidate folder holding the whole dataset.
 pub fn locate(kind: DatasetKind, named: Option<&Path>) -> Option<PathBuf> {
+    locate_files(kind, named, &catalog::FILE_STEMS)
+}
+
+/// The first candidate folder holding the files `stems`.
+pub fn locate_files(kind: DatasetKind, named: Option<&Path>, stems: &[&str]) -> Option<PathBuf> {
     candidate_dirs(kind, named)
         .into_iter()
-        .find(|dir| has_dataset_files(dir))
+        .find(|dir| missing_files(dir, stems).is_empty())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +69,8 @@ pub enum Split {
 }
 
 impl Split {
-    fn file_stems(self) -> (&'static str, &'static str) {
+    /// The image and label files of the split.
+    pub fn file_stems(self) -> (&'static str, &'static str) {
         match self {
             Split::Train => ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
             Split::Test => ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
