@@ -358,16 +358,21 @@ fn serialise(checkpoint: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
 
 /// Reads a checkpoint written by `save`, checking every tensor against the metadata.
 pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    from_bytes(path, &bytes)
+}
+
+/// `load` on the file's bytes; `path` only names it in errors.
+pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let bad = |problem: String| Error::Checkpoint {
         path: path.to_path_buf(),
         problem,
     };
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let damaged = |problem: String| Error::DamagedCheckpoint {
         path: path.to_path_buf(),
         problem,
     };
-    let (file, metadata) = parse_safetensors(&bytes, &damaged)?;
+    let (file, metadata) = parse_safetensors(bytes, &damaged)?;
     let metadata =
         metadata.ok_or_else(|| bad("no __metadata__: not a shadertrain checkpoint".into()))?;
     if metadata.get("format").map(String::as_str) != Some(FORMAT) {

@@ -111,6 +111,9 @@ pub struct Shape {
     pub width: usize,
 }
 
+/// The most values one tensor may hold: kernels index with u32.
+pub const MAX_VALUES: usize = u32::MAX as usize;
+
 impl Shape {
     pub fn image(channels: usize, height: usize, width: usize) -> Self {
         Shape {
@@ -128,6 +131,14 @@ impl Shape {
     /// Values per sample.
     pub fn len(&self) -> usize {
         self.channels * self.height * self.width
+    }
+
+    /// `len`, or None where it does not fit a kernel's u32 index.
+    pub fn checked_len(&self) -> Option<usize> {
+        self.channels
+            .checked_mul(self.height)?
+            .checked_mul(self.width)
+            .filter(|&n| n <= MAX_VALUES)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -570,12 +581,43 @@ impl ModelSpec {
     /// The shape of every tensor from the input (index 0) to the logits, or an error naming the
     /// first layer that does not fit its input.
     pub fn shapes(&self) -> Result<Vec<Shape>> {
+        let too_large = |what: String, shape: Shape| {
+            Error::Config(format!(
+                "{what} of {}×{}×{} values is larger than a kernel can index ({MAX_VALUES})",
+                shape.channels, shape.height, shape.width
+            ))
+        };
+        if self.input.checked_len().is_none() {
+            return Err(too_large("the input".into(), self.input));
+        }
         let mut shapes = vec![self.input];
         for (i, layer) in self.layers.iter().enumerate() {
             let input = *shapes.last().expect("the input shape");
             let output = layer.output_shape(input).map_err(|problem| {
                 Error::Config(format!("layer {} ({}): {problem}", i + 1, layer.token()))
             })?;
+            let weights = match *layer {
+                LayerSpec::Dense { units, .. } => (input.len() + 1).checked_mul(units),
+                LayerSpec::Conv2d {
+                    filters, kernel, ..
+                } => kernel
+                    .checked_mul(kernel)
+                    .and_then(|k| k.checked_mul(input.channels + 1))
+                    .and_then(|k| k.checked_mul(filters)),
+                _ => Some(0),
+            };
+            if output.checked_len().is_none() {
+                let what = format!("layer {} ({})'s output", i + 1, layer.token());
+                return Err(too_large(what, output));
+            }
+            if weights.is_none_or(|w| w > MAX_VALUES) {
+                return Err(Error::Config(format!(
+                    "layer {} ({}) on {input} has more weights than a kernel can index \
+                     ({MAX_VALUES})",
+                    i + 1,
+                    layer.token()
+                )));
+            }
             if output.is_empty() {
                 return Err(Error::Config(format!(
                     "layer {} ({}) makes an empty output of {input}",
@@ -591,7 +633,7 @@ impl ModelSpec {
     /// Checks that every layer fits its input and that the model ends in a linear dense layer
     /// of at least 2 classes (whose softmax the loss takes).
     pub fn validate(&self) -> Result<()> {
-        if self.input.is_empty() {
+        if self.input.checked_len() == Some(0) {
             return Err(Error::Config(format!(
                 "the input shape {} is empty",
                 self.input

@@ -294,9 +294,14 @@ pub(crate) fn parse_safetensors<'a>(
 
 /// Reads a model written by `save_model`, checking every tensor against its metadata.
 pub fn load_model(path: &Path) -> Result<SavedModel> {
-    let bad = bad_file(path);
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (file, metadata) = parse_safetensors(&bytes, &bad)?;
+    model_from_bytes(path, &bytes)
+}
+
+/// `load_model` on the file's bytes; `path` only names it in errors.
+pub fn model_from_bytes(path: &Path, bytes: &[u8]) -> Result<SavedModel> {
+    let bad = bad_file(path);
+    let (file, metadata) = parse_safetensors(bytes, &bad)?;
     let metadata =
         metadata.ok_or_else(|| bad("no __metadata__: not written by shadertrain".into()))?;
     let (spec, data) = read_model_description(&metadata).map_err(&bad)?;
@@ -309,9 +314,14 @@ pub fn load_model(path: &Path) -> Result<SavedModel> {
 /// `save_file(model.state_dict())` writes it, under our tensor names) must hold every tensor
 /// `spec` has, in name and shape.
 pub fn load_parameters_for(path: &Path, spec: &ModelSpec) -> Result<Vec<f32>> {
-    let bad = bad_file(path);
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (file, metadata) = parse_safetensors(&bytes, &bad)?;
+    parameters_from_bytes(path, &bytes, spec)
+}
+
+/// `load_parameters_for` on the file's bytes; `path` only names it in errors.
+pub fn parameters_from_bytes(path: &Path, bytes: &[u8], spec: &ModelSpec) -> Result<Vec<f32>> {
+    let bad = bad_file(path);
+    let (file, metadata) = parse_safetensors(bytes, &bad)?;
     let ours = metadata.filter(|m| m.contains_key("layers") || m.contains_key("layer_sizes"));
     if let Some(metadata) = ours {
         let (saved, _) = read_model_description(&metadata).map_err(&bad)?;
@@ -343,7 +353,23 @@ fn read_parameters(
     spec: &ModelSpec,
     bad: &dyn Fn(String) -> Error,
 ) -> Result<Vec<f32>> {
-    let mut params = vec![0.0f32; spec.layout().total];
+    // Checked before allocating: metadata can describe any size, the file holds what it holds.
+    let layout = spec.layout();
+    let count = layout.parameter_count();
+    let held: usize = file.tensors().iter().map(|(_, t)| t.data().len()).sum();
+    if held / 4 < count {
+        let missing = (0..layout.layer_matrix.iter().flatten().count())
+            .flat_map(|i| [format!("layers.{i}.weight"), format!("layers.{i}.bias")])
+            .find(|name| file.tensor(name).is_err())
+            .map(|name| format!("tensor {name} is missing; "))
+            .unwrap_or_default();
+        return Err(bad(format!(
+            "{missing}its tensors hold {held} bytes, too few for the {count} parameters of the \
+             model {}",
+            spec.describe()
+        )));
+    }
+    let mut params = vec![0.0f32; layout.total];
     let mappings = tensor_mappings(spec);
     for t in &mappings {
         let view = file.tensor(&t.name).map_err(|_| {

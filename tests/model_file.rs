@@ -222,6 +222,51 @@ fn bad_files_are_refused_with_a_reason() {
     }
 }
 
+/// Metadata can describe a model of any size; the file holds what it holds. Sizes no kernel can
+/// index, or more parameters than the tensors hold, are refused before anything that large is
+/// allocated (the first case aborted the process out of memory).
+#[test]
+fn absurd_sizes_in_metadata_are_refused_without_allocating_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "1,100000,100000",
+            "flatten,dense10:linear",
+            "larger than a kernel can index",
+        ),
+        (
+            "1,4294967296,4294967296",
+            "flatten,dense10:linear",
+            "larger than a kernel can index",
+        ),
+        (
+            "1,28,28",
+            "flatten,dense4000000000:relu,dense10:linear",
+            "more weights than",
+        ),
+        (
+            "1,28,28",
+            "flatten,dense1000000:relu,dense10:linear",
+            "tensor layers.0.bias is missing; its tensors hold 16 bytes, too few",
+        ),
+    ];
+    for (input, layers, expected) in cases {
+        let path = dir.path().join("absurd.safetensors");
+        let bytes = vec![0u8; 16];
+        let view = TensorView::new(Dtype::F32, vec![4], &bytes).unwrap();
+        let metadata = HashMap::from([
+            ("layers".to_string(), layers.to_string()),
+            ("input_shape".to_string(), input.to_string()),
+            ("loss".to_string(), "xent".to_string()),
+            ("dataset".to_string(), "mnist".to_string()),
+        ]);
+        let file = safetensors::serialize([("layers.0.weight", view)], Some(metadata)).unwrap();
+        std::fs::write(&path, file).unwrap();
+        let message = load_error(&path);
+        assert!(message.contains(expected), "{input} {layers}: {message}");
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn written_files_are_readable_by_others() {

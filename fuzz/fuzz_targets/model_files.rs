@@ -1,0 +1,28 @@
+//! Model and checkpoint files on arbitrary bytes: reading one must return a value or an error,
+//! never panic or exhaust memory, and what it returns must agree with its own description.
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use shadertrain::checkpoint;
+use shadertrain::model::ModelSpec;
+use shadertrain::model_file::{model_from_bytes, parameters_from_bytes};
+
+fuzz_target!(|bytes: &[u8]| {
+    let path = Path::new("fuzz-input.safetensors");
+    if let Ok(model) = model_from_bytes(path, bytes) {
+        assert_eq!(model.params.len(), model.spec.layout().total);
+    }
+    // As `--init` reads a file for the reference model.
+    if let Ok(params) = parameters_from_bytes(path, bytes, &ModelSpec::reference()) {
+        assert_eq!(params.len(), ModelSpec::reference().layout().total);
+    }
+    if let Ok(saved) = checkpoint::from_bytes(path, bytes) {
+        let total = saved.run.spec.layout().total;
+        assert_eq!(saved.state.parameters.len(), total);
+        if let Some((m, v)) = &saved.state.moments {
+            assert_eq!((m.len(), v.len()), (total, total));
+        }
+    }
+});
