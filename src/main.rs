@@ -129,10 +129,10 @@ struct DownloadArgs {
 #[derive(Args)]
 struct AdapterArgs {
     /// Graphics API to look for adapters through.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    #[arg(help_heading = "Adapter", long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
     /// Use the adapter whose name contains this text (case-insensitive), e.g. "llvmpipe" or "nvidia".
-    #[arg(long, value_name = "SUBSTRING")]
+    #[arg(help_heading = "Adapter", long, value_name = "SUBSTRING")]
     adapter: Option<String>,
 }
 
@@ -152,10 +152,10 @@ struct DataArgs {
     /// t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each raw or .gz; eval and predict read only
     /// the t10k pair) [default: data/<dataset>/, then where a system package installs it;
     /// downloaded when absent].
-    #[arg(long, value_name = "DIR", env = DATA_ENV)]
+    #[arg(help_heading = "Data", long, value_name = "DIR", env = DATA_ENV)]
     data: Option<PathBuf>,
     /// Never download: stop with a message when the dataset is not on disk.
-    #[arg(long)]
+    #[arg(help_heading = "Data", long)]
     offline: bool,
 }
 
@@ -177,56 +177,62 @@ impl DataArgs {
 struct RecipeArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Dataset to train on.
-    #[arg(long, value_enum, default_value_t = DatasetKind::Mnist)]
+    /// Which dataset: where its files are looked for and downloaded from, and its class names
+    /// (files that are another published dataset, by checksum, are refused).
+    #[arg(help_heading = "Data", long, value_enum, default_value_t = DatasetKind::Mnist)]
     dataset: DatasetKind,
     /// The model: the reference MLP (--hidden, --activation), or Keras' mnist_convnet
     /// (conv32k3, maxpool2, conv64k3, maxpool2, flatten, dropout0.5, dense; 15 epochs and
     /// --validation-split 0.1 unless given) [default: mlp].
-    #[arg(long, value_enum, conflicts_with_all = ["layers", "hidden"])]
+    #[arg(help_heading = "Model", long, value_enum, conflicts_with_all = ["layers", "hidden"])]
     model: Option<ModelPreset>,
     /// Any sequential model as a list of layers (instead of --model / --hidden): comma-separated
     /// conv<filters>k<size>[s<stride>][same], maxpool<size>[s<stride>], flatten, dropout<rate>,
     /// dense<units>; layers with weights may end in :relu, :sigmoid, :tanh or :linear (default
     /// --activation; the last layer is linear), e.g.
     /// conv32k3,maxpool2,conv64k3,maxpool2,flatten,dropout0.5,dense10.
-    #[arg(long, value_name = "LIST", value_parser = check_layers, conflicts_with = "hidden")]
+    #[arg(help_heading = "Model", long, value_name = "LIST", value_parser = check_layers, conflicts_with = "hidden")]
     layers: Option<String>,
     /// Hold out this fraction of the training set, its last samples as loaded (Keras'
     /// validation_split), and report val_loss and val_acc every epoch [default: 0; 0.1 with
     /// --model convnet].
-    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    #[arg(
+        help_heading = "Training",
+        long,
+        value_name = "F",
+        allow_negative_numbers = true
+    )]
     validation_split: Option<f64>,
     /// Samples per gradient step (the last batch of an epoch may be smaller; it is trained on too).
     /// Evaluation takes larger batches of its own (up to 1024), with the same results.
-    #[arg(long, default_value_t = 128)]
+    #[arg(help_heading = "Training", long, default_value_t = 128)]
     batch_size: usize,
     /// Learning rate [default: 0.001 for adam, 0.01 for sgd, as in Keras].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(help_heading = "Training", long, allow_negative_numbers = true)]
     lr: Option<f32>,
     /// Seed for the weight initialisation and the per-epoch shuffles; the same seed on the same
     /// adapter gives the same run.
-    #[arg(long, default_value_t = 0)]
+    #[arg(help_heading = "Training", long, default_value_t = 0)]
     seed: u64,
     /// The MLP's hidden layer widths, comma-separated; "none" (or "") for a linear softmax
     /// classifier.
-    #[arg(long, default_value = "256,128", value_parser = parse_hidden)]
+    #[arg(help_heading = "Model", long, default_value = "256,128", value_parser = parse_hidden)]
     hidden: Hidden,
     /// Activation of the hidden layers (of every layer with weights but the last).
-    #[arg(long, value_enum, default_value_t = Activation::Relu)]
+    #[arg(help_heading = "Model", long, value_enum, default_value_t = Activation::Relu)]
     activation: Activation,
     /// Loss on the softmax output: cross-entropy, or mean squared error against one-hot targets.
-    #[arg(long, value_enum, default_value_t = Loss::Xent)]
+    #[arg(help_heading = "Model", long, value_enum, default_value_t = Loss::Xent)]
     loss: Loss,
     /// Optimizer: Adam (β1 0.9, β2 0.999, ε 1e-7) or plain gradient descent.
-    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    #[arg(help_heading = "Training", long, value_enum, default_value_t = OptimizerKind::Adam)]
     optimizer: OptimizerKind,
     /// Train in file order instead of shuffling every epoch (to reproduce a run step by step
     /// in another framework).
-    #[arg(long)]
+    #[arg(help_heading = "Training", long)]
     no_shuffle: bool,
     /// Stop after this many training steps in all, mid-epoch if need be.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = "Training", long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_steps: Option<u64>,
     #[command(flatten)]
     adapter: AdapterArgs,
@@ -237,32 +243,37 @@ struct TrainArgs {
     #[command(flatten)]
     recipe: RecipeArgs,
     /// Passes over the training set [default: 10; 15 with --model convnet].
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(help_heading = "Training", long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     epochs: Option<usize>,
     /// Start from the weights of this safetensors model (fine-tuning); its layer sizes must
     /// match the model being trained.
-    #[arg(long, value_name = "PATH")]
+    #[arg(help_heading = "Training", long, value_name = "PATH")]
     init: Option<PathBuf>,
-    /// After training, write the model here as a safetensors file (PyTorch nn.Linear layout).
-    #[arg(long, value_name = "PATH")]
+    /// After training, write the model here as a safetensors file (PyTorch's tensor layouts).
+    #[arg(help_heading = "Outputs", long, value_name = "PATH")]
     save: Option<PathBuf>,
     /// Append one JSON object per epoch (every printed figure and a timestamp) to this file.
-    #[arg(long, value_name = "PATH")]
+    #[arg(help_heading = "Outputs", long, value_name = "PATH")]
     metrics: Option<PathBuf>,
     /// Also append the epoch's running training loss and accuracy every N steps ("kind":
     /// "interval" lines; read without waiting on the GPU per step).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = "Outputs", long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     metrics_every: Option<u64>,
     /// Write checkpoints (weights, Adam moments, counters, shuffle state, position in the
     /// epoch, configuration) into this folder at every epoch end, and every --checkpoint-every
     /// steps.
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Checkpoints", long, value_name = "DIR")]
     checkpoint_dir: Option<PathBuf>,
     /// Also write a checkpoint every N training steps.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = "Checkpoints", long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     checkpoint_every: Option<u64>,
     /// How many of the newest checkpoints to keep in the folder.
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    #[arg(
+        help_heading = "Checkpoints",
+        long,
+        value_name = "N",
+        default_value_t = 2
+    )]
     keep_checkpoints: usize,
     /// Continue the run whose checkpoints are in DIR from its newest complete one: on the same
     /// adapter the result is bit-identical to an uninterrupted run. Flags left out take the
@@ -270,7 +281,12 @@ struct TrainArgs {
     /// change, but not to a point the checkpoint has passed (refused); at the point it has
     /// reached, nothing is trained. With no checkpoint in DIR yet, the run starts from the
     /// beginning.
-    #[arg(long, value_name = "DIR", conflicts_with = "init")]
+    #[arg(
+        help_heading = "Checkpoints",
+        long,
+        value_name = "DIR",
+        conflicts_with = "init"
+    )]
     resume: Option<PathBuf>,
 }
 
