@@ -20,10 +20,9 @@
 // Epilogue (dims.epilogue): 0 stores the product. matmul_nn, as in matmul.wgsl: 1 + an
 // activation code stores f(C + bias), the bias a vec4 per column quad at vec4 bias_offset / 4 + q
 // of the B buffer (its mirror), or 16 + an activation code stores f(C) (a convolution's product,
-// its bias in the last k); f is the pipeline's ACTIVATION (an override constant: the host
-// builds a matmul_nn pipeline per activation and passes 1 + ACTIVATION, 16 + ACTIVATION or 0), because an
-// epilogue holding every activation's code for 32 accumulators took lavapipe 0.5-0.8 s to compile
-// at the first dispatch. matmul_nt: DERIVATIVE_EPILOGUE + an activation code stores
+// its bias in the last k); f is the pipeline's ACTIVATION (an override constant: one matmul_nn
+// pipeline per activation, as code for every activation on 32 accumulators is slow to compile on
+// lavapipe). matmul_nt: DERIVATIVE_EPILOGUE + an activation code stores
 // C ⊙ f'(a), a read from `below` at C's position (the output a = f(z) of the layer beneath,
 // activation codes and derivatives as in shared/activations.wgsl): the input gradient carried through
 // that layer's activation, for which activation.wgsl then only sums the bias gradient.
@@ -50,11 +49,9 @@
 // by one of 2; in matmul_tn the group's blocks share their 16 columns, so each lane loads 2 of
 // the 16 vec4 of B four k need. Per four k a lane then loads 8 vec4 for 128 vec4 FMAs (nn; 48
 // unshared), 6 for 64 (nt; 16 unshared) or 10 for 128 (tn; 24 unshared), with the same
-// arithmetic in the same order as unshared. Loads per FMA are what count: texel fetches took
-// about 70 % of the 8 x 8 forward kernel's time on lavapipe (the kernel without them ran 3x
-// faster), and the 8 x 16 forward blocks run 15-25 % faster than 8 x 8 ones did. Blocks past M or N are computed on
-// clamped (valid) indices and not stored, so M and N need not be multiples of a block, and every
-// lane takes part in every shuffle.
+// arithmetic in the same order as unshared: on lavapipe loads per FMA are the cost. Blocks past
+// M or N are computed on clamped (valid) indices and not stored, so M and N need not be
+// multiples of a block, and every lane takes part in every shuffle.
 // Workgroup: 64 invocations covering 8 x 8 blocks (matmul_nn: 2 NN_ACROSS x 32 / NN_ACROSS).
 // Dispatch grid: (ceil(N / (block columns of a workgroup)), ceil(M / (its rows)), 1).
 
@@ -161,7 +158,7 @@ fn store_backward_row(to: Destination, lo: vec4<f32>, hi: vec4<f32>, m: u32, q0:
 // in every kernel here: on lavapipe each read inside a loop is another round of per-lane loads.
 // Row by row with constant indices: a loop over the rows that NIR does not unroll (it has
 // branches) would index the block dynamically, which lavapipe does through scratch memory, lane
-// by lane (measured: the forward product up to 30 % slower).
+// by lane.
 fn store_backward(block: Block, m0: u32, q0: u32) {
     let to = destination();
     store_backward_row(to, block.lo[0], block.hi[0], m0, q0);

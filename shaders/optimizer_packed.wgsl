@@ -3,7 +3,7 @@
 // parameter 2j in the low half of its word j (little-endian, as every Vulkan, Metal and D3D12
 // device stores it). For CPU adapters: lavapipe (Mesa 22.3) loads and stores a storage buffer one
 // lane and one component at a time, so 8 parameters as four 64-bit components are half the
-// memory operations of two vec4<f32> (Adam measured 25-35 % faster). Needs
+// memory operations of two vec4<f32>. Needs
 // `Features::SHADER_INT64`; the host builds this module only on devices that have it.
 //
 // sgd_update:   p -= lr * g

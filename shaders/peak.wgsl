@@ -1,10 +1,9 @@
 // The adapter's arithmetic peak: a register-only loop of 8 independent vec4 FMA chains, each
 // advanced four steps per iteration, so the measured rate is limited by arithmetic alone (no
 // memory traffic inside the loop, and the loop's own bookkeeping amortised over 32 vec4 FMAs).
-// Why four steps: on lavapipe each iteration of a loop costs about as much as 10-12 vec4 FMAs
-// (the loop condition is evaluated for all 8 SIMD lanes and folded into an execution mask), so a
-// body of 8 FMAs measured 84-89 GFLOP/s where 32 FMAs measured 132-143 on the same machine, in
-// the same process, with bit-identical results; 64 FMAs a body measured no higher.
+// Why four steps: on lavapipe a loop iteration costs about as much as 10 vec4 FMAs (the
+// condition is evaluated for every SIMD lane), so fewer FMAs a body measure the loop, not the
+// arithmetic (figures in docs/lavapipe.md).
 //
 //   FLOPs = invocations × iterations × 8 chains × 4 steps × 4 lanes × 2 (multiply + add)
 //

@@ -130,9 +130,9 @@ pub enum OptimizerWords {
 }
 
 impl OptimizerWords {
-    /// Packed words on CPU adapters that have 64-bit integers (measured on lavapipe: Adam
-    /// 25-35 % faster); floats elsewhere, where 64-bit arithmetic may be emulated and memory
-    /// accesses are vectorised anyway.
+    /// Packed words on CPU adapters that have 64-bit integers (half the memory operations on
+    /// lavapipe); floats elsewhere, where 64-bit arithmetic may be emulated and memory accesses
+    /// are vectorised anyway.
     pub fn preferred_for(gpu: &Gpu) -> Self {
         let cpu = gpu.adapter.get_info().device_type == wgpu::DeviceType::Cpu;
         if cpu && gpu.device.features().contains(wgpu::Features::SHADER_INT64) {

@@ -3,8 +3,7 @@
 //!
 //! Why: on lavapipe a storage-buffer load is done lane by lane, with a branch per lane and
 //! component, while a texel fetch goes through the sampler code, which is SIMD; the register
-//! matmul kernels are bound by their loads, and read through textures they run 15-30 % faster.
-//! The copy into the texture is a memcpy there (about 20 µs per MB).
+//! matmul kernels are bound by their loads. The copy into the texture is a memcpy there.
 //!
 //! Layout: vec4 `i` of the buffer (floats 4i..4i+3) is the texel at
 //! (i % MIRROR_ROW_TEXELS, i / MIRROR_ROW_TEXELS), so the kernels address a mirror with the same

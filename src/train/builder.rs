@@ -37,8 +37,8 @@ pub(crate) struct ProgramBuilder<'a, 'k> {
 
 /// The training batch stored transposed, for the first layer's weight gradient as a forward-form
 /// product (gather.wgsl's `gather_batch_transposed` writes it): on the register kernels the
-/// 8×16 forward blocks compute that shape (M 784, N 256, K 128 for MNIST) faster than the
-/// weight-gradient form, at no measurable cost to the gather. A row of ones below it (written
+/// forward blocks compute that shape faster than the weight-gradient form (docs/performance.md).
+/// A row of ones below it (written
 /// once, never gathered) makes the same product sum the bias gradient too, which saves
 /// activation.wgsl's dispatch for that layer where its derivative is already applied.
 pub(crate) struct TransposedInput {

@@ -46,8 +46,7 @@ impl<'k> Program<'k> {
     /// A refresh of `mirror` before the next dispatch, which reads it, unless this program has
     /// already refreshed it since its buffer was last written. A program's first read of each
     /// mirror always refreshes it, so a mirror is never stale whatever wrote its buffer between
-    /// programs (a kernel, or the host between steps); on lavapipe a refresh costs about 20 µs
-    /// per MB.
+    /// programs (a kernel, or the host between steps).
     pub fn refresh(&mut self, mirror: &TextureMirror) {
         if self.fresh.contains(mirror.buffer()) {
             return;
