@@ -24,6 +24,14 @@
 // (4 WG_M) x (4 WG_N) tile, stepping through K in slabs of TILE_K staged in workgroup memory.
 // Dispatch grid: (ceil(N / (4 WG_N)), ceil(M / (4 WG_M)), 1).
 // Shapes need not be multiples of any tile: loads outside A or B read zero, stores outside C are skipped.
+//
+// matmul_parts: the same tiles with K split into dims.parts slices, for products whose C has too
+// few tiles to fill a GPU and whose K is long (a convolution's weight gradient, K its output
+// positions: one workgroup would walk all of K alone). Part p (the grid's z) sums its own slice:
+//   C_p[m, n] = sum over k in slice p of A(m, k) B(k, n), stored row-major at dims.c_offset + p M N
+// slice p = [p floor(K / parts), (p + 1) floor(K / parts)), the last slice running to K; no
+// epilogue. matmul_sum_parts below then adds the parts in order.
+// Dispatch grid: (ceil(N / (4 WG_N)), ceil(M / (4 WG_M)), parts).
 
 import package::shared::matmul_dims::{Dims, NO_EPILOGUE, ACTIVATION_EPILOGUE};
 import package::shared::activations::activate;
@@ -86,7 +94,10 @@ struct Destination {
 // indexed dynamically, which lavapipe does through scratch memory, lane by lane (measured: the
 // stores of a K = 10 product took twice as long).
 fn store_block(acc: array<vec4<f32>, 4>, m0: u32, n0: u32) {
-    let to = Destination(dims.m, dims.n, dims.c_offset, dims.epilogue, dims.bias_offset);
+    store_block_to(acc, m0, n0, Destination(dims.m, dims.n, dims.c_offset, dims.epilogue, dims.bias_offset));
+}
+
+fn store_block_to(acc: array<vec4<f32>, 4>, m0: u32, n0: u32, to: Destination) {
     if (n0 >= to.n_end) {
         return;
     }
@@ -96,38 +107,39 @@ fn store_block(acc: array<vec4<f32>, 4>, m0: u32, n0: u32) {
     store_row(acc[3], m0 + 3u, n0, to);
 }
 
-fn load_a(m: u32, k: u32) -> f32 {
-    if (m < dims.m && k < dims.k) {
+// k_end: the end of the K range being summed (K, or a part's slice end).
+fn load_a(m: u32, k: u32, k_end: u32) -> f32 {
+    if (m < dims.m && k < k_end) {
         return lhs[dims.a_offset + m * dims.a_row_stride + k * dims.a_col_stride];
     }
     return 0.0;
 }
 
-fn load_b(k: u32, n: u32) -> f32 {
-    if (k < dims.k && n < dims.n) {
+fn load_b(k: u32, n: u32, k_end: u32) -> f32 {
+    if (k < k_end && n < dims.n) {
         return rhs[dims.b_offset + k * dims.b_row_stride + n * dims.b_col_stride];
     }
     return 0.0;
 }
 
-@compute @workgroup_size(WG_N, WG_M)
-fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+// This invocation's 4 x 4 block of the workgroup's tile, summed over k_begin <= k < k_end.
+fn tile_product(lid: vec3<u32>, wid: vec3<u32>, k_begin: u32, k_end: u32) -> array<vec4<f32>, 4> {
     let tile_m = wid.y * WG_M * 4u;
     let tile_n = wid.x * WG_N * 4u;
     let flat = lid.y * WG_N + lid.x;
     let threads = WG_M * WG_N;
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
 
-    for (var k0 = 0u; k0 < dims.k; k0 += TILE_K) {
+    for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         for (var i = flat; i < TILE_K * WG_M; i += threads) {
             let k = k0 + i / WG_M;
             let m = tile_m + (i % WG_M) * 4u;
-            a_tile[i] = vec4<f32>(load_a(m, k), load_a(m + 1u, k), load_a(m + 2u, k), load_a(m + 3u, k));
+            a_tile[i] = vec4<f32>(load_a(m, k, k_end), load_a(m + 1u, k, k_end), load_a(m + 2u, k, k_end), load_a(m + 3u, k, k_end));
         }
         for (var i = flat; i < TILE_K * WG_N; i += threads) {
             let k = k0 + i / WG_N;
             let n = tile_n + (i % WG_N) * 4u;
-            b_tile[i] = vec4<f32>(load_b(k, n), load_b(k, n + 1u), load_b(k, n + 2u), load_b(k, n + 3u));
+            b_tile[i] = vec4<f32>(load_b(k, n, k_end), load_b(k, n + 1u, k_end), load_b(k, n + 2u, k_end), load_b(k, n + 3u, k_end));
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
@@ -140,8 +152,26 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         }
         workgroupBarrier();
     }
+    return acc;
+}
 
-    store_block(acc, tile_m + lid.y * 4u, tile_n + lid.x * 4u);
+@compute @workgroup_size(WG_N, WG_M)
+fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let acc = tile_product(lid, wid, 0u, dims.k);
+    store_block(acc, wid.y * WG_M * 4u + lid.y * 4u, wid.x * WG_N * 4u + lid.x * 4u);
+}
+
+@compute @workgroup_size(WG_N, WG_M)
+fn matmul_parts(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let parts = dims.parts;
+    let part = wid.z;
+    let slice = dims.k / parts;
+    let k_begin = part * slice;
+    // The last part takes the k past parts floor(K / parts).
+    let k_end = select(k_begin + slice, dims.k, part + 1u == parts);
+    let acc = tile_product(lid, wid, k_begin, k_end);
+    let to = Destination(dims.m, dims.n, dims.c_offset + part * dims.m * dims.n, NO_EPILOGUE, 0u);
+    store_block_to(acc, wid.y * WG_M * 4u + lid.y * 4u, wid.x * WG_N * 4u + lid.x * 4u, to);
 }
 
 // matmul_blocks: the same product without workgroup memory, for CPU adapters (see
@@ -181,10 +211,11 @@ fn matmul_blocks(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     store_block(acc, m0, n0);
 }
 
-// matmul_sum_parts: the sum of matmul_tn_parts's partial products (matmul_vec4.wgsl), in part
-// order, so that the result does not depend on how the parts were scheduled:
+// matmul_sum_parts: the sum of the partial products of matmul_parts above or matmul_tn_parts
+// (matmul_vec4.wgsl), in part order, so that the result does not depend on how the parts were
+// scheduled:
 //   C[c_offset + i] = sum over p < parts of lhs[a_offset + p M N + i]      for i < M N
-// (rhs is not read). M N is a multiple of 4 (N is, for matmul_tn_parts).
+// (rhs is not read). M N need not be a multiple of 4 (it is for matmul_tn_parts, whose N is).
 // Workgroup: 64 invocations, one per four values of C. Dispatch grid: ceil(M N / 256)
 // workgroups as (x, y) with x <= 65535 (invocation = (y * num_workgroups.x + x) * 64 + local).
 @compute @workgroup_size(64)
@@ -195,6 +226,17 @@ fn matmul_sum_parts(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         return;
     }
     let parts = dims.parts;
+    if (first + 4u > values) {
+        // The last values of a C whose size is no multiple of 4, one at a time in the same order.
+        for (var i = first; i < values; i++) {
+            var value = 0.0;
+            for (var p = 0u; p < parts; p++) {
+                value += lhs[dims.a_offset + p * values + i];
+            }
+            out[dims.c_offset + i] = value;
+        }
+        return;
+    }
     var sum = vec4<f32>(0.0);
     var at = dims.a_offset + first;
     for (var p = 0u; p < parts; p++) {

@@ -236,7 +236,7 @@ pub fn matmul_gflops(
         MatmulOperand::new(&lhs, lhs_mirror.as_ref()),
         MatmulOperand::new(&rhs, rhs_mirror.as_ref()),
     );
-    let seconds = match kernels.matmul.split_for(dims, [&lhs, &rhs]) {
+    let seconds = match (kernels.matmul).split_for_variant(dims, variant, [&lhs, &rhs]) {
         // As a step computes it: the parts, then their sum.
         Some(split) => {
             let groups = split.bind_alone(gpu, [lhs, rhs], &out, &mut encoder)?;

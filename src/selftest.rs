@@ -118,9 +118,10 @@ fn random_vec(rng: &mut Rng, len: usize, low: f32, high: f32) -> Vec<f32> {
 }
 
 /// Names of the checks, in the order `run` performs them.
-pub const CHECKS: [&str; 16] = [
+pub const CHECKS: [&str; 17] = [
     "matmul (tiled)",
     "matmul dense-layer products (tiled)",
+    "matmul split along K (tiled)",
     "matmul (registers)",
     "matmul dense-layer products (registers)",
     "matmul convolution products (tiled)",
@@ -147,6 +148,9 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
         }
         "matmul dense-layer products (tiled)" => {
             check_layer_matmuls(gpu, kernels, &mut tally, MatmulVariant::Tiled, &mut rng)?;
+        }
+        "matmul split along K (tiled)" => {
+            check_tiled_splits(gpu, kernels, &mut tally, &mut rng)?;
         }
         "matmul (registers)" => {
             check_plain_matmuls(gpu, kernels, &mut tally, MatmulVariant::Registers, &mut rng)?;
@@ -553,13 +557,11 @@ fn check_conv_matmuls(
             [patches, outputs, params],
             rng,
         )?;
-        // A batch long enough for the register kernels to split the weight gradient along K
-        // (`MatmulKernels::split_along_k`), its K no multiple of 4.
+        // A batch long enough for the kernels to split the weight gradient along K
+        // (`MatmulKernels::split_with`), its K no multiple of 4.
         let long = LONG_CONV_POSITIONS;
         let dims = MatmulDims::conv_weight_grad(long, &m);
-        let split = (variant == MatmulVariant::Registers)
-            .then(|| kernels.matmul.split_along_k(&dims))
-            .flatten();
+        let split = kernels.matmul.split_with(&dims, variant);
         let split = match split {
             Some(split) => format!("in {} parts", split.parts_dims.parts),
             None => "unsplit".to_string(),
@@ -579,6 +581,58 @@ fn check_conv_matmuls(
             [outputs, params, patches],
             rng,
         )?;
+    }
+    Ok(())
+}
+
+/// Weight-gradient-form products (A stored transposed) that the tiled kernels split along K
+/// (matmul_parts, then matmul_sum_parts), (M, N, K): sides that fit no tile and C sizes no
+/// multiple of 4, and the convnet's two weight gradients over fewer positions (its M N K:
+/// 12 32 86528 and 292 64 15488).
+const TILED_SPLIT_SHAPES: [(usize, usize, usize); 4] = [
+    (13, 7, 2051),
+    (70, 65, 1543),
+    (12, 32, 86528 / 16),
+    (292, 64, 15488 / 8),
+];
+
+/// The tiled split products of `TILED_SPLIT_SHAPES`, with A, B and C inside larger buffers at
+/// odd offsets and strides, against the reference; the first twice, for the same bits.
+fn check_tiled_splits(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    let variant = MatmulVariant::Tiled;
+    for (i, (m, n, k)) in TILED_SPLIT_SHAPES.into_iter().enumerate() {
+        let dims = MatmulDims {
+            a_offset: 5,
+            a_row_stride: 1,
+            a_col_stride: m as u32 + 3,
+            b_offset: 3,
+            b_row_stride: n as u32 + 1,
+            c_offset: 37,
+            ..MatmulDims::plain(m, n, k)
+        };
+        let Some(split) = kernels.matmul.split_with(&dims, variant) else {
+            tally.fail(&format!("{m}x{n}x{k} is not split along K"));
+            continue;
+        };
+        let case = format!("{m}x{n}x{k} in {} parts", split.parts_dims.parts);
+        let lens = [
+            dims.lhs_index(m - 1, k - 1) + 1,
+            dims.rhs_index(k - 1, n - 1) + 1,
+            dims.out_index(m - 1, n - 1) + 11,
+        ];
+        if i == 0 {
+            let [lhs, rhs, out] = lens.map(|len| random_vec(rng, len, -1.0, 1.0));
+            let first = ops::matmul(gpu, kernels, variant, &dims, &lhs, &rhs, None, &out)?;
+            let again = ops::matmul(gpu, kernels, variant, &dims, &lhs, &rhs, None, &out)?;
+            let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            tally.equal(&format!("{case}, run twice"), &bits(&again), &bits(&first));
+        }
+        check_matmul(gpu, kernels, tally, variant, &case, dims, lens, rng)?;
     }
     Ok(())
 }

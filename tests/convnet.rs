@@ -7,6 +7,8 @@ mod common;
 
 use common::{assert_close, assert_trains_like_the_reference, gpu, kernels, random_vec};
 use shadertrain::data::Dataset;
+use shadertrain::gpu::uniforms::MatmulDims;
+use shadertrain::gpu::{Kernels, MatmulTiling, MatmulVariant};
 use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
 use shadertrain::reference::{self, StepKey, forward_backward};
 use shadertrain::rng::Rng;
@@ -147,6 +149,36 @@ fn gpu_epoch_matches_reference() {
         };
         assert_trains_like_the_reference(layers, kernels(), &spec, &config, &data);
     }
+}
+
+/// On the tiled kernels (a GPU's), a convolution's weight gradient over a long batch runs in
+/// parts along K (matmul_parts, then matmul_sum_parts): the epoch still trains as the reference,
+/// its last, partial batch unsplit.
+#[test]
+fn the_tiled_split_weight_gradient_trains_like_the_reference() {
+    let kernels = Kernels::with_matmul(gpu(), MatmulTiling::default(), MatmulVariant::Tiled);
+    let mut rng = Rng::new(34);
+    let input = Shape::image(3, 12, 15);
+    let data = random_images(&mut rng, 19, input, 3);
+    let layers = "conv4k3,maxpool2,flatten,dense3";
+    let spec = spec(input, layers, Activation::Relu, Loss::Xent);
+    let config = TrainConfig {
+        batch_size: 8,
+        learning_rate: 0.01,
+        seed: 6,
+        ..TrainConfig::default()
+    };
+    // K: 8 samples of 10 x 13 output positions; the partial batch of 3 has too few.
+    let matrix = &spec.layout().matrices[0];
+    let split = |samples: usize| {
+        let dims = MatmulDims::conv_weight_grad(samples * 10 * 13, matrix);
+        kernels.matmul.split_along_k(&dims).is_some()
+    };
+    assert!(
+        split(8) && !split(3),
+        "the full batches' weight gradient splits"
+    );
+    assert_trains_like_the_reference(layers, &kernels, &spec, &config, &data);
 }
 
 /// Dropout masks come from (seed, step, element): the same seed gives the same run, another seed

@@ -29,6 +29,11 @@ fn matmul_dense_layer_products_tiled() {
 }
 
 #[test]
+fn matmul_split_along_k_tiled() {
+    check("matmul split along K (tiled)");
+}
+
+#[test]
 fn matmul_registers() {
     check("matmul (registers)");
 }
@@ -102,7 +107,7 @@ fn adam_update() {
 fn every_check_has_a_test() {
     assert_eq!(
         selftest::CHECKS.len(),
-        16,
+        17,
         "add a test above for each new check"
     );
 }

@@ -19,8 +19,8 @@ struct Dims {
     // DERIVATIVE_EPILOGUE + an activation code: the backward epilogue C * f'(a);
     // ACTIVATION_EPILOGUE + an activation code: f(C) (a product whose last k carries the bias).
     epilogue: u32,
-    // matmul_tn_parts: the number of slices K is split into (each a part of the output, which
-    // matmul_sum_parts adds); 1 for every other kernel.
+    // matmul_parts, matmul_tn_parts: the number of slices K is split into (each a part of the
+    // output, which matmul_sum_parts adds); 1 for every other kernel.
     parts: u32,
 }
 

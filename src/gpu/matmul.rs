@@ -12,7 +12,9 @@
 //!   (`mirror::TextureMirror`), whose loads lavapipe vectorises: operands come as
 //!   `MatmulOperand`s, and a product whose operands have no mirror takes the scalar blocks.
 //!
-//! Every product of a step runs on the adapter's preferred variant.
+//! Every product of a step runs on the adapter's preferred variant. A weight-gradient-form
+//! product with a long K and few blocks of C runs in parts along K on either variant
+//! (`split_along_k`): `matmul_parts` or `matmul_tn_parts`, then `matmul_sum_parts`.
 
 use std::sync::OnceLock;
 
@@ -157,6 +159,8 @@ impl RegisterForm {
 pub struct MatmulKernels {
     pub tiled: Kernel,
     pub tiling: MatmulTiling,
+    /// matmul.wgsl's matmul_parts: the tiled product over one slice of K per part.
+    tiled_parts: Kernel,
     blocks: Kernel,
     sum_parts: Kernel,
     /// matmul_vec4.wgsl's forms, on devices with suitable subgroups (else `blocks` serves the
@@ -262,10 +266,16 @@ impl<'k> SplitProduct<'k> {
 
 /// Products split along K only from this K on (shorter ones fill the adapter unsplit)...
 const SPLIT_MIN_K: u32 = 1024;
-/// ... into parts of at least this many k...
+/// ... on the register variant into parts of at least this many k...
 const SPLIT_MIN_PART_K: u32 = 256;
 /// ... and into as many parts as give the blocks of C this many invocations in all.
 const SPLIT_INVOCATIONS: u32 = 512;
+/// On the tiled variant (GPUs), into as many parts as give this many workgroups: an H200's 132
+/// SMs four times over, each SM holding several workgroups at once...
+const TILED_SPLIT_WORKGROUPS: u32 = 4 * 132;
+/// ... each part at least this many k: matmul_sum_parts reads the parts one after another, so
+/// more, shorter parts trade its time for theirs (conv 0 of the convnet, K 86528: 169 parts).
+const TILED_SPLIT_MIN_PART_K: u32 = 512;
 
 /// A kernel to dispatch for one product, with its grid.
 pub struct MatmulDispatch<'k> {
@@ -394,6 +404,13 @@ impl MatmulKernels {
         MatmulKernels {
             tiled: build(&gpu.device, &tiled, "matmul", &slots, &tiling_constants),
             tiling,
+            tiled_parts: build(
+                &gpu.device,
+                &tiled,
+                "matmul_parts",
+                &slots,
+                &tiling_constants,
+            ),
             blocks: build(&gpu.device, &tiled, "matmul_blocks", &slots, &[]),
             sum_parts: build(&gpu.device, &tiled, "matmul_sum_parts", &slots, &[]),
             vec4,
@@ -453,15 +470,7 @@ impl MatmulKernels {
         let vec4 = self.vec4.as_ref().filter(|_| mirrored);
         let form = RegisterForm::of(dims);
         let (kernel, grid, reads_mirrors) = match variant {
-            MatmulVariant::Tiled => (
-                &self.tiled,
-                [
-                    dims.n.div_ceil(4 * self.tiling.wg_n),
-                    dims.m.div_ceil(4 * self.tiling.wg_m),
-                    1,
-                ],
-                false,
-            ),
+            MatmulVariant::Tiled => (&self.tiled, self.tiled_grid(dims), false),
             MatmulVariant::Registers => match (vec4, form) {
                 (Some(vec4), Some(form)) => {
                     let kernel = match form {
@@ -520,23 +529,65 @@ impl MatmulKernels {
         (self.reads_mirrors() && self.takes_vec4(&dims)).then_some(dims)
     }
 
-    /// `dims` in parts along K where the preferred variant computes it so (operands with
-    /// mirrors): a weight-gradient-form product (A stored transposed) whose K is long and whose
-    /// C has too few blocks to fill the adapter, such as a convolution's weight gradient.
-    /// The split of `dims` over these operands: only where both have the mirrors the parts
-    /// kernel reads (a mirror can be missing where a buffer exceeds the texture limits).
+    /// `dims` in parts along K where the preferred variant computes it so (`split_with`).
+    /// The split of `dims` over these operands: only where both have the mirrors the register
+    /// parts kernel reads (a mirror can be missing where a buffer exceeds the texture limits).
     pub fn split_for(
         &self,
         dims: &MatmulDims,
-        [lhs, rhs]: [&MatmulOperand<'_>; 2],
+        operands: [&MatmulOperand<'_>; 2],
     ) -> Option<SplitProduct<'_>> {
-        (lhs.mirror.is_some() && rhs.mirror.is_some())
-            .then(|| self.split_along_k(dims))
-            .flatten()
+        self.split_for_variant(dims, self.preferred, operands)
     }
 
+    /// `split_for` on `variant` (the tiled parts kernel reads buffers, so any operands do).
+    pub fn split_for_variant(
+        &self,
+        dims: &MatmulDims,
+        variant: MatmulVariant,
+        [lhs, rhs]: [&MatmulOperand<'_>; 2],
+    ) -> Option<SplitProduct<'_>> {
+        let readable = variant == MatmulVariant::Tiled || mirrored(*lhs, *rhs);
+        readable.then(|| self.split_with(dims, variant)).flatten()
+    }
+
+    /// `split_with` on the preferred variant.
     pub fn split_along_k(&self, dims: &MatmulDims) -> Option<SplitProduct<'_>> {
-        let vec4 = self.vec4.as_ref().filter(|_| self.reads_mirrors())?;
+        self.split_with(dims, self.preferred)
+    }
+
+    /// `dims` in parts along K where `variant` computes it so (operands with mirrors, for the
+    /// register variant): a weight-gradient-form product (A stored transposed) whose K is long
+    /// and whose C has too few blocks to fill the adapter, such as a convolution's weight
+    /// gradient.
+    pub fn split_with(
+        &self,
+        dims: &MatmulDims,
+        variant: MatmulVariant,
+    ) -> Option<SplitProduct<'_>> {
+        match variant {
+            MatmulVariant::Tiled => self.split_tiled(dims),
+            MatmulVariant::Registers => self.split_registers(dims),
+        }
+    }
+
+    fn split_tiled(&self, dims: &MatmulDims) -> Option<SplitProduct<'_>> {
+        let weight_grad_form = dims.a_row_stride == 1 && dims.epilogue == NO_EPILOGUE;
+        if !weight_grad_form || dims.m == 0 || dims.n == 0 || dims.k < SPLIT_MIN_K {
+            return None;
+        }
+        let [tiles_n, tiles_m, _] = self.tiled_grid(dims);
+        let parts = TILED_SPLIT_WORKGROUPS
+            .div_ceil(tiles_n * tiles_m)
+            .min(dims.k / TILED_SPLIT_MIN_PART_K);
+        (parts >= 2).then(|| {
+            let parts_kernel = self.dispatch(&self.tiled_parts, [tiles_n, tiles_m, parts], false);
+            self.split_product(dims, parts, parts_kernel, MatmulVariant::Tiled)
+        })
+    }
+
+    fn split_registers(&self, dims: &MatmulDims) -> Option<SplitProduct<'_>> {
+        let vec4 = self.vec4.as_ref()?;
         if RegisterForm::of(dims) != Some(RegisterForm::Tn) || dims.k < SPLIT_MIN_K {
             return None;
         }
@@ -547,6 +598,39 @@ impl MatmulKernels {
         if parts < 2 {
             return None;
         }
+        let invocations = (blocks * parts) as usize;
+        let grid = grid_1d(invocations, ROW_WORKGROUP, self.max_groups);
+        let parts_kernel = MatmulDispatch {
+            variant: MatmulVariant::Registers,
+            ..self.dispatch(&vec4.tn_parts, grid, true)
+        };
+        Some(self.split_product(dims, parts, parts_kernel, MatmulVariant::Registers))
+    }
+
+    /// A dispatch of a parts or sum kernel (never with an epilogue).
+    fn dispatch<'s>(
+        &'s self,
+        kernel: &'s Kernel,
+        grid: [u32; 3],
+        reads_mirrors: bool,
+    ) -> MatmulDispatch<'s> {
+        MatmulDispatch {
+            kernel,
+            grid,
+            variant: MatmulVariant::Tiled,
+            reads_mirrors,
+            reads_below: false,
+        }
+    }
+
+    /// `dims` as `parts` (writing its parts to scratch from 0) then their sum into C.
+    fn split_product<'s>(
+        &'s self,
+        dims: &MatmulDims,
+        parts: u32,
+        parts_kernel: MatmulDispatch<'s>,
+        variant: MatmulVariant,
+    ) -> SplitProduct<'s> {
         let values = dims.m * dims.n;
         let parts_dims = MatmulDims {
             c_offset: 0,
@@ -560,29 +644,26 @@ impl MatmulKernels {
                 ..MatmulDims::plain(dims.m as usize, dims.n as usize, 0)
             }
         };
-        let dispatch = |kernel, grid, reads_mirrors| MatmulDispatch {
-            kernel,
-            grid,
-            variant: MatmulVariant::Registers,
-            reads_mirrors,
-            reads_below: false,
-        };
-        let invocations = (blocks * parts) as usize;
-        Some(SplitProduct {
-            parts: dispatch(
-                &vec4.tn_parts,
-                grid_1d(invocations, ROW_WORKGROUP, self.max_groups),
-                true,
-            ),
+        let sum_grid = grid_1d(values.div_ceil(4) as usize, ROW_WORKGROUP, self.max_groups);
+        SplitProduct {
+            parts: parts_kernel,
             parts_dims,
-            sum: dispatch(
-                &self.sum_parts,
-                grid_1d(values.div_ceil(4) as usize, ROW_WORKGROUP, self.max_groups),
-                false,
-            ),
+            sum: MatmulDispatch {
+                variant,
+                ..self.dispatch(&self.sum_parts, sum_grid, false)
+            },
             sum_dims,
             scratch_floats: (parts * values) as usize,
-        })
+        }
+    }
+
+    /// The tiled kernel's grid for `dims`: (tiles along N, tiles along M, 1).
+    fn tiled_grid(&self, dims: &MatmulDims) -> [u32; 3] {
+        [
+            dims.n.div_ceil(4 * self.tiling.wg_n),
+            dims.m.div_ceil(4 * self.tiling.wg_m),
+            1,
+        ]
     }
 
     /// Whether the register variant computes `dims` with its vec4 kernels where the operands

@@ -73,7 +73,7 @@ pub fn matmul(
         MatmulOperand::new(&lhs_buffer, lhs_mirror.as_ref()),
         MatmulOperand::new(&rhs_buffer, rhs_mirror.as_ref()),
     );
-    if let Some(split) = kernels.matmul.split_for(dims, [&lhs, &rhs]) {
+    if let Some(split) = (kernels.matmul).split_for_variant(dims, variant, [&lhs, &rhs]) {
         // As a training step computes it: the parts, then their sum.
         let groups = split.bind_alone(gpu, [lhs, rhs], &out_buffer, &mut encoder)?;
         gpu.queue.submit([encoder.finish()]);

@@ -27,7 +27,8 @@ pub struct MatmulDims {
     /// `layer_input_grad_through`; or `ACTIVATION_EPILOGUE` + an activation code: C = f(A B),
     /// see `conv_forward`.
     pub epilogue: u32,
-    /// matmul_tn_parts's number of slices of K (`MatmulKernels::split_along_k`); 1 elsewhere.
+    /// matmul_parts's and matmul_tn_parts's number of slices of K
+    /// (`MatmulKernels::split_along_k`); 1 elsewhere.
     pub parts: u32,
 }
 
