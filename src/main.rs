@@ -489,11 +489,16 @@ fn recipe(
             dir: data_dir,
             problem: format!(
                 "these files are {} (each one's content has {}'s published MD5), but {by} says {}: \
-                 point --data at {}'s files, or leave --dataset out",
+                 point --data at {}'s files{}",
                 files.name(),
                 files.name(),
                 kind.name(),
-                kind.name()
+                kind.name(),
+                if by == "--dataset" {
+                    ", or leave --dataset out"
+                } else {
+                    ""
+                }
             ),
         });
     }

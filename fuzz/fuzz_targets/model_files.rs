@@ -13,6 +13,8 @@ fuzz_target!(|bytes: &[u8]| {
     let path = Path::new("fuzz-input.safetensors");
     if let Ok(model) = model_from_bytes(path, bytes) {
         assert_eq!(model.params.len(), model.spec.layout().total);
+        // What messages print of it.
+        let _ = (model.data.describe(), model.spec.describe());
     }
     // As `--init` reads a file for the reference model.
     if let Ok(params) = parameters_from_bytes(path, bytes, &ModelSpec::reference()) {
@@ -24,5 +26,7 @@ fuzz_target!(|bytes: &[u8]| {
         if let Some((m, v)) = &saved.state.moments {
             assert_eq!((m.len(), v.len()), (total, total));
         }
+        // A run agrees with itself (and describing it for the comparison does not panic).
+        assert!(saved.run.contradictions(&saved.run).is_empty());
     }
 });

@@ -46,10 +46,10 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     }
     check_outputs(&args)?;
     let plan = checkpoint_plan(&args, resumed.as_ref().map(|(_, c)| c), given)?;
-    let claimed = match &resumed {
-        _ if given("dataset") => Some((args.recipe.dataset, "--dataset")),
-        Some((_, saved)) => Some((saved.run.data.labels, "the checkpoint")),
-        None => None,
+    let claimed = if given("dataset") {
+        Some((args.recipe.dataset, "--dataset"))
+    } else {
+        (resumed.as_ref()).map(|(_, saved)| (saved.run.data.labels, "the checkpoint"))
     };
     let Recipe {
         data_dir,

@@ -71,7 +71,7 @@ impl DataIdentity {
         if self.dataset.is_some() || self.md5.is_empty() {
             return self.name().to_string();
         }
-        let digests: Vec<&str> = self.md5.values().map(|d| &d[..d.len().min(8)]).collect();
+        let digests: Vec<&str> = self.md5.values().map(|d| d.get(..8).unwrap_or(d)).collect();
         format!(
             "custom data (content MD5s {}; {} labels)",
             digests.join(" "),
@@ -129,11 +129,15 @@ impl DataIdentity {
                 labels.name()
             ));
         }
-        let md5 = match metadata.get("data_md5") {
-            Some(json) => serde_json::from_str(json)
-                .map_err(|_| "__metadata__ data_md5 is not an object of digests".to_string())?,
+        let not_digests = || "__metadata__ data_md5 is not an object of MD5 digests".to_string();
+        let md5: FileDigests = match metadata.get("data_md5") {
+            Some(json) => serde_json::from_str(json).map_err(|_| not_digests())?,
             None => FileDigests::new(),
         };
+        let is_md5 = |d: &String| d.len() == 32 && d.bytes().all(|b| b.is_ascii_hexdigit());
+        if !md5.values().all(is_md5) {
+            return Err(not_digests());
+        }
         Ok(DataIdentity {
             dataset,
             labels,
@@ -220,5 +224,14 @@ mod tests {
             ("labels".to_string(), "fashion-mnist".to_string()),
         ]);
         assert!(DataIdentity::read_from(&lying).is_err());
+        // Digests are 32 hex digits: other text (which `describe` would cut) is refused.
+        let garbled = HashMap::from([
+            ("dataset".to_string(), "custom".to_string()),
+            (
+                "data_md5".to_string(),
+                r#"{"t10k-images-idx3-ubyte": "ééééé"}"#.to_string(),
+            ),
+        ]);
+        assert!(DataIdentity::read_from(&garbled).is_err());
     }
 }
