@@ -6,9 +6,9 @@
 //! - `Registers`: no workgroup memory, each invocation's block of C in registers: 8×8 or 8×16 blocks
 //!   from aligned vec4 loads, shared between neighbouring lanes through subgroup shuffles
 //!   (matmul_vec4.wgsl), where shapes and offsets are multiples of 4 and the device has
-//!   subgroups; else 4×4 blocks from scalar loads (`matmul_blocks` in matmul.wgsl). On a CPU
-//!   adapter such as lavapipe, where buffer and workgroup loads are done lane by lane, it is 7-12
-//!   times faster. The vec4 kernels read A and B from texture mirrors of their buffers
+//!   subgroups; else 4×4 blocks from scalar loads (`matmul_blocks` in matmul.wgsl). The variant
+//!   for CPU adapters such as lavapipe, where buffer and workgroup loads are done lane by lane.
+//!   The vec4 kernels read A and B from texture mirrors of their buffers
 //!   (`mirror::TextureMirror`), whose loads lavapipe vectorises: operands come as
 //!   `MatmulOperand`s, and a product whose operands have no mirror takes the scalar blocks.
 //!
@@ -49,8 +49,7 @@ impl MatmulVariant {
     }
 }
 
-/// Tile shape of the tiled kernel (its `override` constants). On lavapipe a K slab of 32
-/// measured ~10 % faster than 16.
+/// Tile shape of the tiled kernel (its `override` constants).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MatmulTiling {
     /// Invocations along M and N; each computes a 4×4 block, so a tile is 4·wg_m × 4·wg_n.
@@ -175,7 +174,7 @@ struct Vec4Kernels {
     device: wgpu::Device,
     /// matmul_nn specialised for each forward activation (by `LayerActivation::shader_code`)
     /// and workgroup arrangement (`nn_across`), each built when a product first asks for it,
-    /// while programs are built: creating one costs lavapipe about 75 ms, and a model uses a few.
+    /// while programs are built: creating one is slow on lavapipe, and a model uses a few.
     nn: [[OnceLock<Kernel>; NN_ARRANGEMENTS]; FORWARD_ACTIVATIONS],
     tn: Kernel,
     tn_parts: Kernel,
@@ -517,8 +516,8 @@ impl MatmulKernels {
     /// The first layer's weight and bias gradient on the transposed batch
     /// (`MatmulDims::layer_weight_and_bias_grad_transposed`, rows `stride` floats long), where a
     /// step computes it so: where the products read mirrors and the vec4 forward kernel takes it
-    /// (measured on lavapipe: 42-51 GFLOP/s for MNIST's first layer against 25-34 in the
-    /// weight-gradient form). The training programs and `bench` both ask this.
+    /// (faster there than the weight-gradient form). The training programs and `bench` both ask
+    /// this.
     pub fn transposed_first_weight_grad(
         &self,
         rows: usize,
