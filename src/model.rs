@@ -596,14 +596,17 @@ impl ModelSpec {
             let output = layer.output_shape(input).map_err(|problem| {
                 Error::Config(format!("layer {} ({}): {problem}", i + 1, layer.token()))
             })?;
+            // At least the rows × outputs of the layer's matrix in `layout` (a conv's rows: its
+            // patch, the bias row and padding to a multiple of 4), so that its sizes cannot wrap.
             let weights = match *layer {
                 LayerSpec::Dense { units, .. } => (input.len() + 1).checked_mul(units),
                 LayerSpec::Conv2d {
                     filters, kernel, ..
                 } => kernel
                     .checked_mul(kernel)
-                    .and_then(|k| k.checked_mul(input.channels + 1))
-                    .and_then(|k| k.checked_mul(filters)),
+                    .and_then(|k| k.checked_mul(input.channels))
+                    .and_then(|patch| patch.checked_add(4))
+                    .and_then(|rows| rows.checked_mul(filters)),
                 _ => Some(0),
             };
             if output.checked_len().is_none() {

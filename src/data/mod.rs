@@ -25,11 +25,6 @@ pub fn default_dir(kind: DatasetKind) -> PathBuf {
     Path::new("data").join(kind.name())
 }
 
-/// Whether `dir` holds all four files of an MNIST-format dataset (raw or gzip).
-pub fn has_dataset_files(dir: &Path) -> bool {
-    missing_files(dir, &catalog::FILE_STEMS).is_empty()
-}
-
 /// Which of the files `stems` (raw or gzip) `dir` lacks.
 pub fn missing_files<'s>(dir: &Path, stems: &[&'s str]) -> Vec<&'s str> {
     stems
