@@ -127,12 +127,7 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
-        let steps = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("step-"))
-            .and_then(|n| n.strip_suffix(".safetensors"))
-            .and_then(|n| n.parse::<u64>().ok());
-        if let Some(steps) = steps {
+        if let Some(steps) = name.to_str().and_then(checkpoint_steps) {
             found.push((steps, entry.path()));
         }
     }
@@ -235,6 +230,42 @@ pub fn lock(dir: &Path) -> Result<FolderLock> {
         .and_then(|()| file.flush())
         .map_err(|e| Error::io(&path, e))?;
     Ok(FolderLock { _file: file })
+}
+
+/// Who holds the lock of the checkpoint folder `dir` ("process 1234"), if another open lock
+/// holds it; None when it is not a locked checkpoint folder. (The lock is per open file: a
+/// folder this process has locked reads as held too.)
+pub fn lock_holder(dir: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(dir.join(LOCK_FILE)).ok()?;
+    match file.try_lock_shared() {
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Some(match holder.trim() {
+                "" => "another process".to_string(),
+                pid => format!("process {pid}"),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Whether a file named as `path` would be one that a checkpoint folder manages: a
+/// checkpoint, the lock, a temporary file.
+pub fn is_managed_name(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    name == LOCK_FILE || name.starts_with(TEMP_PREFIX) || checkpoint_steps(name).is_some()
+}
+
+/// The step count in a checkpoint's file name (`step-0000000042.safetensors`).
+fn checkpoint_steps(name: &str) -> Option<u64> {
+    name.strip_prefix("step-")?
+        .strip_suffix(".safetensors")?
+        .parse()
+        .ok()
 }
 
 /// Removes the temporary files that killed writes left in `dir`; returns how many.

@@ -364,7 +364,13 @@ fn main() -> ExitCode {
         Command::Selftest(args) => cli::selftest(&args.request()),
         Command::Download(args) => {
             let dir = args.dir.unwrap_or_else(|| default_dir(args.dataset));
-            cli::fetch_dataset(args.dataset, &dir)
+            shadertrain::files::check_folder_writable(&dir)
+                .map_err(|problem| Error::Unwritable {
+                    flag: "--dir",
+                    path: dir.clone(),
+                    problem,
+                })
+                .and_then(|()| cli::fetch_dataset(args.dataset, &dir))
         }
     };
     match outcome {

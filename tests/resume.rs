@@ -564,7 +564,7 @@ fn unwritable_outputs_are_refused_before_training() {
         (
             "--checkpoint-dir",
             file.to_str().unwrap(),
-            "a file, not a folder",
+            "a regular file, not a folder",
         ),
     ] {
         let mut command = match flag {
@@ -758,10 +758,10 @@ fn a_stop_signal_saves_a_checkpoint_that_resumes_bit_for_bit() {
             format!("{CHUNK_SUBMITTED}:3:{SIGTERM}"),
             vec![7, 10],
         ),
-        // While the checkpoint of step 14 is being written (the fourth file write, after the
-        // log's lines at 5 and 10 and the checkpoint of 7): it is completed, not left
-        // half-written, and is the one to resume from.
-        (SIGINT, format!("{FILE_WRITE}:4:{SIGINT}"), vec![7, 14]),
+        // While the checkpoint of step 14 is being written (the second file write, after the
+        // checkpoint of 7; the log's lines are appended, not rewritten): it is completed, not
+        // left half-written, and is the one to resume from.
+        (SIGINT, format!("{FILE_WRITE}:2:{SIGINT}"), vec![7, 14]),
     ];
     for (signal, raise, checkpointed) in cases {
         let case = format!("signal {signal}");

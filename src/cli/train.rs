@@ -1,7 +1,7 @@
 //! `shadertrain train`: the epoch loop, with checkpoints, resuming, the progress bar and the
 //! metrics log around the library's `Trainer`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -9,12 +9,13 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shadertrain::checkpoint::{self, Checkpoint, FolderLock, RunDescription, RunOutputs};
 use shadertrain::data::DataIdentity;
+use shadertrain::failpoint;
+use shadertrain::files::{self, AppendLog};
 use shadertrain::gpu::{Gpu, Kernels};
 use shadertrain::model_file::name_of;
 use shadertrain::model_file::{load_parameters_for, save_model};
 use shadertrain::train::{EpochMetrics, EpochProgress, TrainConfig, Trainer};
 use shadertrain::{Error, Result};
-use shadertrain::{failpoint, files};
 
 use crate::cli::signals::{Interrupt, Received};
 use crate::{Recipe, TrainArgs, recipe};
@@ -85,6 +86,12 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         None => None,
     };
 
+    // Opened before the device, the last check: a named pipe without a reader is refused here.
+    let log = args
+        .metrics
+        .as_deref()
+        .map(|path| MetricsLog::continue_from(path, resumed.as_ref().map(|(_, c)| c)))
+        .transpose()?;
     let gpu = Gpu::open(&args.recipe.adapter.request())?;
     let kernels = Kernels::new(&gpu);
     println!("adapter: {}", gpu.adapter_name());
@@ -133,11 +140,6 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
             );
         }
     }
-    let log = args
-        .metrics
-        .as_deref()
-        .map(|path| MetricsLog::continue_from(path, resumed.as_ref().map(|(_, c)| c)))
-        .transpose()?;
     let _lock = match &plan {
         Some(plan) => Some(plan.prepare(lock)?),
         None => None,
@@ -168,7 +170,10 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         Ok(Checkpoint {
             run: run.clone(),
             outputs: RunOutputs {
-                metrics_lines: log.as_ref().map(|log| log.lines.get() + follows),
+                metrics_lines: log
+                    .as_ref()
+                    .and_then(MetricsLog::lines)
+                    .map(|lines| lines + follows),
                 ..outputs.clone()
             },
             adapter: gpu.adapter_name(),
@@ -418,17 +423,54 @@ fn check_outputs(args: &TrainArgs) -> Result<()> {
         path: path.to_path_buf(),
         problem,
     };
-    for (flag, path) in [("--save", &args.save), ("--metrics", &args.metrics)] {
-        if let Some(path) = path {
-            files::check_file_writable(path).map_err(|p| unwritable(flag, path, p))?;
-        }
+    if let Some(path) = &args.save {
+        files::check_file_writable(path).map_err(|p| unwritable("--save", path, p))?;
     }
+    if let Some(path) = &args.metrics {
+        files::check_log_writable(path).map_err(|p| unwritable("--metrics", path, p))?;
+    }
+    if let (Some(save), Some(metrics)) = (&args.save, &args.metrics)
+        && files::same_file(save, metrics)
+    {
+        return Err(unwritable(
+            "--save",
+            save,
+            format!(
+                "--metrics {} names the same file; give each output its own",
+                metrics.display()
+            ),
+        ));
+    }
+    let checkpoints = args.checkpoint_dir.as_ref().or(args.resume.as_ref());
     for (flag, dir) in [
         ("--checkpoint-dir", &args.checkpoint_dir),
         ("--resume", &args.resume),
     ] {
         if let Some(dir) = dir {
             files::check_folder_writable(dir).map_err(|p| unwritable(flag, dir, p))?;
+        }
+    }
+    for (flag, path) in [("--save", &args.save), ("--metrics", &args.metrics)] {
+        let Some(path) = path else { continue };
+        let folder = files::folder_of(path);
+        let ours = checkpoints.is_some_and(|dir| same_folder(dir, folder));
+        if ours && checkpoint::is_managed_name(path) {
+            return Err(unwritable(
+                flag,
+                path,
+                "the checkpoint folder keeps its own files under that name; give another".into(),
+            ));
+        }
+        if !ours && let Some(holder) = checkpoint::lock_holder(folder) {
+            return Err(unwritable(
+                flag,
+                path,
+                format!(
+                    "{} is the checkpoint folder of a run in progress ({holder}); write \
+                     elsewhere",
+                    folder.display()
+                ),
+            ));
         }
     }
     Ok(())
@@ -804,46 +846,55 @@ fn interval_record(data: &DataIdentity, steps_done: u64, p: &EpochProgress) -> S
     .to_string()
 }
 
-/// The `--metrics` log and how many lines it holds: a checkpoint records where the log stood,
-/// so that a resumed run continues it as the uninterrupted run would have written it.
+/// The `--metrics` log: a checkpoint records how many lines it held, so that a resumed run
+/// continues it as the uninterrupted run would have written it. A stream (a terminal, a pipe)
+/// that fails is given up with a warning; the run goes on.
 struct MetricsLog {
-    path: PathBuf,
-    lines: Cell<usize>,
+    log: RefCell<Option<AppendLog>>,
 }
 
 impl MetricsLog {
     /// On resume, lines written after the checkpoint (by the run that was killed, and written
     /// again now) are dropped, and an epoch's line the killed run did not get to write is
-    /// written from the checkpoint.
+    /// written from the checkpoint. A stream is only ever written to.
     fn continue_from(path: &Path, resumed: Option<&Checkpoint>) -> Result<Self> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        let lines: Vec<&str> = text.lines().collect();
-        let log = MetricsLog {
-            path: path.to_path_buf(),
-            lines: Cell::new(lines.len()),
-        };
-        let Some(saved) = resumed else {
-            return Ok(log);
-        };
-        match (saved.outputs.metrics_lines, &saved.last_epoch) {
-            (Some(stood), _) if lines.len() > stood => {
-                let kept: String = lines[..stood].iter().map(|l| format!("{l}\n")).collect();
-                files::write_atomically(path, kept.as_bytes())?;
-                log.lines.set(stood);
+        let mut log = AppendLog::open(path).map_err(|e| match e {
+            Error::MetricsLog { path, problem } => Error::Unwritable {
+                flag: "--metrics",
+                path,
+                problem,
+            },
+            other => other,
+        })?;
+        if let (Some(saved), Some(lines)) = (resumed, log.lines()) {
+            match (saved.outputs.metrics_lines, &saved.last_epoch) {
+                (Some(stood), _) if lines > stood => log.truncate_to(stood)?,
+                (Some(stood), Some(record)) if lines + 1 == stood => log.append(record)?,
+                _ => {}
             }
-            (Some(stood), Some(record)) if lines.len() + 1 == stood => log.append(record)?,
-            _ => {}
         }
-        Ok(log)
+        Ok(MetricsLog {
+            log: RefCell::new(Some(log)),
+        })
+    }
+
+    /// Lines the log holds; None for a stream.
+    fn lines(&self) -> Option<usize> {
+        self.log.borrow().as_ref().and_then(AppendLog::lines)
     }
 
     fn append(&self, record: &str) -> Result<()> {
-        files::append_line_atomically(&self.path, record)?;
-        self.lines.set(self.lines.get() + 1);
-        Ok(())
+        let mut slot = self.log.borrow_mut();
+        let Some(log) = slot.as_mut() else {
+            return Ok(());
+        };
+        match log.append(record) {
+            Err(e) if log.is_stream() => {
+                eprintln!("warning: --metrics: {e}; no more lines are written there");
+                *slot = None;
+                Ok(())
+            }
+            outcome => outcome,
+        }
     }
 }
