@@ -161,7 +161,7 @@ fn bad_values_are_refused_before_the_run_is_described() {
 
 /// `bench` takes only the flags it uses: it times one epoch, whatever --epochs would say.
 #[test]
-fn bench_has_no_epochs_flag() {
+fn bench_has_no_epochs_flag_and_refuses_a_step_limit_at_once() {
     let (_, stdout, _) = shadertrain(&["bench", "--help"]);
     assert!(
         stdout.contains("--batch-size") && !stdout.contains("--epochs"),
@@ -169,6 +169,24 @@ fn bench_has_no_epochs_flag() {
     );
     let (code, _, stderr) = shadertrain(&["bench", "--epochs", "3"]);
     assert_eq!(code, 2, "{stderr}");
+    // Refused before any data is looked for or any adapter opened, saying what bench takes.
+    let (code, stdout, stderr) = shadertrain(&[
+        "bench",
+        "--max-steps",
+        "20",
+        "--data",
+        "/nonexistent/mnist",
+        "--offline",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("--max-steps 20")
+            && stderr.contains("225 here")
+            && stderr.contains("--steps")
+            && !stderr.contains("/nonexistent")
+            && stdout.is_empty(),
+        "{stdout}{stderr}"
+    );
     let (_, stdout, _) = shadertrain(&["download", "--help"]);
     assert!(stdout.contains("Which dataset to fetch"), "{stdout}");
 }
