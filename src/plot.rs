@@ -54,6 +54,14 @@ pub fn read_runs(path: &Path) -> Result<Vec<Vec<EpochPoint>>> {
                 "no number \"epoch\": not a `train --metrics` log".into(),
             )
         })?;
+        // A partial epoch (stopped by --max-steps) stands where it stopped inside the epoch.
+        let epoch = match (value["partial"].as_bool(), value["epoch_step"].as_f64()) {
+            (Some(true), Some(step)) => match value["epoch_steps"].as_f64() {
+                Some(steps) if steps > 0.0 => epoch - 1.0 + step / steps,
+                _ => epoch,
+            },
+            _ => epoch,
+        };
         if last_epoch.is_some_and(|last| epoch <= last) && !points.is_empty() {
             runs.push(std::mem::take(&mut points));
         }

@@ -845,3 +845,78 @@ fn a_second_signal_exits_at_once_and_a_run_without_checkpoints_says_so() {
     );
     assert!(load_model(&model).is_ok());
 }
+
+/// A run stopped by --max-steps inside an epoch leaves the epoch under way: resumed with a
+/// higher limit it goes on inside that epoch and ends with the weights of a run given the
+/// higher limit at once, bit for bit; a partial epoch's row says it is partial.
+#[test]
+fn a_run_stopped_by_max_steps_resumes_mid_epoch_bit_for_bit() {
+    let data = small_mnist(2000, 500);
+    let work = tempfile::tempdir().unwrap();
+    // 32 steps an epoch: 10 stops inside epoch 1, 40 inside epoch 2.
+    let reference = Run {
+        metrics: work.path().join("reference.jsonl"),
+        ..Run::new(&RECIPE, data.path(), work.path())
+    };
+    let reference_model = work.path().join("reference.safetensors");
+    run_to_completion(reference.command(&[
+        "--max-steps",
+        "40",
+        "--save",
+        reference_model.to_str().unwrap(),
+    ]));
+
+    let run = Run::new(&RECIPE, data.path(), work.path());
+    let dir = run.checkpoints.to_str().unwrap();
+    let stdout = run_to_completion(run.command(&["--checkpoint-dir", dir, "--max-steps", "10"]));
+    assert!(
+        stdout.lines().any(|l| l.starts_with("   1*"))
+            && stdout.contains("after 10 of its 32 steps"),
+        "{stdout}"
+    );
+    assert_eq!(run.checkpoint_steps(), [10]);
+    let model = work.path().join("resumed.safetensors");
+    let stdout = run_to_completion(run.bare_command(&[
+        "--resume",
+        dir,
+        "--max-steps",
+        "40",
+        "--save",
+        model.to_str().unwrap(),
+    ]));
+    assert!(
+        stdout.contains("in epoch 1, step 10 of 32")
+            && stdout.lines().any(|l| l.starts_with("   2*")),
+        "{stdout}"
+    );
+    assert_eq!(parameter_bits(&model), parameter_bits(&reference_model));
+
+    let rows = |path: &Path| -> Vec<(u64, Option<u64>)> {
+        logged_epoch_lines(path)
+            .iter()
+            .map(|line| {
+                let row: serde_json::Value = serde_json::from_str(line).unwrap();
+                let partial = row["partial"].as_bool().unwrap_or(false);
+                assert_eq!(partial, row.get("epoch_step").is_some(), "{line}");
+                (row["epoch"].as_u64().unwrap(), row["epoch_step"].as_u64())
+            })
+            .collect()
+    };
+    assert_eq!(
+        rows(&run.metrics),
+        [(1, Some(10)), (1, None), (2, Some(8))],
+        "the partial rows, then the whole epoch"
+    );
+    assert_eq!(rows(&reference.metrics), [(1, None), (2, Some(8))]);
+    // The resumed run's rows from epoch 1's end on are the reference's, figure for figure.
+    assert_eq!(
+        logged_epoch_lines(&run.metrics)[1..],
+        logged_epoch_lines(&reference.metrics)[..]
+    );
+    let stdout = run_to_completion(run.bare_command(&["--resume", dir, "--max-steps", "40"]));
+    assert!(
+        stdout.contains("nothing left to train: the run has reached --max-steps 40 (in epoch 2)")
+            && !stdout.contains("train_loss"),
+        "said before any table header: {stdout}"
+    );
+}

@@ -155,7 +155,23 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         );
     }
 
-    print_header(validating);
+    if trainer.epochs_done() >= epochs || trainer.finished() {
+        let reached = match trainer.epoch_position() {
+            Some(_) => format!(
+                "has reached --max-steps {} (in epoch {})",
+                trainer.steps_done(),
+                trainer.epochs_done() + 1
+            ),
+            None => format!(
+                "had finished ({} epochs, {} steps)",
+                trainer.epochs_done(),
+                trainer.steps_done()
+            ),
+        };
+        println!("nothing left to train: the run {reached}");
+    } else {
+        print_header(validating);
+    }
     let outputs = RunOutputs {
         save: args.save.as_deref().map(absolute),
         metrics: args.metrics.as_deref().map(absolute),
@@ -184,14 +200,12 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     };
     let interrupt = Interrupt::register()?;
     trainer.stop_when(interrupt.requested());
-    let mut epochs_run = 0;
     let mut stopped_by = None;
     while trainer.epochs_done() < epochs && !trainer.finished() {
         if let Some(signal) = interrupt.received() {
             stopped_by = Some(signal);
             break;
         }
-        epochs_run += 1;
         let Some(m) = train_one_epoch(
             &mut trainer,
             &args,
@@ -233,19 +247,22 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
             log.append(&record)?;
         }
         print_epoch(&m);
+        if m.partial() {
+            println!(
+                "* epoch {} is partial: --max-steps {} stopped it after {} of its {} steps (its \
+                 training figures cover those); resuming with a higher --max-steps goes on with it",
+                m.epoch,
+                trainer.steps_done(),
+                m.steps_taken,
+                m.steps
+            );
+        }
     }
     if let Some(signal) = stopped_by {
         let save = args.save.as_deref().map(|path| (path, &data));
         return Err(stop(&trainer, signal, save, plan.as_ref(), &|t| {
             checkpoint_of(t, None)
         }));
-    }
-    if resumed.is_some() && epochs_run == 0 {
-        println!(
-            "nothing left to train: the run had finished ({} epochs, {} steps)",
-            trainer.epochs_done(),
-            trainer.steps_done()
-        );
     }
     if let Some(path) = &args.save {
         let params = trainer.parameters()?;
@@ -337,6 +354,7 @@ fn train_one_epoch(
     let checkpoint_every = plan.and_then(|p| p.every);
     while let Some((taken, total)) = trainer.epoch_position()
         && taken < total
+        && !trainer.finished()
     {
         // Stop at the next step that is a multiple of either interval.
         let steps_to = |every: Option<u64>| {
@@ -375,9 +393,12 @@ fn train_one_epoch(
             break;
         }
     }
-    let m = (!trainer.stop_requested())
-        .then(|| trainer.end_epoch())
-        .transpose()?;
+    let m = match trainer.epoch_position() {
+        _ if trainer.stop_requested() => None,
+        // --max-steps came first: the figures so far, the epoch left under way.
+        Some((taken, total)) if taken < total => Some(trainer.epoch_so_far()?),
+        _ => Some(trainer.end_epoch()?),
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -767,9 +788,12 @@ fn print_epoch(m: &EpochMetrics) {
         Some(v) => format!(" {} {:>8.2}%", loss_column(v.loss), 100.0 * v.accuracy),
         None => String::new(),
     };
+    let epoch = match m.partial() {
+        true => format!("{}*", m.epoch),
+        false => m.epoch.to_string(),
+    };
     println!(
-        "{:>5} {} {:>8.2}%{validation} {} {:>8.2}% {:>8.2} {:>10.0}",
-        m.epoch,
+        "{epoch:>5} {} {:>8.2}%{validation} {} {:>8.2}% {:>8.2} {:>10.0}",
         loss_column(m.train_loss),
         100.0 * m.train_accuracy,
         loss_column(m.test_loss),
@@ -806,6 +830,11 @@ fn epoch_record(data: &DataIdentity, m: &EpochMetrics) -> String {
     if let Some(v) = m.validation {
         record["val_loss"] = figure(v.loss);
         record["val_accuracy"] = v.accuracy.into();
+    }
+    if m.partial() {
+        record["partial"] = true.into();
+        record["epoch_step"] = m.steps_taken.into();
+        record["epoch_steps"] = m.steps.into();
     }
     record.to_string()
 }

@@ -88,8 +88,13 @@ impl TrainConfig {
 pub struct EpochMetrics {
     /// Counting from 1.
     pub epoch: usize,
-    /// Training samples this epoch trained on: the whole set, unless `max_steps` ended it early.
+    /// Training samples this epoch trained on: the whole set, unless it is partial.
     pub train_samples: usize,
+    /// Training steps of the epoch taken, and the steps it has: fewer taken when the figures
+    /// are of a partial epoch (`max_steps` reached inside it, or a stop), which goes on when
+    /// the run is resumed.
+    pub steps_taken: usize,
+    pub steps: usize,
     /// Mean loss over every training sample of the epoch (each seen once, with the weights of its step).
     pub train_loss: f64,
     pub train_accuracy: f64,
@@ -105,6 +110,13 @@ pub struct EpochMetrics {
     pub samples_per_second: f64,
     /// What the epoch asked of the GPU, counted as it was recorded.
     pub work: GpuWork,
+}
+
+impl EpochMetrics {
+    /// Whether the figures are of an epoch not yet ended (see `steps_taken`).
+    pub fn partial(&self) -> bool {
+        self.steps_taken < self.steps
+    }
 }
 
 /// Mean loss and accuracy over a split.

@@ -509,15 +509,11 @@ impl<'k> Trainer<'k> {
         }
     }
 
-    /// The steps of an epoch that starts after `steps_before` steps of the run: every batch,
-    /// unless `max_steps` ends the epoch early.
+    /// The steps of an epoch that starts after `steps_before` steps of the run: every batch.
+    /// (`max_steps` stops `train` inside the epoch; the epoch stays under way, so that a run
+    /// resumed with a higher limit goes on with it.)
     fn epoch_steps(&self, steps_before: u64) -> Vec<StepParams> {
-        let remaining = self
-            .config
-            .max_steps
-            .map_or(u64::MAX, |m| m.saturating_sub(steps_before));
         batches(self.train.samples, self.config.batch_size)
-            .take(usize::try_from(remaining).unwrap_or(usize::MAX))
             .enumerate()
             .map(|(i, (start, rows))| self.training_step(steps_before + i as u64 + 1, start, rows))
             .collect()
@@ -550,10 +546,7 @@ impl<'k> Trainer<'k> {
             return Err(Error::Config("an epoch is already under way".into()));
         }
         if self.finished() {
-            return Err(Error::Config(format!(
-                "the step limit ({} steps) is reached: nothing left to train",
-                self.steps_done
-            )));
+            return Err(self.step_limit_reached());
         }
         let mut order: Vec<u32> = (0..self.train.samples as u32).collect();
         if self.config.shuffle {
@@ -573,17 +566,38 @@ impl<'k> Trainer<'k> {
 
     /// Trains one epoch over the whole training set in a freshly shuffled order (or finishes
     /// the one under way), then evaluates the test set. The host waits on the GPU once, for
-    /// the metrics, at the end.
+    /// the metrics, at the end. When `max_steps` (or a stop) comes first, the figures are of
+    /// the partial epoch, which stays under way.
     pub fn run_epoch(&mut self) -> Result<EpochMetrics> {
+        if self.finished() {
+            return Err(self.step_limit_reached());
+        }
         if self.epoch.is_none() {
             self.start_epoch()?;
         }
         self.train(usize::MAX, None)?;
-        self.end_epoch()
+        match self.epoch_position() {
+            Some((taken, total)) if taken < total => self.epoch_so_far(),
+            _ => self.end_epoch(),
+        }
     }
 
-    /// Takes up to `count` more steps of the epoch under way, without waiting for the GPU, in
-    /// command buffers of `steps_per_submit` steps. With `progress`, each chunk also sums the
+    fn step_limit_reached(&self) -> Error {
+        Error::Config(format!(
+            "the step limit ({} steps) is reached: nothing left to train",
+            self.steps_done
+        ))
+    }
+
+    /// Training steps left before `max_steps`.
+    fn steps_left(&self) -> usize {
+        self.config.max_steps.map_or(usize::MAX, |max| {
+            usize::try_from(max.saturating_sub(self.steps_done)).unwrap_or(usize::MAX)
+        })
+    }
+
+    /// Takes up to `count` more steps of the epoch under way (fewer where `max_steps` comes
+    /// first), without waiting for the GPU, in command buffers of `steps_per_submit` steps. With `progress`, each chunk also sums the
     /// epoch's metrics so far and `progress` is called as the GPU finishes each chunk; chunks
     /// are queued ahead of the one waited for, so the GPU does not wait for the host.
     pub fn train(
@@ -596,6 +610,7 @@ impl<'k> Trainer<'k> {
             .take()
             .ok_or_else(|| Error::Config("no epoch is under way: start one first".into()))?;
         let taken_before = epoch.next;
+        let count = count.min(self.steps_left());
         let outcome = self.submit_steps(&mut epoch, count, progress);
         self.steps_done += (epoch.next - taken_before) as u64;
         self.epoch = Some(epoch);
@@ -687,7 +702,7 @@ impl<'k> Trainer<'k> {
     /// Closes the epoch under way once all its steps are taken: evaluates the test set and
     /// reads back the epoch's metrics (the one wait).
     pub fn end_epoch(&mut self) -> Result<EpochMetrics> {
-        let Some(epoch) = self.epoch.as_mut() else {
+        let Some(epoch) = self.epoch.as_ref() else {
             return Err(Error::Config("no epoch is under way".into()));
         };
         if epoch.next < epoch.steps.len() {
@@ -697,9 +712,34 @@ impl<'k> Trainer<'k> {
                 epoch.steps.len()
             )));
         }
-        let trained = epoch.samples_in(epoch.steps.len());
+        let metrics = self.epoch_metrics()?;
+        self.epoch = None;
+        self.epochs_done += 1;
+        Ok(metrics)
+    }
+
+    /// The figures of the epoch under way so far, without ending it: its training samples
+    /// trained yet, and the test (and validation) set with the current weights. Training can
+    /// go on afterwards. Waits for the GPU.
+    pub fn epoch_so_far(&mut self) -> Result<EpochMetrics> {
+        let Some(epoch) = self.epoch.as_ref() else {
+            return Err(Error::Config("no epoch is under way".into()));
+        };
+        let next = epoch.next;
+        let metrics = self.epoch_metrics()?;
+        // The evaluation moved the schedule's cursor: put it back on the next training step.
+        let header = [next as u32, 0, 0, 0];
+        (self.gpu.queue).write_buffer(&self.schedule, 0, bytemuck::cast_slice(&header));
+        Ok(metrics)
+    }
+
+    /// The epoch under way's training figures over the steps taken, and the evaluated splits'.
+    fn epoch_metrics(&mut self) -> Result<EpochMetrics> {
+        let epoch = self.epoch.as_mut().expect("an epoch under way");
+        let trained = epoch.samples_in(epoch.next);
         let trained_here = trained - epoch.samples_in(epoch.started_at_step);
-        let mut work = epoch.work;
+        let (steps_taken, steps) = (epoch.next, epoch.steps.len());
+        let mut work = std::mem::take(&mut epoch.work);
         let started = epoch.started;
         let shape = MetricsShape {
             count: trained as u32,
@@ -710,11 +750,9 @@ impl<'k> Trainer<'k> {
             .queue
             .write_buffer(&self.train_metrics_shape, 0, bytemuck::bytes_of(&shape));
         let totals = self.evaluate_and_read_totals(&mut work)?;
-        self.epoch = None;
-        self.epochs_done += 1;
         let seconds = started.elapsed().as_secs_f64();
         let mean = |slot: usize, samples: usize| {
-            let samples = samples as f64;
+            let samples = samples.max(1) as f64;
             let loss = f32::from_bits(totals[2 * slot]) as f64 / samples;
             (loss, totals[2 * slot + 1] as f64 / samples)
         };
@@ -724,8 +762,10 @@ impl<'k> Trainer<'k> {
             .map(|v| mean(v.totals_slot, v.data.samples))
             .map(|(loss, accuracy)| SplitMetrics { loss, accuracy });
         Ok(EpochMetrics {
-            epoch: self.epochs_done,
+            epoch: self.epochs_done + 1,
             train_samples: trained,
+            steps_taken,
+            steps,
             train_loss,
             train_accuracy,
             test_loss,
