@@ -110,6 +110,11 @@ pub enum Error {
         then: String,
     },
 
+    /// A stop asked for through `Trainer::stop_when` came before an evaluation finished; the
+    /// training state is whole.
+    #[error("stopped on request before the evaluation finished")]
+    Stopped,
+
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
 

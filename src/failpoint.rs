@@ -20,6 +20,9 @@ pub const EPOCH_END: &str = "epoch-end";
 /// After a chunk of training steps is submitted to the GPU.
 pub const CHUNK_SUBMITTED: &str = "chunk-submitted";
 
+/// After a chunk of an evaluation (not its last) is submitted to the GPU.
+pub const EVALUATION_CHUNK: &str = "evaluation-chunk";
+
 pub const RAISE_ENV: &str = "SHADERTRAIN_RAISE_AT";
 
 /// What the environment asks: the point, the count, and for RAISE_ENV the signal and repeats.

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::small_mnist;
 use shadertrain::checkpoint;
-use shadertrain::failpoint::{CHUNK_SUBMITTED, EPOCH_END, FILE_WRITE, RAISE_ENV, STALL_ENV};
+use shadertrain::failpoint::{
+    CHUNK_SUBMITTED, EPOCH_END, EVALUATION_CHUNK, FILE_WRITE, RAISE_ENV, STALL_ENV,
+};
 use shadertrain::model_file::load_model;
 
 /// 2000 samples in batches of 64: 32 steps per epoch, the last one of 16 samples; with a
@@ -749,21 +751,17 @@ fn a_stop_signal_saves_a_checkpoint_that_resumes_bit_for_bit() {
         logged_epoch_lines(&reference.metrics),
     );
 
-    // (signal, where it is raised, the steps the run has checkpointed when it exits)
+    // (signal, where it is raised, the step it stops at if known beforehand)
     let cases = [
-        // After the third chunk (ending at steps 5, 7, 10: --metrics-every 5 and
-        // --checkpoint-every 7): step 10, mid-epoch, not checkpointed before.
-        (
-            SIGTERM,
-            format!("{CHUNK_SUBMITTED}:3:{SIGTERM}"),
-            vec![7, 10],
-        ),
+        // After the third chunk: mid-epoch, at a step the chunks' sizes decide (they are sized
+        // by time), not checkpointed before unless it is a multiple of 7.
+        (SIGTERM, format!("{CHUNK_SUBMITTED}:3:{SIGTERM}"), None),
         // While the checkpoint of step 14 is being written (the second file write, after the
         // checkpoint of 7; the log's lines are appended, not rewritten): it is completed, not
         // left half-written, and is the one to resume from.
-        (SIGINT, format!("{FILE_WRITE}:2:{SIGINT}"), vec![7, 14]),
+        (SIGINT, format!("{FILE_WRITE}:2:{SIGINT}"), Some(14)),
     ];
-    for (signal, raise, checkpointed) in cases {
+    for (signal, raise, stop_step) in cases {
         let case = format!("signal {signal}");
         let folder = work.path().join(format!("signal-{signal}"));
         std::fs::create_dir(&folder).unwrap();
@@ -791,14 +789,32 @@ fn a_stop_signal_saves_a_checkpoint_that_resumes_bit_for_bit() {
         } else {
             "SIGTERM"
         };
-        let step = checkpointed.last().unwrap();
+        let stopped = format!("stopped by {name} after step ");
+        let step: u64 = stderr
+            .split(&stopped)
+            .nth(1)
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{case}: {stderr}"));
+        assert!(stop_step.is_none_or(|s| s == step), "{case}: {stderr}");
         assert!(
-            stderr.contains(&format!("stopped by {name} after step {step}: "))
-                && stderr.contains(&format!("the model so far in {}", model.display()))
+            stderr.contains(&format!("the model so far in {}", model.display()))
                 && stderr.contains(&format!("continue with: shadertrain train --resume {dir}")),
             "{case}: {stderr}"
         );
-        assert_eq!(stderr.lines().count(), 1, "{case}: one line: {stderr}");
+        // The signal's own line as it arrives, then the outcome.
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 2, "{case}: {stderr}");
+        assert!(
+            lines[0].starts_with(&format!("{name}: stopping")),
+            "{case}: {stderr}"
+        );
+        // The newest two of the checkpoints every 7 steps, and one of the step stopped at.
+        let mut checkpointed: Vec<u64> = (1..=step / 7).map(|k| 7 * k).collect();
+        if !step.is_multiple_of(7) {
+            checkpointed.push(step);
+        }
+        let checkpointed = checkpointed[checkpointed.len().saturating_sub(2)..].to_vec();
         assert_eq!(run.checkpoint_steps(), checkpointed, "{case}");
         assert_eq!(run.temporary_files(), 0, "{case}");
         assert!(load_model(&model).is_ok(), "{case}: the model so far");
@@ -827,8 +843,23 @@ fn a_second_signal_exits_at_once_and_a_run_without_checkpoints_says_so() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(!stderr.contains("stopped by"), "{stderr}");
-    // The checkpoints of steps 2 and 4 were written before; none of step 6.
-    assert_eq!(run.checkpoint_steps(), [2, 4]);
+    // Each signal says so as it arrives; the second, what is kept.
+    let absolute_dir = std::path::absolute(&run.checkpoints).unwrap();
+    assert!(
+        stderr.contains("SIGINT: stopping after the steps under way")
+            && stderr.contains(&format!(
+                "SIGINT again: exiting at once; the newest checkpoint is kept: continue with \
+                 shadertrain train --resume {}",
+                absolute_dir.display()
+            )),
+        "{stderr}"
+    );
+    // The checkpoints written before are whole; none was written after.
+    let steps = run.checkpoint_steps();
+    assert!(
+        !steps.is_empty() && steps.iter().all(|s| s % 2 == 0),
+        "{steps:?}"
+    );
 
     let model = work.path().join("model.safetensors");
     let output = run
@@ -839,7 +870,7 @@ fn a_second_signal_exits_at_once_and_a_run_without_checkpoints_says_so() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(143), "{stderr}");
     assert!(
-        stderr.contains("stopped by SIGTERM after step 5: ")
+        stderr.contains("stopped by SIGTERM after step ")
             && stderr.contains("no --checkpoint-dir, so the run cannot be resumed"),
         "{stderr}"
     );
@@ -918,5 +949,73 @@ fn a_run_stopped_by_max_steps_resumes_mid_epoch_bit_for_bit() {
         stdout.contains("nothing left to train: the run has reached --max-steps 40 (in epoch 2)")
             && !stdout.contains("train_loss"),
         "said before any table header: {stdout}"
+    );
+}
+
+/// A stop signal during an evaluation stops it (the --max-steps run used to evaluate, save and
+/// exit 0 as if the signal had not come): the checkpoint of the step reached is written, no row
+/// is logged for the unfinished evaluation, and the resumed run ends where an uninterrupted one
+/// does, bit for bit.
+#[test]
+fn a_stop_signal_during_the_evaluation_stops_a_max_steps_run_too() {
+    // 2500 test samples: the evaluation takes several batches, so several chunks.
+    let data = small_mnist(640, 2500);
+    let work = tempfile::tempdir().unwrap();
+    const LAYERS: [&str; 6] = [
+        "--layers",
+        "conv4k3,maxpool2,flatten,dense10",
+        "--batch-size",
+        "64",
+        "--seed",
+        "2",
+    ];
+    let reference = Run {
+        metrics: work.path().join("reference.jsonl"),
+        ..Run::new(&LAYERS, data.path(), work.path())
+    };
+    let reference_model = work.path().join("reference.safetensors");
+    run_to_completion(reference.command(&[
+        "--max-steps",
+        "8",
+        "--save",
+        reference_model.to_str().unwrap(),
+    ]));
+
+    let run = Run::new(&LAYERS, data.path(), work.path());
+    let dir = run.checkpoints.to_str().unwrap();
+    let model = work.path().join("model.safetensors");
+    let output = run
+        .command(&[
+            "--checkpoint-dir",
+            dir,
+            "--max-steps",
+            "5",
+            "--save",
+            model.to_str().unwrap(),
+        ])
+        .env(RAISE_ENV, format!("{EVALUATION_CHUNK}:1:{SIGINT}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(130), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("SIGINT: stopping")
+            && stderr.contains("stopped by SIGINT after step 5: ")
+            && stderr.contains("continue with: shadertrain train --resume"),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains("   1*"),
+        "no row for an unfinished evaluation: {stdout}"
+    );
+    assert_eq!(run.checkpoint_steps(), [5]);
+    assert!(!run.metrics.exists(), "nothing logged");
+
+    run_to_completion(run.bare_command(&["--resume", dir, "--max-steps", "8"]));
+    assert_eq!(parameter_bits(&model), parameter_bits(&reference_model));
+    assert_eq!(
+        logged_epoch_lines(&run.metrics),
+        logged_epoch_lines(&reference.metrics)
     );
 }

@@ -169,3 +169,68 @@ fn progress_reports_the_running_metrics_and_leaves_the_run_unchanged() {
     assert_eq!(metrics.work.progress_reads, 3);
     assert_eq!(metrics.work.submits, expected.work.submits);
 }
+
+/// A stoppable trainer (`stop_when`) sizes its chunks of steps by their time, so that a stop
+/// waits for well under a second of queued work: on a slow model its chunks hold fewer steps
+/// than `steps_per_submit`, in proportion to a step's time; and the run is the same, bit for bit.
+#[test]
+fn a_stoppable_run_submits_chunks_sized_by_time_with_the_same_results() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let mut rng = Rng::new(4);
+    let input = Shape::image(1, 28, 28);
+    let mut images = |samples: usize| {
+        let flat = random_dataset(&mut rng, samples, input.len(), 10);
+        Dataset::with_shape(input, 10, flat.pixels, flat.labels).unwrap()
+    };
+    let (train, test) = (images(16 * 128), images(256));
+    let spec = ModelSpec {
+        input,
+        layers: shadertrain::model::parse_layers(
+            "conv16k3,maxpool2,flatten,dense10",
+            Activation::Relu,
+        )
+        .unwrap(),
+        loss: Loss::Xent,
+    };
+    let config = TrainConfig {
+        batch_size: 128,
+        seed: 8,
+        ..TrainConfig::default()
+    };
+    let run = |stoppable: bool| {
+        let mut trainer = Trainer::new(
+            gpu(),
+            kernels(),
+            spec.clone(),
+            config.clone(),
+            &train,
+            &test,
+        )
+        .unwrap();
+        if stoppable {
+            trainer.stop_when(Arc::new(AtomicBool::new(false)));
+        }
+        let metrics = trainer.run_epoch().unwrap();
+        (metrics, bits(&trainer.parameters().unwrap()))
+    };
+    let (paced, paced_parameters) = run(true);
+    let (unpaced, unpaced_parameters) = run(false);
+    assert_eq!(paced_parameters, unpaced_parameters);
+    assert_eq!(figures(&paced), figures(&unpaced));
+
+    // A chunk's steps: at most what 0.2 s holds at the epoch's own pace (its seconds include
+    // the evaluation, so that is generous), twice over for the noise of a shared machine.
+    let seconds_per_step = paced.seconds / paced.steps as f64;
+    let allowed = (2.0 * 0.2 / seconds_per_step).max(2.0);
+    let mean_chunk = paced.steps as f64 / paced.work.submits as f64;
+    assert!(
+        mean_chunk <= allowed,
+        "{mean_chunk:.1} steps a chunk, {seconds_per_step:.4} s a step: at most {allowed:.1}"
+    );
+    assert_eq!(
+        unpaced.work.submits,
+        paced.steps.div_ceil(config.steps_per_submit) + 1,
+        "without a stop flag, chunks of steps_per_submit and one evaluation submit"
+    );
+}

@@ -1,5 +1,6 @@
 //! SIGINT and SIGTERM during training: the first asks the run to stop at the next chunk
 //! boundary and save what it has; a second ends the process at once, as the default would.
+//! Each says so on stderr the moment it arrives, the second with what was kept.
 //!
 //! Our own `sigaction` handler, installed after the GPU is set up, replaces any handler a
 //! driver installed before (lavapipe's LLVM installs one that restores the default and raises
@@ -22,17 +23,52 @@ pub struct Received {
 static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// The flag the trainer watches; a leaked `Arc` so that the handler only loads a pointer.
 static STOP_FLAG: AtomicPtr<AtomicBool> = AtomicPtr::new(std::ptr::null_mut());
+/// What a second signal says was kept (see `say_what_is_kept`): a leaked line, never freed.
+static KEPT: AtomicPtr<Vec<u8>> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Async-signal-safe: atomics and `_exit` only.
+/// Sets what a second signal, which ends the process at once, says was kept. Called rarely
+/// (when the run starts, at its first checkpoint): each call leaks its line, since a handler
+/// may be reading the one before.
+pub fn say_what_is_kept(line: String) {
+    let leaked = Box::into_raw(Box::new(line.into_bytes()));
+    KEPT.store(leaked, Ordering::SeqCst);
+}
+
+/// Writes `bytes` to stderr from a signal handler (write(2) is async-signal-safe).
+#[cfg(unix)]
+fn write_to_stderr(bytes: &[u8]) {
+    // SAFETY: write on fd 2 with a valid buffer; a failure is ignored (nothing else can be done).
+    unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+}
+
+/// Async-signal-safe: atomics, write(2) and `_exit` only.
 #[cfg(unix)]
 extern "C" fn on_stop_signal(signal: libc::c_int) {
+    let name: &[u8] = match signal {
+        libc::SIGINT => b"SIGINT",
+        _ => b"SIGTERM",
+    };
     if FIRST_SIGNAL
         .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
         .is_err()
     {
+        write_to_stderr(b"\n");
+        write_to_stderr(name);
+        write_to_stderr(b" again: exiting at once; ");
+        let kept = KEPT.load(Ordering::SeqCst);
+        if !kept.is_null() {
+            // SAFETY: the pointer comes from a leaked Box and is never freed or changed.
+            write_to_stderr(unsafe { &*kept });
+        }
+        write_to_stderr(b"\n");
         // SAFETY: _exit is async-signal-safe and ends the process without unwinding.
         unsafe { libc::_exit(128 + signal) };
     }
+    write_to_stderr(b"\n");
+    write_to_stderr(name);
+    write_to_stderr(
+        b": stopping after the steps under way and saving the run (send it again to exit at once)\n",
+    );
     let flag = STOP_FLAG.load(Ordering::SeqCst);
     if !flag.is_null() {
         // SAFETY: the pointer comes from a leaked Arc and is never freed.

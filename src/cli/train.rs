@@ -17,7 +17,7 @@ use shadertrain::model_file::{load_parameters_for, save_model};
 use shadertrain::train::{EpochMetrics, EpochProgress, TrainConfig, Trainer};
 use shadertrain::{Error, Result};
 
-use crate::cli::signals::{Interrupt, Received};
+use crate::cli::signals::{Interrupt, Received, say_what_is_kept};
 use crate::{Recipe, TrainArgs, recipe};
 
 /// Where and how often checkpoints are written.
@@ -25,6 +25,8 @@ struct CheckpointPlan {
     dir: PathBuf,
     every: Option<u64>,
     keep: usize,
+    /// Whether the folder holds a checkpoint of this run (resumed from, or written).
+    holds_one: Cell<bool>,
 }
 
 /// `given(id)` tells whether the flag with that clap id was on the command line: on resume,
@@ -198,6 +200,10 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
             last_epoch,
         })
     };
+    say_what_is_kept(match &plan {
+        Some(plan) => plan.kept_line(),
+        None => "nothing of the run is kept (it has no --checkpoint-dir)".into(),
+    });
     let interrupt = Interrupt::register()?;
     trainer.stop_when(interrupt.requested());
     let mut stopped_by = None;
@@ -241,7 +247,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         }
         if let Some(plan) = &plan {
             let checkpoint = checkpoint_of(&trainer, Some(without_clock(&record)))?;
-            checkpoint::save(&plan.dir, &checkpoint, plan.keep)?;
+            plan.save(&checkpoint)?;
         }
         if let Some(log) = &log {
             log.append(&record)?;
@@ -258,11 +264,19 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
             );
         }
     }
-    if let Some(signal) = stopped_by {
+    // A signal during the last epoch's checkpoint or log line stops the run too: what it
+    // says it kept is then the whole run.
+    let complete = stopped_by.is_none();
+    if let Some(signal) = stopped_by.or_else(|| interrupt.received()) {
         let save = args.save.as_deref().map(|path| (path, &data));
-        return Err(stop(&trainer, signal, save, plan.as_ref(), &|t| {
-            checkpoint_of(t, None)
-        }));
+        return Err(stop(
+            &trainer,
+            signal,
+            complete,
+            save,
+            plan.as_ref(),
+            &|t| checkpoint_of(t, None),
+        ));
     }
     if let Some(path) = &args.save {
         let params = trainer.parameters()?;
@@ -274,10 +288,11 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
 
 /// After a stop signal: saves the model so far (with --save) and a checkpoint of the step
 /// reached (with a checkpoint folder, unless the newest is of that step), and returns the error
-/// that says how to go on.
+/// that says how to go on (`complete`: the signal came after the last epoch's row).
 fn stop(
     trainer: &Trainer,
     signal: Received,
+    complete: bool,
     save: Option<(&Path, &DataIdentity)>,
     plan: Option<&CheckpointPlan>,
     checkpoint_of: &dyn Fn(&Trainer) -> Result<Checkpoint>,
@@ -296,9 +311,16 @@ fn stop(
         let mut kept = Vec::new();
         if let Some((path, data)) = save {
             save_model(path, trainer.spec(), &trainer.parameters()?, data)?;
-            kept.push(format!("the model so far in {}", path.display()));
+            let so_far = if complete { "" } else { " so far" };
+            kept.push(format!("the model{so_far} in {}", path.display()));
+        }
+        if complete {
+            kept.push("the run had finished training".into());
         }
         let Some(plan) = plan else {
+            if complete {
+                return Ok(kept.join("; "));
+            }
             kept.push(
                 "no --checkpoint-dir, so the run cannot be resumed (give one to make a run \
                  resumable)"
@@ -308,12 +330,14 @@ fn stop(
         };
         let newest = checkpoint::list(&plan.dir)?.last().map(|(steps, _)| *steps);
         if newest != Some(steps_done) {
-            checkpoint::save(&plan.dir, &checkpoint_of(trainer)?, plan.keep)?;
+            plan.save(&checkpoint_of(trainer)?)?;
         }
-        kept.push(format!(
-            "continue with: shadertrain train --resume {}",
-            absolute(&plan.dir).display()
-        ));
+        if !complete {
+            kept.push(format!(
+                "continue with: shadertrain train --resume {}",
+                absolute(&plan.dir).display()
+            ));
+        }
         Ok(kept.join("; "))
     };
     match saved() {
@@ -387,17 +411,22 @@ fn train_one_epoch(
             && at(checkpoint_every)
             && taken < total
         {
-            checkpoint::save(&plan.dir, &checkpoint_of(trainer, None)?, plan.keep)?;
+            plan.save(&checkpoint_of(trainer, None)?)?;
         }
         if trainer.stop_requested() {
             break;
         }
     }
     let m = match trainer.epoch_position() {
-        _ if trainer.stop_requested() => None,
+        _ if trainer.stop_requested() => Err(Error::Stopped),
         // --max-steps came first: the figures so far, the epoch left under way.
-        Some((taken, total)) if taken < total => Some(trainer.epoch_so_far()?),
-        _ => Some(trainer.end_epoch()?),
+        Some((taken, total)) if taken < total => trainer.epoch_so_far(),
+        _ => trainer.end_epoch(),
+    };
+    // A stop during the evaluation leaves the epoch under way, its steps all taken.
+    let m = match m {
+        Err(Error::Stopped) => None,
+        other => Some(other?),
     };
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -699,6 +728,7 @@ fn checkpoint_plan(
         dir,
         every,
         keep: args.keep_checkpoints,
+        holds_one: Cell::new(resuming_here && resumed.is_some()),
     }))
 }
 
@@ -710,6 +740,27 @@ fn same_folder(a: &Path, b: &Path) -> bool {
 }
 
 impl CheckpointPlan {
+    /// Writes `checkpoint`; from the first on, a second stop signal says where it is.
+    fn save(&self, checkpoint: &Checkpoint) -> Result<()> {
+        checkpoint::save(&self.dir, checkpoint, self.keep)?;
+        if !self.holds_one.replace(true) {
+            say_what_is_kept(self.kept_line());
+        }
+        Ok(())
+    }
+
+    /// What a second stop signal says is kept.
+    fn kept_line(&self) -> String {
+        let dir = absolute(&self.dir);
+        match self.holds_one.get() {
+            true => format!(
+                "the newest checkpoint is kept: continue with shadertrain train --resume {}",
+                dir.display()
+            ),
+            false => format!("no checkpoint was written in {} yet", dir.display()),
+        }
+    }
+
     /// Creates the folder, locks it (unless `lock` already holds it) and removes what killed
     /// writes left there: just before training, so that a run refused earlier leaves nothing
     /// behind.

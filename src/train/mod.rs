@@ -17,10 +17,12 @@
 pub(crate) mod builder;
 pub mod config;
 mod measure;
+mod pacing;
 pub(crate) mod program;
 mod progress;
 pub mod state;
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +34,7 @@ use builder::{ProgramBuilder, TransposedInput};
 pub use config::{
     EpochMetrics, EpochProgress, Evaluation, GpuWork, OptimizerKind, SplitMetrics, TrainConfig,
 };
+use pacing::{InFlight, Pace};
 use program::{Program, Recorder};
 use progress::{PROGRESS_READS_IN_FLIGHT, PendingRead, ProgressReads};
 pub use state::{EpochState, TrainingState};
@@ -179,6 +182,10 @@ pub struct Trainer<'k> {
     epoch_end: Program<'k>,
     /// When set, `train` returns at the next chunk boundary (a signal asked the run to stop).
     stop: Option<Arc<AtomicBool>>,
+    /// The measured GPU time of a training step and of an evaluation batch, which size the
+    /// chunks of a stoppable run.
+    training_pace: Cell<Pace>,
+    evaluation_pace: Cell<Pace>,
 }
 
 impl<'k> Trainer<'k> {
@@ -433,6 +440,8 @@ impl<'k> Trainer<'k> {
             advance,
             epoch_end,
             stop: None,
+            training_pace: Cell::default(),
+            evaluation_pace: Cell::default(),
         };
         // The evaluation steps never change: positions only.
         for split in std::iter::once(&trainer.test).chain(&trainer.validation) {
@@ -625,17 +634,26 @@ impl<'k> Trainer<'k> {
     ) -> Result<()> {
         let until = epoch.steps.len().min(epoch.next.saturating_add(count));
         let mut pending = VecDeque::new();
-        // A stoppable run without progress reads stays as few chunks ahead of the GPU as one
-        // with them, so that a stop takes effect within a few chunks, not at the epoch's end.
-        let mut unwaited = VecDeque::new();
+        // A stoppable run (and one reading progress) keeps a few chunks ahead of the GPU, sized
+        // by time, so that a stop takes effect within a second, not at the epoch's end.
+        let paced = self.stop.is_some();
+        let mut in_flight = InFlight::default();
+        let mut pace = self.training_pace.get();
         let mut chunks = 0;
         while epoch.next < until && !self.stop_requested() {
-            let end = until.min(epoch.next + self.config.steps_per_submit);
-            if let Some(report) = progress.as_deref_mut() {
-                if pending.len() == PROGRESS_READS_IN_FLIGHT {
-                    let read = pending.pop_front().expect("a full ring");
+            let size = match paced {
+                true => pace.chunk(self.config.steps_per_submit),
+                false => self.config.steps_per_submit,
+            };
+            let end = until.min(epoch.next + size);
+            if in_flight.is_full() {
+                in_flight.wait_oldest(self.gpu, &mut pace)?;
+                if let Some(report) = progress.as_deref_mut() {
+                    let read = pending.pop_front().expect("a read per chunk in flight");
                     self.finish_progress_read(read, epoch, report)?;
                 }
+            }
+            if progress.is_some() {
                 let shape = MetricsShape {
                     count: epoch.samples_in(end) as u32,
                     slot: 0,
@@ -661,18 +679,8 @@ impl<'k> Trainer<'k> {
             }
             let submission = self.gpu.queue.submit([encoder.finish()]);
             epoch.work.submits += 1;
-            if self.stop.is_some() && progress.is_none() {
-                if unwaited.len() == PROGRESS_READS_IN_FLIGHT {
-                    let oldest = unwaited.pop_front().expect("a full ring");
-                    self.gpu
-                        .device
-                        .poll(wgpu::PollType::Wait {
-                            submission_index: Some(oldest),
-                            timeout: None,
-                        })
-                        .map_err(|e| Error::Readback(e.to_string()))?;
-                }
-                unwaited.push_back(submission.clone());
+            if paced || progress.is_some() {
+                in_flight.push(submission.clone(), end - epoch.next);
             }
             if progress.is_some() {
                 let (sender, mapped) = std::sync::mpsc::channel();
@@ -691,6 +699,7 @@ impl<'k> Trainer<'k> {
             chunks += 1;
             crate::failpoint::reach(crate::failpoint::CHUNK_SUBMITTED);
         }
+        self.training_pace.set(pace);
         if let Some(report) = progress {
             while let Some(read) = pending.pop_front() {
                 self.finish_progress_read(read, epoch, report)?;
@@ -700,7 +709,8 @@ impl<'k> Trainer<'k> {
     }
 
     /// Closes the epoch under way once all its steps are taken: evaluates the test set and
-    /// reads back the epoch's metrics (the one wait).
+    /// reads back the epoch's metrics (the one wait). `Error::Stopped` when a stop (see
+    /// `stop_when`) came during the evaluation: the epoch stays under way, every step taken.
     pub fn end_epoch(&mut self) -> Result<EpochMetrics> {
         let Some(epoch) = self.epoch.as_ref() else {
             return Err(Error::Config("no epoch is under way".into()));
@@ -726,11 +736,12 @@ impl<'k> Trainer<'k> {
             return Err(Error::Config("no epoch is under way".into()));
         };
         let next = epoch.next;
-        let metrics = self.epoch_metrics()?;
-        // The evaluation moved the schedule's cursor: put it back on the next training step.
+        let metrics = self.epoch_metrics();
+        // The evaluation moved the schedule's cursor (stopped or not): put it back on the next
+        // training step.
         let header = [next as u32, 0, 0, 0];
         (self.gpu.queue).write_buffer(&self.schedule, 0, bytemuck::cast_slice(&header));
-        Ok(metrics)
+        metrics
     }
 
     /// The epoch under way's training figures over the steps taken, and the evaluated splits'.
@@ -825,31 +836,70 @@ impl<'k> Trainer<'k> {
 
     /// Runs the test set (and the validation set) forward, reduces every split's per-sample
     /// metrics and reads the totals (loss and correct count per split: training, test,
-    /// validation) back: the one wait.
+    /// validation) back: the one wait. A stoppable trainer submits the evaluation in chunks
+    /// sized by time and returns `Error::Stopped` between two when asked to stop.
     fn evaluate_and_read_totals(&self, work: &mut GpuWork) -> Result<Vec<u32>> {
-        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
         let batch = self.evaluation_batch;
-        // The test steps follow the slots of a whole epoch's training steps, whether or not a
-        // step limit ended this epoch early; the validation steps follow them. Both are run in
-        // one pass over the schedule from the test set's first slot.
+        // The test steps follow the slots of a whole epoch's training steps; the validation
+        // steps follow them. Both are run in one pass over the schedule from the test set's
+        // first slot.
         let cursor = [self.test.first_slot as u32, 0, 0, 0];
         self.gpu
             .queue
             .write_buffer(&self.schedule, 0, bytemuck::cast_slice(&cursor));
-        {
-            let mut recorder = Recorder::new(&mut encoder);
-            for split in std::iter::once(&self.test).chain(&self.validation) {
-                for (_, rows) in batches(split.data.samples, batch) {
-                    work.dispatches +=
-                        program_for(rows, batch, &split.full, &split.tail).record(&mut recorder);
+        let programs: Vec<&Program> = std::iter::once(&self.test)
+            .chain(&self.validation)
+            .flat_map(|split| {
+                batches(split.data.samples, batch)
+                    .map(|(_, rows)| program_for(rows, batch, &split.full, &split.tail))
+            })
+            .collect();
+        let paced = self.stop.is_some();
+        let mut pace = self.evaluation_pace.get();
+        let mut in_flight = InFlight::default();
+        let mut remaining = &programs[..];
+        loop {
+            let size = match paced {
+                true => pace.chunk(remaining.len()),
+                false => remaining.len(),
+            };
+            let (chunk, rest) = remaining.split_at(size);
+            remaining = rest;
+            let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut recorder = Recorder::new(&mut encoder);
+                for program in chunk {
+                    work.dispatches += program.record(&mut recorder);
                     work.dispatches += self.advance.record(&mut recorder);
                 }
+                if remaining.is_empty() {
+                    work.dispatches += self.epoch_end.record(&mut recorder);
+                }
             }
-            work.dispatches += self.epoch_end.record(&mut recorder);
+            if remaining.is_empty() {
+                encoder.copy_buffer_to_buffer(
+                    &self.totals,
+                    0,
+                    &self.totals_staging,
+                    0,
+                    TOTALS_BYTES,
+                );
+                self.gpu.queue.submit([encoder.finish()]);
+                work.submits += 1;
+                break;
+            }
+            let submission = self.gpu.queue.submit([encoder.finish()]);
+            work.submits += 1;
+            crate::failpoint::reach(crate::failpoint::EVALUATION_CHUNK);
+            in_flight.push(submission, chunk.len());
+            if in_flight.is_full() {
+                in_flight.wait_oldest(self.gpu, &mut pace)?;
+            }
+            self.evaluation_pace.set(pace);
+            if self.stop_requested() {
+                return Err(Error::Stopped);
+            }
         }
-        encoder.copy_buffer_to_buffer(&self.totals, 0, &self.totals_staging, 0, TOTALS_BYTES);
-        self.gpu.queue.submit([encoder.finish()]);
-        work.submits += 1;
         work.readbacks += 1;
         self.gpu.map_and_read(&self.totals_staging)
     }

@@ -14,7 +14,7 @@ use crate::gpu::uniforms::MetricsShape;
 
 /// Staging buffers for running-metric reads in flight: one per chunk of steps that may be queued
 /// ahead of the chunk the host waits for.
-pub(super) const PROGRESS_READS_IN_FLIGHT: usize = 3;
+pub(super) const PROGRESS_READS_IN_FLIGHT: usize = super::pacing::CHUNKS_IN_FLIGHT;
 
 /// What reading the running metrics needs: the reduction over the epoch's samples so far, and
 /// a ring of staging buffers so that reads of several chunks can be in flight.
