@@ -60,9 +60,9 @@ pub enum Error {
     #[error("image {path}: {problem}")]
     Image { path: PathBuf, problem: String },
 
-    /// A readable image in which no digit can be seen (blank, or a few pixels in all).
+    /// A readable image that shows nothing to classify (blank, or a few pixels in all).
     #[error("image {path}: {problem}")]
-    NoDigit { path: PathBuf, problem: String },
+    EmptyImage { path: PathBuf, problem: String },
 
     #[error("metrics log {path}: {problem}")]
     MetricsLog { path: PathBuf, problem: String },

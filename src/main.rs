@@ -40,8 +40,8 @@ enum Command {
     /// Evaluate a saved model on its data's test set: loss, accuracy, per-class accuracy and a
     /// confusion matrix.
     Eval(EvalArgs),
-    /// Classify images (PNG or JPEG, any size; preprocessed as MNIST was) or test samples with a
-    /// saved model, printing the top three classes.
+    /// Classify images (PNG or JPEG, any size, told apart by content; prepared as the model's
+    /// data was made) or test samples with a saved model, printing the top three classes.
     Predict(PredictArgs),
     /// Draw loss and accuracy (train, validation where held out, and test) against epochs from a
     /// `train --metrics` log, as PNG or SVG (by the output's extension); of a log holding several

@@ -194,6 +194,39 @@ fn predict_reads_rendered_test_images_as_their_labels() {
         big.save(&path).unwrap();
         files.push(path.to_str().unwrap().to_string());
     }
+    // The format is read from the content, not the name; transparency is composited so that
+    // strokes of either colour survive.
+    let mut expected: Vec<usize> = confident.clone();
+    for (n, &i) in confident.iter().take(4).enumerate() {
+        let ink = &test.pixels[i * 784..(i + 1) * 784];
+        let small = image::GrayImage::from_raw(28, 28, ink.to_vec()).unwrap();
+        let big = image::imageops::resize(&small, 84, 84, image::imageops::FilterType::Triangle);
+        let (name, picture): (&str, image::DynamicImage) = match n {
+            0 => ("png-named.jpg", big.into()),
+            1 => ("no-extension", big.into()),
+            // A stroke of one colour whose shape is all in its opacity.
+            _ => {
+                let stroke = if n == 2 { 0 } else { 255 };
+                let rgba = image::RgbaImage::from_fn(84, 84, |x, y| {
+                    image::Rgba([stroke, stroke, stroke, big.get_pixel(x, y)[0]])
+                });
+                (
+                    if n == 2 {
+                        "black-on-transparent.png"
+                    } else {
+                        "white-on-transparent.png"
+                    },
+                    rgba.into(),
+                )
+            }
+        };
+        let path = out.path().join(name);
+        picture
+            .save_with_format(&path, image::ImageFormat::Png)
+            .unwrap();
+        files.push(path.to_str().unwrap().to_string());
+        expected.push(i);
+    }
     let mut args = vec!["predict", "--json", "--model", model.to_str().unwrap()];
     args.extend(files.iter().map(String::as_str));
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
@@ -206,11 +239,11 @@ fn predict_reads_rendered_test_images_as_their_labels() {
         String::from_utf8_lossy(&output.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    for (n, &i) in confident.iter().enumerate() {
+    for (n, &i) in expected.iter().enumerate() {
         assert_eq!(
             report[n]["top"][0]["class"], test.labels[i] as u64,
-            "digit{n} (test image {i}): {}",
-            report[n]
+            "{} (test image {i}): {}",
+            files[n], report[n]
         );
     }
 
@@ -261,14 +294,40 @@ fn predict_reads_rendered_test_images_as_their_labels() {
     );
     let classified: Vec<&str> = stdout.lines().collect();
     assert_eq!(classified.len(), 2, "{stdout}");
+    // A single file that cannot be read is not "1 of 1, the others classified".
+    let output = predict(&[not_an_image.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: the image could not be read") && !stderr.contains("others"),
+        "{stderr}"
+    );
     assert!(classified[0].starts_with(&files[0]) && classified[1].starts_with(&files[1]));
 
     // MNIST's own images, written as 28×28 PNG files, come through the preprocessing as they
     // are: classified from the files as from the test set (the same model either way).
+    let (agree, count) = (
+        files_agreeing_with_indices(&model, &dir, &test, out.path()),
+        1000,
+    );
+    assert!(
+        agree * 1000 >= count * 995,
+        "predict agrees on {agree} of {count} test images written as files"
+    );
+}
+
+/// Of the first 1000 test images written as 28×28 PNG files into `out`, how many `predict`
+/// classifies from the files as it does from the test set (`--index`).
+fn files_agreeing_with_indices(
+    model: &std::path::Path,
+    data: &std::path::Path,
+    test: &Dataset,
+    out: &std::path::Path,
+) -> usize {
     let count = 1000;
     let mut paths = Vec::new();
     for i in 0..count {
-        let path = out.path().join(format!("test{i}.png"));
+        let path = out.join(format!("test{i}.png"));
         image::GrayImage::from_raw(28, 28, test.pixels[i * 784..(i + 1) * 784].to_vec())
             .unwrap()
             .save(&path)
@@ -276,28 +335,117 @@ fn predict_reads_rendered_test_images_as_their_labels() {
         paths.push(path.to_str().unwrap().to_string());
     }
     let indices: Vec<String> = (0..count).map(|i| i.to_string()).collect();
-    let mut by_index = vec!["--json", "--offline", "--data", dir.to_str().unwrap()];
+    let mut by_index = vec!["--json", "--offline", "--data", data.to_str().unwrap()];
     by_index.extend(indices.iter().flat_map(|i| ["--index", i.as_str()]));
     let mut by_file = vec!["--json"];
     by_file.extend(paths.iter().map(String::as_str));
-    let [from_files, from_indices] = [by_file, by_index].map(|args| {
-        let output = predict(&args);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        let top: Vec<u64> = (0..count)
-            .map(|i| report[i]["top"][0]["class"].as_u64().unwrap())
-            .collect();
-        top
-    });
-    let agree = (0..count)
+    let [from_files, from_indices] = [by_file, by_index].map(|args| top_classes(model, &args));
+    (0..count)
         .filter(|&i| from_files[i] == from_indices[i])
+        .count()
+}
+
+/// `predict --model MODEL ARGS...` (with --json): each input's top class.
+fn top_classes(model: &std::path::Path, args: &[&str]) -> Vec<u64> {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+        .args(["predict", "--model", model.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    (report.as_array().unwrap().iter())
+        .map(|entry| entry["top"][0]["class"].as_u64().unwrap())
+        .collect()
+}
+
+/// A Fashion-MNIST model's pictures are prepared as Fashion-MNIST's were (not as digits): its
+/// own test images as files agree with `--index`, and items photographed larger, on white and
+/// off-centre are trimmed, resized and centred back into what the model knows.
+#[test]
+fn predict_prepares_pictures_for_a_fashion_model_as_fashion_mnist_made_them() {
+    let Some(dir) = locate(DatasetKind::FashionMnist, None) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install dataset-fashion-mnist"
+        );
+        eprintln!("Fashion-MNIST not installed: not tested here");
+        return;
+    };
+    let train = Dataset::load_mnist(&dir, Split::Train)
+        .unwrap()
+        .truncated(10_000);
+    let test = Dataset::load_mnist(&dir, Split::Test).unwrap();
+    let mut trainer = reference_trainer(TrainConfig::default(), &train, &test.truncated(100));
+    trainer.run_epoch().unwrap();
+    let params = trainer.parameters().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let model = out.path().join("fashion.safetensors");
+    shadertrain::model_file::save_model(
+        &model,
+        &ModelSpec::reference(),
+        &params,
+        &DataIdentity::published(DatasetKind::FashionMnist),
+    )
+    .unwrap();
+
+    let agree = files_agreeing_with_indices(&model, &dir, &test, out.path());
+    assert!(
+        agree * 1000 >= 1000 * 995,
+        "predict agrees on {agree} of 1000 Fashion-MNIST test images written as files"
+    );
+
+    // Items the model is sure of, drawn three times larger, dark on white, in a wider picture
+    // with the item off-centre: the class stays.
+    let (x, y) = reference::gather_batch(&test, &(0..200).collect::<Vec<u32>>(), 0, 200);
+    let logits = reference::forward(&ModelSpec::reference(), &params, &x)
+        .pop()
+        .unwrap();
+    let confident: Vec<usize> = (0..200)
+        .filter(|&i| {
+            let row = &logits[i * 10..(i + 1) * 10];
+            let best = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            let second = (0..10)
+                .filter(|&c| c != best)
+                .map(|c| row[c])
+                .fold(f32::MIN, f32::max);
+            best as u32 == y[i] && row[best] - second > 4.0
+        })
+        .take(8)
+        .collect();
+    assert_eq!(confident.len(), 8);
+    let mut files = Vec::new();
+    for &i in &confident {
+        let item = image::GrayImage::from_raw(28, 28, test.pixels[i * 784..(i + 1) * 784].to_vec())
+            .unwrap();
+        let big = image::imageops::resize(&item, 84, 84, image::imageops::FilterType::Triangle);
+        let photo = image::GrayImage::from_fn(150, 110, |px, py| {
+            let inside = (30..114).contains(&px) && (10..94).contains(&py);
+            let ink = if inside {
+                big.get_pixel(px - 30, py - 10)[0]
+            } else {
+                0
+            };
+            image::Luma([255 - ink])
+        });
+        let path = out.path().join(format!("item{i}.png"));
+        photo.save(&path).unwrap();
+        files.push(path.to_str().unwrap().to_string());
+    }
+    let mut args = vec!["--json"];
+    args.extend(files.iter().map(String::as_str));
+    let classes = top_classes(&model, &args);
+    let right = confident
+        .iter()
+        .zip(&classes)
+        .filter(|&(&i, &class)| class == test.labels[i] as u64)
         .count();
     assert!(
-        agree * 1000 >= count * 995,
-        "predict agrees on {agree} of {count} test images written as files"
+        right >= 7,
+        "{right} of 8 photographed items keep their class: {classes:?}"
     );
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use shadertrain::data::DatasetKind;
-use shadertrain::data::images::load_digit;
+use shadertrain::data::images::{Preparation, load_image};
 use shadertrain::model::Shape;
 use shadertrain::model_file::load_model;
 use shadertrain::reference::forward;
@@ -33,11 +33,14 @@ pub fn run(
     let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
     let mut left_out = Vec::new();
     let mut unreadable = 0;
+    // Pictures are prepared as the model's data was made: digits as MNIST's, clothes as
+    // Fashion-MNIST's.
+    let preparation = Preparation::of(saved.data.labels);
     for path in images {
-        match load_digit(path) {
+        match load_image(path, preparation) {
             Ok(pixels) => inputs.push((path.display().to_string(), pixels)),
             Err(e) => {
-                let kind = if matches!(e, Error::NoDigit { .. }) {
+                let kind = if matches!(e, Error::EmptyImage { .. }) {
                     "warning"
                 } else {
                     unreadable += 1;
@@ -118,11 +121,21 @@ pub fn run(
         println!("{}", serde_json::Value::Array(report));
     }
     if unreadable > 0 {
-        return Err(Error::Config(format!(
-            "{unreadable} of {} images could not be read (named above); the others were \
-             classified",
-            images.len()
-        )));
+        return Err(Error::Config(unreadable_summary(unreadable, images.len())));
     }
     Ok(())
+}
+
+/// The closing line when `unreadable` of `images` image files could not be read.
+fn unreadable_summary(unreadable: usize, images: usize) -> String {
+    match (unreadable, images) {
+        (1, 1) => "the image could not be read (see above)".into(),
+        (n, total) if n == total => format!("none of the {total} images could be read (see above)"),
+        (1, total) => format!(
+            "1 of {total} images could not be read (named above); the others were classified"
+        ),
+        (n, total) => format!(
+            "{n} of {total} images could not be read (named above); the others were classified"
+        ),
+    }
 }

@@ -1,48 +1,115 @@
-//! Turning an arbitrary photo or drawing of a digit into an MNIST-style sample, the way MNIST was
-//! made: grey levels, white digit on black, the digit's bounding box scaled into 20×20 (aspect kept),
-//! then placed in 28×28 so that its centre of mass sits at the centre. An image already in that
-//! form (28×28, the digit within 20×20 and centred) is taken as it is, so MNIST's own images come
-//! through unchanged.
+//! Turning an arbitrary picture into a sample the way the model's data was made.
+//!
+//! Digits (MNIST): grey levels, white digit on black, the digit's bounding box scaled into 20×20
+//! (aspect kept), then placed in 28×28 so that its centre of mass sits at the centre. Clothing
+//! (Fashion-MNIST, as Zalando describe their conversion): the edges close to the corners' colour
+//! trimmed, the longest edge resized to 28, the shorter one extended to 28 with the item in the
+//! middle of the canvas, intensities negated where the background is light. (Their sharpening
+//! step is left out: resizing here filters instead of skipping pixels.) An image already in its
+//! data's form (28×28; a digit within 20×20 and centred) is taken as it is, so the datasets' own
+//! images come through unchanged.
+//!
+//! The format is read from the file's content, not its name. A picture with transparency is put
+//! on a background that its strokes stand out from: light strokes on black, dark ones on white.
 
 use std::path::Path;
 
-use image::GrayImage;
 use image::imageops::{FilterType, resize};
+use image::{DynamicImage, GrayImage};
 
+use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 
 pub const SIDE: u32 = 28;
 const BOX: u32 = 20;
-/// Narrower or lower than this, an image cannot show a digit.
+/// Narrower or lower than this, an image cannot show a digit or an item.
 const MIN_SIDE: u32 = 8;
 /// How far from the centre an image's centre of mass may be to count as centred: MNIST's are
 /// within one pixel.
 const CENTRED_WITHIN: f64 = 1.5;
+/// Fashion-MNIST trimmed edges within 5 % of the maximum intensity of the corners' colour.
+const TRIM_WITHIN: f64 = 0.05 * 255.0;
 
-/// Reads a PNG or JPEG of any size and returns 28×28 grey levels, row-major, digit bright.
-/// `Error::Image` when the file cannot be read, `Error::NoDigit` when it shows no digit.
-pub fn load_digit(path: &Path) -> Result<Vec<u8>> {
-    let image = image::open(path)
-        .map_err(|e| Error::Image {
-            path: path.to_path_buf(),
-            problem: format!("not a readable PNG or JPEG image: {e}"),
-        })?
-        .to_luma8();
-    digit_from_grey(&image).map_err(|problem| Error::NoDigit {
+/// How a dataset's images were made from pictures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preparation {
+    Digit,
+    Clothing,
+}
+
+impl Preparation {
+    /// The preparation of the images of `dataset`.
+    pub fn of(dataset: DatasetKind) -> Preparation {
+        match dataset {
+            DatasetKind::Mnist => Preparation::Digit,
+            DatasetKind::FashionMnist => Preparation::Clothing,
+        }
+    }
+
+    /// Prepares a grey picture: 28×28 grey levels, row-major, the subject bright on black; the
+    /// reason when it shows nothing to classify.
+    pub fn prepare(self, image: &GrayImage) -> std::result::Result<Vec<u8>, String> {
+        match self {
+            Preparation::Digit => digit_from_grey(image),
+            Preparation::Clothing => clothing_from_grey(image),
+        }
+    }
+}
+
+/// Reads an image (PNG or JPEG, whatever its name says) and prepares it as `preparation`
+/// says. `Error::Image` when the file cannot be read, `Error::EmptyImage` when it shows
+/// nothing to classify.
+pub fn load_image(path: &Path, preparation: Preparation) -> Result<Vec<u8>> {
+    let unreadable = |problem: String| Error::Image {
         path: path.to_path_buf(),
         problem,
+    };
+    let decoded = image::ImageReader::open(path)
+        .map_err(|e| unreadable(format!("cannot open it: {e}")))?
+        .with_guessed_format()
+        .map_err(|e| unreadable(format!("cannot read it: {e}")))?
+        .decode()
+        .map_err(|e| unreadable(format!("not a readable PNG or JPEG image: {e}")))?;
+    preparation
+        .prepare(&grey_on_a_contrasting_background(decoded))
+        .map_err(|problem| Error::EmptyImage {
+            path: path.to_path_buf(),
+            problem,
+        })
+}
+
+/// Grey levels, with transparent parts put on black when the visible strokes are light and on
+/// white when they are dark, so that the strokes survive whichever colour they are.
+fn grey_on_a_contrasting_background(image: DynamicImage) -> GrayImage {
+    if !image.color().has_alpha() {
+        return image.to_luma8();
+    }
+    let with_alpha = image.to_luma_alpha8();
+    let (mut ink, mut opacity) = (0.0f64, 0.0f64);
+    for pixel in with_alpha.pixels() {
+        let alpha = pixel[1] as f64 / 255.0;
+        ink += alpha * pixel[0] as f64;
+        opacity += alpha;
+    }
+    let strokes = if opacity > 0.0 { ink / opacity } else { 0.0 };
+    let background = if strokes < 128.0 { 255.0 } else { 0.0 };
+    GrayImage::from_fn(with_alpha.width(), with_alpha.height(), |x, y| {
+        let pixel = with_alpha.get_pixel(x, y);
+        let alpha = pixel[1] as f64 / 255.0;
+        let grey = alpha * pixel[0] as f64 + (1.0 - alpha) * background;
+        image::Luma([grey.round() as u8])
     })
 }
 
-/// The MNIST preprocessing of a grey image (see the module comment).
-pub fn digit_from_grey(image: &GrayImage) -> std::result::Result<Vec<u8>, String> {
+/// The picture with its subject bright on dark: inverted when its border is light (dark ink on
+/// paper, a product photographed on white). None when it is too small or blank.
+fn bright_on_dark(image: &GrayImage, what: &str) -> std::result::Result<GrayImage, String> {
     let (width, height) = image.dimensions();
     if width < MIN_SIDE || height < MIN_SIDE {
         return Err(format!(
-            "{width}×{height} pixels is too small to show a digit (MNIST's are 28×28)"
+            "{width}×{height} pixels is too small to show a {what} (the data's images are 28×28)"
         ));
     }
-    // A light border means dark ink on light paper: invert so the digit is bright, as in MNIST.
     let border: Vec<u8> = image
         .enumerate_pixels()
         .filter(|(x, y, _)| *x == 0 || *y == 0 || *x == width - 1 || *y == height - 1)
@@ -54,11 +121,59 @@ pub fn digit_from_grey(image: &GrayImage) -> std::result::Result<Vec<u8>, String
         let v = image.get_pixel(x, y)[0];
         image::Luma([if invert { 255 - v } else { v }])
     });
-
     let brightest = ink.pixels().map(|p| p[0]).max().unwrap_or(0);
     if brightest < 32 {
-        return Err("no digit found: the image is blank".into());
+        return Err(format!("no {what} found: the image is blank"));
     }
+    Ok(ink)
+}
+
+/// The Fashion-MNIST preparation of a grey image (see the module comment).
+pub fn clothing_from_grey(image: &GrayImage) -> std::result::Result<Vec<u8>, String> {
+    let ink = bright_on_dark(image, "item")?;
+    let (width, height) = ink.dimensions();
+    if (width, height) == (SIDE, SIDE) {
+        return Ok(ink.into_raw());
+    }
+    let corners = [
+        (0, 0),
+        (width - 1, 0),
+        (0, height - 1),
+        (width - 1, height - 1),
+    ];
+    let background = corners
+        .iter()
+        .map(|&(x, y)| ink.get_pixel(x, y)[0] as f64)
+        .sum::<f64>()
+        / 4.0;
+    let (mut x0, mut y0, mut x1, mut y1) = (width, height, 0, 0);
+    for (x, y, p) in ink.enumerate_pixels() {
+        if (p[0] as f64 - background).abs() > TRIM_WITHIN {
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+        }
+    }
+    if x0 > x1 {
+        return Err("no item found: the image is one colour".into());
+    }
+    let (box_w, box_h) = (x1 - x0 + 1, y1 - y0 + 1);
+    let cropped = image::imageops::crop_imm(&ink, x0, y0, box_w, box_h).to_image();
+    let scale = SIDE as f64 / box_w.max(box_h) as f64;
+    let new_w = ((box_w as f64 * scale).round() as u32).clamp(1, SIDE);
+    let new_h = ((box_h as f64 * scale).round() as u32).clamp(1, SIDE);
+    let scaled = resize(&cropped, new_w, new_h, FilterType::Triangle);
+    let mut out = vec![0u8; (SIDE * SIDE) as usize];
+    let (dx, dy) = ((SIDE - new_w) / 2, (SIDE - new_h) / 2);
+    for (x, y, p) in scaled.enumerate_pixels() {
+        out[((y + dy) * SIDE + x + dx) as usize] = p[0];
+    }
+    Ok(out)
+}
+
+/// The MNIST preprocessing of a grey image (see the module comment).
+pub fn digit_from_grey(image: &GrayImage) -> std::result::Result<Vec<u8>, String> {
+    let ink = bright_on_dark(image, "digit")?;
+    let (width, height) = ink.dimensions();
+    let brightest = ink.pixels().map(|p| p[0]).max().unwrap_or(0);
     let threshold = brightest / 4;
     let (mut x0, mut y0, mut x1, mut y1) = (width, height, 0, 0);
     for (x, y, p) in ink.enumerate_pixels() {
@@ -148,6 +263,39 @@ mod tests {
             "centre ({cx}, {cy})"
         );
         assert_eq!(digit[0], 0, "background is black after inversion");
+    }
+
+    #[test]
+    fn clothing_is_trimmed_resized_to_28_and_centred_on_black() {
+        // A 30×60 dark item on white, off-centre in a 200×100 picture.
+        let photo = GrayImage::from_fn(200, 100, |x, y| {
+            image::Luma([if (20..50).contains(&x) && (30..90).contains(&y) {
+                40
+            } else {
+                255
+            }])
+        });
+        let item = clothing_from_grey(&photo).unwrap();
+        let lit: Vec<(usize, usize)> = (0..784)
+            .filter(|&i| item[i] > 128)
+            .map(|i| (i % 28, i / 28))
+            .collect();
+        let (xs, ys): (Vec<usize>, Vec<usize>) = lit.iter().copied().unzip();
+        let span = |v: &[usize]| (*v.iter().min().unwrap(), *v.iter().max().unwrap());
+        assert_eq!(span(&ys), (0, 27), "the longest edge fills 28");
+        let (x0, x1) = span(&xs);
+        assert!(
+            (13..=15).contains(&(x1 - x0 + 1)),
+            "aspect kept: {x0}..{x1}"
+        );
+        assert!(
+            (x0 as i64 - (27 - x1) as i64).abs() <= 1,
+            "centred: {x0}..{x1}"
+        );
+        assert_eq!(item[0], 0, "the background is black after negation");
+        // A 28×28 item in the data's form comes through as it is.
+        let own = GrayImage::from_fn(SIDE, SIDE, |x, y| image::Luma([((x * 9 + y) % 200) as u8]));
+        assert_eq!(clothing_from_grey(&own).unwrap(), own.as_raw().clone());
     }
 
     #[test]
