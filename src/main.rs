@@ -6,6 +6,24 @@ use std::time::Instant;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+/// `print!` that ends the process quietly when stdout is a closed pipe (see `cli::output`).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::output::write(std::io::stdout().lock(), format_args!($($arg)*)) };
+}
+
+/// `println!` that ends the process quietly when stdout is a closed pipe.
+macro_rules! outln {
+    () => { out!("\n") };
+    ($($arg:tt)*) => { out!("{}\n", format_args!($($arg)*)) };
+}
+
+/// `eprintln!` that ends the process quietly when stderr is a closed pipe.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write(std::io::stderr().lock(), format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod cli;
 
 use shadertrain::Error;
@@ -376,11 +394,11 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ Error::Interrupted { exit_code, .. }) => {
-            eprintln!("{e}");
+            errln!("{e}");
             ExitCode::from(exit_code)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -404,12 +422,15 @@ fn give_mesa_a_runtime_dir() -> Option<tempfile::TempDir> {
 
 fn adapters(args: &AdapterArgs) -> shadertrain::Result<()> {
     let found = list_adapters(&args.request())?;
-    println!(
+    outln!(
         "  {:>5}  {:<40} {:<8} {:<14} driver",
-        "index", "name", "backend", "type"
+        "index",
+        "name",
+        "backend",
+        "type"
     );
     for a in found {
-        println!(
+        outln!(
             "{} {:>5}  {:<40} {:<8} {:<14} {}",
             if a.chosen { "*" } else { " " },
             a.index,
@@ -419,7 +440,7 @@ fn adapters(args: &AdapterArgs) -> shadertrain::Result<()> {
             a.driver
         );
     }
-    println!("(* = the adapter `train` uses with these options)");
+    outln!("(* = the adapter `train` uses with these options)");
     Ok(())
 }
 
@@ -451,7 +472,7 @@ fn plot(args: &PlotArgs) -> shadertrain::Result<()> {
     };
     shadertrain::files::write_atomically(&args.output, &bytes)?;
     if !runs.is_empty() {
-        println!(
+        outln!(
             "{} holds {} runs (--metrics appends; the epoch count starts again): drawing the last, \
              epochs {} to {}",
             args.metrics.display(),
@@ -460,7 +481,7 @@ fn plot(args: &PlotArgs) -> shadertrain::Result<()> {
             points[points.len() - 1].epoch
         );
     }
-    println!("wrote {}", args.output.display());
+    outln!("wrote {}", args.output.display());
     Ok(())
 }
 
@@ -589,7 +610,7 @@ fn bench(args: BenchArgs, process_start: Instant) -> shadertrain::Result<()> {
         process_start,
     )?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report).expect("plain data serialises")
         );

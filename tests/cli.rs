@@ -683,3 +683,44 @@ fn plot_draws_png_and_svg_from_a_metrics_log() {
     assert_eq!(code, 1);
     assert!(stderr.contains(".png or .svg"), "{stderr}");
 }
+
+/// `shadertrain train | head -1`: when the reader of stdout goes, the program ends as Unix tools
+/// do (by SIGPIPE, silently), not with a panic about a broken pipe.
+#[test]
+fn a_closed_stdout_pipe_ends_the_program_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let data = tempfile::tempdir().unwrap();
+    write_small_mnist(data.path(), 256);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+        .args([
+            "train",
+            "--offline",
+            "--hidden",
+            "8",
+            "--epochs",
+            "50",
+            "--data",
+        ])
+        .arg(data.path())
+        .env_remove("SHADERTRAIN_DATA")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("adapter:"), "{first}");
+    // The reader is gone: the next line the program prints meets a closed pipe.
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        output.status
+    );
+    assert!(stderr.is_empty(), "{stderr}");
+}

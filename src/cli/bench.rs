@@ -123,29 +123,31 @@ pub fn run(
 
 pub fn print(r: &BenchReport) {
     let pct = |g: f64| 100.0 * g / r.fma_peak_gflops;
-    println!("adapter: {}", r.adapter);
-    println!("open adapter           {:>9.3} s", r.open_adapter_s);
-    println!("build pipelines        {:>9.3} s", r.build_pipelines_s);
-    println!(
+    outln!("adapter: {}", r.adapter);
+    outln!("open adapter           {:>9.3} s", r.open_adapter_s);
+    outln!("build pipelines        {:>9.3} s", r.build_pipelines_s);
+    outln!(
         "first step done        {:>9.3} s after process start",
         r.first_step_done_s
     );
-    println!(
+    outln!(
         "steady state           {:>9.3} ms/step, {:.0} samples/s (batch {}; best of {TIMING_WINDOWS})",
-        r.ms_per_step, r.samples_per_s, r.batch_size
+        r.ms_per_step,
+        r.samples_per_s,
+        r.batch_size
     );
-    println!("epoch (train + test)   {:>9.2} s", r.epoch_s);
-    println!(
+    outln!("epoch (train + test)   {:>9.2} s", r.epoch_s);
+    outln!(
         "vec4 FMA peak          {:>9.2} GFLOP/s (best of {TIMING_WINDOWS})",
         r.fma_peak_gflops
     );
-    println!(
+    outln!(
         "whole step             {:>9.2} GFLOP/s  {:>5.1} % of peak",
         r.step_gflops,
         pct(r.step_gflops)
     );
     for m in &r.matmuls {
-        println!(
+        outln!(
             "  {:<22} {:>9.2} GFLOP/s  {:>5.1} % of peak   {:<9} (tiled {:.2}, registers {:.2}; M {} N {} K {})",
             m.name,
             m.gflops,
@@ -159,21 +161,23 @@ pub fn print(r: &BenchReport) {
         );
     }
     let profiled: f64 = r.step_ms_by_kernel.iter().map(|k| k.ms).sum();
-    println!("step by kernel         {profiled:>9.3} ms in all, each dispatch timed alone");
+    outln!("step by kernel         {profiled:>9.3} ms in all, each dispatch timed alone");
     for k in &r.step_ms_by_kernel {
-        println!(
+        outln!(
             "  {:<30} {:>7.3} ms  {:>5.1} %",
             k.kernel,
             k.ms,
             100.0 * k.ms / profiled
         );
     }
-    println!(
+    outln!(
         "per epoch              {} submits, {} dispatches, {} readbacks",
-        r.submits_per_epoch, r.dispatches_per_epoch, r.readbacks_per_epoch
+        r.submits_per_epoch,
+        r.dispatches_per_epoch,
+        r.readbacks_per_epoch
     );
     match r.peak_host_memory_mb {
-        Some(mb) => println!("peak host memory       {mb:>9.1} MB"),
-        None => println!("peak host memory       not available on this system"),
+        Some(mb) => outln!("peak host memory       {mb:>9.1} MB"),
+        None => outln!("peak host memory       not available on this system"),
     }
 }

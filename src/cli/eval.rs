@@ -49,10 +49,10 @@ pub fn run(
             })).collect::<Vec<_>>(),
             "confusion_matrix": matrix,
         });
-        println!("{report}");
+        outln!("{report}");
         return Ok(());
     }
-    println!(
+    outln!(
         "model: {} ({} on {}) on the {} test set ({} samples)",
         model.display(),
         saved.spec.describe(),
@@ -60,29 +60,29 @@ pub fn run(
         read.name(),
         test.samples()
     );
-    println!(
+    outln!(
         "test loss {:.4}, accuracy {:.2}%",
         result.loss,
         100.0 * result.accuracy
     );
-    println!();
-    println!("{:<12} {:>8} {:>9}", "class", "samples", "accuracy");
+    outln!();
+    outln!("{:<12} {:>8} {:>9}", "class", "samples", "accuracy");
     for (c, (samples, accuracy)) in per_class.iter().enumerate() {
-        println!("{:<12} {:>8} {:>8.2}%", name(c), samples, 100.0 * accuracy);
+        outln!("{:<12} {:>8} {:>8.2}%", name(c), samples, 100.0 * accuracy);
     }
-    println!();
-    println!("confusion matrix (rows: true class, columns: predicted class)");
-    print!("{:<12}", "");
+    outln!();
+    outln!("confusion matrix (rows: true class, columns: predicted class)");
+    out!("{:<12}", "");
     for c in 0..classes {
-        print!(" {:>6}", truncate(name(c), 6));
+        out!(" {:>6}", truncate(name(c), 6));
     }
-    println!();
+    outln!();
     for (c, row) in matrix.iter().enumerate() {
-        print!("{:<12}", name(c));
+        out!("{:<12}", name(c));
         for count in row {
-            print!(" {count:>6}");
+            out!(" {count:>6}");
         }
-        println!();
+        outln!();
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 pub mod bench;
 pub mod eval;
+pub mod output;
 pub mod predict;
 pub mod signals;
 pub mod train;
@@ -65,7 +66,7 @@ pub fn dataset_dir(
             ),
         });
     }
-    eprintln!(
+    errln!(
         "{} not found; downloading it into {}",
         kind.name(),
         target.display()
@@ -109,7 +110,7 @@ pub fn model_test_set(
 fn fetch_files(kind: DatasetKind, dir: &Path, stems: &[&str]) -> Result<()> {
     let mut bar: Option<ProgressBar> = None;
     let mut on_event = |event: DownloadEvent| match event {
-        DownloadEvent::AlreadyPresent { file } => eprintln!("{file}: already present and verified"),
+        DownloadEvent::AlreadyPresent { file } => errln!("{file}: already present and verified"),
         DownloadEvent::Started { file, url, bytes } => {
             let b = ProgressBar::with_draw_target(bytes, indicatif::ProgressDrawTarget::stderr());
             b.set_style(
@@ -121,7 +122,7 @@ fn fetch_files(kind: DatasetKind, dir: &Path, stems: &[&str]) -> Result<()> {
             );
             b.set_message(file.to_string());
             if b.is_hidden() {
-                eprintln!("{file}: fetching {url}");
+                errln!("{file}: fetching {url}");
             }
             bar = Some(b);
         }
@@ -134,13 +135,13 @@ fn fetch_files(kind: DatasetKind, dir: &Path, stems: &[&str]) -> Result<()> {
             if let Some(b) = bar.take() {
                 b.abandon();
             }
-            eprintln!("{file}: {url} failed: {reason}; trying the next mirror");
+            errln!("{file}: {url} failed: {reason}; trying the next mirror");
         }
         DownloadEvent::Verified { file, .. } => {
             if let Some(b) = bar.take() {
                 b.finish_and_clear();
             }
-            eprintln!("{file}: downloaded, checksum verified");
+            errln!("{file}: downloaded, checksum verified");
         }
     };
     let mut source = kind.source();
@@ -154,21 +155,22 @@ fn fetch_files(kind: DatasetKind, dir: &Path, stems: &[&str]) -> Result<()> {
 pub fn selftest(request: &AdapterRequest) -> Result<()> {
     let gpu = Gpu::open(request)?;
     let kernels = Kernels::new(&gpu);
-    println!("adapter: {}", gpu.adapter_name());
+    outln!("adapter: {}", gpu.adapter_name());
     let mut failed = Vec::new();
     for name in selftest::CHECKS {
         let result = selftest::run(&gpu, &kernels, name)?;
         let verdict = if result.passed() { "ok  " } else { "FAIL" };
-        println!(
+        outln!(
             "{verdict} {name:<40} worst {:>8.2e} of tolerance  ({})",
-            result.worst_ratio, result.worst
+            result.worst_ratio,
+            result.worst
         );
         if !result.passed() {
             failed.push(name);
         }
     }
     if failed.is_empty() {
-        println!("selftest passed: every kernel matches the CPU reference on this adapter");
+        outln!("selftest passed: every kernel matches the CPU reference on this adapter");
         Ok(())
     } else {
         Err(Error::SelftestFailed(failed.join(", ")))

@@ -46,7 +46,7 @@ pub fn run(
                     unreadable += 1;
                     "error"
                 };
-                eprintln!("{kind}: {e}; not classified");
+                errln!("{kind}: {e}; not classified");
                 let mut entry = serde_json::Map::new();
                 entry.insert("input".into(), path.display().to_string().into());
                 entry.insert(kind.into(), e.to_string().into());
@@ -107,7 +107,7 @@ pub fn run(
                     )
                 })
                 .collect();
-            println!("{input}: {}", top.join(", "));
+            outln!("{input}: {}", top.join(", "));
         }
         report.push(json!({
             "input": input,
@@ -118,7 +118,7 @@ pub fn run(
     }
     if as_json {
         report.extend(left_out);
-        println!("{}", serde_json::Value::Array(report));
+        outln!("{}", serde_json::Value::Array(report));
     }
     if unreadable > 0 {
         return Err(Error::Config(unreadable_summary(unreadable, images.len())));

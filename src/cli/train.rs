@@ -96,8 +96,8 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         .transpose()?;
     let gpu = Gpu::open(&args.recipe.adapter.request())?;
     let kernels = Kernels::new(&gpu);
-    println!("adapter: {}", gpu.adapter_name());
-    println!(
+    outln!("adapter: {}", gpu.adapter_name());
+    outln!(
         "data: {} from {} ({} training, {} test samples; classes {})",
         data.name(),
         data_dir.display(),
@@ -106,12 +106,12 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         data.class_names().join(", ")
     );
     if let Some(validation) = validation_samples(train_set.samples(), config.validation_split) {
-        println!(
+        outln!(
             "validation: the last {validation} training samples (--validation-split {})",
             config.validation_split
         );
     }
-    println!(
+    outln!(
         "model: {} on {} ({} parameters), loss {}, optimizer {} (lr {}), batch {}, seed {}",
         spec.describe(),
         spec.input,
@@ -129,13 +129,13 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     drop((train_set, test_set));
     if let Some((path, params)) = init {
         trainer.set_parameters(&params)?;
-        println!("initialised from {}", path.display());
+        outln!("initialised from {}", path.display());
     }
     if let Some((path, saved)) = &resumed {
         trainer.restore(&saved.state)?;
-        println!("{}", resume_summary(path, saved, &trainer));
+        outln!("{}", resume_summary(path, saved, &trainer));
         if saved.adapter != gpu.adapter_name() {
-            println!(
+            outln!(
                 "note: the checkpoint was trained on {}; continuing on another adapter can differ \
                  from the uninterrupted run in the last bits",
                 saved.adapter
@@ -147,7 +147,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         None => None,
     };
     if let Some(plan) = &plan {
-        println!(
+        outln!(
             "checkpoints: {} (at each epoch end{}; the newest {} kept)",
             plan.dir.display(),
             plan.every
@@ -170,7 +170,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
                 trainer.steps_done()
             ),
         };
-        println!("nothing left to train: the run {reached}");
+        outln!("nothing left to train: the run {reached}");
     } else {
         print_header(validating);
     }
@@ -254,7 +254,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         }
         print_epoch(&m);
         if m.partial() {
-            println!(
+            outln!(
                 "* epoch {} is partial: --max-steps {} stopped it after {} of its {} steps (its \
                  training figures cover those); resuming with a higher --max-steps goes on with it",
                 m.epoch,
@@ -281,7 +281,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     if let Some(path) = &args.save {
         let params = trainer.parameters()?;
         save_model(path, trainer.spec(), &params, &data)?;
-        println!("saved the model to {}", path.display());
+        outln!("saved the model to {}", path.display());
     }
     Ok(())
 }
@@ -534,7 +534,7 @@ fn resume_point(dir: &Path) -> Result<Option<(PathBuf, Checkpoint)>> {
         false => (None, Vec::new()),
     };
     for damaged in &set_aside {
-        eprintln!(
+        errln!(
             "warning: {} is damaged ({}); moved it aside to {}",
             damaged.path.display(),
             damaged.problem,
@@ -543,10 +543,10 @@ fn resume_point(dir: &Path) -> Result<Option<(PathBuf, Checkpoint)>> {
     }
     match &found {
         Some((path, _)) if !set_aside.is_empty() => {
-            eprintln!("warning: resuming from the older {}", path.display())
+            errln!("warning: resuming from the older {}", path.display())
         }
         Some(_) => {}
-        None => println!(
+        None => outln!(
             "no checkpoint in {} yet: starting the run from the beginning",
             dir.display()
         ),
@@ -820,9 +820,15 @@ fn print_header(validating: bool) {
         true => format!(" {:>10} {:>9}", "val_loss", "val_acc"),
         false => String::new(),
     };
-    println!(
+    outln!(
         "{:>5} {:>10} {:>9}{validation} {:>10} {:>9} {:>8} {:>10}",
-        "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "samples/s"
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "seconds",
+        "samples/s"
     );
 }
 
@@ -843,7 +849,7 @@ fn print_epoch(m: &EpochMetrics) {
         true => format!("{}*", m.epoch),
         false => m.epoch.to_string(),
     };
-    println!(
+    outln!(
         "{epoch:>5} {} {:>8.2}%{validation} {} {:>8.2}% {:>8.2} {:>10.0}",
         loss_column(m.train_loss),
         100.0 * m.train_accuracy,
@@ -970,7 +976,7 @@ impl MetricsLog {
         };
         match log.append(record) {
             Err(e) if log.is_stream() => {
-                eprintln!("warning: --metrics: {e}; no more lines are written there");
+                errln!("warning: --metrics: {e}; no more lines are written there");
                 *slot = None;
                 Ok(())
             }
