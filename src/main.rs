@@ -202,7 +202,7 @@ struct RecipeArgs {
     /// The model: the reference MLP (--hidden, --activation), or Keras' mnist_convnet
     /// (conv32k3, maxpool2, conv64k3, maxpool2, flatten, dropout0.5, dense; 15 epochs and
     /// --validation-split 0.1 unless given) [default: mlp].
-    #[arg(help_heading = "Model", long, value_enum, conflicts_with_all = ["layers", "hidden"])]
+    #[arg(help_heading = "Model", long, value_enum, conflicts_with = "layers")]
     model: Option<ModelPreset>,
     /// Any sequential model as a list of layers (instead of --model / --hidden): comma-separated
     /// conv<filters>k<size>[s<stride>][same], maxpool<size>[s<stride>], flatten, dropout<rate>,
@@ -233,9 +233,9 @@ struct RecipeArgs {
     #[arg(help_heading = "Training", long, default_value_t = 0)]
     seed: u64,
     /// The MLP's hidden layer widths, comma-separated; "none" (or "") for a linear softmax
-    /// classifier.
-    #[arg(help_heading = "Model", long, default_value = "256,128", value_parser = parse_hidden)]
-    hidden: Hidden,
+    /// classifier [default: 256,128].
+    #[arg(help_heading = "Model", long, value_name = "WIDTHS", value_parser = parse_hidden)]
+    hidden: Option<Hidden>,
     /// Activation of the hidden layers (of every layer with weights but the last).
     #[arg(help_heading = "Model", long, value_enum, default_value_t = Activation::Relu)]
     activation: Activation,
@@ -504,6 +504,19 @@ fn recipe(
     epochs: Option<usize>,
     claimed: Option<(DatasetKind, &str)>,
 ) -> shadertrain::Result<Recipe> {
+    let convnet = args.model == Some(ModelPreset::Convnet);
+    if convnet && let Some(Hidden(widths)) = &args.hidden {
+        let widths: Vec<String> = widths.iter().map(usize::to_string).collect();
+        let widths = if widths.is_empty() {
+            "none".into()
+        } else {
+            widths.join(",")
+        };
+        return Err(Error::Config(format!(
+            "--hidden {widths} sets the MLP's widths, and --model convnet has layers of its own: \
+             give --model mlp (or leave --model out), or a --layers list for another network"
+        )));
+    }
     let data_dir = args.data.dir(args.dataset)?;
     let (train_set, mut digests) = Dataset::load_mnist_digested(&data_dir, Split::Train)?;
     let (test_set, test_digests) = Dataset::load_mnist_digested(&data_dir, Split::Test)?;
@@ -530,7 +543,6 @@ fn recipe(
         });
     }
     let classes = train_set.classes;
-    let convnet = args.model == Some(ModelPreset::Convnet);
     let layers = match (&args.layers, convnet) {
         (Some(layers), _) => Some(layers.clone()),
         (None, true) => Some(convnet_layers(classes)),
@@ -545,7 +557,7 @@ fn recipe(
         },
         None => ModelSpec::mlp(
             train_set.shape,
-            &args.hidden.0,
+            args.hidden.as_ref().map_or(&[256, 128][..], |h| &h.0),
             classes,
             args.activation,
             args.loss,

@@ -724,3 +724,43 @@ fn a_closed_stdout_pipe_ends_the_program_quietly() {
     );
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+/// `--hidden` is the MLP's option: taken with `--model mlp`, refused with the convnet (before
+/// the data is looked for) with a message that says why.
+#[test]
+fn the_mlp_takes_hidden_and_the_convnet_refuses_it() {
+    let data = tempfile::tempdir().unwrap();
+    write_small_mnist(data.path(), 64);
+    let dir = data.path().to_str().unwrap();
+    let (code, stdout, stderr) = shadertrain(&[
+        "train",
+        "--offline",
+        "--data",
+        dir,
+        "--model",
+        "mlp",
+        "--hidden",
+        "12",
+        "--max-steps",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("dense12:relu"), "{stdout}");
+    let (code, stdout, stderr) = shadertrain(&[
+        "train",
+        "--offline",
+        "--data",
+        "/nonexistent/mnist",
+        "--model",
+        "convnet",
+        "--hidden",
+        "12",
+    ]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("--hidden 12 sets the MLP's widths")
+            && stderr.contains("--model convnet")
+            && !stderr.contains("/nonexistent"),
+        "{stderr}"
+    );
+}
