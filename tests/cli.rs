@@ -764,3 +764,50 @@ fn the_mlp_takes_hidden_and_the_convnet_refuses_it() {
         "{stderr}"
     );
 }
+
+/// What the adapter cannot hold is refused before anything is allocated, in the user's terms:
+/// the layer, the batch, the limit, and what would fit. A batch larger than the training set is
+/// the whole set.
+#[test]
+fn limits_are_checked_before_allocating_and_said_in_the_users_terms() {
+    let data = tempfile::tempdir().unwrap();
+    write_small_mnist(data.path(), 256);
+    let dir = data.path().to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--offline", "--data", dir];
+        args.extend(extra);
+        shadertrain(&args)
+    };
+    let (code, stdout, stderr) =
+        train(&["--hidden", "8", "--batch-size", "100000", "--epochs", "1"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("    1 "), "one epoch of one step: {stdout}");
+
+    let started = std::time::Instant::now();
+    // Sizes beyond any adapter's single buffer (Vulkan's are at most 4 GiB).
+    let (code, stdout, stderr) = train(&["--layers", "flatten,dense3000000,dense10"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("parameters")
+            && stderr.contains("layer 2 (dense3000000:relu)")
+            && stderr.contains("in one buffer (max_"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("epoch"), "{stdout}");
+    // Refused before the 9 GB of initial weights were drawn on the host (that took seconds).
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+
+    let (code, _, stderr) = train(&[
+        "--layers",
+        "conv1024k3same,conv1024k3same,flatten,dense10",
+        "--batch-size",
+        "256",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("--batch-size: layer 2 (conv1024k3same:relu)'s patch matrix")
+            && stderr.contains("for a batch of 256")
+            && stderr.contains("or less"),
+        "{stderr}"
+    );
+}

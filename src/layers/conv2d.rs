@@ -30,6 +30,11 @@ pub(crate) struct ConvDevice {
     weight_grad_parts: Option<Buffer>,
 }
 
+/// Floats of one sample's rows of the patch matrix: a window per output position.
+pub(crate) fn patch_floats_per_sample(geometry: &Geometry, matrix: &WeightMatrix) -> usize {
+    geometry.positions() * matrix.rows
+}
+
 impl ConvDevice {
     pub fn new(
         gpu: &Gpu,
@@ -40,7 +45,7 @@ impl ConvDevice {
         batch: usize,
     ) -> Result<Self> {
         let positions = batch * geometry.positions();
-        let bytes = (positions * matrix.rows * 4) as u64;
+        let bytes = (batch * patch_floats_per_sample(&geometry, &matrix) * 4) as u64;
         // A smaller batch splits into as many parts or fewer.
         let split =
             (kernels.matmul).split_along_k(&MatmulDims::conv_weight_grad(positions, &matrix));

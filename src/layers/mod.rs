@@ -79,6 +79,25 @@ pub(crate) enum DeviceLayer {
     Dropout(dropout::DropoutDevice),
 }
 
+/// The largest buffer a layer keeps per sample besides its output, and what it is (a
+/// convolution's patch matrix), for checking a batch against the adapter's limits.
+pub(crate) fn scratch_per_sample(
+    layer: LayerSpec,
+    input: Shape,
+    matrix: Option<WeightMatrix>,
+) -> Option<(&'static str, usize)> {
+    match layer {
+        LayerSpec::Conv2d { .. } => {
+            let geometry = layer.geometry(input)?;
+            Some((
+                "patch matrix",
+                conv2d::patch_floats_per_sample(&geometry, &matrix?),
+            ))
+        }
+        _ => None,
+    }
+}
+
 impl DeviceLayer {
     /// Layer `index` of `spec` for batches of up to `batch` samples, with input of `input` shape
     /// (`seed`: the run's, which keys dropout masks).

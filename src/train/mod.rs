@@ -16,6 +16,7 @@
 
 pub(crate) mod builder;
 pub mod config;
+mod fit;
 mod measure;
 mod pacing;
 pub(crate) mod program;
@@ -258,6 +259,32 @@ impl<'k> Trainer<'k> {
             )));
         }
         let layout = spec.layout();
+        // Tensor l is layer l's input (0: the batch); a layer that moves nothing shares its
+        // input's buffers.
+        let batch = config.batch_size;
+        // A batch larger than the training set is the whole set, as Keras takes it: no buffer
+        // holds more rows than a step can have.
+        let batch_rows = batch.min(train.samples()).max(1);
+        let shapes = spec.shapes()?;
+        let evaluated_samples = test
+            .samples()
+            .max(validation.as_ref().map_or(0, |v| v.samples()));
+        let evaluation_batch = evaluation_batch(
+            shapes.iter().map(|shape| shape.len()).sum(),
+            batch_rows,
+            evaluated_samples,
+        );
+        // Every tensor and layer is sized for the larger of a training and an evaluation step.
+        let rows_at_most = batch_rows.max(evaluation_batch);
+        // Before anything is allocated, on the host or the device.
+        fit::check(
+            gpu,
+            &spec,
+            &shapes,
+            &layout,
+            rows_at_most,
+            [("training", train.samples()), ("test", test.samples())],
+        )?;
         let mut rng = Rng::new(config.seed);
         let initial = spec.glorot_uniform(&mut rng);
         let param_bytes = (layout.total * 4) as u64;
@@ -272,21 +299,6 @@ impl<'k> Trainer<'k> {
             )),
             OptimizerKind::Sgd => None,
         };
-
-        // Tensor l is layer l's input (0: the batch); a layer that moves nothing shares its
-        // input's buffers.
-        let batch = config.batch_size;
-        let shapes = spec.shapes()?;
-        let evaluated_samples = test
-            .samples()
-            .max(validation.as_ref().map_or(0, |v| v.samples()));
-        let evaluation_batch = evaluation_batch(
-            shapes.iter().map(|shape| shape.len()).sum(),
-            batch,
-            evaluated_samples,
-        );
-        // Every tensor and layer is sized for the larger of a training and an evaluation step.
-        let rows_at_most = batch.max(evaluation_batch);
         let mut tensors: Vec<DeviceTensor> = Vec::new();
         let mut grad_tensors: Vec<DeviceTensor> = Vec::new();
         let mut layers = Vec::new();
@@ -356,7 +368,7 @@ impl<'k> Trainer<'k> {
             .filter(|(_, layer)| matches!(layer, LayerSpec::Dense { .. }))
             .and_then(|(l, _)| layout.of_layer(l));
         let input_transposed = match batch_dense {
-            Some(_) => TransposedInput::new(gpu, kernels, spec.input.len(), batch)?,
+            Some(_) => TransposedInput::new(gpu, kernels, spec.input.len(), batch_rows)?,
             None => None,
         };
         let builder = ProgramBuilder {
@@ -377,7 +389,7 @@ impl<'k> Trainer<'k> {
         let train_program =
             |rows: usize| builder.backward(builder.forward(&train_split, rows, true), rows);
         let tail = |samples: usize, batch: usize| Some(samples % batch).filter(|&r| r > 0);
-        let train_full = train_program(batch);
+        let train_full = train_program(batch_rows);
         let train_tail = tail(train.samples(), batch).map(train_program);
         let evaluated = |data: DeviceSplit, first_slot: usize, totals_slot: usize| {
             let full = builder.forward(&data, evaluation_batch, false);
