@@ -23,7 +23,8 @@ use crate::error::{Error, Result};
 use crate::files::{TEMP_PREFIX, write_atomically};
 use crate::model::ModelSpec;
 use crate::model_file::{
-    describe_model, name_of, parse_safetensors, read_model_description, serialize_in_fixed_order,
+    SavedModel, describe_model, model_from_bytes, name_of, parse_safetensors,
+    read_model_description, serialize_in_fixed_order,
 };
 use crate::train::{EpochState, OptimizerKind, TrainConfig, TrainingState};
 
@@ -387,6 +388,29 @@ fn serialise(checkpoint: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
     })
 }
 
+/// The model in a file `eval` or `predict` is given: a model file as `load_model` reads it, or a
+/// checkpoint's weights with its model and data, and then the steps it was taken after.
+pub fn load_model_or_checkpoint(path: &Path) -> Result<(SavedModel, Option<u64>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let is_checkpoint = parse_safetensors(&bytes, &|problem| Error::ModelFile {
+        path: path.to_path_buf(),
+        problem,
+    })
+    .is_ok_and(|(_, metadata)| {
+        metadata.is_some_and(|m| m.get("format").map(String::as_str) == Some(FORMAT))
+    });
+    if !is_checkpoint {
+        return Ok((model_from_bytes(path, &bytes)?, None));
+    }
+    let checkpoint = from_bytes(path, &bytes)?;
+    let saved = SavedModel {
+        spec: checkpoint.run.spec,
+        params: checkpoint.state.parameters,
+        data: checkpoint.run.data,
+    };
+    Ok((saved, Some(checkpoint.state.steps_done)))
+}
+
 /// Reads a checkpoint written by `save`, checking every tensor against the metadata.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -407,10 +431,14 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let metadata =
         metadata.ok_or_else(|| bad("no __metadata__: not a shadertrain checkpoint".into()))?;
     if metadata.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(bad(format!(
-            "not a shadertrain checkpoint (format {:?}, expected {FORMAT:?})",
-            metadata.get("format")
-        )));
+        return Err(bad(match metadata.get("format") {
+            Some(format) => {
+                format!(
+                    "not a shadertrain checkpoint (its format is \"{format}\", expected \"{FORMAT}\")"
+                )
+            }
+            None => "not a shadertrain checkpoint (its metadata names no format)".into(),
+        }));
     }
     let meta = Metadata {
         map: &metadata,

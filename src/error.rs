@@ -49,12 +49,15 @@ pub enum Error {
 
     #[error(
         "could not download {file} into {dir}: every mirror failed ({attempts}). Without network, put \
-         the four IDX files in that folder yourself, or point --data at a folder that has them"
+         {needed} (raw or .gz) in that folder yourself, or point --data at a folder that has them"
     )]
     Download {
         file: String,
         dir: PathBuf,
         attempts: String,
+        /// What the command needs, as the message names it ("the files t10k-images-idx3-ubyte
+        /// and t10k-labels-idx1-ubyte").
+        needed: String,
     },
 
     #[error("image {path}: {problem}")]

@@ -353,6 +353,21 @@ fn read_parameters(
     spec: &ModelSpec,
     bad: &dyn Fn(String) -> Error,
 ) -> Result<Vec<f32>> {
+    // Tensors of another type first: their byte counts would mislead the count below.
+    let mut names = file.names();
+    names.sort();
+    for name in names {
+        let view = file
+            .tensor(name)
+            .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+        if view.dtype() != Dtype::F32 {
+            return Err(bad(format!(
+                "tensor {name} holds {} values; shadertrain reads F32 (in PyTorch, convert with \
+                 .float() before saving)",
+                view.dtype()
+            )));
+        }
+    }
     // Checked before allocating: metadata can describe any size, the file holds what it holds.
     let layout = spec.layout();
     let count = layout.parameter_count();
@@ -379,13 +394,6 @@ fn read_parameters(
                 spec.describe()
             ))
         })?;
-        if view.dtype() != Dtype::F32 {
-            return Err(bad(format!(
-                "tensor {} is {:?}, expected F32",
-                t.name,
-                view.dtype()
-            )));
-        }
         if view.shape() != t.shape.as_slice() {
             return Err(bad(format!(
                 "tensor {} has shape {:?}, expected {:?} for the model {}",

@@ -183,7 +183,7 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                     let actual = ops::col2im(
                         gpu, kernels, &grads, CONV_BATCH, &geometry, m.rows, &x, below,
                     )?;
-                    let case = format!("{what}, through {below:?}");
+                    let case = format!("{what}, through {}", below.name());
                     tally.close(&case, &actual, &expected, 1e-6, 1e-6);
                 }
             }
@@ -221,7 +221,7 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                         &below_x,
                         below,
                     )?;
-                    let case = format!("{what} backward through {below:?}");
+                    let case = format!("{what} backward through {}", below.name());
                     tally.close(&case, &actual, &expected, 1e-7, 1e-6);
                 }
             }
@@ -247,7 +247,7 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                         reference::dropout_backward(&dy, key, step, rate, &below_x, below);
                     let backward = Some((below_x.as_slice(), below));
                     let actual = ops::dropout(gpu, kernels, &dy, rate, key, step, true, backward)?;
-                    let case = format!("{case} backward through {below:?}");
+                    let case = format!("{case} backward through {}", below.name());
                     tally.close(&case, &actual, &expected, 1e-7, 1e-6);
                 }
             }
@@ -264,7 +264,7 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                         reference::activation_backward(&mut expected, &output, cols, activation);
                     let (actual, actual_bias) =
                         ops::activation_backward(gpu, kernels, &grad, &output, cols, activation)?;
-                    let case = format!("{activation:?} {rows}x{cols}");
+                    let case = format!("{} {rows}x{cols}", activation.name());
                     tally.close(&format!("{case} dz"), &actual, &expected, 1e-6, 1e-5);
                     tally.close(
                         &format!("{case} bias grad"),
@@ -287,7 +287,7 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                     let expected = reference::softmax_loss(loss, &logits, &labels, classes);
                     let actual =
                         ops::softmax_loss(gpu, kernels, loss, &logits, &labels, classes, 5)?;
-                    let case = format!("{loss:?} {rows}x{classes}");
+                    let case = format!("{} {rows}x{classes}", crate::model_file::name_of(&loss));
                     tally.close(
                         &format!("{case} loss"),
                         &actual.sample_loss,
@@ -404,7 +404,7 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                 let mut first: Option<Vec<u32>> = None;
                 for (words, optimizer) in optimizers(kernels) {
                     let actual = ops::sgd_update(gpu, optimizer, &params, &grads, 0.05)?;
-                    let case = format!("{words:?} words, {count} parameters");
+                    let case = format!("{} words, {count} parameters", words.name());
                     tally.close(&case, &actual, &expected, 1e-7, 1e-6);
                     same_bits(&mut tally, &case, &mut first, &actual);
                 }
@@ -432,7 +432,7 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                     let (ap, am, av) = ops::adam_update(
                         gpu, optimizer, &params, &grads, &m, &v, &hyper, step_size,
                     )?;
-                    let case = format!("{words:?} words, {count} parameters at t={t}");
+                    let case = format!("{} words, {count} parameters at t={t}", words.name());
                     tally.close(&format!("{case} params"), &ap, &ep, 1e-7, 1e-5);
                     tally.close(&format!("{case} m"), &am, &em, 1e-8, 1e-5);
                     tally.close(&format!("{case} v"), &av, &ev, 1e-10, 1e-5);
@@ -533,7 +533,7 @@ fn check_conv_matmuls(
         let (patches, outputs) = (positions * m.rows, positions * m.outputs);
         for activation in ACTIVATIONS {
             let dims = MatmulDims::conv_forward(positions, &m, activation);
-            let case = format!("{what} forward + {activation:?}");
+            let case = format!("{what} forward + {}", activation.name());
             check_matmul(
                 gpu,
                 kernels,
@@ -747,13 +747,13 @@ fn check_layer_matmuls(
         for activation in ACTIVATIONS {
             let dims = MatmulDims::layer_forward_activated(rows, &layer, activation);
             let lens = [rows * inputs, params, rows * outputs];
-            let case = format!("forward + bias + {activation:?} {shape}");
+            let case = format!("forward + bias + {} {shape}", activation.name());
             check_matmul(gpu, kernels, tally, variant, &case, dims, lens, rng)?;
             // The backward epilogue: only the vec4 input-gradient kernel has it.
             let dims = MatmulDims::layer_input_grad_through(rows, &layer, activation);
             if variant == MatmulVariant::Registers && kernels.matmul.takes_vec4(&dims) {
                 let lens = [rows * outputs, params, rows * inputs];
-                let case = format!("input grad through {activation:?} {shape}");
+                let case = format!("input grad through {} {shape}", activation.name());
                 check_matmul(gpu, kernels, tally, variant, &case, dims, lens, rng)?;
             }
         }

@@ -367,6 +367,14 @@ fn selftest_passes_on_this_adapter() {
         "{stdout}"
     );
     assert!(stdout.contains("selftest passed"), "{stdout}");
+    // In words, not Rust debug text.
+    for debug_text in ["Hidden(", "Identity", "e0 ", "Packed", "Xent", "Mse"] {
+        assert!(!stdout.contains(debug_text), "{debug_text}: {stdout}");
+    }
+    assert!(
+        stdout.contains("bit-exact") && stdout.contains("through tanh"),
+        "{stdout}"
+    );
 }
 
 /// A small MNIST-shaped dataset on disk: `samples` random 28×28 images per split.
@@ -808,6 +816,97 @@ fn limits_are_checked_before_allocating_and_said_in_the_users_terms() {
         stderr.contains("--batch-size: layer 2 (conv1024k3same:relu)'s patch matrix")
             && stderr.contains("for a batch of 256")
             && stderr.contains("or less"),
+        "{stderr}"
+    );
+}
+
+/// Messages in the user's words: a half-precision --init file is named as such, a checkpoint
+/// evaluates like a model, adapters and backends by their names, one sample is one sample, and
+/// no Rust debug text (`Backends(METAL)`; selftest's is checked with it).
+#[test]
+fn messages_name_things_as_users_do() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 64);
+    let data = dir.path().to_str().unwrap();
+
+    // A PyTorch file of half-precision tensors, under the linear classifier's names.
+    let half = dir.path().join("half.safetensors");
+    let zeros = |n: usize| vec![0u8; 2 * n];
+    let (weight, bias) = (zeros(10 * 784), zeros(10));
+    let tensors = [
+        ("layers.0.weight", vec![10, 784], &weight),
+        ("layers.0.bias", vec![10], &bias),
+    ]
+    .map(|(name, shape, bytes)| {
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, shape, bytes);
+        (name, view.unwrap())
+    });
+    std::fs::write(&half, safetensors::serialize(tensors, None).unwrap()).unwrap();
+    let (code, _, stderr) = shadertrain(&[
+        "train",
+        "--offline",
+        "--data",
+        data,
+        "--hidden",
+        "none",
+        "--init",
+        half.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("layers.0.bias holds F16 values; shadertrain reads F32")
+            && !stderr.contains("too few"),
+        "{stderr}"
+    );
+
+    // One sample held out is said as one; a checkpoint evaluates, saying it is one.
+    let checkpoints = dir.path().join("checkpoints");
+    let (code, stdout, stderr) = shadertrain(&[
+        "train",
+        "--offline",
+        "--data",
+        data,
+        "--hidden",
+        "8",
+        "--validation-split",
+        "0.01",
+        "--max-steps",
+        "1",
+        "--checkpoint-dir",
+        checkpoints.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("validation: the last training sample (--validation-split 0.01)"),
+        "{stdout}"
+    );
+    let checkpoint = shadertrain::checkpoint::path_for(&checkpoints, 1);
+    let (code, stdout, stderr) = shadertrain(&[
+        "eval",
+        "--offline",
+        "--data",
+        data,
+        "--model",
+        checkpoint.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("is a training checkpoint; using its weights after step 1")
+            && stdout.contains("test loss"),
+        "{stdout}{stderr}"
+    );
+
+    let (code, stdout, _) = shadertrain(&["adapters"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(" CPU ") && !stdout.contains("Cpu"),
+        "{stdout}"
+    );
+    // No Metal on Linux: the backends tried are named, not printed as a Rust value.
+    let (code, _, stderr) = shadertrain(&["adapters", "--backend", "metal"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("backends tried: Metal") && !stderr.contains("Backends("),
         "{stderr}"
     );
 }

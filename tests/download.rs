@@ -217,13 +217,22 @@ fn all_mirrors_bad_is_a_clear_error_and_leaves_nothing() {
         files: files.iter().map(|(f, _)| f.clone()).collect(),
     };
     let dir = tempfile::tempdir().unwrap();
-    let message = download(&source, dir.path(), &options(), &mut |_| {})
+    // data/mnist/ inside it, neither of which exists: both are made, and both go again.
+    let target = dir.path().join("data/mnist");
+    let message = download(&source, &target, &options(), &mut |_| {})
         .unwrap_err()
         .to_string();
     assert!(message.contains("train-images-idx3-ubyte"), "{message}");
     for mirror in ["127.0.0.1:1", "/corrupt/", "/truncated/"] {
         assert!(message.contains(mirror), "{message} should name {mirror}");
     }
+    // The files this download needed, not "the four IDX files".
+    assert!(
+        message.contains(
+            "put the files train-images-idx3-ubyte and train-labels-idx1-ubyte (raw or .gz)"
+        ),
+        "{message}"
+    );
     assert!(
         names_in(dir.path()).is_empty(),
         "left behind: {:?}",

@@ -6,7 +6,6 @@ use serde_json::json;
 use shadertrain::Result;
 use shadertrain::data::DatasetKind;
 use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
-use shadertrain::model_file::load_model;
 use shadertrain::train::Trainer;
 
 pub fn run(
@@ -16,7 +15,7 @@ pub fn run(
     other_data: bool,
     as_json: bool,
 ) -> Result<()> {
-    let saved = load_model(model)?;
+    let saved = super::load_model_or_checkpoint(model)?;
     let dir = data_dir(saved.data.labels)?;
     let (test, read) = super::model_test_set(model, &saved, &dir, other_data)?;
     let gpu = Gpu::open(request)?;

@@ -75,6 +75,18 @@ pub fn dataset_dir(
     Ok(target)
 }
 
+/// The model a file holds, model file or checkpoint; a checkpoint is said so on stderr.
+pub fn load_model_or_checkpoint(path: &Path) -> Result<SavedModel> {
+    let (saved, steps) = shadertrain::checkpoint::load_model_or_checkpoint(path)?;
+    if let Some(steps) = steps {
+        errln!(
+            "note: {} is a training checkpoint; using its weights after step {steps}",
+            path.display()
+        );
+    }
+    Ok(saved)
+}
+
 /// Downloads the whole dataset: `fetch_files` of all four files.
 pub fn fetch_dataset(kind: DatasetKind, dir: &Path) -> Result<()> {
     fetch_files(kind, dir, &FILE_STEMS)
@@ -161,8 +173,8 @@ pub fn selftest(request: &AdapterRequest) -> Result<()> {
         let result = selftest::run(&gpu, &kernels, name)?;
         let verdict = if result.passed() { "ok  " } else { "FAIL" };
         outln!(
-            "{verdict} {name:<40} worst {:>8.2e} of tolerance  ({})",
-            result.worst_ratio,
+            "{verdict} {name:<40} {:>20}  ({})",
+            share_of_tolerance(result.worst_ratio),
             result.worst
         );
         if !result.passed() {
@@ -174,5 +186,14 @@ pub fn selftest(request: &AdapterRequest) -> Result<()> {
         Ok(())
     } else {
         Err(Error::SelftestFailed(failed.join(", ")))
+    }
+}
+
+/// A check's worst error as a share of its tolerance: "bit-exact", "0.15× the tolerance".
+fn share_of_tolerance(ratio: f64) -> String {
+    match ratio {
+        0.0 => "bit-exact".into(),
+        r if r < 0.01 => format!("{r:.1e}× the tolerance"),
+        r => format!("{r:.2}× the tolerance"),
     }
 }

@@ -9,7 +9,6 @@ use serde_json::json;
 use shadertrain::data::DatasetKind;
 use shadertrain::data::images::{Preparation, load_image};
 use shadertrain::model::Shape;
-use shadertrain::model_file::load_model;
 use shadertrain::reference::forward;
 use shadertrain::{Error, Result};
 
@@ -21,7 +20,7 @@ pub fn run(
     other_data: bool,
     as_json: bool,
 ) -> Result<()> {
-    let saved = load_model(model)?;
+    let saved = super::load_model_or_checkpoint(model)?;
     if !saved.spec.takes(Shape::image(1, 28, 28)) {
         return Err(Error::Config(format!(
             "{} takes inputs of {}; predict reads 28×28 images",

@@ -106,8 +106,12 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         data.class_names().join(", ")
     );
     if let Some(validation) = validation_samples(train_set.samples(), config.validation_split) {
+        let held_out = match validation {
+            1 => "the last training sample".to_string(),
+            n => format!("the last {n} training samples"),
+        };
         outln!(
-            "validation: the last {validation} training samples (--validation-split {})",
+            "validation: {held_out} (--validation-split {})",
             config.validation_split
         );
     }

@@ -115,12 +115,19 @@ pub fn download(
     options: &DownloadOptions,
     on_event: &mut dyn FnMut(DownloadEvent),
 ) -> Result<()> {
-    let created = !dir.exists();
+    // The folders this call makes (data/ and data/mnist/, say), deepest first.
+    let created: Vec<&Path> = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .take_while(|a| !a.exists())
+        .collect();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let result = download_into(source, dir, options, on_event);
-    if result.is_err() && created {
-        // Only succeeds while empty: a folder this call made and filled with nothing goes again.
-        let _ = std::fs::remove_dir(dir);
+    if result.is_err() {
+        // Only succeeds while empty: folders this call made and filled with nothing go again.
+        for folder in created {
+            let _ = std::fs::remove_dir(folder);
+        }
     }
     result
 }
@@ -166,10 +173,16 @@ fn download_into(
             }
         }
         if !done {
+            let stems: Vec<&str> = source.files.iter().map(|f| f.stem.as_str()).collect();
             return Err(Error::Download {
                 file: file.stem.clone(),
                 dir: dir.to_path_buf(),
                 attempts: failures.join("; "),
+                needed: match &stems[..] {
+                    [one] => format!("the file {one}"),
+                    [first, second] => format!("the files {first} and {second}"),
+                    all => format!("the {} IDX files", all.len()),
+                },
             });
         }
     }

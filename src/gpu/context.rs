@@ -96,6 +96,44 @@ fn choose(adapters: &[wgpu::Adapter], request: &AdapterRequest) -> Option<usize>
         .map(|(i, _)| i)
 }
 
+/// A graphics API as people write it.
+fn backend_name(backend: wgpu::Backend) -> &'static str {
+    match backend {
+        wgpu::Backend::Vulkan => "Vulkan",
+        wgpu::Backend::Metal => "Metal",
+        wgpu::Backend::Dx12 => "DX12",
+        wgpu::Backend::Gl => "GL",
+        wgpu::Backend::BrowserWebGpu => "WebGPU",
+        wgpu::Backend::Noop => "no backend",
+    }
+}
+
+/// The APIs in `backends`, comma-separated.
+fn backend_names(backends: Backends) -> String {
+    let apis = [
+        (Backends::VULKAN, "Vulkan"),
+        (Backends::METAL, "Metal"),
+        (Backends::DX12, "DX12"),
+        (Backends::GL, "GL"),
+    ];
+    let named: Vec<&str> = (apis.iter())
+        .filter(|(api, _)| backends.contains(*api))
+        .map(|&(_, name)| name)
+        .collect();
+    named.join(", ")
+}
+
+/// What kind of device an adapter is, as people say it.
+fn device_type_name(device_type: DeviceType) -> &'static str {
+    match device_type {
+        DeviceType::DiscreteGpu => "discrete GPU",
+        DeviceType::IntegratedGpu => "integrated GPU",
+        DeviceType::VirtualGpu => "virtual GPU",
+        DeviceType::Cpu => "CPU",
+        DeviceType::Other => "other",
+    }
+}
+
 /// Why `request` picks none of `adapters`: none at all, or none with the name asked for.
 fn no_adapter(adapters: &[wgpu::Adapter], request: &AdapterRequest) -> Error {
     match (&request.name_contains, adapters.is_empty()) {
@@ -105,13 +143,13 @@ fn no_adapter(adapters: &[wgpu::Adapter], request: &AdapterRequest) -> Error {
                 .iter()
                 .map(|a| {
                     let info = a.get_info();
-                    format!("{} ({:?})", info.name, info.backend)
+                    format!("{} ({})", info.name, backend_name(info.backend))
                 })
                 .collect::<Vec<_>>()
                 .join(", "),
         },
         _ => Error::NoAdapter {
-            backends: format!("{:?}", request.backend.backends()),
+            backends: backend_names(request.backend.backends()),
         },
     }
 }
@@ -129,8 +167,8 @@ pub fn list_adapters(request: &AdapterRequest) -> Result<Vec<AdapterSummary>> {
             AdapterSummary {
                 index,
                 name: info.name,
-                backend: format!("{:?}", info.backend),
-                device_type: format!("{:?}", info.device_type),
+                backend: backend_name(info.backend).to_string(),
+                device_type: device_type_name(info.device_type).to_string(),
                 driver: [info.driver, info.driver_info]
                     .into_iter()
                     .filter(|s| !s.is_empty())
@@ -174,6 +212,11 @@ impl Gpu {
 
     pub fn adapter_name(&self) -> String {
         let info = self.adapter.get_info();
-        format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+        format!(
+            "{} ({}, {})",
+            info.name,
+            backend_name(info.backend),
+            device_type_name(info.device_type)
+        )
     }
 }

@@ -130,6 +130,14 @@ pub enum OptimizerWords {
 }
 
 impl OptimizerWords {
+    /// How a person names the access: "vec4<f32>" or "packed vec4<u64>".
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerWords::Floats => "vec4<f32>",
+            OptimizerWords::Packed => "packed vec4<u64>",
+        }
+    }
+
     /// Packed words on CPU adapters that have 64-bit integers (half the memory operations on
     /// lavapipe); floats elsewhere, where 64-bit arithmetic may be emulated and memory accesses
     /// are vectorised anyway.

@@ -97,8 +97,9 @@ impl Trainer<'_> {
             }
             (moments, optimizer) => {
                 return bad(format!(
-                    "{} Adam moments but the optimizer is {optimizer:?}",
-                    if moments.is_some() { "has" } else { "lacks" }
+                    "{} Adam moments but the optimizer is {}",
+                    if moments.is_some() { "has" } else { "lacks" },
+                    crate::model_file::name_of(&optimizer)
                 ));
             }
         }
