@@ -249,7 +249,8 @@ struct RecipeArgs {
     /// in another framework).
     #[arg(help_heading = "Training", long)]
     no_shuffle: bool,
-    /// Stop after this many training steps in all, mid-epoch if need be.
+    /// Stop after this many training steps in all, mid-epoch if need be (that epoch's figures
+    /// are marked partial; resuming with a higher limit goes on inside it).
     #[arg(help_heading = "Training", long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_steps: Option<u64>,
     #[command(flatten)]
@@ -270,7 +271,8 @@ struct TrainArgs {
     /// After training, write the model here as a safetensors file (PyTorch's tensor layouts).
     #[arg(help_heading = "Outputs", long, value_name = "PATH")]
     save: Option<PathBuf>,
-    /// Append one JSON object per epoch (every printed figure and a timestamp) to this file.
+    /// Append one JSON object per epoch (every printed figure and a timestamp) to this file, or
+    /// stream them to a terminal, /dev/stdout or a named pipe.
     #[arg(help_heading = "Outputs", long, value_name = "PATH")]
     metrics: Option<PathBuf>,
     /// Also append the epoch's running training loss and accuracy every N steps ("kind":
