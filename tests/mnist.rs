@@ -142,42 +142,11 @@ fn one_epoch_on_fashion_mnist_reaches_80_percent() {
 #[test]
 fn predict_reads_rendered_test_images_as_their_labels() {
     let dir = mnist_dir();
-    let train = Dataset::load_mnist(&dir, Split::Train)
-        .unwrap()
-        .truncated(10_000);
-    let test = Dataset::load_mnist(&dir, Split::Test).unwrap();
-    let mut trainer = reference_trainer(TrainConfig::default(), &train, &test.truncated(100));
-    trainer.run_epoch().unwrap();
-    let params = trainer.parameters().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let model = out.path().join("model.safetensors");
-    shadertrain::model_file::save_model(
-        &model,
-        &ModelSpec::reference(),
-        &params,
-        &DataIdentity::published(DatasetKind::Mnist),
-    )
-    .unwrap();
+    let (model, params, test) = one_epoch_model(&dir, DatasetKind::Mnist, out.path());
 
     // Samples the model itself gets right with confidence: the check is about the images.
-    let order: Vec<u32> = (0..50).collect();
-    let (x, y) = reference::gather_batch(&test, &order, 0, 50);
-    let logits = reference::forward(&ModelSpec::reference(), &params, &x)
-        .pop()
-        .unwrap();
-    let confident: Vec<usize> = (0..50)
-        .filter(|&i| {
-            let row = &logits[i * 10..(i + 1) * 10];
-            let best = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
-            let second = (0..10)
-                .filter(|&c| c != best)
-                .map(|c| row[c])
-                .fold(f32::MIN, f32::max);
-            best as u32 == y[i] && row[best] - second > 3.0
-        })
-        .take(6)
-        .collect();
-    assert_eq!(confident.len(), 6);
+    let confident = confident_samples(&params, &test, 50, 3.0, 6);
 
     let mut files = Vec::new();
     for (n, &i) in confident.iter().enumerate() {
@@ -227,18 +196,9 @@ fn predict_reads_rendered_test_images_as_their_labels() {
         files.push(path.to_str().unwrap().to_string());
         expected.push(i);
     }
-    let mut args = vec!["predict", "--json", "--model", model.to_str().unwrap()];
+    let mut args = vec!["--json"];
     args.extend(files.iter().map(String::as_str));
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = predict_report(&model, &args);
     for (n, &i) in expected.iter().enumerate() {
         assert_eq!(
             report[n]["top"][0]["class"], test.labels[i] as u64,
@@ -347,17 +307,7 @@ fn files_agreeing_with_indices(
 
 /// `predict --model MODEL ARGS...` (with --json): each input's top class.
 fn top_classes(model: &std::path::Path, args: &[&str]) -> Vec<u64> {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
-        .args(["predict", "--model", model.to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = predict_report(model, args);
     (report.as_array().unwrap().iter())
         .map(|entry| entry["top"][0]["class"].as_u64().unwrap())
         .collect()
@@ -376,22 +326,8 @@ fn predict_prepares_pictures_for_a_fashion_model_as_fashion_mnist_made_them() {
         eprintln!("Fashion-MNIST not installed: not tested here");
         return;
     };
-    let train = Dataset::load_mnist(&dir, Split::Train)
-        .unwrap()
-        .truncated(10_000);
-    let test = Dataset::load_mnist(&dir, Split::Test).unwrap();
-    let mut trainer = reference_trainer(TrainConfig::default(), &train, &test.truncated(100));
-    trainer.run_epoch().unwrap();
-    let params = trainer.parameters().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let model = out.path().join("fashion.safetensors");
-    shadertrain::model_file::save_model(
-        &model,
-        &ModelSpec::reference(),
-        &params,
-        &DataIdentity::published(DatasetKind::FashionMnist),
-    )
-    .unwrap();
+    let (model, params, test) = one_epoch_model(&dir, DatasetKind::FashionMnist, out.path());
 
     let agree = files_agreeing_with_indices(&model, &dir, &test, out.path());
     assert!(
@@ -401,23 +337,7 @@ fn predict_prepares_pictures_for_a_fashion_model_as_fashion_mnist_made_them() {
 
     // Items the model is sure of, drawn three times larger, dark on white, in a wider picture
     // with the item off-centre: the class stays.
-    let (x, y) = reference::gather_batch(&test, &(0..200).collect::<Vec<u32>>(), 0, 200);
-    let logits = reference::forward(&ModelSpec::reference(), &params, &x)
-        .pop()
-        .unwrap();
-    let confident: Vec<usize> = (0..200)
-        .filter(|&i| {
-            let row = &logits[i * 10..(i + 1) * 10];
-            let best = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
-            let second = (0..10)
-                .filter(|&c| c != best)
-                .map(|c| row[c])
-                .fold(f32::MIN, f32::max);
-            best as u32 == y[i] && row[best] - second > 4.0
-        })
-        .take(8)
-        .collect();
-    assert_eq!(confident.len(), 8);
+    let confident = confident_samples(&params, &test, 200, 4.0, 8);
     let mut files = Vec::new();
     for &i in &confident {
         let item = image::GrayImage::from_raw(28, 28, test.pixels[i * 784..(i + 1) * 784].to_vec())
@@ -448,4 +368,74 @@ fn predict_prepares_pictures_for_a_fashion_model_as_fashion_mnist_made_them() {
         right >= 7,
         "{right} of 8 photographed items keep their class: {classes:?}"
     );
+}
+
+/// `count` of the first `among` test samples that the reference model with `params` classifies
+/// right with a logit margin over `margin`: checks on them are about the images, not the model.
+fn confident_samples(
+    params: &[f32],
+    test: &Dataset,
+    among: usize,
+    margin: f32,
+    count: usize,
+) -> Vec<usize> {
+    let order: Vec<u32> = (0..among as u32).collect();
+    let (x, y) = reference::gather_batch(test, &order, 0, among);
+    let logits = reference::forward(&ModelSpec::reference(), params, &x)
+        .pop()
+        .unwrap();
+    let confident: Vec<usize> = (0..among)
+        .filter(|&i| {
+            let row = &logits[i * 10..(i + 1) * 10];
+            let best = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            let second = (0..10)
+                .filter(|&c| c != best)
+                .map(|c| row[c])
+                .fold(f32::MIN, f32::max);
+            best as u32 == y[i] && row[best] - second > margin
+        })
+        .take(count)
+        .collect();
+    assert_eq!(confident.len(), count);
+    confident
+}
+
+/// The reference MLP trained one epoch on 10,000 of the dataset's training samples in `dir`,
+/// saved into `out` as a model of `kind`: its path, its parameters, and the test set.
+fn one_epoch_model(
+    dir: &std::path::Path,
+    kind: DatasetKind,
+    out: &std::path::Path,
+) -> (std::path::PathBuf, Vec<f32>, Dataset) {
+    let train = Dataset::load_mnist(dir, Split::Train)
+        .unwrap()
+        .truncated(10_000);
+    let test = Dataset::load_mnist(dir, Split::Test).unwrap();
+    let mut trainer = reference_trainer(TrainConfig::default(), &train, &test.truncated(100));
+    trainer.run_epoch().unwrap();
+    let params = trainer.parameters().unwrap();
+    let model = out.join(format!("{}.safetensors", kind.name()));
+    shadertrain::model_file::save_model(
+        &model,
+        &ModelSpec::reference(),
+        &params,
+        &DataIdentity::published(kind),
+    )
+    .unwrap();
+    (model, params, test)
+}
+
+/// What `predict --model MODEL ARGS...` prints (ARGS with --json), which must succeed.
+fn predict_report(model: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+        .args(["predict", "--model", model.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }

@@ -53,6 +53,24 @@ impl Run {
         }
     }
 
+    /// The uninterrupted run of `recipe` with `extra` flags, run to its end, logging to
+    /// `work/reference.jsonl`: the run, and the model it saved (`work/reference.safetensors`).
+    fn reference(
+        recipe: &'static [&'static str],
+        data: &Path,
+        work: &Path,
+        extra: &[&str],
+    ) -> (Run, PathBuf) {
+        let run = Run {
+            metrics: work.join("reference.jsonl"),
+            ..Run::new(recipe, data, work)
+        };
+        let model = work.join("reference.safetensors");
+        let save = ["--save", model.to_str().unwrap()];
+        run_to_completion(run.command(&[extra, &save[..]].concat()));
+        (run, model)
+    }
+
     /// `train` with the recipe's flags and `extra`.
     fn command(&self, extra: &[&str]) -> Command {
         let mut command = self.bare_command(extra);
@@ -186,12 +204,7 @@ fn parameter_bits(model: &Path) -> Vec<u32> {
 fn a_run_killed_at_any_moment_resumes_to_the_same_weights_bit_for_bit() {
     let data = small_mnist(2000, 500);
     let work = tempfile::tempdir().unwrap();
-    let reference = Run {
-        metrics: work.path().join("reference.jsonl"),
-        ..Run::new(&RECIPE, data.path(), work.path())
-    };
-    let reference_model = work.path().join("reference.safetensors");
-    run_to_completion(reference.command(&["--save", reference_model.to_str().unwrap()]));
+    let (reference, reference_model) = Run::reference(&RECIPE, data.path(), work.path(), &[]);
 
     let run = Run {
         metrics: work.path().join("resumed.jsonl"),
@@ -740,12 +753,7 @@ fn logged_epoch_lines(metrics: &Path) -> Vec<String> {
 fn a_stop_signal_saves_a_checkpoint_that_resumes_bit_for_bit() {
     let data = small_mnist(2000, 500);
     let work = tempfile::tempdir().unwrap();
-    let reference = Run {
-        metrics: work.path().join("reference.jsonl"),
-        ..Run::new(&RECIPE, data.path(), work.path())
-    };
-    let reference_model = work.path().join("reference.safetensors");
-    run_to_completion(reference.command(&["--save", reference_model.to_str().unwrap()]));
+    let (reference, reference_model) = Run::reference(&RECIPE, data.path(), work.path(), &[]);
     let expected = (
         parameter_bits(&reference_model),
         logged_epoch_lines(&reference.metrics),
@@ -885,17 +893,8 @@ fn a_run_stopped_by_max_steps_resumes_mid_epoch_bit_for_bit() {
     let data = small_mnist(2000, 500);
     let work = tempfile::tempdir().unwrap();
     // 32 steps an epoch: 10 stops inside epoch 1, 40 inside epoch 2.
-    let reference = Run {
-        metrics: work.path().join("reference.jsonl"),
-        ..Run::new(&RECIPE, data.path(), work.path())
-    };
-    let reference_model = work.path().join("reference.safetensors");
-    run_to_completion(reference.command(&[
-        "--max-steps",
-        "40",
-        "--save",
-        reference_model.to_str().unwrap(),
-    ]));
+    let (reference, reference_model) =
+        Run::reference(&RECIPE, data.path(), work.path(), &["--max-steps", "40"]);
 
     let run = Run::new(&RECIPE, data.path(), work.path());
     let dir = run.checkpoints.to_str().unwrap();
@@ -969,17 +968,8 @@ fn a_stop_signal_during_the_evaluation_stops_a_max_steps_run_too() {
         "--seed",
         "2",
     ];
-    let reference = Run {
-        metrics: work.path().join("reference.jsonl"),
-        ..Run::new(&LAYERS, data.path(), work.path())
-    };
-    let reference_model = work.path().join("reference.safetensors");
-    run_to_completion(reference.command(&[
-        "--max-steps",
-        "8",
-        "--save",
-        reference_model.to_str().unwrap(),
-    ]));
+    let (reference, reference_model) =
+        Run::reference(&LAYERS, data.path(), work.path(), &["--max-steps", "8"]);
 
     let run = Run::new(&LAYERS, data.path(), work.path());
     let dir = run.checkpoints.to_str().unwrap();

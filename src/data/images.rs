@@ -235,21 +235,35 @@ fn centre_of_mass_offset(image: &GrayImage) -> f64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_dark_stroke_on_white_becomes_a_centred_bright_digit() {
-        // A 10×60 vertical bar, dark on white, off-centre in a 100×100 image.
-        let image = GrayImage::from_fn(100, 100, |x, y| {
-            image::Luma([if (10..20).contains(&x) && (5..65).contains(&y) {
-                0
+    /// A `width`×`height` white picture with a box of grey `ink` over `xs` × `ys`.
+    fn box_on_white(
+        (width, height): (u32, u32),
+        xs: std::ops::Range<u32>,
+        ys: std::ops::Range<u32>,
+        ink: u8,
+    ) -> GrayImage {
+        GrayImage::from_fn(width, height, |x, y| {
+            image::Luma([if xs.contains(&x) && ys.contains(&y) {
+                ink
             } else {
                 255
             }])
-        });
-        let digit = digit_from_grey(&image).unwrap();
-        let lit: Vec<(usize, usize)> = (0..784)
-            .filter(|&i| digit[i] > 128)
+        })
+    }
+
+    /// The (x, y) of a 28×28 sample's bright pixels.
+    fn lit_pixels(sample: &[u8]) -> Vec<(usize, usize)> {
+        (0..784)
+            .filter(|&i| sample[i] > 128)
             .map(|i| (i % 28, i / 28))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_dark_stroke_on_white_becomes_a_centred_bright_digit() {
+        // A 10×60 vertical bar, dark on white, off-centre in a 100×100 image.
+        let digit = digit_from_grey(&box_on_white((100, 100), 10..20, 5..65, 0)).unwrap();
+        let lit = lit_pixels(&digit);
         let height =
             lit.iter().map(|p| p.1).max().unwrap() - lit.iter().map(|p| p.1).min().unwrap() + 1;
         assert!(
@@ -268,19 +282,8 @@ mod tests {
     #[test]
     fn clothing_is_trimmed_resized_to_28_and_centred_on_black() {
         // A 30×60 dark item on white, off-centre in a 200×100 picture.
-        let photo = GrayImage::from_fn(200, 100, |x, y| {
-            image::Luma([if (20..50).contains(&x) && (30..90).contains(&y) {
-                40
-            } else {
-                255
-            }])
-        });
-        let item = clothing_from_grey(&photo).unwrap();
-        let lit: Vec<(usize, usize)> = (0..784)
-            .filter(|&i| item[i] > 128)
-            .map(|i| (i % 28, i / 28))
-            .collect();
-        let (xs, ys): (Vec<usize>, Vec<usize>) = lit.iter().copied().unzip();
+        let item = clothing_from_grey(&box_on_white((200, 100), 20..50, 30..90, 40)).unwrap();
+        let (xs, ys): (Vec<usize>, Vec<usize>) = lit_pixels(&item).into_iter().unzip();
         let span = |v: &[usize]| (*v.iter().min().unwrap(), *v.iter().max().unwrap());
         assert_eq!(span(&ys), (0, 27), "the longest edge fills 28");
         let (x0, x1) = span(&xs);
