@@ -18,6 +18,14 @@ const MAX_LINKS: usize = 40;
 /// Replaces the file at `path` (or, through symbolic links, the file they lead to) with `bytes`,
 /// atomically. Refuses a path that exists and is not a regular file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.is_file()
+    {
+        return Err(Error::io(
+            path,
+            std::io::Error::other(format!("that is {}; not replaced", kind_of(&meta))),
+        ));
+    }
     let target = follow_links(path).map_err(|e| Error::io(path, e))?;
     let existing = match std::fs::metadata(&target) {
         Ok(meta) if !meta.is_file() => {
@@ -35,6 +43,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = folder_of(&target);
     let mut temp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
+        .permissions(new_file_permissions())
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
     let (first_half, second_half) = bytes.split_at(bytes.len() / 2);
@@ -44,13 +53,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     crate::failpoint::reach(crate::failpoint::FILE_WRITE);
     temp.write_all(second_half)
         .map_err(|e| Error::io(temp.path(), e))?;
-    // Temporary files are private (0600): the result keeps the permissions of the file it
-    // replaces, or reads like any new file the user writes.
-    let permissions = match existing {
-        Some(meta) => meta.permissions(),
-        None => new_file_permissions(temp.as_file())?,
-    };
-    std::fs::set_permissions(temp.path(), permissions).map_err(|e| Error::io(temp.path(), e))?;
+    // The result keeps the permissions of the file it replaces; a new one was created as any
+    // file the user writes is (0666 less the umask), not as a private temporary file.
+    if let Some(meta) = existing {
+        std::fs::set_permissions(temp.path(), meta.permissions())
+            .map_err(|e| Error::io(temp.path(), e))?;
+    }
     temp.flush().map_err(|e| Error::io(temp.path(), e))?;
     temp.as_file()
         .sync_all()
@@ -64,17 +72,18 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The mode a new file is created with before the umask: 0666, as editors and shells use.
 #[cfg(unix)]
-fn new_file_permissions(_: &File) -> Result<std::fs::Permissions> {
+fn new_file_permissions() -> std::fs::Permissions {
     use std::os::unix::fs::PermissionsExt;
-    Ok(std::fs::Permissions::from_mode(0o644))
+    std::fs::Permissions::from_mode(0o666)
 }
 
 #[cfg(not(unix))]
-fn new_file_permissions(file: &File) -> Result<std::fs::Permissions> {
-    file.metadata()
-        .map(|m| m.permissions())
-        .map_err(|e| Error::io("temporary file", e))
+fn new_file_permissions() -> std::fs::Permissions {
+    // Only the read-only flag exists here; a new file is writable.
+    let file = tempfile::tempfile().expect("a temporary file");
+    file.metadata().expect("its metadata").permissions()
 }
 
 /// Prefix of the temporary files `write_atomically` creates (and a killed process leaves).
@@ -144,6 +153,18 @@ fn not_a_file(path: &Path, target: &Path, meta: &Metadata) -> String {
 /// not a regular file (nor a link to one), its folder does not exist, or nothing can be created
 /// there.
 pub fn check_file_writable(path: &Path) -> Result<(), String> {
+    // The kernel's answer first: it resolves links that are not paths (/dev/stdout on a pipe).
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() {
+            return Err(format!(
+                "that is {}, not a regular file; give a file's path",
+                kind_of(&meta)
+            ));
+        }
+        if standard_stream_of(&meta).is_some() {
+            return Err("that is this program's own output; give a file's path".into());
+        }
+    }
     let target = follow_links(path).map_err(|e| e.to_string())?;
     if let Ok(meta) = std::fs::metadata(&target)
         && !meta.is_file()
@@ -224,8 +245,7 @@ pub fn check_folder_writable(dir: &Path) -> Result<(), String> {
 pub fn same_file(a: &Path, b: &Path) -> bool {
     #[cfg(unix)]
     if let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) {
-        use std::os::unix::fs::MetadataExt;
-        return (ma.dev(), ma.ino()) == (mb.dev(), mb.ino());
+        return same_identity(&ma, &mb);
     }
     let place = |path: &Path| -> Option<PathBuf> {
         let target = follow_links(path).ok()?;
@@ -298,6 +318,14 @@ impl AppendLog {
             path: path.to_path_buf(),
             problem,
         };
+        // This process's own stdout or stderr (/dev/stdout, or the file it is redirected to):
+        // written through that descriptor, sharing its position, and never counted or cut.
+        if let Some(own) = standard_stream_of(&meta) {
+            return Ok(AppendLog {
+                path: path.to_path_buf(),
+                sink: Sink::Stream(own.map_err(|e| Error::io(path, e))?),
+            });
+        }
         if is_stream(&meta) {
             return Ok(AppendLog {
                 path: path.to_path_buf(),
@@ -338,6 +366,19 @@ impl AppendLog {
 
     pub fn is_stream(&self) -> bool {
         matches!(self.sink, Sink::Stream(_))
+    }
+
+    /// Removes a last line that lacks its newline (a write cut short by a crash), so that it
+    /// is written again whole (a stream is left alone).
+    pub fn drop_torn_last_line(&mut self) -> Result<()> {
+        match &self.sink {
+            Sink::File {
+                lines,
+                unterminated: true,
+                ..
+            } => self.truncate_to(lines - 1),
+            _ => Ok(()),
+        }
     }
 
     /// Keeps only the first `keep` lines of a file (a stream is left alone).
@@ -402,6 +443,30 @@ impl AppendLog {
             }
         }
     }
+}
+
+/// A duplicate of this process's stdout or stderr when `meta` is the file one of them writes to.
+#[cfg(unix)]
+fn standard_stream_of(meta: &Metadata) -> Option<std::io::Result<File>> {
+    use std::os::fd::AsFd;
+    let duplicate = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(File::from);
+    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+    [stdout.as_fd(), stderr.as_fd()].into_iter().find_map(|fd| {
+        let own = duplicate(fd).and_then(|file| file.metadata()).ok()?;
+        same_identity(&own, meta).then(|| duplicate(fd))
+    })
+}
+
+#[cfg(not(unix))]
+fn standard_stream_of(_: &Metadata) -> Option<std::io::Result<File>> {
+    None
+}
+
+/// Whether two metadata describe one file on disk.
+#[cfg(unix)]
+fn same_identity(a: &Metadata, b: &Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
 }
 
 /// Opens a character device or named pipe for writing; a pipe without a reader is refused at
@@ -507,6 +572,25 @@ mod tests {
         log.append("e").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\ne\n");
         assert_eq!(log.lines(), Some(3));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_to_be_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        std::fs::write(&path, "{\"epoch\":1}\n{\"epo").unwrap();
+        let mut log = AppendLog::open(&path).unwrap();
+        assert_eq!(log.lines(), Some(2));
+        log.drop_torn_last_line().unwrap();
+        assert_eq!(log.lines(), Some(1));
+        log.append("{\"epoch\":2}").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"epoch\":1}\n{\"epoch\":2}\n"
+        );
+        // A whole last line stays.
+        log.drop_torn_last_line().unwrap();
+        assert_eq!(log.lines(), Some(2));
     }
 
     #[test]

@@ -606,9 +606,9 @@ fn recipe(
 fn bench(args: BenchArgs, process_start: Instant) -> shadertrain::Result<()> {
     if let Some(max) = args.recipe.max_steps {
         return Err(Error::Config(format!(
-            "--max-steps {max}: bench takes a fixed number of steps ({} here: 1, 32 to warm up, \
-             3 windows of --steps {}, then one epoch) and is not limited by --max-steps; leave \
-             it out, and give a smaller --steps for shorter windows",
+            "--max-steps {max}: bench takes a fixed number of steps ({} here: 1, 32 to warm up \
+             and 3 windows of --steps {}), then one epoch, and is not limited by --max-steps; \
+             leave it out, and give a smaller --steps for shorter windows",
             33 + 3 * args.steps.max(1),
             args.steps
         )));

@@ -353,13 +353,17 @@ fn read_parameters(
     spec: &ModelSpec,
     bad: &dyn Fn(String) -> Error,
 ) -> Result<Vec<f32>> {
-    // Tensors of another type first: their byte counts would mislead the count below.
-    let mut names = file.names();
-    names.sort();
-    for name in names {
-        let view = file
-            .tensor(name)
-            .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+    // The model's tensors of another type first: their byte counts would mislead the count
+    // below. (A tensor that is not the model's is named as such further down; the mappings are
+    // built only once the file is known to hold enough bytes for them.)
+    let layout = spec.layout();
+    let names: Vec<String> = (0..layout.layer_matrix.iter().flatten().count())
+        .flat_map(|i| [format!("layers.{i}.weight"), format!("layers.{i}.bias")])
+        .collect();
+    for name in &names {
+        let Ok(view) = file.tensor(name) else {
+            continue;
+        };
         if view.dtype() != Dtype::F32 {
             return Err(bad(format!(
                 "tensor {name} holds {} values; shadertrain reads F32 (in PyTorch, convert with \
@@ -369,12 +373,10 @@ fn read_parameters(
         }
     }
     // Checked before allocating: metadata can describe any size, the file holds what it holds.
-    let layout = spec.layout();
     let count = layout.parameter_count();
     let held: usize = file.tensors().iter().map(|(_, t)| t.data().len()).sum();
     if held / 4 < count {
-        let missing = (0..layout.layer_matrix.iter().flatten().count())
-            .flat_map(|i| [format!("layers.{i}.weight"), format!("layers.{i}.bias")])
+        let missing = (names.iter())
             .find(|name| file.tensor(name).is_err())
             .map(|name| format!("tensor {name} is missing; "))
             .unwrap_or_default();

@@ -247,8 +247,12 @@ fn the_metrics_log_streams_to_devices_and_pipes() {
     );
     assert!(!stdout.contains("epoch"), "{stdout}");
 
-    // The process's own standard output, even when it is a pipe.
-    let output = train(data.path(), &["--metrics", "/dev/stdout"])
+    // The process's own standard output, as /dev/stdout is (a link in the temporary folder to
+    // /proc/self/fd/1, so that the machine's own entry is never at stake): when it is a pipe...
+    let own_stdout = dir.join("stdout");
+    std::os::unix::fs::symlink("/proc/self/fd/1", &own_stdout).unwrap();
+    let own = own_stdout.to_str().unwrap();
+    let output = train(data.path(), &["--metrics", own])
         .stdout(Stdio::piped())
         .output()
         .unwrap();
@@ -257,6 +261,57 @@ fn the_metrics_log_streams_to_devices_and_pipes() {
     assert!(
         stdout.lines().any(|l| l.starts_with("{\"dataset\"")),
         "{stdout}"
+    );
+    assert!(snapshot(&own_stdout).starts_with("link"));
+    // A model is a file: stdout is no place for one, pipe or redirected file.
+    let output = train(data.path(), &["--save", own])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output).1.contains("that is a named pipe"),
+        "{}",
+        text(&output).1
+    );
+    let redirected = dir.join("redirected.txt");
+    let output = train(data.path(), &["--save", own])
+        .stdout(std::fs::File::create(&redirected).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output).1.contains("this program's own output"),
+        "{}",
+        text(&output).1
+    );
+
+    // ...and when it is redirected to a file (`> run.log`): the lines go through stdout itself,
+    // so the table and the log lines follow one another, none written over another.
+    let run_log = dir.join("run.log");
+    let output = train(data.path(), &["--metrics-every", "2", "--metrics", own])
+        .stdout(std::fs::File::create(&run_log).unwrap())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output).1);
+    let logged = std::fs::read_to_string(&run_log).unwrap();
+    let kinds: Vec<&str> = logged
+        .lines()
+        .map(|l| match serde_json::from_str::<serde_json::Value>(l) {
+            Ok(line) if line["kind"] == "interval" => "interval",
+            Ok(_) => "epoch",
+            Err(_) if l.starts_with("    1 ") => "row",
+            Err(_) => "text",
+        })
+        .filter(|&kind| kind != "text")
+        .collect();
+    // 8 steps: a line every 2, the epoch's line, its row in the table.
+    assert_eq!(
+        kinds,
+        [
+            "interval", "interval", "interval", "interval", "epoch", "row"
+        ],
+        "{logged}"
     );
 }
 
@@ -335,9 +390,15 @@ fn outputs_stay_out_of_another_runs_checkpoint_folder() {
         }
     }
     let pid = running.id().to_string();
-    for flag in ["--save", "--metrics"] {
-        let inside = folder.join("mine.out");
-        let output = train(data.path(), &[flag, inside.to_str().unwrap()])
+    // A link from elsewhere into the folder is no way around it.
+    let link = work.path().join("link.out");
+    std::os::unix::fs::symlink(folder.join("linked.out"), &link).unwrap();
+    for (flag, path) in [
+        ("--save", folder.join("mine.out")),
+        ("--metrics", folder.join("mine.out")),
+        ("--save", link.clone()),
+    ] {
+        let output = train(data.path(), &[flag, path.to_str().unwrap()])
             .output()
             .unwrap();
         let (stdout, stderr) = text(&output);
@@ -346,7 +407,7 @@ fn outputs_stay_out_of_another_runs_checkpoint_folder() {
             stderr.contains(flag) && stderr.contains("in progress") && stderr.contains(&pid),
             "{flag}: {stderr}"
         );
-        assert!(!inside.exists());
+        assert!(!folder.join("mine.out").exists() && !folder.join("linked.out").exists());
     }
     running.kill().unwrap();
     running.wait().unwrap();
@@ -364,5 +425,21 @@ fn outputs_stay_out_of_another_runs_checkpoint_folder() {
     .unwrap();
     let (_, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(1));
+    assert!(stderr.contains("keeps its own files"), "{stderr}");
+    // Spelled differently for a folder still to be made, it is the same folder.
+    let output = train(
+        data.path(),
+        &[
+            "--checkpoint-dir",
+            "./new-run",
+            "--save",
+            "new-run/step-0000000002.safetensors",
+        ],
+    )
+    .current_dir(work.path())
+    .output()
+    .unwrap();
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("keeps its own files"), "{stderr}");
 }

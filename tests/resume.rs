@@ -1002,10 +1002,25 @@ fn a_stop_signal_during_the_evaluation_stops_a_max_steps_run_too() {
     assert_eq!(run.checkpoint_steps(), [5]);
     assert!(!run.metrics.exists(), "nothing logged");
 
+    // Resumed as the message says, at the same limit: the evaluation it owes is done, its row
+    // printed and logged, and nothing is trained.
+    let stdout = run_to_completion(run.bare_command(&["--resume", dir]));
+    assert!(
+        stdout.lines().any(|l| l.starts_with("   1*")) && !stdout.contains("nothing left"),
+        "{stdout}"
+    );
+    let rows = logged_epoch_lines(&run.metrics);
+    assert!(
+        rows.len() == 1 && rows[0].contains(r#""epoch_step":5"#),
+        "{rows:?}"
+    );
+    let stdout = run_to_completion(run.bare_command(&["--resume", dir]));
+    assert!(stdout.contains("nothing left to train"), "{stdout}");
+
     run_to_completion(run.bare_command(&["--resume", dir, "--max-steps", "8"]));
     assert_eq!(parameter_bits(&model), parameter_bits(&reference_model));
     assert_eq!(
-        logged_epoch_lines(&run.metrics),
-        logged_epoch_lines(&reference.metrics)
+        logged_epoch_lines(&run.metrics)[1..],
+        logged_epoch_lines(&reference.metrics)[..]
     );
 }

@@ -34,45 +34,93 @@ pub fn say_what_is_kept(line: String) {
     KEPT.store(leaked, Ordering::SeqCst);
 }
 
-/// Writes `bytes` to stderr from a signal handler (write(2) is async-signal-safe).
+/// A line assembled in a signal handler, on the stack (no allocation), written in one write(2).
 #[cfg(unix)]
-fn write_to_stderr(bytes: &[u8]) {
-    // SAFETY: write on fd 2 with a valid buffer; a failure is ignored (nothing else can be done).
-    unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+struct HandlerLine {
+    bytes: [u8; 1024],
+    len: usize,
 }
 
-/// Async-signal-safe: atomics, write(2) and `_exit` only.
+#[cfg(unix)]
+impl HandlerLine {
+    fn new() -> Self {
+        HandlerLine {
+            bytes: [0; 1024],
+            len: 0,
+        }
+    }
+
+    /// Appends what fits.
+    fn push(&mut self, text: &[u8]) {
+        let room = self.bytes.len() - self.len;
+        let n = text.len().min(room);
+        self.bytes[self.len..self.len + n].copy_from_slice(&text[..n]);
+        self.len += n;
+    }
+
+    /// Writes the line to stderr: one write(2), async-signal-safe; a failure is ignored.
+    fn write(&self) {
+        // SAFETY: write on fd 2 with a valid buffer of `len` bytes.
+        unsafe { libc::write(2, self.bytes.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Where the calling thread's errno is, which a handler must leave as it found it (None where
+/// this file does not know how to find it).
+#[cfg(unix)]
+fn errno_location() -> Option<*mut libc::c_int> {
+    // SAFETY: these return the calling thread's errno slot.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return Some(unsafe { libc::__errno_location() });
+    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+    return Some(unsafe { libc::__error() });
+    #[allow(unreachable_code)]
+    None
+}
+
+/// Async-signal-safe: atomics, write(2) and `_exit` only; errno is kept.
 #[cfg(unix)]
 extern "C" fn on_stop_signal(signal: libc::c_int) {
+    let errno = errno_location();
+    // SAFETY: the slot is the thread's own; read now, restored before returning.
+    let saved_errno = errno.map(|slot| unsafe { *slot });
     let name: &[u8] = match signal {
         libc::SIGINT => b"SIGINT",
         _ => b"SIGTERM",
     };
+    let mut line = HandlerLine::new();
     if FIRST_SIGNAL
         .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
         .is_err()
     {
-        write_to_stderr(b"\n");
-        write_to_stderr(name);
-        write_to_stderr(b" again: exiting at once; ");
+        line.push(b"\n");
+        line.push(name);
+        line.push(b" again: exiting at once; ");
         let kept = KEPT.load(Ordering::SeqCst);
         if !kept.is_null() {
             // SAFETY: the pointer comes from a leaked Box and is never freed or changed.
-            write_to_stderr(unsafe { &*kept });
+            line.push(unsafe { &*kept });
         }
-        write_to_stderr(b"\n");
+        line.push(b"\n");
+        line.write();
         // SAFETY: _exit is async-signal-safe and ends the process without unwinding.
         unsafe { libc::_exit(128 + signal) };
     }
-    write_to_stderr(b"\n");
-    write_to_stderr(name);
-    write_to_stderr(
-        b": stopping after the steps under way and saving the run (send it again to exit at once)\n",
-    );
+    // The stop first: a write blocked on a full stderr must not hold it back.
     let flag = STOP_FLAG.load(Ordering::SeqCst);
     if !flag.is_null() {
         // SAFETY: the pointer comes from a leaked Arc and is never freed.
         unsafe { (*flag).store(true, Ordering::SeqCst) };
+    }
+    line.push(b"\n");
+    line.push(name);
+    line.push(
+        b": stopping after the steps under way and saving the run (send it again to exit at once)\n",
+    );
+    line.write();
+    if let (Some(slot), Some(value)) = (errno, saved_errno) {
+        // SAFETY: as above.
+        unsafe { *slot = value };
     }
 }
 

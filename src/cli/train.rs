@@ -161,7 +161,11 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         );
     }
 
-    if trainer.epochs_done() >= epochs || trainer.finished() {
+    // A run stopped during its last evaluation, all its steps taken, still owes that row.
+    let mut row_owed = trainer.finished()
+        && trainer.epoch_position().is_some()
+        && (resumed.as_ref()).is_some_and(|(_, saved)| saved.last_epoch.is_none());
+    if (trainer.epochs_done() >= epochs || trainer.finished()) && !row_owed {
         let reached = match trainer.epoch_position() {
             Some(_) => format!(
                 "has reached --max-steps {} (in epoch {})",
@@ -211,7 +215,8 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     let interrupt = Interrupt::register()?;
     trainer.stop_when(interrupt.requested());
     let mut stopped_by = None;
-    while trainer.epochs_done() < epochs && !trainer.finished() {
+    while trainer.epochs_done() < epochs && (!trainer.finished() || row_owed) {
+        row_owed = false;
         if let Some(signal) = interrupt.received() {
             stopped_by = Some(signal);
             break;
@@ -477,24 +482,6 @@ fn check_outputs(args: &TrainArgs) -> Result<()> {
         path: path.to_path_buf(),
         problem,
     };
-    if let Some(path) = &args.save {
-        files::check_file_writable(path).map_err(|p| unwritable("--save", path, p))?;
-    }
-    if let Some(path) = &args.metrics {
-        files::check_log_writable(path).map_err(|p| unwritable("--metrics", path, p))?;
-    }
-    if let (Some(save), Some(metrics)) = (&args.save, &args.metrics)
-        && files::same_file(save, metrics)
-    {
-        return Err(unwritable(
-            "--save",
-            save,
-            format!(
-                "--metrics {} names the same file; give each output its own",
-                metrics.display()
-            ),
-        ));
-    }
     let checkpoints = args.checkpoint_dir.as_ref().or(args.resume.as_ref());
     for (flag, dir) in [
         ("--checkpoint-dir", &args.checkpoint_dir),
@@ -506,9 +493,11 @@ fn check_outputs(args: &TrainArgs) -> Result<()> {
     }
     for (flag, path) in [("--save", &args.save), ("--metrics", &args.metrics)] {
         let Some(path) = path else { continue };
-        let folder = files::folder_of(path);
+        // Where the file really is, through links.
+        let target = files::follow_links(path).unwrap_or_else(|_| path.clone());
+        let folder = files::folder_of(&target);
         let ours = checkpoints.is_some_and(|dir| same_folder(dir, folder));
-        if ours && checkpoint::is_managed_name(path) {
+        if ours && checkpoint::is_managed_name(&target) {
             return Err(unwritable(
                 flag,
                 path,
@@ -526,6 +515,27 @@ fn check_outputs(args: &TrainArgs) -> Result<()> {
                 ),
             ));
         }
+        // In the checkpoint folder still to be made, the folder's own check stands for it.
+        if ours && !folder.is_dir() {
+            continue;
+        }
+        match flag {
+            "--save" => files::check_file_writable(path),
+            _ => files::check_log_writable(path),
+        }
+        .map_err(|p| unwritable(flag, path, p))?;
+    }
+    if let (Some(save), Some(metrics)) = (&args.save, &args.metrics)
+        && files::same_file(save, metrics)
+    {
+        return Err(unwritable(
+            "--save",
+            save,
+            format!(
+                "--metrics {} names the same file; give each output its own",
+                metrics.display()
+            ),
+        ));
     }
     Ok(())
 }
@@ -736,10 +746,12 @@ fn checkpoint_plan(
     }))
 }
 
+/// Whether two paths name one folder: resolved where they exist, else compared as absolute
+/// paths (so that `./runs/a` and `runs/a` are one folder before it is made).
 fn same_folder(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
+        _ => absolute(a) == absolute(b),
     }
 }
 
@@ -956,6 +968,9 @@ impl MetricsLog {
             },
             other => other,
         })?;
+        if resumed.is_some() {
+            log.drop_torn_last_line()?;
+        }
         if let (Some(saved), Some(lines)) = (resumed, log.lines()) {
             match (saved.outputs.metrics_lines, &saved.last_epoch) {
                 (Some(stood), _) if lines > stood => log.truncate_to(stood)?,

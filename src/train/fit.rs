@@ -1,7 +1,6 @@
 //! Whether a model, its batch and its data fit the adapter's buffers: checked before anything is
-//! allocated (a model of three billion parameters used to take 3 GB and seconds of the host
-//! before the device refused "activation 0"), and said in the user's terms: the layer, the
-//! batch, the limit, and what would fit.
+//! allocated, so that a model too large costs neither host memory nor time for its initial
+//! weights, and said in the user's terms: the layer, the batch, the limit, and what would fit.
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;

@@ -35,7 +35,7 @@ use builder::{ProgramBuilder, TransposedInput};
 pub use config::{
     EpochMetrics, EpochProgress, Evaluation, GpuWork, OptimizerKind, SplitMetrics, TrainConfig,
 };
-use pacing::{InFlight, Pace};
+use pacing::{CHUNKS_IN_FLIGHT, InFlight, Pace};
 use program::{Program, Recorder};
 use progress::{PROGRESS_READS_IN_FLIGHT, PendingRead, ProgressReads};
 pub use state::{EpochState, TrainingState};
@@ -618,9 +618,11 @@ impl<'k> Trainer<'k> {
     }
 
     /// Takes up to `count` more steps of the epoch under way (fewer where `max_steps` comes
-    /// first), without waiting for the GPU, in command buffers of `steps_per_submit` steps. With `progress`, each chunk also sums the
-    /// epoch's metrics so far and `progress` is called as the GPU finishes each chunk; chunks
-    /// are queued ahead of the one waited for, so the GPU does not wait for the host.
+    /// first), in command buffers of `steps_per_submit` steps, without waiting for the GPU;
+    /// a stoppable trainer (`stop_when`) sizes them by time instead and stays a few ahead. With
+    /// `progress`, each chunk also sums the epoch's metrics so far and `progress` is called as
+    /// the GPU finishes each chunk; chunks are queued ahead of the one waited for, so the GPU
+    /// does not wait for the host.
     pub fn train(
         &mut self,
         count: usize,
@@ -646,8 +648,9 @@ impl<'k> Trainer<'k> {
     ) -> Result<()> {
         let until = epoch.steps.len().min(epoch.next.saturating_add(count));
         let mut pending = VecDeque::new();
-        // A stoppable run (and one reading progress) keeps a few chunks ahead of the GPU, sized
-        // by time, so that a stop takes effect within a second, not at the epoch's end.
+        // A stoppable run keeps a few chunks ahead of the GPU, sized by time, so that a stop
+        // takes effect within a second, not at the epoch's end; one reading progress keeps a
+        // few ahead too, so that it reads a chunk while the next run.
         let paced = self.stop.is_some();
         let mut in_flight = InFlight::default();
         let mut pace = self.training_pace.get();
@@ -658,7 +661,11 @@ impl<'k> Trainer<'k> {
                 false => self.config.steps_per_submit,
             };
             let end = until.min(epoch.next + size);
-            if in_flight.is_full() {
+            let limit = match paced {
+                true => pace.chunks_in_flight(),
+                false => CHUNKS_IN_FLIGHT,
+            };
+            while in_flight.holds(limit) {
                 in_flight.wait_oldest(self.gpu, &mut pace)?;
                 if let Some(report) = progress.as_deref_mut() {
                     let read = pending.pop_front().expect("a read per chunk in flight");
@@ -872,7 +879,7 @@ impl<'k> Trainer<'k> {
         let mut remaining = &programs[..];
         loop {
             let size = match paced {
-                true => pace.chunk(remaining.len()),
+                true => pace.chunk(remaining.len()).min(remaining.len()),
                 false => remaining.len(),
             };
             let (chunk, rest) = remaining.split_at(size);
@@ -904,7 +911,7 @@ impl<'k> Trainer<'k> {
             work.submits += 1;
             crate::failpoint::reach(crate::failpoint::EVALUATION_CHUNK);
             in_flight.push(submission, chunk.len());
-            if in_flight.is_full() {
+            while in_flight.holds(pace.chunks_in_flight()) {
                 in_flight.wait_oldest(self.gpu, &mut pace)?;
             }
             self.evaluation_pace.set(pace);

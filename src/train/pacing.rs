@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
-/// The GPU time a chunk is sized to take. With `CHUNKS_IN_FLIGHT` of them queued, a stop waits
-/// for well under a second of work, whatever the model and adapter (unless one step alone takes
-/// longer).
+/// The GPU time a chunk is sized to take.
 const CHUNK_TIME: Duration = Duration::from_millis(200);
 
-/// Chunks queued and not yet waited for, at most.
+/// The GPU time queued at most, so that a stop waits for well under a second of work whatever
+/// the model and adapter (unless one step alone takes longer).
+const QUEUED_TIME: Duration = Duration::from_millis(600);
+
+/// Chunks queued and not yet waited for, at most (fewer when a chunk takes longer than
+/// `CHUNK_TIME`, and one until the first is measured).
 pub(super) const CHUNKS_IN_FLIGHT: usize = 3;
 
 /// The GPU time of one unit of work (a training step, an evaluation batch), as last measured.
@@ -33,6 +36,22 @@ impl Pace {
             Some(seconds) => {
                 let fit = CHUNK_TIME.as_secs_f64() / seconds.max(1e-9);
                 (fit as usize).clamp(1, max.max(1))
+            }
+        }
+    }
+}
+
+impl Pace {
+    /// Chunks that may be queued at once: as many as `QUEUED_TIME` holds, from 1 to
+    /// `CHUNKS_IN_FLIGHT`; one until the first chunk has been measured.
+    pub(super) fn chunks_in_flight(&self) -> usize {
+        match self.seconds_per_item {
+            None => 1,
+            Some(seconds) => {
+                let chunk = seconds.max(CHUNK_TIME.as_secs_f64());
+                // (Rounded up by a hair: 0.6 / 0.2 is 2.9999999999999996 in floating point.)
+                let fit = QUEUED_TIME.as_secs_f64() / chunk + 1e-9;
+                (fit as usize).clamp(1, CHUNKS_IN_FLIGHT)
             }
         }
     }
@@ -61,8 +80,9 @@ impl InFlight {
         });
     }
 
-    pub(super) fn is_full(&self) -> bool {
-        self.queue.len() >= CHUNKS_IN_FLIGHT
+    /// Whether `limit` chunks are queued.
+    pub(super) fn holds(&self, limit: usize) -> bool {
+        self.queue.len() >= limit
     }
 
     /// Waits for the oldest chunk and measures its pace: from when the GPU could start it (its
@@ -105,5 +125,14 @@ mod tests {
             seconds_per_item: Some(3.0),
         };
         assert_eq!(slower_than_a_chunk.chunk(32), 1);
+        // Queued work stays under QUEUED_TIME: three chunks of 0.2 s, one of 3 s.
+        assert_eq!(Pace::default().chunks_in_flight(), 1);
+        assert_eq!(fast.chunks_in_flight(), 3);
+        assert_eq!(slow.chunks_in_flight(), 3);
+        let a_third_of_a_second = Pace {
+            seconds_per_item: Some(0.3),
+        };
+        assert_eq!(a_third_of_a_second.chunks_in_flight(), 2);
+        assert_eq!(slower_than_a_chunk.chunks_in_flight(), 1);
     }
 }
