@@ -201,7 +201,7 @@ pub struct FolderLock {
 
 /// Locks `dir` (which must exist) for this process, or says which process holds it.
 pub fn lock(dir: &Path) -> Result<FolderLock> {
-    use std::io::{Read, Seek, Write};
+    use std::io::{Seek, Write};
     let path = dir.join(LOCK_FILE);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -213,14 +213,9 @@ pub fn lock(dir: &Path) -> Result<FolderLock> {
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
             return Err(Error::FolderInUse {
                 dir: dir.to_path_buf(),
-                holder: match holder.trim() {
-                    "" => "another process".to_string(),
-                    pid => format!("process {pid}"),
-                },
+                holder: holder_named_in(&mut file),
             });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
@@ -237,18 +232,21 @@ pub fn lock(dir: &Path) -> Result<FolderLock> {
 /// holds it; None when it is not a locked checkpoint folder. (The lock is per open file: a
 /// folder this process has locked reads as held too.)
 pub fn lock_holder(dir: &Path) -> Option<String> {
-    use std::io::Read;
     let mut file = std::fs::File::open(dir.join(LOCK_FILE)).ok()?;
     match file.try_lock_shared() {
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            Some(match holder.trim() {
-                "" => "another process".to_string(),
-                pid => format!("process {pid}"),
-            })
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Some(holder_named_in(&mut file)),
         _ => None,
+    }
+}
+
+/// The process a lock file names ("process 1234"), as its holder wrote it.
+fn holder_named_in(lock_file: &mut std::fs::File) -> String {
+    use std::io::Read;
+    let mut holder = String::new();
+    let _ = lock_file.read_to_string(&mut holder);
+    match holder.trim() {
+        "" => "another process".to_string(),
+        pid => format!("process {pid}"),
     }
 }
 

@@ -18,28 +18,14 @@ const MAX_LINKS: usize = 40;
 /// Replaces the file at `path` (or, through symbolic links, the file they lead to) with `bytes`,
 /// atomically. Refuses a path that exists and is not a regular file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Ok(meta) = std::fs::metadata(path)
-        && !meta.is_file()
-    {
+    if let Some(problem) = not_a_regular_file(path) {
         return Err(Error::io(
             path,
-            std::io::Error::other(format!("that is {}; not replaced", kind_of(&meta))),
+            std::io::Error::other(format!("{problem}; not replaced")),
         ));
     }
+    let existing = std::fs::metadata(path).ok();
     let target = follow_links(path).map_err(|e| Error::io(path, e))?;
-    let existing = match std::fs::metadata(&target) {
-        Ok(meta) if !meta.is_file() => {
-            return Err(Error::io(
-                path,
-                std::io::Error::other(format!(
-                    "{}; not replaced",
-                    not_a_file(path, &target, &meta)
-                )),
-            ));
-        }
-        Ok(meta) => Some(meta),
-        Err(_) => None,
-    };
     let dir = folder_of(&target);
     let mut temp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
@@ -136,45 +122,43 @@ pub fn kind_of(meta: &Metadata) -> &'static str {
     "not a regular file"
 }
 
-/// "that is a character device" (or "it links to X, a character device"), for a path that is
-/// not a regular file.
-fn not_a_file(path: &Path, target: &Path, meta: &Metadata) -> String {
-    match target == path {
-        true => format!("that is {}, not a regular file", kind_of(meta)),
-        false => format!(
-            "it links to {}, which is {}, not a regular file",
-            target.display(),
-            kind_of(meta)
+/// Why `path` is no place for a file, when it exists and is not a regular file: "that is a
+/// character device, not a regular file" (or "it links to X, which is ..."). The kernel
+/// resolves the links, those that are not paths too (/dev/stdout on a pipe).
+fn not_a_regular_file(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path)
+        .ok()
+        .filter(|meta| !meta.is_file())?;
+    let kind = kind_of(&meta);
+    let through = follow_links(path)
+        .ok()
+        .filter(|target| target != path && target.exists());
+    Some(match through {
+        None => format!("that is {kind}, not a regular file"),
+        Some(target) => format!(
+            "it links to {}, which is {kind}, not a regular file",
+            target.display()
         ),
-    }
+    })
 }
 
 /// Why a file could not be written at `path` (checked before work that would be lost): it is
 /// not a regular file (nor a link to one), its folder does not exist, or nothing can be created
 /// there.
 pub fn check_file_writable(path: &Path) -> Result<(), String> {
-    // The kernel's answer first: it resolves links that are not paths (/dev/stdout on a pipe).
-    if let Ok(meta) = std::fs::metadata(path) {
-        if !meta.is_file() {
-            return Err(format!(
-                "that is {}, not a regular file; give a file's path",
-                kind_of(&meta)
-            ));
-        }
-        if standard_stream_of(&meta).is_some() {
-            return Err("that is this program's own output; give a file's path".into());
-        }
+    if let Some(problem) = not_a_regular_file(path) {
+        let hint = match path.is_dir() {
+            true => "give a file name",
+            false => "give a file's path",
+        };
+        return Err(format!("{problem}; {hint}"));
+    }
+    if let Ok(meta) = std::fs::metadata(path)
+        && standard_stream_of(&meta).is_some()
+    {
+        return Err("that is this program's own output; give a file's path".into());
     }
     let target = follow_links(path).map_err(|e| e.to_string())?;
-    if let Ok(meta) = std::fs::metadata(&target)
-        && !meta.is_file()
-    {
-        let hint = match meta.is_dir() {
-            true => "; give a file name",
-            false => "; give a file's path",
-        };
-        return Err(format!("{}{hint}", not_a_file(path, &target, &meta)));
-    }
     let folder = folder_of(&target);
     if !folder.is_dir() {
         return Err(format!("the folder {} does not exist", folder.display()));

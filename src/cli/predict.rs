@@ -130,9 +130,6 @@ fn unreadable_summary(unreadable: usize, images: usize) -> String {
     match (unreadable, images) {
         (1, 1) => "the image could not be read (see above)".into(),
         (n, total) if n == total => format!("none of the {total} images could be read (see above)"),
-        (1, total) => format!(
-            "1 of {total} images could not be read (named above); the others were classified"
-        ),
         (n, total) => format!(
             "{n} of {total} images could not be read (named above); the others were classified"
         ),

@@ -259,8 +259,6 @@ impl<'k> Trainer<'k> {
             )));
         }
         let layout = spec.layout();
-        // Tensor l is layer l's input (0: the batch); a layer that moves nothing shares its
-        // input's buffers.
         let batch = config.batch_size;
         // A batch larger than the training set is the whole set, as Keras takes it: no buffer
         // holds more rows than a step can have.
@@ -299,6 +297,8 @@ impl<'k> Trainer<'k> {
             )),
             OptimizerKind::Sgd => None,
         };
+        // Tensor l is layer l's input (0: the batch); a layer that moves nothing shares its
+        // input's buffers.
         let mut tensors: Vec<DeviceTensor> = Vec::new();
         let mut grad_tensors: Vec<DeviceTensor> = Vec::new();
         let mut layers = Vec::new();

@@ -39,9 +39,7 @@ impl Pace {
             }
         }
     }
-}
 
-impl Pace {
     /// Chunks that may be queued at once: as many as `QUEUED_TIME` holds, from 1 to
     /// `CHUNKS_IN_FLIGHT`; one until the first chunk has been measured.
     pub(super) fn chunks_in_flight(&self) -> usize {
