@@ -5,7 +5,9 @@
 //
 // im2col, im2col_quads (rows R = samples * OH * OW, columns shape.columns = Kp):
 //   P[(n, oy, ox), (ky KW + kx) C + c] = x[n, oy sy + ky - py, ox sx + kx - px, c]   (0 outside)
-//   P[(n, oy, ox), KH KW C] = 1          (times the bias row of the weight matrix: the bias)
+//   P[(n, oy, ox), KH KW C] = B          (times the bias row of the weight matrix: the bias;
+//                                        B = shape.bias: 1, or 0 for a layer without a bias,
+//                                        whose bias row then gets no gradient and stays 0)
 //   P[(n, oy, ox), k] = 0                for KH KW C < k < Kp
 // Then Y = P W (one product: k = Kp, the bias in it, the activation in its epilogue),
 // dW = Pᵀ dZ (the ones column makes its row KH KW C the bias gradient) and dP = dZ Wᵀ.
@@ -51,8 +53,9 @@ struct ConvShape {
     columns: u32,
     // col2im: the activation code of the layer beneath whose derivative is applied (0: none).
     derivative: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // im2col: the ones column's value, 1 (0: the layer has no bias).
+    bias: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> shape: ConvShape;
@@ -106,7 +109,7 @@ fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let start = t.row * columns + t.tap * channels;
     if (t.tap == taps) {
         // The tail: the ones column and the zeros after it.
-        output[start] = 1.0;
+        output[start] = f32(shape.bias);
         for (var k = start + 1u; k < (t.row + 1u) * columns; k++) {
             output[k] = 0.0;
         }
@@ -134,7 +137,7 @@ fn im2col_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let start = (t.row * shape.columns + t.tap * shape.channels) / 4u;
     if (t.tap == taps) {
         // KH KW C is a multiple of 4, so the tail is one vec4: the one and three zeros.
-        output_quads[start] = vec4<f32>(1.0, 0.0, 0.0, 0.0);
+        output_quads[start] = vec4<f32>(f32(shape.bias), 0.0, 0.0, 0.0);
         return;
     }
     let first = t.first / 4u;

@@ -14,7 +14,7 @@
 // channels at a time and need C % 4 == 0.
 //
 // Bindings (group 0):
-//   0 shape   storage, read        PoolShape below
+//   0 shape   storage, read        PoolShape (shared/pool_shape.wgsl)
 //   1 input   storage, read        forward: X f32 [samples, H, W, C]; backward: dY [samples, OH, OW, C]
 //   2 output  storage, read_write  forward: Y f32 [samples, OH, OW, C]; backward: dX [samples, H, W, C]
 //   3 argmax  storage, forward read_write / backward read   u32 [samples, OH, OW, C]
@@ -28,21 +28,8 @@
 import package::shared::activations::{derivative_from_output, derivative_from_output4};
 import package::shared::grid::flat_invocation;
 import package::shared::divide::quotient;
+import package::shared::pool_shape::PoolShape;
 
-struct PoolShape {
-    samples: u32,
-    in_height: u32,
-    in_width: u32,
-    channels: u32,
-    out_height: u32,
-    out_width: u32,
-    size_y: u32,
-    size_x: u32,
-    stride_y: u32,
-    stride_x: u32,
-    derivative: u32,
-    _pad: u32,
-}
 
 @group(0) @binding(0) var<storage, read> shape: PoolShape;
 @group(0) @binding(1) var<storage, read> input: array<f32>;

@@ -72,17 +72,20 @@ pub struct StepMatmul {
 /// named after the layer's `layers.{i}` index; with the model FLOPs of each (a convolution's
 /// without the bias column and padding its product carries).
 fn products(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims, f64)> {
-    let layout = spec.layout();
-    let shapes = spec.shapes().expect("a validated model");
+    let plan = spec.plan().expect("a validated model");
+    let layout = &plan.layout;
     let mut products = Vec::new();
-    for (l, layer) in spec.layers.iter().enumerate() {
-        let (Some(m), Some(i)) = (layout.of_layer(l), layout.layer_matrix[l]) else {
+    for (l, node) in plan.nodes.iter().enumerate() {
+        let (Some(m), Some(i), Some(layer)) =
+            (layout.of_layer(l), layout.layer_matrix[l], plan.layer(l))
+        else {
             continue;
         };
-        let input_grad = spec.layers[..l].iter().any(LayerSpec::has_parameters);
+        let input = plan.tensors[node.inputs[0]].shape;
+        let input_grad = plan.needs_grad[node.inputs[0]];
         let (kind, dims, positions) = match *layer {
             LayerSpec::Conv2d { activation, .. } => {
-                let positions = rows * layer.geometry(shapes[l]).expect("valid").positions();
+                let positions = rows * layer.geometry(input).expect("valid").positions();
                 let dims = [
                     MatmulDims::conv_forward(positions, &m, activation),
                     MatmulDims::conv_weight_grad(positions, &m),
@@ -115,11 +118,7 @@ fn products(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims, f64)> {
 pub fn step_matmuls(kernels: &Kernels, spec: &ModelSpec, rows: usize) -> Vec<StepMatmul> {
     // The dense layer that reads the batch (after any Flatten) takes its weight gradient on the
     // transposed batch where the register kernels do.
-    let layout = spec.layout();
-    let batch_dense = (spec.layers.iter().enumerate())
-        .find(|(_, layer)| **layer != LayerSpec::Flatten)
-        .filter(|(_, layer)| matches!(layer, LayerSpec::Dense { .. }))
-        .and_then(|(l, _)| layout.of_layer(l));
+    let batch_dense = spec.plan().expect("a validated model").batch_dense();
     let stride = rows.next_multiple_of(4);
     let transposed = batch_dense.and_then(|m| {
         let dims = kernels

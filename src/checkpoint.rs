@@ -469,7 +469,8 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         test_samples: meta.value("test_samples")?,
     };
 
-    let parameter_count = run.spec.layout().total;
+    let layout = run.spec.layout();
+    let parameter_count = layout.total;
     let tensors = Tensors {
         file: &file,
         bad: &bad,
@@ -477,8 +478,8 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let parameters = tensors.f32s("parameters", parameter_count)?;
     let moments = match run.config.optimizer {
         OptimizerKind::Adam => Some((
-            tensors.f32s("adam.m", parameter_count)?,
-            tensors.f32s("adam.v", parameter_count)?,
+            tensors.f32s("adam.m", layout.trained)?,
+            tensors.f32s("adam.v", layout.trained)?,
         )),
         OptimizerKind::Sgd => None,
     };

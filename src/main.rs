@@ -199,16 +199,22 @@ struct RecipeArgs {
     /// (files that are another published dataset, by checksum, are refused).
     #[arg(help_heading = "Data", long, value_enum, default_value_t = DatasetKind::Mnist)]
     dataset: DatasetKind,
-    /// The model: the reference MLP (--hidden, --activation), or Keras' mnist_convnet
+    /// The model: the reference MLP (--hidden, --activation), Keras' mnist_convnet
     /// (conv32k3, maxpool2, conv64k3, maxpool2, flatten, dropout0.5, dense; 15 epochs and
-    /// --validation-split 0.1 unless given) [default: mlp].
+    /// --validation-split 0.1 unless given), or He et al.'s CIFAR ResNet-8 or ResNet-20
+    /// (BatchNorm, residual blocks, global average pooling; the README shows the PyTorch module
+    /// that loads its file) [default: mlp].
     #[arg(help_heading = "Model", long, value_enum, conflicts_with = "layers")]
     model: Option<ModelPreset>,
-    /// Any sequential model as a list of layers (instead of --model / --hidden): comma-separated
-    /// conv<filters>k<size>[s<stride>][same], maxpool<size>[s<stride>], flatten, dropout<rate>,
-    /// dense<units>; layers with weights may end in :relu, :sigmoid, :tanh or :linear (default
-    /// --activation; the last layer is linear), e.g.
-    /// conv32k3,maxpool2,conv64k3,maxpool2,flatten,dropout0.5,dense10.
+    /// Any model as a list of layers (instead of --model / --hidden): comma-separated
+    /// conv<filters>k<size>[s<stride>][same|p<pad>], maxpool<size>[s<stride>],
+    /// avgpool<size>[s<stride>], gap (global average pool), bn (BatchNorm), relu, sigmoid, tanh,
+    /// flatten, dropout<rate>, dense<units>, and residual blocks res(<layers>) (their output
+    /// added to their input) or res(<layers>|<shortcut layers>); dense and conv may end in
+    /// :relu, :sigmoid, :tanh or :linear (default --activation; linear for the last layer, one
+    /// followed by bn, and the last of a block's branch), conv in :nobias, e.g.
+    /// conv32k3,maxpool2,conv64k3,maxpool2,flatten,dropout0.5,dense10 or
+    /// conv16k3p1:nobias,bn,relu,res(conv16k3p1:nobias,bn,relu,conv16k3p1:nobias,bn),relu,gap,dense10.
     #[arg(help_heading = "Model", long, value_name = "LIST", value_parser = check_layers, conflicts_with = "hidden")]
     layers: Option<String>,
     /// Hold out this fraction of the training set, its last samples as loaded (Keras'
@@ -317,6 +323,11 @@ enum ModelPreset {
     Mlp,
     /// Keras' mnist_convnet.
     Convnet,
+    /// He et al.'s ResNet-8: 3×3 conv, BatchNorm, ReLU, three stages of one basic block (16, 32,
+    /// 64 channels), global average pooling, dense.
+    Resnet8,
+    /// He et al.'s ResNet-20: the same with three blocks per stage.
+    Resnet20,
 }
 
 /// Keras' mnist_convnet recipe as a layer list, for `classes` classes.
@@ -507,7 +518,13 @@ fn recipe(
     claimed: Option<(DatasetKind, &str)>,
 ) -> shadertrain::Result<Recipe> {
     let convnet = args.model == Some(ModelPreset::Convnet);
-    if convnet && let Some(Hidden(widths)) = &args.hidden {
+    let resnet_blocks = match args.model {
+        Some(ModelPreset::Resnet8) => Some(1),
+        Some(ModelPreset::Resnet20) => Some(3),
+        _ => None,
+    };
+    let preset = args.model.filter(|&m| m != ModelPreset::Mlp);
+    if let (Some(preset), Some(Hidden(widths))) = (preset, &args.hidden) {
         let widths: Vec<String> = widths.iter().map(usize::to_string).collect();
         let widths = if widths.is_empty() {
             "none".into()
@@ -515,8 +532,9 @@ fn recipe(
             widths.join(",")
         };
         return Err(Error::Config(format!(
-            "--hidden {widths} sets the MLP's widths, and --model convnet has layers of its own: \
-             give --model mlp (or leave --model out), or a --layers list for another network"
+            "--hidden {widths} sets the MLP's widths, and --model {} has layers of its own: \
+             give --model mlp (or leave --model out), or a --layers list for another network",
+            shadertrain::model_file::name_of(&preset)
         )));
     }
     let data_dir = args.data.dir(args.dataset)?;
@@ -550,14 +568,15 @@ fn recipe(
         (None, true) => Some(convnet_layers(classes)),
         (None, false) => None,
     };
-    let spec = match layers {
-        Some(layers) => ModelSpec {
+    let spec = match (layers, resnet_blocks) {
+        (_, Some(blocks)) => ModelSpec::resnet(train_set.shape, blocks, classes),
+        (Some(layers), None) => ModelSpec {
             input: train_set.shape,
             layers: parse_layers(&layers, args.activation)
                 .map_err(|e| shadertrain::Error::Config(format!("--layers: {e}")))?,
             loss: args.loss,
         },
-        None => ModelSpec::mlp(
+        (None, None) => ModelSpec::mlp(
             train_set.shape,
             args.hidden.as_ref().map_or(&[256, 128][..], |h| &h.0),
             classes,

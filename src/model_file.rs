@@ -1,8 +1,11 @@
 //! Trained models as safetensors files that PyTorch can load.
 //!
 //! Tensors `layers.{i}.weight` and `layers.{i}.bias`, F32, `i` counting the layers that have
-//! parameters from 0, in PyTorch's layouts: a dense layer's weight `[out, in]` (`nn.Linear`), a
-//! convolution's `[out_channels, in_channels, kh, kw]` (`nn.Conv2d`), biases `[out]`. A dense
+//! parameters from 0 (inside a residual block `layers.{i}.branch.{j}` and
+//! `layers.{i}.shortcut.{j}`, `j` counting likewise), in PyTorch's layouts: a dense layer's weight `[out, in]` (`nn.Linear`), a
+//! convolution's `[out_channels, in_channels, kh, kw]` (`nn.Conv2d`; no bias where it has none),
+//! biases `[out]`, a BatchNorm's `weight` (γ), `bias` (β), `running_mean`, `running_var` `[C]`
+//! and `num_batches_tracked` (I64, as `nn.BatchNorm2d` keeps them). A dense
 //! layer after a Flatten of a C × H × W tensor numbers its inputs as `nn.Flatten` does, (channel,
 //! row, column), so `nn.Conv2d` … `nn.Flatten()` `nn.Linear` load the file with nothing but a
 //! mapping of names. (In the flat parameter buffer a weight is a `[in, out]` matrix over
@@ -19,7 +22,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use crate::data::DataIdentity;
 use crate::error::{Error, Result};
 use crate::files::write_atomically;
-use crate::model::{Activation, LayerSpec, Loss, ModelSpec, Shape, parse_layers};
+use crate::model::{Activation, LayerSpec, Loss, ModelSpec, Plan, Shape, TensorId, parse_layers};
 
 /// How inputs were scaled before the first layer; the only scaling shadertrain uses.
 pub const INPUT_NORMALISATION: &str = "pixel / 255 (u8 grey levels to [0, 1])";
@@ -53,22 +56,71 @@ struct TensorMapping {
     positions: Vec<usize>,
 }
 
-/// The tensors of every layer with parameters, weight then bias, as the file holds them.
-fn tensor_mappings(spec: &ModelSpec) -> Vec<TensorMapping> {
-    let layout = spec.layout();
-    let shapes = spec.shapes().expect("a validated model");
-    let mut mappings = Vec::new();
-    for (l, layer) in spec.layers.iter().enumerate() {
-        let Some(m) = layout.of_layer(l) else {
+/// The name and role of every tensor of `spec`'s file, in the plan's order: a layer's weight
+/// and bias (`{name}.weight`, `{name}.bias`; none for a convolution without one), a BatchNorm's
+/// γ, β, running mean and variance (`weight`, `bias`, `running_mean`, `running_var`, as
+/// `nn.BatchNorm2d` names them; its `num_batches_tracked` is written besides, see `save_model`).
+fn tensor_names(plan: &Plan) -> Vec<String> {
+    let mut names = Vec::new();
+    for (n, node) in plan.nodes.iter().enumerate() {
+        let Some(name) = &node.name else {
             continue;
         };
-        let i = layout.layer_matrix[l].expect("a matrix");
+        let suffixes: &[&str] = match (plan.layout.of_layer(n), plan.layout.norms[n]) {
+            (Some(m), _) if m.bias => &["weight", "bias"],
+            (Some(_), _) => &["weight"],
+            (None, Some(_)) => &["weight", "bias", "running_mean", "running_var"],
+            (None, None) => &[],
+        };
+        names.extend(suffixes.iter().map(|suffix| format!("{name}.{suffix}")));
+    }
+    names
+}
+
+/// The BatchNorm counters PyTorch keeps beside the running statistics: `{name}.num_batches_tracked`.
+fn batch_counter_names(plan: &Plan) -> Vec<String> {
+    (plan.nodes.iter().enumerate())
+        .filter(|&(n, _)| plan.layout.norms[n].is_some())
+        .filter_map(|(_, node)| Some(format!("{}.num_batches_tracked", node.name.as_ref()?)))
+        .collect()
+}
+
+/// The tensors of every layer with parameters, as the file holds them (`tensor_names`' order).
+fn tensor_mappings(spec: &ModelSpec) -> Vec<TensorMapping> {
+    let plan = spec.plan().expect("a validated model");
+    let layout = &plan.layout;
+    let mut mappings = Vec::new();
+    for (n, node) in plan.nodes.iter().enumerate() {
+        let Some(name) = &node.name else {
+            continue;
+        };
+        let input = plan.tensors[node.inputs[0]].shape;
+        if let Some(norm) = layout.norms[n] {
+            let c = norm.channels;
+            for (suffix, start) in [
+                ("weight", norm.gamma),
+                ("bias", norm.beta),
+                ("running_mean", norm.running_mean),
+                ("running_var", norm.running_var),
+            ] {
+                mappings.push(TensorMapping {
+                    name: format!("{name}.{suffix}"),
+                    shape: vec![c],
+                    positions: (start..start + c).collect(),
+                });
+            }
+            continue;
+        }
+        let Some(m) = layout.of_layer(n) else {
+            continue;
+        };
         let at = |row: usize, out: usize| m.weight_offset + row * m.outputs + out;
-        let (shape, positions) = match *layer {
-            LayerSpec::Conv2d {
+        let (shape, positions) = match plan.layer(n) {
+            Some(LayerSpec::Conv2d {
                 filters, kernel, ..
-            } => {
-                let channels = shapes[l].channels;
+            }) => {
+                let (filters, kernel) = (*filters, *kernel);
+                let channels = input.channels;
                 let mut positions = Vec::with_capacity(m.inputs * filters);
                 for f in 0..filters {
                     for c in 0..channels {
@@ -84,7 +136,7 @@ fn tensor_mappings(spec: &ModelSpec) -> Vec<TensorMapping> {
             _ => {
                 // nn.Flatten numbers a C × H × W input (channel, row, column); ours is
                 // channels-last, (row, column, channel).
-                let image = flattened_image(spec, &shapes, l);
+                let image = flattened_image(&plan, node.inputs[0]);
                 let ours = |input: usize| match image {
                     Some(s) => {
                         let (c, pixel) =
@@ -101,28 +153,36 @@ fn tensor_mappings(spec: &ModelSpec) -> Vec<TensorMapping> {
             }
         };
         mappings.push(TensorMapping {
-            name: format!("layers.{i}.weight"),
+            name: format!("{name}.weight"),
             shape,
             positions,
         });
-        mappings.push(TensorMapping {
-            name: format!("layers.{i}.bias"),
-            shape: vec![m.outputs],
-            positions: (m.bias_offset..m.bias_offset + m.outputs).collect(),
-        });
+        if m.bias {
+            mappings.push(TensorMapping {
+                name: format!("{name}.bias"),
+                shape: vec![m.outputs],
+                positions: (m.bias_offset..m.bias_offset + m.outputs).collect(),
+            });
+        }
     }
     mappings
 }
 
-/// The C × H × W shape a dense layer's input was flattened from (through any dropout), where
-/// PyTorch's order of its values differs from ours.
-fn flattened_image(spec: &ModelSpec, shapes: &[Shape], dense: usize) -> Option<Shape> {
-    let flatten = (0..dense)
-        .rev()
-        .find(|&l| !matches!(spec.layers[l], LayerSpec::Dropout { .. }))?;
-    let image = shapes[flatten];
-    let reordered = image.channels > 1 && image.height * image.width > 1;
-    (spec.layers[flatten] == LayerSpec::Flatten && reordered).then_some(image)
+/// The C × H × W shape tensor `t` (a dense layer's input) was flattened from, through any
+/// dropout, where PyTorch's order of its values differs from ours.
+fn flattened_image(plan: &Plan, mut t: TensorId) -> Option<Shape> {
+    loop {
+        let producer = plan.tensors[t].producer?;
+        match plan.layer(producer)? {
+            LayerSpec::Dropout { .. } => t = plan.nodes[producer].inputs[0],
+            LayerSpec::Flatten => {
+                let image = plan.tensors[plan.nodes[producer].inputs[0]].shape;
+                let reordered = image.channels > 1 && image.height * image.width > 1;
+                return reordered.then_some(image);
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// Writes the model atomically.
@@ -146,11 +206,19 @@ pub fn save_model(
         .collect();
     let mut metadata = describe_model(spec, data);
     metadata.insert("format".to_string(), FORMAT.to_string());
+    // PyTorch's BatchNorm counts its training batches to average with when its momentum is
+    // None; at momentum 0.1 (ours) it is never read, and we keep no count: 0.
+    let counter = 0i64.to_le_bytes();
+    let plan = spec.plan().expect("a validated model");
+    let counters = batch_counter_names(&plan)
+        .into_iter()
+        .map(|name| TensorView::new(Dtype::I64, Vec::new(), &counter).map(|view| (name, view)));
     let views = tensors
         .iter()
         .map(|(name, shape, bytes)| {
             TensorView::new(Dtype::F32, shape.clone(), bytes).map(|view| (name.clone(), view))
         })
+        .chain(counters)
         .collect::<Result<Vec<_>, _>>()
         .expect("tensor shapes match their data");
     let bytes = serialize_in_fixed_order(views, metadata).map_err(|problem| Error::ModelFile {
@@ -356,10 +424,10 @@ fn read_parameters(
     // The model's tensors of another type first: their byte counts would mislead the count
     // below. (A tensor that is not the model's is named as such further down; the mappings are
     // built only once the file is known to hold enough bytes for them.)
-    let layout = spec.layout();
-    let names: Vec<String> = (0..layout.layer_matrix.iter().flatten().count())
-        .flat_map(|i| [format!("layers.{i}.weight"), format!("layers.{i}.bias")])
-        .collect();
+    let plan = spec.plan().map_err(|e| bad(e.to_string()))?;
+    let layout = &plan.layout;
+    let names = tensor_names(&plan);
+    let counters = batch_counter_names(&plan);
     for name in &names {
         let Ok(view) = file.tensor(name) else {
             continue;
@@ -373,7 +441,7 @@ fn read_parameters(
         }
     }
     // Checked before allocating: metadata can describe any size, the file holds what it holds.
-    let count = layout.parameter_count();
+    let count = layout.parameter_count() + layout.state();
     let held: usize = file.tensors().iter().map(|(_, t)| t.data().len()).sum();
     if held / 4 < count {
         let missing = (names.iter())
@@ -409,11 +477,16 @@ fn read_parameters(
             params[position] = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         }
     }
-    if file.len() != mappings.len() {
+    // PyTorch's batch counters may be there or not (`save_model`); nothing reads them.
+    let counters_held = (counters.iter())
+        .filter(|name| file.tensor(name).is_ok())
+        .count();
+    if file.len() != mappings.len() + counters_held {
         let mut extra: Vec<String> = file
             .names()
             .into_iter()
             .filter(|name| !mappings.iter().any(|t| t.name == **name))
+            .filter(|name| !counters.iter().any(|c| c == *name))
             .map(|name| name.to_string())
             .collect();
         extra.sort();

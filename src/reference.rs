@@ -3,8 +3,8 @@
 
 use crate::data::Dataset;
 use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
-use crate::layers::{conv2d, dense, dropout, pool};
-use crate::model::{Geometry, LayerActivation, LayerSpec, Loss, ModelSpec};
+use crate::layers::{activation, avgpool, batchnorm, conv2d, dense, dropout, pool, residual};
+use crate::model::{Geometry, LayerActivation, LayerSpec, Loss, ModelSpec, Op};
 
 /// matmul.wgsl: out[c_offset + m N + n] = Σ_k A(m, k) B(k, n), accumulated in f64, then with an
 /// epilogue f(sum + bias[n]) or f(sum) in f32.
@@ -191,11 +191,14 @@ pub fn adam_update(
 /// The result of a reference forward + backward pass over one batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReferenceStep {
-    /// Every layer's output, from the input batch (index 0) to the logits.
+    /// Every tensor of the plan, from the input batch (index 0) to the logits.
     pub activations: Vec<Vec<f32>>,
     pub loss: LossOutput,
-    /// dL/dθ of the batch-mean loss, laid out like the parameters.
+    /// dL/dθ of the batch-mean loss, laid out like the parameters (zeros over the state).
     pub grads: Vec<f32>,
+    /// The state after the step's forward pass (BatchNorm's running statistics), as the
+    /// parameters' tail `layout.trained..` holds it.
+    pub state: Vec<f32>,
 }
 
 impl ReferenceStep {
@@ -212,21 +215,32 @@ pub struct StepKey {
     pub step: u32,
 }
 
-/// Every layer's output for the batch `x` (`[rows, spec.input]`), from `x` itself to the logits:
-/// in evaluation (dropout is the identity) where `training` is None, else as training step
-/// `training` computes it.
+/// Every tensor of the plan for the batch `x` (`[rows, spec.input]`), from `x` itself to the
+/// logits, and the state after it: in evaluation (dropout is the identity, BatchNorm uses the
+/// running statistics) where `training` is None, else as training step `training` computes it
+/// (BatchNorm normalises by the batch's statistics and updates the running ones).
 pub fn forward_pass(
     spec: &ModelSpec,
     params: &[f32],
     x: &[f32],
     training: Option<StepKey>,
-) -> Vec<Vec<f32>> {
+) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let plan = spec.plan().expect("a validated model");
+    let layout = &plan.layout;
     let rows = x.len() / spec.input.len();
-    let layout = spec.layout();
-    let shapes = spec.shapes().expect("a validated model");
-    let mut activations = vec![x.to_vec()];
-    for (l, layer) in spec.layers.iter().enumerate() {
-        let input = &activations[l];
+    let mut state = params[layout.trained..].to_vec();
+    let mut values: Vec<Vec<f32>> = vec![Vec::new(); plan.tensors.len()];
+    values[0] = x.to_vec();
+    for (l, node) in plan.nodes.iter().enumerate() {
+        let input = &values[node.inputs[0]];
+        let shape = plan.tensors[node.inputs[0]].shape;
+        let layer = match &node.op {
+            Op::Add => {
+                values[node.output] = residual::reference_forward(input, &values[node.inputs[1]]);
+                continue;
+            }
+            Op::Layer(layer) => layer,
+        };
         let output = match *layer {
             LayerSpec::Dense { activation, .. } => {
                 let m = layout.of_layer(l).expect("a dense layer's matrix");
@@ -234,12 +248,35 @@ pub fn forward_pass(
             }
             LayerSpec::Conv2d { activation, .. } => {
                 let m = layout.of_layer(l).expect("a convolution's matrix");
-                let geometry = layer.geometry(shapes[l]).expect("a validated model");
+                let geometry = layer.geometry(shape).expect("a validated model");
                 conv2d::reference_forward(&geometry, &m, activation, params, input, rows)
             }
             LayerSpec::MaxPool2d { .. } => {
-                let geometry = layer.geometry(shapes[l]).expect("a validated model");
+                let geometry = layer.geometry(shape).expect("a validated model");
                 pool::reference_forward(&geometry, input, rows).0
+            }
+            LayerSpec::AvgPool2d { .. } | LayerSpec::GlobalAvgPool => {
+                let geometry = layer.geometry(shape).expect("a validated model");
+                avgpool::reference_forward(&geometry, input, rows)
+            }
+            LayerSpec::BatchNorm => {
+                let norm = layout.norms[l].expect("a BatchNorm's tensors");
+                let state_of = |offset: usize| offset - layout.trained;
+                let (mean, var) = (state_of(norm.running_mean), state_of(norm.running_var));
+                let running = (
+                    &state[mean..mean + norm.channels],
+                    &state[var..var + norm.channels],
+                );
+                let (y, updated) =
+                    batchnorm::reference_forward(&norm, params, running, input, training.is_some());
+                if let Some((new_mean, new_var)) = updated {
+                    state[mean..mean + norm.channels].copy_from_slice(&new_mean);
+                    state[var..var + norm.channels].copy_from_slice(&new_var);
+                }
+                y
+            }
+            LayerSpec::Activation(activation) => {
+                activation::reference_forward(LayerActivation::Hidden(activation), input)
             }
             LayerSpec::Flatten => input.clone(),
             LayerSpec::Dropout { rate } => {
@@ -247,20 +284,23 @@ pub fn forward_pass(
                 let layer_key = key.map_or(0, |(layer_key, _)| layer_key);
                 dropout::reference_forward(input, rate, layer_key, key.map(|(_, step)| step))
             }
+            LayerSpec::Residual(_) => unreachable!("the plan expands residual blocks"),
         };
-        activations.push(output);
+        values[node.output] = output;
     }
-    activations
+    (values, state)
 }
 
-/// Every layer's output in evaluation (`forward_pass` without dropout).
+/// Every tensor of the plan in evaluation (`forward_pass` without dropout, with BatchNorm's
+/// running statistics).
 pub fn forward(spec: &ModelSpec, params: &[f32], x: &[f32]) -> Vec<Vec<f32>> {
-    forward_pass(spec, params, x, None)
+    forward_pass(spec, params, x, None).0
 }
 
-/// Forward and backward through the whole network as training step `key` computes them, from
-/// the layers' references (`crate::layers`): each layer's activation derivative applied to its
-/// output gradient, then its own backward pass.
+/// Forward and backward through the whole plan as training step `key` computes them, from the
+/// layers' references (`crate::layers`), last node first: each layer's activation derivative
+/// applied to its output gradient, then its own backward pass; a tensor read by several nodes
+/// gets the sum of their gradients (llm.c's residual: the gradients add).
 pub fn forward_backward(
     spec: &ModelSpec,
     params: &[f32],
@@ -268,56 +308,112 @@ pub fn forward_backward(
     labels: &[u32],
     key: StepKey,
 ) -> ReferenceStep {
-    let layout = spec.layout();
-    let shapes = spec.shapes().expect("a validated model");
+    let plan = spec.plan().expect("a validated model");
+    let layout = &plan.layout;
     let rows = labels.len();
-    let activations = forward_pass(spec, params, x, Some(key));
+    let (activations, state) = forward_pass(spec, params, x, Some(key));
     let loss = softmax_loss(
         spec.loss,
-        activations.last().unwrap(),
+        &activations[plan.logits()],
         labels,
         spec.classes(),
     );
 
     let mut grads = vec![0.0; layout.total];
-    let mut upstream = loss.logits_grad.clone();
-    for (l, layer) in spec.layers.iter().enumerate().rev() {
-        apply_derivative(&mut upstream, &activations[l + 1], layer.activation());
-        let wanted = spec.layers[..l].iter().any(LayerSpec::has_parameters);
-        let input = &activations[l];
-        let downstream = match *layer {
-            LayerSpec::Dense { .. } => {
-                let m = layout.of_layer(l).expect("a dense layer's matrix");
-                dense::reference_backward(&m, params, input, &upstream, rows, &mut grads, wanted)
-            }
-            LayerSpec::Conv2d { .. } => {
-                let m = layout.of_layer(l).expect("a convolution's matrix");
-                let geometry = layer.geometry(shapes[l]).expect("a validated model");
-                conv2d::reference_backward(
-                    &geometry, &m, params, input, &upstream, rows, &mut grads, wanted,
-                )
-            }
-            LayerSpec::MaxPool2d { .. } => {
-                let geometry = layer.geometry(shapes[l]).expect("a validated model");
-                Some(pool::reference_backward(&geometry, input, &upstream, rows))
-            }
-            LayerSpec::Flatten => Some(upstream.clone()),
-            LayerSpec::Dropout { rate } => {
-                let layer_key = dropout_layer_key(key.seed, l);
-                Some(dropout::reference_backward(
-                    &upstream, rate, layer_key, key.step,
-                ))
+    let mut tensor_grads: Vec<Option<Vec<f32>>> = vec![None; plan.tensors.len()];
+    tensor_grads[plan.logits()] = Some(loss.logits_grad.clone());
+    for (l, node) in plan.nodes.iter().enumerate().rev() {
+        if !plan.needs_grad[node.output] {
+            continue;
+        }
+        let mut upstream = tensor_grads[node.output]
+            .clone()
+            .expect("every consumer of a tensor that needs a gradient gave one");
+        let wanted = |i: usize| plan.needs_grad[node.inputs[i]];
+        let input = &activations[node.inputs[0]];
+        let shape = plan.tensors[node.inputs[0]].shape;
+        let contributions: Vec<Option<Vec<f32>>> = match &node.op {
+            Op::Add => vec![Some(upstream.clone()), Some(upstream)],
+            Op::Layer(layer) => {
+                apply_derivative(&mut upstream, &activations[node.output], layer.activation());
+                vec![match *layer {
+                    LayerSpec::Dense { .. } => {
+                        let m = layout.of_layer(l).expect("a dense layer's matrix");
+                        dense::reference_backward(
+                            &m,
+                            params,
+                            input,
+                            &upstream,
+                            rows,
+                            &mut grads,
+                            wanted(0),
+                        )
+                    }
+                    LayerSpec::Conv2d { .. } => {
+                        let m = layout.of_layer(l).expect("a convolution's matrix");
+                        let geometry = layer.geometry(shape).expect("a validated model");
+                        conv2d::reference_backward(
+                            &geometry,
+                            &m,
+                            params,
+                            input,
+                            &upstream,
+                            rows,
+                            &mut grads,
+                            wanted(0),
+                        )
+                    }
+                    LayerSpec::MaxPool2d { .. } => {
+                        let geometry = layer.geometry(shape).expect("a validated model");
+                        Some(pool::reference_backward(&geometry, input, &upstream, rows))
+                    }
+                    LayerSpec::AvgPool2d { .. } | LayerSpec::GlobalAvgPool => {
+                        let geometry = layer.geometry(shape).expect("a validated model");
+                        Some(avgpool::reference_backward(&geometry, &upstream, rows))
+                    }
+                    LayerSpec::BatchNorm => {
+                        let norm = layout.norms[l].expect("a BatchNorm's tensors");
+                        batchnorm::reference_backward(
+                            &norm,
+                            params,
+                            input,
+                            &upstream,
+                            &mut grads,
+                            wanted(0),
+                        )
+                    }
+                    LayerSpec::Activation(activation) => Some(activation::reference_backward(
+                        LayerActivation::Hidden(activation),
+                        &activations[node.output],
+                        &upstream,
+                    )),
+                    LayerSpec::Flatten => Some(upstream.clone()),
+                    LayerSpec::Dropout { rate } => {
+                        let layer_key = dropout_layer_key(key.seed, l);
+                        Some(dropout::reference_backward(
+                            &upstream, rate, layer_key, key.step,
+                        ))
+                    }
+                    LayerSpec::Residual(_) => unreachable!("the plan expands residual blocks"),
+                }]
             }
         };
-        match downstream {
-            Some(downstream) if wanted => upstream = downstream,
-            _ => break,
+        for (i, contribution) in contributions.into_iter().enumerate() {
+            let (Some(contribution), true) = (contribution, wanted(i)) else {
+                continue;
+            };
+            let sum = &mut tensor_grads[node.inputs[i]];
+            *sum = Some(match sum.take() {
+                None => contribution,
+                Some(earlier) => residual::reference_forward(&contribution, &earlier),
+            });
         }
     }
     ReferenceStep {
         activations,
         loss,
         grads,
+        state,
     }
 }
 

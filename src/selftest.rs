@@ -465,6 +465,7 @@ fn conv_cases() -> Vec<(String, Geometry, WeightMatrix)> {
         .map(
             |(channels, height, width, filters, kernel, stride, padding)| {
                 let layer = LayerSpec::Conv2d {
+                    bias: true,
                     filters,
                     kernel,
                     stride,
@@ -476,6 +477,7 @@ fn conv_cases() -> Vec<(String, Geometry, WeightMatrix)> {
                 let inputs = kernel * kernel * channels;
                 let offset = 36;
                 let matrix = WeightMatrix {
+                    bias: true,
                     inputs,
                     outputs: filters,
                     rows: (inputs + 1).next_multiple_of(4),
@@ -707,6 +709,7 @@ fn check_layer_matmuls(
             37
         };
         let layer = WeightMatrix {
+            bias: true,
             inputs,
             outputs,
             rows: inputs + 1,

@@ -85,6 +85,9 @@ pub struct Kernels {
     pub apply_derivative: Kernel,
     pub conv: ConvKernels,
     pub pool: PoolKernels,
+    pub avgpool: AvgPoolKernels,
+    pub batchnorm: BatchNormKernels,
+    pub elementwise: ElementwiseKernels,
     pub dropout_forward: Kernel,
     pub dropout_backward: Kernel,
     pub sum_metrics: Kernel,
@@ -110,6 +113,29 @@ pub struct PoolKernels {
     pub forward_quads: Kernel,
     pub backward: Kernel,
     pub backward_quads: Kernel,
+}
+
+/// avgpool.wgsl: average pooling (and global average pooling) and its gather backward.
+pub struct AvgPoolKernels {
+    pub forward: Kernel,
+    pub backward: Kernel,
+}
+
+/// batchnorm.wgsl: BatchNorm's per-channel statistics, normalisation and backward passes.
+pub struct BatchNormKernels {
+    pub statistics: Kernel,
+    pub normalize: Kernel,
+    pub backward_sums: Kernel,
+    pub backward_input: Kernel,
+}
+
+/// elementwise.wgsl: sums, copies and activations of flat tensors.
+pub struct ElementwiseKernels {
+    pub add: Kernel,
+    pub add_assign: Kernel,
+    pub copy: Kernel,
+    pub activate: Kernel,
+    pub activation_derivative: Kernel,
 }
 
 /// The two parameter updates of one optimizer module; each updates every parameter in one
@@ -218,11 +244,18 @@ impl Kernels {
         let conv = module("conv2d.wgsl", crate::shader_source!("conv2d.wgsl"));
         let pool = module("pool.wgsl", crate::shader_source!("pool.wgsl"));
         let dropout = module("dropout.wgsl", crate::shader_source!("dropout.wgsl"));
+        let avgpool = module("avgpool.wgsl", crate::shader_source!("avgpool.wgsl"));
+        let batchnorm = module("batchnorm.wgsl", crate::shader_source!("batchnorm.wgsl"));
+        let elementwise = module(
+            "elementwise.wgsl",
+            crate::shader_source!("elementwise.wgsl"),
+        );
         let device = &gpu.device;
         let im2col_slots = [(0, Params), (1, Read), (2, ReadWrite)];
         let col2im_slots = [(0, Params), (1, Read), (2, ReadWrite), (3, Read)];
         let pool_forward_slots = [(0, Params), (1, Read), (2, ReadWrite), (3, ReadWrite)];
         let pool_backward_slots = [(0, Params), (1, Read), (2, ReadWrite), (3, Read), (4, Read)];
+        let avgpool_slots = [(0, Params), (1, Read), (2, ReadWrite)];
         let dropout_slots = [(0, Read), (1, Params), (2, Read), (3, ReadWrite)];
         let dropout_backward_slots = [(0, Read), (1, Params), (2, Read), (3, ReadWrite), (4, Read)];
 
@@ -287,6 +320,92 @@ impl Kernels {
                     &pool,
                     "maxpool_backward_quads",
                     &pool_backward_slots,
+                    &[],
+                ),
+            },
+            avgpool: AvgPoolKernels {
+                forward: build(device, &avgpool, "avgpool_forward", &avgpool_slots, &[]),
+                backward: build(device, &avgpool, "avgpool_backward", &avgpool_slots, &[]),
+            },
+            batchnorm: BatchNormKernels {
+                statistics: build(
+                    device,
+                    &batchnorm,
+                    "batchnorm_statistics",
+                    &[(0, Params), (1, Read), (2, ReadWrite), (3, ReadWrite)],
+                    &[],
+                ),
+                normalize: build(
+                    device,
+                    &batchnorm,
+                    "batchnorm_normalize",
+                    &[
+                        (0, Params),
+                        (1, Read),
+                        (2, Read),
+                        (3, Read),
+                        (4, Read),
+                        (7, ReadWrite),
+                    ],
+                    &[],
+                ),
+                backward_sums: build(
+                    device,
+                    &batchnorm,
+                    "batchnorm_backward_sums",
+                    &[(0, Params), (1, Read), (2, Read), (5, Read), (6, ReadWrite)],
+                    &[],
+                ),
+                backward_input: build(
+                    device,
+                    &batchnorm,
+                    "batchnorm_backward_input",
+                    &[
+                        (0, Params),
+                        (1, Read),
+                        (2, Read),
+                        (4, Read),
+                        (5, Read),
+                        (6, Read),
+                        (7, ReadWrite),
+                    ],
+                    &[],
+                ),
+            },
+            elementwise: ElementwiseKernels {
+                add: build(
+                    device,
+                    &elementwise,
+                    "add",
+                    &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)],
+                    &[],
+                ),
+                add_assign: build(
+                    device,
+                    &elementwise,
+                    "add_assign",
+                    &[(0, Params), (2, Read), (3, ReadWrite)],
+                    &[],
+                ),
+                copy: build(
+                    device,
+                    &elementwise,
+                    "copy",
+                    &[(0, Params), (1, Read), (3, ReadWrite)],
+                    &[],
+                ),
+                activate: build(
+                    device,
+                    &elementwise,
+                    "activate_values",
+                    &[(0, Params), (1, Read), (3, ReadWrite)],
+                    &[],
+                ),
+                activation_derivative: build(
+                    device,
+                    &elementwise,
+                    "activation_derivative",
+                    &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)],
                     &[],
                 ),
             },

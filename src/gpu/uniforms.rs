@@ -310,7 +310,9 @@ pub struct ConvShape {
     pub columns: u32,
     /// col2im: the activation code of the layer beneath whose derivative is applied.
     pub derivative: u32,
-    pub _pad: [u32; 2],
+    /// im2col's ones column: 1, or 0 for a convolution without a bias.
+    pub bias: u32,
+    pub _pad: u32,
 }
 
 impl ConvShape {
@@ -337,7 +339,16 @@ impl ConvShape {
             pad_x: cols.pad as u32,
             columns: columns as u32,
             derivative: derivative.shader_code(),
-            _pad: [0; 2],
+            bias: 1,
+            _pad: 0,
+        }
+    }
+
+    /// The same with im2col's ones column for a layer with (`bias`) or without a bias.
+    pub fn with_bias(self, bias: bool) -> Self {
+        ConvShape {
+            bias: bias as u32,
+            ..self
         }
     }
 }
@@ -395,6 +406,36 @@ pub struct DropoutShape {
     pub derivative: u32,
     /// 0 in evaluation: the forward pass copies its input.
     pub training: u32,
+    pub _pad: [u32; 2],
+}
+
+/// `NormShape` in batchnorm.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+pub struct NormShape {
+    /// Values per channel: samples × positions.
+    pub values: u32,
+    pub channels: u32,
+    /// γ's and β's offsets in the parameter (and gradient) buffer.
+    pub gamma: u32,
+    pub beta: u32,
+    /// The running mean's and variance's offsets in the state buffer.
+    pub running_mean: u32,
+    pub running_var: u32,
+    /// 1: normalise by the batch's statistics (and update the running ones).
+    pub training: u32,
+    pub momentum: f32,
+    pub epsilon: f32,
+    pub _pad: [u32; 3],
+}
+
+/// `ElementwiseShape` in elementwise.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct ElementwiseShape {
+    pub count: u32,
+    /// `activate_values`, `activation_derivative`: the activation's code.
+    pub activation: u32,
     pub _pad: [u32; 2],
 }
 
@@ -584,7 +625,8 @@ mod tests {
                     pad_y,
                     pad_x,
                     columns,
-                    derivative
+                    derivative,
+                    bias
                 }),
             ),
             (
@@ -623,6 +665,46 @@ mod tests {
                     derivative,
                     training
                 }),
+            ),
+            (
+                "avgpool.wgsl",
+                crate::shader_source!("avgpool.wgsl"),
+                "PoolShape",
+                host_layout!(PoolShape {
+                    samples,
+                    in_height,
+                    in_width,
+                    channels,
+                    out_height,
+                    out_width,
+                    size_y,
+                    size_x,
+                    stride_y,
+                    stride_x,
+                    derivative
+                }),
+            ),
+            (
+                "batchnorm.wgsl",
+                crate::shader_source!("batchnorm.wgsl"),
+                "NormShape",
+                host_layout!(NormShape {
+                    values,
+                    channels,
+                    gamma,
+                    beta,
+                    running_mean,
+                    running_var,
+                    training,
+                    momentum,
+                    epsilon
+                }),
+            ),
+            (
+                "elementwise.wgsl",
+                crate::shader_source!("elementwise.wgsl"),
+                "ElementwiseShape",
+                host_layout!(ElementwiseShape { count, activation }),
             ),
             (
                 "peak.wgsl",

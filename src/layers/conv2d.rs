@@ -78,7 +78,8 @@ impl ConvDevice {
         rows: usize,
     ) {
         let g = &self.geometry;
-        let shape = ConvShape::new(rows, g, self.matrix.rows, LayerActivation::Identity);
+        let shape = ConvShape::new(rows, g, self.matrix.rows, LayerActivation::Identity)
+            .with_bias(self.matrix.bias);
         let shape = builder.gpu.params_with("im2col shape", &shape);
         let resources = [
             shape.as_entire_binding(),
@@ -159,6 +160,17 @@ impl ConvDevice {
     }
 }
 
+/// The patch matrix of x, CPU reference: its ones column zeros for a layer without a bias.
+fn patch_matrix(x: &[f32], rows: usize, geometry: &Geometry, m: &WeightMatrix) -> Vec<f32> {
+    let mut patches = reference::im2col(x, rows, geometry, m.rows);
+    if !m.bias {
+        for row in patches.chunks_mut(m.rows) {
+            row[m.inputs] = 0.0;
+        }
+    }
+    patches
+}
+
 /// Conv2D forward, CPU reference: x `[rows, H, W, C]` → f(im2col(x) W) `[rows, OH, OW, F]`.
 pub fn reference_forward(
     geometry: &Geometry,
@@ -168,7 +180,7 @@ pub fn reference_forward(
     x: &[f32],
     rows: usize,
 ) -> Vec<f32> {
-    let patches = reference::im2col(x, rows, geometry, m.rows);
+    let patches = patch_matrix(x, rows, geometry, m);
     let positions = rows * geometry.positions();
     let mut y = vec![0.0; positions * m.outputs];
     let dims = MatmulDims::conv_forward(positions, m, activation);
@@ -190,7 +202,7 @@ pub fn reference_backward(
     grads: &mut [f32],
     input_grad: bool,
 ) -> Option<Vec<f32>> {
-    let patches = reference::im2col(x, rows, geometry, m.rows);
+    let patches = patch_matrix(x, rows, geometry, m);
     let positions = rows * geometry.positions();
     reference::matmul(
         &MatmulDims::conv_weight_grad(positions, m),

@@ -1,22 +1,27 @@
 //! The layers of a model: for each kind (`crate::model::LayerSpec` says what it is and its
 //! shapes), the dispatches of its forward and backward passes on the GPU, and its CPU reference
-//! forward and backward. The trainer (`crate::train`) walks the list of layers and knows none of
-//! their insides; a layer knows its own tensors, its slice of the flat parameter buffer (its
-//! `WeightMatrix`) and the kernels it records.
+//! forward and backward. The trainer (`crate::train`) walks the plan's nodes
+//! (`crate::model::Plan`) and knows none of their insides; a layer knows its own tensors, its
+//! slice of the flat parameter buffer (its `WeightMatrix`, or a BatchNorm's `NormParams`) and
+//! the kernels it records.
 //!
 //! Every tensor is a batch of samples stored channels-last (`crate::model`), so a layer's output
 //! buffer is the next layer's input without any reordering.
 
+pub mod activation;
+pub mod avgpool;
+pub mod batchnorm;
 pub mod conv2d;
 pub mod dense;
 pub mod dropout;
 pub mod pool;
+pub mod residual;
 
 use wgpu::Buffer;
 
 use crate::error::Result;
 use crate::gpu::{Gpu, Kernels, MatmulOperand, TextureMirror};
-use crate::model::{LayerActivation, LayerSpec, ModelSpec, Shape, WeightMatrix};
+use crate::model::{LayerActivation, LayerSpec, Op, Plan, Shape, WeightMatrix};
 use crate::train::builder::ProgramBuilder;
 use crate::train::program::Program;
 
@@ -48,6 +53,8 @@ impl DeviceTensor {
 /// What one layer reads and writes in a step: tensors of the batch, laid out as `[rows, shape]`.
 pub(crate) struct LayerIo<'a> {
     pub input: &'a DeviceTensor,
+    /// A residual sum's second input.
+    pub second_input: Option<&'a DeviceTensor>,
     pub output: &'a DeviceTensor,
     /// dL/d(output), written by the layer above (or the loss).
     pub output_grad: &'a DeviceTensor,
@@ -75,14 +82,18 @@ pub(crate) enum DeviceLayer {
     Dense(dense::DenseDevice),
     Conv2d(Box<conv2d::ConvDevice>),
     MaxPool2d(pool::PoolDevice),
+    AvgPool2d(avgpool::AvgPoolDevice),
+    BatchNorm(batchnorm::BatchNormDevice),
+    Activation(activation::ActivationDevice),
     Flatten,
     Dropout(dropout::DropoutDevice),
+    Add(residual::AddDevice),
 }
 
 /// The largest buffer a layer keeps per sample besides its output, and what it is (a
 /// convolution's patch matrix), for checking a batch against the adapter's limits.
 pub(crate) fn scratch_per_sample(
-    layer: LayerSpec,
+    layer: &LayerSpec,
     input: Shape,
     matrix: Option<WeightMatrix>,
 ) -> Option<(&'static str, usize)> {
@@ -99,52 +110,66 @@ pub(crate) fn scratch_per_sample(
 }
 
 impl DeviceLayer {
-    /// Layer `index` of `spec` for batches of up to `batch` samples, with input of `input` shape
-    /// (`seed`: the run's, which keys dropout masks).
-    #[allow(clippy::too_many_arguments)]
+    /// Node `index` of `plan` for batches of up to `batch` samples (`seed`: the run's, which
+    /// keys dropout masks).
     pub fn new(
         gpu: &Gpu,
         kernels: &Kernels,
-        spec: &ModelSpec,
+        plan: &Plan,
         index: usize,
-        input: Shape,
-        matrix: Option<WeightMatrix>,
         batch: usize,
         seed: u64,
     ) -> Result<Self> {
-        let layer = spec.layers[index];
-        let matrix = || matrix.expect("a layer with parameters has a weight matrix");
-        Ok(match layer {
+        let node = &plan.nodes[index];
+        let input = plan.tensors[node.inputs[0]].shape;
+        let layout = &plan.layout;
+        let matrix = || {
+            layout
+                .of_layer(index)
+                .expect("a layer with weights has a matrix")
+        };
+        let layer = match &node.op {
+            Op::Add => return Ok(DeviceLayer::Add(residual::AddDevice::new(input))),
+            Op::Layer(layer) => layer,
+        };
+        let geometry = || {
+            layer
+                .geometry(input)
+                .expect("a planned layer fits its input")
+        };
+        Ok(match *layer {
             LayerSpec::Dense { activation, .. } => {
                 DeviceLayer::Dense(dense::DenseDevice::new(matrix(), activation))
             }
-            LayerSpec::Conv2d { activation, .. } => {
-                let geometry = layer.geometry(input).expect("a validated model");
-                DeviceLayer::Conv2d(Box::new(conv2d::ConvDevice::new(
-                    gpu,
-                    kernels,
-                    geometry,
-                    matrix(),
-                    activation,
-                    batch,
-                )?))
-            }
+            LayerSpec::Conv2d { activation, .. } => DeviceLayer::Conv2d(Box::new(
+                conv2d::ConvDevice::new(gpu, kernels, geometry(), matrix(), activation, batch)?,
+            )),
             LayerSpec::MaxPool2d { .. } => {
-                let geometry = layer.geometry(input).expect("a validated model");
-                DeviceLayer::MaxPool2d(pool::PoolDevice::new(gpu, geometry, batch)?)
+                DeviceLayer::MaxPool2d(pool::PoolDevice::new(gpu, geometry(), batch)?)
             }
+            LayerSpec::AvgPool2d { .. } | LayerSpec::GlobalAvgPool => {
+                DeviceLayer::AvgPool2d(avgpool::AvgPoolDevice::new(geometry()))
+            }
+            LayerSpec::BatchNorm => {
+                let norm = layout.norms[index].expect("a BatchNorm has its tensors");
+                DeviceLayer::BatchNorm(batchnorm::BatchNormDevice::new(
+                    gpu,
+                    input,
+                    norm,
+                    layout.trained,
+                )?)
+            }
+            LayerSpec::Activation(activation) => DeviceLayer::Activation(
+                activation::ActivationDevice::new(input, LayerActivation::Hidden(activation)),
+            ),
             LayerSpec::Flatten => DeviceLayer::Flatten,
             LayerSpec::Dropout { rate } => DeviceLayer::Dropout(dropout::DropoutDevice::new(
                 input,
                 rate,
                 crate::reference::dropout_layer_key(seed, index),
             )),
+            LayerSpec::Residual(_) => unreachable!("the plan expands residual blocks"),
         })
-    }
-
-    /// Whether the layer's output is its input's buffer (it moves nothing).
-    pub fn aliases_input(&self) -> bool {
-        matches!(self, DeviceLayer::Flatten)
     }
 
     /// Records the forward pass over `rows` samples (`training`: dropout masks; else the
@@ -161,10 +186,16 @@ impl DeviceLayer {
             DeviceLayer::Dense(dense) => dense.record_forward(builder, program, io, rows),
             DeviceLayer::Conv2d(conv) => conv.record_forward(builder, program, io, rows),
             DeviceLayer::MaxPool2d(pool) => pool.record_forward(builder, program, io, rows),
+            DeviceLayer::AvgPool2d(pool) => pool.record_forward(builder, program, io, rows),
+            DeviceLayer::BatchNorm(norm) => {
+                norm.record_forward(builder, program, io, rows, training)
+            }
+            DeviceLayer::Activation(layer) => layer.record_forward(builder, program, io, rows),
             DeviceLayer::Flatten => {}
             DeviceLayer::Dropout(dropout) => {
                 dropout.record_forward(builder, program, io, rows, training)
             }
+            DeviceLayer::Add(add) => add.record_forward(builder, program, io, rows),
         }
     }
 
@@ -192,6 +223,20 @@ impl DeviceLayer {
             DeviceLayer::Dropout(dropout) => {
                 dropout.record_backward(builder, program, io, rows, backward)
             }
+            DeviceLayer::AvgPool2d(pool) => {
+                pool.record_backward(builder, program, io, rows);
+                false
+            }
+            DeviceLayer::BatchNorm(norm) => {
+                norm.record_backward(builder, program, io, rows);
+                false
+            }
+            DeviceLayer::Activation(layer) => {
+                layer.record_backward(builder, program, io, rows);
+                false
+            }
+            // The trainer routes a residual sum's gradient to its inputs.
+            DeviceLayer::Add(_) => false,
         }
     }
 }

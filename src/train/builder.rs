@@ -1,33 +1,129 @@
 //! Builds, once, the bind groups of every dispatch a training or evaluation step records: the
-//! gather, each layer's forward and backward passes (`crate::layers`), the loss, the update and
-//! the schedule's advance.
+//! gather, each node's forward and backward passes (`crate::layers`) in the plan's order, the
+//! routing of gradients between them (`GradientRoutes`), the loss, the update and the schedule's
+//! advance.
 
 use wgpu::Buffer;
 
 use super::program::Program;
 use super::{DeviceSplit, TrainConfig};
 use crate::error::Result;
+use crate::error::Result as AnyResult;
+use crate::gpu::Kernel;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::{ROW_WORKGROUP, gather_grid, gather_transposed_grid, optimizer_grid};
+use crate::gpu::uniforms::ElementwiseShape;
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels, MatmulOperand, TextureMirror};
 use crate::layers::{Backward, DeviceLayer, DeviceTensor, LayerIo};
-use crate::model::{LayerActivation, LayerSpec, Loss, ModelSpec, WeightMatrix};
+use crate::model::{LayerActivation, LayerSpec, Loss, ModelSpec, Op, Plan, TensorId, WeightMatrix};
 
-/// Builds the bind groups of every dispatch of a step, once. Tensor `l` is layer `l`'s input (0:
-/// the gathered batch) and `l + 1` its output; `grad_tensors` the gradients of the same.
+/// Where each node's backward pass writes the gradient of each of its inputs, and where each
+/// tensor's gradient is once every consumer has run.
+///
+/// A tensor with one consumer has one gradient buffer, which that consumer writes; a Flatten's
+/// and a residual sum's input gradient is its output gradient's buffer itself (they move
+/// nothing), except where the sum's input comes from a layer whose backward pass applies its
+/// activation's derivative to its output gradient in place: that input gets a copy. A tensor
+/// with several consumers (a residual block's input) gets each consumer's gradient in a buffer
+/// of its own (an alias for the moving-nothing ones), summed into its gradient in the
+/// consumers' order after the first consumer's backward pass: a fixed order, the same bits on
+/// every run.
+pub(crate) struct GradientRoutes {
+    /// For each tensor, its gradient buffer.
+    pub grads: Vec<DeviceTensor>,
+    /// For each node and input, where its backward pass writes that input's gradient (None
+    /// where nothing needs it).
+    pub targets: Vec<Vec<Option<DeviceTensor>>>,
+    /// For each node and input, whether its backward pass copies its output gradient there.
+    pub copies: Vec<Vec<bool>>,
+}
+
+impl GradientRoutes {
+    /// The routes of `plan` for batches of up to `rows` samples; `values` the tensors' buffers.
+    pub fn new(gpu: &Gpu, kernels: &Kernels, plan: &Plan, rows: usize) -> AnyResult<Self> {
+        let new_buffer = |t: TensorId, what: &str| {
+            let bytes = (rows * plan.tensors[t].shape.len() * 4) as u64;
+            DeviceTensor::new(gpu, kernels, &format!("{what} {t}"), bytes)
+        };
+        let count = plan.tensors.len();
+        let mut grads: Vec<Option<DeviceTensor>> = vec![None; count];
+        grads[plan.logits()] = Some(new_buffer(plan.logits(), "gradient")?);
+        let mut targets = vec![Vec::new(); plan.nodes.len()];
+        let mut copies = vec![Vec::new(); plan.nodes.len()];
+        // Whether a residual sum may hand its output gradient's buffer to its inputs: no input
+        // is made by a layer that applies its activation's derivative to it in place.
+        let in_place = |t: TensorId| {
+            let producer = plan.tensors[t].producer;
+            producer
+                .and_then(|p| plan.layer(p))
+                .is_some_and(|layer| layer.activation() != LayerActivation::Identity)
+        };
+        for (n, node) in plan.nodes.iter().enumerate().rev() {
+            let output_grad = grads[node.output].clone();
+            for &t in &node.inputs {
+                let mut copy = false;
+                let target = if !plan.needs_grad[t] {
+                    None
+                } else {
+                    let moves_nothing = matches!(node.op, Op::Layer(LayerSpec::Flatten) | Op::Add);
+                    let single = plan.tensors[t].consumers.len() == 1;
+                    // A sum's other input may share the buffer: none may change it in place.
+                    let shared_in_place = single && node.op == Op::Add && in_place(t);
+                    let alias = output_grad
+                        .clone()
+                        .filter(|_| moves_nothing && !shared_in_place);
+                    if single {
+                        let grad = match alias {
+                            Some(alias) => alias,
+                            None => new_buffer(t, "gradient")?,
+                        };
+                        copy = shared_in_place;
+                        grads[t] = Some(grad.clone());
+                        Some(grad)
+                    } else {
+                        if grads[t].is_none() {
+                            grads[t] = Some(new_buffer(t, "gradient")?);
+                        }
+                        Some(match alias {
+                            Some(alias) => alias,
+                            None => new_buffer(t, "gradient part")?,
+                        })
+                    }
+                };
+                targets[n].push(target);
+                copies[n].push(copy);
+            }
+        }
+        let grads = (grads.into_iter().enumerate())
+            .map(|(t, grad)| grad.map_or_else(|| new_buffer(t, "gradient"), Ok))
+            .collect::<AnyResult<_>>()?;
+        Ok(GradientRoutes {
+            grads,
+            targets,
+            copies,
+        })
+    }
+}
+
+/// Builds the bind groups of every dispatch of a step, once, walking the plan's nodes.
 pub(crate) struct ProgramBuilder<'a, 'k> {
     pub(crate) gpu: &'k Gpu,
     pub(crate) kernels: &'k Kernels,
     pub(crate) spec: &'a ModelSpec,
+    pub(crate) plan: &'a Plan,
+    /// One per node of the plan.
     pub(crate) layers: &'a [DeviceLayer],
+    /// One per tensor of the plan.
     pub(crate) tensors: &'a [DeviceTensor],
-    pub(crate) grad_tensors: &'a [DeviceTensor],
+    pub(crate) routes: &'a GradientRoutes,
     pub(crate) batch_labels: &'a Buffer,
     pub(crate) params: &'a DeviceTensor,
-    /// Floats in the flat parameter buffers.
+    /// Floats in the flat parameter buffers: the trained parameters.
     pub(crate) param_floats: usize,
     pub(crate) grads: &'a Buffer,
+    /// BatchNorm's running statistics (`ParamLayout::state`).
+    pub(crate) state: &'a Buffer,
     pub(crate) schedule: &'a Buffer,
     pub(crate) input_transposed: Option<&'a TransposedInput>,
     /// The weight matrix of the dense layer that reads the batch itself (after any Flatten), if
@@ -153,26 +249,65 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         ))
     }
 
-    /// Layer `l`'s tensors.
-    fn io(&self, l: usize) -> LayerIo<'a> {
-        let below = &self.spec.layers[..l];
+    /// Node `n`'s tensors.
+    fn io(&self, n: usize) -> LayerIo<'a> {
+        let node = &self.plan.nodes[n];
         LayerIo {
-            input: &self.tensors[l],
-            output: &self.tensors[l + 1],
-            output_grad: &self.grad_tensors[l + 1],
-            input_grad: below
-                .iter()
-                .any(LayerSpec::has_parameters)
-                .then(|| &self.grad_tensors[l]),
-            input_is_batch: below.iter().all(|layer| *layer == LayerSpec::Flatten),
+            input: &self.tensors[node.inputs[0]],
+            second_input: node.inputs.get(1).map(|&t| &self.tensors[t]),
+            output: &self.tensors[node.output],
+            output_grad: &self.routes.grads[node.output],
+            input_grad: self.routes.targets[n][0].as_ref(),
+            input_is_batch: self.plan.is_batch(node.inputs[0]),
         }
     }
 
-    /// The activation of the layer beneath layer `l`, through any Flatten.
-    fn activation_below(&self, l: usize) -> LayerActivation {
-        (self.spec.layers[..l].iter())
-            .rfind(|layer| **layer != LayerSpec::Flatten)
-            .map_or(LayerActivation::Identity, LayerSpec::activation)
+    /// Records `kernel` of elementwise.wgsl over `count` values: its inputs a and b where it
+    /// reads them, and `out`.
+    pub(crate) fn elementwise(
+        &self,
+        program: &mut Program<'k>,
+        kernel: &'k Kernel,
+        count: usize,
+        inputs: [Option<&Buffer>; 2],
+        out: &Buffer,
+    ) {
+        let shape = ElementwiseShape {
+            count: count as u32,
+            activation: 0,
+            _pad: [0; 2],
+        };
+        let shape = self.gpu.params_with("elementwise shape", &shape);
+        let mut resources = vec![shape.as_entire_binding()];
+        resources.extend(inputs.iter().flatten().map(|b| b.as_entire_binding()));
+        resources.push(out.as_entire_binding());
+        let grid = grid_1d(count, ROW_WORKGROUP, self.max_groups());
+        program.dispatch(self.gpu, kernel, &resources, grid);
+    }
+
+    /// The gradient of tensor `t`, which several nodes read: the sum of their gradients, in
+    /// their order.
+    fn sum_gradients(&self, program: &mut Program<'k>, t: TensorId, rows: usize) {
+        let count = rows * self.plan.tensors[t].shape.len();
+        let parts: Vec<&Buffer> = (self.plan.tensors[t].consumers.iter())
+            .map(|&c| {
+                let slot = self.plan.nodes[c].inputs.iter().position(|&i| i == t);
+                let target = slot.and_then(|slot| self.routes.targets[c][slot].as_ref());
+                &target.expect("each consumer gave its part").buffer
+            })
+            .collect();
+        let sum = &self.routes.grads[t].buffer;
+        let kernels = &self.kernels.elementwise;
+        self.elementwise(
+            program,
+            &kernels.add,
+            count,
+            [Some(parts[0]), Some(parts[1])],
+            sum,
+        );
+        for part in &parts[2..] {
+            self.elementwise(program, &kernels.add_assign, count, [None, Some(part)], sum);
+        }
     }
 
     /// gather → every layer → loss, for `rows` samples of `split` (`training`: the loss writes
@@ -214,8 +349,8 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         };
         program.dispatch(gpu, kernel, &resources, grid);
 
-        for (l, layer) in self.layers.iter().enumerate() {
-            layer.record_forward(self, &mut program, &self.io(l), rows, training);
+        for (n, layer) in self.layers.iter().enumerate() {
+            layer.record_forward(self, &mut program, &self.io(n), rows, training);
         }
 
         let kernel = match self.spec.loss {
@@ -230,13 +365,13 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
                 _pad: [0; 2],
             },
         );
-        let last = self.tensors.len() - 1;
+        let logits = self.plan.logits();
         let resources = [
             self.schedule.as_entire_binding(),
             shape.as_entire_binding(),
-            self.tensors[last].buffer.as_entire_binding(),
+            self.tensors[logits].buffer.as_entire_binding(),
             self.batch_labels.as_entire_binding(),
-            self.grad_tensors[last].buffer.as_entire_binding(),
+            self.routes.grads[logits].buffer.as_entire_binding(),
             split.sample_loss.as_entire_binding(),
             split.sample_correct.as_entire_binding(),
             split.sample_prediction.as_entire_binding(),
@@ -250,20 +385,42 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         program
     }
 
-    /// `forward` continued backward through every layer, last first, writing the whole gradient
+    /// `forward` continued backward through every node, last first, writing the whole gradient
     /// buffer (one program, so that mirrors the forward pass refreshed are not copied again).
-    /// Each layer is told whether the layer above already applied its activation's derivative,
-    /// and the activation of the layer beneath, whose derivative it may apply in turn.
+    /// Each node is told whether the node above already applied its activation's derivative,
+    /// and the activation of the node beneath, whose derivative it may apply in turn; a tensor
+    /// read by several nodes gets their gradients' sum after the first of them.
     pub(crate) fn backward(&self, forward: Program<'k>, rows: usize) -> Program<'k> {
         let mut program = forward;
-        let mut derivative_applied = false;
-        for (l, layer) in self.layers.iter().enumerate().rev() {
+        let plan = self.plan;
+        let mut applied = vec![false; plan.tensors.len()];
+        for (n, layer) in self.layers.iter().enumerate().rev() {
+            let node = &plan.nodes[n];
+            if !plan.needs_grad[node.output] {
+                continue;
+            }
             let backward = Backward {
-                derivative_applied,
-                below: self.activation_below(l),
+                derivative_applied: applied[node.output],
+                below: plan.activation_below(n),
             };
-            derivative_applied =
-                layer.record_backward(self, &mut program, &self.io(l), rows, backward);
+            let io = self.io(n);
+            applied[node.inputs[0]] =
+                layer.record_backward(self, &mut program, &io, rows, backward);
+            for (slot, &copy) in self.routes.copies[n].iter().enumerate() {
+                let target = self.routes.targets[n][slot].as_ref();
+                if let Some(target) = target.filter(|_| copy) {
+                    let count = rows * plan.tensors[node.output].shape.len();
+                    let from = Some(&io.output_grad.buffer);
+                    let kernel = &self.kernels.elementwise.copy;
+                    self.elementwise(&mut program, kernel, count, [from, None], &target.buffer);
+                }
+            }
+            for &t in &node.inputs {
+                let consumers = &plan.tensors[t].consumers;
+                if consumers.len() > 1 && consumers[0] == n && plan.needs_grad[t] {
+                    self.sum_gradients(&mut program, t, rows);
+                }
+            }
         }
         program
     }

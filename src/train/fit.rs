@@ -5,19 +5,12 @@
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::layers;
-use crate::model::{ModelSpec, ParamLayout, Shape};
+use crate::model::{Op, Plan};
 
 /// Refuses what the adapter cannot hold in one buffer: the flat parameters (and their gradients
 /// and moments, as large), a layer's output or scratch for `rows` samples (the larger of a
 /// training and an evaluation step), a split's pixels.
-pub(super) fn check(
-    gpu: &Gpu,
-    spec: &ModelSpec,
-    shapes: &[Shape],
-    layout: &ParamLayout,
-    rows: usize,
-    splits: [(&str, usize); 2],
-) -> Result<()> {
+pub(super) fn check(gpu: &Gpu, plan: &Plan, rows: usize, splits: [(&str, usize); 2]) -> Result<()> {
     let limits = &gpu.limits;
     let (limit, limit_name) = if limits.max_storage_buffer_binding_size <= limits.max_buffer_size {
         (
@@ -31,11 +24,12 @@ pub(super) fn check(
         "this adapter allows {} in one buffer ({limit_name})",
         size(limit)
     );
-    let layer_name = |l: usize| format!("layer {} ({})", l + 1, spec.layers[l].token());
+    let (layout, shapes) = (&plan.layout, plan.shapes());
+    let layer_name = |n: usize| plan.nodes[n].label.clone();
 
-    let parameter_bytes = layout.total as u64 * 4;
+    let parameter_bytes = layout.trained as u64 * 4;
     if parameter_bytes > limit {
-        let largest = (0..spec.layers.len())
+        let largest = (0..plan.nodes.len())
             .filter_map(|l| layout.of_layer(l).map(|m| (l, m.parameters())))
             .max_by_key(|&(_, count)| count);
         let largest = largest.map_or(String::new(), |(l, count)| {
@@ -49,11 +43,16 @@ pub(super) fn check(
     }
 
     let mut per_sample = vec![("the batch of inputs".to_string(), shapes[0].len())];
-    for (l, layer) in spec.layers.iter().enumerate() {
-        per_sample.push((format!("{}'s output", layer_name(l)), shapes[l + 1].len()));
-        let scratch = layers::scratch_per_sample(*layer, shapes[l], layout.of_layer(l));
+    for (n, node) in plan.nodes.iter().enumerate() {
+        let output = shapes[node.output].len();
+        per_sample.push((format!("{}'s output", layer_name(n)), output));
+        let Op::Layer(layer) = &node.op else {
+            continue;
+        };
+        let input = shapes[node.inputs[0]];
+        let scratch = layers::scratch_per_sample(layer, input, layout.of_layer(n));
         if let Some((what, floats)) = scratch {
-            per_sample.push((format!("{}'s {what}", layer_name(l)), floats));
+            per_sample.push((format!("{}'s {what}", layer_name(n)), floats));
         }
     }
     // The buffer with the most per sample bounds the batch.

@@ -99,6 +99,9 @@ impl Trainer<'_> {
         )
         .record(&mut Recorder::new(&mut encoder));
         self.gpu.queue.submit([encoder.finish()]);
-        self.gpu.read_back(&self.grads, self.layout.total)
+        // The state has no gradient: zeros, as the reference lays them out.
+        let mut grads = self.gpu.read_back(&self.grads, self.layout.trained)?;
+        grads.resize(self.layout.total, 0.0);
+        Ok(grads)
     }
 }

@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use wgpu::Buffer;
 
-use builder::{ProgramBuilder, TransposedInput};
+use builder::{GradientRoutes, ProgramBuilder, TransposedInput};
 pub use config::{
     EpochMetrics, EpochProgress, Evaluation, GpuWork, OptimizerKind, SplitMetrics, TrainConfig,
 };
@@ -160,6 +160,8 @@ pub struct Trainer<'k> {
     test: EvaluatedSplit<'k>,
     validation: Option<EvaluatedSplit<'k>>,
     params: DeviceTensor,
+    /// BatchNorm's running statistics: the parameters' tail (`ParamLayout::state`).
+    state: Buffer,
     grads: Buffer,
     moments: Option<(Buffer, Buffer)>,
     epoch: Option<EpochInProgress>,
@@ -236,7 +238,7 @@ impl<'k> Trainer<'k> {
         train: &Dataset,
         test: &Dataset,
     ) -> Result<Self> {
-        spec.validate()?;
+        let plan = spec.plan()?;
         config.validate()?;
         let (train, validation) = train.split_validation(config.validation_split)?;
         if test.samples() == 0 {
@@ -258,12 +260,12 @@ impl<'k> Trainer<'k> {
                 spec.input.len()
             )));
         }
-        let layout = spec.layout();
+        let layout = plan.layout.clone();
         let batch = config.batch_size;
         // A batch larger than the training set is the whole set, as Keras takes it: no buffer
         // holds more rows than a step can have.
         let batch_rows = batch.min(train.samples()).max(1);
-        let shapes = spec.shapes()?;
+        let shapes = plan.shapes();
         let evaluated_samples = test
             .samples()
             .max(validation.as_ref().map_or(0, |v| v.samples()));
@@ -277,18 +279,22 @@ impl<'k> Trainer<'k> {
         // Before anything is allocated, on the host or the device.
         fit::check(
             gpu,
-            &spec,
-            &shapes,
-            &layout,
+            &plan,
             rows_at_most,
             [("training", train.samples()), ("test", test.samples())],
         )?;
         let mut rng = Rng::new(config.seed);
         let initial = spec.glorot_uniform(&mut rng);
-        let param_bytes = (layout.total * 4) as u64;
+        let param_bytes = (layout.trained * 4) as u64;
         let params = DeviceTensor::new(gpu, kernels, "parameters", param_bytes)?;
+        gpu.queue.write_buffer(
+            &params.buffer,
+            0,
+            bytemuck::cast_slice(&initial[..layout.trained]),
+        );
+        let state = gpu.storage_buffer("batchnorm state", (layout.state().max(1) * 4) as u64)?;
         gpu.queue
-            .write_buffer(&params.buffer, 0, bytemuck::cast_slice(&initial));
+            .write_buffer(&state, 0, bytemuck::cast_slice(&initial[layout.trained..]));
         let grads = gpu.storage_buffer("gradients", param_bytes)?;
         let moments = match config.optimizer {
             OptimizerKind::Adam => Some((
@@ -297,44 +303,26 @@ impl<'k> Trainer<'k> {
             )),
             OptimizerKind::Sgd => None,
         };
-        // Tensor l is layer l's input (0: the batch); a layer that moves nothing shares its
-        // input's buffers.
+        // A tensor per tensor of the plan; a Flatten's output is its input's buffer.
         let mut tensors: Vec<DeviceTensor> = Vec::new();
-        let mut grad_tensors: Vec<DeviceTensor> = Vec::new();
-        let mut layers = Vec::new();
-        for (l, &shape) in shapes.iter().enumerate() {
-            let layer = l.checked_sub(1).map(|below| {
-                let input = shapes[below];
-                let matrix = layout.of_layer(below);
-                DeviceLayer::new(
-                    gpu,
-                    kernels,
-                    &spec,
-                    below,
-                    input,
-                    matrix,
-                    rows_at_most,
-                    config.seed,
-                )
-            });
-            let layer = layer.transpose()?;
-            if layer.as_ref().is_some_and(DeviceLayer::aliases_input) {
-                tensors.push(tensors[l - 1].clone());
-                grad_tensors.push(grad_tensors[l - 1].clone());
-                layers.extend(layer);
-                continue;
-            }
-            let bytes = (rows_at_most * shape.len() * 4) as u64;
-            tensors.push(DeviceTensor::new(
-                gpu,
-                kernels,
-                &format!("activation {l}"),
-                bytes,
-            )?);
-            let what = format!("activation grad {l}");
-            grad_tensors.push(DeviceTensor::new(gpu, kernels, &what, bytes)?);
-            layers.extend(layer);
+        for (t, tensor) in plan.tensors.iter().enumerate() {
+            let flattened = tensor
+                .producer
+                .filter(|&p| plan.layer(p) == Some(&LayerSpec::Flatten))
+                .map(|p| tensors[plan.nodes[p].inputs[0]].clone());
+            let tensor = match flattened {
+                Some(input) => input,
+                None => {
+                    let bytes = (rows_at_most * tensor.shape.len() * 4) as u64;
+                    DeviceTensor::new(gpu, kernels, &format!("activation {t}"), bytes)?
+                }
+            };
+            tensors.push(tensor);
         }
+        let routes = GradientRoutes::new(gpu, kernels, &plan, rows_at_most)?;
+        let layers = (0..plan.nodes.len())
+            .map(|n| DeviceLayer::new(gpu, kernels, &plan, n, rows_at_most, config.seed))
+            .collect::<Result<Vec<_>>>()?;
         let batch_labels = gpu.storage_buffer("batch labels", (rows_at_most * 4) as u64)?;
 
         let train_split = DeviceSplit::upload(gpu, "training", &train)?;
@@ -362,11 +350,7 @@ impl<'k> Trainer<'k> {
             mapped_at_creation: false,
         });
 
-        // The first layer with parameters, if it reads the batch itself (after any Flatten).
-        let batch_dense = (spec.layers.iter().enumerate())
-            .find(|(_, layer)| **layer != LayerSpec::Flatten)
-            .filter(|(_, layer)| matches!(layer, LayerSpec::Dense { .. }))
-            .and_then(|(l, _)| layout.of_layer(l));
+        let batch_dense = plan.batch_dense();
         let input_transposed = match batch_dense {
             Some(_) => TransposedInput::new(gpu, kernels, spec.input.len(), batch_rows)?,
             None => None,
@@ -375,13 +359,15 @@ impl<'k> Trainer<'k> {
             gpu,
             kernels,
             spec: &spec,
+            plan: &plan,
             layers: &layers,
             tensors: &tensors,
-            grad_tensors: &grad_tensors,
+            routes: &routes,
             batch_labels: &batch_labels,
             params: &params,
-            param_floats: layout.total,
+            param_floats: layout.trained,
             grads: &grads,
+            state: &state,
             schedule: &schedule,
             input_transposed: input_transposed.as_ref(),
             batch_dense,
@@ -437,6 +423,7 @@ impl<'k> Trainer<'k> {
             test: test_split,
             validation: validation_split,
             params,
+            state,
             grads,
             moments,
             epoch: None,
@@ -847,9 +834,10 @@ impl<'k> Trainer<'k> {
                 self.layout.total
             )));
         }
-        self.gpu
-            .queue
-            .write_buffer(&self.params.buffer, 0, bytemuck::cast_slice(params));
+        let (trained, state) = params.split_at(self.layout.trained);
+        let queue = &self.gpu.queue;
+        queue.write_buffer(&self.params.buffer, 0, bytemuck::cast_slice(trained));
+        queue.write_buffer(&self.state, 0, bytemuck::cast_slice(state));
         Ok(())
     }
 
@@ -925,6 +913,14 @@ impl<'k> Trainer<'k> {
 
     /// The current parameters, laid out as `layout()` says (waits for the GPU).
     pub fn parameters(&self) -> Result<Vec<f32>> {
-        self.gpu.read_back(&self.params.buffer, self.layout.total)
+        let parts = [
+            (&self.params.buffer, (self.layout.trained * 4) as u64),
+            (&self.state, (self.layout.state() * 4) as u64),
+        ];
+        let parts = self.gpu.read_back_parts(&parts)?;
+        Ok(parts
+            .iter()
+            .flat_map(|part| bytemuck::pod_collect_to_vec::<u8, f32>(part))
+            .collect())
     }
 }

@@ -40,8 +40,12 @@ pub struct EpochState {
 impl Trainer<'_> {
     /// The whole training state, for a checkpoint (waits for the GPU).
     pub fn state(&self) -> Result<TrainingState> {
-        let param_bytes = (self.layout.total * 4) as u64;
-        let mut parts = vec![(&self.params.buffer, param_bytes)];
+        let param_bytes = (self.layout.trained * 4) as u64;
+        let state_bytes = (self.layout.state() * 4) as u64;
+        let mut parts = vec![
+            (&self.params.buffer, param_bytes),
+            (&self.state, state_bytes),
+        ];
         if let Some((m, v)) = &self.moments {
             parts.extend([(m, param_bytes), (v, param_bytes)]);
         }
@@ -55,7 +59,8 @@ impl Trainer<'_> {
         }
         let mut parts = self.gpu.read_back_parts(&parts)?.into_iter();
         let mut next = || -> Vec<u8> { parts.next().expect("one part per buffer") };
-        let parameters = bytemuck::pod_collect_to_vec(&next());
+        let mut parameters: Vec<f32> = bytemuck::pod_collect_to_vec(&next());
+        parameters.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&next()));
         let moments = self.moments.as_ref().map(|_| {
             (
                 bytemuck::pod_collect_to_vec(&next()),
@@ -82,7 +87,7 @@ impl Trainer<'_> {
     /// configuration and data. Checks that it fits before changing anything.
     pub fn restore(&mut self, state: &TrainingState) -> Result<()> {
         let bad = |problem: String| Err(Error::Config(format!("the training state {problem}")));
-        let total = self.layout.total;
+        let (total, trained) = (self.layout.total, self.layout.trained);
         if state.parameters.len() != total {
             return bad(format!(
                 "has {} parameters, the model has {total}",
@@ -90,7 +95,7 @@ impl Trainer<'_> {
             ));
         }
         match (&state.moments, self.config.optimizer) {
-            (Some((m, v)), OptimizerKind::Adam) if m.len() == total && v.len() == total => {}
+            (Some((m, v)), OptimizerKind::Adam) if m.len() == trained && v.len() == trained => {}
             (None, OptimizerKind::Sgd) => {}
             (Some(_), OptimizerKind::Adam) => {
                 return bad("has Adam moments of the wrong length".into());
@@ -148,12 +153,8 @@ impl Trainer<'_> {
                 Some(epoch)
             }
         };
+        self.set_parameters(&state.parameters)?;
         let queue = &self.gpu.queue;
-        queue.write_buffer(
-            &self.params.buffer,
-            0,
-            bytemuck::cast_slice(&state.parameters),
-        );
         if let (Some((m, v)), Some((m_buffer, v_buffer))) = (&state.moments, &self.moments) {
             queue.write_buffer(m_buffer, 0, bytemuck::cast_slice(m));
             queue.write_buffer(v_buffer, 0, bytemuck::cast_slice(v));

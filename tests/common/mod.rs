@@ -163,6 +163,8 @@ pub fn reference_epoch(spec: &ModelSpec, config: &TrainConfig, data: &Dataset) -
                 reference::adam_update(&mut params, &result.grads, &mut m, &mut v, &hyper, size);
             }
         }
+        // BatchNorm's running statistics, which the forward pass updated.
+        params[layout.trained..].copy_from_slice(&result.state);
     }
     ReferenceRun {
         params,

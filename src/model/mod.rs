@@ -1,5 +1,6 @@
-//! What a model is: a list of layers on an input shape, the loss on the last layer's outputs, and
-//! where each parameter lives in the flat parameter buffer.
+//! What a model is: a list of layers (some of them residual blocks) on an input shape, the loss on
+//! the last layer's outputs, its plan of tensors (`plan`), and where each parameter lives in the
+//! flat parameter buffer.
 //!
 //! Tensors are stored channels-last: a sample of shape C × H × W is H·W·C floats with the channel
 //! fastest, and a flat vector of n features is the shape n × 1 × 1. So a 1 × 28 × 28 image and a
@@ -7,7 +8,11 @@
 
 use std::fmt;
 
-use crate::error::{Error, Result};
+mod plan;
+
+pub use plan::{Node, Op, Plan, PlanTensor, TensorId};
+
+use crate::error::Result;
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -168,6 +173,9 @@ pub enum Padding {
     /// Zeros around the image so that the output is ceil(input / stride) wide; the extra zero,
     /// when the total is odd, goes after (right, bottom), as in Keras and PyTorch.
     Same,
+    /// `pad` zeros on every side, as PyTorch's `padding=pad`: the output is
+    /// (input + 2 pad - size) / stride + 1 wide.
+    Explicit(usize),
 }
 
 /// A window sliding over one spatial axis: its size, stride and the zeros before the input.
@@ -191,6 +199,7 @@ impl Window {
                 let total = ((output - 1) * stride + size).saturating_sub(input);
                 (total / 2, output)
             }
+            Padding::Explicit(pad) => (pad, ((input + 2 * pad).checked_sub(size)? / stride) + 1),
         };
         Some(Window {
             size,
@@ -239,33 +248,60 @@ impl Geometry {
     }
 }
 
-/// One layer of a sequential model.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One layer of a model: a layer kind, or a residual block of two branches.
+#[derive(Debug, Clone, PartialEq)]
 pub enum LayerSpec {
     /// y = f(x W + b) on a flat input.
     Dense {
         units: usize,
         activation: LayerActivation,
     },
-    /// y = f(conv(x, W) + b): `filters` kernels of `kernel` × `kernel` over every input channel.
+    /// y = f(conv(x, W) + b): `filters` kernels of `kernel` × `kernel` over every input channel
+    /// (without b where `bias` is false).
     Conv2d {
         filters: usize,
         kernel: usize,
         stride: usize,
         padding: Padding,
         activation: LayerActivation,
+        bias: bool,
     },
     /// The maximum of each `size` × `size` window, windows `stride` apart ('valid' padding).
     MaxPool2d { size: usize, stride: usize },
+    /// The mean of each `size` × `size` window, windows `stride` apart ('valid' padding).
+    AvgPool2d { size: usize, stride: usize },
+    /// The mean of each channel over the whole image: C × H × W → C.
+    GlobalAvgPool,
+    /// PyTorch's BatchNorm2d over the channels (BatchNorm1d over the features of a flat input):
+    /// y = γ (x - mean) / sqrt(var + 1e-5) + β, with the batch's statistics in training and the
+    /// running ones in evaluation.
+    BatchNorm,
+    /// An activation on its own: y = f(x).
+    Activation(Activation),
     /// C × H × W as a vector of C·H·W (in storage order: nothing moves).
     Flatten,
     /// In training, each value zeroed with probability `rate` and the rest scaled by
     /// 1 / (1 - rate) (inverted dropout); in evaluation, the identity.
     Dropout { rate: f32 },
+    /// y = branch(x) + shortcut(x), the shortcut the identity where it has no layers.
+    Residual(Box<Residual>),
 }
 
+/// The two branches of a residual block, each a list of layers applied to the block's input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Residual {
+    pub branch: Vec<LayerSpec>,
+    /// Empty: the identity.
+    pub shortcut: Vec<LayerSpec>,
+}
+
+/// PyTorch's BatchNorm constants.
+pub const BATCH_NORM_EPSILON: f32 = 1e-5;
+pub const BATCH_NORM_MOMENTUM: f32 = 0.1;
+
 impl LayerSpec {
-    /// The activation this layer applies to its output (the identity for layers without one).
+    /// The activation this layer applies in its product's epilogue (the identity for layers
+    /// without one; a standalone activation applies its own).
     pub fn activation(&self) -> LayerActivation {
         match *self {
             LayerSpec::Dense { activation, .. } | LayerSpec::Conv2d { activation, .. } => {
@@ -275,25 +311,38 @@ impl LayerSpec {
         }
     }
 
+    /// Whether the layer has trained parameters (a residual block: whether its branches do).
     pub fn has_parameters(&self) -> bool {
-        matches!(self, LayerSpec::Dense { .. } | LayerSpec::Conv2d { .. })
+        match self {
+            LayerSpec::Dense { .. } | LayerSpec::Conv2d { .. } | LayerSpec::BatchNorm => true,
+            LayerSpec::Residual(block) => (block.branch.iter())
+                .chain(&block.shortcut)
+                .any(LayerSpec::has_parameters),
+            _ => false,
+        }
     }
 
-    /// The convolution's windows over an input of `input` (None if it does not fit).
+    /// The windows over an input of `input` (None if they do not fit).
     fn conv_windows(&self, input: Shape) -> Option<(Window, Window)> {
+        let square = |size, stride, padding| {
+            Some((
+                Window::new(size, stride, padding, input.height)?,
+                Window::new(size, stride, padding, input.width)?,
+            ))
+        };
         match *self {
             LayerSpec::Conv2d {
                 kernel,
                 stride,
                 padding,
                 ..
-            } => Some((
-                Window::new(kernel, stride, padding, input.height)?,
-                Window::new(kernel, stride, padding, input.width)?,
-            )),
-            LayerSpec::MaxPool2d { size, stride } => Some((
-                Window::new(size, stride, Padding::Valid, input.height)?,
-                Window::new(size, stride, Padding::Valid, input.width)?,
+            } => square(kernel, stride, padding),
+            LayerSpec::MaxPool2d { size, stride } | LayerSpec::AvgPool2d { size, stride } => {
+                square(size, stride, Padding::Valid)
+            }
+            LayerSpec::GlobalAvgPool => Some((
+                Window::new(input.height, 1, Padding::Valid, input.height)?,
+                Window::new(input.width, 1, Padding::Valid, input.width)?,
             )),
             _ => None,
         }
@@ -317,33 +366,64 @@ impl LayerSpec {
 
     /// The shape this layer makes of `input`, or why it cannot take it.
     pub fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
-        match *self {
+        match self {
             LayerSpec::Dense { .. } if !input.is_flat() => Err(format!(
-                "its input is {input}, and a dense layer takes a flat one: put flatten before it"
+                "its input is {input}, and a dense layer takes a flat one: put flatten (or gap) \
+                 before it"
             )),
-            LayerSpec::Dense { units, .. } => Ok(Shape::flat(units)),
-            LayerSpec::Conv2d {
-                filters, kernel, ..
-            } => {
-                let (rows, columns) = self.conv_windows(input).ok_or_else(|| {
+            LayerSpec::Dense { units, .. } => Ok(Shape::flat(*units)),
+            LayerSpec::Conv2d { kernel, .. } => {
+                let geometry = self.geometry(input).ok_or_else(|| {
                     format!("its {kernel}×{kernel} kernel is larger than its input, {input}")
                 })?;
-                Ok(Shape::image(filters, rows.output, columns.output))
+                Ok(geometry.output)
             }
-            LayerSpec::MaxPool2d { size, .. } => {
-                let (rows, columns) = self.conv_windows(input).ok_or_else(|| {
+            LayerSpec::MaxPool2d { size, .. } | LayerSpec::AvgPool2d { size, .. } => {
+                let geometry = self.geometry(input).ok_or_else(|| {
                     format!("its {size}×{size} pool is larger than its input, {input}")
                 })?;
-                Ok(Shape::image(input.channels, rows.output, columns.output))
+                Ok(geometry.output)
             }
+            LayerSpec::GlobalAvgPool => Ok(Shape::flat(input.channels)),
             LayerSpec::Flatten => Ok(Shape::flat(input.len())),
-            LayerSpec::Dropout { .. } => Ok(input),
+            LayerSpec::BatchNorm | LayerSpec::Activation(_) | LayerSpec::Dropout { .. } => {
+                Ok(input)
+            }
+            LayerSpec::Residual(block) => {
+                let chain = |layers: &[LayerSpec], which: &str| {
+                    layers
+                        .iter()
+                        .enumerate()
+                        .try_fold(input, |shape, (i, layer)| {
+                            layer.output_shape(shape).map_err(|problem| {
+                                format!("{which} layer {} ({}): {problem}", i + 1, layer.token())
+                            })
+                        })
+                };
+                let branch = chain(&block.branch, "branch")?;
+                let shortcut = chain(&block.shortcut, "shortcut")?;
+                if branch != shortcut {
+                    let what = match block.shortcut.is_empty() {
+                        true => format!(
+                            "its shortcut is the identity, {shortcut}: give it a projection \
+                             after '|', e.g. |conv{}k1s2:nobias,bn",
+                            branch.channels
+                        ),
+                        false => format!("its shortcut makes {shortcut}"),
+                    };
+                    return Err(format!(
+                        "its branch makes {branch} of its input {input}, but {what}; the two \
+                         are added, so they must have the same shape"
+                    ));
+                }
+                Ok(branch)
+            }
         }
     }
 
     /// The layer as a `--layers` token; `parse_layers` reads it back to the same layer.
     pub fn token(&self) -> String {
-        match *self {
+        match self {
             LayerSpec::Dense { units, activation } => {
                 format!("dense{units}:{}", activation.name())
             }
@@ -353,59 +433,131 @@ impl LayerSpec {
                 stride,
                 padding,
                 activation,
+                bias,
             } => {
-                let stride = if stride == 1 {
+                let stride = if *stride == 1 {
                     String::new()
                 } else {
                     format!("s{stride}")
                 };
                 let padding = match padding {
-                    Padding::Valid => "",
-                    Padding::Same => "same",
+                    Padding::Valid => String::new(),
+                    Padding::Same => "same".into(),
+                    Padding::Explicit(pad) => format!("p{pad}"),
                 };
+                let bias = if *bias { "" } else { ":nobias" };
                 format!(
-                    "conv{filters}k{kernel}{stride}{padding}:{}",
+                    "conv{filters}k{kernel}{stride}{padding}:{}{bias}",
                     activation.name()
                 )
             }
             LayerSpec::MaxPool2d { size, stride } if stride == size => format!("maxpool{size}"),
             LayerSpec::MaxPool2d { size, stride } => format!("maxpool{size}s{stride}"),
+            LayerSpec::AvgPool2d { size, stride } if stride == size => format!("avgpool{size}"),
+            LayerSpec::AvgPool2d { size, stride } => format!("avgpool{size}s{stride}"),
+            LayerSpec::GlobalAvgPool => "gap".into(),
+            LayerSpec::BatchNorm => "bn".into(),
+            LayerSpec::Activation(activation) => LayerActivation::Hidden(*activation).name().into(),
             LayerSpec::Flatten => "flatten".into(),
             LayerSpec::Dropout { rate } => format!("dropout{rate}"),
+            LayerSpec::Residual(block) => {
+                let list = |layers: &[LayerSpec]| {
+                    layers
+                        .iter()
+                        .map(LayerSpec::token)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                match block.shortcut.is_empty() {
+                    true => format!("res({})", list(&block.branch)),
+                    false => format!("res({}|{})", list(&block.branch), list(&block.shortcut)),
+                }
+            }
         }
     }
 }
 
 /// The syntax of `--layers`, for messages and `--help`.
-pub const LAYERS_SYNTAX: &str = "comma-separated layers: conv<filters>k<size>[s<stride>][same], \
-    maxpool<size>[s<stride>], flatten, dropout<rate>, dense<units>; a layer with weights may end \
-    in :relu, :sigmoid, :tanh or :linear (default: --activation, and linear for the last layer), \
-    e.g. conv32k3,maxpool2,conv64k3,maxpool2,flatten,dropout0.5,dense10";
+pub const LAYERS_SYNTAX: &str = "comma-separated layers: conv<filters>k<size>[s<stride>][same|p<pad>], \
+    maxpool<size>[s<stride>], avgpool<size>[s<stride>], gap (global average pool), bn \
+    (BatchNorm), relu, sigmoid, tanh, flatten, dropout<rate>, dense<units>, and res(<layers>) or \
+    res(<layers>|<shortcut layers>), a residual block adding its layers' output to its input (or \
+    to its shortcut's output); dense and conv may end in :relu, :sigmoid, :tanh or :linear \
+    (default: --activation; linear for the last layer, for one followed by bn and for the last \
+    of a block's branch), and conv in :nobias, e.g. conv32k3,maxpool2,conv64k3,maxpool2,flatten,\
+    dropout0.5,dense10 or conv16k3p1:nobias,bn,relu,res(conv16k3p1:nobias,bn,relu,conv16k3p1:nobias,bn),relu,gap,dense10";
+
+/// A layer list's problem: the index (from 0) of the layer it is in, its token and what is
+/// wrong.
+type ListError = (usize, String, String);
+
+/// The tokens of a comma-separated list, split only outside parentheses.
+fn split_outside_parentheses(
+    text: &str,
+    separator: char,
+) -> std::result::Result<Vec<&str>, String> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| format!("a ')' without its '(' in {text:?}"))?
+            }
+            c if c == separator && depth == 0 => {
+                parts.push(text[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth > 0 {
+        return Err(format!("a '(' without its ')' in {text:?}"));
+    }
+    parts.push(text[start..].trim());
+    Ok(parts)
+}
 
 /// Reads a `--layers` list. Layers with weights take `default` as their activation unless they
-/// name one, except the last layer, which feeds the softmax and is linear.
+/// name one, except the last layer with weights, one followed by `bn`, and the last layer of a
+/// residual block's branch or shortcut, which are linear.
 pub fn parse_layers(
     text: &str,
     default: Activation,
 ) -> std::result::Result<Vec<LayerSpec>, String> {
-    let tokens: Vec<&str> = text.split(',').map(str::trim).collect();
-    let last_with_weights = tokens
-        .iter()
-        .rposition(|t| t.starts_with("dense") || t.starts_with("conv"));
+    let tokens = split_outside_parentheses(text, ',')
+        .map_err(|e| format!("{e}; expected {LAYERS_SYNTAX}"))?;
+    parse_list(&tokens, default, false).map_err(|(i, token, problem)| {
+        format!(
+            "layer {} ({token:?}): {problem}; expected {LAYERS_SYNTAX}",
+            i + 1
+        )
+    })
+}
+
+/// The layers of `tokens`; `in_block`: a branch of a residual block (its last layer is linear
+/// by default).
+fn parse_list(
+    tokens: &[&str],
+    default: Activation,
+    in_block: bool,
+) -> std::result::Result<Vec<LayerSpec>, ListError> {
+    let weighted = |t: &str| t.starts_with("dense") || t.starts_with("conv");
+    let last_with_weights = tokens.iter().rposition(|t| weighted(t));
     tokens
         .iter()
         .enumerate()
-        .map(|(i, token)| {
-            let fallback = match Some(i) == last_with_weights {
+        .map(|(i, &token)| {
+            let linear = (!in_block && Some(i) == last_with_weights)
+                || (in_block && i + 1 == tokens.len())
+                || tokens.get(i + 1).is_some_and(|next| *next == "bn");
+            let fallback = match linear {
                 true => LayerActivation::Identity,
                 false => LayerActivation::Hidden(default),
             };
-            parse_layer(token, fallback).map_err(|problem| {
-                format!(
-                    "layer {} ({token:?}): {problem}; expected {LAYERS_SYNTAX}",
-                    i + 1
-                )
-            })
+            parse_layer(token, fallback, default).map_err(|problem| (i, token.to_string(), problem))
         })
         .collect()
 }
@@ -424,19 +576,76 @@ fn positive(what: &str, value: usize) -> std::result::Result<usize, String> {
     }
 }
 
-fn parse_layer(token: &str, fallback: LayerActivation) -> std::result::Result<LayerSpec, String> {
-    let (body, activation) = match token.split_once(':') {
-        Some((body, name)) => {
-            let activation = LayerActivation::from_name(name).ok_or_else(|| {
-                format!("unknown activation {name:?} (relu, sigmoid, tanh or linear)")
-            })?;
-            (body, Some(activation))
-        }
-        None => (token, None),
+/// A pool's size and stride from the text after its name.
+fn pool_size(kind: &str, rest: &str) -> std::result::Result<(usize, usize), String> {
+    let (size, rest) =
+        leading_number(rest).ok_or_else(|| format!("{kind} needs a size, e.g. {kind}2"))?;
+    let size = positive("the pool size", size)?;
+    let stride = match rest {
+        "" => size,
+        _ => match rest.strip_prefix('s').and_then(leading_number) {
+            Some((stride, "")) => positive("the stride", stride)?,
+            _ => return Err(format!("unexpected {rest:?} (a stride is s<n>)")),
+        },
     };
-    let no_activation = |layer: LayerSpec| match activation {
-        Some(_) => Err("only dense and conv layers take an activation".to_string()),
-        None => Ok(layer),
+    Ok((size, stride))
+}
+
+/// A residual block's text between `res(` and `)`.
+fn parse_block(inner: &str, default: Activation) -> std::result::Result<LayerSpec, String> {
+    let halves = split_outside_parentheses(inner, '|')?;
+    if halves.len() > 2 {
+        return Err("a block has one '|', between its layers and its shortcut's".into());
+    }
+    let list = |text: &str, which: &str| {
+        if text.is_empty() {
+            return Err(format!("its {which} has no layers"));
+        }
+        let tokens = split_outside_parentheses(text, ',')?;
+        parse_list(&tokens, default, true).map_err(|(i, token, problem)| {
+            format!("{which} layer {} ({token:?}): {problem}", i + 1)
+        })
+    };
+    let branch = list(halves[0], "branch")?;
+    let shortcut = match halves.get(1) {
+        Some(text) => list(text, "shortcut")?,
+        None => Vec::new(),
+    };
+    Ok(LayerSpec::Residual(Box::new(Residual { branch, shortcut })))
+}
+
+fn parse_layer(
+    token: &str,
+    fallback: LayerActivation,
+    default: Activation,
+) -> std::result::Result<LayerSpec, String> {
+    if let Some(inner) = token.strip_prefix("res(") {
+        let inner = inner
+            .strip_suffix(')')
+            .ok_or("a block ends with ')', e.g. res(conv16k3same,bn)")?;
+        return parse_block(inner, default);
+    }
+    let mut options = token.split(':');
+    let body = options.next().unwrap_or_default();
+    let (mut activation, mut bias) = (None, true);
+    for option in options {
+        if option == "nobias" {
+            bias = false;
+            continue;
+        }
+        let named = LayerActivation::from_name(option).ok_or_else(|| {
+            format!(
+                "unknown activation {option:?} (relu, sigmoid, tanh or linear; or nobias for conv)"
+            )
+        })?;
+        if activation.replace(named).is_some() {
+            return Err("a layer takes one activation".into());
+        }
+    }
+    let plain = |layer: LayerSpec| match (activation, bias) {
+        (Some(_), _) => Err("only dense and conv layers take an activation".to_string()),
+        (_, false) => Err("only conv layers take :nobias".to_string()),
+        _ => Ok(layer),
     };
     let activation = activation.unwrap_or(fallback);
     if let Some(rest) = body.strip_prefix("dense") {
@@ -445,6 +654,9 @@ fn parse_layer(token: &str, fallback: LayerActivation) -> std::result::Result<La
             return Err(format!("unexpected {rest:?} after the width"));
         }
         let units = positive("a dense layer's width", units)?;
+        if !bias {
+            return Err("only conv layers take :nobias".into());
+        }
         return Ok(LayerSpec::Dense { units, activation });
     }
     if let Some(rest) = body.strip_prefix("conv") {
@@ -461,7 +673,14 @@ fn parse_layer(token: &str, fallback: LayerActivation) -> std::result::Result<La
         let padding = match rest {
             "" | "valid" => Padding::Valid,
             "same" => Padding::Same,
-            other => return Err(format!("unexpected {other:?} (padding is valid or same)")),
+            _ => match rest.strip_prefix('p').and_then(leading_number) {
+                Some((pad, "")) => Padding::Explicit(pad),
+                _ => {
+                    return Err(format!(
+                        "unexpected {rest:?} (padding is valid, same or p<zeros>)"
+                    ));
+                }
+            },
         };
         return Ok(LayerSpec::Conv2d {
             filters: positive("the filter count", filters)?,
@@ -469,22 +688,25 @@ fn parse_layer(token: &str, fallback: LayerActivation) -> std::result::Result<La
             stride: positive("the stride", stride)?,
             padding,
             activation,
+            bias,
         });
     }
     if let Some(rest) = body.strip_prefix("maxpool") {
-        let (size, rest) = leading_number(rest).ok_or("maxpool needs a size, e.g. maxpool2")?;
-        let size = positive("the pool size", size)?;
-        let stride = match rest {
-            "" => size,
-            _ => match rest.strip_prefix('s').and_then(leading_number) {
-                Some((stride, "")) => positive("the stride", stride)?,
-                _ => return Err(format!("unexpected {rest:?} (a stride is s<n>)")),
-            },
-        };
-        return no_activation(LayerSpec::MaxPool2d { size, stride });
+        let (size, stride) = pool_size("maxpool", rest)?;
+        return plain(LayerSpec::MaxPool2d { size, stride });
     }
-    if body == "flatten" {
-        return no_activation(LayerSpec::Flatten);
+    if let Some(rest) = body.strip_prefix("avgpool") {
+        let (size, stride) = pool_size("avgpool", rest)?;
+        return plain(LayerSpec::AvgPool2d { size, stride });
+    }
+    match body {
+        "gap" => return plain(LayerSpec::GlobalAvgPool),
+        "bn" => return plain(LayerSpec::BatchNorm),
+        "flatten" => return plain(LayerSpec::Flatten),
+        "relu" => return plain(LayerSpec::Activation(Activation::Relu)),
+        "sigmoid" => return plain(LayerSpec::Activation(Activation::Sigmoid)),
+        "tanh" => return plain(LayerSpec::Activation(Activation::Tanh)),
+        _ => {}
     }
     if let Some(rest) = body.strip_prefix("dropout") {
         let rate: f32 = rest
@@ -495,13 +717,13 @@ fn parse_layer(token: &str, fallback: LayerActivation) -> std::result::Result<La
                 "the dropout rate must be at least 0 and below 1, got {rate}"
             ));
         }
-        return no_activation(LayerSpec::Dropout { rate });
+        return plain(LayerSpec::Dropout { rate });
     }
     Err("not a layer".into())
 }
 
-/// A sequential model: `layers` applied in turn to a sample of shape `input`; the last layer's
-/// outputs are the logits that `loss` takes the softmax of.
+/// A model: `layers` applied in turn to a sample of shape `input`; the last layer's outputs are
+/// the logits that `loss` takes the softmax of.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
     pub input: Shape,
@@ -558,13 +780,14 @@ impl ModelSpec {
             stride: 1,
             padding: Padding::Valid,
             activation: LayerActivation::Hidden(Activation::Relu),
+            bias: true,
         };
         let pool = LayerSpec::MaxPool2d { size: 2, stride: 2 };
         ModelSpec {
             input,
             layers: vec![
                 conv(32),
-                pool,
+                pool.clone(),
                 conv(64),
                 pool,
                 LayerSpec::Flatten,
@@ -578,114 +801,68 @@ impl ModelSpec {
         }
     }
 
-    /// The shape of every tensor from the input (index 0) to the logits, or an error naming the
-    /// first layer that does not fit its input.
-    pub fn shapes(&self) -> Result<Vec<Shape>> {
-        let too_large = |what: String, shape: Shape| {
-            Error::Config(format!(
-                "{what} of {}×{}×{} values is larger than a kernel can index ({MAX_VALUES})",
-                shape.channels, shape.height, shape.width
-            ))
+    /// He et al.'s CIFAR ResNet of 6n + 2 layers (n = 1: ResNet-8, n = 3: ResNet-20): a 3×3
+    /// conv of 16 filters, BatchNorm and ReLU; three stages of n basic blocks of 16, 32 and 64
+    /// channels, the first block of stages 2 and 3 with stride 2 and a projection shortcut (1×1
+    /// conv, stride 2, then BatchNorm); global average pooling; a dense layer of `classes`.
+    /// Convolutions pad as PyTorch's `padding=1` does and have no bias (BatchNorm has one).
+    pub fn resnet(input: Shape, blocks_per_stage: usize, classes: usize) -> Self {
+        let conv = |filters, kernel, stride| LayerSpec::Conv2d {
+            filters,
+            kernel,
+            stride,
+            padding: Padding::Explicit(kernel / 2),
+            activation: LayerActivation::Identity,
+            bias: false,
         };
-        if self.input.checked_len().is_none() {
-            return Err(too_large("the input".into(), self.input));
+        let relu = LayerSpec::Activation(Activation::Relu);
+        let mut layers = vec![conv(16, 3, 1), LayerSpec::BatchNorm, relu.clone()];
+        for (stage, filters) in [16, 32, 64].into_iter().enumerate() {
+            for block in 0..blocks_per_stage {
+                let stride = if stage > 0 && block == 0 { 2 } else { 1 };
+                let branch = vec![
+                    conv(filters, 3, stride),
+                    LayerSpec::BatchNorm,
+                    relu.clone(),
+                    conv(filters, 3, 1),
+                    LayerSpec::BatchNorm,
+                ];
+                let shortcut = match stride {
+                    1 => Vec::new(),
+                    _ => vec![conv(filters, 1, stride), LayerSpec::BatchNorm],
+                };
+                layers.push(LayerSpec::Residual(Box::new(Residual { branch, shortcut })));
+                layers.push(relu.clone());
+            }
         }
-        let mut shapes = vec![self.input];
-        for (i, layer) in self.layers.iter().enumerate() {
-            let input = *shapes.last().expect("the input shape");
-            let output = layer.output_shape(input).map_err(|problem| {
-                Error::Config(format!("layer {} ({}): {problem}", i + 1, layer.token()))
-            })?;
-            // At least the rows × outputs of the layer's matrix in `layout` (a conv's rows: its
-            // patch, the bias row and padding to a multiple of 4), so that its sizes cannot wrap.
-            let weights = match *layer {
-                LayerSpec::Dense { units, .. } => (input.len() + 1).checked_mul(units),
-                LayerSpec::Conv2d {
-                    filters, kernel, ..
-                } => kernel
-                    .checked_mul(kernel)
-                    .and_then(|k| k.checked_mul(input.channels))
-                    .and_then(|patch| patch.checked_add(4))
-                    .and_then(|rows| rows.checked_mul(filters)),
-                _ => Some(0),
-            };
-            if output.checked_len().is_none() {
-                let what = format!("layer {} ({})'s output", i + 1, layer.token());
-                return Err(too_large(what, output));
-            }
-            if weights.is_none_or(|w| w > MAX_VALUES) {
-                return Err(Error::Config(format!(
-                    "layer {} ({}) on {input} has more weights than a kernel can index \
-                     ({MAX_VALUES})",
-                    i + 1,
-                    layer.token()
-                )));
-            }
-            if output.is_empty() {
-                return Err(Error::Config(format!(
-                    "layer {} ({}) makes an empty output of {input}",
-                    i + 1,
-                    layer.token()
-                )));
-            }
-            shapes.push(output);
+        layers.push(LayerSpec::GlobalAvgPool);
+        layers.push(LayerSpec::Dense {
+            units: classes,
+            activation: LayerActivation::Identity,
+        });
+        ModelSpec {
+            input,
+            layers,
+            loss: Loss::Xent,
         }
-        Ok(shapes)
+    }
+
+    /// The plan of the model: its layers as nodes over named tensors, their shapes and the
+    /// parameter layout; or why the model is not valid.
+    pub fn plan(&self) -> Result<Plan> {
+        Plan::new(self)
+    }
+
+    /// The shape of every tensor of the plan, from the input (index 0) to the logits, or an
+    /// error naming the first layer that does not fit its input.
+    pub fn shapes(&self) -> Result<Vec<Shape>> {
+        Ok(self.plan()?.shapes())
     }
 
     /// Checks that every layer fits its input and that the model ends in a linear dense layer
     /// of at least 2 classes (whose softmax the loss takes).
     pub fn validate(&self) -> Result<()> {
-        if self.input.checked_len() == Some(0) {
-            return Err(Error::Config(format!(
-                "the input shape {} is empty",
-                self.input
-            )));
-        }
-        let bad = |problem: String| Err(Error::Config(problem));
-        for (i, layer) in self.layers.iter().enumerate() {
-            let zero = match *layer {
-                LayerSpec::Dense { units, .. } => units == 0,
-                LayerSpec::Conv2d {
-                    filters,
-                    kernel,
-                    stride,
-                    ..
-                } => filters == 0 || kernel == 0 || stride == 0,
-                LayerSpec::MaxPool2d { size, stride } => size == 0 || stride == 0,
-                LayerSpec::Flatten => false,
-                LayerSpec::Dropout { rate } => !(0.0..1.0).contains(&rate),
-            };
-            if zero {
-                return bad(format!(
-                    "layer {} ({}): sizes must be positive and a dropout rate in [0, 1)",
-                    i + 1,
-                    layer.token()
-                ));
-            }
-        }
-        self.shapes()?;
-        match self.layers.last() {
-            Some(LayerSpec::Dense { units, activation }) => {
-                if *activation != LayerActivation::Identity {
-                    return bad(format!(
-                        "the last layer ({}) feeds the softmax of the loss: make it linear",
-                        self.layers.last().expect("a last layer").token()
-                    ));
-                }
-                if *units < 2 {
-                    return bad(format!(
-                        "the last layer gives {units} classes; at least 2 are needed"
-                    ));
-                }
-                Ok(())
-            }
-            Some(other) => bad(format!(
-                "the last layer is {}; a model ends in a dense layer of one logit per class",
-                other.token()
-            )),
-            None => bad("the model has no layers".into()),
-        }
+        self.plan().map(|_| ())
     }
 
     /// Whether the model reads samples of `shape`: its input shape, or, for a model on flat
@@ -696,10 +873,10 @@ impl ModelSpec {
 
     /// The number of classes: the last layer's width.
     pub fn classes(&self) -> usize {
-        self.shapes()
-            .ok()
-            .and_then(|s| s.last().copied())
-            .map_or(0, |s| s.len())
+        match self.layers.last() {
+            Some(LayerSpec::Dense { units, .. }) => *units,
+            _ => 0,
+        }
     }
 
     /// The layer list as `--layers` writes it (every activation named).
@@ -708,60 +885,27 @@ impl ModelSpec {
         tokens.join(",")
     }
 
-    /// Where each layer's parameters live in the flat buffer. The model must be valid.
+    /// Where each parameter lives in the flat buffers. The model must be valid.
     pub fn layout(&self) -> ParamLayout {
-        let shapes = self.shapes().expect("a validated model");
-        let mut offset = 0;
-        let mut matrices = Vec::new();
-        let mut layer_matrix = Vec::new();
-        for (layer, input) in self.layers.iter().zip(&shapes) {
-            let (inputs, outputs, rows) = match *layer {
-                LayerSpec::Dense { units, .. } => (input.len(), units, input.len() + 1),
-                LayerSpec::Conv2d {
-                    filters, kernel, ..
-                } => {
-                    let patch = kernel * kernel * input.channels;
-                    // The patch, the bias's row of ones, zeros to a multiple of 4 (the vec4
-                    // products read whole rows of four).
-                    (patch, filters, (patch + 1).next_multiple_of(4))
-                }
-                _ => {
-                    layer_matrix.push(None);
-                    continue;
-                }
-            };
-            let matrix = WeightMatrix {
-                inputs,
-                outputs,
-                rows,
-                weight_offset: offset,
-                bias_offset: offset + inputs * outputs,
-            };
-            offset = matrix.end();
-            layer_matrix.push(Some(matrices.len()));
-            matrices.push(matrix);
-        }
-        ParamLayout {
-            matrices,
-            layer_matrix,
-            total: offset,
-        }
+        self.plan().expect("a validated model").layout
     }
 
     /// Keras' defaults: Glorot uniform weights, U(±sqrt(6 / (fan_in + fan_out))), zero biases
-    /// (fan_in and fan_out count a convolution's kernel positions: k² · channels in and out).
-    /// Drawn layer by layer in the flat buffer's order.
+    /// (fan_in and fan_out count a convolution's kernel positions: k² · channels in and out);
+    /// PyTorch's for BatchNorm: γ = 1, β = 0, running mean 0 and variance 1. Weights are drawn
+    /// layer by layer in the flat buffer's order.
     pub fn glorot_uniform(&self, rng: &mut Rng) -> Vec<f32> {
-        let layout = self.layout();
+        let plan = self.plan().expect("a validated model");
+        let layout = &plan.layout;
         let mut params = vec![0.0; layout.total];
-        for (layer, matrix) in self.layers.iter().zip(&layout.layer_matrix) {
+        for (node, matrix) in plan.nodes.iter().zip(&layout.layer_matrix) {
             let Some(matrix) = matrix.map(|m| layout.matrices[m]) else {
                 continue;
             };
-            let (fan_in, fan_out) = match *layer {
-                LayerSpec::Conv2d {
+            let (fan_in, fan_out) = match node.op {
+                Op::Layer(LayerSpec::Conv2d {
                     filters, kernel, ..
-                } => (matrix.inputs, kernel * kernel * filters),
+                }) => (matrix.inputs, kernel * kernel * filters),
                 _ => (matrix.inputs, matrix.outputs),
             };
             let limit = (6.0 / (fan_in + fan_out) as f32).sqrt();
@@ -769,14 +913,19 @@ impl ModelSpec {
                 *w = rng.uniform(-limit, limit);
             }
         }
+        for norm in layout.norms.iter().flatten() {
+            params[norm.gamma..norm.gamma + norm.channels].fill(1.0);
+            params[norm.running_var..norm.running_var + norm.channels].fill(1.0);
+        }
         params
     }
 }
 
 /// Where one layer's parameters sit in the flat buffer: a row-major `[rows, outputs]` matrix
 /// whose first `inputs` rows are the weight W (`y = x W + b`; for a convolution, x is a patch
-/// with the channel fastest, then the kernel column, then its row), row `inputs` the bias b, and
-/// the rows after it (a convolution's, to a multiple of 4) zeros that stay zero.
+/// with the channel fastest, then the kernel column, then its row), row `inputs` the bias b (zeros
+/// that stay zero where the layer has none), and the rows after it (a convolution's, to a
+/// multiple of 4) zeros that stay zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WeightMatrix {
     pub inputs: usize,
@@ -784,6 +933,8 @@ pub struct WeightMatrix {
     pub rows: usize,
     pub weight_offset: usize,
     pub bias_offset: usize,
+    /// Whether the bias row is trained (a conv with `:nobias` keeps it zero).
+    pub bias: bool,
 }
 
 impl WeightMatrix {
@@ -794,31 +945,59 @@ impl WeightMatrix {
 
     /// Trained parameters: the weights and the bias.
     pub fn parameters(&self) -> usize {
-        (self.inputs + 1) * self.outputs
+        (self.inputs + self.bias as usize) * self.outputs
     }
 }
 
+/// Where a BatchNorm's tensors sit in the flat buffer: γ and β among the trained parameters,
+/// the running mean and variance in the state after them (never touched by the optimizer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NormParams {
+    pub channels: usize,
+    pub gamma: usize,
+    pub beta: usize,
+    pub running_mean: usize,
+    pub running_var: usize,
+}
+
 /// The named offsets of every parameter in the flat parameter, gradient and moment buffers.
+///
+/// The host's vector holds the trained parameters (`..trained`, the GPU's parameter, gradient and
+/// moment buffers) and then the state, BatchNorm's running statistics (`trained..total`, the
+/// GPU's state buffer): models and checkpoints save both, the optimizer updates the first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamLayout {
-    /// The weight matrices of the layers that have parameters, in order (`layers.{i}` in model
-    /// files).
+    /// The weight matrices of the layers that have them, in order.
     pub matrices: Vec<WeightMatrix>,
-    /// For each layer, the index of its matrix.
+    /// For each node of the plan, the index of its matrix.
     pub layer_matrix: Vec<Option<usize>>,
-    /// Floats in the flat buffers (padding included).
+    /// For each node of the plan, its BatchNorm tensors.
+    pub norms: Vec<Option<NormParams>>,
+    /// Floats of trained parameters (padding included): the GPU's parameter buffers.
+    pub trained: usize,
+    /// Floats in the host's vector: the trained parameters, then the state.
     pub total: usize,
 }
 
 impl ParamLayout {
-    /// The trained parameters (without padding).
+    /// The trained parameters (without padding), as PyTorch's `parameters()` counts them.
     pub fn parameter_count(&self) -> usize {
-        self.matrices.iter().map(WeightMatrix::parameters).sum()
+        let norms: usize = self.norms.iter().flatten().map(|n| 2 * n.channels).sum();
+        self.matrices
+            .iter()
+            .map(WeightMatrix::parameters)
+            .sum::<usize>()
+            + norms
     }
 
-    /// The matrix of layer `layer`, if it has parameters.
-    pub fn of_layer(&self, layer: usize) -> Option<WeightMatrix> {
-        self.layer_matrix[layer].map(|m| self.matrices[m])
+    /// The matrix of node `node`, if it has one.
+    pub fn of_layer(&self, node: usize) -> Option<WeightMatrix> {
+        self.layer_matrix[node].map(|m| self.matrices[m])
+    }
+
+    /// Floats of state (running statistics) after the trained parameters.
+    pub fn state(&self) -> usize {
+        self.total - self.trained
     }
 }
 
@@ -913,6 +1092,7 @@ mod tests {
                 stride: 2,
                 padding: Padding::Same,
                 activation: LayerActivation::Hidden(Activation::Tanh),
+                bias: true,
             }
         );
         assert_eq!(layers[1], LayerSpec::MaxPool2d { size: 3, stride: 2 });
@@ -928,6 +1108,21 @@ mod tests {
         assert_eq!(
             parse_layers(&spec.describe(), Activation::Relu).unwrap(),
             layers
+        );
+        // Blocks, BatchNorm, pools and activations read back too, and the ResNet presets.
+        let text = "conv8k3p1:nobias,bn,relu,res(conv8k3s2p1:nobias,bn,tanh,conv8k3p1|conv8k1s2:nobias,bn),avgpool2s1,gap,dense10";
+        let layers = parse_layers(text, Activation::Relu).unwrap();
+        let written = ModelSpec {
+            input: Shape::image(3, 9, 9),
+            layers: layers.clone(),
+            loss: Loss::Xent,
+        }
+        .describe();
+        assert_eq!(parse_layers(&written, Activation::Sigmoid).unwrap(), layers);
+        let resnet = ModelSpec::resnet(Shape::image(1, 28, 28), 3, 10);
+        assert_eq!(
+            parse_layers(&resnet.describe(), Activation::Tanh).unwrap(),
+            resnet.layers
         );
         // 32 'same' with stride 2 → 16; pool 3 stride 2 → 7; conv 3 → 5.
         assert_eq!(spec.shapes().unwrap()[3], Shape::image(4, 5, 5));

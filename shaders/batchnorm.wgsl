@@ -1,0 +1,177 @@
+// BatchNorm over the channels of channels-last tensors, as PyTorch's BatchNorm2d (BatchNorm1d
+// over the features of a flat tensor): X is [N, C] with N = samples H W values per channel,
+// channel c's values X[i C + c].
+//
+// batchnorm_statistics (training), one workgroup per channel:
+//   mean[c] = (sum_i X[i, c]) / N,  var[c] = (sum_i (X[i, c] - mean[c])^2) / N   (biased)
+//   invstd[c] = 1 / sqrt(var[c] + eps)
+//   running_mean[c] = (1 - m) running_mean[c] + m mean[c]
+//   running_var[c]  = (1 - m) running_var[c]  + m var[c] N / (N - 1)   (unbiased; var if N = 1)
+// batchnorm_normalize: Y[i, c] = (X[i, c] - mean[c]) invstd[c] gamma[c] + beta[c], with the
+//   batch's statistics in training and, in evaluation, mean = running_mean and
+//   invstd = 1 / sqrt(running_var + eps) (computed here, so evaluation needs no statistics pass).
+// batchnorm_backward_sums, one workgroup per channel, with x̂ = (X - mean) invstd:
+//   dbeta[c] = sum_i dY[i, c],  dgamma[c] = sum_i dY[i, c] x̂[i, c]   (into the gradient buffer)
+// batchnorm_backward_input:
+//   dX[i, c] = gamma[c] invstd[c] (dY[i, c] - dbeta[c] / N - x̂[i, c] dgamma[c] / N)
+// Sums per channel: each of the 64 invocations adds the values i = local, local + 64, ... in
+// order, then the 64 partial sums are added in a fixed tree: no atomics, the same bits every run.
+// Nothing is fused: the ReLU after a BatchNorm is its own element-wise pass (elementwise.wgsl).
+//
+// Bindings (group 0):
+//   0 shape    storage, read        NormShape below
+//   1 x        storage, read        X f32 [N, C]
+//   2 stats    storage, read_write / read   f32 [2 C]: mean, then invstd (the layer's own)
+//   3 state    storage, read_write (statistics) / read (normalize)   the state buffer, running
+//                                   mean and variance at shape.running_mean, shape.running_var
+//   4 params   storage, read        the trained parameters, gamma at shape.gamma, beta at shape.beta
+//   5 dy       storage, read        dY f32 [N, C]
+//   6 grads    storage, read_write (sums) / read (input)   the gradient buffer, dgamma at
+//                                   shape.gamma, dbeta at shape.beta
+//   7 out      storage, read_write  normalize: Y f32 [N, C]; backward_input: dX f32 [N, C]
+// statistics binds 0-3; normalize 0-4 and 7; backward_sums 0, 1, 2, 5, 6; backward_input 0, 1,
+// 2, 4-7.
+//
+// Workgroup: 64 invocations. Grids: statistics and backward_sums C workgroups (x); normalize and
+// backward_input one invocation per value, folded into (x, y) with x <= 65535 (invocation =
+// (y * num_workgroups.x + x) * 64 + local).
+
+import package::shared::grid::flat_invocation;
+import package::shared::divide::quotient;
+
+struct NormShape {
+    // N: values per channel (samples x positions).
+    values: u32,
+    channels: u32,
+    gamma: u32,
+    beta: u32,
+    running_mean: u32,
+    running_var: u32,
+    // 1 in training: normalize by the batch's statistics.
+    training: u32,
+    momentum: f32,
+    epsilon: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> shape: NormShape;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> stats_out: array<f32>;
+@group(0) @binding(2) var<storage, read> stats: array<f32>;
+@group(0) @binding(3) var<storage, read_write> state_out: array<f32>;
+@group(0) @binding(3) var<storage, read> state: array<f32>;
+@group(0) @binding(4) var<storage, read> params: array<f32>;
+@group(0) @binding(5) var<storage, read> dy: array<f32>;
+@group(0) @binding(6) var<storage, read_write> grads_out: array<f32>;
+@group(0) @binding(6) var<storage, read> grads: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+
+var<workgroup> partial: array<f32, 64>;
+var<workgroup> partial2: array<f32, 64>;
+
+// Adds the workgroup's 64 partial sums (and partial2's) in a fixed tree; every invocation
+// returns the totals.
+fn reduce(local: u32, first: f32, second: f32) -> vec2<f32> {
+    partial[local] = first;
+    partial2[local] = second;
+    workgroupBarrier();
+    for (var width = 32u; width > 0u; width = width / 2u) {
+        if (local < width) {
+            partial[local] = partial[local] + partial[local + width];
+            partial2[local] = partial2[local] + partial2[local + width];
+        }
+        workgroupBarrier();
+    }
+    let totals = vec2<f32>(partial[0], partial2[0]);
+    workgroupBarrier();
+    return totals;
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_statistics(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) local: u32) {
+    let c = group.x;
+    let channels = shape.channels;
+    let n = shape.values;
+    var sum = 0.0;
+    for (var i = local; i < n; i += 64u) {
+        sum += x[i * channels + c];
+    }
+    let mean = reduce(local, sum, 0.0).x / f32(n);
+    var squares = 0.0;
+    for (var i = local; i < n; i += 64u) {
+        let d = x[i * channels + c] - mean;
+        squares += d * d;
+    }
+    let variance = reduce(local, squares, 0.0).x / f32(n);
+    if (local == 0u) {
+        stats_out[c] = mean;
+        stats_out[channels + c] = 1.0 / sqrt(variance + shape.epsilon);
+        var unbiased = variance;
+        if (n > 1u) {
+            unbiased = variance * f32(n) / f32(n - 1u);
+        }
+        let m = shape.momentum;
+        let mean_at = shape.running_mean + c;
+        let var_at = shape.running_var + c;
+        state_out[mean_at] = (1.0 - m) * state_out[mean_at] + m * mean;
+        state_out[var_at] = (1.0 - m) * state_out[var_at] + m * unbiased;
+    }
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = flat_invocation(gid, groups, 64u);
+    let channels = shape.channels;
+    if (index >= shape.values * channels) {
+        return;
+    }
+    let c = index - quotient(index, channels) * channels;
+    var mean = 0.0;
+    var invstd = 0.0;
+    if (shape.training == 1u) {
+        mean = stats[c];
+        invstd = stats[channels + c];
+    } else {
+        mean = state[shape.running_mean + c];
+        invstd = 1.0 / sqrt(state[shape.running_var + c] + shape.epsilon);
+    }
+    out[index] = (x[index] - mean) * invstd * params[shape.gamma + c] + params[shape.beta + c];
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_backward_sums(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) local: u32) {
+    let c = group.x;
+    let channels = shape.channels;
+    let mean = stats[c];
+    let invstd = stats[channels + c];
+    var sum = 0.0;
+    var dot = 0.0;
+    for (var i = local; i < shape.values; i += 64u) {
+        let g = dy[i * channels + c];
+        sum += g;
+        dot += g * (x[i * channels + c] - mean) * invstd;
+    }
+    let totals = reduce(local, sum, dot);
+    if (local == 0u) {
+        grads_out[shape.beta + c] = totals.x;
+        grads_out[shape.gamma + c] = totals.y;
+    }
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = flat_invocation(gid, groups, 64u);
+    let channels = shape.channels;
+    if (index >= shape.values * channels) {
+        return;
+    }
+    let c = index - quotient(index, channels) * channels;
+    let n = f32(shape.values);
+    let invstd = stats[channels + c];
+    let normalized = (x[index] - stats[c]) * invstd;
+    let mean_grad = grads[shape.beta + c] / n;
+    let mean_dot = grads[shape.gamma + c] / n;
+    out[index] = params[shape.gamma + c] * invstd * (dy[index] - mean_grad - normalized * mean_dot);
+}

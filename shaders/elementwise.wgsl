@@ -1,0 +1,75 @@
+// Element-wise kernels over flat tensors of `count` values: a residual block's sum, the sums of a
+// tensor's gradients from its several consumers, copies, and an activation as a layer of its own
+// (src/layers/residual.rs, src/layers/activation.rs; the trainer's gradient routing).
+//
+// add:                    out[i] = a[i] + b[i]
+// add_assign:             out[i] = out[i] + b[i]
+// copy:                   out[i] = a[i]
+// activate_values:        out[i] = f(a[i])                f = shape.activation (shared/activations.wgsl)
+// activation_derivative:  out[i] = a[i] f'(b[i])          a = dY, b = Y = f(X): out = dX
+// Each value is one addition or product, so the sums of gradients are made in the order the
+// host dispatches them: deterministic.
+//
+// Bindings (group 0):
+//   0 shape   storage, read        ElementwiseShape below
+//   1 a       storage, read        f32 [count] (not add_assign)
+//   2 b       storage, read        f32 [count] (add, add_assign, activation_derivative)
+//   3 out     storage, read_write  f32 [count]
+//
+// Workgroup: 64 invocations. Dispatch grid, folded into (x, y) with x <= 65535 (invocation =
+// (y * num_workgroups.x + x) * 64 + local): one invocation per value.
+
+import package::shared::activations::{activate, derivative_from_output};
+import package::shared::grid::flat_invocation;
+
+struct ElementwiseShape {
+    count: u32,
+    activation: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> shape: ElementwiseShape;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(64)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_invocation(gid, groups, 64u);
+    if (i < shape.count) {
+        out[i] = a[i] + b[i];
+    }
+}
+
+@compute @workgroup_size(64)
+fn add_assign(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_invocation(gid, groups, 64u);
+    if (i < shape.count) {
+        out[i] = out[i] + b[i];
+    }
+}
+
+@compute @workgroup_size(64)
+fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_invocation(gid, groups, 64u);
+    if (i < shape.count) {
+        out[i] = a[i];
+    }
+}
+
+@compute @workgroup_size(64)
+fn activate_values(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_invocation(gid, groups, 64u);
+    if (i < shape.count) {
+        out[i] = activate(shape.activation, a[i]);
+    }
+}
+
+@compute @workgroup_size(64)
+fn activation_derivative(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_invocation(gid, groups, 64u);
+    if (i < shape.count) {
+        out[i] = a[i] * derivative_from_output(shape.activation, b[i]);
+    }
+}

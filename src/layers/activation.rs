@@ -1,0 +1,88 @@
+//! An activation as a layer of its own (`relu`, `sigmoid`, `tanh`; `shaders/elementwise.wgsl`).
+//!
+//! Forward, x `[rows, features]` → y = f(x). Backward, from dy: dx = dy ⊙ f'(y), with f' taken
+//! from the output as every activation's backward pass here does.
+
+use super::LayerIo;
+use crate::gpu::buffers::grid_1d;
+use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::uniforms::ElementwiseShape;
+use crate::model::{LayerActivation, Shape};
+use crate::train::builder::ProgramBuilder;
+use crate::train::program::Program;
+
+/// An activation layer in a training program.
+pub(crate) struct ActivationDevice {
+    features: usize,
+    activation: LayerActivation,
+}
+
+impl ActivationDevice {
+    pub fn new(input: Shape, activation: LayerActivation) -> Self {
+        ActivationDevice {
+            features: input.len(),
+            activation,
+        }
+    }
+
+    fn shape(&self, builder: &ProgramBuilder<'_, '_>, rows: usize) -> (wgpu::Buffer, [u32; 3]) {
+        let count = rows * self.features;
+        let shape = ElementwiseShape {
+            count: count as u32,
+            activation: self.activation.shader_code(),
+            _pad: [0; 2],
+        };
+        let grid = grid_1d(count, ROW_WORKGROUP, builder.max_groups());
+        (builder.gpu.params_with("activation shape", &shape), grid)
+    }
+
+    pub(crate) fn record_forward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+    ) {
+        let (shape, grid) = self.shape(builder, rows);
+        let resources = [
+            shape.as_entire_binding(),
+            io.input.buffer.as_entire_binding(),
+            io.output.buffer.as_entire_binding(),
+        ];
+        let kernel = &builder.kernels.elementwise.activate;
+        program.dispatch(builder.gpu, kernel, &resources, grid);
+    }
+
+    pub(crate) fn record_backward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+    ) {
+        let Some(input_grad) = io.input_grad else {
+            return;
+        };
+        let (shape, grid) = self.shape(builder, rows);
+        let resources = [
+            shape.as_entire_binding(),
+            io.output_grad.buffer.as_entire_binding(),
+            io.output.buffer.as_entire_binding(),
+            input_grad.buffer.as_entire_binding(),
+        ];
+        let kernel = &builder.kernels.elementwise.activation_derivative;
+        program.dispatch(builder.gpu, kernel, &resources, grid);
+    }
+}
+
+/// Activation forward, CPU reference: x `[rows, features]` → f(x).
+pub fn reference_forward(activation: LayerActivation, x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| activation.apply(v)).collect()
+}
+
+/// Activation backward, CPU reference: from y = f(x) and dy `[rows, features]`, dx = dy ⊙ f'(y).
+pub fn reference_backward(activation: LayerActivation, y: &[f32], dy: &[f32]) -> Vec<f32> {
+    (dy.iter().zip(y))
+        .map(|(&g, &a)| g * activation.derivative_from_output(a))
+        .collect()
+}

@@ -1,0 +1,134 @@
+//! AvgPool2D and global average pooling (`shaders/avgpool.wgsl`), 'valid' windows; the global
+//! pool is the window of the whole image.
+//!
+//! Forward, x `[rows, H, W, C]` → y `[rows, OH, OW, C]`, each the mean of its window. Backward,
+//! from dy, a gather: dx at each input the sum of dy over the windows holding it, over the window's
+//! size.
+
+use super::LayerIo;
+use crate::gpu::buffers::grid_1d;
+use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::uniforms::PoolShape;
+use crate::model::{Geometry, LayerActivation};
+use crate::train::builder::ProgramBuilder;
+use crate::train::program::Program;
+
+/// An average pool in a training program.
+pub(crate) struct AvgPoolDevice {
+    geometry: Geometry,
+}
+
+impl AvgPoolDevice {
+    pub fn new(geometry: Geometry) -> Self {
+        AvgPoolDevice { geometry }
+    }
+
+    fn record<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        [from, to]: [&wgpu::Buffer; 2],
+        rows: usize,
+        forward: bool,
+    ) {
+        let g = &self.geometry;
+        let shape = PoolShape::new(rows, g, LayerActivation::Identity);
+        let shape = builder.gpu.params_with("avgpool shape", &shape);
+        let resources = [
+            shape.as_entire_binding(),
+            from.as_entire_binding(),
+            to.as_entire_binding(),
+        ];
+        let kernels = &builder.kernels.avgpool;
+        let (kernel, values) = match forward {
+            true => (&kernels.forward, rows * g.output.len()),
+            false => (&kernels.backward, rows * g.input.len()),
+        };
+        let grid = grid_1d(values, ROW_WORKGROUP, builder.max_groups());
+        program.dispatch(builder.gpu, kernel, &resources, grid);
+    }
+
+    pub(crate) fn record_forward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+    ) {
+        let buffers = [&io.input.buffer, &io.output.buffer];
+        self.record(builder, program, buffers, rows, true);
+    }
+
+    pub(crate) fn record_backward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+    ) {
+        if let Some(input_grad) = io.input_grad {
+            let buffers = [&io.output_grad.buffer, &input_grad.buffer];
+            self.record(builder, program, buffers, rows, false);
+        }
+    }
+}
+
+/// AvgPool2D forward, CPU reference: x `[rows, H, W, C]` → y `[rows, OH, OW, C]`, each window
+/// summed in row-major order, then divided by its size.
+pub fn reference_forward(geometry: &Geometry, x: &[f32], rows: usize) -> Vec<f32> {
+    let (input, output) = (geometry.input, geometry.output);
+    let (wy, wx) = (geometry.rows, geometry.columns);
+    let channels = input.channels;
+    let size = (wy.size * wx.size) as f32;
+    let mut y = Vec::with_capacity(rows * output.len());
+    for n in 0..rows {
+        for oy in 0..output.height {
+            for ox in 0..output.width {
+                for c in 0..channels {
+                    let mut sum = 0.0f32;
+                    for dy in 0..wy.size {
+                        for dx in 0..wx.size {
+                            let (iy, ix) = (oy * wy.stride + dy, ox * wx.stride + dx);
+                            sum += x[((n * input.height + iy) * input.width + ix) * channels + c];
+                        }
+                    }
+                    y.push(sum / size);
+                }
+            }
+        }
+    }
+    y
+}
+
+/// AvgPool2D backward, CPU reference: dy `[rows, OH, OW, C]` → dx `[rows, H, W, C]`, each input
+/// the sum of dy over the windows holding it (window offsets in row-major order), over the
+/// window's size.
+pub fn reference_backward(geometry: &Geometry, dy: &[f32], rows: usize) -> Vec<f32> {
+    let (input, output) = (geometry.input, geometry.output);
+    let (wy, wx) = (geometry.rows, geometry.columns);
+    let channels = input.channels;
+    let size = (wy.size * wx.size) as f32;
+    let mut dx = vec![0.0f32; rows * input.len()];
+    for n in 0..rows {
+        for iy in 0..input.height {
+            for ix in 0..input.width {
+                for c in 0..channels {
+                    let mut sum = 0.0f32;
+                    for oy_offset in 0..wy.size {
+                        for ox_offset in 0..wx.size {
+                            let (Some(oy), Some(ox)) =
+                                (wy.output_at(iy, oy_offset), wx.output_at(ix, ox_offset))
+                            else {
+                                continue;
+                            };
+                            sum +=
+                                dy[((n * output.height + oy) * output.width + ox) * channels + c];
+                        }
+                    }
+                    dx[((n * input.height + iy) * input.width + ix) * channels + c] = sum / size;
+                }
+            }
+        }
+    }
+    dx
+}

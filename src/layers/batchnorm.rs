@@ -1,0 +1,230 @@
+//! BatchNorm (`shaders/batchnorm.wgsl`), PyTorch's BatchNorm2d over channels (BatchNorm1d over
+//! the features of a flat input).
+//!
+//! Forward, x `[rows, H, W, C]` (N = rows H W values per channel) → y `[rows, H, W, C]`:
+//! in training y = γ (x - mean) / sqrt(var + eps) + β with the batch's mean and biased variance,
+//! and the running mean and unbiased variance updated with momentum 0.1; in evaluation the same
+//! with the running statistics. Backward, from dy: dβ = Σ dy, dγ = Σ dy x̂ (x̂ the normalised x),
+//! dx = γ / sqrt(var + eps) (dy - dβ / N - x̂ dγ / N).
+//! Parameters: γ (init 1) and β (init 0) trained; running mean (0) and variance (1) state.
+//! PyTorch names: `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked`.
+
+use wgpu::Buffer;
+
+use super::LayerIo;
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::gpu::buffers::grid_1d;
+use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::uniforms::NormShape;
+use crate::model::{BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, NormParams, Shape};
+use crate::train::builder::ProgramBuilder;
+use crate::train::program::Program;
+
+/// A BatchNorm in a training program, with the batch's mean and inverse deviation per channel.
+pub(crate) struct BatchNormDevice {
+    norm: NormParams,
+    /// Where the state buffer starts in the host's vector (`ParamLayout::trained`).
+    state_start: usize,
+    positions: usize,
+    stats: Buffer,
+}
+
+impl BatchNormDevice {
+    pub fn new(gpu: &Gpu, input: Shape, norm: NormParams, state_start: usize) -> Result<Self> {
+        Ok(BatchNormDevice {
+            stats: gpu.storage_buffer("batchnorm statistics", (2 * norm.channels * 4) as u64)?,
+            positions: input.height * input.width,
+            state_start,
+            norm,
+        })
+    }
+
+    fn shape(&self, builder: &ProgramBuilder<'_, '_>, rows: usize, training: bool) -> Buffer {
+        let n = &self.norm;
+        let shape = NormShape {
+            values: (rows * self.positions) as u32,
+            channels: n.channels as u32,
+            gamma: n.gamma as u32,
+            beta: n.beta as u32,
+            running_mean: (n.running_mean - self.state_start) as u32,
+            running_var: (n.running_var - self.state_start) as u32,
+            training: training as u32,
+            momentum: BATCH_NORM_MOMENTUM,
+            epsilon: BATCH_NORM_EPSILON,
+            _pad: [0; 3],
+        };
+        builder.gpu.params_with("batchnorm shape", &shape)
+    }
+
+    fn values_grid(&self, builder: &ProgramBuilder<'_, '_>, rows: usize) -> [u32; 3] {
+        let values = rows * self.positions * self.norm.channels;
+        grid_1d(values, ROW_WORKGROUP, builder.max_groups())
+    }
+
+    pub(crate) fn record_forward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+        training: bool,
+    ) {
+        let shape = self.shape(builder, rows, training);
+        let kernels = &builder.kernels.batchnorm;
+        if training {
+            let resources = [
+                shape.as_entire_binding(),
+                io.input.buffer.as_entire_binding(),
+                self.stats.as_entire_binding(),
+                builder.state.as_entire_binding(),
+            ];
+            let grid = [self.norm.channels as u32, 1, 1];
+            program.dispatch(builder.gpu, &kernels.statistics, &resources, grid);
+        }
+        let resources = [
+            shape.as_entire_binding(),
+            io.input.buffer.as_entire_binding(),
+            self.stats.as_entire_binding(),
+            builder.state.as_entire_binding(),
+            builder.params.buffer.as_entire_binding(),
+            io.output.buffer.as_entire_binding(),
+        ];
+        let grid = self.values_grid(builder, rows);
+        program.dispatch(builder.gpu, &kernels.normalize, &resources, grid);
+    }
+
+    pub(crate) fn record_backward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+    ) {
+        let shape = self.shape(builder, rows, true);
+        let kernels = &builder.kernels.batchnorm;
+        let resources = [
+            shape.as_entire_binding(),
+            io.input.buffer.as_entire_binding(),
+            self.stats.as_entire_binding(),
+            io.output_grad.buffer.as_entire_binding(),
+            builder.grads.as_entire_binding(),
+        ];
+        let grid = [self.norm.channels as u32, 1, 1];
+        program.dispatch(builder.gpu, &kernels.backward_sums, &resources, grid);
+        let Some(input_grad) = io.input_grad else {
+            return;
+        };
+        let resources = [
+            shape.as_entire_binding(),
+            io.input.buffer.as_entire_binding(),
+            self.stats.as_entire_binding(),
+            builder.params.buffer.as_entire_binding(),
+            io.output_grad.buffer.as_entire_binding(),
+            builder.grads.as_entire_binding(),
+            input_grad.buffer.as_entire_binding(),
+        ];
+        let grid = self.values_grid(builder, rows);
+        program.dispatch(builder.gpu, &kernels.backward_input, &resources, grid);
+    }
+}
+
+/// The per-channel mean and biased variance of x `[N, C]`, summed in f64.
+fn channel_statistics(x: &[f32], channels: usize) -> (Vec<f32>, Vec<f32>) {
+    let n = (x.len() / channels) as f64;
+    let mut sums = vec![0.0f64; channels];
+    for (i, &v) in x.iter().enumerate() {
+        sums[i % channels] += v as f64;
+    }
+    let means: Vec<f64> = sums.iter().map(|s| s / n).collect();
+    let mut squares = vec![0.0f64; channels];
+    for (i, &v) in x.iter().enumerate() {
+        let d = v as f64 - means[i % channels];
+        squares[i % channels] += d * d;
+    }
+    let means32 = means.iter().map(|&m| m as f32).collect();
+    (means32, squares.iter().map(|s| (s / n) as f32).collect())
+}
+
+/// A BatchNorm's running mean and variance, `[C]` each.
+pub type RunningStatistics = (Vec<f32>, Vec<f32>);
+
+/// BatchNorm forward, CPU reference: x `[N, C]` (channels-last) → y `[N, C]`, with `params`
+/// holding γ and β at `norm`'s offsets and `running` the running mean and variance. In training,
+/// the batch's statistics, and the running statistics after the update.
+pub fn reference_forward(
+    norm: &NormParams,
+    params: &[f32],
+    (running_mean, running_var): (&[f32], &[f32]),
+    x: &[f32],
+    training: bool,
+) -> (Vec<f32>, Option<RunningStatistics>) {
+    let c = norm.channels;
+    let gamma = &params[norm.gamma..norm.gamma + c];
+    let beta = &params[norm.beta..norm.beta + c];
+    let (mean, var, updated) = match training {
+        true => {
+            let (mean, var) = channel_statistics(x, c);
+            let n = (x.len() / c) as f32;
+            let m = BATCH_NORM_MOMENTUM;
+            let unbiased = |v: f32| if n > 1.0 { v * n / (n - 1.0) } else { v };
+            let new_mean = (0..c)
+                .map(|j| (1.0 - m) * running_mean[j] + m * mean[j])
+                .collect();
+            let new_var = (0..c)
+                .map(|j| (1.0 - m) * running_var[j] + m * unbiased(var[j]))
+                .collect();
+            (mean, var, Some((new_mean, new_var)))
+        }
+        false => (running_mean.to_vec(), running_var.to_vec(), None),
+    };
+    let invstd: Vec<f32> = var
+        .iter()
+        .map(|v| 1.0 / (v + BATCH_NORM_EPSILON).sqrt())
+        .collect();
+    let y = (x.iter().enumerate())
+        .map(|(i, &v)| {
+            let j = i % c;
+            (v - mean[j]) * invstd[j] * gamma[j] + beta[j]
+        })
+        .collect();
+    (y, updated)
+}
+
+/// BatchNorm backward in training, CPU reference: from x and dy `[N, C]`, dγ and dβ into `grads`
+/// at `norm`'s offsets; dx `[N, C]` if `input_grad`.
+pub fn reference_backward(
+    norm: &NormParams,
+    params: &[f32],
+    x: &[f32],
+    dy: &[f32],
+    grads: &mut [f32],
+    input_grad: bool,
+) -> Option<Vec<f32>> {
+    let c = norm.channels;
+    let (mean, var) = channel_statistics(x, c);
+    let invstd: Vec<f32> = var
+        .iter()
+        .map(|v| 1.0 / (v + BATCH_NORM_EPSILON).sqrt())
+        .collect();
+    let normalized = |i: usize| (x[i] - mean[i % c]) * invstd[i % c];
+    let (mut sum, mut dot) = (vec![0.0f64; c], vec![0.0f64; c]);
+    for (i, &g) in dy.iter().enumerate() {
+        sum[i % c] += g as f64;
+        dot[i % c] += g as f64 * normalized(i) as f64;
+    }
+    for j in 0..c {
+        grads[norm.beta + j] = sum[j] as f32;
+        grads[norm.gamma + j] = dot[j] as f32;
+    }
+    let n = (x.len() / c) as f32;
+    input_grad.then(|| {
+        (dy.iter().enumerate())
+            .map(|(i, &g)| {
+                let j = i % c;
+                let gamma = params[norm.gamma + j];
+                gamma * invstd[j] * (g - sum[j] as f32 / n - normalized(i) * dot[j] as f32 / n)
+            })
+            .collect()
+    })
+}

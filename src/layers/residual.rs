@@ -1,0 +1,46 @@
+//! A residual block's sum (`shaders/elementwise.wgsl` `add`): the node that ends a block.
+//!
+//! Forward, a and b `[rows, features]` (the branch's and the shortcut's outputs) → y = a + b.
+//! Backward: da = db = dy. The trainer routes that gradient (`train::builder`): each input's
+//! gradient is dy's buffer itself where nothing changes it in place, else a copy, and a tensor
+//! with several consumers gets the sum of their gradients in the consumers' order.
+
+use super::LayerIo;
+use crate::model::Shape;
+use crate::train::builder::ProgramBuilder;
+use crate::train::program::Program;
+
+/// A residual sum in a training program.
+pub(crate) struct AddDevice {
+    features: usize,
+}
+
+impl AddDevice {
+    pub fn new(output: Shape) -> Self {
+        AddDevice {
+            features: output.len(),
+        }
+    }
+
+    pub(crate) fn record_forward<'k>(
+        &self,
+        builder: &ProgramBuilder<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+    ) {
+        let second = io.second_input.expect("a residual sum has two inputs");
+        builder.elementwise(
+            program,
+            &builder.kernels.elementwise.add,
+            rows * self.features,
+            [Some(&io.input.buffer), Some(&second.buffer)],
+            &io.output.buffer,
+        );
+    }
+}
+
+/// Residual sum, CPU reference: a + b, element by element (also the sum of two gradients).
+pub fn reference_forward(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(&a, &b)| a + b).collect()
+}

@@ -1,0 +1,293 @@
+//! Deeper models: BatchNorm (over channels and over features), residual blocks (identity and
+//! projection shortcuts, nested), standalone activations, average and global average pooling,
+//! convolutions without a bias and with PyTorch's padding. The CPU reference's gradients against
+//! finite differences, the GPU's forward + backward and a whole GPU epoch (running statistics
+//! included) against the reference, on shapes that fit no tile (3 channels, 7×12 images, batches
+//! of 5); same seed, same bits; the ResNet presets' sizes and PyTorch's names in their files;
+//! the errors of specs that cannot be built.
+
+mod common;
+
+use common::{assert_close, assert_trains_like_the_reference, gpu, kernels, random_vec};
+use shadertrain::data::{DataIdentity, Dataset, DatasetKind};
+use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
+use shadertrain::model_file::{load_model, save_model};
+use shadertrain::reference::{self, StepKey, forward_backward};
+use shadertrain::rng::Rng;
+use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
+
+/// Models that reach every new kernel: BatchNorm over 4 channels (the stem), over 3 and 6
+/// channels and over features; identity and projection shortcuts; a branch that ends in an
+/// activation applied in place (its sum's input is copied); a nested block, whose input has
+/// three consumers; average and global average pooling; `{a}` is the hidden activation.
+const MODELS: [&str; 3] = [
+    "conv4k3p1:nobias,bn,{a},res(conv4k3p1:nobias,bn,{a},conv4k3p1:nobias,bn),{a},gap,dense3",
+    "conv3k3same,bn,res(conv6k3s2p1,bn,{a},conv6k3p1:{a}|conv6k1s2:nobias,bn),{a},avgpool2s1,flatten,dense3",
+    "flatten,dense12,bn,{a},res(res(dense12:{a},dense12)),dense3",
+];
+
+fn spec(input: Shape, layers: &str, activation: &str) -> ModelSpec {
+    let spec = ModelSpec {
+        input,
+        layers: parse_layers(&layers.replace("{a}", activation), Activation::Relu).unwrap(),
+        loss: Loss::Xent,
+    };
+    spec.validate().unwrap();
+    spec
+}
+
+fn random_images(rng: &mut Rng, samples: usize, shape: Shape, classes: usize) -> Dataset {
+    let pixels = (0..samples * shape.len())
+        .map(|_| rng.below(256) as u8)
+        .collect();
+    let labels = (0..samples).map(|_| rng.below(classes) as u8).collect();
+    Dataset::with_shape(shape, classes, pixels, labels).unwrap()
+}
+
+#[test]
+fn reference_gradients_match_finite_differences() {
+    let mut rng = Rng::new(41);
+    let input = Shape::image(3, 7, 9);
+    for layers in MODELS {
+        // Smooth activations only: a finite difference across relu's kink means nothing.
+        let spec = spec(input, layers, "tanh");
+        let layout = spec.layout();
+        let mut params = spec.glorot_uniform(&mut rng);
+        for p in params[..layout.trained].iter_mut() {
+            *p += rng.uniform(-0.1, 0.1);
+        }
+        for m in &layout.matrices {
+            params[m.bias_offset + m.outputs..m.end()].fill(0.0);
+            if !m.bias {
+                params[m.bias_offset..m.bias_offset + m.outputs].fill(0.0);
+            }
+        }
+        let rows = 5;
+        let x = random_vec(&mut rng, rows * input.len(), 0.0, 1.0);
+        let labels: Vec<u32> = (0..rows).map(|_| rng.below(3) as u32).collect();
+        let key = StepKey { seed: 4, step: 9 };
+        let analytic = forward_backward(&spec, &params, &x, &labels, key).grads;
+        let eps = 1e-3;
+        let mut trained: Vec<usize> = (layout.matrices.iter())
+            .flat_map(|m| m.weight_offset..m.bias_offset + if m.bias { m.outputs } else { 0 })
+            .collect();
+        for norm in layout.norms.iter().flatten() {
+            trained.extend(norm.gamma..norm.beta + norm.channels);
+        }
+        let numeric: Vec<f32> = (trained.iter())
+            .map(|&i| {
+                let mut plus = params.clone();
+                plus[i] += eps;
+                let mut minus = params.clone();
+                minus[i] -= eps;
+                let up = forward_backward(&spec, &plus, &x, &labels, key).mean_loss();
+                let down = forward_backward(&spec, &minus, &x, &labels, key).mean_loss();
+                ((up - down) / (2.0 * eps as f64)) as f32
+            })
+            .collect();
+        let analytic: Vec<f32> = trained.iter().map(|&i| analytic[i]).collect();
+        assert!(
+            analytic.iter().filter(|g| g.abs() > 1e-3).count() > analytic.len() / 4,
+            "{layers}: gradients vanish: the check would be empty"
+        );
+        assert_close(layers, &analytic, &numeric, 3e-4, 3e-2);
+    }
+}
+
+#[test]
+fn a_tensor_read_twice_gets_the_sum_of_both_gradients() {
+    // y = x + x through an empty-shortcut block whose branch is the identity activation's
+    // twin: res(tanh) on x gives tanh(x) + x, whose gradient is (1 - tanh²(x)) + 1 times dy.
+    let input = Shape::flat(8);
+    let spec = spec(input, "dense8,res(tanh),dense3", "tanh");
+    let mut rng = Rng::new(5);
+    let params = spec.glorot_uniform(&mut rng);
+    let x = random_vec(&mut rng, 2 * 8, -1.0, 1.0);
+    let step = forward_backward(&spec, &params, &x, &[0, 2], StepKey::default());
+    let plan = spec.plan().unwrap();
+    // Tensors: 0 input, 1 dense8, 2 tanh, 3 the sum, 4 logits.
+    assert_eq!(plan.tensors[1].consumers, [1, 2]);
+    let h = &step.activations[1];
+    let sum = &step.activations[3];
+    for i in 0..h.len() {
+        assert!((sum[i] - (h[i].tanh() + h[i])).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn gpu_forward_backward_matches_reference() {
+    let mut rng = Rng::new(42);
+    let input = Shape::image(3, 7, 12);
+    let data = random_images(&mut rng, 13, input, 3);
+    for layers in MODELS {
+        for activation in ["relu", "tanh"] {
+            let spec = spec(input, layers, activation);
+            let config = TrainConfig {
+                batch_size: 5,
+                seed: 8,
+                ..TrainConfig::default()
+            };
+            let trainer =
+                Trainer::new(gpu(), kernels(), spec.clone(), config, &data, &data).unwrap();
+            let params = trainer.parameters().unwrap();
+            let order: Vec<u32> = (0..data.samples() as u32).collect();
+            let (x, y) = reference::gather_batch(&data, &order, 0, 5);
+            let key = StepKey { seed: 8, step: 0 };
+            let expected = forward_backward(&spec, &params, &x, &y, key).grads;
+            let actual = trainer.first_batch_gradients().unwrap();
+            assert_close(
+                &format!("{layers} ({activation}) gradients"),
+                &actual,
+                &expected,
+                1e-5,
+                1e-3,
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_epoch_matches_reference_running_statistics_included() {
+    let mut rng = Rng::new(43);
+    let input = Shape::image(3, 7, 12);
+    let data = random_images(&mut rng, 23, input, 3);
+    // A bias before a BatchNorm has no gradient but rounding noise, which Adam scales to whole
+    // steps: Adam only where the layers before BatchNorms have no bias.
+    for (layers, optimizer) in [
+        (MODELS[0], OptimizerKind::Adam),
+        (MODELS[1], OptimizerKind::Sgd),
+        (MODELS[2], OptimizerKind::Sgd),
+    ] {
+        let spec = spec(input, layers, "relu");
+        let config = TrainConfig {
+            batch_size: 5,
+            seed: 9,
+            optimizer,
+            learning_rate: 0.01,
+            ..TrainConfig::default()
+        };
+        assert_trains_like_the_reference(layers, kernels(), &spec, &config, &data);
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_bits() {
+    let mut rng = Rng::new(44);
+    let input = Shape::image(3, 7, 12);
+    let data = random_images(&mut rng, 23, input, 3);
+    let spec = spec(input, MODELS[1], "relu");
+    let run = || {
+        let config = TrainConfig {
+            batch_size: 5,
+            seed: 3,
+            ..TrainConfig::default()
+        };
+        let mut trainer =
+            Trainer::new(gpu(), kernels(), spec.clone(), config, &data, &data).unwrap();
+        let metrics = [trainer.run_epoch().unwrap(), trainer.run_epoch().unwrap()];
+        let bits: Vec<u32> = (trainer.parameters().unwrap().iter())
+            .map(|p| p.to_bits())
+            .collect();
+        (bits, metrics.map(|m| m.test_loss.to_bits()))
+    };
+    let first = run();
+    let layout = spec.layout();
+    // The running statistics moved away from their start (0 and 1).
+    let state = &first.0[layout.trained..];
+    assert!(state.iter().any(|&b| b != 0 && b != 1f32.to_bits()));
+    assert_eq!(first, run());
+}
+
+#[test]
+fn resnet_presets_have_pytorchs_parameter_counts() {
+    let mnist = Shape::image(1, 28, 28);
+    let count = |blocks| {
+        let spec = ModelSpec::resnet(mnist, blocks, 10);
+        spec.validate().unwrap();
+        spec.layout().parameter_count()
+    };
+    assert_eq!(count(1), 77_754);
+    assert_eq!(count(3), 272_186);
+    let shapes = ModelSpec::resnet(mnist, 1, 10).shapes().unwrap();
+    // Stride 2 with PyTorch's padding 1 halves 28 to 14 and 14 to 7.
+    assert!(shapes.contains(&Shape::image(32, 14, 14)));
+    assert!(shapes.contains(&Shape::image(64, 7, 7)));
+    assert!(shapes.contains(&Shape::flat(64)));
+}
+
+#[test]
+fn a_saved_resnet_has_pytorchs_names_and_loads_back() {
+    let spec = ModelSpec::resnet(Shape::image(1, 28, 28), 1, 10);
+    let mut params = spec.glorot_uniform(&mut Rng::new(2));
+    let layout = spec.layout();
+    // Running statistics that are not the initial ones, to see them come back.
+    for (i, p) in params[layout.trained..].iter_mut().enumerate() {
+        *p = 0.5 + i as f32 / 1000.0;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resnet8.safetensors");
+    let data = DataIdentity::published(DatasetKind::Mnist);
+    save_model(&path, &spec, &params, &data).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let shape = |name: &str| file.tensor(name).map(|t| t.shape().to_vec()).ok();
+    assert_eq!(shape("layers.0.weight"), Some(vec![16, 1, 3, 3]));
+    assert_eq!(shape("layers.0.bias"), None, "the stem has no bias");
+    assert_eq!(shape("layers.1.running_var"), Some(vec![16]));
+    assert_eq!(shape("layers.1.num_batches_tracked"), Some(vec![]));
+    assert_eq!(shape("layers.2.branch.0.weight"), Some(vec![16, 16, 3, 3]));
+    assert_eq!(shape("layers.2.branch.3.bias"), Some(vec![16]));
+    assert_eq!(
+        shape("layers.3.shortcut.0.weight"),
+        Some(vec![32, 16, 1, 1])
+    );
+    assert_eq!(shape("layers.4.shortcut.1.running_mean"), Some(vec![64]));
+    assert_eq!(shape("layers.5.weight"), Some(vec![10, 64]));
+    // 5 tensors per BatchNorm (9 of them), a weight per conv (9), the dense weight and bias.
+    assert_eq!(file.len(), 9 * 5 + 9 + 2);
+    let saved = load_model(&path).unwrap();
+    assert_eq!(saved.spec, spec);
+    assert_eq!(saved.params, params);
+}
+
+#[test]
+fn specs_that_cannot_be_built_are_refused_with_the_block_and_shapes() {
+    let image = Shape::image(1, 28, 28);
+    let refused = |layers: &str| {
+        let layers = parse_layers(layers, Activation::Relu).unwrap();
+        let spec = ModelSpec {
+            input: image,
+            layers,
+            loss: Loss::Xent,
+        };
+        spec.validate().unwrap_err().to_string()
+    };
+    let error = refused("conv8k3p1,res(conv16k3s2p1,bn),gap,dense10");
+    assert!(error.contains("layer 2 (res(conv16k3s2p1"), "{error}");
+    assert!(
+        error.contains("16×14×14") && error.contains("8×28×28"),
+        "{error}"
+    );
+    let error = refused("conv8k3p1,res(conv8k3p1|conv8k1s2),gap,dense10");
+    assert!(error.contains("its shortcut makes 8×14×14"), "{error}");
+    let error = refused("flatten,bn,res(dense10,dense5),dense10");
+    assert!(
+        error.contains("layer 3") && error.contains("784"),
+        "{error}"
+    );
+    for (layers, expected) in [
+        (
+            "conv8k3,res(conv8k3same,bnn),gap,dense10",
+            "branch layer 2 (\"bnn\"): not a layer",
+        ),
+        ("conv8k3,res(),dense10", "branch has no layers"),
+        ("conv8k3,res(conv8k3same,dense10", "without its ')'"),
+        ("bn:relu,flatten,dense10", "only dense and conv"),
+        ("dense10:nobias", "only conv layers take :nobias"),
+        ("conv8k3x1,gap,dense10", "p<zeros>"),
+        ("conv8k3,res(bn|bn|bn),gap,dense10", "one '|'"),
+    ] {
+        let error = parse_layers(layers, Activation::Relu).unwrap_err();
+        assert!(error.contains(expected), "{layers}: {error}");
+    }
+}
