@@ -10,12 +10,14 @@ evaluations, as shadertrain's does.
 - `--model convnet`: Keras' mnist_convnet: Conv2D(32, 3) relu, MaxPool(2), Conv2D(64, 3) relu,
   MaxPool(2), Flatten, Dropout(0.5), Dense(10); 15 epochs, the last 10 % of the training set held
   out for validation (as Keras' validation_split takes it, before shuffling).
+- `--model resnet8|resnet20`: He et al.'s CIFAR ResNets (the module the README shows, whose
+  state_dict names are shadertrain's), 10 epochs, Adam as above.
 - `--load FILE`: no training; load a `shadertrain train --save` file (tensors `layers.{i}.weight`
   and `.bias`, `i` counting the layers with parameters) into the module and print its test loss
   and accuracy, to compare with `shadertrain eval`.
 
-usage: pytorch_mnist.py DATA_DIR [--model mlp|convnet] [--epochs N] [--threads T] [--seed S]
-                        [--device cpu|cuda] [--load FILE]
+usage: pytorch_mnist.py DATA_DIR [--model mlp|convnet|resnet8|resnet20] [--epochs N] [--threads T]
+                        [--seed S] [--device cpu|cuda] [--load FILE]
 """
 import argparse
 import gzip
@@ -51,8 +53,53 @@ def load(data_dir, prefix, device):
     return x, torch.tensor(y, dtype=torch.long, device=device)
 
 
+nn = torch.nn
+F = torch.nn.functional
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        conv = lambda i, o, k, s: nn.Conv2d(i, o, k, s, k // 2, bias=False)
+        self.branch = nn.ModuleList([conv(cin, cout, 3, stride), nn.BatchNorm2d(cout),
+                                     conv(cout, cout, 3, 1), nn.BatchNorm2d(cout)])
+        self.shortcut = nn.ModuleList([conv(cin, cout, 1, stride), nn.BatchNorm2d(cout)] if stride > 1 else [])
+
+    def forward(self, x):
+        c1, b1, c2, b2 = self.branch
+        y = b2(c2(F.relu(b1(c1(x)))))
+        for m in self.shortcut:
+            x = m(x)
+        return F.relu(y + x)
+
+
+class ResNet(nn.Module):  # ResNet(1): ResNet-8; ResNet(3): ResNet-20
+    def __init__(self, n, channels=1, classes=10):
+        super().__init__()
+        layers, cin = [nn.Conv2d(channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)], 16
+        for cout, stride in [(16, 1), (32, 2), (64, 2)]:
+            for i in range(n):
+                layers.append(Block(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.layers = nn.ModuleList(layers + [nn.Linear(64, classes)])
+
+    def forward(self, x):
+        conv, bn, *blocks, fc = self.layers
+        x = F.relu(bn(conv(x)))
+        for block in blocks:
+            x = block(x)
+        return fc(x.mean((2, 3)))
+
+
 def build(model):
-    nn = torch.nn
+    if model.startswith("resnet"):
+        module = ResNet(1 if model == "resnet8" else 3)
+        for layer in module.modules():
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+        return module
     if model == "mlp":
         layers = [nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
                   nn.Linear(128, 10)]
@@ -68,6 +115,8 @@ def build(model):
 
 def shadertrain_names(module):
     """PyTorch's state_dict names (e.g. "3.weight") to shadertrain's ("layers.1.weight")."""
+    if isinstance(module, ResNet):
+        return {name: name for name in module.state_dict()}
     names = {}
     with_parameters = [name for name, child in module.named_children() if len(list(child.parameters()))]
     for i, name in enumerate(with_parameters):
@@ -90,7 +139,7 @@ def evaluate(model, loss_fn, x, y, batch=1000):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("data")
-    parser.add_argument("--model", choices=["mlp", "convnet"], default="mlp")
+    parser.add_argument("--model", choices=["mlp", "convnet", "resnet8", "resnet20"], default="mlp")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--validation-split", type=float)
     parser.add_argument("--load")

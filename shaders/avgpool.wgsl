@@ -69,6 +69,15 @@ fn avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         return;
     }
     let p = position_of(index, shape.in_height, shape.in_width);
+    if (shape.out_height == 1u && shape.out_width == 1u) {
+        // One window (global average pooling): the loop below in one step.
+        var value = 0.0;
+        if (p.y < shape.size_y && p.x < shape.size_x) {
+            value = input[p.n * shape.channels + p.c] / f32(shape.size_y * shape.size_x);
+        }
+        output[index] = value;
+        return;
+    }
     var sum = 0.0;
     for (var dy = 0u; dy < shape.size_y && dy <= p.y; dy++) {
         let start_y = p.y - dy;

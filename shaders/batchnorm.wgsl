@@ -17,6 +17,8 @@
 // Sums per channel: each of the 64 invocations adds the values i = local, local + 64, ... in
 // order, then the 64 partial sums are added in a fixed tree: no atomics, the same bits every run.
 // Nothing is fused: the ReLU after a BatchNorm is its own element-wise pass (elementwise.wgsl).
+// The _quads entry points do the same four channels at a time (vec4 of X, dY, Y, dX and the
+// statistics) and need C % 4 == 0: the same sums in the same order, lane by lane.
 //
 // Bindings (group 0):
 //   0 shape    storage, read        NormShape below
@@ -32,8 +34,8 @@
 // statistics binds 0-3; normalize 0-4 and 7; backward_sums 0, 1, 2, 5, 6; backward_input 0, 1,
 // 2, 4-7.
 //
-// Workgroup: 64 invocations. Grids: statistics and backward_sums C workgroups (x); normalize and
-// backward_input one invocation per value, folded into (x, y) with x <= 65535 (invocation =
+// Workgroup: 64 invocations. Grids: statistics and backward_sums C workgroups (x), C / 4 for
+// _quads; normalize and backward_input one invocation per value (per vec4 for _quads), folded into (x, y) with x <= 65535 (invocation =
 // (y * num_workgroups.x + x) * 64 + local).
 
 import package::shared::grid::flat_invocation;
@@ -67,6 +69,12 @@ struct NormShape {
 @group(0) @binding(6) var<storage, read_write> grads_out: array<f32>;
 @group(0) @binding(6) var<storage, read> grads: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
+
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> stats4_out: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> stats4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> dy4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> out4: array<vec4<f32>>;
 
 var<workgroup> partial: array<f32, 64>;
 var<workgroup> partial2: array<f32, 64>;
@@ -174,4 +182,128 @@ fn batchnorm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     let mean_grad = grads[shape.beta + c] / n;
     let mean_dot = grads[shape.gamma + c] / n;
     out[index] = params[shape.gamma + c] * invstd * (dy[index] - mean_grad - normalized * mean_dot);
+}
+
+var<workgroup> partial4: array<vec4<f32>, 64>;
+var<workgroup> partial4b: array<vec4<f32>, 64>;
+
+// `reduce` four channels at a time.
+fn reduce4(local: u32, first: vec4<f32>, second: vec4<f32>) -> array<vec4<f32>, 2> {
+    partial4[local] = first;
+    partial4b[local] = second;
+    workgroupBarrier();
+    for (var width = 32u; width > 0u; width = width / 2u) {
+        if (local < width) {
+            partial4[local] = partial4[local] + partial4[local + width];
+            partial4b[local] = partial4b[local] + partial4b[local + width];
+        }
+        workgroupBarrier();
+    }
+    let totals = array<vec4<f32>, 2>(partial4[0], partial4b[0]);
+    workgroupBarrier();
+    return totals;
+}
+
+// Four consecutive floats of the parameters (state, gradients) from `start`.
+fn params4(start: u32) -> vec4<f32> {
+    return vec4<f32>(params[start], params[start + 1u], params[start + 2u], params[start + 3u]);
+}
+
+fn state4(start: u32) -> vec4<f32> {
+    return vec4<f32>(state[start], state[start + 1u], state[start + 2u], state[start + 3u]);
+}
+
+fn grads4(start: u32) -> vec4<f32> {
+    return vec4<f32>(grads[start], grads[start + 1u], grads[start + 2u], grads[start + 3u]);
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_statistics_quads(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) local: u32) {
+    let q = group.x;
+    let quads = shape.channels / 4u;
+    let n = shape.values;
+    var sum = vec4<f32>(0.0);
+    for (var i = local; i < n; i += 64u) {
+        sum += x4[i * quads + q];
+    }
+    let mean = reduce4(local, sum, vec4<f32>(0.0))[0] / f32(n);
+    var squares = vec4<f32>(0.0);
+    for (var i = local; i < n; i += 64u) {
+        let d = x4[i * quads + q] - mean;
+        squares += d * d;
+    }
+    let variance = reduce4(local, squares, vec4<f32>(0.0))[0] / f32(n);
+    if (local == 0u) {
+        stats4_out[q] = mean;
+        stats4_out[quads + q] = 1.0 / sqrt(variance + shape.epsilon);
+        var unbiased = variance;
+        if (n > 1u) {
+            unbiased = variance * f32(n) / f32(n - 1u);
+        }
+        let m = shape.momentum;
+        for (var k = 0u; k < 4u; k++) {
+            let mean_at = shape.running_mean + 4u * q + k;
+            let var_at = shape.running_var + 4u * q + k;
+            state_out[mean_at] = (1.0 - m) * state_out[mean_at] + m * mean[k];
+            state_out[var_at] = (1.0 - m) * state_out[var_at] + m * unbiased[k];
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_normalize_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = flat_invocation(gid, groups, 64u);
+    let quads = shape.channels / 4u;
+    if (index >= shape.values * quads) {
+        return;
+    }
+    let q = index - quotient(index, quads) * quads;
+    var mean = vec4<f32>(0.0);
+    var invstd = vec4<f32>(0.0);
+    if (shape.training == 1u) {
+        mean = stats4[q];
+        invstd = stats4[quads + q];
+    } else {
+        mean = state4(shape.running_mean + 4u * q);
+        invstd = 1.0 / sqrt(state4(shape.running_var + 4u * q) + shape.epsilon);
+    }
+    out4[index] = (x4[index] - mean) * invstd * params4(shape.gamma + 4u * q) + params4(shape.beta + 4u * q);
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_backward_sums_quads(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) local: u32) {
+    let q = group.x;
+    let quads = shape.channels / 4u;
+    let mean = stats4[q];
+    let invstd = stats4[quads + q];
+    var sum = vec4<f32>(0.0);
+    var dot = vec4<f32>(0.0);
+    for (var i = local; i < shape.values; i += 64u) {
+        let g = dy4[i * quads + q];
+        sum += g;
+        dot += g * (x4[i * quads + q] - mean) * invstd;
+    }
+    let totals = reduce4(local, sum, dot);
+    if (local == 0u) {
+        for (var k = 0u; k < 4u; k++) {
+            grads_out[shape.beta + 4u * q + k] = totals[0][k];
+            grads_out[shape.gamma + 4u * q + k] = totals[1][k];
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = flat_invocation(gid, groups, 64u);
+    let quads = shape.channels / 4u;
+    if (index >= shape.values * quads) {
+        return;
+    }
+    let q = index - quotient(index, quads) * quads;
+    let n = f32(shape.values);
+    let invstd = stats4[quads + q];
+    let normalized = (x4[index] - stats4[q]) * invstd;
+    let mean_grad = grads4(shape.beta + 4u * q) / n;
+    let mean_dot = grads4(shape.gamma + 4u * q) / n;
+    out4[index] = params4(shape.gamma + 4u * q) * invstd * (dy4[index] - mean_grad - normalized * mean_dot);
 }

@@ -8,18 +8,20 @@
 // activate_values:        out[i] = f(a[i])                f = shape.activation (shared/activations.wgsl)
 // activation_derivative:  out[i] = a[i] f'(b[i])          a = dY, b = Y = f(X): out = dX
 // Each value is one addition or product, so the sums of gradients are made in the order the
-// host dispatches them: deterministic.
+// host dispatches them: deterministic. Values go four at a time, as vec4: ceil(count / 4) of
+// them, the last one's lanes past `count` inside the buffer's padding (the host sizes every
+// storage buffer to a multiple of 64 bytes) or past the batch's rows, which no kernel reads.
 //
 // Bindings (group 0):
 //   0 shape   storage, read        ElementwiseShape below
-//   1 a       storage, read        f32 [count] (not add_assign)
-//   2 b       storage, read        f32 [count] (add, add_assign, activation_derivative)
-//   3 out     storage, read_write  f32 [count]
+//   1 a       storage, read        vec4<f32> [ceil(count / 4)] (not add_assign)
+//   2 b       storage, read        vec4<f32> [ceil(count / 4)] (add, add_assign, activation_derivative)
+//   3 out     storage, read_write  vec4<f32> [ceil(count / 4)]
 //
 // Workgroup: 64 invocations. Dispatch grid, folded into (x, y) with x <= 65535 (invocation =
-// (y * num_workgroups.x + x) * 64 + local): one invocation per value.
+// (y * num_workgroups.x + x) * 64 + local): one invocation per vec4, ceil(count / 4).
 
-import package::shared::activations::{activate, derivative_from_output};
+import package::shared::activations::{activate4, derivative_from_output4};
 import package::shared::grid::flat_invocation;
 
 struct ElementwiseShape {
@@ -30,14 +32,14 @@ struct ElementwiseShape {
 }
 
 @group(0) @binding(0) var<storage, read> shape: ElementwiseShape;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
 fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat_invocation(gid, groups, 64u);
-    if (i < shape.count) {
+    if (i < (shape.count + 3u) / 4u) {
         out[i] = a[i] + b[i];
     }
 }
@@ -45,7 +47,7 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) g
 @compute @workgroup_size(64)
 fn add_assign(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat_invocation(gid, groups, 64u);
-    if (i < shape.count) {
+    if (i < (shape.count + 3u) / 4u) {
         out[i] = out[i] + b[i];
     }
 }
@@ -53,7 +55,7 @@ fn add_assign(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 @compute @workgroup_size(64)
 fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat_invocation(gid, groups, 64u);
-    if (i < shape.count) {
+    if (i < (shape.count + 3u) / 4u) {
         out[i] = a[i];
     }
 }
@@ -61,15 +63,15 @@ fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 @compute @workgroup_size(64)
 fn activate_values(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat_invocation(gid, groups, 64u);
-    if (i < shape.count) {
-        out[i] = activate(shape.activation, a[i]);
+    if (i < (shape.count + 3u) / 4u) {
+        out[i] = activate4(shape.activation, a[i]);
     }
 }
 
 @compute @workgroup_size(64)
 fn activation_derivative(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat_invocation(gid, groups, 64u);
-    if (i < shape.count) {
-        out[i] = a[i] * derivative_from_output(shape.activation, b[i]);
+    if (i < (shape.count + 3u) / 4u) {
+        out[i] = a[i] * derivative_from_output4(shape.activation, b[i]);
     }
 }

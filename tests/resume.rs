@@ -337,6 +337,56 @@ fn a_killed_convnet_with_dropout_resumes_bit_for_bit() {
     assert_eq!(logged_epochs(&run.metrics), first.0);
 }
 
+/// A small residual network with BatchNorm: 640 samples in batches of 64, 9 training steps per
+/// epoch after the validation split.
+const RESNET_RECIPE: [&str; 10] = [
+    "--layers",
+    "conv4k3s2p1:nobias,bn,relu,res(conv4k3p1:nobias,bn,relu,conv4k3p1:nobias,bn),relu,gap,dense10",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "2",
+    "--validation-split",
+    "0.1",
+    "--seed",
+    "6",
+];
+
+/// BatchNorm's running statistics are saved in checkpoints beside the weights: a residual
+/// network killed and resumed ends where the uninterrupted run does, statistics included.
+#[test]
+fn a_killed_resnet_with_batchnorm_resumes_bit_for_bit() {
+    let data = small_mnist(640, 100);
+    let work = tempfile::tempdir().unwrap();
+    let (reference, model) = Run::reference(&RESNET_RECIPE, data.path(), work.path(), &[]);
+    let expected = parameter_bits(&model);
+    let saved = load_model(&model).unwrap();
+    let layout = saved.spec.layout();
+    assert!(layout.state() > 0);
+    // The running variances moved away from 1: the statistics are part of what is compared.
+    assert!(saved.params[layout.trained..].iter().all(|&v| v != 1.0));
+
+    let run = Run {
+        metrics: work.path().join("resumed.jsonl"),
+        ..Run::new(&RESNET_RECIPE, data.path(), work.path())
+    };
+    let dir = run.checkpoints.to_str().unwrap();
+    // Killed while writing the checkpoint after step 12, in the second epoch.
+    run.kill_at(
+        &["--checkpoint-dir", dir, "--checkpoint-every", "3"],
+        FILE_WRITE,
+        4,
+    );
+    assert_eq!(run.checkpoint_steps(), [6, 9]);
+    let resumed_model = work.path().join("resumed.safetensors");
+    run.resume_to_the_end(&resumed_model);
+    assert_eq!(parameter_bits(&resumed_model), expected);
+    assert_eq!(
+        logged_epochs(&run.metrics),
+        logged_epochs(&reference.metrics)
+    );
+}
+
 /// `--metrics-every`: running figures every N steps between the epoch lines, the one at an
 /// epoch's last step equal to the epoch's training figures; `plot` reads past them.
 #[test]

@@ -121,12 +121,53 @@ pub struct AvgPoolKernels {
     pub backward: Kernel,
 }
 
-/// batchnorm.wgsl: BatchNorm's per-channel statistics, normalisation and backward passes.
+/// batchnorm.wgsl: BatchNorm's per-channel statistics, normalisation and backward passes, for
+/// any channel count and four channels at a time.
 pub struct BatchNormKernels {
     pub statistics: Kernel,
     pub normalize: Kernel,
     pub backward_sums: Kernel,
     pub backward_input: Kernel,
+    pub statistics_quads: Kernel,
+    pub normalize_quads: Kernel,
+    pub backward_sums_quads: Kernel,
+    pub backward_input_quads: Kernel,
+}
+
+impl BatchNormKernels {
+    fn new(device: &wgpu::Device, module: &wgpu::ShaderModule) -> Self {
+        use Slot::*;
+        let statistics = [(0, Params), (1, Read), (2, ReadWrite), (3, ReadWrite)];
+        let normalize = [
+            (0, Params),
+            (1, Read),
+            (2, Read),
+            (3, Read),
+            (4, Read),
+            (7, ReadWrite),
+        ];
+        let sums = [(0, Params), (1, Read), (2, Read), (5, Read), (6, ReadWrite)];
+        let input = [
+            (0, Params),
+            (1, Read),
+            (2, Read),
+            (4, Read),
+            (5, Read),
+            (6, Read),
+            (7, ReadWrite),
+        ];
+        let kernel = |name, slots: &[(u32, Slot)]| build(device, module, name, slots, &[]);
+        BatchNormKernels {
+            statistics: kernel("batchnorm_statistics", &statistics),
+            normalize: kernel("batchnorm_normalize", &normalize),
+            backward_sums: kernel("batchnorm_backward_sums", &sums),
+            backward_input: kernel("batchnorm_backward_input", &input),
+            statistics_quads: kernel("batchnorm_statistics_quads", &statistics),
+            normalize_quads: kernel("batchnorm_normalize_quads", &normalize),
+            backward_sums_quads: kernel("batchnorm_backward_sums_quads", &sums),
+            backward_input_quads: kernel("batchnorm_backward_input_quads", &input),
+        }
+    }
 }
 
 /// elementwise.wgsl: sums, copies and activations of flat tensors.
@@ -327,51 +368,7 @@ impl Kernels {
                 forward: build(device, &avgpool, "avgpool_forward", &avgpool_slots, &[]),
                 backward: build(device, &avgpool, "avgpool_backward", &avgpool_slots, &[]),
             },
-            batchnorm: BatchNormKernels {
-                statistics: build(
-                    device,
-                    &batchnorm,
-                    "batchnorm_statistics",
-                    &[(0, Params), (1, Read), (2, ReadWrite), (3, ReadWrite)],
-                    &[],
-                ),
-                normalize: build(
-                    device,
-                    &batchnorm,
-                    "batchnorm_normalize",
-                    &[
-                        (0, Params),
-                        (1, Read),
-                        (2, Read),
-                        (3, Read),
-                        (4, Read),
-                        (7, ReadWrite),
-                    ],
-                    &[],
-                ),
-                backward_sums: build(
-                    device,
-                    &batchnorm,
-                    "batchnorm_backward_sums",
-                    &[(0, Params), (1, Read), (2, Read), (5, Read), (6, ReadWrite)],
-                    &[],
-                ),
-                backward_input: build(
-                    device,
-                    &batchnorm,
-                    "batchnorm_backward_input",
-                    &[
-                        (0, Params),
-                        (1, Read),
-                        (2, Read),
-                        (4, Read),
-                        (5, Read),
-                        (6, Read),
-                        (7, ReadWrite),
-                    ],
-                    &[],
-                ),
-            },
+            batchnorm: BatchNormKernels::new(device, &batchnorm),
             elementwise: ElementwiseKernels {
                 add: build(
                     device,

@@ -32,7 +32,8 @@ impl ActivationDevice {
             activation: self.activation.shader_code(),
             _pad: [0; 2],
         };
-        let grid = grid_1d(count, ROW_WORKGROUP, builder.max_groups());
+        // elementwise.wgsl: a vec4 per invocation.
+        let grid = grid_1d(count.div_ceil(4), ROW_WORKGROUP, builder.max_groups());
         (builder.gpu.params_with("activation shape", &shape), grid)
     }
 

@@ -57,9 +57,20 @@ impl BatchNormDevice {
         builder.gpu.params_with("batchnorm shape", &shape)
     }
 
-    fn values_grid(&self, builder: &ProgramBuilder<'_, '_>, rows: usize) -> [u32; 3] {
-        let values = rows * self.positions * self.norm.channels;
-        grid_1d(values, ROW_WORKGROUP, builder.max_groups())
+    /// Channels per invocation: four where they come in fours.
+    fn per_invocation(&self) -> usize {
+        match self.norm.channels % 4 {
+            0 => 4,
+            _ => 1,
+        }
+    }
+
+    /// Grids of the per-channel sums and of the per-value passes.
+    fn grids(&self, builder: &ProgramBuilder<'_, '_>, rows: usize) -> ([u32; 3], [u32; 3]) {
+        let channels = self.norm.channels / self.per_invocation();
+        let values = rows * self.positions * channels;
+        let per_value = grid_1d(values, ROW_WORKGROUP, builder.max_groups());
+        ([channels as u32, 1, 1], per_value)
     }
 
     pub(crate) fn record_forward<'k>(
@@ -72,6 +83,8 @@ impl BatchNormDevice {
     ) {
         let shape = self.shape(builder, rows, training);
         let kernels = &builder.kernels.batchnorm;
+        let quads = self.per_invocation() == 4;
+        let (per_channel, per_value) = self.grids(builder, rows);
         if training {
             let resources = [
                 shape.as_entire_binding(),
@@ -79,8 +92,11 @@ impl BatchNormDevice {
                 self.stats.as_entire_binding(),
                 builder.state.as_entire_binding(),
             ];
-            let grid = [self.norm.channels as u32, 1, 1];
-            program.dispatch(builder.gpu, &kernels.statistics, &resources, grid);
+            let kernel = match quads {
+                true => &kernels.statistics_quads,
+                false => &kernels.statistics,
+            };
+            program.dispatch(builder.gpu, kernel, &resources, per_channel);
         }
         let resources = [
             shape.as_entire_binding(),
@@ -90,8 +106,11 @@ impl BatchNormDevice {
             builder.params.buffer.as_entire_binding(),
             io.output.buffer.as_entire_binding(),
         ];
-        let grid = self.values_grid(builder, rows);
-        program.dispatch(builder.gpu, &kernels.normalize, &resources, grid);
+        let kernel = match quads {
+            true => &kernels.normalize_quads,
+            false => &kernels.normalize,
+        };
+        program.dispatch(builder.gpu, kernel, &resources, per_value);
     }
 
     pub(crate) fn record_backward<'k>(
@@ -103,6 +122,8 @@ impl BatchNormDevice {
     ) {
         let shape = self.shape(builder, rows, true);
         let kernels = &builder.kernels.batchnorm;
+        let quads = self.per_invocation() == 4;
+        let (per_channel, per_value) = self.grids(builder, rows);
         let resources = [
             shape.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
@@ -110,8 +131,11 @@ impl BatchNormDevice {
             io.output_grad.buffer.as_entire_binding(),
             builder.grads.as_entire_binding(),
         ];
-        let grid = [self.norm.channels as u32, 1, 1];
-        program.dispatch(builder.gpu, &kernels.backward_sums, &resources, grid);
+        let kernel = match quads {
+            true => &kernels.backward_sums_quads,
+            false => &kernels.backward_sums,
+        };
+        program.dispatch(builder.gpu, kernel, &resources, per_channel);
         let Some(input_grad) = io.input_grad else {
             return;
         };
@@ -124,8 +148,11 @@ impl BatchNormDevice {
             builder.grads.as_entire_binding(),
             input_grad.buffer.as_entire_binding(),
         ];
-        let grid = self.values_grid(builder, rows);
-        program.dispatch(builder.gpu, &kernels.backward_input, &resources, grid);
+        let kernel = match quads {
+            true => &kernels.backward_input_quads,
+            false => &kernels.backward_input,
+        };
+        program.dispatch(builder.gpu, kernel, &resources, per_value);
     }
 }
 

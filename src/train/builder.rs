@@ -281,7 +281,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         let mut resources = vec![shape.as_entire_binding()];
         resources.extend(inputs.iter().flatten().map(|b| b.as_entire_binding()));
         resources.push(out.as_entire_binding());
-        let grid = grid_1d(count, ROW_WORKGROUP, self.max_groups());
+        let grid = grid_1d(count.div_ceil(4), ROW_WORKGROUP, self.max_groups());
         program.dispatch(self.gpu, kernel, &resources, grid);
     }
 
