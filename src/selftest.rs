@@ -7,8 +7,10 @@ use crate::error::Result;
 use crate::gpu::kernels::{OptimizerKernels, OptimizerWords};
 use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
 use crate::gpu::{Gpu, Kernels, MatmulVariant, ops};
+use crate::layers::{activation, avgpool, batchnorm, residual};
 use crate::model::{
-    Activation, Geometry, LayerActivation, LayerSpec, Loss, Padding, Shape, WeightMatrix,
+    Activation, Geometry, LayerActivation, LayerSpec, Loss, NormParams, Padding, Shape,
+    WeightMatrix,
 };
 use crate::reference::{self, worst_element};
 use crate::rng::Rng;
@@ -118,7 +120,7 @@ fn random_vec(rng: &mut Rng, len: usize, low: f32, high: f32) -> Vec<f32> {
 }
 
 /// Names of the checks, in the order `run` performs them.
-pub const CHECKS: [&str; 17] = [
+pub const CHECKS: [&str; 20] = [
     "matmul (tiled)",
     "matmul dense-layer products (tiled)",
     "matmul split along K (tiled)",
@@ -130,6 +132,9 @@ pub const CHECKS: [&str; 17] = [
     "conv2d input gradient (col2im)",
     "max pool forward + backward",
     "dropout forward + backward",
+    "average pool forward + backward",
+    "batchnorm forward + backward",
+    "residual sums and activations",
     "activation backward + bias gradient",
     "softmax losses",
     "batch gather",
@@ -185,6 +190,112 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
                     )?;
                     let case = format!("{what}, through {}", below.name());
                     tally.close(&case, &actual, &expected, 1e-6, 1e-6);
+                }
+            }
+        }
+        "average pool forward + backward" => {
+            // The max pools' windows, and a global average pool.
+            let image = Shape::image(8, 7, 5);
+            let global = LayerSpec::GlobalAvgPool.geometry(image);
+            let global = (format!("{image}, gap"), global.expect("the case fits"));
+            for (what, geometry) in pool_cases().into_iter().chain([global]) {
+                let x = random_vec(&mut rng, CONV_BATCH * geometry.input.len(), -1.0, 1.0);
+                let expected = avgpool::reference_forward(&geometry, &x, CONV_BATCH);
+                let actual = ops::avgpool(gpu, kernels, &x, CONV_BATCH, &geometry, true)?;
+                tally.close(&format!("{what} forward"), &actual, &expected, 1e-7, 1e-6);
+                let dy = random_vec(&mut rng, expected.len(), -1.0, 1.0);
+                let expected = avgpool::reference_backward(&geometry, &dy, CONV_BATCH);
+                let actual = ops::avgpool(gpu, kernels, &dy, CONV_BATCH, &geometry, false)?;
+                tally.close(&format!("{what} backward"), &actual, &expected, 1e-7, 1e-6);
+            }
+        }
+        "batchnorm forward + backward" => {
+            // Channels-last [values, C]: 3 channels of 5 samples of 7×9, 4 and 8 channels (the
+            // vec4 kernels), 12 features of 5 samples (BatchNorm1d), 1 channel.
+            for (channels, values) in [(3, 5 * 63), (4, 5 * 63), (8, 5 * 35), (12, 5), (1, 7)] {
+                let x = random_vec(&mut rng, channels * values, -2.0, 3.0);
+                let dy = random_vec(&mut rng, channels * values, -1.0, 1.0);
+                let gamma = random_vec(&mut rng, channels, 0.5, 1.5);
+                let beta = random_vec(&mut rng, channels, -0.5, 0.5);
+                let mean = random_vec(&mut rng, channels, -0.5, 0.5);
+                let var = random_vec(&mut rng, channels, 0.5, 2.0);
+                let norm = NormParams {
+                    channels,
+                    gamma: 0,
+                    beta: channels,
+                    running_mean: 0,
+                    running_var: channels,
+                };
+                let params = [gamma.clone(), beta.clone()].concat();
+                let inputs = ops::NormInputs {
+                    gamma: &gamma,
+                    beta: &beta,
+                    running_mean: &mean,
+                    running_var: &var,
+                };
+                let what = format!("{channels} channels of {values} values");
+                for training in [false, true] {
+                    let (expected, running) =
+                        batchnorm::reference_forward(&norm, &params, (&mean, &var), &x, training);
+                    let actual = ops::batchnorm(gpu, kernels, &x, &inputs, training, None)?;
+                    let mode = if training { "training" } else { "evaluation" };
+                    let case = format!("{what}, {mode} forward");
+                    tally.close(&case, &actual.values, &expected, 1e-5, 1e-4);
+                    if let Some((new_mean, new_var)) = running {
+                        let state = [new_mean, new_var].concat();
+                        let case = format!("{what}, running statistics");
+                        tally.close(&case, &actual.state, &state, 1e-6, 1e-5);
+                    }
+                }
+                let mut grads = vec![0.0; 2 * channels];
+                let expected =
+                    batchnorm::reference_backward(&norm, &params, &x, &dy, &mut grads, true)
+                        .expect("an input gradient");
+                let actual = ops::batchnorm(gpu, kernels, &x, &inputs, true, Some(&dy))?;
+                tally.close(
+                    &format!("{what}, dγ and dβ"),
+                    &actual.dgamma_dbeta,
+                    &grads,
+                    1e-5,
+                    1e-4,
+                );
+                tally.close(
+                    &format!("{what}, dx"),
+                    &actual.values,
+                    &expected,
+                    1e-5,
+                    1e-3,
+                );
+            }
+        }
+        "residual sums and activations" => {
+            // Counts that are and are not multiples of the kernels' four values per invocation.
+            for count in [4, 37, 1000] {
+                let a = random_vec(&mut rng, count, -2.0, 2.0);
+                let b = random_vec(&mut rng, count, -2.0, 2.0);
+                let none = vec![f32::NAN; count];
+                let k = &kernels.elementwise;
+                let identity = LayerActivation::Identity;
+                let sum = residual::reference_forward(&a, &b);
+                let actual = ops::elementwise(gpu, &k.add, [Some(&a), Some(&b)], &none, identity)?;
+                tally.close(&format!("{count} values, a + b"), &actual, &sum, 0.0, 0.0);
+                let actual = ops::elementwise(gpu, &k.add_assign, [None, Some(&b)], &a, identity)?;
+                tally.close(&format!("{count} values, a += b"), &actual, &sum, 0.0, 0.0);
+                let actual = ops::elementwise(gpu, &k.copy, [Some(&a), None], &none, identity)?;
+                tally.close(&format!("{count} values, copy"), &actual, &a, 0.0, 0.0);
+                for f in &ACTIVATIONS[1..] {
+                    let expected = activation::reference_forward(*f, &a);
+                    let actual = ops::elementwise(gpu, &k.activate, [Some(&a), None], &none, *f)?;
+                    let case = format!("{count} values, {}", f.name());
+                    tally.close(&case, &actual, &expected, 1e-6, 1e-5);
+                    let dy = &b;
+                    let expected = activation::reference_backward(*f, &expected, dy);
+                    let y = activation::reference_forward(*f, &a);
+                    let inputs = [Some(&dy[..]), Some(&y[..])];
+                    let actual =
+                        ops::elementwise(gpu, &k.activation_derivative, inputs, &none, *f)?;
+                    let case = format!("{count} values, {} backward", f.name());
+                    tally.close(&case, &actual, &expected, 1e-6, 1e-5);
                 }
             }
         }

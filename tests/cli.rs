@@ -278,15 +278,30 @@ fn bad_layer_lists_are_refused_naming_the_layer() {
     }
 }
 
-/// A saved convnet carries its layer list: `eval` and `predict` need no model flag.
+/// A saved convnet, or residual network with BatchNorm, carries its layer list: `eval` and
+/// `predict` need no model flag.
 #[test]
-fn a_saved_convnet_evaluates_and_predicts_without_flags() {
+fn a_saved_convnet_or_resnet_evaluates_and_predicts_without_flags() {
     let dir = tempfile::tempdir().unwrap();
     write_small_mnist(dir.path(), 150);
     let data = dir.path().to_str().unwrap();
     let model = dir.path().join("convnet.safetensors");
     let model = model.to_str().unwrap();
-    let layers = "conv4k3,maxpool2,conv8k3s2same,flatten,dropout0.25,dense10";
+    for (layers, described) in [
+        (
+            "conv4k3,maxpool2,conv8k3s2same,flatten,dropout0.25,dense10",
+            "conv4k3:relu,maxpool2,conv8k3s2same:relu,flatten,dropout0.25,dense10:linear",
+        ),
+        (
+            "conv4k3s2p1:nobias,bn,relu,res(conv4k3p1:nobias,bn,relu,conv4k3p1:nobias,bn),relu,gap,dense10",
+            "conv4k3s2p1:linear:nobias,bn,relu,res(conv4k3p1:linear:nobias,bn,relu,conv4k3p1:linear:nobias,bn),relu,gap,dense10:linear",
+        ),
+    ] {
+        a_saved_model_evaluates_and_predicts(data, model, layers, described);
+    }
+}
+
+fn a_saved_model_evaluates_and_predicts(data: &str, model: &str, layers: &str, described: &str) {
     let (code, stdout, stderr) = shadertrain(&[
         "train",
         "--offline",
@@ -327,10 +342,7 @@ fn a_saved_convnet_evaluates_and_predicts_without_flags() {
     let predictions: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(predictions.as_array().unwrap().len(), 1, "{predictions}");
     let saved = shadertrain::model_file::load_model(std::path::Path::new(model)).unwrap();
-    assert_eq!(
-        saved.spec.describe(),
-        "conv4k3:relu,maxpool2,conv8k3s2same:relu,flatten,dropout0.25,dense10:linear"
-    );
+    assert_eq!(saved.spec.describe(), described);
 }
 
 #[test]

@@ -291,3 +291,40 @@ fn specs_that_cannot_be_built_are_refused_with_the_block_and_shapes() {
         assert!(error.contains(expected), "{layers}: {error}");
     }
 }
+
+/// Evaluation normalises by the running statistics (BatchNorm in eval mode, as PyTorch's
+/// `model.eval()`): the GPU's test figures after an epoch equal the CPU reference's evaluation of
+/// the trained weights and statistics.
+#[test]
+fn gpu_evaluation_uses_the_running_statistics_as_the_reference_does() {
+    let mut rng = Rng::new(45);
+    let input = Shape::image(3, 7, 12);
+    let train = random_images(&mut rng, 23, input, 3);
+    let test = random_images(&mut rng, 37, input, 3);
+    for layers in MODELS {
+        let spec = spec(input, layers, "relu");
+        let config = TrainConfig {
+            batch_size: 5,
+            seed: 2,
+            ..TrainConfig::default()
+        };
+        let mut trainer =
+            Trainer::new(gpu(), kernels(), spec.clone(), config, &train, &test).unwrap();
+        let metrics = trainer.run_epoch().unwrap();
+        let params = trainer.parameters().unwrap();
+        let order: Vec<u32> = (0..test.samples() as u32).collect();
+        let (x, y) = reference::gather_batch(&test, &order, 0, test.samples());
+        let logits = reference::forward(&spec, &params, &x).pop().unwrap();
+        let expected = reference::softmax_loss(Loss::Xent, &logits, &y, 3);
+        let loss = expected.sample_loss.iter().map(|&l| l as f64).sum::<f64>() / 37.0;
+        let correct = expected.sample_correct.iter().sum::<u32>() as f64 / 37.0;
+        assert_close(
+            &format!("{layers} test loss"),
+            &[metrics.test_loss as f32],
+            &[loss as f32],
+            1e-6,
+            1e-5,
+        );
+        assert_eq!(metrics.test_accuracy, correct, "{layers} test accuracy");
+    }
+}

@@ -104,10 +104,25 @@ fn adam_update() {
 }
 
 #[test]
+fn average_pool_forward_backward() {
+    check("average pool forward + backward");
+}
+
+#[test]
+fn batchnorm_forward_backward() {
+    check("batchnorm forward + backward");
+}
+
+#[test]
+fn residual_sums_and_activations() {
+    check("residual sums and activations");
+}
+
+#[test]
 fn every_check_has_a_test() {
     assert_eq!(
         selftest::CHECKS.len(),
-        17,
+        20,
         "add a test above for each new check"
     );
 }

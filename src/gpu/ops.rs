@@ -618,3 +618,181 @@ pub fn apply_derivative(
     dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
     gpu.read_back(&grad_buffer, grad.len())
 }
+
+/// What a BatchNorm pass reads besides its input: γ and β, the running mean and variance.
+pub struct NormInputs<'a> {
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub running_mean: &'a [f32],
+    pub running_var: &'a [f32],
+}
+
+/// What batchnorm.wgsl's passes give back: the output (Y, or dX backward), the per-channel
+/// statistics (mean, then invstd), the state after (running mean, then variance) and, backward,
+/// the gradient buffer's dγ and dβ.
+pub struct NormOutputs {
+    pub values: Vec<f32>,
+    pub stats: Vec<f32>,
+    pub state: Vec<f32>,
+    pub dgamma_dbeta: Vec<f32>,
+}
+
+/// batchnorm.wgsl (`_quads` where the channels come in fours) on x `[values, channels]`: in
+/// training the statistics pass then the normalisation; in evaluation the normalisation alone;
+/// with `dy` the training passes and then the backward passes.
+pub fn batchnorm(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    x: &[f32],
+    inputs: &NormInputs<'_>,
+    training: bool,
+    dy: Option<&[f32]>,
+) -> Result<NormOutputs> {
+    let channels = inputs.gamma.len();
+    let values = x.len() / channels;
+    let shape = NormShape {
+        values: values as u32,
+        channels: channels as u32,
+        gamma: 0,
+        beta: channels as u32,
+        running_mean: 0,
+        running_var: channels as u32,
+        training: (training || dy.is_some()) as u32,
+        momentum: crate::model::BATCH_NORM_MOMENTUM,
+        epsilon: crate::model::BATCH_NORM_EPSILON,
+        _pad: [0; 3],
+    };
+    let shape = gpu.params_with("shape", &shape);
+    let x_buffer = gpu.storage_with("x", x)?;
+    let params = gpu.storage_with("params", &[inputs.gamma, inputs.beta].concat())?;
+    let state = [inputs.running_mean, inputs.running_var].concat();
+    let state = gpu.storage_with("state", &state)?;
+    let stats = gpu.storage_with("stats", &vec![f32::NAN; 2 * channels])?;
+    let out = gpu.storage_with("out", &vec![f32::NAN; x.len()])?;
+    let grads = gpu.storage_with("grads", &vec![f32::NAN; 2 * channels])?;
+    let k = &kernels.batchnorm;
+    let quads = channels.is_multiple_of(4);
+    let pick = |scalar, four| if quads { four } else { scalar };
+    let lanes = if quads { 4 } else { 1 };
+    let per_channel = [(channels / lanes) as u32, 1, 1];
+    let per_value = grid_of(gpu, x.len() / lanes);
+    let run = |kernel: &Kernel, resources: &[wgpu::BindingResource<'_>], grid| {
+        dispatch(gpu, kernel, &kernel.bind(gpu, resources), grid)
+    };
+    if training || dy.is_some() {
+        let kernel = pick(&k.statistics, &k.statistics_quads);
+        let resources = [
+            shape.as_entire_binding(),
+            x_buffer.as_entire_binding(),
+            stats.as_entire_binding(),
+            state.as_entire_binding(),
+        ];
+        run(kernel, &resources, per_channel);
+    }
+    let resources = [
+        shape.as_entire_binding(),
+        x_buffer.as_entire_binding(),
+        stats.as_entire_binding(),
+        state.as_entire_binding(),
+        params.as_entire_binding(),
+        out.as_entire_binding(),
+    ];
+    run(
+        pick(&k.normalize, &k.normalize_quads),
+        &resources,
+        per_value,
+    );
+    if let Some(dy) = dy {
+        let dy = gpu.storage_with("dy", dy)?;
+        let resources = [
+            shape.as_entire_binding(),
+            x_buffer.as_entire_binding(),
+            stats.as_entire_binding(),
+            dy.as_entire_binding(),
+            grads.as_entire_binding(),
+        ];
+        run(
+            pick(&k.backward_sums, &k.backward_sums_quads),
+            &resources,
+            per_channel,
+        );
+        let resources = [
+            shape.as_entire_binding(),
+            x_buffer.as_entire_binding(),
+            stats.as_entire_binding(),
+            params.as_entire_binding(),
+            dy.as_entire_binding(),
+            grads.as_entire_binding(),
+            out.as_entire_binding(),
+        ];
+        run(
+            pick(&k.backward_input, &k.backward_input_quads),
+            &resources,
+            per_value,
+        );
+    }
+    Ok(NormOutputs {
+        values: gpu.read_back(&out, x.len())?,
+        stats: gpu.read_back(&stats, 2 * channels)?,
+        state: gpu.read_back(&state, 2 * channels)?,
+        dgamma_dbeta: gpu.read_back(&grads, 2 * channels)?,
+    })
+}
+
+/// avgpool.wgsl: `avgpool_forward` of x, or `avgpool_backward` of dy (`forward` false).
+pub fn avgpool(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    values: &[f32],
+    rows: usize,
+    geometry: &Geometry,
+    forward: bool,
+) -> Result<Vec<f32>> {
+    let shape = PoolShape::new(rows, geometry, LayerActivation::Identity);
+    let shape = gpu.params_with("shape", &shape);
+    let input = gpu.storage_with("input", values)?;
+    let (kernel, len) = match forward {
+        true => (&kernels.avgpool.forward, rows * geometry.output.len()),
+        false => (&kernels.avgpool.backward, rows * geometry.input.len()),
+    };
+    let out = gpu.storage_with("output", &vec![f32::NAN; len])?;
+    let resources = [
+        shape.as_entire_binding(),
+        input.as_entire_binding(),
+        out.as_entire_binding(),
+    ];
+    dispatch(
+        gpu,
+        kernel,
+        &kernel.bind(gpu, &resources),
+        grid_of(gpu, len),
+    );
+    gpu.read_back(&out, len)
+}
+
+/// elementwise.wgsl's `kernel` over a and b (where it reads them) into `out` (its initial
+/// contents, which `add_assign` reads); `activation` for the activation kernels.
+pub fn elementwise(
+    gpu: &Gpu,
+    kernel: &Kernel,
+    inputs: [Option<&[f32]>; 2],
+    out: &[f32],
+    activation: LayerActivation,
+) -> Result<Vec<f32>> {
+    let shape = ElementwiseShape {
+        count: out.len() as u32,
+        activation: activation.shader_code(),
+        _pad: [0; 2],
+    };
+    let shape = gpu.params_with("shape", &shape);
+    let inputs: Vec<Buffer> = (inputs.iter().flatten())
+        .map(|values| gpu.storage_with("input", values))
+        .collect::<Result<_>>()?;
+    let out_buffer = gpu.storage_with("out", out)?;
+    let mut resources = vec![shape.as_entire_binding()];
+    resources.extend(inputs.iter().map(|b| b.as_entire_binding()));
+    resources.push(out_buffer.as_entire_binding());
+    let grid = grid_of(gpu, out.len().div_ceil(4));
+    dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
+    gpu.read_back(&out_buffer, out.len())
+}
