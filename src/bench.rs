@@ -93,7 +93,7 @@ fn products(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims, f64)> {
                 ];
                 ("conv", dims, positions)
             }
-            _ => {
+            LayerSpec::Dense { .. } => {
                 let dims = [
                     MatmulDims::layer_forward(rows, &m),
                     MatmulDims::layer_weight_grad(rows, &m),
@@ -101,6 +101,8 @@ fn products(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims, f64)> {
                 ];
                 ("dense", dims, rows)
             }
+            // No other kind has a weight matrix.
+            _ => continue,
         };
         let model_flops = 2.0 * positions as f64 * m.inputs as f64 * m.outputs as f64;
         let names = ["forward", "weight grad", "input grad"];

@@ -133,7 +133,11 @@ fn tensor_mappings(spec: &ModelSpec) -> Vec<TensorMapping> {
                 }
                 (vec![filters, channels, kernel, kernel], positions)
             }
-            _ => {
+            other => {
+                assert!(
+                    matches!(other, Some(LayerSpec::Dense { .. })),
+                    "only dense and conv layers have weight matrices, not {other:?}"
+                );
                 // nn.Flatten numbers a C × H × W input (channel, row, column); ours is
                 // channels-last, (row, column, channel).
                 let image = flattened_image(&plan, node.inputs[0]);

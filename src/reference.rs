@@ -5,6 +5,9 @@ use crate::data::Dataset;
 use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
 use crate::layers::{activation, avgpool, batchnorm, conv2d, dense, dropout, pool, residual};
 use crate::model::{Geometry, LayerActivation, LayerSpec, Loss, ModelSpec, Op};
+// The definitions the kernels and the reference share live with what uses them in training.
+pub use crate::layers::dropout::{dropout_keeps, dropout_layer_key, dropout_threshold, mix};
+pub use crate::train::adam_step_size;
 
 /// matmul.wgsl: out[c_offset + m N + n] = Σ_k A(m, k) B(k, n), accumulated in f64, then with an
 /// epilogue f(sum + bias[n]) or f(sum) in f32.
@@ -160,13 +163,6 @@ pub fn sgd_update(params: &mut [f32], grads: &[f32], learning_rate: f32) {
     for (p, g) in params.iter_mut().zip(grads) {
         *p -= learning_rate * g;
     }
-}
-
-/// Adam's bias-corrected step size for step `t` (counting from 1), in f64 then rounded once.
-pub fn adam_step_size(learning_rate: f32, beta1: f32, beta2: f32, t: u64) -> f32 {
-    let t = t as i32;
-    let (b1, b2) = (beta1 as f64, beta2 as f64);
-    (learning_rate as f64 * (1.0 - b2.powi(t)).sqrt() / (1.0 - b1.powi(t))) as f32
 }
 
 /// optimizer.wgsl `adam_update`.
@@ -568,31 +564,6 @@ pub fn maxpool_backward(
         }
     }
     grads
-}
-
-/// lowbias32 (Chris Wellons' integer hash): dropout.wgsl's `mix`.
-pub fn mix(mut x: u32) -> u32 {
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^ (x >> 16)
-}
-
-/// The key of dropout layer `layer`'s masks in a run with `seed` (dropout.wgsl `Shape.layer_key`).
-pub fn dropout_layer_key(seed: u64, layer: usize) -> u32 {
-    mix(layer as u32 ^ mix(seed as u32 ^ mix((seed >> 32) as u32)))
-}
-
-/// Whether dropout keeps element `element` of the batch at training step `step`: a hash of
-/// (layer key, step, element) at least `threshold` (= rate · 2³², `dropout_threshold`).
-pub fn dropout_keeps(layer_key: u32, step: u32, element: u32, threshold: u32) -> bool {
-    mix(element ^ mix(step ^ layer_key)) >= threshold
-}
-
-/// The hash threshold below which dropout at `rate` drops a value.
-pub fn dropout_threshold(rate: f32) -> u32 {
-    (rate as f64 * 4_294_967_296.0).round().min(u32::MAX as f64) as u32
 }
 
 /// dropout.wgsl `dropout_forward` in training: y = x / (1 - rate) where kept, else 0.

@@ -6,6 +6,7 @@ pub mod kernels;
 pub mod matmul;
 pub mod mirror;
 pub mod ops;
+pub mod program;
 pub mod uniforms;
 
 /// The WGSL of the kernel file `shaders/$name`, as `build.rs` compiled it (its `import`s of

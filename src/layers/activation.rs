@@ -4,12 +4,12 @@
 //! from the output as every activation's backward pass here does.
 
 use super::LayerIo;
+use super::context::LayerContext;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::program::Program;
 use crate::gpu::uniforms::ElementwiseShape;
 use crate::model::{LayerActivation, Shape};
-use crate::train::builder::ProgramBuilder;
-use crate::train::program::Program;
 
 /// An activation layer in a training program.
 pub(crate) struct ActivationDevice {
@@ -25,7 +25,7 @@ impl ActivationDevice {
         }
     }
 
-    fn shape(&self, builder: &ProgramBuilder<'_, '_>, rows: usize) -> (wgpu::Buffer, [u32; 3]) {
+    fn shape(&self, context: &LayerContext<'_, '_>, rows: usize) -> (wgpu::Buffer, [u32; 3]) {
         let count = rows * self.features;
         let shape = ElementwiseShape {
             count: count as u32,
@@ -33,30 +33,30 @@ impl ActivationDevice {
             _pad: [0; 2],
         };
         // elementwise.wgsl: a vec4 per invocation.
-        let grid = grid_1d(count.div_ceil(4), ROW_WORKGROUP, builder.max_groups());
-        (builder.gpu.params_with("activation shape", &shape), grid)
+        let grid = grid_1d(count.div_ceil(4), ROW_WORKGROUP, context.max_groups());
+        (context.gpu.params_with("activation shape", &shape), grid)
     }
 
     pub(crate) fn record_forward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
     ) {
-        let (shape, grid) = self.shape(builder, rows);
+        let (shape, grid) = self.shape(context, rows);
         let resources = [
             shape.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
             io.output.buffer.as_entire_binding(),
         ];
-        let kernel = &builder.kernels.elementwise.activate;
-        program.dispatch(builder.gpu, kernel, &resources, grid);
+        let kernel = &context.kernels.elementwise.activate;
+        program.dispatch(context.gpu, kernel, &resources, grid);
     }
 
     pub(crate) fn record_backward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
@@ -64,15 +64,15 @@ impl ActivationDevice {
         let Some(input_grad) = io.input_grad else {
             return;
         };
-        let (shape, grid) = self.shape(builder, rows);
+        let (shape, grid) = self.shape(context, rows);
         let resources = [
             shape.as_entire_binding(),
             io.output_grad.buffer.as_entire_binding(),
             io.output.buffer.as_entire_binding(),
             input_grad.buffer.as_entire_binding(),
         ];
-        let kernel = &builder.kernels.elementwise.activation_derivative;
-        program.dispatch(builder.gpu, kernel, &resources, grid);
+        let kernel = &context.kernels.elementwise.activation_derivative;
+        program.dispatch(context.gpu, kernel, &resources, grid);
     }
 }
 

@@ -6,12 +6,12 @@
 //! size.
 
 use super::LayerIo;
+use super::context::LayerContext;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::program::Program;
 use crate::gpu::uniforms::PoolShape;
 use crate::model::{Geometry, LayerActivation};
-use crate::train::builder::ProgramBuilder;
-use crate::train::program::Program;
 
 /// An average pool in a training program.
 pub(crate) struct AvgPoolDevice {
@@ -25,7 +25,7 @@ impl AvgPoolDevice {
 
     fn record<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         [from, to]: [&wgpu::Buffer; 2],
         rows: usize,
@@ -33,42 +33,42 @@ impl AvgPoolDevice {
     ) {
         let g = &self.geometry;
         let shape = PoolShape::new(rows, g, LayerActivation::Identity);
-        let shape = builder.gpu.params_with("avgpool shape", &shape);
+        let shape = context.gpu.params_with("avgpool shape", &shape);
         let resources = [
             shape.as_entire_binding(),
             from.as_entire_binding(),
             to.as_entire_binding(),
         ];
-        let kernels = &builder.kernels.avgpool;
+        let kernels = &context.kernels.avgpool;
         let (kernel, values) = match forward {
             true => (&kernels.forward, rows * g.output.len()),
             false => (&kernels.backward, rows * g.input.len()),
         };
-        let grid = grid_1d(values, ROW_WORKGROUP, builder.max_groups());
-        program.dispatch(builder.gpu, kernel, &resources, grid);
+        let grid = grid_1d(values, ROW_WORKGROUP, context.max_groups());
+        program.dispatch(context.gpu, kernel, &resources, grid);
     }
 
     pub(crate) fn record_forward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
     ) {
         let buffers = [&io.input.buffer, &io.output.buffer];
-        self.record(builder, program, buffers, rows, true);
+        self.record(context, program, buffers, rows, true);
     }
 
     pub(crate) fn record_backward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
     ) {
         if let Some(input_grad) = io.input_grad {
             let buffers = [&io.output_grad.buffer, &input_grad.buffer];
-            self.record(builder, program, buffers, rows, false);
+            self.record(context, program, buffers, rows, false);
         }
     }
 }

@@ -12,14 +12,14 @@
 use wgpu::Buffer;
 
 use super::LayerIo;
+use super::context::LayerContext;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::program::Program;
 use crate::gpu::uniforms::NormShape;
 use crate::model::{BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, NormParams, Shape};
-use crate::train::builder::ProgramBuilder;
-use crate::train::program::Program;
 
 /// A BatchNorm in a training program, with the batch's mean and inverse deviation per channel.
 pub(crate) struct BatchNormDevice {
@@ -40,7 +40,7 @@ impl BatchNormDevice {
         })
     }
 
-    fn shape(&self, builder: &ProgramBuilder<'_, '_>, rows: usize, training: bool) -> Buffer {
+    fn shape(&self, context: &LayerContext<'_, '_>, rows: usize, training: bool) -> Buffer {
         let n = &self.norm;
         let shape = NormShape {
             values: (rows * self.positions) as u32,
@@ -54,7 +54,7 @@ impl BatchNormDevice {
             epsilon: BATCH_NORM_EPSILON,
             _pad: [0; 3],
         };
-        builder.gpu.params_with("batchnorm shape", &shape)
+        context.gpu.params_with("batchnorm shape", &shape)
     }
 
     /// Channels per invocation: four where they come in fours.
@@ -66,76 +66,76 @@ impl BatchNormDevice {
     }
 
     /// Grids of the per-channel sums and of the per-value passes.
-    fn grids(&self, builder: &ProgramBuilder<'_, '_>, rows: usize) -> ([u32; 3], [u32; 3]) {
+    fn grids(&self, context: &LayerContext<'_, '_>, rows: usize) -> ([u32; 3], [u32; 3]) {
         let channels = self.norm.channels / self.per_invocation();
         let values = rows * self.positions * channels;
-        let per_value = grid_1d(values, ROW_WORKGROUP, builder.max_groups());
+        let per_value = grid_1d(values, ROW_WORKGROUP, context.max_groups());
         ([channels as u32, 1, 1], per_value)
     }
 
     pub(crate) fn record_forward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
         training: bool,
     ) {
-        let shape = self.shape(builder, rows, training);
-        let kernels = &builder.kernels.batchnorm;
+        let shape = self.shape(context, rows, training);
+        let kernels = &context.kernels.batchnorm;
         let quads = self.per_invocation() == 4;
-        let (per_channel, per_value) = self.grids(builder, rows);
+        let (per_channel, per_value) = self.grids(context, rows);
         if training {
             let resources = [
                 shape.as_entire_binding(),
                 io.input.buffer.as_entire_binding(),
                 self.stats.as_entire_binding(),
-                builder.state.as_entire_binding(),
+                context.state.as_entire_binding(),
             ];
             let kernel = match quads {
                 true => &kernels.statistics_quads,
                 false => &kernels.statistics,
             };
-            program.dispatch(builder.gpu, kernel, &resources, per_channel);
+            program.dispatch(context.gpu, kernel, &resources, per_channel);
         }
         let resources = [
             shape.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
             self.stats.as_entire_binding(),
-            builder.state.as_entire_binding(),
-            builder.params.buffer.as_entire_binding(),
+            context.state.as_entire_binding(),
+            context.params.buffer.as_entire_binding(),
             io.output.buffer.as_entire_binding(),
         ];
         let kernel = match quads {
             true => &kernels.normalize_quads,
             false => &kernels.normalize,
         };
-        program.dispatch(builder.gpu, kernel, &resources, per_value);
+        program.dispatch(context.gpu, kernel, &resources, per_value);
     }
 
     pub(crate) fn record_backward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
     ) {
-        let shape = self.shape(builder, rows, true);
-        let kernels = &builder.kernels.batchnorm;
+        let shape = self.shape(context, rows, true);
+        let kernels = &context.kernels.batchnorm;
         let quads = self.per_invocation() == 4;
-        let (per_channel, per_value) = self.grids(builder, rows);
+        let (per_channel, per_value) = self.grids(context, rows);
         let resources = [
             shape.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
             self.stats.as_entire_binding(),
             io.output_grad.buffer.as_entire_binding(),
-            builder.grads.as_entire_binding(),
+            context.grads.as_entire_binding(),
         ];
         let kernel = match quads {
             true => &kernels.backward_sums_quads,
             false => &kernels.backward_sums,
         };
-        program.dispatch(builder.gpu, kernel, &resources, per_channel);
+        program.dispatch(context.gpu, kernel, &resources, per_channel);
         let Some(input_grad) = io.input_grad else {
             return;
         };
@@ -143,16 +143,16 @@ impl BatchNormDevice {
             shape.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
             self.stats.as_entire_binding(),
-            builder.params.buffer.as_entire_binding(),
+            context.params.buffer.as_entire_binding(),
             io.output_grad.buffer.as_entire_binding(),
-            builder.grads.as_entire_binding(),
+            context.grads.as_entire_binding(),
             input_grad.buffer.as_entire_binding(),
         ];
         let kernel = match quads {
             true => &kernels.backward_input_quads,
             false => &kernels.backward_input,
         };
-        program.dispatch(builder.gpu, kernel, &resources, per_value);
+        program.dispatch(context.gpu, kernel, &resources, per_value);
     }
 }
 

@@ -8,16 +8,16 @@
 
 use wgpu::Buffer;
 
+use super::context::LayerContext;
 use super::{Backward, DeviceTensor, LayerIo};
 use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::program::Program;
 use crate::gpu::uniforms::{ActivationShape, ConvShape, MatmulDims};
 use crate::gpu::{Gpu, Kernels};
 use crate::model::{Geometry, LayerActivation, WeightMatrix};
 use crate::reference;
-use crate::train::builder::ProgramBuilder;
-use crate::train::program::Program;
 
 /// A convolution in a training program, with its patch matrix and the patch matrix's gradient.
 pub(crate) struct ConvDevice {
@@ -72,7 +72,7 @@ impl ConvDevice {
 
     pub(crate) fn record_forward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
@@ -80,29 +80,29 @@ impl ConvDevice {
         let g = &self.geometry;
         let shape = ConvShape::new(rows, g, self.matrix.rows, LayerActivation::Identity)
             .with_bias(self.matrix.bias);
-        let shape = builder.gpu.params_with("im2col shape", &shape);
+        let shape = context.gpu.params_with("im2col shape", &shape);
         let resources = [
             shape.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
             self.patches.buffer.as_entire_binding(),
         ];
         let invocations = rows * g.positions() * (g.window_len() + 1);
-        let grid = grid_1d(invocations, ROW_WORKGROUP, builder.max_groups());
-        let conv = &builder.kernels.conv;
+        let grid = grid_1d(invocations, ROW_WORKGROUP, context.max_groups());
+        let conv = &context.kernels.conv;
         let kernel = if self.quads() {
             &conv.im2col_quads
         } else {
             &conv.im2col
         };
-        program.dispatch(builder.gpu, kernel, &resources, grid);
+        program.dispatch(context.gpu, kernel, &resources, grid);
         let dims = MatmulDims::conv_forward(rows * g.positions(), &self.matrix, self.activation);
-        let operands = [self.patches.operand(), builder.params_operand()];
-        builder.matmul(program, dims, operands, &io.output.buffer, None);
+        let operands = [self.patches.operand(), context.params_operand()];
+        context.matmul(program, dims, operands, &io.output.buffer, None);
     }
 
     pub(crate) fn record_backward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
@@ -110,7 +110,7 @@ impl ConvDevice {
     ) -> bool {
         let g = &self.geometry;
         let positions = rows * g.positions();
-        let gpu = builder.gpu;
+        let gpu = context.gpu;
         if !backward.derivative_applied && self.activation != LayerActivation::Identity {
             let shape = gpu.params_with(
                 "derivative shape",
@@ -127,19 +127,19 @@ impl ConvDevice {
                 io.output.buffer.as_entire_binding(),
             ];
             let values = positions * self.matrix.outputs;
-            let grid = grid_1d(values.div_ceil(4), ROW_WORKGROUP, builder.max_groups());
-            program.dispatch(gpu, &builder.kernels.apply_derivative, &resources, grid);
+            let grid = grid_1d(values.div_ceil(4), ROW_WORKGROUP, context.max_groups());
+            program.dispatch(gpu, &context.kernels.apply_derivative, &resources, grid);
         }
         let dims = MatmulDims::conv_weight_grad(positions, &self.matrix);
         let operands = [self.patches.operand(), io.output_grad.operand()];
         let scratch = self.weight_grad_parts.as_ref();
-        builder.matmul_in_parts(program, dims, operands, builder.grads, scratch);
+        context.matmul_in_parts(program, dims, operands, context.grads, scratch);
         let Some(input_grad) = io.input_grad else {
             return false;
         };
         let dims = MatmulDims::conv_patch_grad(positions, &self.matrix);
-        let operands = [io.output_grad.operand(), builder.params_operand()];
-        builder.matmul(program, dims, operands, &self.patch_grads, None);
+        let operands = [io.output_grad.operand(), context.params_operand()];
+        context.matmul(program, dims, operands, &self.patch_grads, None);
         let shape = ConvShape::new(rows, g, self.matrix.rows, backward.below);
         let shape = gpu.params_with("col2im shape", &shape);
         let resources = [
@@ -148,13 +148,13 @@ impl ConvDevice {
             input_grad.buffer.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
         ];
-        let conv = &builder.kernels.conv;
+        let conv = &context.kernels.conv;
         let (kernel, per_invocation) = match self.quads() {
             true => (&conv.col2im_quads, 4),
             false => (&conv.col2im, 1),
         };
         let values = rows * g.input.len() / per_invocation;
-        let grid = grid_1d(values, ROW_WORKGROUP, builder.max_groups());
+        let grid = grid_1d(values, ROW_WORKGROUP, context.max_groups());
         program.dispatch(gpu, kernel, &resources, grid);
         true
     }

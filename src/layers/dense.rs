@@ -5,14 +5,14 @@
 //! applied it), db = Σ_rows dz, dW = xᵀ dz, and dx = dz Wᵀ `[rows, inputs]` where a layer below
 //! needs it, through the derivative of the layer beneath where the kernels can.
 
+use super::context::LayerContext;
 use super::{Backward, LayerIo};
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::program::Program;
 use crate::gpu::uniforms::{ActivationShape, MatmulDims};
 use crate::model::{LayerActivation, WeightMatrix};
 use crate::reference;
-use crate::train::builder::ProgramBuilder;
-use crate::train::program::Program;
 
 /// A dense layer in a training program.
 pub(crate) struct DenseDevice {
@@ -27,15 +27,15 @@ impl DenseDevice {
 
     pub(crate) fn record_forward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
     ) {
-        builder.matmul(
+        context.matmul(
             program,
             MatmulDims::layer_forward_activated(rows, &self.matrix, self.activation),
-            [io.input.operand(), builder.params_operand()],
+            [io.input.operand(), context.params_operand()],
             &io.output.buffer,
             None,
         );
@@ -45,11 +45,11 @@ impl DenseDevice {
     /// (the identity: only the bias gradient).
     fn activation_shape(
         &self,
-        builder: &ProgramBuilder<'_, '_>,
+        context: &LayerContext<'_, '_>,
         rows: usize,
         activation: LayerActivation,
     ) -> wgpu::Buffer {
-        builder.gpu.params_with(
+        context.gpu.params_with(
             "activation shape",
             &ActivationShape {
                 rows: rows as u32,
@@ -66,7 +66,7 @@ impl DenseDevice {
     /// transposed batch, whose row of ones sums the bias gradient in the same product.
     pub(crate) fn record_backward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
@@ -79,49 +79,49 @@ impl DenseDevice {
         };
         let transposed = io
             .input_is_batch
-            .then(|| builder.first_weight_grad_transposed(rows))
+            .then(|| context.first_weight_grad_transposed(rows))
             .flatten();
         // The transposed product sums the bias gradient itself: activation.wgsl is needed only
         // to apply a derivative (its bias gradient is then computed again, the same sum in the
         // same order).
         if transposed.is_none() || activation != LayerActivation::Identity {
-            let shape = self.activation_shape(builder, rows, activation);
+            let shape = self.activation_shape(context, rows, activation);
             let resources = [
                 shape.as_entire_binding(),
                 io.output_grad.buffer.as_entire_binding(),
                 io.output.buffer.as_entire_binding(),
-                builder.grads.as_entire_binding(),
+                context.grads.as_entire_binding(),
             ];
-            let grid = grid_1d(m.outputs, ROW_WORKGROUP, builder.max_groups());
-            let kernel = &builder.kernels.activation_backward;
-            program.dispatch(builder.gpu, kernel, &resources, grid);
+            let grid = grid_1d(m.outputs, ROW_WORKGROUP, context.max_groups());
+            let kernel = &context.kernels.activation_backward;
+            program.dispatch(context.gpu, kernel, &resources, grid);
         }
         let upstream = io.output_grad.operand();
         match transposed {
             // The gather wrote the transposed batch for it.
             Some((dims, lhs)) => {
-                builder.matmul(program, dims, [lhs, upstream], builder.grads, None)
+                context.matmul(program, dims, [lhs, upstream], context.grads, None)
             }
             None => {
                 let dims = MatmulDims::layer_weight_grad(rows, m);
                 let operands = [io.input.operand(), upstream];
-                builder.matmul(program, dims, operands, builder.grads, None);
+                context.matmul(program, dims, operands, context.grads, None);
             }
         }
         let Some(input_grad) = io.input_grad else {
             return false;
         };
-        let operands = [io.output_grad.operand(), builder.params_operand()];
+        let operands = [io.output_grad.operand(), context.params_operand()];
         let through = MatmulDims::layer_input_grad_through(rows, m, backward.below);
         let below_mirror = io.input.mirror.as_ref();
         let fused = backward.below != LayerActivation::Identity
             && below_mirror.is_some()
-            && (builder.kernels.matmul).has_backward_epilogue(&through, operands[0], operands[1]);
+            && (context.kernels.matmul).has_backward_epilogue(&through, operands[0], operands[1]);
         if fused {
-            builder.matmul(program, through, operands, &input_grad.buffer, below_mirror);
+            context.matmul(program, through, operands, &input_grad.buffer, below_mirror);
         } else {
             let dims = MatmulDims::layer_input_grad(rows, m);
-            builder.matmul(program, dims, operands, &input_grad.buffer, None);
+            context.matmul(program, dims, operands, &input_grad.buffer, None);
         }
         fused
     }

@@ -6,14 +6,14 @@
 //! and depends on nothing but the seed, the step number and the element, so a rerun and a resume
 //! draw the same masks.
 
+use super::context::LayerContext;
 use super::{Backward, LayerIo};
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::program::Program;
 use crate::gpu::uniforms::DropoutShape;
 use crate::model::{LayerActivation, Shape};
 use crate::reference;
-use crate::train::builder::ProgramBuilder;
-use crate::train::program::Program;
 
 /// A dropout layer in a training program.
 pub(crate) struct DropoutDevice {
@@ -34,7 +34,7 @@ impl DropoutDevice {
     fn shape(&self, rows: usize, training: bool, below: LayerActivation) -> DropoutShape {
         DropoutShape {
             count: (rows * self.features) as u32,
-            threshold: reference::dropout_threshold(self.rate),
+            threshold: dropout_threshold(self.rate),
             scale: 1.0 / (1.0 - self.rate),
             layer_key: self.layer_key,
             derivative: below.shader_code(),
@@ -43,34 +43,34 @@ impl DropoutDevice {
         }
     }
 
-    fn grid(&self, builder: &ProgramBuilder<'_, '_>, rows: usize) -> [u32; 3] {
+    fn grid(&self, context: &LayerContext<'_, '_>, rows: usize) -> [u32; 3] {
         let invocations = (rows * self.features).div_ceil(4);
-        grid_1d(invocations, ROW_WORKGROUP, builder.max_groups())
+        grid_1d(invocations, ROW_WORKGROUP, context.max_groups())
     }
 
     pub(crate) fn record_forward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
         training: bool,
     ) {
         let shape = self.shape(rows, training, LayerActivation::Identity);
-        let shape = builder.gpu.params_with("dropout shape", &shape);
+        let shape = context.gpu.params_with("dropout shape", &shape);
         let resources = [
-            builder.schedule.as_entire_binding(),
+            context.schedule.as_entire_binding(),
             shape.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
             io.output.buffer.as_entire_binding(),
         ];
-        let kernel = &builder.kernels.dropout_forward;
-        program.dispatch(builder.gpu, kernel, &resources, self.grid(builder, rows));
+        let kernel = &context.kernels.dropout_forward;
+        program.dispatch(context.gpu, kernel, &resources, self.grid(context, rows));
     }
 
     pub(crate) fn record_backward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
@@ -80,16 +80,16 @@ impl DropoutDevice {
             return false;
         };
         let shape = self.shape(rows, true, backward.below);
-        let shape = builder.gpu.params_with("dropout shape", &shape);
+        let shape = context.gpu.params_with("dropout shape", &shape);
         let resources = [
-            builder.schedule.as_entire_binding(),
+            context.schedule.as_entire_binding(),
             shape.as_entire_binding(),
             io.output_grad.buffer.as_entire_binding(),
             input_grad.buffer.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
         ];
-        let kernel = &builder.kernels.dropout_backward;
-        program.dispatch(builder.gpu, kernel, &resources, self.grid(builder, rows));
+        let kernel = &context.kernels.dropout_backward;
+        program.dispatch(context.gpu, kernel, &resources, self.grid(context, rows));
         true
     }
 }
@@ -105,4 +105,29 @@ pub fn reference_forward(x: &[f32], rate: f32, layer_key: u32, step: Option<u32>
 /// Dropout backward, CPU reference: dy → dx with the forward pass's mask and scale.
 pub fn reference_backward(dy: &[f32], rate: f32, layer_key: u32, step: u32) -> Vec<f32> {
     reference::dropout_forward(dy, layer_key, step, rate)
+}
+
+/// lowbias32 (Chris Wellons' integer hash): dropout.wgsl's `mix`.
+pub fn mix(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// The key of dropout layer `layer`'s masks in a run with `seed` (dropout.wgsl `Shape.layer_key`).
+pub fn dropout_layer_key(seed: u64, layer: usize) -> u32 {
+    mix(layer as u32 ^ mix(seed as u32 ^ mix((seed >> 32) as u32)))
+}
+
+/// Whether dropout keeps element `element` of the batch at training step `step`: a hash of
+/// (layer key, step, element) at least `threshold` (= rate · 2³², `dropout_threshold`).
+pub fn dropout_keeps(layer_key: u32, step: u32, element: u32, threshold: u32) -> bool {
+    mix(element ^ mix(step ^ layer_key)) >= threshold
+}
+
+/// The hash threshold below which dropout at `rate` drops a value.
+pub fn dropout_threshold(rate: f32) -> u32 {
+    (rate as f64 * 4_294_967_296.0).round().min(u32::MAX as f64) as u32
 }

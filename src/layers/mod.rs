@@ -11,6 +11,7 @@
 pub mod activation;
 pub mod avgpool;
 pub mod batchnorm;
+pub(crate) mod context;
 pub mod conv2d;
 pub mod dense;
 pub mod dropout;
@@ -20,10 +21,10 @@ pub mod residual;
 use wgpu::Buffer;
 
 use crate::error::Result;
+use crate::gpu::program::Program;
 use crate::gpu::{Gpu, Kernels, MatmulOperand, TextureMirror};
 use crate::model::{LayerActivation, LayerSpec, Op, Plan, Shape, WeightMatrix};
-use crate::train::builder::ProgramBuilder;
-use crate::train::program::Program;
+pub(crate) use context::{LayerContext, TransposedInput};
 
 /// A batch tensor on the GPU, with its texture mirror where the matmul kernels read mirrors.
 /// Clones share the buffer (Flatten's output is its input).
@@ -166,7 +167,7 @@ impl DeviceLayer {
             LayerSpec::Dropout { rate } => DeviceLayer::Dropout(dropout::DropoutDevice::new(
                 input,
                 rate,
-                crate::reference::dropout_layer_key(seed, index),
+                dropout::dropout_layer_key(seed, index),
             )),
             LayerSpec::Residual(_) => unreachable!("the plan expands residual blocks"),
         })
@@ -176,26 +177,26 @@ impl DeviceLayer {
     /// identity).
     pub(crate) fn record_forward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
         training: bool,
     ) {
         match self {
-            DeviceLayer::Dense(dense) => dense.record_forward(builder, program, io, rows),
-            DeviceLayer::Conv2d(conv) => conv.record_forward(builder, program, io, rows),
-            DeviceLayer::MaxPool2d(pool) => pool.record_forward(builder, program, io, rows),
-            DeviceLayer::AvgPool2d(pool) => pool.record_forward(builder, program, io, rows),
+            DeviceLayer::Dense(dense) => dense.record_forward(context, program, io, rows),
+            DeviceLayer::Conv2d(conv) => conv.record_forward(context, program, io, rows),
+            DeviceLayer::MaxPool2d(pool) => pool.record_forward(context, program, io, rows),
+            DeviceLayer::AvgPool2d(pool) => pool.record_forward(context, program, io, rows),
             DeviceLayer::BatchNorm(norm) => {
-                norm.record_forward(builder, program, io, rows, training)
+                norm.record_forward(context, program, io, rows, training)
             }
-            DeviceLayer::Activation(layer) => layer.record_forward(builder, program, io, rows),
+            DeviceLayer::Activation(layer) => layer.record_forward(context, program, io, rows),
             DeviceLayer::Flatten => {}
             DeviceLayer::Dropout(dropout) => {
-                dropout.record_forward(builder, program, io, rows, training)
+                dropout.record_forward(context, program, io, rows, training)
             }
-            DeviceLayer::Add(add) => add.record_forward(builder, program, io, rows),
+            DeviceLayer::Add(add) => add.record_forward(context, program, io, rows),
         }
     }
 
@@ -204,7 +205,7 @@ impl DeviceLayer {
     /// gradient has the derivative of `backward.below` applied.
     pub(crate) fn record_backward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
@@ -212,27 +213,27 @@ impl DeviceLayer {
     ) -> bool {
         match self {
             DeviceLayer::Dense(dense) => {
-                dense.record_backward(builder, program, io, rows, backward)
+                dense.record_backward(context, program, io, rows, backward)
             }
-            DeviceLayer::Conv2d(conv) => conv.record_backward(builder, program, io, rows, backward),
+            DeviceLayer::Conv2d(conv) => conv.record_backward(context, program, io, rows, backward),
             DeviceLayer::MaxPool2d(pool) => {
-                pool.record_backward(builder, program, io, rows, backward)
+                pool.record_backward(context, program, io, rows, backward)
             }
             // Its input gradient is its output gradient.
             DeviceLayer::Flatten => backward.derivative_applied,
             DeviceLayer::Dropout(dropout) => {
-                dropout.record_backward(builder, program, io, rows, backward)
+                dropout.record_backward(context, program, io, rows, backward)
             }
             DeviceLayer::AvgPool2d(pool) => {
-                pool.record_backward(builder, program, io, rows);
+                pool.record_backward(context, program, io, rows);
                 false
             }
             DeviceLayer::BatchNorm(norm) => {
-                norm.record_backward(builder, program, io, rows);
+                norm.record_backward(context, program, io, rows);
                 false
             }
             DeviceLayer::Activation(layer) => {
-                layer.record_backward(builder, program, io, rows);
+                layer.record_backward(context, program, io, rows);
                 false
             }
             // The trainer routes a residual sum's gradient to its inputs.

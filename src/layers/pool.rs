@@ -6,16 +6,16 @@
 
 use wgpu::Buffer;
 
+use super::context::LayerContext;
 use super::{Backward, LayerIo};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::program::Program;
 use crate::gpu::uniforms::PoolShape;
 use crate::model::{Geometry, LayerActivation};
 use crate::reference;
-use crate::train::builder::ProgramBuilder;
-use crate::train::program::Program;
 
 /// A max pool in a training program, with where each output's maximum was.
 pub(crate) struct PoolDevice {
@@ -42,13 +42,13 @@ impl PoolDevice {
 
     pub(crate) fn record_forward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
     ) {
         let g = &self.geometry;
-        let shape = builder.gpu.params_with(
+        let shape = context.gpu.params_with(
             "pool shape",
             &PoolShape::new(rows, g, LayerActivation::Identity),
         );
@@ -58,19 +58,19 @@ impl PoolDevice {
             io.output.buffer.as_entire_binding(),
             self.argmax.as_entire_binding(),
         ];
-        let pool = &builder.kernels.pool;
+        let pool = &context.kernels.pool;
         let kernel = match self.per_invocation() {
             4 => &pool.forward_quads,
             _ => &pool.forward,
         };
         let values = rows * g.output.len() / self.per_invocation();
-        let grid = grid_1d(values, ROW_WORKGROUP, builder.max_groups());
-        program.dispatch(builder.gpu, kernel, &resources, grid);
+        let grid = grid_1d(values, ROW_WORKGROUP, context.max_groups());
+        program.dispatch(context.gpu, kernel, &resources, grid);
     }
 
     pub(crate) fn record_backward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
@@ -80,7 +80,7 @@ impl PoolDevice {
             return false;
         };
         let g = &self.geometry;
-        let shape = builder
+        let shape = context
             .gpu
             .params_with("pool shape", &PoolShape::new(rows, g, backward.below));
         let resources = [
@@ -90,14 +90,14 @@ impl PoolDevice {
             self.argmax.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
         ];
-        let pool = &builder.kernels.pool;
+        let pool = &context.kernels.pool;
         let kernel = match self.per_invocation() {
             4 => &pool.backward_quads,
             _ => &pool.backward,
         };
         let values = rows * g.input.len() / self.per_invocation();
-        let grid = grid_1d(values, ROW_WORKGROUP, builder.max_groups());
-        program.dispatch(builder.gpu, kernel, &resources, grid);
+        let grid = grid_1d(values, ROW_WORKGROUP, context.max_groups());
+        program.dispatch(context.gpu, kernel, &resources, grid);
         true
     }
 }

@@ -1,14 +1,14 @@
 //! A residual block's sum (`shaders/elementwise.wgsl` `add`): the node that ends a block.
 //!
 //! Forward, a and b `[rows, features]` (the branch's and the shortcut's outputs) → y = a + b.
-//! Backward: da = db = dy. The trainer routes that gradient (`train::builder`): each input's
+//! Backward: da = db = dy. The trainer routes that gradient (`train::context`): each input's
 //! gradient is dy's buffer itself where nothing changes it in place, else a copy, and a tensor
 //! with several consumers gets the sum of their gradients in the consumers' order.
 
 use super::LayerIo;
+use super::context::LayerContext;
+use crate::gpu::program::Program;
 use crate::model::Shape;
-use crate::train::builder::ProgramBuilder;
-use crate::train::program::Program;
 
 /// A residual sum in a training program.
 pub(crate) struct AddDevice {
@@ -24,15 +24,15 @@ impl AddDevice {
 
     pub(crate) fn record_forward<'k>(
         &self,
-        builder: &ProgramBuilder<'_, 'k>,
+        context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
     ) {
         let second = io.second_input.expect("a residual sum has two inputs");
-        builder.elementwise(
+        context.elementwise(
             program,
-            &builder.kernels.elementwise.add,
+            &context.kernels.elementwise.add,
             rows * self.features,
             [Some(&io.input.buffer), Some(&second.buffer)],
             &io.output.buffer,

@@ -5,18 +5,15 @@
 
 use wgpu::Buffer;
 
-use super::program::Program;
 use super::{DeviceSplit, TrainConfig};
-use crate::error::Result;
 use crate::error::Result as AnyResult;
-use crate::gpu::Kernel;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::{ROW_WORKGROUP, gather_grid, gather_transposed_grid, optimizer_grid};
-use crate::gpu::uniforms::ElementwiseShape;
+use crate::gpu::program::Program;
 use crate::gpu::uniforms::*;
-use crate::gpu::{Gpu, Kernels, MatmulOperand, TextureMirror};
-use crate::layers::{Backward, DeviceLayer, DeviceTensor, LayerIo};
-use crate::model::{LayerActivation, LayerSpec, Loss, ModelSpec, Op, Plan, TensorId, WeightMatrix};
+use crate::gpu::{Gpu, Kernels};
+use crate::layers::{Backward, DeviceLayer, DeviceTensor, LayerContext, LayerIo};
+use crate::model::{LayerActivation, LayerSpec, Loss, ModelSpec, Op, Plan, TensorId};
 
 /// Where each node's backward pass writes the gradient of each of its inputs, and where each
 /// tensor's gradient is once every consumer has run.
@@ -108,8 +105,8 @@ impl GradientRoutes {
 
 /// Builds the bind groups of every dispatch of a step, once, walking the plan's nodes.
 pub(crate) struct ProgramBuilder<'a, 'k> {
-    pub(crate) gpu: &'k Gpu,
-    pub(crate) kernels: &'k Kernels,
+    /// What the layers record through.
+    pub(crate) context: LayerContext<'a, 'k>,
     pub(crate) spec: &'a ModelSpec,
     pub(crate) plan: &'a Plan,
     /// One per node of the plan.
@@ -118,137 +115,11 @@ pub(crate) struct ProgramBuilder<'a, 'k> {
     pub(crate) tensors: &'a [DeviceTensor],
     pub(crate) routes: &'a GradientRoutes,
     pub(crate) batch_labels: &'a Buffer,
-    pub(crate) params: &'a DeviceTensor,
     /// Floats in the flat parameter buffers: the trained parameters.
     pub(crate) param_floats: usize,
-    pub(crate) grads: &'a Buffer,
-    /// BatchNorm's running statistics (`ParamLayout::state`).
-    pub(crate) state: &'a Buffer,
-    pub(crate) schedule: &'a Buffer,
-    pub(crate) input_transposed: Option<&'a TransposedInput>,
-    /// The weight matrix of the dense layer that reads the batch itself (after any Flatten), if
-    /// the first layer with parameters is one.
-    pub(crate) batch_dense: Option<WeightMatrix>,
-}
-
-/// The training batch stored transposed, for the first layer's weight gradient as a forward-form
-/// product (gather.wgsl's `gather_batch_transposed` writes it): on the register kernels the
-/// forward blocks compute that shape faster than the weight-gradient form (docs/performance.md).
-/// A row of ones below it (written
-/// once, never gathered) makes the same product sum the bias gradient too, which saves
-/// activation.wgsl's dispatch for that layer where its derivative is already applied.
-pub(crate) struct TransposedInput {
-    buffer: Buffer,
-    mirror: TextureMirror,
-    /// vec4 per row: the batch size rounded up to 4, over 4.
-    quads: usize,
-}
-
-impl TransposedInput {
-    /// Made where the matmul kernels read mirrors (the register kernels); elsewhere the
-    /// weight-gradient form reads X through strides as fast.
-    pub(crate) fn new(
-        gpu: &Gpu,
-        kernels: &Kernels,
-        inputs: usize,
-        batch: usize,
-    ) -> Result<Option<Self>> {
-        if !kernels.matmul.reads_mirrors() {
-            return Ok(None);
-        }
-        let quads = batch.div_ceil(4);
-        let buffer = gpu.storage_buffer("batch transposed", ((inputs + 1) * quads * 16) as u64)?;
-        let ones = vec![1.0f32; 4 * quads];
-        let ones_row = (inputs * quads * 16) as u64;
-        gpu.queue
-            .write_buffer(&buffer, ones_row, bytemuck::cast_slice(&ones));
-        Ok(
-            TextureMirror::new(gpu, "batch transposed mirror", &buffer).map(|mirror| {
-                TransposedInput {
-                    buffer,
-                    mirror,
-                    quads,
-                }
-            }),
-        )
-    }
 }
 
 impl<'a, 'k> ProgramBuilder<'a, 'k> {
-    pub(crate) fn max_groups(&self) -> u32 {
-        self.gpu.limits.max_compute_workgroups_per_dimension
-    }
-
-    /// Records the product `dims` (`below`: the mirror a backward epilogue reads).
-    pub(crate) fn matmul(
-        &self,
-        program: &mut Program<'k>,
-        dims: MatmulDims,
-        [lhs, rhs]: [MatmulOperand<'_>; 2],
-        out: &Buffer,
-        below: Option<&TextureMirror>,
-    ) {
-        let chosen = self.kernels.matmul.for_operands(&dims, lhs, rhs);
-        let uniform = self.gpu.params_with("matmul dims", &dims);
-        let resources = chosen.resources(&uniform, lhs, rhs, out, below, &mut |mirror| {
-            program.refresh(mirror)
-        });
-        program.dispatch(self.gpu, chosen.kernel, &resources, chosen.grid);
-    }
-
-    /// Records the product `dims` in parts along K where the kernels split it
-    /// (`MatmulKernels::split_along_k`), the parts in `scratch` (sized for the largest split the
-    /// caller records; without one, unsplit).
-    pub(crate) fn matmul_in_parts(
-        &self,
-        program: &mut Program<'k>,
-        dims: MatmulDims,
-        [lhs, rhs]: [MatmulOperand<'_>; 2],
-        out: &Buffer,
-        scratch: Option<&Buffer>,
-    ) {
-        let split = self.kernels.matmul.split_for(&dims, [&lhs, &rhs]);
-        let (Some(split), Some(scratch)) = (split, scratch) else {
-            return self.matmul(program, dims, [lhs, rhs], out, None);
-        };
-        assert!(
-            (split.scratch_floats * 4) as u64 <= scratch.size(),
-            "a split product's parts fit its scratch buffer"
-        );
-        let uniform = self.gpu.params_with("matmul parts dims", &split.parts_dims);
-        let resources = split
-            .parts
-            .resources(&uniform, lhs, rhs, scratch, None, &mut |mirror| {
-                program.refresh(mirror)
-            });
-        program.dispatch(self.gpu, split.parts.kernel, &resources, split.parts.grid);
-        let uniform = self.gpu.params_with("matmul sum dims", &split.sum_dims);
-        let resources = split.sum_resources(&uniform, scratch, out);
-        program.dispatch(self.gpu, split.sum.kernel, &resources, split.sum.grid);
-    }
-
-    pub(crate) fn params_operand(&self) -> MatmulOperand<'a> {
-        self.params.operand()
-    }
-
-    /// The weight and bias gradient of the dense layer reading the batch, on the transposed
-    /// batch, where it runs on the register kernels' forward form (not where a partial batch's
-    /// rows are not a multiple of 4). `forward` (whether to gather the batch transposed too) and
-    /// that layer's backward pass both ask this for the same rows, so they agree.
-    pub(crate) fn first_weight_grad_transposed(
-        &self,
-        rows: usize,
-    ) -> Option<(MatmulDims, MatmulOperand<'a>)> {
-        let transposed = self.input_transposed?;
-        let matrix = self.batch_dense.as_ref()?;
-        let stride = 4 * transposed.quads;
-        let dims = (self.kernels.matmul).transposed_first_weight_grad(rows, matrix, stride)?;
-        Some((
-            dims,
-            MatmulOperand::new(&transposed.buffer, Some(&transposed.mirror)),
-        ))
-    }
-
     /// Node `n`'s tensors.
     fn io(&self, n: usize) -> LayerIo<'a> {
         let node = &self.plan.nodes[n];
@@ -260,29 +131,6 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             input_grad: self.routes.targets[n][0].as_ref(),
             input_is_batch: self.plan.is_batch(node.inputs[0]),
         }
-    }
-
-    /// Records `kernel` of elementwise.wgsl over `count` values: its inputs a and b where it
-    /// reads them, and `out`.
-    pub(crate) fn elementwise(
-        &self,
-        program: &mut Program<'k>,
-        kernel: &'k Kernel,
-        count: usize,
-        inputs: [Option<&Buffer>; 2],
-        out: &Buffer,
-    ) {
-        let shape = ElementwiseShape {
-            count: count as u32,
-            activation: 0,
-            _pad: [0; 2],
-        };
-        let shape = self.gpu.params_with("elementwise shape", &shape);
-        let mut resources = vec![shape.as_entire_binding()];
-        resources.extend(inputs.iter().flatten().map(|b| b.as_entire_binding()));
-        resources.push(out.as_entire_binding());
-        let grid = grid_1d(count.div_ceil(4), ROW_WORKGROUP, self.max_groups());
-        program.dispatch(self.gpu, kernel, &resources, grid);
     }
 
     /// The gradient of tensor `t`, which several nodes read: the sum of their gradients, in
@@ -297,8 +145,8 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             })
             .collect();
         let sum = &self.routes.grads[t].buffer;
-        let kernels = &self.kernels.elementwise;
-        self.elementwise(
+        let kernels = &self.context.kernels.elementwise;
+        self.context.elementwise(
             program,
             &kernels.add,
             count,
@@ -306,7 +154,8 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             sum,
         );
         for part in &parts[2..] {
-            self.elementwise(program, &kernels.add_assign, count, [None, Some(part)], sum);
+            self.context
+                .elementwise(program, &kernels.add_assign, count, [None, Some(part)], sum);
         }
     }
 
@@ -314,18 +163,18 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
     /// its gradient, and dropout drops).
     pub(crate) fn forward(&self, split: &DeviceSplit, rows: usize, training: bool) -> Program<'k> {
         let mut program = Program::default();
-        let gpu = self.gpu;
+        let gpu = self.context.gpu;
         let words = self.spec.input.len() / 4;
         let shape = gpu.params_with(
             "gather shape",
             &GatherShape {
                 words_per_sample: words as u32,
-                transposed_quads: self.input_transposed.map_or(0, |t| t.quads as u32),
+                transposed_quads: self.context.input_transposed.map_or(0, |t| t.quads as u32),
                 _pad: [0; 2],
             },
         );
         let mut resources = vec![
-            self.schedule.as_entire_binding(),
+            self.context.schedule.as_entire_binding(),
             shape.as_entire_binding(),
             split.pixels.as_entire_binding(),
             split.labels.as_entire_binding(),
@@ -333,29 +182,28 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             self.tensors[0].buffer.as_entire_binding(),
             self.batch_labels.as_entire_binding(),
         ];
-        let transposed = self
-            .input_transposed
-            .filter(|_| training && self.first_weight_grad_transposed(rows).is_some());
+        let transposed = (self.context.input_transposed)
+            .filter(|_| training && self.context.first_weight_grad_transposed(rows).is_some());
         let (kernel, grid) = match transposed {
             Some(transposed) => {
                 resources.push(transposed.buffer.as_entire_binding());
-                let grid = gather_transposed_grid(rows, words, self.max_groups());
-                (&self.kernels.gather_batch_transposed, grid)
+                let grid = gather_transposed_grid(rows, words, self.context.max_groups());
+                (&self.context.kernels.gather_batch_transposed, grid)
             }
             None => (
-                &self.kernels.gather_batch,
-                gather_grid(rows * words, self.max_groups()),
+                &self.context.kernels.gather_batch,
+                gather_grid(rows * words, self.context.max_groups()),
             ),
         };
         program.dispatch(gpu, kernel, &resources, grid);
 
         for (n, layer) in self.layers.iter().enumerate() {
-            layer.record_forward(self, &mut program, &self.io(n), rows, training);
+            layer.record_forward(&self.context, &mut program, &self.io(n), rows, training);
         }
 
         let kernel = match self.spec.loss {
-            Loss::Xent => &self.kernels.softmax_cross_entropy,
-            Loss::Mse => &self.kernels.softmax_mean_squared_error,
+            Loss::Xent => &self.context.kernels.softmax_cross_entropy,
+            Loss::Mse => &self.context.kernels.softmax_mean_squared_error,
         };
         let shape = gpu.params_with(
             "loss shape",
@@ -367,7 +215,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         );
         let logits = self.plan.logits();
         let resources = [
-            self.schedule.as_entire_binding(),
+            self.context.schedule.as_entire_binding(),
             shape.as_entire_binding(),
             self.tensors[logits].buffer.as_entire_binding(),
             self.batch_labels.as_entire_binding(),
@@ -380,7 +228,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             gpu,
             kernel,
             &resources,
-            grid_1d(rows, ROW_WORKGROUP, self.max_groups()),
+            grid_1d(rows, ROW_WORKGROUP, self.context.max_groups()),
         );
         program
     }
@@ -405,14 +253,20 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             };
             let io = self.io(n);
             applied[node.inputs[0]] =
-                layer.record_backward(self, &mut program, &io, rows, backward);
+                layer.record_backward(&self.context, &mut program, &io, rows, backward);
             for (slot, &copy) in self.routes.copies[n].iter().enumerate() {
                 let target = self.routes.targets[n][slot].as_ref();
                 if let Some(target) = target.filter(|_| copy) {
                     let count = rows * plan.tensors[node.output].shape.len();
                     let from = Some(&io.output_grad.buffer);
-                    let kernel = &self.kernels.elementwise.copy;
-                    self.elementwise(&mut program, kernel, count, [from, None], &target.buffer);
+                    let kernel = &self.context.kernels.elementwise.copy;
+                    self.context.elementwise(
+                        &mut program,
+                        kernel,
+                        count,
+                        [from, None],
+                        &target.buffer,
+                    );
                 }
             }
             for &t in &node.inputs {
@@ -427,9 +281,9 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
 
     pub(crate) fn advance(&self) -> Program<'k> {
         let mut program = Program::default();
-        let kernel = &self.kernels.advance_step;
-        let resources = [self.schedule.as_entire_binding()];
-        program.dispatch(self.gpu, kernel, &resources, [1, 1, 1]);
+        let kernel = &self.context.kernels.advance_step;
+        let resources = [self.context.schedule.as_entire_binding()];
+        program.dispatch(self.context.gpu, kernel, &resources, [1, 1, 1]);
         program
     }
 
@@ -439,7 +293,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         moments: Option<&(Buffer, Buffer)>,
     ) -> Program<'k> {
         let mut program = Program::default();
-        let hyper = self.gpu.params_with(
+        let hyper = self.context.gpu.params_with(
             "optimizer hyperparameters",
             &OptimizerHyper {
                 count: self.param_floats as u32,
@@ -450,28 +304,28 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
                 _pad: [0; 3],
             },
         );
-        let grid = optimizer_grid(self.param_floats, self.max_groups());
+        let grid = optimizer_grid(self.param_floats, self.context.max_groups());
         match moments {
             Some((moment1, moment2)) => {
-                let kernel = &self.kernels.optimizer().adam;
+                let kernel = &self.context.kernels.optimizer().adam;
                 let resources = [
-                    self.schedule.as_entire_binding(),
+                    self.context.schedule.as_entire_binding(),
                     hyper.as_entire_binding(),
-                    self.params.buffer.as_entire_binding(),
-                    self.grads.as_entire_binding(),
+                    self.context.params.buffer.as_entire_binding(),
+                    self.context.grads.as_entire_binding(),
                     moment1.as_entire_binding(),
                     moment2.as_entire_binding(),
                 ];
-                program.dispatch(self.gpu, kernel, &resources, grid);
+                program.dispatch(self.context.gpu, kernel, &resources, grid);
             }
             None => {
-                let kernel = &self.kernels.optimizer().sgd;
+                let kernel = &self.context.kernels.optimizer().sgd;
                 let resources = [
                     hyper.as_entire_binding(),
-                    self.params.buffer.as_entire_binding(),
-                    self.grads.as_entire_binding(),
+                    self.context.params.buffer.as_entire_binding(),
+                    self.context.grads.as_entire_binding(),
                 ];
-                program.dispatch(self.gpu, kernel, &resources, grid);
+                program.dispatch(self.context.gpu, kernel, &resources, grid);
             }
         }
         program
@@ -485,14 +339,14 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         totals: &Buffer,
     ) -> Program<'k> {
         let mut program = Program::default();
-        let kernel = &self.kernels.sum_metrics;
+        let kernel = &self.context.kernels.sum_metrics;
         let resources = [
             shape.as_entire_binding(),
             split.sample_loss.as_entire_binding(),
             split.sample_correct.as_entire_binding(),
             totals.as_entire_binding(),
         ];
-        program.dispatch(self.gpu, kernel, &resources, [1, 1, 1]);
+        program.dispatch(self.context.gpu, kernel, &resources, [1, 1, 1]);
         program
     }
 }

@@ -170,3 +170,10 @@ impl Evaluation {
         matrix
     }
 }
+
+/// Adam's bias-corrected step size for step `t` (counting from 1), in f64 then rounded once.
+pub fn adam_step_size(learning_rate: f32, beta1: f32, beta2: f32, t: u64) -> f32 {
+    let t = t as i32;
+    let (b1, b2) = (beta1 as f64, beta2 as f64);
+    (learning_rate as f64 * (1.0 - b2.powi(t)).sqrt() / (1.0 - b1.powi(t))) as f32
+}

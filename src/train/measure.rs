@@ -1,9 +1,9 @@
 //! Running a trainer's kernels for measurement and checks rather than training: benchmark
 //! steps, a per-kernel profile of a step, and the first batch's gradients.
 
-use super::program::{Command, Recorder};
 use super::{GpuWork, StepParams, Trainer, program_for};
 use crate::error::{Error, Result};
+use crate::gpu::program::{Command, Recorder};
 
 /// The profile's name for the copies of buffers into their texture mirrors.
 pub const MIRROR_REFRESH: &str = "texture mirror refresh";

@@ -19,7 +19,6 @@ pub mod config;
 mod fit;
 mod measure;
 mod pacing;
-pub(crate) mod program;
 mod progress;
 pub mod state;
 
@@ -31,12 +30,13 @@ use std::time::Instant;
 
 use wgpu::Buffer;
 
-use builder::{GradientRoutes, ProgramBuilder, TransposedInput};
+use crate::gpu::program::{Program, Recorder};
+use builder::{GradientRoutes, ProgramBuilder};
 pub use config::{
     EpochMetrics, EpochProgress, Evaluation, GpuWork, OptimizerKind, SplitMetrics, TrainConfig,
+    adam_step_size,
 };
 use pacing::{CHUNKS_IN_FLIGHT, InFlight, Pace};
-use program::{Program, Recorder};
 use progress::{PROGRESS_READS_IN_FLIGHT, PendingRead, ProgressReads};
 pub use state::{EpochState, TrainingState};
 
@@ -44,9 +44,8 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels};
-use crate::layers::{DeviceLayer, DeviceTensor};
+use crate::layers::{DeviceLayer, DeviceTensor, LayerContext, TransposedInput};
 use crate::model::{LayerSpec, ModelSpec, ParamLayout};
-use crate::reference::adam_step_size;
 use crate::rng::Rng;
 
 /// One dataset split on the GPU, with its per-sample metric slots.
@@ -356,21 +355,23 @@ impl<'k> Trainer<'k> {
             None => None,
         };
         let builder = ProgramBuilder {
-            gpu,
-            kernels,
+            context: LayerContext {
+                gpu,
+                kernels,
+                params: &params,
+                grads: &grads,
+                state: &state,
+                schedule: &schedule,
+                input_transposed: input_transposed.as_ref(),
+                batch_dense,
+            },
             spec: &spec,
             plan: &plan,
             layers: &layers,
             tensors: &tensors,
             routes: &routes,
             batch_labels: &batch_labels,
-            params: &params,
             param_floats: layout.trained,
-            grads: &grads,
-            state: &state,
-            schedule: &schedule,
-            input_transposed: input_transposed.as_ref(),
-            batch_dense,
         };
         let train_program =
             |rows: usize| builder.backward(builder.forward(&train_split, rows, true), rows);

@@ -7,9 +7,9 @@ use std::sync::mpsc::Receiver;
 use wgpu::Buffer;
 
 use super::builder::ProgramBuilder;
-use super::program::Program;
 use super::{DeviceSplit, EpochInProgress, EpochProgress, Trainer};
 use crate::error::{Error, Result};
+use crate::gpu::program::Program;
 use crate::gpu::uniforms::MetricsShape;
 
 /// Staging buffers for running-metric reads in flight: one per chunk of steps that may be queued
@@ -37,7 +37,7 @@ pub(super) struct PendingRead {
 
 impl<'k> ProgressReads<'k> {
     pub(super) fn new(builder: &ProgramBuilder<'_, 'k>, train: &DeviceSplit) -> Result<Self> {
-        let gpu = builder.gpu;
+        let gpu = builder.context.gpu;
         let shape = gpu.storage_with(
             "progress metrics shape",
             &[MetricsShape {

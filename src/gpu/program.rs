@@ -4,7 +4,7 @@
 
 use wgpu::{BindingResource, Buffer, CommandEncoder, ComputePass};
 
-use crate::gpu::{Gpu, Kernel, TextureMirror};
+use super::{Gpu, Kernel, TextureMirror};
 
 pub struct Dispatch<'k> {
     pub kernel: &'k Kernel,

@@ -1,0 +1,172 @@
+//! What a layer records its dispatches through: the device and kernels, the flat parameter,
+//! gradient and state buffers, the step schedule, and the products' choice of kernel variant. The
+//! trainer (`crate::train`) makes one per model; layers know nothing else of it.
+
+use wgpu::Buffer;
+
+use crate::error::Result;
+use crate::gpu::buffers::grid_1d;
+use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::program::Program;
+use crate::gpu::uniforms::{ElementwiseShape, MatmulDims};
+use crate::gpu::{Gpu, Kernel, Kernels, MatmulOperand, TextureMirror};
+use crate::model::WeightMatrix;
+
+use super::DeviceTensor;
+
+/// The resources every layer's dispatches may bind, and the helpers that record products.
+pub(crate) struct LayerContext<'a, 'k> {
+    pub(crate) gpu: &'k Gpu,
+    pub(crate) kernels: &'k Kernels,
+    pub(crate) params: &'a DeviceTensor,
+    pub(crate) grads: &'a Buffer,
+    /// BatchNorm's running statistics (`ParamLayout::state`).
+    pub(crate) state: &'a Buffer,
+    pub(crate) schedule: &'a Buffer,
+    pub(crate) input_transposed: Option<&'a TransposedInput>,
+    /// The weight matrix of the dense layer that reads the batch itself (after any Flatten), if
+    /// the first layer with parameters is one.
+    pub(crate) batch_dense: Option<WeightMatrix>,
+}
+
+/// The training batch stored transposed, for the first layer's weight gradient as a forward-form
+/// product (gather.wgsl's `gather_batch_transposed` writes it): on the register kernels the
+/// forward blocks compute that shape faster than the weight-gradient form (docs/performance.md).
+/// A row of ones below it (written
+/// once, never gathered) makes the same product sum the bias gradient too, which saves
+/// activation.wgsl's dispatch for that layer where its derivative is already applied.
+pub(crate) struct TransposedInput {
+    pub(crate) buffer: Buffer,
+    mirror: TextureMirror,
+    /// vec4 per row: the batch size rounded up to 4, over 4.
+    pub(crate) quads: usize,
+}
+
+impl TransposedInput {
+    /// Made where the matmul kernels read mirrors (the register kernels); elsewhere the
+    /// weight-gradient form reads X through strides as fast.
+    pub(crate) fn new(
+        gpu: &Gpu,
+        kernels: &Kernels,
+        inputs: usize,
+        batch: usize,
+    ) -> Result<Option<Self>> {
+        if !kernels.matmul.reads_mirrors() {
+            return Ok(None);
+        }
+        let quads = batch.div_ceil(4);
+        let buffer = gpu.storage_buffer("batch transposed", ((inputs + 1) * quads * 16) as u64)?;
+        let ones = vec![1.0f32; 4 * quads];
+        let ones_row = (inputs * quads * 16) as u64;
+        gpu.queue
+            .write_buffer(&buffer, ones_row, bytemuck::cast_slice(&ones));
+        Ok(
+            TextureMirror::new(gpu, "batch transposed mirror", &buffer).map(|mirror| {
+                TransposedInput {
+                    buffer,
+                    mirror,
+                    quads,
+                }
+            }),
+        )
+    }
+}
+
+impl<'a, 'k> LayerContext<'a, 'k> {
+    pub(crate) fn max_groups(&self) -> u32 {
+        self.gpu.limits.max_compute_workgroups_per_dimension
+    }
+
+    /// Records the product `dims` (`below`: the mirror a backward epilogue reads).
+    pub(crate) fn matmul(
+        &self,
+        program: &mut Program<'k>,
+        dims: MatmulDims,
+        [lhs, rhs]: [MatmulOperand<'_>; 2],
+        out: &Buffer,
+        below: Option<&TextureMirror>,
+    ) {
+        let chosen = self.kernels.matmul.for_operands(&dims, lhs, rhs);
+        let uniform = self.gpu.params_with("matmul dims", &dims);
+        let resources = chosen.resources(&uniform, lhs, rhs, out, below, &mut |mirror| {
+            program.refresh(mirror)
+        });
+        program.dispatch(self.gpu, chosen.kernel, &resources, chosen.grid);
+    }
+
+    /// Records the product `dims` in parts along K where the kernels split it
+    /// (`MatmulKernels::split_along_k`), the parts in `scratch` (sized for the largest split the
+    /// caller records; without one, unsplit).
+    pub(crate) fn matmul_in_parts(
+        &self,
+        program: &mut Program<'k>,
+        dims: MatmulDims,
+        [lhs, rhs]: [MatmulOperand<'_>; 2],
+        out: &Buffer,
+        scratch: Option<&Buffer>,
+    ) {
+        let split = self.kernels.matmul.split_for(&dims, [&lhs, &rhs]);
+        let (Some(split), Some(scratch)) = (split, scratch) else {
+            return self.matmul(program, dims, [lhs, rhs], out, None);
+        };
+        assert!(
+            (split.scratch_floats * 4) as u64 <= scratch.size(),
+            "a split product's parts fit its scratch buffer"
+        );
+        let uniform = self.gpu.params_with("matmul parts dims", &split.parts_dims);
+        let resources = split
+            .parts
+            .resources(&uniform, lhs, rhs, scratch, None, &mut |mirror| {
+                program.refresh(mirror)
+            });
+        program.dispatch(self.gpu, split.parts.kernel, &resources, split.parts.grid);
+        let uniform = self.gpu.params_with("matmul sum dims", &split.sum_dims);
+        let resources = split.sum_resources(&uniform, scratch, out);
+        program.dispatch(self.gpu, split.sum.kernel, &resources, split.sum.grid);
+    }
+
+    pub(crate) fn params_operand(&self) -> MatmulOperand<'a> {
+        self.params.operand()
+    }
+
+    /// The weight and bias gradient of the dense layer reading the batch, on the transposed
+    /// batch, where it runs on the register kernels' forward form (not where a partial batch's
+    /// rows are not a multiple of 4). `forward` (whether to gather the batch transposed too) and
+    /// that layer's backward pass both ask this for the same rows, so they agree.
+    pub(crate) fn first_weight_grad_transposed(
+        &self,
+        rows: usize,
+    ) -> Option<(MatmulDims, MatmulOperand<'a>)> {
+        let transposed = self.input_transposed?;
+        let matrix = self.batch_dense.as_ref()?;
+        let stride = 4 * transposed.quads;
+        let dims = (self.kernels.matmul).transposed_first_weight_grad(rows, matrix, stride)?;
+        Some((
+            dims,
+            MatmulOperand::new(&transposed.buffer, Some(&transposed.mirror)),
+        ))
+    }
+
+    /// Records `kernel` of elementwise.wgsl over `count` values: its inputs a and b where it
+    /// reads them, and `out`.
+    pub(crate) fn elementwise(
+        &self,
+        program: &mut Program<'k>,
+        kernel: &'k Kernel,
+        count: usize,
+        inputs: [Option<&Buffer>; 2],
+        out: &Buffer,
+    ) {
+        let shape = ElementwiseShape {
+            count: count as u32,
+            activation: 0,
+            _pad: [0; 2],
+        };
+        let shape = self.gpu.params_with("elementwise shape", &shape);
+        let mut resources = vec![shape.as_entire_binding()];
+        resources.extend(inputs.iter().flatten().map(|b| b.as_entire_binding()));
+        resources.push(out.as_entire_binding());
+        let grid = grid_1d(count.div_ceil(4), ROW_WORKGROUP, self.max_groups());
+        program.dispatch(self.gpu, kernel, &resources, grid);
+    }
+}
