@@ -3,8 +3,8 @@
 //! Forward, x `[rows, features]` → y = f(x). Backward, from dy: dx = dy ⊙ f'(y), with f' taken
 //! from the output as every activation's backward pass here does.
 
-use super::LayerIo;
 use super::context::LayerContext;
+use super::{Backward, DevicePasses, LayerIo};
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
@@ -36,13 +36,16 @@ impl ActivationDevice {
         let grid = grid_1d(count.div_ceil(4), ROW_WORKGROUP, context.max_groups());
         (context.gpu.params_with("activation shape", &shape), grid)
     }
+}
 
-    pub(crate) fn record_forward<'k>(
+impl DevicePasses for ActivationDevice {
+    fn record_forward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
+        _training: bool,
     ) {
         let (shape, grid) = self.shape(context, rows);
         let resources = [
@@ -54,15 +57,16 @@ impl ActivationDevice {
         program.dispatch(context.gpu, kernel, &resources, grid);
     }
 
-    pub(crate) fn record_backward<'k>(
+    fn record_backward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
-    ) {
+        _backward: Backward,
+    ) -> bool {
         let Some(input_grad) = io.input_grad else {
-            return;
+            return false;
         };
         let (shape, grid) = self.shape(context, rows);
         let resources = [
@@ -73,6 +77,7 @@ impl ActivationDevice {
         ];
         let kernel = &context.kernels.elementwise.activation_derivative;
         program.dispatch(context.gpu, kernel, &resources, grid);
+        false
     }
 }
 

@@ -5,8 +5,8 @@
 //! from dy, a gather: dx at each input the sum of dy over the windows holding it, over the window's
 //! size.
 
-use super::LayerIo;
 use super::context::LayerContext;
+use super::{Backward, DevicePasses, LayerIo};
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
@@ -47,29 +47,34 @@ impl AvgPoolDevice {
         let grid = grid_1d(values, ROW_WORKGROUP, context.max_groups());
         program.dispatch(context.gpu, kernel, &resources, grid);
     }
+}
 
-    pub(crate) fn record_forward<'k>(
+impl DevicePasses for AvgPoolDevice {
+    fn record_forward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
+        _training: bool,
     ) {
         let buffers = [&io.input.buffer, &io.output.buffer];
         self.record(context, program, buffers, rows, true);
     }
 
-    pub(crate) fn record_backward<'k>(
+    fn record_backward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
-    ) {
+        _backward: Backward,
+    ) -> bool {
         if let Some(input_grad) = io.input_grad {
             let buffers = [&io.output_grad.buffer, &input_grad.buffer];
             self.record(context, program, buffers, rows, false);
         }
+        false
     }
 }
 

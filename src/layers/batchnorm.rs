@@ -11,8 +11,8 @@
 
 use wgpu::Buffer;
 
-use super::LayerIo;
 use super::context::LayerContext;
+use super::{Backward, DevicePasses, LayerIo};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::gpu::buffers::grid_1d;
@@ -72,8 +72,10 @@ impl BatchNormDevice {
         let per_value = grid_1d(values, ROW_WORKGROUP, context.max_groups());
         ([channels as u32, 1, 1], per_value)
     }
+}
 
-    pub(crate) fn record_forward<'k>(
+impl DevicePasses for BatchNormDevice {
+    fn record_forward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
@@ -113,13 +115,14 @@ impl BatchNormDevice {
         program.dispatch(context.gpu, kernel, &resources, per_value);
     }
 
-    pub(crate) fn record_backward<'k>(
+    fn record_backward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
-    ) {
+        _backward: Backward,
+    ) -> bool {
         let shape = self.shape(context, rows, true);
         let kernels = &context.kernels.batchnorm;
         let quads = self.per_invocation() == 4;
@@ -137,7 +140,7 @@ impl BatchNormDevice {
         };
         program.dispatch(context.gpu, kernel, &resources, per_channel);
         let Some(input_grad) = io.input_grad else {
-            return;
+            return false;
         };
         let resources = [
             shape.as_entire_binding(),
@@ -153,6 +156,7 @@ impl BatchNormDevice {
             false => &kernels.backward_input,
         };
         program.dispatch(context.gpu, kernel, &resources, per_value);
+        false
     }
 }
 

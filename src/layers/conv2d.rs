@@ -9,7 +9,7 @@
 use wgpu::Buffer;
 
 use super::context::LayerContext;
-use super::{Backward, DeviceTensor, LayerIo};
+use super::{Backward, DevicePasses, DeviceTensor, LayerIo};
 use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
@@ -69,13 +69,16 @@ impl ConvDevice {
     fn quads(&self) -> bool {
         self.geometry.input.channels.is_multiple_of(4)
     }
+}
 
-    pub(crate) fn record_forward<'k>(
+impl DevicePasses for ConvDevice {
+    fn record_forward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
+        _training: bool,
     ) {
         let g = &self.geometry;
         let shape = ConvShape::new(rows, g, self.matrix.rows, LayerActivation::Identity)
@@ -100,7 +103,7 @@ impl ConvDevice {
         context.matmul(program, dims, operands, &io.output.buffer, None);
     }
 
-    pub(crate) fn record_backward<'k>(
+    fn record_backward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,

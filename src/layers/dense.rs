@@ -6,7 +6,7 @@
 //! needs it, through the derivative of the layer beneath where the kernels can.
 
 use super::context::LayerContext;
-use super::{Backward, LayerIo};
+use super::{Backward, DevicePasses, LayerIo};
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
@@ -23,22 +23,6 @@ pub(crate) struct DenseDevice {
 impl DenseDevice {
     pub fn new(matrix: WeightMatrix, activation: LayerActivation) -> Self {
         DenseDevice { matrix, activation }
-    }
-
-    pub(crate) fn record_forward<'k>(
-        &self,
-        context: &LayerContext<'_, 'k>,
-        program: &mut Program<'k>,
-        io: &LayerIo<'_>,
-        rows: usize,
-    ) {
-        context.matmul(
-            program,
-            MatmulDims::layer_forward_activated(rows, &self.matrix, self.activation),
-            [io.input.operand(), context.params_operand()],
-            &io.output.buffer,
-            None,
-        );
     }
 
     /// activation.wgsl's parameters over `rows` samples, taking the derivative of `activation`
@@ -59,12 +43,31 @@ impl DenseDevice {
             },
         )
     }
+}
+
+impl DevicePasses for DenseDevice {
+    fn record_forward<'k>(
+        &self,
+        context: &LayerContext<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+        _training: bool,
+    ) {
+        context.matmul(
+            program,
+            MatmulDims::layer_forward_activated(rows, &self.matrix, self.activation),
+            [io.input.operand(), context.params_operand()],
+            &io.output.buffer,
+            None,
+        );
+    }
 
     /// Where the input-gradient product can carry the gradient through the activation below (the
     /// register kernels), activation.wgsl only sums the layer beneath's bias gradient; and for a
     /// layer whose input is the batch not even that where its weight gradient runs on the
     /// transposed batch, whose row of ones sums the bias gradient in the same product.
-    pub(crate) fn record_backward<'k>(
+    fn record_backward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,

@@ -7,7 +7,7 @@
 //! draw the same masks.
 
 use super::context::LayerContext;
-use super::{Backward, LayerIo};
+use super::{Backward, DevicePasses, LayerIo};
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
@@ -47,8 +47,10 @@ impl DropoutDevice {
         let invocations = (rows * self.features).div_ceil(4);
         grid_1d(invocations, ROW_WORKGROUP, context.max_groups())
     }
+}
 
-    pub(crate) fn record_forward<'k>(
+impl DevicePasses for DropoutDevice {
+    fn record_forward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
@@ -68,7 +70,7 @@ impl DropoutDevice {
         program.dispatch(context.gpu, kernel, &resources, self.grid(context, rows));
     }
 
-    pub(crate) fn record_backward<'k>(
+    fn record_backward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,

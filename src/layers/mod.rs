@@ -15,6 +15,7 @@ pub(crate) mod context;
 pub mod conv2d;
 pub mod dense;
 pub mod dropout;
+pub mod flatten;
 pub mod pool;
 pub mod residual;
 
@@ -77,19 +78,35 @@ pub(crate) struct Backward {
     pub below: LayerActivation,
 }
 
-/// A layer as the training programs record it, with the buffers it needs besides its input and
-/// output (made once, for the batch size).
-pub(crate) enum DeviceLayer {
-    Dense(dense::DenseDevice),
-    Conv2d(Box<conv2d::ConvDevice>),
-    MaxPool2d(pool::PoolDevice),
-    AvgPool2d(avgpool::AvgPoolDevice),
-    BatchNorm(batchnorm::BatchNormDevice),
-    Activation(activation::ActivationDevice),
-    Flatten,
-    Dropout(dropout::DropoutDevice),
-    Add(residual::AddDevice),
+/// What a layer kind records in a training program: its forward and backward passes, with the
+/// buffers it needs besides its input and output (made once, for the batch size).
+pub(crate) trait DevicePasses {
+    /// Records the forward pass over `rows` samples (`training`: dropout masks and BatchNorm's
+    /// batch statistics; else dropout is the identity and BatchNorm uses its running ones).
+    fn record_forward<'k>(
+        &self,
+        context: &LayerContext<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+        training: bool,
+    );
+
+    /// Records the backward pass over `rows` samples: the layer's parameter gradients into the
+    /// gradient buffer, and its input gradient where `io` has one. Returns whether that input
+    /// gradient has the derivative of `backward.below` applied.
+    fn record_backward<'k>(
+        &self,
+        context: &LayerContext<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+        backward: Backward,
+    ) -> bool;
 }
+
+/// A node of the plan as the training programs record it.
+pub(crate) type DeviceLayer = Box<dyn DevicePasses>;
 
 /// The largest buffer a layer keeps per sample besides its output, and what it is (a
 /// convolution's patch matrix), for checking a batch against the adapter's limits.
@@ -110,134 +127,64 @@ pub(crate) fn scratch_per_sample(
     }
 }
 
-impl DeviceLayer {
-    /// Node `index` of `plan` for batches of up to `batch` samples (`seed`: the run's, which
-    /// keys dropout masks).
-    pub fn new(
-        gpu: &Gpu,
-        kernels: &Kernels,
-        plan: &Plan,
-        index: usize,
-        batch: usize,
-        seed: u64,
-    ) -> Result<Self> {
-        let node = &plan.nodes[index];
-        let input = plan.tensors[node.inputs[0]].shape;
-        let layout = &plan.layout;
-        let matrix = || {
-            layout
-                .of_layer(index)
-                .expect("a layer with weights has a matrix")
-        };
-        let layer = match &node.op {
-            Op::Add => return Ok(DeviceLayer::Add(residual::AddDevice::new(input))),
-            Op::Layer(layer) => layer,
-        };
-        let geometry = || {
-            layer
-                .geometry(input)
-                .expect("a planned layer fits its input")
-        };
-        Ok(match *layer {
-            LayerSpec::Dense { activation, .. } => {
-                DeviceLayer::Dense(dense::DenseDevice::new(matrix(), activation))
-            }
-            LayerSpec::Conv2d { activation, .. } => DeviceLayer::Conv2d(Box::new(
-                conv2d::ConvDevice::new(gpu, kernels, geometry(), matrix(), activation, batch)?,
-            )),
-            LayerSpec::MaxPool2d { .. } => {
-                DeviceLayer::MaxPool2d(pool::PoolDevice::new(gpu, geometry(), batch)?)
-            }
-            LayerSpec::AvgPool2d { .. } | LayerSpec::GlobalAvgPool => {
-                DeviceLayer::AvgPool2d(avgpool::AvgPoolDevice::new(geometry()))
-            }
-            LayerSpec::BatchNorm => {
-                let norm = layout.norms[index].expect("a BatchNorm has its tensors");
-                DeviceLayer::BatchNorm(batchnorm::BatchNormDevice::new(
-                    gpu,
-                    input,
-                    norm,
-                    layout.trained,
-                )?)
-            }
-            LayerSpec::Activation(activation) => DeviceLayer::Activation(
-                activation::ActivationDevice::new(input, LayerActivation::Hidden(activation)),
-            ),
-            LayerSpec::Flatten => DeviceLayer::Flatten,
-            LayerSpec::Dropout { rate } => DeviceLayer::Dropout(dropout::DropoutDevice::new(
-                input,
-                rate,
-                dropout::dropout_layer_key(seed, index),
-            )),
-            LayerSpec::Residual(_) => unreachable!("the plan expands residual blocks"),
-        })
-    }
-
-    /// Records the forward pass over `rows` samples (`training`: dropout masks; else the
-    /// identity).
-    pub(crate) fn record_forward<'k>(
-        &self,
-        context: &LayerContext<'_, 'k>,
-        program: &mut Program<'k>,
-        io: &LayerIo<'_>,
-        rows: usize,
-        training: bool,
-    ) {
-        match self {
-            DeviceLayer::Dense(dense) => dense.record_forward(context, program, io, rows),
-            DeviceLayer::Conv2d(conv) => conv.record_forward(context, program, io, rows),
-            DeviceLayer::MaxPool2d(pool) => pool.record_forward(context, program, io, rows),
-            DeviceLayer::AvgPool2d(pool) => pool.record_forward(context, program, io, rows),
-            DeviceLayer::BatchNorm(norm) => {
-                norm.record_forward(context, program, io, rows, training)
-            }
-            DeviceLayer::Activation(layer) => layer.record_forward(context, program, io, rows),
-            DeviceLayer::Flatten => {}
-            DeviceLayer::Dropout(dropout) => {
-                dropout.record_forward(context, program, io, rows, training)
-            }
-            DeviceLayer::Add(add) => add.record_forward(context, program, io, rows),
+/// Node `index` of `plan` for batches of up to `batch` samples (`seed`: the run's, which keys
+/// dropout masks): the one place that maps a layer kind to its passes.
+pub(crate) fn device_layer(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    plan: &Plan,
+    index: usize,
+    batch: usize,
+    seed: u64,
+) -> Result<DeviceLayer> {
+    let node = &plan.nodes[index];
+    let input = plan.tensors[node.inputs[0]].shape;
+    let layout = &plan.layout;
+    let matrix = || {
+        layout
+            .of_layer(index)
+            .expect("a layer with weights has a matrix")
+    };
+    let layer = match &node.op {
+        Op::Add => return Ok(Box::new(residual::AddDevice::new(input))),
+        Op::Layer(layer) => layer,
+    };
+    let geometry = || {
+        layer
+            .geometry(input)
+            .expect("a planned layer fits its input")
+    };
+    Ok(match *layer {
+        LayerSpec::Dense { activation, .. } => {
+            Box::new(dense::DenseDevice::new(matrix(), activation))
         }
-    }
-
-    /// Records the backward pass over `rows` samples: the layer's parameter gradients into the
-    /// gradient buffer, and its input gradient where `io` has one. Returns whether that input
-    /// gradient has the derivative of `backward.below` applied.
-    pub(crate) fn record_backward<'k>(
-        &self,
-        context: &LayerContext<'_, 'k>,
-        program: &mut Program<'k>,
-        io: &LayerIo<'_>,
-        rows: usize,
-        backward: Backward,
-    ) -> bool {
-        match self {
-            DeviceLayer::Dense(dense) => {
-                dense.record_backward(context, program, io, rows, backward)
-            }
-            DeviceLayer::Conv2d(conv) => conv.record_backward(context, program, io, rows, backward),
-            DeviceLayer::MaxPool2d(pool) => {
-                pool.record_backward(context, program, io, rows, backward)
-            }
-            // Its input gradient is its output gradient.
-            DeviceLayer::Flatten => backward.derivative_applied,
-            DeviceLayer::Dropout(dropout) => {
-                dropout.record_backward(context, program, io, rows, backward)
-            }
-            DeviceLayer::AvgPool2d(pool) => {
-                pool.record_backward(context, program, io, rows);
-                false
-            }
-            DeviceLayer::BatchNorm(norm) => {
-                norm.record_backward(context, program, io, rows);
-                false
-            }
-            DeviceLayer::Activation(layer) => {
-                layer.record_backward(context, program, io, rows);
-                false
-            }
-            // The trainer routes a residual sum's gradient to its inputs.
-            DeviceLayer::Add(_) => false,
+        LayerSpec::Conv2d { activation, .. } => Box::new(conv2d::ConvDevice::new(
+            gpu,
+            kernels,
+            geometry(),
+            matrix(),
+            activation,
+            batch,
+        )?),
+        LayerSpec::MaxPool2d { .. } => Box::new(pool::PoolDevice::new(gpu, geometry(), batch)?),
+        LayerSpec::AvgPool2d { .. } | LayerSpec::GlobalAvgPool => {
+            Box::new(avgpool::AvgPoolDevice::new(geometry()))
         }
-    }
+        LayerSpec::BatchNorm => {
+            let norm = layout.norms[index].expect("a BatchNorm has its tensors");
+            let device = batchnorm::BatchNormDevice::new(gpu, input, norm, layout.trained)?;
+            Box::new(device)
+        }
+        LayerSpec::Activation(activation) => Box::new(activation::ActivationDevice::new(
+            input,
+            LayerActivation::Hidden(activation),
+        )),
+        LayerSpec::Flatten => Box::new(flatten::FlattenDevice),
+        LayerSpec::Dropout { rate } => Box::new(dropout::DropoutDevice::new(
+            input,
+            rate,
+            dropout::dropout_layer_key(seed, index),
+        )),
+        LayerSpec::Residual(_) => unreachable!("the plan expands residual blocks"),
+    })
 }

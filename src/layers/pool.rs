@@ -7,7 +7,7 @@
 use wgpu::Buffer;
 
 use super::context::LayerContext;
-use super::{Backward, LayerIo};
+use super::{Backward, DevicePasses, LayerIo};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::gpu::buffers::grid_1d;
@@ -39,13 +39,16 @@ impl PoolDevice {
             _ => 1,
         }
     }
+}
 
-    pub(crate) fn record_forward<'k>(
+impl DevicePasses for PoolDevice {
+    fn record_forward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
+        _training: bool,
     ) {
         let g = &self.geometry;
         let shape = context.gpu.params_with(
@@ -68,7 +71,7 @@ impl PoolDevice {
         program.dispatch(context.gpu, kernel, &resources, grid);
     }
 
-    pub(crate) fn record_backward<'k>(
+    fn record_backward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,

@@ -5,8 +5,8 @@
 //! gradient is dy's buffer itself where nothing changes it in place, else a copy, and a tensor
 //! with several consumers gets the sum of their gradients in the consumers' order.
 
-use super::LayerIo;
 use super::context::LayerContext;
+use super::{Backward, DevicePasses, LayerIo};
 use crate::gpu::program::Program;
 use crate::model::Shape;
 
@@ -21,13 +21,16 @@ impl AddDevice {
             features: output.len(),
         }
     }
+}
 
-    pub(crate) fn record_forward<'k>(
+impl DevicePasses for AddDevice {
+    fn record_forward<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
+        _training: bool,
     ) {
         let second = io.second_input.expect("a residual sum has two inputs");
         context.elementwise(
@@ -37,6 +40,18 @@ impl AddDevice {
             [Some(&io.input.buffer), Some(&second.buffer)],
             &io.output.buffer,
         );
+    }
+
+    fn record_backward<'k>(
+        &self,
+        _context: &LayerContext<'_, 'k>,
+        _program: &mut Program<'k>,
+        _io: &LayerIo<'_>,
+        _rows: usize,
+        _backward: Backward,
+    ) -> bool {
+        // The trainer routes a residual sum's gradient to its inputs.
+        false
     }
 }
 

@@ -44,7 +44,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels};
-use crate::layers::{DeviceLayer, DeviceTensor, LayerContext, TransposedInput};
+use crate::layers::{DeviceTensor, LayerContext, TransposedInput, device_layer};
 use crate::model::{LayerSpec, ModelSpec, ParamLayout};
 use crate::rng::Rng;
 
@@ -320,7 +320,7 @@ impl<'k> Trainer<'k> {
         }
         let routes = GradientRoutes::new(gpu, kernels, &plan, rows_at_most)?;
         let layers = (0..plan.nodes.len())
-            .map(|n| DeviceLayer::new(gpu, kernels, &plan, n, rows_at_most, config.seed))
+            .map(|n| device_layer(gpu, kernels, &plan, n, rows_at_most, config.seed))
             .collect::<Result<Vec<_>>>()?;
         let batch_labels = gpu.storage_buffer("batch labels", (rows_at_most * 4) as u64)?;
 
