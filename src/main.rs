@@ -28,10 +28,10 @@ mod cli;
 
 use shadertrain::Error;
 use shadertrain::data::catalog::FILE_STEMS;
-use shadertrain::data::{DATA_ENV, DataIdentity, Dataset, DatasetKind, Split, default_dir};
+use shadertrain::data::{DATA_ENV, DatasetKind, Split, default_dir};
 use shadertrain::gpu::{AdapterRequest, BackendChoice, list_adapters};
-use shadertrain::model::{Activation, Loss, ModelSpec, parse_layers};
-use shadertrain::train::{OptimizerKind, TrainConfig};
+use shadertrain::model::{Activation, Loss, parse_layers};
+use shadertrain::train::OptimizerKind;
 
 #[derive(Parser)]
 #[command(
@@ -498,130 +498,6 @@ fn plot(args: &PlotArgs) -> shadertrain::Result<()> {
     Ok(())
 }
 
-/// What `train` and `bench` load and build from the recipe flags.
-struct Recipe {
-    data_dir: PathBuf,
-    /// What the files in `data_dir` are.
-    data: DataIdentity,
-    train_set: Dataset,
-    test_set: Dataset,
-    spec: ModelSpec,
-    config: TrainConfig,
-}
-
-/// `epochs`: `train --epochs` (bench times one epoch). `claimed`: the dataset the files are said
-/// to be, and who says so (`--dataset`, a checkpoint): files that are another published dataset
-/// are refused, and custom files take its class names.
-fn recipe(
-    args: &RecipeArgs,
-    epochs: Option<usize>,
-    claimed: Option<(DatasetKind, &str)>,
-) -> shadertrain::Result<Recipe> {
-    let convnet = args.model == Some(ModelPreset::Convnet);
-    let resnet_blocks = match args.model {
-        Some(ModelPreset::Resnet8) => Some(1),
-        Some(ModelPreset::Resnet20) => Some(3),
-        _ => None,
-    };
-    let preset = args.model.filter(|&m| m != ModelPreset::Mlp);
-    if let (Some(preset), Some(Hidden(widths))) = (preset, &args.hidden) {
-        let widths: Vec<String> = widths.iter().map(usize::to_string).collect();
-        let widths = if widths.is_empty() {
-            "none".into()
-        } else {
-            widths.join(",")
-        };
-        return Err(Error::Config(format!(
-            "--hidden {widths} sets the MLP's widths, and --model {} has layers of its own: \
-             give --model mlp (or leave --model out), or a --layers list for another network",
-            shadertrain::model_file::name_of(&preset)
-        )));
-    }
-    let data_dir = args.data.dir(args.dataset)?;
-    let (train_set, mut digests) = Dataset::load_mnist_digested(&data_dir, Split::Train)?;
-    let (test_set, test_digests) = Dataset::load_mnist_digested(&data_dir, Split::Test)?;
-    digests.extend(test_digests);
-    let data = DataIdentity::identify(digests, claimed.map(|(kind, _)| kind).unwrap_or_default());
-    if let (Some(files), Some((kind, by))) = (data.dataset, claimed)
-        && files != kind
-    {
-        return Err(shadertrain::Error::Dataset {
-            dir: data_dir,
-            problem: format!(
-                "these files are {} (each one's content has {}'s published MD5), but {by} says {}: \
-                 point --data at {}'s files{}",
-                files.name(),
-                files.name(),
-                kind.name(),
-                kind.name(),
-                if by == "--dataset" {
-                    ", or leave --dataset out"
-                } else {
-                    ""
-                }
-            ),
-        });
-    }
-    let classes = train_set.classes;
-    let layers = match (&args.layers, convnet) {
-        (Some(layers), _) => Some(layers.clone()),
-        (None, true) => Some(convnet_layers(classes)),
-        (None, false) => None,
-    };
-    let spec = match (layers, resnet_blocks) {
-        (_, Some(blocks)) => ModelSpec::resnet(train_set.shape, blocks, classes),
-        (Some(layers), None) => ModelSpec {
-            input: train_set.shape,
-            layers: parse_layers(&layers, args.activation)
-                .map_err(|e| shadertrain::Error::Config(format!("--layers: {e}")))?,
-            loss: args.loss,
-        },
-        (None, None) => ModelSpec::mlp(
-            train_set.shape,
-            args.hidden.as_ref().map_or(&[256, 128][..], |h| &h.0),
-            classes,
-            args.activation,
-            args.loss,
-        ),
-    };
-    spec.validate().map_err(|e| {
-        let problem = match e {
-            shadertrain::Error::Config(problem) => problem,
-            other => other.to_string(),
-        };
-        shadertrain::Error::Config(format!(
-            "the model does not fit the data's samples of {}: {problem}",
-            spec.input
-        ))
-    })?;
-    let config = TrainConfig {
-        epochs: epochs.unwrap_or(if convnet { 15 } else { 10 }),
-        batch_size: args.batch_size,
-        learning_rate: args.lr.unwrap_or(match args.optimizer {
-            OptimizerKind::Adam => 1e-3,
-            OptimizerKind::Sgd => 1e-2,
-        }),
-        seed: args.seed,
-        optimizer: args.optimizer,
-        shuffle: !args.no_shuffle,
-        max_steps: args.max_steps,
-        validation_split: args
-            .validation_split
-            .unwrap_or(if convnet { 0.1 } else { 0.0 }),
-        ..TrainConfig::default()
-    };
-    // Before anything is printed about the run.
-    config.validate()?;
-    Ok(Recipe {
-        data_dir,
-        data,
-        train_set,
-        test_set,
-        spec,
-        config,
-    })
-}
-
 fn bench(args: BenchArgs, process_start: Instant) -> shadertrain::Result<()> {
     if let Some(max) = args.recipe.max_steps {
         return Err(Error::Config(format!(
@@ -632,7 +508,7 @@ fn bench(args: BenchArgs, process_start: Instant) -> shadertrain::Result<()> {
             args.steps
         )));
     }
-    let recipe = recipe(&args.recipe, None, None)?;
+    let recipe = cli::recipe::recipe(&args.recipe, None, None)?;
     let report = cli::bench::run(
         &args.recipe.adapter.request(),
         &recipe.spec,

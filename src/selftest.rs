@@ -31,7 +31,7 @@ impl CheckResult {
 }
 
 /// Accumulates comparisons for one check.
-struct Tally {
+pub struct Tally {
     name: String,
     worst_ratio: f64,
     worst: String,
@@ -119,441 +119,663 @@ fn random_vec(rng: &mut Rng, len: usize, low: f32, high: f32) -> Vec<f32> {
     (0..len).map(|_| rng.uniform(low, high)).collect()
 }
 
-/// Names of the checks, in the order `run` performs them.
-pub const CHECKS: [&str; 20] = [
-    "matmul (tiled)",
-    "matmul dense-layer products (tiled)",
-    "matmul split along K (tiled)",
-    "matmul (registers)",
-    "matmul dense-layer products (registers)",
-    "matmul convolution products (tiled)",
-    "matmul convolution products (registers)",
-    "conv2d patch matrix (im2col)",
-    "conv2d input gradient (col2im)",
-    "max pool forward + backward",
-    "dropout forward + backward",
-    "average pool forward + backward",
-    "batchnorm forward + backward",
-    "residual sums and activations",
-    "activation backward + bias gradient",
-    "softmax losses",
-    "batch gather",
-    "metric sums",
-    "sgd update",
-    "adam update",
+/// One check: its name and what it runs, recording into a tally.
+pub struct Check {
+    pub name: &'static str,
+    run: fn(&Gpu, &Kernels, &mut Tally, &mut Rng) -> Result<()>,
+}
+
+/// Every check, in the order `selftest` performs them.
+pub const CHECKS: [Check; 20] = [
+    Check {
+        name: "matmul (tiled)",
+        run: check_matmul_tiled,
+    },
+    Check {
+        name: "matmul dense-layer products (tiled)",
+        run: check_matmul_dense_layer_products_tiled,
+    },
+    Check {
+        name: "matmul split along K (tiled)",
+        run: check_matmul_split_along_k_tiled,
+    },
+    Check {
+        name: "matmul (registers)",
+        run: check_matmul_registers,
+    },
+    Check {
+        name: "matmul dense-layer products (registers)",
+        run: check_matmul_dense_layer_products_registers,
+    },
+    Check {
+        name: "matmul convolution products (tiled)",
+        run: check_matmul_convolution_products_tiled,
+    },
+    Check {
+        name: "matmul convolution products (registers)",
+        run: check_matmul_convolution_products_registers,
+    },
+    Check {
+        name: "conv2d patch matrix (im2col)",
+        run: check_conv2d_patch_matrix_im2col,
+    },
+    Check {
+        name: "conv2d input gradient (col2im)",
+        run: check_conv2d_input_gradient_col2im,
+    },
+    Check {
+        name: "max pool forward + backward",
+        run: check_max_pool_forward_backward,
+    },
+    Check {
+        name: "dropout forward + backward",
+        run: check_dropout_forward_backward,
+    },
+    Check {
+        name: "average pool forward + backward",
+        run: check_average_pool_forward_backward,
+    },
+    Check {
+        name: "batchnorm forward + backward",
+        run: check_batchnorm_forward_backward,
+    },
+    Check {
+        name: "residual sums and activations",
+        run: check_residual_sums_and_activations,
+    },
+    Check {
+        name: "activation backward + bias gradient",
+        run: check_activation_backward_bias_gradient,
+    },
+    Check {
+        name: "softmax losses",
+        run: check_softmax_losses,
+    },
+    Check {
+        name: "batch gather",
+        run: check_batch_gather,
+    },
+    Check {
+        name: "metric sums",
+        run: check_metric_sums,
+    },
+    Check {
+        name: "sgd update",
+        run: check_sgd_update,
+    },
+    Check {
+        name: "adam update",
+        run: check_adam_update,
+    },
 ];
 
 /// Runs the named check (one of `CHECKS`).
 pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
+    let check = (CHECKS.iter().find(|check| check.name == name))
+        .ok_or_else(|| crate::Error::Config(format!("no selftest check is named {name:?}")))?;
     let mut rng = Rng::new(0x5e1f_7e57);
     let mut tally = Tally::new(name);
-    match name {
-        "matmul (tiled)" => {
-            check_plain_matmuls(gpu, kernels, &mut tally, MatmulVariant::Tiled, &mut rng)?;
-        }
-        "matmul dense-layer products (tiled)" => {
-            check_layer_matmuls(gpu, kernels, &mut tally, MatmulVariant::Tiled, &mut rng)?;
-        }
-        "matmul split along K (tiled)" => {
-            check_tiled_splits(gpu, kernels, &mut tally, &mut rng)?;
-        }
-        "matmul (registers)" => {
-            check_plain_matmuls(gpu, kernels, &mut tally, MatmulVariant::Registers, &mut rng)?;
-        }
-        "matmul dense-layer products (registers)" => {
-            check_layer_matmuls(gpu, kernels, &mut tally, MatmulVariant::Registers, &mut rng)?;
-        }
-        "matmul convolution products (tiled)" => {
-            check_conv_matmuls(gpu, kernels, &mut tally, MatmulVariant::Tiled, &mut rng)?;
-        }
-        "matmul convolution products (registers)" => {
-            check_conv_matmuls(gpu, kernels, &mut tally, MatmulVariant::Registers, &mut rng)?;
-        }
-        "conv2d patch matrix (im2col)" => {
-            for (what, geometry, m) in conv_cases() {
-                let x = random_vec(&mut rng, CONV_BATCH * geometry.input.len(), -1.0, 1.0);
-                let expected = reference::im2col(&x, CONV_BATCH, &geometry, m.rows);
-                let actual = ops::im2col(gpu, kernels, &x, CONV_BATCH, &geometry, m.rows)?;
-                tally.close(&what, &actual, &expected, 0.0, 0.0);
-            }
-        }
-        "conv2d input gradient (col2im)" => {
-            for (what, geometry, m) in conv_cases() {
-                for below in ACTIVATIONS {
-                    let positions = CONV_BATCH * geometry.positions();
-                    let grads = random_vec(&mut rng, positions * m.rows, -1.0, 1.0);
-                    let x = activated(&mut rng, CONV_BATCH * geometry.input.len(), below);
-                    let expected =
-                        reference::col2im(&grads, CONV_BATCH, &geometry, m.rows, &x, below);
-                    let actual = ops::col2im(
-                        gpu, kernels, &grads, CONV_BATCH, &geometry, m.rows, &x, below,
-                    )?;
-                    let case = format!("{what}, through {}", below.name());
-                    tally.close(&case, &actual, &expected, 1e-6, 1e-6);
-                }
-            }
-        }
-        "average pool forward + backward" => {
-            // The max pools' windows, and a global average pool.
-            let image = Shape::image(8, 7, 5);
-            let global = LayerSpec::GlobalAvgPool.geometry(image);
-            let global = (format!("{image}, gap"), global.expect("the case fits"));
-            for (what, geometry) in pool_cases().into_iter().chain([global]) {
-                let x = random_vec(&mut rng, CONV_BATCH * geometry.input.len(), -1.0, 1.0);
-                let expected = avgpool::reference_forward(&geometry, &x, CONV_BATCH);
-                let actual = ops::avgpool(gpu, kernels, &x, CONV_BATCH, &geometry, true)?;
-                tally.close(&format!("{what} forward"), &actual, &expected, 1e-7, 1e-6);
-                let dy = random_vec(&mut rng, expected.len(), -1.0, 1.0);
-                let expected = avgpool::reference_backward(&geometry, &dy, CONV_BATCH);
-                let actual = ops::avgpool(gpu, kernels, &dy, CONV_BATCH, &geometry, false)?;
-                tally.close(&format!("{what} backward"), &actual, &expected, 1e-7, 1e-6);
-            }
-        }
-        "batchnorm forward + backward" => {
-            // Channels-last [values, C]: 3 channels of 5 samples of 7×9, 4 and 8 channels (the
-            // vec4 kernels), 12 features of 5 samples (BatchNorm1d), 1 channel.
-            for (channels, values) in [(3, 5 * 63), (4, 5 * 63), (8, 5 * 35), (12, 5), (1, 7)] {
-                let x = random_vec(&mut rng, channels * values, -2.0, 3.0);
-                let dy = random_vec(&mut rng, channels * values, -1.0, 1.0);
-                let gamma = random_vec(&mut rng, channels, 0.5, 1.5);
-                let beta = random_vec(&mut rng, channels, -0.5, 0.5);
-                let mean = random_vec(&mut rng, channels, -0.5, 0.5);
-                let var = random_vec(&mut rng, channels, 0.5, 2.0);
-                let norm = NormParams {
-                    channels,
-                    gamma: 0,
-                    beta: channels,
-                    running_mean: 0,
-                    running_var: channels,
-                };
-                let params = [gamma.clone(), beta.clone()].concat();
-                let inputs = ops::NormInputs {
-                    gamma: &gamma,
-                    beta: &beta,
-                    running_mean: &mean,
-                    running_var: &var,
-                };
-                let what = format!("{channels} channels of {values} values");
-                for training in [false, true] {
-                    let (expected, running) =
-                        batchnorm::reference_forward(&norm, &params, (&mean, &var), &x, training);
-                    let actual = ops::batchnorm(gpu, kernels, &x, &inputs, training, None)?;
-                    let mode = if training { "training" } else { "evaluation" };
-                    let case = format!("{what}, {mode} forward");
-                    tally.close(&case, &actual.values, &expected, 1e-5, 1e-4);
-                    if let Some((new_mean, new_var)) = running {
-                        let state = [new_mean, new_var].concat();
-                        let case = format!("{what}, running statistics");
-                        tally.close(&case, &actual.state, &state, 1e-6, 1e-5);
-                    }
-                }
-                let mut grads = vec![0.0; 2 * channels];
-                let expected =
-                    batchnorm::reference_backward(&norm, &params, &x, &dy, &mut grads, true)
-                        .expect("an input gradient");
-                let actual = ops::batchnorm(gpu, kernels, &x, &inputs, true, Some(&dy))?;
-                tally.close(
-                    &format!("{what}, dγ and dβ"),
-                    &actual.dgamma_dbeta,
-                    &grads,
-                    1e-5,
-                    1e-4,
-                );
-                tally.close(
-                    &format!("{what}, dx"),
-                    &actual.values,
-                    &expected,
-                    1e-5,
-                    1e-3,
-                );
-            }
-        }
-        "residual sums and activations" => {
-            // Counts that are and are not multiples of the kernels' four values per invocation.
-            for count in [4, 37, 1000] {
-                let a = random_vec(&mut rng, count, -2.0, 2.0);
-                let b = random_vec(&mut rng, count, -2.0, 2.0);
-                let none = vec![f32::NAN; count];
-                let k = &kernels.elementwise;
-                let identity = LayerActivation::Identity;
-                let sum = residual::reference_forward(&a, &b);
-                let actual = ops::elementwise(gpu, &k.add, [Some(&a), Some(&b)], &none, identity)?;
-                tally.close(&format!("{count} values, a + b"), &actual, &sum, 0.0, 0.0);
-                let actual = ops::elementwise(gpu, &k.add_assign, [None, Some(&b)], &a, identity)?;
-                tally.close(&format!("{count} values, a += b"), &actual, &sum, 0.0, 0.0);
-                let actual = ops::elementwise(gpu, &k.copy, [Some(&a), None], &none, identity)?;
-                tally.close(&format!("{count} values, copy"), &actual, &a, 0.0, 0.0);
-                for f in &ACTIVATIONS[1..] {
-                    let expected = activation::reference_forward(*f, &a);
-                    let actual = ops::elementwise(gpu, &k.activate, [Some(&a), None], &none, *f)?;
-                    let case = format!("{count} values, {}", f.name());
-                    tally.close(&case, &actual, &expected, 1e-6, 1e-5);
-                    let dy = &b;
-                    let expected = activation::reference_backward(*f, &expected, dy);
-                    let y = activation::reference_forward(*f, &a);
-                    let inputs = [Some(&dy[..]), Some(&y[..])];
-                    let actual =
-                        ops::elementwise(gpu, &k.activation_derivative, inputs, &none, *f)?;
-                    let case = format!("{count} values, {} backward", f.name());
-                    tally.close(&case, &actual, &expected, 1e-6, 1e-5);
-                }
-            }
-        }
-        "max pool forward + backward" => {
-            for (what, geometry) in pool_cases() {
-                // Values on a coarse grid, so that windows hold ties: the first maximum wins.
-                let x: Vec<f32> = (0..CONV_BATCH * geometry.input.len())
-                    .map(|_| rng.below(7) as f32 - 3.0)
-                    .collect();
-                let (expected, expected_argmax) =
-                    reference::maxpool_forward(&x, CONV_BATCH, &geometry);
-                let (actual, argmax) =
-                    ops::maxpool_forward(gpu, kernels, &x, CONV_BATCH, &geometry)?;
-                tally.close(&format!("{what} forward"), &actual, &expected, 0.0, 0.0);
-                tally.equal(&format!("{what} argmax"), &argmax, &expected_argmax);
-                for below in ACTIVATIONS {
-                    let dy = random_vec(&mut rng, expected.len(), -1.0, 1.0);
-                    let below_x = activated(&mut rng, x.len(), below);
-                    let expected = reference::maxpool_backward(
-                        &dy,
-                        &expected_argmax,
-                        CONV_BATCH,
-                        &geometry,
-                        &below_x,
-                        below,
-                    );
-                    let actual = ops::maxpool_backward(
-                        gpu,
-                        kernels,
-                        &dy,
-                        &expected_argmax,
-                        CONV_BATCH,
-                        &geometry,
-                        &below_x,
-                        below,
-                    )?;
-                    let case = format!("{what} backward through {}", below.name());
-                    tally.close(&case, &actual, &expected, 1e-7, 1e-6);
-                }
-            }
-        }
-        "dropout forward + backward" => {
-            for (rate, step, len) in [(0.5, 1, 185), (0.3, 7, 1001), (0.0, 2, 64), (0.9, 3, 300)] {
-                let key = reference::dropout_layer_key(0x5eed, 5);
-                let x = random_vec(&mut rng, len, -1.0, 1.0);
-                let case = format!("rate {rate}, step {step}, {len} values");
-                let expected = reference::dropout_forward(&x, key, step, rate);
-                let actual = ops::dropout(gpu, kernels, &x, rate, key, step, true, None)?;
-                tally.close(&format!("{case} forward"), &actual, &expected, 0.0, 0.0);
-                let kept = expected.iter().filter(|&&v| v != 0.0).count() as f64 / len as f64;
-                if (kept - (1.0 - rate as f64)).abs() > 0.1 {
-                    tally.fail(&format!("{case}: kept {kept:.3} of the values"));
-                }
-                let actual = ops::dropout(gpu, kernels, &x, rate, key, 0, false, None)?;
-                tally.close(&format!("{case} evaluation"), &actual, &x, 0.0, 0.0);
-                for below in ACTIVATIONS {
-                    let dy = random_vec(&mut rng, len, -1.0, 1.0);
-                    let below_x = activated(&mut rng, len, below);
-                    let expected =
-                        reference::dropout_backward(&dy, key, step, rate, &below_x, below);
-                    let backward = Some((below_x.as_slice(), below));
-                    let actual = ops::dropout(gpu, kernels, &dy, rate, key, step, true, backward)?;
-                    let case = format!("{case} backward through {}", below.name());
-                    tally.close(&case, &actual, &expected, 1e-7, 1e-6);
-                }
-            }
-        }
-        "activation backward + bias gradient" => {
-            for activation in ACTIVATIONS {
-                for (rows, cols) in [(1, 1), (7, 13), (129, 257)] {
-                    let grad = random_vec(&mut rng, rows * cols, -1.0, 1.0);
-                    // Outputs in the activation's range (relu: about half exactly zero).
-                    let mut output = random_vec(&mut rng, rows * cols, -3.0, 3.0);
-                    reference::bias_activation_forward(&mut output, &vec![0.0; cols], activation);
-                    let mut expected = grad.clone();
-                    let expected_bias =
-                        reference::activation_backward(&mut expected, &output, cols, activation);
-                    let (actual, actual_bias) =
-                        ops::activation_backward(gpu, kernels, &grad, &output, cols, activation)?;
-                    let case = format!("{} {rows}x{cols}", activation.name());
-                    tally.close(&format!("{case} dz"), &actual, &expected, 1e-6, 1e-5);
-                    tally.close(
-                        &format!("{case} bias grad"),
-                        &actual_bias,
-                        &expected_bias,
-                        1e-5,
-                        1e-4,
-                    );
-                    // apply_derivative: the same dz, with no bias gradient (a convolution's).
-                    let actual = ops::apply_derivative(gpu, kernels, &grad, &output, activation)?;
-                    tally.close(&format!("{case} dz alone"), &actual, &expected, 1e-6, 1e-5);
-                }
-            }
-        }
-        "softmax losses" => {
-            for loss in [Loss::Xent, Loss::Mse] {
-                for (rows, classes) in [(1, 2), (7, 10), (129, 3)] {
-                    let logits = random_vec(&mut rng, rows * classes, -8.0, 8.0);
-                    let labels: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
-                    let expected = reference::softmax_loss(loss, &logits, &labels, classes);
-                    let actual =
-                        ops::softmax_loss(gpu, kernels, loss, &logits, &labels, classes, 5)?;
-                    let case = format!("{} {rows}x{classes}", crate::model_file::name_of(&loss));
-                    tally.close(
-                        &format!("{case} loss"),
-                        &actual.sample_loss,
-                        &expected.sample_loss,
-                        1e-5,
-                        1e-4,
-                    );
-                    // MSE's gradient subtracts nearly equal terms: an absolute floor of 1e-6.
-                    tally.close(
-                        &format!("{case} grad"),
-                        &actual.logits_grad,
-                        &expected.logits_grad,
-                        1e-6,
-                        1e-4,
-                    );
-                    tally.equal(
-                        &format!("{case} correct"),
-                        &actual.sample_correct,
-                        &expected.sample_correct,
-                    );
-                    tally.equal(
-                        &format!("{case} prediction"),
-                        &actual.sample_prediction,
-                        &expected.sample_prediction,
-                    );
-                }
-            }
-        }
-        "batch gather" => {
-            let pixels = (0..37 * 12).map(|_| rng.below(256) as u8).collect();
-            let labels = (0..37).map(|_| rng.below(10) as u8).collect();
-            let data = Dataset::new(12, 10, pixels, labels)?;
-            let mut order: Vec<u32> = (0..37).collect();
-            rng.shuffle(&mut order);
-            for (start, rows) in [(0, 1), (3, 16), (30, 7)] {
-                let (x, y) = reference::gather_batch(&data, &order, start, rows);
-                let gathered = ops::gather_batch(gpu, kernels, &data, &order, start, rows, None)?;
-                tally.close(&format!("x at {start}"), &gathered.x, &x, 0.0, 1e-6);
-                tally.equal(&format!("y at {start}"), &gathered.y, &y);
-                // Transposed too, into rows longer than the batch (a batch size of 20).
-                let quads = 5;
-                let transposed = Some(quads);
-                let gathered =
-                    ops::gather_batch(gpu, kernels, &data, &order, start, rows, transposed)?;
-                // The written columns: the batch's, and zeros to the next multiple of 4.
-                let written = rows.next_multiple_of(4);
-                let mut x_t = vec![0.0; data.features() * written];
-                for (r, row) in x.chunks(data.features()).enumerate() {
-                    for (f, &value) in row.iter().enumerate() {
-                        x_t[f * written + r] = value;
-                    }
-                }
-                // Its rows (one more past them: the kernel must not reach it), each split into the
-                // written columns and the rest, which must keep their NaN.
-                let all_t = gathered.x_transposed.expect("asked for");
-                let rows_t: Vec<&[f32]> = all_t.chunks(4 * quads).collect();
-                let actual_t: Vec<f32> = rows_t[..data.features()]
-                    .iter()
-                    .flat_map(|row| row[..written].to_vec())
-                    .collect();
-                let untouched = (rows_t[..data.features()].iter())
-                    .flat_map(|row| &row[written..])
-                    .chain(rows_t[data.features()])
-                    .filter(|v| !v.is_nan())
-                    .count();
-                tally.equal(
-                    &format!("x transposed at {start}, elsewhere"),
-                    &[untouched],
-                    &[0],
-                );
-                tally.close(
-                    &format!("x at {start}, transposing"),
-                    &gathered.x,
-                    &x,
-                    0.0,
-                    1e-6,
-                );
-                tally.equal(&format!("y at {start}, transposing"), &gathered.y, &y);
-                tally.close(
-                    &format!("x transposed at {start}"),
-                    &actual_t,
-                    &x_t,
-                    0.0,
-                    1e-6,
-                );
-            }
-        }
-        "metric sums" => {
-            for count in [1, 255, 1000, 60001] {
-                let loss = random_vec(&mut rng, count, 0.0, 3.0);
-                let correct: Vec<u32> = (0..count).map(|_| rng.below(2) as u32).collect();
-                let (sum, hits) = ops::sum_metrics(gpu, kernels, &loss, &correct)?;
-                let expected: f64 = loss.iter().map(|&l| l as f64).sum();
-                tally.close(
-                    &format!("loss sum of {count}"),
-                    &[sum],
-                    &[expected as f32],
-                    1e-4,
-                    1e-5,
-                );
-                tally.equal(
-                    &format!("correct count of {count}"),
-                    &[hits],
-                    &[correct.iter().sum::<u32>()],
-                );
-            }
-        }
-        "sgd update" => {
-            for count in [1, 1001, 20_011] {
-                let params = random_vec(&mut rng, count, -1.0, 1.0);
-                let grads = random_vec(&mut rng, count, -1.0, 1.0);
-                let mut expected = params.clone();
-                reference::sgd_update(&mut expected, &grads, 0.05);
-                let mut first: Option<Vec<u32>> = None;
-                for (words, optimizer) in optimizers(kernels) {
-                    let actual = ops::sgd_update(gpu, optimizer, &params, &grads, 0.05)?;
-                    let case = format!("{} words, {count} parameters", words.name());
-                    tally.close(&case, &actual, &expected, 1e-7, 1e-6);
-                    same_bits(&mut tally, &case, &mut first, &actual);
-                }
-            }
-        }
-        "adam update" => {
-            for (count, t) in [(1, 1), (1001, 1), (1001, 57), (20_011, 3)] {
-                let hyper = OptimizerHyper {
-                    count: count as u32,
-                    learning_rate: 1e-3,
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    epsilon: 1e-7,
-                    _pad: [0; 3],
-                };
-                let params = random_vec(&mut rng, count, -1.0, 1.0);
-                let grads = random_vec(&mut rng, count, -1.0, 1.0);
-                let m = random_vec(&mut rng, count, -0.1, 0.1);
-                let v = random_vec(&mut rng, count, 0.0, 0.01);
-                let step_size = reference::adam_step_size(1e-3, 0.9, 0.999, t);
-                let (mut ep, mut em, mut ev) = (params.clone(), m.clone(), v.clone());
-                reference::adam_update(&mut ep, &grads, &mut em, &mut ev, &hyper, step_size);
-                let mut first: Option<Vec<u32>> = None;
-                for (words, optimizer) in optimizers(kernels) {
-                    let (ap, am, av) = ops::adam_update(
-                        gpu, optimizer, &params, &grads, &m, &v, &hyper, step_size,
-                    )?;
-                    let case = format!("{} words, {count} parameters at t={t}", words.name());
-                    tally.close(&format!("{case} params"), &ap, &ep, 1e-7, 1e-5);
-                    tally.close(&format!("{case} m"), &am, &em, 1e-8, 1e-5);
-                    tally.close(&format!("{case} v"), &av, &ev, 1e-10, 1e-5);
-                    same_bits(&mut tally, &case, &mut first, &[ap, am, av].concat());
-                }
-            }
-        }
-        other => panic!("no check named {other:?}; see selftest::CHECKS"),
-    }
+    (check.run)(gpu, kernels, &mut tally, &mut rng)?;
     Ok(tally.finish())
+}
+
+/// selftest's "matmul (tiled)".
+fn check_matmul_tiled(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    check_plain_matmuls(gpu, kernels, tally, MatmulVariant::Tiled, rng)?;
+
+    Ok(())
+}
+
+/// selftest's "matmul dense-layer products (tiled)".
+fn check_matmul_dense_layer_products_tiled(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    check_layer_matmuls(gpu, kernels, tally, MatmulVariant::Tiled, rng)?;
+
+    Ok(())
+}
+
+/// selftest's "matmul split along K (tiled)".
+fn check_matmul_split_along_k_tiled(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    check_tiled_splits(gpu, kernels, tally, rng)?;
+
+    Ok(())
+}
+
+/// selftest's "matmul (registers)".
+fn check_matmul_registers(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    check_plain_matmuls(gpu, kernels, tally, MatmulVariant::Registers, rng)?;
+
+    Ok(())
+}
+
+/// selftest's "matmul dense-layer products (registers)".
+fn check_matmul_dense_layer_products_registers(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    check_layer_matmuls(gpu, kernels, tally, MatmulVariant::Registers, rng)?;
+
+    Ok(())
+}
+
+/// selftest's "matmul convolution products (tiled)".
+fn check_matmul_convolution_products_tiled(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    check_conv_matmuls(gpu, kernels, tally, MatmulVariant::Tiled, rng)?;
+
+    Ok(())
+}
+
+/// selftest's "matmul convolution products (registers)".
+fn check_matmul_convolution_products_registers(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    check_conv_matmuls(gpu, kernels, tally, MatmulVariant::Registers, rng)?;
+
+    Ok(())
+}
+
+/// selftest's "conv2d patch matrix (im2col)".
+fn check_conv2d_patch_matrix_im2col(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    for (what, geometry, m) in conv_cases() {
+        let x = random_vec(rng, CONV_BATCH * geometry.input.len(), -1.0, 1.0);
+        let expected = reference::im2col(&x, CONV_BATCH, &geometry, m.rows);
+        let actual = ops::im2col(gpu, kernels, &x, CONV_BATCH, &geometry, m.rows)?;
+        tally.close(&what, &actual, &expected, 0.0, 0.0);
+    }
+
+    Ok(())
+}
+
+/// selftest's "conv2d input gradient (col2im)".
+fn check_conv2d_input_gradient_col2im(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    for (what, geometry, m) in conv_cases() {
+        for below in ACTIVATIONS {
+            let positions = CONV_BATCH * geometry.positions();
+            let grads = random_vec(rng, positions * m.rows, -1.0, 1.0);
+            let x = activated(rng, CONV_BATCH * geometry.input.len(), below);
+            let expected = reference::col2im(&grads, CONV_BATCH, &geometry, m.rows, &x, below);
+            let actual = ops::col2im(
+                gpu, kernels, &grads, CONV_BATCH, &geometry, m.rows, &x, below,
+            )?;
+            let case = format!("{what}, through {}", below.name());
+            tally.close(&case, &actual, &expected, 1e-6, 1e-6);
+        }
+    }
+
+    Ok(())
+}
+
+/// selftest's "max pool forward + backward".
+fn check_max_pool_forward_backward(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    for (what, geometry) in pool_cases() {
+        // Values on a coarse grid, so that windows hold ties: the first maximum wins.
+        let x: Vec<f32> = (0..CONV_BATCH * geometry.input.len())
+            .map(|_| rng.below(7) as f32 - 3.0)
+            .collect();
+        let (expected, expected_argmax) = reference::maxpool_forward(&x, CONV_BATCH, &geometry);
+        let (actual, argmax) = ops::maxpool_forward(gpu, kernels, &x, CONV_BATCH, &geometry)?;
+        tally.close(&format!("{what} forward"), &actual, &expected, 0.0, 0.0);
+        tally.equal(&format!("{what} argmax"), &argmax, &expected_argmax);
+        for below in ACTIVATIONS {
+            let dy = random_vec(rng, expected.len(), -1.0, 1.0);
+            let below_x = activated(rng, x.len(), below);
+            let expected = reference::maxpool_backward(
+                &dy,
+                &expected_argmax,
+                CONV_BATCH,
+                &geometry,
+                &below_x,
+                below,
+            );
+            let actual = ops::maxpool_backward(
+                gpu,
+                kernels,
+                &dy,
+                &expected_argmax,
+                CONV_BATCH,
+                &geometry,
+                &below_x,
+                below,
+            )?;
+            let case = format!("{what} backward through {}", below.name());
+            tally.close(&case, &actual, &expected, 1e-7, 1e-6);
+        }
+    }
+
+    Ok(())
+}
+
+/// selftest's "dropout forward + backward".
+fn check_dropout_forward_backward(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    for (rate, step, len) in [(0.5, 1, 185), (0.3, 7, 1001), (0.0, 2, 64), (0.9, 3, 300)] {
+        let key = reference::dropout_layer_key(0x5eed, 5);
+        let x = random_vec(rng, len, -1.0, 1.0);
+        let case = format!("rate {rate}, step {step}, {len} values");
+        let expected = reference::dropout_forward(&x, key, step, rate);
+        let actual = ops::dropout(gpu, kernels, &x, rate, key, step, true, None)?;
+        tally.close(&format!("{case} forward"), &actual, &expected, 0.0, 0.0);
+        let kept = expected.iter().filter(|&&v| v != 0.0).count() as f64 / len as f64;
+        if (kept - (1.0 - rate as f64)).abs() > 0.1 {
+            tally.fail(&format!("{case}: kept {kept:.3} of the values"));
+        }
+        let actual = ops::dropout(gpu, kernels, &x, rate, key, 0, false, None)?;
+        tally.close(&format!("{case} evaluation"), &actual, &x, 0.0, 0.0);
+        for below in ACTIVATIONS {
+            let dy = random_vec(rng, len, -1.0, 1.0);
+            let below_x = activated(rng, len, below);
+            let expected = reference::dropout_backward(&dy, key, step, rate, &below_x, below);
+            let backward = Some((below_x.as_slice(), below));
+            let actual = ops::dropout(gpu, kernels, &dy, rate, key, step, true, backward)?;
+            let case = format!("{case} backward through {}", below.name());
+            tally.close(&case, &actual, &expected, 1e-7, 1e-6);
+        }
+    }
+
+    Ok(())
+}
+
+/// selftest's "average pool forward + backward".
+fn check_average_pool_forward_backward(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    // The max pools' windows, and a global average pool.
+    let image = Shape::image(8, 7, 5);
+    let global = LayerSpec::GlobalAvgPool.geometry(image);
+    let global = (format!("{image}, gap"), global.expect("the case fits"));
+    for (what, geometry) in pool_cases().into_iter().chain([global]) {
+        let x = random_vec(rng, CONV_BATCH * geometry.input.len(), -1.0, 1.0);
+        let expected = avgpool::reference_forward(&geometry, &x, CONV_BATCH);
+        let actual = ops::avgpool(gpu, kernels, &x, CONV_BATCH, &geometry, true)?;
+        tally.close(&format!("{what} forward"), &actual, &expected, 1e-7, 1e-6);
+        let dy = random_vec(rng, expected.len(), -1.0, 1.0);
+        let expected = avgpool::reference_backward(&geometry, &dy, CONV_BATCH);
+        let actual = ops::avgpool(gpu, kernels, &dy, CONV_BATCH, &geometry, false)?;
+        tally.close(&format!("{what} backward"), &actual, &expected, 1e-7, 1e-6);
+    }
+
+    Ok(())
+}
+
+/// selftest's "batchnorm forward + backward".
+fn check_batchnorm_forward_backward(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    // Channels-last [values, C]: 3 channels of 5 samples of 7×9, 4 and 8 channels (the
+    // vec4 kernels), 12 features of 5 samples (BatchNorm1d), 1 channel.
+    for (channels, values) in [(3, 5 * 63), (4, 5 * 63), (8, 5 * 35), (12, 5), (1, 7)] {
+        let x = random_vec(rng, channels * values, -2.0, 3.0);
+        let dy = random_vec(rng, channels * values, -1.0, 1.0);
+        let gamma = random_vec(rng, channels, 0.5, 1.5);
+        let beta = random_vec(rng, channels, -0.5, 0.5);
+        let mean = random_vec(rng, channels, -0.5, 0.5);
+        let var = random_vec(rng, channels, 0.5, 2.0);
+        let norm = NormParams {
+            channels,
+            gamma: 0,
+            beta: channels,
+            running_mean: 0,
+            running_var: channels,
+        };
+        let params = [gamma.clone(), beta.clone()].concat();
+        let inputs = ops::NormInputs {
+            gamma: &gamma,
+            beta: &beta,
+            running_mean: &mean,
+            running_var: &var,
+        };
+        let what = format!("{channels} channels of {values} values");
+        for training in [false, true] {
+            let (expected, running) =
+                batchnorm::reference_forward(&norm, &params, (&mean, &var), &x, training);
+            let actual = ops::batchnorm(gpu, kernels, &x, &inputs, training, None)?;
+            let mode = if training { "training" } else { "evaluation" };
+            let case = format!("{what}, {mode} forward");
+            tally.close(&case, &actual.values, &expected, 1e-5, 1e-4);
+            if let Some((new_mean, new_var)) = running {
+                let state = [new_mean, new_var].concat();
+                let case = format!("{what}, running statistics");
+                tally.close(&case, &actual.state, &state, 1e-6, 1e-5);
+            }
+        }
+        let mut grads = vec![0.0; 2 * channels];
+        let expected = batchnorm::reference_backward(&norm, &params, &x, &dy, &mut grads, true)
+            .expect("an input gradient");
+        let actual = ops::batchnorm(gpu, kernels, &x, &inputs, true, Some(&dy))?;
+        tally.close(
+            &format!("{what}, dγ and dβ"),
+            &actual.dgamma_dbeta,
+            &grads,
+            1e-5,
+            1e-4,
+        );
+        tally.close(
+            &format!("{what}, dx"),
+            &actual.values,
+            &expected,
+            1e-5,
+            1e-3,
+        );
+    }
+
+    Ok(())
+}
+
+/// selftest's "residual sums and activations".
+fn check_residual_sums_and_activations(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    // Counts that are and are not multiples of the kernels' four values per invocation.
+    for count in [4, 37, 1000] {
+        let a = random_vec(rng, count, -2.0, 2.0);
+        let b = random_vec(rng, count, -2.0, 2.0);
+        let none = vec![f32::NAN; count];
+        let k = &kernels.elementwise;
+        let identity = LayerActivation::Identity;
+        let sum = residual::reference_forward(&a, &b);
+        let actual = ops::elementwise(gpu, &k.add, [Some(&a), Some(&b)], &none, identity)?;
+        tally.close(&format!("{count} values, a + b"), &actual, &sum, 0.0, 0.0);
+        let actual = ops::elementwise(gpu, &k.add_assign, [None, Some(&b)], &a, identity)?;
+        tally.close(&format!("{count} values, a += b"), &actual, &sum, 0.0, 0.0);
+        let actual = ops::elementwise(gpu, &k.copy, [Some(&a), None], &none, identity)?;
+        tally.close(&format!("{count} values, copy"), &actual, &a, 0.0, 0.0);
+        for f in &ACTIVATIONS[1..] {
+            let expected = activation::reference_forward(*f, &a);
+            let actual = ops::elementwise(gpu, &k.activate, [Some(&a), None], &none, *f)?;
+            let case = format!("{count} values, {}", f.name());
+            tally.close(&case, &actual, &expected, 1e-6, 1e-5);
+            let dy = &b;
+            let expected = activation::reference_backward(*f, &expected, dy);
+            let y = activation::reference_forward(*f, &a);
+            let inputs = [Some(&dy[..]), Some(&y[..])];
+            let actual = ops::elementwise(gpu, &k.activation_derivative, inputs, &none, *f)?;
+            let case = format!("{count} values, {} backward", f.name());
+            tally.close(&case, &actual, &expected, 1e-6, 1e-5);
+        }
+    }
+
+    Ok(())
+}
+
+/// selftest's "activation backward + bias gradient".
+fn check_activation_backward_bias_gradient(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    for activation in ACTIVATIONS {
+        for (rows, cols) in [(1, 1), (7, 13), (129, 257)] {
+            let grad = random_vec(rng, rows * cols, -1.0, 1.0);
+            // Outputs in the activation's range (relu: about half exactly zero).
+            let mut output = random_vec(rng, rows * cols, -3.0, 3.0);
+            reference::bias_activation_forward(&mut output, &vec![0.0; cols], activation);
+            let mut expected = grad.clone();
+            let expected_bias =
+                reference::activation_backward(&mut expected, &output, cols, activation);
+            let (actual, actual_bias) =
+                ops::activation_backward(gpu, kernels, &grad, &output, cols, activation)?;
+            let case = format!("{} {rows}x{cols}", activation.name());
+            tally.close(&format!("{case} dz"), &actual, &expected, 1e-6, 1e-5);
+            tally.close(
+                &format!("{case} bias grad"),
+                &actual_bias,
+                &expected_bias,
+                1e-5,
+                1e-4,
+            );
+            // apply_derivative: the same dz, with no bias gradient (a convolution's).
+            let actual = ops::apply_derivative(gpu, kernels, &grad, &output, activation)?;
+            tally.close(&format!("{case} dz alone"), &actual, &expected, 1e-6, 1e-5);
+        }
+    }
+
+    Ok(())
+}
+
+/// selftest's "softmax losses".
+fn check_softmax_losses(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    for loss in [Loss::Xent, Loss::Mse] {
+        for (rows, classes) in [(1, 2), (7, 10), (129, 3)] {
+            let logits = random_vec(rng, rows * classes, -8.0, 8.0);
+            let labels: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
+            let expected = reference::softmax_loss(loss, &logits, &labels, classes);
+            let actual = ops::softmax_loss(gpu, kernels, loss, &logits, &labels, classes, 5)?;
+            let case = format!("{} {rows}x{classes}", crate::model_file::name_of(&loss));
+            tally.close(
+                &format!("{case} loss"),
+                &actual.sample_loss,
+                &expected.sample_loss,
+                1e-5,
+                1e-4,
+            );
+            // MSE's gradient subtracts nearly equal terms: an absolute floor of 1e-6.
+            tally.close(
+                &format!("{case} grad"),
+                &actual.logits_grad,
+                &expected.logits_grad,
+                1e-6,
+                1e-4,
+            );
+            tally.equal(
+                &format!("{case} correct"),
+                &actual.sample_correct,
+                &expected.sample_correct,
+            );
+            tally.equal(
+                &format!("{case} prediction"),
+                &actual.sample_prediction,
+                &expected.sample_prediction,
+            );
+        }
+    }
+
+    Ok(())
+}
+
+/// selftest's "batch gather".
+fn check_batch_gather(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    let pixels = (0..37 * 12).map(|_| rng.below(256) as u8).collect();
+    let labels = (0..37).map(|_| rng.below(10) as u8).collect();
+    let data = Dataset::new(12, 10, pixels, labels)?;
+    let mut order: Vec<u32> = (0..37).collect();
+    rng.shuffle(&mut order);
+    for (start, rows) in [(0, 1), (3, 16), (30, 7)] {
+        let (x, y) = reference::gather_batch(&data, &order, start, rows);
+        let gathered = ops::gather_batch(gpu, kernels, &data, &order, start, rows, None)?;
+        tally.close(&format!("x at {start}"), &gathered.x, &x, 0.0, 1e-6);
+        tally.equal(&format!("y at {start}"), &gathered.y, &y);
+        // Transposed too, into rows longer than the batch (a batch size of 20).
+        let quads = 5;
+        let transposed = Some(quads);
+        let gathered = ops::gather_batch(gpu, kernels, &data, &order, start, rows, transposed)?;
+        // The written columns: the batch's, and zeros to the next multiple of 4.
+        let written = rows.next_multiple_of(4);
+        let mut x_t = vec![0.0; data.features() * written];
+        for (r, row) in x.chunks(data.features()).enumerate() {
+            for (f, &value) in row.iter().enumerate() {
+                x_t[f * written + r] = value;
+            }
+        }
+        // Its rows (one more past them: the kernel must not reach it), each split into the
+        // written columns and the rest, which must keep their NaN.
+        let all_t = gathered.x_transposed.expect("asked for");
+        let rows_t: Vec<&[f32]> = all_t.chunks(4 * quads).collect();
+        let actual_t: Vec<f32> = rows_t[..data.features()]
+            .iter()
+            .flat_map(|row| row[..written].to_vec())
+            .collect();
+        let untouched = (rows_t[..data.features()].iter())
+            .flat_map(|row| &row[written..])
+            .chain(rows_t[data.features()])
+            .filter(|v| !v.is_nan())
+            .count();
+        tally.equal(
+            &format!("x transposed at {start}, elsewhere"),
+            &[untouched],
+            &[0],
+        );
+        tally.close(
+            &format!("x at {start}, transposing"),
+            &gathered.x,
+            &x,
+            0.0,
+            1e-6,
+        );
+        tally.equal(&format!("y at {start}, transposing"), &gathered.y, &y);
+        tally.close(
+            &format!("x transposed at {start}"),
+            &actual_t,
+            &x_t,
+            0.0,
+            1e-6,
+        );
+    }
+
+    Ok(())
+}
+
+/// selftest's "metric sums".
+fn check_metric_sums(gpu: &Gpu, kernels: &Kernels, tally: &mut Tally, rng: &mut Rng) -> Result<()> {
+    for count in [1, 255, 1000, 60001] {
+        let loss = random_vec(rng, count, 0.0, 3.0);
+        let correct: Vec<u32> = (0..count).map(|_| rng.below(2) as u32).collect();
+        let (sum, hits) = ops::sum_metrics(gpu, kernels, &loss, &correct)?;
+        let expected: f64 = loss.iter().map(|&l| l as f64).sum();
+        tally.close(
+            &format!("loss sum of {count}"),
+            &[sum],
+            &[expected as f32],
+            1e-4,
+            1e-5,
+        );
+        tally.equal(
+            &format!("correct count of {count}"),
+            &[hits],
+            &[correct.iter().sum::<u32>()],
+        );
+    }
+
+    Ok(())
+}
+
+/// selftest's "sgd update".
+fn check_sgd_update(gpu: &Gpu, kernels: &Kernels, tally: &mut Tally, rng: &mut Rng) -> Result<()> {
+    for count in [1, 1001, 20_011] {
+        let params = random_vec(rng, count, -1.0, 1.0);
+        let grads = random_vec(rng, count, -1.0, 1.0);
+        let mut expected = params.clone();
+        reference::sgd_update(&mut expected, &grads, 0.05);
+        let mut first: Option<Vec<u32>> = None;
+        for (words, optimizer) in optimizers(kernels) {
+            let actual = ops::sgd_update(gpu, optimizer, &params, &grads, 0.05)?;
+            let case = format!("{} words, {count} parameters", words.name());
+            tally.close(&case, &actual, &expected, 1e-7, 1e-6);
+            same_bits(tally, &case, &mut first, &actual);
+        }
+    }
+
+    Ok(())
+}
+
+/// selftest's "adam update".
+fn check_adam_update(gpu: &Gpu, kernels: &Kernels, tally: &mut Tally, rng: &mut Rng) -> Result<()> {
+    for (count, t) in [(1, 1), (1001, 1), (1001, 57), (20_011, 3)] {
+        let hyper = OptimizerHyper {
+            count: count as u32,
+            learning_rate: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+            _pad: [0; 3],
+        };
+        let params = random_vec(rng, count, -1.0, 1.0);
+        let grads = random_vec(rng, count, -1.0, 1.0);
+        let m = random_vec(rng, count, -0.1, 0.1);
+        let v = random_vec(rng, count, 0.0, 0.01);
+        let step_size = reference::adam_step_size(1e-3, 0.9, 0.999, t);
+        let (mut ep, mut em, mut ev) = (params.clone(), m.clone(), v.clone());
+        reference::adam_update(&mut ep, &grads, &mut em, &mut ev, &hyper, step_size);
+        let mut first: Option<Vec<u32>> = None;
+        for (words, optimizer) in optimizers(kernels) {
+            let (ap, am, av) =
+                ops::adam_update(gpu, optimizer, &params, &grads, &m, &v, &hyper, step_size)?;
+            let case = format!("{} words, {count} parameters at t={t}", words.name());
+            tally.close(&format!("{case} params"), &ap, &ep, 1e-7, 1e-5);
+            tally.close(&format!("{case} m"), &am, &em, 1e-8, 1e-5);
+            tally.close(&format!("{case} v"), &av, &ev, 1e-10, 1e-5);
+            same_bits(tally, &case, &mut first, &[ap, am, av].concat());
+        }
+    }
+
+    Ok(())
 }
 
 /// Samples per batch in the convolution, pool and dropout checks.

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod eval;
 pub mod output;
 pub mod predict;
+pub mod recipe;
 pub mod signals;
 pub mod train;
 
@@ -169,7 +170,8 @@ pub fn selftest(request: &AdapterRequest) -> Result<()> {
     let kernels = Kernels::new(&gpu);
     outln!("adapter: {}", gpu.adapter_name());
     let mut failed = Vec::new();
-    for name in selftest::CHECKS {
+    for check in &selftest::CHECKS {
+        let name = check.name;
         let result = selftest::run(&gpu, &kernels, name)?;
         let verdict = if result.passed() { "ok  " } else { "FAIL" };
         outln!(

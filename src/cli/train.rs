@@ -17,8 +17,9 @@ use shadertrain::model_file::{load_parameters_for, save_model};
 use shadertrain::train::{EpochMetrics, EpochProgress, TrainConfig, Trainer};
 use shadertrain::{Error, Result};
 
+use crate::TrainArgs;
+use crate::cli::recipe::{Recipe, recipe};
 use crate::cli::signals::{Interrupt, Received, say_what_is_kept};
-use crate::{Recipe, TrainArgs, recipe};
 
 /// Where and how often checkpoints are written.
 struct CheckpointPlan {
