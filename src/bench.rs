@@ -76,39 +76,20 @@ fn products(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims, f64)> {
     let layout = &plan.layout;
     let mut products = Vec::new();
     for (l, node) in plan.nodes.iter().enumerate() {
-        let (Some(m), Some(i), Some(layer)) =
-            (layout.of_layer(l), layout.layer_matrix[l], plan.layer(l))
-        else {
+        let (Some(m), Some(i), Some(kind)) = (
+            layout.of_layer(l),
+            layout.layer_matrix[l],
+            plan.layer(l).and_then(LayerSpec::kind),
+        ) else {
             continue;
         };
         let input = plan.tensors[node.inputs[0]].shape;
+        // No input gradient for a layer with no parameters below it: nothing consumes it.
         let input_grad = plan.needs_grad[node.inputs[0]];
-        let (kind, dims, positions) = match *layer {
-            LayerSpec::Conv2d { activation, .. } => {
-                let positions = rows * layer.geometry(input).expect("valid").positions();
-                let dims = [
-                    MatmulDims::conv_forward(positions, &m, activation),
-                    MatmulDims::conv_weight_grad(positions, &m),
-                    MatmulDims::conv_patch_grad(positions, &m),
-                ];
-                ("conv", dims, positions)
-            }
-            LayerSpec::Dense { .. } => {
-                let dims = [
-                    MatmulDims::layer_forward(rows, &m),
-                    MatmulDims::layer_weight_grad(rows, &m),
-                    MatmulDims::layer_input_grad(rows, &m),
-                ];
-                ("dense", dims, rows)
-            }
-            // No other kind has a weight matrix.
-            _ => continue,
-        };
-        let model_flops = 2.0 * positions as f64 * m.inputs as f64 * m.outputs as f64;
-        let names = ["forward", "weight grad", "input grad"];
-        for (part, (name, dims)) in names.iter().zip(dims).enumerate() {
-            if part < 2 || input_grad {
-                products.push((format!("{kind} {i} {name}"), dims, model_flops));
+        for product in kind.products(rows, input, &m) {
+            if product.part != "input grad" || input_grad {
+                let name = format!("{} {i} {}", product.kind, product.part);
+                products.push((name, product.dims, product.flops));
             }
         }
     }

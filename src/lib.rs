@@ -29,6 +29,7 @@ pub mod plot;
 pub mod reference;
 pub mod rng;
 pub mod selftest;
+pub mod shapes;
 pub mod train;
 
 pub use error::{Error, Result};

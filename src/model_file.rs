@@ -22,6 +22,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use crate::data::DataIdentity;
 use crate::error::{Error, Result};
 use crate::files::write_atomically;
+use crate::layers::kind::TensorMapping;
 use crate::model::{Activation, LayerSpec, Loss, ModelSpec, Plan, Shape, TensorId, parse_layers};
 
 /// How inputs were scaled before the first layer; the only scaling shadertrain uses.
@@ -45,15 +46,6 @@ pub fn name_of<T: ValueEnum>(value: &T) -> String {
         .to_possible_value()
         .map(|v| v.get_name().to_string())
         .unwrap_or_default()
-}
-
-/// How one layer's tensors map onto its weight matrix: each file weight element's index in the
-/// flat buffer, in the file's (PyTorch's) order.
-struct TensorMapping {
-    name: String,
-    shape: Vec<usize>,
-    /// `positions[j]`: where the file's element j lives in the flat buffer.
-    positions: Vec<usize>,
 }
 
 /// The name and role of every tensor of `spec`'s file, in the plan's order: a layer's weight
@@ -85,89 +77,25 @@ fn batch_counter_names(plan: &Plan) -> Vec<String> {
         .collect()
 }
 
-/// The tensors of every layer with parameters, as the file holds them (`tensor_names`' order).
+/// The tensors of every layer with parameters, as the file holds them (`tensor_names`' order):
+/// each kind says its own (`LayerKind::file_tensors`).
 fn tensor_mappings(spec: &ModelSpec) -> Vec<TensorMapping> {
     let plan = spec.plan().expect("a validated model");
     let layout = &plan.layout;
     let mut mappings = Vec::new();
     for (n, node) in plan.nodes.iter().enumerate() {
-        let Some(name) = &node.name else {
+        let (Some(name), Some(kind)) = (&node.name, plan.layer(n).and_then(LayerSpec::kind)) else {
             continue;
         };
         let input = plan.tensors[node.inputs[0]].shape;
-        if let Some(norm) = layout.norms[n] {
-            let c = norm.channels;
-            for (suffix, start) in [
-                ("weight", norm.gamma),
-                ("bias", norm.beta),
-                ("running_mean", norm.running_mean),
-                ("running_var", norm.running_var),
-            ] {
-                mappings.push(TensorMapping {
-                    name: format!("{name}.{suffix}"),
-                    shape: vec![c],
-                    positions: (start..start + c).collect(),
-                });
-            }
-            continue;
-        }
-        let Some(m) = layout.of_layer(n) else {
-            continue;
-        };
-        let at = |row: usize, out: usize| m.weight_offset + row * m.outputs + out;
-        let (shape, positions) = match plan.layer(n) {
-            Some(LayerSpec::Conv2d {
-                filters, kernel, ..
-            }) => {
-                let (filters, kernel) = (*filters, *kernel);
-                let channels = input.channels;
-                let mut positions = Vec::with_capacity(m.inputs * filters);
-                for f in 0..filters {
-                    for c in 0..channels {
-                        for ky in 0..kernel {
-                            for kx in 0..kernel {
-                                positions.push(at((ky * kernel + kx) * channels + c, f));
-                            }
-                        }
-                    }
-                }
-                (vec![filters, channels, kernel, kernel], positions)
-            }
-            other => {
-                assert!(
-                    matches!(other, Some(LayerSpec::Dense { .. })),
-                    "only dense and conv layers have weight matrices, not {other:?}"
-                );
-                // nn.Flatten numbers a C × H × W input (channel, row, column); ours is
-                // channels-last, (row, column, channel).
-                let image = flattened_image(&plan, node.inputs[0]);
-                let ours = |input: usize| match image {
-                    Some(s) => {
-                        let (c, pixel) =
-                            (input / (s.height * s.width), input % (s.height * s.width));
-                        pixel * s.channels + c
-                    }
-                    None => input,
-                };
-                let positions = (0..m.outputs)
-                    .flat_map(|out| (0..m.inputs).map(move |input| (out, input)))
-                    .map(|(out, input)| at(ours(input), out))
-                    .collect();
-                (vec![m.outputs, m.inputs], positions)
-            }
-        };
-        mappings.push(TensorMapping {
-            name: format!("{name}.weight"),
-            shape,
-            positions,
-        });
-        if m.bias {
-            mappings.push(TensorMapping {
-                name: format!("{name}.bias"),
-                shape: vec![m.outputs],
-                positions: (m.bias_offset..m.bias_offset + m.outputs).collect(),
-            });
-        }
+        let flattened_from = flattened_image(&plan, node.inputs[0]);
+        mappings.extend(kind.file_tensors(
+            name,
+            input,
+            layout.of_layer(n),
+            layout.norms[n],
+            flattened_from,
+        ));
     }
     mappings
 }
@@ -177,15 +105,17 @@ fn tensor_mappings(spec: &ModelSpec) -> Vec<TensorMapping> {
 fn flattened_image(plan: &Plan, mut t: TensorId) -> Option<Shape> {
     loop {
         let producer = plan.tensors[t].producer?;
-        match plan.layer(producer)? {
-            LayerSpec::Dropout { .. } => t = plan.nodes[producer].inputs[0],
-            LayerSpec::Flatten => {
-                let image = plan.tensors[plan.nodes[producer].inputs[0]].shape;
-                let reordered = image.channels > 1 && image.height * image.width > 1;
-                return reordered.then_some(image);
-            }
-            _ => return None,
+        let kind = plan.layer(producer)?.kind()?;
+        if kind.keeps_order() {
+            t = plan.nodes[producer].inputs[0];
+            continue;
         }
+        if !kind.moves_nothing() {
+            return None;
+        }
+        let image = plan.tensors[plan.nodes[producer].inputs[0]].shape;
+        let reordered = image.channels > 1 && image.height * image.width > 1;
+        return reordered.then_some(image);
     }
 }
 

@@ -3,8 +3,10 @@
 
 use crate::data::Dataset;
 use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
-use crate::layers::{activation, avgpool, batchnorm, conv2d, dense, dropout, pool, residual};
-use crate::model::{Geometry, LayerActivation, LayerSpec, Loss, ModelSpec, Op};
+pub use crate::layers::kind::StepKey;
+use crate::layers::kind::{ReferenceBackward, ReferenceForward};
+use crate::layers::residual;
+use crate::model::{Geometry, LayerActivation, Loss, ModelSpec, Op};
 // The definitions the kernels and the reference share live with what uses them in training.
 pub use crate::layers::dropout::{dropout_keeps, dropout_layer_key, dropout_threshold, mix};
 pub use crate::train::adam_step_size;
@@ -204,13 +206,6 @@ impl ReferenceStep {
     }
 }
 
-/// What keys a training step's dropout masks: the run's seed and the step's number (from 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StepKey {
-    pub seed: u64,
-    pub step: u32,
-}
-
 /// Every tensor of the plan for the batch `x` (`[rows, spec.input]`), from `x` itself to the
 /// logits, and the state after it: in evaluation (dropout is the identity, BatchNorm uses the
 /// running statistics) where `training` is None, else as training step `training` computes it
@@ -229,59 +224,25 @@ pub fn forward_pass(
     values[0] = x.to_vec();
     for (l, node) in plan.nodes.iter().enumerate() {
         let input = &values[node.inputs[0]];
-        let shape = plan.tensors[node.inputs[0]].shape;
-        let layer = match &node.op {
+        let kind = match &node.op {
             Op::Add => {
                 values[node.output] = residual::reference_forward(input, &values[node.inputs[1]]);
                 continue;
             }
-            Op::Layer(layer) => layer,
+            Op::Layer(layer) => layer.kind().expect("the plan expands residual blocks"),
         };
-        let output = match *layer {
-            LayerSpec::Dense { activation, .. } => {
-                let m = layout.of_layer(l).expect("a dense layer's matrix");
-                dense::reference_forward(&m, activation, params, input, rows)
-            }
-            LayerSpec::Conv2d { activation, .. } => {
-                let m = layout.of_layer(l).expect("a convolution's matrix");
-                let geometry = layer.geometry(shape).expect("a validated model");
-                conv2d::reference_forward(&geometry, &m, activation, params, input, rows)
-            }
-            LayerSpec::MaxPool2d { .. } => {
-                let geometry = layer.geometry(shape).expect("a validated model");
-                pool::reference_forward(&geometry, input, rows).0
-            }
-            LayerSpec::AvgPool2d { .. } | LayerSpec::GlobalAvgPool => {
-                let geometry = layer.geometry(shape).expect("a validated model");
-                avgpool::reference_forward(&geometry, input, rows)
-            }
-            LayerSpec::BatchNorm => {
-                let norm = layout.norms[l].expect("a BatchNorm's tensors");
-                let state_of = |offset: usize| offset - layout.trained;
-                let (mean, var) = (state_of(norm.running_mean), state_of(norm.running_var));
-                let running = (
-                    &state[mean..mean + norm.channels],
-                    &state[var..var + norm.channels],
-                );
-                let (y, updated) =
-                    batchnorm::reference_forward(&norm, params, running, input, training.is_some());
-                if let Some((new_mean, new_var)) = updated {
-                    state[mean..mean + norm.channels].copy_from_slice(&new_mean);
-                    state[var..var + norm.channels].copy_from_slice(&new_var);
-                }
-                y
-            }
-            LayerSpec::Activation(activation) => {
-                activation::reference_forward(LayerActivation::Hidden(activation), input)
-            }
-            LayerSpec::Flatten => input.clone(),
-            LayerSpec::Dropout { rate } => {
-                let key = training.map(|k| (dropout_layer_key(k.seed, l), k.step));
-                let layer_key = key.map_or(0, |(layer_key, _)| layer_key);
-                dropout::reference_forward(input, rate, layer_key, key.map(|(_, step)| step))
-            }
-            LayerSpec::Residual(_) => unreachable!("the plan expands residual blocks"),
-        };
+        let output = kind.reference_forward(ReferenceForward {
+            params,
+            state: &mut state,
+            state_start: layout.trained,
+            x: input,
+            input: plan.tensors[node.inputs[0]].shape,
+            rows,
+            matrix: layout.of_layer(l),
+            norm: layout.norms[l],
+            training,
+            node: l,
+        });
         values[node.output] = output;
     }
     (values, state)
@@ -326,72 +287,25 @@ pub fn forward_backward(
             .clone()
             .expect("every consumer of a tensor that needs a gradient gave one");
         let wanted = |i: usize| plan.needs_grad[node.inputs[i]];
-        let input = &activations[node.inputs[0]];
-        let shape = plan.tensors[node.inputs[0]].shape;
         let contributions: Vec<Option<Vec<f32>>> = match &node.op {
             Op::Add => vec![Some(upstream.clone()), Some(upstream)],
             Op::Layer(layer) => {
                 apply_derivative(&mut upstream, &activations[node.output], layer.activation());
-                vec![match *layer {
-                    LayerSpec::Dense { .. } => {
-                        let m = layout.of_layer(l).expect("a dense layer's matrix");
-                        dense::reference_backward(
-                            &m,
-                            params,
-                            input,
-                            &upstream,
-                            rows,
-                            &mut grads,
-                            wanted(0),
-                        )
-                    }
-                    LayerSpec::Conv2d { .. } => {
-                        let m = layout.of_layer(l).expect("a convolution's matrix");
-                        let geometry = layer.geometry(shape).expect("a validated model");
-                        conv2d::reference_backward(
-                            &geometry,
-                            &m,
-                            params,
-                            input,
-                            &upstream,
-                            rows,
-                            &mut grads,
-                            wanted(0),
-                        )
-                    }
-                    LayerSpec::MaxPool2d { .. } => {
-                        let geometry = layer.geometry(shape).expect("a validated model");
-                        Some(pool::reference_backward(&geometry, input, &upstream, rows))
-                    }
-                    LayerSpec::AvgPool2d { .. } | LayerSpec::GlobalAvgPool => {
-                        let geometry = layer.geometry(shape).expect("a validated model");
-                        Some(avgpool::reference_backward(&geometry, &upstream, rows))
-                    }
-                    LayerSpec::BatchNorm => {
-                        let norm = layout.norms[l].expect("a BatchNorm's tensors");
-                        batchnorm::reference_backward(
-                            &norm,
-                            params,
-                            input,
-                            &upstream,
-                            &mut grads,
-                            wanted(0),
-                        )
-                    }
-                    LayerSpec::Activation(activation) => Some(activation::reference_backward(
-                        LayerActivation::Hidden(activation),
-                        &activations[node.output],
-                        &upstream,
-                    )),
-                    LayerSpec::Flatten => Some(upstream.clone()),
-                    LayerSpec::Dropout { rate } => {
-                        let layer_key = dropout_layer_key(key.seed, l);
-                        Some(dropout::reference_backward(
-                            &upstream, rate, layer_key, key.step,
-                        ))
-                    }
-                    LayerSpec::Residual(_) => unreachable!("the plan expands residual blocks"),
-                }]
+                let kind = layer.kind().expect("the plan expands residual blocks");
+                vec![kind.reference_backward(ReferenceBackward {
+                    params,
+                    x: &activations[node.inputs[0]],
+                    y: &activations[node.output],
+                    dz: &upstream,
+                    input: plan.tensors[node.inputs[0]].shape,
+                    rows,
+                    matrix: layout.of_layer(l),
+                    norm: layout.norms[l],
+                    key,
+                    node: l,
+                    grads: &mut grads,
+                    input_grad: wanted(0),
+                })]
             }
         };
         for (i, contribution) in contributions.into_iter().enumerate() {

@@ -7,6 +7,9 @@ use crate::error::Result;
 use crate::gpu::kernels::{OptimizerKernels, OptimizerWords};
 use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
 use crate::gpu::{Gpu, Kernels, MatmulVariant, ops};
+use crate::layers::avgpool::GlobalAvgPool;
+use crate::layers::conv2d::Conv2d;
+use crate::layers::pool::MaxPool2d;
 use crate::layers::{activation, avgpool, batchnorm, residual};
 use crate::model::{
     Activation, Geometry, LayerActivation, LayerSpec, Loss, NormParams, Padding, Shape,
@@ -432,7 +435,7 @@ fn check_average_pool_forward_backward(
 ) -> Result<()> {
     // The max pools' windows, and a global average pool.
     let image = Shape::image(8, 7, 5);
-    let global = LayerSpec::GlobalAvgPool.geometry(image);
+    let global = LayerSpec::GlobalAvgPool(GlobalAvgPool).geometry(image);
     let global = (format!("{image}, gap"), global.expect("the case fits"));
     for (what, geometry) in pool_cases().into_iter().chain([global]) {
         let x = random_vec(rng, CONV_BATCH * geometry.input.len(), -1.0, 1.0);
@@ -797,14 +800,14 @@ fn conv_cases() -> Vec<(String, Geometry, WeightMatrix)> {
         .into_iter()
         .map(
             |(channels, height, width, filters, kernel, stride, padding)| {
-                let layer = LayerSpec::Conv2d {
+                let layer = LayerSpec::Conv2d(Conv2d {
                     bias: true,
                     filters,
                     kernel,
                     stride,
                     padding,
                     activation: LayerActivation::Identity,
-                };
+                });
                 let input = Shape::image(channels, height, width);
                 let geometry = layer.geometry(input).expect("the case fits");
                 let inputs = kernel * kernel * channels;
@@ -834,7 +837,7 @@ fn pool_cases() -> Vec<(String, Geometry)> {
     ]
     .into_iter()
     .map(|(channels, height, width, size, stride)| {
-        let layer = LayerSpec::MaxPool2d { size, stride };
+        let layer = LayerSpec::MaxPool2d(MaxPool2d { size, stride });
         let input = Shape::image(channels, height, width);
         let geometry = layer.geometry(input).expect("the case fits");
         (format!("{input}, {}", layer.token()), geometry)

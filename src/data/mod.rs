@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::model::Shape;
+use crate::shapes::Shape;
 use idx::read_idx_u8;
 
 /// The environment variable that, like `--data`, names the folder holding the dataset files.

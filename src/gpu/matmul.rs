@@ -27,7 +27,7 @@ use super::buffers::grid_1d;
 use super::kernels::{Kernel, ROW_WORKGROUP, Slot, build};
 use super::mirror::TextureMirror;
 use super::uniforms::{MatmulDims, NO_EPILOGUE};
-use crate::model::WeightMatrix;
+use crate::shapes::WeightMatrix;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

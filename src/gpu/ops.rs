@@ -15,8 +15,8 @@ use super::mirror::TextureMirror;
 use super::uniforms::*;
 use crate::data::Dataset;
 use crate::error::Result;
-use crate::model::{Geometry, LayerActivation, Loss};
 use crate::reference::LossOutput;
+use crate::shapes::{Geometry, LayerActivation, Loss};
 
 /// Records one dispatch of `kernel` and submits it.
 fn dispatch(gpu: &Gpu, kernel: &Kernel, bind_group: &wgpu::BindGroup, grid: [u32; 3]) {
@@ -658,8 +658,8 @@ pub fn batchnorm(
         running_mean: 0,
         running_var: channels as u32,
         training: (training || dy.is_some()) as u32,
-        momentum: crate::model::BATCH_NORM_MOMENTUM,
-        epsilon: crate::model::BATCH_NORM_EPSILON,
+        momentum: crate::shapes::BATCH_NORM_MOMENTUM,
+        epsilon: crate::shapes::BATCH_NORM_EPSILON,
         _pad: [0; 3],
     };
     let shape = gpu.params_with("shape", &shape);

@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::model::{Geometry, LayerActivation, WeightMatrix};
+use crate::shapes::{Geometry, LayerActivation, WeightMatrix};
 
 /// `Dims` in matmul.wgsl: C[m, n] = Σ_k A(m, k) B(k, n), A and B read through strides.
 #[repr(C)]

@@ -4,12 +4,14 @@
 //! from the output as every activation's backward pass here does.
 
 use super::context::LayerContext;
-use super::{Backward, DevicePasses, LayerIo};
+use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
+use super::{Backward, DeviceLayer, DevicePasses, LayerIo};
+use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::ElementwiseShape;
-use crate::model::{LayerActivation, Shape};
+use crate::shapes::{Activation, LayerActivation, Shape};
 
 /// An activation layer in a training program.
 pub(crate) struct ActivationDevice {
@@ -91,4 +93,45 @@ pub fn reference_backward(activation: LayerActivation, y: &[f32], dy: &[f32]) ->
     (dy.iter().zip(y))
         .map(|(&g, &a)| g * activation.derivative_from_output(a))
         .collect()
+}
+
+/// An activation as a layer: `relu`, `sigmoid` or `tanh`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivationLayer(pub Activation);
+
+impl ActivationLayer {
+    /// Reads `relu`, `sigmoid` or `tanh`.
+    pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
+        let activation = match LayerActivation::from_name(body)? {
+            LayerActivation::Hidden(activation) => activation,
+            LayerActivation::Identity => return None,
+        };
+        Some(options.plain(ActivationLayer(activation)))
+    }
+
+    fn function(&self) -> LayerActivation {
+        LayerActivation::Hidden(self.0)
+    }
+}
+
+impl LayerKind for ActivationLayer {
+    fn token(&self) -> String {
+        self.function().name().into()
+    }
+
+    fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
+        Ok(input)
+    }
+
+    fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
+        Ok(Box::new(ActivationDevice::new(args.input, self.function())))
+    }
+
+    fn reference_forward(&self, args: ReferenceForward<'_>) -> Vec<f32> {
+        reference_forward(self.function(), args.x)
+    }
+
+    fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
+        Some(reference_backward(self.function(), args.y, args.dz))
+    }
 }

@@ -6,12 +6,14 @@
 //! size.
 
 use super::context::LayerContext;
-use super::{Backward, DevicePasses, LayerIo};
+use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
+use super::{Backward, DeviceLayer, DevicePasses, LayerIo, pool_size};
+use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::PoolShape;
-use crate::model::{Geometry, LayerActivation};
+use crate::shapes::{Geometry, LayerActivation, Padding, Shape, Window};
 
 /// An average pool in a training program.
 pub(crate) struct AvgPoolDevice {
@@ -136,4 +138,128 @@ pub fn reference_backward(geometry: &Geometry, dy: &[f32], rows: usize) -> Vec<f
         }
     }
     dx
+}
+
+/// AvgPool2D as `--layers` names it: `avgpool<size>[s<stride>]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AvgPool2d {
+    pub size: usize,
+    pub stride: usize,
+}
+
+impl AvgPool2d {
+    /// Reads `avgpool<size>[s<stride>]`.
+    pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
+        let rest = body.strip_prefix("avgpool")?;
+        Some(
+            pool_size("avgpool", rest)
+                .and_then(|(size, stride)| options.plain(AvgPool2d { size, stride })),
+        )
+    }
+}
+
+/// Global average pooling, `gap`: C × H × W → C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GlobalAvgPool;
+
+impl GlobalAvgPool {
+    /// Reads `gap`.
+    pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
+        (body == "gap").then(|| options.plain(GlobalAvgPool))
+    }
+}
+
+/// The passes and references the two average pools share, over their windows.
+fn pool_device(geometry: Option<Geometry>) -> Result<DeviceLayer> {
+    let geometry = geometry.expect("a planned layer fits its input");
+    Ok(Box::new(AvgPoolDevice::new(geometry)))
+}
+
+impl LayerKind for AvgPool2d {
+    fn token(&self) -> String {
+        match self.stride == self.size {
+            true => format!("avgpool{}", self.size),
+            false => format!("avgpool{}s{}", self.size, self.stride),
+        }
+    }
+
+    fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
+        let size = self.size;
+        let geometry = self
+            .geometry(input)
+            .ok_or_else(|| format!("its {size}×{size} pool is larger than its input, {input}"))?;
+        Ok(geometry.output)
+    }
+
+    fn sizes_are_valid(&self) -> bool {
+        self.size > 0 && self.stride > 0
+    }
+
+    fn geometry(&self, input: Shape) -> Option<Geometry> {
+        Geometry::square(
+            input,
+            input.channels,
+            self.size,
+            self.stride,
+            Padding::Valid,
+        )
+    }
+
+    fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
+        pool_device(self.geometry(args.input))
+    }
+
+    fn reference_forward(&self, args: ReferenceForward<'_>) -> Vec<f32> {
+        let geometry = self
+            .geometry(args.input)
+            .expect("a planned layer fits its input");
+        reference_forward(&geometry, args.x, args.rows)
+    }
+
+    fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
+        let geometry = self
+            .geometry(args.input)
+            .expect("a planned layer fits its input");
+        Some(reference_backward(&geometry, args.dz, args.rows))
+    }
+}
+
+impl LayerKind for GlobalAvgPool {
+    fn token(&self) -> String {
+        "gap".into()
+    }
+
+    fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
+        Ok(Shape::flat(input.channels))
+    }
+
+    /// The window of the whole image.
+    fn geometry(&self, input: Shape) -> Option<Geometry> {
+        let rows = Window::new(input.height, 1, Padding::Valid, input.height)?;
+        let columns = Window::new(input.width, 1, Padding::Valid, input.width)?;
+        Some(Geometry {
+            input,
+            output: Shape::image(input.channels, 1, 1),
+            rows,
+            columns,
+        })
+    }
+
+    fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
+        pool_device(self.geometry(args.input))
+    }
+
+    fn reference_forward(&self, args: ReferenceForward<'_>) -> Vec<f32> {
+        let geometry = self
+            .geometry(args.input)
+            .expect("a planned layer fits its input");
+        reference_forward(&geometry, args.x, args.rows)
+    }
+
+    fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
+        let geometry = self
+            .geometry(args.input)
+            .expect("a planned layer fits its input");
+        Some(reference_backward(&geometry, args.dz, args.rows))
+    }
 }

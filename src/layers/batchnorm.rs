@@ -12,14 +12,18 @@
 use wgpu::Buffer;
 
 use super::context::LayerContext;
-use super::{Backward, DevicePasses, LayerIo};
+use super::kind::{
+    DeviceArgs, LayerKind, Parameters, ReferenceBackward, ReferenceForward, TensorMapping,
+    TokenOptions,
+};
+use super::{Backward, DeviceLayer, DevicePasses, LayerIo};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::NormShape;
-use crate::model::{BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, NormParams, Shape};
+use crate::shapes::{BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, NormParams, Shape, WeightMatrix};
 
 /// A BatchNorm in a training program, with the batch's mean and inverse deviation per channel.
 pub(crate) struct BatchNormDevice {
@@ -258,4 +262,92 @@ pub fn reference_backward(
             })
             .collect()
     })
+}
+
+/// BatchNorm as `--layers` names it: `bn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchNorm;
+
+impl BatchNorm {
+    /// Reads `bn`.
+    pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
+        (body == "bn").then(|| options.plain(BatchNorm))
+    }
+}
+
+impl LayerKind for BatchNorm {
+    fn token(&self) -> String {
+        "bn".into()
+    }
+
+    fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
+        Ok(input)
+    }
+
+    fn parameters(&self, input: Shape) -> Option<Parameters> {
+        Some(Parameters::Norm {
+            channels: input.channels,
+        })
+    }
+
+    fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
+        let norm = args.norm.expect("a BatchNorm has its tensors");
+        let device = BatchNormDevice::new(args.gpu, args.input, norm, args.state_start)?;
+        Ok(Box::new(device))
+    }
+
+    fn reference_forward(&self, args: ReferenceForward<'_>) -> Vec<f32> {
+        let norm = args.norm.expect("a BatchNorm has its tensors");
+        let c = norm.channels;
+        let (mean, var) = (
+            norm.running_mean - args.state_start,
+            norm.running_var - args.state_start,
+        );
+        let running = (&args.state[mean..mean + c], &args.state[var..var + c]);
+        let training = args.training.is_some();
+        let (y, updated) = reference_forward(&norm, args.params, running, args.x, training);
+        if let Some((new_mean, new_var)) = updated {
+            args.state[mean..mean + c].copy_from_slice(&new_mean);
+            args.state[var..var + c].copy_from_slice(&new_var);
+        }
+        y
+    }
+
+    fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
+        let norm = args.norm.expect("a BatchNorm has its tensors");
+        reference_backward(
+            &norm,
+            args.params,
+            args.x,
+            args.dz,
+            args.grads,
+            args.input_grad,
+        )
+    }
+
+    /// `nn.BatchNorm2d`'s `weight` (γ), `bias` (β), `running_mean` and `running_var`.
+    fn file_tensors(
+        &self,
+        name: &str,
+        _input: Shape,
+        _matrix: Option<WeightMatrix>,
+        norm: Option<NormParams>,
+        _flattened_from: Option<Shape>,
+    ) -> Vec<TensorMapping> {
+        let norm = norm.expect("a BatchNorm has its tensors");
+        let c = norm.channels;
+        [
+            ("weight", norm.gamma),
+            ("bias", norm.beta),
+            ("running_mean", norm.running_mean),
+            ("running_var", norm.running_var),
+        ]
+        .into_iter()
+        .map(|(suffix, start)| TensorMapping {
+            name: format!("{name}.{suffix}"),
+            shape: vec![c],
+            positions: (start..start + c).collect(),
+        })
+        .collect()
+    }
 }

@@ -10,7 +10,7 @@ use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::{ElementwiseShape, MatmulDims};
 use crate::gpu::{Gpu, Kernel, Kernels, MatmulOperand, TextureMirror};
-use crate::model::WeightMatrix;
+use crate::shapes::WeightMatrix;
 
 use super::DeviceTensor;
 

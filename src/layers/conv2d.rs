@@ -9,15 +9,19 @@
 use wgpu::Buffer;
 
 use super::context::LayerContext;
-use super::{Backward, DevicePasses, DeviceTensor, LayerIo};
+use super::kind::{
+    DeviceArgs, LayerKind, Parameters, Product, ReferenceBackward, ReferenceForward, TensorMapping,
+    TokenOptions,
+};
+use super::{Backward, DeviceLayer, DevicePasses, DeviceTensor, LayerIo, leading_number, positive};
 use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::{ActivationShape, ConvShape, MatmulDims};
 use crate::gpu::{Gpu, Kernels};
-use crate::model::{Geometry, LayerActivation, WeightMatrix};
 use crate::reference;
+use crate::shapes::{Geometry, LayerActivation, NormParams, Padding, Shape, WeightMatrix};
 
 /// A convolution in a training program, with its patch matrix and the patch matrix's gradient.
 pub(crate) struct ConvDevice {
@@ -226,4 +230,233 @@ pub fn reference_backward(
             LayerActivation::Identity,
         )
     })
+}
+
+/// Conv2D as `--layers` names it: `conv<filters>k<size>[s<stride>][same|p<pad>][:activation][:nobias]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Conv2d {
+    pub filters: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: Padding,
+    pub activation: LayerActivation,
+    pub bias: bool,
+}
+
+impl Conv2d {
+    /// Reads `conv<filters>k<size>...`.
+    pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
+        let rest = body.strip_prefix("conv")?;
+        Some((|| {
+            let (filters, rest) =
+                leading_number(rest).ok_or("conv needs a filter count, e.g. conv32k3")?;
+            let rest = rest
+                .strip_prefix('k')
+                .ok_or("conv needs a kernel size after its filter count, e.g. conv32k3")?;
+            let (kernel, rest) = leading_number(rest).ok_or("conv needs a kernel size, e.g. k3")?;
+            let (stride, rest) = match rest.strip_prefix('s').and_then(leading_number) {
+                Some((stride, rest)) => (stride, rest),
+                None => (1, rest),
+            };
+            let padding = match rest {
+                "" | "valid" => Padding::Valid,
+                "same" => Padding::Same,
+                _ => match rest.strip_prefix('p').and_then(leading_number) {
+                    Some((pad, "")) => Padding::Explicit(pad),
+                    _ => {
+                        return Err(format!(
+                            "unexpected {rest:?} (padding is valid, same or p<zeros>)"
+                        ));
+                    }
+                },
+            };
+            Ok(Conv2d {
+                filters: positive("the filter count", filters)?,
+                kernel: positive("the kernel size", kernel)?,
+                stride: positive("the stride", stride)?,
+                padding,
+                activation: options.activation(),
+                bias: options.bias,
+            })
+        })())
+    }
+}
+
+impl LayerKind for Conv2d {
+    fn token(&self) -> String {
+        let stride = match self.stride {
+            1 => String::new(),
+            stride => format!("s{stride}"),
+        };
+        let padding = match self.padding {
+            Padding::Valid => String::new(),
+            Padding::Same => "same".into(),
+            Padding::Explicit(pad) => format!("p{pad}"),
+        };
+        let bias = if self.bias { "" } else { ":nobias" };
+        format!(
+            "conv{}k{}{stride}{padding}:{}{bias}",
+            self.filters,
+            self.kernel,
+            self.activation.name()
+        )
+    }
+
+    fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
+        let k = self.kernel;
+        let geometry = self
+            .geometry(input)
+            .ok_or_else(|| format!("its {k}×{k} kernel is larger than its input, {input}"))?;
+        Ok(geometry.output)
+    }
+
+    fn sizes_are_valid(&self) -> bool {
+        self.filters > 0 && self.kernel > 0 && self.stride > 0
+    }
+
+    fn geometry(&self, input: Shape) -> Option<Geometry> {
+        Geometry::square(input, self.filters, self.kernel, self.stride, self.padding)
+    }
+
+    fn activation(&self) -> LayerActivation {
+        self.activation
+    }
+
+    fn parameters(&self, input: Shape) -> Option<Parameters> {
+        let patch = self
+            .kernel
+            .checked_mul(self.kernel)?
+            .checked_mul(input.channels)?;
+        // The patch, the bias's row of ones, zeros to a multiple of 4 (the vec4 products read
+        // whole rows of four).
+        let rows = patch.checked_add(4)?.next_multiple_of(4);
+        rows.checked_mul(self.filters)?;
+        Some(Parameters::Matrix {
+            inputs: patch,
+            outputs: self.filters,
+            rows: (patch + 1).next_multiple_of(4),
+            bias: self.bias,
+            // Keras counts a convolution's fans over its kernel: k² · filters out.
+            fan_out: self.kernel * self.kernel * self.filters,
+        })
+    }
+
+    fn scratch_per_sample(
+        &self,
+        input: Shape,
+        matrix: Option<WeightMatrix>,
+    ) -> Option<(&'static str, usize)> {
+        let geometry = self.geometry(input)?;
+        Some(("patch matrix", patch_floats_per_sample(&geometry, &matrix?)))
+    }
+
+    fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
+        let geometry = self
+            .geometry(args.input)
+            .expect("a planned layer fits its input");
+        let matrix = args.matrix.expect("a convolution has a matrix");
+        let device = ConvDevice::new(
+            args.gpu,
+            args.kernels,
+            geometry,
+            matrix,
+            self.activation,
+            args.batch,
+        )?;
+        Ok(Box::new(device))
+    }
+
+    fn reference_forward(&self, args: ReferenceForward<'_>) -> Vec<f32> {
+        let geometry = self
+            .geometry(args.input)
+            .expect("a planned layer fits its input");
+        let m = args.matrix.expect("a convolution has a matrix");
+        reference_forward(
+            &geometry,
+            &m,
+            self.activation,
+            args.params,
+            args.x,
+            args.rows,
+        )
+    }
+
+    fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
+        let geometry = self
+            .geometry(args.input)
+            .expect("a planned layer fits its input");
+        let m = args.matrix.expect("a convolution has a matrix");
+        let ReferenceBackward {
+            params,
+            x,
+            dz,
+            rows,
+            grads,
+            input_grad,
+            ..
+        } = args;
+        reference_backward(&geometry, &m, params, x, dz, rows, grads, input_grad)
+    }
+
+    /// `nn.Conv2d`'s weight `[out_channels, in_channels, kh, kw]`, and its bias where it has one.
+    fn file_tensors(
+        &self,
+        name: &str,
+        input: Shape,
+        matrix: Option<WeightMatrix>,
+        _norm: Option<NormParams>,
+        _flattened_from: Option<Shape>,
+    ) -> Vec<TensorMapping> {
+        let m = matrix.expect("a convolution has a matrix");
+        let (filters, kernel, channels) = (self.filters, self.kernel, input.channels);
+        let at = |row: usize, out: usize| m.weight_offset + row * m.outputs + out;
+        let mut positions = Vec::with_capacity(m.inputs * filters);
+        for f in 0..filters {
+            for c in 0..channels {
+                for ky in 0..kernel {
+                    for kx in 0..kernel {
+                        positions.push(at((ky * kernel + kx) * channels + c, f));
+                    }
+                }
+            }
+        }
+        let mut tensors = vec![TensorMapping {
+            name: format!("{name}.weight"),
+            shape: vec![filters, channels, kernel, kernel],
+            positions,
+        }];
+        if m.bias {
+            tensors.push(TensorMapping {
+                name: format!("{name}.bias"),
+                shape: vec![m.outputs],
+                positions: (m.bias_offset..m.bias_offset + m.outputs).collect(),
+            });
+        }
+        tensors
+    }
+
+    /// Model FLOPs without the bias column and padding the products carry.
+    fn products(&self, rows: usize, input: Shape, m: &WeightMatrix) -> Vec<Product> {
+        let geometry = self
+            .geometry(input)
+            .expect("a planned layer fits its input");
+        let positions = rows * geometry.positions();
+        let flops = 2.0 * positions as f64 * m.inputs as f64 * m.outputs as f64;
+        [
+            (
+                "forward",
+                MatmulDims::conv_forward(positions, m, self.activation),
+            ),
+            ("weight grad", MatmulDims::conv_weight_grad(positions, m)),
+            ("input grad", MatmulDims::conv_patch_grad(positions, m)),
+        ]
+        .into_iter()
+        .map(|(part, dims)| Product {
+            kind: "conv",
+            part,
+            dims,
+            flops,
+        })
+        .collect()
+    }
 }

@@ -6,13 +6,18 @@
 //! needs it, through the derivative of the layer beneath where the kernels can.
 
 use super::context::LayerContext;
-use super::{Backward, DevicePasses, LayerIo};
+use super::kind::{
+    DeviceArgs, LayerKind, Parameters, Product, ReferenceBackward, ReferenceForward, TensorMapping,
+    TokenOptions,
+};
+use super::{Backward, DeviceLayer, DevicePasses, LayerIo, leading_number, positive};
+use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::{ActivationShape, MatmulDims};
-use crate::model::{LayerActivation, WeightMatrix};
 use crate::reference;
+use crate::shapes::{LayerActivation, NormParams, Shape, WeightMatrix};
 
 /// A dense layer in a training program.
 pub(crate) struct DenseDevice {
@@ -165,4 +170,148 @@ pub fn reference_backward(
         reference::matmul(&MatmulDims::layer_input_grad(rows, m), dz, params, &mut dx);
         dx
     })
+}
+
+/// Dense as `--layers` names it: `dense<units>[:activation]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dense {
+    pub units: usize,
+    pub activation: LayerActivation,
+}
+
+impl Dense {
+    /// Reads `dense<units>`.
+    pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
+        let rest = body.strip_prefix("dense")?;
+        Some((|| {
+            let (units, rest) = leading_number(rest).ok_or("dense needs a width, e.g. dense128")?;
+            if !rest.is_empty() {
+                return Err(format!("unexpected {rest:?} after the width"));
+            }
+            if !options.bias {
+                return Err("only conv layers take :nobias".into());
+            }
+            Ok(Dense {
+                units: positive("a dense layer's width", units)?,
+                activation: options.activation(),
+            })
+        })())
+    }
+}
+
+impl LayerKind for Dense {
+    fn token(&self) -> String {
+        format!("dense{}:{}", self.units, self.activation.name())
+    }
+
+    fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
+        match input.is_flat() {
+            true => Ok(Shape::flat(self.units)),
+            false => Err(format!(
+                "its input is {input}, and a dense layer takes a flat one: put flatten (or gap) \
+                 before it"
+            )),
+        }
+    }
+
+    fn sizes_are_valid(&self) -> bool {
+        self.units > 0
+    }
+
+    fn activation(&self) -> LayerActivation {
+        self.activation
+    }
+
+    fn parameters(&self, input: Shape) -> Option<Parameters> {
+        let rows = input.len().checked_add(1)?;
+        rows.checked_mul(self.units)?;
+        Some(Parameters::Matrix {
+            inputs: input.len(),
+            outputs: self.units,
+            rows,
+            bias: true,
+            fan_out: self.units,
+        })
+    }
+
+    fn takes_transposed_batch(&self) -> bool {
+        true
+    }
+
+    fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
+        let matrix = args.matrix.expect("a dense layer has a matrix");
+        Ok(Box::new(DenseDevice::new(matrix, self.activation)))
+    }
+
+    fn reference_forward(&self, args: ReferenceForward<'_>) -> Vec<f32> {
+        let m = args.matrix.expect("a dense layer has a matrix");
+        reference_forward(&m, self.activation, args.params, args.x, args.rows)
+    }
+
+    fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
+        let m = args.matrix.expect("a dense layer has a matrix");
+        let ReferenceBackward {
+            params,
+            x,
+            dz,
+            rows,
+            grads,
+            input_grad,
+            ..
+        } = args;
+        reference_backward(&m, params, x, dz, rows, grads, input_grad)
+    }
+
+    /// `nn.Linear`'s weight `[out, in]` and bias; a flat input made by Flatten of C × H × W is
+    /// numbered as `nn.Flatten` numbers it, (channel, row, column), where ours is channels-last.
+    fn file_tensors(
+        &self,
+        name: &str,
+        _input: Shape,
+        matrix: Option<WeightMatrix>,
+        _norm: Option<NormParams>,
+        flattened_from: Option<Shape>,
+    ) -> Vec<TensorMapping> {
+        let m = matrix.expect("a dense layer has a matrix");
+        let ours = |input: usize| match flattened_from {
+            Some(s) => {
+                let (c, pixel) = (input / (s.height * s.width), input % (s.height * s.width));
+                pixel * s.channels + c
+            }
+            None => input,
+        };
+        let positions = (0..m.outputs)
+            .flat_map(|out| (0..m.inputs).map(move |input| (out, input)))
+            .map(|(out, input)| m.weight_offset + ours(input) * m.outputs + out)
+            .collect();
+        vec![
+            TensorMapping {
+                name: format!("{name}.weight"),
+                shape: vec![m.outputs, m.inputs],
+                positions,
+            },
+            TensorMapping {
+                name: format!("{name}.bias"),
+                shape: vec![m.outputs],
+                positions: (m.bias_offset..m.bias_offset + m.outputs).collect(),
+            },
+        ]
+    }
+
+    fn products(&self, rows: usize, _input: Shape, m: &WeightMatrix) -> Vec<Product> {
+        let flops = 2.0 * rows as f64 * m.inputs as f64 * m.outputs as f64;
+        [
+            ("forward", MatmulDims::layer_forward(rows, m)),
+            ("weight grad", MatmulDims::layer_weight_grad(rows, m)),
+            ("input grad", MatmulDims::layer_input_grad(rows, m)),
+        ]
+        .into_iter()
+        .map(|(part, dims)| Product {
+            kind: "dense",
+            part,
+            dims,
+            flops,
+        })
+        .collect()
+    }
 }

@@ -7,13 +7,15 @@
 //! draw the same masks.
 
 use super::context::LayerContext;
-use super::{Backward, DevicePasses, LayerIo};
+use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
+use super::{Backward, DeviceLayer, DevicePasses, LayerIo};
+use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::DropoutShape;
-use crate::model::{LayerActivation, Shape};
 use crate::reference;
+use crate::shapes::{LayerActivation, Shape};
 
 /// A dropout layer in a training program.
 pub(crate) struct DropoutDevice {
@@ -132,4 +134,69 @@ pub fn dropout_keeps(layer_key: u32, step: u32, element: u32, threshold: u32) ->
 /// The hash threshold below which dropout at `rate` drops a value.
 pub fn dropout_threshold(rate: f32) -> u32 {
     (rate as f64 * 4_294_967_296.0).round().min(u32::MAX as f64) as u32
+}
+
+/// Dropout as `--layers` names it: `dropout<rate>`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropout {
+    pub rate: f32,
+}
+
+impl Dropout {
+    /// Reads `dropout<rate>`.
+    pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
+        let rest = body.strip_prefix("dropout")?;
+        Some((|| {
+            let rate: f32 = rest
+                .parse()
+                .map_err(|_| "dropout needs a rate, e.g. dropout0.5".to_string())?;
+            if !(0.0..1.0).contains(&rate) {
+                return Err(format!(
+                    "the dropout rate must be at least 0 and below 1, got {rate}"
+                ));
+            }
+            options.plain(Dropout { rate })
+        })())
+    }
+}
+
+impl LayerKind for Dropout {
+    fn token(&self) -> String {
+        format!("dropout{}", self.rate)
+    }
+
+    fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
+        Ok(input)
+    }
+
+    fn sizes_are_valid(&self) -> bool {
+        (0.0..1.0).contains(&self.rate)
+    }
+
+    fn keeps_order(&self) -> bool {
+        true
+    }
+
+    fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
+        let key = dropout_layer_key(args.seed, args.node);
+        Ok(Box::new(DropoutDevice::new(args.input, self.rate, key)))
+    }
+
+    fn reference_forward(&self, args: ReferenceForward<'_>) -> Vec<f32> {
+        let key = args
+            .training
+            .map(|k| (dropout_layer_key(k.seed, args.node), k.step));
+        let layer_key = key.map_or(0, |(layer_key, _)| layer_key);
+        reference_forward(args.x, self.rate, layer_key, key.map(|(_, step)| step))
+    }
+
+    fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
+        let layer_key = dropout_layer_key(args.key.seed, args.node);
+        Some(reference_backward(
+            args.dz,
+            self.rate,
+            layer_key,
+            args.key.step,
+        ))
+    }
 }

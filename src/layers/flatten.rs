@@ -4,8 +4,11 @@
 //! column), which the dense layer after it accounts for in model files.
 
 use super::context::LayerContext;
-use super::{Backward, DevicePasses, LayerIo};
+use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
+use super::{Backward, DeviceLayer, DevicePasses, LayerIo};
+use crate::error::Result;
 use crate::gpu::program::Program;
+use crate::shapes::Shape;
 
 /// A Flatten in a training program.
 pub(crate) struct FlattenDevice;
@@ -31,5 +34,42 @@ impl DevicePasses for FlattenDevice {
         backward: Backward,
     ) -> bool {
         backward.derivative_applied
+    }
+}
+
+/// Flatten as `--layers` names it: `flatten`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flatten;
+
+impl Flatten {
+    /// Reads `flatten`.
+    pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
+        (body == "flatten").then(|| options.plain(Flatten))
+    }
+}
+
+impl LayerKind for Flatten {
+    fn token(&self) -> String {
+        "flatten".into()
+    }
+
+    fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
+        Ok(Shape::flat(input.len()))
+    }
+
+    fn moves_nothing(&self) -> bool {
+        true
+    }
+
+    fn device(&self, _args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
+        Ok(Box::new(FlattenDevice))
+    }
+
+    fn reference_forward(&self, args: ReferenceForward<'_>) -> Vec<f32> {
+        args.x.to_vec()
+    }
+
+    fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
+        Some(args.dz.to_vec())
     }
 }

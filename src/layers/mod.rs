@@ -16,6 +16,7 @@ pub mod conv2d;
 pub mod dense;
 pub mod dropout;
 pub mod flatten;
+pub mod kind;
 pub mod pool;
 pub mod residual;
 
@@ -24,7 +25,7 @@ use wgpu::Buffer;
 use crate::error::Result;
 use crate::gpu::program::Program;
 use crate::gpu::{Gpu, Kernels, MatmulOperand, TextureMirror};
-use crate::model::{LayerActivation, LayerSpec, Op, Plan, Shape, WeightMatrix};
+use crate::shapes::LayerActivation;
 pub(crate) use context::{LayerContext, TransposedInput};
 
 /// A batch tensor on the GPU, with its texture mirror where the matmul kernels read mirrors.
@@ -108,83 +109,32 @@ pub(crate) trait DevicePasses {
 /// A node of the plan as the training programs record it.
 pub(crate) type DeviceLayer = Box<dyn DevicePasses>;
 
-/// The largest buffer a layer keeps per sample besides its output, and what it is (a
-/// convolution's patch matrix), for checking a batch against the adapter's limits.
-pub(crate) fn scratch_per_sample(
-    layer: &LayerSpec,
-    input: Shape,
-    matrix: Option<WeightMatrix>,
-) -> Option<(&'static str, usize)> {
-    match layer {
-        LayerSpec::Conv2d { .. } => {
-            let geometry = layer.geometry(input)?;
-            Some((
-                "patch matrix",
-                conv2d::patch_floats_per_sample(&geometry, &matrix?),
-            ))
-        }
-        _ => None,
+/// A token's leading decimal number and the rest.
+pub(crate) fn leading_number(text: &str) -> Option<(usize, &str)> {
+    let digits = text.len() - text.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let value = text[..digits].parse().ok()?;
+    Some((value, &text[digits..]))
+}
+
+/// `value`, or why it is not at least 1.
+pub(crate) fn positive(what: &str, value: usize) -> std::result::Result<usize, String> {
+    match value {
+        0 => Err(format!("{what} must be at least 1")),
+        _ => Ok(value),
     }
 }
 
-/// Node `index` of `plan` for batches of up to `batch` samples (`seed`: the run's, which keys
-/// dropout masks): the one place that maps a layer kind to its passes.
-pub(crate) fn device_layer(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    plan: &Plan,
-    index: usize,
-    batch: usize,
-    seed: u64,
-) -> Result<DeviceLayer> {
-    let node = &plan.nodes[index];
-    let input = plan.tensors[node.inputs[0]].shape;
-    let layout = &plan.layout;
-    let matrix = || {
-        layout
-            .of_layer(index)
-            .expect("a layer with weights has a matrix")
+/// A pool's size and stride from the text after its name.
+pub(crate) fn pool_size(kind: &str, rest: &str) -> std::result::Result<(usize, usize), String> {
+    let (size, rest) =
+        leading_number(rest).ok_or_else(|| format!("{kind} needs a size, e.g. {kind}2"))?;
+    let size = positive("the pool size", size)?;
+    let stride = match rest {
+        "" => size,
+        _ => match rest.strip_prefix('s').and_then(leading_number) {
+            Some((stride, "")) => positive("the stride", stride)?,
+            _ => return Err(format!("unexpected {rest:?} (a stride is s<n>)")),
+        },
     };
-    let layer = match &node.op {
-        Op::Add => return Ok(Box::new(residual::AddDevice::new(input))),
-        Op::Layer(layer) => layer,
-    };
-    let geometry = || {
-        layer
-            .geometry(input)
-            .expect("a planned layer fits its input")
-    };
-    Ok(match *layer {
-        LayerSpec::Dense { activation, .. } => {
-            Box::new(dense::DenseDevice::new(matrix(), activation))
-        }
-        LayerSpec::Conv2d { activation, .. } => Box::new(conv2d::ConvDevice::new(
-            gpu,
-            kernels,
-            geometry(),
-            matrix(),
-            activation,
-            batch,
-        )?),
-        LayerSpec::MaxPool2d { .. } => Box::new(pool::PoolDevice::new(gpu, geometry(), batch)?),
-        LayerSpec::AvgPool2d { .. } | LayerSpec::GlobalAvgPool => {
-            Box::new(avgpool::AvgPoolDevice::new(geometry()))
-        }
-        LayerSpec::BatchNorm => {
-            let norm = layout.norms[index].expect("a BatchNorm has its tensors");
-            let device = batchnorm::BatchNormDevice::new(gpu, input, norm, layout.trained)?;
-            Box::new(device)
-        }
-        LayerSpec::Activation(activation) => Box::new(activation::ActivationDevice::new(
-            input,
-            LayerActivation::Hidden(activation),
-        )),
-        LayerSpec::Flatten => Box::new(flatten::FlattenDevice),
-        LayerSpec::Dropout { rate } => Box::new(dropout::DropoutDevice::new(
-            input,
-            rate,
-            dropout::dropout_layer_key(seed, index),
-        )),
-        LayerSpec::Residual(_) => unreachable!("the plan expands residual blocks"),
-    })
+    Ok((size, stride))
 }

@@ -7,15 +7,16 @@
 use wgpu::Buffer;
 
 use super::context::LayerContext;
-use super::{Backward, DevicePasses, LayerIo};
+use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
+use super::{Backward, DeviceLayer, DevicePasses, LayerIo, pool_size};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::PoolShape;
-use crate::model::{Geometry, LayerActivation};
 use crate::reference;
+use crate::shapes::{Geometry, LayerActivation, Padding, Shape};
 
 /// A max pool in a training program, with where each output's maximum was.
 pub(crate) struct PoolDevice {
@@ -114,4 +115,74 @@ pub fn reference_forward(geometry: &Geometry, x: &[f32], rows: usize) -> (Vec<f3
 pub fn reference_backward(geometry: &Geometry, x: &[f32], dy: &[f32], rows: usize) -> Vec<f32> {
     let (_, argmax) = reference::maxpool_forward(x, rows, geometry);
     reference::maxpool_backward(dy, &argmax, rows, geometry, x, LayerActivation::Identity)
+}
+
+/// MaxPool2D as `--layers` names it: `maxpool<size>[s<stride>]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPool2d {
+    pub size: usize,
+    pub stride: usize,
+}
+
+impl MaxPool2d {
+    /// Reads `maxpool<size>[s<stride>]`.
+    pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
+        let rest = body.strip_prefix("maxpool")?;
+        Some(
+            pool_size("maxpool", rest)
+                .and_then(|(size, stride)| options.plain(MaxPool2d { size, stride })),
+        )
+    }
+}
+
+impl LayerKind for MaxPool2d {
+    fn token(&self) -> String {
+        match self.stride == self.size {
+            true => format!("maxpool{}", self.size),
+            false => format!("maxpool{}s{}", self.size, self.stride),
+        }
+    }
+
+    fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
+        let size = self.size;
+        let geometry = self
+            .geometry(input)
+            .ok_or_else(|| format!("its {size}×{size} pool is larger than its input, {input}"))?;
+        Ok(geometry.output)
+    }
+
+    fn sizes_are_valid(&self) -> bool {
+        self.size > 0 && self.stride > 0
+    }
+
+    fn geometry(&self, input: Shape) -> Option<Geometry> {
+        Geometry::square(
+            input,
+            input.channels,
+            self.size,
+            self.stride,
+            Padding::Valid,
+        )
+    }
+
+    fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
+        let geometry = self
+            .geometry(args.input)
+            .expect("a planned layer fits its input");
+        Ok(Box::new(PoolDevice::new(args.gpu, geometry, args.batch)?))
+    }
+
+    fn reference_forward(&self, args: ReferenceForward<'_>) -> Vec<f32> {
+        let geometry = self
+            .geometry(args.input)
+            .expect("a planned layer fits its input");
+        reference_forward(&geometry, args.x, args.rows).0
+    }
+
+    fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
+        let geometry = self
+            .geometry(args.input)
+            .expect("a planned layer fits its input");
+        Some(reference_backward(&geometry, args.x, args.dz, args.rows))
+    }
 }

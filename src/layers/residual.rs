@@ -8,7 +8,7 @@
 use super::context::LayerContext;
 use super::{Backward, DevicePasses, LayerIo};
 use crate::gpu::program::Program;
-use crate::model::Shape;
+use crate::shapes::Shape;
 
 /// A residual sum in a training program.
 pub(crate) struct AddDevice {

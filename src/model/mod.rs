@@ -6,285 +6,68 @@
 //! fastest, and a flat vector of n features is the shape n × 1 × 1. So a 1 × 28 × 28 image and a
 //! 784-vector are the same bytes, and Flatten moves nothing.
 
-use std::fmt;
-
 mod plan;
 
 pub use plan::{Node, Op, Plan, PlanTensor, TensorId};
 
 use crate::error::Result;
+use crate::layers::kind::{LayerKind, Parameters, TokenOptions};
+use crate::layers::{activation, avgpool, batchnorm, conv2d, dense, dropout, flatten, pool};
 use crate::rng::Rng;
+pub use crate::shapes::{
+    Activation, BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, Geometry, LayerActivation, Loss,
+    MAX_VALUES, NormParams, Padding, Shape, WeightMatrix, Window,
+};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Activation {
-    Relu,
-    Sigmoid,
-    Tanh,
-}
-
-/// The activation of one layer as the kernels see it: the output layer has none (its softmax is
-/// part of the loss).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerActivation {
-    Identity,
-    Hidden(Activation),
-}
-
-impl LayerActivation {
-    /// The code `shaders/shared/activations.wgsl` switches on.
-    pub fn shader_code(self) -> u32 {
-        match self {
-            LayerActivation::Identity => 0,
-            LayerActivation::Hidden(Activation::Relu) => 1,
-            LayerActivation::Hidden(Activation::Sigmoid) => 2,
-            LayerActivation::Hidden(Activation::Tanh) => 3,
+/// Declares the layer kinds: the enum of a model's layers (with the residual block, which is not
+/// a kind but two lists of layers) and the reading of a token as the first kind that recognises
+/// it.
+macro_rules! layer_kinds {
+    ($($variant:ident($kind:ty)),* $(,)?) => {
+        /// One layer of a model: a layer kind, or a residual block of two branches.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum LayerSpec {
+            $($variant($kind),)*
+            /// y = branch(x) + shortcut(x), the shortcut the identity where it has no layers.
+            Residual(Box<Residual>),
         }
-    }
 
-    pub fn from_shader_code(code: u32) -> Option<Self> {
-        [
-            LayerActivation::Identity,
-            LayerActivation::Hidden(Activation::Relu),
-            LayerActivation::Hidden(Activation::Sigmoid),
-            LayerActivation::Hidden(Activation::Tanh),
-        ]
-        .into_iter()
-        .find(|a| a.shader_code() == code)
-    }
-
-    pub fn apply(self, z: f32) -> f32 {
-        match self {
-            LayerActivation::Identity => z,
-            LayerActivation::Hidden(Activation::Relu) => z.max(0.0),
-            LayerActivation::Hidden(Activation::Sigmoid) => 1.0 / (1.0 + (-z).exp()),
-            LayerActivation::Hidden(Activation::Tanh) => z.tanh(),
-        }
-    }
-
-    /// f'(z) expressed through the output a = f(z).
-    pub fn derivative_from_output(self, a: f32) -> f32 {
-        match self {
-            LayerActivation::Identity => 1.0,
-            LayerActivation::Hidden(Activation::Relu) => {
-                if a > 0.0 {
-                    1.0
-                } else {
-                    0.0
+        impl LayerSpec {
+            /// What the layer's kind says about itself (None for a residual block, which the
+            /// plan expands into its layers' nodes and a sum).
+            pub(crate) fn kind(&self) -> Option<&dyn LayerKind> {
+                match self {
+                    $(LayerSpec::$variant(kind) => Some(kind),)*
+                    LayerSpec::Residual(_) => None,
                 }
             }
-            LayerActivation::Hidden(Activation::Sigmoid) => a * (1.0 - a),
-            LayerActivation::Hidden(Activation::Tanh) => 1.0 - a * a,
         }
-    }
 
-    /// The name in a layer list: `relu`, `sigmoid`, `tanh`, or `linear` for the identity.
-    pub fn name(self) -> &'static str {
-        match self {
-            LayerActivation::Identity => "linear",
-            LayerActivation::Hidden(Activation::Relu) => "relu",
-            LayerActivation::Hidden(Activation::Sigmoid) => "sigmoid",
-            LayerActivation::Hidden(Activation::Tanh) => "tanh",
+        /// A token's body with its options, as the first kind that recognises it.
+        fn parse_kind(
+            body: &str,
+            options: &TokenOptions,
+        ) -> Option<std::result::Result<LayerSpec, String>> {
+            $(if let Some(parsed) = <$kind>::parse(body, options) {
+                return Some(parsed.map(LayerSpec::$variant));
+            })*
+            None
         }
-    }
-
-    fn from_name(name: &str) -> Option<Self> {
-        [
-            LayerActivation::Identity,
-            LayerActivation::Hidden(Activation::Relu),
-            LayerActivation::Hidden(Activation::Sigmoid),
-            LayerActivation::Hidden(Activation::Tanh),
-        ]
-        .into_iter()
-        .find(|a| a.name() == name)
-    }
+    };
 }
 
-/// The loss on the softmax of the last layer's outputs, against one-hot targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Loss {
-    /// Categorical cross-entropy.
-    Xent,
-    /// Mean squared error between the softmax probabilities and the one-hot target.
-    Mse,
-}
-
-/// The shape of one sample's tensor: channels × height × width, stored channels-last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Shape {
-    pub channels: usize,
-    pub height: usize,
-    pub width: usize,
-}
-
-/// The most values one tensor may hold: kernels index with u32.
-pub const MAX_VALUES: usize = u32::MAX as usize;
-
-impl Shape {
-    pub fn image(channels: usize, height: usize, width: usize) -> Self {
-        Shape {
-            channels,
-            height,
-            width,
-        }
-    }
-
-    /// A vector of `features` values (features × 1 × 1).
-    pub fn flat(features: usize) -> Self {
-        Shape::image(features, 1, 1)
-    }
-
-    /// Values per sample.
-    pub fn len(&self) -> usize {
-        self.channels * self.height * self.width
-    }
-
-    /// `len`, or None where it does not fit a kernel's u32 index.
-    pub fn checked_len(&self) -> Option<usize> {
-        self.channels
-            .checked_mul(self.height)?
-            .checked_mul(self.width)
-            .filter(|&n| n <= MAX_VALUES)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn is_flat(&self) -> bool {
-        self.height == 1 && self.width == 1
-    }
-}
-
-impl fmt::Display for Shape {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_flat() {
-            write!(f, "{}", self.channels)
-        } else {
-            write!(f, "{}×{}×{}", self.channels, self.height, self.width)
-        }
-    }
-}
-
-/// How a convolution treats the image border (Keras' `padding`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Padding {
-    /// No padding: only windows that lie inside the image.
-    Valid,
-    /// Zeros around the image so that the output is ceil(input / stride) wide; the extra zero,
-    /// when the total is odd, goes after (right, bottom), as in Keras and PyTorch.
-    Same,
-    /// `pad` zeros on every side, as PyTorch's `padding=pad`: the output is
-    /// (input + 2 pad - size) / stride + 1 wide.
-    Explicit(usize),
-}
-
-/// A window sliding over one spatial axis: its size, stride and the zeros before the input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    pub size: usize,
-    pub stride: usize,
-    /// Zeros before the first input position.
-    pub pad: usize,
-    pub input: usize,
-    pub output: usize,
-}
-
-impl Window {
-    /// The window over an axis of `input` positions, or why it does not fit.
-    fn new(size: usize, stride: usize, padding: Padding, input: usize) -> Option<Self> {
-        let (pad, output) = match padding {
-            Padding::Valid => (0, (input.checked_sub(size)? / stride) + 1),
-            Padding::Same => {
-                let output = input.div_ceil(stride);
-                let total = ((output - 1) * stride + size).saturating_sub(input);
-                (total / 2, output)
-            }
-            Padding::Explicit(pad) => (pad, ((input + 2 * pad).checked_sub(size)? / stride) + 1),
-        };
-        Some(Window {
-            size,
-            stride,
-            pad,
-            input,
-            output,
-        })
-    }
-
-    /// The input position under offset `offset` of the window at output `position`, if it is
-    /// inside the input (else it reads a padding zero).
-    pub fn input_at(&self, position: usize, offset: usize) -> Option<usize> {
-        (position * self.stride + offset)
-            .checked_sub(self.pad)
-            .filter(|&i| i < self.input)
-    }
-
-    /// The output position whose window has input `input` under offset `offset`, if any.
-    pub fn output_at(&self, input: usize, offset: usize) -> Option<usize> {
-        let start = (input + self.pad).checked_sub(offset)?;
-        (start % self.stride == 0)
-            .then_some(start / self.stride)
-            .filter(|&o| o < self.output)
-    }
-}
-
-/// Where the windows of a convolution or pool lie: over the input's rows and its columns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
-    pub input: Shape,
-    pub output: Shape,
-    pub rows: Window,
-    pub columns: Window,
-}
-
-impl Geometry {
-    /// Output positions per sample (rows of a convolution's patch matrix).
-    pub fn positions(&self) -> usize {
-        self.output.height * self.output.width
-    }
-
-    /// Values in one window of one channel.
-    pub fn window_len(&self) -> usize {
-        self.rows.size * self.columns.size
-    }
-}
-
-/// One layer of a model: a layer kind, or a residual block of two branches.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LayerSpec {
-    /// y = f(x W + b) on a flat input.
-    Dense {
-        units: usize,
-        activation: LayerActivation,
-    },
-    /// y = f(conv(x, W) + b): `filters` kernels of `kernel` × `kernel` over every input channel
-    /// (without b where `bias` is false).
-    Conv2d {
-        filters: usize,
-        kernel: usize,
-        stride: usize,
-        padding: Padding,
-        activation: LayerActivation,
-        bias: bool,
-    },
-    /// The maximum of each `size` × `size` window, windows `stride` apart ('valid' padding).
-    MaxPool2d { size: usize, stride: usize },
-    /// The mean of each `size` × `size` window, windows `stride` apart ('valid' padding).
-    AvgPool2d { size: usize, stride: usize },
-    /// The mean of each channel over the whole image: C × H × W → C.
-    GlobalAvgPool,
-    /// PyTorch's BatchNorm2d over the channels (BatchNorm1d over the features of a flat input):
-    /// y = γ (x - mean) / sqrt(var + 1e-5) + β, with the batch's statistics in training and the
-    /// running ones in evaluation.
-    BatchNorm,
-    /// An activation on its own: y = f(x).
-    Activation(Activation),
-    /// C × H × W as a vector of C·H·W (in storage order: nothing moves).
-    Flatten,
-    /// In training, each value zeroed with probability `rate` and the rest scaled by
-    /// 1 / (1 - rate) (inverted dropout); in evaluation, the identity.
-    Dropout { rate: f32 },
-    /// y = branch(x) + shortcut(x), the shortcut the identity where it has no layers.
-    Residual(Box<Residual>),
+// The registry: each kind is its own file in `crate::layers` (its token, shapes, parameters,
+// GPU passes, CPU reference and PyTorch tensors) plus its shader, and one line here.
+layer_kinds! {
+    Dense(dense::Dense),
+    Conv2d(conv2d::Conv2d),
+    MaxPool2d(pool::MaxPool2d),
+    AvgPool2d(avgpool::AvgPool2d),
+    GlobalAvgPool(avgpool::GlobalAvgPool),
+    BatchNorm(batchnorm::BatchNorm),
+    Activation(activation::ActivationLayer),
+    Flatten(flatten::Flatten),
+    Dropout(dropout::Dropout),
 }
 
 /// The two branches of a residual block, each a list of layers applied to the block's input.
@@ -295,184 +78,82 @@ pub struct Residual {
     pub shortcut: Vec<LayerSpec>,
 }
 
-/// PyTorch's BatchNorm constants.
-pub const BATCH_NORM_EPSILON: f32 = 1e-5;
-pub const BATCH_NORM_MOMENTUM: f32 = 0.1;
-
 impl LayerSpec {
     /// The activation this layer applies in its product's epilogue (the identity for layers
     /// without one; a standalone activation applies its own).
     pub fn activation(&self) -> LayerActivation {
-        match *self {
-            LayerSpec::Dense { activation, .. } | LayerSpec::Conv2d { activation, .. } => {
-                activation
-            }
-            _ => LayerActivation::Identity,
-        }
+        self.kind()
+            .map_or(LayerActivation::Identity, LayerKind::activation)
     }
 
     /// Whether the layer has trained parameters (a residual block: whether its branches do).
     pub fn has_parameters(&self) -> bool {
         match self {
-            LayerSpec::Dense { .. } | LayerSpec::Conv2d { .. } | LayerSpec::BatchNorm => true,
             LayerSpec::Residual(block) => (block.branch.iter())
                 .chain(&block.shortcut)
                 .any(LayerSpec::has_parameters),
-            _ => false,
-        }
-    }
-
-    /// The windows over an input of `input` (None if they do not fit).
-    fn conv_windows(&self, input: Shape) -> Option<(Window, Window)> {
-        let square = |size, stride, padding| {
-            Some((
-                Window::new(size, stride, padding, input.height)?,
-                Window::new(size, stride, padding, input.width)?,
-            ))
-        };
-        match *self {
-            LayerSpec::Conv2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => square(kernel, stride, padding),
-            LayerSpec::MaxPool2d { size, stride } | LayerSpec::AvgPool2d { size, stride } => {
-                square(size, stride, Padding::Valid)
-            }
-            LayerSpec::GlobalAvgPool => Some((
-                Window::new(input.height, 1, Padding::Valid, input.height)?,
-                Window::new(input.width, 1, Padding::Valid, input.width)?,
-            )),
-            _ => None,
+            layer => layer.kind().is_some_and(|kind| {
+                // Parameters on any input: a 1×1×1 one stands for all.
+                kind.parameters(Shape::flat(1)) != Some(Parameters::None)
+            }),
         }
     }
 
     /// A convolution's or pool's windows over `input` and the shapes in and out (None for other
     /// layers, or where the window does not fit).
     pub fn geometry(&self, input: Shape) -> Option<Geometry> {
-        let (rows, columns) = self.conv_windows(input)?;
-        let channels = match *self {
-            LayerSpec::Conv2d { filters, .. } => filters,
-            _ => input.channels,
-        };
-        Some(Geometry {
-            input,
-            output: Shape::image(channels, rows.output, columns.output),
-            rows,
-            columns,
-        })
+        self.kind()?.geometry(input)
     }
 
     /// The shape this layer makes of `input`, or why it cannot take it.
     pub fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
-        match self {
-            LayerSpec::Dense { .. } if !input.is_flat() => Err(format!(
-                "its input is {input}, and a dense layer takes a flat one: put flatten (or gap) \
-                 before it"
-            )),
-            LayerSpec::Dense { units, .. } => Ok(Shape::flat(*units)),
-            LayerSpec::Conv2d { kernel, .. } => {
-                let geometry = self.geometry(input).ok_or_else(|| {
-                    format!("its {kernel}×{kernel} kernel is larger than its input, {input}")
-                })?;
-                Ok(geometry.output)
-            }
-            LayerSpec::MaxPool2d { size, .. } | LayerSpec::AvgPool2d { size, .. } => {
-                let geometry = self.geometry(input).ok_or_else(|| {
-                    format!("its {size}×{size} pool is larger than its input, {input}")
-                })?;
-                Ok(geometry.output)
-            }
-            LayerSpec::GlobalAvgPool => Ok(Shape::flat(input.channels)),
-            LayerSpec::Flatten => Ok(Shape::flat(input.len())),
-            LayerSpec::BatchNorm | LayerSpec::Activation(_) | LayerSpec::Dropout { .. } => {
-                Ok(input)
-            }
-            LayerSpec::Residual(block) => {
-                let chain = |layers: &[LayerSpec], which: &str| {
-                    layers
-                        .iter()
-                        .enumerate()
-                        .try_fold(input, |shape, (i, layer)| {
-                            layer.output_shape(shape).map_err(|problem| {
-                                format!("{which} layer {} ({}): {problem}", i + 1, layer.token())
-                            })
-                        })
-                };
-                let branch = chain(&block.branch, "branch")?;
-                let shortcut = chain(&block.shortcut, "shortcut")?;
-                if branch != shortcut {
-                    let what = match block.shortcut.is_empty() {
-                        true => format!(
-                            "its shortcut is the identity, {shortcut}: give it a projection \
-                             after '|', e.g. |conv{}k1s2:nobias,bn",
-                            branch.channels
-                        ),
-                        false => format!("its shortcut makes {shortcut}"),
-                    };
-                    return Err(format!(
-                        "its branch makes {branch} of its input {input}, but {what}; the two \
-                         are added, so they must have the same shape"
-                    ));
-                }
-                Ok(branch)
-            }
+        let LayerSpec::Residual(block) = self else {
+            return self.kind().expect("a layer kind").output_shape(input);
+        };
+        let chain = |layers: &[LayerSpec], which: &str| {
+            layers
+                .iter()
+                .enumerate()
+                .try_fold(input, |shape, (i, layer)| {
+                    layer.output_shape(shape).map_err(|problem| {
+                        format!("{which} layer {} ({}): {problem}", i + 1, layer.token())
+                    })
+                })
+        };
+        let branch = chain(&block.branch, "branch")?;
+        let shortcut = chain(&block.shortcut, "shortcut")?;
+        if branch != shortcut {
+            let what = match block.shortcut.is_empty() {
+                true => format!(
+                    "its shortcut is the identity, {shortcut}: give it a projection after '|', \
+                     e.g. |conv{}k1s2:nobias,bn",
+                    branch.channels
+                ),
+                false => format!("its shortcut makes {shortcut}"),
+            };
+            return Err(format!(
+                "its branch makes {branch} of its input {input}, but {what}; the two are added, \
+                 so they must have the same shape"
+            ));
         }
+        Ok(branch)
     }
 
     /// The layer as a `--layers` token; `parse_layers` reads it back to the same layer.
     pub fn token(&self) -> String {
-        match self {
-            LayerSpec::Dense { units, activation } => {
-                format!("dense{units}:{}", activation.name())
-            }
-            LayerSpec::Conv2d {
-                filters,
-                kernel,
-                stride,
-                padding,
-                activation,
-                bias,
-            } => {
-                let stride = if *stride == 1 {
-                    String::new()
-                } else {
-                    format!("s{stride}")
-                };
-                let padding = match padding {
-                    Padding::Valid => String::new(),
-                    Padding::Same => "same".into(),
-                    Padding::Explicit(pad) => format!("p{pad}"),
-                };
-                let bias = if *bias { "" } else { ":nobias" };
-                format!(
-                    "conv{filters}k{kernel}{stride}{padding}:{}{bias}",
-                    activation.name()
-                )
-            }
-            LayerSpec::MaxPool2d { size, stride } if stride == size => format!("maxpool{size}"),
-            LayerSpec::MaxPool2d { size, stride } => format!("maxpool{size}s{stride}"),
-            LayerSpec::AvgPool2d { size, stride } if stride == size => format!("avgpool{size}"),
-            LayerSpec::AvgPool2d { size, stride } => format!("avgpool{size}s{stride}"),
-            LayerSpec::GlobalAvgPool => "gap".into(),
-            LayerSpec::BatchNorm => "bn".into(),
-            LayerSpec::Activation(activation) => LayerActivation::Hidden(*activation).name().into(),
-            LayerSpec::Flatten => "flatten".into(),
-            LayerSpec::Dropout { rate } => format!("dropout{rate}"),
-            LayerSpec::Residual(block) => {
-                let list = |layers: &[LayerSpec]| {
-                    layers
-                        .iter()
-                        .map(LayerSpec::token)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                };
-                match block.shortcut.is_empty() {
-                    true => format!("res({})", list(&block.branch)),
-                    false => format!("res({}|{})", list(&block.branch), list(&block.shortcut)),
-                }
-            }
+        let LayerSpec::Residual(block) = self else {
+            return self.kind().expect("a layer kind").token();
+        };
+        let list = |layers: &[LayerSpec]| {
+            layers
+                .iter()
+                .map(LayerSpec::token)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match block.shortcut.is_empty() {
+            true => format!("res({})", list(&block.branch)),
+            false => format!("res({}|{})", list(&block.branch), list(&block.shortcut)),
         }
     }
 }
@@ -562,35 +243,6 @@ fn parse_list(
         .collect()
 }
 
-/// A token's leading decimal number and the rest.
-fn leading_number(text: &str) -> Option<(usize, &str)> {
-    let digits = text.len() - text.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-    let value = text[..digits].parse().ok()?;
-    Some((value, &text[digits..]))
-}
-
-fn positive(what: &str, value: usize) -> std::result::Result<usize, String> {
-    match value {
-        0 => Err(format!("{what} must be at least 1")),
-        _ => Ok(value),
-    }
-}
-
-/// A pool's size and stride from the text after its name.
-fn pool_size(kind: &str, rest: &str) -> std::result::Result<(usize, usize), String> {
-    let (size, rest) =
-        leading_number(rest).ok_or_else(|| format!("{kind} needs a size, e.g. {kind}2"))?;
-    let size = positive("the pool size", size)?;
-    let stride = match rest {
-        "" => size,
-        _ => match rest.strip_prefix('s').and_then(leading_number) {
-            Some((stride, "")) => positive("the stride", stride)?,
-            _ => return Err(format!("unexpected {rest:?} (a stride is s<n>)")),
-        },
-    };
-    Ok((size, stride))
-}
-
 /// A residual block's text between `res(` and `)`.
 fn parse_block(inner: &str, default: Activation) -> std::result::Result<LayerSpec, String> {
     let halves = split_outside_parentheses(inner, '|')?;
@@ -625,12 +277,16 @@ fn parse_layer(
             .ok_or("a block ends with ')', e.g. res(conv16k3same,bn)")?;
         return parse_block(inner, default);
     }
-    let mut options = token.split(':');
-    let body = options.next().unwrap_or_default();
-    let (mut activation, mut bias) = (None, true);
-    for option in options {
+    let mut parts = token.split(':');
+    let body = parts.next().unwrap_or_default();
+    let mut options = TokenOptions {
+        activation: None,
+        bias: true,
+        fallback,
+    };
+    for option in parts {
         if option == "nobias" {
-            bias = false;
+            options.bias = false;
             continue;
         }
         let named = LayerActivation::from_name(option).ok_or_else(|| {
@@ -638,88 +294,11 @@ fn parse_layer(
                 "unknown activation {option:?} (relu, sigmoid, tanh or linear; or nobias for conv)"
             )
         })?;
-        if activation.replace(named).is_some() {
+        if options.activation.replace(named).is_some() {
             return Err("a layer takes one activation".into());
         }
     }
-    let plain = |layer: LayerSpec| match (activation, bias) {
-        (Some(_), _) => Err("only dense and conv layers take an activation".to_string()),
-        (_, false) => Err("only conv layers take :nobias".to_string()),
-        _ => Ok(layer),
-    };
-    let activation = activation.unwrap_or(fallback);
-    if let Some(rest) = body.strip_prefix("dense") {
-        let (units, rest) = leading_number(rest).ok_or("dense needs a width, e.g. dense128")?;
-        if !rest.is_empty() {
-            return Err(format!("unexpected {rest:?} after the width"));
-        }
-        let units = positive("a dense layer's width", units)?;
-        if !bias {
-            return Err("only conv layers take :nobias".into());
-        }
-        return Ok(LayerSpec::Dense { units, activation });
-    }
-    if let Some(rest) = body.strip_prefix("conv") {
-        let (filters, rest) =
-            leading_number(rest).ok_or("conv needs a filter count, e.g. conv32k3")?;
-        let rest = rest
-            .strip_prefix('k')
-            .ok_or("conv needs a kernel size after its filter count, e.g. conv32k3")?;
-        let (kernel, rest) = leading_number(rest).ok_or("conv needs a kernel size, e.g. k3")?;
-        let (stride, rest) = match rest.strip_prefix('s').and_then(leading_number) {
-            Some((stride, rest)) => (stride, rest),
-            None => (1, rest),
-        };
-        let padding = match rest {
-            "" | "valid" => Padding::Valid,
-            "same" => Padding::Same,
-            _ => match rest.strip_prefix('p').and_then(leading_number) {
-                Some((pad, "")) => Padding::Explicit(pad),
-                _ => {
-                    return Err(format!(
-                        "unexpected {rest:?} (padding is valid, same or p<zeros>)"
-                    ));
-                }
-            },
-        };
-        return Ok(LayerSpec::Conv2d {
-            filters: positive("the filter count", filters)?,
-            kernel: positive("the kernel size", kernel)?,
-            stride: positive("the stride", stride)?,
-            padding,
-            activation,
-            bias,
-        });
-    }
-    if let Some(rest) = body.strip_prefix("maxpool") {
-        let (size, stride) = pool_size("maxpool", rest)?;
-        return plain(LayerSpec::MaxPool2d { size, stride });
-    }
-    if let Some(rest) = body.strip_prefix("avgpool") {
-        let (size, stride) = pool_size("avgpool", rest)?;
-        return plain(LayerSpec::AvgPool2d { size, stride });
-    }
-    match body {
-        "gap" => return plain(LayerSpec::GlobalAvgPool),
-        "bn" => return plain(LayerSpec::BatchNorm),
-        "flatten" => return plain(LayerSpec::Flatten),
-        "relu" => return plain(LayerSpec::Activation(Activation::Relu)),
-        "sigmoid" => return plain(LayerSpec::Activation(Activation::Sigmoid)),
-        "tanh" => return plain(LayerSpec::Activation(Activation::Tanh)),
-        _ => {}
-    }
-    if let Some(rest) = body.strip_prefix("dropout") {
-        let rate: f32 = rest
-            .parse()
-            .map_err(|_| "dropout needs a rate, e.g. dropout0.5".to_string())?;
-        if !(0.0..1.0).contains(&rate) {
-            return Err(format!(
-                "the dropout rate must be at least 0 and below 1, got {rate}"
-            ));
-        }
-        return plain(LayerSpec::Dropout { rate });
-    }
-    Err("not a layer".into())
+    parse_kind(body, &options).unwrap_or_else(|| Err("not a layer".into()))
 }
 
 /// A model: `layers` applied in turn to a sample of shape `input`; the last layer's outputs are
@@ -743,16 +322,18 @@ impl ModelSpec {
     ) -> Self {
         let mut layers = Vec::new();
         if !input.is_flat() {
-            layers.push(LayerSpec::Flatten);
+            layers.push(LayerSpec::Flatten(flatten::Flatten));
         }
-        layers.extend(hidden.iter().map(|&units| LayerSpec::Dense {
-            units,
-            activation: LayerActivation::Hidden(activation),
+        layers.extend(hidden.iter().map(|&units| {
+            LayerSpec::Dense(dense::Dense {
+                units,
+                activation: LayerActivation::Hidden(activation),
+            })
         }));
-        layers.push(LayerSpec::Dense {
+        layers.push(LayerSpec::Dense(dense::Dense {
             units: classes,
             activation: LayerActivation::Identity,
-        });
+        }));
         ModelSpec {
             input,
             layers,
@@ -774,15 +355,17 @@ impl ModelSpec {
     /// Keras' mnist_convnet: Conv2D(32, 3×3, relu), MaxPool2D(2), Conv2D(64, 3×3, relu),
     /// MaxPool2D(2), Flatten, Dropout(0.5), Dense(`classes`), softmax + cross-entropy.
     pub fn convnet(input: Shape, classes: usize) -> Self {
-        let conv = |filters| LayerSpec::Conv2d {
-            filters,
-            kernel: 3,
-            stride: 1,
-            padding: Padding::Valid,
-            activation: LayerActivation::Hidden(Activation::Relu),
-            bias: true,
+        let conv = |filters| {
+            LayerSpec::Conv2d(conv2d::Conv2d {
+                filters,
+                kernel: 3,
+                stride: 1,
+                padding: Padding::Valid,
+                activation: LayerActivation::Hidden(Activation::Relu),
+                bias: true,
+            })
         };
-        let pool = LayerSpec::MaxPool2d { size: 2, stride: 2 };
+        let pool = LayerSpec::MaxPool2d(pool::MaxPool2d { size: 2, stride: 2 });
         ModelSpec {
             input,
             layers: vec![
@@ -790,12 +373,12 @@ impl ModelSpec {
                 pool.clone(),
                 conv(64),
                 pool,
-                LayerSpec::Flatten,
-                LayerSpec::Dropout { rate: 0.5 },
-                LayerSpec::Dense {
+                LayerSpec::Flatten(flatten::Flatten),
+                LayerSpec::Dropout(dropout::Dropout { rate: 0.5 }),
+                LayerSpec::Dense(dense::Dense {
                     units: classes,
                     activation: LayerActivation::Identity,
-                },
+                }),
             ],
             loss: Loss::Xent,
         }
@@ -807,39 +390,42 @@ impl ModelSpec {
     /// conv, stride 2, then BatchNorm); global average pooling; a dense layer of `classes`.
     /// Convolutions pad as PyTorch's `padding=1` does and have no bias (BatchNorm has one).
     pub fn resnet(input: Shape, blocks_per_stage: usize, classes: usize) -> Self {
-        let conv = |filters, kernel, stride| LayerSpec::Conv2d {
-            filters,
-            kernel,
-            stride,
-            padding: Padding::Explicit(kernel / 2),
-            activation: LayerActivation::Identity,
-            bias: false,
+        let conv = |filters, kernel, stride| {
+            LayerSpec::Conv2d(conv2d::Conv2d {
+                filters,
+                kernel,
+                stride,
+                padding: Padding::Explicit(kernel / 2),
+                activation: LayerActivation::Identity,
+                bias: false,
+            })
         };
-        let relu = LayerSpec::Activation(Activation::Relu);
-        let mut layers = vec![conv(16, 3, 1), LayerSpec::BatchNorm, relu.clone()];
+        let bn = || LayerSpec::BatchNorm(batchnorm::BatchNorm);
+        let relu = LayerSpec::Activation(activation::ActivationLayer(Activation::Relu));
+        let mut layers = vec![conv(16, 3, 1), bn(), relu.clone()];
         for (stage, filters) in [16, 32, 64].into_iter().enumerate() {
             for block in 0..blocks_per_stage {
                 let stride = if stage > 0 && block == 0 { 2 } else { 1 };
                 let branch = vec![
                     conv(filters, 3, stride),
-                    LayerSpec::BatchNorm,
+                    bn(),
                     relu.clone(),
                     conv(filters, 3, 1),
-                    LayerSpec::BatchNorm,
+                    bn(),
                 ];
                 let shortcut = match stride {
                     1 => Vec::new(),
-                    _ => vec![conv(filters, 1, stride), LayerSpec::BatchNorm],
+                    _ => vec![conv(filters, 1, stride), bn()],
                 };
                 layers.push(LayerSpec::Residual(Box::new(Residual { branch, shortcut })));
                 layers.push(relu.clone());
             }
         }
-        layers.push(LayerSpec::GlobalAvgPool);
-        layers.push(LayerSpec::Dense {
+        layers.push(LayerSpec::GlobalAvgPool(avgpool::GlobalAvgPool));
+        layers.push(LayerSpec::Dense(dense::Dense {
             units: classes,
             activation: LayerActivation::Identity,
-        });
+        }));
         ModelSpec {
             input,
             layers,
@@ -874,7 +460,7 @@ impl ModelSpec {
     /// The number of classes: the last layer's width.
     pub fn classes(&self) -> usize {
         match self.layers.last() {
-            Some(LayerSpec::Dense { units, .. }) => *units,
+            Some(LayerSpec::Dense(dense)) => dense.units,
             _ => 0,
         }
     }
@@ -898,16 +484,17 @@ impl ModelSpec {
         let plan = self.plan().expect("a validated model");
         let layout = &plan.layout;
         let mut params = vec![0.0; layout.total];
-        for (node, matrix) in plan.nodes.iter().zip(&layout.layer_matrix) {
+        for (n, (node, matrix)) in plan.nodes.iter().zip(&layout.layer_matrix).enumerate() {
             let Some(matrix) = matrix.map(|m| layout.matrices[m]) else {
                 continue;
             };
-            let (fan_in, fan_out) = match node.op {
-                Op::Layer(LayerSpec::Conv2d {
-                    filters, kernel, ..
-                }) => (matrix.inputs, kernel * kernel * filters),
-                _ => (matrix.inputs, matrix.outputs),
+            let input = plan.tensors[node.inputs[0]].shape;
+            let kind = plan.layer(n).and_then(LayerSpec::kind);
+            let fan_out = match kind.and_then(|kind| kind.parameters(input)) {
+                Some(Parameters::Matrix { fan_out, .. }) => fan_out,
+                _ => matrix.outputs,
             };
+            let fan_in = matrix.inputs;
             let limit = (6.0 / (fan_in + fan_out) as f32).sqrt();
             for w in &mut params[matrix.weight_offset..matrix.bias_offset] {
                 *w = rng.uniform(-limit, limit);
@@ -919,45 +506,6 @@ impl ModelSpec {
         }
         params
     }
-}
-
-/// Where one layer's parameters sit in the flat buffer: a row-major `[rows, outputs]` matrix
-/// whose first `inputs` rows are the weight W (`y = x W + b`; for a convolution, x is a patch
-/// with the channel fastest, then the kernel column, then its row), row `inputs` the bias b (zeros
-/// that stay zero where the layer has none), and the rows after it (a convolution's, to a
-/// multiple of 4) zeros that stay zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WeightMatrix {
-    pub inputs: usize,
-    pub outputs: usize,
-    pub rows: usize,
-    pub weight_offset: usize,
-    pub bias_offset: usize,
-    /// Whether the bias row is trained (a conv with `:nobias` keeps it zero).
-    pub bias: bool,
-}
-
-impl WeightMatrix {
-    /// One past the matrix's last float.
-    pub fn end(&self) -> usize {
-        self.weight_offset + self.rows * self.outputs
-    }
-
-    /// Trained parameters: the weights and the bias.
-    pub fn parameters(&self) -> usize {
-        (self.inputs + self.bias as usize) * self.outputs
-    }
-}
-
-/// Where a BatchNorm's tensors sit in the flat buffer: γ and β among the trained parameters,
-/// the running mean and variance in the state after them (never touched by the optimizer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NormParams {
-    pub channels: usize,
-    pub gamma: usize,
-    pub beta: usize,
-    pub running_mean: usize,
-    pub running_var: usize,
 }
 
 /// The named offsets of every parameter in the flat parameter, gradient and moment buffers.
@@ -1086,16 +634,19 @@ mod tests {
         let sigmoid = LayerActivation::Hidden(Activation::Sigmoid);
         assert_eq!(
             layers[0],
-            LayerSpec::Conv2d {
+            LayerSpec::Conv2d(conv2d::Conv2d {
                 filters: 8,
                 kernel: 5,
                 stride: 2,
                 padding: Padding::Same,
                 activation: LayerActivation::Hidden(Activation::Tanh),
                 bias: true,
-            }
+            })
         );
-        assert_eq!(layers[1], LayerSpec::MaxPool2d { size: 3, stride: 2 });
+        assert_eq!(
+            layers[1],
+            LayerSpec::MaxPool2d(pool::MaxPool2d { size: 3, stride: 2 })
+        );
         assert_eq!(layers[2].activation(), sigmoid);
         assert_eq!(layers[5].activation(), sigmoid);
         // The last layer feeds the softmax: linear unless told otherwise.

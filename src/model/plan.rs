@@ -9,6 +9,7 @@
 
 use super::{LayerActivation, LayerSpec, MAX_VALUES, NormParams, ParamLayout, Shape, WeightMatrix};
 use crate::error::{Error, Result};
+use crate::layers::kind::Parameters;
 
 /// A tensor's index in `Plan::tensors`.
 pub type TensorId = usize;
@@ -151,17 +152,10 @@ impl Builder {
 /// Refuses a layer whose output or weights hold more values than a kernel can index, or whose
 /// output is empty.
 fn check_sizes(layer: &LayerSpec, input: Shape, output: Shape, label: &str) -> Result<()> {
-    // At least the rows × outputs of the layer's matrix in the layout (a conv's rows: its patch,
-    // the bias row and padding to a multiple of 4), so that its sizes cannot wrap.
-    let weights = match *layer {
-        LayerSpec::Dense { units, .. } => (input.len() + 1).checked_mul(units),
-        LayerSpec::Conv2d {
-            filters, kernel, ..
-        } => kernel
-            .checked_mul(kernel)
-            .and_then(|k| k.checked_mul(input.channels))
-            .and_then(|patch| patch.checked_add(4))
-            .and_then(|rows| rows.checked_mul(filters)),
+    // The rows × outputs of the layer's matrix in the layout, so that its sizes cannot wrap.
+    let weights = match layer.kind().map(|kind| kind.parameters(input)) {
+        Some(None) => None,
+        Some(Some(Parameters::Matrix { rows, outputs, .. })) => rows.checked_mul(outputs),
         _ => Some(0),
     };
     if output.checked_len().is_none() {
@@ -219,14 +213,15 @@ impl Plan {
         builder.list(&spec.layers, input, &top, "layers")?;
         let bad = |problem: String| Err(Error::Config(problem));
         match spec.layers.last() {
-            Some(LayerSpec::Dense { units, activation }) => {
-                if *activation != LayerActivation::Identity {
+            Some(LayerSpec::Dense(dense)) => {
+                let (units, activation) = (dense.units, dense.activation);
+                if activation != LayerActivation::Identity {
                     return bad(format!(
                         "the last layer ({}) feeds the softmax of the loss: make it linear",
                         spec.layers[spec.layers.len() - 1].token()
                     ));
                 }
-                if *units < 2 {
+                if units < 2 {
                     return bad(format!(
                         "the last layer gives {units} classes; at least 2 are needed"
                     ));
@@ -277,9 +272,7 @@ impl Plan {
     pub fn is_batch(&self, t: TensorId) -> bool {
         match self.tensors[t].producer {
             None => true,
-            Some(p) => {
-                self.layer(p) == Some(&LayerSpec::Flatten) && self.is_batch(self.nodes[p].inputs[0])
-            }
+            Some(p) => self.moves_nothing(p) && self.is_batch(self.nodes[p].inputs[0]),
         }
     }
 
@@ -294,49 +287,40 @@ impl Plan {
                 return LayerActivation::Identity;
             };
             match self.layer(producer) {
-                Some(LayerSpec::Flatten) => t = self.nodes[producer].inputs[0],
+                _ if self.moves_nothing(producer) => t = self.nodes[producer].inputs[0],
                 Some(layer) => return layer.activation(),
                 None => return LayerActivation::Identity,
             }
         }
     }
 
-    /// The first node with parameters, if it is a dense layer reading the batch itself (after
-    /// any Flatten): its weight gradient can use the transposed batch.
+    /// Whether node `node` moves nothing (Flatten): its output is its input's buffer.
+    pub fn moves_nothing(&self, node: usize) -> bool {
+        (self.layer(node).and_then(LayerSpec::kind)).is_some_and(|kind| kind.moves_nothing())
+    }
+
+    /// The first node that moves something, if it is a dense layer reading the batch itself
+    /// (after any Flatten) and nothing else reads that: its weight gradient can use the
+    /// transposed batch.
     pub fn batch_dense(&self) -> Option<WeightMatrix> {
-        let (node, _) = (self.nodes.iter().enumerate())
-            .find(|(_, node)| node.op != Op::Layer(LayerSpec::Flatten))?;
-        match self.layer(node) {
-            Some(LayerSpec::Dense { .. })
-                if self.tensors[self.nodes[node].inputs[0]].consumers.len() == 1 =>
-            {
-                self.layout.of_layer(node)
-            }
-            _ => None,
-        }
+        let node = (0..self.nodes.len()).find(|&n| !self.moves_nothing(n))?;
+        let kind = self.layer(node).and_then(LayerSpec::kind)?;
+        let input = &self.tensors[self.nodes[node].inputs[0]];
+        (kind.takes_transposed_batch() && input.consumers.len() == 1)
+            .then(|| self.layout.of_layer(node))
+            .flatten()
     }
 }
 
 /// A layer's sizes that are zero where they must be positive, or a dropout rate out of range.
 fn bad_sizes(layer: &LayerSpec) -> Option<&'static str> {
     let bad = match layer {
-        LayerSpec::Dense { units, .. } => *units == 0,
-        LayerSpec::Conv2d {
-            filters,
-            kernel,
-            stride,
-            ..
-        } => *filters == 0 || *kernel == 0 || *stride == 0,
-        LayerSpec::MaxPool2d { size, stride } | LayerSpec::AvgPool2d { size, stride } => {
-            *size == 0 || *stride == 0
-        }
-        LayerSpec::Dropout { rate } => !(0.0..1.0).contains(rate),
         LayerSpec::Residual(block) => {
             return (block.branch.iter())
                 .chain(&block.shortcut)
                 .find_map(bad_sizes);
         }
-        _ => false,
+        layer => layer.kind().is_some_and(|kind| !kind.sizes_are_valid()),
     };
     bad.then_some("sizes must be positive and a dropout rate in [0, 1)")
 }
@@ -350,23 +334,16 @@ fn layout(nodes: &[Node], tensors: &[PlanTensor]) -> ParamLayout {
     let mut norms = Vec::new();
     for node in nodes {
         let input = tensors[node.inputs[0]].shape;
-        let (inputs, outputs, rows, bias) = match node.op {
-            Op::Layer(LayerSpec::Dense { units, .. }) => {
-                (input.len(), units, input.len() + 1, true)
+        let parameters = match &node.op {
+            Op::Layer(layer) => layer.kind().and_then(|kind| kind.parameters(input)),
+            Op::Add => None,
+        };
+        match parameters.unwrap_or(Parameters::None) {
+            Parameters::None => {
+                layer_matrix.push(None);
+                norms.push(None);
             }
-            Op::Layer(LayerSpec::Conv2d {
-                filters,
-                kernel,
-                bias,
-                ..
-            }) => {
-                let patch = kernel * kernel * input.channels;
-                // The patch, the bias's row of ones, zeros to a multiple of 4 (the vec4
-                // products read whole rows of four).
-                (patch, filters, (patch + 1).next_multiple_of(4), bias)
-            }
-            Op::Layer(LayerSpec::BatchNorm) => {
-                let channels = input.channels;
+            Parameters::Norm { channels } => {
                 norms.push(Some(NormParams {
                     channels,
                     gamma: offset,
@@ -376,26 +353,28 @@ fn layout(nodes: &[Node], tensors: &[PlanTensor]) -> ParamLayout {
                 }));
                 layer_matrix.push(None);
                 offset += 2 * channels;
-                continue;
             }
-            _ => {
-                layer_matrix.push(None);
+            Parameters::Matrix {
+                inputs,
+                outputs,
+                rows,
+                bias,
+                ..
+            } => {
+                let matrix = WeightMatrix {
+                    inputs,
+                    outputs,
+                    rows,
+                    weight_offset: offset,
+                    bias_offset: offset + inputs * outputs,
+                    bias,
+                };
+                offset = matrix.end();
+                layer_matrix.push(Some(matrices.len()));
                 norms.push(None);
-                continue;
+                matrices.push(matrix);
             }
-        };
-        let matrix = WeightMatrix {
-            inputs,
-            outputs,
-            rows,
-            weight_offset: offset,
-            bias_offset: offset + inputs * outputs,
-            bias,
-        };
-        offset = matrix.end();
-        layer_matrix.push(Some(matrices.len()));
-        norms.push(None);
-        matrices.push(matrix);
+        }
     }
     let trained = offset;
     for norm in norms.iter_mut().flatten() {

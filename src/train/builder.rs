@@ -13,7 +13,7 @@ use crate::gpu::program::Program;
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels};
 use crate::layers::{Backward, DeviceLayer, DeviceTensor, LayerContext, LayerIo};
-use crate::model::{LayerActivation, LayerSpec, Loss, ModelSpec, Op, Plan, TensorId};
+use crate::model::{LayerActivation, Loss, ModelSpec, Op, Plan, TensorId};
 
 /// Where each node's backward pass writes the gradient of each of its inputs, and where each
 /// tensor's gradient is once every consumer has run.
@@ -63,7 +63,7 @@ impl GradientRoutes {
                 let target = if !plan.needs_grad[t] {
                     None
                 } else {
-                    let moves_nothing = matches!(node.op, Op::Layer(LayerSpec::Flatten) | Op::Add);
+                    let moves_nothing = node.op == Op::Add || plan.moves_nothing(n);
                     let single = plan.tensors[t].consumers.len() == 1;
                     // A sum's other input may share the buffer: none may change it in place.
                     let shared_in_place = single && node.op == Op::Add && in_place(t);

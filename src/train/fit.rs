@@ -4,7 +4,6 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::layers;
 use crate::model::{Op, Plan};
 
 /// Refuses what the adapter cannot hold in one buffer: the flat parameters (and their gradients
@@ -50,7 +49,8 @@ pub(super) fn check(gpu: &Gpu, plan: &Plan, rows: usize, splits: [(&str, usize);
             continue;
         };
         let input = shapes[node.inputs[0]];
-        let scratch = layers::scratch_per_sample(layer, input, layout.of_layer(n));
+        let kind = layer.kind().expect("the plan expands residual blocks");
+        let scratch = kind.scratch_per_sample(input, layout.of_layer(n));
         if let Some((what, floats)) = scratch {
             per_sample.push((format!("{}'s {what}", layer_name(n)), floats));
         }

@@ -44,8 +44,10 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels};
-use crate::layers::{DeviceTensor, LayerContext, TransposedInput, device_layer};
-use crate::model::{LayerSpec, ModelSpec, ParamLayout};
+use crate::layers::kind::DeviceArgs;
+use crate::layers::residual::AddDevice;
+use crate::layers::{DeviceLayer, DeviceTensor, LayerContext, TransposedInput};
+use crate::model::{ModelSpec, Op, ParamLayout, Plan};
 use crate::rng::Rng;
 
 /// One dataset split on the GPU, with its per-sample metric slots.
@@ -307,7 +309,7 @@ impl<'k> Trainer<'k> {
         for (t, tensor) in plan.tensors.iter().enumerate() {
             let flattened = tensor
                 .producer
-                .filter(|&p| plan.layer(p) == Some(&LayerSpec::Flatten))
+                .filter(|&p| plan.moves_nothing(p))
                 .map(|p| tensors[plan.nodes[p].inputs[0]].clone());
             let tensor = match flattened {
                 Some(input) => input,
@@ -924,4 +926,33 @@ impl<'k> Trainer<'k> {
             .flat_map(|part| bytemuck::pod_collect_to_vec::<u8, f32>(part))
             .collect())
     }
+}
+
+/// Node `index` of `plan` as the training programs record it, for batches of up to `batch`
+/// samples (`seed`: the run's, which keys dropout's masks).
+fn device_layer(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    plan: &Plan,
+    index: usize,
+    batch: usize,
+    seed: u64,
+) -> Result<DeviceLayer> {
+    let node = &plan.nodes[index];
+    let input = plan.tensors[node.inputs[0]].shape;
+    let kind = match &node.op {
+        Op::Add => return Ok(Box::new(AddDevice::new(input))),
+        Op::Layer(layer) => layer.kind().expect("the plan expands residual blocks"),
+    };
+    kind.device(&DeviceArgs {
+        gpu,
+        kernels,
+        input,
+        matrix: plan.layout.of_layer(index),
+        norm: plan.layout.norms[index],
+        state_start: plan.layout.trained,
+        batch,
+        seed,
+        node: index,
+    })
 }
