@@ -1,15 +1,11 @@
 //! Plain CPU versions of every GPU kernel, written for clarity rather than speed: the ground
-//! truth the kernels are tested against, and, composed, a reference training step.
+//! truth the kernels are tested against. The layers' references are made of them, and
+//! `crate::model::reference` composes those into a reference training step.
 
 use crate::data::Dataset;
 use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
-pub use crate::layers::kind::StepKey;
-use crate::layers::kind::{ReferenceBackward, ReferenceForward};
-use crate::layers::residual;
-use crate::model::{Geometry, LayerActivation, Loss, ModelSpec, Op};
-// The definitions the kernels and the reference share live with what uses them in training.
-pub use crate::layers::dropout::{dropout_keeps, dropout_layer_key, dropout_threshold, mix};
-pub use crate::train::adam_step_size;
+use crate::rng::{dropout_keeps, dropout_threshold};
+use crate::shapes::{Geometry, LayerActivation, Loss};
 
 /// matmul.wgsl: out[c_offset + m N + n] = Σ_k A(m, k) B(k, n), accumulated in f64, then with an
 /// epilogue f(sum + bias[n]) or f(sum) in f32.
@@ -183,147 +179,6 @@ pub fn adam_update(
         moment1[i] = m;
         moment2[i] = v;
         params[i] -= step_size * m / (v.sqrt() + hyper.epsilon);
-    }
-}
-
-/// The result of a reference forward + backward pass over one batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReferenceStep {
-    /// Every tensor of the plan, from the input batch (index 0) to the logits.
-    pub activations: Vec<Vec<f32>>,
-    pub loss: LossOutput,
-    /// dL/dθ of the batch-mean loss, laid out like the parameters (zeros over the state).
-    pub grads: Vec<f32>,
-    /// The state after the step's forward pass (BatchNorm's running statistics), as the
-    /// parameters' tail `layout.trained..` holds it.
-    pub state: Vec<f32>,
-}
-
-impl ReferenceStep {
-    pub fn mean_loss(&self) -> f64 {
-        self.loss.sample_loss.iter().map(|&l| l as f64).sum::<f64>()
-            / self.loss.sample_loss.len() as f64
-    }
-}
-
-/// Every tensor of the plan for the batch `x` (`[rows, spec.input]`), from `x` itself to the
-/// logits, and the state after it: in evaluation (dropout is the identity, BatchNorm uses the
-/// running statistics) where `training` is None, else as training step `training` computes it
-/// (BatchNorm normalises by the batch's statistics and updates the running ones).
-pub fn forward_pass(
-    spec: &ModelSpec,
-    params: &[f32],
-    x: &[f32],
-    training: Option<StepKey>,
-) -> (Vec<Vec<f32>>, Vec<f32>) {
-    let plan = spec.plan().expect("a validated model");
-    let layout = &plan.layout;
-    let rows = x.len() / spec.input.len();
-    let mut state = params[layout.trained..].to_vec();
-    let mut values: Vec<Vec<f32>> = vec![Vec::new(); plan.tensors.len()];
-    values[0] = x.to_vec();
-    for (l, node) in plan.nodes.iter().enumerate() {
-        let input = &values[node.inputs[0]];
-        let kind = match &node.op {
-            Op::Add => {
-                values[node.output] = residual::reference_forward(input, &values[node.inputs[1]]);
-                continue;
-            }
-            Op::Layer(layer) => layer.kind().expect("the plan expands residual blocks"),
-        };
-        let output = kind.reference_forward(ReferenceForward {
-            params,
-            state: &mut state,
-            state_start: layout.trained,
-            x: input,
-            input: plan.tensors[node.inputs[0]].shape,
-            rows,
-            matrix: layout.of_layer(l),
-            norm: layout.norms[l],
-            training,
-            node: l,
-        });
-        values[node.output] = output;
-    }
-    (values, state)
-}
-
-/// Every tensor of the plan in evaluation (`forward_pass` without dropout, with BatchNorm's
-/// running statistics).
-pub fn forward(spec: &ModelSpec, params: &[f32], x: &[f32]) -> Vec<Vec<f32>> {
-    forward_pass(spec, params, x, None).0
-}
-
-/// Forward and backward through the whole plan as training step `key` computes them, from the
-/// layers' references (`crate::layers`), last node first: each layer's activation derivative
-/// applied to its output gradient, then its own backward pass; a tensor read by several nodes
-/// gets the sum of their gradients (llm.c's residual: the gradients add).
-pub fn forward_backward(
-    spec: &ModelSpec,
-    params: &[f32],
-    x: &[f32],
-    labels: &[u32],
-    key: StepKey,
-) -> ReferenceStep {
-    let plan = spec.plan().expect("a validated model");
-    let layout = &plan.layout;
-    let rows = labels.len();
-    let (activations, state) = forward_pass(spec, params, x, Some(key));
-    let loss = softmax_loss(
-        spec.loss,
-        &activations[plan.logits()],
-        labels,
-        spec.classes(),
-    );
-
-    let mut grads = vec![0.0; layout.total];
-    let mut tensor_grads: Vec<Option<Vec<f32>>> = vec![None; plan.tensors.len()];
-    tensor_grads[plan.logits()] = Some(loss.logits_grad.clone());
-    for (l, node) in plan.nodes.iter().enumerate().rev() {
-        if !plan.needs_grad[node.output] {
-            continue;
-        }
-        let mut upstream = tensor_grads[node.output]
-            .clone()
-            .expect("every consumer of a tensor that needs a gradient gave one");
-        let wanted = |i: usize| plan.needs_grad[node.inputs[i]];
-        let contributions: Vec<Option<Vec<f32>>> = match &node.op {
-            Op::Add => vec![Some(upstream.clone()), Some(upstream)],
-            Op::Layer(layer) => {
-                apply_derivative(&mut upstream, &activations[node.output], layer.activation());
-                let kind = layer.kind().expect("the plan expands residual blocks");
-                vec![kind.reference_backward(ReferenceBackward {
-                    params,
-                    x: &activations[node.inputs[0]],
-                    y: &activations[node.output],
-                    dz: &upstream,
-                    input: plan.tensors[node.inputs[0]].shape,
-                    rows,
-                    matrix: layout.of_layer(l),
-                    norm: layout.norms[l],
-                    key,
-                    node: l,
-                    grads: &mut grads,
-                    input_grad: wanted(0),
-                })]
-            }
-        };
-        for (i, contribution) in contributions.into_iter().enumerate() {
-            let (Some(contribution), true) = (contribution, wanted(i)) else {
-                continue;
-            };
-            let sum = &mut tensor_grads[node.inputs[i]];
-            *sum = Some(match sum.take() {
-                None => contribution,
-                Some(earlier) => residual::reference_forward(&contribution, &earlier),
-            });
-        }
-    }
-    ReferenceStep {
-        activations,
-        loss,
-        grads,
-        state,
     }
 }
 

@@ -1,4 +1,5 @@
-//! The seeded random source for weight initialisation and shuffling.
+//! The seeded random source for weight initialisation and shuffling, and the counter-based hash
+//! that draws dropout's masks from (seed, step, element), shared with dropout.wgsl.
 //!
 //! SplitMix64 (Steele, Lea & Flood 2014): tiny, fast, statistically sound for this use, and,
 //! being ours, its stream for a given seed never changes with a dependency upgrade, so a seed
@@ -49,6 +50,31 @@ impl Rng {
             items.swap(i, j);
         }
     }
+}
+
+/// lowbias32 (Chris Wellons' integer hash): dropout.wgsl's `mix`.
+pub fn mix(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// The key of dropout layer `layer`'s masks in a run with `seed` (dropout.wgsl `Shape.layer_key`).
+pub fn dropout_layer_key(seed: u64, layer: usize) -> u32 {
+    mix(layer as u32 ^ mix(seed as u32 ^ mix((seed >> 32) as u32)))
+}
+
+/// Whether dropout keeps element `element` of the batch at training step `step`: a hash of
+/// (layer key, step, element) at least `threshold` (= rate · 2³², `dropout_threshold`).
+pub fn dropout_keeps(layer_key: u32, step: u32, element: u32, threshold: u32) -> bool {
+    mix(element ^ mix(step ^ layer_key)) >= threshold
+}
+
+/// The hash threshold below which dropout at `rate` drops a value.
+pub fn dropout_threshold(rate: f32) -> u32 {
+    (rate as f64 * 4_294_967_296.0).round().min(u32::MAX as f64) as u32
 }
 
 #[cfg(test)]

@@ -400,7 +400,7 @@ fn check_dropout_forward_backward(
     rng: &mut Rng,
 ) -> Result<()> {
     for (rate, step, len) in [(0.5, 1, 185), (0.3, 7, 1001), (0.0, 2, 64), (0.9, 3, 300)] {
-        let key = reference::dropout_layer_key(0x5eed, 5);
+        let key = crate::rng::dropout_layer_key(0x5eed, 5);
         let x = random_vec(rng, len, -1.0, 1.0);
         let case = format!("rate {rate}, step {step}, {len} values");
         let expected = reference::dropout_forward(&x, key, step, rate);
@@ -763,7 +763,7 @@ fn check_adam_update(gpu: &Gpu, kernels: &Kernels, tally: &mut Tally, rng: &mut 
         let grads = random_vec(rng, count, -1.0, 1.0);
         let m = random_vec(rng, count, -0.1, 0.1);
         let v = random_vec(rng, count, 0.0, 0.01);
-        let step_size = reference::adam_step_size(1e-3, 0.9, 0.999, t);
+        let step_size = crate::train::adam_step_size(1e-3, 0.9, 0.999, t);
         let (mut ep, mut em, mut ev) = (params.clone(), m.clone(), v.clone());
         reference::adam_update(&mut ep, &grads, &mut em, &mut ev, &hyper, step_size);
         let mut first: Option<Vec<u32>> = None;

@@ -486,7 +486,7 @@ fn train_saves_a_model_and_a_metrics_log_that_agree() {
         shadertrain::data::Dataset::load_mnist(dir.path(), shadertrain::data::Split::Test).unwrap();
     let order: Vec<u32> = (0..test.samples() as u32).collect();
     let (x, y) = shadertrain::reference::gather_batch(&test, &order, 0, test.samples());
-    let logits = shadertrain::reference::forward(&saved.spec, &saved.params, &x)
+    let logits = shadertrain::model::reference::forward(&saved.spec, &saved.params, &x)
         .pop()
         .unwrap();
     let result = shadertrain::reference::softmax_loss(saved.spec.loss, &logits, &y, 10);

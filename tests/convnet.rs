@@ -9,8 +9,9 @@ use common::{assert_close, assert_trains_like_the_reference, gpu, kernels, rando
 use shadertrain::data::Dataset;
 use shadertrain::gpu::uniforms::MatmulDims;
 use shadertrain::gpu::{Kernels, MatmulTiling, MatmulVariant};
+use shadertrain::model::reference::{StepKey, forward, forward_backward};
 use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
-use shadertrain::reference::{self, StepKey, forward_backward};
+use shadertrain::reference;
 use shadertrain::rng::Rng;
 use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
 
@@ -221,7 +222,7 @@ fn dropout_runs_repeat_and_depend_on_the_seed() {
     let held_out = data.truncated(40);
     let order: Vec<u32> = (30..40).collect();
     let (x, y) = reference::gather_batch(&held_out, &order, 0, 10);
-    let logits = reference::forward(&spec, &params, &x).pop().unwrap();
+    let logits = forward(&spec, &params, &x).pop().unwrap();
     let expected = reference::softmax_loss(Loss::Xent, &logits, &y, 3);
     let correct = expected.sample_correct.iter().sum::<u32>() as f64 / 10.0;
     let validation = first.validation.expect("a validation split");

@@ -10,9 +10,10 @@ mod common;
 
 use common::{assert_close, assert_trains_like_the_reference, gpu, kernels, random_vec};
 use shadertrain::data::{DataIdentity, Dataset, DatasetKind};
+use shadertrain::model::reference::{StepKey, forward, forward_backward};
 use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
 use shadertrain::model_file::{load_model, save_model};
-use shadertrain::reference::{self, StepKey, forward_backward};
+use shadertrain::reference;
 use shadertrain::rng::Rng;
 use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
 
@@ -314,7 +315,7 @@ fn gpu_evaluation_uses_the_running_statistics_as_the_reference_does() {
         let params = trainer.parameters().unwrap();
         let order: Vec<u32> = (0..test.samples() as u32).collect();
         let (x, y) = reference::gather_batch(&test, &order, 0, test.samples());
-        let logits = reference::forward(&spec, &params, &x).pop().unwrap();
+        let logits = forward(&spec, &params, &x).pop().unwrap();
         let expected = reference::softmax_loss(Loss::Xent, &logits, &y, 3);
         let loss = expected.sample_loss.iter().map(|&l| l as f64).sum::<f64>() / 37.0;
         let correct = expected.sample_correct.iter().sum::<u32>() as f64 / 37.0;

@@ -99,7 +99,9 @@ fn test_metrics_equal_a_cpu_evaluation_of_the_trained_parameters() {
     let params = trainer.parameters().unwrap();
     let order: Vec<u32> = (0..test.samples() as u32).collect();
     let (x, y) = reference::gather_batch(&test, &order, 0, test.samples());
-    let logits = reference::forward(&spec, &params, &x).pop().unwrap();
+    let logits = shadertrain::model::reference::forward(&spec, &params, &x)
+        .pop()
+        .unwrap();
     let expected = reference::softmax_loss(spec.loss, &logits, &y, spec.classes());
     let correct: u32 = expected.sample_correct.iter().sum();
     let loss: f64 =
@@ -381,7 +383,7 @@ fn confident_samples(
 ) -> Vec<usize> {
     let order: Vec<u32> = (0..among as u32).collect();
     let (x, y) = reference::gather_batch(test, &order, 0, among);
-    let logits = reference::forward(&ModelSpec::reference(), params, &x)
+    let logits = shadertrain::model::reference::forward(&ModelSpec::reference(), params, &x)
         .pop()
         .unwrap();
     let confident: Vec<usize> = (0..among)

@@ -9,7 +9,7 @@ use serde_json::json;
 use shadertrain::data::DatasetKind;
 use shadertrain::data::images::{Preparation, load_image};
 use shadertrain::model::Shape;
-use shadertrain::reference::forward;
+use shadertrain::model::reference::forward;
 use shadertrain::{Error, Result};
 
 pub fn run(

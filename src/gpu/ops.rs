@@ -560,7 +560,7 @@ pub fn dropout(
     let below = backward.map_or(LayerActivation::Identity, |(_, below)| below);
     let shape = DropoutShape {
         count: values.len() as u32,
-        threshold: crate::reference::dropout_threshold(rate),
+        threshold: crate::rng::dropout_threshold(rate),
         scale: 1.0 / (1.0 - rate),
         layer_key,
         derivative: below.shader_code(),

@@ -15,6 +15,7 @@ use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::DropoutShape;
 use crate::reference;
+use crate::rng::{dropout_layer_key, dropout_threshold};
 use crate::shapes::{LayerActivation, Shape};
 
 /// A dropout layer in a training program.
@@ -109,31 +110,6 @@ pub fn reference_forward(x: &[f32], rate: f32, layer_key: u32, step: Option<u32>
 /// Dropout backward, CPU reference: dy → dx with the forward pass's mask and scale.
 pub fn reference_backward(dy: &[f32], rate: f32, layer_key: u32, step: u32) -> Vec<f32> {
     reference::dropout_forward(dy, layer_key, step, rate)
-}
-
-/// lowbias32 (Chris Wellons' integer hash): dropout.wgsl's `mix`.
-pub fn mix(mut x: u32) -> u32 {
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^ (x >> 16)
-}
-
-/// The key of dropout layer `layer`'s masks in a run with `seed` (dropout.wgsl `Shape.layer_key`).
-pub fn dropout_layer_key(seed: u64, layer: usize) -> u32 {
-    mix(layer as u32 ^ mix(seed as u32 ^ mix((seed >> 32) as u32)))
-}
-
-/// Whether dropout keeps element `element` of the batch at training step `step`: a hash of
-/// (layer key, step, element) at least `threshold` (= rate · 2³², `dropout_threshold`).
-pub fn dropout_keeps(layer_key: u32, step: u32, element: u32, threshold: u32) -> bool {
-    mix(element ^ mix(step ^ layer_key)) >= threshold
-}
-
-/// The hash threshold below which dropout at `rate` drops a value.
-pub fn dropout_threshold(rate: f32) -> u32 {
-    (rate as f64 * 4_294_967_296.0).round().min(u32::MAX as f64) as u32
 }
 
 /// Dropout as `--layers` names it: `dropout<rate>`.

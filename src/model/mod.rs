@@ -7,6 +7,7 @@
 //! 784-vector are the same bytes, and Flatten moves nothing.
 
 mod plan;
+pub mod reference;
 
 pub use plan::{Node, Op, Plan, PlanTensor, TensorId};
 

@@ -8,7 +8,8 @@ use shadertrain::data::{DATA_ENV, Dataset, DatasetKind, default_dir};
 use shadertrain::gpu::uniforms::OptimizerHyper;
 use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
 use shadertrain::model::ModelSpec;
-use shadertrain::reference::{self, StepKey, compare, forward_backward};
+use shadertrain::model::reference::{StepKey, forward_backward};
+use shadertrain::reference::{self, compare};
 use shadertrain::rng::Rng;
 use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
 
@@ -158,8 +159,12 @@ pub fn reference_epoch(spec: &ModelSpec, config: &TrainConfig, data: &Dataset) -
             }
             OptimizerKind::Adam => {
                 let t = step as u64 + 1;
-                let size =
-                    reference::adam_step_size(config.learning_rate, config.beta1, config.beta2, t);
+                let size = shadertrain::train::adam_step_size(
+                    config.learning_rate,
+                    config.beta1,
+                    config.beta2,
+                    t,
+                );
                 reference::adam_update(&mut params, &result.grads, &mut m, &mut v, &hyper, size);
             }
         }
