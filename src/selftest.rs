@@ -132,31 +132,43 @@ pub struct Check {
 pub const CHECKS: [Check; 20] = [
     Check {
         name: "matmul (tiled)",
-        run: check_matmul_tiled,
+        run: |gpu, kernels, tally, rng| {
+            check_plain_matmuls(gpu, kernels, tally, MatmulVariant::Tiled, rng)
+        },
     },
     Check {
         name: "matmul dense-layer products (tiled)",
-        run: check_matmul_dense_layer_products_tiled,
+        run: |gpu, kernels, tally, rng| {
+            check_layer_matmuls(gpu, kernels, tally, MatmulVariant::Tiled, rng)
+        },
     },
     Check {
         name: "matmul split along K (tiled)",
-        run: check_matmul_split_along_k_tiled,
+        run: |gpu, kernels, tally, rng| check_tiled_splits(gpu, kernels, tally, rng),
     },
     Check {
         name: "matmul (registers)",
-        run: check_matmul_registers,
+        run: |gpu, kernels, tally, rng| {
+            check_plain_matmuls(gpu, kernels, tally, MatmulVariant::Registers, rng)
+        },
     },
     Check {
         name: "matmul dense-layer products (registers)",
-        run: check_matmul_dense_layer_products_registers,
+        run: |gpu, kernels, tally, rng| {
+            check_layer_matmuls(gpu, kernels, tally, MatmulVariant::Registers, rng)
+        },
     },
     Check {
         name: "matmul convolution products (tiled)",
-        run: check_matmul_convolution_products_tiled,
+        run: |gpu, kernels, tally, rng| {
+            check_conv_matmuls(gpu, kernels, tally, MatmulVariant::Tiled, rng)
+        },
     },
     Check {
         name: "matmul convolution products (registers)",
-        run: check_matmul_convolution_products_registers,
+        run: |gpu, kernels, tally, rng| {
+            check_conv_matmuls(gpu, kernels, tally, MatmulVariant::Registers, rng)
+        },
     },
     Check {
         name: "conv2d patch matrix (im2col)",
@@ -222,90 +234,6 @@ pub fn run(gpu: &Gpu, kernels: &Kernels, name: &str) -> Result<CheckResult> {
     Ok(tally.finish())
 }
 
-/// selftest's "matmul (tiled)".
-fn check_matmul_tiled(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    tally: &mut Tally,
-    rng: &mut Rng,
-) -> Result<()> {
-    check_plain_matmuls(gpu, kernels, tally, MatmulVariant::Tiled, rng)?;
-
-    Ok(())
-}
-
-/// selftest's "matmul dense-layer products (tiled)".
-fn check_matmul_dense_layer_products_tiled(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    tally: &mut Tally,
-    rng: &mut Rng,
-) -> Result<()> {
-    check_layer_matmuls(gpu, kernels, tally, MatmulVariant::Tiled, rng)?;
-
-    Ok(())
-}
-
-/// selftest's "matmul split along K (tiled)".
-fn check_matmul_split_along_k_tiled(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    tally: &mut Tally,
-    rng: &mut Rng,
-) -> Result<()> {
-    check_tiled_splits(gpu, kernels, tally, rng)?;
-
-    Ok(())
-}
-
-/// selftest's "matmul (registers)".
-fn check_matmul_registers(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    tally: &mut Tally,
-    rng: &mut Rng,
-) -> Result<()> {
-    check_plain_matmuls(gpu, kernels, tally, MatmulVariant::Registers, rng)?;
-
-    Ok(())
-}
-
-/// selftest's "matmul dense-layer products (registers)".
-fn check_matmul_dense_layer_products_registers(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    tally: &mut Tally,
-    rng: &mut Rng,
-) -> Result<()> {
-    check_layer_matmuls(gpu, kernels, tally, MatmulVariant::Registers, rng)?;
-
-    Ok(())
-}
-
-/// selftest's "matmul convolution products (tiled)".
-fn check_matmul_convolution_products_tiled(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    tally: &mut Tally,
-    rng: &mut Rng,
-) -> Result<()> {
-    check_conv_matmuls(gpu, kernels, tally, MatmulVariant::Tiled, rng)?;
-
-    Ok(())
-}
-
-/// selftest's "matmul convolution products (registers)".
-fn check_matmul_convolution_products_registers(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    tally: &mut Tally,
-    rng: &mut Rng,
-) -> Result<()> {
-    check_conv_matmuls(gpu, kernels, tally, MatmulVariant::Registers, rng)?;
-
-    Ok(())
-}
-
 /// selftest's "conv2d patch matrix (im2col)".
 fn check_conv2d_patch_matrix_im2col(
     gpu: &Gpu,
@@ -319,7 +247,6 @@ fn check_conv2d_patch_matrix_im2col(
         let actual = ops::im2col(gpu, kernels, &x, CONV_BATCH, &geometry, m.rows)?;
         tally.close(&what, &actual, &expected, 0.0, 0.0);
     }
-
     Ok(())
 }
 
@@ -343,7 +270,6 @@ fn check_conv2d_input_gradient_col2im(
             tally.close(&case, &actual, &expected, 1e-6, 1e-6);
         }
     }
-
     Ok(())
 }
 
@@ -388,7 +314,6 @@ fn check_max_pool_forward_backward(
             tally.close(&case, &actual, &expected, 1e-7, 1e-6);
         }
     }
-
     Ok(())
 }
 
@@ -422,7 +347,6 @@ fn check_dropout_forward_backward(
             tally.close(&case, &actual, &expected, 1e-7, 1e-6);
         }
     }
-
     Ok(())
 }
 
@@ -447,7 +371,6 @@ fn check_average_pool_forward_backward(
         let actual = ops::avgpool(gpu, kernels, &dy, CONV_BATCH, &geometry, false)?;
         tally.close(&format!("{what} backward"), &actual, &expected, 1e-7, 1e-6);
     }
-
     Ok(())
 }
 
@@ -514,7 +437,6 @@ fn check_batchnorm_forward_backward(
             1e-3,
         );
     }
-
     Ok(())
 }
 
@@ -553,7 +475,6 @@ fn check_residual_sums_and_activations(
             tally.close(&case, &actual, &expected, 1e-6, 1e-5);
         }
     }
-
     Ok(())
 }
 
@@ -589,7 +510,6 @@ fn check_activation_backward_bias_gradient(
             tally.close(&format!("{case} dz alone"), &actual, &expected, 1e-6, 1e-5);
         }
     }
-
     Ok(())
 }
 
@@ -634,7 +554,6 @@ fn check_softmax_losses(
             );
         }
     }
-
     Ok(())
 }
 
@@ -701,7 +620,6 @@ fn check_batch_gather(
             1e-6,
         );
     }
-
     Ok(())
 }
 
@@ -725,7 +643,6 @@ fn check_metric_sums(gpu: &Gpu, kernels: &Kernels, tally: &mut Tally, rng: &mut 
             &[correct.iter().sum::<u32>()],
         );
     }
-
     Ok(())
 }
 
@@ -744,7 +661,6 @@ fn check_sgd_update(gpu: &Gpu, kernels: &Kernels, tally: &mut Tally, rng: &mut R
             same_bits(tally, &case, &mut first, &actual);
         }
     }
-
     Ok(())
 }
 
@@ -777,7 +693,6 @@ fn check_adam_update(gpu: &Gpu, kernels: &Kernels, tally: &mut Tally, rng: &mut 
             same_bits(tally, &case, &mut first, &[ap, am, av].concat());
         }
     }
-
     Ok(())
 }
 

@@ -8,7 +8,10 @@
 
 mod common;
 
-use common::{assert_close, assert_trains_like_the_reference, gpu, kernels, random_vec};
+use common::{
+    assert_close, assert_gradients_match_finite_differences, assert_trains_like_the_reference, gpu,
+    kernels, random_vec,
+};
 use shadertrain::data::{DataIdentity, Dataset, DatasetKind};
 use shadertrain::model::reference::{StepKey, forward, forward_backward};
 use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
@@ -67,31 +70,23 @@ fn reference_gradients_match_finite_differences() {
         let x = random_vec(&mut rng, rows * input.len(), 0.0, 1.0);
         let labels: Vec<u32> = (0..rows).map(|_| rng.below(3) as u32).collect();
         let key = StepKey { seed: 4, step: 9 };
-        let analytic = forward_backward(&spec, &params, &x, &labels, key).grads;
-        let eps = 1e-3;
         let mut trained: Vec<usize> = (layout.matrices.iter())
             .flat_map(|m| m.weight_offset..m.bias_offset + if m.bias { m.outputs } else { 0 })
             .collect();
         for norm in layout.norms.iter().flatten() {
             trained.extend(norm.gamma..norm.beta + norm.channels);
         }
-        let numeric: Vec<f32> = (trained.iter())
-            .map(|&i| {
-                let mut plus = params.clone();
-                plus[i] += eps;
-                let mut minus = params.clone();
-                minus[i] -= eps;
-                let up = forward_backward(&spec, &plus, &x, &labels, key).mean_loss();
-                let down = forward_backward(&spec, &minus, &x, &labels, key).mean_loss();
-                ((up - down) / (2.0 * eps as f64)) as f32
-            })
-            .collect();
-        let analytic: Vec<f32> = trained.iter().map(|&i| analytic[i]).collect();
-        assert!(
-            analytic.iter().filter(|g| g.abs() > 1e-3).count() > analytic.len() / 4,
-            "{layers}: gradients vanish: the check would be empty"
+        let batch = (&x[..], &labels[..]);
+        assert_gradients_match_finite_differences(
+            layers,
+            &spec,
+            &params,
+            batch,
+            key,
+            &trained,
+            1e-3,
+            (3e-4, 3e-2),
         );
-        assert_close(layers, &analytic, &numeric, 3e-4, 3e-2);
     }
 }
 

@@ -7,7 +7,7 @@
 
 use super::context::LayerContext;
 use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
-use super::{Backward, DeviceLayer, DevicePasses, LayerIo, pool_size};
+use super::{Backward, DeviceLayer, DevicePasses, LayerIo, PoolWindows, pool_size};
 use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
@@ -169,58 +169,68 @@ impl GlobalAvgPool {
     }
 }
 
-/// The passes and references the two average pools share, over their windows.
-fn pool_device(geometry: Option<Geometry>) -> Result<DeviceLayer> {
-    let geometry = geometry.expect("a planned layer fits its input");
-    Ok(Box::new(AvgPoolDevice::new(geometry)))
+// What the two average pools share: their passes and references over their windows.
+
+fn windows_over(layer: &dyn LayerKind, input: Shape) -> Geometry {
+    layer
+        .geometry(input)
+        .expect("a planned layer fits its input")
+}
+
+fn average_device(layer: &dyn LayerKind, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
+    Ok(Box::new(AvgPoolDevice::new(windows_over(
+        layer, args.input,
+    ))))
+}
+
+fn average_forward(layer: &dyn LayerKind, args: ReferenceForward<'_>) -> Vec<f32> {
+    reference_forward(&windows_over(layer, args.input), args.x, args.rows)
+}
+
+fn average_backward(layer: &dyn LayerKind, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
+    Some(reference_backward(
+        &windows_over(layer, args.input),
+        args.dz,
+        args.rows,
+    ))
+}
+
+impl AvgPool2d {
+    fn windows(&self) -> PoolWindows {
+        PoolWindows {
+            size: self.size,
+            stride: self.stride,
+        }
+    }
 }
 
 impl LayerKind for AvgPool2d {
     fn token(&self) -> String {
-        match self.stride == self.size {
-            true => format!("avgpool{}", self.size),
-            false => format!("avgpool{}s{}", self.size, self.stride),
-        }
+        self.windows().token("avgpool")
     }
 
     fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
-        let size = self.size;
-        let geometry = self
-            .geometry(input)
-            .ok_or_else(|| format!("its {size}×{size} pool is larger than its input, {input}"))?;
-        Ok(geometry.output)
+        self.windows().output_shape(input)
     }
 
     fn sizes_are_valid(&self) -> bool {
-        self.size > 0 && self.stride > 0
+        self.windows().sizes_are_valid()
     }
 
     fn geometry(&self, input: Shape) -> Option<Geometry> {
-        Geometry::square(
-            input,
-            input.channels,
-            self.size,
-            self.stride,
-            Padding::Valid,
-        )
+        self.windows().geometry(input)
     }
 
     fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
-        pool_device(self.geometry(args.input))
+        average_device(self, args)
     }
 
     fn reference_forward(&self, args: ReferenceForward<'_>) -> Vec<f32> {
-        let geometry = self
-            .geometry(args.input)
-            .expect("a planned layer fits its input");
-        reference_forward(&geometry, args.x, args.rows)
+        average_forward(self, args)
     }
 
     fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
-        let geometry = self
-            .geometry(args.input)
-            .expect("a planned layer fits its input");
-        Some(reference_backward(&geometry, args.dz, args.rows))
+        average_backward(self, args)
     }
 }
 
@@ -246,20 +256,14 @@ impl LayerKind for GlobalAvgPool {
     }
 
     fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
-        pool_device(self.geometry(args.input))
+        average_device(self, args)
     }
 
     fn reference_forward(&self, args: ReferenceForward<'_>) -> Vec<f32> {
-        let geometry = self
-            .geometry(args.input)
-            .expect("a planned layer fits its input");
-        reference_forward(&geometry, args.x, args.rows)
+        average_forward(self, args)
     }
 
     fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
-        let geometry = self
-            .geometry(args.input)
-            .expect("a planned layer fits its input");
-        Some(reference_backward(&geometry, args.dz, args.rows))
+        average_backward(self, args)
     }
 }

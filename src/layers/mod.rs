@@ -25,7 +25,7 @@ use wgpu::Buffer;
 use crate::error::Result;
 use crate::gpu::program::Program;
 use crate::gpu::{Gpu, Kernels, MatmulOperand, TextureMirror};
-use crate::shapes::LayerActivation;
+use crate::shapes::{Geometry, LayerActivation, Padding, Shape};
 pub(crate) use context::{LayerContext, TransposedInput};
 
 /// A batch tensor on the GPU, with its texture mirror where the matmul kernels read mirrors.
@@ -121,6 +121,44 @@ pub(crate) fn positive(what: &str, value: usize) -> std::result::Result<usize, S
     match value {
         0 => Err(format!("{what} must be at least 1")),
         _ => Ok(value),
+    }
+}
+
+/// A pool's windows: `size` × `size`, `stride` apart, 'valid' (max and average pools share them).
+pub(crate) struct PoolWindows {
+    pub size: usize,
+    pub stride: usize,
+}
+
+impl PoolWindows {
+    /// The pool's token: `<name><size>`, and `s<stride>` where the stride is not the size.
+    pub fn token(&self, name: &str) -> String {
+        match self.stride == self.size {
+            true => format!("{name}{}", self.size),
+            false => format!("{name}{}s{}", self.size, self.stride),
+        }
+    }
+
+    pub fn geometry(&self, input: Shape) -> Option<Geometry> {
+        Geometry::square(
+            input,
+            input.channels,
+            self.size,
+            self.stride,
+            Padding::Valid,
+        )
+    }
+
+    pub fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
+        let size = self.size;
+        let geometry = self
+            .geometry(input)
+            .ok_or_else(|| format!("its {size}×{size} pool is larger than its input, {input}"))?;
+        Ok(geometry.output)
+    }
+
+    pub fn sizes_are_valid(&self) -> bool {
+        self.size > 0 && self.stride > 0
     }
 }
 

@@ -8,7 +8,7 @@ use wgpu::Buffer;
 
 use super::context::LayerContext;
 use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
-use super::{Backward, DeviceLayer, DevicePasses, LayerIo, pool_size};
+use super::{Backward, DeviceLayer, DevicePasses, LayerIo, PoolWindows, pool_size};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::gpu::buffers::grid_1d;
@@ -16,7 +16,7 @@ use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::PoolShape;
 use crate::reference;
-use crate::shapes::{Geometry, LayerActivation, Padding, Shape};
+use crate::shapes::{Geometry, LayerActivation, Shape};
 
 /// A max pool in a training program, with where each output's maximum was.
 pub(crate) struct PoolDevice {
@@ -135,34 +135,30 @@ impl MaxPool2d {
     }
 }
 
+impl MaxPool2d {
+    fn windows(&self) -> PoolWindows {
+        PoolWindows {
+            size: self.size,
+            stride: self.stride,
+        }
+    }
+}
+
 impl LayerKind for MaxPool2d {
     fn token(&self) -> String {
-        match self.stride == self.size {
-            true => format!("maxpool{}", self.size),
-            false => format!("maxpool{}s{}", self.size, self.stride),
-        }
+        self.windows().token("maxpool")
     }
 
     fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
-        let size = self.size;
-        let geometry = self
-            .geometry(input)
-            .ok_or_else(|| format!("its {size}×{size} pool is larger than its input, {input}"))?;
-        Ok(geometry.output)
+        self.windows().output_shape(input)
     }
 
     fn sizes_are_valid(&self) -> bool {
-        self.size > 0 && self.stride > 0
+        self.windows().sizes_are_valid()
     }
 
     fn geometry(&self, input: Shape) -> Option<Geometry> {
-        Geometry::square(
-            input,
-            input.channels,
-            self.size,
-            self.stride,
-            Padding::Valid,
-        )
+        self.windows().geometry(input)
     }
 
     fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {

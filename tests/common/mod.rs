@@ -211,3 +211,37 @@ pub fn assert_trains_like_the_reference(
         "{what} train accuracy"
     );
 }
+
+/// The reference's gradients of the `trained` parameters against central differences (step
+/// `eps`) of its mean loss on (x, labels) at `params`; they must not mostly vanish, or the check
+/// would be empty.
+#[allow(clippy::too_many_arguments)]
+pub fn assert_gradients_match_finite_differences(
+    what: &str,
+    spec: &ModelSpec,
+    params: &[f32],
+    (x, labels): (&[f32], &[u32]),
+    key: StepKey,
+    trained: &[usize],
+    eps: f32,
+    (atol, rtol): (f32, f32),
+) {
+    let analytic = forward_backward(spec, params, x, labels, key).grads;
+    let numeric: Vec<f32> = (trained.iter())
+        .map(|&i| {
+            let mut plus = params.to_vec();
+            plus[i] += eps;
+            let mut minus = params.to_vec();
+            minus[i] -= eps;
+            let up = forward_backward(spec, &plus, x, labels, key).mean_loss();
+            let down = forward_backward(spec, &minus, x, labels, key).mean_loss();
+            ((up - down) / (2.0 * eps as f64)) as f32
+        })
+        .collect();
+    let analytic: Vec<f32> = trained.iter().map(|&i| analytic[i]).collect();
+    assert!(
+        analytic.iter().filter(|g| g.abs() > 1e-3).count() > analytic.len() / 4,
+        "{what}: gradients vanish: the check would be empty"
+    );
+    assert_close(what, &analytic, &numeric, atol, rtol);
+}
