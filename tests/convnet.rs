@@ -6,13 +6,13 @@
 mod common;
 
 use common::{
-    assert_close, assert_gradients_match_finite_differences, assert_trains_like_the_reference, gpu,
-    kernels, random_vec,
+    assert_first_batch_gradients_match, assert_gradients_match_finite_differences,
+    assert_trains_like_the_reference, gpu, kernels, random_vec,
 };
 use shadertrain::data::Dataset;
 use shadertrain::gpu::uniforms::MatmulDims;
 use shadertrain::gpu::{Kernels, MatmulTiling, MatmulVariant};
-use shadertrain::model::reference::{StepKey, forward, forward_backward};
+use shadertrain::model::reference::{StepKey, forward};
 use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
 use shadertrain::reference;
 use shadertrain::rng::Rng;
@@ -94,27 +94,8 @@ fn gpu_forward_backward_matches_reference() {
         for activation in [Activation::Relu, Activation::Tanh] {
             let spec = spec(input, layers, activation, Loss::Xent);
             // Batches of 5 (13 samples: two full batches and a partial one).
-            let config = TrainConfig {
-                batch_size: 5,
-                seed: 8,
-                ..TrainConfig::default()
-            };
-            let trainer =
-                Trainer::new(gpu(), kernels(), spec.clone(), config, &data, &data).unwrap();
-            let params = trainer.parameters().unwrap();
-            let order: Vec<u32> = (0..data.samples() as u32).collect();
-            let (x, y) = reference::gather_batch(&data, &order, 0, 5);
-            // The first batch's gradients are taken at step number 0.
-            let key = StepKey { seed: 8, step: 0 };
-            let expected = forward_backward(&spec, &params, &x, &y, key).grads;
-            let actual = trainer.first_batch_gradients().unwrap();
-            assert_close(
-                &format!("{layers} ({activation:?}) gradients"),
-                &actual,
-                &expected,
-                1e-6,
-                1e-3,
-            );
+            let what = format!("{layers} ({activation:?})");
+            assert_first_batch_gradients_match(&what, &spec, &data, (1e-6, 1e-3));
         }
     }
 }

@@ -9,8 +9,8 @@
 mod common;
 
 use common::{
-    assert_close, assert_gradients_match_finite_differences, assert_trains_like_the_reference, gpu,
-    kernels, random_vec,
+    assert_close, assert_first_batch_gradients_match, assert_gradients_match_finite_differences,
+    assert_trains_like_the_reference, gpu, kernels, random_vec,
 };
 use shadertrain::data::{DataIdentity, Dataset, DatasetKind};
 use shadertrain::model::reference::{StepKey, forward, forward_backward};
@@ -118,26 +118,8 @@ fn gpu_forward_backward_matches_reference() {
     for layers in MODELS {
         for activation in ["relu", "tanh"] {
             let spec = spec(input, layers, activation);
-            let config = TrainConfig {
-                batch_size: 5,
-                seed: 8,
-                ..TrainConfig::default()
-            };
-            let trainer =
-                Trainer::new(gpu(), kernels(), spec.clone(), config, &data, &data).unwrap();
-            let params = trainer.parameters().unwrap();
-            let order: Vec<u32> = (0..data.samples() as u32).collect();
-            let (x, y) = reference::gather_batch(&data, &order, 0, 5);
-            let key = StepKey { seed: 8, step: 0 };
-            let expected = forward_backward(&spec, &params, &x, &y, key).grads;
-            let actual = trainer.first_batch_gradients().unwrap();
-            assert_close(
-                &format!("{layers} ({activation}) gradients"),
-                &actual,
-                &expected,
-                1e-5,
-                1e-3,
-            );
+            let what = format!("{layers} ({activation})");
+            assert_first_batch_gradients_match(&what, &spec, &data, (1e-5, 1e-3));
         }
     }
 }
