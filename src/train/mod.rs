@@ -245,22 +245,7 @@ impl<'k> Trainer<'k> {
         if test.samples() == 0 {
             return Err(Error::Config("the test set is empty".into()));
         }
-        let classes = spec.classes();
-        for (name, data) in [("training", &*train), ("test", test)] {
-            if !spec.takes(data.shape) || data.classes != classes {
-                return Err(Error::Config(format!(
-                    "the model takes inputs of {} and {classes} classes but the {name} set has \
-                     samples of {} and {} classes",
-                    spec.input, data.shape, data.classes
-                )));
-            }
-        }
-        if !spec.input.len().is_multiple_of(4) {
-            return Err(Error::Config(format!(
-                "values per sample must be a multiple of 4 (the GPU unpacks pixels four at a time), got {}",
-                spec.input.len()
-            )));
-        }
+        check_data_fits(&spec, [("training", &train), ("test", test)])?;
         let layout = plan.layout.clone();
         let batch = config.batch_size;
         // A batch larger than the training set is the whole set, as Keras takes it: no buffer
@@ -286,40 +271,13 @@ impl<'k> Trainer<'k> {
         )?;
         let mut rng = Rng::new(config.seed);
         let initial = spec.glorot_uniform(&mut rng);
-        let param_bytes = (layout.trained * 4) as u64;
-        let params = DeviceTensor::new(gpu, kernels, "parameters", param_bytes)?;
-        gpu.queue.write_buffer(
-            &params.buffer,
-            0,
-            bytemuck::cast_slice(&initial[..layout.trained]),
-        );
-        let state = gpu.storage_buffer("batchnorm state", (layout.state().max(1) * 4) as u64)?;
-        gpu.queue
-            .write_buffer(&state, 0, bytemuck::cast_slice(&initial[layout.trained..]));
-        let grads = gpu.storage_buffer("gradients", param_bytes)?;
-        let moments = match config.optimizer {
-            OptimizerKind::Adam => Some((
-                gpu.storage_buffer("adam first moment", param_bytes)?,
-                gpu.storage_buffer("adam second moment", param_bytes)?,
-            )),
-            OptimizerKind::Sgd => None,
-        };
-        // A tensor per tensor of the plan; a Flatten's output is its input's buffer.
-        let mut tensors: Vec<DeviceTensor> = Vec::new();
-        for (t, tensor) in plan.tensors.iter().enumerate() {
-            let flattened = tensor
-                .producer
-                .filter(|&p| plan.moves_nothing(p))
-                .map(|p| tensors[plan.nodes[p].inputs[0]].clone());
-            let tensor = match flattened {
-                Some(input) => input,
-                None => {
-                    let bytes = (rows_at_most * tensor.shape.len() * 4) as u64;
-                    DeviceTensor::new(gpu, kernels, &format!("activation {t}"), bytes)?
-                }
-            };
-            tensors.push(tensor);
-        }
+        let ParameterBuffers {
+            params,
+            state,
+            grads,
+            moments,
+        } = ParameterBuffers::new(gpu, kernels, &layout, &initial, config.optimizer)?;
+        let tensors = plan_tensors(gpu, kernels, &plan, rows_at_most)?;
         let routes = GradientRoutes::new(gpu, kernels, &plan, rows_at_most)?;
         let layers = (0..plan.nodes.len())
             .map(|n| device_layer(gpu, kernels, &plan, n, rows_at_most, config.seed))
@@ -955,4 +913,94 @@ fn device_layer(
         seed,
         node: index,
     })
+}
+
+/// Refuses data whose samples or classes the model does not take, and inputs the gather cannot
+/// unpack.
+fn check_data_fits(spec: &ModelSpec, splits: [(&str, &Dataset); 2]) -> Result<()> {
+    let classes = spec.classes();
+    for (name, data) in splits {
+        if !spec.takes(data.shape) || data.classes != classes {
+            return Err(Error::Config(format!(
+                "the model takes inputs of {} and {classes} classes but the {name} set has \
+                 samples of {} and {} classes",
+                spec.input, data.shape, data.classes
+            )));
+        }
+    }
+    if !spec.input.len().is_multiple_of(4) {
+        return Err(Error::Config(format!(
+            "values per sample must be a multiple of 4 (the GPU unpacks pixels four at a time), got {}",
+            spec.input.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The flat buffers: the trained parameters (mirrored for the products), the state, the
+/// gradients and the optimizer's moments.
+struct ParameterBuffers {
+    params: DeviceTensor,
+    state: Buffer,
+    grads: Buffer,
+    moments: Option<(Buffer, Buffer)>,
+}
+
+impl ParameterBuffers {
+    /// The buffers of `layout`, holding `initial` (trained parameters, then the state).
+    fn new(
+        gpu: &Gpu,
+        kernels: &Kernels,
+        layout: &ParamLayout,
+        initial: &[f32],
+        optimizer: OptimizerKind,
+    ) -> Result<Self> {
+        let param_bytes = (layout.trained * 4) as u64;
+        let params = DeviceTensor::new(gpu, kernels, "parameters", param_bytes)?;
+        let (trained, state_values) = initial.split_at(layout.trained);
+        gpu.queue
+            .write_buffer(&params.buffer, 0, bytemuck::cast_slice(trained));
+        let state = gpu.storage_buffer("batchnorm state", (layout.state().max(1) * 4) as u64)?;
+        gpu.queue
+            .write_buffer(&state, 0, bytemuck::cast_slice(state_values));
+        let moments = match optimizer {
+            OptimizerKind::Adam => Some((
+                gpu.storage_buffer("adam first moment", param_bytes)?,
+                gpu.storage_buffer("adam second moment", param_bytes)?,
+            )),
+            OptimizerKind::Sgd => None,
+        };
+        Ok(ParameterBuffers {
+            params,
+            state,
+            grads: gpu.storage_buffer("gradients", param_bytes)?,
+            moments,
+        })
+    }
+}
+
+/// A buffer per tensor of the plan, for batches of up to `rows` samples; the output of a layer
+/// that moves nothing (Flatten) is its input's buffer.
+fn plan_tensors(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    plan: &Plan,
+    rows: usize,
+) -> Result<Vec<DeviceTensor>> {
+    let mut tensors: Vec<DeviceTensor> = Vec::new();
+    for (t, tensor) in plan.tensors.iter().enumerate() {
+        let unmoved = tensor
+            .producer
+            .filter(|&p| plan.moves_nothing(p))
+            .map(|p| tensors[plan.nodes[p].inputs[0]].clone());
+        let tensor = match unmoved {
+            Some(input) => input,
+            None => {
+                let bytes = (rows * tensor.shape.len() * 4) as u64;
+                DeviceTensor::new(gpu, kernels, &format!("activation {t}"), bytes)?
+            }
+        };
+        tensors.push(tensor);
+    }
+    Ok(tensors)
 }
