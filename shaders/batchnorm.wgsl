@@ -7,16 +7,19 @@
 //   invstd[c] = 1 / sqrt(var[c] + eps)
 //   running_mean[c] = (1 - m) running_mean[c] + m mean[c]
 //   running_var[c]  = (1 - m) running_var[c]  + m var[c] N / (N - 1)   (unbiased; var if N = 1)
-// batchnorm_normalize: Y[i, c] = (X[i, c] - mean[c]) invstd[c] gamma[c] + beta[c], with the
+// batchnorm_normalize: Y[i, c] = f((X[i, c] - mean[c]) invstd[c] gamma[c] + beta[c]), with the
 //   batch's statistics in training and, in evaluation, mean = running_mean and
-//   invstd = 1 / sqrt(running_var + eps) (computed here, so evaluation needs no statistics pass).
-// batchnorm_backward_sums, one workgroup per channel, with x̂ = (X - mean) invstd:
-//   dbeta[c] = sum_i dY[i, c],  dgamma[c] = sum_i dY[i, c] x̂[i, c]   (into the gradient buffer)
+//   invstd = 1 / sqrt(running_var + eps) (computed here, so evaluation needs no statistics pass);
+//   f = shape.activation (shared/activations.wgsl): the activation after the BatchNorm (`bn:relu`)
+//   is folded into this pass.
+// The backward passes take dZ = dY f'(Y), the activation's derivative from the output (f =
+// shape.activation, the identity where the layer above applied it), and x̂ = (X - mean) invstd:
+// batchnorm_backward_sums, one workgroup per channel:
+//   dbeta[c] = sum_i dZ[i, c],  dgamma[c] = sum_i dZ[i, c] x̂[i, c]   (into the gradient buffer)
 // batchnorm_backward_input:
-//   dX[i, c] = gamma[c] invstd[c] (dY[i, c] - dbeta[c] / N - x̂[i, c] dgamma[c] / N)
+//   dX[i, c] = gamma[c] invstd[c] (dZ[i, c] - dbeta[c] / N - x̂[i, c] dgamma[c] / N)
 // Sums per channel: each of the 64 invocations adds the values i = local, local + 64, ... in
 // order, then the 64 partial sums are added in a fixed tree: no atomics, the same bits every run.
-// Nothing is fused: the ReLU after a BatchNorm is its own element-wise pass (elementwise.wgsl).
 // The _quads entry points do the same four channels at a time (vec4 of X, dY, Y, dX and the
 // statistics) and need C % 4 == 0: the same sums in the same order, lane by lane.
 //
@@ -31,13 +34,15 @@
 //   6 grads    storage, read_write (sums) / read (input)   the gradient buffer, dgamma at
 //                                   shape.gamma, dbeta at shape.beta
 //   7 out      storage, read_write  normalize: Y f32 [N, C]; backward_input: dX f32 [N, C]
-// statistics binds 0-3; normalize 0-4 and 7; backward_sums 0, 1, 2, 5, 6; backward_input 0, 1,
-// 2, 4-7.
+//   8 y        storage, read        backward: Y f32 [N, C], the forward pass's output
+// statistics binds 0-3; normalize 0-4 and 7; backward_sums 0, 1, 2, 5, 6, 8; backward_input 0,
+// 1, 2, 4-8.
 //
 // Workgroup: 64 invocations. Grids: statistics and backward_sums C workgroups (x), C / 4 for
 // _quads; normalize and backward_input one invocation per value (per vec4 for _quads), folded into (x, y) with x <= 65535 (invocation =
 // (y * num_workgroups.x + x) * 64 + local).
 
+import package::shared::activations::{activate, activate4, derivative_from_output, derivative_from_output4};
 import package::shared::grid::flat_invocation;
 import package::shared::divide::quotient;
 
@@ -53,9 +58,10 @@ struct NormShape {
     training: u32,
     momentum: f32,
     epsilon: f32,
+    // normalize: the activation after the normalisation; backward: whose derivative dZ takes.
+    activation: u32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> shape: NormShape;
@@ -69,12 +75,14 @@ struct NormShape {
 @group(0) @binding(6) var<storage, read_write> grads_out: array<f32>;
 @group(0) @binding(6) var<storage, read> grads: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
+@group(0) @binding(8) var<storage, read> y: array<f32>;
 
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> stats4_out: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> stats4: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> dy4: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> y4: array<vec4<f32>>;
 
 var<workgroup> partial: array<f32, 64>;
 var<workgroup> partial2: array<f32, 64>;
@@ -145,7 +153,8 @@ fn batchnorm_normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
         mean = state[shape.running_mean + c];
         invstd = 1.0 / sqrt(state[shape.running_var + c] + shape.epsilon);
     }
-    out[index] = (x[index] - mean) * invstd * params[shape.gamma + c] + params[shape.beta + c];
+    let normalized = (x[index] - mean) * invstd * params[shape.gamma + c] + params[shape.beta + c];
+    out[index] = activate(shape.activation, normalized);
 }
 
 @compute @workgroup_size(64)
@@ -157,7 +166,7 @@ fn batchnorm_backward_sums(@builtin(workgroup_id) group: vec3<u32>, @builtin(loc
     var sum = 0.0;
     var dot = 0.0;
     for (var i = local; i < shape.values; i += 64u) {
-        let g = dy[i * channels + c];
+        let g = dy[i * channels + c] * derivative_from_output(shape.activation, y[i * channels + c]);
         sum += g;
         dot += g * (x[i * channels + c] - mean) * invstd;
     }
@@ -181,7 +190,8 @@ fn batchnorm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     let normalized = (x[index] - stats[c]) * invstd;
     let mean_grad = grads[shape.beta + c] / n;
     let mean_dot = grads[shape.gamma + c] / n;
-    out[index] = params[shape.gamma + c] * invstd * (dy[index] - mean_grad - normalized * mean_dot);
+    let g = dy[index] * derivative_from_output(shape.activation, y[index]);
+    out[index] = params[shape.gamma + c] * invstd * (g - mean_grad - normalized * mean_dot);
 }
 
 var<workgroup> partial4: array<vec4<f32>, 64>;
@@ -267,7 +277,8 @@ fn batchnorm_normalize_quads(@builtin(global_invocation_id) gid: vec3<u32>, @bui
         mean = state4(shape.running_mean + 4u * q);
         invstd = 1.0 / sqrt(state4(shape.running_var + 4u * q) + shape.epsilon);
     }
-    out4[index] = (x4[index] - mean) * invstd * params4(shape.gamma + 4u * q) + params4(shape.beta + 4u * q);
+    let normalized = (x4[index] - mean) * invstd * params4(shape.gamma + 4u * q) + params4(shape.beta + 4u * q);
+    out4[index] = activate4(shape.activation, normalized);
 }
 
 @compute @workgroup_size(64)
@@ -279,7 +290,7 @@ fn batchnorm_backward_sums_quads(@builtin(workgroup_id) group: vec3<u32>, @built
     var sum = vec4<f32>(0.0);
     var dot = vec4<f32>(0.0);
     for (var i = local; i < shape.values; i += 64u) {
-        let g = dy4[i * quads + q];
+        let g = dy4[i * quads + q] * derivative_from_output4(shape.activation, y4[i * quads + q]);
         sum += g;
         dot += g * (x4[i * quads + q] - mean) * invstd;
     }
@@ -305,5 +316,6 @@ fn batchnorm_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>,
     let normalized = (x4[index] - stats4[q]) * invstd;
     let mean_grad = grads4(shape.beta + 4u * q) / n;
     let mean_dot = grads4(shape.gamma + 4u * q) / n;
-    out4[index] = params4(shape.gamma + 4u * q) * invstd * (dy4[index] - mean_grad - normalized * mean_dot);
+    let g = dy4[index] * derivative_from_output4(shape.activation, y4[index]);
+    out4[index] = params4(shape.gamma + 4u * q) * invstd * (g - mean_grad - normalized * mean_dot);
 }

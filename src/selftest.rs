@@ -404,38 +404,42 @@ fn check_batchnorm_forward_backward(
             running_mean: &mean,
             running_var: &var,
         };
-        let what = format!("{channels} channels of {values} values");
-        for training in [false, true] {
-            let (expected, running) =
-                batchnorm::reference_forward(&norm, &params, (&mean, &var), &x, training);
-            let actual = ops::batchnorm(gpu, kernels, &x, &inputs, training, None)?;
-            let mode = if training { "training" } else { "evaluation" };
-            let case = format!("{what}, {mode} forward");
-            tally.close(&case, &actual.values, &expected, 1e-5, 1e-4);
-            if let Some((new_mean, new_var)) = running {
-                let state = [new_mean, new_var].concat();
-                let case = format!("{what}, running statistics");
-                tally.close(&case, &actual.state, &state, 1e-6, 1e-5);
+        // The identity, and activations folded in (`bn:relu`, `bn:tanh`).
+        for f in [ACTIVATIONS[0], ACTIVATIONS[1], ACTIVATIONS[3]] {
+            let what = format!("{channels} channels of {values} values, {}", f.name());
+            for training in [false, true] {
+                let (mut expected, running) =
+                    batchnorm::reference_forward(&norm, &params, (&mean, &var), &x, training);
+                expected.iter_mut().for_each(|v| *v = f.apply(*v));
+                let actual = ops::batchnorm(gpu, kernels, &x, &inputs, f, training, None)?;
+                let mode = if training { "training" } else { "evaluation" };
+                let case = format!("{what}, {mode} forward");
+                tally.close(&case, &actual.values, &expected, 1e-5, 1e-4);
+                if let Some((new_mean, new_var)) = running {
+                    let state = [new_mean, new_var].concat();
+                    let case = format!("{what}, running statistics");
+                    tally.close(&case, &actual.state, &state, 1e-6, 1e-5);
+                }
             }
+            // The backward passes take dy through f' from the training forward's output.
+            let (mut y, _) = batchnorm::reference_forward(&norm, &params, (&mean, &var), &x, true);
+            y.iter_mut().for_each(|v| *v = f.apply(*v));
+            let mut dz = dy.clone();
+            reference::apply_derivative(&mut dz, &y, f);
+            let mut grads = vec![0.0; 2 * channels];
+            let expected = batchnorm::reference_backward(&norm, &params, &x, &dz, &mut grads, true)
+                .expect("an input gradient");
+            let actual = ops::batchnorm(gpu, kernels, &x, &inputs, f, true, Some(&dy[..]))?;
+            let case = format!("{what}, dγ and dβ");
+            tally.close(&case, &actual.dgamma_dbeta, &grads, 1e-5, 1e-4);
+            tally.close(
+                &format!("{what}, dx"),
+                &actual.values,
+                &expected,
+                1e-5,
+                1e-3,
+            );
         }
-        let mut grads = vec![0.0; 2 * channels];
-        let expected = batchnorm::reference_backward(&norm, &params, &x, &dy, &mut grads, true)
-            .expect("an input gradient");
-        let actual = ops::batchnorm(gpu, kernels, &x, &inputs, true, Some(&dy))?;
-        tally.close(
-            &format!("{what}, dγ and dβ"),
-            &actual.dgamma_dbeta,
-            &grads,
-            1e-5,
-            1e-4,
-        );
-        tally.close(
-            &format!("{what}, dx"),
-            &actual.values,
-            &expected,
-            1e-5,
-            1e-3,
-        );
     }
     Ok(())
 }

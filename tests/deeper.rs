@@ -21,13 +21,15 @@ use shadertrain::rng::Rng;
 use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
 
 /// Models that reach every new kernel: BatchNorm over 4 channels (the stem), over 3 and 6
-/// channels and over features; identity and projection shortcuts; a branch that ends in an
-/// activation applied in place (its sum's input is copied); a nested block, whose input has
-/// three consumers; average and global average pooling; `{a}` is the hidden activation.
+/// channels and over features, with its activation as a layer of its own and folded in (`bn:`,
+/// whose derivative the convolution after it applies in one case); identity and projection
+/// shortcuts; a branch that ends in an activation applied in place (its sum's input is copied);
+/// a nested block, whose input has three consumers; average and global average pooling; `{a}`
+/// is the hidden activation.
 const MODELS: [&str; 3] = [
-    "conv4k3p1:nobias,bn,{a},res(conv4k3p1:nobias,bn,{a},conv4k3p1:nobias,bn),{a},gap,dense3",
-    "conv3k3same,bn,res(conv6k3s2p1,bn,{a},conv6k3p1:{a}|conv6k1s2:nobias,bn),{a},avgpool2s1,flatten,dense3",
-    "flatten,dense12,bn,{a},res(res(dense12:{a},dense12)),dense3",
+    "conv4k3p1:nobias,bn:{a},res(conv4k3p1:nobias,bn,{a},conv4k3p1:nobias,bn),{a},gap,dense3",
+    "conv3k3same,bn,res(conv6k3s2p1,bn:{a},conv6k3p1:{a}|conv6k1s2:nobias,bn),{a},avgpool2s1,flatten,dense3",
+    "flatten,dense12,bn:{a},res(res(dense12:{a},dense12)),dense3",
 ];
 
 fn spec(input: Shape, layers: &str, activation: &str) -> ModelSpec {
@@ -260,7 +262,8 @@ fn specs_that_cannot_be_built_are_refused_with_the_block_and_shapes() {
         ),
         ("conv8k3,res(),dense10", "branch has no layers"),
         ("conv8k3,res(conv8k3same,dense10", "without its ')'"),
-        ("bn:relu,flatten,dense10", "only dense and conv"),
+        ("gap:relu,dense10", "only dense and conv"),
+        ("bn:nobias,flatten,dense10", "only conv layers take :nobias"),
         ("dense10:nobias", "only conv layers take :nobias"),
         ("conv8k3x1,gap,dense10", "p<zeros>"),
         ("conv8k3,res(bn|bn|bn),gap,dense10", "one '|'"),

@@ -146,7 +146,14 @@ impl BatchNormKernels {
             (4, Read),
             (7, ReadWrite),
         ];
-        let sums = [(0, Params), (1, Read), (2, Read), (5, Read), (6, ReadWrite)];
+        let sums = [
+            (0, Params),
+            (1, Read),
+            (2, Read),
+            (5, Read),
+            (6, ReadWrite),
+            (8, Read),
+        ];
         let input = [
             (0, Params),
             (1, Read),
@@ -155,6 +162,7 @@ impl BatchNormKernels {
             (5, Read),
             (6, Read),
             (7, ReadWrite),
+            (8, Read),
         ];
         let kernel = |name, slots: &[(u32, Slot)]| build(device, module, name, slots, &[]);
         BatchNormKernels {

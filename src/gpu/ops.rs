@@ -637,14 +637,17 @@ pub struct NormOutputs {
     pub dgamma_dbeta: Vec<f32>,
 }
 
-/// batchnorm.wgsl (`_quads` where the channels come in fours) on x `[values, channels]`: in
-/// training the statistics pass then the normalisation; in evaluation the normalisation alone;
-/// with `dy` the training passes and then the backward passes.
+/// batchnorm.wgsl (`_quads` where the channels come in fours) on x `[values, channels]`, with
+/// `activation` folded in: in training the statistics pass then the normalisation; in evaluation
+/// the normalisation alone; with `dy` the training passes and then the backward passes (dx then
+/// in `values`).
+#[allow(clippy::too_many_arguments)]
 pub fn batchnorm(
     gpu: &Gpu,
     kernels: &Kernels,
     x: &[f32],
     inputs: &NormInputs<'_>,
+    activation: LayerActivation,
     training: bool,
     dy: Option<&[f32]>,
 ) -> Result<NormOutputs> {
@@ -660,7 +663,8 @@ pub fn batchnorm(
         training: (training || dy.is_some()) as u32,
         momentum: crate::shapes::BATCH_NORM_MOMENTUM,
         epsilon: crate::shapes::BATCH_NORM_EPSILON,
-        _pad: [0; 3],
+        activation: activation.shader_code(),
+        _pad: [0; 2],
     };
     let shape = gpu.params_with("shape", &shape);
     let x_buffer = gpu.storage_with("x", x)?;
@@ -668,7 +672,8 @@ pub fn batchnorm(
     let state = [inputs.running_mean, inputs.running_var].concat();
     let state = gpu.storage_with("state", &state)?;
     let stats = gpu.storage_with("stats", &vec![f32::NAN; 2 * channels])?;
-    let out = gpu.storage_with("out", &vec![f32::NAN; x.len()])?;
+    let y = gpu.storage_with("y", &vec![f32::NAN; x.len()])?;
+    let dx = gpu.storage_with("dx", &vec![f32::NAN; x.len()])?;
     let grads = gpu.storage_with("grads", &vec![f32::NAN; 2 * channels])?;
     let k = &kernels.batchnorm;
     let quads = channels.is_multiple_of(4);
@@ -695,7 +700,7 @@ pub fn batchnorm(
         stats.as_entire_binding(),
         state.as_entire_binding(),
         params.as_entire_binding(),
-        out.as_entire_binding(),
+        y.as_entire_binding(),
     ];
     run(
         pick(&k.normalize, &k.normalize_quads),
@@ -710,6 +715,7 @@ pub fn batchnorm(
             stats.as_entire_binding(),
             dy.as_entire_binding(),
             grads.as_entire_binding(),
+            y.as_entire_binding(),
         ];
         run(
             pick(&k.backward_sums, &k.backward_sums_quads),
@@ -723,7 +729,8 @@ pub fn batchnorm(
             params.as_entire_binding(),
             dy.as_entire_binding(),
             grads.as_entire_binding(),
-            out.as_entire_binding(),
+            dx.as_entire_binding(),
+            y.as_entire_binding(),
         ];
         run(
             pick(&k.backward_input, &k.backward_input_quads),
@@ -731,8 +738,9 @@ pub fn batchnorm(
             per_value,
         );
     }
+    let values = if dy.is_some() { &dx } else { &y };
     Ok(NormOutputs {
-        values: gpu.read_back(&out, x.len())?,
+        values: gpu.read_back(values, x.len())?,
         stats: gpu.read_back(&stats, 2 * channels)?,
         state: gpu.read_back(&state, 2 * channels)?,
         dgamma_dbeta: gpu.read_back(&grads, 2 * channels)?,

@@ -426,7 +426,10 @@ pub struct NormShape {
     pub training: u32,
     pub momentum: f32,
     pub epsilon: f32,
-    pub _pad: [u32; 3],
+    /// normalize: the activation applied to the normalised values; backward: the activation
+    /// whose derivative is taken from Y (0 where the layer above applied it).
+    pub activation: u32,
+    pub _pad: [u32; 2],
 }
 
 /// `ElementwiseShape` in elementwise.wgsl.
@@ -697,7 +700,8 @@ mod tests {
                     running_var,
                     training,
                     momentum,
-                    epsilon
+                    epsilon,
+                    activation
                 }),
             ),
             (

@@ -2,10 +2,11 @@
 //! the features of a flat input).
 //!
 //! Forward, x `[rows, H, W, C]` (N = rows H W values per channel) → y `[rows, H, W, C]`:
-//! in training y = γ (x - mean) / sqrt(var + eps) + β with the batch's mean and biased variance,
+//! in training y = f(γ (x - mean) / sqrt(var + eps) + β), f the identity or the activation
+//! folded in (`bn:relu`), with the batch's mean and biased variance,
 //! and the running mean and unbiased variance updated with momentum 0.1; in evaluation the same
-//! with the running statistics. Backward, from dy: dβ = Σ dy, dγ = Σ dy x̂ (x̂ the normalised x),
-//! dx = γ / sqrt(var + eps) (dy - dβ / N - x̂ dγ / N).
+//! with the running statistics. Backward, from dz = dy ⊙ f'(y): dβ = Σ dz, dγ = Σ dz x̂ (x̂ the
+//! normalised x), dx = γ / sqrt(var + eps) (dz - dβ / N - x̂ dγ / N).
 //! Parameters: γ (init 1) and β (init 0) trained; running mean (0) and variance (1) state.
 //! PyTorch names: `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked`.
 
@@ -23,11 +24,15 @@ use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::NormShape;
-use crate::shapes::{BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, NormParams, Shape, WeightMatrix};
+use crate::shapes::{
+    BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, LayerActivation, NormParams, Shape, WeightMatrix,
+};
 
 /// A BatchNorm in a training program, with the batch's mean and inverse deviation per channel.
 pub(crate) struct BatchNormDevice {
     norm: NormParams,
+    /// The activation folded into the normalisation (`bn:relu`).
+    activation: LayerActivation,
     /// Where the state buffer starts in the host's vector (`ParamLayout::trained`).
     state_start: usize,
     positions: usize,
@@ -35,8 +40,15 @@ pub(crate) struct BatchNormDevice {
 }
 
 impl BatchNormDevice {
-    pub fn new(gpu: &Gpu, input: Shape, norm: NormParams, state_start: usize) -> Result<Self> {
+    pub fn new(
+        gpu: &Gpu,
+        input: Shape,
+        norm: NormParams,
+        activation: LayerActivation,
+        state_start: usize,
+    ) -> Result<Self> {
         Ok(BatchNormDevice {
+            activation,
             stats: gpu.storage_buffer("batchnorm statistics", (2 * norm.channels * 4) as u64)?,
             positions: input.height * input.width,
             state_start,
@@ -44,7 +56,15 @@ impl BatchNormDevice {
         })
     }
 
-    fn shape(&self, context: &LayerContext<'_, '_>, rows: usize, training: bool) -> Buffer {
+    /// The passes' parameters; `activation`: applied (normalize), or whose derivative the
+    /// backward passes take.
+    fn shape(
+        &self,
+        context: &LayerContext<'_, '_>,
+        rows: usize,
+        training: bool,
+        activation: LayerActivation,
+    ) -> Buffer {
         let n = &self.norm;
         let shape = NormShape {
             values: (rows * self.positions) as u32,
@@ -56,7 +76,8 @@ impl BatchNormDevice {
             training: training as u32,
             momentum: BATCH_NORM_MOMENTUM,
             epsilon: BATCH_NORM_EPSILON,
-            _pad: [0; 3],
+            activation: activation.shader_code(),
+            _pad: [0; 2],
         };
         context.gpu.params_with("batchnorm shape", &shape)
     }
@@ -87,7 +108,7 @@ impl DevicePasses for BatchNormDevice {
         rows: usize,
         training: bool,
     ) {
-        let shape = self.shape(context, rows, training);
+        let shape = self.shape(context, rows, training, self.activation);
         let kernels = &context.kernels.batchnorm;
         let quads = self.per_invocation() == 4;
         let (per_channel, per_value) = self.grids(context, rows);
@@ -125,9 +146,13 @@ impl DevicePasses for BatchNormDevice {
         program: &mut Program<'k>,
         io: &LayerIo<'_>,
         rows: usize,
-        _backward: Backward,
+        backward: Backward,
     ) -> bool {
-        let shape = self.shape(context, rows, true);
+        let derivative = match backward.derivative_applied {
+            true => LayerActivation::Identity,
+            false => self.activation,
+        };
+        let shape = self.shape(context, rows, true, derivative);
         let kernels = &context.kernels.batchnorm;
         let quads = self.per_invocation() == 4;
         let (per_channel, per_value) = self.grids(context, rows);
@@ -137,6 +162,7 @@ impl DevicePasses for BatchNormDevice {
             self.stats.as_entire_binding(),
             io.output_grad.buffer.as_entire_binding(),
             context.grads.as_entire_binding(),
+            io.output.buffer.as_entire_binding(),
         ];
         let kernel = match quads {
             true => &kernels.backward_sums_quads,
@@ -154,6 +180,7 @@ impl DevicePasses for BatchNormDevice {
             io.output_grad.buffer.as_entire_binding(),
             context.grads.as_entire_binding(),
             input_grad.buffer.as_entire_binding(),
+            io.output.buffer.as_entire_binding(),
         ];
         let kernel = match quads {
             true => &kernels.backward_input_quads,
@@ -264,20 +291,36 @@ pub fn reference_backward(
     })
 }
 
-/// BatchNorm as `--layers` names it: `bn`.
+/// BatchNorm as `--layers` names it: `bn`, or `bn:relu` (`:sigmoid`, `:tanh`) with the
+/// activation after it folded into its passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchNorm;
+pub struct BatchNorm {
+    pub activation: LayerActivation,
+}
 
 impl BatchNorm {
-    /// Reads `bn`.
+    /// Reads `bn[:activation]`: linear unless it names one (not `--activation`: a BatchNorm is
+    /// usually followed by its activation, or by a sum).
     pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
-        (body == "bn").then(|| options.plain(BatchNorm))
+        (body == "bn").then(|| match options.bias {
+            true => Ok(BatchNorm {
+                activation: options.activation.unwrap_or(LayerActivation::Identity),
+            }),
+            false => Err("only conv layers take :nobias".into()),
+        })
     }
 }
 
 impl LayerKind for BatchNorm {
     fn token(&self) -> String {
-        "bn".into()
+        match self.activation {
+            LayerActivation::Identity => "bn".into(),
+            activation => format!("bn:{}", activation.name()),
+        }
+    }
+
+    fn activation(&self) -> LayerActivation {
+        self.activation
     }
 
     fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
@@ -292,7 +335,13 @@ impl LayerKind for BatchNorm {
 
     fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
         let norm = args.norm.expect("a BatchNorm has its tensors");
-        let device = BatchNormDevice::new(args.gpu, args.input, norm, args.state_start)?;
+        let device = BatchNormDevice::new(
+            args.gpu,
+            args.input,
+            norm,
+            self.activation,
+            args.state_start,
+        )?;
         Ok(Box::new(device))
     }
 
@@ -305,7 +354,10 @@ impl LayerKind for BatchNorm {
         );
         let running = (&args.state[mean..mean + c], &args.state[var..var + c]);
         let training = args.training.is_some();
-        let (y, updated) = reference_forward(&norm, args.params, running, args.x, training);
+        let (mut y, updated) = reference_forward(&norm, args.params, running, args.x, training);
+        for value in &mut y {
+            *value = self.activation.apply(*value);
+        }
         if let Some((new_mean, new_var)) = updated {
             args.state[mean..mean + c].copy_from_slice(&new_mean);
             args.state[var..var + c].copy_from_slice(&new_var);

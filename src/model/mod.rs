@@ -167,7 +167,7 @@ pub const LAYERS_SYNTAX: &str = "comma-separated layers: conv<filters>k<size>[s<
     to its shortcut's output); dense and conv may end in :relu, :sigmoid, :tanh or :linear \
     (default: --activation; linear for the last layer, for one followed by bn and for the last \
     of a block's branch), and conv in :nobias, e.g. conv32k3,maxpool2,conv64k3,maxpool2,flatten,\
-    dropout0.5,dense10 or conv16k3p1:nobias,bn,relu,res(conv16k3p1:nobias,bn,relu,conv16k3p1:nobias,bn),relu,gap,dense10";
+    dropout0.5,dense10 or conv16k3p1:nobias,bn:relu,res(conv16k3p1:nobias,bn:relu,conv16k3p1:nobias,bn),relu,gap,dense10";
 
 /// A layer list's problem: the index (from 0) of the layer it is in, its token and what is
 /// wrong.
@@ -234,7 +234,9 @@ fn parse_list(
         .map(|(i, &token)| {
             let linear = (!in_block && Some(i) == last_with_weights)
                 || (in_block && i + 1 == tokens.len())
-                || tokens.get(i + 1).is_some_and(|next| *next == "bn");
+                || tokens
+                    .get(i + 1)
+                    .is_some_and(|next| next.split(':').next() == Some("bn"));
             let fallback = match linear {
                 true => LayerActivation::Identity,
                 false => LayerActivation::Hidden(default),
@@ -389,7 +391,8 @@ impl ModelSpec {
     /// conv of 16 filters, BatchNorm and ReLU; three stages of n basic blocks of 16, 32 and 64
     /// channels, the first block of stages 2 and 3 with stride 2 and a projection shortcut (1×1
     /// conv, stride 2, then BatchNorm); global average pooling; a dense layer of `classes`.
-    /// Convolutions pad as PyTorch's `padding=1` does and have no bias (BatchNorm has one).
+    /// Convolutions pad as PyTorch's `padding=1` does and have no bias (BatchNorm has one); a
+    /// ReLU right after a BatchNorm is folded into it (`bn:relu`).
     pub fn resnet(input: Shape, blocks_per_stage: usize, classes: usize) -> Self {
         let conv = |filters, kernel, stride| {
             LayerSpec::Conv2d(conv2d::Conv2d {
@@ -401,16 +404,18 @@ impl ModelSpec {
                 bias: false,
             })
         };
-        let bn = || LayerSpec::BatchNorm(batchnorm::BatchNorm);
+        let bn = |activation| LayerSpec::BatchNorm(batchnorm::BatchNorm { activation });
+        // BatchNorm then ReLU, folded into one layer's passes.
+        let bn_relu = || bn(LayerActivation::Hidden(Activation::Relu));
+        let bn = || bn(LayerActivation::Identity);
         let relu = LayerSpec::Activation(activation::ActivationLayer(Activation::Relu));
-        let mut layers = vec![conv(16, 3, 1), bn(), relu.clone()];
+        let mut layers = vec![conv(16, 3, 1), bn_relu()];
         for (stage, filters) in [16, 32, 64].into_iter().enumerate() {
             for block in 0..blocks_per_stage {
                 let stride = if stage > 0 && block == 0 { 2 } else { 1 };
                 let branch = vec![
                     conv(filters, 3, stride),
-                    bn(),
-                    relu.clone(),
+                    bn_relu(),
                     conv(filters, 3, 1),
                     bn(),
                 ];

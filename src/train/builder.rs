@@ -252,8 +252,11 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
                 below: plan.activation_below(n),
             };
             let io = self.io(n);
-            applied[node.inputs[0]] =
+            // Applied for the layer beneath only where it was named: a layer told the identity
+            // (its input has other consumers, or no activation) applied nothing for it.
+            let applied_below =
                 layer.record_backward(&self.context, &mut program, &io, rows, backward);
+            applied[node.inputs[0]] = applied_below && backward.below != LayerActivation::Identity;
             for (slot, &copy) in self.routes.copies[n].iter().enumerate() {
                 let target = self.routes.targets[n][slot].as_ref();
                 if let Some(target) = target.filter(|_| copy) {
