@@ -921,3 +921,25 @@ fn messages_name_things_as_users_do() {
         "{stderr}"
     );
 }
+
+/// A preset's layers are its own, but the loss is the flag's, as for the convnet.
+#[test]
+fn the_resnet_presets_take_the_loss_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 150);
+    let data = dir.path().to_str().unwrap();
+    let (code, stdout, stderr) = shadertrain(&[
+        "train",
+        "--offline",
+        "--data",
+        data,
+        "--model",
+        "resnet8",
+        "--loss",
+        "mse",
+        "--max-steps",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("(77754 parameters), loss mse"), "{stdout}");
+}

@@ -121,7 +121,7 @@ fn gpu_forward_backward_matches_reference() {
         for activation in ["relu", "tanh"] {
             let spec = spec(input, layers, activation);
             let what = format!("{layers} ({activation})");
-            assert_first_batch_gradients_match(&what, &spec, &data, (1e-5, 1e-3));
+            assert_first_batch_gradients_match(&what, &spec, (&data, 5), (1e-5, 1e-3));
         }
     }
 }
@@ -255,7 +255,10 @@ fn specs_that_cannot_be_built_are_refused_with_the_block_and_shapes() {
         error.contains("layer 3") && error.contains("784"),
         "{error}"
     );
+    // Blocks nested past what the parser's recursion allows.
+    let deep = format!("{}flatten{},dense10", "res(".repeat(40), ")".repeat(40));
     for (layers, expected) in [
+        (deep.as_str(), "nest at most 32"),
         (
             "conv8k3,res(conv8k3same,bnn),gap,dense10",
             "branch layer 2 (\"bnn\"): not a layer",
@@ -308,4 +311,74 @@ fn gpu_evaluation_uses_the_running_statistics_as_the_reference_does() {
         );
         assert_eq!(metrics.test_accuracy, correct, "{layers} test accuracy");
     }
+}
+
+/// A dense layer reading the batch through a Flatten of its own, beside another one (only one
+/// may take its weight gradient on the transposed batch), and a block's sum whose inputs come
+/// through Flattens from layers that apply their activation's derivative in place (the sum's
+/// output gradient, which both inputs share, must not be changed by either).
+#[test]
+fn gpu_gradients_match_where_the_batch_or_a_flatten_is_shared() {
+    let mut rng = Rng::new(46);
+    let input = Shape::image(3, 7, 12);
+    let data = random_images(&mut rng, 13, input, 3);
+    for layers in [
+        "res(flatten,dense8|flatten,dense8),dense3",
+        "conv4k3p1:{a},res(conv4k3p1:{a},flatten|flatten),dense3",
+    ] {
+        for activation in ["relu", "tanh"] {
+            let spec = spec(input, layers, activation);
+            let what = format!("{layers} ({activation})");
+            // Batches of 8: the transposed batch's product takes rows in fours.
+            assert_first_batch_gradients_match(&what, &spec, (&data, 8), (1e-5, 1e-3));
+        }
+    }
+}
+
+/// A dense layer and a BatchNorm after a Flatten (through an activation and the BatchNorm) hold
+/// their tensors in the order of PyTorch's `nn.Flatten`: (channel, row, column).
+#[test]
+fn tensors_after_a_flatten_are_in_pytorchs_order() {
+    let spec = spec(
+        Shape::image(1, 8, 8),
+        "conv4k3,flatten,relu,bn,dense3",
+        "relu",
+    );
+    let layout = spec.layout();
+    let mut params: Vec<f32> = (0..layout.total).map(|i| i as f32).collect();
+    // The padding rows of a convolution's matrix are not parameters: files do not hold them.
+    for m in &layout.matrices {
+        params[m.bias_offset + m.outputs..m.end()].fill(0.0);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    save_model(
+        &path,
+        &spec,
+        &params,
+        &DataIdentity::published(DatasetKind::Mnist),
+    )
+    .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let value = |name: &str, index: usize| {
+        let data = file.tensor(name).unwrap().data().to_vec();
+        f32::from_le_bytes(data[4 * index..4 * index + 4].try_into().unwrap())
+    };
+    // conv4k3 makes 4×6×6; PyTorch's feature 81 is (channel 2, row 1, column 3), ours
+    // (row 1, column 3, channel 2): (1·6 + 3)·4 + 2 = 38.
+    let (pytorch, ours) = (2 * 36 + 6 + 3, (6 + 3) * 4 + 2);
+    let dense = layout.matrices[1];
+    let out = 1;
+    assert_eq!(
+        value("layers.2.weight", out * 144 + pytorch),
+        params[dense.weight_offset + ours * 3 + out]
+    );
+    let norm = layout.norms.iter().flatten().next().unwrap();
+    assert_eq!(
+        value("layers.1.running_mean", pytorch),
+        params[norm.running_mean + ours]
+    );
+    assert_eq!(value("layers.1.weight", pytorch), params[norm.gamma + ours]);
+    assert_eq!(load_model(&path).unwrap().params, params);
 }

@@ -82,7 +82,10 @@ pub(crate) fn recipe(
         (None, false) => None,
     };
     let spec = match (layers, resnet_blocks) {
-        (_, Some(blocks)) => ModelSpec::resnet(train_set.shape, blocks, classes),
+        (_, Some(blocks)) => ModelSpec {
+            loss: args.loss,
+            ..ModelSpec::resnet(train_set.shape, blocks, classes)
+        },
         (Some(layers), None) => ModelSpec {
             input: train_set.shape,
             layers: parse_layers(&layers, args.activation)

@@ -123,6 +123,11 @@ impl LayerKind for ActivationLayer {
         Ok(input)
     }
 
+    /// Each value stays in its place: a dense layer after it still reads a Flatten's order.
+    fn keeps_order(&self) -> bool {
+        true
+    }
+
     fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
         Ok(Box::new(ActivationDevice::new(args.input, self.function())))
     }

@@ -17,7 +17,7 @@ use super::kind::{
     DeviceArgs, LayerKind, Parameters, ReferenceBackward, ReferenceForward, TensorMapping,
     TokenOptions,
 };
-use super::{Backward, DeviceLayer, DevicePasses, LayerIo};
+use super::{Backward, DeviceLayer, DevicePasses, LayerIo, channels_last_index};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::gpu::buffers::grid_1d;
@@ -291,6 +291,10 @@ pub fn reference_backward(
     })
 }
 
+/// The most channels a BatchNorm normalises: a workgroup each in one grid dimension, within
+/// every adapter's limit.
+const MAX_NORM_CHANNELS: usize = 65_535;
+
 /// BatchNorm as `--layers` names it: `bn`, or `bn:relu` (`:sigmoid`, `:tanh`) with the
 /// activation after it folded into its passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,7 +328,14 @@ impl LayerKind for BatchNorm {
     }
 
     fn output_shape(&self, input: Shape) -> std::result::Result<Shape, String> {
-        Ok(input)
+        // One workgroup per channel (per four where they come in fours) in one grid dimension.
+        match input.channels <= MAX_NORM_CHANNELS {
+            true => Ok(input),
+            false => Err(format!(
+                "BatchNorm takes at most {MAX_NORM_CHANNELS} channels (or features), not {}",
+                input.channels
+            )),
+        }
     }
 
     fn parameters(&self, input: Shape) -> Option<Parameters> {
@@ -377,14 +388,21 @@ impl LayerKind for BatchNorm {
         )
     }
 
-    /// `nn.BatchNorm2d`'s `weight` (γ), `bias` (β), `running_mean` and `running_var`.
+    /// It keeps each value in its place: a dense layer after it still reads a Flatten's order.
+    fn keeps_order(&self) -> bool {
+        true
+    }
+
+    /// `nn.BatchNorm2d`'s `weight` (γ), `bias` (β), `running_mean` and `running_var`; over the
+    /// features of a Flatten of C × H × W (`nn.BatchNorm1d` after `nn.Flatten`), in PyTorch's
+    /// order of those features.
     fn file_tensors(
         &self,
         name: &str,
         _input: Shape,
         _matrix: Option<WeightMatrix>,
         norm: Option<NormParams>,
-        _flattened_from: Option<Shape>,
+        flattened_from: Option<Shape>,
     ) -> Vec<TensorMapping> {
         let norm = norm.expect("a BatchNorm has its tensors");
         let c = norm.channels;
@@ -398,7 +416,9 @@ impl LayerKind for BatchNorm {
         .map(|(suffix, start)| TensorMapping {
             name: format!("{name}.{suffix}"),
             shape: vec![c],
-            positions: (start..start + c).collect(),
+            positions: (0..c)
+                .map(|j| start + channels_last_index(flattened_from, j))
+                .collect(),
         })
         .collect()
     }

@@ -10,7 +10,9 @@ use super::kind::{
     DeviceArgs, LayerKind, Parameters, Product, ReferenceBackward, ReferenceForward, TensorMapping,
     TokenOptions,
 };
-use super::{Backward, DeviceLayer, DevicePasses, LayerIo, leading_number, positive};
+use super::{
+    Backward, DeviceLayer, DevicePasses, LayerIo, channels_last_index, leading_number, positive,
+};
 use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
@@ -86,7 +88,7 @@ impl DevicePasses for DenseDevice {
             false => self.activation,
         };
         let transposed = io
-            .input_is_batch
+            .is_batch_dense
             .then(|| context.first_weight_grad_transposed(rows))
             .flatten();
         // The transposed product sums the bias gradient itself: activation.wgsl is needed only
@@ -273,13 +275,7 @@ impl LayerKind for Dense {
         flattened_from: Option<Shape>,
     ) -> Vec<TensorMapping> {
         let m = matrix.expect("a dense layer has a matrix");
-        let ours = |input: usize| match flattened_from {
-            Some(s) => {
-                let (c, pixel) = (input / (s.height * s.width), input % (s.height * s.width));
-                pixel * s.channels + c
-            }
-            None => input,
-        };
+        let ours = |input: usize| channels_last_index(flattened_from, input);
         let positions = (0..m.outputs)
             .flat_map(|out| (0..m.inputs).map(move |input| (out, input)))
             .map(|(out, input)| m.weight_offset + ours(input) * m.outputs + out)

@@ -175,8 +175,9 @@ pub(crate) trait LayerKind: std::fmt::Debug {
         false
     }
 
-    /// Whether the layer passes its input's values on in order, so that a Flatten before it is
-    /// still the one a dense layer after it reads (dropout).
+    /// Whether the layer passes its input's values on in order, each from its own, so that a
+    /// Flatten before it is still the order a dense layer after it reads (dropout, an
+    /// activation, BatchNorm).
     fn keeps_order(&self) -> bool {
         false
     }

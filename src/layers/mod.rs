@@ -63,8 +63,9 @@ pub(crate) struct LayerIo<'a> {
     pub output_grad: &'a DeviceTensor,
     /// dL/d(input), where a layer below has parameters (else nothing consumes it).
     pub input_grad: Option<&'a DeviceTensor>,
-    /// Whether `input` is the gathered batch itself.
-    pub input_is_batch: bool,
+    /// Whether the node is the dense layer reading the gathered batch itself whose weight
+    /// gradient may use the transposed batch (`Plan::batch_dense_node`).
+    pub is_batch_dense: bool,
 }
 
 /// What the backward pass of a layer is told.
@@ -121,6 +122,19 @@ pub(crate) fn positive(what: &str, value: usize) -> std::result::Result<usize, S
     match value {
         0 => Err(format!("{what} must be at least 1")),
         _ => Ok(value),
+    }
+}
+
+/// Where value `index` of a flat tensor, numbered as PyTorch's `nn.Flatten` numbers a
+/// C × H × W tensor (channel, row, column), sits in ours (row, column, channel), where the flat
+/// tensor was flattened from `image`.
+pub(crate) fn channels_last_index(image: Option<Shape>, index: usize) -> usize {
+    match image {
+        Some(s) => {
+            let (c, pixel) = (index / (s.height * s.width), index % (s.height * s.width));
+            pixel * s.channels + c
+        }
+        None => index,
     }
 }
 

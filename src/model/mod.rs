@@ -173,6 +173,10 @@ pub const LAYERS_SYNTAX: &str = "comma-separated layers: conv<filters>k<size>[s<
 /// wrong.
 type ListError = (usize, String, String);
 
+/// How deep residual blocks may nest: the parser, the plan and the model's walks recurse once a
+/// level.
+const MAX_NESTING: usize = 32;
+
 /// The tokens of a comma-separated list, split only outside parentheses.
 fn split_outside_parentheses(
     text: &str,
@@ -182,6 +186,11 @@ fn split_outside_parentheses(
     let (mut depth, mut start) = (0usize, 0);
     for (i, c) in text.char_indices() {
         match c {
+            '(' if depth == MAX_NESTING => {
+                return Err(format!(
+                    "blocks nest at most {MAX_NESTING} deep in {text:?}"
+                ));
+            }
             '(' => depth += 1,
             ')' => {
                 depth = depth

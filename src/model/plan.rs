@@ -303,12 +303,18 @@ impl Plan {
     /// (after any Flatten) and nothing else reads that: its weight gradient can use the
     /// transposed batch.
     pub fn batch_dense(&self) -> Option<WeightMatrix> {
+        self.layout.of_layer(self.batch_dense_node()?)
+    }
+
+    /// The node `batch_dense` is the weight matrix of: the only one whose weight gradient may
+    /// use the transposed batch (another dense layer reading the batch, through a Flatten of its
+    /// own, takes the ordinary product).
+    pub fn batch_dense_node(&self) -> Option<usize> {
         let node = (0..self.nodes.len()).find(|&n| !self.moves_nothing(n))?;
         let kind = self.layer(node).and_then(LayerSpec::kind)?;
-        let input = &self.tensors[self.nodes[node].inputs[0]];
-        (kind.takes_transposed_batch() && input.consumers.len() == 1)
-            .then(|| self.layout.of_layer(node))
-            .flatten()
+        let input = self.nodes[node].inputs[0];
+        let only_reader = self.tensors[input].consumers.len() == 1;
+        (kind.takes_transposed_batch() && only_reader && self.is_batch(input)).then_some(node)
     }
 }
 

@@ -48,13 +48,20 @@ impl GradientRoutes {
         grads[plan.logits()] = Some(new_buffer(plan.logits(), "gradient")?);
         let mut targets = vec![Vec::new(); plan.nodes.len()];
         let mut copies = vec![Vec::new(); plan.nodes.len()];
-        // Whether a residual sum may hand its output gradient's buffer to its inputs: no input
-        // is made by a layer that applies its activation's derivative to it in place.
-        let in_place = |t: TensorId| {
-            let producer = plan.tensors[t].producer;
-            producer
-                .and_then(|p| plan.layer(p))
-                .is_some_and(|layer| layer.activation() != LayerActivation::Identity)
+        // Whether a residual sum may hand its output gradient's buffer to its input `t`: not
+        // where the layer that made `t` (through any Flatten, which shares its buffers) applies
+        // its activation's derivative to that buffer in place.
+        let in_place = |mut t: TensorId| loop {
+            let Some(producer) = plan.tensors[t].producer else {
+                return false;
+            };
+            let below = plan.nodes[producer].inputs[0];
+            if plan.moves_nothing(producer) && plan.tensors[below].consumers.len() == 1 {
+                t = below;
+                continue;
+            }
+            return (plan.layer(producer))
+                .is_some_and(|layer| layer.activation() != LayerActivation::Identity);
         };
         for (n, node) in plan.nodes.iter().enumerate().rev() {
             let output_grad = grads[node.output].clone();
@@ -129,7 +136,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             output: &self.tensors[node.output],
             output_grad: &self.routes.grads[node.output],
             input_grad: self.routes.targets[n][0].as_ref(),
-            input_is_batch: self.plan.is_batch(node.inputs[0]),
+            is_batch_dense: self.plan.batch_dense_node() == Some(n),
         }
     }
 

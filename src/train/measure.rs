@@ -73,7 +73,9 @@ impl Trainer<'_> {
     }
 
     /// Gradients of the mean loss over the first `batch_size` samples in file order, at the
-    /// current parameters, computed by the training kernels without updating anything.
+    /// current parameters, computed by the training kernels without updating the parameters
+    /// (BatchNorm's running statistics do take the batch's, as a training step's forward pass
+    /// does).
     pub fn first_batch_gradients(&self) -> Result<Vec<f32>> {
         let rows = self.config.batch_size.min(self.train.samples);
         let identity: Vec<u32> = (0..self.train.samples as u32).collect();

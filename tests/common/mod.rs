@@ -246,23 +246,23 @@ pub fn assert_gradients_match_finite_differences(
     assert_close(what, &analytic, &numeric, atol, rtol);
 }
 
-/// The GPU's gradients of the first batch of 5 samples of `data` (in file order, seed 8, at
-/// step number 0) equal the reference's at the trainer's initial parameters.
+/// The GPU's gradients of the first batch of `batch` samples of `data` (in file order, seed 8,
+/// at step number 0) equal the reference's at the trainer's initial parameters.
 pub fn assert_first_batch_gradients_match(
     what: &str,
     spec: &ModelSpec,
-    data: &Dataset,
+    (data, batch): (&Dataset, usize),
     (atol, rtol): (f32, f32),
 ) {
     let config = TrainConfig {
-        batch_size: 5,
+        batch_size: batch,
         seed: 8,
         ..TrainConfig::default()
     };
     let trainer = Trainer::new(gpu(), kernels(), spec.clone(), config, data, data).unwrap();
     let params = trainer.parameters().unwrap();
     let order: Vec<u32> = (0..data.samples() as u32).collect();
-    let (x, y) = reference::gather_batch(data, &order, 0, 5);
+    let (x, y) = reference::gather_batch(data, &order, 0, batch);
     // The first batch's gradients are taken at step number 0.
     let key = StepKey { seed: 8, step: 0 };
     let expected = forward_backward(spec, &params, &x, &y, key).grads;
