@@ -1,12 +1,12 @@
-//! The layers of a model: for each kind (`crate::model::LayerSpec` says what it is and its
-//! shapes), the dispatches of its forward and backward passes on the GPU, and its CPU reference
-//! forward and backward. The trainer (`crate::train`) walks the plan's nodes
-//! (`crate::model::Plan`) and knows none of their insides; a layer knows its own tensors, its
-//! slice of the flat parameter buffer (its `WeightMatrix`, or a BatchNorm's `NormParams`) and
-//! the kernels it records.
+//! The layers of a model, one file per kind: what it is (`kind::LayerKind`: its token, shapes,
+//! parameters, PyTorch tensors), the dispatches of its forward and backward passes on the GPU
+//! (`DevicePasses`, recorded through a `LayerContext`), and its CPU reference forward and
+//! backward. The trainer (`crate::train`) walks the plan's nodes (`crate::model::Plan`) and
+//! knows none of their insides; a layer knows its own tensors, its slice of the flat parameter
+//! buffer (its `WeightMatrix`, or a BatchNorm's `NormParams`) and the kernels it records.
 //!
-//! Every tensor is a batch of samples stored channels-last (`crate::model`), so a layer's output
-//! buffer is the next layer's input without any reordering.
+//! Every tensor is a batch of samples stored channels-last (`crate::shapes`), so a layer's
+//! output buffer is the next layer's input without any reordering.
 
 pub mod activation;
 pub mod avgpool;
