@@ -121,6 +121,24 @@ pub struct AvgPoolKernels {
     pub backward: Kernel,
 }
 
+impl AvgPoolKernels {
+    /// The kernel and grid of the forward pass (or the backward) over `rows` samples of
+    /// `geometry`: an invocation per output value (per input value backward).
+    pub fn launch(
+        &self,
+        forward: bool,
+        geometry: &crate::shapes::Geometry,
+        rows: usize,
+        max_groups: u32,
+    ) -> (&Kernel, [u32; 3]) {
+        let (kernel, values) = match forward {
+            true => (&self.forward, rows * geometry.output.len()),
+            false => (&self.backward, rows * geometry.input.len()),
+        };
+        (kernel, grid_1d(values, ROW_WORKGROUP, max_groups))
+    }
+}
+
 /// batchnorm.wgsl: BatchNorm's per-channel statistics, normalisation and backward passes, for
 /// any channel count and four channels at a time.
 pub struct BatchNormKernels {
@@ -134,7 +152,41 @@ pub struct BatchNormKernels {
     pub backward_input_quads: Kernel,
 }
 
+/// BatchNorm's passes, for `BatchNormKernels::launch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormPass {
+    Statistics,
+    Normalize,
+    BackwardSums,
+    BackwardInput,
+}
+
 impl BatchNormKernels {
+    /// The kernel and grid of `pass` over `values` values per channel of `channels` channels:
+    /// the vec4 entry points where the channels come in fours; a workgroup per channel (or four)
+    /// for the sums, an invocation per value (or four) for the rest.
+    pub fn launch(
+        &self,
+        pass: NormPass,
+        channels: usize,
+        values: usize,
+        max_groups: u32,
+    ) -> (&Kernel, [u32; 3]) {
+        let quads = channels.is_multiple_of(4);
+        let lanes = if quads { 4 } else { 1 };
+        let per_channel = [(channels / lanes) as u32, 1, 1];
+        let per_value = grid_1d(values * channels / lanes, ROW_WORKGROUP, max_groups);
+        let (scalar, four, grid) = match pass {
+            NormPass::Statistics => (&self.statistics, &self.statistics_quads, per_channel),
+            NormPass::Normalize => (&self.normalize, &self.normalize_quads, per_value),
+            NormPass::BackwardSums => (&self.backward_sums, &self.backward_sums_quads, per_channel),
+            NormPass::BackwardInput => {
+                (&self.backward_input, &self.backward_input_quads, per_value)
+            }
+        };
+        (if quads { four } else { scalar }, grid)
+    }
+
     fn new(device: &wgpu::Device, module: &wgpu::ShaderModule) -> Self {
         use Slot::*;
         let statistics = [(0, Params), (1, Read), (2, ReadWrite), (3, ReadWrite)];
@@ -185,6 +237,13 @@ pub struct ElementwiseKernels {
     pub copy: Kernel,
     pub activate: Kernel,
     pub activation_derivative: Kernel,
+}
+
+impl ElementwiseKernels {
+    /// The grid of any of them over `count` values: an invocation per vec4.
+    pub fn grid(count: usize, max_groups: u32) -> [u32; 3] {
+        grid_1d(count.div_ceil(4), ROW_WORKGROUP, max_groups)
+    }
 }
 
 /// The two parameter updates of one optimizer module; each updates every parameter in one

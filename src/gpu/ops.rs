@@ -7,8 +7,8 @@ use wgpu::Buffer;
 use super::Gpu;
 use super::buffers::grid_1d;
 use super::kernels::{
-    Kernel, Kernels, OptimizerKernels, ROW_WORKGROUP, gather_grid, gather_transposed_grid,
-    optimizer_grid,
+    ElementwiseKernels, Kernel, Kernels, NormPass, OptimizerKernels, ROW_WORKGROUP, gather_grid,
+    gather_transposed_grid, optimizer_grid,
 };
 use super::matmul::{MatmulOperand, MatmulVariant};
 use super::mirror::TextureMirror;
@@ -676,23 +676,19 @@ pub fn batchnorm(
     let dx = gpu.storage_with("dx", &vec![f32::NAN; x.len()])?;
     let grads = gpu.storage_with("grads", &vec![f32::NAN; 2 * channels])?;
     let k = &kernels.batchnorm;
-    let quads = channels.is_multiple_of(4);
-    let pick = |scalar, four| if quads { four } else { scalar };
-    let lanes = if quads { 4 } else { 1 };
-    let per_channel = [(channels / lanes) as u32, 1, 1];
-    let per_value = grid_of(gpu, x.len() / lanes);
+    let launch = |pass| k.launch(pass, channels, values, max_groups(gpu));
     let run = |kernel: &Kernel, resources: &[wgpu::BindingResource<'_>], grid| {
         dispatch(gpu, kernel, &kernel.bind(gpu, resources), grid)
     };
     if training || dy.is_some() {
-        let kernel = pick(&k.statistics, &k.statistics_quads);
+        let (kernel, grid) = launch(NormPass::Statistics);
         let resources = [
             shape.as_entire_binding(),
             x_buffer.as_entire_binding(),
             stats.as_entire_binding(),
             state.as_entire_binding(),
         ];
-        run(kernel, &resources, per_channel);
+        run(kernel, &resources, grid);
     }
     let resources = [
         shape.as_entire_binding(),
@@ -702,11 +698,8 @@ pub fn batchnorm(
         params.as_entire_binding(),
         y.as_entire_binding(),
     ];
-    run(
-        pick(&k.normalize, &k.normalize_quads),
-        &resources,
-        per_value,
-    );
+    let (kernel, grid) = launch(NormPass::Normalize);
+    run(kernel, &resources, grid);
     if let Some(dy) = dy {
         let dy = gpu.storage_with("dy", dy)?;
         let resources = [
@@ -717,11 +710,8 @@ pub fn batchnorm(
             grads.as_entire_binding(),
             y.as_entire_binding(),
         ];
-        run(
-            pick(&k.backward_sums, &k.backward_sums_quads),
-            &resources,
-            per_channel,
-        );
+        let (kernel, grid) = launch(NormPass::BackwardSums);
+        run(kernel, &resources, grid);
         let resources = [
             shape.as_entire_binding(),
             x_buffer.as_entire_binding(),
@@ -732,15 +722,12 @@ pub fn batchnorm(
             dx.as_entire_binding(),
             y.as_entire_binding(),
         ];
-        run(
-            pick(&k.backward_input, &k.backward_input_quads),
-            &resources,
-            per_value,
-        );
+        let (kernel, grid) = launch(NormPass::BackwardInput);
+        run(kernel, &resources, grid);
     }
-    let values = if dy.is_some() { &dx } else { &y };
+    let out = if dy.is_some() { &dx } else { &y };
     Ok(NormOutputs {
-        values: gpu.read_back(values, x.len())?,
+        values: gpu.read_back(out, x.len())?,
         stats: gpu.read_back(&stats, 2 * channels)?,
         state: gpu.read_back(&state, 2 * channels)?,
         dgamma_dbeta: gpu.read_back(&grads, 2 * channels)?,
@@ -759,22 +746,21 @@ pub fn avgpool(
     let shape = PoolShape::new(rows, geometry, LayerActivation::Identity);
     let shape = gpu.params_with("shape", &shape);
     let input = gpu.storage_with("input", values)?;
-    let (kernel, len) = match forward {
-        true => (&kernels.avgpool.forward, rows * geometry.output.len()),
-        false => (&kernels.avgpool.backward, rows * geometry.input.len()),
-    };
+    let (kernel, grid) = kernels
+        .avgpool
+        .launch(forward, geometry, rows, max_groups(gpu));
+    let len = rows
+        * match forward {
+            true => geometry.output.len(),
+            false => geometry.input.len(),
+        };
     let out = gpu.storage_with("output", &vec![f32::NAN; len])?;
     let resources = [
         shape.as_entire_binding(),
         input.as_entire_binding(),
         out.as_entire_binding(),
     ];
-    dispatch(
-        gpu,
-        kernel,
-        &kernel.bind(gpu, &resources),
-        grid_of(gpu, len),
-    );
+    dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
     gpu.read_back(&out, len)
 }
 
@@ -800,7 +786,7 @@ pub fn elementwise(
     let mut resources = vec![shape.as_entire_binding()];
     resources.extend(inputs.iter().map(|b| b.as_entire_binding()));
     resources.push(out_buffer.as_entire_binding());
-    let grid = grid_of(gpu, out.len().div_ceil(4));
+    let grid = ElementwiseKernels::grid(out.len(), max_groups(gpu));
     dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
     gpu.read_back(&out_buffer, out.len())
 }

@@ -7,8 +7,7 @@ use super::context::LayerContext;
 use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
 use super::{Backward, DeviceLayer, DevicePasses, LayerIo};
 use crate::error::Result;
-use crate::gpu::buffers::grid_1d;
-use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::kernels::ElementwiseKernels;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::ElementwiseShape;
 use crate::shapes::{Activation, LayerActivation, Shape};
@@ -34,8 +33,7 @@ impl ActivationDevice {
             activation: self.activation.shader_code(),
             _pad: [0; 2],
         };
-        // elementwise.wgsl: a vec4 per invocation.
-        let grid = grid_1d(count.div_ceil(4), ROW_WORKGROUP, context.max_groups());
+        let grid = ElementwiseKernels::grid(count, context.max_groups());
         (context.gpu.params_with("activation shape", &shape), grid)
     }
 }

@@ -9,8 +9,6 @@ use super::context::LayerContext;
 use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
 use super::{Backward, DeviceLayer, DevicePasses, LayerIo, PoolWindows, pool_size};
 use crate::error::Result;
-use crate::gpu::buffers::grid_1d;
-use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::PoolShape;
 use crate::shapes::{Geometry, LayerActivation, Padding, Shape, Window};
@@ -42,11 +40,7 @@ impl AvgPoolDevice {
             to.as_entire_binding(),
         ];
         let kernels = &context.kernels.avgpool;
-        let (kernel, values) = match forward {
-            true => (&kernels.forward, rows * g.output.len()),
-            false => (&kernels.backward, rows * g.input.len()),
-        };
-        let grid = grid_1d(values, ROW_WORKGROUP, context.max_groups());
+        let (kernel, grid) = kernels.launch(forward, g, rows, context.max_groups());
         program.dispatch(context.gpu, kernel, &resources, grid);
     }
 }

@@ -20,8 +20,8 @@ use super::kind::{
 use super::{Backward, DeviceLayer, DevicePasses, LayerIo, channels_last_index};
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::gpu::buffers::grid_1d;
-use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::Kernel;
+use crate::gpu::kernels::NormPass;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::NormShape;
 use crate::shapes::{
@@ -82,20 +82,16 @@ impl BatchNormDevice {
         context.gpu.params_with("batchnorm shape", &shape)
     }
 
-    /// Channels per invocation: four where they come in fours.
-    fn per_invocation(&self) -> usize {
-        match self.norm.channels % 4 {
-            0 => 4,
-            _ => 1,
-        }
-    }
-
-    /// Grids of the per-channel sums and of the per-value passes.
-    fn grids(&self, context: &LayerContext<'_, '_>, rows: usize) -> ([u32; 3], [u32; 3]) {
-        let channels = self.norm.channels / self.per_invocation();
-        let values = rows * self.positions * channels;
-        let per_value = grid_1d(values, ROW_WORKGROUP, context.max_groups());
-        ([channels as u32, 1, 1], per_value)
+    /// The kernel and grid of `pass` over `rows` samples.
+    fn launch<'k>(
+        &self,
+        context: &LayerContext<'_, 'k>,
+        pass: NormPass,
+        rows: usize,
+    ) -> (&'k Kernel, [u32; 3]) {
+        let values = rows * self.positions;
+        let kernels = &context.kernels.batchnorm;
+        kernels.launch(pass, self.norm.channels, values, context.max_groups())
     }
 }
 
@@ -109,9 +105,6 @@ impl DevicePasses for BatchNormDevice {
         training: bool,
     ) {
         let shape = self.shape(context, rows, training, self.activation);
-        let kernels = &context.kernels.batchnorm;
-        let quads = self.per_invocation() == 4;
-        let (per_channel, per_value) = self.grids(context, rows);
         if training {
             let resources = [
                 shape.as_entire_binding(),
@@ -119,11 +112,8 @@ impl DevicePasses for BatchNormDevice {
                 self.stats.as_entire_binding(),
                 context.state.as_entire_binding(),
             ];
-            let kernel = match quads {
-                true => &kernels.statistics_quads,
-                false => &kernels.statistics,
-            };
-            program.dispatch(context.gpu, kernel, &resources, per_channel);
+            let (kernel, grid) = self.launch(context, NormPass::Statistics, rows);
+            program.dispatch(context.gpu, kernel, &resources, grid);
         }
         let resources = [
             shape.as_entire_binding(),
@@ -133,11 +123,8 @@ impl DevicePasses for BatchNormDevice {
             context.params.buffer.as_entire_binding(),
             io.output.buffer.as_entire_binding(),
         ];
-        let kernel = match quads {
-            true => &kernels.normalize_quads,
-            false => &kernels.normalize,
-        };
-        program.dispatch(context.gpu, kernel, &resources, per_value);
+        let (kernel, grid) = self.launch(context, NormPass::Normalize, rows);
+        program.dispatch(context.gpu, kernel, &resources, grid);
     }
 
     fn record_backward<'k>(
@@ -153,9 +140,6 @@ impl DevicePasses for BatchNormDevice {
             false => self.activation,
         };
         let shape = self.shape(context, rows, true, derivative);
-        let kernels = &context.kernels.batchnorm;
-        let quads = self.per_invocation() == 4;
-        let (per_channel, per_value) = self.grids(context, rows);
         let resources = [
             shape.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
@@ -164,11 +148,8 @@ impl DevicePasses for BatchNormDevice {
             context.grads.as_entire_binding(),
             io.output.buffer.as_entire_binding(),
         ];
-        let kernel = match quads {
-            true => &kernels.backward_sums_quads,
-            false => &kernels.backward_sums,
-        };
-        program.dispatch(context.gpu, kernel, &resources, per_channel);
+        let (kernel, grid) = self.launch(context, NormPass::BackwardSums, rows);
+        program.dispatch(context.gpu, kernel, &resources, grid);
         let Some(input_grad) = io.input_grad else {
             return false;
         };
@@ -182,11 +163,8 @@ impl DevicePasses for BatchNormDevice {
             input_grad.buffer.as_entire_binding(),
             io.output.buffer.as_entire_binding(),
         ];
-        let kernel = match quads {
-            true => &kernels.backward_input_quads,
-            false => &kernels.backward_input,
-        };
-        program.dispatch(context.gpu, kernel, &resources, per_value);
+        let (kernel, grid) = self.launch(context, NormPass::BackwardInput, rows);
+        program.dispatch(context.gpu, kernel, &resources, grid);
         false
     }
 }

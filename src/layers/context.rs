@@ -5,8 +5,7 @@
 use wgpu::Buffer;
 
 use crate::error::Result;
-use crate::gpu::buffers::grid_1d;
-use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::kernels::ElementwiseKernels;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::{ElementwiseShape, MatmulDims};
 use crate::gpu::{Gpu, Kernel, Kernels, MatmulOperand, TextureMirror};
@@ -166,7 +165,7 @@ impl<'a, 'k> LayerContext<'a, 'k> {
         let mut resources = vec![shape.as_entire_binding()];
         resources.extend(inputs.iter().flatten().map(|b| b.as_entire_binding()));
         resources.push(out.as_entire_binding());
-        let grid = grid_1d(count.div_ceil(4), ROW_WORKGROUP, self.max_groups());
+        let grid = ElementwiseKernels::grid(count, self.max_groups());
         program.dispatch(self.gpu, kernel, &resources, grid);
     }
 }
