@@ -92,24 +92,47 @@ fn reference_gradients_match_finite_differences() {
     }
 }
 
+/// A tensor read by two nodes gets the sum of their gradients (llm.c's residual): in
+/// `dense8,res(tanh),dense3`, h (dense8's output) feeds the branch's tanh and, as the identity
+/// shortcut, the sum y = tanh(h) + h, so dL/dh = dL/dy ⊙ (1 - tanh²(h)) + dL/dy, which the
+/// dense layer's bias gradient sums over the batch.
 #[test]
 fn a_tensor_read_twice_gets_the_sum_of_both_gradients() {
-    // y = x + x through an empty-shortcut block whose branch is the identity activation's
-    // twin: res(tanh) on x gives tanh(x) + x, whose gradient is (1 - tanh²(x)) + 1 times dy.
-    let input = Shape::flat(8);
-    let spec = spec(input, "dense8,res(tanh),dense3", "tanh");
+    let spec = spec(Shape::flat(8), "dense8:linear,res(tanh),dense3", "tanh");
     let mut rng = Rng::new(5);
     let params = spec.glorot_uniform(&mut rng);
-    let x = random_vec(&mut rng, 2 * 8, -1.0, 1.0);
+    let rows = 2;
+    let x = random_vec(&mut rng, rows * 8, -1.0, 1.0);
     let step = forward_backward(&spec, &params, &x, &[0, 2], StepKey::default());
     let plan = spec.plan().unwrap();
-    // Tensors: 0 input, 1 dense8, 2 tanh, 3 the sum, 4 logits.
+    // Tensors: 0 the input, 1 dense8's output (read by tanh and by the sum), 2 tanh's, 3 the
+    // sum, 4 the logits.
     assert_eq!(plan.tensors[1].consumers, [1, 2]);
-    let h = &step.activations[1];
-    let sum = &step.activations[3];
+    let (h, sum) = (&step.activations[1], &step.activations[3]);
     for i in 0..h.len() {
         assert!((sum[i] - (h[i].tanh() + h[i])).abs() < 1e-6);
     }
+    let layout = spec.layout();
+    let (first, last) = (layout.matrices[0], layout.matrices[1]);
+    let mut bias_grad = [0.0f64; 8];
+    for r in 0..rows {
+        for (i, sum) in bias_grad.iter_mut().enumerate() {
+            // dL/dy = dL/dlogits · Wᵀ of dense3.
+            let dy: f64 = (0..3)
+                .map(|o| {
+                    let w = params[last.weight_offset + i * 3 + o] as f64;
+                    step.loss.logits_grad[r * 3 + o] as f64 * w
+                })
+                .sum();
+            let t = (h[r * 8 + i] as f64).tanh();
+            *sum += dy * (1.0 - t * t) + dy;
+        }
+    }
+    let expected: Vec<f32> = bias_grad.iter().map(|&g| g as f32).collect();
+    let actual = &step.grads[first.bias_offset..first.bias_offset + 8];
+    assert_close("dense8's bias gradient", actual, &expected, 1e-6, 1e-4);
+    // Without the shortcut's part the gradient would be visibly different.
+    assert!(expected.iter().any(|g| g.abs() > 1e-3));
 }
 
 #[test]
