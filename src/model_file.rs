@@ -48,27 +48,6 @@ pub fn name_of<T: ValueEnum>(value: &T) -> String {
         .unwrap_or_default()
 }
 
-/// The name and role of every tensor of `spec`'s file, in the plan's order: a layer's weight
-/// and bias (`{name}.weight`, `{name}.bias`; none for a convolution without one), a BatchNorm's
-/// γ, β, running mean and variance (`weight`, `bias`, `running_mean`, `running_var`, as
-/// `nn.BatchNorm2d` names them; its `num_batches_tracked` is written besides, see `save_model`).
-fn tensor_names(plan: &Plan) -> Vec<String> {
-    let mut names = Vec::new();
-    for (n, node) in plan.nodes.iter().enumerate() {
-        let Some(name) = &node.name else {
-            continue;
-        };
-        let suffixes: &[&str] = match (plan.layout.of_layer(n), plan.layout.norms[n]) {
-            (Some(m), _) if m.bias => &["weight", "bias"],
-            (Some(_), _) => &["weight"],
-            (None, Some(_)) => &["weight", "bias", "running_mean", "running_var"],
-            (None, None) => &[],
-        };
-        names.extend(suffixes.iter().map(|suffix| format!("{name}.{suffix}")));
-    }
-    names
-}
-
 /// The BatchNorm counters PyTorch keeps beside the running statistics: `{name}.num_batches_tracked`.
 fn batch_counter_names(plan: &Plan) -> Vec<String> {
     (plan.nodes.iter().enumerate())
@@ -77,7 +56,7 @@ fn batch_counter_names(plan: &Plan) -> Vec<String> {
         .collect()
 }
 
-/// The tensors of every layer with parameters, as the file holds them (`tensor_names`' order):
+/// The tensors of every layer with parameters, as the file holds them, in the plan's order:
 /// each kind says its own (`LayerKind::file_tensors`).
 fn tensor_mappings(spec: &ModelSpec) -> Vec<TensorMapping> {
     let plan = spec.plan().expect("a validated model");
@@ -134,8 +113,11 @@ pub fn save_model(
     let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = tensor_mappings(spec)
         .into_iter()
         .map(|t| {
-            let bytes = t.positions.iter().flat_map(|&p| params[p].to_le_bytes());
-            (t.name, t.shape, bytes.collect())
+            let bytes: Vec<u8> = t
+                .positions()
+                .flat_map(|p| params[p].to_le_bytes())
+                .collect();
+            (t.name, t.shape, bytes)
         })
         .collect();
     let mut metadata = describe_model(spec, data);
@@ -356,13 +338,13 @@ fn read_parameters(
     bad: &dyn Fn(String) -> Error,
 ) -> Result<Vec<f32>> {
     // The model's tensors of another type first: their byte counts would mislead the count
-    // below. (A tensor that is not the model's is named as such further down; the mappings are
-    // built only once the file is known to hold enough bytes for them.)
+    // below. (A tensor that is not the model's is named as such further down; the mappings cost
+    // nothing until their positions are read, once the file is known to hold enough bytes.)
     let plan = spec.plan().map_err(|e| bad(e.to_string()))?;
     let layout = &plan.layout;
-    let names = tensor_names(&plan);
+    let mappings = tensor_mappings(spec);
     let counters = batch_counter_names(&plan);
-    for name in &names {
+    for name in mappings.iter().map(|t| &t.name) {
         let Ok(view) = file.tensor(name) else {
             continue;
         };
@@ -378,7 +360,7 @@ fn read_parameters(
     let count = layout.parameter_count() + layout.state();
     let held: usize = file.tensors().iter().map(|(_, t)| t.data().len()).sum();
     if held / 4 < count {
-        let missing = (names.iter())
+        let missing = (mappings.iter().map(|t| &t.name))
             .find(|name| file.tensor(name).is_err())
             .map(|name| format!("tensor {name} is missing; "))
             .unwrap_or_default();
@@ -389,7 +371,6 @@ fn read_parameters(
         )));
     }
     let mut params = vec![0.0f32; layout.total];
-    let mappings = tensor_mappings(spec);
     for t in &mappings {
         let view = file.tensor(&t.name).map_err(|_| {
             bad(format!(
@@ -407,7 +388,7 @@ fn read_parameters(
                 spec.describe()
             )));
         }
-        for (bytes, &position) in view.data().chunks_exact(4).zip(&t.positions) {
+        for (bytes, position) in view.data().chunks_exact(4).zip(t.positions()) {
             params[position] = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         }
     }

@@ -394,9 +394,7 @@ impl LayerKind for BatchNorm {
         .map(|(suffix, start)| TensorMapping {
             name: format!("{name}.{suffix}"),
             shape: vec![c],
-            positions: (0..c)
-                .map(|j| start + channels_last_index(flattened_from, j))
-                .collect(),
+            position: Box::new(move |j| start + channels_last_index(flattened_from, j)),
         })
         .collect()
     }

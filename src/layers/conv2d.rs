@@ -409,27 +409,25 @@ impl LayerKind for Conv2d {
     ) -> Vec<TensorMapping> {
         let m = matrix.expect("a convolution has a matrix");
         let (filters, kernel, channels) = (self.filters, self.kernel, input.channels);
-        let at = |row: usize, out: usize| m.weight_offset + row * m.outputs + out;
-        let mut positions = Vec::with_capacity(m.inputs * filters);
-        for f in 0..filters {
-            for c in 0..channels {
-                for ky in 0..kernel {
-                    for kx in 0..kernel {
-                        positions.push(at((ky * kernel + kx) * channels + c, f));
-                    }
-                }
-            }
-        }
+        // PyTorch's [filter, channel, row, column] from our row (ky kernel + kx) channels + c.
+        let weight = move |j: usize| {
+            let (f, rest) = (
+                j / (channels * kernel * kernel),
+                j % (channels * kernel * kernel),
+            );
+            let (c, tap) = (rest / (kernel * kernel), rest % (kernel * kernel));
+            m.weight_offset + (tap * channels + c) * m.outputs + f
+        };
         let mut tensors = vec![TensorMapping {
             name: format!("{name}.weight"),
             shape: vec![filters, channels, kernel, kernel],
-            positions,
+            position: Box::new(weight),
         }];
         if m.bias {
             tensors.push(TensorMapping {
                 name: format!("{name}.bias"),
                 shape: vec![m.outputs],
-                positions: (m.bias_offset..m.bias_offset + m.outputs).collect(),
+                position: Box::new(move |j| m.bias_offset + j),
             });
         }
         tensors

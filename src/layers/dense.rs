@@ -275,21 +275,20 @@ impl LayerKind for Dense {
         flattened_from: Option<Shape>,
     ) -> Vec<TensorMapping> {
         let m = matrix.expect("a dense layer has a matrix");
-        let ours = |input: usize| channels_last_index(flattened_from, input);
-        let positions = (0..m.outputs)
-            .flat_map(|out| (0..m.inputs).map(move |input| (out, input)))
-            .map(|(out, input)| m.weight_offset + ours(input) * m.outputs + out)
-            .collect();
+        let (inputs, outputs) = (m.inputs, m.outputs);
         vec![
             TensorMapping {
                 name: format!("{name}.weight"),
-                shape: vec![m.outputs, m.inputs],
-                positions,
+                shape: vec![outputs, inputs],
+                position: Box::new(move |j| {
+                    let (out, input) = (j / inputs, j % inputs);
+                    m.weight_offset + channels_last_index(flattened_from, input) * outputs + out
+                }),
             },
             TensorMapping {
                 name: format!("{name}.bias"),
-                shape: vec![m.outputs],
-                positions: (m.bias_offset..m.bias_offset + m.outputs).collect(),
+                shape: vec![outputs],
+                position: Box::new(move |j| m.bias_offset + j),
             },
         ]
     }

@@ -62,11 +62,20 @@ impl TokenOptions {
 }
 
 /// Where one of a layer's tensors sits in a model file: its name, its shape, and for each of its
-/// elements in the file's (PyTorch's) order, where it lives in the flat buffer.
+/// elements in the file's (PyTorch's) order, where it lives in the flat buffer (a function, so
+/// that the names and shapes of a model described by a file's metadata cost nothing before the
+/// file is known to hold them).
 pub struct TensorMapping {
     pub name: String,
     pub shape: Vec<usize>,
-    pub positions: Vec<usize>,
+    pub position: Box<dyn Fn(usize) -> usize>,
+}
+
+impl TensorMapping {
+    /// Its elements' positions in the flat buffer, in the file's order.
+    pub fn positions(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.shape.iter().product()).map(&self.position)
+    }
 }
 
 /// What a layer's GPU passes are made from.
