@@ -298,6 +298,30 @@ const CONVNET_RECIPE: [&str; 10] = [
     "5",
 ];
 
+/// A run of `recipe` (640 samples, 576 after the validation split: 9 steps an epoch, a
+/// checkpoint every 3) killed while writing the checkpoint after step 12, in the second epoch,
+/// and resumed to its end: the run, logging to `work/resumed.jsonl`, and the model it saved.
+fn killed_in_the_second_epoch_and_resumed(
+    recipe: &'static [&'static str],
+    data: &Path,
+    work: &Path,
+) -> (Run, PathBuf) {
+    let run = Run {
+        metrics: work.join("resumed.jsonl"),
+        ..Run::new(recipe, data, work)
+    };
+    let dir = run.checkpoints.to_str().unwrap();
+    run.kill_at(
+        &["--checkpoint-dir", dir, "--checkpoint-every", "3"],
+        FILE_WRITE,
+        4,
+    );
+    assert_eq!(run.checkpoint_steps(), [6, 9]);
+    let model = work.join("resumed.safetensors");
+    run.resume_to_the_end(&model);
+    (run, model)
+}
+
 /// Dropout's masks are keyed by (seed, step, element), so a convnet with dropout, killed and
 /// resumed, ends where the uninterrupted run does; and the same seed twice gives the same run.
 #[test]
@@ -318,21 +342,8 @@ fn a_killed_convnet_with_dropout_resumes_bit_for_bit() {
     assert_eq!(first.0.len(), 2);
     assert!(first.0[0].contains("val_accuracy"), "{}", first.0[0]);
 
-    let run = Run {
-        metrics: work.path().join("resumed.jsonl"),
-        ..Run::new(&CONVNET_RECIPE, data.path(), work.path())
-    };
-    let dir = run.checkpoints.to_str().unwrap();
-    // 576 training samples after the split: 9 steps per epoch. Killed while writing the
-    // checkpoint after step 12, in the second epoch.
-    run.kill_at(
-        &["--checkpoint-dir", dir, "--checkpoint-every", "3"],
-        FILE_WRITE,
-        4,
-    );
-    assert_eq!(run.checkpoint_steps(), [6, 9]);
-    let resumed_model = work.path().join("resumed.safetensors");
-    run.resume_to_the_end(&resumed_model);
+    let (run, resumed_model) =
+        killed_in_the_second_epoch_and_resumed(&CONVNET_RECIPE, data.path(), work.path());
     assert_eq!(parameter_bits(&resumed_model), first.1);
     assert_eq!(logged_epochs(&run.metrics), first.0);
 }
@@ -366,20 +377,8 @@ fn a_killed_resnet_with_batchnorm_resumes_bit_for_bit() {
     // The running variances moved away from 1: the statistics are part of what is compared.
     assert!(saved.params[layout.trained..].iter().all(|&v| v != 1.0));
 
-    let run = Run {
-        metrics: work.path().join("resumed.jsonl"),
-        ..Run::new(&RESNET_RECIPE, data.path(), work.path())
-    };
-    let dir = run.checkpoints.to_str().unwrap();
-    // Killed while writing the checkpoint after step 12, in the second epoch.
-    run.kill_at(
-        &["--checkpoint-dir", dir, "--checkpoint-every", "3"],
-        FILE_WRITE,
-        4,
-    );
-    assert_eq!(run.checkpoint_steps(), [6, 9]);
-    let resumed_model = work.path().join("resumed.safetensors");
-    run.resume_to_the_end(&resumed_model);
+    let (run, resumed_model) =
+        killed_in_the_second_epoch_and_resumed(&RESNET_RECIPE, data.path(), work.path());
     assert_eq!(parameter_bits(&resumed_model), expected);
     assert_eq!(
         logged_epochs(&run.metrics),
