@@ -456,7 +456,7 @@ fn check_residual_sums_and_activations(
         let a = random_vec(rng, count, -2.0, 2.0);
         let b = random_vec(rng, count, -2.0, 2.0);
         let none = vec![f32::NAN; count];
-        let k = &kernels.elementwise;
+        let k = kernels.elementwise();
         let identity = LayerActivation::Identity;
         let sum = residual::reference_forward(&a, &b);
         let actual = ops::elementwise(gpu, &k.add, [Some(&a), Some(&b)], &none, identity)?;

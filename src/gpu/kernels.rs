@@ -1,5 +1,7 @@
 //! Every compute pipeline, built once per device, with its bind group layout.
 
+use std::sync::OnceLock;
+
 use wgpu::{BindGroupLayoutEntry, BindingType, BufferBindingType, ShaderStages};
 
 use super::Gpu;
@@ -72,8 +74,9 @@ impl Kernel {
     }
 }
 
-/// Every kernel the trainer runs. Built once (matmul_nn's per-activation pipelines when a product
-/// first asks for one, as programs are built); pipelines are never created during training.
+/// Every kernel the trainer runs. Built once (matmul_nn's per-activation pipelines, and the
+/// average pool, BatchNorm and element-wise families, when a program first asks for them, as
+/// programs are built); pipelines are never created during training.
 pub struct Kernels {
     pub matmul: MatmulKernels,
     pub activation_backward: Kernel,
@@ -85,9 +88,12 @@ pub struct Kernels {
     pub apply_derivative: Kernel,
     pub conv: ConvKernels,
     pub pool: PoolKernels,
-    pub avgpool: AvgPoolKernels,
-    pub batchnorm: BatchNormKernels,
-    pub elementwise: ElementwiseKernels,
+    /// The families only some models use, each built when a program first asks for it (its
+    /// pipelines cost start-up time on lavapipe that an MLP or a convnet need not pay).
+    avgpool: OnceLock<AvgPoolKernels>,
+    batchnorm: OnceLock<BatchNormKernels>,
+    elementwise: OnceLock<ElementwiseKernels>,
+    device: wgpu::Device,
     pub dropout_forward: Kernel,
     pub dropout_backward: Kernel,
     pub sum_metrics: Kernel,
@@ -240,6 +246,49 @@ pub struct ElementwiseKernels {
 }
 
 impl ElementwiseKernels {
+    fn new(device: &wgpu::Device, module: &wgpu::ShaderModule) -> Self {
+        use Slot::*;
+        ElementwiseKernels {
+            add: build(
+                device,
+                module,
+                "add",
+                &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)],
+                &[],
+            ),
+            add_assign: build(
+                device,
+                module,
+                "add_assign",
+                &[(0, Params), (2, Read), (3, ReadWrite)],
+                &[],
+            ),
+            copy: build(
+                device,
+                module,
+                "copy",
+                &[(0, Params), (1, Read), (3, ReadWrite)],
+                &[],
+            ),
+            activate: build(
+                device,
+                module,
+                "activate_values",
+                &[(0, Params), (1, Read), (3, ReadWrite)],
+                &[],
+            ),
+            activation_derivative: build(
+                device,
+                module,
+                "activation_derivative",
+                &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)],
+                &[],
+            ),
+        }
+    }
+}
+
+impl ElementwiseKernels {
     /// The grid of any of them over `count` values: an invocation per vec4.
     pub fn grid(count: usize, max_groups: u32) -> [u32; 3] {
         grid_1d(count.div_ceil(4), ROW_WORKGROUP, max_groups)
@@ -328,13 +377,7 @@ impl Kernels {
 
     pub fn with_matmul(gpu: &Gpu, tiling: MatmulTiling, preferred: MatmulVariant) -> Kernels {
         use Slot::*;
-        let module = |label: &str, source: &str| {
-            gpu.device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(label),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
-                })
-        };
+        let module = |label: &str, source: &str| shader_module(&gpu.device, label, source);
         let activation = module("activation.wgsl", crate::shader_source!("activation.wgsl"));
         let loss = module("loss.wgsl", crate::shader_source!("loss.wgsl"));
         let gather = module("gather.wgsl", crate::shader_source!("gather.wgsl"));
@@ -352,18 +395,11 @@ impl Kernels {
         let conv = module("conv2d.wgsl", crate::shader_source!("conv2d.wgsl"));
         let pool = module("pool.wgsl", crate::shader_source!("pool.wgsl"));
         let dropout = module("dropout.wgsl", crate::shader_source!("dropout.wgsl"));
-        let avgpool = module("avgpool.wgsl", crate::shader_source!("avgpool.wgsl"));
-        let batchnorm = module("batchnorm.wgsl", crate::shader_source!("batchnorm.wgsl"));
-        let elementwise = module(
-            "elementwise.wgsl",
-            crate::shader_source!("elementwise.wgsl"),
-        );
         let device = &gpu.device;
         let im2col_slots = [(0, Params), (1, Read), (2, ReadWrite)];
         let col2im_slots = [(0, Params), (1, Read), (2, ReadWrite), (3, Read)];
         let pool_forward_slots = [(0, Params), (1, Read), (2, ReadWrite), (3, ReadWrite)];
         let pool_backward_slots = [(0, Params), (1, Read), (2, ReadWrite), (3, Read), (4, Read)];
-        let avgpool_slots = [(0, Params), (1, Read), (2, ReadWrite)];
         let dropout_slots = [(0, Read), (1, Params), (2, Read), (3, ReadWrite)];
         let dropout_backward_slots = [(0, Read), (1, Params), (2, Read), (3, ReadWrite), (4, Read)];
 
@@ -431,48 +467,10 @@ impl Kernels {
                     &[],
                 ),
             },
-            avgpool: AvgPoolKernels {
-                forward: build(device, &avgpool, "avgpool_forward", &avgpool_slots, &[]),
-                backward: build(device, &avgpool, "avgpool_backward", &avgpool_slots, &[]),
-            },
-            batchnorm: BatchNormKernels::new(device, &batchnorm),
-            elementwise: ElementwiseKernels {
-                add: build(
-                    device,
-                    &elementwise,
-                    "add",
-                    &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)],
-                    &[],
-                ),
-                add_assign: build(
-                    device,
-                    &elementwise,
-                    "add_assign",
-                    &[(0, Params), (2, Read), (3, ReadWrite)],
-                    &[],
-                ),
-                copy: build(
-                    device,
-                    &elementwise,
-                    "copy",
-                    &[(0, Params), (1, Read), (3, ReadWrite)],
-                    &[],
-                ),
-                activate: build(
-                    device,
-                    &elementwise,
-                    "activate_values",
-                    &[(0, Params), (1, Read), (3, ReadWrite)],
-                    &[],
-                ),
-                activation_derivative: build(
-                    device,
-                    &elementwise,
-                    "activation_derivative",
-                    &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)],
-                    &[],
-                ),
-            },
+            avgpool: OnceLock::new(),
+            batchnorm: OnceLock::new(),
+            elementwise: OnceLock::new(),
+            device: gpu.device.clone(),
             dropout_forward: build(device, &dropout, "dropout_forward", &dropout_slots, &[]),
             dropout_backward: build(
                 device,
@@ -507,6 +505,52 @@ impl Kernels {
                 &[],
             ),
         }
+    }
+}
+
+/// A module of `source`, for the families built on first use.
+fn shader_module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::ShaderModule {
+    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    })
+}
+
+impl Kernels {
+    /// avgpool.wgsl's kernels (built on first use).
+    pub fn avgpool(&self) -> &AvgPoolKernels {
+        self.avgpool.get_or_init(|| {
+            use Slot::*;
+            let device = &self.device;
+            let module = shader_module(
+                device,
+                "avgpool.wgsl",
+                crate::shader_source!("avgpool.wgsl"),
+            );
+            let slots = [(0, Params), (1, Read), (2, ReadWrite)];
+            AvgPoolKernels {
+                forward: build(device, &module, "avgpool_forward", &slots, &[]),
+                backward: build(device, &module, "avgpool_backward", &slots, &[]),
+            }
+        })
+    }
+
+    /// batchnorm.wgsl's kernels (built on first use).
+    pub fn batchnorm(&self) -> &BatchNormKernels {
+        self.batchnorm.get_or_init(|| {
+            let source = crate::shader_source!("batchnorm.wgsl");
+            let module = shader_module(&self.device, "batchnorm.wgsl", source);
+            BatchNormKernels::new(&self.device, &module)
+        })
+    }
+
+    /// elementwise.wgsl's kernels (built on first use).
+    pub fn elementwise(&self) -> &ElementwiseKernels {
+        self.elementwise.get_or_init(|| {
+            let source = crate::shader_source!("elementwise.wgsl");
+            let module = shader_module(&self.device, "elementwise.wgsl", source);
+            ElementwiseKernels::new(&self.device, &module)
+        })
     }
 }
 

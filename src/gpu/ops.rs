@@ -675,7 +675,7 @@ pub fn batchnorm(
     let y = gpu.storage_with("y", &vec![f32::NAN; x.len()])?;
     let dx = gpu.storage_with("dx", &vec![f32::NAN; x.len()])?;
     let grads = gpu.storage_with("grads", &vec![f32::NAN; 2 * channels])?;
-    let k = &kernels.batchnorm;
+    let k = kernels.batchnorm();
     let launch = |pass| k.launch(pass, channels, values, max_groups(gpu));
     let run = |kernel: &Kernel, resources: &[wgpu::BindingResource<'_>], grid| {
         dispatch(gpu, kernel, &kernel.bind(gpu, resources), grid)
@@ -747,7 +747,7 @@ pub fn avgpool(
     let shape = gpu.params_with("shape", &shape);
     let input = gpu.storage_with("input", values)?;
     let (kernel, grid) = kernels
-        .avgpool
+        .avgpool()
         .launch(forward, geometry, rows, max_groups(gpu));
     let len = rows
         * match forward {

@@ -53,7 +53,7 @@ impl DevicePasses for ActivationDevice {
             io.input.buffer.as_entire_binding(),
             io.output.buffer.as_entire_binding(),
         ];
-        let kernel = &context.kernels.elementwise.activate;
+        let kernel = &context.kernels.elementwise().activate;
         program.dispatch(context.gpu, kernel, &resources, grid);
     }
 
@@ -75,7 +75,7 @@ impl DevicePasses for ActivationDevice {
             io.output.buffer.as_entire_binding(),
             input_grad.buffer.as_entire_binding(),
         ];
-        let kernel = &context.kernels.elementwise.activation_derivative;
+        let kernel = &context.kernels.elementwise().activation_derivative;
         program.dispatch(context.gpu, kernel, &resources, grid);
         false
     }

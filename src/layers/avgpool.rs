@@ -39,7 +39,7 @@ impl AvgPoolDevice {
             from.as_entire_binding(),
             to.as_entire_binding(),
         ];
-        let kernels = &context.kernels.avgpool;
+        let kernels = context.kernels.avgpool();
         let (kernel, grid) = kernels.launch(forward, g, rows, context.max_groups());
         program.dispatch(context.gpu, kernel, &resources, grid);
     }

@@ -90,7 +90,7 @@ impl BatchNormDevice {
         rows: usize,
     ) -> (&'k Kernel, [u32; 3]) {
         let values = rows * self.positions;
-        let kernels = &context.kernels.batchnorm;
+        let kernels = context.kernels.batchnorm();
         kernels.launch(pass, self.norm.channels, values, context.max_groups())
     }
 }

@@ -35,7 +35,7 @@ impl DevicePasses for AddDevice {
         let second = io.second_input.expect("a residual sum has two inputs");
         context.elementwise(
             program,
-            &context.kernels.elementwise.add,
+            &context.kernels.elementwise().add,
             rows * self.features,
             [Some(&io.input.buffer), Some(&second.buffer)],
             &io.output.buffer,

@@ -152,7 +152,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             })
             .collect();
         let sum = &self.routes.grads[t].buffer;
-        let kernels = &self.context.kernels.elementwise;
+        let kernels = self.context.kernels.elementwise();
         self.context.elementwise(
             program,
             &kernels.add,
@@ -269,7 +269,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
                 if let Some(target) = target.filter(|_| copy) {
                     let count = rows * plan.tensors[node.output].shape.len();
                     let from = Some(&io.output_grad.buffer);
-                    let kernel = &self.context.kernels.elementwise.copy;
+                    let kernel = &self.context.kernels.elementwise().copy;
                     self.context.elementwise(
                         &mut program,
                         kernel,
