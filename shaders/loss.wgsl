@@ -2,8 +2,11 @@
 //
 // For each row r < step.rows of the batch, with logits z = logits[r, :], p = softmax(z),
 // label y = labels[r] and one-hot target t (C = shape.classes):
-//   softmax_cross_entropy:  loss_r = logsumexp(z) - z[y]
-//                           dL/dz  = (p - t) / rows
+//   softmax_cross_entropy, with label smoothing e = shape.label_smoothing (PyTorch's
+//   F.cross_entropy(..., label_smoothing=e): the target is q = (1 - e) t + e / C):
+//                           loss_r = logsumexp(z) - (1 - e) z[y] - e mean_j z_j
+//                           dL/dz  = (p - q) / rows
+//   (e = 0 is plain cross-entropy, bit for bit.)
 //   softmax_mean_squared_error (Keras' mse on the softmax output):
 //                           loss_r = (1/C) sum_j (p_j - t_j)^2
 //                           g_j    = 2 (p_j - t_j) / (C rows)        (dL/dp)
@@ -14,7 +17,7 @@
 //
 // Bindings (group 0):
 //   0 schedule        storage, read             Schedule (shared/step.wgsl, bound by current_step); this step's slot base and row count
-//   1 shape           storage, read             Shape below
+//   1 shape           storage, read             Shape below (label_smoothing: cross-entropy only)
 //   2 logits          storage, read             f32 [rows, C] row-major
 //   3 labels          storage, read             u32 [rows]
 //   4 logits_grad     storage, read_write       f32 [rows, C] row-major; written if shape.write_gradient != 0
@@ -29,8 +32,8 @@ import package::shared::step::current_step;
 struct Shape {
     classes: u32,
     write_gradient: u32,
+    label_smoothing: f32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(1) var<storage, read> shape: Shape;
@@ -82,12 +85,20 @@ fn softmax_cross_entropy(@builtin(global_invocation_id) gid: vec3<u32>) {
     let base = row * shape.classes;
     let label = labels[row];
     let stats = softmax_stats(row);
-    record(row, stats.log_sum_exp - logits[base + label], stats);
+    let smoothing = shape.label_smoothing;
+    let uniform = smoothing / f32(shape.classes);
+    var logit_sum = 0.0;
+    for (var j = 0u; j < shape.classes; j++) {
+        logit_sum += logits[base + j];
+    }
+    let loss = stats.log_sum_exp - (1.0 - smoothing) * logits[base + label] - uniform * logit_sum;
+    record(row, loss, stats);
     if (shape.write_gradient != 0u) {
         let inv_rows = 1.0 / f32(step.rows);
         for (var j = 0u; j < shape.classes; j++) {
             let p = exp(logits[base + j] - stats.log_sum_exp);
-            logits_grad[base + j] = (p - select(0.0, 1.0, j == label)) * inv_rows;
+            let q = select(0.0, 1.0 - smoothing, j == label) + uniform;
+            logits_grad[base + j] = (p - q) * inv_rows;
         }
     }
 }

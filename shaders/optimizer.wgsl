@@ -1,28 +1,28 @@
 // Parameter updates over the whole flat parameter buffer in one dispatch. (optimizer_packed.wgsl
 // is the same on 64-bit words, for CPU adapters.)
 //
-// sgd_update (plain gradient descent):  p -= lr * g
-// adam_update (Kingma & Ba, in Keras' formulation):
-//   m = beta1 m + (1 - beta1) g
-//   v = beta2 v + (1 - beta2) g^2
-//   p -= step_size * m / (sqrt(v) + epsilon),  step_size = lr sqrt(1 - beta2^t) / (1 - beta1^t)
-// The step size depends on the step number t, so the host precomputes it per step into the
+// sgd_update:       p -= lr (g + wd p)                                   (torch.optim.SGD)
+// momentum_update:  d = g + wd p; b = mu b + d; p -= lr (Nesterov ? d + mu b : b)
+// adam_update:      d = g + wd p; m = beta1 m + (1 - beta1) d; v = beta2 v + (1 - beta2) d^2
+//                   p = p decay_factor - step_size m / (sqrt(v) + epsilon)   (Adam, AdamW)
+// (the rules in full: shared/update_rules.wgsl). The learning rate, Adam's bias-corrected step
+// size and AdamW's decay factor depend on the step, so the host computes them per step into the
 // step schedule, and many steps can be recorded before any runs.
 //
 // Parameters are updated as vec4, VEC4S_PER_INVOCATION consecutive vec4 per invocation: on a CPU
 // adapter every buffer access costs much the same whatever its width, and every read of `hyper`
 // or the schedule is one more such access, so each invocation reads those once for 16
 // parameters. The buffers hold whole groups of 16 parameters (the host sizes every storage
-// buffer to a multiple of 64 bytes); the padding after the last parameter has zero gradient, so
-// it stays zero.
+// buffer to a multiple of 64 bytes); the padding after the last parameter has zero gradient and
+// zero value, so it stays zero.
 //
 // Bindings (group 0):
-//   0 schedule storage, read             Schedule (shared/step.wgsl, bound by current_step; adam only)
+//   0 schedule storage, read             Schedule (shared/step.wgsl, bound by current_step)
 //   1 hyper    storage, read             Hyper (shared/optimizer_hyper.wgsl)
 //   2 params   storage, read_write       vec4<f32> [4 ceil(count / 16)]
 //   3 grads    storage, read             vec4<f32> [4 ceil(count / 16)]
-//   4 moment1  storage, read_write       vec4<f32> [4 ceil(count / 16)] (adam only)
-//   5 moment2  storage, read_write       vec4<f32> [4 ceil(count / 16)] (adam only)
+//   4 moment1  storage, read_write       vec4<f32> [4 ceil(count / 16)] (momentum: b; adam: m)
+//   5 moment2  storage, read_write       vec4<f32> [4 ceil(count / 16)] (adam: v)
 //
 // Workgroup: 64 invocations, each updating 4 vec4 (16 parameters). Dispatch grid:
 // ceil(count / 1024) workgroups as (x, y) with x <= 65535 (invocation = (y * num_workgroups.x + x)
@@ -30,6 +30,7 @@
 
 import package::shared::step::current_step;
 import package::shared::optimizer_hyper::Hyper;
+import package::shared::update_rules::{plain_sgd, momentum_sgd, adam};
 
 @group(0) @binding(1) var<storage, read> hyper: Hyper;
 @group(0) @binding(2) var<storage, read_write> params: array<vec4<f32>>;
@@ -50,10 +51,27 @@ fn sgd_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if (first >= (hyper.count + 3u) / 4u) {
         return;
     }
-    let learning_rate = hyper.learning_rate;
+    let h = hyper;
+    let learning_rate = current_step().learning_rate;
     for (var j = 0u; j < VEC4S_PER_INVOCATION; j++) {
         let i = first + j;
-        params[i] -= learning_rate * grads[i];
+        params[i] = plain_sgd(h, learning_rate, params[i], grads[i]);
+    }
+}
+
+@compute @workgroup_size(64)
+fn momentum_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let first = first_vec4(gid, groups);
+    if (first >= (hyper.count + 3u) / 4u) {
+        return;
+    }
+    let h = hyper;
+    let learning_rate = current_step().learning_rate;
+    for (var j = 0u; j < VEC4S_PER_INVOCATION; j++) {
+        let i = first + j;
+        let next = momentum_sgd(h, learning_rate, params[i], grads[i], moment1[i]);
+        moment1[i] = next.buffer;
+        params[i] = next.p;
     }
 }
 
@@ -63,17 +81,13 @@ fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     if (first >= (hyper.count + 3u) / 4u) {
         return;
     }
-    let beta1 = hyper.beta1;
-    let beta2 = hyper.beta2;
-    let epsilon = vec4<f32>(hyper.epsilon);
-    let step_size = current_step().adam_step_size;
+    let h = hyper;
+    let step = current_step();
     for (var j = 0u; j < VEC4S_PER_INVOCATION; j++) {
         let i = first + j;
-        let g = grads[i];
-        let m = beta1 * moment1[i] + (1.0 - beta1) * g;
-        let v = beta2 * moment2[i] + (1.0 - beta2) * g * g;
-        moment1[i] = m;
-        moment2[i] = v;
-        params[i] -= step_size * m / (sqrt(v) + epsilon);
+        let next = adam(h, step.adam_step_size, step.decay_factor, params[i], grads[i], moment1[i], moment2[i]);
+        moment1[i] = next.m;
+        moment2[i] = next.v;
+        params[i] = next.p;
     }
 }

@@ -1,23 +1,24 @@
-// optimizer.wgsl's updates (the same math, in the same order, so bit for bit the same results)
-// on the same buffers read as 64-bit words: a vec4<u64> holds 8 consecutive parameters, the
-// parameter 2j in the low half of its word j (little-endian, as every Vulkan, Metal and D3D12
+// optimizer.wgsl's updates (the same rules, shared/update_rules.wgsl, so bit for bit the same
+// results) on the same buffers read as 64-bit words: a vec4<u64> holds 8 consecutive parameters,
+// the parameter 2j in the low half of its word j (little-endian, as every Vulkan, Metal and D3D12
 // device stores it). For CPU adapters: lavapipe (Mesa 22.3) loads and stores a storage buffer one
 // lane and one component at a time, so 8 parameters as four 64-bit components are half the
-// memory operations of two vec4<f32>. Needs
-// `Features::SHADER_INT64`; the host builds this module only on devices that have it.
+// memory operations of two vec4<f32>. Needs `Features::SHADER_INT64`; the host builds this module
+// only on devices that have it.
 //
-// sgd_update:   p -= lr * g
-// adam_update:  m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2;
-//               p -= step_size * m / (sqrt(v) + epsilon)
-// (step_size from the step schedule, as in optimizer.wgsl.)
+// sgd_update:       p -= lr (g + wd p)
+// momentum_update:  d = g + wd p; b = mu b + d; p -= lr (Nesterov ? d + mu b : b)
+// adam_update:      d = g + wd p; m = beta1 m + (1 - beta1) d; v = beta2 v + (1 - beta2) d^2
+//                   p = p decay_factor - step_size m / (sqrt(v) + epsilon)
+// (lr, step_size and decay_factor from the step schedule, as in optimizer.wgsl.)
 //
 // Bindings (group 0), as optimizer.wgsl's, each parameter-sized buffer as 64-bit words:
-//   0 schedule storage, read             Schedule (shared/step.wgsl, bound by current_step; adam only)
+//   0 schedule storage, read             Schedule (shared/step.wgsl, bound by current_step)
 //   1 hyper    storage, read             Hyper (shared/optimizer_hyper.wgsl)
 //   2 params   storage, read_write       vec4<u64> [2 ceil(count / 16)]
 //   3 grads    storage, read             vec4<u64> [2 ceil(count / 16)]
-//   4 moment1  storage, read_write       vec4<u64> [2 ceil(count / 16)] (adam only)
-//   5 moment2  storage, read_write       vec4<u64> [2 ceil(count / 16)] (adam only)
+//   4 moment1  storage, read_write       vec4<u64> [2 ceil(count / 16)] (momentum: b; adam: m)
+//   5 moment2  storage, read_write       vec4<u64> [2 ceil(count / 16)] (adam: v)
 //
 // Workgroup: 64 invocations, each updating 2 vec4<u64> (16 parameters, as in optimizer.wgsl, so
 // the grid is the same): ceil(count / 1024) workgroups as (x, y) with x <= 65535 (invocation =
@@ -25,6 +26,7 @@
 
 import package::shared::step::current_step;
 import package::shared::optimizer_hyper::Hyper;
+import package::shared::update_rules::{plain_sgd, momentum_sgd, adam};
 
 @group(0) @binding(1) var<storage, read> hyper: Hyper;
 @group(0) @binding(2) var<storage, read_write> params: array<vec4<u64>>;
@@ -58,33 +60,34 @@ fn sgd_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if (first >= (hyper.count + 7u) / 8u) {
         return;
     }
-    let learning_rate = hyper.learning_rate;
+    let h = hyper;
+    let learning_rate = current_step().learning_rate;
     for (var j = 0u; j < WORDS_PER_INVOCATION; j++) {
         let i = first + j;
         let p = params[i];
         let g = grads[i];
-        params[i] = pack(unpack(p, 0u) - learning_rate * unpack(g, 0u), unpack(p, 1u) - learning_rate * unpack(g, 1u));
+        params[i] = pack(plain_sgd(h, learning_rate, unpack(p, 0u), unpack(g, 0u)), plain_sgd(h, learning_rate, unpack(p, 1u), unpack(g, 1u)));
     }
 }
 
-// Adam's new (parameters, first moment, second moment) for four parameters.
-struct AdamState {
-    p: vec4<f32>,
-    m: vec4<f32>,
-    v: vec4<f32>,
-}
-
-struct AdamConstants {
-    beta1: f32,
-    beta2: f32,
-    epsilon: vec4<f32>,
-    step_size: f32,
-}
-
-fn adam(c: AdamConstants, p: vec4<f32>, g: vec4<f32>, m_before: vec4<f32>, v_before: vec4<f32>) -> AdamState {
-    let m = c.beta1 * m_before + (1.0 - c.beta1) * g;
-    let v = c.beta2 * v_before + (1.0 - c.beta2) * g * g;
-    return AdamState(p - c.step_size * m / (sqrt(v) + c.epsilon), m, v);
+@compute @workgroup_size(64)
+fn momentum_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let first = first_word(gid, groups);
+    if (first >= (hyper.count + 7u) / 8u) {
+        return;
+    }
+    let h = hyper;
+    let learning_rate = current_step().learning_rate;
+    for (var j = 0u; j < WORDS_PER_INVOCATION; j++) {
+        let i = first + j;
+        let p = params[i];
+        let g = grads[i];
+        let b = moment1[i];
+        let low = momentum_sgd(h, learning_rate, unpack(p, 0u), unpack(g, 0u), unpack(b, 0u));
+        let high = momentum_sgd(h, learning_rate, unpack(p, 1u), unpack(g, 1u), unpack(b, 1u));
+        moment1[i] = pack(low.buffer, high.buffer);
+        params[i] = pack(low.p, high.p);
+    }
 }
 
 @compute @workgroup_size(64)
@@ -93,16 +96,16 @@ fn adam_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     if (first >= (hyper.count + 7u) / 8u) {
         return;
     }
+    let h = hyper;
     let step = current_step();
-    let c = AdamConstants(hyper.beta1, hyper.beta2, vec4<f32>(hyper.epsilon), step.adam_step_size);
     for (var j = 0u; j < WORDS_PER_INVOCATION; j++) {
         let i = first + j;
         let p = params[i];
         let g = grads[i];
         let m = moment1[i];
         let v = moment2[i];
-        let low = adam(c, unpack(p, 0u), unpack(g, 0u), unpack(m, 0u), unpack(v, 0u));
-        let high = adam(c, unpack(p, 1u), unpack(g, 1u), unpack(m, 1u), unpack(v, 1u));
+        let low = adam(h, step.adam_step_size, step.decay_factor, unpack(p, 0u), unpack(g, 0u), unpack(m, 0u), unpack(v, 0u));
+        let high = adam(h, step.adam_step_size, step.decay_factor, unpack(p, 1u), unpack(g, 1u), unpack(m, 1u), unpack(v, 1u));
         moment1[i] = pack(low.m, high.m);
         moment2[i] = pack(low.v, high.v);
         params[i] = pack(low.p, high.p);

@@ -5,8 +5,9 @@
 //! (a killed write leaves a `.shadertrain-*` temporary file, never a partial checkpoint), so the
 //! file with the highest step number is the newest complete checkpoint.
 //!
-//! Tensors: `parameters` F32 [P] in the flat buffer's layout (see `ParamLayout`); `adam.m` and
-//! `adam.v` F32 [P] with Adam; inside an epoch, `epoch.order` U32 [training samples] and
+//! Tensors: `parameters` F32 [P] in the flat buffer's layout (see `ParamLayout`); the update
+//! rule's state (`UpdateRule::state_names`: `adam.m` and `adam.v` F32 [trained] with Adam and
+//! AdamW, `sgd.momentum_buffer` with SGD's momentum); inside an epoch, `epoch.order` U32 [training samples] and
 //! `epoch.sample_loss` F32 [k], `epoch.sample_correct` U32 [k] for the k samples trained so far
 //! in it. `__metadata__`: the model's description (as in model files), the configuration, the
 //! counters, the generator's state, the adapter, and the last finished epoch's record.
@@ -26,9 +27,14 @@ use crate::model_file::{
     SavedModel, describe_model, model_from_bytes, name_of, parse_safetensors,
     read_model_description, serialize_in_fixed_order,
 };
-use crate::train::{EpochState, OptimizerKind, TrainConfig, TrainingState};
+use crate::train::{EpochState, LrSchedule, OptimizerKind, TrainConfig, TrainingState, UpdateRule};
 
-const FORMAT: &str = "shadertrain checkpoint 2";
+const FORMAT: &str = "shadertrain checkpoint 3";
+
+/// The formats this version reads: its own, and version 2's (before momentum, weight decay,
+/// schedules and label smoothing: their keys are absent, and read as off). Binaries that know
+/// only version 2 refuse version 3 rather than resume without its schedule or decay.
+const READABLE_FORMATS: [&str; 2] = [FORMAT, "shadertrain checkpoint 2"];
 
 /// What a run trains and on what: everything a resumed run must agree with.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +70,28 @@ impl RunDescription {
                     "validation split (--validation-split)",
                     c.validation_split.to_string(),
                 ),
+                ("momentum (--momentum)", c.momentum.to_string()),
+                (
+                    "Nesterov momentum (--nesterov)",
+                    on_off(c.nesterov).to_string(),
+                ),
+                ("weight decay (--weight-decay)", c.weight_decay.to_string()),
+                (
+                    "learning-rate schedule (--lr-schedule)",
+                    name_of(&c.lr_schedule),
+                ),
+                ("warm-up (--warmup-epochs)", optional_text(c.warmup_epochs)),
+                (
+                    "label smoothing (--label-smoothing)",
+                    c.label_smoothing.to_string(),
+                ),
+                (
+                    "epochs, which the learning-rate schedule spans (--epochs)",
+                    match c.lr_schedule.depends_on_length() {
+                        true => c.epochs.to_string(),
+                        false => "any".to_string(),
+                    },
+                ),
                 ("Adam beta1", c.beta1.to_string()),
                 ("Adam beta2", c.beta2.to_string()),
                 ("Adam epsilon", c.epsilon.to_string()),
@@ -84,6 +112,11 @@ impl RunDescription {
 
 fn on_off(flag: bool) -> &'static str {
     if flag { "on" } else { "off" }
+}
+
+/// A value as checkpoint metadata writes it: "none" where there is none.
+fn optional_text<T: ToString>(value: Option<T>) -> String {
+    value.map_or("none".to_string(), |v| v.to_string())
 }
 
 /// Where a run writes and reads, so that `--resume DIR` alone continues it as it was started.
@@ -297,7 +330,7 @@ fn serialise(checkpoint: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
     let c = &run.config;
     let state = &checkpoint.state;
     let mut metadata = describe_model(&run.spec, &run.data);
-    let optional = |value: Option<u64>| value.map_or("none".to_string(), |v| v.to_string());
+    let optional = optional_text::<u64>;
     for (key, value) in [
         ("format", FORMAT.to_string()),
         ("optimizer", name_of(&c.optimizer)),
@@ -311,6 +344,12 @@ fn serialise(checkpoint: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
         ("epochs", c.epochs.to_string()),
         ("max_steps", optional(c.max_steps)),
         ("validation_split", c.validation_split.to_string()),
+        ("momentum", c.momentum.to_string()),
+        ("nesterov", c.nesterov.to_string()),
+        ("weight_decay", c.weight_decay.to_string()),
+        ("lr_schedule", name_of(&c.lr_schedule)),
+        ("warmup_epochs", optional_text(c.warmup_epochs)),
+        ("label_smoothing", c.label_smoothing.to_string()),
         ("steps_per_submit", c.steps_per_submit.to_string()),
         ("train_samples", run.train_samples.to_string()),
         ("test_samples", run.test_samples.to_string()),
@@ -360,9 +399,19 @@ fn serialise(checkpoint: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
     let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let u32_bytes = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let mut tensors = vec![("parameters", Dtype::F32, f32_bytes(&state.parameters))];
-    if let Some((m, v)) = &state.moments {
-        tensors.push(("adam.m", Dtype::F32, f32_bytes(m)));
-        tensors.push(("adam.v", Dtype::F32, f32_bytes(v)));
+    let names = UpdateRule::of(c).state_names();
+    if names.len() != state.optimizer_state.len() {
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            problem: format!(
+                "the training state has {} optimizer tensors, its optimizer keeps {}",
+                state.optimizer_state.len(),
+                names.len()
+            ),
+        });
+    }
+    for (name, values) in names.iter().zip(&state.optimizer_state) {
+        tensors.push((*name, Dtype::F32, f32_bytes(values)));
     }
     if let Some(e) = &state.epoch {
         tensors.push(("epoch.order", Dtype::U32, u32_bytes(&e.order)));
@@ -395,7 +444,9 @@ pub fn load_model_or_checkpoint(path: &Path) -> Result<(SavedModel, Option<u64>)
         problem,
     })
     .is_ok_and(|(_, metadata)| {
-        metadata.is_some_and(|m| m.get("format").map(String::as_str) == Some(FORMAT))
+        metadata.is_some_and(|m| {
+            (m.get("format")).is_some_and(|format| READABLE_FORMATS.contains(&format.as_str()))
+        })
     });
     if !is_checkpoint {
         return Ok((model_from_bytes(path, &bytes)?, None));
@@ -428,7 +479,7 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let (file, metadata) = parse_safetensors(bytes, &damaged)?;
     let metadata =
         metadata.ok_or_else(|| bad("no __metadata__: not a shadertrain checkpoint".into()))?;
-    if metadata.get("format").map(String::as_str) != Some(FORMAT) {
+    if !(metadata.get("format")).is_some_and(|format| READABLE_FORMATS.contains(&format.as_str())) {
         return Err(bad(match metadata.get("format") {
             Some(format) => {
                 format!(
@@ -446,6 +497,11 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let optimizer_name = meta.text("optimizer")?;
     let optimizer = OptimizerKind::from_str(&optimizer_name, true)
         .map_err(|_| bad(format!("unknown optimizer {optimizer_name:?}")))?;
+    let lr_schedule = match meta.if_present::<String>("lr_schedule")? {
+        None => LrSchedule::Constant,
+        Some(name) => LrSchedule::from_str(&name, true)
+            .map_err(|_| bad(format!("unknown learning-rate schedule {name:?}")))?,
+    };
     let config = TrainConfig {
         epochs: meta.value("epochs")?,
         batch_size: meta.value("batch_size")?,
@@ -459,6 +515,14 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         shuffle: meta.value("shuffle")?,
         max_steps: meta.optional("max_steps")?,
         validation_split: meta.value("validation_split")?,
+        momentum: meta.if_present("momentum")?.unwrap_or(0.0),
+        nesterov: meta.if_present("nesterov")?.unwrap_or(false),
+        weight_decay: meta.if_present("weight_decay")?.unwrap_or(0.0),
+        lr_schedule,
+        warmup_epochs: meta
+            .if_present::<String>("warmup_epochs")?
+            .map_or(Ok(None), |_| meta.optional("warmup_epochs"))?,
+        label_smoothing: meta.if_present("label_smoothing")?.unwrap_or(0.0),
     };
     config.validate().map_err(|e| bad(e.to_string()))?;
     let run = RunDescription {
@@ -476,13 +540,9 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         bad: &bad,
     };
     let parameters = tensors.f32s("parameters", parameter_count)?;
-    let moments = match run.config.optimizer {
-        OptimizerKind::Adam => Some((
-            tensors.f32s("adam.m", layout.trained)?,
-            tensors.f32s("adam.v", layout.trained)?,
-        )),
-        OptimizerKind::Sgd => None,
-    };
+    let optimizer_state = (UpdateRule::of(&run.config).state_names().iter())
+        .map(|name| tensors.f32s(name, layout.trained))
+        .collect::<Result<Vec<_>>>()?;
     let epoch = match meta.optional::<usize>("epoch_steps_taken")? {
         None => None,
         Some(steps_taken) => {
@@ -499,8 +559,7 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
             })
         }
     };
-    let expected_tensors =
-        1 + 2 * usize::from(moments.is_some()) + 3 * usize::from(epoch.is_some());
+    let expected_tensors = 1 + optimizer_state.len() + 3 * usize::from(epoch.is_some());
     if file.len() != expected_tensors {
         return Err(bad(format!(
             "holds {} tensors, expected {expected_tensors}",
@@ -522,7 +581,7 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         checkpoint_every: meta.optional("checkpoint_every")?,
         state: TrainingState {
             parameters,
-            moments,
+            optimizer_state,
             steps_done: meta.value("steps_done")?,
             epochs_done: meta.value("epochs_done")?,
             rng_state: meta.value("rng_state")?,

@@ -31,7 +31,7 @@ use shadertrain::data::catalog::FILE_STEMS;
 use shadertrain::data::{DATA_ENV, DatasetKind, Split, default_dir};
 use shadertrain::gpu::{AdapterRequest, BackendChoice, list_adapters};
 use shadertrain::model::{Activation, Loss, parse_layers};
-use shadertrain::train::OptimizerKind;
+use shadertrain::train::{LrSchedule, OptimizerKind};
 
 #[derive(Parser)]
 #[command(
@@ -248,9 +248,61 @@ struct RecipeArgs {
     /// Loss on the softmax output: cross-entropy, or mean squared error against one-hot targets.
     #[arg(help_heading = "Model", long, value_enum, default_value_t = Loss::Xent)]
     loss: Loss,
-    /// Optimizer: Adam (β1 0.9, β2 0.999, ε 1e-7) or plain gradient descent.
-    #[arg(help_heading = "Training", long, value_enum, default_value_t = OptimizerKind::Adam)]
-    optimizer: OptimizerKind,
+    /// Optimizer: Adam (β1 0.9, β2 0.999, ε 1e-7), AdamW (the same with decoupled weight
+    /// decay), or SGD (plain, or with --momentum and --nesterov), each as torch.optim's
+    /// [default: adam; sgd for the ResNet presets].
+    #[arg(help_heading = "Training", long, value_enum)]
+    optimizer: Option<OptimizerKind>,
+    /// SGD's momentum factor (torch.optim.SGD's, dampening 0) [default: 0, plain SGD; 0.9 for
+    /// the ResNet presets].
+    #[arg(
+        help_heading = "Training",
+        long,
+        value_name = "M",
+        allow_negative_numbers = true
+    )]
+    momentum: Option<f32>,
+    /// Nesterov momentum (SGD with a --momentum); --nesterov false turns the ResNet presets'
+    /// off.
+    #[arg(help_heading = "Training", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    nesterov: Option<bool>,
+    /// Weight decay: added to the gradient as decay × weight for SGD and Adam (PyTorch's
+    /// weight_decay), decoupled for AdamW (every weight shrinks by lr × decay each step); over
+    /// every trained parameter [default: 0; 0.01 for adamw, as in PyTorch; 5e-4 for the ResNet
+    /// presets' SGD].
+    #[arg(
+        help_heading = "Training",
+        long,
+        value_name = "W",
+        allow_negative_numbers = true
+    )]
+    weight_decay: Option<f32>,
+    /// How the learning rate changes over the run, per step: constant, cosine (a half cosine to
+    /// 0 at the end), onecycle (PyTorch's OneCycleLR, linear: from lr/25 up to lr over the
+    /// warm-up, 30 % of the run unless given, then down to lr/25e4) or step (÷10 at 50 % and
+    /// at 75 % of the run) [default: constant; cosine for the ResNet presets].
+    #[arg(help_heading = "Training", long, value_name = "SCHEDULE", value_enum)]
+    lr_schedule: Option<LrSchedule>,
+    /// Raise the learning rate linearly from lr/W to lr over the first F epochs (W: the
+    /// warm-up's steps; fractions of an epoch allowed) [default: none; 1 for the ResNet
+    /// presets].
+    #[arg(
+        help_heading = "Training",
+        long,
+        value_name = "F",
+        allow_negative_numbers = true
+    )]
+    warmup_epochs: Option<f64>,
+    /// Cross-entropy against (1 − S) one-hot + S / classes, as PyTorch's label_smoothing; the
+    /// training loss shown includes it, the test and validation losses do not [default: 0; 0.1
+    /// for the ResNet presets].
+    #[arg(
+        help_heading = "Training",
+        long,
+        value_name = "S",
+        allow_negative_numbers = true
+    )]
+    label_smoothing: Option<f32>,
     /// Train in file order instead of shuffling every epoch (to reproduce a run step by step
     /// in another framework).
     #[arg(help_heading = "Training", long)]

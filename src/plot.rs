@@ -1,6 +1,6 @@
 //! Learning curves from a `--metrics` log: loss and accuracy, train, validation (when the run
-//! held some out) and test, against epochs, as SVG (written here) or PNG (that SVG rendered by
-//! resvg).
+//! held some out) and test, and the learning rate where it changed during the run, against
+//! epochs, as SVG (written here) or PNG (that SVG rendered by resvg).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -17,6 +17,8 @@ pub struct EpochPoint {
     pub test_accuracy: f64,
     /// Loss and accuracy on the held-out part of the training set (`--validation-split`).
     pub validation: Option<(f64, f64)>,
+    /// The learning rate of the epoch's last step (logs from before schedules lack it).
+    pub learning_rate: Option<f64>,
 }
 
 /// Reads a metrics log (one JSON object per line).
@@ -92,6 +94,7 @@ pub fn read_runs(path: &Path) -> Result<Vec<Vec<EpochPoint>>> {
             train_accuracy: field("train_accuracy")?,
             test_accuracy: field("test_accuracy")?,
             validation,
+            learning_rate: value["learning_rate"].as_f64(),
         });
     }
     if !points.is_empty() {
@@ -116,11 +119,25 @@ pub fn read_runs(path: &Path) -> Result<Vec<Vec<EpochPoint>>> {
     Ok(runs)
 }
 
-const WIDTH: f64 = 960.0;
+/// The width of one panel, and the picture's height.
+const PANEL_WIDTH: f64 = 480.0;
 const HEIGHT: f64 = 400.0;
 const TRAIN_COLOUR: &str = "#1f77b4";
 const TEST_COLOUR: &str = "#d62728";
 const VALIDATION_COLOUR: &str = "#2ca02c";
+const RATE_COLOUR: &str = "#9467bd";
+
+/// Whether the run's learning rate changed (every epoch logged it, and not all the same): then
+/// it gets a panel of its own.
+fn rate_changes(points: &[EpochPoint]) -> bool {
+    let rates: Option<Vec<f64>> = points.iter().map(|p| p.learning_rate).collect();
+    rates.is_some_and(|r| r.iter().any(|&rate| rate != r[0]))
+}
+
+/// The picture's width: two panels, or three with the learning rate.
+fn width_for(points: &[EpochPoint]) -> f64 {
+    PANEL_WIDTH * if rate_changes(points) { 3.0 } else { 2.0 }
+}
 
 /// "Nice" tick values covering [low, high].
 fn ticks(low: f64, high: f64) -> Vec<f64> {
@@ -151,7 +168,7 @@ fn panel(
     points: &[EpochPoint],
     series: &[Series],
 ) {
-    let (width, height) = (WIDTH / 2.0 - 90.0, HEIGHT - 135.0);
+    let (width, height) = (PANEL_WIDTH - 90.0, HEIGHT - 135.0);
     let (x0, y0) = (left + 70.0, 50.0);
     let epochs = (
         points[0].epoch,
@@ -243,14 +260,19 @@ fn panel(
 }
 
 fn format_tick(t: f64) -> String {
+    // Small learning rates in scientific notation, where four decimals would round them away.
+    if t != 0.0 && t.abs() < 1e-3 {
+        return format!("{t:.1e}").replace(".0e", "e");
+    }
     let text = format!("{t:.4}");
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// The curves as an SVG document.
 pub fn curves_svg(points: &[EpochPoint]) -> String {
+    let width = width_for(points);
     let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="DejaVu Sans, Arial, sans-serif"><rect width="100%" height="100%" fill="white"/>"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{HEIGHT}" viewBox="0 0 {width} {HEIGHT}" font-family="DejaVu Sans, Arial, sans-serif"><rect width="100%" height="100%" fill="white"/>"#
     );
     let validated = points.iter().all(|p| p.validation.is_some());
     let mut losses: Vec<Series> = vec![("train", TRAIN_COLOUR, |p| p.train_loss)];
@@ -268,12 +290,24 @@ pub fn curves_svg(points: &[EpochPoint]) -> String {
     panel(&mut svg, 0.0, "Loss", "loss", points, &losses);
     panel(
         &mut svg,
-        WIDTH / 2.0,
+        PANEL_WIDTH,
         "Accuracy",
         "accuracy",
         points,
         &accuracies,
     );
+    if rate_changes(points) {
+        let rate: Vec<Series> = vec![("lr", RATE_COLOUR, |p| p.learning_rate.unwrap_or(f64::NAN))];
+        let title = "Learning rate (last step)";
+        panel(
+            &mut svg,
+            2.0 * PANEL_WIDTH,
+            title,
+            "learning rate",
+            points,
+            &rate,
+        );
+    }
     svg.push_str("</svg>");
     svg
 }
@@ -284,8 +318,8 @@ pub fn curves_png(points: &[EpochPoint]) -> Result<Vec<u8>> {
     options.fontdb_mut().load_system_fonts();
     let tree = resvg::usvg::Tree::from_str(&curves_svg(points), &options)
         .map_err(|e| Error::Config(format!("internal: the plot's SVG did not parse: {e}")))?;
-    let mut pixmap =
-        resvg::tiny_skia::Pixmap::new(WIDTH as u32, HEIGHT as u32).expect("non-zero size");
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(width_for(points) as u32, HEIGHT as u32)
+        .expect("non-zero size");
     resvg::render(
         &tree,
         resvg::tiny_skia::Transform::default(),

@@ -3,7 +3,7 @@
 //! `crate::model::reference` composes those into a reference training step.
 
 use crate::data::Dataset;
-use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
+use crate::gpu::uniforms::{MatmulDims, OptimizerHyper, StepParams};
 use crate::rng::{dropout_keeps, dropout_threshold};
 use crate::shapes::{Geometry, LayerActivation, Loss};
 
@@ -84,8 +84,16 @@ pub struct LossOutput {
     pub logits_grad: Vec<f32>,
 }
 
-/// loss.wgsl: softmax, then cross-entropy or mean squared error against one-hot labels.
-pub fn softmax_loss(loss: Loss, logits: &[f32], labels: &[u32], classes: usize) -> LossOutput {
+/// loss.wgsl: softmax, then cross-entropy (with `label_smoothing` ε: against the target
+/// (1 − ε) one-hot + ε / classes, as PyTorch's `F.cross_entropy(..., label_smoothing=ε)`) or mean
+/// squared error against one-hot labels (which takes no smoothing).
+pub fn softmax_loss(
+    loss: Loss,
+    label_smoothing: f32,
+    logits: &[f32],
+    labels: &[u32],
+    classes: usize,
+) -> LossOutput {
     let rows = labels.len();
     let mut out = LossOutput {
         sample_loss: Vec::with_capacity(rows),
@@ -107,10 +115,14 @@ pub fn softmax_loss(loss: Loss, logits: &[f32], labels: &[u32], classes: usize) 
         let grad = &mut out.logits_grad[r * classes..(r + 1) * classes];
         let sample_loss = match loss {
             Loss::Xent => {
+                let e = label_smoothing as f64;
+                let smoothed = |j: usize| (1.0 - e) * target(j) + e / classes as f64;
                 for j in 0..classes {
-                    grad[j] = ((p[j] - target(j)) / rows as f64) as f32;
+                    grad[j] = ((p[j] - smoothed(j)) / rows as f64) as f32;
                 }
-                log_sum_exp - z[label]
+                (0..classes)
+                    .map(|j| smoothed(j) * (log_sum_exp - z[j]))
+                    .sum::<f64>()
             }
             Loss::Mse => {
                 let c = classes as f64;
@@ -156,29 +168,53 @@ pub fn gather_batch(
     (x, y)
 }
 
-/// optimizer.wgsl `sgd_update`.
-pub fn sgd_update(params: &mut [f32], grads: &[f32], learning_rate: f32) {
+/// optimizer.wgsl `sgd_update` (shared/update_rules.wgsl `plain_sgd`): p −= lr (g + wd p).
+pub fn sgd_update(params: &mut [f32], grads: &[f32], hyper: &OptimizerHyper, learning_rate: f32) {
     for (p, g) in params.iter_mut().zip(grads) {
-        *p -= learning_rate * g;
+        *p -= learning_rate * (g + hyper.weight_decay * *p);
     }
 }
 
-/// optimizer.wgsl `adam_update`.
+/// optimizer.wgsl `momentum_update` (`momentum_sgd`): torch.optim.SGD with momentum μ and
+/// dampening 0: d = g + wd p; b = μ b + d; p −= lr (d + μ b) with Nesterov, lr b without.
+pub fn momentum_update(
+    params: &mut [f32],
+    grads: &[f32],
+    buffer: &mut [f32],
+    hyper: &OptimizerHyper,
+    learning_rate: f32,
+) {
+    for i in 0..params.len() {
+        let d = grads[i] + hyper.weight_decay * params[i];
+        let b = hyper.momentum * buffer[i] + d;
+        let direction = if hyper.nesterov != 0 {
+            d + hyper.momentum * b
+        } else {
+            b
+        };
+        buffer[i] = b;
+        params[i] -= learning_rate * direction;
+    }
+}
+
+/// optimizer.wgsl `adam_update` (`adam`): Adam with L2 decay (`hyper.weight_decay`) or AdamW's
+/// decoupled decay (`step.decay_factor`), step size `step.adam_step_size`.
 pub fn adam_update(
     params: &mut [f32],
     grads: &[f32],
     moment1: &mut [f32],
     moment2: &mut [f32],
     hyper: &OptimizerHyper,
-    step_size: f32,
+    step: &StepParams,
 ) {
     for i in 0..params.len() {
-        let g = grads[i];
-        let m = hyper.beta1 * moment1[i] + (1.0 - hyper.beta1) * g;
-        let v = hyper.beta2 * moment2[i] + (1.0 - hyper.beta2) * g * g;
+        let d = grads[i] + hyper.weight_decay * params[i];
+        let m = hyper.beta1 * moment1[i] + (1.0 - hyper.beta1) * d;
+        let v = hyper.beta2 * moment2[i] + (1.0 - hyper.beta2) * d * d;
         moment1[i] = m;
         moment2[i] = v;
-        params[i] -= step_size * m / (v.sqrt() + hyper.epsilon);
+        params[i] =
+            params[i] * step.decay_factor - step.adam_step_size * m / (v.sqrt() + hyper.epsilon);
     }
 }
 

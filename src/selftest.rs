@@ -5,7 +5,7 @@
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::gpu::kernels::{OptimizerKernels, OptimizerWords};
-use crate::gpu::uniforms::{MatmulDims, OptimizerHyper};
+use crate::gpu::uniforms::MatmulDims;
 use crate::gpu::{Gpu, Kernels, MatmulVariant, ops};
 use crate::layers::avgpool::GlobalAvgPool;
 use crate::layers::conv2d::Conv2d;
@@ -17,6 +17,8 @@ use crate::model::{
 };
 use crate::reference::{self, worst_element};
 use crate::rng::Rng;
+use crate::train::optimizer::{self, UpdateRule};
+use crate::train::{LrSchedule, OptimizerKind, RunLength, TrainConfig};
 
 /// The outcome of one check: the worst element over every shape tried.
 #[derive(Debug, Clone)]
@@ -129,7 +131,7 @@ pub struct Check {
 }
 
 /// Every check, in the order `selftest` performs them.
-pub const CHECKS: [Check; 20] = [
+pub const CHECKS: [Check; 21] = [
     Check {
         name: "matmul (tiled)",
         run: |gpu, kernels, tally, rng| {
@@ -217,6 +219,10 @@ pub const CHECKS: [Check; 20] = [
     Check {
         name: "sgd update",
         run: check_sgd_update,
+    },
+    Check {
+        name: "momentum update",
+        run: check_momentum_update,
     },
     Check {
         name: "adam update",
@@ -524,13 +530,18 @@ fn check_softmax_losses(
     tally: &mut Tally,
     rng: &mut Rng,
 ) -> Result<()> {
-    for loss in [Loss::Xent, Loss::Mse] {
+    // Cross-entropy plain and with label smoothing; MSE takes none.
+    for (loss, smoothing) in [(Loss::Xent, 0.0), (Loss::Xent, 0.1), (Loss::Mse, 0.0)] {
         for (rows, classes) in [(1, 2), (7, 10), (129, 3)] {
             let logits = random_vec(rng, rows * classes, -8.0, 8.0);
             let labels: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
-            let expected = reference::softmax_loss(loss, &logits, &labels, classes);
-            let actual = ops::softmax_loss(gpu, kernels, loss, &logits, &labels, classes, 5)?;
-            let case = format!("{} {rows}x{classes}", crate::model_file::name_of(&loss));
+            let expected = reference::softmax_loss(loss, smoothing, &logits, &labels, classes);
+            let actual =
+                ops::softmax_loss(gpu, kernels, loss, smoothing, &logits, &labels, classes, 5)?;
+            let case = format!(
+                "{} (label smoothing {smoothing}) {rows}x{classes}",
+                crate::model_file::name_of(&loss)
+            );
             tally.close(
                 &format!("{case} loss"),
                 &actual.sample_loss,
@@ -650,51 +661,120 @@ fn check_metric_sums(gpu: &Gpu, kernels: &Kernels, tally: &mut Tally, rng: &mut 
     Ok(())
 }
 
-/// selftest's "sgd update".
+/// selftest's "sgd update": torch.optim.SGD without momentum, with and without weight decay.
 fn check_sgd_update(gpu: &Gpu, kernels: &Kernels, tally: &mut Tally, rng: &mut Rng) -> Result<()> {
-    for count in [1, 1001, 20_011] {
-        let params = random_vec(rng, count, -1.0, 1.0);
-        let grads = random_vec(rng, count, -1.0, 1.0);
-        let mut expected = params.clone();
-        reference::sgd_update(&mut expected, &grads, 0.05);
-        let mut first: Option<Vec<u32>> = None;
-        for (words, optimizer) in optimizers(kernels) {
-            let actual = ops::sgd_update(gpu, optimizer, &params, &grads, 0.05)?;
-            let case = format!("{} words, {count} parameters", words.name());
-            tally.close(&case, &actual, &expected, 1e-7, 1e-6);
-            same_bits(tally, &case, &mut first, &actual);
-        }
-    }
-    Ok(())
+    let sgd = TrainConfig {
+        optimizer: OptimizerKind::Sgd,
+        learning_rate: 0.05,
+        ..TrainConfig::default()
+    };
+    let decayed = TrainConfig {
+        weight_decay: 5e-4,
+        ..sgd.clone()
+    };
+    check_updates(
+        gpu,
+        kernels,
+        tally,
+        rng,
+        &[("sgd", sgd), ("sgd, decay", decayed)],
+    )
 }
 
-/// selftest's "adam update".
+/// selftest's "momentum update": SGD with momentum, Nesterov's or not, with weight decay and a
+/// warm-up.
+fn check_momentum_update(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    let momentum = TrainConfig {
+        optimizer: OptimizerKind::Sgd,
+        learning_rate: 0.1,
+        momentum: 0.9,
+        ..TrainConfig::default()
+    };
+    let nesterov = TrainConfig {
+        nesterov: true,
+        weight_decay: 5e-4,
+        lr_schedule: LrSchedule::Cosine,
+        warmup_epochs: Some(0.5),
+        ..momentum.clone()
+    };
+    let cases = [
+        ("momentum", momentum),
+        ("nesterov, decay, cosine", nesterov),
+    ];
+    check_updates(gpu, kernels, tally, rng, &cases)
+}
+
+/// selftest's "adam update": Adam, Adam with L2 decay, AdamW.
 fn check_adam_update(gpu: &Gpu, kernels: &Kernels, tally: &mut Tally, rng: &mut Rng) -> Result<()> {
-    for (count, t) in [(1, 1), (1001, 1), (1001, 57), (20_011, 3)] {
-        let hyper = OptimizerHyper {
-            count: count as u32,
-            learning_rate: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            epsilon: 1e-7,
-            _pad: [0; 3],
-        };
-        let params = random_vec(rng, count, -1.0, 1.0);
-        let grads = random_vec(rng, count, -1.0, 1.0);
-        let m = random_vec(rng, count, -0.1, 0.1);
-        let v = random_vec(rng, count, 0.0, 0.01);
-        let step_size = crate::train::adam_step_size(1e-3, 0.9, 0.999, t);
-        let (mut ep, mut em, mut ev) = (params.clone(), m.clone(), v.clone());
-        reference::adam_update(&mut ep, &grads, &mut em, &mut ev, &hyper, step_size);
-        let mut first: Option<Vec<u32>> = None;
-        for (words, optimizer) in optimizers(kernels) {
-            let (ap, am, av) =
-                ops::adam_update(gpu, optimizer, &params, &grads, &m, &v, &hyper, step_size)?;
-            let case = format!("{} words, {count} parameters at t={t}", words.name());
-            tally.close(&format!("{case} params"), &ap, &ep, 1e-7, 1e-5);
-            tally.close(&format!("{case} m"), &am, &em, 1e-8, 1e-5);
-            tally.close(&format!("{case} v"), &av, &ev, 1e-10, 1e-5);
-            same_bits(tally, &case, &mut first, &[ap, am, av].concat());
+    let adam = TrainConfig::default();
+    let decayed = TrainConfig {
+        weight_decay: 1e-2,
+        ..adam.clone()
+    };
+    let adamw = TrainConfig {
+        optimizer: OptimizerKind::Adamw,
+        lr_schedule: LrSchedule::OneCycle,
+        ..decayed.clone()
+    };
+    let cases = [("adam", adam), ("adam, decay", decayed), ("adamw", adamw)];
+    check_updates(gpu, kernels, tally, rng, &cases)
+}
+
+/// Each configuration's update, by each build of the optimizer kernels, against the reference:
+/// random parameters, gradients and state, at several step numbers of a 10-epoch run of 100
+/// steps an epoch; both builds give the same bits.
+fn check_updates(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+    configs: &[(&str, TrainConfig)],
+) -> Result<()> {
+    for (name, config) in configs {
+        let rule = UpdateRule::of(config);
+        let run = RunLength::new(config.epochs, 100, config.warmup_epochs);
+        for (count, t) in [(1, 1), (1001, 1), (1001, 57), (20_011, 3)] {
+            let step = optimizer::training_step(config, run, t, 0, 0);
+            let hyper = optimizer::hyper(config, count);
+            let params = random_vec(rng, count, -1.0, 1.0);
+            let grads = random_vec(rng, count, -1.0, 1.0);
+            // A momentum buffer or Adam's first moment, then its (non-negative) second.
+            let state: Vec<Vec<f32>> = (0..rule.state_names().len())
+                .map(|i| match i {
+                    0 => random_vec(rng, count, -0.1, 0.1),
+                    _ => random_vec(rng, count, 0.0, 0.01),
+                })
+                .collect();
+            let (mut expected, mut expected_state) = (params.clone(), state.clone());
+            optimizer::reference_update(config, &step, &mut expected, &grads, &mut expected_state)?;
+            let mut first: Option<Vec<u32>> = None;
+            for (words, optimizer) in optimizers(kernels) {
+                let (actual, actual_state) = ops::optimizer_update(
+                    gpu, optimizer, rule, &hyper, step, &params, &grads, &state,
+                )?;
+                let case = format!(
+                    "{name}, {} words, {count} parameters at t={t}",
+                    words.name()
+                );
+                tally.close(&format!("{case} params"), &actual, &expected, 1e-7, 1e-5);
+                let names = rule.state_names();
+                for ((tensor, actual), expected) in
+                    names.iter().zip(&actual_state).zip(&expected_state)
+                {
+                    tally.close(&format!("{case} {tensor}"), actual, expected, 1e-9, 1e-5);
+                }
+                same_bits(
+                    tally,
+                    &case,
+                    &mut first,
+                    &[vec![actual], actual_state].concat().concat(),
+                );
+            }
         }
     }
     Ok(())

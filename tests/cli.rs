@@ -489,7 +489,7 @@ fn train_saves_a_model_and_a_metrics_log_that_agree() {
     let logits = shadertrain::model::reference::forward(&saved.spec, &saved.params, &x)
         .pop()
         .unwrap();
-    let result = shadertrain::reference::softmax_loss(saved.spec.loss, &logits, &y, 10);
+    let result = shadertrain::reference::softmax_loss(saved.spec.loss, 0.0, &logits, &y, 10);
     let accuracy = result.sample_correct.iter().sum::<u32>() as f64 / test.samples() as f64;
     let loss = result.sample_loss.iter().map(|&l| l as f64).sum::<f64>() / test.samples() as f64;
     assert!(
@@ -679,6 +679,32 @@ fn plot_draws_png_and_svg_from_a_metrics_log() {
         text.matches("<polyline").count(),
         6,
         "the validated run alone"
+    );
+
+    // A run whose learning rate changed (a schedule) gets a third panel with the rate.
+    let scheduled: Vec<String> = (1..=3)
+        .map(|e| {
+            let e = e as f64;
+            serde_json::json!({"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e,
+                "train_accuracy": 0.8 + 0.04 * e, "test_accuracy": 0.78 + 0.04 * e,
+                "learning_rate": 0.1 / e})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&log, scheduled.join("\n")).unwrap();
+    for out in [&svg, &png] {
+        let (code, _, stderr) =
+            shadertrain(&["plot", log.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(text.matches("<polyline").count(), 5);
+    assert!(text.contains(">Learning rate (last step)<"), "{text}");
+    let picture = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(picture.dimensions(), (1440, 400));
+    assert!(
+        picture.pixels().any(|p| p.0 == [0x94, 0x67, 0xbd]),
+        "the rate is drawn"
     );
 
     std::fs::write(&log, "{\"epoch\": 1}\n").unwrap();
@@ -941,5 +967,51 @@ fn the_resnet_presets_take_the_loss_flag() {
         "1",
     ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("(77754 parameters), loss mse"), "{stdout}");
+    // MSE takes no label smoothing: the recipe's other defaults stay.
+    assert!(
+        stdout.contains(
+            "(77754 parameters), loss mse, optimizer sgd (lr 0.1, Nesterov momentum 0.9, \
+             weight decay 0.0005; cosine schedule, 1 warm-up epoch)"
+        ),
+        "{stdout}"
+    );
+}
+
+/// The ResNet presets train with He et al.'s CIFAR recipe unless told otherwise; another
+/// optimizer takes its own defaults, not SGD's.
+#[test]
+fn the_resnet_presets_default_to_their_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 150);
+    let data = dir.path().to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let args = [
+            &["train", "--offline", "--data", data, "--model", "resnet8"],
+            extra,
+            &["--max-steps", "1"],
+        ]
+        .concat();
+        let (code, stdout, stderr) = shadertrain(&args);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        stdout
+    };
+    let stdout = train(&[]);
+    for expected in [
+        "loss xent (label smoothing 0.1), optimizer sgd (lr 0.1, Nesterov momentum 0.9, weight \
+         decay 0.0005; cosine schedule, 1 warm-up epoch), batch 128",
+        "test_acc         lr",
+    ] {
+        assert!(stdout.contains(expected), "{expected}: {stdout}");
+    }
+    let stdout = train(&["--optimizer", "adam", "--label-smoothing", "0"]);
+    assert!(
+        stdout.contains("loss xent, optimizer adam (lr 0.001; cosine schedule, 1 warm-up epoch)"),
+        "{stdout}"
+    );
+    let stdout = train(&["--nesterov", "false", "--lr-schedule", "constant"]);
+    assert!(
+        stdout
+            .contains("optimizer sgd (lr 0.1, momentum 0.9, weight decay 0.0005; 1 warm-up epoch)"),
+        "{stdout}"
+    );
 }

@@ -194,7 +194,7 @@ fn dropout_runs_repeat_and_depend_on_the_seed() {
     let order: Vec<u32> = (30..40).collect();
     let (x, y) = reference::gather_batch(&held_out, &order, 0, 10);
     let logits = forward(&spec, &params, &x).pop().unwrap();
-    let expected = reference::softmax_loss(Loss::Xent, &logits, &y, 3);
+    let expected = reference::softmax_loss(Loss::Xent, 0.0, &logits, &y, 3);
     let correct = expected.sample_correct.iter().sum::<u32>() as f64 / 10.0;
     let validation = first.validation.expect("a validation split");
     assert_eq!(validation.accuracy, correct);

@@ -99,6 +99,11 @@ fn sgd_update() {
 }
 
 #[test]
+fn momentum_update() {
+    check("momentum update");
+}
+
+#[test]
 fn adam_update() {
     check("adam update");
 }
@@ -122,7 +127,7 @@ fn residual_sums_and_activations() {
 fn every_check_has_a_test() {
     assert_eq!(
         selftest::CHECKS.len(),
-        20,
+        21,
         "add a test above for each new check"
     );
 }

@@ -102,7 +102,7 @@ fn test_metrics_equal_a_cpu_evaluation_of_the_trained_parameters() {
     let logits = shadertrain::model::reference::forward(&spec, &params, &x)
         .pop()
         .unwrap();
-    let expected = reference::softmax_loss(spec.loss, &logits, &y, spec.classes());
+    let expected = reference::softmax_loss(spec.loss, 0.0, &logits, &y, spec.classes());
     let correct: u32 = expected.sample_correct.iter().sum();
     let loss: f64 =
         expected.sample_loss.iter().map(|&l| l as f64).sum::<f64>() / test.samples() as f64;

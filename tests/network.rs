@@ -243,7 +243,7 @@ fn the_evaluation_batch_does_not_follow_the_training_batch_or_change_results() {
     let order: Vec<u32> = (0..1500).collect();
     let (x, y) = reference::gather_batch(&test, &order, 0, 1500);
     let logits = forward(&spec, &params, &x).pop().unwrap();
-    let expected = reference::softmax_loss(spec.loss, &logits, &y, 3);
+    let expected = reference::softmax_loss(spec.loss, 0.0, &logits, &y, 3);
     let predictions: Vec<u32> = (logits.chunks(3))
         .map(|row| (0..3).fold(0, |best, c| if row[c] > row[best] { c } else { best }) as u32)
         .collect();

@@ -298,25 +298,33 @@ const CONVNET_RECIPE: [&str; 10] = [
     "5",
 ];
 
-/// A run of `recipe` (640 samples, 576 after the validation split: 9 steps an epoch, a
-/// checkpoint every 3) killed while writing the checkpoint after step 12, in the second epoch,
-/// and resumed to its end: the run, logging to `work/resumed.jsonl`, and the model it saved.
-fn killed_in_the_second_epoch_and_resumed(
+/// A run of `recipe` and `extra` flags (640 samples, 576 after the validation split: 9 steps an
+/// epoch, a checkpoint every 3) killed while writing the checkpoint after step 12, in the second
+/// epoch, logging to `work/resumed.jsonl`.
+fn killed_in_the_second_epoch(
     recipe: &'static [&'static str],
     data: &Path,
     work: &Path,
-) -> (Run, PathBuf) {
+    extra: &[&str],
+) -> Run {
     let run = Run {
         metrics: work.join("resumed.jsonl"),
         ..Run::new(recipe, data, work)
     };
     let dir = run.checkpoints.to_str().unwrap();
-    run.kill_at(
-        &["--checkpoint-dir", dir, "--checkpoint-every", "3"],
-        FILE_WRITE,
-        4,
-    );
+    let flags = [extra, &["--checkpoint-dir", dir, "--checkpoint-every", "3"]].concat();
+    run.kill_at(&flags, FILE_WRITE, 4);
     assert_eq!(run.checkpoint_steps(), [6, 9]);
+    run
+}
+
+/// `killed_in_the_second_epoch`, then resumed to its end: the run and the model it saved.
+fn killed_in_the_second_epoch_and_resumed(
+    recipe: &'static [&'static str],
+    data: &Path,
+    work: &Path,
+) -> (Run, PathBuf) {
+    let run = killed_in_the_second_epoch(recipe, data, work, &[]);
     let model = work.join("resumed.safetensors");
     run.resume_to_the_end(&model);
     (run, model)
@@ -386,6 +394,91 @@ fn a_killed_resnet_with_batchnorm_resumes_bit_for_bit() {
     );
 }
 
+/// Today's recipe on a small MLP: SGD with Nesterov momentum and weight decay, a half-epoch
+/// warm-up then cosine, label smoothing; 640 samples in batches of 64, 9 training steps per
+/// epoch after the validation split.
+const MOMENTUM_RECIPE: [&str; 23] = [
+    "--hidden",
+    "32",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "2",
+    "--validation-split",
+    "0.1",
+    "--seed",
+    "7",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.1",
+    "--momentum",
+    "0.9",
+    "--nesterov",
+    "--weight-decay",
+    "5e-4",
+    "--lr-schedule",
+    "cosine",
+    "--warmup-epochs",
+    "0.5",
+];
+
+/// SGD's momentum buffer is saved in checkpoints, and each step's rate follows from its number:
+/// a run with momentum, a schedule and label smoothing, killed and resumed with `--resume` alone
+/// (every recipe flag from the checkpoint), ends bit for bit where the uninterrupted run does.
+/// A resume that would stretch the cosine over other --epochs is refused.
+#[test]
+fn a_killed_run_with_momentum_and_a_schedule_resumes_bit_for_bit() {
+    let data = small_mnist(640, 100);
+    let work = tempfile::tempdir().unwrap();
+    let smoothing = ["--label-smoothing", "0.1"];
+    let (reference, model) = Run::reference(&MOMENTUM_RECIPE, data.path(), work.path(), &smoothing);
+    let run = Run {
+        metrics: work.path().join("resumed.jsonl"),
+        ..Run::new(&MOMENTUM_RECIPE, data.path(), work.path())
+    };
+    let dir = run.checkpoints.to_str().unwrap();
+    let flags = [
+        &smoothing[..],
+        &["--checkpoint-dir", dir, "--checkpoint-every", "3"],
+    ]
+    .concat();
+    run.kill_at(&flags, FILE_WRITE, 4);
+    assert_eq!(run.checkpoint_steps(), [6, 9]);
+
+    let stderr = failure(run.bare_command(&["--resume", dir, "--epochs", "3"]));
+    assert!(
+        stderr.contains("schedule spans (--epochs)") && stderr.contains("has 2"),
+        "{stderr}"
+    );
+    let resumed = work.path().join("resumed.safetensors");
+    let stdout = run_to_completion(run.bare_command(&[
+        "--resume",
+        dir,
+        "--save",
+        resumed.to_str().unwrap(),
+    ]));
+    for expected in [
+        "resumed from",
+        "Nesterov momentum 0.9",
+        "label smoothing 0.1",
+    ] {
+        assert!(stdout.contains(expected), "{expected}: {stdout}");
+    }
+    assert_eq!(parameter_bits(&resumed), parameter_bits(&model));
+    assert_eq!(
+        logged_epochs(&run.metrics),
+        logged_epochs(&reference.metrics)
+    );
+    // The log holds each epoch's last rate (step 9 of 18, 5 of them warm-up; then the last),
+    // and `plot` draws it.
+    let points = shadertrain::plot::read_metrics(&reference.metrics).unwrap();
+    let rates: Vec<f64> = points.iter().map(|p| p.learning_rate.unwrap()).collect();
+    assert_eq!(rates[0], 0.08742554);
+    assert!(rates[1] < 0.01, "{rates:?}");
+    assert!(shadertrain::plot::curves_svg(&points).contains("Learning rate"));
+}
+
 /// `--metrics-every`: running figures every N steps between the epoch lines, the one at an
 /// epoch's last step equal to the epoch's training figures; `plot` reads past them.
 #[test]
@@ -419,6 +512,10 @@ fn metrics_every_logs_running_figures_between_epochs() {
     assert_eq!(lines[2]["step"], 10);
     let points = shadertrain::plot::read_metrics(&run.metrics).unwrap();
     assert_eq!(points.len(), 2);
+    // A constant rate gets no panel of its own.
+    assert!(points[0].learning_rate.is_some());
+    assert_eq!(points[0].learning_rate, points[1].learning_rate);
+    assert!(!shadertrain::plot::curves_svg(&points).contains("Learning rate"));
 }
 
 fn failure(mut command: Command) -> String {

@@ -4,11 +4,13 @@
 
 mod common;
 
-use common::{gpu, kernels, random_dataset};
+use common::{gpu, kernels, random_dataset, with_nesterov_recipe};
 use shadertrain::data::Dataset;
 use shadertrain::model::{Activation, Loss, ModelSpec, Shape};
 use shadertrain::rng::Rng;
-use shadertrain::train::{EpochMetrics, EpochProgress, OptimizerKind, TrainConfig, Trainer};
+use shadertrain::train::{
+    EpochMetrics, EpochProgress, LrSchedule, OptimizerKind, TrainConfig, Trainer,
+};
 
 fn spec() -> ModelSpec {
     ModelSpec::mlp(Shape::flat(12), &[9, 6], 4, Activation::Relu, Loss::Xent)
@@ -34,8 +36,34 @@ fn data() -> (Dataset, Dataset) {
     )
 }
 
-fn trainer(optimizer: OptimizerKind, train: &Dataset, test: &Dataset) -> Trainer<'static> {
-    Trainer::new(gpu(), kernels(), spec(), config(optimizer), train, test).unwrap()
+/// The training recipes the state is checked with: Adam and plain SGD, and the optimizers
+/// whose state and rates depend on the step (SGD with Nesterov momentum, weight decay, a
+/// warm-up, a cosine schedule and label smoothing; AdamW under OneCycle).
+fn recipes() -> [(&'static str, TrainConfig); 4] {
+    [
+        ("adam", config(OptimizerKind::Adam)),
+        ("sgd", config(OptimizerKind::Sgd)),
+        (
+            "sgd with nesterov momentum, decay, cosine and smoothing",
+            with_nesterov_recipe(TrainConfig {
+                epochs: 3,
+                ..config(OptimizerKind::Sgd)
+            }),
+        ),
+        (
+            "adamw with onecycle",
+            TrainConfig {
+                weight_decay: 1e-2,
+                lr_schedule: LrSchedule::OneCycle,
+                epochs: 3,
+                ..config(OptimizerKind::Adamw)
+            },
+        ),
+    ]
+}
+
+fn trainer(config: &TrainConfig, train: &Dataset, test: &Dataset) -> Trainer<'static> {
+    Trainer::new(gpu(), kernels(), spec(), config.clone(), train, test).unwrap()
 }
 
 fn bits(values: &[f32]) -> Vec<u32> {
@@ -43,9 +71,10 @@ fn bits(values: &[f32]) -> Vec<u32> {
 }
 
 /// Everything an epoch reports except its timing.
-fn figures(m: &EpochMetrics) -> [u64; 5] {
+fn figures(m: &EpochMetrics) -> [u64; 6] {
     [
         m.train_samples as u64,
+        m.learning_rate.to_bits() as u64,
         m.train_loss.to_bits(),
         m.train_accuracy.to_bits(),
         m.test_loss.to_bits(),
@@ -56,16 +85,16 @@ fn figures(m: &EpochMetrics) -> [u64; 5] {
 #[test]
 fn a_restored_state_continues_the_run_bit_for_bit() {
     let (train, test) = data();
-    for optimizer in [OptimizerKind::Adam, OptimizerKind::Sgd] {
-        let mut straight = trainer(optimizer, &train, &test);
-        let expected: Vec<[u64; 5]> = (0..3)
+    for (what, config) in recipes() {
+        let mut straight = trainer(&config, &train, &test);
+        let expected: Vec<[u64; 6]> = (0..3)
             .map(|_| figures(&straight.run_epoch().unwrap()))
             .collect();
         let expected_params = bits(&straight.parameters().unwrap());
 
         // Stop 3 steps into epoch 2, and again between epochs 2 and 3, each time carrying on
         // in a new trainer from the state alone.
-        let new_trainer = || trainer(optimizer, &train, &test);
+        let new_trainer = || trainer(&config, &train, &test);
         let mut first = new_trainer();
         first.run_epoch().unwrap();
         first.start_epoch().unwrap();
@@ -80,16 +109,12 @@ fn a_restored_state_continues_the_run_bit_for_bit() {
         second.restore(&mid_epoch).unwrap();
         assert_eq!(second.epoch_position(), Some((3, 5)));
         let resumed_epoch = second.run_epoch().unwrap();
-        assert_eq!(
-            figures(&resumed_epoch),
-            expected[1],
-            "{optimizer:?} epoch 2"
-        );
+        assert_eq!(figures(&resumed_epoch), expected[1], "{what} epoch 2");
         // Its rate counts the 70 - 48 samples trained since the resume, not the whole epoch's.
         let trained_here = resumed_epoch.samples_per_second * resumed_epoch.seconds;
         assert!(
             (trained_here - 22.0).abs() < 1e-6,
-            "{optimizer:?}: {trained_here} samples at the rate shown"
+            "{what}: {trained_here} samples at the rate shown"
         );
         let between_epochs = second.state().unwrap();
         assert!(between_epochs.epoch.is_none());
@@ -100,12 +125,12 @@ fn a_restored_state_continues_the_run_bit_for_bit() {
         assert_eq!(
             figures(&third.run_epoch().unwrap()),
             expected[2],
-            "{optimizer:?} epoch 3"
+            "{what} epoch 3"
         );
         assert_eq!(
             bits(&third.parameters().unwrap()),
             expected_params,
-            "{optimizer:?} parameters after 3 epochs"
+            "{what} parameters after 3 epochs"
         );
     }
 }
@@ -113,7 +138,7 @@ fn a_restored_state_continues_the_run_bit_for_bit() {
 #[test]
 fn a_state_that_does_not_fit_the_trainer_is_refused() {
     let (train, test) = data();
-    let mut trainer = trainer(OptimizerKind::Adam, &train, &test);
+    let mut trainer = trainer(&config(OptimizerKind::Adam), &train, &test);
     trainer.start_epoch().unwrap();
     trainer.train(2, None).unwrap();
     let state = trainer.state().unwrap();
@@ -123,13 +148,16 @@ fn a_state_that_does_not_fit_the_trainer_is_refused() {
     let mut not_a_permutation = state.clone();
     not_a_permutation.epoch.as_mut().unwrap().order[0] = 70;
     let mut no_moments = state.clone();
-    no_moments.moments = None;
+    no_moments.optimizer_state.clear();
+    let mut short_moment = state.clone();
+    short_moment.optimizer_state[1].pop();
     let mut too_far = state.clone();
     too_far.epoch.as_mut().unwrap().steps_taken = 6;
     for (bad, expected) in [
         (short, "parameters"),
         (not_a_permutation, "permutation"),
-        (no_moments, "Adam moments"),
+        (no_moments, "optimizer keeps 2 (adam.m, adam.v)"),
+        (short_moment, "values of adam.v"),
         (too_far, "steps"),
     ] {
         let error = trainer.restore(&bad).unwrap_err().to_string();
@@ -142,7 +170,7 @@ fn a_state_that_does_not_fit_the_trainer_is_refused() {
 #[test]
 fn progress_reports_the_running_metrics_and_leaves_the_run_unchanged() {
     let (train, test) = data();
-    let make = || trainer(OptimizerKind::Adam, &train, &test);
+    let make = || trainer(&config(OptimizerKind::Adam), &train, &test);
     let mut plain = make();
     let expected = plain.run_epoch().unwrap();
 

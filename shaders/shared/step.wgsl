@@ -11,6 +11,13 @@ struct Step {
     // The training step's number in the run, from 1 (0 in evaluation): dropout masks are keyed
     // by it.
     number: u32,
+    // The step's learning rate, from the run's schedule (src/train/schedule.rs).
+    learning_rate: f32,
+    // AdamW's decoupled decay: parameters are multiplied by 1 - learning_rate * weight_decay
+    // before the step (1 for every other optimizer).
+    decay_factor: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 struct Schedule {

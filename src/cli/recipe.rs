@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use shadertrain::Error;
 use shadertrain::data::{DataIdentity, Dataset, DatasetKind, Split};
+use shadertrain::model::Loss;
 use shadertrain::model::{ModelSpec, parse_layers};
-use shadertrain::train::{OptimizerKind, TrainConfig};
+use shadertrain::train::{LrSchedule, OptimizerKind, TrainConfig};
 
 use crate::{Hidden, ModelPreset, RecipeArgs, convnet_layers};
 
@@ -110,22 +111,7 @@ pub(crate) fn recipe(
             spec.input
         ))
     })?;
-    let config = TrainConfig {
-        epochs: epochs.unwrap_or(if convnet { 15 } else { 10 }),
-        batch_size: args.batch_size,
-        learning_rate: args.lr.unwrap_or(match args.optimizer {
-            OptimizerKind::Adam => 1e-3,
-            OptimizerKind::Sgd => 1e-2,
-        }),
-        seed: args.seed,
-        optimizer: args.optimizer,
-        shuffle: !args.no_shuffle,
-        max_steps: args.max_steps,
-        validation_split: args
-            .validation_split
-            .unwrap_or(if convnet { 0.1 } else { 0.0 }),
-        ..TrainConfig::default()
-    };
+    let config = training_config(args, epochs, convnet, resnet_blocks.is_some(), spec.loss)?;
     // Before anything is printed about the run.
     config.validate()?;
     Ok(Recipe {
@@ -135,5 +121,69 @@ pub(crate) fn recipe(
         test_set,
         spec,
         config,
+    })
+}
+
+/// The training flags with the model's defaults: Keras' for the MLP and the convnet, He et al.'s
+/// CIFAR recipe for the ResNet presets (SGD with Nesterov momentum 0.9, weight decay 5e-4, lr 0.1
+/// with a one-epoch warm-up then cosine, label smoothing 0.1, 15 epochs). A flag given wins; the
+/// recipe's momentum, decay and rate are SGD's, so another --optimizer takes its own defaults.
+fn training_config(
+    args: &RecipeArgs,
+    epochs: Option<usize>,
+    convnet: bool,
+    resnet: bool,
+    loss: Loss,
+) -> shadertrain::Result<TrainConfig> {
+    let optimizer = args.optimizer.unwrap_or(match resnet {
+        true => OptimizerKind::Sgd,
+        false => OptimizerKind::Adam,
+    });
+    let resnet_sgd = resnet && optimizer == OptimizerKind::Sgd;
+    let momentum = args.momentum.unwrap_or(if resnet_sgd { 0.9 } else { 0.0 });
+    if args.label_smoothing.is_some_and(|s| s != 0.0) && loss != Loss::Xent {
+        return Err(Error::Config(format!(
+            "--label-smoothing smooths cross-entropy's targets; --loss {} takes none",
+            shadertrain::model_file::name_of(&loss)
+        )));
+    }
+    Ok(TrainConfig {
+        epochs: epochs.unwrap_or(match (convnet, resnet) {
+            (true, _) | (_, true) => 15,
+            _ => 10,
+        }),
+        batch_size: args.batch_size,
+        learning_rate: args.lr.unwrap_or(match optimizer {
+            OptimizerKind::Adam | OptimizerKind::Adamw => 1e-3,
+            OptimizerKind::Sgd if resnet => 0.1,
+            OptimizerKind::Sgd => 1e-2,
+        }),
+        seed: args.seed,
+        optimizer,
+        momentum,
+        nesterov: args.nesterov.unwrap_or(resnet_sgd && momentum > 0.0),
+        weight_decay: args.weight_decay.unwrap_or(match optimizer {
+            OptimizerKind::Adamw => 1e-2,
+            OptimizerKind::Sgd if resnet => 5e-4,
+            _ => 0.0,
+        }),
+        lr_schedule: args.lr_schedule.unwrap_or(match resnet {
+            true => LrSchedule::Cosine,
+            false => LrSchedule::Constant,
+        }),
+        warmup_epochs: args.warmup_epochs.or(resnet.then_some(1.0)),
+        label_smoothing: args
+            .label_smoothing
+            .unwrap_or(if resnet && loss == Loss::Xent {
+                0.1
+            } else {
+                0.0
+            }),
+        shuffle: !args.no_shuffle,
+        max_steps: args.max_steps,
+        validation_split: args
+            .validation_split
+            .unwrap_or(if convnet { 0.1 } else { 0.0 }),
+        ..TrainConfig::default()
     })
 }

@@ -14,7 +14,7 @@ use shadertrain::files::{self, AppendLog};
 use shadertrain::gpu::{Gpu, Kernels};
 use shadertrain::model_file::name_of;
 use shadertrain::model_file::{load_parameters_for, save_model};
-use shadertrain::train::{EpochMetrics, EpochProgress, TrainConfig, Trainer};
+use shadertrain::train::{EpochMetrics, EpochProgress, LrSchedule, TrainConfig, Trainer};
 use shadertrain::{Error, Result};
 
 use crate::TrainArgs;
@@ -117,18 +117,24 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         );
     }
     outln!(
-        "model: {} on {} ({} parameters), loss {}, optimizer {} (lr {}), batch {}, seed {}",
+        "model: {} on {} ({} parameters), loss {}{}, optimizer {}, batch {}, seed {}",
         spec.describe(),
         spec.input,
         spec.layout().parameter_count(),
         name_of(&spec.loss),
-        name_of(&config.optimizer),
-        config.learning_rate,
+        match config.label_smoothing {
+            0.0 => String::new(),
+            s => format!(" (label smoothing {s})"),
+        },
+        describe_optimizer(&config),
         config.batch_size,
         config.seed
     );
     let epochs = config.epochs;
-    let validating = config.validation_split > 0.0;
+    let columns = Columns {
+        validation: config.validation_split > 0.0,
+        learning_rate: config.lr_schedule != LrSchedule::Constant || config.warmup_epochs.is_some(),
+    };
     let mut trainer = Trainer::new(&gpu, &kernels, spec, config, &train_set, &test_set)?;
     // The data lives on the GPU now.
     drop((train_set, test_set));
@@ -181,7 +187,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         };
         outln!("nothing left to train: the run {reached}");
     } else {
-        print_header(validating);
+        print_header(columns);
     }
     let outputs = RunOutputs {
         save: args.save.as_deref().map(absolute),
@@ -247,7 +253,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
             if let Some(log) = &log {
                 log.append(&record)?;
             }
-            print_epoch(&m);
+            print_epoch(&m, columns);
             return Err(Error::Diverged {
                 epoch: m.epoch,
                 what,
@@ -262,7 +268,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         if let Some(log) = &log {
             log.append(&record)?;
         }
-        print_epoch(&m);
+        print_epoch(&m, columns);
         if m.partial() {
             outln!(
                 "* epoch {} is partial: --max-steps {} stopped it after {} of its {} steps (its \
@@ -679,7 +685,25 @@ fn take_unset_flags_from(
         args.recipe.loss = run.spec.loss;
     }
     if unset("optimizer") {
-        args.recipe.optimizer = c.optimizer;
+        args.recipe.optimizer = Some(c.optimizer);
+    }
+    if unset("momentum") {
+        args.recipe.momentum = Some(c.momentum);
+    }
+    if unset("nesterov") {
+        args.recipe.nesterov = Some(c.nesterov);
+    }
+    if unset("weight_decay") {
+        args.recipe.weight_decay = Some(c.weight_decay);
+    }
+    if unset("lr_schedule") {
+        args.recipe.lr_schedule = Some(c.lr_schedule);
+    }
+    if unset("warmup_epochs") {
+        args.recipe.warmup_epochs = c.warmup_epochs;
+    }
+    if unset("label_smoothing") {
+        args.recipe.label_smoothing = Some(c.label_smoothing);
     }
     if unset("lr") {
         args.recipe.lr = Some(c.learning_rate);
@@ -832,13 +856,52 @@ fn validation_samples(samples: usize, fraction: f64) -> Option<usize> {
     (fraction > 0.0).then_some(samples - kept)
 }
 
-fn print_header(validating: bool) {
-    let validation = match validating {
+/// The optimizer and its learning rate as the run header shows them, e.g. "sgd (lr 0.1,
+/// Nesterov momentum 0.9, weight decay 0.0005; cosine schedule, 1 warm-up epoch)".
+fn describe_optimizer(c: &TrainConfig) -> String {
+    let mut terms = vec![format!("lr {}", c.learning_rate)];
+    if c.momentum > 0.0 {
+        let nesterov = if c.nesterov { "Nesterov " } else { "" };
+        terms.push(format!("{nesterov}momentum {}", c.momentum));
+    }
+    if c.weight_decay > 0.0 {
+        terms.push(format!("weight decay {}", c.weight_decay));
+    }
+    let mut schedule = Vec::new();
+    if c.lr_schedule != LrSchedule::Constant {
+        schedule.push(format!("{} schedule", name_of(&c.lr_schedule)));
+    }
+    if let Some(warmup) = c.warmup_epochs {
+        let plural = if warmup == 1.0 { "" } else { "s" };
+        schedule.push(format!("{warmup} warm-up epoch{plural}"));
+    }
+    let schedule = match schedule.is_empty() {
+        true => String::new(),
+        false => format!("; {}", schedule.join(", ")),
+    };
+    format!("{} ({}{schedule})", name_of(&c.optimizer), terms.join(", "))
+}
+
+/// The epoch table's optional columns.
+#[derive(Clone, Copy)]
+struct Columns {
+    /// val_loss and val_acc, with --validation-split.
+    validation: bool,
+    /// The learning rate of the epoch's last step, where it changes during the run.
+    learning_rate: bool,
+}
+
+fn print_header(columns: Columns) {
+    let validation = match columns.validation {
         true => format!(" {:>10} {:>9}", "val_loss", "val_acc"),
         false => String::new(),
     };
+    let learning_rate = match columns.learning_rate {
+        true => format!(" {:>10}", "lr"),
+        false => String::new(),
+    };
     outln!(
-        "{:>5} {:>10} {:>9}{validation} {:>10} {:>9} {:>8} {:>10}",
+        "{:>5} {:>10} {:>9}{validation} {:>10} {:>9}{learning_rate} {:>8} {:>10}",
         "epoch",
         "train_loss",
         "train_acc",
@@ -857,17 +920,21 @@ fn loss_column(loss: f64) -> String {
     }
 }
 
-fn print_epoch(m: &EpochMetrics) {
+fn print_epoch(m: &EpochMetrics, columns: Columns) {
     let validation = match m.validation {
         Some(v) => format!(" {} {:>8.2}%", loss_column(v.loss), 100.0 * v.accuracy),
         None => String::new(),
+    };
+    let learning_rate = match columns.learning_rate {
+        true => format!(" {:>10.4e}", m.learning_rate),
+        false => String::new(),
     };
     let epoch = match m.partial() {
         true => format!("{}*", m.epoch),
         false => m.epoch.to_string(),
     };
     outln!(
-        "{epoch:>5} {} {:>8.2}%{validation} {} {:>8.2}% {:>8.2} {:>10.0}",
+        "{epoch:>5} {} {:>8.2}%{validation} {} {:>8.2}%{learning_rate} {:>8.2} {:>10.0}",
         loss_column(m.train_loss),
         100.0 * m.train_accuracy,
         loss_column(m.test_loss),
@@ -898,6 +965,8 @@ fn epoch_record(data: &DataIdentity, m: &EpochMetrics) -> String {
         "train_accuracy": m.train_accuracy,
         "test_loss": figure(m.test_loss),
         "test_accuracy": m.test_accuracy,
+        // The f32's shortest decimal, not its f64 expansion.
+        "learning_rate": figure(m.learning_rate.to_string().parse().unwrap_or(f64::NAN)),
         "seconds": m.seconds,
         "samples_per_second": m.samples_per_second,
     });

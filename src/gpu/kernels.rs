@@ -299,6 +299,7 @@ impl ElementwiseKernels {
 /// dispatch of `optimizer_grid`, with the same bindings in either module.
 pub struct OptimizerKernels {
     pub sgd: Kernel,
+    pub momentum: Kernel,
     pub adam: Kernel,
 }
 
@@ -557,26 +558,21 @@ impl Kernels {
 impl OptimizerKernels {
     fn new(device: &wgpu::Device, module: &wgpu::ShaderModule) -> Self {
         use Slot::*;
+        let updated = [(0, Read), (1, Params), (2, ReadWrite), (3, Read)];
         OptimizerKernels {
-            sgd: build(
+            sgd: build(device, module, "sgd_update", &updated, &[]),
+            momentum: build(
                 device,
                 module,
-                "sgd_update",
-                &[(1, Params), (2, ReadWrite), (3, Read)],
+                "momentum_update",
+                &[updated.as_slice(), &[(4, ReadWrite)]].concat(),
                 &[],
             ),
             adam: build(
                 device,
                 module,
                 "adam_update",
-                &[
-                    (0, Read),
-                    (1, Params),
-                    (2, ReadWrite),
-                    (3, Read),
-                    (4, ReadWrite),
-                    (5, ReadWrite),
-                ],
+                &[updated.as_slice(), &[(4, ReadWrite), (5, ReadWrite)]].concat(),
                 &[],
             ),
         }

@@ -17,6 +17,7 @@ use crate::data::Dataset;
 use crate::error::Result;
 use crate::reference::LossOutput;
 use crate::shapes::{Geometry, LayerActivation, Loss};
+use crate::train::UpdateRule;
 
 /// Records one dispatch of `kernel` and submits it.
 fn dispatch(gpu: &Gpu, kernel: &Kernel, bind_group: &wgpu::BindGroup, grid: [u32; 3]) {
@@ -133,10 +134,12 @@ pub fn activation_backward(
 }
 
 /// loss.wgsl for a batch whose per-sample metrics go to slots `batch_start..batch_start + rows`.
+#[allow(clippy::too_many_arguments)]
 pub fn softmax_loss(
     gpu: &Gpu,
     kernels: &Kernels,
     loss: Loss,
+    label_smoothing: f32,
     logits: &[f32],
     labels: &[u32],
     classes: usize,
@@ -148,21 +151,14 @@ pub fn softmax_loss(
         Loss::Xent => &kernels.softmax_cross_entropy,
         Loss::Mse => &kernels.softmax_mean_squared_error,
     };
-    let step = schedule(
-        gpu,
-        StepParams {
-            batch_start: batch_start as u32,
-            rows: rows as u32,
-            adam_step_size: 0.0,
-            number: 0,
-        },
-    )?;
+    let step = schedule(gpu, StepParams::rows_at(batch_start, rows))?;
     let shape = gpu.params_with(
         "shape",
         &LossShape {
             classes: classes as u32,
             write_gradient: 1,
-            _pad: [0; 2],
+            label_smoothing,
+            _pad: 0,
         },
     );
     let logits_buffer = gpu.storage_with("logits", logits)?;
@@ -223,15 +219,7 @@ pub fn gather_batch(
 ) -> Result<GatheredBatch> {
     let features = data.features();
     let words_per_sample = features / 4;
-    let step = schedule(
-        gpu,
-        StepParams {
-            batch_start: batch_start as u32,
-            rows: rows as u32,
-            adam_step_size: 0.0,
-            number: 0,
-        },
-    )?;
+    let step = schedule(gpu, StepParams::rows_at(batch_start, rows))?;
     let shape = gpu.params_with(
         "shape",
         &GatherShape {
@@ -317,85 +305,46 @@ pub fn sum_metrics(
     Ok((f32::from_bits(words[0]), words[1]))
 }
 
-/// `sgd_update` of `optimizer` (optimizer.wgsl or optimizer_packed.wgsl): the updated
-/// parameters.
-pub fn sgd_update(
-    gpu: &Gpu,
-    optimizer: &OptimizerKernels,
-    params: &[f32],
-    grads: &[f32],
-    learning_rate: f32,
-) -> Result<Vec<f32>> {
-    let hyper = gpu.params_with(
-        "hyper",
-        &OptimizerHyper {
-            count: params.len() as u32,
-            learning_rate,
-            beta1: 0.0,
-            beta2: 0.0,
-            epsilon: 0.0,
-            _pad: [0; 3],
-        },
-    );
-    let params_buffer = gpu.storage_with("params", params)?;
-    let grads_buffer = gpu.storage_with("grads", grads)?;
-    let bind_group = optimizer.sgd.bind(
-        gpu,
-        &[
-            hyper.as_entire_binding(),
-            params_buffer.as_entire_binding(),
-            grads_buffer.as_entire_binding(),
-        ],
-    );
-    let grid = optimizer_grid(params.len(), max_groups(gpu));
-    dispatch(gpu, &optimizer.sgd, &bind_group, grid);
-    gpu.read_back(&params_buffer, params.len())
-}
-
-/// `adam_update` of `optimizer`: (parameters, first moment, second moment) after the update.
+/// The update `rule` of `optimizer` (optimizer.wgsl or optimizer_packed.wgsl) for `step`: the
+/// updated parameters and the rule's state (`state` before, one tensor per
+/// `UpdateRule::state_names`).
 #[allow(clippy::too_many_arguments)]
-pub fn adam_update(
+pub fn optimizer_update(
     gpu: &Gpu,
     optimizer: &OptimizerKernels,
+    rule: UpdateRule,
+    hyper: &OptimizerHyper,
+    step: StepParams,
     params: &[f32],
     grads: &[f32],
-    moment1: &[f32],
-    moment2: &[f32],
-    hyper: &OptimizerHyper,
-    step_size: f32,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let step = schedule(
-        gpu,
-        StepParams {
-            batch_start: 0,
-            rows: 0,
-            adam_step_size: step_size,
-            number: 0,
-        },
-    )?;
+    state: &[Vec<f32>],
+) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    let kernel = match rule {
+        UpdateRule::Sgd => &optimizer.sgd,
+        UpdateRule::Momentum => &optimizer.momentum,
+        UpdateRule::Adam => &optimizer.adam,
+    };
+    let step = schedule(gpu, step)?;
     let hyper_buffer = gpu.params_with("hyper", hyper);
     let params_buffer = gpu.storage_with("params", params)?;
     let grads_buffer = gpu.storage_with("grads", grads)?;
-    let m_buffer = gpu.storage_with("moment1", moment1)?;
-    let v_buffer = gpu.storage_with("moment2", moment2)?;
-    let bind_group = optimizer.adam.bind(
-        gpu,
-        &[
-            step.as_entire_binding(),
-            hyper_buffer.as_entire_binding(),
-            params_buffer.as_entire_binding(),
-            grads_buffer.as_entire_binding(),
-            m_buffer.as_entire_binding(),
-            v_buffer.as_entire_binding(),
-        ],
-    );
+    let state_buffers = (state.iter())
+        .map(|values| gpu.storage_with("optimizer state", values))
+        .collect::<Result<Vec<_>>>()?;
+    let mut resources = vec![
+        step.as_entire_binding(),
+        hyper_buffer.as_entire_binding(),
+        params_buffer.as_entire_binding(),
+        grads_buffer.as_entire_binding(),
+    ];
+    resources.extend(state_buffers.iter().map(Buffer::as_entire_binding));
+    let bind_group = kernel.bind(gpu, &resources);
     let grid = optimizer_grid(params.len(), max_groups(gpu));
-    dispatch(gpu, &optimizer.adam, &bind_group, grid);
-    Ok((
-        gpu.read_back(&params_buffer, params.len())?,
-        gpu.read_back(&m_buffer, params.len())?,
-        gpu.read_back(&v_buffer, params.len())?,
-    ))
+    dispatch(gpu, kernel, &bind_group, grid);
+    let state = (state_buffers.iter())
+        .map(|buffer| gpu.read_back(buffer, params.len()))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((gpu.read_back(&params_buffer, params.len())?, state))
 }
 
 /// The grid of `invocations` invocations of a 64-wide 1-D kernel.
@@ -551,10 +500,8 @@ pub fn dropout(
     let schedule = schedule(
         gpu,
         StepParams {
-            batch_start: 0,
-            rows: 0,
-            adam_step_size: 0.0,
             number: step,
+            ..StepParams::rows_at(0, 0)
         },
     )?;
     let below = backward.map_or(LayerActivation::Identity, |(_, below)| below);

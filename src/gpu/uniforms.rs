@@ -238,6 +238,27 @@ pub struct StepParams {
     /// The training step's number in the run, from 1 (0 in evaluation): dropout keys its masks
     /// by it.
     pub number: u32,
+    /// The step's learning rate, from the run's schedule (`crate::train::schedule`).
+    pub learning_rate: f32,
+    /// AdamW's decoupled decay: the parameters are multiplied by it before the step
+    /// (1 − lr · weight decay; 1 for every other optimizer).
+    pub decay_factor: f32,
+    pub _pad: [u32; 2],
+}
+
+impl StepParams {
+    /// A step over `rows` samples from slot `batch_start` that updates nothing (evaluation).
+    pub fn rows_at(batch_start: usize, rows: usize) -> Self {
+        StepParams {
+            batch_start: batch_start as u32,
+            rows: rows as u32,
+            adam_step_size: 0.0,
+            number: 0,
+            learning_rate: 0.0,
+            decay_factor: 1.0,
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// Bytes before the first step in the schedule buffer (the cursor and its padding).
@@ -262,11 +283,13 @@ pub struct GatherShape {
 
 /// `Shape` in loss.wgsl.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct LossShape {
     pub classes: u32,
     pub write_gradient: u32,
-    pub _pad: [u32; 2],
+    /// Cross-entropy's label smoothing ε: the target is (1 − ε) one-hot + ε / classes.
+    pub label_smoothing: f32,
+    pub _pad: u32,
 }
 
 /// `Shape` in metrics.wgsl.
@@ -278,16 +301,22 @@ pub struct MetricsShape {
     pub _pad: [u32; 2],
 }
 
-/// `Hyper` in optimizer.wgsl.
+/// `Hyper` in shared/optimizer_hyper.wgsl: what the update rules (shared/update_rules.wgsl)
+/// hold fixed for a run.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct OptimizerHyper {
     pub count: u32,
-    pub learning_rate: f32,
     pub beta1: f32,
     pub beta2: f32,
     pub epsilon: f32,
-    pub _pad: [u32; 3],
+    /// SGD's momentum factor.
+    pub momentum: f32,
+    /// L2 decay added to the gradient (SGD, Adam); 0 for AdamW, whose decay is the step's.
+    pub weight_decay: f32,
+    /// 1: Nesterov momentum.
+    pub nesterov: u32,
+    pub _pad: u32,
 }
 
 /// `ConvShape` in conv2d.wgsl.
@@ -514,16 +543,20 @@ mod tests {
                 batch_start,
                 rows,
                 adam_step_size,
-                number
+                number,
+                learning_rate,
+                decay_factor
             })
         };
         let hyper = || {
             host_layout!(OptimizerHyper {
                 count,
-                learning_rate,
                 beta1,
                 beta2,
-                epsilon
+                epsilon,
+                momentum,
+                weight_decay,
+                nesterov
             })
         };
         let cases: Vec<(&str, &str, &str, HostLayout)> = vec![
@@ -577,7 +610,8 @@ mod tests {
                 "Shape",
                 host_layout!(LossShape {
                     classes,
-                    write_gradient
+                    write_gradient,
+                    label_smoothing
                 }),
             ),
             (

@@ -88,12 +88,25 @@ pub fn forward_backward(
     labels: &[u32],
     key: StepKey,
 ) -> ReferenceStep {
+    forward_backward_smoothed(spec, params, x, labels, key, 0.0)
+}
+
+/// `forward_backward` with cross-entropy's label smoothing (`TrainConfig::label_smoothing`).
+pub fn forward_backward_smoothed(
+    spec: &ModelSpec,
+    params: &[f32],
+    x: &[f32],
+    labels: &[u32],
+    key: StepKey,
+    label_smoothing: f32,
+) -> ReferenceStep {
     let plan = spec.plan().expect("a validated model");
     let layout = &plan.layout;
     let rows = labels.len();
     let (activations, state) = forward_pass(spec, params, x, Some(key));
     let loss = softmax_loss(
         spec.loss,
+        label_smoothing,
         &activations[plan.logits()],
         labels,
         spec.classes(),

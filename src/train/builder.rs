@@ -5,6 +5,7 @@
 
 use wgpu::Buffer;
 
+use super::optimizer::{self, UpdateRule};
 use super::{DeviceSplit, TrainConfig};
 use crate::error::Result as AnyResult;
 use crate::gpu::buffers::grid_1d;
@@ -124,6 +125,8 @@ pub(crate) struct ProgramBuilder<'a, 'k> {
     pub(crate) batch_labels: &'a Buffer,
     /// Floats in the flat parameter buffers: the trained parameters.
     pub(crate) param_floats: usize,
+    /// Cross-entropy's label smoothing in training (evaluation reports the plain loss).
+    pub(crate) label_smoothing: f32,
 }
 
 impl<'a, 'k> ProgramBuilder<'a, 'k> {
@@ -167,7 +170,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
     }
 
     /// gather → every layer → loss, for `rows` samples of `split` (`training`: the loss writes
-    /// its gradient, and dropout drops).
+    /// its gradient, smoothed with `label_smoothing`, and dropout drops).
     pub(crate) fn forward(&self, split: &DeviceSplit, rows: usize, training: bool) -> Program<'k> {
         let mut program = Program::default();
         let gpu = self.context.gpu;
@@ -217,7 +220,8 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             &LossShape {
                 classes: self.spec.classes() as u32,
                 write_gradient: training as u32,
-                _pad: [0; 2],
+                label_smoothing: if training { self.label_smoothing } else { 0.0 },
+                _pad: 0,
             },
         );
         let logits = self.plan.logits();
@@ -297,47 +301,29 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         program
     }
 
-    pub(crate) fn update(
-        &self,
-        config: &TrainConfig,
-        moments: Option<&(Buffer, Buffer)>,
-    ) -> Program<'k> {
+    /// The update of every trained parameter: `state` holds the update rule's buffers
+    /// (`UpdateRule::state_names`).
+    pub(crate) fn update(&self, config: &TrainConfig, state: &[Buffer]) -> Program<'k> {
         let mut program = Program::default();
         let hyper = self.context.gpu.params_with(
             "optimizer hyperparameters",
-            &OptimizerHyper {
-                count: self.param_floats as u32,
-                learning_rate: config.learning_rate,
-                beta1: config.beta1,
-                beta2: config.beta2,
-                epsilon: config.epsilon,
-                _pad: [0; 3],
-            },
+            &optimizer::hyper(config, self.param_floats),
         );
         let grid = optimizer_grid(self.param_floats, self.context.max_groups());
-        match moments {
-            Some((moment1, moment2)) => {
-                let kernel = &self.context.kernels.optimizer().adam;
-                let resources = [
-                    self.context.schedule.as_entire_binding(),
-                    hyper.as_entire_binding(),
-                    self.context.params.buffer.as_entire_binding(),
-                    self.context.grads.as_entire_binding(),
-                    moment1.as_entire_binding(),
-                    moment2.as_entire_binding(),
-                ];
-                program.dispatch(self.context.gpu, kernel, &resources, grid);
-            }
-            None => {
-                let kernel = &self.context.kernels.optimizer().sgd;
-                let resources = [
-                    hyper.as_entire_binding(),
-                    self.context.params.buffer.as_entire_binding(),
-                    self.context.grads.as_entire_binding(),
-                ];
-                program.dispatch(self.context.gpu, kernel, &resources, grid);
-            }
-        }
+        let kernels = self.context.kernels.optimizer();
+        let kernel = match UpdateRule::of(config) {
+            UpdateRule::Sgd => &kernels.sgd,
+            UpdateRule::Momentum => &kernels.momentum,
+            UpdateRule::Adam => &kernels.adam,
+        };
+        let mut resources = vec![
+            self.context.schedule.as_entire_binding(),
+            hyper.as_entire_binding(),
+            self.context.params.buffer.as_entire_binding(),
+            self.context.grads.as_entire_binding(),
+        ];
+        resources.extend(state.iter().map(Buffer::as_entire_binding));
+        program.dispatch(self.context.gpu, kernel, &resources, grid);
         program
     }
 

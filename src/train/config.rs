@@ -1,13 +1,24 @@
 //! What a training run is asked to do, and what it reports.
 
+use super::schedule::LrSchedule;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OptimizerKind {
-    /// Adam (Kingma & Ba) in Keras' formulation.
+    /// Adam (Kingma & Ba) in Keras' formulation; --weight-decay adds L2 to the gradient, as
+    /// torch.optim.Adam does.
     Adam,
-    /// Plain (minibatch) gradient descent: θ ← θ − lr · ∇L.
+    /// AdamW (Loshchilov & Hutter, torch.optim.AdamW): Adam with decoupled weight decay.
+    Adamw,
+    /// Stochastic gradient descent (torch.optim.SGD): plain, or with --momentum and --nesterov.
     Sgd,
+}
+
+impl OptimizerKind {
+    /// Adam or AdamW.
+    pub fn is_adam(self) -> bool {
+        matches!(self, OptimizerKind::Adam | OptimizerKind::Adamw)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +42,17 @@ pub struct TrainConfig {
     /// The fraction of the training set held out for validation: its last samples, as loaded
     /// (as Keras' `validation_split`). 0: none.
     pub validation_split: f64,
+    /// SGD's momentum factor μ (0: plain SGD).
+    pub momentum: f32,
+    /// Nesterov momentum (SGD with momentum only).
+    pub nesterov: bool,
+    /// Weight decay: L2 added to the gradient for SGD and Adam, decoupled for AdamW.
+    pub weight_decay: f32,
+    pub lr_schedule: LrSchedule,
+    /// Epochs of linear warm-up (fractions allowed; rounded to whole steps), if any.
+    pub warmup_epochs: Option<f64>,
+    /// Cross-entropy's label smoothing ε (PyTorch's `label_smoothing`).
+    pub label_smoothing: f32,
 }
 
 impl Default for TrainConfig {
@@ -49,6 +71,12 @@ impl Default for TrainConfig {
             shuffle: true,
             max_steps: None,
             validation_split: 0.0,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            lr_schedule: LrSchedule::Constant,
+            warmup_epochs: None,
+            label_smoothing: 0.0,
         }
     }
 }
@@ -79,6 +107,44 @@ impl TrainConfig {
         if self.steps_per_submit == 0 {
             return Err(Error::Config("steps per submit must be at least 1".into()));
         }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(Error::Config(format!(
+                "--momentum must be at least 0 and below 1, got {}",
+                self.momentum
+            )));
+        }
+        if self.momentum > 0.0 && self.optimizer != OptimizerKind::Sgd {
+            return Err(Error::Config(format!(
+                "--momentum is SGD's (--optimizer sgd); {} keeps its own moments",
+                crate::model_file::name_of(&self.optimizer)
+            )));
+        }
+        if self.nesterov && !(self.optimizer == OptimizerKind::Sgd && self.momentum > 0.0) {
+            return Err(Error::Config(
+                "--nesterov needs --optimizer sgd with a --momentum above 0 (as PyTorch's SGD)"
+                    .into(),
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::Config(format!(
+                "--weight-decay must be a number of at least 0, got {}",
+                self.weight_decay
+            )));
+        }
+        if let Some(warmup) = self.warmup_epochs
+            && !(warmup.is_finite() && (0.0..=self.epochs as f64).contains(&warmup))
+        {
+            return Err(Error::Config(format!(
+                "--warmup-epochs must be at least 0 and at most --epochs ({}), got {warmup}",
+                self.epochs
+            )));
+        }
+        if !(self.label_smoothing.is_finite() && (0.0..=1.0).contains(&self.label_smoothing)) {
+            return Err(Error::Config(format!(
+                "--label-smoothing must be between 0 and 1, got {}",
+                self.label_smoothing
+            )));
+        }
         Ok(())
     }
 }
@@ -108,6 +174,8 @@ pub struct EpochMetrics {
     pub seconds: f64,
     /// Training samples trained in that wall time per second.
     pub samples_per_second: f64,
+    /// The learning rate of the epoch's last step taken.
+    pub learning_rate: f32,
     /// What the epoch asked of the GPU, counted as it was recorded.
     pub work: GpuWork,
 }

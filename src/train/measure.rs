@@ -82,16 +82,7 @@ impl Trainer<'_> {
         self.gpu
             .queue
             .write_buffer(&self.train.order, 0, bytemuck::cast_slice(&identity));
-        self.write_schedule(
-            0,
-            0,
-            &[StepParams {
-                batch_start: 0,
-                rows: rows as u32,
-                adam_step_size: 0.0,
-                number: 0,
-            }],
-        );
+        self.write_schedule(0, 0, &[StepParams::rows_at(0, rows)]);
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
         program_for(
             rows,

@@ -8,9 +8,10 @@
 //!   per layer l, last first:
 //!                 the layer's parameter gradients, and g[l] = dL/da[l] where a layer below
 //!                 has parameters
-//!   update        Adam or SGD over the flat parameter buffer, in one dispatch
-//!   advance       the step schedule's cursor moves to the next step's (start, rows, step size,
-//!                 step number)
+//!   update        SGD (plain or momentum), Adam or AdamW over the flat parameter buffer, in one
+//!                 dispatch
+//!   advance       the step schedule's cursor moves to the next step's (start, rows, learning
+//!                 rate, step size, decay, step number)
 //! At the end of an epoch: the test set's (and validation set's) forward passes, reductions of
 //! the per-sample metrics, one copy into a staging buffer, one map.
 
@@ -18,8 +19,10 @@ pub(crate) mod builder;
 pub mod config;
 mod fit;
 mod measure;
+pub mod optimizer;
 mod pacing;
 mod progress;
+pub mod schedule;
 pub mod state;
 
 use std::cell::Cell;
@@ -36,8 +39,10 @@ pub use config::{
     EpochMetrics, EpochProgress, Evaluation, GpuWork, OptimizerKind, SplitMetrics, TrainConfig,
     adam_step_size,
 };
+pub use optimizer::UpdateRule;
 use pacing::{CHUNKS_IN_FLIGHT, InFlight, Pace};
 use progress::{PROGRESS_READS_IN_FLIGHT, PendingRead, ProgressReads};
+pub use schedule::{LrSchedule, RunLength};
 pub use state::{EpochState, TrainingState};
 
 use crate::data::Dataset;
@@ -164,7 +169,8 @@ pub struct Trainer<'k> {
     /// BatchNorm's running statistics: the parameters' tail (`ParamLayout::state`).
     state: Buffer,
     grads: Buffer,
-    moments: Option<(Buffer, Buffer)>,
+    /// The update rule's per-parameter state (`UpdateRule::state_names`).
+    optimizer_state: Vec<Buffer>,
     epoch: Option<EpochInProgress>,
     progress: ProgressReads<'k>,
     /// The step schedule (shared/step.wgsl): cursor, then this epoch's training steps, then the
@@ -275,8 +281,8 @@ impl<'k> Trainer<'k> {
             params,
             state,
             grads,
-            moments,
-        } = ParameterBuffers::new(gpu, kernels, &layout, &initial, config.optimizer)?;
+            optimizer_state,
+        } = ParameterBuffers::new(gpu, kernels, &layout, &initial, UpdateRule::of(&config))?;
         let tensors = plan_tensors(gpu, kernels, &plan, rows_at_most)?;
         let routes = GradientRoutes::new(gpu, kernels, &plan, rows_at_most)?;
         let layers = (0..plan.nodes.len())
@@ -332,6 +338,7 @@ impl<'k> Trainer<'k> {
             routes: &routes,
             batch_labels: &batch_labels,
             param_floats: layout.trained,
+            label_smoothing: config.label_smoothing,
         };
         let train_program =
             |rows: usize| builder.backward(builder.forward(&train_split, rows, true), rows);
@@ -353,7 +360,7 @@ impl<'k> Trainer<'k> {
         let test_split = evaluated(test_split, train_steps, 1);
         let validation_split =
             validation_split.map(|data| evaluated(data, train_steps + test_steps, 2));
-        let update = builder.update(&config, moments.as_ref());
+        let update = builder.update(&config, &optimizer_state);
         let advance = builder.advance();
         let metrics_shape = |samples: usize, slot| MetricsShape {
             count: samples as u32,
@@ -386,7 +393,7 @@ impl<'k> Trainer<'k> {
             params,
             state,
             grads,
-            moments,
+            optimizer_state,
             epoch: None,
             progress,
             schedule,
@@ -406,12 +413,7 @@ impl<'k> Trainer<'k> {
         // The evaluation steps never change: positions only.
         for split in std::iter::once(&trainer.test).chain(&trainer.validation) {
             let steps: Vec<StepParams> = batches(split.data.samples, evaluation_batch)
-                .map(|(start, rows)| StepParams {
-                    batch_start: start as u32,
-                    rows: rows as u32,
-                    adam_step_size: 0.0,
-                    number: 0,
-                })
+                .map(|(start, rows)| StepParams::rows_at(start, rows))
                 .collect();
             trainer.write_schedule(0, split.first_slot, &steps);
         }
@@ -466,16 +468,27 @@ impl<'k> Trainer<'k> {
         self.train.samples.div_ceil(self.config.batch_size)
     }
 
-    /// The parameters of training step number `t` of the run (counting from 1): Adam's
-    /// bias-corrected step size depends on it.
-    fn training_step(&self, t: u64, batch_start: usize, rows: usize) -> StepParams {
+    /// The run's length in steps, as its learning-rate schedule sees it.
+    pub fn run_length(&self) -> RunLength {
         let c = &self.config;
-        StepParams {
-            batch_start: batch_start as u32,
-            rows: rows as u32,
-            adam_step_size: adam_step_size(c.learning_rate, c.beta1, c.beta2, t),
-            number: t as u32,
-        }
+        RunLength::new(c.epochs, self.train_steps(), c.warmup_epochs)
+    }
+
+    /// The parameters of training step number `t` of the run (counting from 1): its learning
+    /// rate, Adam's bias-corrected step size and AdamW's decay depend on it.
+    fn training_step(&self, t: u64, batch_start: usize, rows: usize) -> StepParams {
+        optimizer::training_step(&self.config, self.run_length(), t, batch_start, rows)
+    }
+
+    /// The learning rate of the last step taken (of the first, before any).
+    pub fn learning_rate(&self) -> f32 {
+        let t = self.steps_done.max(1);
+        schedule::learning_rate(
+            self.config.lr_schedule,
+            self.config.learning_rate,
+            t - 1,
+            self.run_length(),
+        )
     }
 
     /// The steps of an epoch that starts after `steps_before` steps of the run: every batch.
@@ -751,6 +764,7 @@ impl<'k> Trainer<'k> {
             validation,
             seconds,
             samples_per_second: trained_here as f64 / seconds,
+            learning_rate: self.learning_rate(),
             work,
         })
     }
@@ -938,12 +952,12 @@ fn check_data_fits(spec: &ModelSpec, splits: [(&str, &Dataset); 2]) -> Result<()
 }
 
 /// The flat buffers: the trained parameters (mirrored for the products), the state, the
-/// gradients and the optimizer's moments.
+/// gradients and the update rule's per-parameter state.
 struct ParameterBuffers {
     params: DeviceTensor,
     state: Buffer,
     grads: Buffer,
-    moments: Option<(Buffer, Buffer)>,
+    optimizer_state: Vec<Buffer>,
 }
 
 impl ParameterBuffers {
@@ -953,7 +967,7 @@ impl ParameterBuffers {
         kernels: &Kernels,
         layout: &ParamLayout,
         initial: &[f32],
-        optimizer: OptimizerKind,
+        rule: UpdateRule,
     ) -> Result<Self> {
         let param_bytes = (layout.trained * 4) as u64;
         let params = DeviceTensor::new(gpu, kernels, "parameters", param_bytes)?;
@@ -963,18 +977,14 @@ impl ParameterBuffers {
         let state = gpu.storage_buffer("batchnorm state", (layout.state().max(1) * 4) as u64)?;
         gpu.queue
             .write_buffer(&state, 0, bytemuck::cast_slice(state_values));
-        let moments = match optimizer {
-            OptimizerKind::Adam => Some((
-                gpu.storage_buffer("adam first moment", param_bytes)?,
-                gpu.storage_buffer("adam second moment", param_bytes)?,
-            )),
-            OptimizerKind::Sgd => None,
-        };
+        let optimizer_state = (rule.state_names().iter())
+            .map(|name| gpu.storage_buffer(name, param_bytes))
+            .collect::<Result<Vec<_>>>()?;
         Ok(ParameterBuffers {
             params,
             state,
             grads: gpu.storage_buffer("gradients", param_bytes)?,
-            moments,
+            optimizer_state,
         })
     }
 }

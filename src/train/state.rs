@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{EpochInProgress, GpuWork, OptimizerKind, Trainer};
+use super::{EpochInProgress, GpuWork, Trainer, UpdateRule};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -13,9 +13,11 @@ use crate::rng::Rng;
 pub struct TrainingState {
     /// Laid out as the trainer's `layout()` says.
     pub parameters: Vec<f32>,
-    /// Adam's first and second moments, laid out like the parameters (None for SGD).
-    pub moments: Option<(Vec<f32>, Vec<f32>)>,
-    /// Training steps taken since the start of the run (Adam's t).
+    /// The update rule's per-parameter state, one tensor per `UpdateRule::state_names` (Adam's
+    /// moments, SGD's momentum buffer; none for plain SGD), each laid out like the trained
+    /// parameters.
+    pub optimizer_state: Vec<Vec<f32>>,
+    /// Training steps taken since the start of the run (Adam's t, the schedule's position).
     pub steps_done: u64,
     pub epochs_done: usize,
     /// The shuffling generator's state, after drawing the current epoch's order if one is under way.
@@ -46,9 +48,7 @@ impl Trainer<'_> {
             (&self.params.buffer, param_bytes),
             (&self.state, state_bytes),
         ];
-        if let Some((m, v)) = &self.moments {
-            parts.extend([(m, param_bytes), (v, param_bytes)]);
-        }
+        parts.extend(self.optimizer_state.iter().map(|b| (b, param_bytes)));
         let trained = self.epoch.as_ref().map_or(0, |e| e.samples_in(e.next));
         if self.epoch.is_some() {
             let sample_bytes = (trained * 4) as u64;
@@ -61,12 +61,9 @@ impl Trainer<'_> {
         let mut next = || -> Vec<u8> { parts.next().expect("one part per buffer") };
         let mut parameters: Vec<f32> = bytemuck::pod_collect_to_vec(&next());
         parameters.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&next()));
-        let moments = self.moments.as_ref().map(|_| {
-            (
-                bytemuck::pod_collect_to_vec(&next()),
-                bytemuck::pod_collect_to_vec(&next()),
-            )
-        });
+        let optimizer_state = (self.optimizer_state.iter())
+            .map(|_| bytemuck::pod_collect_to_vec(&next()))
+            .collect();
         let epoch = self.epoch.as_ref().map(|e| EpochState {
             order: e.order.clone(),
             steps_taken: e.next,
@@ -75,7 +72,7 @@ impl Trainer<'_> {
         });
         Ok(TrainingState {
             parameters,
-            moments,
+            optimizer_state,
             steps_done: self.steps_done,
             epochs_done: self.epochs_done,
             rng_state: self.rng.state(),
@@ -94,17 +91,24 @@ impl Trainer<'_> {
                 state.parameters.len()
             ));
         }
-        match (&state.moments, self.config.optimizer) {
-            (Some((m, v)), OptimizerKind::Adam) if m.len() == trained && v.len() == trained => {}
-            (None, OptimizerKind::Sgd) => {}
-            (Some(_), OptimizerKind::Adam) => {
-                return bad("has Adam moments of the wrong length".into());
-            }
-            (moments, optimizer) => {
+        let names = UpdateRule::of(&self.config).state_names();
+        if state.optimizer_state.len() != names.len() {
+            return bad(format!(
+                "has {} optimizer state tensors, the optimizer keeps {} ({})",
+                state.optimizer_state.len(),
+                names.len(),
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+        for (name, values) in names.iter().zip(&state.optimizer_state) {
+            if values.len() != trained {
                 return bad(format!(
-                    "{} Adam moments but the optimizer is {}",
-                    if moments.is_some() { "has" } else { "lacks" },
-                    crate::model_file::name_of(&optimizer)
+                    "has {} values of {name}, the model trains {trained} parameters",
+                    values.len()
                 ));
             }
         }
@@ -155,9 +159,8 @@ impl Trainer<'_> {
         };
         self.set_parameters(&state.parameters)?;
         let queue = &self.gpu.queue;
-        if let (Some((m, v)), Some((m_buffer, v_buffer))) = (&state.moments, &self.moments) {
-            queue.write_buffer(m_buffer, 0, bytemuck::cast_slice(m));
-            queue.write_buffer(v_buffer, 0, bytemuck::cast_slice(v));
+        for (buffer, values) in self.optimizer_state.iter().zip(&state.optimizer_state) {
+            queue.write_buffer(buffer, 0, bytemuck::cast_slice(values));
         }
         self.steps_done = state.steps_done;
         self.epochs_done = state.epochs_done;

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use shadertrain::data::{DATA_ENV, Dataset, DatasetKind, default_dir};
-use shadertrain::gpu::uniforms::OptimizerHyper;
 use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
 use shadertrain::model::ModelSpec;
-use shadertrain::model::reference::{StepKey, forward_backward};
+use shadertrain::model::reference::{StepKey, forward_backward, forward_backward_smoothed};
 use shadertrain::reference::{self, compare};
 use shadertrain::rng::Rng;
-use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
+use shadertrain::train::optimizer::{self, UpdateRule};
+use shadertrain::train::{RunLength, TrainConfig, Trainer};
 
 /// The device every test in this binary shares. Fails (never skips) when there is no adapter:
 /// CI must prove the kernels run.
@@ -105,9 +105,26 @@ pub fn small_mnist(train: usize, test: usize) -> tempfile::TempDir {
 /// last one partial) trained on, up to `max_steps`.
 pub struct ReferenceRun {
     pub params: Vec<f32>,
+    /// The learning rate of the last step.
+    pub learning_rate: f32,
     pub train_samples: usize,
     pub train_loss: f64,
     pub train_correct: u32,
+}
+
+/// `base` with today's recipe on top: SGD with Nesterov momentum 0.9, weight decay 5e-4, a
+/// half-epoch warm-up then cosine, label smoothing 0.1.
+pub fn with_nesterov_recipe(base: TrainConfig) -> TrainConfig {
+    TrainConfig {
+        optimizer: shadertrain::train::OptimizerKind::Sgd,
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 5e-4,
+        lr_schedule: shadertrain::train::LrSchedule::Cosine,
+        warmup_epochs: Some(0.5),
+        label_smoothing: 0.1,
+        ..base
+    }
 }
 
 /// The dropout key of the epoch's step `step` (from 0): the run's step number counts from 1.
@@ -119,60 +136,69 @@ pub fn key(config: &TrainConfig, step: usize) -> StepKey {
 }
 
 pub fn reference_epoch(spec: &ModelSpec, config: &TrainConfig, data: &Dataset) -> ReferenceRun {
+    reference_epochs(spec, config, data, 1)
+}
+
+/// The reference's first `epochs` epochs of `spec` trained on `data` as `config` asks (its
+/// `max_steps` stops it inside one): the optimizer's update, the schedule's rate and the label
+/// smoothing of each step from the library's definitions (`optimizer::training_step`,
+/// `reference_update`). The metrics are the last epoch's.
+pub fn reference_epochs(
+    spec: &ModelSpec,
+    config: &TrainConfig,
+    data: &Dataset,
+    epochs: usize,
+) -> ReferenceRun {
     let layout = spec.layout();
     let mut rng = Rng::new(config.seed);
     let mut params = spec.glorot_uniform(&mut rng);
-    let mut order: Vec<u32> = (0..data.samples() as u32).collect();
-    if config.shuffle {
-        rng.shuffle(&mut order);
-    }
-    let (mut m, mut v) = (vec![0.0; layout.total], vec![0.0; layout.total]);
-    let hyper = OptimizerHyper {
-        count: layout.total as u32,
-        learning_rate: config.learning_rate,
-        beta1: config.beta1,
-        beta2: config.beta2,
-        epsilon: config.epsilon,
-        _pad: [0; 3],
-    };
+    let rule = UpdateRule::of(config);
+    let mut state = vec![vec![0.0; layout.trained]; rule.state_names().len()];
+    let steps_per_epoch = data.samples().div_ceil(config.batch_size);
+    let run = RunLength::new(config.epochs, steps_per_epoch, config.warmup_epochs);
+    let limit = config.max_steps.unwrap_or(u64::MAX);
+    let mut t = 0u64;
+    let mut last_rate = config.learning_rate;
     let (mut loss_sum, mut correct, mut trained) = (0.0, 0, 0);
-    let steps = config.max_steps.map_or(usize::MAX, |m| m as usize);
-    for (step, start) in (0..data.samples())
-        .step_by(config.batch_size)
-        .take(steps)
-        .enumerate()
-    {
-        let rows = config.batch_size.min(data.samples() - start);
-        trained += rows;
-        let (x, y) = reference::gather_batch(data, &order, start, rows);
-        let result = forward_backward(spec, &params, &x, &y, key(config, step));
-        loss_sum += result
-            .loss
-            .sample_loss
-            .iter()
-            .map(|&l| l as f64)
-            .sum::<f64>();
-        correct += result.loss.sample_correct.iter().sum::<u32>();
-        match config.optimizer {
-            OptimizerKind::Sgd => {
-                reference::sgd_update(&mut params, &result.grads, config.learning_rate)
-            }
-            OptimizerKind::Adam => {
-                let t = step as u64 + 1;
-                let size = shadertrain::train::adam_step_size(
-                    config.learning_rate,
-                    config.beta1,
-                    config.beta2,
-                    t,
-                );
-                reference::adam_update(&mut params, &result.grads, &mut m, &mut v, &hyper, size);
-            }
+    for _ in 0..epochs {
+        let mut order: Vec<u32> = (0..data.samples() as u32).collect();
+        if config.shuffle {
+            rng.shuffle(&mut order);
         }
-        // BatchNorm's running statistics, which the forward pass updated.
-        params[layout.trained..].copy_from_slice(&result.state);
+        (loss_sum, correct, trained) = (0.0, 0, 0);
+        for start in (0..data.samples()).step_by(config.batch_size) {
+            if t >= limit {
+                break;
+            }
+            let rows = config.batch_size.min(data.samples() - start);
+            trained += rows;
+            let (x, y) = reference::gather_batch(data, &order, start, rows);
+            let key = key(config, t as usize);
+            let result =
+                forward_backward_smoothed(spec, &params, &x, &y, key, config.label_smoothing);
+            loss_sum += (result.loss.sample_loss.iter())
+                .map(|&l| l as f64)
+                .sum::<f64>();
+            correct += result.loss.sample_correct.iter().sum::<u32>();
+            t += 1;
+            let step = optimizer::training_step(config, run, t, start, rows);
+            last_rate = step.learning_rate;
+            let (trained_params, _) = params.split_at_mut(layout.trained);
+            optimizer::reference_update(
+                config,
+                &step,
+                trained_params,
+                &result.grads[..layout.trained],
+                &mut state,
+            )
+            .unwrap();
+            // BatchNorm's running statistics, which the forward pass updated.
+            params[layout.trained..].copy_from_slice(&result.state);
+        }
     }
     ReferenceRun {
         params,
+        learning_rate: last_rate,
         train_samples: trained,
         train_loss: loss_sum / trained as f64,
         train_correct: correct,
@@ -187,10 +213,30 @@ pub fn assert_trains_like_the_reference(
     config: &TrainConfig,
     data: &Dataset,
 ) {
-    let expected = reference_epoch(spec, config, data);
+    assert_trains_epochs_like_the_reference(what, kernels, spec, config, data, 1);
+}
+
+/// `kernels` train `epochs` epochs of `spec` on `data` as the reference does: the parameters
+/// after them, and the last epoch's training loss, accuracy and learning rate.
+pub fn assert_trains_epochs_like_the_reference(
+    what: &str,
+    kernels: &Kernels,
+    spec: &ModelSpec,
+    config: &TrainConfig,
+    data: &Dataset,
+    epochs: usize,
+) {
+    let expected = reference_epochs(spec, config, data, epochs);
     let mut trainer =
         Trainer::new(gpu(), kernels, spec.clone(), config.clone(), data, data).unwrap();
-    let metrics = trainer.run_epoch().unwrap();
+    let mut metrics = trainer.run_epoch().unwrap();
+    for _ in 1..epochs {
+        metrics = trainer.run_epoch().unwrap();
+    }
+    assert_eq!(
+        metrics.learning_rate, expected.learning_rate,
+        "{what} learning rate of the last step"
+    );
     assert_close(
         &format!("{what} parameters"),
         &trainer.parameters().unwrap(),
