@@ -13,10 +13,13 @@ evaluations, as shadertrain's does.
 - `--model resnet8|resnet20`: He et al.'s CIFAR ResNets (the module the README shows, whose
   state_dict names are shadertrain's) with their recipe, as `shadertrain train --model resnet8`
   has it: SGD with Nesterov momentum 0.9 and weight decay 5e-4, lr 0.1 with a one-epoch linear
-  warm-up then cosine to 0 (per step), label smoothing 0.1 (the test loss without), batch 128,
-  15 epochs. (Standardisation and augmentation are still to come in shadertrain.)
+  warm-up then cosine to 0 (per step), label smoothing 0.1 (the test loss without), the training
+  set's mean and standard deviation standardising the input, random crops (pad 2, as
+  RandomCrop(28, padding=2)) and on Fashion-MNIST random horizontal flips (`--augment`), batch
+  128, 15 epochs.
 - `--load FILE`: no training; load a `shadertrain train --save` file (tensors `layers.{i}.weight`
-  and `.bias`, `i` counting the layers with parameters) into the module and print its test loss
+  and `.bias`, `i` counting the layers with parameters) into the module, standardise the test
+  images with the file's `input_mean` and `input_std` where it has them, and print its test loss
   and accuracy, to compare with `shadertrain eval`.
 
 usage: pytorch_mnist.py DATA_DIR [--model mlp|convnet|resnet8|resnet20] [--epochs N] [--threads T]
@@ -164,6 +167,36 @@ def make_schedule(optimizer, schedule, total, warmup):
     return L.LambdaLR(optimizer, factor)
 
 
+def augment(x, crop, flip, cutout):
+    """A batch [B, C, H, W] of images in [0, 1] randomly shifted by up to `crop` pixels (black
+    borders, as RandomCrop(padding=crop)) and, with `flip`, mirrored left-right half the time.
+    (`cutout` is applied after standardisation, by `cut_out`.)"""
+    b, c, h, w = x.shape
+    if crop:
+        padded = F.pad(x, (crop, crop, crop, crop))
+        dy = torch.randint(0, 2 * crop + 1, (b,), device=x.device)
+        dx = torch.randint(0, 2 * crop + 1, (b,), device=x.device)
+        rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None]
+        cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, None, :]
+        x = padded[torch.arange(b, device=x.device)[:, None, None, None],
+                   torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    if flip:
+        mirrored = torch.rand(b, device=x.device) < 0.5
+        x = torch.where(mirrored[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def cut_out(x, side):
+    """DeVries & Taylor's cutout: a side x side square, centred anywhere, set to 0."""
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b,), device=x.device)[:, None, None, None] - side // 2
+    cx = torch.randint(0, w, (b,), device=x.device)[:, None, None, None] - side // 2
+    ys = torch.arange(h, device=x.device)[None, None, :, None]
+    xs = torch.arange(w, device=x.device)[None, None, None, :]
+    inside = (ys >= cy) & (ys < cy + side) & (xs >= cx) & (xs < cx + side)
+    return x.masked_fill(inside, 0.0)
+
+
 def evaluate(model, loss_fn, x, y, batch=1000):
     model.eval()
     loss, correct = 0.0, 0
@@ -186,6 +219,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--augment", help="crop<P>,flip,cutout<S> as shadertrain's --augment "
+                        "[default for the ResNets: crop2, plus flip where the data folder's name "
+                        "says fashion]")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -203,9 +239,16 @@ def main():
     if args.load:
         from safetensors.torch import load_file
 
+        from safetensors import safe_open
+
         ours = load_file(args.load)
         state = {torch_name: ours[name] for torch_name, name in shadertrain_names(model).items()}
         model.load_state_dict(state)  # strict: every tensor, in PyTorch's shape
+        with safe_open(args.load, "pt") as f:
+            metadata = f.metadata() or {}
+        if "input_mean" in metadata:  # a model trained with --normalize
+            figures = lambda key: torch.tensor([float(v) for v in metadata[key].split(",")]).reshape(1, -1, 1, 1)
+            x_test = (x_test - figures("input_mean")) / figures("input_std")
         test_loss, test_acc = evaluate(model, loss_fn, x_test, y_test)
         print(f"{args.load}: test_loss {test_loss:.4f}, test_acc {100 * test_acc:.2f}% (pytorch {torch.__version__})")
         return
@@ -215,7 +258,22 @@ def main():
     x_train, y_train = x_train[: len(x_train) - held_out], y_train[: len(y_train) - held_out]
     n = len(x_train)
     steps_per_epoch = math.ceil(n / args.batch_size)
+    crop, flip, cutout = 0, False, 0
+    mean = std = None
     if resnet:
+        fashion = "fashion" in os.path.abspath(args.data).lower()
+        for token in (args.augment or ("crop2,flip" if fashion else "crop2")).split(","):
+            if token == "flip":
+                flip = True
+            elif token.startswith("crop"):
+                crop = int(token[4:])
+            elif token.startswith("cutout"):
+                cutout = int(token[6:])
+        mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
+        std = x_train.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+        print(f"standardised: mean {mean.flatten().tolist()}, std {std.flatten().tolist()}; augment crop{crop}"
+              f"{',flip' if flip else ''}{f',cutout{cutout}' if cutout else ''}")
+        x_val, x_test = (x_val - mean) / std, (x_test - mean) / std
         optimizer = make_optimizer(model.parameters(), "sgd", 0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
         schedule = make_schedule(optimizer, "cosine", epochs * steps_per_epoch, warmup_steps(1.0, steps_per_epoch))
         train_loss_fn = torch.nn.CrossEntropyLoss(reduction="sum", label_smoothing=0.1)
@@ -236,7 +294,11 @@ def main():
         model.train()
         for first in range(0, n, args.batch_size):
             idx = order[first : first + args.batch_size]
-            logits = model(x_train[idx])
+            x = x_train[idx]
+            if mean is not None:
+                x = (augment(x, crop, flip, cutout) - mean) / std
+                x = cut_out(x, cutout) if cutout else x
+            logits = model(x)
             loss = train_loss_fn(logits, y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             (loss / len(idx)).backward()

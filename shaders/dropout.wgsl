@@ -22,6 +22,7 @@
 import package::shared::step::current_step;
 import package::shared::activations::derivative_from_output;
 import package::shared::grid::flat_invocation;
+import package::shared::hash::mix;
 
 struct DropoutShape {
     count: u32,
@@ -40,15 +41,6 @@ struct DropoutShape {
 @group(0) @binding(4) var<storage, read> below: array<f32>;
 
 const VALUES_PER_INVOCATION: u32 = 4u;
-
-fn mix(value: u32) -> u32 {
-    var x = value;
-    x ^= x >> 16u;
-    x *= 0x7feb352du;
-    x ^= x >> 15u;
-    x *= 0x846ca68bu;
-    return x ^ (x >> 16u);
-}
 
 // Values i of this invocation are first .. first + 3 below `count`.
 fn first_value(gid: vec3<u32>, groups: vec3<u32>) -> u32 {

@@ -15,6 +15,20 @@
 //                             not written (a product over K = step.rows never reads them)
 // Each of its invocations takes a 4 x 4 tile (4 rows' word w), unpacked once and stored both ways.
 //
+// gather_images writes batch_x and batch_y as gather_batch does, for images of shape.height x
+// shape.width x shape.channels (channels-last), standardised and, in training, augmented
+// (src/input.rs, its CPU reference):
+//   x[r, (y W + x) C + c] = v(p) with p the pixel byte at (sy, sx, c) of the sample (0 where
+//   (sy, sx) is outside the image), v(p) = p / 255, or (p / 255 - mean[c]) / deviation[c] with
+//   shape.standardise; without shape.augment (sy, sx) = (y, x), with it
+//     d_j = mix(j ^ mix(sample ^ mix(step.number ^ shape.key)))        j = 0..4
+//     sy = y + d_0 mod (2P + 1) - P,  sx = x' + d_1 mod (2P + 1) - P    (P = shape.crop)
+//     x' = W - 1 - x if shape.flip and d_2 is odd, else x
+//   and x = 0 where (y, x) lies in the S x S square (S = shape.cutout) whose top-left corner is
+//   (d_3 mod H - S / 2, d_4 mod W - S / 2).
+// One invocation per vec4 of the batch (4 consecutive values of a row: features is a multiple of
+// 4); each value's byte is read on its own, as a shifted window does not keep words aligned.
+//
 // Bindings (group 0):
 //   0 schedule storage, read             Schedule (shared/step.wgsl, bound by current_step); this step's position in the epoch order
 //   1 shape    storage, read             Shape below
@@ -24,20 +38,33 @@
 //   5 batch_x  storage, read_write       vec4<f32> [rows, features / 4] row-major
 //   6 batch_y  storage, read_write       u32 [rows]
 //   7 batch_x_t storage, read_write      vec4<f32> [features, transposed_quads] (gather_batch_transposed)
+// (gather_images: 0-6.)
 //
 // Workgroup: 64 invocations, each WORDS_PER_INVOCATION (4) packed words. Dispatch grid:
 // ceil(rows * features / 4 / 4 / 64) workgroups as (x, y) with x <= 65535
 // (invocation = (y * num_workgroups.x + x) * 64 + local); gather_batch_transposed likewise over
-// ceil(rows / 4) * features / 4 tiles.
+// ceil(rows / 4) * features / 4 tiles; gather_images over ceil(rows * features / 4 / 64).
 
 import package::shared::step::current_step;
+import package::shared::hash::mix;
 
 struct Shape {
     words_per_sample: u32,
     // vec4 per row of batch_x_t: the batch size rounded up to 4, over 4.
     transposed_quads: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // gather_images: the image's shape, and what it does to the pixels.
+    height: u32,
+    width: u32,
+    channels: u32,
+    standardise: u32,
+    augment: u32,
+    crop: u32,
+    flip: u32,
+    cutout: u32,
+    key: u32,
+    _pad0: u32,
+    mean: vec4<f32>,
+    deviation: vec4<f32>,
 }
 
 @group(0) @binding(1) var<storage, read> shape: Shape;
@@ -135,4 +162,82 @@ fn gather_batch_transposed(
     batch_x_t[column + quads] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
     batch_x_t[column + 2u * quads] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
     batch_x_t[column + 3u * quads] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
+}
+
+// The augmentation's draws for `sample` at training step `number`.
+struct Draws {
+    crop_row: u32,
+    crop_column: u32,
+    flip: u32,
+    cutout_row: u32,
+    cutout_column: u32,
+}
+
+fn draws_for(number: u32, sample: u32) -> Draws {
+    let k = mix(sample ^ mix(number ^ shape.key));
+    return Draws(mix(0u ^ k), mix(1u ^ k), mix(2u ^ k), mix(3u ^ k), mix(4u ^ k));
+}
+
+// Value f of `sample`'s image as the batch holds it (see the header).
+fn image_value(sample: u32, f: u32, draws: Draws) -> f32 {
+    let c = f % shape.channels;
+    let position = f / shape.channels;
+    let y = i32(position / shape.width);
+    let x = i32(position % shape.width);
+    var sy = y;
+    var sx = x;
+    var cleared = false;
+    if (shape.augment != 0u) {
+        let span = 2u * shape.crop + 1u;
+        let p = i32(shape.crop);
+        var column = x;
+        if (shape.flip != 0u && (draws.flip & 1u) == 1u) {
+            column = i32(shape.width) - 1 - x;
+        }
+        sy = y + i32(draws.crop_row % span) - p;
+        sx = column + i32(draws.crop_column % span) - p;
+        if (shape.cutout != 0u) {
+            let s = i32(shape.cutout);
+            let top = i32(draws.cutout_row % shape.height) - s / 2;
+            let left = i32(draws.cutout_column % shape.width) - s / 2;
+            cleared = y >= top && y < top + s && x >= left && x < left + s;
+        }
+    }
+    var byte = 0u;
+    if (sy >= 0 && sy < i32(shape.height) && sx >= 0 && sx < i32(shape.width)) {
+        let index = sample * shape.words_per_sample * 4u + (u32(sy) * shape.width + u32(sx)) * shape.channels + c;
+        byte = (pixels[index / 4u] >> (8u * (index % 4u))) & 0xffu;
+    }
+    var value = f32(byte) / 255.0;
+    if (shape.standardise != 0u) {
+        value = (value - shape.mean[c]) / shape.deviation[c];
+    }
+    return select(value, 0.0, cleared);
+}
+
+@compute @workgroup_size(64)
+fn gather_images(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let step = current_step();
+    let words = shape.words_per_sample;
+    let index = gid.y * groups.x * 64u + gid.x;
+    if (index >= step.rows * words) {
+        return;
+    }
+    let row = index / words;
+    let word = index % words;
+    let sample = order[step.batch_start + row];
+    let draws = draws_for(step.number, sample);
+    let f = 4u * word;
+    batch_x[index] = vec4<f32>(
+        image_value(sample, f, draws),
+        image_value(sample, f + 1u, draws),
+        image_value(sample, f + 2u, draws),
+        image_value(sample, f + 3u, draws),
+    );
+    if (word == 0u) {
+        batch_y[row] = labels[sample];
+    }
 }

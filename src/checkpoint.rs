@@ -22,6 +22,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use crate::data::DataIdentity;
 use crate::error::{Error, Result};
 use crate::files::{TEMP_PREFIX, write_atomically};
+use crate::input::Augmentation;
 use crate::model::ModelSpec;
 use crate::model_file::{
     SavedModel, describe_model, model_from_bytes, name_of, parse_safetensors,
@@ -84,6 +85,11 @@ impl RunDescription {
                 (
                     "label smoothing (--label-smoothing)",
                     c.label_smoothing.to_string(),
+                ),
+                ("augmentation (--augment)", c.augmentation.describe()),
+                (
+                    "standardisation (--normalize)",
+                    (run.spec.standardisation.as_ref()).map_or("off".to_string(), |s| s.describe()),
                 ),
                 (
                     "epochs, which the learning-rate schedule spans (--epochs)",
@@ -350,6 +356,7 @@ fn serialise(checkpoint: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
         ("lr_schedule", name_of(&c.lr_schedule)),
         ("warmup_epochs", optional_text(c.warmup_epochs)),
         ("label_smoothing", c.label_smoothing.to_string()),
+        ("augmentation", c.augmentation.describe()),
         ("steps_per_submit", c.steps_per_submit.to_string()),
         ("train_samples", run.train_samples.to_string()),
         ("test_samples", run.test_samples.to_string()),
@@ -523,6 +530,11 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
             .if_present::<String>("warmup_epochs")?
             .map_or(Ok(None), |_| meta.optional("warmup_epochs"))?,
         label_smoothing: meta.if_present("label_smoothing")?.unwrap_or(0.0),
+        augmentation: match meta.if_present::<String>("augmentation")? {
+            None => Augmentation::default(),
+            Some(text) => Augmentation::parse(&text)
+                .map_err(|e| bad(format!("__metadata__ augmentation: {e}")))?,
+        },
     };
     config.validate().map_err(|e| bad(e.to_string()))?;
     let run = RunDescription {

@@ -22,6 +22,7 @@ pub mod error;
 pub mod failpoint;
 pub mod files;
 pub mod gpu;
+pub mod input;
 pub mod layers;
 pub mod model;
 pub mod model_file;

@@ -30,6 +30,7 @@ use shadertrain::Error;
 use shadertrain::data::catalog::FILE_STEMS;
 use shadertrain::data::{DATA_ENV, DatasetKind, Split, default_dir};
 use shadertrain::gpu::{AdapterRequest, BackendChoice, list_adapters};
+use shadertrain::input::Augmentation;
 use shadertrain::model::{Activation, Loss, parse_layers};
 use shadertrain::train::{LrSchedule, OptimizerKind};
 
@@ -293,6 +294,18 @@ struct RecipeArgs {
         allow_negative_numbers = true
     )]
     warmup_epochs: Option<f64>,
+    /// Standardise each channel of the input by the training set's mean and standard deviation
+    /// (stored in the model, so eval, predict and PyTorch apply the same); --normalize false
+    /// turns the ResNet presets' off [default: off; on for the ResNet presets].
+    #[arg(help_heading = "Training", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    normalize: Option<bool>,
+    /// Random changes to each training image, on the GPU, comma-separated: crop<P> (pad P pixels
+    /// with black and take a random crop of the original size), flip (mirror left-right half the
+    /// time), cutout<S> (an S×S square set to 0 after standardisation); or none. Evaluation sees
+    /// the images unchanged [default: none; crop2 for the ResNet presets, crop2,flip on
+    /// Fashion-MNIST].
+    #[arg(help_heading = "Training", long, value_name = "LIST", value_parser = Augmentation::parse)]
+    augment: Option<Augmentation>,
     /// Cross-entropy against (1 − S) one-hot + S / classes, as PyTorch's label_smoothing; the
     /// training loss shown includes it, the test and validation losses do not [default: 0; 0.1
     /// for the ResNet presets].

@@ -22,11 +22,31 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use crate::data::DataIdentity;
 use crate::error::{Error, Result};
 use crate::files::write_atomically;
+use crate::input::Standardisation;
 use crate::layers::kind::TensorMapping;
 use crate::model::{Activation, LayerSpec, Loss, ModelSpec, Plan, Shape, TensorId, parse_layers};
 
-/// How inputs were scaled before the first layer; the only scaling shadertrain uses.
+/// How inputs are scaled before the first layer without `--normalize`.
 pub const INPUT_NORMALISATION: &str = "pixel / 255 (u8 grey levels to [0, 1])";
+
+/// How inputs are scaled before the first layer: `INPUT_NORMALISATION`, or the model's
+/// standardisation (its figures also in `input_mean` and `input_std`, for programs).
+fn input_normalisation(spec: &ModelSpec) -> String {
+    match &spec.standardisation {
+        None => INPUT_NORMALISATION.to_string(),
+        Some(s) => format!(
+            "(pixel / 255 - mean[c]) / std[c] for each channel c, {} (torchvision: \
+             Normalize(mean, std) after ToTensor())",
+            s.describe()
+        ),
+    }
+}
+
+/// Comma-separated figures, each the shortest text that reads back as the same f32.
+fn figures(values: &[f32]) -> String {
+    let texts: Vec<String> = values.iter().map(f32::to_string).collect();
+    texts.join(",")
+}
 
 const FORMAT: &str = "shadertrain model";
 
@@ -180,15 +200,16 @@ pub(crate) fn describe_model(spec: &ModelSpec, data: &DataIdentity) -> HashMap<S
             format!("{},{},{}", input.channels, input.height, input.width),
         ),
         ("loss".to_string(), name_of(&spec.loss)),
-        (
-            "input_normalisation".to_string(),
-            INPUT_NORMALISATION.to_string(),
-        ),
+        ("input_normalisation".to_string(), input_normalisation(spec)),
         (
             "shadertrain_version".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         ),
     ]);
+    if let Some(s) = &spec.standardisation {
+        metadata.insert("input_mean".to_string(), figures(&s.mean));
+        metadata.insert("input_std".to_string(), figures(&s.std));
+    }
     data.describe_in(&mut metadata);
     metadata
 }
@@ -224,9 +245,27 @@ pub(crate) fn read_model_description(
                 layers: parse_layers(layers, Activation::Relu)
                     .map_err(|e| format!("__metadata__ layers: {e}"))?,
                 loss,
+                standardisation: None,
             }
         }
         None => legacy_mlp(metadata, loss)?,
+    };
+    let read_figures = |key: &str| -> Result<Option<Vec<f32>>, String> {
+        let Some(text) = metadata.get(key) else {
+            return Ok(None);
+        };
+        let values = text.split(',').map(|v| v.trim().parse::<f32>());
+        (values.collect::<Result<Vec<_>, _>>())
+            .map(Some)
+            .map_err(|_| format!("__metadata__ {key} is not a list of numbers"))
+    };
+    let spec = ModelSpec {
+        standardisation: match (read_figures("input_mean")?, read_figures("input_std")?) {
+            (None, None) => None,
+            (Some(mean), Some(std)) => Some(Standardisation { mean, std }),
+            _ => return Err("__metadata__ has one of input_mean and input_std only".into()),
+        },
+        ..spec
     };
     spec.validate().map_err(|e| e.to_string())?;
     Ok((spec, data))

@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::gpu::kernels::{OptimizerKernels, OptimizerWords};
 use crate::gpu::uniforms::MatmulDims;
 use crate::gpu::{Gpu, Kernels, MatmulVariant, ops};
+use crate::input::{self, Augmentation, Standardisation};
 use crate::layers::avgpool::GlobalAvgPool;
 use crate::layers::conv2d::Conv2d;
 use crate::layers::pool::MaxPool2d;
@@ -131,7 +132,7 @@ pub struct Check {
 }
 
 /// Every check, in the order `selftest` performs them.
-pub const CHECKS: [Check; 21] = [
+pub const CHECKS: [Check; 22] = [
     Check {
         name: "matmul (tiled)",
         run: |gpu, kernels, tally, rng| {
@@ -211,6 +212,10 @@ pub const CHECKS: [Check; 21] = [
     Check {
         name: "batch gather",
         run: check_batch_gather,
+    },
+    Check {
+        name: "image gather",
+        run: check_image_gather,
     },
     Check {
         name: "metric sums",
@@ -586,13 +591,14 @@ fn check_batch_gather(
     rng.shuffle(&mut order);
     for (start, rows) in [(0, 1), (3, 16), (30, 7)] {
         let (x, y) = reference::gather_batch(&data, &order, start, rows);
-        let gathered = ops::gather_batch(gpu, kernels, &data, &order, start, rows, None)?;
+        let gathered = ops::gather_batch(gpu, kernels, &data, &order, start, rows, None, None)?;
         tally.close(&format!("x at {start}"), &gathered.x, &x, 0.0, 1e-6);
         tally.equal(&format!("y at {start}"), &gathered.y, &y);
         // Transposed too, into rows longer than the batch (a batch size of 20).
         let quads = 5;
         let transposed = Some(quads);
-        let gathered = ops::gather_batch(gpu, kernels, &data, &order, start, rows, transposed)?;
+        let gathered =
+            ops::gather_batch(gpu, kernels, &data, &order, start, rows, transposed, None)?;
         // The written columns: the batch's, and zeros to the next multiple of 4.
         let written = rows.next_multiple_of(4);
         let mut x_t = vec![0.0; data.features() * written];
@@ -634,6 +640,85 @@ fn check_batch_gather(
             0.0,
             1e-6,
         );
+    }
+    Ok(())
+}
+
+/// selftest's "image gather": images of 1, 3 and 4 channels (odd sides), standardised, and
+/// augmented by crops, flips and cutout at two step numbers, against the reference; and the
+/// augmentation moves pixels (the check cannot pass on an identity).
+fn check_image_gather(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    for (channels, height, width) in [(1, 7, 8), (3, 5, 4), (4, 9, 7)] {
+        let shape = Shape::image(channels, height, width);
+        let samples = 23;
+        let pixels = (0..samples * shape.len())
+            .map(|_| rng.below(256) as u8)
+            .collect();
+        let labels = (0..samples).map(|_| rng.below(10) as u8).collect();
+        let data = Dataset::with_shape(shape, 10, pixels, labels)?;
+        let standardisation = Standardisation::of(&data)?;
+        let mut order: Vec<u32> = (0..samples as u32).collect();
+        rng.shuffle(&mut order);
+        let augmentations = [
+            None,
+            Some(Augmentation {
+                crop: 2,
+                flip: true,
+                cutout: 3,
+            }),
+            Some(Augmentation {
+                crop: 1,
+                flip: false,
+                cutout: 0,
+            }),
+        ];
+        for augmentation in &augmentations {
+            for (standardised, step) in [(false, 5), (true, 6)] {
+                let standardisation = standardised.then_some(&standardisation);
+                let key = crate::input::augmentation_key(9);
+                let augment = augmentation.as_ref().map(|a| (a, key));
+                let (start, rows) = (3, 17);
+                let (x, y) = input::gather_batch(
+                    &data,
+                    &order,
+                    start,
+                    rows,
+                    standardisation,
+                    augment.map(|(a, key)| (a, key, step)),
+                );
+                let images = ops::ImageGather {
+                    standardisation,
+                    augmentation: augment,
+                    step,
+                };
+                let gathered = ops::gather_batch(
+                    gpu,
+                    kernels,
+                    &data,
+                    &order,
+                    start,
+                    rows,
+                    None,
+                    Some(images),
+                )?;
+                let case = format!(
+                    "{shape}, {}, standardised {standardised}, step {step}",
+                    augmentation.map_or("none".to_string(), |a| a.describe())
+                );
+                tally.close(&format!("{case}: x"), &gathered.x, &x, 1e-6, 1e-5);
+                tally.equal(&format!("{case}: y"), &gathered.y, &y);
+                if augmentation.is_some() && !standardised {
+                    let (plain, _) = reference::gather_batch(&data, &order, start, rows);
+                    let moved = plain.iter().zip(&x).filter(|(a, b)| a != b).count();
+                    tally.equal(&format!("{case}: pixels moved"), &[moved > 0], &[true]);
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! The command line: adapters listing, flag errors and data errors exit cleanly with messages.
 
+mod common;
+
 use std::process::Command;
 
 fn shadertrain(args: &[&str]) -> (i32, String, String) {
@@ -1000,6 +1002,8 @@ fn the_resnet_presets_default_to_their_recipe() {
         "loss xent (label smoothing 0.1), optimizer sgd (lr 0.1, Nesterov momentum 0.9, weight \
          decay 0.0005; cosine schedule, 1 warm-up epoch), batch 128",
         "test_acc         lr",
+        "1×28×28 standardised (mean 0.4995, std 0.2893) (77754 parameters)",
+        "augmentation: crop2 (",
     ] {
         assert!(stdout.contains(expected), "{expected}: {stdout}");
     }
@@ -1014,4 +1018,101 @@ fn the_resnet_presets_default_to_their_recipe() {
             .contains("optimizer sgd (lr 0.1, momentum 0.9, weight decay 0.0005; 1 warm-up epoch)"),
         "{stdout}"
     );
+}
+
+/// A standardised model carries its statistics: `eval` (on the GPU) gives the test accuracy the
+/// training run logged, `predict` (on the CPU) the classes the GPU's evaluation of the same
+/// images gives, and the file names the statistics for other programs.
+#[test]
+fn a_standardised_model_evaluates_and_predicts_as_it_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 300);
+    let data = dir.path().to_str().unwrap();
+    let model = dir.path().join("standardised.safetensors");
+    let log = dir.path().join("metrics.jsonl");
+    let (code, stdout, stderr) = shadertrain(&[
+        "train",
+        "--offline",
+        "--data",
+        data,
+        "--layers",
+        "conv4k3,maxpool2,flatten,dense10",
+        "--normalize",
+        "--epochs",
+        "2",
+        "--save",
+        model.to_str().unwrap(),
+        "--metrics",
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = shadertrain(&[
+        "eval",
+        "--offline",
+        "--data",
+        data,
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["accuracy"], last["test_accuracy"], "{report}");
+
+    let saved = shadertrain::model_file::load_model(&model).unwrap();
+    let standardisation = saved
+        .spec
+        .standardisation
+        .clone()
+        .expect("saved with the model");
+    let split = shadertrain::data::Split::Train;
+    let train = shadertrain::data::Dataset::load_mnist(dir.path(), split).unwrap();
+    let sum: f64 = train.pixels.iter().map(|&p| p as f64 / 255.0).sum();
+    let mean = sum / train.pixels.len() as f64;
+    let error = (standardisation.mean[0] as f64 - mean).abs();
+    assert!(error < 1e-6, "{standardisation:?} against {mean}");
+    let bytes = std::fs::read(&model).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let metadata = header.metadata().clone().unwrap();
+    assert_eq!(
+        metadata["input_mean"],
+        standardisation.mean[0].to_string(),
+        "{metadata:?}"
+    );
+    assert!(metadata["input_normalisation"].contains("Normalize(mean, std)"));
+    // The GPU's evaluation of ten test images, against predict's.
+    let test = shadertrain::data::Dataset::load_mnist(dir.path(), shadertrain::data::Split::Test)
+        .unwrap()
+        .truncated(10);
+    let gpu = common::gpu();
+    let kernels = common::kernels();
+    let evaluator =
+        shadertrain::train::Trainer::for_evaluation(gpu, kernels, saved.spec.clone(), &test)
+            .unwrap();
+    evaluator.set_parameters(&saved.params).unwrap();
+    let expected = evaluator.evaluate().unwrap().predictions;
+    for (index, &class) in expected.iter().enumerate() {
+        let (code, stdout, stderr) = shadertrain(&[
+            "predict",
+            "--offline",
+            "--data",
+            data,
+            "--model",
+            model.to_str().unwrap(),
+            "--index",
+            &index.to_string(),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        let predictions: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(predictions[0]["top"][0]["class"], class, "{predictions}");
+    }
 }

@@ -24,6 +24,7 @@ fn spec(input: Shape, layers: &str, activation: Activation, loss: Loss) -> Model
         input,
         layers: parse_layers(layers, activation).unwrap(),
         loss,
+        standardisation: None,
     };
     spec.validate().unwrap();
     spec

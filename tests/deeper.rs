@@ -37,6 +37,7 @@ fn spec(input: Shape, layers: &str, activation: &str) -> ModelSpec {
         input,
         layers: parse_layers(&layers.replace("{a}", activation), Activation::Relu).unwrap(),
         loss: Loss::Xent,
+        standardisation: None,
     };
     spec.validate().unwrap();
     spec
@@ -262,6 +263,7 @@ fn specs_that_cannot_be_built_are_refused_with_the_block_and_shapes() {
             input: image,
             layers,
             loss: Loss::Xent,
+            standardisation: None,
         };
         spec.validate().unwrap_err().to_string()
     };

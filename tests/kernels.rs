@@ -89,6 +89,11 @@ fn batch_gather() {
 }
 
 #[test]
+fn image_gather() {
+    check("image gather");
+}
+
+#[test]
 fn metric_sums() {
     check("metric sums");
 }
@@ -127,7 +132,7 @@ fn residual_sums_and_activations() {
 fn every_check_has_a_test() {
     assert_eq!(
         selftest::CHECKS.len(),
-        21,
+        22,
         "add a test above for each new check"
     );
 }

@@ -294,6 +294,7 @@ fn convnet() -> ModelSpec {
         )
         .unwrap(),
         loss: Loss::Xent,
+        standardisation: None,
     };
     spec.validate().unwrap();
     spec

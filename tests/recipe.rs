@@ -6,15 +6,17 @@
 mod common;
 
 use common::{
-    assert_close, assert_trains_epochs_like_the_reference, kernels, random_dataset,
+    assert_close, assert_trains_epochs_like_the_reference, gpu, kernels, random_dataset,
     with_nesterov_recipe,
 };
-use shadertrain::model::{Activation, Loss, ModelSpec, Shape};
+use shadertrain::data::Dataset;
+use shadertrain::input::{Augmentation, Standardisation};
+use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
 use shadertrain::reference::softmax_loss;
 use shadertrain::rng::Rng;
 use shadertrain::train::optimizer::{self, UpdateRule};
 use shadertrain::train::schedule::learning_rate;
-use shadertrain::train::{LrSchedule, OptimizerKind, RunLength, TrainConfig};
+use shadertrain::train::{LrSchedule, OptimizerKind, RunLength, TrainConfig, Trainer};
 
 /// A run of 2 epochs of 10 steps with a 0.4-epoch (4-step) warm-up at base rate 0.5, each
 /// step's rate as PyTorch's schedulers give it (bench/pytorch_optim.py's definitions: LambdaLR
@@ -382,4 +384,48 @@ fn contradicting_settings_are_refused() {
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains(expected), "{expected}: {error}");
     }
+}
+
+/// Standardised and augmented images (crops, flips, cutout) train two epochs on the GPU as the
+/// reference does, through a convolution; evaluation sees them standardised only.
+#[test]
+fn standardised_augmented_images_train_like_the_reference() {
+    let mut rng = Rng::new(31);
+    let shape = Shape::image(3, 6, 6);
+    let pixels = (0..45 * shape.len())
+        .map(|_| rng.below(256) as u8)
+        .collect();
+    let labels = (0..45).map(|_| rng.below(3) as u8).collect();
+    let data = Dataset::with_shape(shape, 3, pixels, labels).unwrap();
+    let spec = ModelSpec {
+        input: shape,
+        layers: parse_layers("conv4k3p1,flatten,dense3", Activation::Relu).unwrap(),
+        loss: Loss::Xent,
+        standardisation: Some(Standardisation::of(&data).unwrap()),
+    };
+    spec.validate().unwrap();
+    let config = TrainConfig {
+        batch_size: 16,
+        learning_rate: 0.01,
+        seed: 4,
+        epochs: 2,
+        augmentation: Augmentation {
+            crop: 2,
+            flip: true,
+            cutout: 2,
+        },
+        ..TrainConfig::default()
+    };
+    let what = "crop2,flip,cutout2 on standardised 3x6x6 images";
+    assert_trains_epochs_like_the_reference(what, kernels(), &spec, &config, &data, 2);
+    // Without the augmentation the run is another.
+    let plain = TrainConfig {
+        augmentation: Augmentation::default(),
+        ..config.clone()
+    };
+    let mut with = Trainer::new(gpu(), kernels(), spec.clone(), config, &data, &data).unwrap();
+    let mut without = Trainer::new(gpu(), kernels(), spec, plain, &data, &data).unwrap();
+    with.run_epoch().unwrap();
+    without.run_epoch().unwrap();
+    assert_ne!(with.parameters().unwrap(), without.parameters().unwrap());
 }

@@ -423,15 +423,22 @@ const MOMENTUM_RECIPE: [&str; 23] = [
     "0.5",
 ];
 
-/// SGD's momentum buffer is saved in checkpoints, and each step's rate follows from its number:
-/// a run with momentum, a schedule and label smoothing, killed and resumed with `--resume` alone
-/// (every recipe flag from the checkpoint), ends bit for bit where the uninterrupted run does.
-/// A resume that would stretch the cosine over other --epochs is refused.
+/// SGD's momentum buffer is saved in checkpoints, and each step's rate and augmentation follow
+/// from its number: a run with momentum, a schedule, label smoothing, standardisation and
+/// augmented images, killed and resumed with `--resume` alone (every recipe flag from the
+/// checkpoint), ends bit for bit where the uninterrupted run does. A resume that would stretch
+/// the cosine over other --epochs is refused.
 #[test]
 fn a_killed_run_with_momentum_and_a_schedule_resumes_bit_for_bit() {
     let data = small_mnist(640, 100);
     let work = tempfile::tempdir().unwrap();
-    let smoothing = ["--label-smoothing", "0.1"];
+    let smoothing = [
+        "--label-smoothing",
+        "0.1",
+        "--normalize",
+        "--augment",
+        "crop2,flip,cutout4",
+    ];
     let (reference, model) = Run::reference(&MOMENTUM_RECIPE, data.path(), work.path(), &smoothing);
     let run = Run {
         metrics: work.path().join("resumed.jsonl"),

@@ -220,6 +220,7 @@ fn a_stoppable_run_submits_chunks_sized_by_time_with_the_same_results() {
         )
         .unwrap(),
         loss: Loss::Xent,
+        standardisation: None,
     };
     let config = TrainConfig {
         batch_size: 128,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use shadertrain::data::DatasetKind;
 use shadertrain::data::images::{Preparation, load_image};
+use shadertrain::input::scale_pixels;
 use shadertrain::model::Shape;
 use shadertrain::model::reference::forward;
 use shadertrain::{Error, Result};
@@ -75,10 +76,9 @@ pub fn run(
             "give image files, or --index N for test images".into(),
         ));
     }
-    let x: Vec<f32> = inputs
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|&v| v as f32 / 255.0))
-        .collect();
+    let pixels: Vec<u8> = inputs.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    let standardisation = saved.spec.standardisation.as_ref();
+    let x = scale_pixels(&pixels, saved.spec.input.channels, standardisation);
     let logits = match inputs.is_empty() {
         true => Vec::new(),
         false => forward(&saved.spec, &saved.params, &x)

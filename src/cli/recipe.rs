@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use shadertrain::Error;
 use shadertrain::data::{DataIdentity, Dataset, DatasetKind, Split};
+use shadertrain::input::{Augmentation, Standardisation};
 use shadertrain::model::Loss;
 use shadertrain::model::{ModelSpec, parse_layers};
 use shadertrain::train::{LrSchedule, OptimizerKind, TrainConfig};
@@ -92,6 +93,7 @@ pub(crate) fn recipe(
             layers: parse_layers(&layers, args.activation)
                 .map_err(|e| shadertrain::Error::Config(format!("--layers: {e}")))?,
             loss: args.loss,
+            standardisation: None,
         },
         (None, None) => ModelSpec::mlp(
             train_set.shape,
@@ -100,6 +102,14 @@ pub(crate) fn recipe(
             args.activation,
             args.loss,
         ),
+    };
+    let resnet = resnet_blocks.is_some();
+    let spec = ModelSpec {
+        standardisation: match args.normalize.unwrap_or(resnet) {
+            true => Some(standardisation_of(&train_set, args, convnet)?),
+            false => None,
+        },
+        ..spec
     };
     spec.validate().map_err(|e| {
         let problem = match e {
@@ -111,7 +121,18 @@ pub(crate) fn recipe(
             spec.input
         ))
     })?;
-    let config = training_config(args, epochs, convnet, resnet_blocks.is_some(), spec.loss)?;
+    let mirror_symmetric = matches!(
+        data.dataset.or(claimed.map(|(kind, _)| kind)),
+        Some(DatasetKind::FashionMnist)
+    );
+    let config = TrainConfig {
+        augmentation: args.augment.unwrap_or(Augmentation {
+            crop: if resnet { 2 } else { 0 },
+            flip: resnet && mirror_symmetric,
+            cutout: 0,
+        }),
+        ..training_config(args, epochs, convnet, resnet, spec.loss)?
+    };
     // Before anything is printed about the run.
     config.validate()?;
     Ok(Recipe {
@@ -122,6 +143,18 @@ pub(crate) fn recipe(
         spec,
         config,
     })
+}
+
+/// The standardisation of the samples that train: the training set without the part
+/// `--validation-split` holds out (its last samples), as the trainer splits it.
+fn standardisation_of(
+    train_set: &Dataset,
+    args: &RecipeArgs,
+    convnet: bool,
+) -> shadertrain::Result<Standardisation> {
+    let split = (args.validation_split).unwrap_or(if convnet { 0.1 } else { 0.0 });
+    let (training, _) = train_set.split_validation(split)?;
+    Standardisation::of(&training)
 }
 
 /// The training flags with the model's defaults: Keras' for the MLP and the convnet, He et al.'s

@@ -117,9 +117,13 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         );
     }
     outln!(
-        "model: {} on {} ({} parameters), loss {}{}, optimizer {}, batch {}, seed {}",
+        "model: {} on {}{} ({} parameters), loss {}{}, optimizer {}, batch {}, seed {}",
         spec.describe(),
         spec.input,
+        (spec.standardisation.as_ref()).map_or(String::new(), |s| format!(
+            " standardised ({})",
+            s.describe()
+        )),
         spec.layout().parameter_count(),
         name_of(&spec.loss),
         match config.label_smoothing {
@@ -130,6 +134,12 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         config.batch_size,
         config.seed
     );
+    if !config.augmentation.is_none() {
+        outln!(
+            "augmentation: {} (training images only, drawn per seed, step and sample)",
+            config.augmentation.describe()
+        );
+    }
     let epochs = config.epochs;
     let columns = Columns {
         validation: config.validation_split > 0.0,
@@ -704,6 +714,12 @@ fn take_unset_flags_from(
     }
     if unset("label_smoothing") {
         args.recipe.label_smoothing = Some(c.label_smoothing);
+    }
+    if unset("normalize") {
+        args.recipe.normalize = Some(run.spec.standardisation.is_some());
+    }
+    if unset("augment") {
+        args.recipe.augment = Some(c.augmentation);
     }
     if unset("lr") {
         args.recipe.lr = Some(c.learning_rate);

@@ -84,6 +84,8 @@ pub struct Kernels {
     pub softmax_mean_squared_error: Kernel,
     pub gather_batch: Kernel,
     pub gather_batch_transposed: Kernel,
+    /// gather.wgsl's standardising and augmenting gather.
+    pub gather_images: Kernel,
     /// activation.wgsl: dz = dy ⊙ f'(y) in place, for a convolution's output.
     pub apply_derivative: Kernel,
     pub conv: ConvKernels,
@@ -481,6 +483,7 @@ impl Kernels {
                 &[],
             ),
             gather_batch: build(&gpu.device, &gather, "gather_batch", &GATHER_SLOTS, &[]),
+            gather_images: build(&gpu.device, &gather, "gather_images", &GATHER_SLOTS, &[]),
             gather_batch_transposed: build(
                 &gpu.device,
                 &gather,

@@ -15,6 +15,7 @@ use super::mirror::TextureMirror;
 use super::uniforms::*;
 use crate::data::Dataset;
 use crate::error::Result;
+use crate::input::{Augmentation, Standardisation};
 use crate::reference::LossOutput;
 use crate::shapes::{Geometry, LayerActivation, Loss};
 use crate::train::UpdateRule;
@@ -206,8 +207,17 @@ pub struct GatheredBatch {
     pub x_transposed: Option<Vec<f32>>,
 }
 
-/// gather.wgsl `gather_batch`, or `gather_batch_transposed` with rows of `transposed_quads`
-/// vec4 where that is given.
+/// What gather.wgsl `gather_images` does to the pixels: standardise them, and augment them with
+/// the run's key at training step `step`.
+pub struct ImageGather<'a> {
+    pub standardisation: Option<&'a Standardisation>,
+    pub augmentation: Option<(&'a Augmentation, u32)>,
+    pub step: u32,
+}
+
+/// gather.wgsl `gather_batch`, `gather_batch_transposed` with rows of `transposed_quads` vec4
+/// where that is given, or `gather_images` where `images` is.
+#[allow(clippy::too_many_arguments)]
 pub fn gather_batch(
     gpu: &Gpu,
     kernels: &Kernels,
@@ -216,17 +226,26 @@ pub fn gather_batch(
     batch_start: usize,
     rows: usize,
     transposed_quads: Option<usize>,
+    images: Option<ImageGather>,
 ) -> Result<GatheredBatch> {
     let features = data.features();
     let words_per_sample = features / 4;
-    let step = schedule(gpu, StepParams::rows_at(batch_start, rows))?;
+    let step_number = images.as_ref().map_or(0, |i| i.step);
+    let step = schedule(
+        gpu,
+        StepParams {
+            number: step_number,
+            ..StepParams::rows_at(batch_start, rows)
+        },
+    )?;
     let shape = gpu.params_with(
         "shape",
-        &GatherShape {
-            words_per_sample: words_per_sample as u32,
-            transposed_quads: transposed_quads.unwrap_or(0) as u32,
-            _pad: [0; 2],
-        },
+        &GatherShape::new(
+            data.shape,
+            transposed_quads.unwrap_or(0),
+            images.as_ref().and_then(|i| i.standardisation),
+            images.as_ref().and_then(|i| i.augmentation),
+        ),
     );
     let pixel_buffer = gpu.storage_with("pixels", &data.pixels)?;
     let labels_u32: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
@@ -251,6 +270,10 @@ pub fn gather_batch(
         y_buffer.as_entire_binding(),
     ];
     let (kernel, grid) = match &t_buffer {
+        _ if images.is_some() => (
+            &kernels.gather_images,
+            grid_of(gpu, rows * words_per_sample),
+        ),
         None => (
             &kernels.gather_batch,
             gather_grid(rows * words_per_sample, max_groups(gpu)),

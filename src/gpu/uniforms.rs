@@ -4,7 +4,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::shapes::{Geometry, LayerActivation, WeightMatrix};
+use crate::input::{Augmentation, Standardisation};
+use crate::shapes::{Geometry, LayerActivation, Shape, WeightMatrix};
 
 /// `Dims` in matmul.wgsl: C[m, n] = Σ_k A(m, k) B(k, n), A and B read through strides.
 #[repr(C)]
@@ -273,12 +274,59 @@ pub fn schedule_bytes(steps: &[StepParams]) -> Vec<u8> {
 
 /// `Shape` in gather.wgsl.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct GatherShape {
     pub words_per_sample: u32,
     /// vec4 per row of the transposed batch (gather_batch_transposed).
     pub transposed_quads: u32,
-    pub _pad: [u32; 2],
+    /// gather_images: the images' shape, and what it does to the pixels (`crate::input`).
+    pub height: u32,
+    pub width: u32,
+    pub channels: u32,
+    pub standardise: u32,
+    pub augment: u32,
+    pub crop: u32,
+    pub flip: u32,
+    pub cutout: u32,
+    pub key: u32,
+    pub _pad: u32,
+    pub mean: [f32; 4],
+    /// The standard deviations (`std` is a reserved word in WGSL).
+    pub deviation: [f32; 4],
+}
+
+impl GatherShape {
+    /// The gather of samples of `shape` (`transposed_quads`: gather_batch_transposed's rows),
+    /// standardised and augmented (with the run's key) as given, for gather_images.
+    pub fn new(
+        shape: Shape,
+        transposed_quads: usize,
+        standardisation: Option<&Standardisation>,
+        augmentation: Option<(&Augmentation, u32)>,
+    ) -> Self {
+        let (mut mean, mut deviation) = ([0.0; 4], [1.0; 4]);
+        if let Some(s) = standardisation {
+            mean[..s.mean.len()].copy_from_slice(&s.mean);
+            deviation[..s.std.len()].copy_from_slice(&s.std);
+        }
+        let (a, key) = augmentation.map_or((Augmentation::default(), 0), |(a, k)| (*a, k));
+        GatherShape {
+            words_per_sample: (shape.len() / 4) as u32,
+            transposed_quads: transposed_quads as u32,
+            height: shape.height as u32,
+            width: shape.width as u32,
+            channels: shape.channels as u32,
+            standardise: standardisation.is_some() as u32,
+            augment: augmentation.is_some() as u32,
+            crop: a.crop,
+            flip: a.flip as u32,
+            cutout: a.cutout,
+            key,
+            _pad: 0,
+            mean,
+            deviation,
+        }
+    }
 }
 
 /// `Shape` in loss.wgsl.
@@ -595,7 +643,18 @@ mod tests {
                 "Shape",
                 host_layout!(GatherShape {
                     words_per_sample,
-                    transposed_quads
+                    transposed_quads,
+                    height,
+                    width,
+                    channels,
+                    standardise,
+                    augment,
+                    crop,
+                    flip,
+                    cutout,
+                    key,
+                    mean,
+                    deviation
                 }),
             ),
             (

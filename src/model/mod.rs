@@ -12,6 +12,7 @@ pub mod reference;
 pub use plan::{Node, Op, Plan, PlanTensor, TensorId};
 
 use crate::error::Result;
+use crate::input::Standardisation;
 use crate::layers::kind::{LayerKind, Parameters, TokenOptions};
 use crate::layers::{activation, avgpool, batchnorm, conv2d, dense, dropout, flatten, pool};
 use crate::rng::Rng;
@@ -320,6 +321,9 @@ pub struct ModelSpec {
     pub input: Shape,
     pub layers: Vec<LayerSpec>,
     pub loss: Loss,
+    /// Per-channel standardisation of the input pixels before the first layer (`--normalize`);
+    /// without it they are scaled to [0, 1].
+    pub standardisation: Option<Standardisation>,
 }
 
 impl ModelSpec {
@@ -350,6 +354,7 @@ impl ModelSpec {
             input,
             layers,
             loss,
+            standardisation: None,
         }
     }
 
@@ -393,6 +398,7 @@ impl ModelSpec {
                 }),
             ],
             loss: Loss::Xent,
+            standardisation: None,
         }
     }
 
@@ -445,6 +451,7 @@ impl ModelSpec {
             input,
             layers,
             loss: Loss::Xent,
+            standardisation: None,
         }
     }
 
@@ -463,6 +470,29 @@ impl ModelSpec {
     /// Checks that every layer fits its input and that the model ends in a linear dense layer
     /// of at least 2 classes (whose softmax the loss takes).
     pub fn validate(&self) -> Result<()> {
+        if let Some(s) = &self.standardisation {
+            let channels = self.input.channels;
+            let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+            if s.mean.len() != channels || s.std.len() != channels {
+                return Err(crate::Error::Config(format!(
+                    "the standardisation has {} means and {} deviations for {channels} channels",
+                    s.mean.len(),
+                    s.std.len()
+                )));
+            }
+            if channels > crate::input::MAX_CHANNELS
+                || !finite(&s.mean)
+                || !finite(&s.std)
+                || s.std.iter().any(|&d| d <= 0.0)
+            {
+                return Err(crate::Error::Config(format!(
+                    "the standardisation ({}) needs at most {} channels, finite means and \
+                     deviations above 0",
+                    s.describe(),
+                    crate::input::MAX_CHANNELS
+                )));
+            }
+        }
         self.plan().map(|_| ())
     }
 
@@ -670,6 +700,7 @@ mod tests {
             input: Shape::image(3, 32, 32),
             layers: layers.clone(),
             loss: Loss::Xent,
+            standardisation: None,
         };
         assert_eq!(
             parse_layers(&spec.describe(), Activation::Relu).unwrap(),
@@ -682,6 +713,7 @@ mod tests {
             input: Shape::image(3, 9, 9),
             layers: layers.clone(),
             loss: Loss::Xent,
+            standardisation: None,
         }
         .describe();
         assert_eq!(parse_layers(&written, Activation::Sigmoid).unwrap(), layers);
@@ -728,6 +760,7 @@ mod tests {
                 input: image,
                 layers: parse_layers(text, Activation::Relu).unwrap(),
                 loss: Loss::Xent,
+                standardisation: None,
             };
             let error = spec.validate().unwrap_err().to_string();
             assert!(error.contains(expected), "{text}: {error}");

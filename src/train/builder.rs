@@ -13,6 +13,7 @@ use crate::gpu::kernels::{ROW_WORKGROUP, gather_grid, gather_transposed_grid, op
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels};
+use crate::input::Augmentation;
 use crate::layers::{Backward, DeviceLayer, DeviceTensor, LayerContext, LayerIo};
 use crate::model::{LayerActivation, Loss, ModelSpec, Op, Plan, TensorId};
 
@@ -127,6 +128,8 @@ pub(crate) struct ProgramBuilder<'a, 'k> {
     pub(crate) param_floats: usize,
     /// Cross-entropy's label smoothing in training (evaluation reports the plain loss).
     pub(crate) label_smoothing: f32,
+    /// The training passes' augmentation, with the run's key (evaluation sees none).
+    pub(crate) augmentation: Option<(Augmentation, u32)>,
 }
 
 impl<'a, 'k> ProgramBuilder<'a, 'k> {
@@ -175,13 +178,18 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         let mut program = Program::default();
         let gpu = self.context.gpu;
         let words = self.spec.input.len() / 4;
+        let augmentation = self.augmentation.filter(|_| training);
+        // The images' own gather where they are standardised or augmented; else the plain one,
+        // which on CPU adapters can write the batch transposed for the first dense layer.
+        let images = self.spec.standardisation.is_some() || augmentation.is_some();
         let shape = gpu.params_with(
             "gather shape",
-            &GatherShape {
-                words_per_sample: words as u32,
-                transposed_quads: self.context.input_transposed.map_or(0, |t| t.quads as u32),
-                _pad: [0; 2],
-            },
+            &GatherShape::new(
+                self.spec.input,
+                self.context.input_transposed.map_or(0, |t| t.quads),
+                self.spec.standardisation.as_ref(),
+                augmentation.as_ref().map(|(a, key)| (a, *key)),
+            ),
         );
         let mut resources = vec![
             self.context.schedule.as_entire_binding(),
@@ -195,6 +203,10 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         let transposed = (self.context.input_transposed)
             .filter(|_| training && self.context.first_weight_grad_transposed(rows).is_some());
         let (kernel, grid) = match transposed {
+            _ if images => (
+                &self.context.kernels.gather_images,
+                grid_1d(rows * words, ROW_WORKGROUP, self.context.max_groups()),
+            ),
             Some(transposed) => {
                 resources.push(transposed.buffer.as_entire_binding());
                 let grid = gather_transposed_grid(rows, words, self.context.max_groups());

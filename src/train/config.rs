@@ -2,6 +2,7 @@
 
 use super::schedule::LrSchedule;
 use crate::error::{Error, Result};
+use crate::input::Augmentation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OptimizerKind {
@@ -53,6 +54,8 @@ pub struct TrainConfig {
     pub warmup_epochs: Option<f64>,
     /// Cross-entropy's label smoothing ε (PyTorch's `label_smoothing`).
     pub label_smoothing: f32,
+    /// Random crops, flips and cutout of the training images (`crate::input`).
+    pub augmentation: Augmentation,
 }
 
 impl Default for TrainConfig {
@@ -77,6 +80,7 @@ impl Default for TrainConfig {
             lr_schedule: LrSchedule::Constant,
             warmup_epochs: None,
             label_smoothing: 0.0,
+            augmentation: Augmentation::default(),
         }
     }
 }

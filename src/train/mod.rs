@@ -49,6 +49,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels};
+use crate::input::augmentation_key;
 use crate::layers::kind::DeviceArgs;
 use crate::layers::residual::AddDevice;
 use crate::layers::{DeviceLayer, DeviceTensor, LayerContext, TransposedInput};
@@ -252,6 +253,7 @@ impl<'k> Trainer<'k> {
             return Err(Error::Config("the test set is empty".into()));
         }
         check_data_fits(&spec, [("training", &train), ("test", test)])?;
+        config.augmentation.check(spec.input)?;
         let layout = plan.layout.clone();
         let batch = config.batch_size;
         // A batch larger than the training set is the whole set, as Keras takes it: no buffer
@@ -316,9 +318,13 @@ impl<'k> Trainer<'k> {
         });
 
         let batch_dense = plan.batch_dense();
+        // gather_images writes no transposed batch.
+        let plain_gather = spec.standardisation.is_none() && config.augmentation.is_none();
         let input_transposed = match batch_dense {
-            Some(_) => TransposedInput::new(gpu, kernels, spec.input.len(), batch_rows)?,
-            None => None,
+            Some(_) if plain_gather => {
+                TransposedInput::new(gpu, kernels, spec.input.len(), batch_rows)?
+            }
+            _ => None,
         };
         let builder = ProgramBuilder {
             context: LayerContext {
@@ -339,6 +345,8 @@ impl<'k> Trainer<'k> {
             batch_labels: &batch_labels,
             param_floats: layout.trained,
             label_smoothing: config.label_smoothing,
+            augmentation: (!config.augmentation.is_none())
+                .then(|| (config.augmentation, augmentation_key(config.seed))),
         };
         let train_program =
             |rows: usize| builder.backward(builder.forward(&train_split, rows, true), rows);

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use shadertrain::data::{DATA_ENV, Dataset, DatasetKind, default_dir};
 use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
+use shadertrain::input::{augmentation_key, gather_batch};
 use shadertrain::model::ModelSpec;
 use shadertrain::model::reference::{StepKey, forward_backward, forward_backward_smoothed};
 use shadertrain::reference::{self, compare};
@@ -172,7 +173,12 @@ pub fn reference_epochs(
             }
             let rows = config.batch_size.min(data.samples() - start);
             trained += rows;
-            let (x, y) = reference::gather_batch(data, &order, start, rows);
+            let augmentation = (!config.augmentation.is_none()).then(|| {
+                let key = augmentation_key(config.seed);
+                (&config.augmentation, key, t as u32 + 1)
+            });
+            let standardisation = spec.standardisation.as_ref();
+            let (x, y) = gather_batch(data, &order, start, rows, standardisation, augmentation);
             let key = key(config, t as usize);
             let result =
                 forward_backward_smoothed(spec, &params, &x, &y, key, config.label_smoothing);
