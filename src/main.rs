@@ -27,8 +27,7 @@ macro_rules! errln {
 mod cli;
 
 use shadertrain::Error;
-use shadertrain::data::catalog::FILE_STEMS;
-use shadertrain::data::{DATA_ENV, DatasetKind, Split, default_dir};
+use shadertrain::data::{DATA_ENV, DatasetKind, default_dir};
 use shadertrain::gpu::{AdapterRequest, BackendChoice, list_adapters};
 use shadertrain::input::Augmentation;
 use shadertrain::model::{Activation, Loss, parse_layers};
@@ -169,7 +168,8 @@ impl AdapterArgs {
 struct DataArgs {
     /// Folder holding the dataset's IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte,
     /// t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each raw or .gz; eval and predict read only
-    /// the t10k pair) [default: data/<dataset>/, then where a system package installs it;
+    /// the t10k pair), or for CIFAR-10 its binary batches (the folder cifar-10-batches-bin/ or
+    /// one holding it) [default: data/<dataset>/, then where a system package installs it;
     /// downloaded when absent].
     #[arg(help_heading = "Data", long, value_name = "DIR", env = DATA_ENV)]
     data: Option<PathBuf>,
@@ -181,13 +181,12 @@ struct DataArgs {
 impl DataArgs {
     /// The folder holding the whole dataset.
     fn dir(&self, kind: DatasetKind) -> shadertrain::Result<PathBuf> {
-        cli::dataset_dir(kind, self.data.as_deref(), self.offline, &FILE_STEMS)
+        cli::dataset_dir(kind, self.data.as_deref(), self.offline, kind.files())
     }
 
     /// The folder holding the test split: all that `eval` and `predict` read.
     fn test_dir(&self, kind: DatasetKind) -> shadertrain::Result<PathBuf> {
-        let (images, labels) = Split::Test.file_stems();
-        cli::dataset_dir(kind, self.data.as_deref(), self.offline, &[images, labels])
+        cli::dataset_dir(kind, self.data.as_deref(), self.offline, kind.test_files())
     }
 }
 

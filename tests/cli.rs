@@ -1116,3 +1116,58 @@ fn a_standardised_model_evaluates_and_predicts_as_it_trained() {
         assert_eq!(predictions[0]["top"][0]["class"], class, "{predictions}");
     }
 }
+
+/// `--dataset cifar10` reads the binary batches from the folder holding
+/// `cifar-10-batches-bin/`; the ResNet preset takes its colour images with its recipe (crops
+/// and flips); eval names CIFAR's classes; predict says it cannot prepare colour pictures yet.
+#[test]
+fn cifar_batches_train_and_evaluate_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_cifar_batches(&dir.path().join("cifar-10-batches-bin"), 10, 12);
+    let data = dir.path().to_str().unwrap();
+    let model = dir.path().join("cifar.safetensors");
+    let (code, stdout, stderr) = shadertrain(&[
+        "train",
+        "--offline",
+        "--dataset",
+        "cifar10",
+        "--data",
+        data,
+        "--model",
+        "resnet8",
+        "--max-steps",
+        "1",
+        "--save",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for expected in [
+        "(50 training, 12 test samples; classes airplane, automobile, bird, cat",
+        "on 3×32×32 standardised (mean ",
+        "augmentation: crop2,flip (",
+    ] {
+        assert!(stdout.contains(expected), "{expected}: {stdout}");
+    }
+    let (code, stdout, stderr) = shadertrain(&[
+        "eval",
+        "--offline",
+        "--data",
+        data,
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("truck"), "{stdout}");
+    let (code, _, stderr) = shadertrain(&[
+        "predict",
+        "--offline",
+        "--data",
+        data,
+        "--model",
+        model.to_str().unwrap(),
+        "--index",
+        "0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("3×32×32"), "{stderr}");
+}

@@ -13,8 +13,10 @@ use std::time::Duration;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use shadertrain::data::catalog::{DatasetKind, FILE_STEMS};
+use shadertrain::data::cifar;
 use shadertrain::data::download::{
-    DownloadEvent, DownloadOptions, RemoteFile, Source, content_md5, download,
+    DownloadEvent, DownloadOptions, RemoteArchive, RemoteFile, Source, content_md5, download,
+    download_archive,
 };
 use shadertrain::data::idx::encode_idx_u8;
 use shadertrain::data::{Dataset, Split};
@@ -334,5 +336,98 @@ fn a_corrupt_local_copy_is_replaced_not_kept_beside() {
             .unwrap()
             .samples(),
         300
+    );
+}
+
+/// A CIFAR-format archive as the published one is laid out (`cifar-10-batches-bin/` and its
+/// batches), with a file beside that folder, which is not unpacked; and its bytes' MD5.
+fn cifar_archive() -> (Vec<u8>, String) {
+    let work = tempfile::tempdir().unwrap();
+    let batches = work.path().join("cifar-10-batches-bin");
+    common::write_cifar_batches(&batches, 2, 3);
+    let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    builder
+        .append_dir_all("cifar-10-batches-bin", &batches)
+        .unwrap();
+    let outside = b"not part of the data";
+    let mut header = tar::Header::new_gnu();
+    header.set_size(outside.len() as u64);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "outside.txt", &outside[..])
+        .unwrap();
+    let bytes = builder.into_inner().unwrap().finish().unwrap();
+    let digest = <md5::Md5 as md5::Digest>::digest(&bytes);
+    let md5 = digest.iter().map(|b| format!("{b:02x}")).collect();
+    (bytes, md5)
+}
+
+fn archive_at(base: &str, mirrors: &[&str], md5: &str) -> RemoteArchive {
+    RemoteArchive {
+        mirrors: mirrors.iter().map(|m| format!("{base}/{m}/")).collect(),
+        md5: md5.to_string(),
+        ..cifar::archive()
+    }
+}
+
+#[test]
+fn an_archive_is_verified_unpacked_and_then_reused() {
+    let (bytes, md5) = cifar_archive();
+    let name = cifar::archive().name;
+    let base = serve(HashMap::from([(
+        format!("/good/{name}"),
+        Reply::Body(bytes),
+    )]));
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("data").join("cifar10");
+    let archive = archive_at(&base, &["missing", "good"], &md5);
+    let mut events = Vec::new();
+    download_archive(&archive, &dir, &options(), &mut |e| {
+        events.push(format!("{e:?}"))
+    })
+    .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("MirrorFailed") && e.contains("404"))
+    );
+    assert!(events.iter().any(|e| e.contains("Verified")));
+    assert_eq!(names_in(&dir), ["cifar-10-batches-bin", name.as_str()]);
+    let batches = names_in(&dir.join("cifar-10-batches-bin"));
+    assert_eq!(batches.len(), 6, "{batches:?}");
+    let (test, _) = Dataset::load_digested(DatasetKind::Cifar10, &dir, Split::Test).unwrap();
+    assert_eq!(test.samples(), 3);
+    // The verified archive is not fetched again.
+    let mut events = Vec::new();
+    download_archive(&archive, &dir, &options(), &mut |e| {
+        events.push(format!("{e:?}"))
+    })
+    .unwrap();
+    assert!(events[0].contains("AlreadyPresent"), "{events:?}");
+}
+
+#[test]
+fn an_archive_with_another_checksum_is_refused_and_leaves_nothing() {
+    let (bytes, md5) = cifar_archive();
+    let name = cifar::archive().name;
+    let base = serve(HashMap::from([(
+        format!("/good/{name}"),
+        Reply::Body(bytes),
+    )]));
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("data").join("cifar10");
+    let last = if md5.ends_with('0') { "1" } else { "0" };
+    let wrong = format!("{}{last}", &md5[..31]);
+    let archive = archive_at(&base, &["good"], &wrong);
+    let error = download_archive(&archive, &dir, &options(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("checksum mismatch") && error.contains(&md5) && error.contains(&wrong),
+        "{error}"
+    );
+    assert!(
+        !work.path().join("data").exists(),
+        "the folders it made are gone"
     );
 }

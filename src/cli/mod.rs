@@ -11,8 +11,7 @@ pub mod signals;
 pub mod train;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use shadertrain::data::catalog::FILE_STEMS;
-use shadertrain::data::download::{DownloadEvent, DownloadOptions, download};
+use shadertrain::data::download::{DownloadEvent, DownloadOptions, download, download_archive};
 use shadertrain::data::{
     DATA_ENV, DataIdentity, Dataset, DatasetKind, Split, candidate_dirs, default_dir, locate_files,
     missing_files,
@@ -38,6 +37,12 @@ pub fn dataset_dir(
     if offline {
         let candidates = candidate_dirs(kind, named);
         let lacks = |dir: &Path| -> String {
+            let batches = shadertrain::data::cifar::batches_dir(dir);
+            let dir = if kind == DatasetKind::Cifar10 {
+                &batches
+            } else {
+                dir
+            };
             let missing = missing_files(dir, stems);
             if !dir.is_dir() {
                 "does not exist".into()
@@ -58,11 +63,15 @@ pub fn dataset_dir(
         return Err(Error::Dataset {
             dir: target.clone(),
             problem: format!(
-                "{}, and --offline forbids downloading. Put {}'s IDX files ({}, each raw or .gz) in \
-                 {}, point --data or {DATA_ENV} at a folder that has them, or drop --offline",
+                "{}, and --offline forbids downloading. Put {}'s files ({}{}) in {}, point --data \
+                 or {DATA_ENV} at a folder that has them, or drop --offline",
                 findings.join("; "),
                 kind.name(),
                 stems.join(", "),
+                match kind {
+                    DatasetKind::Cifar10 => ", in cifar-10-batches-bin/",
+                    _ => ", each raw or .gz",
+                },
                 target.display()
             ),
         });
@@ -73,7 +82,10 @@ pub fn dataset_dir(
         target.display()
     );
     fetch_files(kind, &target, stems)?;
-    Ok(target)
+    Ok(match kind {
+        DatasetKind::Cifar10 => shadertrain::data::cifar::batches_dir(&target),
+        _ => target,
+    })
 }
 
 /// The model a file holds, model file or checkpoint; a checkpoint is said so on stderr.
@@ -88,9 +100,9 @@ pub fn load_model_or_checkpoint(path: &Path) -> Result<SavedModel> {
     Ok(saved)
 }
 
-/// Downloads the whole dataset: `fetch_files` of all four files.
+/// Downloads the whole dataset: `fetch_files` of all its files.
 pub fn fetch_dataset(kind: DatasetKind, dir: &Path) -> Result<()> {
-    fetch_files(kind, dir, &FILE_STEMS)
+    fetch_files(kind, dir, kind.files())
 }
 
 /// The test split in `dir`, refused unless it is the data the model was trained on or
@@ -101,7 +113,7 @@ pub fn model_test_set(
     dir: &Path,
     other_data: bool,
 ) -> Result<(Dataset, DataIdentity)> {
-    let (test, digests) = Dataset::load_mnist_digested(dir, Split::Test)?;
+    let (test, digests) = Dataset::load_digested(saved.data.labels, dir, Split::Test)?;
     let read = DataIdentity::identify(digests, saved.data.labels);
     if !other_data && !saved.data.same_as(&read) {
         return Err(Error::Dataset {
@@ -157,6 +169,10 @@ fn fetch_files(kind: DatasetKind, dir: &Path, stems: &[&str]) -> Result<()> {
             errln!("{file}: downloaded, checksum verified");
         }
     };
+    if kind == DatasetKind::Cifar10 {
+        let archive = shadertrain::data::cifar::archive();
+        return download_archive(&archive, dir, &DownloadOptions::default(), &mut on_event);
+    }
     let mut source = kind.source();
     source
         .files

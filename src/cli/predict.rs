@@ -35,7 +35,13 @@ pub fn run(
     let mut unreadable = 0;
     // Pictures are prepared as the model's data was made: digits as MNIST's, clothes as
     // Fashion-MNIST's.
-    let preparation = Preparation::of(saved.data.labels);
+    let preparation = Preparation::of(saved.data.labels).ok_or_else(|| {
+        Error::Config(format!(
+            "predict prepares pictures as MNIST and Fashion-MNIST made theirs; {} images are \
+             not supported yet",
+            saved.data.labels.name()
+        ))
+    })?;
     for path in images {
         match load_image(path, preparation) {
             Ok(pixels) => inputs.push((path.display().to_string(), pixels)),

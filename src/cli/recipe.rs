@@ -53,8 +53,8 @@ pub(crate) fn recipe(
         )));
     }
     let data_dir = args.data.dir(args.dataset)?;
-    let (train_set, mut digests) = Dataset::load_mnist_digested(&data_dir, Split::Train)?;
-    let (test_set, test_digests) = Dataset::load_mnist_digested(&data_dir, Split::Test)?;
+    let (train_set, mut digests) = Dataset::load_digested(args.dataset, &data_dir, Split::Train)?;
+    let (test_set, test_digests) = Dataset::load_digested(args.dataset, &data_dir, Split::Test)?;
     digests.extend(test_digests);
     let data = DataIdentity::identify(digests, claimed.map(|(kind, _)| kind).unwrap_or_default());
     if let (Some(files), Some((kind, by))) = (data.dataset, claimed)
@@ -123,7 +123,7 @@ pub(crate) fn recipe(
     })?;
     let mirror_symmetric = matches!(
         data.dataset.or(claimed.map(|(kind, _)| kind)),
-        Some(DatasetKind::FashionMnist)
+        Some(DatasetKind::FashionMnist | DatasetKind::Cifar10)
     );
     let config = TrainConfig {
         augmentation: args.augment.unwrap_or(Augmentation {

@@ -9,6 +9,8 @@ pub enum DatasetKind {
     Mnist,
     /// Zalando's article images, a drop-in replacement for MNIST.
     FashionMnist,
+    /// Krizhevsky's 32×32 colour photographs of 10 classes (the binary version).
+    Cifar10,
 }
 
 /// The four files of an MNIST-format dataset, without the `.gz` suffix.
@@ -25,6 +27,24 @@ impl DatasetKind {
         match self {
             DatasetKind::Mnist => "mnist",
             DatasetKind::FashionMnist => "fashion-mnist",
+            DatasetKind::Cifar10 => "cifar10",
+        }
+    }
+
+    /// The files of the whole dataset, as `--data` must hold them (raw or gzip for the IDX
+    /// files; CIFAR-10's batches in its folder, `data::cifar::BATCHES_DIR`).
+    pub fn files(self) -> &'static [&'static str] {
+        match self {
+            DatasetKind::Cifar10 => &super::cifar::ALL_FILES,
+            _ => &FILE_STEMS,
+        }
+    }
+
+    /// The files of the test split: all that `eval` and `predict` read.
+    pub fn test_files(self) -> &'static [&'static str] {
+        match self {
+            DatasetKind::Cifar10 => &super::cifar::TEST_FILES,
+            _ => &FILE_STEMS[2..],
         }
     }
 
@@ -43,22 +63,41 @@ impl DatasetKind {
                 "Bag",
                 "Ankle boot",
             ],
+            DatasetKind::Cifar10 => [
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            ],
         }
     }
 
     /// Folders where a system package installs this dataset.
     pub fn system_dirs(self) -> &'static [&'static str] {
         match self {
-            DatasetKind::Mnist => &[],
+            DatasetKind::Mnist | DatasetKind::Cifar10 => &[],
             // Debian's `dataset-fashion-mnist` package.
             DatasetKind::FashionMnist => &["/usr/share/datasets/fashion-mnist"],
         }
     }
 
     /// Mirrors, tried in order, and the MD5 of each file's decompressed content: so a
-    /// re-compressed copy is accepted and a corrupted one is not.
+    /// re-compressed copy is accepted and a corrupted one is not. CIFAR-10 comes as one archive
+    /// (`data::cifar::archive`), whose files' own digests are not published: none here.
     pub fn source(self) -> Source {
         let (mirrors, md5s): (&[&str], [&str; 4]) = match self {
+            DatasetKind::Cifar10 => {
+                return Source {
+                    mirrors: Vec::new(),
+                    files: Vec::new(),
+                };
+            }
             DatasetKind::Mnist => (
                 &[
                     // torchvision's mirror

@@ -76,8 +76,13 @@ const MAX_FILE_BYTES: u64 = 256 << 20;
 
 /// Hex MD5 of a file's content, decompressed first when it is gzip.
 pub fn content_md5(path: &Path) -> std::io::Result<String> {
+    file_md5(path, true)
+}
+
+/// Hex MD5 of a file's bytes, decompressed first where `decompress` and it is gzip.
+fn file_md5(path: &Path, decompress: bool) -> std::io::Result<String> {
     let file = BufReader::new(File::open(path)?);
-    let mut content: Box<dyn Read> = if is_gzip(path)? {
+    let mut content: Box<dyn Read> = if decompress && is_gzip(path)? {
         Box::new(GzDecoder::new(file))
     } else {
         Box::new(file)
@@ -115,6 +120,12 @@ pub fn download(
     options: &DownloadOptions,
     on_event: &mut dyn FnMut(DownloadEvent),
 ) -> Result<()> {
+    in_new_folders(dir, || download_into(source, dir, options, on_event))
+}
+
+/// Makes `dir` (and the folders above it that are missing), then runs `work`; when it fails,
+/// the folders made here go again where `work` left them empty.
+fn in_new_folders(dir: &Path, work: impl FnOnce() -> Result<()>) -> Result<()> {
     // The folders this call makes (data/ and data/mnist/, say), deepest first.
     let created: Vec<&Path> = dir
         .ancestors()
@@ -122,7 +133,7 @@ pub fn download(
         .take_while(|a| !a.exists())
         .collect();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let result = download_into(source, dir, options, on_event);
+    let result = work();
     if result.is_err() {
         // Only succeeds while empty: folders this call made and filled with nothing go again.
         for folder in created {
@@ -132,16 +143,21 @@ pub fn download(
     result
 }
 
+/// An HTTP agent with the download's time limits.
+fn agent(options: &DownloadOptions) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(options.connect_timeout)
+        .timeout_read(options.stall_timeout)
+        .build()
+}
+
 fn download_into(
     source: &Source,
     dir: &Path,
     options: &DownloadOptions,
     on_event: &mut dyn FnMut(DownloadEvent),
 ) -> Result<()> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(options.connect_timeout)
-        .timeout_read(options.stall_timeout)
-        .build();
+    let agent = agent(options);
     for file in &source.files {
         if let Some(path) = existing_file(dir, &file.stem)
             && content_md5(&path).is_ok_and(|md5| md5 == file.md5)
@@ -189,15 +205,15 @@ fn download_into(
     Ok(())
 }
 
-/// One attempt from one mirror. The outer error is local (the folder cannot be written) and
-/// ends the download; the inner one is the mirror's fault, and the next mirror is tried.
-fn fetch(
+/// `url` streamed into a temporary file in `dir`, whole (as long as announced), for the file
+/// `name`; errors as `fetch`'s.
+fn stream(
     agent: &ureq::Agent,
     url: &str,
     dir: &Path,
-    file: &RemoteFile,
+    name: &str,
     on_event: &mut dyn FnMut(DownloadEvent),
-) -> Result<Result<(), String>> {
+) -> Result<Result<tempfile::NamedTempFile, String>> {
     let response = match agent.get(url).call() {
         Ok(response) => response,
         Err(ureq::Error::Status(code, response)) => {
@@ -216,7 +232,7 @@ fn fetch(
         .header("Content-Length")
         .and_then(|v| v.parse::<u64>().ok());
     on_event(DownloadEvent::Started {
-        file: &file.stem,
+        file: name,
         url,
         bytes: expected_bytes,
     });
@@ -252,7 +268,7 @@ fn fetch(
             .map_err(|e| Error::io(temp.path(), e))?;
         received += n as u64;
         on_event(DownloadEvent::Progress {
-            file: &file.stem,
+            file: name,
             received,
         });
     }
@@ -265,6 +281,22 @@ fn fetch(
         )));
     }
     temp.flush().map_err(|e| Error::io(temp.path(), e))?;
+    Ok(Ok(temp))
+}
+
+/// One attempt from one mirror. The outer error is local (the folder cannot be written) and
+/// ends the download; the inner one is the mirror's fault, and the next mirror is tried.
+fn fetch(
+    agent: &ureq::Agent,
+    url: &str,
+    dir: &Path,
+    file: &RemoteFile,
+    on_event: &mut dyn FnMut(DownloadEvent),
+) -> Result<Result<(), String>> {
+    let temp = match stream(agent, url, dir, &file.stem, on_event)? {
+        Ok(temp) => temp,
+        Err(reason) => return Ok(Err(reason)),
+    };
     match content_md5(temp.path()) {
         Ok(md5) if md5 == file.md5 => {}
         Ok(md5) => {
@@ -295,4 +327,141 @@ fn fetch(
         _ => {}
     }
     Ok(Ok(()))
+}
+
+/// A dataset published as one archive (a gzip-compressed tar), fetched as `<mirror><name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteArchive {
+    pub mirrors: Vec<String>,
+    pub name: String,
+    /// Hex MD5 of the archive's bytes, as published.
+    pub md5: String,
+    /// Its published size.
+    pub bytes: u64,
+    /// The folder inside it whose files are unpacked (nothing else is).
+    pub keep_under: String,
+}
+
+/// Makes `dir` hold `archive`, verified by its MD5 (kept as `dir/<name>`; an existing correct
+/// copy is used), unpacked: the files under its `keep_under/` into `dir/keep_under/`, each
+/// written through a temporary file. A failure leaves no partial file under a final name, and
+/// removes the folders this call made.
+pub fn download_archive(
+    archive: &RemoteArchive,
+    dir: &Path,
+    options: &DownloadOptions,
+    on_event: &mut dyn FnMut(DownloadEvent),
+) -> Result<()> {
+    in_new_folders(dir, || {
+        fetch_archive(archive, dir, options, on_event).and_then(|()| unpack(archive, dir))
+    })
+}
+
+fn fetch_archive(
+    archive: &RemoteArchive,
+    dir: &Path,
+    options: &DownloadOptions,
+    on_event: &mut dyn FnMut(DownloadEvent),
+) -> Result<()> {
+    let target = dir.join(&archive.name);
+    if target.is_file() && file_md5(&target, false).is_ok_and(|md5| md5 == archive.md5) {
+        on_event(DownloadEvent::AlreadyPresent {
+            file: &archive.name,
+        });
+        return Ok(());
+    }
+    let agent = agent(options);
+    let mut failures = Vec::new();
+    for mirror in &archive.mirrors {
+        let url = format!("{}/{}", mirror.trim_end_matches('/'), archive.name);
+        let outcome = match stream(&agent, &url, dir, &archive.name, on_event)? {
+            Err(reason) => Err(reason),
+            Ok(temp) => match file_md5(temp.path(), false) {
+                Ok(md5) if md5 == archive.md5 => {
+                    temp.as_file()
+                        .sync_all()
+                        .map_err(|e| Error::io(temp.path(), e))?;
+                    temp.persist(&target)
+                        .map_err(|e| Error::io(&target, e.error))?;
+                    Ok(())
+                }
+                Ok(md5) => Err(format!(
+                    "checksum mismatch: the archive has MD5 {md5}, expected {} (the published \
+                     one)",
+                    archive.md5
+                )),
+                Err(e) => Err(format!("unreadable: {e}")),
+            },
+        };
+        match outcome {
+            Ok(()) => {
+                on_event(DownloadEvent::Verified {
+                    file: &archive.name,
+                    url: &url,
+                });
+                return Ok(());
+            }
+            Err(reason) => {
+                on_event(DownloadEvent::MirrorFailed {
+                    file: &archive.name,
+                    url: &url,
+                    reason: &reason,
+                });
+                failures.push(format!("{url}: {reason}"));
+            }
+        }
+    }
+    Err(Error::Download {
+        file: archive.name.clone(),
+        dir: dir.to_path_buf(),
+        attempts: failures.join("; "),
+        needed: format!("the archive {} ({} bytes)", archive.name, archive.bytes),
+    })
+}
+
+/// The files under `keep_under/` of the verified archive in `dir`, unpacked into a temporary
+/// folder, then moved into `dir/keep_under/` one by one.
+fn unpack(archive: &RemoteArchive, dir: &Path) -> Result<()> {
+    let path = dir.join(&archive.name);
+    let bad = |problem: String| Error::Dataset {
+        dir: dir.to_path_buf(),
+        problem: format!("{}: {problem}", archive.name),
+    };
+    let staging = tempfile::Builder::new()
+        .prefix(".unpack-")
+        .tempdir_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut tar = tar::Archive::new(GzDecoder::new(BufReader::new(file)));
+    let mut unpacked = Vec::new();
+    let entries = tar
+        .entries()
+        .map_err(|e| bad(format!("not a tar archive: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(format!("damaged: {e}")))?;
+        let name = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+        let inside = name.strip_prefix(&archive.keep_under).ok().filter(|rest| {
+            rest.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+                && rest.components().count() == 1
+        });
+        let (Some(rest), true) = (inside, entry.header().entry_type().is_file()) else {
+            continue;
+        };
+        let target = staging.path().join(rest);
+        let mut out = File::create(&target).map_err(|e| Error::io(&target, e))?;
+        std::io::copy(&mut entry, &mut out).map_err(|e| bad(format!("damaged: {e}")))?;
+        out.sync_all().map_err(|e| Error::io(&target, e))?;
+        unpacked.push(rest.to_path_buf());
+    }
+    if unpacked.is_empty() {
+        return Err(bad(format!("holds no files under {}/", archive.keep_under)));
+    }
+    let final_dir = dir.join(&archive.keep_under);
+    std::fs::create_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    for rest in unpacked {
+        let target = final_dir.join(&rest);
+        std::fs::rename(staging.path().join(&rest), &target).map_err(|e| Error::io(&target, e))?;
+    }
+    Ok(())
 }

@@ -38,11 +38,13 @@ pub enum Preparation {
 }
 
 impl Preparation {
-    /// The preparation of the images of `dataset`.
-    pub fn of(dataset: DatasetKind) -> Preparation {
+    /// The preparation of the images of `dataset`, where it has one (colour photographs, as
+    /// CIFAR-10's, have none yet).
+    pub fn of(dataset: DatasetKind) -> Option<Preparation> {
         match dataset {
-            DatasetKind::Mnist => Preparation::Digit,
-            DatasetKind::FashionMnist => Preparation::Clothing,
+            DatasetKind::Mnist => Some(Preparation::Digit),
+            DatasetKind::FashionMnist => Some(Preparation::Clothing),
+            DatasetKind::Cifar10 => None,
         }
     }
 

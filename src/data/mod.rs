@@ -1,6 +1,7 @@
 //! Datasets: MNIST-format image classification data read from IDX files.
 
 pub mod catalog;
+pub mod cifar;
 pub mod download;
 pub mod identity;
 pub mod idx;
@@ -47,13 +48,18 @@ pub fn candidate_dirs(kind: DatasetKind, named: Option<&Path>) -> Vec<PathBuf> {
 
 /// The first candidate folder holding the whole dataset.
 pub fn locate(kind: DatasetKind, named: Option<&Path>) -> Option<PathBuf> {
-    locate_files(kind, named, &catalog::FILE_STEMS)
+    locate_files(kind, named, kind.files())
 }
 
-/// The first candidate folder holding the files `stems`.
+/// The first candidate folder holding the files `stems` (for CIFAR-10, a candidate's
+/// `cifar-10-batches-bin/` if it has one, else the candidate itself).
 pub fn locate_files(kind: DatasetKind, named: Option<&Path>, stems: &[&str]) -> Option<PathBuf> {
     candidate_dirs(kind, named)
         .into_iter()
+        .map(|dir| match kind {
+            DatasetKind::Cifar10 => cifar::batches_dir(&dir),
+            _ => dir,
+        })
         .find(|dir| missing_files(dir, stems).is_empty())
 }
 
@@ -146,6 +152,19 @@ impl Dataset {
             ));
         }
         Ok(())
+    }
+
+    /// Loads one split of `kind` from `dir` (as `locate` finds it), with the MD5 of each file
+    /// read.
+    pub fn load_digested(
+        kind: DatasetKind,
+        dir: &Path,
+        split: Split,
+    ) -> Result<(Self, FileDigests)> {
+        match kind {
+            DatasetKind::Cifar10 => cifar::load(&cifar::batches_dir(dir), split),
+            _ => Self::load_mnist_digested(dir, split),
+        }
     }
 
     /// Loads one split of an MNIST-format dataset (MNIST, Fashion-MNIST) from `dir`, where each

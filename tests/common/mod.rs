@@ -321,3 +321,35 @@ pub fn assert_first_batch_gradients_match(
     let actual = trainer.first_batch_gradients().unwrap();
     assert_close(&format!("{what} gradients"), &actual, &expected, atol, rtol);
 }
+
+/// Writes CIFAR-10's binary batches into `dir` (five training batches of `per_batch` records,
+/// a test batch of `test` records): random labels, and pixels of each record's three planes
+/// made from (record, channel, position), so a test can say where each byte must land. Returns
+/// every training record's (label, planar image bytes), in file order.
+pub fn write_cifar_batches(
+    dir: &std::path::Path,
+    per_batch: usize,
+    test: usize,
+) -> Vec<(u8, Vec<u8>)> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut rng = Rng::new(77);
+    let mut records = Vec::new();
+    let files = shadertrain::data::cifar::ALL_FILES;
+    for (f, name) in files.iter().enumerate() {
+        let count = if f < 5 { per_batch } else { test };
+        let mut bytes = Vec::new();
+        for r in 0..count {
+            let label = rng.below(10) as u8;
+            let image: Vec<u8> = (0..3 * 1024)
+                .map(|i| ((i / 1024) * 80 + (i % 1024) % 61 + r * 7 + f) as u8)
+                .collect();
+            bytes.push(label);
+            bytes.extend_from_slice(&image);
+            if f < 5 {
+                records.push((label, image));
+            }
+        }
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    records
+}
