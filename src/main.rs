@@ -181,11 +181,33 @@ struct DataArgs {
 impl DataArgs {
     /// The folder holding the whole dataset.
     fn dir(&self, kind: DatasetKind) -> shadertrain::Result<PathBuf> {
+        if kind == DatasetKind::Folder {
+            return self.folder();
+        }
         cli::dataset_dir(kind, self.data.as_deref(), self.offline, kind.files())
+    }
+
+    /// The image folder --data names (nothing is downloaded for one).
+    fn folder(&self) -> shadertrain::Result<PathBuf> {
+        match &self.data {
+            Some(dir) if shadertrain::data::folder::is_image_folder(dir) => Ok(dir.clone()),
+            Some(dir) => Err(Error::Dataset {
+                dir: dir.clone(),
+                problem: "it has no train/ folder: an image folder holds train/<class>/ (and \
+                          test/<class>/) sub-folders of PNG or JPEG files"
+                    .into(),
+            }),
+            None => Err(Error::Config(
+                "--dataset folder reads the image folder --data DIR names".into(),
+            )),
+        }
     }
 
     /// The folder holding the test split: all that `eval` and `predict` read.
     fn test_dir(&self, kind: DatasetKind) -> shadertrain::Result<PathBuf> {
+        if kind == DatasetKind::Folder {
+            return self.folder();
+        }
         cli::dataset_dir(kind, self.data.as_deref(), self.offline, kind.test_files())
     }
 }
@@ -196,9 +218,19 @@ struct RecipeArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Which dataset: where its files are looked for and downloaded from, and its class names
-    /// (files that are another published dataset, by checksum, are refused).
+    /// (files that are another published dataset, by checksum, are refused); folder: an image
+    /// folder, --data DIR holding train/<class>/* and test/<class>/* (PNG or JPEG; without
+    /// test/, --validation-split F holds out the last F of each class as the test set).
     #[arg(help_heading = "Data", long, value_enum, default_value_t = DatasetKind::Mnist)]
     dataset: DatasetKind,
+    /// An image folder's images resized (bilinear) to this height x width, e.g. 32x32 [default:
+    /// the first image's size, which every image must then have].
+    #[arg(help_heading = "Data", long, value_name = "HxW", value_parser = parse_image_size)]
+    image_size: Option<ImageSize>,
+    /// An image folder's images as 1 (grey) or 3 (RGB) channels [default: 3 where any image
+    /// has colour, else 1].
+    #[arg(help_heading = "Data", long, value_name = "N", value_parser = parse_channels)]
+    channels: Option<usize>,
     /// The model: the reference MLP (--hidden, --activation), Keras' mnist_convnet
     /// (conv32k3, maxpool2, conv64k3, maxpool2, flatten, dropout0.5, dense; 15 epochs and
     /// --validation-split 0.1 unless given), or He et al.'s CIFAR ResNet-8 or ResNet-20
@@ -406,6 +438,33 @@ fn check_layers(text: &str) -> Result<String, String> {
 
 #[derive(Clone, Debug)]
 struct Hidden(Vec<usize>);
+
+fn parse_channels(text: &str) -> Result<usize, String> {
+    match text.trim() {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        _ => Err(format!("{text:?}: give 1 (grey) or 3 (RGB)")),
+    }
+}
+
+/// `--image-size HxW`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ImageSize(u32, u32);
+
+fn parse_image_size(text: &str) -> Result<ImageSize, String> {
+    let sizes: Vec<Option<u32>> = text
+        .split(['x', 'X'])
+        .map(|s| s.trim().parse().ok())
+        .collect();
+    match sizes[..] {
+        [Some(h), Some(w)] if (1..=4096).contains(&h) && (1..=4096).contains(&w) => {
+            Ok(ImageSize(h, w))
+        }
+        _ => Err(format!(
+            "{text:?} is not a size: give height x width in pixels, e.g. 32x32"
+        )),
+    }
+}
 
 fn parse_hidden(text: &str) -> Result<Hidden, String> {
     let text = text.trim();

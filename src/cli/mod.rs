@@ -12,6 +12,7 @@ pub mod train;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use shadertrain::data::download::{DownloadEvent, DownloadOptions, download, download_archive};
+use shadertrain::data::folder::{self, FolderOptions};
 use shadertrain::data::{
     DATA_ENV, DataIdentity, Dataset, DatasetKind, Split, candidate_dirs, default_dir, locate_files,
     missing_files,
@@ -113,8 +114,28 @@ pub fn model_test_set(
     dir: &Path,
     other_data: bool,
 ) -> Result<(Dataset, DataIdentity)> {
-    let (test, digests) = Dataset::load_digested(saved.data.labels, dir, Split::Test)?;
-    let read = DataIdentity::identify(digests, saved.data.labels);
+    let (test, read) = match saved.data.labels {
+        DatasetKind::Folder => {
+            // Decoded as the model's input: its size and channels.
+            let input = saved.spec.input;
+            let options = FolderOptions {
+                size: Some((input.height as u32, input.width as u32)),
+                channels: Some(input.channels),
+            };
+            let classes = saved.data.classes.clone().unwrap_or_default();
+            let test = folder::load(dir, Split::Test, options, Some(&classes))?;
+            let md5 = shadertrain::data::FileDigests::from([("test".to_string(), test.md5)]);
+            let read = DataIdentity {
+                classes: Some(classes),
+                ..DataIdentity::identify(md5, DatasetKind::Folder)
+            };
+            (test.data, read)
+        }
+        kind => {
+            let (test, digests) = Dataset::load_digested(kind, dir, Split::Test)?;
+            (test, DataIdentity::identify(digests, kind))
+        }
+    };
     if !other_data && !saved.data.same_as(&read) {
         return Err(Error::Dataset {
             dir: dir.to_path_buf(),

@@ -2,16 +2,17 @@
 //! (a preset or a layer list) and the training configuration, each refused with a message that
 //! names the flag before anything is printed about the run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use shadertrain::Error;
-use shadertrain::data::{DataIdentity, Dataset, DatasetKind, Split};
+use shadertrain::data::folder::{self, FolderOptions, FolderSplit};
+use shadertrain::data::{DataIdentity, Dataset, DatasetKind, FileDigests, Split};
 use shadertrain::input::{Augmentation, Standardisation};
 use shadertrain::model::Loss;
 use shadertrain::model::{ModelSpec, parse_layers};
 use shadertrain::train::{LrSchedule, OptimizerKind, TrainConfig};
 
-use crate::{Hidden, ModelPreset, RecipeArgs, convnet_layers};
+use crate::{Hidden, ImageSize, ModelPreset, RecipeArgs, convnet_layers};
 
 /// What `train` and `bench` load and build from the recipe flags.
 pub(crate) struct Recipe {
@@ -22,6 +23,8 @@ pub(crate) struct Recipe {
     pub(crate) test_set: Dataset,
     pub(crate) spec: ModelSpec,
     pub(crate) config: TrainConfig,
+    /// What the run should say about its data (a cache used, a test set held out).
+    pub(crate) notes: Vec<String>,
 }
 
 /// `epochs`: `train --epochs` (bench times one epoch). `claimed`: the dataset the files are said
@@ -53,10 +56,25 @@ pub(crate) fn recipe(
         )));
     }
     let data_dir = args.data.dir(args.dataset)?;
-    let (train_set, mut digests) = Dataset::load_digested(args.dataset, &data_dir, Split::Train)?;
-    let (test_set, test_digests) = Dataset::load_digested(args.dataset, &data_dir, Split::Test)?;
-    digests.extend(test_digests);
-    let data = DataIdentity::identify(digests, claimed.map(|(kind, _)| kind).unwrap_or_default());
+    let mut notes = Vec::new();
+    let mut test_held_out = false;
+    let (train_set, test_set, data) = if args.dataset == DatasetKind::Folder {
+        let loaded = load_folder(args, &data_dir, &mut notes)?;
+        test_held_out = loaded.3;
+        (loaded.0, loaded.1, loaded.2)
+    } else {
+        let (train_set, mut digests) =
+            Dataset::load_digested(args.dataset, &data_dir, Split::Train)?;
+        let (test_set, test_digests) =
+            Dataset::load_digested(args.dataset, &data_dir, Split::Test)?;
+        digests.extend(test_digests);
+        let custom_labels = claimed.map(|(kind, _)| kind).unwrap_or_default();
+        (
+            train_set,
+            test_set,
+            DataIdentity::identify(digests, custom_labels),
+        )
+    };
     if let (Some(files), Some((kind, by))) = (data.dataset, claimed)
         && files != kind
     {
@@ -125,7 +143,7 @@ pub(crate) fn recipe(
         data.dataset.or(claimed.map(|(kind, _)| kind)),
         Some(DatasetKind::FashionMnist | DatasetKind::Cifar10)
     );
-    let config = TrainConfig {
+    let mut config = TrainConfig {
         augmentation: args.augment.unwrap_or(Augmentation {
             crop: if resnet { 2 } else { 0 },
             flip: resnet && mirror_symmetric,
@@ -133,6 +151,10 @@ pub(crate) fn recipe(
         }),
         ..training_config(args, epochs, convnet, resnet, spec.loss)?
     };
+    if test_held_out {
+        // The fraction made the test set; nothing more is held out.
+        config.validation_split = 0.0;
+    }
     // Before anything is printed about the run.
     config.validate()?;
     Ok(Recipe {
@@ -142,7 +164,64 @@ pub(crate) fn recipe(
         test_set,
         spec,
         config,
+        notes,
     })
+}
+
+/// An image folder's splits and identity: train/, and test/ or, where it has none, the last
+/// `--validation-split` of each class of train/ (then true). `notes` gets what the run should
+/// say: the cache used, the test set held out.
+fn load_folder(
+    args: &RecipeArgs,
+    dir: &Path,
+    notes: &mut Vec<String>,
+) -> shadertrain::Result<(Dataset, Dataset, DataIdentity, bool)> {
+    let options = FolderOptions {
+        size: args.image_size.map(|ImageSize(h, w)| (h, w)),
+        channels: args.channels,
+    };
+    let mut cached = |split: &FolderSplit| {
+        if let Some(cache) = &split.cached {
+            notes.push(format!(
+                "decoded images read from the cache {}",
+                cache.display()
+            ));
+        }
+    };
+    let train = folder::load(dir, Split::Train, options, None)?;
+    cached(&train);
+    let mut md5 = FileDigests::from([("train".to_string(), train.md5.clone())]);
+    let (train_set, test_set, held_out) = match folder::split_dir(dir, Split::Test).is_dir() {
+        true => {
+            let test = folder::load(dir, Split::Test, options, Some(&train.class_names))?;
+            cached(&test);
+            md5.insert("test".to_string(), test.md5.clone());
+            (train.data, test.data, false)
+        }
+        false => {
+            let Some(fraction) = args.validation_split.filter(|&f| f > 0.0 && f < 1.0) else {
+                return Err(Error::Dataset {
+                    dir: dir.to_path_buf(),
+                    problem: "it has no test/ folder: give --validation-split F to hold out \
+                              the last F of each class of train/ as the test set"
+                        .into(),
+                });
+            };
+            let (kept, test) = train.data.hold_out_per_class(fraction)?;
+            notes.push(format!(
+                "test: the last {} of each class of train/ ({} images; the folder has no test/, \
+                 so --validation-split {fraction} makes the test set)",
+                fraction,
+                test.samples()
+            ));
+            (kept, test, true)
+        }
+    };
+    let data = DataIdentity {
+        classes: Some(train.class_names),
+        ..DataIdentity::identify(md5, DatasetKind::Folder)
+    };
+    Ok((train_set, test_set, data, held_out))
 }
 
 /// The standardisation of the samples that train: the training set without the part

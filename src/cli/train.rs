@@ -17,9 +17,9 @@ use shadertrain::model_file::{load_parameters_for, save_model};
 use shadertrain::train::{EpochMetrics, EpochProgress, LrSchedule, TrainConfig, Trainer};
 use shadertrain::{Error, Result};
 
-use crate::TrainArgs;
 use crate::cli::recipe::{Recipe, recipe};
 use crate::cli::signals::{Interrupt, Received, say_what_is_kept};
+use crate::{ImageSize, TrainArgs};
 
 /// Where and how often checkpoints are written.
 struct CheckpointPlan {
@@ -62,6 +62,7 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         test_set,
         spec,
         config,
+        notes,
     } = recipe(&args.recipe, args.epochs, claimed)?;
     let run = RunDescription {
         data: data.clone(),
@@ -106,6 +107,9 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         test_set.samples(),
         data.class_names().join(", ")
     );
+    for note in &notes {
+        outln!("{note}");
+    }
     if let Some(validation) = validation_samples(train_set.samples(), config.validation_split) {
         let held_out = match validation {
             1 => "the last training sample".to_string(),
@@ -683,6 +687,16 @@ fn take_unset_flags_from(
     }
     if unset("dataset") {
         args.recipe.dataset = run.data.labels;
+    }
+    // An image folder is decoded to the checkpoint's input shape.
+    if run.data.labels == shadertrain::data::DatasetKind::Folder {
+        let input = run.spec.input;
+        if unset("image_size") {
+            args.recipe.image_size = Some(ImageSize(input.height as u32, input.width as u32));
+        }
+        if unset("channels") {
+            args.recipe.channels = Some(input.channels);
+        }
     }
     // The checkpoint's model, unless one is given (which must then be the same).
     if ["model", "layers", "hidden", "activation"]

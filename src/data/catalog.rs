@@ -11,6 +11,9 @@ pub enum DatasetKind {
     FashionMnist,
     /// Krizhevsky's 32×32 colour photographs of 10 classes (the binary version).
     Cifar10,
+    /// An image folder (torchvision's ImageFolder layout): `train/<class>/*`, `test/<class>/*`;
+    /// its classes are its folders' names.
+    Folder,
 }
 
 /// The four files of an MNIST-format dataset, without the `.gz` suffix.
@@ -28,6 +31,7 @@ impl DatasetKind {
             DatasetKind::Mnist => "mnist",
             DatasetKind::FashionMnist => "fashion-mnist",
             DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Folder => "folder",
         }
     }
 
@@ -36,6 +40,7 @@ impl DatasetKind {
     pub fn files(self) -> &'static [&'static str] {
         match self {
             DatasetKind::Cifar10 => &super::cifar::ALL_FILES,
+            DatasetKind::Folder => &[],
             _ => &FILE_STEMS,
         }
     }
@@ -44,14 +49,16 @@ impl DatasetKind {
     pub fn test_files(self) -> &'static [&'static str] {
         match self {
             DatasetKind::Cifar10 => &super::cifar::TEST_FILES,
+            DatasetKind::Folder => &[],
             _ => &FILE_STEMS[2..],
         }
     }
 
-    pub fn class_names(self) -> [&'static str; 10] {
+    /// The class names (an image folder's are its own: none here).
+    pub fn class_names(self) -> &'static [&'static str] {
         match self {
-            DatasetKind::Mnist => ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
-            DatasetKind::FashionMnist => [
+            DatasetKind::Mnist => &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+            DatasetKind::FashionMnist => &[
                 "T-shirt/top",
                 "Trouser",
                 "Pullover",
@@ -63,7 +70,8 @@ impl DatasetKind {
                 "Bag",
                 "Ankle boot",
             ],
-            DatasetKind::Cifar10 => [
+            DatasetKind::Folder => &[],
+            DatasetKind::Cifar10 => &[
                 "airplane",
                 "automobile",
                 "bird",
@@ -81,7 +89,7 @@ impl DatasetKind {
     /// Folders where a system package installs this dataset.
     pub fn system_dirs(self) -> &'static [&'static str] {
         match self {
-            DatasetKind::Mnist | DatasetKind::Cifar10 => &[],
+            DatasetKind::Mnist | DatasetKind::Cifar10 | DatasetKind::Folder => &[],
             // Debian's `dataset-fashion-mnist` package.
             DatasetKind::FashionMnist => &["/usr/share/datasets/fashion-mnist"],
         }
@@ -92,7 +100,7 @@ impl DatasetKind {
     /// (`data::cifar::archive`), whose files' own digests are not published: none here.
     pub fn source(self) -> Source {
         let (mirrors, md5s): (&[&str], [&str; 4]) = match self {
-            DatasetKind::Cifar10 => {
+            DatasetKind::Cifar10 | DatasetKind::Folder => {
                 return Source {
                     mirrors: Vec::new(),
                     files: Vec::new(),

@@ -24,6 +24,9 @@ pub struct DataIdentity {
     /// The digests of the files that were read: all four for training, the test pair for eval.
     /// Empty for models written before digests were recorded.
     pub md5: FileDigests,
+    /// An image folder's class names (its sub-folders'), where the labels are not a known
+    /// dataset's.
+    pub classes: Option<Vec<String>>,
 }
 
 impl DataIdentity {
@@ -43,6 +46,7 @@ impl DataIdentity {
             dataset,
             labels: dataset.unwrap_or(custom_labels),
             md5,
+            classes: None,
         }
     }
 
@@ -53,6 +57,7 @@ impl DataIdentity {
             dataset: Some(kind),
             labels: kind,
             md5: md5.collect(),
+            classes: None,
         }
     }
 
@@ -61,8 +66,11 @@ impl DataIdentity {
         self.dataset.map_or(CUSTOM, DatasetKind::name)
     }
 
-    pub fn class_names(&self) -> [&'static str; 10] {
-        self.labels.class_names()
+    pub fn class_names(&self) -> Vec<&str> {
+        match &self.classes {
+            Some(classes) => classes.iter().map(String::as_str).collect(),
+            None => self.labels.class_names().to_vec(),
+        }
     }
 
     /// The name, and for custom data what tells two sets apart: the leading digits of each
@@ -103,6 +111,12 @@ impl DataIdentity {
             "data_md5".into(),
             serde_json::to_string(&self.md5).expect("strings serialise"),
         );
+        if let Some(classes) = &self.classes {
+            metadata.insert(
+                "class_names".into(),
+                serde_json::to_string(classes).expect("strings serialise"),
+            );
+        }
     }
 
     /// Reads back what `describe_in` wrote; files of earlier versions have only `dataset`.
@@ -138,10 +152,18 @@ impl DataIdentity {
         if !md5.values().all(is_md5) {
             return Err(not_digests());
         }
+        let classes = match metadata.get("class_names") {
+            Some(json) => Some(
+                serde_json::from_str::<Vec<String>>(json)
+                    .map_err(|_| "__metadata__ class_names is not a list of names".to_string())?,
+            ),
+            None => None,
+        };
         Ok(DataIdentity {
             dataset,
             labels,
             md5,
+            classes,
         })
     }
 }
@@ -200,6 +222,7 @@ mod tests {
         assert!(trained.same_as(&mnist_test));
         assert!(!trained.same_as(&fashion_test));
         let legacy = DataIdentity {
+            classes: None,
             md5: FileDigests::new(),
             ..trained.clone()
         };

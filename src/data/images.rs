@@ -44,7 +44,7 @@ impl Preparation {
         match dataset {
             DatasetKind::Mnist => Some(Preparation::Digit),
             DatasetKind::FashionMnist => Some(Preparation::Clothing),
-            DatasetKind::Cifar10 => None,
+            DatasetKind::Cifar10 | DatasetKind::Folder => None,
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod cifar;
 pub mod download;
+pub mod folder;
 pub mod identity;
 pub mod idx;
 pub mod images;
@@ -227,6 +228,38 @@ impl Dataset {
     /// The first `count` samples (all if fewer): for quick runs and tests.
     pub fn truncated(&self, count: usize) -> Dataset {
         self.range(0, count.min(self.samples()))
+    }
+
+    /// (kept, held out): the last `fraction` of each class's samples (at least one where the
+    /// class has two) held out, the rest kept, each in the order they had.
+    pub fn hold_out_per_class(&self, fraction: f64) -> Result<(Dataset, Dataset)> {
+        let mut counts = vec![0usize; self.classes];
+        for &l in &self.labels {
+            counts[l as usize] += 1;
+        }
+        let held: Vec<usize> = (counts.iter())
+            .map(|&n| match n {
+                0 | 1 => 0,
+                n => ((n as f64 * fraction).round() as usize).clamp(1, n - 1),
+            })
+            .collect();
+        let mut seen = vec![0usize; self.classes];
+        let features = self.features();
+        let (mut kept, mut out) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for (i, &l) in self.labels.iter().enumerate() {
+            let c = l as usize;
+            seen[c] += 1;
+            let part = if seen[c] > counts[c] - held[c] {
+                &mut out
+            } else {
+                &mut kept
+            };
+            part.0
+                .extend_from_slice(&self.pixels[i * features..(i + 1) * features]);
+            part.1.push(l);
+        }
+        let make = |(pixels, labels)| Dataset::with_shape(self.shape, self.classes, pixels, labels);
+        Ok((make(kept)?, make(out)?))
     }
 
     /// Samples `start..end`.

@@ -353,3 +353,30 @@ pub fn write_cifar_batches(
     }
     records
 }
+
+/// Writes samples `range` of `data` (grey or RGB) as PNG files into `dir/<class>/<index>.png`,
+/// the class named by `names`.
+pub fn write_png_folder(
+    dir: &std::path::Path,
+    data: &Dataset,
+    range: std::ops::Range<usize>,
+    names: &[&str],
+) {
+    let (c, h, w) = (data.shape.channels, data.shape.height, data.shape.width);
+    let features = data.features();
+    for i in range {
+        let folder = dir.join(names[data.labels[i] as usize]);
+        std::fs::create_dir_all(&folder).unwrap();
+        let pixels = data.pixels[i * features..(i + 1) * features].to_vec();
+        let path = folder.join(format!("{i:05}.png"));
+        match c {
+            1 => image::GrayImage::from_raw(w as u32, h as u32, pixels)
+                .unwrap()
+                .save(&path),
+            _ => image::RgbImage::from_raw(w as u32, h as u32, pixels)
+                .unwrap()
+                .save(&path),
+        }
+        .unwrap();
+    }
+}
