@@ -1119,7 +1119,8 @@ fn a_standardised_model_evaluates_and_predicts_as_it_trained() {
 
 /// `--dataset cifar10` reads the binary batches from the folder holding
 /// `cifar-10-batches-bin/`; the ResNet preset takes its colour images with its recipe (crops
-/// and flips); eval names CIFAR's classes; predict says it cannot prepare colour pictures yet.
+/// and flips); eval names CIFAR's classes; predict takes a test image by index and as a PNG
+/// file (resized to the model's input), with the same answer.
 #[test]
 fn cifar_batches_train_and_evaluate_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -1158,16 +1159,38 @@ fn cifar_batches_train_and_evaluate_from_the_command_line() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("truck"), "{stdout}");
-    let (code, _, stderr) = shadertrain(&[
-        "predict",
-        "--offline",
-        "--data",
-        data,
-        "--model",
-        model.to_str().unwrap(),
-        "--index",
-        "0",
-    ]);
-    assert_eq!(code, 1);
-    assert!(stderr.contains("3×32×32"), "{stderr}");
+    let predict = |what: &[&str]| {
+        let args = [
+            &[
+                "predict",
+                "--offline",
+                "--data",
+                data,
+                "--model",
+                model.to_str().unwrap(),
+            ],
+            what,
+            &["--json"],
+        ]
+        .concat();
+        let (code, stdout, stderr) = shadertrain(&args);
+        assert_eq!(code, 0, "{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        report[0]["top"].clone()
+    };
+    let by_index = predict(&["--index", "0"]);
+    // Test image 0, its planes made an RGB picture, twice the size: resized back to 32×32.
+    let test = std::fs::read(dir.path().join("cifar-10-batches-bin/test_batch.bin")).unwrap();
+    let picture = image::RgbImage::from_fn(64, 64, |x, y| {
+        let at = |c: u32| test[1 + (c * 1024 + (y / 2) * 32 + x / 2) as usize];
+        image::Rgb([at(0), at(1), at(2)])
+    });
+    let png = dir.path().join("picture.png");
+    picture.save(&png).unwrap();
+    let by_file = predict(&[png.to_str().unwrap()]);
+    assert_eq!(
+        by_file[0]["class"], by_index[0]["class"],
+        "{by_file} {by_index}"
+    );
+    assert!(by_index[0]["name"].is_string());
 }

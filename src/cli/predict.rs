@@ -22,11 +22,14 @@ pub fn run(
     as_json: bool,
 ) -> Result<()> {
     let saved = super::load_model_or_checkpoint(model)?;
-    if !saved.spec.takes(Shape::image(1, 28, 28)) {
+    let preparation = Preparation::of(saved.data.labels, saved.spec.input);
+    if !matches!(preparation, Preparation::Resize(_)) && !saved.spec.takes(Shape::image(1, 28, 28))
+    {
         return Err(Error::Config(format!(
-            "{} takes inputs of {}; predict reads 28×28 images",
+            "{} takes inputs of {}; predict prepares {} pictures as 28×28 images",
             model.display(),
-            saved.spec.input
+            saved.spec.input,
+            saved.data.labels.name()
         )));
     }
     // Each image is classified, or reported and left out: one bad file does not stop the rest.
@@ -34,14 +37,7 @@ pub fn run(
     let mut left_out = Vec::new();
     let mut unreadable = 0;
     // Pictures are prepared as the model's data was made: digits as MNIST's, clothes as
-    // Fashion-MNIST's.
-    let preparation = Preparation::of(saved.data.labels).ok_or_else(|| {
-        Error::Config(format!(
-            "predict prepares pictures as MNIST and Fashion-MNIST made theirs; {} images are \
-             not supported yet",
-            saved.data.labels.name()
-        ))
-    })?;
+    // Fashion-MNIST's, others resized to the model's input.
     for path in images {
         match load_image(path, preparation) {
             Ok(pixels) => inputs.push((path.display().to_string(), pixels)),
@@ -72,7 +68,8 @@ pub fn run(
                     test.samples() - 1
                 )));
             }
-            let pixels = test.pixels[index * 784..(index + 1) * 784].to_vec();
+            let features = test.features();
+            let pixels = test.pixels[index * features..(index + 1) * features].to_vec();
             let label = saved.data.class_names()[test.labels[index] as usize];
             inputs.push((format!("test image {index} (label {label})"), pixels));
         }

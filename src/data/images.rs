@@ -19,6 +19,7 @@ use image::{DynamicImage, GrayImage};
 
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
+use crate::shapes::Shape;
 
 pub const SIDE: u32 = 28;
 const BOX: u32 = 20;
@@ -35,16 +36,20 @@ const TRIM_WITHIN: f64 = 0.05 * 255.0;
 pub enum Preparation {
     Digit,
     Clothing,
+    /// Any picture as a model of this input shape takes it: grey or RGB (by its channels),
+    /// resized to its height × width (bilinear), nothing else; for CIFAR-10's and image
+    /// folders' models.
+    Resize(Shape),
 }
 
 impl Preparation {
-    /// The preparation of the images of `dataset`, where it has one (colour photographs, as
-    /// CIFAR-10's, have none yet).
-    pub fn of(dataset: DatasetKind) -> Option<Preparation> {
+    /// The preparation of pictures for a model of `input` trained on `dataset`: MNIST's and
+    /// Fashion-MNIST's as those datasets were made, every other's resized.
+    pub fn of(dataset: DatasetKind, input: Shape) -> Preparation {
         match dataset {
-            DatasetKind::Mnist => Some(Preparation::Digit),
-            DatasetKind::FashionMnist => Some(Preparation::Clothing),
-            DatasetKind::Cifar10 | DatasetKind::Folder => None,
+            DatasetKind::Mnist => Preparation::Digit,
+            DatasetKind::FashionMnist => Preparation::Clothing,
+            DatasetKind::Cifar10 | DatasetKind::Folder => Preparation::Resize(input),
         }
     }
 
@@ -54,7 +59,24 @@ impl Preparation {
         match self {
             Preparation::Digit => digit_from_grey(image),
             Preparation::Clothing => clothing_from_grey(image),
+            Preparation::Resize(shape) => {
+                Ok(resized(&DynamicImage::ImageLuma8(image.clone()), shape))
+            }
         }
+    }
+}
+
+/// `image` as `shape`'s channels (1: grey, else RGB), resized to its height × width,
+/// channels-last.
+fn resized(image: &DynamicImage, shape: Shape) -> Vec<u8> {
+    let (width, height) = (shape.width as u32, shape.height as u32);
+    let image = match (image.width(), image.height()) == (width, height) {
+        true => image.clone(),
+        false => image.resize_exact(width, height, FilterType::Triangle),
+    };
+    match shape.channels {
+        1 => image.to_luma8().into_raw(),
+        _ => image.to_rgb8().into_raw(),
     }
 }
 
@@ -72,6 +94,9 @@ pub fn load_image(path: &Path, preparation: Preparation) -> Result<Vec<u8>> {
         .map_err(|e| unreadable(format!("cannot read it: {e}")))?
         .decode()
         .map_err(|e| unreadable(format!("not a readable PNG or JPEG image: {e}")))?;
+    if let Preparation::Resize(shape) = preparation {
+        return Ok(resized(&decoded, shape));
+    }
     preparation
         .prepare(&grey_on_a_contrasting_background(decoded))
         .map_err(|problem| Error::EmptyImage {
