@@ -88,6 +88,10 @@ impl RunDescription {
                 ),
                 ("augmentation (--augment)", c.augmentation.describe()),
                 (
+                    "test set held out of train/ (--validation-split)",
+                    c.test_split.to_string(),
+                ),
+                (
                     "standardisation (--normalize)",
                     (run.spec.standardisation.as_ref()).map_or("off".to_string(), |s| s.describe()),
                 ),
@@ -357,6 +361,7 @@ fn serialise(checkpoint: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
         ("warmup_epochs", optional_text(c.warmup_epochs)),
         ("label_smoothing", c.label_smoothing.to_string()),
         ("augmentation", c.augmentation.describe()),
+        ("test_split", c.test_split.to_string()),
         ("steps_per_submit", c.steps_per_submit.to_string()),
         ("train_samples", run.train_samples.to_string()),
         ("test_samples", run.test_samples.to_string()),
@@ -535,6 +540,7 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
             Some(text) => Augmentation::parse(&text)
                 .map_err(|e| bad(format!("__metadata__ augmentation: {e}")))?,
         },
+        test_split: meta.if_present("test_split")?.unwrap_or(0.0),
     };
     config.validate().map_err(|e| bad(e.to_string()))?;
     let run = RunDescription {

@@ -230,10 +230,21 @@ fn bad_folders_are_refused_with_the_file_or_folder_named() {
         stderr.contains("no test/ folder") && stderr.contains("--validation-split"),
         "{stderr}"
     );
-    let (code, stdout, stderr) = train(&["--validation-split", "0.2"]);
+    let checkpoints = dir.path().join("checkpoints");
+    let checkpoints = checkpoints.to_str().unwrap();
+    let (code, stdout, stderr) =
+        train(&["--validation-split", "0.2", "--checkpoint-dir", checkpoints]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("the last 0.2 of each class of train/ (60 images"),
+        "{stdout}"
+    );
+    // Resumed from the checkpoint alone, the same test set is held out again.
+    let (code, stdout, stderr) =
+        shadertrain(&["train", "--resume", checkpoints, "--max-steps", "2"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("resumed from") && stdout.contains("(60 images"),
         "{stdout}"
     );
 }

@@ -124,7 +124,12 @@ pub(crate) fn recipe(
     let resnet = resnet_blocks.is_some();
     let spec = ModelSpec {
         standardisation: match args.normalize.unwrap_or(resnet) {
-            true => Some(standardisation_of(&train_set, args, convnet)?),
+            true => Some(standardisation_of(
+                &train_set,
+                args,
+                convnet,
+                test_held_out,
+            )?),
             false => None,
         },
         ..spec
@@ -153,6 +158,7 @@ pub(crate) fn recipe(
     };
     if test_held_out {
         // The fraction made the test set; nothing more is held out.
+        config.test_split = config.validation_split;
         config.validation_split = 0.0;
     }
     // Before anything is printed about the run.
@@ -230,8 +236,13 @@ fn standardisation_of(
     train_set: &Dataset,
     args: &RecipeArgs,
     convnet: bool,
+    test_held_out: bool,
 ) -> shadertrain::Result<Standardisation> {
-    let split = (args.validation_split).unwrap_or(if convnet { 0.1 } else { 0.0 });
+    let split = match test_held_out {
+        // The fraction already took the folder's test set out.
+        true => 0.0,
+        false => (args.validation_split).unwrap_or(if convnet { 0.1 } else { 0.0 }),
+    };
     let (training, _) = train_set.split_validation(split)?;
     Standardisation::of(&training)
 }

@@ -751,7 +751,11 @@ fn take_unset_flags_from(
         args.epochs = Some(c.epochs);
     }
     if unset("validation_split") {
-        args.recipe.validation_split = Some(c.validation_split);
+        // A folder without test/ took its test set with the flag's fraction.
+        args.recipe.validation_split = Some(match c.test_split > 0.0 {
+            true => c.test_split,
+            false => c.validation_split,
+        });
     }
     if unset("max_steps") {
         args.recipe.max_steps = c.max_steps;

@@ -56,6 +56,10 @@ pub struct TrainConfig {
     pub label_smoothing: f32,
     /// Random crops, flips and cutout of the training images (`crate::input`).
     pub augmentation: Augmentation,
+    /// For an image folder without test/: the fraction of each class of train/ held out as the
+    /// test set (`--validation-split` asks for it there); 0 elsewhere. The trainer is given the
+    /// sets already split: it is recorded so that a resumed run splits the same.
+    pub test_split: f64,
 }
 
 impl Default for TrainConfig {
@@ -81,6 +85,7 @@ impl Default for TrainConfig {
             warmup_epochs: None,
             label_smoothing: 0.0,
             augmentation: Augmentation::default(),
+            test_split: 0.0,
         }
     }
 }
