@@ -11,6 +11,7 @@
 #   bench/gpu.sh MNIST_DIR [ADAPTER_SUBSTRING]            (default adapter filter: "nvidia")
 # usage, with a binary built elsewhere (no cargo run):
 #   BIN=path/to/shadertrain bench/gpu.sh MNIST_DIR [ADAPTER_SUBSTRING]
+# FASHION=FASHION_MNIST_DIR adds ResNet-8's full recipe on Fashion-MNIST, ours and PyTorch's.
 # Output goes to ${OUT:-bench-out}/: gpu.log (everything, step by step, with each step's exit
 # status and seconds; 124 = timed out), bench-mlp.json, bench-convnet.json, metrics-mlp.jsonl and
 # metrics-convnet.jsonl.
@@ -32,7 +33,7 @@ budget=${BUDGET_S:-420}
 cd "$(dirname "$0")/.."
 out=${OUT:-bench-out}
 mkdir -p "$out"
-rm -f "$out"/metrics-mlp.jsonl "$out"/metrics-convnet.jsonl
+rm -f "$out"/metrics-mlp.jsonl "$out"/metrics-convnet.jsonl "$out"/metrics-resnet8.jsonl
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 export PYTHONUNBUFFERED=1
 deadline=$(( $(date +%s) + budget ))
@@ -83,6 +84,14 @@ main() {
   step bench-convnet 60 "$BIN" bench --json --model convnet "${recipe[@]}" "${gpu[@]}"
   step train-convnet 240 "$BIN" train --model convnet "${recipe[@]}" "${gpu[@]}" \
     --metrics "$out/metrics-convnet.jsonl"
+  # With FASHION=DIR (Fashion-MNIST's files): ResNet-8's full recipe (SGD, Nesterov, cosine,
+  # label smoothing, standardisation, crop2,flip; 15 epochs) in both, in what time is left.
+  if [[ -n ${FASHION:-} ]]; then
+    step pytorch-cuda-resnet8 120 python3 bench/pytorch_mnist.py "$FASHION" --device cuda \
+      --model resnet8
+    step train-resnet8 600 "$BIN" train --model resnet8 --dataset fashion-mnist --offline \
+      --data "$FASHION" "${gpu[@]}" --metrics "$out/metrics-resnet8.jsonl"
+  fi
   echo "=== end: $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
 }
 
