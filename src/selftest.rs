@@ -839,9 +839,9 @@ fn check_updates(
             optimizer::reference_update(config, &step, &mut expected, &grads, &mut expected_state)?;
             let mut first: Option<Vec<u32>> = None;
             for (words, optimizer) in optimizers(kernels) {
-                let (actual, actual_state) = ops::optimizer_update(
-                    gpu, optimizer, rule, &hyper, step, &params, &grads, &state,
-                )?;
+                let kernel = rule.kernel(optimizer);
+                let (actual, actual_state) =
+                    ops::optimizer_update(gpu, kernel, &hyper, step, &params, &grads, &state)?;
                 let case = format!(
                     "{name}, {} words, {count} parameters at t={t}",
                     words.name()

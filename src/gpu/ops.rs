@@ -7,7 +7,7 @@ use wgpu::Buffer;
 use super::Gpu;
 use super::buffers::grid_1d;
 use super::kernels::{
-    ElementwiseKernels, Kernel, Kernels, NormPass, OptimizerKernels, ROW_WORKGROUP, gather_grid,
+    ElementwiseKernels, Kernel, Kernels, NormPass, ROW_WORKGROUP, gather_grid,
     gather_transposed_grid, optimizer_grid,
 };
 use super::matmul::{MatmulOperand, MatmulVariant};
@@ -18,7 +18,6 @@ use crate::error::Result;
 use crate::input::{Augmentation, Standardisation};
 use crate::reference::LossOutput;
 use crate::shapes::{Geometry, LayerActivation, Loss};
-use crate::train::UpdateRule;
 
 /// Records one dispatch of `kernel` and submits it.
 fn dispatch(gpu: &Gpu, kernel: &Kernel, bind_group: &wgpu::BindGroup, grid: [u32; 3]) {
@@ -328,25 +327,18 @@ pub fn sum_metrics(
     Ok((f32::from_bits(words[0]), words[1]))
 }
 
-/// The update `rule` of `optimizer` (optimizer.wgsl or optimizer_packed.wgsl) for `step`: the
-/// updated parameters and the rule's state (`state` before, one tensor per
-/// `UpdateRule::state_names`).
-#[allow(clippy::too_many_arguments)]
+/// An update `kernel` of optimizer.wgsl or optimizer_packed.wgsl for `step`: the updated
+/// parameters and the kernel's state (`state` before: none for `sgd_update`, the momentum
+/// buffer for `momentum_update`, the two moments for `adam_update`).
 pub fn optimizer_update(
     gpu: &Gpu,
-    optimizer: &OptimizerKernels,
-    rule: UpdateRule,
+    kernel: &Kernel,
     hyper: &OptimizerHyper,
     step: StepParams,
     params: &[f32],
     grads: &[f32],
     state: &[Vec<f32>],
 ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-    let kernel = match rule {
-        UpdateRule::Sgd => &optimizer.sgd,
-        UpdateRule::Momentum => &optimizer.momentum,
-        UpdateRule::Adam => &optimizer.adam,
-    };
     let step = schedule(gpu, step)?;
     let hyper_buffer = gpu.params_with("hyper", hyper);
     let params_buffer = gpu.storage_with("params", params)?;

@@ -322,12 +322,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             &optimizer::hyper(config, self.param_floats),
         );
         let grid = optimizer_grid(self.param_floats, self.context.max_groups());
-        let kernels = self.context.kernels.optimizer();
-        let kernel = match UpdateRule::of(config) {
-            UpdateRule::Sgd => &kernels.sgd,
-            UpdateRule::Momentum => &kernels.momentum,
-            UpdateRule::Adam => &kernels.adam,
-        };
+        let kernel = UpdateRule::of(config).kernel(self.context.kernels.optimizer());
         let mut resources = vec![
             self.context.schedule.as_entire_binding(),
             hyper.as_entire_binding(),

@@ -5,6 +5,8 @@
 use super::config::{OptimizerKind, TrainConfig, adam_step_size};
 use super::schedule::{RunLength, learning_rate};
 use crate::error::{Error, Result};
+use crate::gpu::Kernel;
+use crate::gpu::kernels::OptimizerKernels;
 use crate::gpu::uniforms::{OptimizerHyper, StepParams};
 use crate::reference;
 
@@ -25,6 +27,15 @@ impl UpdateRule {
             OptimizerKind::Adam | OptimizerKind::Adamw => UpdateRule::Adam,
             OptimizerKind::Sgd if config.momentum > 0.0 => UpdateRule::Momentum,
             OptimizerKind::Sgd => UpdateRule::Sgd,
+        }
+    }
+
+    /// Its kernel among `kernels` (optimizer.wgsl's or optimizer_packed.wgsl's).
+    pub fn kernel(self, kernels: &OptimizerKernels) -> &Kernel {
+        match self {
+            UpdateRule::Sgd => &kernels.sgd,
+            UpdateRule::Momentum => &kernels.momentum,
+            UpdateRule::Adam => &kernels.adam,
         }
     }
 
