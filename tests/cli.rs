@@ -202,11 +202,20 @@ fn bad_flags_are_usage_errors() {
         &["train", "--backend", "glide"],
         &["train", "--epochs", "0"],
         &["train", "--max-steps", "0"],
+        &["train", "--optimizer", "lamb"],
+        &["train", "--lr-schedule", "linear"],
+        &["train", "--augment", "crop2,rotate"],
+        &["train", "--augment", "crop0"],
+        &["train", "--image-size", "32"],
+        &["train", "--channels", "2"],
+        &["train", "--nesterov", "maybe"],
     ] {
         let (code, _, stderr) = shadertrain(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(stderr.contains("error"), "{args:?}: {stderr}");
     }
+    let (_, _, stderr) = shadertrain(&["train", "--augment", "crop2,rotate"]);
+    assert!(stderr.contains("\"rotate\" is not an augmentation"), "{stderr}");
 }
 
 /// Each bad `--layers` list is a usage error that quotes the bad token and says why; a list
