@@ -99,6 +99,13 @@ struct EvalArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also list the K test images with the highest loss (index, true and predicted class, the
+    /// prediction's probability, the loss).
+    #[arg(long, value_name = "K", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    worst: Option<usize>,
+    /// Draw the --worst images into this .png or .svg file, as a captioned grid.
+    #[arg(short = 'o', long = "output", value_name = "PATH", requires = "worst")]
+    output: Option<PathBuf>,
     #[command(flatten)]
     adapter: AdapterArgs,
 }
@@ -505,6 +512,10 @@ fn main() -> ExitCode {
             &args.adapter.request(),
             args.allow_other_data,
             args.json,
+            args.worst.map(|count| cli::eval::Worst {
+                count,
+                picture: args.output.as_deref(),
+            }),
         ),
         Command::Predict(args) => cli::predict::run(
             &args.model,

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::shapes::Shape;
 
 /// One epoch's figures, as `train --metrics` logs them.
 #[derive(Debug, Clone, PartialEq)]
@@ -314,12 +315,17 @@ pub fn curves_svg(points: &[EpochPoint]) -> String {
 
 /// Renders the SVG to PNG bytes (text in the system's fonts).
 pub fn curves_png(points: &[EpochPoint]) -> Result<Vec<u8>> {
+    svg_to_png(&curves_svg(points), width_for(points), HEIGHT)
+}
+
+/// An SVG document of `width` × `height` rendered to PNG bytes.
+fn svg_to_png(svg: &str, width: f64, height: f64) -> Result<Vec<u8>> {
     let mut options = resvg::usvg::Options::default();
     options.fontdb_mut().load_system_fonts();
-    let tree = resvg::usvg::Tree::from_str(&curves_svg(points), &options)
-        .map_err(|e| Error::Config(format!("internal: the plot's SVG did not parse: {e}")))?;
-    let mut pixmap = resvg::tiny_skia::Pixmap::new(width_for(points) as u32, HEIGHT as u32)
-        .expect("non-zero size");
+    let tree = resvg::usvg::Tree::from_str(svg, &options)
+        .map_err(|e| Error::Config(format!("internal: the picture's SVG did not parse: {e}")))?;
+    let mut pixmap =
+        resvg::tiny_skia::Pixmap::new(width as u32, height as u32).expect("non-zero size");
     resvg::render(
         &tree,
         resvg::tiny_skia::Transform::default(),
@@ -328,4 +334,90 @@ pub fn curves_png(points: &[EpochPoint]) -> Result<Vec<u8>> {
     pixmap
         .encode_png()
         .map_err(|e| Error::Config(format!("could not encode the PNG: {e}")))
+}
+
+/// One picture of a grid: an image's bytes (channels-last, grey or RGB) and two caption lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridCell {
+    pub pixels: Vec<u8>,
+    pub caption: [String; 2],
+    /// The caption's second line in red (a wrong prediction).
+    pub wrong: bool,
+}
+
+/// Pixels per image pixel in a grid, and the room a cell's captions take.
+const GRID_SCALE: f64 = 4.0;
+const CAPTION_HEIGHT: f64 = 36.0;
+const CELL_MARGIN: f64 = 12.0;
+
+/// The size of a grid of `cells` images of `shape` in `columns` columns.
+fn grid_size(cells: usize, shape: Shape, columns: usize) -> (f64, f64, f64, f64) {
+    let image = (shape.width.max(shape.height) as f64 * GRID_SCALE).max(112.0);
+    let cell_width = image.max(150.0) + CELL_MARGIN;
+    let cell_height = image + CAPTION_HEIGHT + CELL_MARGIN;
+    let rows = cells.div_ceil(columns.max(1));
+    let width = cell_width * columns.min(cells).max(1) as f64 + CELL_MARGIN;
+    (
+        width,
+        cell_height * rows as f64 + CELL_MARGIN,
+        cell_width,
+        cell_height,
+    )
+}
+
+/// The images of `cells` (each of `shape`) in a grid of `columns` columns, each drawn pixel by
+/// pixel (no smoothing: what the model saw) with its captions below, as an SVG document.
+pub fn image_grid_svg(cells: &[GridCell], shape: Shape, columns: usize) -> String {
+    let (width, height, cell_width, cell_height) = grid_size(cells.len(), shape, columns);
+    let scale = (shape.width.max(shape.height) as f64 * GRID_SCALE).max(112.0)
+        / shape.width.max(shape.height) as f64;
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Arial, sans-serif"><rect width="100%" height="100%" fill="white"/>"#
+    );
+    for (i, cell) in cells.iter().enumerate() {
+        let x0 = CELL_MARGIN + (i % columns) as f64 * cell_width;
+        let y0 = CELL_MARGIN + (i / columns) as f64 * cell_height;
+        let _ = write!(svg, r#"<g class="cell" transform="translate({x0} {y0})">"#);
+        for y in 0..shape.height {
+            for x in 0..shape.width {
+                let at = (y * shape.width + x) * shape.channels;
+                let (r, g, b) = match shape.channels {
+                    1 => (cell.pixels[at], cell.pixels[at], cell.pixels[at]),
+                    _ => (cell.pixels[at], cell.pixels[at + 1], cell.pixels[at + 2]),
+                };
+                let _ = write!(
+                    svg,
+                    r##"<rect x="{:.2}" y="{:.2}" width="{:.2}" height="{:.2}" fill="#{r:02x}{g:02x}{b:02x}"/>"##,
+                    x as f64 * scale,
+                    y as f64 * scale,
+                    scale + 0.05,
+                    scale + 0.05
+                );
+            }
+        }
+        let text_y = shape.height as f64 * scale + 15.0;
+        let colour = if cell.wrong { "#c00000" } else { "#222" };
+        let _ = write!(
+            svg,
+            r##"<text x="0" y="{text_y}" font-size="12" fill="#222">{}</text><text x="0" y="{}" font-size="12" fill="{colour}">{}</text></g>"##,
+            escape(&cell.caption[0]),
+            text_y + 15.0,
+            escape(&cell.caption[1])
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// `image_grid_svg` rendered to PNG bytes.
+pub fn image_grid_png(cells: &[GridCell], shape: Shape, columns: usize) -> Result<Vec<u8>> {
+    let (width, height, _, _) = grid_size(cells.len(), shape, columns);
+    svg_to_png(&image_grid_svg(cells, shape, columns), width, height)
+}
+
+/// Text for SVG character data.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

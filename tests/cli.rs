@@ -215,7 +215,10 @@ fn bad_flags_are_usage_errors() {
         assert!(stderr.contains("error"), "{args:?}: {stderr}");
     }
     let (_, _, stderr) = shadertrain(&["train", "--augment", "crop2,rotate"]);
-    assert!(stderr.contains("\"rotate\" is not an augmentation"), "{stderr}");
+    assert!(
+        stderr.contains("\"rotate\" is not an augmentation"),
+        "{stderr}"
+    );
 }
 
 /// Each bad `--layers` list is a usage error that quotes the bad token and says why; a list
@@ -1202,4 +1205,116 @@ fn cifar_batches_train_and_evaluate_from_the_command_line() {
         "{by_file} {by_index}"
     );
     assert!(by_index[0]["name"].is_string());
+}
+
+/// `eval --worst K` lists exactly the K test samples of highest loss (the CPU reference's
+/// losses, ranked), and `-o` draws them as a grid of K captioned cells; a K beyond the test set,
+/// an output that cannot be written or is neither PNG nor SVG are refused before any work.
+#[test]
+fn eval_lists_and_draws_the_worst_test_images() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 120);
+    let data = dir.path().to_str().unwrap();
+    let model = dir.path().join("model.safetensors");
+    let model = model.to_str().unwrap();
+    let (code, stdout, stderr) = shadertrain(&[
+        "train",
+        "--offline",
+        "--data",
+        data,
+        "--hidden",
+        "16",
+        "--epochs",
+        "2",
+        "--save",
+        model,
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let svg = dir.path().join("worst.svg");
+    let (code, stdout, stderr) = shadertrain(&[
+        "eval",
+        "--offline",
+        "--data",
+        data,
+        "--model",
+        model,
+        "--worst",
+        "7",
+        "--json",
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let listed: Vec<usize> = (report["worst"].as_array().unwrap().iter())
+        .map(|w| w["index"].as_u64().unwrap() as usize)
+        .collect();
+
+    let saved = shadertrain::model_file::load_model(std::path::Path::new(model)).unwrap();
+    let test =
+        shadertrain::data::Dataset::load_mnist(dir.path(), shadertrain::data::Split::Test).unwrap();
+    let order: Vec<u32> = (0..test.samples() as u32).collect();
+    let (x, y) = shadertrain::reference::gather_batch(&test, &order, 0, test.samples());
+    let logits = shadertrain::model::reference::forward(&saved.spec, &saved.params, &x)
+        .pop()
+        .unwrap();
+    let losses =
+        shadertrain::reference::softmax_loss(saved.spec.loss, 0.0, &logits, &y, 10).sample_loss;
+    let mut ranked: Vec<usize> = (0..test.samples()).collect();
+    ranked.sort_by(|&a, &b| losses[b].total_cmp(&losses[a]));
+    assert_eq!(listed, ranked[..7], "the seven highest losses");
+    for (w, &i) in report["worst"].as_array().unwrap().iter().zip(&ranked) {
+        let loss = w["loss"].as_f64().unwrap();
+        assert!(
+            (loss - losses[i] as f64).abs() < 1e-4,
+            "{w} against {}",
+            losses[i]
+        );
+        assert_eq!(w["true"], test.labels[i]);
+    }
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(picture.matches(r#"<g class="cell""#).count(), 7);
+    assert!(
+        picture.contains(&format!("#{} true: ", ranked[0])),
+        "captions"
+    );
+
+    let png = dir.path().join("worst.png");
+    let (code, _, stderr) = shadertrain(&[
+        "eval",
+        "--offline",
+        "--data",
+        data,
+        "--model",
+        model,
+        "--worst",
+        "3",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(image::open(&png).unwrap().width(), 3 * 162 + 12);
+
+    for (args, expected) in [
+        (
+            &["--worst", "121"][..],
+            "--worst 121: the custom test set has 120 samples",
+        ),
+        (
+            &["--worst", "3", "-o", "worst.jpg"],
+            "give a .png or .svg file name",
+        ),
+        (&["--worst", "3", "-o", data], "-o"),
+    ] {
+        let all = [
+            &["eval", "--offline", "--data", data, "--model", model][..],
+            args,
+        ]
+        .concat();
+        let (code, _, stderr) = shadertrain(&all);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let (code, _, _) = shadertrain(&["eval", "--model", model, "-o", "worst.png"]);
+    assert_eq!(code, 2, "-o needs --worst");
 }

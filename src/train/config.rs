@@ -235,6 +235,8 @@ pub struct Evaluation {
     pub accuracy: f64,
     /// Predicted class of each test sample, in file order.
     pub predictions: Vec<u32>,
+    /// Each test sample's loss, in file order.
+    pub sample_loss: Vec<f32>,
 }
 
 impl Evaluation {

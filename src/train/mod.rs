@@ -795,8 +795,8 @@ impl<'k> Trainer<'k> {
         }
     }
 
-    /// Evaluates the test set with the current parameters: mean loss, accuracy and each
-    /// sample's predicted class (waits for the GPU).
+    /// Evaluates the test set with the current parameters: mean loss, accuracy, and each
+    /// sample's predicted class and loss (waits for the GPU).
     pub fn evaluate(&self) -> Result<Evaluation> {
         let totals = self.evaluate_and_read_totals(&mut GpuWork::default())?;
         let samples = self.test.data.samples;
@@ -805,6 +805,7 @@ impl<'k> Trainer<'k> {
             loss: f32::from_bits(totals[2 * slot]) as f64 / samples as f64,
             accuracy: totals[2 * slot + 1] as f64 / samples as f64,
             predictions: (self.gpu).read_back(&self.test.data.sample_prediction, samples)?,
+            sample_loss: (self.gpu).read_back(&self.test.data.sample_loss, samples)?,
         })
     }
 
