@@ -22,6 +22,9 @@ evaluations, as shadertrain's does.
   images with the file's `input_mean` and `input_std` where it has them, and print its test loss
   and accuracy, to compare with `shadertrain eval`.
 
+DATA_DIR may also hold CIFAR-10's binary batches (cifar-10-batches-bin/), read as shadertrain's
+--dataset cifar10 reads them (3x32x32; the ResNets then take 3 channels and flip).
+
 usage: pytorch_mnist.py DATA_DIR [--model mlp|convnet|resnet8|resnet20] [--epochs N] [--threads T]
                         [--seed S] [--device cpu|cuda] [--load FILE]
 """
@@ -53,7 +56,22 @@ def find(data_dir, stem):
     raise SystemExit(f"{stem}[.gz] not found in {data_dir}")
 
 
+def cifar_dir(data_dir):
+    """The folder of CIFAR-10's binary batches under `data_dir` (it, or its cifar-10-batches-bin/),
+    or None for IDX data."""
+    for folder in (os.path.join(data_dir, "cifar-10-batches-bin"), data_dir):
+        if os.path.exists(os.path.join(folder, "data_batch_1.bin")):
+            return folder
+    return None
+
+
 def load(data_dir, prefix, device):
+    batches = cifar_dir(data_dir)
+    if batches:  # records of a label byte and R, G, B planes of 32x32
+        names = [f"data_batch_{i}.bin" for i in range(1, 6)] if prefix == "train" else ["test_batch.bin"]
+        raw = np.concatenate([np.fromfile(os.path.join(batches, n), dtype=np.uint8).reshape(-1, 3073) for n in names])
+        x = torch.tensor(raw[:, 1:].reshape(-1, 3, 32, 32), dtype=torch.float32, device=device) / 255.0
+        return x, torch.tensor(raw[:, 0].astype(np.int64), device=device)
     x = read_idx(find(data_dir, f"{prefix}-images-idx3-ubyte"))
     y = read_idx(find(data_dir, f"{prefix}-labels-idx1-ubyte"))
     x = torch.tensor(x.reshape(len(x), 1, 28, 28), dtype=torch.float32, device=device) / 255.0
@@ -98,9 +116,9 @@ class ResNet(nn.Module):  # ResNet(1): ResNet-8; ResNet(3): ResNet-20
         return fc(x.mean((2, 3)))
 
 
-def build(model):
+def build(model, channels=1):
     if model.startswith("resnet"):
-        module = ResNet(1 if model == "resnet8" else 3)
+        module = ResNet(1 if model == "resnet8" else 3, channels=channels)
         for layer in module.modules():
             if isinstance(layer, (nn.Linear, nn.Conv2d)):
                 nn.init.xavier_uniform_(layer.weight)
@@ -159,7 +177,7 @@ def make_schedule(optimizer, schedule, total, warmup):
     def factor(i):
         warm = (i + 1) / w if i < w else 1.0
         if schedule == "cosine":
-            return warm if i < w else 0.5 * (1 + math.cos(math.pi * (i - w) / (total - w)))
+            return warm if i < w else 0.5 * (1 + math.cos(math.pi * (i - w) / max(total - w, 1)))
         if schedule == "step":
             return warm * 0.1 ** sum(i >= m for m in (total // 2, 3 * total // 4))
         return warm
@@ -233,7 +251,7 @@ def main():
     resnet = args.model.startswith("resnet")
     epochs = args.epochs or (15 if convnet or resnet else 10)
     split = args.validation_split if args.validation_split is not None else (0.1 if convnet else 0.0)
-    model = build(args.model).to(device)
+    model = build(args.model, channels=x_train.shape[1]).to(device)
     loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
 
     if args.load:
@@ -261,7 +279,8 @@ def main():
     crop, flip, cutout = 0, False, 0
     mean = std = None
     if resnet:
-        fashion = "fashion" in os.path.abspath(args.data).lower()
+        # Flips where the classes do not change in a mirror: Fashion-MNIST's and CIFAR-10's.
+        fashion = "fashion" in os.path.abspath(args.data).lower() or cifar_dir(args.data) is not None
         for token in (args.augment or ("crop2,flip" if fashion else "crop2")).split(","):
             if token == "flip":
                 flip = True

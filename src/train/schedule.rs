@@ -82,7 +82,8 @@ fn factor(schedule: LrSchedule, index: u64, run: RunLength) -> f64 {
     match schedule {
         LrSchedule::Constant => warming(1.0),
         LrSchedule::Cosine => warming({
-            let span = (total - warmup) as f64;
+            // A warm-up as long as the run leaves no step to this (but a benchmark's).
+            let span = (total - warmup).max(1) as f64;
             let progress = (i - warmup as f64) / span;
             0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
         }),
