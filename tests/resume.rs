@@ -1177,3 +1177,48 @@ fn a_stop_signal_during_the_evaluation_stops_a_max_steps_run_too() {
         logged_epoch_lines(&reference.metrics)[..]
     );
 }
+
+/// A checkpoint written before momentum, schedules, smoothing and augmentation existed (format
+/// 2, without their keys) still resumes, as the run it was: to the uninterrupted run's bits.
+#[test]
+fn a_checkpoint_of_the_previous_format_still_resumes() {
+    let data = small_mnist(300, 100);
+    let work = tempfile::tempdir().unwrap();
+    let (_, model) = Run::reference(&RECIPE, data.path(), work.path(), &["--max-steps", "6"]);
+    let run = Run::new(&RECIPE, data.path(), work.path());
+    let dir = run.checkpoints.to_str().unwrap();
+    run_to_completion(run.command(&["--checkpoint-dir", dir, "--max-steps", "3"]));
+    let path = checkpoint::path_for(&run.checkpoints, 3);
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = header.metadata().clone().unwrap();
+    assert_eq!(metadata["format"], "shadertrain checkpoint 3");
+    metadata.insert("format".into(), "shadertrain checkpoint 2".into());
+    for key in [
+        "momentum",
+        "nesterov",
+        "weight_decay",
+        "lr_schedule",
+        "warmup_epochs",
+        "label_smoothing",
+        "augmentation",
+        "test_split",
+    ] {
+        assert!(metadata.remove(key).is_some(), "{key}");
+    }
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let older = safetensors::serialize(file.tensors(), Some(metadata)).unwrap();
+    std::fs::write(&path, older).unwrap();
+
+    let resumed = work.path().join("resumed.safetensors");
+    let stdout = run_to_completion(run.command(&[
+        "--resume",
+        dir,
+        "--max-steps",
+        "6",
+        "--save",
+        resumed.to_str().unwrap(),
+    ]));
+    assert!(stdout.contains("resumed from"), "{stdout}");
+    assert_eq!(parameter_bits(&resumed), parameter_bits(&model));
+}
