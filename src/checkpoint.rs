@@ -7,10 +7,11 @@
 //!
 //! Tensors: `parameters` F32 [P] in the flat buffer's layout (see `ParamLayout`); the update
 //! rule's state (`UpdateRule::state_names`: `adam.m` and `adam.v` F32 [trained] with Adam and
-//! AdamW, `sgd.momentum_buffer` with SGD's momentum); inside an epoch, `epoch.order` U32 [training samples] and
-//! `epoch.sample_loss` F32 [k], `epoch.sample_correct` U32 [k] for the k samples trained so far
-//! in it. `__metadata__`: the model's description (as in model files), the configuration, the
-//! counters, the generator's state, the adapter, and the last finished epoch's record.
+//! AdamW, `sgd.momentum_buffer` with SGD's momentum); inside an epoch, `epoch.order` U32
+//! [training samples] and `epoch.sample_loss` F32 [k], `epoch.sample_correct` U32 [k] for the k
+//! samples trained so far in it. `__metadata__`: the model's description (as in model files), the
+//! configuration, the counters, the generator's state, the adapter, and the last finished epoch's
+//! record.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

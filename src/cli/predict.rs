@@ -71,7 +71,10 @@ pub fn run(
             let features = test.features();
             let pixels = test.pixels[index * features..(index + 1) * features].to_vec();
             let names = saved.data.class_names();
-            let label = names.get(test.labels[index] as usize).copied().unwrap_or("?");
+            let label = names
+                .get(test.labels[index] as usize)
+                .copied()
+                .unwrap_or("?");
             inputs.push((format!("test image {index} (label {label})"), pixels));
         }
     }
