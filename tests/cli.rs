@@ -4,18 +4,7 @@ mod common;
 
 use std::process::Command;
 
-fn shadertrain(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_shadertrain"))
-        .args(args)
-        .env_remove("SHADERTRAIN_DATA")
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use common::shadertrain;
 
 #[test]
 fn adapters_lists_and_marks_the_chosen_one() {

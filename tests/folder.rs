@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{assert_trains_epochs_like_the_reference, kernels, mnist_dir, write_png_folder};
+use common::{
+    assert_trains_epochs_like_the_reference, kernels, mnist_dir, shadertrain, write_png_folder,
+};
 use shadertrain::data::folder::{self, FolderOptions};
 use shadertrain::data::{Dataset, Split};
 use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
@@ -16,19 +16,6 @@ use shadertrain::train::TrainConfig;
 const DIGITS: [&str; 10] = [
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
 ];
-
-fn shadertrain(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_shadertrain"))
-        .args(args)
-        .env_remove("SHADERTRAIN_DATA")
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 /// The first 400 MNIST test images as train/ (300) and test/ (100) PNG folders.
 fn mnist_folder() -> (tempfile::TempDir, Dataset) {

@@ -380,3 +380,17 @@ pub fn write_png_folder(
         .unwrap();
     }
 }
+
+/// Runs the program with `args` (and no SHADERTRAIN_DATA): exit code, stdout, stderr.
+pub fn shadertrain(args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+        .args(args)
+        .env_remove("SHADERTRAIN_DATA")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
