@@ -801,11 +801,20 @@ impl<'k> Trainer<'k> {
         let totals = self.evaluate_and_read_totals(&mut GpuWork::default())?;
         let samples = self.test.data.samples;
         let slot = self.test.totals_slot;
+        // Both per-sample arrays in one copy and one wait.
+        let bytes = (samples * 4) as u64;
+        let split = &self.test.data;
+        let parts = [
+            (&split.sample_prediction, bytes),
+            (&split.sample_loss, bytes),
+        ];
+        let mut parts = self.gpu.read_back_parts(&parts)?.into_iter();
+        let mut next = || parts.next().expect("one part per buffer");
         Ok(Evaluation {
             loss: f32::from_bits(totals[2 * slot]) as f64 / samples as f64,
             accuracy: totals[2 * slot + 1] as f64 / samples as f64,
-            predictions: (self.gpu).read_back(&self.test.data.sample_prediction, samples)?,
-            sample_loss: (self.gpu).read_back(&self.test.data.sample_loss, samples)?,
+            predictions: bytemuck::pod_collect_to_vec(&next()),
+            sample_loss: bytemuck::pod_collect_to_vec(&next()),
         })
     }
 
