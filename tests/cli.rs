@@ -1194,6 +1194,26 @@ fn cifar_batches_train_and_evaluate_from_the_command_line() {
         "{by_file} {by_index}"
     );
     assert!(by_index[0]["name"].is_string());
+    // The worst test images drawn in colour.
+    let grid = dir.path().join("worst.png");
+    let (code, _, stderr) = shadertrain(&[
+        "eval",
+        "--offline",
+        "--data",
+        data,
+        "--model",
+        model.to_str().unwrap(),
+        "--worst",
+        "4",
+        "-o",
+        grid.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let drawn = image::open(&grid).unwrap().to_rgb8();
+    let coloured = drawn
+        .pixels()
+        .filter(|p| p.0[0] != p.0[1] || p.0[1] != p.0[2]);
+    assert!(coloured.count() > 1000, "the images are drawn in colour");
 }
 
 /// `eval --worst K` lists exactly the K test samples of highest loss (the CPU reference's

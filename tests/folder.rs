@@ -142,7 +142,9 @@ fn colour_images_of_mixed_sizes_are_resized_and_train_like_the_reference() {
                 pixel[i % 3] = 150 + rng.below(100) as u8;
                 image::Rgb(pixel)
             });
-            image.save(folder.join(format!("{i}.png"))).unwrap();
+            // One of each ten a JPEG: both formats are read.
+            let extension = if i % 10 == 7 { "jpg" } else { "png" };
+            image.save(folder.join(format!("{i}.{extension}"))).unwrap();
         }
     }
     let error = folder::load(dir.path(), Split::Train, FolderOptions::default(), None)
@@ -160,6 +162,7 @@ fn colour_images_of_mixed_sizes_are_resized_and_train_like_the_reference() {
         .unwrap()
         .data;
     assert_eq!(train.shape, Shape::image(3, 8, 8));
+    assert_eq!(train.samples(), 24, "the JPEGs among them");
     let spec = ModelSpec {
         input: train.shape,
         layers: parse_layers("conv4k3p1,gap,dense3", Activation::Relu).unwrap(),
