@@ -39,8 +39,9 @@
 // 1, 2, 4-8.
 //
 // Workgroup: 64 invocations. Grids: statistics and backward_sums C workgroups (x), C / 4 for
-// _quads; normalize and backward_input one invocation per value (per vec4 for _quads), folded into (x, y) with x <= 65535 (invocation =
-// (y * num_workgroups.x + x) * 64 + local).
+// _quads; normalize and backward_input one invocation per value, and for _quads one per
+// ROWS_PER_INVOCATION (8) rows of a channel quad (ceil(N / 8) C / 4 invocations), folded into
+// (x, y) with x <= 65535 (invocation = (y * num_workgroups.x + x) * 64 + local).
 
 import package::shared::activations::{activate, activate4, derivative_from_output, derivative_from_output4};
 import package::shared::grid::flat_invocation;
@@ -260,14 +261,32 @@ fn batchnorm_statistics_quads(@builtin(workgroup_id) group: vec3<u32>, @builtin(
     }
 }
 
+// The rows (values of a channel quad) an invocation of the _quads elementwise passes takes: the
+// channel's constants (statistics, gamma, beta: a dozen scalar loads, each a round of loads on a
+// CPU adapter) are read once for them all.
+const ROWS_PER_INVOCATION: u32 = 8u;
+
+// The rows and channel quad of an invocation of the _quads elementwise passes: (first row, end
+// row, quad); none past the tensor.
+fn row_block(gid: vec3<u32>, groups: vec3<u32>, quads: u32) -> vec3<u32> {
+    let invocation = flat_invocation(gid, groups, 64u);
+    let blocks = (shape.values + ROWS_PER_INVOCATION - 1u) / ROWS_PER_INVOCATION;
+    if (invocation >= blocks * quads) {
+        return vec3<u32>(0u, 0u, 0u);
+    }
+    let block = quotient(invocation, quads);
+    let first = block * ROWS_PER_INVOCATION;
+    return vec3<u32>(first, min(first + ROWS_PER_INVOCATION, shape.values), invocation - block * quads);
+}
+
 @compute @workgroup_size(64)
 fn batchnorm_normalize_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let index = flat_invocation(gid, groups, 64u);
     let quads = shape.channels / 4u;
-    if (index >= shape.values * quads) {
+    let rows = row_block(gid, groups, quads);
+    if (rows.x >= rows.y) {
         return;
     }
-    let q = index - quotient(index, quads) * quads;
+    let q = rows.z;
     var mean = vec4<f32>(0.0);
     var invstd = vec4<f32>(0.0);
     if (shape.training == 1u) {
@@ -277,8 +296,14 @@ fn batchnorm_normalize_quads(@builtin(global_invocation_id) gid: vec3<u32>, @bui
         mean = state4(shape.running_mean + 4u * q);
         invstd = 1.0 / sqrt(state4(shape.running_var + 4u * q) + shape.epsilon);
     }
-    let normalized = (x4[index] - mean) * invstd * params4(shape.gamma + 4u * q) + params4(shape.beta + 4u * q);
-    out4[index] = activate4(shape.activation, normalized);
+    let gamma = params4(shape.gamma + 4u * q);
+    let beta = params4(shape.beta + 4u * q);
+    let activation = shape.activation;
+    for (var i = rows.x; i < rows.y; i++) {
+        let index = i * quads + q;
+        let normalized = (x4[index] - mean) * invstd * gamma + beta;
+        out4[index] = activate4(activation, normalized);
+    }
 }
 
 @compute @workgroup_size(64)
@@ -305,17 +330,23 @@ fn batchnorm_backward_sums_quads(@builtin(workgroup_id) group: vec3<u32>, @built
 
 @compute @workgroup_size(64)
 fn batchnorm_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let index = flat_invocation(gid, groups, 64u);
     let quads = shape.channels / 4u;
-    if (index >= shape.values * quads) {
+    let rows = row_block(gid, groups, quads);
+    if (rows.x >= rows.y) {
         return;
     }
-    let q = index - quotient(index, quads) * quads;
+    let q = rows.z;
     let n = f32(shape.values);
+    let mean = stats4[q];
     let invstd = stats4[quads + q];
-    let normalized = (x4[index] - stats4[q]) * invstd;
     let mean_grad = grads4(shape.beta + 4u * q) / n;
     let mean_dot = grads4(shape.gamma + 4u * q) / n;
-    let g = dy4[index] * derivative_from_output4(shape.activation, y4[index]);
-    out4[index] = params4(shape.gamma + 4u * q) * invstd * (g - mean_grad - normalized * mean_dot);
+    let scale = params4(shape.gamma + 4u * q) * invstd;
+    let activation = shape.activation;
+    for (var i = rows.x; i < rows.y; i++) {
+        let index = i * quads + q;
+        let normalized = (x4[index] - mean) * invstd;
+        let g = dy4[index] * derivative_from_output4(activation, y4[index]);
+        out4[index] = scale * (g - mean_grad - normalized * mean_dot);
+    }
 }

@@ -169,10 +169,14 @@ pub enum NormPass {
     BackwardInput,
 }
 
+/// batchnorm.wgsl's `ROWS_PER_INVOCATION`: the rows of a channel quad each invocation of
+/// `batchnorm_normalize_quads` and `batchnorm_backward_input_quads` takes.
+const NORM_ROWS_PER_INVOCATION: usize = 8;
+
 impl BatchNormKernels {
     /// The kernel and grid of `pass` over `values` values per channel of `channels` channels:
     /// the vec4 entry points where the channels come in fours; a workgroup per channel (or four)
-    /// for the sums, an invocation per value (or four) for the rest.
+    /// for the sums, an invocation per value (or per 8 rows of four channels) for the rest.
     pub fn launch(
         &self,
         pass: NormPass,
@@ -183,7 +187,13 @@ impl BatchNormKernels {
         let quads = channels.is_multiple_of(4);
         let lanes = if quads { 4 } else { 1 };
         let per_channel = [(channels / lanes) as u32, 1, 1];
-        let per_value = grid_1d(values * channels / lanes, ROW_WORKGROUP, max_groups);
+        // The _quads elementwise passes take several rows of a channel quad per invocation.
+        let rows = if quads {
+            values.div_ceil(NORM_ROWS_PER_INVOCATION)
+        } else {
+            values
+        };
+        let per_value = grid_1d(rows * channels / lanes, ROW_WORKGROUP, max_groups);
         let (scalar, four, grid) = match pass {
             NormPass::Statistics => (&self.statistics, &self.statistics_quads, per_channel),
             NormPass::Normalize => (&self.normalize, &self.normalize_quads, per_value),
