@@ -77,11 +77,16 @@ pub fn scale_pixels(
     standardisation: Option<&Standardisation>,
 ) -> Vec<f32> {
     (pixels.iter().enumerate())
-        .map(|(i, &p)| match standardisation {
-            Some(s) => s.apply(p, i % channels),
-            None => p as f32 / 255.0,
-        })
+        .map(|(i, &p)| scaled(p, i % channels, standardisation))
         .collect()
+}
+
+/// Pixel byte `p` of channel `c` / 255, standardised where `standardisation` is given.
+fn scaled(p: u8, c: usize, standardisation: Option<&Standardisation>) -> f32 {
+    match standardisation {
+        Some(s) => s.apply(p, c),
+        None => p as f32 / 255.0,
+    }
 }
 
 /// Random changes to each training image (`--augment`), as torchvision's transforms make them,
@@ -234,13 +239,19 @@ pub fn gather_batch(
     let mut y = Vec::with_capacity(rows);
     for &sample in &order[start..start + rows] {
         let pixels = &data.pixels[sample as usize * features..(sample as usize + 1) * features];
+        // The sample's draws, hashed once for all its values.
+        let augmented = augmentation.map(|(augmentation, key, step)| {
+            (
+                augmentation,
+                [0, 1, 2, 3, 4].map(|j| draw(key, step, sample, j)),
+            )
+        });
         for f in 0..features {
             let (c, position) = (f % channels, f / channels);
             let (row, column) = (position / shape.width, position % shape.width);
-            let (source, cleared) = match augmentation {
+            let (source, cleared) = match augmented {
                 None => (Some(f), false),
-                Some((augmentation, key, step)) => {
-                    let draws = [0, 1, 2, 3, 4].map(|j| draw(key, step, sample, j));
+                Some((augmentation, draws)) => {
                     let (sy, sx, cleared) =
                         augmented_source(augmentation, shape, draws, row, column);
                     let inside = (0..shape.height as i64).contains(&sy)
@@ -250,11 +261,7 @@ pub fn gather_batch(
                     (source, cleared)
                 }
             };
-            let p = source.map_or(0, |s| pixels[s]);
-            let value = match standardisation {
-                Some(s) => s.apply(p, c),
-                None => p as f32 / 255.0,
-            };
+            let value = scaled(source.map_or(0, |s| pixels[s]), c, standardisation);
             x.push(if cleared { 0.0 } else { value });
         }
         y.push(data.labels[sample as usize] as u32);

@@ -146,26 +146,15 @@ pub fn softmax_loss(
     out
 }
 
-/// gather.wgsl: the normalised batch x (rows × features) and its labels, in `order` from `start`.
+/// gather.wgsl: the normalised batch x (rows × features) and its labels, in `order` from `start`:
+/// `crate::input::gather_batch` without standardisation or augmentation.
 pub fn gather_batch(
     data: &Dataset,
     order: &[u32],
     start: usize,
     rows: usize,
 ) -> (Vec<f32>, Vec<u32>) {
-    let features = data.features();
-    let mut x = Vec::with_capacity(rows * features);
-    let mut y = Vec::with_capacity(rows);
-    for &sample in &order[start..start + rows] {
-        let sample = sample as usize;
-        x.extend(
-            data.pixels[sample * features..(sample + 1) * features]
-                .iter()
-                .map(|&p| p as f32 / 255.0),
-        );
-        y.push(data.labels[sample] as u32);
-    }
-    (x, y)
+    crate::input::gather_batch(data, order, start, rows, None, None)
 }
 
 /// optimizer.wgsl `sgd_update` (shared/update_rules.wgsl `plain_sgd`): p −= lr (g + wd p).

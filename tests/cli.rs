@@ -618,15 +618,20 @@ fn plot_draws_png_and_svg_from_a_metrics_log() {
             .to_string()
         })
         .collect();
-    std::fs::write(&log, lines.join("\n")).unwrap();
     let svg = dir.path().join("curves.svg");
     let png = dir.path().join("curves.png");
-    for out in [&svg, &png] {
-        let (code, _, stderr) =
-            shadertrain(&["plot", log.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-        assert_eq!(code, 0, "{stderr}");
-    }
-    let text = std::fs::read_to_string(&svg).unwrap();
+    // `records` as the log, drawn both ways: the SVG's text and the PNG's pixels.
+    let draw = |records: &[String]| {
+        std::fs::write(&log, records.join("\n")).unwrap();
+        for out in [&svg, &png] {
+            let (code, _, stderr) =
+                shadertrain(&["plot", log.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+            assert_eq!(code, 0, "{stderr}");
+        }
+        let text = std::fs::read_to_string(&svg).unwrap();
+        (text, image::open(&png).unwrap().to_rgb8())
+    };
+    let (text, picture) = draw(&lines);
     assert_eq!(
         text.matches("<polyline").count(),
         4,
@@ -635,7 +640,6 @@ fn plot_draws_png_and_svg_from_a_metrics_log() {
     for label in ["Loss", "Accuracy", "epoch", "train", "test"] {
         assert!(text.contains(&format!(">{label}<")), "no {label} label");
     }
-    let picture = image::open(&png).unwrap().to_rgb8();
     assert_eq!(picture.dimensions(), (960, 400));
     let has = |r: u8, g: u8, b: u8| picture.pixels().any(|p| p.0 == [r, g, b]);
     assert!(
@@ -653,16 +657,9 @@ fn plot_draws_png_and_svg_from_a_metrics_log() {
             .to_string()
         })
         .collect();
-    std::fs::write(&log, validated.join("\n")).unwrap();
-    for out in [&svg, &png] {
-        let (code, _, stderr) =
-            shadertrain(&["plot", log.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-        assert_eq!(code, 0, "{stderr}");
-    }
-    let text = std::fs::read_to_string(&svg).unwrap();
+    let (text, picture) = draw(&validated);
     assert_eq!(text.matches("<polyline").count(), 6);
     assert!(text.contains(">validation<"), "no validation label");
-    let picture = image::open(&png).unwrap().to_rgb8();
     assert!(
         picture.pixels().any(|p| p.0 == [0x2c, 0xa0, 0x2c]),
         "the validation curves are drawn"
@@ -694,16 +691,9 @@ fn plot_draws_png_and_svg_from_a_metrics_log() {
             .to_string()
         })
         .collect();
-    std::fs::write(&log, scheduled.join("\n")).unwrap();
-    for out in [&svg, &png] {
-        let (code, _, stderr) =
-            shadertrain(&["plot", log.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-        assert_eq!(code, 0, "{stderr}");
-    }
-    let text = std::fs::read_to_string(&svg).unwrap();
+    let (text, picture) = draw(&scheduled);
     assert_eq!(text.matches("<polyline").count(), 5);
     assert!(text.contains(">Learning rate (last step)<"), "{text}");
-    let picture = image::open(&png).unwrap().to_rgb8();
     assert_eq!(picture.dimensions(), (1440, 400));
     assert!(
         picture.pixels().any(|p| p.0 == [0x94, 0x67, 0xbd]),
@@ -1047,14 +1037,7 @@ fn a_standardised_model_evaluates_and_predicts_as_it_trained() {
         log.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let last: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    let last = common::last_metrics_record(&log);
     let (code, stdout, stderr) = shadertrain(&[
         "eval",
         "--offline",

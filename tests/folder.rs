@@ -101,14 +101,7 @@ fn a_folder_trains_evaluates_and_its_cached_run_is_the_same_bits() {
         "the cached run's model is the uncached one's"
     );
 
-    let last: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    let last = common::last_metrics_record(&log);
     assert!(last["test_accuracy"].as_f64().unwrap() > 0.5, "{last}");
     let path = dir.path().join("first.safetensors");
     let (code, stdout, stderr) = shadertrain(&[

@@ -394,3 +394,9 @@ pub fn shadertrain(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// The last line of a `--metrics` log, parsed.
+pub fn last_metrics_record(log: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(log).unwrap();
+    serde_json::from_str(text.lines().last().expect("a line")).unwrap()
+}
