@@ -18,6 +18,8 @@
 //   dbeta[c] = sum_i dZ[i, c],  dgamma[c] = sum_i dZ[i, c] x̂[i, c]   (into the gradient buffer)
 // batchnorm_backward_input:
 //   dX[i, c] = gamma[c] invstd[c] (dZ[i, c] - dbeta[c] / N - x̂[i, c] dgamma[c] / N)
+// batchnorm_backward_input_evaluation (an explanation's gradients, in evaluation):
+//   dX[i, c] = gamma[c] dZ[i, c] / sqrt(running_var[c] + eps)
 // Sums per channel: each of the 64 invocations adds the values i = local, local + 64, ... in
 // order, then the 64 partial sums are added in a fixed tree: no atomics, the same bits every run.
 // The _quads entry points do the same four channels at a time (vec4 of X, dY, Y, dX and the
@@ -36,10 +38,10 @@
 //   7 out      storage, read_write  normalize: Y f32 [N, C]; backward_input: dX f32 [N, C]
 //   8 y        storage, read        backward: Y f32 [N, C], the forward pass's output
 // statistics binds 0-3; normalize 0-4 and 7; backward_sums 0, 1, 2, 5, 6, 8; backward_input 0,
-// 1, 2, 4-8.
+// 1, 2, 4-8; backward_input_evaluation 0, 3, 4, 5, 7, 8.
 //
 // Workgroup: 64 invocations. Grids: statistics and backward_sums C workgroups (x), C / 4 for
-// _quads; normalize and backward_input one invocation per value, and for _quads one per
+// _quads; normalize, backward_input and backward_input_evaluation one invocation per value, and for _quads one per
 // ROWS_PER_INVOCATION (8) rows of a channel quad (ceil(N / 8) C / 4 invocations), folded into
 // (x, y) with x <= 65535 (invocation = (y * num_workgroups.x + x) * 64 + local).
 
@@ -193,6 +195,19 @@ fn batchnorm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     let mean_dot = grads[shape.gamma + c] / n;
     let g = dy[index] * derivative_from_output(shape.activation, y[index]);
     out[index] = params[shape.gamma + c] * invstd * (g - mean_grad - normalized * mean_dot);
+}
+
+@compute @workgroup_size(64)
+fn batchnorm_backward_input_evaluation(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = flat_invocation(gid, groups, 64u);
+    let channels = shape.channels;
+    if (index >= shape.values * channels) {
+        return;
+    }
+    let c = index - quotient(index, channels) * channels;
+    let invstd = 1.0 / sqrt(state[shape.running_var + c] + shape.epsilon);
+    let g = dy[index] * derivative_from_output(shape.activation, y[index]);
+    out[index] = params[shape.gamma + c] * invstd * g;
 }
 
 var<workgroup> partial4: array<vec4<f32>, 64>;

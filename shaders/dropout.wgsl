@@ -5,6 +5,7 @@
 //   dropout_forward:   Y[i] = keep(i) ? X[i] * shape.scale : 0     scale = 1 / (1 - rate)
 //                      (in evaluation, shape.training = 0: Y[i] = X[i])
 //   dropout_backward:  dX[i] = (keep(i) ? dY[i] * shape.scale : 0) * f'(B[i])
+//                      (in evaluation, an explanation's gradients: dX[i] = dY[i] * f'(B[i]))
 //                      f = shape.derivative, of the layer beneath, B its output (this layer's input)
 // mix is lowbias32 (Chris Wellons); src/reference.rs has the same functions.
 //
@@ -72,8 +73,12 @@ fn dropout_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let threshold = shape.threshold;
     let scale = shape.scale;
     let derivative = shape.derivative;
+    let training = shape.training != 0u;
     for (var i = first; i < min(first + VALUES_PER_INVOCATION, count); i++) {
-        let kept = select(0.0, input[i] * scale, mix(i ^ step_key) >= threshold);
+        var kept = input[i];
+        if (training) {
+            kept = select(0.0, kept * scale, mix(i ^ step_key) >= threshold);
+        }
         output[i] = kept * derivative_from_output(derivative, below[i]);
     }
 }

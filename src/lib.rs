@@ -19,6 +19,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod explain;
 pub mod failpoint;
 pub mod files;
 pub mod gpu;

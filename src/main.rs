@@ -61,6 +61,10 @@ enum Command {
     /// Classify images (PNG or JPEG, any size, told apart by content; prepared as the model's
     /// data was made) or test samples with a saved model, printing the top three classes.
     Predict(PredictArgs),
+    /// Show why a saved model decided: for each image (or test sample), the top classes and a
+    /// heat map of what the class's score rests on (saliency, integrated gradients or
+    /// Grad-CAM), drawn beside the input into a PNG or SVG, or listed as JSON.
+    Explain(ExplainArgs),
     /// Draw loss and accuracy (train, validation where held out, and test) against epochs from a
     /// `train --metrics` log, as PNG or SVG (by the output's extension); of a log holding several
     /// runs, the last.
@@ -129,6 +133,54 @@ struct PredictArgs {
     /// Print one JSON array instead of lines.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// A model written by `train --save`.
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// Image files to explain (PNG or JPEG, prepared as `predict` prepares them).
+    #[arg(value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// Also explain test image N of the model's data (repeatable).
+    #[arg(long = "index", value_name = "N")]
+    indices: Vec<usize>,
+    /// saliency: |d score / d input| (Simonyan et al.); integrated: integrated gradients from
+    /// a black image (Sundararajan et al.); gradcam: the last convolutional feature map weighed
+    /// by its pooled gradient (Selvaraju et al.) [default: gradcam where that map is globally
+    /// pooled (ResNets), else integrated]
+    #[arg(long, value_name = "METHOD", value_parser = parse_method)]
+    method: Option<shadertrain::explain::Method>,
+    /// Explain the score of class C (a number) instead of the predicted class.
+    #[arg(long, value_name = "C")]
+    class: Option<usize>,
+    /// Integrated gradients' path points per input.
+    #[arg(long, default_value_t = shadertrain::explain::DEFAULT_STEPS, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    steps: usize,
+    /// Draw each input, its heat map and the map over it into this .png or .svg file.
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Take --index samples from data other than the model's on purpose.
+    #[arg(long)]
+    allow_other_data: bool,
+    /// Print one JSON array (top classes, the class explained and its map) instead of lines.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    adapter: AdapterArgs,
+}
+
+fn parse_method(text: &str) -> Result<shadertrain::explain::Method, String> {
+    shadertrain::explain::Method::parse(text).ok_or_else(|| {
+        format!(
+            "unknown method {text:?}; one of {}",
+            shadertrain::explain::Method::NAMES.join(", ")
+        )
+    })
 }
 
 #[derive(Args)]
@@ -524,6 +576,21 @@ fn main() -> ExitCode {
             |kind| args.data.test_dir(kind),
             args.allow_other_data,
             args.json,
+        ),
+        Command::Explain(args) => cli::explain::run(
+            &cli::explain::ExplainRequest {
+                model: &args.model,
+                images: &args.images,
+                indices: &args.indices,
+                method: args.method,
+                class: args.class,
+                steps: args.steps,
+                picture: args.output.as_deref(),
+                other_data: args.allow_other_data,
+                as_json: args.json,
+            },
+            |kind| args.data.test_dir(kind),
+            &args.adapter.request(),
         ),
         Command::Plot(args) => plot(&args),
         Command::Selftest(args) => cli::selftest(&args.request()),

@@ -415,6 +415,55 @@ pub fn image_grid_png(cells: &[GridCell], shape: Shape, columns: usize) -> Resul
     svg_to_png(&image_grid_svg(cells, shape, columns), width, height)
 }
 
+/// Matplotlib's inferno colour map at nine evenly spaced points: perceptually uniform, dark
+/// to bright, legible in grey print and to colour-blind readers.
+const INFERNO: [[f32; 3]; 9] = [
+    [0.0, 0.0, 4.0],
+    [31.0, 12.0, 72.0],
+    [85.0, 15.0, 109.0],
+    [136.0, 34.0, 106.0],
+    [186.0, 54.0, 85.0],
+    [227.0, 89.0, 51.0],
+    [249.0, 140.0, 10.0],
+    [249.0, 201.0, 50.0],
+    [252.0, 255.0, 164.0],
+];
+
+/// The colour of `value` in [0, 1] (clamped) on the inferno map, linearly between its points.
+pub fn heat_colour(value: f32) -> [u8; 3] {
+    let at = value.clamp(0.0, 1.0) * (INFERNO.len() - 1) as f32;
+    let low = (at.floor() as usize).min(INFERNO.len() - 2);
+    let t = at - low as f32;
+    let (a, b) = (INFERNO[low], INFERNO[low + 1]);
+    [0, 1, 2].map(|k| (a[k] + (b[k] - a[k]) * t).round() as u8)
+}
+
+/// A heat map `[H, W]` of non-negative values as RGB pixels, scaled so that its largest value
+/// is the brightest (an all-zero map is dark).
+pub fn heat_map_pixels(map: &[f32]) -> Vec<u8> {
+    let max = map.iter().cloned().fold(0.0f32, f32::max);
+    let scale = if max > 0.0 { 1.0 / max } else { 0.0 };
+    map.iter().flat_map(|&v| heat_colour(v * scale)).collect()
+}
+
+/// An image's pixels (`channels` 1 or 3, channels-last) as RGB with the heat map's colours
+/// laid over them, `opacity` of the colour where the map is brightest and none where it is 0.
+pub fn heat_overlay(pixels: &[u8], channels: usize, map: &[f32], opacity: f32) -> Vec<u8> {
+    let max = map.iter().cloned().fold(0.0f32, f32::max);
+    let scale = if max > 0.0 { 1.0 / max } else { 0.0 };
+    (map.iter().enumerate())
+        .flat_map(|(p, &v)| {
+            let weight = (v * scale).clamp(0.0, 1.0);
+            let alpha = opacity * weight.sqrt();
+            let colour = heat_colour(weight);
+            [0, 1, 2].map(|k| {
+                let base = pixels[p * channels + if channels == 1 { 0 } else { k }] as f32;
+                (base * (1.0 - alpha) + colour[k] as f32 * alpha).round() as u8
+            })
+        })
+        .collect()
+}
+
 /// Text for SVG character data.
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")

@@ -1310,3 +1310,168 @@ fn eval_lists_and_draws_the_worst_test_images() {
     let (code, _, _) = shadertrain(&["eval", "--model", model, "-o", "worst.png"]);
     assert_eq!(code, 2, "-o needs --worst");
 }
+
+/// `explain`'s maps are the CPU reference's (saliency and Grad-CAM through the command line),
+/// for the predicted class or `--class`; `-o` draws each input beside its map and the map over
+/// it; what cannot be explained is refused before any work, naming the flag or file.
+#[test]
+fn explain_lists_and_draws_the_maps_the_reference_computes() {
+    use shadertrain::explain::{grad_cam_feature, grad_cam_map, saliency_map};
+    use shadertrain::model::reference::class_score_gradients;
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 120);
+    let data = dir.path().to_str().unwrap();
+    let test =
+        shadertrain::data::Dataset::load_mnist(dir.path(), shadertrain::data::Split::Test).unwrap();
+    let mut models = Vec::new();
+    for (name, layers) in [
+        ("mlp", "flatten,dense16:relu,dense10"),
+        (
+            "convnet",
+            "conv4k3:relu,maxpool2,conv4k3:relu,flatten,dense10",
+        ),
+    ] {
+        let model = dir.path().join(format!("{name}.safetensors"));
+        let (code, stdout, stderr) = shadertrain(&[
+            "train",
+            "--offline",
+            "--data",
+            data,
+            "--layers",
+            layers,
+            "--epochs",
+            "2",
+            "--save",
+            model.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        models.push(model);
+    }
+    let explain = |model: &std::path::Path, args: &[&str]| {
+        let mut all = vec![
+            "explain",
+            "--offline",
+            "--data",
+            data,
+            "--model",
+            model.to_str().unwrap(),
+        ];
+        all.extend(args);
+        shadertrain(&all)
+    };
+    let indices = [0usize, 7];
+    for (model, method) in [(&models[0], "saliency"), (&models[1], "gradcam")] {
+        let saved = shadertrain::model_file::load_model(model).unwrap();
+        let x: Vec<f32> = (indices.iter())
+            .flat_map(|&i| test.pixels[i * 784..(i + 1) * 784].iter())
+            .map(|&p| p as f32 / 255.0)
+            .collect();
+        for class in [None, Some(3)] {
+            let mut args = vec!["--index", "0", "--index", "7", "--method", method, "--json"];
+            let text = class.map(|c: usize| c.to_string());
+            if let Some(text) = &text {
+                args.extend(["--class", text.as_str()]);
+            }
+            let (code, stdout, stderr) = explain(model, &args);
+            assert_eq!(code, 0, "{stderr}");
+            let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            let logits = shadertrain::model::reference::forward(&saved.spec, &saved.params, &x)
+                .pop()
+                .unwrap();
+            let expected_classes: Vec<usize> = match class {
+                Some(c) => vec![c; 2],
+                None => (logits.chunks(10))
+                    .map(|row| (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap())
+                    .collect(),
+            };
+            let (activations, grads) =
+                class_score_gradients(&saved.spec, &saved.params, &x, &expected_classes);
+            let plan = saved.spec.plan().unwrap();
+            for (i, entry) in report.as_array().unwrap().iter().enumerate() {
+                assert_eq!(entry["class"], expected_classes[i], "{method} {entry}");
+                assert_eq!(entry["method"], method);
+                assert_eq!(entry["top"].as_array().unwrap().len(), 3);
+                let rows = entry["map"].as_array().unwrap();
+                assert_eq!(rows.len(), 28);
+                let map: Vec<f32> = (rows.iter())
+                    .flat_map(|row| row.as_array().unwrap().iter())
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect();
+                assert!(map.iter().all(|&v| v >= 0.0));
+                let expected = match method {
+                    "saliency" => saliency_map(&grads[0][i * 784..(i + 1) * 784], saved.spec.input),
+                    _ => {
+                        let t = grad_cam_feature(&plan).unwrap();
+                        let shape = plan.tensors[t].shape;
+                        let at = i * shape.len()..(i + 1) * shape.len();
+                        let (a, g) = (&activations[t][at.clone()], &grads[t][at]);
+                        grad_cam_map(a, g, shape, saved.spec.input)
+                    }
+                };
+                let error = shadertrain::reference::compare(&map, &expected, 1e-5, 1e-3);
+                assert!(error.is_ok(), "{method} map {i}: {error:?}");
+            }
+        }
+    }
+
+    // The default picture: a row per input of its image, its map and the map over it.
+    let png = dir.path().join("explained.png");
+    let (code, stdout, stderr) = explain(
+        &models[0],
+        &["--index", "0", "--index", "7", "-o", png.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.matches("integrated of").count(), 2, "{stdout}");
+    let picture = image::open(&png).unwrap();
+    assert_eq!(
+        (picture.width(), picture.height()),
+        (3 * 162 + 12, 2 * 160 + 12)
+    );
+    let svg = dir.path().join("explained.svg");
+    let (code, _, stderr) = explain(&models[1], &["--index", "3", "-o", svg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(svg.matches(r#"<g class="cell""#).count(), 3);
+    assert!(svg.contains("integrated of"), "the convnet's default");
+
+    let not_an_image = dir.path().join("notes.png");
+    std::fs::write(&not_an_image, "not a picture").unwrap();
+    let missing = dir.path().join("missing.safetensors");
+    let unwritable = format!("{}/no/such/dir/out.png", data);
+    for (model, args, expected) in [
+        (
+            &models[0],
+            vec!["--index", "0", "--method", "gradcam"],
+            "no convolutions",
+        ),
+        (
+            &models[0],
+            vec!["--index", "0", "--class", "10"],
+            "--class 10",
+        ),
+        (&models[0], vec!["--index", "120"], "--index 120"),
+        (&models[0], vec!["--index", "0", "-o", &unwritable], "-o"),
+        (
+            &models[0],
+            vec!["--index", "0", "-o", "map.jpg"],
+            "give a .png or .svg",
+        ),
+        (
+            &models[0],
+            vec![not_an_image.to_str().unwrap()],
+            "notes.png",
+        ),
+        (&models[0], vec![], "give image files, or --index N"),
+        (&missing, vec!["--index", "0"], "missing.safetensors"),
+        (
+            &models[0],
+            vec!["--index", "0", "--method", "guess"],
+            "saliency, integrated, gradcam",
+        ),
+    ] {
+        let (code, stdout, stderr) = explain(model, &args);
+        assert_ne!(code, 0, "{args:?}: {stdout}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -219,7 +219,7 @@ fn worst_of(
 }
 
 /// `-o`: a .png or .svg file that can be written (checked before any work).
-fn check_picture_path(path: &Path) -> Result<()> {
+pub(super) fn check_picture_path(path: &Path) -> Result<()> {
     shadertrain::files::check_file_writable(path).map_err(|problem| Error::Unwritable {
         flag: "-o",
         path: path.to_path_buf(),
@@ -235,7 +235,7 @@ fn check_picture_path(path: &Path) -> Result<()> {
 }
 
 /// "png" or "svg", from the file name.
-fn picture_format(path: &Path) -> Option<&'static str> {
+pub(super) fn picture_format(path: &Path) -> Option<&'static str> {
     let extension = path.extension()?.to_str()?.to_lowercase();
     match extension.as_str() {
         "png" => Some("png"),

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 pub mod bench;
 pub mod eval;
+pub mod explain;
 pub mod output;
 pub mod predict;
 pub mod recipe;

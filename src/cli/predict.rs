@@ -11,6 +11,7 @@ use shadertrain::data::images::{Preparation, load_image};
 use shadertrain::input::scale_pixels;
 use shadertrain::model::Shape;
 use shadertrain::model::reference::forward;
+use shadertrain::model_file::SavedModel;
 use shadertrain::{Error, Result};
 
 pub fn run(
@@ -22,16 +23,7 @@ pub fn run(
     as_json: bool,
 ) -> Result<()> {
     let saved = super::load_model_or_checkpoint(model)?;
-    let preparation = Preparation::of(saved.data.labels, saved.spec.input);
-    if !matches!(preparation, Preparation::Resize(_)) && !saved.spec.takes(Shape::image(1, 28, 28))
-    {
-        return Err(Error::Config(format!(
-            "{} takes inputs of {}; predict prepares {} pictures as 28×28 images",
-            model.display(),
-            saved.spec.input,
-            saved.data.labels.name()
-        )));
-    }
+    let preparation = preparation(model, &saved)?;
     // Each image is classified, or reported and left out: one bad file does not stop the rest.
     let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
     let mut left_out = Vec::new();
@@ -57,26 +49,7 @@ pub fn run(
         }
     }
     if !indices.is_empty() {
-        let dir = data_dir(saved.data.labels)?;
-        let (test, read) = super::model_test_set(model, &saved, &dir, other_data)?;
-        for &index in indices {
-            if index >= test.samples() {
-                return Err(Error::Config(format!(
-                    "--index {index}: the {} test set has {} samples (0..{})",
-                    read.name(),
-                    test.samples(),
-                    test.samples() - 1
-                )));
-            }
-            let features = test.features();
-            let pixels = test.pixels[index * features..(index + 1) * features].to_vec();
-            let names = saved.data.class_names();
-            let label = names
-                .get(test.labels[index] as usize)
-                .copied()
-                .unwrap_or("?");
-            inputs.push((format!("test image {index} (label {label})"), pixels));
-        }
+        inputs.extend(test_samples(model, &saved, indices, data_dir, other_data)?);
     }
     if inputs.is_empty() && left_out.is_empty() {
         return Err(Error::Config(
@@ -96,31 +69,11 @@ pub fn run(
     let names = saved.data.class_names();
     let mut report = Vec::new();
     for ((input, _), row) in inputs.iter().zip(logits.chunks(classes)) {
-        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let exp: Vec<f64> = row.iter().map(|&z| ((z - max) as f64).exp()).collect();
-        let sum: f64 = exp.iter().sum();
-        let mut ranked: Vec<(usize, f64)> = exp.iter().map(|e| e / sum).enumerate().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-        ranked.truncate(3);
+        let ranked = top_classes(row, 3);
         if !as_json {
-            let top: Vec<String> = ranked
-                .iter()
-                .map(|&(c, p)| {
-                    format!(
-                        "{} ({:.1}%)",
-                        names.get(c).copied().unwrap_or("?"),
-                        100.0 * p
-                    )
-                })
-                .collect();
-            outln!("{input}: {}", top.join(", "));
+            outln!("{input}: {}", describe_top(&ranked, &names));
         }
-        report.push(json!({
-            "input": input,
-            "top": ranked.iter().map(|&(c, p)| json!({
-                "class": c, "name": names.get(c).copied().unwrap_or("?"), "probability": p,
-            })).collect::<Vec<_>>(),
-        }));
+        report.push(json!({"input": input, "top": top_json(&ranked, &names)}));
     }
     if as_json {
         report.extend(left_out);
@@ -130,6 +83,87 @@ pub fn run(
         return Err(Error::Config(unreadable_summary(unreadable, images.len())));
     }
     Ok(())
+}
+
+/// How pictures are prepared for `saved`'s model: digits as MNIST's, clothes as
+/// Fashion-MNIST's, others resized to the model's input; or why they cannot be.
+pub(super) fn preparation(model: &Path, saved: &SavedModel) -> Result<Preparation> {
+    let preparation = Preparation::of(saved.data.labels, saved.spec.input);
+    if !matches!(preparation, Preparation::Resize(_)) && !saved.spec.takes(Shape::image(1, 28, 28))
+    {
+        return Err(Error::Config(format!(
+            "{} takes inputs of {}; {} pictures are prepared as 28×28 images",
+            model.display(),
+            saved.spec.input,
+            saved.data.labels.name()
+        )));
+    }
+    Ok(preparation)
+}
+
+/// Test samples `indices` of the model's data (or other data, where allowed), each named with
+/// its index and label, with its pixels.
+pub(super) fn test_samples(
+    model: &Path,
+    saved: &SavedModel,
+    indices: &[usize],
+    data_dir: impl FnOnce(DatasetKind) -> Result<PathBuf>,
+    other_data: bool,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let dir = data_dir(saved.data.labels)?;
+    let (test, read) = super::model_test_set(model, saved, &dir, other_data)?;
+    let names = saved.data.class_names();
+    let features = test.features();
+    (indices.iter())
+        .map(|&index| {
+            if index >= test.samples() {
+                return Err(Error::Config(format!(
+                    "--index {index}: the {} test set has {} samples (0..{})",
+                    read.name(),
+                    test.samples(),
+                    test.samples() - 1
+                )));
+            }
+            let pixels = test.pixels[index * features..(index + 1) * features].to_vec();
+            let label = (names.get(test.labels[index] as usize).copied()).unwrap_or("?");
+            Ok((format!("test image {index} (label {label})"), pixels))
+        })
+        .collect()
+}
+
+/// The `k` most probable classes of a row of logits, with their softmax probabilities, most
+/// probable first.
+pub(super) fn top_classes(logits: &[f32], k: usize) -> Vec<(usize, f64)> {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f64> = logits.iter().map(|&z| ((z - max) as f64).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    let mut ranked: Vec<(usize, f64)> = exp.iter().map(|e| e / sum).enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked.truncate(k);
+    ranked
+}
+
+/// The top classes as `predict` prints them: `7 (99.2%), 2 (0.5%), 3 (0.1%)`.
+pub(super) fn describe_top(ranked: &[(usize, f64)], names: &[&str]) -> String {
+    let top: Vec<String> = (ranked.iter())
+        .map(|&(c, p)| {
+            format!(
+                "{} ({:.1}%)",
+                names.get(c).copied().unwrap_or("?"),
+                100.0 * p
+            )
+        })
+        .collect();
+    top.join(", ")
+}
+
+/// The top classes as `predict --json` lists them.
+pub(super) fn top_json(ranked: &[(usize, f64)], names: &[&str]) -> serde_json::Value {
+    (ranked.iter())
+        .map(|&(c, p)| {
+            json!({"class": c, "name": names.get(c).copied().unwrap_or("?"), "probability": p})
+        })
+        .collect()
 }
 
 /// The closing line when `unreadable` of `images` image files could not be read.

@@ -158,6 +158,7 @@ pub struct BatchNormKernels {
     pub normalize_quads: Kernel,
     pub backward_sums_quads: Kernel,
     pub backward_input_quads: Kernel,
+    pub backward_input_evaluation: Kernel,
 }
 
 /// BatchNorm's passes, for `BatchNormKernels::launch`.
@@ -167,6 +168,8 @@ pub enum NormPass {
     Normalize,
     BackwardSums,
     BackwardInput,
+    /// The input gradient in evaluation (one channel at a time, whatever the count).
+    BackwardInputEvaluation,
 }
 
 /// batchnorm.wgsl's `ROWS_PER_INVOCATION`: the rows of a channel quad each invocation of
@@ -201,6 +204,10 @@ impl BatchNormKernels {
             NormPass::BackwardInput => {
                 (&self.backward_input, &self.backward_input_quads, per_value)
             }
+            NormPass::BackwardInputEvaluation => {
+                let grid = grid_1d(values * channels, ROW_WORKGROUP, max_groups);
+                return (&self.backward_input_evaluation, grid);
+            }
         };
         (if quads { four } else { scalar }, grid)
     }
@@ -234,6 +241,14 @@ impl BatchNormKernels {
             (7, ReadWrite),
             (8, Read),
         ];
+        let input_evaluation = [
+            (0, Params),
+            (3, Read),
+            (4, Read),
+            (5, Read),
+            (7, ReadWrite),
+            (8, Read),
+        ];
         let kernel = |name, slots: &[(u32, Slot)]| build(device, module, name, slots, &[]);
         BatchNormKernels {
             statistics: kernel("batchnorm_statistics", &statistics),
@@ -244,6 +259,10 @@ impl BatchNormKernels {
             normalize_quads: kernel("batchnorm_normalize_quads", &normalize),
             backward_sums_quads: kernel("batchnorm_backward_sums_quads", &sums),
             backward_input_quads: kernel("batchnorm_backward_input_quads", &input),
+            backward_input_evaluation: kernel(
+                "batchnorm_backward_input_evaluation",
+                &input_evaluation,
+            ),
         }
     }
 }

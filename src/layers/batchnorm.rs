@@ -6,7 +6,8 @@
 //! folded in (`bn:relu`), with the batch's mean and biased variance,
 //! and the running mean and unbiased variance updated with momentum 0.1; in evaluation the same
 //! with the running statistics. Backward, from dz = dy ⊙ f'(y): dβ = Σ dz, dγ = Σ dz x̂ (x̂ the
-//! normalised x), dx = γ / sqrt(var + eps) (dz - dβ / N - x̂ dγ / N).
+//! normalised x), dx = γ / sqrt(var + eps) (dz - dβ / N - x̂ dγ / N); in evaluation (an
+//! explanation's gradients) dx = γ dz / sqrt(running_var + eps).
 //! Parameters: γ (init 1) and β (init 0) trained; running mean (0) and variance (1) state.
 //! PyTorch names: `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked`.
 
@@ -139,6 +140,23 @@ impl DevicePasses for BatchNormDevice {
             true => LayerActivation::Identity,
             false => self.activation,
         };
+        if !backward.training {
+            let Some(input_grad) = io.input_grad else {
+                return false;
+            };
+            let shape = self.shape(context, rows, false, derivative);
+            let resources = [
+                shape.as_entire_binding(),
+                context.state.as_entire_binding(),
+                context.params.buffer.as_entire_binding(),
+                io.output_grad.buffer.as_entire_binding(),
+                input_grad.buffer.as_entire_binding(),
+                io.output.buffer.as_entire_binding(),
+            ];
+            let (kernel, grid) = self.launch(context, NormPass::BackwardInputEvaluation, rows);
+            program.dispatch(context.gpu, kernel, &resources, grid);
+            return false;
+        }
         let shape = self.shape(context, rows, true, derivative);
         let resources = [
             shape.as_entire_binding(),
@@ -269,6 +287,20 @@ pub fn reference_backward(
     })
 }
 
+/// BatchNorm backward in evaluation (an explanation's gradients), CPU reference: dy `[N, C]` →
+/// dx = γ dy / sqrt(running_var + eps), the running variance read from `params` (the host's
+/// flat vector, state included) at `norm.running_var`.
+pub fn reference_backward_evaluation(norm: &NormParams, params: &[f32], dy: &[f32]) -> Vec<f32> {
+    let c = norm.channels;
+    (dy.iter().enumerate())
+        .map(|(i, &g)| {
+            let j = i % c;
+            let invstd = 1.0 / (params[norm.running_var + j] + BATCH_NORM_EPSILON).sqrt();
+            params[norm.gamma + j] * invstd * g
+        })
+        .collect()
+}
+
 /// The most channels a BatchNorm normalises: a workgroup each in one grid dimension, within
 /// every adapter's limit.
 const MAX_NORM_CHANNELS: usize = 65_535;
@@ -356,6 +388,10 @@ impl LayerKind for BatchNorm {
 
     fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
         let norm = args.norm.expect("a BatchNorm has its tensors");
+        if args.training.is_none() {
+            let input_grad = args.input_grad;
+            return input_grad.then(|| reference_backward_evaluation(&norm, args.params, args.dz));
+        }
         reference_backward(
             &norm,
             args.params,

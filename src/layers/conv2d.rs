@@ -137,10 +137,13 @@ impl DevicePasses for ConvDevice {
             let grid = grid_1d(values.div_ceil(4), ROW_WORKGROUP, context.max_groups());
             program.dispatch(gpu, &context.kernels.apply_derivative, &resources, grid);
         }
-        let dims = MatmulDims::conv_weight_grad(positions, &self.matrix);
-        let operands = [self.patches.operand(), io.output_grad.operand()];
-        let scratch = self.weight_grad_parts.as_ref();
-        context.matmul_in_parts(program, dims, operands, context.grads, scratch);
+        // An explanation's backward pass wants the input gradient alone.
+        if backward.training {
+            let dims = MatmulDims::conv_weight_grad(positions, &self.matrix);
+            let operands = [self.patches.operand(), io.output_grad.operand()];
+            let scratch = self.weight_grad_parts.as_ref();
+            context.matmul_in_parts(program, dims, operands, context.grads, scratch);
+        }
         let Some(input_grad) = io.input_grad else {
             return false;
         };

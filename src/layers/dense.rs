@@ -94,7 +94,8 @@ impl DevicePasses for DenseDevice {
         // The transposed product sums the bias gradient itself: activation.wgsl is needed only
         // to apply a derivative (its bias gradient is then computed again, the same sum in the
         // same order).
-        if transposed.is_none() || activation != LayerActivation::Identity {
+        let bias_grad = backward.training && transposed.is_none();
+        if bias_grad || activation != LayerActivation::Identity {
             let shape = self.activation_shape(context, rows, activation);
             let resources = [
                 shape.as_entire_binding(),
@@ -108,6 +109,8 @@ impl DevicePasses for DenseDevice {
         }
         let upstream = io.output_grad.operand();
         match transposed {
+            // An explanation's backward pass wants the input gradient alone.
+            _ if !backward.training => {}
             // The gather wrote the transposed batch for it.
             Some((dims, lhs)) => {
                 context.matmul(program, dims, [lhs, upstream], context.grads, None)

@@ -2,7 +2,7 @@
 //!
 //! Forward, x `[rows, features]` → y: in training y = x / (1 - rate) where a counter-based hash
 //! of (layer key, step number, element) keeps the value, else 0; in evaluation y = x. Backward:
-//! dx = the same mask and scale applied to dy, ⊙ below'(x). The mask is recomputed, not stored,
+//! dx = the same mask and scale applied to dy (in evaluation dy itself), ⊙ below'(x). The mask is recomputed, not stored,
 //! and depends on nothing but the seed, the step number and the element, so a rerun and a resume
 //! draw the same masks.
 
@@ -84,7 +84,7 @@ impl DevicePasses for DropoutDevice {
         let Some(input_grad) = io.input_grad else {
             return false;
         };
-        let shape = self.shape(rows, true, backward.below);
+        let shape = self.shape(rows, backward.training, backward.below);
         let shape = context.gpu.params_with("dropout shape", &shape);
         let resources = [
             context.schedule.as_entire_binding(),
@@ -167,12 +167,10 @@ impl LayerKind for Dropout {
     }
 
     fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
-        let layer_key = dropout_layer_key(args.key.seed, args.node);
-        Some(reference_backward(
-            args.dz,
-            self.rate,
-            layer_key,
-            args.key.step,
-        ))
+        let Some(key) = args.training else {
+            return Some(args.dz.to_vec());
+        };
+        let layer_key = dropout_layer_key(key.seed, args.node);
+        Some(reference_backward(args.dz, self.rate, layer_key, key.step))
     }
 }

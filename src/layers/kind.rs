@@ -124,7 +124,8 @@ pub struct ReferenceBackward<'a> {
     pub rows: usize,
     pub matrix: Option<WeightMatrix>,
     pub norm: Option<NormParams>,
-    pub key: StepKey,
+    /// The training step (None: evaluation, whose gradients an explanation takes).
+    pub training: Option<StepKey>,
     pub node: usize,
     /// dL/dθ, laid out as the parameters: the layer writes its own.
     pub grads: &'a mut [f32],

@@ -78,6 +78,11 @@ pub(crate) struct Backward {
     /// the input gradient may be multiplied by its derivative here, which `record_backward`'s
     /// result says.
     pub below: LayerActivation,
+    /// Whether this is a training step's backward pass. Else (an explanation's: the gradient of
+    /// a class score in evaluation) dropout passes gradients through unchanged, BatchNorm's are
+    /// those of its normalisation by the running statistics, and no layer computes its
+    /// parameters' gradients (nothing updates them).
+    pub training: bool,
 }
 
 /// What a layer kind records in a training program: its forward and backward passes, with the

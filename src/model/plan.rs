@@ -250,6 +250,14 @@ impl Plan {
         })
     }
 
+    /// The plan with every tensor's gradient wanted, the input's included: an explanation's
+    /// backward pass (the gradient of a class score with respect to the input and to the
+    /// feature maps).
+    pub fn with_every_gradient(mut self) -> Plan {
+        self.needs_grad.fill(true);
+        self
+    }
+
     /// Every tensor's shape, by id.
     pub fn shapes(&self) -> Vec<Shape> {
         self.tensors.iter().map(|t| t.shape).collect()

@@ -3,7 +3,7 @@
 //! (`crate::layers`), the loss from `crate::reference`. The ground truth the trainer is tested
 //! against, and what `predict` evaluates with.
 
-use super::{ModelSpec, Op};
+use super::{ModelSpec, Op, Plan};
 pub use crate::layers::kind::StepKey;
 use crate::layers::kind::{ReferenceBackward, ReferenceForward};
 use crate::layers::residual;
@@ -101,8 +101,6 @@ pub fn forward_backward_smoothed(
     label_smoothing: f32,
 ) -> ReferenceStep {
     let plan = spec.plan().expect("a validated model");
-    let layout = &plan.layout;
-    let rows = labels.len();
     let (activations, state) = forward_pass(spec, params, x, Some(key));
     let loss = softmax_loss(
         spec.loss,
@@ -112,9 +110,65 @@ pub fn forward_backward_smoothed(
         spec.classes(),
     );
 
+    let (grads, _) = backward_pass(
+        &plan,
+        params,
+        &activations,
+        loss.logits_grad.clone(),
+        Some(key),
+    );
+    ReferenceStep {
+        activations,
+        loss,
+        grads,
+        state,
+    }
+}
+
+/// The gradient of each sample's class score (its logit of `classes[i]`, before the softmax)
+/// with respect to every tensor of the plan, in evaluation (dropout the identity, BatchNorm with
+/// its running statistics): what `explain` computes on the GPU. Returns the tensors, from the
+/// input batch `x` to the logits, and their gradients (index 0: the input's).
+pub fn class_score_gradients(
+    spec: &ModelSpec,
+    params: &[f32],
+    x: &[f32],
+    classes: &[usize],
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let plan = spec
+        .plan()
+        .expect("a validated model")
+        .with_every_gradient();
+    let activations = forward(spec, params, x);
+    let count = spec.classes();
+    let mut seed = vec![0.0; classes.len() * count];
+    for (row, &class) in classes.iter().enumerate() {
+        seed[row * count + class] = 1.0;
+    }
+    let (_, tensor_grads) = backward_pass(&plan, params, &activations, seed, None);
+    let tensor_grads = (tensor_grads.into_iter())
+        .map(|grad| grad.expect("every tensor's gradient is wanted"))
+        .collect();
+    (activations, tensor_grads)
+}
+
+/// Backward through `plan` from `logits_grad` (dL/dlogits), last node first: each layer's
+/// activation derivative applied to its output gradient, then its own backward pass (as
+/// training step `training` computes it, or in evaluation); a tensor read by several nodes gets
+/// the sum of their gradients (llm.c's residual: the gradients add). Returns dL/dθ laid out like
+/// the parameters (zeros over the state), and each tensor's gradient where `plan.needs_grad`.
+fn backward_pass(
+    plan: &Plan,
+    params: &[f32],
+    activations: &[Vec<f32>],
+    logits_grad: Vec<f32>,
+    training: Option<StepKey>,
+) -> (Vec<f32>, Vec<Option<Vec<f32>>>) {
+    let layout = &plan.layout;
+    let rows = activations[0].len() / plan.tensors[0].shape.len();
     let mut grads = vec![0.0; layout.total];
     let mut tensor_grads: Vec<Option<Vec<f32>>> = vec![None; plan.tensors.len()];
-    tensor_grads[plan.logits()] = Some(loss.logits_grad.clone());
+    tensor_grads[plan.logits()] = Some(logits_grad);
     for (l, node) in plan.nodes.iter().enumerate().rev() {
         if !plan.needs_grad[node.output] {
             continue;
@@ -137,7 +191,7 @@ pub fn forward_backward_smoothed(
                     rows,
                     matrix: layout.of_layer(l),
                     norm: layout.norms[l],
-                    key,
+                    training,
                     node: l,
                     grads: &mut grads,
                     input_grad: wanted(0),
@@ -155,10 +209,5 @@ pub fn forward_backward_smoothed(
             });
         }
     }
-    ReferenceStep {
-        activations,
-        loss,
-        grads,
-        state,
-    }
+    (grads, tensor_grads)
 }

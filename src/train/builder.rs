@@ -112,6 +112,16 @@ impl GradientRoutes {
     }
 }
 
+/// The nodes a backward program runs, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BackwardPasses {
+    /// A training step's: every node whose output needs a gradient.
+    Training,
+    /// An explanation's (`Backward::training` false) from the seed in the logits' gradient down
+    /// to node `first_node`, each tensor's gradient left as dL/d(that tensor).
+    Explanation { first_node: usize },
+}
+
 /// Builds the bind groups of every dispatch of a step, once, walking the plan's nodes.
 pub(crate) struct ProgramBuilder<'a, 'k> {
     /// What the layers record through.
@@ -218,10 +228,7 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
             ),
         };
         program.dispatch(gpu, kernel, &resources, grid);
-
-        for (n, layer) in self.layers.iter().enumerate() {
-            layer.record_forward(&self.context, &mut program, &self.io(n), rows, training);
-        }
+        self.record_layers_forward(&mut program, rows, training);
 
         let kernel = match self.spec.loss {
             Loss::Xent => &self.context.kernels.softmax_cross_entropy,
@@ -256,23 +263,55 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
         program
     }
 
+    /// Every node's forward pass over `rows` samples of the input tensor, in the plan's order.
+    pub(crate) fn record_layers_forward(
+        &self,
+        program: &mut Program<'k>,
+        rows: usize,
+        training: bool,
+    ) {
+        for (n, layer) in self.layers.iter().enumerate() {
+            layer.record_forward(&self.context, program, &self.io(n), rows, training);
+        }
+    }
+
     /// `forward` continued backward through every node, last first, writing the whole gradient
     /// buffer (one program, so that mirrors the forward pass refreshed are not copied again).
-    /// Each node is told whether the node above already applied its activation's derivative,
-    /// and the activation of the node beneath, whose derivative it may apply in turn; a tensor
-    /// read by several nodes gets their gradients' sum after the first of them.
     pub(crate) fn backward(&self, forward: Program<'k>, rows: usize) -> Program<'k> {
-        let mut program = forward;
+        self.backward_passes(forward, rows, BackwardPasses::Training)
+    }
+
+    /// `program` continued backward through the nodes `passes` says, last first. Each node is
+    /// told whether the node above already applied its activation's derivative, and the
+    /// activation of the node beneath, whose derivative it may apply in turn; a tensor read by
+    /// several nodes gets their gradients' sum after the first of them.
+    pub(crate) fn backward_passes(
+        &self,
+        mut program: Program<'k>,
+        rows: usize,
+        passes: BackwardPasses,
+    ) -> Program<'k> {
         let plan = self.plan;
+        let (training, first_node) = match passes {
+            BackwardPasses::Training => (true, 0),
+            BackwardPasses::Explanation { first_node } => (false, first_node),
+        };
         let mut applied = vec![false; plan.tensors.len()];
         for (n, layer) in self.layers.iter().enumerate().rev() {
             let node = &plan.nodes[n];
-            if !plan.needs_grad[node.output] {
+            if !plan.needs_grad[node.output] || n < first_node {
                 continue;
             }
+            // An explanation fuses no derivative into the layer above's pass, so that every
+            // tensor's gradient is that of the tensor itself (Grad-CAM reads one).
+            let below = match training {
+                true => plan.activation_below(n),
+                false => LayerActivation::Identity,
+            };
             let backward = Backward {
                 derivative_applied: applied[node.output],
-                below: plan.activation_below(n),
+                below,
+                training,
             };
             let io = self.io(n);
             // Applied for the layer beneath only where it was named: a layer told the identity

@@ -18,6 +18,7 @@
 pub(crate) mod builder;
 pub mod config;
 mod fit;
+pub mod gradients;
 mod measure;
 pub mod optimizer;
 mod pacing;
@@ -39,6 +40,7 @@ pub use config::{
     EpochMetrics, EpochProgress, Evaluation, GpuWork, OptimizerKind, SplitMetrics, TrainConfig,
     adam_step_size,
 };
+pub use gradients::{FeatureGradient, ScoreGradient, ScoreGradients};
 pub use optimizer::UpdateRule;
 use pacing::{CHUNKS_IN_FLIGHT, InFlight, Pace};
 use progress::{PROGRESS_READS_IN_FLIGHT, PendingRead, ProgressReads};

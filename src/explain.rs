@@ -1,0 +1,318 @@
+//! Why a model decided: heat maps of what a class score rests on, from the gradients
+//! `crate::train::ScoreGradients` takes on the GPU. For an input x (`[H, W, C]`, as the model
+//! takes it) and a class c with score S (its logit, before the softmax):
+//!   saliency     map[p] = max_k |dS/dx[p, k]|                    (Simonyan et al. 2014)
+//!   integrated   IG = (x - x0) ⊙ mean_j dS/dx (x0 + a_j (x - x0)),  a_j = (j + 1/2) / m,
+//!                the m path points batched on the GPU; x0 the black image as the model takes
+//!                it; map[p] = sum_k |IG[p, k]|                   (Sundararajan et al. 2017)
+//!                Σ IG ≈ S(x) - S(x0) (completeness; the midpoint rule's error shrinks with m)
+//!   gradcam      A `[h, w, K]` the last feature map (below), w_k = mean_{h,w} dS/dA[., ., k],
+//!                cam = ReLU(Σ_k w_k A[., ., k]), resized to H × W bilinearly (half-pixel
+//!                centres, as PyTorch's `interpolate(align_corners=False)`)
+//!                                                                (Selvaraju et al. 2017)
+//! Each map has the input's resolution and non-negative values. Everything here is
+//! deterministic: the same model and input give the same bits.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Kernels};
+use crate::input::scale_pixels;
+use crate::model::{LayerSpec, ModelSpec, Plan, Shape, TensorId};
+use crate::train::{ScoreGradient, ScoreGradients};
+
+/// Attribution methods (`explain --method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Saliency,
+    Integrated,
+    GradCam,
+}
+
+impl Method {
+    pub const NAMES: [&'static str; 3] = ["saliency", "integrated", "gradcam"];
+
+    pub fn parse(text: &str) -> Option<Method> {
+        match text {
+            "saliency" => Some(Method::Saliency),
+            "integrated" => Some(Method::Integrated),
+            "gradcam" => Some(Method::GradCam),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Saliency => "saliency",
+            Method::Integrated => "integrated",
+            Method::GradCam => "gradcam",
+        }
+    }
+
+    /// Grad-CAM where the last feature map goes through global average pooling to the logits
+    /// (a ResNet's head: there its channel weights are exactly what the score takes from each
+    /// channel, Draelos & Carin 2020), integrated gradients elsewhere. Measured on MNIST test
+    /// digits (docs/explain.md): an MLP's plain saliency spreads over the background, and
+    /// behind a flatten and dense head (the mnist_convnet) Grad-CAM's spatially averaged
+    /// weights leave a tenth of the maps empty and point off the digit, while integrated
+    /// gradients pick the pixels whose removal lowers the score most.
+    pub fn default_for(plan: &Plan) -> Method {
+        let pooled = grad_cam_feature(plan).is_some_and(|t| {
+            let consumers = &plan.tensors[t].consumers;
+            (consumers.iter()).all(|&n| matches!(plan.layer(n), Some(LayerSpec::GlobalAvgPool(_))))
+        });
+        match pooled {
+            true => Method::GradCam,
+            false => Method::Integrated,
+        }
+    }
+}
+
+/// The feature map Grad-CAM weighs: the last tensor with a spatial extent (more than one
+/// position) that no pooling layer made: the last convolution's activations, or in a ResNet the
+/// last block's output (Keras' and pytorch-grad-cam's usual choice). None for a model without one.
+pub fn grad_cam_feature(plan: &Plan) -> Option<TensorId> {
+    (1..plan.tensors.len()).rev().find(|&t| {
+        let tensor = &plan.tensors[t];
+        // None for a residual sum.
+        let made_by = tensor.producer.and_then(|p| plan.layer(p));
+        let pooled_or_flat = made_by.is_some_and(|layer| {
+            matches!(
+                layer,
+                LayerSpec::MaxPool2d(_)
+                    | LayerSpec::AvgPool2d(_)
+                    | LayerSpec::GlobalAvgPool(_)
+                    | LayerSpec::Flatten(_)
+            )
+        });
+        tensor.shape.height * tensor.shape.width > 1 && !pooled_or_flat
+    })
+}
+
+/// One input's explanation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    /// The model's logits for the input.
+    pub logits: Vec<f32>,
+    /// The class explained.
+    pub class: usize,
+    /// The heat map `[H, W]` (row-major), non-negative.
+    pub map: Vec<f32>,
+}
+
+/// Integrated gradients of one input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntegratedGradients {
+    /// `[H, W, C]`, as the input.
+    pub attributions: Vec<f32>,
+    /// S(x) and S(x0): the class score at the input and at the baseline.
+    pub score: f32,
+    pub baseline_score: f32,
+}
+
+/// Path points of integrated gradients unless told otherwise (Captum's default is 50).
+pub const DEFAULT_STEPS: usize = 64;
+
+/// Explains inputs of one model with one method, on the GPU.
+pub struct Explainer<'k> {
+    gradients: ScoreGradients<'k>,
+    method: Method,
+    input: Shape,
+    /// The black image as the model takes it (integrated gradients' baseline).
+    baseline: Vec<f32>,
+    steps: usize,
+}
+
+impl<'k> Explainer<'k> {
+    /// An explainer of `spec` with `params` by `method`, taking up to `rows` inputs (or, for
+    /// integrated gradients, path points) per submission; `steps`: integrated gradients' path
+    /// points per input.
+    pub fn new(
+        gpu: &'k Gpu,
+        kernels: &'k Kernels,
+        spec: &ModelSpec,
+        params: &[f32],
+        method: Method,
+        (rows, steps): (usize, usize),
+    ) -> Result<Self> {
+        let plan = spec.plan()?;
+        let feature = match method {
+            Method::GradCam => Some(grad_cam_feature(&plan).ok_or_else(|| {
+                Error::Config(
+                    "--method gradcam needs a model with convolutions (a feature map with more \
+                     than one position); use saliency or integrated"
+                        .into(),
+                )
+            })?),
+            _ => None,
+        };
+        if steps == 0 {
+            return Err(Error::Config("--steps must be at least 1".into()));
+        }
+        let gradients = ScoreGradients::new(gpu, kernels, spec, params, rows, feature)?;
+        let black = vec![0u8; spec.input.len()];
+        let baseline = scale_pixels(&black, spec.input.channels, spec.standardisation.as_ref());
+        Ok(Explainer {
+            gradients,
+            method,
+            input: spec.input,
+            baseline,
+            steps,
+        })
+    }
+
+    pub fn method(&self) -> Method {
+        self.method
+    }
+
+    /// The explanations of the inputs `x` (`[samples, input]`, as the model takes them) for
+    /// `classes[i]` where given, else for the class the model predicts. Waits for the GPU.
+    pub fn explain(&self, x: &[f32], classes: Option<&[usize]>) -> Result<Vec<Explanation>> {
+        let input = self.input.len();
+        let rows = self.gradients.rows();
+        let mut explanations = Vec::new();
+        for (chunk, batch) in x.chunks(rows * input).enumerate() {
+            let samples = batch.len() / input;
+            let given = classes.map(|c| &c[chunk * rows..chunk * rows + samples]);
+            let result = self.gradients.gradients(batch, given)?;
+            explanations.extend(self.maps(batch, &result)?);
+        }
+        Ok(explanations)
+    }
+
+    fn maps(&self, x: &[f32], result: &ScoreGradient) -> Result<Vec<Explanation>> {
+        let (input, classes) = (self.input.len(), result.logits.len() / result.classes.len());
+        let mut maps = Vec::new();
+        for (i, &class) in result.classes.iter().enumerate() {
+            let map = match self.method {
+                Method::Saliency => {
+                    saliency_map(&result.input_grad[i * input..(i + 1) * input], self.input)
+                }
+                Method::Integrated => {
+                    let sample = &x[i * input..(i + 1) * input];
+                    let ig = self.integrated_gradients(sample, class)?;
+                    integrated_map(&ig.attributions, self.input)
+                }
+                Method::GradCam => {
+                    let feature = result.feature.as_ref().expect("Grad-CAM's feature map");
+                    let size = feature.shape.len();
+                    let at = i * size..(i + 1) * size;
+                    grad_cam_map(
+                        &feature.values[at.clone()],
+                        &feature.grad[at],
+                        feature.shape,
+                        self.input,
+                    )
+                }
+            };
+            maps.push(Explanation {
+                logits: result.logits[i * classes..(i + 1) * classes].to_vec(),
+                class,
+                map,
+            });
+        }
+        Ok(maps)
+    }
+
+    /// Integrated gradients of one input `x` for `class`, from the black image, with the
+    /// explainer's path points batched on the GPU.
+    pub fn integrated_gradients(&self, x: &[f32], class: usize) -> Result<IntegratedGradients> {
+        let input = self.input.len();
+        let rows = self.gradients.rows();
+        let delta: Vec<f32> = x.iter().zip(&self.baseline).map(|(a, b)| a - b).collect();
+        let mut total = vec![0.0f64; input];
+        let m = self.steps;
+        let mut score = 0.0;
+        let mut baseline_score = 0.0;
+        // The two ends' scores ride along with the first batch of path points.
+        let mut points: Vec<Vec<f32>> = vec![self.baseline.clone(), x.to_vec()];
+        points.extend((0..m).map(|j| {
+            let a = (j as f32 + 0.5) / m as f32;
+            (self.baseline.iter().zip(&delta))
+                .map(|(b, d)| b + a * d)
+                .collect()
+        }));
+        for (chunk, batch) in points.chunks(rows).enumerate() {
+            let flat: Vec<f32> = batch.concat();
+            let result = self
+                .gradients
+                .gradients(&flat, Some(&vec![class; batch.len()]))?;
+            let classes = result.logits.len() / batch.len();
+            for (i, grad) in result.input_grad.chunks(input).enumerate() {
+                match chunk * rows + i {
+                    0 => baseline_score = result.logits[i * classes + class],
+                    1 => score = result.logits[i * classes + class],
+                    _ => (total.iter_mut().zip(grad)).for_each(|(t, &g)| *t += g as f64),
+                }
+            }
+        }
+        let attributions = (total.iter().zip(&delta))
+            .map(|(t, d)| (t / m as f64) as f32 * d)
+            .collect();
+        Ok(IntegratedGradients {
+            attributions,
+            score,
+            baseline_score,
+        })
+    }
+}
+
+/// Saliency: the largest |gradient| over each pixel's channels, `[H, W]`.
+pub fn saliency_map(input_grad: &[f32], input: Shape) -> Vec<f32> {
+    (input_grad.chunks(input.channels))
+        .map(|pixel| pixel.iter().fold(0.0f32, |m, g| m.max(g.abs())))
+        .collect()
+}
+
+/// Integrated gradients' map: the sum of |attribution| over each pixel's channels, `[H, W]`.
+pub fn integrated_map(attributions: &[f32], input: Shape) -> Vec<f32> {
+    (attributions.chunks(input.channels))
+        .map(|pixel| pixel.iter().map(|a| a.abs()).sum())
+        .collect()
+}
+
+/// Grad-CAM from a feature map `[h, w, K]` and the score's gradient with respect to it, resized
+/// to the input's H × W.
+pub fn grad_cam_map(values: &[f32], grad: &[f32], feature: Shape, input: Shape) -> Vec<f32> {
+    let k = feature.channels;
+    let positions = feature.height * feature.width;
+    let mut weights = vec![0.0f64; k];
+    for (i, &g) in grad.iter().enumerate() {
+        weights[i % k] += g as f64;
+    }
+    let cam: Vec<f32> = (values.chunks(k))
+        .map(|a| {
+            let sum: f64 = a.iter().zip(&weights).map(|(&v, w)| v as f64 * w).sum();
+            (sum / positions as f64).max(0.0) as f32
+        })
+        .collect();
+    resize_bilinear(
+        &cam,
+        (feature.height, feature.width),
+        (input.height, input.width),
+    )
+}
+
+/// `map` `[h, w]` resized to `[height, width]`: bilinear with half-pixel centres, edges clamped
+/// (PyTorch's `interpolate(mode="bilinear", align_corners=False)`).
+pub fn resize_bilinear(
+    map: &[f32],
+    (h, w): (usize, usize),
+    (height, width): (usize, usize),
+) -> Vec<f32> {
+    let source = |out: usize, size_in: usize, size_out: usize| {
+        let at = ((out as f64 + 0.5) * size_in as f64 / size_out as f64 - 0.5).max(0.0);
+        let low = (at.floor() as usize).min(size_in - 1);
+        (low, (low + 1).min(size_in - 1), at - low as f64)
+    };
+    let mut out = Vec::with_capacity(height * width);
+    for y in 0..height {
+        let (y0, y1, fy) = source(y, h, height);
+        for x in 0..width {
+            let (x0, x1, fx) = source(x, w, width);
+            let v = |yy: usize, xx: usize| map[yy * w + xx] as f64;
+            let top = v(y0, x0) * (1.0 - fx) + v(y0, x1) * fx;
+            let bottom = v(y1, x0) * (1.0 - fx) + v(y1, x1) * fx;
+            out.push((top * (1.0 - fy) + bottom * fy) as f32);
+        }
+    }
+    out
+}
