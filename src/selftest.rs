@@ -450,6 +450,21 @@ fn check_batchnorm_forward_backward(
                 1e-5,
                 1e-3,
             );
+            // In evaluation (an explanation's gradients): through the running statistics.
+            let (mut y, _) = batchnorm::reference_forward(&norm, &params, (&mean, &var), &x, false);
+            y.iter_mut().for_each(|v| *v = f.apply(*v));
+            let mut dz = dy.clone();
+            reference::apply_derivative(&mut dz, &y, f);
+            let state = [params.clone(), mean.clone(), var.clone()].concat();
+            let state_norm = NormParams {
+                running_mean: 2 * channels,
+                running_var: 3 * channels,
+                ..norm
+            };
+            let expected = batchnorm::reference_backward_evaluation(&state_norm, &state, &dz);
+            let actual = ops::batchnorm(gpu, kernels, &x, &inputs, f, false, Some(&dy[..]))?;
+            let case = format!("{what}, dx in evaluation");
+            tally.close(&case, &actual.values, &expected, 1e-5, 1e-3);
         }
     }
     Ok(())

@@ -601,8 +601,9 @@ pub struct NormOutputs {
 
 /// batchnorm.wgsl (`_quads` where the channels come in fours) on x `[values, channels]`, with
 /// `activation` folded in: in training the statistics pass then the normalisation; in evaluation
-/// the normalisation alone; with `dy` the training passes and then the backward passes (dx then
-/// in `values`).
+/// the normalisation alone. With `dy`, then the backward passes (dx then in `values`): in
+/// training the sums and the input gradient, in evaluation the input gradient through the
+/// running statistics.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm(
     gpu: &Gpu,
@@ -622,7 +623,7 @@ pub fn batchnorm(
         beta: channels as u32,
         running_mean: 0,
         running_var: channels as u32,
-        training: (training || dy.is_some()) as u32,
+        training: training as u32,
         momentum: crate::shapes::BATCH_NORM_MOMENTUM,
         epsilon: crate::shapes::BATCH_NORM_EPSILON,
         activation: activation.shader_code(),
@@ -642,7 +643,7 @@ pub fn batchnorm(
     let run = |kernel: &Kernel, resources: &[wgpu::BindingResource<'_>], grid| {
         dispatch(gpu, kernel, &kernel.bind(gpu, resources), grid)
     };
-    if training || dy.is_some() {
+    if training {
         let (kernel, grid) = launch(NormPass::Statistics);
         let resources = [
             shape.as_entire_binding(),
@@ -662,7 +663,19 @@ pub fn batchnorm(
     ];
     let (kernel, grid) = launch(NormPass::Normalize);
     run(kernel, &resources, grid);
-    if let Some(dy) = dy {
+    if let Some(dy) = dy.filter(|_| !training) {
+        let dy = gpu.storage_with("dy", dy)?;
+        let resources = [
+            shape.as_entire_binding(),
+            state.as_entire_binding(),
+            params.as_entire_binding(),
+            dy.as_entire_binding(),
+            dx.as_entire_binding(),
+            y.as_entire_binding(),
+        ];
+        let (kernel, grid) = launch(NormPass::BackwardInputEvaluation);
+        run(kernel, &resources, grid);
+    } else if let Some(dy) = dy {
         let dy = gpu.storage_with("dy", dy)?;
         let resources = [
             shape.as_entire_binding(),
