@@ -116,8 +116,9 @@ pub struct Explainer<'k> {
     gradients: ScoreGradients<'k>,
     method: Method,
     input: Shape,
-    /// The black image as the model takes it (integrated gradients' baseline).
+    /// The black image as the model takes it (integrated gradients' baseline), and its logits.
     baseline: Vec<f32>,
+    baseline_logits: Vec<f32>,
     steps: usize,
 }
 
@@ -150,11 +151,13 @@ impl<'k> Explainer<'k> {
         let gradients = ScoreGradients::new(gpu, kernels, spec, params, rows, feature)?;
         let black = vec![0u8; spec.input.len()];
         let baseline = scale_pixels(&black, spec.input.channels, spec.standardisation.as_ref());
+        let baseline_logits = gradients.logits(&baseline)?;
         Ok(Explainer {
             gradients,
             method,
             input: spec.input,
             baseline,
+            baseline_logits,
             steps,
         })
     }
@@ -188,7 +191,8 @@ impl<'k> Explainer<'k> {
                 }
                 Method::Integrated => {
                     let sample = &x[i * input..(i + 1) * input];
-                    let ig = self.integrated_gradients(sample, class)?;
+                    let score = result.logits[i * classes + class];
+                    let ig = self.integrated_gradients_at(sample, class, score)?;
                     integrated_map(&ig.attributions, self.input)
                 }
                 Method::GradCam => {
@@ -215,33 +219,44 @@ impl<'k> Explainer<'k> {
     /// Integrated gradients of one input `x` for `class`, from the black image, with the
     /// explainer's path points batched on the GPU.
     pub fn integrated_gradients(&self, x: &[f32], class: usize) -> Result<IntegratedGradients> {
+        let logits = self.gradients.logits(x)?;
+        match logits.get(class) {
+            Some(&score) if x.len() == self.input.len() => {
+                self.integrated_gradients_at(x, class, score)
+            }
+            _ => Err(Error::Config(format!(
+                "integrated gradients take one input of {} and one of its {} classes",
+                self.input,
+                logits.len()
+            ))),
+        }
+    }
+
+    /// `integrated_gradients` where the score S(x) is known.
+    fn integrated_gradients_at(
+        &self,
+        x: &[f32],
+        class: usize,
+        score: f32,
+    ) -> Result<IntegratedGradients> {
         let input = self.input.len();
         let rows = self.gradients.rows();
         let delta: Vec<f32> = x.iter().zip(&self.baseline).map(|(a, b)| a - b).collect();
-        let mut total = vec![0.0f64; input];
         let m = self.steps;
-        let mut score = 0.0;
-        let mut baseline_score = 0.0;
-        // The two ends' scores ride along with the first batch of path points.
-        let mut points: Vec<Vec<f32>> = vec![self.baseline.clone(), x.to_vec()];
-        points.extend((0..m).map(|j| {
-            let a = (j as f32 + 0.5) / m as f32;
-            (self.baseline.iter().zip(&delta))
-                .map(|(b, d)| b + a * d)
-                .collect()
-        }));
-        for (chunk, batch) in points.chunks(rows).enumerate() {
-            let flat: Vec<f32> = batch.concat();
+        let mut total = vec![0.0f64; input];
+        for first in (0..m).step_by(rows) {
+            let points: Vec<f32> = (first..m.min(first + rows))
+                .flat_map(|j| {
+                    let a = (j as f32 + 0.5) / m as f32;
+                    (self.baseline.iter().zip(&delta)).map(move |(b, d)| b + a * d)
+                })
+                .collect();
+            let count = points.len() / input;
             let result = self
                 .gradients
-                .gradients(&flat, Some(&vec![class; batch.len()]))?;
-            let classes = result.logits.len() / batch.len();
-            for (i, grad) in result.input_grad.chunks(input).enumerate() {
-                match chunk * rows + i {
-                    0 => baseline_score = result.logits[i * classes + class],
-                    1 => score = result.logits[i * classes + class],
-                    _ => (total.iter_mut().zip(grad)).for_each(|(t, &g)| *t += g as f64),
-                }
+                .gradients(&points, Some(&vec![class; count]))?;
+            for grad in result.input_grad.chunks(input) {
+                (total.iter_mut().zip(grad)).for_each(|(t, &g)| *t += g as f64);
             }
         }
         let attributions = (total.iter().zip(&delta))
@@ -250,7 +265,7 @@ impl<'k> Explainer<'k> {
         Ok(IntegratedGradients {
             attributions,
             score,
-            baseline_score,
+            baseline_score: self.baseline_logits[class],
         })
     }
 }

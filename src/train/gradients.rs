@@ -154,12 +154,19 @@ impl<'k> ScoreGradients<'k> {
         &self.plan
     }
 
-    /// The gradient of each sample's class score for the samples of `x` (`[samples, input]`,
-    /// as the model takes them: scaled and standardised), of `classes[i]` where given, else
-    /// of the class the model predicts for the sample. Waits for the GPU.
-    pub fn gradients(&self, x: &[f32], classes: Option<&[usize]>) -> Result<ScoreGradient> {
+    /// The logits of the samples of `x` (`[samples, input]`, as the model takes them): the
+    /// forward pass alone. Waits for the GPU.
+    pub fn logits(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let samples = self.upload(x)?;
+        self.submit(&[&self.forward]);
+        let classes = self.plan.tensors[self.plan.logits()].shape.len();
+        let logits = &self.tensors[self.plan.logits()].buffer;
+        self.gpu.read_back(logits, samples * classes)
+    }
+
+    /// Writes the samples of `x` into the input tensor, zeros after them; returns how many.
+    fn upload(&self, x: &[f32]) -> Result<usize> {
         let input = self.plan.tensors[0].shape.len();
-        let classes_count = self.plan.tensors[self.plan.logits()].shape.len();
         let samples = x.len() / input;
         if !x.len().is_multiple_of(input) || samples == 0 || samples > self.rows {
             return Err(Error::Config(format!(
@@ -168,7 +175,20 @@ impl<'k> ScoreGradients<'k> {
                 self.rows
             )));
         }
+        let mut padded = x.to_vec();
+        padded.resize(self.rows * input, 0.0);
+        (self.gpu.queue).write_buffer(&self.tensors[0].buffer, 0, bytemuck::cast_slice(&padded));
+        Ok(samples)
+    }
+
+    /// The gradient of each sample's class score for the samples of `x` (`[samples, input]`,
+    /// as the model takes them: scaled and standardised), of `classes[i]` where given, else
+    /// of the class the model predicts for the sample. Waits for the GPU.
+    pub fn gradients(&self, x: &[f32], classes: Option<&[usize]>) -> Result<ScoreGradient> {
+        let input = self.plan.tensors[0].shape.len();
+        let classes_count = self.plan.tensors[self.plan.logits()].shape.len();
         if let Some(classes) = classes {
+            let samples = x.len() / input;
             if classes.len() != samples {
                 return Err(Error::Config(format!(
                     "{} classes given for {samples} samples",
@@ -182,10 +202,8 @@ impl<'k> ScoreGradients<'k> {
                 )));
             }
         }
+        let samples = self.upload(x)?;
         let queue = &self.gpu.queue;
-        let mut padded = x.to_vec();
-        padded.resize(self.rows * input, 0.0);
-        queue.write_buffer(&self.tensors[0].buffer, 0, bytemuck::cast_slice(&padded));
         let logits_bytes = (samples * classes_count * 4) as u64;
         let logits_buffer = &self.tensors[self.plan.logits()].buffer;
         // Without the classes, the forward pass first: the predicted ones seed the backward.
