@@ -1,11 +1,11 @@
 //! How well each `explain` method's maps of a saved MNIST model pick out what its score rests on,
 //! over the first N test digits (docs/explain.md has the figures):
-//!   mass      the map's mean over the digit (pixels at least a quarter bright, dilated by one
-//!             pixel) over its mean over the image
-//!   deletion  the mean drop of the explained (predicted) class's score when each digit loses
-//!             (is set black at) the K pixels its map ranks highest, over the drop when it loses
-//!             K of its inked pixels at random (Samek et al.'s pixel flipping): above 1 where the
-//!             map finds the pixels that matter
+//!   mass      `explain::mass_on_ink`: the map's mean over the digit (pixels at least a quarter
+//!             bright, dilated by one pixel) over its mean over the image
+//!   deletion  `explain::deletion_ratio`: the drop of the explained (predicted) class's score
+//!             when each digit loses its map's K top pixels, over the drop when it loses K of its
+//!             inked pixels at random (Samek et al.'s pixel flipping): above 1 where the map finds
+//!             the pixels that matter
 //!   empty     maps that are zero everywhere
 //! Grad-CAM is given beside HiResCAM (Draelos & Carin 2020: the feature map times its gradient,
 //! summed over channels), which it equals behind global pooling.
@@ -15,32 +15,16 @@
 use std::path::PathBuf;
 
 use shadertrain::data::{Dataset, Split};
-use shadertrain::explain::{Explainer, Method, grad_cam_feature, resize_bilinear};
+use shadertrain::explain::{
+    Explainer, Method, deletion_ratio, grad_cam_feature, mass_on_ink, resize_bilinear,
+};
 use shadertrain::gpu::{AdapterRequest, Gpu, Kernels};
 use shadertrain::input::scale_pixels;
 use shadertrain::model::reference::forward;
-use shadertrain::rng::Rng;
 use shadertrain::train::ScoreGradients;
 
 const SIDE: usize = 28;
 const FEATURES: usize = SIDE * SIDE;
-
-fn mass_on_digit(map: &[f32], pixels: &[u8]) -> f64 {
-    let covered = |y: usize, x: usize| pixels[y * SIDE + x] >= 64;
-    let mut inside = (0.0, 0usize);
-    for y in 0..SIDE {
-        for x in 0..SIDE {
-            let near = (y.saturating_sub(1)..(y + 2).min(SIDE))
-                .any(|yy| (x.saturating_sub(1)..(x + 2).min(SIDE)).any(|xx| covered(yy, xx)));
-            if near {
-                inside.0 += map[y * SIDE + x] as f64;
-                inside.1 += 1;
-            }
-        }
-    }
-    let total: f64 = map.iter().map(|&v| v as f64).sum();
-    (inside.0 / inside.1 as f64) / (total / map.len() as f64)
-}
 
 fn main() -> shadertrain::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -99,55 +83,34 @@ fn main() -> shadertrain::Result<()> {
             .collect();
         maps.push(("hirescam".into(), hires));
     }
-    let score_drop = |changed: &[f32]| {
-        let after = forward(spec, params, changed).pop().expect("logits");
-        (0..n)
-            .map(|i| {
-                (logits[i * classes + predicted[i]] - after[i * classes + predicted[i]]) as f64
-            })
-            .sum::<f64>()
-            / n as f64
-    };
     println!(
         "{} on the first {n} test digits of {}",
         model.display(),
         dir.display()
     );
     for k in [20, 50] {
-        let mut rng = Rng::new(5);
-        let mut at_random = x.clone();
-        for i in 0..n {
-            let ink: Vec<usize> = (0..FEATURES)
-                .filter(|&p| pixels[i * FEATURES + p] > 0)
-                .collect();
-            for _ in 0..k {
-                at_random[i * FEATURES + ink[rng.below(ink.len())]] = black;
-            }
-        }
-        let random_drop = score_drop(&at_random);
-        println!("K = {k}: {k} random inked pixels lower the score by {random_drop:.3}");
         println!(
-            "  {:<10} {:>9} {:>9} {:>9} {:>6}",
+            "  {k} pixels: {:<10} {:>9} {:>9} {:>9} {:>6}",
             "method", "deletion", "mass", "min mass", "empty"
         );
         for (name, method_maps) in &maps {
-            let mut by_map = x.clone();
-            for (i, map) in method_maps.iter().enumerate() {
-                let mut ranked: Vec<usize> = (0..FEATURES).collect();
-                ranked.sort_by(|&a, &b| map[b].total_cmp(&map[a]));
-                for &p in &ranked[..k] {
-                    by_map[i * FEATURES + p] = black;
-                }
-            }
-            let deletion = score_drop(&by_map) / random_drop;
+            let explained: Vec<(usize, Vec<f32>)> = predicted
+                .iter()
+                .copied()
+                .zip(method_maps.iter().cloned())
+                .collect();
+            let deletion = deletion_ratio((spec, params), (&x, pixels, black), &explained, k, 5);
             let masses: Vec<f64> = (method_maps.iter().enumerate())
-                .map(|(i, map)| mass_on_digit(map, &pixels[i * FEATURES..(i + 1) * FEATURES]))
+                .map(|(i, map)| mass_on_ink(map, &pixels[i * FEATURES..(i + 1) * FEATURES], SIDE))
                 .collect();
             let empty = masses.iter().filter(|m| m.is_nan()).count();
             let masses: Vec<f64> = masses.into_iter().filter(|m| !m.is_nan()).collect();
             let mean = masses.iter().sum::<f64>() / masses.len().max(1) as f64;
             let low = masses.iter().cloned().fold(f64::INFINITY, f64::min);
-            println!("  {name:<10} {deletion:>8.2}x {mean:>8.2}x {low:>8.2}x {empty:>6}");
+            println!(
+                "  {:<10} {name:<10} {deletion:>8.2}x {mean:>8.2}x {low:>8.2}x {empty:>6}",
+                ""
+            );
         }
     }
     Ok(())

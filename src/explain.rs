@@ -16,6 +16,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernels};
 use crate::input::scale_pixels;
+use crate::model::reference::forward;
 use crate::model::{LayerSpec, ModelSpec, Plan, Shape, TensorId};
 use crate::train::{ScoreGradient, ScoreGradients};
 
@@ -330,4 +331,67 @@ pub fn resize_bilinear(
         }
     }
     out
+}
+
+/// How much of a heat map lies on a grey image's ink: the map's mean over the pixels at least a
+/// quarter bright, dilated by one pixel, over its mean over the whole image (NaN for a map that
+/// is zero everywhere). `pixels` and `map` are `[H, W]` with rows of `width`.
+pub fn mass_on_ink(map: &[f32], pixels: &[u8], width: usize) -> f64 {
+    let height = pixels.len() / width;
+    let inked = |y: usize, x: usize| pixels[y * width + x] >= 64;
+    let mut inside = (0.0, 0usize);
+    for y in 0..height {
+        for x in 0..width {
+            let rows = y.saturating_sub(1)..(y + 2).min(height);
+            let near = rows
+                .into_iter()
+                .any(|yy| (x.saturating_sub(1)..(x + 2).min(width)).any(|xx| inked(yy, xx)));
+            if near {
+                inside.0 += map[y * width + x] as f64;
+                inside.1 += 1;
+            }
+        }
+    }
+    let total: f64 = map.iter().map(|&v| v as f64).sum();
+    (inside.0 / inside.1 as f64) / (total / map.len() as f64)
+}
+
+/// Pixel flipping (Samek et al. 2017) for grey images: the mean drop of each explained class's
+/// score (CPU reference) when each image loses (is set to `black`, the black pixel as the model
+/// takes it) the `k` pixels its map ranks highest, over the drop when it loses `k` of its inked
+/// pixels drawn at random with `seed`: above 1 where the maps find the pixels the scores rest
+/// on. `x`: the images as the model takes them; `pixels`: their bytes; `maps`: per image, the
+/// class explained and its map.
+pub fn deletion_ratio(
+    (spec, params): (&ModelSpec, &[f32]),
+    (x, pixels, black): (&[f32], &[u8], f32),
+    maps: &[(usize, Vec<f32>)],
+    k: usize,
+    seed: u64,
+) -> f64 {
+    let features = spec.input.len();
+    let mut rng = crate::rng::Rng::new(seed);
+    let (mut by_map, mut at_random) = (x.to_vec(), x.to_vec());
+    for (i, (_, map)) in maps.iter().enumerate() {
+        let mut ranked: Vec<usize> = (0..features).collect();
+        ranked.sort_by(|&a, &b| map[b].total_cmp(&map[a]));
+        for &p in &ranked[..k] {
+            by_map[i * features + p] = black;
+        }
+        let ink: Vec<usize> = (0..features)
+            .filter(|&p| pixels[i * features + p] > 0)
+            .collect();
+        for _ in 0..k {
+            at_random[i * features + ink[rng.below(ink.len())]] = black;
+        }
+    }
+    let classes = spec.classes();
+    let before = forward(spec, params, x).pop().expect("logits");
+    let drop = |changed: &[f32]| {
+        let after = forward(spec, params, changed).pop().expect("logits");
+        (maps.iter().enumerate())
+            .map(|(i, &(c, _))| (before[i * classes + c] - after[i * classes + c]) as f64)
+            .sum::<f64>()
+    };
+    drop(&by_map) / drop(&at_random)
 }

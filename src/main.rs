@@ -114,15 +114,17 @@ struct EvalArgs {
     adapter: AdapterArgs,
 }
 
+/// A saved model and the inputs `predict` and `explain` take to it.
 #[derive(Args)]
-struct PredictArgs {
+struct ModelInputs {
     /// A model written by `train --save`.
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
-    /// Image files to classify.
+    /// Image files (PNG or JPEG, any size, told apart by content; prepared as the model's data
+    /// was made).
     #[arg(value_name = "IMAGE")]
     images: Vec<PathBuf>,
-    /// Also classify test image N of the model's data (repeatable).
+    /// Also take test image N of the model's data (repeatable).
     #[arg(long = "index", value_name = "N")]
     indices: Vec<usize>,
     #[command(flatten)]
@@ -130,6 +132,12 @@ struct PredictArgs {
     /// Take --index samples from data other than the model's on purpose.
     #[arg(long)]
     allow_other_data: bool,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    #[command(flatten)]
+    inputs: ModelInputs,
     /// Print one JSON array instead of lines.
     #[arg(long)]
     json: bool,
@@ -137,15 +145,8 @@ struct PredictArgs {
 
 #[derive(Args)]
 struct ExplainArgs {
-    /// A model written by `train --save`.
-    #[arg(long, value_name = "PATH")]
-    model: PathBuf,
-    /// Image files to explain (PNG or JPEG, prepared as `predict` prepares them).
-    #[arg(value_name = "IMAGE")]
-    images: Vec<PathBuf>,
-    /// Also explain test image N of the model's data (repeatable).
-    #[arg(long = "index", value_name = "N")]
-    indices: Vec<usize>,
+    #[command(flatten)]
+    inputs: ModelInputs,
     /// saliency: |d score / d input| (Simonyan et al.); integrated: integrated gradients from
     /// a black image (Sundararajan et al.); gradcam: the last convolutional feature map weighed
     /// by its pooled gradient (Selvaraju et al.) [default: gradcam where that map is globally
@@ -162,11 +163,6 @@ struct ExplainArgs {
     /// Draw each input, its heat map and the map over it into this .png or .svg file.
     #[arg(short = 'o', long = "output", value_name = "PATH")]
     output: Option<PathBuf>,
-    #[command(flatten)]
-    data: DataArgs,
-    /// Take --index samples from data other than the model's on purpose.
-    #[arg(long)]
-    allow_other_data: bool,
     /// Print one JSON array (top classes, the class explained and its map) instead of lines.
     #[arg(long)]
     json: bool,
@@ -570,26 +566,26 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Predict(args) => cli::predict::run(
-            &args.model,
-            &args.images,
-            &args.indices,
-            |kind| args.data.test_dir(kind),
-            args.allow_other_data,
+            &args.inputs.model,
+            &args.inputs.images,
+            &args.inputs.indices,
+            |kind| args.inputs.data.test_dir(kind),
+            args.inputs.allow_other_data,
             args.json,
         ),
         Command::Explain(args) => cli::explain::run(
             &cli::explain::ExplainRequest {
-                model: &args.model,
-                images: &args.images,
-                indices: &args.indices,
+                model: &args.inputs.model,
+                images: &args.inputs.images,
+                indices: &args.inputs.indices,
                 method: args.method,
                 class: args.class,
                 steps: args.steps,
                 picture: args.output.as_deref(),
-                other_data: args.allow_other_data,
+                other_data: args.inputs.allow_other_data,
                 as_json: args.json,
             },
-            |kind| args.data.test_dir(kind),
+            |kind| args.inputs.data.test_dir(kind),
             &args.adapter.request(),
         ),
         Command::Plot(args) => plot(&args),

@@ -304,7 +304,8 @@ fn a_saved_convnet_or_resnet_evaluates_and_predicts_without_flags() {
     }
 }
 
-fn a_saved_model_evaluates_and_predicts(data: &str, model: &str, layers: &str, described: &str) {
+/// Trains `layers` on the MNIST-format folder `data` for `epochs` and saves the model to `model`.
+fn train_and_save(data: &str, layers: &str, epochs: &str, model: &str) {
     let (code, stdout, stderr) = shadertrain(&[
         "train",
         "--offline",
@@ -313,11 +314,15 @@ fn a_saved_model_evaluates_and_predicts(data: &str, model: &str, layers: &str, d
         "--layers",
         layers,
         "--epochs",
-        "1",
+        epochs,
         "--save",
         model,
     ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+fn a_saved_model_evaluates_and_predicts(data: &str, model: &str, layers: &str, described: &str) {
+    train_and_save(data, layers, "1", model);
     let (code, stdout, stderr) = shadertrain(&[
         "eval",
         "--offline",
@@ -1332,19 +1337,7 @@ fn explain_lists_and_draws_the_maps_the_reference_computes() {
         ),
     ] {
         let model = dir.path().join(format!("{name}.safetensors"));
-        let (code, stdout, stderr) = shadertrain(&[
-            "train",
-            "--offline",
-            "--data",
-            data,
-            "--layers",
-            layers,
-            "--epochs",
-            "2",
-            "--save",
-            model.to_str().unwrap(),
-        ]);
-        assert_eq!(code, 0, "{stdout}{stderr}");
+        train_and_save(data, layers, "2", model.to_str().unwrap());
         models.push(model);
     }
     let explain = |model: &std::path::Path, args: &[&str]| {

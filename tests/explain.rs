@@ -5,8 +5,8 @@ mod common;
 
 use common::{assert_close, gpu, kernels, random_vec};
 use shadertrain::explain::{
-    Explainer, Method, grad_cam_feature, grad_cam_map, integrated_map, resize_bilinear,
-    saliency_map,
+    Explainer, Method, deletion_ratio, grad_cam_feature, grad_cam_map, integrated_map, mass_on_ink,
+    resize_bilinear, saliency_map,
 };
 use shadertrain::model::reference::{class_score_gradients, forward};
 use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
@@ -280,65 +280,6 @@ fn maps_reduce_channels_and_resize_as_documented() {
     assert_close("resize", &resized, &expected, 1e-6, 0.0);
 }
 
-/// The mean of `map` over the pixels a digit covers (at least a quarter bright, dilated by one
-/// pixel) over its mean over the whole image.
-fn mass_on_digit(map: &[f32], pixels: &[u8], side: usize) -> f64 {
-    let covered = |y: usize, x: usize| pixels[y * side + x] >= 64;
-    let mut inside = (0.0, 0usize);
-    for y in 0..side {
-        for x in 0..side {
-            let near = (y.saturating_sub(1)..(y + 2).min(side))
-                .any(|yy| (x.saturating_sub(1)..(x + 2).min(side)).any(|xx| covered(yy, xx)));
-            if near {
-                inside.0 += map[y * side + x] as f64;
-                inside.1 += 1;
-            }
-        }
-    }
-    let total: f64 = map.iter().map(|&v| v as f64).sum();
-    (inside.0 / inside.1 as f64) / (total / map.len() as f64)
-}
-
-/// The mean drop of the explained class's score when each image loses (is set black at) the
-/// `k` pixels its map ranks highest, over the drop when it loses `k` of its inked pixels at
-/// random: above 1 where the map picks the pixels the score rests on (Samek et al.'s pixel
-/// flipping).
-fn deletion_ratio(
-    spec: &ModelSpec,
-    params: &[f32],
-    (x, pixels): (&[f32], &[u8]),
-    maps: &[(usize, Vec<f32>)],
-    k: usize,
-) -> f64 {
-    let features = spec.input.len();
-    let mut rng = Rng::new(9);
-    let (mut by_map, mut at_random) = (x.to_vec(), x.to_vec());
-    for (i, (_, map)) in maps.iter().enumerate() {
-        let mut ranked: Vec<usize> = (0..features).collect();
-        ranked.sort_by(|&a, &b| map[b].total_cmp(&map[a]));
-        for &p in &ranked[..k] {
-            by_map[i * features + p] = 0.0;
-        }
-        let ink: Vec<usize> = (0..features)
-            .filter(|&p| pixels[i * features + p] > 0)
-            .collect();
-        for _ in 0..k {
-            at_random[i * features + ink[rng.below(ink.len())]] = 0.0;
-        }
-    }
-    let drop = |changed: &[f32]| {
-        let (before, after) = (
-            forward(spec, params, x).pop().unwrap(),
-            forward(spec, params, changed).pop().unwrap(),
-        );
-        let classes = spec.classes();
-        (maps.iter().enumerate())
-            .map(|(i, &(c, _))| (before[i * classes + c] - after[i * classes + c]) as f64)
-            .sum::<f64>()
-    };
-    drop(&by_map) / drop(&at_random)
-}
-
 #[test]
 fn default_maps_of_trained_models_lie_on_the_digits_and_pick_the_pixels_that_matter() {
     use shadertrain::data::{Dataset, Split};
@@ -390,11 +331,11 @@ fn default_maps_of_trained_models_lie_on_the_digits_and_pick_the_pixels_that_mat
         let measure = |maps: &[(usize, Vec<f32>)]| {
             let mass = (maps.iter().enumerate())
                 .map(|(i, (_, map))| {
-                    mass_on_digit(map, &test.pixels[i * features..(i + 1) * features], 28)
+                    mass_on_ink(map, &test.pixels[i * features..(i + 1) * features], 28)
                 })
                 .sum::<f64>()
                 / maps.len() as f64;
-            let deletion = deletion_ratio(&spec, &params, (&x, &test.pixels), maps, 20);
+            let deletion = deletion_ratio((&spec, &params), (&x, &test.pixels, 0.0), maps, 20, 9);
             (mass, deletion)
         };
         let (mass, deletion) = measure(&explain(method));
