@@ -1202,6 +1202,74 @@ fn cifar_batches_train_and_evaluate_from_the_command_line() {
         .pixels()
         .filter(|p| p.0[0] != p.0[1] || p.0[1] != p.0[2]);
     assert!(coloured.count() > 1000, "the images are drawn in colour");
+
+    // Explained by Grad-CAM (the ResNet's default), standardised as it trained: a test image's
+    // 32×32 map is the CPU reference's; a picture (resized to the input) is explained too.
+    let explain = |what: &[&str]| {
+        let model = model.to_str().unwrap();
+        let args = [
+            &["explain", "--offline", "--data", data, "--model", model],
+            what,
+        ]
+        .concat();
+        let (code, stdout, stderr) = shadertrain(&args);
+        assert_eq!(code, 0, "{stderr}");
+        stdout
+    };
+    let map_of = |stdout: &str| -> Vec<f32> {
+        let report: serde_json::Value = serde_json::from_str(stdout).unwrap();
+        assert_eq!(report[0]["method"], "gradcam");
+        let rows = report[0]["map"].as_array().unwrap();
+        assert_eq!(rows.len(), 32);
+        (rows.iter().flat_map(|row| row.as_array().unwrap().iter()))
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let by_index = map_of(&explain(&["--index", "0", "--json"]));
+    let by_file = map_of(&explain(&[png.to_str().unwrap(), "--json"]));
+    assert!(by_file.iter().all(|&v| v >= 0.0) && by_file.iter().any(|&v| v > 0.0));
+    let saved = shadertrain::model_file::load_model(&model).unwrap();
+    let pixels: Vec<u8> = (0..1024)
+        .flat_map(|p| [0, 1, 2].map(|c| test[1 + c * 1024 + p]))
+        .collect();
+    let x = shadertrain::input::scale_pixels(&pixels, 3, saved.spec.standardisation.as_ref());
+    let plan = saved.spec.plan().unwrap();
+    let feature = shadertrain::explain::grad_cam_feature(&plan).unwrap();
+    let logits = shadertrain::model::reference::forward(&saved.spec, &saved.params, &x)
+        .pop()
+        .unwrap();
+    let class = (0..10)
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+        .unwrap();
+    let (values, grads) = shadertrain::model::reference::class_score_gradients(
+        &saved.spec,
+        &saved.params,
+        &x,
+        &[class],
+    );
+    let shape = plan.tensors[feature].shape;
+    let expected = shadertrain::explain::grad_cam_map(
+        &values[feature],
+        &grads[feature],
+        shape,
+        saved.spec.input,
+    );
+    let compared = shadertrain::reference::compare(&by_index, &expected, 1e-5, 1e-3);
+    assert!(compared.is_ok(), "{compared:?}");
+    let picture = dir.path().join("explained.png");
+    explain(&["--index", "0", "-o", picture.to_str().unwrap()]);
+    let drawn = image::open(&picture).unwrap().to_rgb8();
+    assert_eq!(drawn.width(), 3 * 162 + 12);
+    // The first cell is the test image itself, in colour, scaled 4×.
+    let first = |x: u32, y: u32| drawn.get_pixel(12 + 4 * x + 2, 12 + 4 * y + 2).0;
+    for (x, y) in [(0, 0), (5, 9), (31, 31)] {
+        let p = (y * 32 + x) as usize;
+        assert_eq!(
+            first(x, y),
+            [0, 1, 2].map(|c| test[1 + c * 1024 + p]),
+            "({x}, {y})"
+        );
+    }
 }
 
 /// `eval --worst K` lists exactly the K test samples of highest loss (the CPU reference's
