@@ -2,9 +2,9 @@
 //!
 //! Forward, x `[rows, features]` → y: in training y = x / (1 - rate) where a counter-based hash
 //! of (layer key, step number, element) keeps the value, else 0; in evaluation y = x. Backward:
-//! dx = the same mask and scale applied to dy (in evaluation dy itself), ⊙ below'(x). The mask is recomputed, not stored,
-//! and depends on nothing but the seed, the step number and the element, so a rerun and a resume
-//! draw the same masks.
+//! dx = the same mask and scale applied to dy (in evaluation dy itself), ⊙ below'(x). The mask is
+//! recomputed, not stored, and depends on nothing but the seed, the step number and the element,
+//! so a rerun and a resume draw the same masks.
 
 use super::context::LayerContext;
 use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
