@@ -158,11 +158,16 @@ pub fn time_dispatches(
     })
 }
 
-/// Seconds per refresh of `mirror`, timed as `time_dispatches` times a dispatch.
-pub fn time_mirror_refresh(gpu: &Gpu, mirror: &TextureMirror, min_seconds: f64) -> Result<f64> {
+/// Seconds per refresh of the first `bytes` of `mirror`, timed as `time_dispatches` times a
+/// dispatch.
+pub fn time_mirror_refresh(
+    gpu: &Gpu,
+    (mirror, bytes): (&TextureMirror, u64),
+    min_seconds: f64,
+) -> Result<f64> {
     time_repeated(gpu, min_seconds, |encoder, repeats| {
         for _ in 0..repeats {
-            mirror.record_refresh(encoder);
+            mirror.record_refresh_of(encoder, bytes);
         }
     })
 }

@@ -303,19 +303,20 @@ impl<'a> MatmulOperand<'a> {
 }
 
 impl<'k> MatmulDispatch<'k> {
-    /// The resources this product binds, in binding order (`dims` is its parameter buffer;
-    /// `below`, for a backward epilogue, the mirror of the layer output it reads). Where the
-    /// kernel reads mirrors, hands each one it reads to `refresh`, whose copy must run before
-    /// the dispatch.
+    /// The resources this product binds, in binding order (`dims` is its parameter buffer, and
+    /// `reads` the bytes it reads of A, B and `below` (`MatmulDims::read_bytes`); `below`, for
+    /// a backward epilogue, the mirror of the layer output it reads). Where the kernel reads
+    /// mirrors, hands each one it reads to `refresh` with the bytes it reads, whose copy must
+    /// run before the dispatch.
     #[allow(clippy::too_many_arguments)]
     pub fn resources<'a>(
         &self,
-        dims: &'a Buffer,
+        (dims, reads): (&'a Buffer, [u64; 3]),
         lhs: MatmulOperand<'a>,
         rhs: MatmulOperand<'a>,
         out: &'a Buffer,
         below: Option<&'a TextureMirror>,
-        refresh: &mut dyn FnMut(&TextureMirror),
+        refresh: &mut dyn FnMut(&TextureMirror, u64),
     ) -> Vec<BindingResource<'a>> {
         if !self.reads_mirrors {
             return vec![
@@ -327,8 +328,8 @@ impl<'k> MatmulDispatch<'k> {
         }
         const NO_MIRROR: &str = "a mirror-reading matmul kernel chosen for an operand without one";
         let (lhs, rhs) = (lhs.mirror.expect(NO_MIRROR), rhs.mirror.expect(NO_MIRROR));
-        refresh(lhs);
-        refresh(rhs);
+        refresh(lhs, reads[0]);
+        refresh(rhs, reads[1]);
         let mut resources = vec![
             dims.as_entire_binding(),
             BindingResource::TextureView(&lhs.view),
@@ -339,7 +340,7 @@ impl<'k> MatmulDispatch<'k> {
             // Without a backward epilogue the kernel reads nothing there: any mirror will do.
             let below = match below {
                 Some(below) => {
-                    refresh(below);
+                    refresh(below, reads[2]);
                     below
                 }
                 None => lhs,
@@ -362,8 +363,8 @@ impl<'k> MatmulDispatch<'k> {
         below: Option<&TextureMirror>,
         encoder: &mut CommandEncoder,
     ) -> BindGroup {
-        let mut refresh = |mirror: &TextureMirror| mirror.record_refresh(encoder);
-        let resources = self.resources(dims, lhs, rhs, out, below, &mut refresh);
+        let mut refresh = |mirror: &TextureMirror, _| mirror.record_refresh(encoder);
+        let resources = self.resources((dims, [0; 3]), lhs, rhs, out, below, &mut refresh);
         self.kernel.bind(gpu, &resources)
     }
 }

@@ -83,7 +83,15 @@ impl TextureMirror {
     /// Records the copy of the buffer's current contents into the texture: its whole rows, then
     /// the partial last row (the buffer need not fill it).
     pub fn record_refresh(&self, encoder: &mut CommandEncoder) {
-        let bytes = self.buffer.size();
+        self.record_refresh_of(encoder, self.buffer.size());
+    }
+
+    /// Records the copy of the buffer's first `bytes` (rounded up to whole texels, at most the
+    /// buffer) into the texture. Why not the whole buffer: tensors are sized for the largest
+    /// batch (an evaluation's, up to 8 times a training step's), and a step's products read only
+    /// its rows; the rest of the texture keeps older values that no product reads.
+    pub fn record_refresh_of(&self, encoder: &mut CommandEncoder, bytes: u64) {
+        let bytes = bytes.next_multiple_of(TEXEL_BYTES).min(self.buffer.size());
         let full_rows = (bytes / ROW_BYTES) as u32;
         let tail_texels = ((bytes % ROW_BYTES) / TEXEL_BYTES) as u32;
         let mut copy = |first_row: u32, width: u32, height: u32| {

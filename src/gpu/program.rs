@@ -14,15 +14,16 @@ pub struct Dispatch<'k> {
 
 pub enum Command<'k> {
     Dispatch(Dispatch<'k>),
-    /// Copies a buffer's current contents into its texture mirror, for the next dispatch.
-    Refresh(TextureMirror),
+    /// Copies a buffer's first bytes into its texture mirror, for the next dispatch.
+    Refresh(TextureMirror, u64),
 }
 
 #[derive(Default)]
 pub struct Program<'k> {
     pub commands: Vec<Command<'k>>,
-    /// Buffers whose mirror this program has refreshed and no dispatch of it has written since.
-    fresh: Vec<Buffer>,
+    /// Buffers whose mirror this program has refreshed and no dispatch of it has written since,
+    /// with the bytes refreshed.
+    fresh: Vec<(Buffer, u64)>,
 }
 
 impl<'k> Program<'k> {
@@ -35,7 +36,7 @@ impl<'k> Program<'k> {
         grid: [u32; 3],
     ) {
         let written = kernel.written(resources);
-        self.fresh.retain(|buffer| !written.contains(&buffer));
+        self.fresh.retain(|(buffer, _)| !written.contains(&buffer));
         self.commands.push(Command::Dispatch(Dispatch {
             kernel,
             bind_group: kernel.bind(gpu, resources),
@@ -43,16 +44,19 @@ impl<'k> Program<'k> {
         }));
     }
 
-    /// A refresh of `mirror` before the next dispatch, which reads it, unless this program has
-    /// already refreshed it since its buffer was last written. A program's first read of each
-    /// mirror always refreshes it, so a mirror is never stale whatever wrote its buffer between
-    /// programs (a kernel, or the host between steps).
-    pub fn refresh(&mut self, mirror: &TextureMirror) {
-        if self.fresh.contains(mirror.buffer()) {
-            return;
+    /// A refresh of the first `bytes` of `mirror` before the next dispatch, which reads them,
+    /// unless this program has already refreshed as many since its buffer was last written. A
+    /// program's first read of each mirror always refreshes it, so what a dispatch reads is
+    /// never stale whatever wrote the buffer between programs (a kernel, or the host between
+    /// steps).
+    pub fn refresh(&mut self, mirror: &TextureMirror, bytes: u64) {
+        let fresh = self.fresh.iter_mut().find(|(b, _)| b == mirror.buffer());
+        match fresh {
+            Some((_, done)) if *done >= bytes => return,
+            Some((_, done)) => *done = bytes,
+            None => self.fresh.push((mirror.buffer().clone(), bytes)),
         }
-        self.fresh.push(mirror.buffer().clone());
-        self.commands.push(Command::Refresh(mirror.clone()));
+        self.commands.push(Command::Refresh(mirror.clone(), bytes));
     }
 
     /// Appends `other`'s commands (which refresh what they read as if they started a program).
@@ -73,7 +77,9 @@ impl<'k> Program<'k> {
                     pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
                     dispatches += 1;
                 }
-                Command::Refresh(mirror) => mirror.record_refresh(recorder.encoder()),
+                Command::Refresh(mirror, bytes) => {
+                    mirror.record_refresh_of(recorder.encoder(), *bytes)
+                }
             }
         }
         dispatches
@@ -117,7 +123,7 @@ mod tests {
     use crate::gpu::{AdapterRequest, Kernels};
 
     #[test]
-    fn a_mirror_is_copied_again_only_after_its_buffer_is_written() {
+    fn a_mirror_is_copied_again_only_after_its_buffer_is_written_or_more_is_read() {
         let gpu = Gpu::open(&AdapterRequest::default()).unwrap();
         let kernels = Kernels::new(&gpu);
         let mirrored = gpu.storage_buffer("mirrored", 64).unwrap();
@@ -129,15 +135,21 @@ mod tests {
         }
         let writer = &kernels.advance_step;
         let mut program = Program::default();
-        program.refresh(&mirror);
-        program.refresh(&mirror);
+        program.refresh(&mirror, 32);
+        program.refresh(&mirror, 32);
+        program.refresh(&mirror, 16);
         write(&gpu, &mut program, writer, &other);
-        program.refresh(&mirror);
+        program.refresh(&mirror, 32);
+        // A read of more than was copied copies again.
+        program.refresh(&mirror, 64);
         write(&gpu, &mut program, writer, &mirrored);
-        program.refresh(&mirror);
-        let copies: Vec<bool> = (program.commands.iter())
-            .map(|c| matches!(c, Command::Refresh(_)))
+        program.refresh(&mirror, 16);
+        let copies: Vec<Option<u64>> = (program.commands.iter())
+            .filter_map(|c| match c {
+                Command::Refresh(_, bytes) => Some(Some(*bytes)),
+                Command::Dispatch(_) => None,
+            })
             .collect();
-        assert_eq!(copies, [true, false, false, true]);
+        assert_eq!(copies, [Some(32), Some(64), Some(16)]);
     }
 }

@@ -216,6 +216,27 @@ impl MatmulDims {
     pub fn out_index(&self, m: usize, n: usize) -> usize {
         self.c_offset as usize + m * self.n as usize + n
     }
+
+    /// The bytes of each operand buffer the product reads from its start: A, B (with the bias
+    /// where the epilogue adds one) and C's positions (where a backward epilogue reads the layer
+    /// beneath's output there). What a texture mirror must hold for it.
+    pub fn read_bytes(&self) -> [u64; 3] {
+        let (m, n, k) = (self.m as usize, self.n as usize, self.k as usize);
+        if m == 0 || n == 0 || k == 0 {
+            return [0; 3];
+        }
+        let adds_bias = (1..DERIVATIVE_EPILOGUE).contains(&self.epilogue);
+        let bias_end = match adds_bias {
+            true => self.bias_offset as usize + n,
+            false => 0,
+        };
+        let floats = [
+            self.lhs_index(m - 1, k - 1) + 1,
+            (self.rhs_index(k - 1, n - 1) + 1).max(bias_end),
+            self.out_index(m - 1, n - 1) + 1,
+        ];
+        floats.map(|f| 4 * f as u64)
+    }
 }
 
 /// `Shape` in activation.wgsl.

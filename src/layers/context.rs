@@ -87,8 +87,9 @@ impl<'a, 'k> LayerContext<'a, 'k> {
     ) {
         let chosen = self.kernels.matmul.for_operands(&dims, lhs, rhs);
         let uniform = self.gpu.params_with("matmul dims", &dims);
-        let resources = chosen.resources(&uniform, lhs, rhs, out, below, &mut |mirror| {
-            program.refresh(mirror)
+        let reads = (&uniform, dims.read_bytes());
+        let resources = chosen.resources(reads, lhs, rhs, out, below, &mut |mirror, bytes| {
+            program.refresh(mirror, bytes)
         });
         program.dispatch(self.gpu, chosen.kernel, &resources, chosen.grid);
     }
@@ -113,11 +114,13 @@ impl<'a, 'k> LayerContext<'a, 'k> {
             "a split product's parts fit its scratch buffer"
         );
         let uniform = self.gpu.params_with("matmul parts dims", &split.parts_dims);
-        let resources = split
-            .parts
-            .resources(&uniform, lhs, rhs, scratch, None, &mut |mirror| {
-                program.refresh(mirror)
-            });
+        let reads = (&uniform, split.parts_dims.read_bytes());
+        let resources =
+            split
+                .parts
+                .resources(reads, lhs, rhs, scratch, None, &mut |mirror, bytes| {
+                    program.refresh(mirror, bytes)
+                });
         program.dispatch(self.gpu, split.parts.kernel, &resources, split.parts.grid);
         let uniform = self.gpu.params_with("matmul sum dims", &split.sum_dims);
         let resources = split.sum_resources(&uniform, scratch, out);

@@ -58,9 +58,9 @@ impl Trainer<'_> {
                         0.02,
                     )?,
                 ),
-                Command::Refresh(mirror) => (
+                Command::Refresh(mirror, bytes) => (
                     MIRROR_REFRESH,
-                    crate::bench::time_mirror_refresh(self.gpu, mirror, 0.02)?,
+                    crate::bench::time_mirror_refresh(self.gpu, (mirror, *bytes), 0.02)?,
                 ),
             };
             match per_kernel.iter_mut().find(|(n, _)| *n == name) {
