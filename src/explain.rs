@@ -172,6 +172,14 @@ impl<'k> Explainer<'k> {
     pub fn explain(&self, x: &[f32], classes: Option<&[usize]>) -> Result<Vec<Explanation>> {
         let input = self.input.len();
         let rows = self.gradients.rows();
+        if let Some(classes) = classes.filter(|c| c.len() * input != x.len()) {
+            return Err(Error::Config(format!(
+                "{} classes given for {} values of inputs of {}",
+                classes.len(),
+                x.len(),
+                self.input
+            )));
+        }
         let mut explanations = Vec::new();
         for (chunk, batch) in x.chunks(rows * input).enumerate() {
             let samples = batch.len() / input;

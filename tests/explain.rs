@@ -141,6 +141,10 @@ fn without_classes_the_predicted_class_is_explained() {
     assert_close("dS/dx", &result.input_grad, &grads[0], 1e-5, 1e-3);
     let error = probe.gradients(&x, Some(&[0, 1, 2, 5])).unwrap_err();
     assert!(error.to_string().contains("class 5"), "{error}");
+    let explainer =
+        Explainer::new(gpu(), kernels(), &spec, &params, Method::Saliency, (4, 1)).unwrap();
+    let error = explainer.explain(&x, Some(&[0, 1])).unwrap_err();
+    assert!(error.to_string().contains("2 classes given"), "{error}");
 }
 
 #[test]
