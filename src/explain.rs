@@ -18,6 +18,7 @@ use crate::gpu::{Gpu, Kernels};
 use crate::input::scale_pixels;
 use crate::model::reference::forward;
 use crate::model::{LayerSpec, ModelSpec, Plan, Shape, TensorId};
+use crate::train::gradients::{argmax, check_classes};
 use crate::train::{ScoreGradient, ScoreGradients};
 
 /// Attribution methods (`explain --method`).
@@ -184,7 +185,25 @@ impl<'k> Explainer<'k> {
         for (chunk, batch) in x.chunks(rows * input).enumerate() {
             let samples = batch.len() / input;
             let given = classes.map(|c| &c[chunk * rows..chunk * rows + samples]);
-            let result = self.gradients.gradients(batch, given)?;
+            let result = match self.method {
+                // The forward pass alone: the path's gradients come next.
+                Method::Integrated => {
+                    let logits = self.gradients.logits(batch)?;
+                    let count = logits.len() / samples;
+                    let classes = match given {
+                        Some(given) => given.to_vec(),
+                        None => logits.chunks(count).map(argmax).collect(),
+                    };
+                    check_classes(&classes, count)?;
+                    ScoreGradient {
+                        logits,
+                        classes,
+                        input_grad: Vec::new(),
+                        feature: None,
+                    }
+                }
+                _ => self.gradients.gradients(batch, given)?,
+            };
             explanations.extend(self.maps(batch, &result)?);
         }
         Ok(explanations)

@@ -145,6 +145,10 @@ fn without_classes_the_predicted_class_is_explained() {
         Explainer::new(gpu(), kernels(), &spec, &params, Method::Saliency, (4, 1)).unwrap();
     let error = explainer.explain(&x, Some(&[0, 1])).unwrap_err();
     assert!(error.to_string().contains("2 classes given"), "{error}");
+    let explainer =
+        Explainer::new(gpu(), kernels(), &spec, &params, Method::Integrated, (4, 2)).unwrap();
+    let error = explainer.explain(&x, Some(&[0, 1, 9, 5])).unwrap_err();
+    assert!(error.to_string().contains("class 9"), "{error}");
 }
 
 #[test]

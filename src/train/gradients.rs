@@ -195,12 +195,7 @@ impl<'k> ScoreGradients<'k> {
                     classes.len()
                 )));
             }
-            if let Some(&bad) = classes.iter().find(|&&c| c >= classes_count) {
-                return Err(Error::Config(format!(
-                    "class {bad} is not one of the model's {classes_count} (0..{})",
-                    classes_count - 1
-                )));
-            }
+            check_classes(classes, classes_count)?;
         }
         let samples = self.upload(x)?;
         let queue = &self.gpu.queue;
@@ -267,6 +262,17 @@ impl<'k> ScoreGradients<'k> {
             }
         }
         self.gpu.queue.submit([encoder.finish()]);
+    }
+}
+
+/// Refuses a class that is not one of a model's `count`.
+pub(crate) fn check_classes(classes: &[usize], count: usize) -> Result<()> {
+    match classes.iter().find(|&&c| c >= count) {
+        Some(bad) => Err(Error::Config(format!(
+            "class {bad} is not one of the model's {count} (0..{})",
+            count - 1
+        ))),
+        None => Ok(()),
     }
 }
 
