@@ -89,10 +89,12 @@ pub fn run(
     let x = scale_pixels(&pixels, input.channels, saved.spec.standardisation.as_ref());
     let gpu = Gpu::open(adapter)?;
     let kernels = Kernels::new(&gpu);
+    // Integrated gradients batch an input's path points; the others, the inputs.
     let rows = match method {
-        Method::Integrated => EXPLAIN_BATCH,
-        _ => EXPLAIN_BATCH.min(inputs.len()),
+        Method::Integrated => request.steps.max(inputs.len()),
+        _ => inputs.len(),
     };
+    let rows = rows.min(EXPLAIN_BATCH);
     let explainer = Explainer::new(
         &gpu,
         &kernels,
