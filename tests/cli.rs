@@ -304,6 +304,19 @@ fn a_saved_convnet_or_resnet_evaluates_and_predicts_without_flags() {
     }
 }
 
+/// Runs `command` (eval, predict, explain) on the saved `model` with the data in `data`, offline,
+/// and `args`.
+fn on_model(
+    command: &str,
+    data: &str,
+    model: &std::path::Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    let model = model.to_str().unwrap();
+    let fixed = [command, "--offline", "--data", data, "--model", model];
+    shadertrain(&[&fixed[..], args].concat())
+}
+
 /// Trains `layers` on the MNIST-format folder `data` for `epochs` and saves the model to `model`.
 fn train_and_save(data: &str, layers: &str, epochs: &str, model: &str) {
     let (code, stdout, stderr) = shadertrain(&[
@@ -1149,20 +1162,8 @@ fn cifar_batches_train_and_evaluate_from_the_command_line() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("truck"), "{stdout}");
     let predict = |what: &[&str]| {
-        let args = [
-            &[
-                "predict",
-                "--offline",
-                "--data",
-                data,
-                "--model",
-                model.to_str().unwrap(),
-            ],
-            what,
-            &["--json"],
-        ]
-        .concat();
-        let (code, stdout, stderr) = shadertrain(&args);
+        let args = [what, &["--json"]].concat();
+        let (code, stdout, stderr) = on_model("predict", data, &model, &args);
         assert_eq!(code, 0, "{stderr}");
         let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         report[0]["top"].clone()
@@ -1206,13 +1207,7 @@ fn cifar_batches_train_and_evaluate_from_the_command_line() {
     // Explained by Grad-CAM (the ResNet's default), standardised as it trained: a test image's
     // 32×32 map is the CPU reference's; a picture (resized to the input) is explained too.
     let explain = |what: &[&str]| {
-        let model = model.to_str().unwrap();
-        let args = [
-            &["explain", "--offline", "--data", data, "--model", model],
-            what,
-        ]
-        .concat();
-        let (code, stdout, stderr) = shadertrain(&args);
+        let (code, stdout, stderr) = on_model("explain", data, &model, what);
         assert_eq!(code, 0, "{stderr}");
         stdout
     };
@@ -1408,18 +1403,7 @@ fn explain_lists_and_draws_the_maps_the_reference_computes() {
         train_and_save(data, layers, "2", model.to_str().unwrap());
         models.push(model);
     }
-    let explain = |model: &std::path::Path, args: &[&str]| {
-        let mut all = vec![
-            "explain",
-            "--offline",
-            "--data",
-            data,
-            "--model",
-            model.to_str().unwrap(),
-        ];
-        all.extend(args);
-        shadertrain(&all)
-    };
+    let explain = |model: &std::path::Path, args: &[&str]| on_model("explain", data, model, args);
     let indices = [0usize, 7];
     for (model, method) in [(&models[0], "saliency"), (&models[1], "gradcam")] {
         let saved = shadertrain::model_file::load_model(model).unwrap();

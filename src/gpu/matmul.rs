@@ -363,8 +363,10 @@ impl<'k> MatmulDispatch<'k> {
         below: Option<&TextureMirror>,
         encoder: &mut CommandEncoder,
     ) -> BindGroup {
-        let mut refresh = |mirror: &TextureMirror, _| mirror.record_refresh(encoder);
-        let resources = self.resources((dims, [0; 3]), lhs, rhs, out, below, &mut refresh);
+        // Run once on their own, the operands are copied whole (a refresh stops at the buffer's end).
+        let mut refresh = |mirror: &TextureMirror, bytes| mirror.record_refresh_of(encoder, bytes);
+        let whole = [u64::MAX; 3];
+        let resources = self.resources((dims, whole), lhs, rhs, out, below, &mut refresh);
         self.kernel.bind(gpu, &resources)
     }
 }

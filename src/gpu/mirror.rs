@@ -32,7 +32,7 @@ fn shared_variant_height(rows: u64) -> u64 {
         .expect("every power of two above 2 is followed by a number that is not one")
 }
 
-/// A texture holding a copy of a storage buffer's contents, refreshed by `record_refresh`.
+/// A texture holding a copy of a storage buffer's contents, refreshed by `record_refresh_of`.
 #[derive(Debug, Clone)]
 pub struct TextureMirror {
     buffer: Buffer,
@@ -80,18 +80,13 @@ impl TextureMirror {
         &self.buffer
     }
 
-    /// Records the copy of the buffer's current contents into the texture: its whole rows, then
-    /// the partial last row (the buffer need not fill it).
-    pub fn record_refresh(&self, encoder: &mut CommandEncoder) {
-        self.record_refresh_of(encoder, self.buffer.size());
-    }
-
-    /// Records the copy of the buffer's first `bytes` (rounded up to whole texels, at most the
-    /// buffer) into the texture. Why not the whole buffer: tensors are sized for the largest
-    /// batch (an evaluation's, up to 8 times a training step's), and a step's products read only
-    /// its rows; the rest of the texture keeps older values that no product reads.
+    /// Records the copy of the buffer's first `bytes` (at most the buffer, rounded up to whole
+    /// texels) into the texture: its whole rows, then the partial last row. Why not always the
+    /// whole buffer: tensors are sized for the largest batch (an evaluation's, up to 8 times a
+    /// training step's), and a step's products read only its rows; the rest of the texture keeps
+    /// older values that no product reads.
     pub fn record_refresh_of(&self, encoder: &mut CommandEncoder, bytes: u64) {
-        let bytes = bytes.next_multiple_of(TEXEL_BYTES).min(self.buffer.size());
+        let bytes = bytes.min(self.buffer.size()).next_multiple_of(TEXEL_BYTES);
         let full_rows = (bytes / ROW_BYTES) as u32;
         let tail_texels = ((bytes % ROW_BYTES) / TEXEL_BYTES) as u32;
         let mut copy = |first_row: u32, width: u32, height: u32| {
