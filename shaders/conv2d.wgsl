@@ -16,7 +16,8 @@
 //   dX[n, y, x, c] = (sum over ky, kx with (y + py - ky) / sy = oy and (x + px - kx) / sx = ox
 //                     whole and inside the output of dP[(n, oy, ox), (ky KW + kx) C + c])
 //                    * f'(X[n, y, x, c])        f = shape.derivative (shared/activations.wgsl)
-// The _quads entry points move four channels at a time and need C % 4 == 0; the others any C.
+// The _quads entry points move four channels at a time and need C % 4 == 0; the others any C
+// (im2col a whole patch row per invocation: see the entry point).
 //
 // Bindings (group 0):
 //   0 shape   storage, read        ConvShape below
@@ -27,8 +28,9 @@
 //
 // Workgroup: 64 invocations. Dispatch grid, folded into (x, y) with x <= 65535 (invocation =
 // (y * num_workgroups.x + x) * 64 + local):
-//   im2col        R (KH KW + 1) invocations: (row, tap), tap KH KW writing columns KH KW C..Kp
-//   im2col_quads  the same, each tap moving C / 4 vec4
+//   im2col        R invocations, one per patch row
+//   im2col_quads  R (KH KW + 1) invocations: (row, tap), each tap moving C / 4 vec4, tap KH KW
+//                 writing columns KH KW C..Kp
 //   col2im        samples H W C invocations, one per input value
 //   col2im_quads  samples H W C / 4, one per vec4 of channels
 
@@ -95,33 +97,61 @@ fn tap_of(index: u32) -> Tap {
     return Tap(row, tap, taps, inside, ((n * shape.in_height + y) * shape.in_width + x) * shape.channels);
 }
 
+// im2col for any C: one invocation per patch row, which it writes as Kp / 4 vec4 (a window's
+// values, then the ones column and zeros), so that the row's position is found once rather than
+// once per tap, and a row of a few-channel image (C = 1: KH KW + 1 values) takes a few vec4
+// stores rather than a tap's invocation each.
 @compute @workgroup_size(64)
 fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let index = flat_invocation(gid, groups, 64u);
-    let rows = shape.samples * shape.out_height * shape.out_width;
-    let taps = shape.kernel_height * shape.kernel_width;
-    if (index >= rows * (taps + 1u)) {
+    let row = flat_invocation(gid, groups, 64u);
+    let positions = shape.out_height * shape.out_width;
+    if (row >= shape.samples * positions) {
         return;
     }
-    let t = tap_of(index);
+    let height = shape.in_height;
+    let width = shape.in_width;
     let channels = shape.channels;
-    let columns = shape.columns;
-    let start = t.row * columns + t.tap * channels;
-    if (t.tap == taps) {
-        // The tail: the ones column and the zeros after it.
-        output[start] = f32(shape.bias);
-        for (var k = start + 1u; k < (t.row + 1u) * columns; k++) {
-            output[k] = 0.0;
+    let kernel_width = shape.kernel_width;
+    let pad_x = shape.pad_x;
+    let n = quotient(row, positions);
+    let position = row - n * positions;
+    let oy = quotient(position, shape.out_width);
+    let ox = position - oy * shape.out_width;
+    // The window's top-left corner in the padded image.
+    let top = oy * shape.stride_y;
+    let left = ox * shape.stride_x;
+    var pending = vec4<f32>(0.0);
+    var filled = 0u;
+    var at = row * (shape.columns / 4u);
+    for (var ky = 0u; ky < shape.kernel_height; ky++) {
+        // Unsigned: a row above the image wraps to a huge value, outside too.
+        let y = top + ky - shape.pad_y;
+        let row_inside = top + ky >= shape.pad_y && y < height;
+        for (var kx = 0u; kx < kernel_width; kx++) {
+            let x = left + kx - pad_x;
+            let inside = row_inside && left + kx >= pad_x && x < width;
+            let first = ((n * height + y) * width + x) * channels;
+            for (var c = 0u; c < channels; c++) {
+                var value = 0.0;
+                if (inside) {
+                    value = input[first + c];
+                }
+                pending[filled] = value;
+                filled++;
+                if (filled == 4u) {
+                    output_quads[at] = pending;
+                    at++;
+                    filled = 0u;
+                }
+            }
         }
-        return;
     }
-    for (var c = 0u; c < channels; c++) {
-        var value = 0.0;
-        if (t.inside) {
-            value = input[t.first + c];
-        }
-        output[start + c] = value;
+    // The ones column, then zeros to Kp: one last vec4, since KH KW C + 1 <= Kp < KH KW C + 5.
+    pending[filled] = f32(shape.bias);
+    for (var j = filled + 1u; j < 4u; j++) {
+        pending[j] = 0.0;
     }
+    output_quads[at] = pending;
 }
 
 @compute @workgroup_size(64)
@@ -150,18 +180,34 @@ fn im2col_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     }
 }
 
-// Where an input value's gradient gathers from, read from the shape once.
+// The output positions along one axis whose windows hold the padded position p: o from
+// `last` down `count` positions, each at kernel offset p - o stride (ascending as o descends).
+struct Span {
+    last: u32,
+    count: u32,
+}
+
+fn windows_over(p: u32, size: u32, stride: u32, outputs: u32) -> Span {
+    // o stride <= p and o < outputs ...
+    let last = min(quotient(p, stride), outputs - 1u);
+    // ... and p - o stride < size.
+    var first = 0u;
+    if (p + 1u > size) {
+        first = quotient(p + 1u - size + stride - 1u, stride);
+    }
+    if (first > last) {
+        return Span(0u, 0u);
+    }
+    return Span(last, last - first + 1u);
+}
+
+// Where an input value's gradient gathers from: the patch rows (output positions) whose windows
+// hold its pixel, and the pixel's place in each.
 struct Gather {
-    n: u32,
-    y: u32,
-    x: u32,
-    kernel_height: u32,
-    kernel_width: u32,
-    stride_y: u32,
-    stride_x: u32,
-    out_height: u32,
-    out_width: u32,
-    // (y + pad_y, x + pad_x): the position in the padded image.
+    // The first patch row of the pixel's sample.
+    sample_row: u32,
+    rows: Span,
+    columns: Span,
     padded_y: u32,
     padded_x: u32,
 }
@@ -173,23 +219,12 @@ fn gather_of(pixel: u32) -> Gather {
     let in_sample = pixel - n * per_sample;
     let y = quotient(in_sample, shape.in_width);
     let x = in_sample - y * shape.in_width;
-    return Gather(n, y, x, shape.kernel_height, shape.kernel_width, shape.stride_y, shape.stride_x,
-        shape.out_height, shape.out_width, y + shape.pad_y, x + shape.pad_x);
-}
-
-// The patch-matrix row that copied the pixel under kernel position (ky, kx), or none (-1 as u32).
-fn patch_row(g: Gather, ky: u32, kx: u32) -> u32 {
-    if (ky > g.padded_y || kx > g.padded_x) {
-        return 0xffffffffu;
-    }
-    let sy = g.padded_y - ky;
-    let sx = g.padded_x - kx;
-    let oy = quotient(sy, g.stride_y);
-    let ox = quotient(sx, g.stride_x);
-    if (sy != oy * g.stride_y || sx != ox * g.stride_x || oy >= g.out_height || ox >= g.out_width) {
-        return 0xffffffffu;
-    }
-    return (g.n * g.out_height + oy) * g.out_width + ox;
+    let padded_y = y + shape.pad_y;
+    let padded_x = x + shape.pad_x;
+    return Gather(n * shape.out_height * shape.out_width,
+        windows_over(padded_y, shape.kernel_height, shape.stride_y, shape.out_height),
+        windows_over(padded_x, shape.kernel_width, shape.stride_x, shape.out_width),
+        padded_y, padded_x);
 }
 
 @compute @workgroup_size(64)
@@ -203,13 +238,19 @@ fn col2im(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let g = gather_of(pixel);
     let c = index - pixel * channels;
     let columns = shape.columns;
+    let out_width = shape.out_width;
+    let kernel_width = shape.kernel_width;
+    let stride_y = shape.stride_y;
+    let stride_x = shape.stride_x;
     var sum = 0.0;
-    for (var ky = 0u; ky < g.kernel_height; ky++) {
-        for (var kx = 0u; kx < g.kernel_width; kx++) {
-            let row = patch_row(g, ky, kx);
-            if (row != 0xffffffffu) {
-                sum += input[row * columns + (ky * g.kernel_width + kx) * channels + c];
-            }
+    for (var i = 0u; i < g.rows.count; i++) {
+        let oy = g.rows.last - i;
+        let ky = g.padded_y - oy * stride_y;
+        let first_row = g.sample_row + oy * out_width;
+        for (var j = 0u; j < g.columns.count; j++) {
+            let ox = g.columns.last - j;
+            let kx = g.padded_x - ox * stride_x;
+            sum += input[(first_row + ox) * columns + (ky * kernel_width + kx) * channels + c];
         }
     }
     output[index] = sum * derivative_from_output(shape.derivative, below[index]);
@@ -226,13 +267,19 @@ fn col2im_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let g = gather_of(pixel);
     let q = index - pixel * quads;
     let row_quads = shape.columns / 4u;
+    let out_width = shape.out_width;
+    let kernel_width = shape.kernel_width;
+    let stride_y = shape.stride_y;
+    let stride_x = shape.stride_x;
     var sum = vec4<f32>(0.0);
-    for (var ky = 0u; ky < g.kernel_height; ky++) {
-        for (var kx = 0u; kx < g.kernel_width; kx++) {
-            let row = patch_row(g, ky, kx);
-            if (row != 0xffffffffu) {
-                sum += input_quads[row * row_quads + (ky * g.kernel_width + kx) * quads + q];
-            }
+    for (var i = 0u; i < g.rows.count; i++) {
+        let oy = g.rows.last - i;
+        let ky = g.padded_y - oy * stride_y;
+        let first_row = g.sample_row + oy * out_width;
+        for (var j = 0u; j < g.columns.count; j++) {
+            let ox = g.columns.last - j;
+            let kx = g.padded_x - ox * stride_x;
+            sum += input_quads[(first_row + ox) * row_quads + (ky * kernel_width + kx) * quads + q];
         }
     }
     output_quads[index] = sum * derivative_from_output4(shape.derivative, below_quads[index]);

@@ -10,8 +10,13 @@
 //   dX[n, y, x, c] = (sum over (oy, ox) with A[n, oy, ox, c] = (y - oy TY) SX + (x - ox TX)
 //                     of dY[n, oy, ox, c]) * f'(X[n, y, x, c])      f = shape.derivative
 // Values in no window (past the last whole one) get 0. Where the windows tile the input
-// (stride = size) each value finds its one window directly, without the loop. The _quads entry points take four
-// channels at a time and need C % 4 == 0.
+// (stride = size), maxpool_backward finds each value's one window directly, without the loop.
+// The _quads entry points take four channels at a time and need C % 4 == 0; the host takes
+// maxpool_backward_tiles_quads for them where the windows tile.
+// maxpool_backward_tiles_quads: the same where the windows tile the input, one invocation per
+// output quad writing its whole window (and, for the last window of a row or column, the values
+// past it, which are in no window: 0), so that the index arithmetic and the loads of dY and A
+// are paid once per window rather than once per input value.
 //
 // Bindings (group 0):
 //   0 shape   storage, read        PoolShape (shared/pool_shape.wgsl)
@@ -23,7 +28,8 @@
 //
 // Workgroup: 64 invocations. Dispatch grid, folded into (x, y) with x <= 65535 (invocation =
 // (y * num_workgroups.x + x) * 64 + local): one invocation per output value (forward) or input
-// value (backward), a quarter as many for the _quads entry points.
+// value (backward), a quarter as many for the _quads entry points; maxpool_backward_tiles_quads
+// one per output quad, samples OH OW C / 4.
 
 import package::shared::activations::{derivative_from_output, derivative_from_output4};
 import package::shared::grid::flat_invocation;
@@ -213,16 +219,6 @@ fn maxpool_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     let p = pixel_of(pixel, w.in_height, w.in_width);
     let q = index - pixel * quads;
     let derivative = derivative_from_output4(shape.derivative, below_quads[index]);
-    if (tiles(w)) {
-        let o = tile_of(w, p);
-        var value = vec4<f32>(0.0);
-        if (o.pixel != 0xffffffffu) {
-            let at = o.pixel * quads + q;
-            value = select(vec4<f32>(0.0), input_quads[at], argmax_in_quads[at] == vec4<u32>(o.offset));
-        }
-        output_quads[index] = value * derivative;
-        return;
-    }
     var sum = vec4<f32>(0.0);
     for (var dy = 0u; dy < w.size_y; dy++) {
         for (var dx = 0u; dx < w.size_x; dx++) {
@@ -235,4 +231,47 @@ fn maxpool_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builti
         }
     }
     output_quads[index] = sum * derivative;
+}
+
+// dX at input pixel (y, x), channel quad q, of sample n, from the window's dY quad where the
+// pixel's place in its window is `offset` (0 where `won` is off: a value in no window).
+fn store_tile_value(w: Windows, n: u32, y: u32, x: u32, q: u32, won: vec4<bool>, dy: vec4<f32>) {
+    let quads = w.channels / 4u;
+    let at = ((n * w.in_height + y) * w.in_width + x) * quads + q;
+    let derivative = derivative_from_output4(shape.derivative, below_quads[at]);
+    output_quads[at] = select(vec4<f32>(0.0), dy, won) * derivative;
+}
+
+@compute @workgroup_size(64)
+fn maxpool_backward_tiles_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = flat_invocation(gid, groups, 64u);
+    let w = windows();
+    let quads = w.channels / 4u;
+    if (index >= shape.samples * w.out_height * w.out_width * quads) {
+        return;
+    }
+    let pixel = quotient(index, quads);
+    let o = pixel_of(pixel, w.out_height, w.out_width);
+    let q = index - pixel * quads;
+    let dy = input_quads[index];
+    let won_at = argmax_in_quads[index];
+    let y0 = o.y * w.size_y;
+    let x0 = o.x * w.size_x;
+    // The last window of a row (column) also covers the values right of (below) it.
+    var y_end = y0 + w.size_y;
+    if (o.y + 1u == w.out_height) {
+        y_end = w.in_height;
+    }
+    var x_end = x0 + w.size_x;
+    if (o.x + 1u == w.out_width) {
+        x_end = w.in_width;
+    }
+    for (var y = y0; y < y_end; y++) {
+        for (var x = x0; x < x_end; x++) {
+            let inside = y < y0 + w.size_y && x < x0 + w.size_x;
+            let offset = (y - y0) * w.size_x + (x - x0);
+            let won = select(vec4<bool>(false), won_at == vec4<u32>(offset), inside);
+            store_tile_value(w, o.n, y, x, q, won, dy);
+        }
+    }
 }

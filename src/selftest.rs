@@ -933,6 +933,8 @@ fn pool_cases() -> Vec<(String, Geometry)> {
         (8, 7, 9, 3, 2),
         (4, 5, 5, 2, 1),
         (1, 9, 7, 2, 2),
+        (8, 7, 9, 2, 2),
+        (4, 6, 4, 3, 3),
     ]
     .into_iter()
     .map(|(channels, height, width, size, stride)| {

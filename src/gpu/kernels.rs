@@ -7,6 +7,7 @@ use wgpu::{BindGroupLayoutEntry, BindingType, BufferBindingType, ShaderStages};
 use super::Gpu;
 use super::buffers::grid_1d;
 use super::matmul::{MatmulKernels, MatmulTiling, MatmulVariant};
+use crate::shapes::Geometry;
 
 /// The kind of one binding slot, as declared in the kernel's WGSL header.
 ///
@@ -115,12 +116,52 @@ pub struct ConvKernels {
     pub col2im_quads: Kernel,
 }
 
+impl ConvKernels {
+    /// The patch-matrix kernel for `geometry` and its invocations over `samples` samples: a
+    /// tap's channels per invocation where they come in fours, a whole patch row otherwise.
+    pub fn im2col_for(&self, geometry: &Geometry, samples: usize) -> (&Kernel, usize) {
+        let rows = samples * geometry.positions();
+        match geometry.input.channels % 4 {
+            0 => (&self.im2col_quads, rows * (geometry.window_len() + 1)),
+            _ => (&self.im2col, rows),
+        }
+    }
+}
+
 /// pool.wgsl: max pooling and its gather backward, per channel and four channels at a time.
 pub struct PoolKernels {
     pub forward: Kernel,
     pub forward_quads: Kernel,
     pub backward: Kernel,
     pub backward_quads: Kernel,
+    pub backward_tiles_quads: Kernel,
+}
+
+impl PoolKernels {
+    /// The forward kernel for `geometry` and its invocations over `samples` samples.
+    pub fn forward_for(&self, geometry: &Geometry, samples: usize) -> (&Kernel, usize) {
+        let values = samples * geometry.output.len();
+        match geometry.input.channels % 4 {
+            0 => (&self.forward_quads, values / 4),
+            _ => (&self.forward, values),
+        }
+    }
+
+    /// The backward kernel for `geometry` and its invocations over `samples` samples: where the
+    /// channels come in fours and the windows tile the input, one invocation per window's quad
+    /// of channels; otherwise one per input value (or quad).
+    pub fn backward_for(&self, geometry: &Geometry, samples: usize) -> (&Kernel, usize) {
+        let tiles = geometry.rows.stride == geometry.rows.size
+            && geometry.columns.stride == geometry.columns.size;
+        match (geometry.input.channels % 4, tiles) {
+            (0, true) => (
+                &self.backward_tiles_quads,
+                samples * geometry.output.len() / 4,
+            ),
+            (0, false) => (&self.backward_quads, samples * geometry.input.len() / 4),
+            _ => (&self.backward, samples * geometry.input.len()),
+        }
+    }
 }
 
 /// avgpool.wgsl: average pooling (and global average pooling) and its gather backward.
@@ -495,6 +536,13 @@ impl Kernels {
                     device,
                     &pool,
                     "maxpool_backward_quads",
+                    &pool_backward_slots,
+                    &[],
+                ),
+                backward_tiles_quads: build(
+                    device,
+                    &pool,
+                    "maxpool_backward_tiles_quads",
                     &pool_backward_slots,
                     &[],
                 ),

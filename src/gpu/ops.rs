@@ -383,16 +383,12 @@ pub fn im2col(
     let len = rows * geometry.positions() * columns;
     // Every element is written: start from NaN to see it.
     let patches = gpu.storage_with("patches", &vec![f32::NAN; len])?;
-    let kernel = match geometry.input.channels % 4 {
-        0 => &kernels.conv.im2col_quads,
-        _ => &kernels.conv.im2col,
-    };
+    let (kernel, invocations) = kernels.conv.im2col_for(geometry, rows);
     let resources = [
         shape.as_entire_binding(),
         x_buffer.as_entire_binding(),
         patches.as_entire_binding(),
     ];
-    let invocations = rows * geometry.positions() * (geometry.window_len() + 1);
     dispatch(
         gpu,
         kernel,
@@ -449,17 +445,14 @@ pub fn maxpool_forward(
     let len = rows * geometry.output.len();
     let y = gpu.storage_with("y", &vec![f32::NAN; len])?;
     let argmax = gpu.storage_with("argmax", &vec![u32::MAX; len])?;
-    let (kernel, per_invocation) = match geometry.input.channels % 4 {
-        0 => (&kernels.pool.forward_quads, 4),
-        _ => (&kernels.pool.forward, 1),
-    };
+    let (kernel, invocations) = kernels.pool.forward_for(geometry, rows);
     let resources = [
         shape.as_entire_binding(),
         x_buffer.as_entire_binding(),
         y.as_entire_binding(),
         argmax.as_entire_binding(),
     ];
-    let grid = grid_of(gpu, len / per_invocation);
+    let grid = grid_of(gpu, invocations);
     dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
     Ok((gpu.read_back(&y, len)?, gpu.read_back(&argmax, len)?))
 }
@@ -483,10 +476,7 @@ pub fn maxpool_backward(
     let x_buffer = gpu.storage_with("below", x)?;
     let len = rows * geometry.input.len();
     let out = gpu.storage_with("input grads", &vec![f32::NAN; len])?;
-    let (kernel, per_invocation) = match geometry.input.channels % 4 {
-        0 => (&kernels.pool.backward_quads, 4),
-        _ => (&kernels.pool.backward, 1),
-    };
+    let (kernel, invocations) = kernels.pool.backward_for(geometry, rows);
     let resources = [
         shape.as_entire_binding(),
         grads.as_entire_binding(),
@@ -494,7 +484,7 @@ pub fn maxpool_backward(
         argmax.as_entire_binding(),
         x_buffer.as_entire_binding(),
     ];
-    let grid = grid_of(gpu, len / per_invocation);
+    let grid = grid_of(gpu, invocations);
     dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
     gpu.read_back(&out, len)
 }

@@ -93,14 +93,8 @@ impl DevicePasses for ConvDevice {
             io.input.buffer.as_entire_binding(),
             self.patches.buffer.as_entire_binding(),
         ];
-        let invocations = rows * g.positions() * (g.window_len() + 1);
+        let (kernel, invocations) = context.kernels.conv.im2col_for(g, rows);
         let grid = grid_1d(invocations, ROW_WORKGROUP, context.max_groups());
-        let conv = &context.kernels.conv;
-        let kernel = if self.quads() {
-            &conv.im2col_quads
-        } else {
-            &conv.im2col
-        };
         program.dispatch(context.gpu, kernel, &resources, grid);
         let dims = MatmulDims::conv_forward(rows * g.positions(), &self.matrix, self.activation);
         let operands = [self.patches.operand(), context.params_operand()];

@@ -32,14 +32,6 @@ impl PoolDevice {
             geometry,
         })
     }
-
-    /// Channels per invocation: four where they come in fours.
-    fn per_invocation(&self) -> usize {
-        match self.geometry.input.channels % 4 {
-            0 => 4,
-            _ => 1,
-        }
-    }
 }
 
 impl DevicePasses for PoolDevice {
@@ -62,13 +54,8 @@ impl DevicePasses for PoolDevice {
             io.output.buffer.as_entire_binding(),
             self.argmax.as_entire_binding(),
         ];
-        let pool = &context.kernels.pool;
-        let kernel = match self.per_invocation() {
-            4 => &pool.forward_quads,
-            _ => &pool.forward,
-        };
-        let values = rows * g.output.len() / self.per_invocation();
-        let grid = grid_1d(values, ROW_WORKGROUP, context.max_groups());
+        let (kernel, invocations) = context.kernels.pool.forward_for(g, rows);
+        let grid = grid_1d(invocations, ROW_WORKGROUP, context.max_groups());
         program.dispatch(context.gpu, kernel, &resources, grid);
     }
 
@@ -94,13 +81,8 @@ impl DevicePasses for PoolDevice {
             self.argmax.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
         ];
-        let pool = &context.kernels.pool;
-        let kernel = match self.per_invocation() {
-            4 => &pool.backward_quads,
-            _ => &pool.backward,
-        };
-        let values = rows * g.input.len() / self.per_invocation();
-        let grid = grid_1d(values, ROW_WORKGROUP, context.max_groups());
+        let (kernel, invocations) = context.kernels.pool.backward_for(g, rows);
+        let grid = grid_1d(invocations, ROW_WORKGROUP, context.max_groups());
         program.dispatch(context.gpu, kernel, &resources, grid);
         true
     }
