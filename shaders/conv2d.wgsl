@@ -20,7 +20,7 @@
 // (im2col a whole patch row per invocation: see the entry point).
 //
 // Bindings (group 0):
-//   0 shape   storage, read        ConvShape below
+//   0 shape   storage, read        ConvShape (shared/conv_shape.wgsl)
 //   1 input  storage, read        im2col: x f32 [samples, H, W, C]; col2im: dP f32 [R, Kp]
 //   2 output  storage, read_write  im2col: P f32 [R, Kp];             col2im: dX f32 [samples, H, W, C]
 //   3 below   storage, read        col2im: X f32 [samples, H, W, C], the output of the layer
@@ -37,28 +37,7 @@
 import package::shared::activations::{derivative_from_output, derivative_from_output4};
 import package::shared::grid::flat_invocation;
 import package::shared::divide::quotient;
-
-struct ConvShape {
-    samples: u32,
-    in_height: u32,
-    in_width: u32,
-    channels: u32,
-    out_height: u32,
-    out_width: u32,
-    kernel_height: u32,
-    kernel_width: u32,
-    stride_y: u32,
-    stride_x: u32,
-    pad_y: u32,
-    pad_x: u32,
-    // Kp: the patch matrix's row length, KH KW C + 1 rounded up to a multiple of 4.
-    columns: u32,
-    // col2im: the activation code of the layer beneath whose derivative is applied (0: none).
-    derivative: u32,
-    // im2col: the ones column's value, 1 (0: the layer has no bias).
-    bias: u32,
-    _pad: u32,
-}
+import package::shared::conv_shape::ConvShape;
 
 @group(0) @binding(0) var<storage, read> shape: ConvShape;
 @group(0) @binding(1) var<storage, read> input: array<f32>;

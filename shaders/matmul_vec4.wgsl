@@ -17,6 +17,18 @@
 //              input grad  dX = dY Wᵀ
 //   matmul_tn_parts  as matmul_tn, K split into dims.parts slices whose partial products
 //              matmul.wgsl's matmul_sum_parts adds (see the entry point)
+//   conv_input_grad  a convolution's input gradient straight from its output's gradient dZ,
+//              without the patch matrix's gradient and col2im (conv2d.wgsl), through the
+//              derivative of the layer beneath (conv.derivative, X in below_values):
+//                dX[(n, y, x), c] = (sum over taps (ky, kx), ascending, of
+//                                    sum over f of dZ[(n, oy, ox), f] W[(ky KW + kx) C + c, f])
+//                                   * f'(X[n, y, x, c])
+//              where oy = (y + PY - ky) / SY and ox = (x + PX - kx) / SX are whole and inside
+//              the output (else the tap adds nothing): M = samples H W, N = C, each tap's sum
+//              over f, a product like matmul_nt's with B = W's rows of the tap, rounded on
+//              its own before the sum over taps (so the bits are the patch-matrix path's).
+//              dims: m, n = C, a_offset (dZ [samples OH OW, F]), b_offset (W), b_col_stride
+//              = F, c_offset; C % 4 == 0 and F % 4 == 0.
 // Epilogue (dims.epilogue): 0 stores the product. matmul_nn, as in matmul.wgsl: 1 + an
 // activation code stores f(C + bias), the bias a vec4 per column quad at vec4 bias_offset / 4 + q
 // of the B buffer (its mirror), or 16 + an activation code stores f(C) (a convolution's product,
@@ -38,6 +50,9 @@
 //   3 out    storage, read_write  vec4<f32> array; C is row-major [M, N] at dims.c_offset / 4
 //   4 below  texture_2d<f32>      matmul_nt only: mirror of the buffer holding a, its vec4 i
 //                                 beside C's vec4 i (any mirror where the epilogue is 0)
+//   5 conv   storage, read        conv_input_grad only: ConvShape (shared/conv_shape.wgsl)
+//   6 below_values storage, read  conv_input_grad only: X vec4 [samples H W C / 4] (any buffer
+//                                 where conv.derivative is 0)
 //
 // Each invocation computes a block of C in registers: 8 x 16 (8 rows, four vec4 of columns, in
 // 32 vec4 accumulators) in matmul_nn and matmul_tn, 8 x 8 (two vec4 of columns, 16
@@ -52,13 +67,18 @@
 // arithmetic in the same order as unshared: on lavapipe loads per FMA are the cost. Blocks past
 // M or N are computed on clamped (valid) indices and not stored, so M and N need not be
 // multiples of a block, and every lane takes part in every shuffle.
-// Workgroup: 64 invocations covering 8 x 8 blocks (matmul_nn: 2 NN_ACROSS x 32 / NN_ACROSS).
+// conv_input_grad computes 8 x 8 blocks as matmul_nt does, the rows it loads per four k found
+// per tap from the pixel's position.
+// Workgroup: 64 invocations covering 8 x 8 blocks (matmul_nn: 2 NN_ACROSS x 32 / NN_ACROSS;
+// conv_input_grad: 4 x 16, 32 columns and 128 rows).
 // Dispatch grid: (ceil(N / (block columns of a workgroup)), ceil(M / (its rows)), 1).
 
 import package::shared::matmul_dims::{Dims, NO_EPILOGUE, DERIVATIVE_EPILOGUE, ACTIVATION_EPILOGUE};
 import package::shared::activations::{activate4, derivative_from_output4};
 import package::shared::mirror::mirrored;
 import package::shared::grid::flat_invocation;
+import package::shared::conv_shape::ConvShape;
+import package::shared::divide::quotient;
 
 // matmul_nn's forward activation (activation.wgsl's codes; see Epilogue above).
 override ACTIVATION: u32 = 0u;
@@ -239,11 +259,14 @@ fn shared_rows(lane: Lane, m0: u32) -> SharedRows {
 // block += (the block's 8 rows of A at four k, gathered from the lanes sharing them) x (B at those
 // k: b[j] columns 0-3 and b[4 + j] columns 4-7 at k j).
 fn add_shared_rows(block: ptr<function, Block>, rows: SharedRows, k4: u32, b: array<vec4<f32>, 8>) {
-    let mine_even = lhs_at(rows.even + k4);
-    let mine_odd = lhs_at(rows.odd + k4);
+    add_shared_values(block, lhs_at(rows.even + k4), lhs_at(rows.odd + k4), rows.source, b);
+}
+
+// add_shared_rows on the values this lane loaded (its even and odd row at the four k).
+fn add_shared_values(block: ptr<function, Block>, mine_even: vec4<f32>, mine_odd: vec4<f32>, source: u32, b: array<vec4<f32>, 8>) {
     for (var r = 0u; r < 4u; r++) {
-        let a_even = subgroupShuffle(mine_even, rows.source + r);
-        let a_odd = subgroupShuffle(mine_odd, rows.source + r);
+        let a_even = subgroupShuffle(mine_even, source + r);
+        let a_odd = subgroupShuffle(mine_odd, source + r);
         (*block).lo[2u * r] = row4((*block).lo[2u * r], a_even, b[0], b[1], b[2], b[3]);
         (*block).hi[2u * r] = row4((*block).hi[2u * r], a_even, b[4], b[5], b[6], b[7]);
         (*block).lo[2u * r + 1u] = row4((*block).lo[2u * r + 1u], a_odd, b[0], b[1], b[2], b[3]);
@@ -342,6 +365,30 @@ fn matmul_nn(invocation: Invocation) {
     }
 }
 
+// B's 8 columns at four k (vec4 k4 of each column's row `b_row[c]` of the stored [N, K], loaded
+// by this lane and the one 4 lanes on from b_source), transposed so that element j holds
+// B(4 k4 + j, columns 0-3) and element 4 + j B(4 k4 + j, columns 4-7).
+fn transposed_columns(b_row: array<u32, 4>, k4: u32, b_source: u32) -> array<vec4<f32>, 8> {
+    var mine: array<vec4<f32>, 4>;
+    for (var c = 0u; c < 4u; c++) {
+        mine[c] = rhs_at(b_row[c] + k4);
+    }
+    var t: array<vec4<f32>, 8>;
+    for (var c = 0u; c < 4u; c++) {
+        t[c] = subgroupShuffle(mine[c], b_source);
+        t[c + 4u] = subgroupShuffle(mine[c], b_source + 4u);
+    }
+    let lo0 = vec4<f32>(t[0].x, t[1].x, t[2].x, t[3].x);
+    let lo1 = vec4<f32>(t[0].y, t[1].y, t[2].y, t[3].y);
+    let lo2 = vec4<f32>(t[0].z, t[1].z, t[2].z, t[3].z);
+    let lo3 = vec4<f32>(t[0].w, t[1].w, t[2].w, t[3].w);
+    let hi0 = vec4<f32>(t[4].x, t[5].x, t[6].x, t[7].x);
+    let hi1 = vec4<f32>(t[4].y, t[5].y, t[6].y, t[7].y);
+    let hi2 = vec4<f32>(t[4].z, t[5].z, t[6].z, t[7].z);
+    let hi3 = vec4<f32>(t[4].w, t[5].w, t[6].w, t[7].w);
+    return array<vec4<f32>, 8>(lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3);
+}
+
 @compute @workgroup_size(64)
 fn matmul_nt(invocation: Invocation) {
     let lane = lane_of_tiles(invocation, 4u, 2u);
@@ -362,28 +409,132 @@ fn matmul_nt(invocation: Invocation) {
     for (var k4 = 0u; k4 < k4_end; k4++) {
         // Columns 0-7 at k4's four k (t[c]: column c), transposed so that lo_j holds
         // B(4 k4 + j, columns 0-3).
-        var mine: array<vec4<f32>, 4>;
-        for (var c = 0u; c < 4u; c++) {
-            mine[c] = rhs_at(b_row[c] + k4);
-        }
-        var t: array<vec4<f32>, 8>;
-        for (var c = 0u; c < 4u; c++) {
-            t[c] = subgroupShuffle(mine[c], b_source);
-            t[c + 4u] = subgroupShuffle(mine[c], b_source + 4u);
-        }
-        let lo0 = vec4<f32>(t[0].x, t[1].x, t[2].x, t[3].x);
-        let lo1 = vec4<f32>(t[0].y, t[1].y, t[2].y, t[3].y);
-        let lo2 = vec4<f32>(t[0].z, t[1].z, t[2].z, t[3].z);
-        let lo3 = vec4<f32>(t[0].w, t[1].w, t[2].w, t[3].w);
-        let hi0 = vec4<f32>(t[4].x, t[5].x, t[6].x, t[7].x);
-        let hi1 = vec4<f32>(t[4].y, t[5].y, t[6].y, t[7].y);
-        let hi2 = vec4<f32>(t[4].z, t[5].z, t[6].z, t[7].z);
-        let hi3 = vec4<f32>(t[4].w, t[5].w, t[6].w, t[7].w);
-        let b_values = array<vec4<f32>, 8>(lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3);
-        add_shared_rows(&block, rows, k4, b_values);
+        add_shared_rows(&block, rows, k4, transposed_columns(b_row, k4, b_source));
     }
     if (m0 < dims.m && q_first <= dims.n / 4u - 1u) {
         store_backward(block, m0, q_first);
+    }
+}
+
+// conv_input_grad (see the header).
+
+@group(0) @binding(5) var<storage, read> conv: ConvShape;
+@group(0) @binding(6) var<storage, read> below_values: array<vec4<f32>>;
+
+// No dZ row: a tap whose output position lies outside the output.
+const NO_SOURCE: u32 = 0xffffffffu;
+
+// One of a lane's rows of dX, an input pixel: its position in the padded input, and the first
+// row of dZ of its sample.
+struct InputPixel {
+    sample_row: u32,
+    padded_y: u32,
+    padded_x: u32,
+}
+
+fn input_pixel(m: u32) -> InputPixel {
+    let per_sample = conv.in_height * conv.in_width;
+    let n = quotient(m, per_sample);
+    let in_sample = m - n * per_sample;
+    let y = quotient(in_sample, conv.in_width);
+    let x = in_sample - y * conv.in_width;
+    return InputPixel(n * conv.out_height * conv.out_width, y + conv.pad_y, x + conv.pad_x);
+}
+
+// The first vec4 of the row of dZ (rows `row_quads` vec4 long from vec4 `first`) that kernel tap
+// (ky, kx) of pixel p reads, or NO_SOURCE.
+fn tap_source(p: InputPixel, ky: u32, kx: u32, first: u32, row_quads: u32) -> u32 {
+    if (ky > p.padded_y || kx > p.padded_x) {
+        return NO_SOURCE;
+    }
+    let sy = p.padded_y - ky;
+    let sx = p.padded_x - kx;
+    let oy = quotient(sy, conv.stride_y);
+    let ox = quotient(sx, conv.stride_x);
+    if (sy != oy * conv.stride_y || sx != ox * conv.stride_x || oy >= conv.out_height || ox >= conv.out_width) {
+        return NO_SOURCE;
+    }
+    return first + (p.sample_row + oy * conv.out_width + ox) * row_quads;
+}
+
+// dZ's vec4 f4 of the row from `source`, zeros for NO_SOURCE (loading a texel of row 0 instead:
+// every lane loads, so that no load is masked).
+fn tap_value(source: u32, f4: u32) -> vec4<f32> {
+    let none = source == NO_SOURCE;
+    let value = lhs_at(select(source, 0u, none) + f4);
+    return select(value, vec4<f32>(0.0), none);
+}
+
+// Row m of an 8 x 8 block of dX through conv.derivative, if the row lies inside dX (X, in
+// below_values, has dX's layout from vec4 0).
+fn store_input_grad_row(to: Destination, derivative: u32, lo: vec4<f32>, hi: vec4<f32>, m: u32, q0: u32) {
+    if (m < to.m_end) {
+        let at = m * to.columns + q0;
+        let first = lo * derivative_from_output4(derivative, below_values[at]);
+        let second = hi * derivative_from_output4(derivative, below_values[at + 1u]);
+        store_pair(to, to.base + at, q0, first, second);
+    }
+}
+
+fn store_input_grad(block: Block, m0: u32, q0: u32) {
+    let to = destination();
+    let derivative = conv.derivative;
+    store_input_grad_row(to, derivative, block.lo[0], block.hi[0], m0, q0);
+    store_input_grad_row(to, derivative, block.lo[1], block.hi[1], m0 + 1u, q0);
+    store_input_grad_row(to, derivative, block.lo[2], block.hi[2], m0 + 2u, q0);
+    store_input_grad_row(to, derivative, block.lo[3], block.hi[3], m0 + 3u, q0);
+    store_input_grad_row(to, derivative, block.lo[4], block.hi[4], m0 + 4u, q0);
+    store_input_grad_row(to, derivative, block.lo[5], block.hi[5], m0 + 5u, q0);
+    store_input_grad_row(to, derivative, block.lo[6], block.hi[6], m0 + 6u, q0);
+    store_input_grad_row(to, derivative, block.lo[7], block.hi[7], m0 + 7u, q0);
+}
+
+@compute @workgroup_size(64)
+fn conv_input_grad(invocation: Invocation) {
+    let lane = lane_of_tiles(invocation, 4u, 1u);
+    let m0 = lane.block.y * 8u;
+    let q_first = lane.block.x * 2u;
+    let row_sel = lane.index / 4u;
+    let col_sel = lane.index % 4u;
+    // The two rows of the block this lane loads for the 4 lanes sharing them (as matmul_nt's
+    // shared_rows), clamped into dX.
+    let last_row = dims.m - 1u;
+    let even = input_pixel(min(m0 + 2u * col_sel, last_row));
+    let odd = input_pixel(min(m0 + 2u * col_sel + 1u, last_row));
+    let source = lane.group_base + 4u * (lane.index / 4u);
+    // W's column f of input channel n under tap t at vec4 b_offset / 4 + (t C + n) F / 4 + f / 4:
+    // per tap, B stored [N, K] with rows F long, each tap C F / 4 vec4 on.
+    let filter_quads = dims.b_col_stride / 4u;
+    var b_row: array<u32, 4>;
+    for (var c = 0u; c < 4u; c++) {
+        b_row[c] = row_start(dims.b_offset, dims.b_col_stride, 4u * q_first + 4u * row_sel + c, dims.n);
+    }
+    let b_source = lane.group_base + col_sel;
+    let first = dims.a_offset / 4u;
+    let tap_quads = conv.channels * filter_quads;
+    let kernel_height = conv.kernel_height;
+    let kernel_width = conv.kernel_width;
+    var total: Block;
+    for (var ky = 0u; ky < kernel_height; ky++) {
+        for (var kx = 0u; kx < kernel_width; kx++) {
+            let from_even = tap_source(even, ky, kx, first, filter_quads);
+            let from_odd = tap_source(odd, ky, kx, first, filter_quads);
+            let tap_first = (ky * kernel_width + kx) * tap_quads;
+            // Each tap's sum on its own, then added: the patch matrix's gradient and col2im's
+            // sum over taps, in their order, so the bits are theirs.
+            var block: Block;
+            for (var f4 = 0u; f4 < filter_quads; f4++) {
+                let b_values = transposed_columns(b_row, tap_first + f4, b_source);
+                add_shared_values(&block, tap_value(from_even, f4), tap_value(from_odd, f4), source, b_values);
+            }
+            for (var r = 0u; r < 8u; r++) {
+                total.lo[r] += block.lo[r];
+                total.hi[r] += block.hi[r];
+            }
+        }
+    }
+    if (m0 < dims.m && q_first <= dims.n / 4u - 1u) {
+        store_input_grad(total, m0, q_first);
     }
 }
 

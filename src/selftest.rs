@@ -132,7 +132,7 @@ pub struct Check {
 }
 
 /// Every check, in the order `selftest` performs them.
-pub const CHECKS: [Check; 22] = [
+pub const CHECKS: [Check; 23] = [
     Check {
         name: "matmul (tiled)",
         run: |gpu, kernels, tally, rng| {
@@ -180,6 +180,10 @@ pub const CHECKS: [Check; 22] = [
     Check {
         name: "conv2d input gradient (col2im)",
         run: check_conv2d_input_gradient_col2im,
+    },
+    Check {
+        name: "conv2d input gradient (direct)",
+        run: check_conv2d_input_gradient_direct,
     },
     Check {
         name: "max pool forward + backward",
@@ -280,6 +284,46 @@ fn check_conv2d_input_gradient_col2im(
             let case = format!("{what}, through {}", below.name());
             tally.close(&case, &actual, &expected, 1e-6, 1e-6);
         }
+    }
+    Ok(())
+}
+
+/// selftest's "conv2d input gradient (direct)": matmul_vec4.wgsl's conv_input_grad against
+/// the patch matrix's gradient and col2im, on the cases with channels and filters in fours.
+fn check_conv2d_input_gradient_direct(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    let mut ran = false;
+    for (what, geometry, m) in conv_cases() {
+        if !geometry.input.channels.is_multiple_of(4) || !m.outputs.is_multiple_of(4) {
+            continue;
+        }
+        let positions = CONV_BATCH * geometry.positions();
+        let params = random_vec(rng, m.end() + 11, -1.0, 1.0);
+        for below in ACTIVATIONS {
+            let dz = random_vec(rng, positions * m.outputs, -1.0, 1.0);
+            let x = activated(rng, CONV_BATCH * geometry.input.len(), below);
+            let actual = ops::conv_input_grad(
+                gpu, kernels, &dz, &params, CONV_BATCH, &geometry, &m, &x, below,
+            )?;
+            let Some(actual) = actual else {
+                continue;
+            };
+            let mut patch_grads = vec![0.0; positions * m.rows];
+            let dims = MatmulDims::conv_patch_grad(positions, &m);
+            reference::matmul(&dims, &dz, &params, &mut patch_grads);
+            let expected =
+                reference::col2im(&patch_grads, CONV_BATCH, &geometry, m.rows, &x, below);
+            let case = format!("{what}, through {}", below.name());
+            tally.close(&case, &actual, &expected, 1e-6, 1e-6);
+            ran = true;
+        }
+    }
+    if !ran {
+        tally.worst = "not run: this adapter computes the patch matrix's gradient instead".into();
     }
     Ok(())
 }

@@ -179,6 +179,7 @@ struct Vec4Kernels {
     tn: Kernel,
     tn_parts: Kernel,
     nt: Kernel,
+    conv_input_grad: Kernel,
 }
 
 /// matmul_nn's `NN_ACROSS` values: groups of lanes across a workgroup, which covers
@@ -398,6 +399,13 @@ impl MatmulKernels {
                 tn: build(&gpu.device, &registers, "matmul_tn", &VEC4_SLOTS, &[]),
                 tn_parts: build(&gpu.device, &registers, "matmul_tn_parts", &VEC4_SLOTS, &[]),
                 nt: build(&gpu.device, &registers, "matmul_nt", &with_below, &[]),
+                conv_input_grad: build(
+                    &gpu.device,
+                    &registers,
+                    "conv_input_grad",
+                    &[VEC4_SLOTS.as_slice(), &[(5, Params), (6, Read)]].concat(),
+                    &[],
+                ),
                 nn: Default::default(),
                 module: registers,
                 device: gpu.device.clone(),
@@ -514,6 +522,37 @@ impl MatmulKernels {
             reads_mirrors,
             reads_below: reads_mirrors && form == Some(RegisterForm::Nt),
         }
+    }
+
+    /// What computes a convolution's input gradient `dims` (`MatmulDims::conv_input_grad`)
+    /// straight from its output's gradient, if the preferred variant does (matmul_vec4.wgsl's
+    /// `conv_input_grad`: on the register kernels, both operands mirrored, channels and filters
+    /// in fours); else the caller takes the patch matrix's gradient and col2im.
+    pub fn conv_input_grad(
+        &self,
+        dims: &MatmulDims,
+        [lhs, rhs]: [MatmulOperand<'_>; 2],
+    ) -> Option<(&Kernel, [u32; 3])> {
+        let vec4 = self.vec4.as_ref()?;
+        let aligned = [
+            dims.n,
+            dims.b_col_stride,
+            dims.a_offset,
+            dims.b_offset,
+            dims.c_offset,
+        ]
+        .iter()
+        .all(|v| v % 4 == 0);
+        let runs = self.preferred == MatmulVariant::Registers
+            && mirrored(lhs, rhs)
+            && aligned
+            && dims.m > 0
+            && dims.n > 0;
+        // A workgroup covers 32 columns and 128 rows.
+        runs.then(|| {
+            let grid = [dims.n.div_ceil(32), dims.m.div_ceil(128), 1];
+            (&vec4.conv_input_grad, grid)
+        })
     }
 
     /// The first layer's weight and bias gradient on the transposed batch

@@ -17,7 +17,7 @@ use crate::data::Dataset;
 use crate::error::Result;
 use crate::input::{Augmentation, Standardisation};
 use crate::reference::LossOutput;
-use crate::shapes::{Geometry, LayerActivation, Loss};
+use crate::shapes::{Geometry, LayerActivation, Loss, WeightMatrix};
 
 /// Records one dispatch of `kernel` and submits it.
 fn dispatch(gpu: &Gpu, kernel: &Kernel, bind_group: &wgpu::BindGroup, grid: [u32; 3]) {
@@ -429,6 +429,60 @@ pub fn col2im(
     let grid = grid_of(gpu, len / per_invocation);
     dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
     gpu.read_back(&out, len)
+}
+
+/// matmul_vec4.wgsl `conv_input_grad`: a convolution's input gradient straight from the gradient
+/// of its output dz `[rows OH OW, F]` and `params` (W at `matrix.weight_offset`), times below'(x)
+/// of the layer beneath's output x; None where the adapter does not run it (the patch matrix's
+/// gradient and col2im compute it there).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_input_grad(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    dz: &[f32],
+    params: &[f32],
+    rows: usize,
+    geometry: &Geometry,
+    matrix: &WeightMatrix,
+    x: &[f32],
+    below: LayerActivation,
+) -> Result<Option<Vec<f32>>> {
+    let dims = MatmulDims::conv_input_grad(rows, geometry, matrix);
+    let dz_buffer = gpu.storage_with("dz", dz)?;
+    let params_buffer = gpu.storage_with("params", params)?;
+    let (Some(dz_mirror), Some(params_mirror)) = (
+        TextureMirror::new(gpu, "dz mirror", &dz_buffer),
+        TextureMirror::new(gpu, "params mirror", &params_buffer),
+    ) else {
+        return Ok(None);
+    };
+    let operands = [
+        MatmulOperand::new(&dz_buffer, Some(&dz_mirror)),
+        MatmulOperand::new(&params_buffer, Some(&params_mirror)),
+    ];
+    let Some((kernel, grid)) = kernels.matmul.conv_input_grad(&dims, operands) else {
+        return Ok(None);
+    };
+    let len = rows * geometry.input.len();
+    let out = gpu.storage_with("input grads", &vec![f32::NAN; len])?;
+    let x_buffer = gpu.storage_with("below", x)?;
+    let dims_buffer = gpu.params_with("dims", &dims);
+    let shape = ConvShape::new(rows, geometry, matrix.rows, below);
+    let shape = gpu.params_with("shape", &shape);
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    dz_mirror.record_refresh_of(&mut encoder, u64::MAX);
+    params_mirror.record_refresh_of(&mut encoder, u64::MAX);
+    gpu.queue.submit([encoder.finish()]);
+    let resources = [
+        dims_buffer.as_entire_binding(),
+        wgpu::BindingResource::TextureView(&dz_mirror.view),
+        wgpu::BindingResource::TextureView(&params_mirror.view),
+        out.as_entire_binding(),
+        shape.as_entire_binding(),
+        x_buffer.as_entire_binding(),
+    ];
+    dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
+    gpu.read_back(&out, len).map(Some)
 }
 
 /// pool.wgsl `maxpool_forward` (`_quads` where the channels come in fours): (y, argmax).

@@ -149,6 +149,20 @@ impl MatmulDims {
         }
     }
 
+    /// A convolution's input gradient straight from its output's gradient dZ
+    /// (matmul_vec4.wgsl's `conv_input_grad`): M the input's pixels over `samples` samples, N its
+    /// channels, K taps × filters; W at the layer's weight offset, rows F long.
+    pub fn conv_input_grad(samples: usize, geometry: &Geometry, m: &WeightMatrix) -> Self {
+        let pixels = samples * geometry.input.height * geometry.input.width;
+        let k = geometry.window_len() * m.outputs;
+        MatmulDims {
+            b_offset: m.weight_offset as u32,
+            b_row_stride: 1,
+            b_col_stride: m.outputs as u32,
+            ..Self::plain(pixels, geometry.input.channels, k)
+        }
+    }
+
     /// Weight gradient: dW[in×out] = Xᵀ · dY, written into the gradient buffer at the layer's
     /// weight offset; Xᵀ is X[rows×in] read column-wise.
     pub fn layer_weight_grad(rows: usize, layer: &WeightMatrix) -> Self {

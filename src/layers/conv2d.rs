@@ -6,7 +6,7 @@
 //! (unless the layer above applied it), [dW; db; 0] = Pᵀ dz, and, where a layer below needs it,
 //! dP = dz Wᵀ `[rows OH OW, Kp]` and dx = col2im(dP) ⊙ below'(x).
 
-use wgpu::Buffer;
+use wgpu::{BindingResource, Buffer};
 
 use super::context::LayerContext;
 use super::kind::{
@@ -141,6 +141,32 @@ impl DevicePasses for ConvDevice {
         let Some(input_grad) = io.input_grad else {
             return false;
         };
+        let dims = MatmulDims::conv_input_grad(rows, g, &self.matrix);
+        let operands = [io.output_grad.operand(), context.params_operand()];
+        let direct = (context.kernels.matmul.conv_input_grad(&dims, operands))
+            .zip(operands[0].mirror.zip(operands[1].mirror));
+        if let Some(((kernel, grid), (grads, params))) = direct {
+            // It reads all of dZ and the tap rows of W.
+            let m = &self.matrix;
+            program.refresh(grads, (positions * m.outputs * 4) as u64);
+            program.refresh(
+                params,
+                ((m.weight_offset + m.inputs * m.outputs) * 4) as u64,
+            );
+            let dims = gpu.params_with("conv input grad dims", &dims);
+            let shape = ConvShape::new(rows, g, m.rows, backward.below);
+            let shape = gpu.params_with("conv input grad shape", &shape);
+            let resources = [
+                dims.as_entire_binding(),
+                BindingResource::TextureView(&grads.view),
+                BindingResource::TextureView(&params.view),
+                input_grad.buffer.as_entire_binding(),
+                shape.as_entire_binding(),
+                io.input.buffer.as_entire_binding(),
+            ];
+            program.dispatch(gpu, kernel, &resources, grid);
+            return true;
+        }
         let dims = MatmulDims::conv_patch_grad(positions, &self.matrix);
         let operands = [io.output_grad.operand(), context.params_operand()];
         context.matmul(program, dims, operands, &self.patch_grads, None);
