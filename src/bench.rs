@@ -6,8 +6,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::gpu::uniforms::{MatmulDims, PeakShape};
+use crate::gpu::uniforms::{ConvShape, MatmulDims, PeakShape};
 use crate::gpu::{Gpu, Kernels, MatmulOperand, MatmulVariant, TextureMirror};
+use crate::layers::kind::Product;
 use crate::model::{LayerSpec, ModelSpec};
 
 /// One matmul of a training step, timed alone.
@@ -20,10 +21,16 @@ pub struct MatmulShape {
     pub k: u32,
     /// The variant the training step runs it on, and its rate.
     pub variant: MatmulVariant,
+    /// The form the step computes it in: "product" (on `variant`), or "direct" (a convolution's
+    /// input gradient straight from its output's gradient, without the patch matrix's gradient
+    /// and col2im).
+    pub form: &'static str,
     pub gflops: f64,
     /// Each variant's rate.
     pub tiled_gflops: f64,
     pub registers_gflops: f64,
+    /// The direct form's rate (its model FLOPs over its time), where the adapter runs it.
+    pub direct_gflops: Option<f64>,
 }
 
 /// Times a product with every variant (each in the form a training step computes it with);
@@ -39,9 +46,14 @@ pub fn measure_matmul(gpu: &Gpu, kernels: &Kernels, product: &StepMatmul) -> Res
     )?;
     let variant = kernels.matmul.for_dims(dims).variant;
     let name = product.name.clone();
-    let gflops = match variant {
-        MatmulVariant::Tiled => tiled_gflops,
-        MatmulVariant::Registers => registers_gflops,
+    let direct_gflops = match &product.direct {
+        Some((dims, shape)) => direct_input_grad_gflops(gpu, kernels, dims, shape, product.flops)?,
+        None => None,
+    };
+    let (form, gflops) = match (direct_gflops, variant) {
+        (Some(gflops), _) => ("direct", gflops),
+        (None, MatmulVariant::Tiled) => ("product", tiled_gflops),
+        (None, MatmulVariant::Registers) => ("product", registers_gflops),
     };
     Ok(MatmulShape {
         name,
@@ -49,10 +61,63 @@ pub fn measure_matmul(gpu: &Gpu, kernels: &Kernels, product: &StepMatmul) -> Res
         n: dims.n,
         k: dims.k,
         variant,
+        form,
         gflops,
         tiled_gflops,
         registers_gflops,
+        direct_gflops,
     })
+}
+
+/// GFLOP/s (`flops` over its time alone) of a convolution's direct input gradient, on buffers of
+/// constant contents; None where the adapter does not run it.
+fn direct_input_grad_gflops(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    dims: &MatmulDims,
+    shape: &ConvShape,
+    flops: f64,
+) -> Result<Option<f64>> {
+    let filters = dims.b_col_stride as usize;
+    let positions = (shape.samples * shape.out_height * shape.out_width) as usize;
+    let dz = gpu.storage_with("bench dz", &vec![0.5f32; positions * filters])?;
+    let weights = dims.b_offset as usize + dims.k as usize * dims.n as usize;
+    let params = gpu.storage_with("bench params", &vec![0.25f32; weights])?;
+    let (Some(dz_mirror), Some(params_mirror)) = (
+        TextureMirror::new(gpu, "bench dz mirror", &dz),
+        TextureMirror::new(gpu, "bench params mirror", &params),
+    ) else {
+        return Ok(None);
+    };
+    let operands = [
+        MatmulOperand::new(&dz, Some(&dz_mirror)),
+        MatmulOperand::new(&params, Some(&params_mirror)),
+    ];
+    let Some((kernel, grid)) = kernels.matmul.conv_input_grad(dims, operands) else {
+        return Ok(None);
+    };
+    let values = (dims.m * dims.n) as usize;
+    let out = gpu.storage_buffer("bench input grads", (values * 4) as u64)?;
+    let below = gpu.storage_with("bench below", &vec![1.0f32; values])?;
+    let dims = gpu.params_with("bench dims", dims);
+    let shape = gpu.params_with("bench shape", shape);
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    dz_mirror.record_refresh_of(&mut encoder, u64::MAX);
+    params_mirror.record_refresh_of(&mut encoder, u64::MAX);
+    gpu.queue.submit([encoder.finish()]);
+    let bind_group = kernel.bind(
+        gpu,
+        &[
+            dims.as_entire_binding(),
+            wgpu::BindingResource::TextureView(&dz_mirror.view),
+            wgpu::BindingResource::TextureView(&params_mirror.view),
+            out.as_entire_binding(),
+            shape.as_entire_binding(),
+            below.as_entire_binding(),
+        ],
+    );
+    let seconds = time_dispatches(gpu, &kernel.pipeline, &bind_group, grid, 0.2)?;
+    Ok(Some(flops / seconds / 1e9))
 }
 
 /// One matmul of a training step.
@@ -60,6 +125,10 @@ pub struct StepMatmul {
     /// e.g. "layer 0 weight grad".
     pub name: String,
     pub dims: MatmulDims,
+    /// Its model FLOPs (`LayerKind::products`).
+    pub flops: f64,
+    /// A convolution's input gradient in the direct form (`Product::direct`).
+    pub direct: Option<(MatmulDims, ConvShape)>,
     /// The same product in the form the register kernels compute it with in a step where the
     /// vec4 kernels take it: the first layer's weight gradient on the transposed batch, with the
     /// bias gradient as one more row (`train::builder::TransposedInput`); else `dims`.
@@ -71,7 +140,7 @@ pub struct StepMatmul {
 /// gradient (no input gradient for a layer with no parameters below it: nothing consumes it),
 /// named after the layer's `layers.{i}` index; with the model FLOPs of each (a convolution's
 /// without the bias column and padding its product carries).
-fn products(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims, f64)> {
+fn products(spec: &ModelSpec, rows: usize) -> Vec<(String, Product)> {
     let plan = spec.plan().expect("a validated model");
     let layout = &plan.layout;
     let mut products = Vec::new();
@@ -89,7 +158,7 @@ fn products(spec: &ModelSpec, rows: usize) -> Vec<(String, MatmulDims, f64)> {
         for product in kind.products(rows, input, &m) {
             if product.part != "input grad" || input_grad {
                 let name = format!("{} {i} {}", product.kind, product.part);
-                products.push((name, product.dims, product.flops));
+                products.push((name, product));
             }
         }
     }
@@ -111,12 +180,14 @@ pub fn step_matmuls(kernels: &Kernels, spec: &ModelSpec, rows: usize) -> Vec<Ste
     });
     products(spec, rows)
         .into_iter()
-        .map(|(name, dims, _)| StepMatmul {
+        .map(|(name, product)| StepMatmul {
             register_dims: transposed
-                .filter(|(plain, _)| *plain == dims)
-                .map_or(dims, |(_, transposed)| transposed),
+                .filter(|(plain, _)| *plain == product.dims)
+                .map_or(product.dims, |(_, transposed)| transposed),
             name,
-            dims,
+            dims: product.dims,
+            flops: product.flops,
+            direct: product.direct,
         })
         .collect()
 }
@@ -128,7 +199,7 @@ fn flops(dims: &MatmulDims) -> f64 {
 /// Model FLOPs of one training step: the multiply-adds of its matmuls (the element-wise kernels
 /// and the optimizer are a rounding error beside them, and are not counted).
 pub fn step_flops(spec: &ModelSpec, rows: usize) -> f64 {
-    products(spec, rows).iter().map(|(_, _, flops)| flops).sum()
+    products(spec, rows).iter().map(|(_, p)| p.flops).sum()
 }
 
 fn wait(gpu: &Gpu) -> Result<()> {

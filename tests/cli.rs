@@ -461,6 +461,41 @@ fn bench_reports_counts_within_budget_as_json() {
 }
 
 #[test]
+fn bench_reports_the_form_each_convolution_product_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 300);
+    let data = dir.path().to_str().unwrap();
+    let layers = "conv4k3,maxpool2,conv8k3,flatten,dense10";
+    let (code, stdout, stderr) = shadertrain(&[
+        "bench",
+        "--json",
+        "--offline",
+        "--data",
+        data,
+        "--layers",
+        layers,
+        "--steps",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let matmuls = report["matmuls"].as_array().unwrap();
+    let form = |name: &str| {
+        let m = matmuls.iter().find(|m| m["name"] == name).expect(name);
+        (
+            m["form"].as_str().unwrap().to_string(),
+            m["direct_gflops"].as_f64(),
+        )
+    };
+    // On lavapipe the second convolution's input gradient (4 channels, 8 filters) runs straight
+    // from its output's gradient, and is timed so; its forward product stays a product.
+    let (input_grad, direct) = form("conv 1 input grad");
+    assert_eq!(input_grad, "direct", "{report}");
+    assert!(direct.unwrap() > 0.0, "{report}");
+    assert_eq!(form("conv 1 forward"), ("product".to_string(), None));
+}
+
+#[test]
 fn train_saves_a_model_and_a_metrics_log_that_agree() {
     let dir = tempfile::tempdir().unwrap();
     write_small_mnist(dir.path(), 300);

@@ -477,6 +477,10 @@ impl LayerKind for Conv2d {
             part,
             dims,
             flops,
+            direct: (part == "input grad").then(|| {
+                let shape = ConvShape::new(rows, &geometry, m.rows, LayerActivation::Identity);
+                (MatmulDims::conv_input_grad(rows, &geometry, m), shape)
+            }),
         })
         .collect()
     }

@@ -309,6 +309,7 @@ impl LayerKind for Dense {
             part,
             dims,
             flops,
+            direct: None,
         })
         .collect()
     }

@@ -4,7 +4,7 @@
 //! implements `LayerKind` in its own file; `crate::model`'s registry lists the kinds.
 
 use crate::error::Result;
-use crate::gpu::uniforms::MatmulDims;
+use crate::gpu::uniforms::{ConvShape, MatmulDims};
 use crate::gpu::{Gpu, Kernels};
 use crate::shapes::{Geometry, LayerActivation, NormParams, Shape, WeightMatrix};
 
@@ -141,6 +141,10 @@ pub struct Product {
     pub part: &'static str,
     pub dims: MatmulDims,
     pub flops: f64,
+    /// A convolution's input gradient straight from its output's gradient (matmul_vec4.wgsl's
+    /// `conv_input_grad`), which the register kernels run in place of `dims` and col2im where
+    /// they take it: its dims and shape.
+    pub direct: Option<(MatmulDims, ConvShape)>,
 }
 
 /// Everything a layer kind says about itself. The defaults are those of a layer without
