@@ -16,8 +16,7 @@
 //   dX[n, y, x, c] = (sum over ky, kx with (y + py - ky) / sy = oy and (x + px - kx) / sx = ox
 //                     whole and inside the output of dP[(n, oy, ox), (ky KW + kx) C + c])
 //                    * f'(X[n, y, x, c])        f = shape.derivative (shared/activations.wgsl)
-// The _quads entry points move four channels at a time and need C % 4 == 0; the others any C
-// (im2col a whole patch row per invocation: see the entry point).
+// The _quads entry points move four channels at a time and need C % 4 == 0; the others any C.
 //
 // Bindings (group 0):
 //   0 shape   storage, read        ConvShape (shared/conv_shape.wgsl)
@@ -28,9 +27,7 @@
 //
 // Workgroup: 64 invocations. Dispatch grid, folded into (x, y) with x <= 65535 (invocation =
 // (y * num_workgroups.x + x) * 64 + local):
-//   im2col        R invocations, one per patch row
-//   im2col_quads  R (KH KW + 1) invocations: (row, tap), each tap moving C / 4 vec4, tap KH KW
-//                 writing columns KH KW C..Kp
+//   im2col, im2col_quads  R invocations, one per patch row
 //   col2im        samples H W C invocations, one per input value
 //   col2im_quads  samples H W C / 4, one per vec4 of channels
 
@@ -47,44 +44,30 @@ import package::shared::conv_shape::ConvShape;
 @group(0) @binding(2) var<storage, read_write> output_quads: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> below_quads: array<vec4<f32>>;
 
-// A patch row and tap of im2col, read from the shape once.
-struct Tap {
-    row: u32,
-    tap: u32,
-    taps: u32,
-    // The first input value of the tap's pixel (its channel 0), if the pixel is inside the image.
-    inside: bool,
-    first: u32,
+// A patch row's window: its sample, and its top-left corner in the padded image.
+struct Window {
+    n: u32,
+    top: u32,
+    left: u32,
 }
 
-fn tap_of(index: u32) -> Tap {
-    let taps = shape.kernel_height * shape.kernel_width;
-    let row = quotient(index, taps + 1u);
-    let tap = index - row * (taps + 1u);
+fn window_of(row: u32) -> Window {
     let positions = shape.out_height * shape.out_width;
     let n = quotient(row, positions);
     let position = row - n * positions;
     let oy = quotient(position, shape.out_width);
     let ox = position - oy * shape.out_width;
-    let ky = quotient(tap, shape.kernel_width);
-    let kx = tap - ky * shape.kernel_width;
-    // Unsigned: a position left of or above the image wraps to a huge value, outside too.
-    let y = oy * shape.stride_y + ky - shape.pad_y;
-    let x = ox * shape.stride_x + kx - shape.pad_x;
-    let inside = oy * shape.stride_y + ky >= shape.pad_y && ox * shape.stride_x + kx >= shape.pad_x
-        && y < shape.in_height && x < shape.in_width;
-    return Tap(row, tap, taps, inside, ((n * shape.in_height + y) * shape.in_width + x) * shape.channels);
+    return Window(n, oy * shape.stride_y, ox * shape.stride_x);
 }
 
-// im2col for any C: one invocation per patch row, which it writes as Kp / 4 vec4 (a window's
-// values, then the ones column and zeros), so that the row's position is found once rather than
-// once per tap, and a row of a few-channel image (C = 1: KH KW + 1 values) takes a few vec4
-// stores rather than a tap's invocation each.
+// im2col and im2col_quads: one invocation per patch row, which it writes as Kp / 4 vec4 (a
+// window's values, then the ones column and zeros), so that the row's position is found once
+// rather than once per tap, and a row of a few-channel image (C = 1: KH KW + 1 values) takes a
+// few vec4 stores rather than a tap's invocation each.
 @compute @workgroup_size(64)
 fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let row = flat_invocation(gid, groups, 64u);
-    let positions = shape.out_height * shape.out_width;
-    if (row >= shape.samples * positions) {
+    if (row >= shape.samples * shape.out_height * shape.out_width) {
         return;
     }
     let height = shape.in_height;
@@ -92,24 +75,18 @@ fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let channels = shape.channels;
     let kernel_width = shape.kernel_width;
     let pad_x = shape.pad_x;
-    let n = quotient(row, positions);
-    let position = row - n * positions;
-    let oy = quotient(position, shape.out_width);
-    let ox = position - oy * shape.out_width;
-    // The window's top-left corner in the padded image.
-    let top = oy * shape.stride_y;
-    let left = ox * shape.stride_x;
+    let w = window_of(row);
     var pending = vec4<f32>(0.0);
     var filled = 0u;
     var at = row * (shape.columns / 4u);
     for (var ky = 0u; ky < shape.kernel_height; ky++) {
         // Unsigned: a row above the image wraps to a huge value, outside too.
-        let y = top + ky - shape.pad_y;
-        let row_inside = top + ky >= shape.pad_y && y < height;
+        let y = w.top + ky - shape.pad_y;
+        let row_inside = w.top + ky >= shape.pad_y && y < height;
         for (var kx = 0u; kx < kernel_width; kx++) {
-            let x = left + kx - pad_x;
-            let inside = row_inside && left + kx >= pad_x && x < width;
-            let first = ((n * height + y) * width + x) * channels;
+            let x = w.left + kx - pad_x;
+            let inside = row_inside && w.left + kx >= pad_x && x < width;
+            let first = ((w.n * height + y) * width + x) * channels;
             for (var c = 0u; c < channels; c++) {
                 var value = 0.0;
                 if (inside) {
@@ -135,28 +112,36 @@ fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
 
 @compute @workgroup_size(64)
 fn im2col_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let index = flat_invocation(gid, groups, 64u);
-    let rows = shape.samples * shape.out_height * shape.out_width;
-    let taps = shape.kernel_height * shape.kernel_width;
-    if (index >= rows * (taps + 1u)) {
+    let row = flat_invocation(gid, groups, 64u);
+    if (row >= shape.samples * shape.out_height * shape.out_width) {
         return;
     }
-    let t = tap_of(index);
+    let height = shape.in_height;
+    let width = shape.in_width;
     let quads = shape.channels / 4u;
-    let start = (t.row * shape.columns + t.tap * shape.channels) / 4u;
-    if (t.tap == taps) {
-        // KH KW C is a multiple of 4, so the tail is one vec4: the one and three zeros.
-        output_quads[start] = vec4<f32>(f32(shape.bias), 0.0, 0.0, 0.0);
-        return;
-    }
-    let first = t.first / 4u;
-    for (var q = 0u; q < quads; q++) {
-        var value = vec4<f32>(0.0);
-        if (t.inside) {
-            value = input_quads[first + q];
+    let kernel_width = shape.kernel_width;
+    let pad_x = shape.pad_x;
+    let w = window_of(row);
+    var at = row * (shape.columns / 4u);
+    for (var ky = 0u; ky < shape.kernel_height; ky++) {
+        let y = w.top + ky - shape.pad_y;
+        let row_inside = w.top + ky >= shape.pad_y && y < height;
+        for (var kx = 0u; kx < kernel_width; kx++) {
+            let x = w.left + kx - pad_x;
+            let inside = row_inside && w.left + kx >= pad_x && x < width;
+            let first = ((w.n * height + y) * width + x) * quads;
+            for (var q = 0u; q < quads; q++) {
+                var value = vec4<f32>(0.0);
+                if (inside) {
+                    value = input_quads[first + q];
+                }
+                output_quads[at] = value;
+                at++;
+            }
         }
-        output_quads[start + q] = value;
     }
+    // KH KW C is a multiple of 4, so the tail is one vec4: the one and three zeros.
+    output_quads[at] = vec4<f32>(f32(shape.bias), 0.0, 0.0, 0.0);
 }
 
 // The output positions along one axis whose windows hold the padded position p: o from

@@ -16,7 +16,10 @@
 // maxpool_backward_tiles_quads: the same where the windows tile the input, one invocation per
 // output quad writing its whole window (and, for the last window of a row or column, the values
 // past it, which are in no window: 0), so that the index arithmetic and the loads of dY and A
-// are paid once per window rather than once per input value.
+// are paid once per window rather than once per input value; the derivative below is read at
+// the pool's output (see binding 4), once per window:
+//   dX[n, y, x, c] = (A[n, oy, ox, c] = offset of (y, x) in its window) ? dY[n, oy, ox, c] *
+//                    f'(Y[n, oy, ox, c]) : 0
 //
 // Bindings (group 0):
 //   0 shape   storage, read        PoolShape (shared/pool_shape.wgsl)
@@ -24,7 +27,9 @@
 //   2 output  storage, read_write  forward: Y f32 [samples, OH, OW, C]; backward: dX [samples, H, W, C]
 //   3 argmax  storage, forward read_write / backward read   u32 [samples, OH, OW, C]
 //   4 below   storage, read        backward: X, the layer beneath's output (any buffer where
-//                                  shape.derivative is 0)
+//                                  shape.derivative is 0); maxpool_backward_tiles_quads: Y,
+//                                  the pool's output [samples, OH, OW, C] (the maximum of each
+//                                  window, the one value whose derivative counts)
 //
 // Workgroup: 64 invocations. Dispatch grid, folded into (x, y) with x <= 65535 (invocation =
 // (y * num_workgroups.x + x) * 64 + local): one invocation per output value (forward) or input
@@ -233,13 +238,10 @@ fn maxpool_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     output_quads[index] = sum * derivative;
 }
 
-// dX at input pixel (y, x), channel quad q, of sample n, from the window's dY quad where the
-// pixel's place in its window is `offset` (0 where `won` is off: a value in no window).
-fn store_tile_value(w: Windows, n: u32, y: u32, x: u32, q: u32, won: vec4<bool>, dy: vec4<f32>) {
-    let quads = w.channels / 4u;
-    let at = ((n * w.in_height + y) * w.in_width + x) * quads + q;
-    let derivative = derivative_from_output4(shape.derivative, below_quads[at]);
-    output_quads[at] = select(vec4<f32>(0.0), dy, won) * derivative;
+// dX at input pixel (y, x), channel quad q, of sample n: `value` where `won`, else 0.
+fn store_tile_value(w: Windows, n: u32, y: u32, x: u32, q: u32, won: vec4<bool>, value: vec4<f32>) {
+    let at = ((n * w.in_height + y) * w.in_width + x) * (w.channels / 4u) + q;
+    output_quads[at] = select(vec4<f32>(0.0), value, won);
 }
 
 @compute @workgroup_size(64)
@@ -253,7 +255,10 @@ fn maxpool_backward_tiles_quads(@builtin(global_invocation_id) gid: vec3<u32>, @
     let pixel = quotient(index, quads);
     let o = pixel_of(pixel, w.out_height, w.out_width);
     let q = index - pixel * quads;
-    let dy = input_quads[index];
+    // The derivative below counts only at each window's maximum (elsewhere it multiplies a 0,
+    // and every activation's derivative is finite and not negative), where X is the pool's
+    // output Y: one load of Y per window instead of one of X per value.
+    let value = input_quads[index] * derivative_from_output4(shape.derivative, below_quads[index]);
     let won_at = argmax_in_quads[index];
     let y0 = o.y * w.size_y;
     let x0 = o.x * w.size_x;
@@ -271,7 +276,7 @@ fn maxpool_backward_tiles_quads(@builtin(global_invocation_id) gid: vec3<u32>, @
             let inside = y < y0 + w.size_y && x < x0 + w.size_x;
             let offset = (y - y0) * w.size_x + (x - x0);
             let won = select(vec4<bool>(false), won_at == vec4<u32>(offset), inside);
-            store_tile_value(w, o.n, y, x, q, won, dy);
+            store_tile_value(w, o.n, y, x, q, won, value);
         }
     }
 }

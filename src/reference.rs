@@ -320,6 +320,36 @@ pub fn maxpool_forward(x: &[f32], rows: usize, geometry: &Geometry) -> (Vec<f32>
     (y, argmax)
 }
 
+/// The value at each window's argmax: `values` `[rows, H, W, C]` read where `argmax` (from
+/// `maxpool_forward`) says each window's maximum was, `[rows, OH, OW, C]` (of the values the
+/// maximum was taken of, the pooled output itself).
+pub fn maxpool_winners(
+    values: &[f32],
+    argmax: &[u32],
+    rows: usize,
+    geometry: &Geometry,
+) -> Vec<f32> {
+    let (input, output) = (geometry.input, geometry.output);
+    let (wy, wx) = (geometry.rows, geometry.columns);
+    let channels = input.channels;
+    let mut winners = Vec::with_capacity(rows * output.len());
+    for n in 0..rows {
+        for oy in 0..output.height {
+            for ox in 0..output.width {
+                for c in 0..channels {
+                    let o = ((n * output.height + oy) * output.width + ox) * channels + c;
+                    let at = argmax[o] as usize;
+                    let iy = oy * wy.stride + at / wx.size;
+                    let ix = ox * wx.stride + at % wx.size;
+                    winners
+                        .push(values[((n * input.height + iy) * input.width + ix) * channels + c]);
+                }
+            }
+        }
+    }
+    winners
+}
+
 /// pool.wgsl `maxpool_backward`: each input value gets the gradient of every output whose window
 /// it won (in output order), times below'(x) as in `col2im`.
 pub fn maxpool_backward(

@@ -117,12 +117,12 @@ pub struct ConvKernels {
 }
 
 impl ConvKernels {
-    /// The patch-matrix kernel for `geometry` and its invocations over `samples` samples: a
-    /// tap's channels per invocation where they come in fours, a whole patch row otherwise.
+    /// The patch-matrix kernel for `geometry` (four channels at a time where they come in
+    /// fours) and its invocations over `samples` samples, one per patch row.
     pub fn im2col_for(&self, geometry: &Geometry, samples: usize) -> (&Kernel, usize) {
         let rows = samples * geometry.positions();
         match geometry.input.channels % 4 {
-            0 => (&self.im2col_quads, rows * (geometry.window_len() + 1)),
+            0 => (&self.im2col_quads, rows),
             _ => (&self.im2col, rows),
         }
     }
@@ -147,21 +147,36 @@ impl PoolKernels {
         }
     }
 
-    /// The backward kernel for `geometry` and its invocations over `samples` samples: where the
-    /// channels come in fours and the windows tile the input, one invocation per window's quad
-    /// of channels; otherwise one per input value (or quad).
-    pub fn backward_for(&self, geometry: &Geometry, samples: usize) -> (&Kernel, usize) {
+    /// The backward kernel for `geometry` over `samples` samples: where the channels come in
+    /// fours and the windows tile the input, one invocation per window's quad of channels,
+    /// reading the derivative below at the pool's output; otherwise one per input value (or
+    /// quad), reading it at the pool's input.
+    pub fn backward_for(&self, geometry: &Geometry, samples: usize) -> PoolBackward<'_> {
         let tiles = geometry.rows.stride == geometry.rows.size
             && geometry.columns.stride == geometry.columns.size;
-        match (geometry.input.channels % 4, tiles) {
+        let (kernel, invocations) = match (geometry.input.channels % 4, tiles) {
             (0, true) => (
                 &self.backward_tiles_quads,
                 samples * geometry.output.len() / 4,
             ),
             (0, false) => (&self.backward_quads, samples * geometry.input.len() / 4),
             _ => (&self.backward, samples * geometry.input.len()),
+        };
+        PoolBackward {
+            kernel,
+            invocations,
+            reads_output: std::ptr::eq(kernel, &self.backward_tiles_quads),
         }
     }
+}
+
+/// A max pool's backward dispatch (`PoolKernels::backward_for`).
+pub struct PoolBackward<'k> {
+    pub kernel: &'k Kernel,
+    pub invocations: usize,
+    /// Whether the kernel's `below` binding takes the pool's output (each window's maximum, the
+    /// one value of a window whose derivative counts) rather than its input.
+    pub reads_output: bool,
 }
 
 /// avgpool.wgsl: average pooling (and global average pooling) and its gather backward.

@@ -526,20 +526,30 @@ pub fn maxpool_backward(
 ) -> Result<Vec<f32>> {
     let shape = gpu.params_with("shape", &PoolShape::new(rows, geometry, below));
     let grads = gpu.storage_with("output grads", output_grads)?;
-    let argmax = gpu.storage_with("argmax", argmax)?;
-    let x_buffer = gpu.storage_with("below", x)?;
+    let argmax_buffer = gpu.storage_with("argmax", argmax)?;
+    let chosen = kernels.pool.backward_for(geometry, rows);
+    // Where the kernel reads the derivative at the pool's output: x's values at the argmax.
+    let below_values = match chosen.reads_output {
+        true => crate::reference::maxpool_winners(x, argmax, rows, geometry),
+        false => x.to_vec(),
+    };
+    let x_buffer = gpu.storage_with("below", &below_values)?;
     let len = rows * geometry.input.len();
     let out = gpu.storage_with("input grads", &vec![f32::NAN; len])?;
-    let (kernel, invocations) = kernels.pool.backward_for(geometry, rows);
     let resources = [
         shape.as_entire_binding(),
         grads.as_entire_binding(),
         out.as_entire_binding(),
-        argmax.as_entire_binding(),
+        argmax_buffer.as_entire_binding(),
         x_buffer.as_entire_binding(),
     ];
-    let grid = grid_of(gpu, invocations);
-    dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
+    let grid = grid_of(gpu, chosen.invocations);
+    dispatch(
+        gpu,
+        chosen.kernel,
+        &chosen.kernel.bind(gpu, &resources),
+        grid,
+    );
     gpu.read_back(&out, len)
 }
 

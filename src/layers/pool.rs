@@ -74,16 +74,20 @@ impl DevicePasses for PoolDevice {
         let shape = context
             .gpu
             .params_with("pool shape", &PoolShape::new(rows, g, backward.below));
+        let chosen = context.kernels.pool.backward_for(g, rows);
+        let below = match chosen.reads_output {
+            true => io.output,
+            false => io.input,
+        };
         let resources = [
             shape.as_entire_binding(),
             io.output_grad.buffer.as_entire_binding(),
             input_grad.buffer.as_entire_binding(),
             self.argmax.as_entire_binding(),
-            io.input.buffer.as_entire_binding(),
+            below.buffer.as_entire_binding(),
         ];
-        let (kernel, invocations) = context.kernels.pool.backward_for(g, rows);
-        let grid = grid_1d(invocations, ROW_WORKGROUP, context.max_groups());
-        program.dispatch(context.gpu, kernel, &resources, grid);
+        let grid = grid_1d(chosen.invocations, ROW_WORKGROUP, context.max_groups());
+        program.dispatch(context.gpu, chosen.kernel, &resources, grid);
         true
     }
 }
