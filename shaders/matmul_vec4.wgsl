@@ -17,6 +17,8 @@
 //              input grad  dX = dY Wᵀ
 //   matmul_tn_parts  as matmul_tn, K split into dims.parts slices whose partial products
 //              matmul.wgsl's matmul_sum_parts adds (see the entry point)
+//   matmul_tn_shared_parts  matmul_tn_parts' parts with matmul_tn's shared loads, for M >= 64
+//              (see the entry point)
 //   conv_input_grad  a convolution's input gradient straight from its output's gradient dZ,
 //              without the patch matrix's gradient and col2im (conv2d.wgsl), through the
 //              derivative of the layer beneath (conv.derivative, X in below_values):
@@ -578,11 +580,10 @@ fn tn_step(block: ptr<function, WideBlock>, a_lo: vec4<f32>, a_hi: vec4<f32>, b0
     }
 }
 
-@compute @workgroup_size(64)
-fn matmul_tn(invocation: Invocation) {
-    // Here the lanes of a group compute blocks of the same 16 columns (and different rows), and
-    // share B, the larger part: per four k, 16 vec4 of B (2 loads per lane) and 8 of A.
-    let lane = lane_of_columns(invocation);
+// The wide block of C at `lane` (a group's lanes: blocks of the same 16 columns) over k_begin
+// (a multiple of 4) .. k_end, as matmul_tn computes it: the lanes of a group share B, the larger
+// part: per four k, 16 vec4 of B (2 loads per lane) and 8 of A.
+fn tn_slice(lane: Lane, k_begin: u32, k_end: u32) -> WideBlock {
     let m0 = lane.block.y * 8u;
     let q_first = lane.block.x * 4u;
     let last = dims.n / 4u - 1u;
@@ -594,13 +595,13 @@ fn matmul_tn(invocation: Invocation) {
     let mq = vec2<u32>(mq0, min(mq0 + 1u, dims.m / 4u - 1u));
     let b_stride = dims.b_row_stride / 4u;
     var block: WideBlock;
-    var a_k = dims.a_offset / 4u;
-    var b_k = dims.b_offset / 4u;
+    var a_k = dims.a_offset / 4u + k_begin * a_stride;
+    var b_k = dims.b_offset / 4u + k_begin * b_stride;
     // B at k 4 k4 + j: vec4 columns 0, 1 from lane 2 j, columns 2, 3 from lane 2 j + 1.
     let my_k = lane.index / 2u;
     let my_columns = select(q.xy, q.zw, (lane.index & 1u) == 1u);
-    let k_end = dims.k;
-    for (var k4 = 0u; k4 < k_end / 4u; k4++) {
+    let k4_count = (k_end - k_begin) / 4u;
+    for (var k4 = 0u; k4 < k4_count; k4++) {
         let b_row = b_k + my_k * b_stride;
         let mine0 = rhs_at(b_row + my_columns.x);
         let mine1 = rhs_at(b_row + my_columns.y);
@@ -615,13 +616,55 @@ fn matmul_tn(invocation: Invocation) {
         }
         b_k += 4u * b_stride;
     }
-    for (var k = k_end / 4u * 4u; k < k_end; k++) {
+    for (var k = k_begin + 4u * k4_count; k < k_end; k++) {
         tn_step(&block, lhs_at(a_k + mq.x), lhs_at(a_k + mq.y), rhs_at(b_k + q.x), rhs_at(b_k + q.y), rhs_at(b_k + q.z), rhs_at(b_k + q.w));
         a_k += a_stride;
         b_k += b_stride;
     }
-    if (m0 < dims.m && q_first <= last) {
+    return block;
+}
+
+@compute @workgroup_size(64)
+fn matmul_tn(invocation: Invocation) {
+    let lane = lane_of_columns(invocation);
+    let block = tn_slice(lane, 0u, dims.k);
+    let m0 = lane.block.y * 8u;
+    let q_first = lane.block.x * 4u;
+    if (m0 < dims.m && q_first <= dims.n / 4u - 1u) {
         store_wide(block, m0, q_first, dims.c_offset / 4u);
+    }
+}
+
+// matmul_tn_shared_parts: matmul_tn_parts' parts (the same slices of K, stored in the same
+// places) computed as matmul_tn computes its blocks, the lanes of a group sharing B: for a
+// product with enough rows of C to give a group's 8 lanes a block each (M >= 64), where the
+// unshared parts load 24 vec4 per four k and a lane here 10. Part: workgroup_id.z. A workgroup
+// is TN_ACROSS groups across (16 TN_ACROSS columns) and 8 / TN_ACROSS down (64 8 / TN_ACROSS
+// rows). Dispatch grid: (ceil(N / (16 TN_ACROSS)), ceil(M / (512 / TN_ACROSS)), parts).
+override TN_ACROSS: u32 = 8u;
+
+@compute @workgroup_size(64)
+fn matmul_tn_shared_parts(invocation: Invocation) {
+    let workgroup = invocation.workgroup;
+    let flat = invocation.subgroup * invocation.subgroup_size + invocation.lane;
+    let group = flat / 8u;
+    let down = 8u / TN_ACROSS;
+    let block = vec2<u32>(workgroup.x * TN_ACROSS + group % TN_ACROSS, (workgroup.y * down + group / TN_ACROSS) * 8u + flat % 8u);
+    let lane = Lane(invocation.lane & ~7u, invocation.lane & 7u, block);
+    let part = workgroup.z;
+    let parts = dims.parts;
+    let k4_all = dims.k / 4u;
+    let slice = (k4_all + parts - 1u) / parts;
+    let k_begin = 4u * min(part * slice, k4_all);
+    var k_end = 4u * min(part * slice + slice, k4_all);
+    if (part == parts - 1u) {
+        k_end = dims.k;
+    }
+    let sum = tn_slice(lane, k_begin, k_end);
+    let m0 = block.y * 8u;
+    let q_first = block.x * 4u;
+    if (m0 < dims.m && q_first <= dims.n / 4u - 1u) {
+        store_wide(sum, m0, q_first, (dims.c_offset + part * dims.m * dims.n) / 4u);
     }
 }
 

@@ -178,9 +178,29 @@ struct Vec4Kernels {
     nn: [[OnceLock<Kernel>; NN_ARRANGEMENTS]; FORWARD_ACTIVATIONS],
     tn: Kernel,
     tn_parts: Kernel,
+    /// matmul_tn_shared_parts for each `TN_ACROSS` (1, 2, 4, 8), built on first use.
+    tn_shared_parts: [OnceLock<Kernel>; TN_ARRANGEMENTS],
     nt: Kernel,
     conv_input_grad: Kernel,
 }
+
+/// matmul_tn_shared_parts' `TN_ACROSS` values: groups across a workgroup (16 columns each).
+const TN_ARRANGEMENTS: usize = 4;
+
+/// The `TN_ACROSS` index (0..4 for 1, 2, 4, 8 groups across) of the narrowest arrangement whose
+/// workgroup is as wide as a product `n` columns wide, or the widest.
+fn tn_across(n: u32) -> usize {
+    match n {
+        0..=16 => 0,
+        17..=32 => 1,
+        33..=64 => 2,
+        _ => 3,
+    }
+}
+
+/// Rows of C from which a split weight gradient shares its loads (matmul_tn_shared_parts): a
+/// group's 8 lanes each a block of 8 rows.
+const SHARED_PARTS_MIN_M: u32 = 64;
 
 /// matmul_nn's `NN_ACROSS` values: groups of lanes across a workgroup, which covers
 /// 32 NN_ACROSS columns.
@@ -197,6 +217,23 @@ fn nn_across(n: u32) -> usize {
 }
 
 impl Vec4Kernels {
+    /// matmul_tn_shared_parts for a product `n` columns wide, and its workgroups' (columns,
+    /// rows).
+    fn tn_shared_parts(&self, n: u32) -> (&Kernel, (u32, u32)) {
+        let index = tn_across(n);
+        let across = 1u32 << index;
+        let kernel = self.tn_shared_parts[index].get_or_init(|| {
+            build(
+                &self.device,
+                &self.module,
+                "matmul_tn_shared_parts",
+                &VEC4_SLOTS,
+                &[("TN_ACROSS", across as f64)],
+            )
+        });
+        (kernel, (16 * across, 512 / across))
+    }
+
     /// matmul_nn for the forward activation and width of `dims` (any activation where it has no
     /// epilogue).
     fn nn(&self, dims: &MatmulDims) -> &Kernel {
@@ -398,6 +435,7 @@ impl MatmulKernels {
             Vec4Kernels {
                 tn: build(&gpu.device, &registers, "matmul_tn", &VEC4_SLOTS, &[]),
                 tn_parts: build(&gpu.device, &registers, "matmul_tn_parts", &VEC4_SLOTS, &[]),
+                tn_shared_parts: Default::default(),
                 nt: build(&gpu.device, &registers, "matmul_nt", &with_below, &[]),
                 conv_input_grad: build(
                     &gpu.device,
@@ -639,11 +677,22 @@ impl MatmulKernels {
         if parts < 2 {
             return None;
         }
-        let invocations = (blocks * parts) as usize;
-        let grid = grid_1d(invocations, ROW_WORKGROUP, self.max_groups);
+        // The same parts either way (so the same sums): with shared loads where C has the rows.
+        let (kernel, grid) = match dims.m >= SHARED_PARTS_MIN_M {
+            true => {
+                let (kernel, (columns, rows)) = vec4.tn_shared_parts(dims.n);
+                let grid = [dims.n.div_ceil(columns), dims.m.div_ceil(rows), parts];
+                (kernel, grid)
+            }
+            false => {
+                let invocations = (blocks * parts) as usize;
+                let grid = grid_1d(invocations, ROW_WORKGROUP, self.max_groups);
+                (&vec4.tn_parts, grid)
+            }
+        };
         let parts_kernel = MatmulDispatch {
             variant: MatmulVariant::Registers,
-            ..self.dispatch(&vec4.tn_parts, grid, true)
+            ..self.dispatch(kernel, grid, true)
         };
         Some(self.split_product(dims, parts, parts_kernel, MatmulVariant::Registers))
     }
