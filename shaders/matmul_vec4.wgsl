@@ -30,7 +30,8 @@
 //              over f, a product like matmul_nt's with B = W's rows of the tap, rounded on
 //              its own before the sum over taps (so the bits are the patch-matrix path's).
 //              dims: m, n = C, a_offset (dZ [samples OH OW, F]), b_offset (W), b_col_stride
-//              = F, c_offset; C % 4 == 0 and F % 4 == 0.
+//              = F, c_offset; C % 4 == 0 and F % 4 == 0. Any stride is computed right, but the
+//              host takes it at stride 1 only (MatmulKernels::conv_input_grad says why).
 // Epilogue (dims.epilogue): 0 stores the product. matmul_nn, as in matmul.wgsl: 1 + an
 // activation code stores f(C + bias), the bias a vec4 per column quad at vec4 bias_offset / 4 + q
 // of the B buffer (its mirror), or 16 + an activation code stores f(C) (a convolution's product,

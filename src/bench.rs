@@ -93,7 +93,7 @@ fn direct_input_grad_gflops(
         MatmulOperand::new(&dz, Some(&dz_mirror)),
         MatmulOperand::new(&params, Some(&params_mirror)),
     ];
-    let Some((kernel, grid)) = kernels.matmul.conv_input_grad(dims, operands) else {
+    let Some((kernel, grid)) = kernels.matmul.conv_input_grad(dims, shape, operands) else {
         return Ok(None);
     };
     let values = (dims.m * dims.n) as usize;

@@ -154,18 +154,23 @@ impl PoolKernels {
     pub fn backward_for(&self, geometry: &Geometry, samples: usize) -> PoolBackward<'_> {
         let tiles = geometry.rows.stride == geometry.rows.size
             && geometry.columns.stride == geometry.columns.size;
-        let (kernel, invocations) = match (geometry.input.channels % 4, tiles) {
+        let (kernel, invocations, reads_output) = match (geometry.input.channels % 4, tiles) {
             (0, true) => (
                 &self.backward_tiles_quads,
                 samples * geometry.output.len() / 4,
+                true,
             ),
-            (0, false) => (&self.backward_quads, samples * geometry.input.len() / 4),
-            _ => (&self.backward, samples * geometry.input.len()),
+            (0, false) => (
+                &self.backward_quads,
+                samples * geometry.input.len() / 4,
+                false,
+            ),
+            _ => (&self.backward, samples * geometry.input.len(), false),
         };
         PoolBackward {
             kernel,
             invocations,
-            reads_output: std::ptr::eq(kernel, &self.backward_tiles_quads),
+            reads_output,
         }
     }
 }

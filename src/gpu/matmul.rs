@@ -26,7 +26,7 @@ use super::Gpu;
 use super::buffers::grid_1d;
 use super::kernels::{Kernel, ROW_WORKGROUP, Slot, build};
 use super::mirror::TextureMirror;
-use super::uniforms::{MatmulDims, NO_EPILOGUE};
+use super::uniforms::{ConvShape, MatmulDims, NO_EPILOGUE};
 use crate::shapes::WeightMatrix;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -562,13 +562,17 @@ impl MatmulKernels {
         }
     }
 
-    /// What computes a convolution's input gradient `dims` (`MatmulDims::conv_input_grad`)
-    /// straight from its output's gradient, if the preferred variant does (matmul_vec4.wgsl's
-    /// `conv_input_grad`: on the register kernels, both operands mirrored, channels and filters
-    /// in fours); else the caller takes the patch matrix's gradient and col2im.
+    /// What computes a convolution's input gradient `dims` (`MatmulDims::conv_input_grad`, of
+    /// the convolution `shape`) straight from its output's gradient, if the preferred variant
+    /// does (matmul_vec4.wgsl's `conv_input_grad`: on the register kernels, both operands
+    /// mirrored, channels and filters in fours, stride 1); else the caller takes the patch
+    /// matrix's gradient and col2im. With a stride of 2 most of a pixel's taps read no output
+    /// and the kernel multiplies zeros for them (ResNet-8's strided convolutions ran 3-5 times
+    /// slower than the patch matrix's gradient product).
     pub fn conv_input_grad(
         &self,
         dims: &MatmulDims,
+        shape: &ConvShape,
         [lhs, rhs]: [MatmulOperand<'_>; 2],
     ) -> Option<(&Kernel, [u32; 3])> {
         let vec4 = self.vec4.as_ref()?;
@@ -581,16 +585,16 @@ impl MatmulKernels {
         ]
         .iter()
         .all(|v| v % 4 == 0);
+        // A workgroup covers 32 columns and 128 rows.
+        let grid = [dims.n.div_ceil(32), dims.m.div_ceil(128), 1];
         let runs = self.preferred == MatmulVariant::Registers
             && mirrored(lhs, rhs)
             && aligned
+            && (shape.stride_y, shape.stride_x) == (1, 1)
             && dims.m > 0
-            && dims.n > 0;
-        // A workgroup covers 32 columns and 128 rows.
-        runs.then(|| {
-            let grid = [dims.n.div_ceil(32), dims.m.div_ceil(128), 1];
-            (&vec4.conv_input_grad, grid)
-        })
+            && dims.n > 0
+            && grid.iter().all(|&groups| groups <= self.max_groups);
+        runs.then_some((&vec4.conv_input_grad, grid))
     }
 
     /// The first layer's weight and bias gradient on the transposed batch

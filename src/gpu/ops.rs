@@ -460,14 +460,14 @@ pub fn conv_input_grad(
         MatmulOperand::new(&dz_buffer, Some(&dz_mirror)),
         MatmulOperand::new(&params_buffer, Some(&params_mirror)),
     ];
-    let Some((kernel, grid)) = kernels.matmul.conv_input_grad(&dims, operands) else {
+    let shape = ConvShape::new(rows, geometry, matrix.rows, below);
+    let Some((kernel, grid)) = kernels.matmul.conv_input_grad(&dims, &shape, operands) else {
         return Ok(None);
     };
     let len = rows * geometry.input.len();
     let out = gpu.storage_with("input grads", &vec![f32::NAN; len])?;
     let x_buffer = gpu.storage_with("below", x)?;
     let dims_buffer = gpu.params_with("dims", &dims);
-    let shape = ConvShape::new(rows, geometry, matrix.rows, below);
     let shape = gpu.params_with("shape", &shape);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     dz_mirror.record_refresh_of(&mut encoder, u64::MAX);

@@ -4,7 +4,8 @@
 //! row a window, channel fastest, then a one and zeros to Kp), y = f(P W) with W the layer's
 //! whole `[Kp, F]` weight matrix (its bias row meets P's ones). Backward, from dy: dz = dy ⊙ f'(y)
 //! (unless the layer above applied it), [dW; db; 0] = Pᵀ dz, and, where a layer below needs it,
-//! dP = dz Wᵀ `[rows OH OW, Kp]` and dx = col2im(dP) ⊙ below'(x).
+//! dx straight from dz and W (matmul_vec4.wgsl's `conv_input_grad`) where the register kernels
+//! take it, else dP = dz Wᵀ `[rows OH OW, Kp]` and dx = col2im(dP) ⊙ below'(x).
 
 use wgpu::{BindingResource, Buffer};
 
@@ -142,9 +143,13 @@ impl DevicePasses for ConvDevice {
             return false;
         };
         let dims = MatmulDims::conv_input_grad(rows, g, &self.matrix);
+        let shape = ConvShape::new(rows, g, self.matrix.rows, backward.below);
         let operands = [io.output_grad.operand(), context.params_operand()];
-        let direct = (context.kernels.matmul.conv_input_grad(&dims, operands))
-            .zip(operands[0].mirror.zip(operands[1].mirror));
+        let direct = (context
+            .kernels
+            .matmul
+            .conv_input_grad(&dims, &shape, operands))
+        .zip(operands[0].mirror.zip(operands[1].mirror));
         if let Some(((kernel, grid), (grads, params))) = direct {
             // It reads all of dZ and the tap rows of W.
             let m = &self.matrix;
@@ -154,7 +159,6 @@ impl DevicePasses for ConvDevice {
                 ((m.weight_offset + m.inputs * m.outputs) * 4) as u64,
             );
             let dims = gpu.params_with("conv input grad dims", &dims);
-            let shape = ConvShape::new(rows, g, m.rows, backward.below);
             let shape = gpu.params_with("conv input grad shape", &shape);
             let resources = [
                 dims.as_entire_binding(),
@@ -168,7 +172,6 @@ impl DevicePasses for ConvDevice {
             return true;
         }
         let dims = MatmulDims::conv_patch_grad(positions, &self.matrix);
-        let operands = [io.output_grad.operand(), context.params_operand()];
         context.matmul(program, dims, operands, &self.patch_grads, None);
         let shape = ConvShape::new(rows, g, self.matrix.rows, backward.below);
         let shape = gpu.params_with("col2im shape", &shape);
