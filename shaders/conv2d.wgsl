@@ -34,7 +34,7 @@
 import package::shared::activations::{derivative_from_output, derivative_from_output4};
 import package::shared::grid::flat_invocation;
 import package::shared::divide::quotient;
-import package::shared::conv_shape::ConvShape;
+import package::shared::conv_shape::{ConvShape, padded_pixel};
 
 @group(0) @binding(0) var<storage, read> shape: ConvShape;
 @group(0) @binding(1) var<storage, read> input: array<f32>;
@@ -178,17 +178,11 @@ struct Gather {
 
 // The input pixel of index `pixel` (n H W + y W + x).
 fn gather_of(pixel: u32) -> Gather {
-    let per_sample = shape.in_height * shape.in_width;
-    let n = quotient(pixel, per_sample);
-    let in_sample = pixel - n * per_sample;
-    let y = quotient(in_sample, shape.in_width);
-    let x = in_sample - y * shape.in_width;
-    let padded_y = y + shape.pad_y;
-    let padded_x = x + shape.pad_x;
-    return Gather(n * shape.out_height * shape.out_width,
-        windows_over(padded_y, shape.kernel_height, shape.stride_y, shape.out_height),
-        windows_over(padded_x, shape.kernel_width, shape.stride_x, shape.out_width),
-        padded_y, padded_x);
+    let p = padded_pixel(pixel, shape.in_height, shape.in_width, shape.pad_y, shape.pad_x);
+    return Gather(p.n * shape.out_height * shape.out_width,
+        windows_over(p.padded_y, shape.kernel_height, shape.stride_y, shape.out_height),
+        windows_over(p.padded_x, shape.kernel_width, shape.stride_x, shape.out_width),
+        p.padded_y, p.padded_x);
 }
 
 @compute @workgroup_size(64)

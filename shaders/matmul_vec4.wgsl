@@ -80,7 +80,7 @@ import package::shared::matmul_dims::{Dims, NO_EPILOGUE, DERIVATIVE_EPILOGUE, AC
 import package::shared::activations::{activate4, derivative_from_output4};
 import package::shared::mirror::mirrored;
 import package::shared::grid::flat_invocation;
-import package::shared::conv_shape::ConvShape;
+import package::shared::conv_shape::{ConvShape, padded_pixel};
 import package::shared::divide::quotient;
 
 // matmul_nn's forward activation (activation.wgsl's codes; see Epilogue above).
@@ -436,12 +436,8 @@ struct InputPixel {
 }
 
 fn input_pixel(m: u32) -> InputPixel {
-    let per_sample = conv.in_height * conv.in_width;
-    let n = quotient(m, per_sample);
-    let in_sample = m - n * per_sample;
-    let y = quotient(in_sample, conv.in_width);
-    let x = in_sample - y * conv.in_width;
-    return InputPixel(n * conv.out_height * conv.out_width, y + conv.pad_y, x + conv.pad_x);
+    let p = padded_pixel(m, conv.in_height, conv.in_width, conv.pad_y, conv.pad_x);
+    return InputPixel(p.n * conv.out_height * conv.out_width, p.padded_y, p.padded_x);
 }
 
 // The first vec4 of the row of dZ (rows `row_quads` vec4 long from vec4 `first`) that kernel tap

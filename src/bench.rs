@@ -80,42 +80,18 @@ fn direct_input_grad_gflops(
 ) -> Result<Option<f64>> {
     let filters = dims.b_col_stride as usize;
     let positions = (shape.samples * shape.out_height * shape.out_width) as usize;
-    let dz = gpu.storage_with("bench dz", &vec![0.5f32; positions * filters])?;
     let weights = dims.b_offset as usize + dims.k as usize * dims.n as usize;
-    let params = gpu.storage_with("bench params", &vec![0.25f32; weights])?;
-    let (Some(dz_mirror), Some(params_mirror)) = (
-        TextureMirror::new(gpu, "bench dz mirror", &dz),
-        TextureMirror::new(gpu, "bench params mirror", &params),
-    ) else {
-        return Ok(None);
-    };
-    let operands = [
-        MatmulOperand::new(&dz, Some(&dz_mirror)),
-        MatmulOperand::new(&params, Some(&params_mirror)),
-    ];
-    let Some((kernel, grid)) = kernels.matmul.conv_input_grad(dims, shape, operands) else {
-        return Ok(None);
-    };
     let values = (dims.m * dims.n) as usize;
-    let out = gpu.storage_buffer("bench input grads", (values * 4) as u64)?;
-    let below = gpu.storage_with("bench below", &vec![1.0f32; values])?;
-    let dims = gpu.params_with("bench dims", dims);
-    let shape = gpu.params_with("bench shape", shape);
-    let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    dz_mirror.record_refresh_of(&mut encoder, u64::MAX);
-    params_mirror.record_refresh_of(&mut encoder, u64::MAX);
-    gpu.queue.submit([encoder.finish()]);
-    let bind_group = kernel.bind(
-        gpu,
-        &[
-            dims.as_entire_binding(),
-            wgpu::BindingResource::TextureView(&dz_mirror.view),
-            wgpu::BindingResource::TextureView(&params_mirror.view),
-            out.as_entire_binding(),
-            shape.as_entire_binding(),
-            below.as_entire_binding(),
-        ],
-    );
+    let buffers = [
+        gpu.storage_with("bench dz", &vec![0.5f32; positions * filters])?,
+        gpu.storage_with("bench params", &vec![0.25f32; weights])?,
+        gpu.storage_buffer("bench input grads", (values * 4) as u64)?,
+        gpu.storage_with("bench below", &vec![1.0f32; values])?,
+    ];
+    let alone = crate::gpu::ops::conv_input_grad_alone(gpu, kernels, dims, shape, &buffers)?;
+    let Some((kernel, bind_group, grid)) = alone else {
+        return Ok(None);
+    };
     let seconds = time_dispatches(gpu, &kernel.pipeline, &bind_group, grid, 0.2)?;
     Ok(Some(flops / seconds / 1e9))
 }

@@ -2,6 +2,8 @@
 // src/gpu/uniforms.rs `ConvShape`): an input of samples x H x W x C, channels-last, a KH x KW
 // kernel at strides (SY, SX) over the input padded by (PY, PX) zeros before, an output of
 // OH x OW positions.
+import package::shared::divide::quotient;
+
 struct ConvShape {
     samples: u32,
     in_height: u32,
@@ -22,4 +24,21 @@ struct ConvShape {
     // im2col: the ones column's value, 1 (0: the layer has no bias).
     bias: u32,
     _pad: u32,
+}
+
+// Input pixel `pixel` (n H W + y W + x) of an H x W input padded by (PY, PX) zeros before: its
+// sample, and its position in the padded input. (The fields as arguments, not the whole shape:
+// on lavapipe each field read is a round of per-lane loads.)
+struct PaddedPixel {
+    n: u32,
+    padded_y: u32,
+    padded_x: u32,
+}
+
+fn padded_pixel(pixel: u32, height: u32, width: u32, pad_y: u32, pad_x: u32) -> PaddedPixel {
+    let per_sample = height * width;
+    let n = quotient(pixel, per_sample);
+    let in_sample = pixel - n * per_sample;
+    let y = quotient(in_sample, width);
+    return PaddedPixel(n, y + pad_y, in_sample - y * width + pad_x);
 }

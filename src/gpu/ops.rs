@@ -448,41 +448,61 @@ pub fn conv_input_grad(
     below: LayerActivation,
 ) -> Result<Option<Vec<f32>>> {
     let dims = MatmulDims::conv_input_grad(rows, geometry, matrix);
-    let dz_buffer = gpu.storage_with("dz", dz)?;
-    let params_buffer = gpu.storage_with("params", params)?;
+    let shape = ConvShape::new(rows, geometry, matrix.rows, below);
+    let len = rows * geometry.input.len();
+    let buffers = [
+        gpu.storage_with("dz", dz)?,
+        gpu.storage_with("params", params)?,
+        gpu.storage_with("input grads", &vec![f32::NAN; len])?,
+        gpu.storage_with("below", x)?,
+    ];
+    let Some((kernel, bind_group, grid)) =
+        conv_input_grad_alone(gpu, kernels, &dims, &shape, &buffers)?
+    else {
+        return Ok(None);
+    };
+    dispatch(gpu, kernel, &bind_group, grid);
+    gpu.read_back(&buffers[2], len).map(Some)
+}
+
+/// `conv_input_grad` run on its own over `[dz, params, out, below]` (`MatmulDims::conv_input_grad`
+/// `dims` of the convolution `shape`): its kernel, bind group and grid, the operands' mirrors
+/// filled whole; None where the adapter does not run it.
+pub fn conv_input_grad_alone<'k>(
+    gpu: &Gpu,
+    kernels: &'k Kernels,
+    dims: &MatmulDims,
+    shape: &ConvShape,
+    [dz, params, out, below]: &[wgpu::Buffer; 4],
+) -> Result<Option<(&'k Kernel, wgpu::BindGroup, [u32; 3])>> {
     let (Some(dz_mirror), Some(params_mirror)) = (
-        TextureMirror::new(gpu, "dz mirror", &dz_buffer),
-        TextureMirror::new(gpu, "params mirror", &params_buffer),
+        TextureMirror::new(gpu, "dz mirror", dz),
+        TextureMirror::new(gpu, "params mirror", params),
     ) else {
         return Ok(None);
     };
     let operands = [
-        MatmulOperand::new(&dz_buffer, Some(&dz_mirror)),
-        MatmulOperand::new(&params_buffer, Some(&params_mirror)),
+        MatmulOperand::new(dz, Some(&dz_mirror)),
+        MatmulOperand::new(params, Some(&params_mirror)),
     ];
-    let shape = ConvShape::new(rows, geometry, matrix.rows, below);
-    let Some((kernel, grid)) = kernels.matmul.conv_input_grad(&dims, &shape, operands) else {
+    let Some((kernel, grid)) = kernels.matmul.conv_input_grad(dims, shape, operands) else {
         return Ok(None);
     };
-    let len = rows * geometry.input.len();
-    let out = gpu.storage_with("input grads", &vec![f32::NAN; len])?;
-    let x_buffer = gpu.storage_with("below", x)?;
-    let dims_buffer = gpu.params_with("dims", &dims);
-    let shape = gpu.params_with("shape", &shape);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     dz_mirror.record_refresh_of(&mut encoder, u64::MAX);
     params_mirror.record_refresh_of(&mut encoder, u64::MAX);
     gpu.queue.submit([encoder.finish()]);
+    let dims = gpu.params_with("conv input grad dims", dims);
+    let shape = gpu.params_with("conv input grad shape", shape);
     let resources = [
-        dims_buffer.as_entire_binding(),
+        dims.as_entire_binding(),
         wgpu::BindingResource::TextureView(&dz_mirror.view),
         wgpu::BindingResource::TextureView(&params_mirror.view),
         out.as_entire_binding(),
         shape.as_entire_binding(),
-        x_buffer.as_entire_binding(),
+        below.as_entire_binding(),
     ];
-    dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
-    gpu.read_back(&out, len).map(Some)
+    Ok(Some((kernel, kernel.bind(gpu, &resources), grid)))
 }
 
 /// pool.wgsl `maxpool_forward` (`_quads` where the channels come in fours): (y, argmax).
