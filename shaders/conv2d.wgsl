@@ -1,7 +1,8 @@
 // The data movement of a convolution computed as matrix products (the products themselves are
 // matmul.wgsl's / matmul_vec4.wgsl's): the patch matrix of the forward pass and the gather of the
-// input gradient from the patch matrix's gradient. Tensors are channels-last: sample n's value
-// at (y, x, c) of an H x W x C image is x[((n H + y) W + x) C + c].
+// input gradient from the patch matrix's gradient (where matmul_vec4.wgsl's conv_input_grad does
+// not compute it straight from dZ: see MatmulKernels::conv_input_grad). Tensors are
+// channels-last: sample n's value at (y, x, c) of an H x W x C image is x[((n H + y) W + x) C + c].
 //
 // im2col, im2col_quads (rows R = samples * OH * OW, columns shape.columns = Kp):
 //   P[(n, oy, ox), (ky KW + kx) C + c] = x[n, oy sy + ky - py, ox sx + kx - px, c]   (0 outside)
