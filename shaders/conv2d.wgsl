@@ -45,11 +45,19 @@ import package::shared::conv_shape::{ConvShape, padded_pixel};
 @group(0) @binding(2) var<storage, read_write> output_quads: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> below_quads: array<vec4<f32>>;
 
-// A patch row's window: its sample, and its top-left corner in the padded image.
+// A patch row's window: its sample, its top-left corner in the padded image, and the shape's
+// fields its taps need, read from the shape once (on lavapipe each read inside a loop is another
+// round of per-lane loads).
 struct Window {
     n: u32,
     top: u32,
     left: u32,
+    height: u32,
+    width: u32,
+    pad_y: u32,
+    pad_x: u32,
+    kernel_height: u32,
+    kernel_width: u32,
 }
 
 fn window_of(row: u32) -> Window {
@@ -58,7 +66,22 @@ fn window_of(row: u32) -> Window {
     let position = row - n * positions;
     let oy = quotient(position, shape.out_width);
     let ox = position - oy * shape.out_width;
-    return Window(n, oy * shape.stride_y, ox * shape.stride_x);
+    return Window(n, oy * shape.stride_y, ox * shape.stride_x, shape.in_height, shape.in_width,
+        shape.pad_y, shape.pad_x, shape.kernel_height, shape.kernel_width);
+}
+
+// No input pixel: a tap in the padding.
+const OUTSIDE: u32 = 0xffffffffu;
+
+// The input pixel (n H + y) W + x under tap (ky, kx) of window w, or OUTSIDE.
+fn tap_pixel(w: Window, ky: u32, kx: u32) -> u32 {
+    // Unsigned: a position left of or above the image wraps to a huge value, outside too.
+    let y = w.top + ky - w.pad_y;
+    let x = w.left + kx - w.pad_x;
+    if (w.top + ky < w.pad_y || w.left + kx < w.pad_x || y >= w.height || x >= w.width) {
+        return OUTSIDE;
+    }
+    return (w.n * w.height + y) * w.width + x;
 }
 
 // im2col and im2col_quads: one invocation per patch row, which it writes as Kp / 4 vec4 (a
@@ -71,27 +94,18 @@ fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     if (row >= shape.samples * shape.out_height * shape.out_width) {
         return;
     }
-    let height = shape.in_height;
-    let width = shape.in_width;
     let channels = shape.channels;
-    let kernel_width = shape.kernel_width;
-    let pad_x = shape.pad_x;
     let w = window_of(row);
     var pending = vec4<f32>(0.0);
     var filled = 0u;
     var at = row * (shape.columns / 4u);
-    for (var ky = 0u; ky < shape.kernel_height; ky++) {
-        // Unsigned: a row above the image wraps to a huge value, outside too.
-        let y = w.top + ky - shape.pad_y;
-        let row_inside = w.top + ky >= shape.pad_y && y < height;
-        for (var kx = 0u; kx < kernel_width; kx++) {
-            let x = w.left + kx - pad_x;
-            let inside = row_inside && w.left + kx >= pad_x && x < width;
-            let first = ((w.n * height + y) * width + x) * channels;
+    for (var ky = 0u; ky < w.kernel_height; ky++) {
+        for (var kx = 0u; kx < w.kernel_width; kx++) {
+            let pixel = tap_pixel(w, ky, kx);
             for (var c = 0u; c < channels; c++) {
                 var value = 0.0;
-                if (inside) {
-                    value = input[first + c];
+                if (pixel != OUTSIDE) {
+                    value = input[pixel * channels + c];
                 }
                 pending[filled] = value;
                 filled++;
@@ -117,24 +131,16 @@ fn im2col_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     if (row >= shape.samples * shape.out_height * shape.out_width) {
         return;
     }
-    let height = shape.in_height;
-    let width = shape.in_width;
     let quads = shape.channels / 4u;
-    let kernel_width = shape.kernel_width;
-    let pad_x = shape.pad_x;
     let w = window_of(row);
     var at = row * (shape.columns / 4u);
-    for (var ky = 0u; ky < shape.kernel_height; ky++) {
-        let y = w.top + ky - shape.pad_y;
-        let row_inside = w.top + ky >= shape.pad_y && y < height;
-        for (var kx = 0u; kx < kernel_width; kx++) {
-            let x = w.left + kx - pad_x;
-            let inside = row_inside && w.left + kx >= pad_x && x < width;
-            let first = ((w.n * height + y) * width + x) * quads;
+    for (var ky = 0u; ky < w.kernel_height; ky++) {
+        for (var kx = 0u; kx < w.kernel_width; kx++) {
+            let pixel = tap_pixel(w, ky, kx);
             for (var q = 0u; q < quads; q++) {
                 var value = vec4<f32>(0.0);
-                if (inside) {
-                    value = input_quads[first + q];
+                if (pixel != OUTSIDE) {
+                    value = input_quads[pixel * quads + q];
                 }
                 output_quads[at] = value;
                 at++;

@@ -126,6 +126,16 @@ impl ConvKernels {
             _ => (&self.im2col, rows),
         }
     }
+
+    /// The input-gradient gather for `geometry` (four channels at a time where they come in
+    /// fours) and its invocations over `samples` samples, one per input value or quad.
+    pub fn col2im_for(&self, geometry: &Geometry, samples: usize) -> (&Kernel, usize) {
+        let values = samples * geometry.input.len();
+        match geometry.input.channels % 4 {
+            0 => (&self.col2im_quads, values / 4),
+            _ => (&self.col2im, values),
+        }
+    }
 }
 
 /// pool.wgsl: max pooling and its gather backward, per channel and four channels at a time.

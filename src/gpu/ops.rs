@@ -416,17 +416,14 @@ pub fn col2im(
     let len = rows * geometry.input.len();
     let out = gpu.storage_with("input grads", &vec![f32::NAN; len])?;
     let x_buffer = gpu.storage_with("below", x)?;
-    let (kernel, per_invocation) = match geometry.input.channels % 4 {
-        0 => (&kernels.conv.col2im_quads, 4),
-        _ => (&kernels.conv.col2im, 1),
-    };
+    let (kernel, invocations) = kernels.conv.col2im_for(geometry, rows);
     let resources = [
         shape.as_entire_binding(),
         grads.as_entire_binding(),
         out.as_entire_binding(),
         x_buffer.as_entire_binding(),
     ];
-    let grid = grid_of(gpu, len / per_invocation);
+    let grid = grid_of(gpu, invocations);
     dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
     gpu.read_back(&out, len)
 }

@@ -69,11 +69,6 @@ impl ConvDevice {
             activation,
         })
     }
-
-    /// Whether the kernels move four channels at a time.
-    fn quads(&self) -> bool {
-        self.geometry.input.channels.is_multiple_of(4)
-    }
 }
 
 impl DevicePasses for ConvDevice {
@@ -181,13 +176,8 @@ impl DevicePasses for ConvDevice {
             input_grad.buffer.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
         ];
-        let conv = &context.kernels.conv;
-        let (kernel, per_invocation) = match self.quads() {
-            true => (&conv.col2im_quads, 4),
-            false => (&conv.col2im, 1),
-        };
-        let values = rows * g.input.len() / per_invocation;
-        let grid = grid_1d(values, ROW_WORKGROUP, context.max_groups());
+        let (kernel, invocations) = context.kernels.conv.col2im_for(g, rows);
+        let grid = grid_1d(invocations, ROW_WORKGROUP, context.max_groups());
         program.dispatch(gpu, kernel, &resources, grid);
         true
     }
