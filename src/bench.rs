@@ -1,7 +1,7 @@
 //! Measurements behind `shadertrain bench`: the adapter's arithmetic peak, each matmul shape of a
 //! training step alone, and the model FLOPs that turn step times into GFLOP/s.
 
-use std::time::Instant;
+use web_time::Instant;
 
 use serde::Serialize;
 

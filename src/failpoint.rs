@@ -57,12 +57,12 @@ pub fn reach(point: &str) {
     };
     if name == point && REACHED.fetch_add(1, Ordering::SeqCst) + 1 == *count {
         if let Some((signal, times)) = raise {
+            #[cfg(not(unix))]
+            let _ = (signal, times);
+            #[cfg(unix)]
             for _ in 0..*times {
                 // SAFETY: raise only sends a signal to this process.
-                #[cfg(unix)]
-                unsafe {
-                    libc::raise(*signal)
-                };
+                unsafe { libc::raise(*signal) };
             }
             return;
         }

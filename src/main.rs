@@ -31,7 +31,7 @@ use shadertrain::data::{DATA_ENV, DatasetKind, default_dir};
 use shadertrain::gpu::{AdapterRequest, BackendChoice, list_adapters};
 use shadertrain::input::Augmentation;
 use shadertrain::model::{Activation, Loss, parse_layers};
-use shadertrain::train::{LrSchedule, OptimizerKind};
+use shadertrain::train::{LrSchedule, ModelPreset, OptimizerKind};
 
 #[derive(Parser)]
 #[command(
@@ -465,25 +465,6 @@ struct TrainArgs {
         conflicts_with = "init"
     )]
     resume: Option<PathBuf>,
-}
-
-/// The models `--model` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum ModelPreset {
-    /// Flatten, dense layers of --hidden widths with --activation, a linear dense layer.
-    Mlp,
-    /// Keras' mnist_convnet.
-    Convnet,
-    /// He et al.'s ResNet-8: 3×3 conv, BatchNorm, ReLU, three stages of one basic block (16, 32,
-    /// 64 channels), global average pooling, dense.
-    Resnet8,
-    /// He et al.'s ResNet-20: the same with three blocks per stage.
-    Resnet20,
-}
-
-/// Keras' mnist_convnet recipe as a layer list, for `classes` classes.
-fn convnet_layers(classes: usize) -> String {
-    format!("conv32k3,maxpool2,conv64k3,maxpool2,flatten,dropout0.5,dense{classes}")
 }
 
 /// `--layers`: a usage error at the token that does not parse.

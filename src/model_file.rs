@@ -125,6 +125,19 @@ pub fn save_model(
     params: &[f32],
     data: &DataIdentity,
 ) -> Result<()> {
+    let bytes = model_file_bytes(spec, params, data).map_err(|problem| Error::ModelFile {
+        path: path.to_path_buf(),
+        problem,
+    })?;
+    write_atomically(path, &bytes)
+}
+
+/// The model file's bytes, as `save_model` writes them (the web page's download).
+pub fn model_file_bytes(
+    spec: &ModelSpec,
+    params: &[f32],
+    data: &DataIdentity,
+) -> std::result::Result<Vec<u8>, String> {
     assert_eq!(
         params.len(),
         spec.layout().total,
@@ -157,11 +170,7 @@ pub fn save_model(
         .chain(counters)
         .collect::<Result<Vec<_>, _>>()
         .expect("tensor shapes match their data");
-    let bytes = serialize_in_fixed_order(views, metadata).map_err(|problem| Error::ModelFile {
-        path: path.to_path_buf(),
-        problem,
-    })?;
-    write_atomically(path, &bytes)
+    serialize_in_fixed_order(views, metadata)
 }
 
 /// `safetensors::serialize` with the header's keys (and `__metadata__`'s) in sorted order, so

@@ -132,7 +132,7 @@ impl Shape {
         self.channels
             .checked_mul(self.height)?
             .checked_mul(self.width)
-            .filter(|&n| n <= MAX_VALUES)
+            .filter(|&n| u32::try_from(n).is_ok())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -7,12 +7,11 @@ use std::path::{Path, PathBuf};
 use shadertrain::Error;
 use shadertrain::data::folder::{self, FolderOptions, FolderSplit};
 use shadertrain::data::{DataIdentity, Dataset, DatasetKind, FileDigests, Split};
-use shadertrain::input::{Augmentation, Standardisation};
-use shadertrain::model::Loss;
+use shadertrain::input::Standardisation;
 use shadertrain::model::{ModelSpec, parse_layers};
-use shadertrain::train::{LrSchedule, OptimizerKind, TrainConfig};
+use shadertrain::train::{ModelPreset, TrainConfig, TrainingChoices};
 
-use crate::{Hidden, ImageSize, ModelPreset, RecipeArgs, convnet_layers};
+use crate::{Hidden, ImageSize, RecipeArgs};
 
 /// What `train` and `bench` load and build from the recipe flags.
 pub(crate) struct Recipe {
@@ -35,12 +34,7 @@ pub(crate) fn recipe(
     epochs: Option<usize>,
     claimed: Option<(DatasetKind, &str)>,
 ) -> shadertrain::Result<Recipe> {
-    let convnet = args.model == Some(ModelPreset::Convnet);
-    let resnet_blocks = match args.model {
-        Some(ModelPreset::Resnet8) => Some(1),
-        Some(ModelPreset::Resnet20) => Some(3),
-        _ => None,
-    };
+    let resnet_blocks = args.model.and_then(ModelPreset::resnet_blocks);
     let preset = args.model.filter(|&m| m != ModelPreset::Mlp);
     if let (Some(preset), Some(Hidden(widths))) = (preset, &args.hidden) {
         let widths: Vec<String> = widths.iter().map(usize::to_string).collect();
@@ -96,24 +90,22 @@ pub(crate) fn recipe(
         });
     }
     let classes = train_set.classes;
-    let layers = match (&args.layers, convnet) {
-        (Some(layers), _) => Some(layers.clone()),
-        (None, true) => Some(convnet_layers(classes)),
-        (None, false) => None,
-    };
-    let spec = match (layers, resnet_blocks) {
-        (_, Some(blocks)) => ModelSpec {
-            loss: args.loss,
-            ..ModelSpec::resnet(train_set.shape, blocks, classes)
-        },
-        (Some(layers), None) => ModelSpec {
+    // A ResNet preset wins over a layer list, which wins over the convnet preset.
+    let spec = match (&args.layers, args.model) {
+        (_, Some(preset)) if preset.resnet_blocks().is_some() => {
+            preset.spec(train_set.shape, classes, args.loss)
+        }
+        (None, Some(ModelPreset::Convnet)) => {
+            ModelPreset::Convnet.spec(train_set.shape, classes, args.loss)
+        }
+        (Some(layers), _) => ModelSpec {
             input: train_set.shape,
-            layers: parse_layers(&layers, args.activation)
+            layers: parse_layers(layers, args.activation)
                 .map_err(|e| shadertrain::Error::Config(format!("--layers: {e}")))?,
             loss: args.loss,
             standardisation: None,
         },
-        (None, None) => ModelSpec::mlp(
+        (None, _) => ModelSpec::mlp(
             train_set.shape,
             args.hidden.as_ref().map_or(&[256, 128][..], |h| &h.0),
             classes,
@@ -124,12 +116,7 @@ pub(crate) fn recipe(
     let resnet = resnet_blocks.is_some();
     let spec = ModelSpec {
         standardisation: match args.normalize.unwrap_or(resnet) {
-            true => Some(standardisation_of(
-                &train_set,
-                args,
-                convnet,
-                test_held_out,
-            )?),
+            true => Some(standardisation_of(&train_set, args, test_held_out)?),
             false => None,
         },
         ..spec
@@ -144,18 +131,8 @@ pub(crate) fn recipe(
             spec.input
         ))
     })?;
-    let mirror_symmetric = matches!(
-        data.dataset.or(claimed.map(|(kind, _)| kind)),
-        Some(DatasetKind::FashionMnist | DatasetKind::Cifar10)
-    );
-    let mut config = TrainConfig {
-        augmentation: args.augment.unwrap_or(Augmentation {
-            crop: if resnet { 2 } else { 0 },
-            flip: resnet && mirror_symmetric,
-            cutout: 0,
-        }),
-        ..training_config(args, epochs, convnet, resnet, spec.loss)?
-    };
+    let dataset = data.dataset.or(claimed.map(|(kind, _)| kind));
+    let mut config = training_choices(args, epochs).config(args.model, spec.loss, dataset)?;
     if test_held_out {
         // The fraction made the test set; nothing more is held out.
         config.test_split = config.validation_split;
@@ -235,78 +212,34 @@ fn load_folder(
 fn standardisation_of(
     train_set: &Dataset,
     args: &RecipeArgs,
-    convnet: bool,
     test_held_out: bool,
 ) -> shadertrain::Result<Standardisation> {
     let split = match test_held_out {
         // The fraction already took the folder's test set out.
         true => 0.0,
-        false => (args.validation_split).unwrap_or(if convnet { 0.1 } else { 0.0 }),
+        false => training_choices(args, None).validation_split_for(args.model),
     };
     let (training, _) = train_set.split_validation(split)?;
     Standardisation::of(&training)
 }
 
-/// The training flags with the model's defaults: Keras' for the MLP and the convnet, He et al.'s
-/// CIFAR recipe for the ResNet presets (SGD with Nesterov momentum 0.9, weight decay 5e-4, lr 0.1
-/// with a one-epoch warm-up then cosine, label smoothing 0.1, 15 epochs). A flag given wins; the
-/// recipe's momentum, decay and rate are SGD's, so another --optimizer takes its own defaults.
-fn training_config(
-    args: &RecipeArgs,
-    epochs: Option<usize>,
-    convnet: bool,
-    resnet: bool,
-    loss: Loss,
-) -> shadertrain::Result<TrainConfig> {
-    let optimizer = args.optimizer.unwrap_or(match resnet {
-        true => OptimizerKind::Sgd,
-        false => OptimizerKind::Adam,
-    });
-    let resnet_sgd = resnet && optimizer == OptimizerKind::Sgd;
-    let momentum = args.momentum.unwrap_or(if resnet_sgd { 0.9 } else { 0.0 });
-    if args.label_smoothing.is_some_and(|s| s != 0.0) && loss != Loss::Xent {
-        return Err(Error::Config(format!(
-            "--label-smoothing smooths cross-entropy's targets; --loss {} takes none",
-            shadertrain::model_file::name_of(&loss)
-        )));
-    }
-    Ok(TrainConfig {
-        epochs: epochs.unwrap_or(match (convnet, resnet) {
-            (true, _) | (_, true) => 15,
-            _ => 10,
-        }),
+/// The training flags as choices of the recipe (`epochs`: `train --epochs`; bench times one).
+fn training_choices(args: &RecipeArgs, epochs: Option<usize>) -> TrainingChoices {
+    TrainingChoices {
+        epochs,
         batch_size: args.batch_size,
-        learning_rate: args.lr.unwrap_or(match optimizer {
-            OptimizerKind::Adam | OptimizerKind::Adamw => 1e-3,
-            OptimizerKind::Sgd if resnet => 0.1,
-            OptimizerKind::Sgd => 1e-2,
-        }),
+        lr: args.lr,
         seed: args.seed,
-        optimizer,
-        momentum,
-        nesterov: args.nesterov.unwrap_or(resnet_sgd && momentum > 0.0),
-        weight_decay: args.weight_decay.unwrap_or(match optimizer {
-            OptimizerKind::Adamw => 1e-2,
-            OptimizerKind::Sgd if resnet => 5e-4,
-            _ => 0.0,
-        }),
-        lr_schedule: args.lr_schedule.unwrap_or(match resnet {
-            true => LrSchedule::Cosine,
-            false => LrSchedule::Constant,
-        }),
-        warmup_epochs: args.warmup_epochs.or(resnet.then_some(1.0)),
-        label_smoothing: args
-            .label_smoothing
-            .unwrap_or(if resnet && loss == Loss::Xent {
-                0.1
-            } else {
-                0.0
-            }),
+        optimizer: args.optimizer,
+        momentum: args.momentum,
+        nesterov: args.nesterov,
+        weight_decay: args.weight_decay,
+        lr_schedule: args.lr_schedule,
+        warmup_epochs: args.warmup_epochs,
+        label_smoothing: args.label_smoothing,
         shuffle: !args.no_shuffle,
         max_steps: args.max_steps,
-        validation_split: args
-            .validation_split
-            .unwrap_or(if convnet { 0.1 } else { 0.0 }),
-        ..TrainConfig::default()
-    })
+        validation_split: args.validation_split,
+        augmentation: args.augment,
+    }
 }

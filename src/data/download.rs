@@ -3,7 +3,7 @@
 //! place: a failure or a bad mirror never leaves a partial file under the final name.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,7 +11,10 @@ use flate2::read::GzDecoder;
 use md5::{Digest, Md5};
 
 use super::idx::GZIP_MAGIC;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::error::{Error, Result};
+#[cfg(not(target_arch = "wasm32"))]
+use std::io::Write;
 
 /// One file of a dataset: fetched as `<mirror><stem>.gz`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +75,7 @@ pub enum DownloadEvent<'a> {
 }
 
 /// No dataset file is anywhere near this; a mirror sending more is refused.
+#[cfg(not(target_arch = "wasm32"))]
 const MAX_FILE_BYTES: u64 = 256 << 20;
 
 /// Hex MD5 of a file's content, decompressed first when it is gzip.
@@ -113,6 +117,7 @@ pub fn existing_file(dir: &Path, stem: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Makes `dir` hold every file of `source`, verified; files already there and correct are kept.
 pub fn download(
     source: &Source,
@@ -123,6 +128,7 @@ pub fn download(
     in_new_folders(dir, || download_into(source, dir, options, on_event))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Makes `dir` (and the folders above it that are missing), then runs `work`; when it fails,
 /// the folders made here go again where `work` left them empty.
 fn in_new_folders(dir: &Path, work: impl FnOnce() -> Result<()>) -> Result<()> {
@@ -143,6 +149,7 @@ fn in_new_folders(dir: &Path, work: impl FnOnce() -> Result<()>) -> Result<()> {
     result
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// An HTTP agent with the download's time limits.
 fn agent(options: &DownloadOptions) -> ureq::Agent {
     ureq::AgentBuilder::new()
@@ -151,6 +158,7 @@ fn agent(options: &DownloadOptions) -> ureq::Agent {
         .build()
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn download_into(
     source: &Source,
     dir: &Path,
@@ -205,6 +213,7 @@ fn download_into(
     Ok(())
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// `url` streamed into a temporary file in `dir`, whole (as long as announced), for the file
 /// `name`; errors as `fetch`'s.
 fn stream(
@@ -284,6 +293,7 @@ fn stream(
     Ok(Ok(temp))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// One attempt from one mirror. The outer error is local (the folder cannot be written) and
 /// ends the download; the inner one is the mirror's fault, and the next mirror is tried.
 fn fetch(
@@ -342,6 +352,7 @@ pub struct RemoteArchive {
     pub keep_under: String,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Makes `dir` hold `archive`, verified by its MD5 (kept as `dir/<name>`; an existing correct
 /// copy is used), unpacked: the files under its `keep_under/` into `dir/keep_under/`, each
 /// written through a temporary file. A failure leaves no partial file under a final name, and
@@ -357,6 +368,7 @@ pub fn download_archive(
     })
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn fetch_archive(
     archive: &RemoteArchive,
     dir: &Path,
@@ -419,6 +431,7 @@ fn fetch_archive(
     })
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The files under `keep_under/` of the verified archive in `dir`, unpacked into a temporary
 /// folder, then moved into `dir/keep_under/` one by one.
 fn unpack(archive: &RemoteArchive, dir: &Path) -> Result<()> {

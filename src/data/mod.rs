@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::shapes::Shape;
-use idx::read_idx_u8;
+use idx::{IdxBytes, read_idx_u8};
 
 /// The environment variable that, like `--data`, names the folder holding the dataset files.
 pub const DATA_ENV: &str = "SHADERTRAIN_DATA";
@@ -181,9 +181,22 @@ impl Dataset {
         let label_path = find_file(dir, label_stem)?;
         let images = read_idx_u8(&image_path)?;
         let labels = read_idx_u8(&label_path)?;
+        Self::mnist_from_idx(dir, split, (&image_path, images), (&label_path, labels))
+    }
+
+    /// One split of an MNIST-format dataset from its images and labels read as IDX (each with
+    /// the path that names it in errors; `dir`, the folder both are in), with the MD5 of each
+    /// by file stem: how a web page, handed the files' bytes, loads them.
+    pub fn mnist_from_idx(
+        dir: &Path,
+        split: Split,
+        (image_path, images): (&Path, IdxBytes),
+        (label_path, labels): (&Path, IdxBytes),
+    ) -> Result<(Self, FileDigests)> {
+        let (image_stem, label_stem) = split.file_stems();
         if images.dims.len() != 3 {
             return Err(Error::MalformedIdx {
-                path: image_path,
+                path: image_path.to_path_buf(),
                 problem: format!(
                     "expected 3 dimensions [images, rows, columns], found {:?}",
                     images.dims
@@ -192,7 +205,7 @@ impl Dataset {
         }
         if labels.dims.len() != 1 {
             return Err(Error::MalformedIdx {
-                path: label_path,
+                path: label_path.to_path_buf(),
                 problem: format!("expected 1 dimension [labels], found {:?}", labels.dims),
             });
         }
@@ -215,7 +228,7 @@ impl Dataset {
             labels: labels.data,
         };
         dataset.check().map_err(|problem| Error::MalformedIdx {
-            path: label_path,
+            path: label_path.to_path_buf(),
             problem,
         })?;
         let digests = FileDigests::from([

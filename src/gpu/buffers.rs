@@ -80,6 +80,11 @@ impl Gpu {
     /// Copies `count` values from the start of `buffer` back to the host, waiting for the GPU.
     /// For tests, checkpoints and exports: never inside a training epoch.
     pub fn read_back<T: Pod>(&self, buffer: &Buffer, count: usize) -> Result<Vec<T>> {
+        wait_for(self.read_back_async(buffer, count))
+    }
+
+    /// `read_back` as a future: what a browser, which cannot block, awaits.
+    pub async fn read_back_async<T: Pod>(&self, buffer: &Buffer, count: usize) -> Result<Vec<T>> {
         let bytes = (count * std::mem::size_of::<T>()) as u64;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read back"),
@@ -90,13 +95,18 @@ impl Gpu {
         let mut encoder = self.device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, staging.size());
         self.queue.submit([encoder.finish()]);
-        let mut values = self.map_and_read(&staging)?;
+        let mut values = self.map_and_read_async(&staging).await?;
         values.truncate(count);
         Ok(values)
     }
 
     /// Reads the first `bytes` of each buffer back with one copy submission and one wait.
     pub fn read_back_parts(&self, parts: &[(&Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+        wait_for(self.read_back_parts_async(parts))
+    }
+
+    /// `read_back_parts` as a future.
+    pub async fn read_back_parts_async(&self, parts: &[(&Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
         let aligned = |bytes: u64| bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
         let total: u64 = parts.iter().map(|&(_, bytes)| aligned(bytes)).sum();
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -114,7 +124,7 @@ impl Gpu {
             offset += aligned(bytes);
         }
         self.queue.submit([encoder.finish()]);
-        let all: Vec<u8> = self.map_and_read(&staging)?;
+        let all: Vec<u8> = self.map_and_read_async(&staging).await?;
         let mut offset = 0;
         Ok(parts
             .iter()
@@ -128,25 +138,46 @@ impl Gpu {
 
     /// Maps a MAP_READ buffer whose copy has been submitted, waits, and returns its contents.
     pub fn map_and_read<T: Pod>(&self, staging: &Buffer) -> Result<Vec<T>> {
-        let (sender, receiver) = std::sync::mpsc::channel();
+        wait_for(self.map_and_read_async(staging))
+    }
+
+    /// `map_and_read` as a future. Natively the device is polled until the copy is done, so
+    /// the mapping is ready when awaited; in a browser the poll returns at once and the
+    /// browser resolves the mapping when the GPU is done.
+    pub async fn map_and_read_async<T: Pod>(&self, staging: &Buffer) -> Result<Vec<T>> {
+        let failed = |e: &dyn std::fmt::Display| Error::Readback(e.to_string());
+        let (sender, receiver) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |result| {
             let _ = sender.send(result);
         });
-        self.device
+        (self.device)
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Readback(e.to_string()))?;
+            .map_err(|e| failed(&e))?;
         receiver
-            .recv()
-            .map_err(|e| Error::Readback(e.to_string()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
+            .await
+            .map_err(|e| failed(&e))?
+            .map_err(|e| failed(&e))?;
         let values = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| Error::Readback(e.to_string()))?;
+            let view = staging.get_mapped_range(..).map_err(|e| failed(&e))?;
             bytemuck::pod_collect_to_vec(&view)
         };
         staging.unmap();
         Ok(values)
+    }
+}
+
+/// Waits for a readback natively. A browser's page may not block (its GPU work is done between
+/// the page's turns), so there the blocking forms are an error and the page awaits the
+/// `_async` forms instead.
+pub(crate) fn wait_for<T>(readback: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return pollster::block_on(readback);
+    #[cfg(target_arch = "wasm32")]
+    {
+        drop(readback);
+        Err(Error::Readback(
+            "a web page cannot block on the GPU: await the asynchronous form".into(),
+        ))
     }
 }
 

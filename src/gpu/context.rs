@@ -2,6 +2,7 @@
 
 use wgpu::{Backends, DeviceType};
 
+use super::buffers::wait_for;
 use crate::error::{Error, Result};
 
 /// Which graphics API to look for adapters through.
@@ -56,11 +57,11 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
 }
 
-fn enumerate(backends: Backends) -> Vec<wgpu::Adapter> {
+async fn enumerate(backends: Backends) -> Vec<wgpu::Adapter> {
     let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
     descriptor.backends = backends;
     let instance = wgpu::Instance::new(descriptor);
-    pollster::block_on(instance.enumerate_adapters(backends))
+    instance.enumerate_adapters(backends).await
 }
 
 /// Preference when several adapters match: real GPUs first, then native APIs over GL.
@@ -157,7 +158,7 @@ fn no_adapter(adapters: &[wgpu::Adapter], request: &AdapterRequest) -> Error {
 /// Every adapter the backend choice sees, marking the one the request would pick; an error
 /// when it would pick none.
 pub fn list_adapters(request: &AdapterRequest) -> Result<Vec<AdapterSummary>> {
-    let adapters = enumerate(request.backend.backends());
+    let adapters = wait_for(async { Ok(enumerate(request.backend.backends()).await) })?;
     let chosen = choose(&adapters, request).ok_or_else(|| no_adapter(&adapters, request))?;
     Ok(adapters
         .iter()
@@ -183,7 +184,12 @@ pub fn list_adapters(request: &AdapterRequest) -> Result<Vec<AdapterSummary>> {
 impl Gpu {
     /// Opens a device on the best adapter matching the request, with all of the adapter's limits.
     pub fn open(request: &AdapterRequest) -> Result<Gpu> {
-        let mut adapters = enumerate(request.backend.backends());
+        wait_for(Self::open_async(request))
+    }
+
+    /// `open` as a future: how a web page opens its browser's WebGPU device.
+    pub async fn open_async(request: &AdapterRequest) -> Result<Gpu> {
+        let mut adapters = enumerate(request.backend.backends()).await;
         let index = choose(&adapters, request).ok_or_else(|| no_adapter(&adapters, request))?;
         let adapter = adapters.swap_remove(index);
         let limits = adapter.limits();
@@ -198,10 +204,13 @@ impl Gpu {
             ..Default::default()
         };
         let (device, queue) =
-            pollster::block_on(adapter.request_device(&descriptor)).map_err(|e| Error::Device {
-                adapter: adapter.get_info().name,
-                reason: e.to_string(),
-            })?;
+            adapter
+                .request_device(&descriptor)
+                .await
+                .map_err(|e| Error::Device {
+                    adapter: adapter.get_info().name,
+                    reason: e.to_string(),
+                })?;
         Ok(Gpu {
             adapter,
             device,

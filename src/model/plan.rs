@@ -161,7 +161,7 @@ fn check_sizes(layer: &LayerSpec, input: Shape, output: Shape, label: &str) -> R
     if output.checked_len().is_none() {
         return Err(too_large(format!("{label}'s output"), output));
     }
-    if weights.is_none_or(|w| w > MAX_VALUES) {
+    if weights.is_none_or(|w| u32::try_from(w).is_err()) {
         return Err(Error::Config(format!(
             "{label} on {input} has more weights than a kernel can index ({MAX_VALUES})"
         )));

@@ -23,6 +23,7 @@ mod measure;
 pub mod optimizer;
 mod pacing;
 mod progress;
+pub mod recipe;
 pub mod schedule;
 pub mod state;
 
@@ -30,7 +31,7 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use web_time::Instant;
 
 use wgpu::Buffer;
 
@@ -44,11 +45,13 @@ pub use gradients::{FeatureGradient, ScoreGradient, ScoreGradients};
 pub use optimizer::UpdateRule;
 use pacing::{CHUNKS_IN_FLIGHT, InFlight, Pace};
 use progress::{PROGRESS_READS_IN_FLIGHT, PendingRead, ProgressReads};
+pub use recipe::{ModelPreset, TrainingChoices};
 pub use schedule::{LrSchedule, RunLength};
 pub use state::{EpochState, TrainingState};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::gpu::buffers::wait_for;
 use crate::gpu::uniforms::*;
 use crate::gpu::{Gpu, Kernels};
 use crate::input::augmentation_key;
@@ -561,6 +564,11 @@ impl<'k> Trainer<'k> {
     /// the metrics, at the end. When `max_steps` (or a stop) comes first, the figures are of
     /// the partial epoch, which stays under way.
     pub fn run_epoch(&mut self) -> Result<EpochMetrics> {
+        wait_for(self.run_epoch_async())
+    }
+
+    /// `run_epoch` as a future: what a web page awaits.
+    pub async fn run_epoch_async(&mut self) -> Result<EpochMetrics> {
         if self.finished() {
             return Err(self.step_limit_reached());
         }
@@ -569,8 +577,8 @@ impl<'k> Trainer<'k> {
         }
         self.train(usize::MAX, None)?;
         match self.epoch_position() {
-            Some((taken, total)) if taken < total => self.epoch_so_far(),
-            _ => self.end_epoch(),
+            Some((taken, total)) if taken < total => self.epoch_so_far_async().await,
+            _ => self.end_epoch_async().await,
         }
     }
 
@@ -702,6 +710,11 @@ impl<'k> Trainer<'k> {
     /// reads back the epoch's metrics (the one wait). `Error::Stopped` when a stop (see
     /// `stop_when`) came during the evaluation: the epoch stays under way, every step taken.
     pub fn end_epoch(&mut self) -> Result<EpochMetrics> {
+        wait_for(self.end_epoch_async())
+    }
+
+    /// `end_epoch` as a future.
+    pub async fn end_epoch_async(&mut self) -> Result<EpochMetrics> {
         let Some(epoch) = self.epoch.as_ref() else {
             return Err(Error::Config("no epoch is under way".into()));
         };
@@ -712,7 +725,7 @@ impl<'k> Trainer<'k> {
                 epoch.steps.len()
             )));
         }
-        let metrics = self.epoch_metrics()?;
+        let metrics = self.epoch_metrics().await?;
         self.epoch = None;
         self.epochs_done += 1;
         Ok(metrics)
@@ -722,11 +735,16 @@ impl<'k> Trainer<'k> {
     /// trained yet, and the test (and validation) set with the current weights. Training can
     /// go on afterwards. Waits for the GPU.
     pub fn epoch_so_far(&mut self) -> Result<EpochMetrics> {
+        wait_for(self.epoch_so_far_async())
+    }
+
+    /// `epoch_so_far` as a future.
+    pub async fn epoch_so_far_async(&mut self) -> Result<EpochMetrics> {
         let Some(epoch) = self.epoch.as_ref() else {
             return Err(Error::Config("no epoch is under way".into()));
         };
         let next = epoch.next;
-        let metrics = self.epoch_metrics();
+        let metrics = self.epoch_metrics().await;
         // The evaluation moved the schedule's cursor (stopped or not): put it back on the next
         // training step.
         let header = [next as u32, 0, 0, 0];
@@ -735,7 +753,7 @@ impl<'k> Trainer<'k> {
     }
 
     /// The epoch under way's training figures over the steps taken, and the evaluated splits'.
-    fn epoch_metrics(&mut self) -> Result<EpochMetrics> {
+    async fn epoch_metrics(&mut self) -> Result<EpochMetrics> {
         let epoch = self.epoch.as_mut().expect("an epoch under way");
         let trained = epoch.samples_in(epoch.next);
         let trained_here = trained - epoch.samples_in(epoch.started_at_step);
@@ -750,7 +768,7 @@ impl<'k> Trainer<'k> {
         self.gpu
             .queue
             .write_buffer(&self.train_metrics_shape, 0, bytemuck::bytes_of(&shape));
-        let totals = self.evaluate_and_read_totals(&mut work)?;
+        let totals = self.evaluate_and_read_totals(&mut work).await?;
         let seconds = started.elapsed().as_secs_f64();
         let mean = |slot: usize, samples: usize| {
             let samples = samples.max(1) as f64;
@@ -800,7 +818,14 @@ impl<'k> Trainer<'k> {
     /// Evaluates the test set with the current parameters: mean loss, accuracy, and each
     /// sample's predicted class and loss (waits for the GPU).
     pub fn evaluate(&self) -> Result<Evaluation> {
-        let totals = self.evaluate_and_read_totals(&mut GpuWork::default())?;
+        wait_for(self.evaluate_async())
+    }
+
+    /// `evaluate` as a future.
+    pub async fn evaluate_async(&self) -> Result<Evaluation> {
+        let totals = self
+            .evaluate_and_read_totals(&mut GpuWork::default())
+            .await?;
         let samples = self.test.data.samples;
         let slot = self.test.totals_slot;
         // Both per-sample arrays in one copy and one wait.
@@ -810,7 +835,7 @@ impl<'k> Trainer<'k> {
             (&split.sample_prediction, bytes),
             (&split.sample_loss, bytes),
         ];
-        let mut parts = self.gpu.read_back_parts(&parts)?.into_iter();
+        let mut parts = self.gpu.read_back_parts_async(&parts).await?.into_iter();
         let mut next = || parts.next().expect("one part per buffer");
         Ok(Evaluation {
             loss: f32::from_bits(totals[2 * slot]) as f64 / samples as f64,
@@ -840,7 +865,7 @@ impl<'k> Trainer<'k> {
     /// metrics and reads the totals (loss and correct count per split: training, test,
     /// validation) back: the one wait. A stoppable trainer submits the evaluation in chunks
     /// sized by time and returns `Error::Stopped` between two when asked to stop.
-    fn evaluate_and_read_totals(&self, work: &mut GpuWork) -> Result<Vec<u32>> {
+    async fn evaluate_and_read_totals(&self, work: &mut GpuWork) -> Result<Vec<u32>> {
         let batch = self.evaluation_batch;
         // The test steps follow the slots of a whole epoch's training steps; the validation
         // steps follow them. Both are run in one pass over the schedule from the test set's
@@ -903,16 +928,21 @@ impl<'k> Trainer<'k> {
             }
         }
         work.readbacks += 1;
-        self.gpu.map_and_read(&self.totals_staging)
+        self.gpu.map_and_read_async(&self.totals_staging).await
     }
 
     /// The current parameters, laid out as `layout()` says (waits for the GPU).
     pub fn parameters(&self) -> Result<Vec<f32>> {
+        wait_for(self.parameters_async())
+    }
+
+    /// `parameters` as a future.
+    pub async fn parameters_async(&self) -> Result<Vec<f32>> {
         let parts = [
             (&self.params.buffer, (self.layout.trained * 4) as u64),
             (&self.state, (self.layout.state() * 4) as u64),
         ];
-        let parts = self.gpu.read_back_parts(&parts)?;
+        let parts = self.gpu.read_back_parts_async(&parts).await?;
         Ok(parts
             .iter()
             .flat_map(|part| bytemuck::pod_collect_to_vec::<u8, f32>(part))

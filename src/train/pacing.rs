@@ -5,7 +5,9 @@
 //! on a CPU adapter) a single step.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;

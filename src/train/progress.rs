@@ -9,7 +9,7 @@ use wgpu::Buffer;
 use super::builder::ProgramBuilder;
 use super::{DeviceSplit, EpochInProgress, EpochProgress, Trainer};
 use crate::error::{Error, Result};
-use crate::gpu::program::Program;
+use crate::gpu::program::{Program, Recorder};
 use crate::gpu::uniforms::MetricsShape;
 
 /// Staging buffers for running-metric reads in flight: one per chunk of steps that may be queued
@@ -94,14 +94,54 @@ impl Trainer<'_> {
         };
         staging.unmap();
         epoch.work.progress_reads += 1;
-        let samples = read.samples.max(1) as f64;
-        report(EpochProgress {
+        report(self.progress_of(epoch, read.steps_done, read.samples, &totals));
+        Ok(())
+    }
+
+    /// The running metrics of the epoch under way over the steps taken so far, as a future:
+    /// how a web page, which may not block, follows training between its chunks of steps.
+    pub async fn running_metrics_async(&mut self) -> Result<EpochProgress> {
+        let Some(epoch) = self.epoch.as_ref() else {
+            return Err(Error::Config("no epoch is under way".into()));
+        };
+        let (steps_done, samples) = (epoch.next, epoch.samples_in(epoch.next));
+        let shape = MetricsShape {
+            count: samples as u32,
+            slot: 0,
+            _pad: [0; 2],
+        };
+        let queue = &self.gpu.queue;
+        queue.write_buffer(&self.progress.shape, 0, bytemuck::bytes_of(&shape));
+        let staging = &self.progress.staging[0];
+        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+        let dispatches = self.progress.sum.record(&mut Recorder::new(&mut encoder));
+        encoder.copy_buffer_to_buffer(&self.progress.totals, 0, staging, 0, 8);
+        queue.submit([encoder.finish()]);
+        let totals: Vec<u32> = self.gpu.map_and_read_async(staging).await?;
+        let epoch = self.epoch.as_mut().expect("the epoch under way");
+        epoch.work.dispatches += dispatches;
+        epoch.work.submits += 1;
+        epoch.work.progress_reads += 1;
+        let epoch = self.epoch.as_ref().expect("the epoch under way");
+        Ok(self.progress_of(epoch, steps_done, samples, &totals))
+    }
+
+    /// The running metrics read back as `totals` (loss sum, correct count) over the first
+    /// `samples` samples of `epoch`, `steps_done` steps in.
+    fn progress_of(
+        &self,
+        epoch: &EpochInProgress,
+        steps_done: usize,
+        samples: usize,
+        totals: &[u32],
+    ) -> EpochProgress {
+        let samples = samples.max(1) as f64;
+        EpochProgress {
             epoch: self.epochs_done + 1,
-            steps_done: read.steps_done,
+            steps_done,
             steps: epoch.steps.len(),
             running_loss: f32::from_bits(totals[0]) as f64 / samples,
             running_accuracy: totals[1] as f64 / samples,
-        });
-        Ok(())
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Everything a training run needs to continue exactly where it stopped (what a checkpoint
 //! holds), and taking it from and restoring it into a trainer.
 
-use std::time::Instant;
+use web_time::Instant;
 
 use super::{EpochInProgress, GpuWork, Trainer, UpdateRule};
 use crate::error::{Error, Result};
