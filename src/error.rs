@@ -124,6 +124,9 @@ pub enum Error {
     #[error("selftest failed: {0} disagree with the CPU reference on this adapter")]
     SelftestFailed(String),
 
+    #[error("the web page: {0}")]
+    Web(String),
+
     #[error("{0}")]
     Config(String),
 }

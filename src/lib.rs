@@ -33,5 +33,7 @@ pub mod rng;
 pub mod selftest;
 pub mod shapes;
 pub mod train;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};

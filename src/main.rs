@@ -74,6 +74,26 @@ enum Command {
     Selftest(AdapterArgs),
     /// Download a dataset's four files from its mirrors, verifying each against its checksum.
     Download(DownloadArgs),
+    /// Build the web page that trains in the browser (the same kernels through WebGPU; the data
+    /// never leaves the machine) and serve it on 127.0.0.1. Needs this source tree, `rustup
+    /// target add wasm32-unknown-unknown` and `cargo install wasm-bindgen-cli --version 0.2.130`.
+    Web(WebArgs),
+}
+
+#[derive(Args)]
+struct WebArgs {
+    /// The folder the page is built into and served from (a static site: any host serves it).
+    #[arg(long, default_value = "target/web")]
+    out: PathBuf,
+    /// Port on 127.0.0.1 (0: any free one; the URL is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Serve what --out holds without building it again.
+    #[arg(long, conflicts_with = "no_serve")]
+    no_build: bool,
+    /// Build the page and stop.
+    #[arg(long)]
+    no_serve: bool,
 }
 
 #[derive(Args)]
@@ -571,6 +591,12 @@ fn main() -> ExitCode {
         ),
         Command::Plot(args) => plot(&args),
         Command::Selftest(args) => cli::selftest(&args.request()),
+        Command::Web(args) => cli::web::run(&cli::web::WebOptions {
+            out: args.out,
+            port: args.port,
+            build: !args.no_build,
+            serve: !args.no_serve,
+        }),
         Command::Download(args) => {
             let dir = args.dir.unwrap_or_else(|| default_dir(args.dataset));
             shadertrain::files::check_folder_writable(&dir)

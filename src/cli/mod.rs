@@ -10,6 +10,7 @@ pub mod predict;
 pub mod recipe;
 pub mod signals;
 pub mod train;
+pub mod web;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use shadertrain::data::download::{DownloadEvent, DownloadOptions, download, download_archive};

@@ -1,0 +1,257 @@
+//! The web page's side of the trainer, compiled to wasm32 (`shadertrain web` builds it): the
+//! same kernels and the same `Trainer` as the command line, through the browser's WebGPU. The
+//! page hands over the dataset files it read from the user's disk and its settings, then drives
+//! training a chunk of steps at a time, awaiting each chunk's running metrics; nothing here
+//! blocks (a page may not) and nothing is sent anywhere.
+//!
+//! Every function returns a promise (or a value) to `page.js`; figures travel as JSON text.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+
+use wasm_bindgen::prelude::*;
+
+use crate::data::idx::read_idx_u8_from;
+use crate::data::{DataIdentity, Dataset, Split};
+use crate::gpu::{AdapterRequest, Gpu, Kernels};
+use crate::input::Standardisation;
+use crate::model::Loss;
+use crate::model_file::model_file_bytes;
+use crate::train::{EpochMetrics, EpochProgress, ModelPreset, Trainer, TrainingChoices};
+
+/// The device and its kernels: opened once per page and kept for its life, so that every
+/// trainer the page builds borrows them.
+struct Device {
+    gpu: Gpu,
+    kernels: Kernels,
+}
+
+/// A run the page has started.
+struct Session {
+    trainer: Trainer<'static>,
+    data: DataIdentity,
+}
+
+thread_local! {
+    static DEVICE: RefCell<Option<&'static Device>> = const { RefCell::new(None) };
+    /// The dataset files the page has handed over, by file name.
+    static FILES: RefCell<HashMap<String, Vec<u8>>> = RefCell::new(HashMap::new());
+    /// The run; taken out while a call awaits the GPU, so that a second call meanwhile is
+    /// refused instead of racing it.
+    static SESSION: RefCell<Option<Session>> = const { RefCell::new(None) };
+}
+
+fn failed(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// Opens the browser's WebGPU device (once) and builds the kernels; the adapter's name.
+#[wasm_bindgen]
+pub async fn open_device() -> Result<String, JsError> {
+    if let Some(device) = DEVICE.with_borrow(|d| *d) {
+        return Ok(device.gpu.adapter_name());
+    }
+    let gpu = Gpu::open_async(&AdapterRequest::default())
+        .await
+        .map_err(failed)?;
+    let kernels = Kernels::new(&gpu);
+    let device: &'static Device = Box::leak(Box::new(Device { gpu, kernels }));
+    DEVICE.with_borrow_mut(|d| *d = Some(device));
+    Ok(device.gpu.adapter_name())
+}
+
+/// Keeps one dataset file the user chose (its name as on disk, raw or `.gz`) for `start`.
+#[wasm_bindgen]
+pub fn add_file(name: String, bytes: Vec<u8>) {
+    FILES.with_borrow_mut(|files| files.insert(name, bytes));
+}
+
+/// Forgets the files handed over.
+#[wasm_bindgen]
+pub fn clear_files() {
+    FILES.with_borrow_mut(HashMap::clear);
+}
+
+/// One split of the MNIST-format files handed over, found by their standard names.
+fn split_from_files(split: Split) -> Result<(Dataset, crate::data::FileDigests), JsError> {
+    let (image_stem, label_stem) = split.file_stems();
+    let read = |stem: &str| {
+        FILES.with_borrow(|files| {
+            let (name, bytes) = [stem.to_string(), format!("{stem}.gz")]
+                .into_iter()
+                .find_map(|name| files.get(&name).map(|bytes| (name, bytes)))
+                .ok_or_else(|| {
+                    JsError::new(&format!(
+                        "no file {stem} (or {stem}.gz) was chosen: choose the four files of an \
+                         MNIST-format dataset (train-images-idx3-ubyte, train-labels-idx1-ubyte, \
+                         t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte)"
+                    ))
+                })?;
+            let path = Path::new(&name).to_path_buf();
+            let idx = read_idx_u8_from(&path, &bytes[..]).map_err(failed)?;
+            Ok::<_, JsError>((path, idx))
+        })
+    };
+    let (image_path, images) = read(image_stem)?;
+    let (label_path, labels) = read(label_stem)?;
+    Dataset::mnist_from_idx(
+        Path::new("the chosen files"),
+        split,
+        (&image_path, images),
+        (&label_path, labels),
+    )
+    .map_err(failed)
+}
+
+/// What the page's settings form holds; an absent figure takes the preset's default.
+#[derive(serde::Deserialize)]
+struct Settings {
+    preset: String,
+    epochs: Option<usize>,
+    batch_size: Option<usize>,
+    lr: Option<f32>,
+    seed: Option<u64>,
+}
+
+fn preset_named(name: &str) -> Result<ModelPreset, JsError> {
+    <ModelPreset as clap::ValueEnum>::from_str(name, true)
+        .map_err(|_| JsError::new(&format!("unknown preset {name:?}")))
+}
+
+/// Builds a run from the files handed over and `settings` (JSON: `preset`, and optionally
+/// `epochs`, `batch_size`, `lr`, `seed`), as `shadertrain train --model PRESET` would with
+/// the same flags; a description of the run as JSON.
+#[wasm_bindgen]
+pub fn start(settings: &str) -> Result<String, JsError> {
+    let device = DEVICE
+        .with_borrow(|d| *d)
+        .ok_or_else(|| JsError::new("open the device first"))?;
+    let settings: Settings = serde_json::from_str(settings).map_err(failed)?;
+    let preset = preset_named(&settings.preset)?;
+    let (train_set, mut digests) = split_from_files(Split::Train)?;
+    let (test_set, test_digests) = split_from_files(Split::Test)?;
+    digests.extend(test_digests);
+    let data = DataIdentity::identify(digests, Default::default());
+    let defaults = TrainingChoices::default();
+    let choices = TrainingChoices {
+        epochs: settings.epochs,
+        batch_size: settings.batch_size.unwrap_or(defaults.batch_size),
+        lr: settings.lr,
+        seed: settings.seed.unwrap_or(defaults.seed),
+        ..defaults
+    };
+    let mut spec = preset.spec(train_set.shape, train_set.classes, Loss::Xent);
+    if preset.resnet_blocks().is_some() {
+        // The ResNet recipe standardises its inputs by the training part's statistics.
+        let (training, _) = (train_set
+            .split_validation(choices.validation_split_for(Some(preset))))
+        .map_err(failed)?;
+        spec.standardisation = Some(Standardisation::of(&training).map_err(failed)?);
+    }
+    spec.validate().map_err(failed)?;
+    let config = choices
+        .config(Some(preset), spec.loss, data.dataset)
+        .map_err(failed)?;
+    config.validate().map_err(failed)?;
+    let trainer = Trainer::new(
+        &device.gpu,
+        &device.kernels,
+        spec,
+        config,
+        &train_set,
+        &test_set,
+    )
+    .map_err(failed)?;
+    let run = serde_json::json!({
+        "adapter": device.gpu.adapter_name(),
+        "data": data.describe(),
+        "model": trainer.spec().describe(),
+        "parameters": trainer.layout().trained,
+        "train_samples": train_set.samples(),
+        "test_samples": test_set.samples(),
+        "epochs": trainer.config().epochs,
+        "batch_size": trainer.config().batch_size,
+        "learning_rate": trainer.config().learning_rate,
+    });
+    SESSION.with_borrow_mut(|s| *s = Some(Session { trainer, data }));
+    Ok(run.to_string())
+}
+
+/// Takes the run out for a call that awaits the GPU.
+fn take_session() -> Result<Session, JsError> {
+    SESSION
+        .with_borrow_mut(Option::take)
+        .ok_or_else(|| JsError::new("no run: start one (or wait for the call under way)"))
+}
+
+fn put_back(session: Session) {
+    SESSION.with_borrow_mut(|s| *s = Some(session));
+}
+
+fn progress_json(p: &EpochProgress) -> serde_json::Value {
+    serde_json::json!({
+        "epoch": p.epoch,
+        "steps_done": p.steps_done,
+        "steps": p.steps,
+        "running_loss": p.running_loss,
+        "running_accuracy": p.running_accuracy,
+    })
+}
+
+fn metrics_json(m: &EpochMetrics, epochs: usize) -> serde_json::Value {
+    serde_json::json!({
+        "epoch": m.epoch,
+        "train_loss": m.train_loss,
+        "train_accuracy": m.train_accuracy,
+        "validation_loss": m.validation.as_ref().map(|v| v.loss),
+        "validation_accuracy": m.validation.as_ref().map(|v| v.accuracy),
+        "test_loss": m.test_loss,
+        "test_accuracy": m.test_accuracy,
+        "seconds": m.seconds,
+        "samples_per_second": m.samples_per_second,
+        "learning_rate": m.learning_rate,
+        "finished": m.epoch >= epochs,
+    })
+}
+
+/// Takes up to `steps` more training steps (starting an epoch where none is under way) and
+/// resolves, once the GPU has done them, with the epoch's running metrics as JSON.
+#[wasm_bindgen]
+pub async fn train_steps(steps: usize) -> Result<String, JsError> {
+    let mut session = take_session()?;
+    let outcome = async {
+        let trainer = &mut session.trainer;
+        if trainer.epoch_position().is_none() {
+            trainer.start_epoch()?;
+        }
+        trainer.train(steps.max(1), None)?;
+        trainer.running_metrics_async().await
+    }
+    .await;
+    put_back(session);
+    Ok(progress_json(&outcome.map_err(failed)?).to_string())
+}
+
+/// Ends the epoch whose steps are all taken: evaluates the test set and resolves with the
+/// epoch's figures as JSON (`finished` once the run's epochs are done).
+#[wasm_bindgen]
+pub async fn end_epoch() -> Result<String, JsError> {
+    let mut session = take_session()?;
+    let outcome = session.trainer.end_epoch_async().await;
+    let epochs = session.trainer.config().epochs;
+    put_back(session);
+    Ok(metrics_json(&outcome.map_err(failed)?, epochs).to_string())
+}
+
+/// The trained model as the safetensors file `shadertrain train --save` writes.
+#[wasm_bindgen]
+pub async fn model_file() -> Result<Vec<u8>, JsError> {
+    let session = take_session()?;
+    let params = session.trainer.parameters_async().await;
+    let bytes = params.map_err(failed).and_then(|params| {
+        model_file_bytes(session.trainer.spec(), &params, &session.data).map_err(failed)
+    });
+    put_back(session);
+    bytes
+}
