@@ -151,8 +151,7 @@ impl<'k> Explainer<'k> {
             return Err(Error::Config("--steps must be at least 1".into()));
         }
         let gradients = ScoreGradients::new(gpu, kernels, spec, params, rows, feature)?;
-        let black = vec![0u8; spec.input.len()];
-        let baseline = scale_pixels(&black, spec.input.channels, spec.standardisation.as_ref());
+        let baseline = black_baseline(spec);
         let baseline_logits = gradients.logits(&baseline)?;
         Ok(Explainer {
             gradients,
@@ -267,35 +266,108 @@ impl<'k> Explainer<'k> {
         class: usize,
         score: f32,
     ) -> Result<IntegratedGradients> {
-        let input = self.input.len();
-        let rows = self.gradients.rows();
-        let delta: Vec<f32> = x.iter().zip(&self.baseline).map(|(a, b)| a - b).collect();
-        let m = self.steps;
-        let mut total = vec![0.0f64; input];
-        for first in (0..m).step_by(rows) {
-            let points: Vec<f32> = (first..m.min(first + rows))
-                .flat_map(|j| {
-                    let a = (j as f32 + 0.5) / m as f32;
-                    (self.baseline.iter().zip(&delta)).map(move |(b, d)| b + a * d)
-                })
-                .collect();
-            let count = points.len() / input;
+        let path = IntegrationPath {
+            x,
+            baseline: &self.baseline,
+            steps: self.steps,
+            batch: self.gradients.rows(),
+        };
+        let attributions = path.attributions(|points, count| {
             let result = self
                 .gradients
-                .gradients(&points, Some(&vec![class; count]))?;
-            for grad in result.input_grad.chunks(input) {
-                (total.iter_mut().zip(grad)).for_each(|(t, &g)| *t += g as f64);
-            }
-        }
-        let attributions = (total.iter().zip(&delta))
-            .map(|(t, d)| (t / m as f64) as f32 * d)
-            .collect();
+                .gradients(points, Some(&vec![class; count]))?;
+            Ok(result.input_grad)
+        })?;
         Ok(IntegratedGradients {
             attributions,
             score,
             baseline_score: self.baseline_logits[class],
         })
     }
+}
+
+/// The black image as a model takes it: integrated gradients' baseline.
+fn black_baseline(spec: &ModelSpec) -> Vec<f32> {
+    let black = vec![0u8; spec.input.len()];
+    scale_pixels(&black, spec.input.channels, spec.standardisation.as_ref())
+}
+
+/// Integrated gradients' straight path from `baseline` to the input `x`, in `steps` points (each
+/// segment's midpoint), taken `batch` points at a time.
+struct IntegrationPath<'a> {
+    x: &'a [f32],
+    baseline: &'a [f32],
+    steps: usize,
+    batch: usize,
+}
+
+impl IntegrationPath<'_> {
+    /// The attributions: the mean of the score's input gradient over the path, times the
+    /// input's difference from the baseline. `gradients(points, count)` gives the gradient at
+    /// each of `count` points, one after another.
+    fn attributions(
+        &self,
+        mut gradients: impl FnMut(&[f32], usize) -> Result<Vec<f32>>,
+    ) -> Result<Vec<f32>> {
+        let input = self.x.len();
+        let delta: Vec<f32> = (self.x.iter().zip(self.baseline))
+            .map(|(a, b)| a - b)
+            .collect();
+        let m = self.steps;
+        let mut total = vec![0.0f64; input];
+        for first in (0..m).step_by(self.batch.max(1)) {
+            let points: Vec<f32> = (first..m.min(first + self.batch))
+                .flat_map(|j| {
+                    let a = (j as f32 + 0.5) / m as f32;
+                    (self.baseline.iter().zip(&delta)).map(move |(b, d)| b + a * d)
+                })
+                .collect();
+            let count = points.len() / input;
+            for grad in gradients(&points, count)?.chunks(input) {
+                (total.iter_mut().zip(grad)).for_each(|(t, &g)| *t += g as f64);
+            }
+        }
+        Ok((total.iter().zip(&delta))
+            .map(|(t, d)| (t / m as f64) as f32 * d)
+            .collect())
+    }
+}
+
+/// The heat map of `class`'s score for one input `x` (as the model takes it) by the model's
+/// default method, computed with the CPU reference instead of the GPU: for the web page, which
+/// explains one drawing and may not wait on the GPU. The method and the map `[H, W]`.
+pub fn reference_map(
+    spec: &ModelSpec,
+    params: &[f32],
+    x: &[f32],
+    class: usize,
+) -> Result<(Method, Vec<f32>)> {
+    let plan = spec.plan()?;
+    let method = Method::default_for(&plan);
+    let gradients = |points: &[f32], count: usize| {
+        crate::model::reference::class_score_gradients(spec, params, points, &vec![class; count])
+    };
+    let map = match (method, grad_cam_feature(&plan)) {
+        (Method::GradCam, Some(feature)) => {
+            let (tensors, grads) = gradients(x, 1);
+            let shape = plan.tensors[feature].shape;
+            grad_cam_map(&tensors[feature], &grads[feature], shape, spec.input)
+        }
+        (Method::Integrated, _) => {
+            let baseline = black_baseline(spec);
+            let path = IntegrationPath {
+                x,
+                baseline: &baseline,
+                steps: DEFAULT_STEPS,
+                batch: DEFAULT_STEPS,
+            };
+            let attributions =
+                path.attributions(|points, count| Ok(gradients(points, count).1.swap_remove(0)))?;
+            integrated_map(&attributions, spec.input)
+        }
+        _ => saliency_map(&gradients(x, 1).1[0], spec.input),
+    };
+    Ok((method, map))
 }
 
 /// Saliency: the largest |gradient| over each pixel's channels, `[H, W]`.

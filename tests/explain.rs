@@ -5,8 +5,8 @@ mod common;
 
 use common::{assert_close, gpu, kernels, random_vec};
 use shadertrain::explain::{
-    Explainer, Method, deletion_ratio, grad_cam_feature, grad_cam_map, integrated_map, mass_on_ink,
-    resize_bilinear, saliency_map,
+    DEFAULT_STEPS, Explainer, Method, deletion_ratio, grad_cam_feature, grad_cam_map,
+    integrated_map, mass_on_ink, reference_map, resize_bilinear, saliency_map,
 };
 use shadertrain::model::reference::{class_score_gradients, forward};
 use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
@@ -214,6 +214,42 @@ fn grad_cam_weighs_the_last_feature_map_as_the_reference_does() {
     let params = mlp.glorot_uniform(&mut rng);
     let refused = Explainer::new(gpu(), kernels(), &mlp, &params, Method::GradCam, (1, 1));
     assert!(refused.err().unwrap().to_string().contains("gradcam"));
+}
+
+/// The web page's heat map (one drawing, the CPU reference, the model's default method) is the
+/// explain command's on the GPU: integrated gradients for the MLP and the convnet, Grad-CAM for
+/// the ResNet.
+#[test]
+fn the_reference_map_is_the_default_explanation() {
+    let input = Shape::image(1, 10, 10);
+    let mut rng = Rng::new(35);
+    for (name, layers) in MODELS {
+        let spec = spec(layers, input);
+        let params = parameters(&spec, &mut rng);
+        let x = random_vec(&mut rng, input.len(), 0.0, 1.0);
+        let method = Method::default_for(&spec.plan().unwrap());
+        let (used, map) = reference_map(&spec, &params, &x, 3).unwrap();
+        assert_eq!(used, method, "{name}");
+        let explainer = Explainer::new(
+            gpu(),
+            kernels(),
+            &spec,
+            &params,
+            method,
+            (16, DEFAULT_STEPS),
+        )
+        .unwrap();
+        let on_gpu = explainer.explain(&x, Some(&[3])).unwrap().remove(0).map;
+        assert!(on_gpu.iter().any(|&m| m > 0.0), "{name}: an empty map");
+        assert_close(&format!("{name} map"), &map, &on_gpu, 1e-5, 1e-4);
+    }
+    let names: Vec<Method> = (MODELS.iter())
+        .map(|(_, layers)| Method::default_for(&spec(layers, input).plan().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [Method::Integrated, Method::Integrated, Method::GradCam]
+    );
 }
 
 #[test]

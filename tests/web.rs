@@ -144,11 +144,15 @@ fn on_swiftshader(args: &[&str]) -> String {
     stdout
 }
 
-/// Trains `preset` for `epochs` in the page and on the command line, and compares.
+/// Trains `preset` for `epochs` in the page and on the command line, and compares; the page
+/// also classifies the first test image drawn ten times larger, which `predict` must classify
+/// alike, and evaluates its downloaded file loaded back.
 fn page_trains_like_the_command_line(url: &str, data: &Path, preset: &str, epochs: usize) {
     let profile = tempfile::tempdir().unwrap();
     let result = page_result(
-        &format!("{url}?autorun=1&data=data/&preset={preset}&epochs={epochs}&seed=7"),
+        &format!(
+            "{url}?autorun=1&data=data/&preset={preset}&epochs={epochs}&seed=7&classify=1&reload=1"
+        ),
         profile.path(),
     );
     assert!(
@@ -211,6 +215,54 @@ fn page_trains_like_the_command_line(url: &str, data: &Path, preset: &str, epoch
     ]))
     .unwrap();
     assert_eq!(evaluated["accuracy"], page["test_accuracy"], "{preset}");
+    // The drawing: the page's top classes are predict's, from the same file and picture.
+    let first = &std::fs::read(Path::new(data).join(STEMS[2])).unwrap()[16..16 + 784];
+    let drawing = image::GrayImage::from_fn(280, 280, |x, y| {
+        image::Luma([first[(y / 10) as usize * 28 + (x / 10) as usize]])
+    });
+    let picture = saved.path().join("drawing.png");
+    drawing.save(&picture).unwrap();
+    let predicted: serde_json::Value = serde_json::from_str(&on_swiftshader(&[
+        "predict",
+        "--json",
+        "--model",
+        model_arg,
+        picture.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let (page_top, predict_top) = (&result["classified"]["top"], &predicted[0]["top"]);
+    assert_eq!(
+        page_top.as_array().map(Vec::len),
+        Some(3),
+        "{preset}: {result}"
+    );
+    for (page, predicted) in page_top
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(predict_top.as_array().unwrap())
+    {
+        assert_eq!(
+            page["name"], predicted["name"],
+            "{preset}: {page_top} {predict_top}"
+        );
+        let (p, q) = (
+            page["probability"].as_f64().unwrap(),
+            predicted["probability"].as_f64().unwrap(),
+        );
+        assert!(
+            (p - q).abs() <= 1e-9,
+            "{preset}: {page_top} against predict's {predict_top}"
+        );
+    }
+    assert_eq!(result["classified"]["map_cells"], 784, "{preset}: {result}");
+    // The downloaded file, loaded back into the page, evaluates to the same figures.
+    let reloaded = &result["reloaded"];
+    assert_eq!(
+        reloaded["accuracy"], page["test_accuracy"],
+        "{preset}: {result}"
+    );
+    assert_eq!(reloaded["loss"], page["test_loss"], "{preset}: {result}");
     // Trained, not merely equal: well above chance on ten classes.
     let accuracy = page["test_accuracy"].as_f64().unwrap();
     assert!(accuracy > 0.5, "{preset}: test accuracy {accuracy}");

@@ -16,7 +16,8 @@ use shadertrain::plot::{GridCell, heat_map_pixels, heat_overlay, image_grid_png,
 use shadertrain::{Error, Result};
 
 use super::eval::{check_picture_path, picture_format};
-use super::predict::{describe_top, preparation, test_samples, top_classes, top_json};
+use super::predict::{describe_top, preparation, test_samples, top_json};
+use shadertrain::model::reference::top_classes;
 
 /// Inputs explained per submission: a batch of images, or of integrated gradients' path points.
 const EXPLAIN_BATCH: usize = 64;

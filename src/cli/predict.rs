@@ -10,7 +10,7 @@ use shadertrain::data::DatasetKind;
 use shadertrain::data::images::{Preparation, load_image};
 use shadertrain::input::scale_pixels;
 use shadertrain::model::Shape;
-use shadertrain::model::reference::forward;
+use shadertrain::model::reference::{forward, top_classes};
 use shadertrain::model_file::SavedModel;
 use shadertrain::{Error, Result};
 
@@ -129,18 +129,6 @@ pub(super) fn test_samples(
             Ok((format!("test image {index} (label {label})"), pixels))
         })
         .collect()
-}
-
-/// The `k` most probable classes of a row of logits, with their softmax probabilities, most
-/// probable first.
-pub(super) fn top_classes(logits: &[f32], k: usize) -> Vec<(usize, f64)> {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f64> = logits.iter().map(|&z| ((z - max) as f64).exp()).collect();
-    let sum: f64 = exp.iter().sum();
-    let mut ranked: Vec<(usize, f64)> = exp.iter().map(|e| e / sum).enumerate().collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-    ranked.truncate(k);
-    ranked
 }
 
 /// The top classes as `predict` prints them: `7 (99.2%), 2 (0.5%), 3 (0.1%)`.

@@ -125,6 +125,18 @@ pub fn forward_backward_smoothed(
     }
 }
 
+/// The `k` most probable classes of a row of logits, with their softmax probabilities, most
+/// probable first.
+pub fn top_classes(logits: &[f32], k: usize) -> Vec<(usize, f64)> {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f64> = logits.iter().map(|&z| ((z - max) as f64).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    let mut ranked: Vec<(usize, f64)> = exp.iter().map(|e| e / sum).enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked.truncate(k);
+    ranked
+}
+
 /// The gradient of each sample's class score (its logit of `classes[i]`, before the softmax)
 /// with respect to every tensor of the plan, in evaluation (dropout the identity, BatchNorm with
 /// its running statistics): what `explain` computes on the GPU. Returns the tensors, from the

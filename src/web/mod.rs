@@ -10,14 +10,18 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
+use image::GrayImage;
 use wasm_bindgen::prelude::*;
 
 use crate::data::idx::read_idx_u8_from;
+use crate::data::images::Preparation;
 use crate::data::{DataIdentity, Dataset, Split};
+use crate::explain::reference_map;
 use crate::gpu::{AdapterRequest, Gpu, Kernels};
-use crate::input::Standardisation;
+use crate::input::{Standardisation, scale_pixels};
 use crate::model::Loss;
-use crate::model_file::model_file_bytes;
+use crate::model::reference::{forward, top_classes};
+use crate::model_file::{SavedModel, model_file_bytes, model_from_bytes};
 use crate::train::{EpochMetrics, EpochProgress, ModelPreset, Trainer, TrainingChoices};
 
 /// The device and its kernels: opened once per page and kept for its life, so that every
@@ -40,6 +44,9 @@ thread_local! {
     /// The run; taken out while a call awaits the GPU, so that a second call meanwhile is
     /// refused instead of racing it.
     static SESSION: RefCell<Option<Session>> = const { RefCell::new(None) };
+    /// A model the user loaded: what the page classifies and evaluates with while no run is
+    /// under way, and what the next run fine-tunes.
+    static LOADED: RefCell<Option<SavedModel>> = const { RefCell::new(None) };
 }
 
 fn failed(e: impl std::fmt::Display) -> JsError {
@@ -121,7 +128,8 @@ fn preset_named(name: &str) -> Result<ModelPreset, JsError> {
 
 /// Builds a run from the files handed over and `settings` (JSON: `preset`, and optionally
 /// `epochs`, `batch_size`, `lr`, `seed`), as `shadertrain train --model PRESET` would with
-/// the same flags; a description of the run as JSON.
+/// the same flags; where a model was loaded, the run fine-tunes it instead of the preset. A
+/// description of the run as JSON.
 #[wasm_bindgen]
 pub fn start(settings: &str) -> Result<String, JsError> {
     let device = DEVICE
@@ -133,6 +141,7 @@ pub fn start(settings: &str) -> Result<String, JsError> {
     let (test_set, test_digests) = split_from_files(Split::Test)?;
     digests.extend(test_digests);
     let data = DataIdentity::identify(digests, Default::default());
+    let loaded = LOADED.with_borrow(Clone::clone);
     let defaults = TrainingChoices::default();
     let choices = TrainingChoices {
         epochs: settings.epochs,
@@ -141,8 +150,14 @@ pub fn start(settings: &str) -> Result<String, JsError> {
         seed: settings.seed.unwrap_or(defaults.seed),
         ..defaults
     };
-    let mut spec = preset.spec(train_set.shape, train_set.classes, Loss::Xent);
-    if preset.resnet_blocks().is_some() {
+    // A loaded model is fine-tuned: its network (and standardisation) instead of the preset's,
+    // trained with the settings as a layer list is.
+    let mut spec = match &loaded {
+        Some(saved) => saved.spec.clone(),
+        None => preset.spec(train_set.shape, train_set.classes, Loss::Xent),
+    };
+    let preset = loaded.is_none().then_some(preset);
+    if let Some(preset) = preset.filter(|p| p.resnet_blocks().is_some()) {
         // The ResNet recipe standardises its inputs by the training part's statistics.
         let (training, _) = (train_set
             .split_validation(choices.validation_split_for(Some(preset))))
@@ -151,7 +166,7 @@ pub fn start(settings: &str) -> Result<String, JsError> {
     }
     spec.validate().map_err(failed)?;
     let config = choices
-        .config(Some(preset), spec.loss, data.dataset)
+        .config(preset, spec.loss, data.dataset)
         .map_err(failed)?;
     config.validate().map_err(failed)?;
     let trainer = Trainer::new(
@@ -163,6 +178,9 @@ pub fn start(settings: &str) -> Result<String, JsError> {
         &test_set,
     )
     .map_err(failed)?;
+    if let Some(saved) = &loaded {
+        trainer.set_parameters(&saved.params).map_err(failed)?;
+    }
     let run = serde_json::json!({
         "adapter": device.gpu.adapter_name(),
         "data": data.describe(),
@@ -175,6 +193,8 @@ pub fn start(settings: &str) -> Result<String, JsError> {
         "learning_rate": trainer.config().learning_rate,
     });
     SESSION.with_borrow_mut(|s| *s = Some(Session { trainer, data }));
+    // The run fine-tunes the loaded model from here on.
+    LOADED.with_borrow_mut(|m| *m = None);
     Ok(run.to_string())
 }
 
@@ -254,4 +274,98 @@ pub async fn model_file() -> Result<Vec<u8>, JsError> {
     });
     put_back(session);
     bytes
+}
+
+/// Reads a model file the user chose (`.safetensors` from this page or `shadertrain train
+/// --save`): what the drawing pad and the evaluation use until a run starts, and what the next
+/// run fine-tunes. Ends the run under way. Its description as JSON.
+#[wasm_bindgen]
+pub fn load_model(name: String, bytes: Vec<u8>) -> Result<String, JsError> {
+    let saved = model_from_bytes(Path::new(&name), &bytes).map_err(failed)?;
+    let description = serde_json::json!({
+        "model": saved.spec.describe(),
+        "data": saved.data.describe(),
+        "classes": saved.data.class_names(),
+    });
+    SESSION.with_borrow_mut(|s| *s = None);
+    LOADED.with_borrow_mut(|m| *m = Some(saved));
+    Ok(description.to_string())
+}
+
+/// The model the page works with: the run's (its parameters as they are now), else the loaded one.
+async fn current_model() -> Result<SavedModel, JsError> {
+    if let Some(saved) = LOADED.with_borrow(Clone::clone) {
+        return Ok(saved);
+    }
+    let session = take_session()?;
+    let params = session.trainer.parameters_async().await;
+    let saved = params.map(|params| SavedModel {
+        spec: session.trainer.spec().clone(),
+        params,
+        data: session.data.clone(),
+    });
+    put_back(session);
+    saved.map_err(failed)
+}
+
+/// Evaluates the current model on the chosen test files: loss, accuracy and samples, as JSON.
+#[wasm_bindgen]
+pub async fn evaluate_model() -> Result<String, JsError> {
+    let device = DEVICE
+        .with_borrow(|d| *d)
+        .ok_or_else(|| JsError::new("open the device first"))?;
+    let saved = current_model().await?;
+    let (test_set, _) = split_from_files(Split::Test)?;
+    let trainer = Trainer::for_evaluation(&device.gpu, &device.kernels, saved.spec, &test_set)
+        .map_err(failed)?;
+    trainer.set_parameters(&saved.params).map_err(failed)?;
+    let evaluation = trainer.evaluate_async().await.map_err(failed)?;
+    Ok(serde_json::json!({
+        "loss": evaluation.loss,
+        "accuracy": evaluation.accuracy,
+        "samples": test_set.samples(),
+    })
+    .to_string())
+}
+
+/// Classifies a drawing (`grey`: `width` × `height` grey levels, white on black) with the current
+/// model: prepared as the model's data was made (digits as MNIST's, clothes as Fashion-MNIST's),
+/// its top three classes, and a heat map of what the top class's score rests on by `explain`'s
+/// default method for the model, computed with the CPU reference (one picture is little work).
+/// JSON: `top` (name, probability), `prepared` (the model's input, grey levels), `map`, `method`.
+#[wasm_bindgen]
+pub async fn classify(grey: Vec<u8>, width: u32, height: u32) -> Result<String, JsError> {
+    let saved = current_model().await?;
+    let picture = GrayImage::from_raw(width, height, grey)
+        .ok_or_else(|| JsError::new("the drawing's size does not match its pixels"))?;
+    let spec = &saved.spec;
+    if spec.input.channels != 1 {
+        return Err(JsError::new(&format!(
+            "the model takes {} pictures; the pad draws grey ones",
+            spec.input
+        )));
+    }
+    let preparation = Preparation::of(saved.data.labels, spec.input);
+    let prepared = preparation
+        .prepare(&picture)
+        .map_err(|e| JsError::new(&e))?;
+    let x = scale_pixels(&prepared, 1, spec.standardisation.as_ref());
+    let logits = forward(spec, &saved.params, &x)
+        .pop()
+        .expect("a model has an output layer");
+    let ranked = top_classes(&logits, 3);
+    let explained = reference_map(spec, &saved.params, &x, ranked[0].0).map_err(failed)?;
+    let names = saved.data.class_names();
+    let top: Vec<_> = (ranked.iter())
+        .map(|&(class, p)| {
+            serde_json::json!({"name": names.get(class).copied().unwrap_or("?"), "probability": p})
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "top": top,
+        "prepared": prepared,
+        "map": explained.1,
+        "method": explained.0.name(),
+    })
+    .to_string())
 }

@@ -2,10 +2,11 @@
 // from src/web/mod.rs), and trains a chunk of steps per call, each sized to take about a quarter
 // of a second so the page stays responsive and Stop acts at once. Nothing is uploaded.
 //
-// For tests, `?data=PREFIX&autorun=1&preset=…&epochs=…&seed=…` fetches the files from PREFIX on
-// the serving host instead of asking, trains, and logs one line `shadertrain-result {json}` with
-// the model file's SHA-256, the last epoch's figures and the time from navigation to the first
-// step's metrics.
+// For tests, `?data=PREFIX&autorun=1&preset=…&epochs=…&seed=…[&classify=1][&reload=1]` fetches
+// the files from PREFIX on the serving host instead of asking, trains, and logs one line
+// `shadertrain-result {json}` with the model file's SHA-256, the last epoch's figures, the time
+// from navigation to the first step's metrics, with `classify` the first test image's top
+// classes as a drawing, and with `reload` the downloaded file's evaluation once loaded back.
 
 import init, * as trainer from './shadertrain.js';
 
@@ -25,11 +26,15 @@ const accuracyPoints = []; // [epoch, test accuracy]
 function status(text) { $('status').textContent = text; }
 function showError(e) { $('error').textContent = String(e && e.message ? e.message : e); }
 
+let modelLoaded = false;
+
 function buttons() {
   $('train').disabled = running;
   $('stop').disabled = !running;
   $('continue').disabled = running || !started || finished;
   $('download').disabled = running || !started;
+  $('evaluate').disabled = running || (!started && !modelLoaded);
+  $('classify').disabled = running || (!started && !modelLoaded);
 }
 
 async function handFiles(files) {
@@ -155,7 +160,97 @@ async function autorun(params) {
   const bytes = await modelBytes();
   const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
   const sha256 = Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
-  console.log('shadertrain-result ' + JSON.stringify({ sha256, last, first_step_ms: firstStepAt }));
+  // `classify=1`: the first test image, drawn ten times larger, classified as a drawing is.
+  let classified;
+  if (params.has('classify')) {
+    const images = new Uint8Array(await files[2].arrayBuffer()).subarray(16, 16 + 784);
+    const drawing = new Uint8Array(280 * 280);
+    drawing.forEach((_, i) => { drawing[i] = images[28 * Math.floor(i / 2800) + Math.floor((i % 280) / 10)]; });
+    const c = JSON.parse(await trainer.classify(drawing, 280, 280));
+    classified = { top: c.top, method: c.method, map_cells: c.map.length };
+  }
+  // `reload=1`: the downloaded file loaded back and evaluated on the chosen test files.
+  let reloaded;
+  if (params.has('reload')) {
+    trainer.load_model('downloaded.safetensors', bytes);
+    reloaded = JSON.parse(await trainer.evaluate_model());
+  }
+  console.log('shadertrain-result ' + JSON.stringify({
+    sha256, last, first_step_ms: firstStepAt, classified, reloaded }));
+}
+
+async function loadModel(file) {
+  showError('');
+  const model = JSON.parse(trainer.load_model(file.name, new Uint8Array(await file.arrayBuffer())));
+  modelLoaded = true; started = false; finished = false;
+  $('model-status').textContent = `${file.name}: ${model.model}, trained on ${model.data}`;
+  buttons();
+}
+
+async function evaluate() {
+  showError('');
+  const e = JSON.parse(await trainer.evaluate_model());
+  $('model-status').textContent = `${$('model-status').textContent.split(' | ')[0]} | test loss ` +
+    `${e.loss.toFixed(4)}, accuracy ${(100 * e.accuracy).toFixed(2)}% on ${e.samples} samples`;
+}
+
+// The drawing pad: white strokes on black, as MNIST's digits are.
+function setUpPad() {
+  const pad = $('pad');
+  const ctx = pad.getContext('2d');
+  const clear = () => { ctx.fillStyle = '#000'; ctx.fillRect(0, 0, pad.width, pad.height); };
+  clear();
+  let drawing = false;
+  const at = (e) => {
+    const r = pad.getBoundingClientRect();
+    return [(e.clientX - r.left) * pad.width / r.width, (e.clientY - r.top) * pad.height / r.height];
+  };
+  pad.addEventListener('pointerdown', (e) => {
+    drawing = true; pad.setPointerCapture(e.pointerId);
+    ctx.beginPath(); ctx.moveTo(...at(e));
+  });
+  pad.addEventListener('pointermove', (e) => {
+    if (!drawing) return;
+    ctx.lineWidth = 22; ctx.lineCap = 'round'; ctx.lineJoin = 'round'; ctx.strokeStyle = '#fff';
+    ctx.lineTo(...at(e)); ctx.stroke();
+  });
+  pad.addEventListener('pointerup', () => { drawing = false; });
+  $('clear').addEventListener('click', clear);
+}
+
+function paint(canvas, values) {
+  const ctx = canvas.getContext('2d');
+  const image = ctx.createImageData(canvas.width, canvas.height);
+  values.forEach((v, i) => {
+    const [r, g, b] = v;
+    image.data.set([r, g, b, 255], 4 * i);
+  });
+  ctx.putImageData(image, 0, 0);
+}
+
+async function classify() {
+  showError('');
+  const pad = $('pad');
+  const rgba = pad.getContext('2d').getImageData(0, 0, pad.width, pad.height).data;
+  const grey = new Uint8Array(pad.width * pad.height);
+  for (let i = 0; i < grey.length; i += 1) grey[i] = rgba[4 * i];
+  const c = JSON.parse(await trainer.classify(grey, pad.width, pad.height));
+  paint($('prepared'), c.prepared.map((v) => [v, v, v]));
+  const peak = Math.max(1e-12, ...c.map);
+  // The heat map over the prepared picture: red where the score rests.
+  paint($('heat'), c.map.map((m, i) => {
+    const [v, h] = [c.prepared[i] * 0.5, m / peak];
+    return [Math.min(255, v + 255 * h), v * (1 - h), v * (1 - h)];
+  }));
+  $('top').innerHTML = '';
+  for (const t of c.top) {
+    const line = document.createElement('div');
+    line.textContent = `${t.name}: ${(100 * t.probability).toFixed(1)}%`;
+    $('top').appendChild(line);
+  }
+  const heading = document.createElement('div');
+  heading.textContent = `(${c.method})`;
+  $('top').appendChild(heading);
 }
 
 async function main() {
@@ -172,6 +267,10 @@ async function main() {
   $('stop').addEventListener('click', () => { running = false; status(`${$('status').textContent} (stopping)`); });
   $('continue').addEventListener('click', () => trainLoop());
   $('download').addEventListener('click', () => download().catch(showError));
+  $('model-file').addEventListener('change', (e) => loadModel(e.target.files[0]).catch(showError));
+  $('evaluate').addEventListener('click', () => evaluate().catch(showError));
+  $('classify').addEventListener('click', () => classify().catch(showError));
+  setUpPad();
   buttons();
   const params = new URLSearchParams(location.search);
   if (params.has('autorun')) {
