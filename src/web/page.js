@@ -22,6 +22,7 @@ let stepsPerCall = 1;
 let firstStepAt = null;   // ms from the page's navigation to the first step's metrics
 const lossPoints = [];   // [epoch position, running loss]
 const accuracyPoints = []; // [epoch, test accuracy]
+const epochSeconds = [];   // each epoch's wall time, for the autorun result
 
 function status(text) { $('status').textContent = text; }
 function showError(e) { $('error').textContent = String(e && e.message ? e.message : e); }
@@ -109,6 +110,7 @@ async function trainLoop() {
         status(`epoch ${p.epoch}: evaluating the test set…`);
         last = JSON.parse(await trainer.end_epoch());
         accuracyPoints.push([last.epoch, last.test_accuracy]);
+        epochSeconds.push(last.seconds);
         addEpochRow(last);
         status(`epoch ${last.epoch}: test accuracy ${(100 * last.test_accuracy).toFixed(2)}%`);
         if (last.finished) { finished = true; running = false; status(`done: ${$('status').textContent}`); }
@@ -124,7 +126,7 @@ async function trainLoop() {
 
 async function start() {
   showError('');
-  lossPoints.length = 0; accuracyPoints.length = 0; stepsPerCall = 1; finished = false;
+  lossPoints.length = 0; accuracyPoints.length = 0; epochSeconds.length = 0; stepsPerCall = 1; finished = false;
   $('epochs-table').querySelector('tbody').textContent = '';
   const run = JSON.parse(trainer.start(JSON.stringify(settings())));
   started = true;
@@ -164,9 +166,14 @@ async function autorun(params) {
   let classified;
   if (params.has('classify')) {
     const images = new Uint8Array(await files[2].arrayBuffer()).subarray(16, 16 + 784);
-    const drawing = new Uint8Array(280 * 280);
-    drawing.forEach((_, i) => { drawing[i] = images[28 * Math.floor(i / 2800) + Math.floor((i % 280) / 10)]; });
-    const c = JSON.parse(await trainer.classify(drawing, 280, 280));
+    const pad = $('pad').getContext('2d');
+    const drawing = pad.createImageData(280, 280);
+    for (let i = 0; i < 280 * 280; i += 1) {
+      const v = images[28 * Math.floor(i / 2800) + Math.floor((i % 280) / 10)];
+      drawing.data.set([v, v, v, 255], 4 * i);
+    }
+    pad.putImageData(drawing, 0, 0);
+    const c = await classify();
     classified = { top: c.top, method: c.method, map_cells: c.map.length };
   }
   // `reload=1`: the downloaded file loaded back and evaluated on the chosen test files.
@@ -176,7 +183,7 @@ async function autorun(params) {
     reloaded = JSON.parse(await trainer.evaluate_model());
   }
   console.log('shadertrain-result ' + JSON.stringify({
-    sha256, last, first_step_ms: firstStepAt, classified, reloaded }));
+    sha256, last, epoch_seconds: epochSeconds, first_step_ms: firstStepAt, classified, reloaded }));
 }
 
 async function loadModel(file) {
@@ -251,6 +258,7 @@ async function classify() {
   const heading = document.createElement('div');
   heading.textContent = `(${c.method})`;
   $('top').appendChild(heading);
+  return c;
 }
 
 async function main() {
