@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use shadertrain::data::cifar;
 
 const CHROMIUM: &str = "chromium";
 /// Chromium's own SwiftShader Vulkan driver: what its WebGPU runs on without a GPU.
@@ -144,14 +145,32 @@ fn on_swiftshader(args: &[&str]) -> String {
     stdout
 }
 
-/// Trains `preset` for `epochs` in the page and on the command line, and compares; the page
-/// also classifies the first test image drawn ten times larger, which `predict` must classify
-/// alike, and evaluates its downloaded file loaded back.
-fn page_trains_like_the_command_line(url: &str, data: &Path, preset: &str, epochs: usize) {
+/// A run of the page, to be compared with the same run of the command line.
+struct PageRun<'a> {
+    preset: &'a str,
+    epochs: usize,
+    /// The data files the page fetches from the served `data/` (the same folder as `--data`).
+    files: &'a [&'a str],
+    /// What the command line needs besides: `--dataset cifar10`.
+    dataset: &'a [&'a str],
+    /// Whether the page also classifies the first test image as a drawing (grey data only).
+    drawing: bool,
+    /// The test accuracy the run must pass: trained, not merely equal.
+    min_accuracy: f64,
+}
+
+/// Trains in the page and on the command line, and compares; the page evaluates its downloaded
+/// file loaded back, and with `drawing` classifies the first test image drawn ten times larger,
+/// which `predict` must classify alike.
+fn page_trains_like_the_command_line(url: &str, data: &Path, run: &PageRun) {
+    let PageRun { preset, epochs, .. } = *run;
     let profile = tempfile::tempdir().unwrap();
+    let drawing = if run.drawing { "&classify=1" } else { "" };
     let result = page_result(
         &format!(
-            "{url}?autorun=1&data=data/&preset={preset}&epochs={epochs}&seed=7&classify=1&reload=1"
+            "{url}?autorun=1&data=data/&files={}&preset={preset}&epochs={epochs}&seed=7&reload=1\
+             {drawing}",
+            run.files.join(",")
         ),
         profile.path(),
     );
@@ -171,8 +190,8 @@ fn page_trains_like_the_command_line(url: &str, data: &Path, preset: &str, epoch
         metrics.to_str().unwrap(),
     );
     let epochs_arg = epochs.to_string();
-    let stdout = on_swiftshader(&[
-        "train",
+    let mut args = run.dataset.to_vec();
+    args.extend([
         "--offline",
         "--data",
         data,
@@ -187,6 +206,7 @@ fn page_trains_like_the_command_line(url: &str, data: &Path, preset: &str, epoch
         "--metrics",
         metrics_arg,
     ]);
+    let stdout = on_swiftshader(&[&["train"], &args[..]].concat());
     let native_sha = format!("{:x}", Sha256::digest(std::fs::read(&model).unwrap()));
     assert_eq!(
         page_sha, native_sha,
@@ -215,47 +235,49 @@ fn page_trains_like_the_command_line(url: &str, data: &Path, preset: &str, epoch
     ]))
     .unwrap();
     assert_eq!(evaluated["accuracy"], page["test_accuracy"], "{preset}");
-    // The drawing: the page's top classes are predict's, from the same file and picture.
-    let first = &std::fs::read(Path::new(data).join(STEMS[2])).unwrap()[16..16 + 784];
-    let drawing = image::GrayImage::from_fn(280, 280, |x, y| {
-        image::Luma([first[(y / 10) as usize * 28 + (x / 10) as usize]])
-    });
-    let picture = saved.path().join("drawing.png");
-    drawing.save(&picture).unwrap();
-    let predicted: serde_json::Value = serde_json::from_str(&on_swiftshader(&[
-        "predict",
-        "--json",
-        "--model",
-        model_arg,
-        picture.to_str().unwrap(),
-    ]))
-    .unwrap();
-    let (page_top, predict_top) = (&result["classified"]["top"], &predicted[0]["top"]);
-    assert_eq!(
-        page_top.as_array().map(Vec::len),
-        Some(3),
-        "{preset}: {result}"
-    );
-    for (page, predicted) in page_top
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(predict_top.as_array().unwrap())
-    {
+    if run.drawing {
+        // The drawing: the page's top classes are predict's, from the same file and picture.
+        let first = &std::fs::read(Path::new(data).join(STEMS[2])).unwrap()[16..16 + 784];
+        let drawing = image::GrayImage::from_fn(280, 280, |x, y| {
+            image::Luma([first[(y / 10) as usize * 28 + (x / 10) as usize]])
+        });
+        let picture = saved.path().join("drawing.png");
+        drawing.save(&picture).unwrap();
+        let predicted: serde_json::Value = serde_json::from_str(&on_swiftshader(&[
+            "predict",
+            "--json",
+            "--model",
+            model_arg,
+            picture.to_str().unwrap(),
+        ]))
+        .unwrap();
+        let (page_top, predict_top) = (&result["classified"]["top"], &predicted[0]["top"]);
         assert_eq!(
-            page["name"], predicted["name"],
-            "{preset}: {page_top} {predict_top}"
+            page_top.as_array().map(Vec::len),
+            Some(3),
+            "{preset}: {result}"
         );
-        let (p, q) = (
-            page["probability"].as_f64().unwrap(),
-            predicted["probability"].as_f64().unwrap(),
-        );
-        assert!(
-            (p - q).abs() <= 1e-9,
-            "{preset}: {page_top} against predict's {predict_top}"
-        );
+        for (page, predicted) in page_top
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(predict_top.as_array().unwrap())
+        {
+            assert_eq!(
+                page["name"], predicted["name"],
+                "{preset}: {page_top} {predict_top}"
+            );
+            let (p, q) = (
+                page["probability"].as_f64().unwrap(),
+                predicted["probability"].as_f64().unwrap(),
+            );
+            assert!(
+                (p - q).abs() <= 1e-9,
+                "{preset}: {page_top} against predict's {predict_top}"
+            );
+        }
+        assert_eq!(result["classified"]["map_cells"], 784, "{preset}: {result}");
     }
-    assert_eq!(result["classified"]["map_cells"], 784, "{preset}: {result}");
     // The downloaded file, loaded back into the page, evaluates to the same figures.
     let reloaded = &result["reloaded"];
     assert_eq!(
@@ -265,18 +287,45 @@ fn page_trains_like_the_command_line(url: &str, data: &Path, preset: &str, epoch
     assert_eq!(reloaded["loss"], page["test_loss"], "{preset}: {result}");
     // Trained, not merely equal: well above chance on ten classes.
     let accuracy = page["test_accuracy"].as_f64().unwrap();
-    assert!(accuracy > 0.5, "{preset}: test accuracy {accuracy}");
+    assert!(
+        accuracy > run.min_accuracy,
+        "{preset}: test accuracy {accuracy}"
+    );
 }
 
 #[test]
 fn the_page_trains_the_bytes_the_command_line_trains_on_the_same_driver() {
     let data = common::small_mnist(1000, 300);
+    let cifar = tempfile::tempdir().unwrap();
+    common::write_cifar_batches(cifar.path(), 40, 50);
     let site = tempfile::tempdir().unwrap();
     let (_server, url) = serve_page(site.path());
-    std::fs::create_dir(site.path().join("data")).unwrap();
+    let served = site.path().join("data");
+    std::fs::create_dir(&served).unwrap();
     for stem in STEMS {
-        std::fs::copy(data.path().join(stem), site.path().join("data").join(stem)).unwrap();
+        std::fs::copy(data.path().join(stem), served.join(stem)).unwrap();
     }
-    page_trains_like_the_command_line(&url, data.path(), "mlp", 2);
-    page_trains_like_the_command_line(&url, data.path(), "convnet", 1);
+    let mnist = |preset, epochs| PageRun {
+        preset,
+        epochs,
+        files: &STEMS,
+        dataset: &[],
+        drawing: true,
+        min_accuracy: 0.5,
+    };
+    page_trains_like_the_command_line(&url, data.path(), &mnist("mlp", 2));
+    page_trains_like_the_command_line(&url, data.path(), &mnist("convnet", 1));
+    // CIFAR-10's binary batches (random labels: the bits are compared, not the accuracy).
+    for name in cifar::ALL_FILES {
+        std::fs::copy(cifar.path().join(name), served.join(name)).unwrap();
+    }
+    let cifar_run = PageRun {
+        preset: "mlp",
+        epochs: 1,
+        files: &cifar::ALL_FILES,
+        dataset: &["--dataset", "cifar10"],
+        drawing: false,
+        min_accuracy: 0.0,
+    };
+    page_trains_like_the_command_line(&url, cifar.path(), &cifar_run);
 }

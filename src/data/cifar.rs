@@ -63,16 +63,9 @@ fn channels_last(planar: &[u8], out: &mut Vec<u8>) {
 /// The split's files in `dir` (the folder holding the batches) as a dataset of 3×32×32 images,
 /// with the MD5 of each file by name.
 pub fn load(dir: &Path, split: Split) -> Result<(Dataset, FileDigests)> {
-    let names: &[&str] = match split {
-        Split::Train => &TRAIN_FILES,
-        Split::Test => &TEST_FILES,
-    };
-    let mut pixels = Vec::new();
-    let mut labels = Vec::new();
-    let mut digests = FileDigests::new();
-    for name in names {
+    from_batches(dir, split, |name| {
         let path = dir.join(name);
-        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+        std::fs::read(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::Dataset {
                 dir: dir.to_path_buf(),
                 problem: format!(
@@ -81,7 +74,26 @@ pub fn load(dir: &Path, split: Split) -> Result<(Dataset, FileDigests)> {
                 ),
             },
             _ => Error::io(&path, e),
-        })?;
+        })
+    })
+}
+
+/// The split's batches as `read` gives each file's bytes by name (`dir` names where they are
+/// in errors): how `load` reads a folder, and the web page the files the user chose.
+pub fn from_batches(
+    dir: &Path,
+    split: Split,
+    mut read: impl FnMut(&str) -> Result<Vec<u8>>,
+) -> Result<(Dataset, FileDigests)> {
+    let names: &[&str] = match split {
+        Split::Train => &TRAIN_FILES,
+        Split::Test => &TEST_FILES,
+    };
+    let mut pixels = Vec::new();
+    let mut labels = Vec::new();
+    let mut digests = FileDigests::new();
+    for name in names {
+        let bytes = read(name)?;
         let malformed = |problem: String| Error::Dataset {
             dir: dir.to_path_buf(),
             problem: format!("{name}: {problem}"),

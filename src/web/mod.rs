@@ -15,7 +15,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::data::idx::read_idx_u8_from;
 use crate::data::images::Preparation;
-use crate::data::{DataIdentity, Dataset, Split};
+use crate::data::{DataIdentity, Dataset, DatasetKind, Split, cifar};
 use crate::explain::reference_map;
 use crate::gpu::{AdapterRequest, Gpu, Kernels};
 use crate::input::{Standardisation, scale_pixels};
@@ -80,8 +80,38 @@ pub fn clear_files() {
     FILES.with_borrow_mut(HashMap::clear);
 }
 
-/// One split of the MNIST-format files handed over, found by their standard names.
+/// The dataset the chosen files' format says they are: CIFAR-10 for its binary batches (as
+/// `--dataset cifar10` says of a folder of them: their class names and recipe, whatever their
+/// content), None for MNIST-format files (known by their content, else custom).
+fn chosen_format() -> Option<DatasetKind> {
+    FILES
+        .with_borrow(|files| files.contains_key(cifar::TEST_FILES[0]))
+        .then_some(DatasetKind::Cifar10)
+}
+
+/// One split of the files handed over: CIFAR-10's binary batches where `test_batch.bin` is among
+/// them, else an MNIST-format dataset, each found by its standard names.
 fn split_from_files(split: Split) -> Result<(Dataset, crate::data::FileDigests), JsError> {
+    if chosen_format() == Some(DatasetKind::Cifar10) {
+        let chosen = Path::new("the chosen files");
+        return cifar::from_batches(chosen, split, |name| {
+            FILES
+                .with_borrow(|files| files.get(name).cloned())
+                .ok_or_else(|| crate::Error::Dataset {
+                    dir: chosen.to_path_buf(),
+                    problem: format!(
+                        "no file {name} was chosen: CIFAR-10's binary version is \
+                         data_batch_1.bin … data_batch_5.bin and test_batch.bin"
+                    ),
+                })
+        })
+        .map_err(failed);
+    }
+    mnist_split_from_files(split)
+}
+
+/// One split of the MNIST-format files handed over, found by their standard names.
+fn mnist_split_from_files(split: Split) -> Result<(Dataset, crate::data::FileDigests), JsError> {
     let (image_stem, label_stem) = split.file_stems();
     let read = |stem: &str| {
         FILES.with_borrow(|files| {
@@ -140,7 +170,8 @@ pub fn start(settings: &str) -> Result<String, JsError> {
     let (train_set, mut digests) = split_from_files(Split::Train)?;
     let (test_set, test_digests) = split_from_files(Split::Test)?;
     digests.extend(test_digests);
-    let data = DataIdentity::identify(digests, Default::default());
+    let format = chosen_format();
+    let data = DataIdentity::identify(digests, format.unwrap_or_default());
     let loaded = LOADED.with_borrow(Clone::clone);
     let defaults = TrainingChoices::default();
     let choices = TrainingChoices {
@@ -166,7 +197,7 @@ pub fn start(settings: &str) -> Result<String, JsError> {
     }
     spec.validate().map_err(failed)?;
     let config = choices
-        .config(preset, spec.loss, data.dataset)
+        .config(preset, spec.loss, data.dataset.or(format))
         .map_err(failed)?;
     config.validate().map_err(failed)?;
     let trainer = Trainer::new(
