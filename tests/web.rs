@@ -157,6 +157,9 @@ struct PageRun<'a> {
     drawing: bool,
     /// The test accuracy the run must pass: trained, not merely equal.
     min_accuracy: f64,
+    /// Whether the page also fine-tunes its file loaded back for one more epoch, which `train
+    /// --init` must do alike.
+    finetune: bool,
 }
 
 /// Trains in the page and on the command line, and compares; the page evaluates its downloaded
@@ -166,10 +169,11 @@ fn page_trains_like_the_command_line(url: &str, data: &Path, run: &PageRun) {
     let PageRun { preset, epochs, .. } = *run;
     let profile = tempfile::tempdir().unwrap();
     let drawing = if run.drawing { "&classify=1" } else { "" };
+    let finetune = if run.finetune { "&finetune=1" } else { "" };
     let result = page_result(
         &format!(
             "{url}?autorun=1&data=data/&files={}&preset={preset}&epochs={epochs}&seed=7&reload=1\
-             {drawing}",
+             {drawing}{finetune}",
             run.files.join(",")
         ),
         profile.path(),
@@ -285,6 +289,27 @@ fn page_trains_like_the_command_line(url: &str, data: &Path, run: &PageRun) {
         "{preset}: {result}"
     );
     assert_eq!(reloaded["loss"], page["test_loss"], "{preset}: {result}");
+    if run.finetune {
+        let tuned = saved.path().join("tuned.safetensors");
+        let mut args = vec!["train", "--init", model_arg, "--epochs", "1"];
+        args.extend(["--save", tuned.to_str().unwrap()]);
+        args.extend([
+            "--offline",
+            "--data",
+            data,
+            "--model",
+            preset,
+            "--seed",
+            "7",
+        ]);
+        on_swiftshader(&args);
+        let tuned_sha = format!("{:x}", Sha256::digest(std::fs::read(&tuned).unwrap()));
+        assert_eq!(
+            result["finetuned"]["sha256"].as_str(),
+            Some(tuned_sha.as_str()),
+            "{preset}: fine-tuning in the page differs from train --init: {result}"
+        );
+    }
     // Trained, not merely equal: well above chance on ten classes.
     let accuracy = page["test_accuracy"].as_f64().unwrap();
     assert!(
@@ -312,6 +337,7 @@ fn the_page_trains_the_bytes_the_command_line_trains_on_the_same_driver() {
         dataset: &[],
         drawing: true,
         min_accuracy: 0.5,
+        finetune: preset == "mlp",
     };
     page_trains_like_the_command_line(&url, data.path(), &mnist("mlp", 2));
     page_trains_like_the_command_line(&url, data.path(), &mnist("convnet", 1));
@@ -326,6 +352,7 @@ fn the_page_trains_the_bytes_the_command_line_trains_on_the_same_driver() {
         dataset: &["--dataset", "cifar10"],
         drawing: false,
         min_accuracy: 0.0,
+        finetune: false,
     };
     page_trains_like_the_command_line(&url, cifar.path(), &cifar_run);
 }

@@ -19,8 +19,8 @@ use crate::data::{DataIdentity, Dataset, DatasetKind, Split, cifar};
 use crate::explain::reference_map;
 use crate::gpu::{AdapterRequest, Gpu, Kernels};
 use crate::input::{Standardisation, scale_pixels};
-use crate::model::Loss;
 use crate::model::reference::{forward, top_classes};
+use crate::model::{Loss, ModelSpec};
 use crate::model_file::{SavedModel, model_file_bytes, model_from_bytes};
 use crate::train::{EpochMetrics, EpochProgress, ModelPreset, Trainer, TrainingChoices};
 
@@ -156,6 +156,18 @@ fn preset_named(name: &str) -> Result<ModelPreset, JsError> {
         .map_err(|_| JsError::new(&format!("unknown preset {name:?}")))
 }
 
+/// The preset whose network `spec` is, if any (its standardisation aside).
+fn preset_of(spec: &ModelSpec) -> Option<ModelPreset> {
+    let network = ModelSpec {
+        standardisation: None,
+        ..spec.clone()
+    };
+    <ModelPreset as clap::ValueEnum>::value_variants()
+        .iter()
+        .copied()
+        .find(|preset| preset.spec(spec.input, spec.classes(), spec.loss) == network)
+}
+
 /// Builds a run from the files handed over and `settings` (JSON: `preset`, and optionally
 /// `epochs`, `batch_size`, `lr`, `seed`), as `shadertrain train --model PRESET` would with
 /// the same flags; where a model was loaded, the run fine-tunes it instead of the preset. A
@@ -181,13 +193,17 @@ pub fn start(settings: &str) -> Result<String, JsError> {
         seed: settings.seed.unwrap_or(defaults.seed),
         ..defaults
     };
-    // A loaded model is fine-tuned: its network (and standardisation) instead of the preset's,
-    // trained with the settings as a layer list is.
+    // A loaded model is fine-tuned: its network (and standardisation) instead of the chosen
+    // preset's, with the recipe of the preset it is (`train --init` with its --model), else a
+    // layer list's.
     let mut spec = match &loaded {
         Some(saved) => saved.spec.clone(),
         None => preset.spec(train_set.shape, train_set.classes, Loss::Xent),
     };
-    let preset = loaded.is_none().then_some(preset);
+    let preset = match &loaded {
+        Some(saved) => preset_of(&saved.spec),
+        None => Some(preset),
+    };
     if let Some(preset) = preset.filter(|p| p.resnet_blocks().is_some()) {
         // The ResNet recipe standardises its inputs by the training part's statistics.
         let (training, _) = (train_set

@@ -2,11 +2,13 @@
 // from src/web/mod.rs), and trains a chunk of steps per call, each sized to take about a quarter
 // of a second so the page stays responsive and Stop acts at once. Nothing is uploaded.
 //
-// For tests, `?data=PREFIX&autorun=1&preset=…&epochs=…&seed=…[&classify=1][&reload=1]` fetches
-// the files from PREFIX on the serving host instead of asking, trains, and logs one line
-// `shadertrain-result {json}` with the model file's SHA-256, the last epoch's figures, the time
-// from navigation to the first step's metrics, with `classify` the first test image's top
-// classes as a drawing, and with `reload` the downloaded file's evaluation once loaded back.
+// For tests, `?data=PREFIX&autorun=1&preset=…&epochs=…&seed=…` with optional `files=A,B,…`,
+// `classify=1`, `reload=1` and `finetune=1` fetches the files (MNIST's four unless `files` names
+// others) from PREFIX on the serving host instead of asking, trains, and logs one line
+// `shadertrain-result {json}` with the model file's SHA-256, the epochs' figures, the time from
+// navigation to the first step's metrics, with `classify` the first test image's top classes as
+// a drawing, with `reload` the downloaded file's evaluation once loaded back, and with
+// `finetune` the model after one more epoch from that file.
 
 import init, * as trainer from './shadertrain.js';
 
@@ -147,12 +149,18 @@ async function download() {
   URL.revokeObjectURL(url);
 }
 
+async function sha256Of(bytes) {
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
 async function autorun(params) {
   const prefix = params.get('data');
   for (const name of ['preset', 'epochs', 'seed', 'lr']) {
     if (params.has(name)) $(name).value = params.get(name);
   }
-  const files = await Promise.all(STEM_NAMES.map(async (stem) => {
+  const names = params.has('files') ? params.get('files').split(',') : STEM_NAMES;
+  const files = await Promise.all(names.map(async (stem) => {
     const response = await fetch(prefix + stem);
     if (!response.ok) throw new Error(`${prefix + stem}: ${response.status}`);
     return new File([await response.arrayBuffer()], stem);
@@ -160,8 +168,7 @@ async function autorun(params) {
   await handFiles(files);
   const last = await start();
   const bytes = await modelBytes();
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
-  const sha256 = Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+  const sha256 = await sha256Of(bytes);
   // `classify=1`: the first test image, drawn ten times larger, classified as a drawing is.
   let classified;
   if (params.has('classify')) {
@@ -182,8 +189,16 @@ async function autorun(params) {
     trainer.load_model('downloaded.safetensors', bytes);
     reloaded = JSON.parse(await trainer.evaluate_model());
   }
+  // `finetune=1` (with `reload`): one more epoch from the loaded file, as Train does after a load.
+  let finetuned;
+  if (params.has('finetune')) {
+    $('epochs').value = '1';
+    const tuned = await start();
+    finetuned = { sha256: await sha256Of(await modelBytes()), test_accuracy: tuned.test_accuracy };
+  }
   console.log('shadertrain-result ' + JSON.stringify({
-    sha256, last, epoch_seconds: epochSeconds, first_step_ms: firstStepAt, classified, reloaded }));
+    sha256, last, epoch_seconds: epochSeconds, first_step_ms: firstStepAt, classified, reloaded,
+    finetuned }));
 }
 
 async function loadModel(file) {
