@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use shadertrain::data::cifar;
+use shadertrain::data::{Dataset, Split, cifar, folder};
 
 const CHROMIUM: &str = "chromium";
 /// Chromium's own SwiftShader Vulkan driver: what its WebGPU runs on without a GPU.
@@ -149,8 +149,8 @@ fn on_swiftshader(args: &[&str]) -> String {
 struct PageRun<'a> {
     preset: &'a str,
     epochs: usize,
-    /// The data files the page fetches from the served `data/` (the same folder as `--data`).
-    files: &'a [&'a str],
+    /// The data files the page fetches from the served `data/`, by their path there.
+    files: Vec<String>,
     /// What the command line needs besides: `--dataset cifar10`.
     dataset: &'a [&'a str],
     /// Whether the page also classifies the first test image as a drawing (grey data only).
@@ -166,7 +166,7 @@ struct PageRun<'a> {
 /// file loaded back, and with `drawing` classifies the first test image drawn ten times larger,
 /// which `predict` must classify alike.
 fn page_trains_like_the_command_line(url: &str, data: &Path, run: &PageRun) {
-    let PageRun { preset, epochs, .. } = *run;
+    let (preset, epochs) = (run.preset, run.epochs);
     let profile = tempfile::tempdir().unwrap();
     let drawing = if run.drawing { "&classify=1" } else { "" };
     let finetune = if run.finetune { "&finetune=1" } else { "" };
@@ -330,10 +330,11 @@ fn the_page_trains_the_bytes_the_command_line_trains_on_the_same_driver() {
     for stem in STEMS {
         std::fs::copy(data.path().join(stem), served.join(stem)).unwrap();
     }
+    let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
     let mnist = |preset, epochs| PageRun {
         preset,
         epochs,
-        files: &STEMS,
+        files: names(&STEMS),
         dataset: &[],
         drawing: true,
         min_accuracy: 0.5,
@@ -348,11 +349,59 @@ fn the_page_trains_the_bytes_the_command_line_trains_on_the_same_driver() {
     let cifar_run = PageRun {
         preset: "mlp",
         epochs: 1,
-        files: &cifar::ALL_FILES,
+        files: names(&cifar::ALL_FILES),
         dataset: &["--dataset", "cifar10"],
         drawing: false,
         min_accuracy: 0.0,
         finetune: false,
     };
     page_trains_like_the_command_line(&url, cifar.path(), &cifar_run);
+    // An image folder of PNG digits, chosen in the page as a folder (paths under its root).
+    let digits = served.join("digits");
+    let class_names = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    ];
+    for (split, count) in [(Split::Train, 300), (Split::Test, 100)] {
+        let set = Dataset::load_mnist(data.path(), split).unwrap();
+        common::write_png_folder(
+            &digits.join(folder::split_dir(Path::new(""), split)),
+            &set,
+            0..count,
+            &class_names,
+        );
+    }
+    let mut pictures: Vec<String> = walk(&digits)
+        .into_iter()
+        .map(|path| {
+            path.strip_prefix(&served)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    pictures.sort();
+    let folder_run = PageRun {
+        preset: "mlp",
+        epochs: 2,
+        files: pictures,
+        dataset: &["--dataset", "folder"],
+        drawing: false,
+        min_accuracy: 0.3,
+        finetune: false,
+    };
+    page_trains_like_the_command_line(&url, &digits, &folder_run);
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => files.extend(walk(&path)),
+            false => files.push(path),
+        }
+    }
+    files
 }

@@ -5,6 +5,7 @@
 //! torchvision's `Resize`). Decoding tens of thousands of files is paid once: the decoded split is
 //! cached in `DIR/.shadertrain-cache/`, keyed by the MD5 of every file and the options.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
@@ -58,33 +59,117 @@ fn bad(dir: &Path, problem: String) -> Error {
     }
 }
 
-/// The sorted sub-folders of `dir`.
-fn class_folders(dir: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        if entry.path().is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
+/// Where an image folder's files come from: the file system, or the files a web page was
+/// handed (`InMemory`).
+pub trait FolderFiles {
+    fn is_dir(&self, dir: &Path) -> bool;
+    /// The names of `dir`'s sub-folders, hidden ones left out, sorted.
+    fn subfolders(&self, dir: &Path) -> Result<Vec<String>>;
+    /// The files directly in `dir`, sorted.
+    fn files(&self, dir: &Path) -> Result<Vec<PathBuf>>;
+    fn read(&self, path: &Path) -> Result<Vec<u8>>;
+    /// Where decoded splits of `dir` are cached, if anywhere.
+    fn cache_dir(&self, dir: &Path) -> Option<PathBuf>;
+}
+
+/// The file system.
+pub struct Disk;
+
+impl FolderFiles for Disk {
+    fn is_dir(&self, dir: &Path) -> bool {
+        dir.is_dir()
     }
-    names.sort();
-    Ok(names)
+
+    fn subfolders(&self, dir: &Path) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            if entry.path().is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn files(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let path = entry.map_err(|e| Error::io(dir, e))?.path();
+            if path.is_file() {
+                files.push(path);
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    fn read(&self, path: &Path) -> Result<Vec<u8>> {
+        std::fs::read(path).map_err(|e| Error::io(path, e))
+    }
+
+    fn cache_dir(&self, dir: &Path) -> Option<PathBuf> {
+        Some(dir.join(CACHE_DIR))
+    }
+}
+
+/// Files by their path inside the folder (`train/cat/1.png`): what a web page was handed. Nothing
+/// is cached.
+pub struct InMemory(pub BTreeMap<PathBuf, Vec<u8>>);
+
+impl InMemory {
+    /// The paths below `dir`, each as its components after `dir`.
+    fn below<'a>(&'a self, dir: &'a Path) -> impl Iterator<Item = (&'a PathBuf, Vec<String>)> {
+        self.0.keys().filter_map(move |path| {
+            let rest = path.strip_prefix(dir).ok()?;
+            let parts: Vec<String> = (rest.components())
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            Some((path, parts))
+        })
+    }
+}
+
+impl FolderFiles for InMemory {
+    fn is_dir(&self, dir: &Path) -> bool {
+        self.below(dir).any(|(_, parts)| !parts.is_empty())
+    }
+
+    fn subfolders(&self, dir: &Path) -> Result<Vec<String>> {
+        let mut names: Vec<String> = (self.below(dir))
+            .filter(|(_, parts)| parts.len() > 1 && !parts[0].starts_with('.'))
+            .map(|(_, mut parts)| parts.swap_remove(0))
+            .collect();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn files(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        Ok((self.below(dir))
+            .filter(|(_, parts)| parts.len() == 1)
+            .map(|(path, _)| path.clone())
+            .collect())
+    }
+
+    fn read(&self, path: &Path) -> Result<Vec<u8>> {
+        (self.0.get(path).cloned())
+            .ok_or_else(|| Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))
+    }
+
+    fn cache_dir(&self, _dir: &Path) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// The image files of a class folder, sorted.
-fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+fn image_files(source: &impl FolderFiles, dir: &Path) -> Result<Vec<PathBuf>> {
+    let is_image = |path: &PathBuf| {
         let extension = (path.extension())
             .map(|e| e.to_string_lossy().to_lowercase())
             .unwrap_or_default();
-        if path.is_file() && EXTENSIONS.contains(&extension.as_str()) {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
+        EXTENSIONS.contains(&extension.as_str())
+    };
+    Ok(source.files(dir)?.into_iter().filter(is_image).collect())
 }
 
 /// Loads `split` of the folder `dir`, its classes being `classes` (the training split's; None
@@ -95,8 +180,19 @@ pub fn load(
     options: FolderOptions,
     classes: Option<&[String]>,
 ) -> Result<FolderSplit> {
+    load_from(&Disk, dir, split, options, classes)
+}
+
+/// `load` from `source`'s files.
+pub fn load_from(
+    source: &impl FolderFiles,
+    dir: &Path,
+    split: Split,
+    options: FolderOptions,
+    classes: Option<&[String]>,
+) -> Result<FolderSplit> {
     let root = split_dir(dir, split);
-    if !root.is_dir() {
+    if !source.is_dir(&root) {
         return Err(bad(
             dir,
             format!(
@@ -106,7 +202,7 @@ pub fn load(
             ),
         ));
     }
-    let found = class_folders(&root)?;
+    let found = source.subfolders(&root)?;
     let class_names: Vec<String> = match classes {
         None => found.clone(),
         Some(classes) => classes.to_vec(),
@@ -135,10 +231,10 @@ pub fn load(
     let mut identity = Md5::new();
     for (label, class) in class_names.iter().enumerate() {
         let folder = root.join(class);
-        if !folder.is_dir() {
+        if !source.is_dir(&folder) {
             continue;
         }
-        let images = image_files(&folder)?;
+        let images = image_files(source, &folder)?;
         if images.is_empty() && classes.is_none() {
             return Err(bad(
                 dir,
@@ -149,7 +245,7 @@ pub fn load(
             ));
         }
         for path in images {
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let bytes = source.read(&path)?;
             identity.update(format!(
                 "{class}/{}\0",
                 path.file_name().unwrap_or_default().to_string_lossy()
@@ -161,24 +257,29 @@ pub fn load(
     let md5 = super::idx::hex(&identity.finalize());
     // The cache is of the files decoded with these options.
     let key = super::idx::hex(&Md5::digest(format!("{md5} {options:?}")));
-    let cache = dir.join(CACHE_DIR).join(format!(
-        "{}-{key}.bin",
-        match split {
-            Split::Train => "train",
-            Split::Test => "test",
-        }
-    ));
-    if let Some(data) = read_cache(&cache, class_names.len()) {
+    let cache = source.cache_dir(dir).map(|cache_dir| {
+        cache_dir.join(format!(
+            "{}-{key}.bin",
+            match split {
+                Split::Train => "train",
+                Split::Test => "test",
+            }
+        ))
+    });
+    let cached = (cache.as_ref()).and_then(|c| Some((c, read_cache(c, class_names.len())?)));
+    if let Some((cache, data)) = cached {
         return Ok(FolderSplit {
             data,
             class_names,
             md5,
-            cached: Some(cache),
+            cached: Some(cache.clone()),
         });
     }
-    let data = decode_all(dir, &files, options, class_names.len())?;
+    let data = decode_all(source, dir, &files, options, class_names.len())?;
     // A folder that cannot be written still trains, decoding each time.
-    let _ = write_cache(&cache, &data);
+    if let Some(cache) = &cache {
+        let _ = write_cache(cache, &data);
+    }
     Ok(FolderSplit {
         data,
         class_names,
@@ -191,6 +292,7 @@ pub fn load(
 pub const CACHE_DIR: &str = ".shadertrain-cache";
 
 fn decode_all(
+    source: &impl FolderFiles,
     dir: &Path,
     files: &[(PathBuf, u8)],
     options: FolderOptions,
@@ -198,8 +300,7 @@ fn decode_all(
 ) -> Result<Dataset> {
     let mut images = Vec::with_capacity(files.len());
     for (path, _) in files {
-        let image = image::ImageReader::open(path)
-            .map_err(|e| Error::io(path, e))?
+        let image = image::ImageReader::new(std::io::Cursor::new(source.read(path)?))
             .with_guessed_format()
             .map_err(|e| Error::io(path, e))?
             .decode()

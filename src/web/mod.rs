@@ -15,7 +15,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::data::idx::read_idx_u8_from;
 use crate::data::images::Preparation;
-use crate::data::{DataIdentity, Dataset, DatasetKind, Split, cifar};
+use crate::data::{DataIdentity, Dataset, DatasetKind, Split, cifar, folder};
 use crate::explain::reference_map;
 use crate::gpu::{AdapterRequest, Gpu, Kernels};
 use crate::input::{Standardisation, scale_pixels};
@@ -82,11 +82,71 @@ pub fn clear_files() {
 
 /// The dataset the chosen files' format says they are: CIFAR-10 for its binary batches (as
 /// `--dataset cifar10` says of a folder of them: their class names and recipe, whatever their
-/// content), None for MNIST-format files (known by their content, else custom).
+/// content), an image folder for files chosen as a folder holding `train/`, None for
+/// MNIST-format files (known by their content, else custom).
 fn chosen_format() -> Option<DatasetKind> {
+    if folder_root().is_some() {
+        return Some(DatasetKind::Folder);
+    }
     FILES
         .with_borrow(|files| files.contains_key(cifar::TEST_FILES[0]))
         .then_some(DatasetKind::Cifar10)
+}
+
+/// The folder the user chose, where its files were chosen as one (`ROOT/train/<class>/<file>`).
+fn folder_root() -> Option<String> {
+    FILES.with_borrow(|files| {
+        files.keys().find_map(|name| {
+            let parts: Vec<&str> = name.split('/').collect();
+            (parts.len() >= 4 && parts[1] == "train").then(|| parts[0].to_string())
+        })
+    })
+}
+
+/// The training and test sets of the files handed over, and what data they are: as `train`
+/// reads them from a folder holding the same files.
+fn data_from_files() -> Result<(Dataset, Dataset, DataIdentity), JsError> {
+    if let Some(root) = folder_root() {
+        return folder_from_files(&root);
+    }
+    let (train_set, mut digests) = split_from_files(Split::Train)?;
+    let (test_set, test_digests) = split_from_files(Split::Test)?;
+    digests.extend(test_digests);
+    let data = DataIdentity::identify(digests, chosen_format().unwrap_or_default());
+    Ok((train_set, test_set, data))
+}
+
+/// An image folder (torchvision's ImageFolder layout) chosen in the page: `root/train/<class>/`
+/// and `root/test/<class>/`, decoded as `train --dataset folder` decodes them (no resizing: the
+/// images must share one size).
+fn folder_from_files(root: &str) -> Result<(Dataset, Dataset, DataIdentity), JsError> {
+    let prefix = format!("{root}/");
+    let source = folder::InMemory(FILES.with_borrow(|files| {
+        (files.iter())
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .map(|(name, bytes)| (name.into(), bytes.clone()))
+            .collect()
+    }));
+    let dir = Path::new(root);
+    let options = folder::FolderOptions::default();
+    if !folder::FolderFiles::is_dir(&source, &folder::split_dir(dir, Split::Test)) {
+        return Err(JsError::new(&format!(
+            "{root} has no test/ folder: the page takes an image folder with train/<class>/ and \
+             test/<class>/ sub-folders"
+        )));
+    }
+    let train = folder::load_from(&source, dir, Split::Train, options, None).map_err(failed)?;
+    let test = folder::load_from(&source, dir, Split::Test, options, Some(&train.class_names))
+        .map_err(failed)?;
+    let md5 = crate::data::FileDigests::from([
+        ("train".to_string(), train.md5),
+        ("test".to_string(), test.md5),
+    ]);
+    let data = DataIdentity {
+        classes: Some(train.class_names),
+        ..DataIdentity::identify(md5, DatasetKind::Folder)
+    };
+    Ok((train.data, test.data, data))
 }
 
 /// One split of the files handed over: CIFAR-10's binary batches where `test_batch.bin` is among
@@ -179,11 +239,8 @@ pub fn start(settings: &str) -> Result<String, JsError> {
         .ok_or_else(|| JsError::new("open the device first"))?;
     let settings: Settings = serde_json::from_str(settings).map_err(failed)?;
     let preset = preset_named(&settings.preset)?;
-    let (train_set, mut digests) = split_from_files(Split::Train)?;
-    let (test_set, test_digests) = split_from_files(Split::Test)?;
-    digests.extend(test_digests);
     let format = chosen_format();
-    let data = DataIdentity::identify(digests, format.unwrap_or_default());
+    let (train_set, test_set, data) = data_from_files()?;
     let loaded = LOADED.with_borrow(Clone::clone);
     let defaults = TrainingChoices::default();
     let choices = TrainingChoices {
@@ -362,7 +419,7 @@ pub async fn evaluate_model() -> Result<String, JsError> {
         .with_borrow(|d| *d)
         .ok_or_else(|| JsError::new("open the device first"))?;
     let saved = current_model().await?;
-    let (test_set, _) = split_from_files(Split::Test)?;
+    let (_, test_set, _) = data_from_files()?;
     let trainer = Trainer::for_evaluation(&device.gpu, &device.kernels, saved.spec, &test_set)
         .map_err(failed)?;
     trainer.set_parameters(&saved.params).map_err(failed)?;

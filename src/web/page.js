@@ -40,12 +40,20 @@ function buttons() {
   $('classify').disabled = running || (!started && !modelLoaded);
 }
 
-async function handFiles(files) {
+// Hands the chosen files to the trainer, each by its path inside a chosen folder
+// (`ROOT/train/cat/1.png`) or its name; `files`: [name, bytes] pairs.
+function handFiles(files) {
   trainer.clear_files();
-  for (const file of files) {
-    trainer.add_file(file.name, new Uint8Array(await file.arrayBuffer()));
-  }
-  $('chosen').textContent = files.map((f) => `${f.name} (${f.size.toLocaleString()} bytes)`).join(', ');
+  for (const [name, bytes] of files) trainer.add_file(name, bytes);
+  const total = files.reduce((sum, [, bytes]) => sum + bytes.length, 0);
+  $('chosen').textContent = files.length > 6
+    ? `${files.length.toLocaleString()} files (${total.toLocaleString()} bytes) from ${files[0][0].split('/')[0]}/`
+    : files.map(([name, bytes]) => `${name} (${bytes.length.toLocaleString()} bytes)`).join(', ');
+}
+
+async function chosenFiles(list) {
+  return Promise.all([...list].map(async (file) =>
+    [file.webkitRelativePath || file.name, new Uint8Array(await file.arrayBuffer())]));
 }
 
 function settings() {
@@ -163,16 +171,16 @@ async function autorun(params) {
   const files = await Promise.all(names.map(async (stem) => {
     const response = await fetch(prefix + stem);
     if (!response.ok) throw new Error(`${prefix + stem}: ${response.status}`);
-    return new File([await response.arrayBuffer()], stem);
+    return [stem, new Uint8Array(await response.arrayBuffer())];
   }));
-  await handFiles(files);
+  handFiles(files);
   const last = await start();
   const bytes = await modelBytes();
   const sha256 = await sha256Of(bytes);
   // `classify=1`: the first test image, drawn ten times larger, classified as a drawing is.
   let classified;
   if (params.has('classify')) {
-    const images = new Uint8Array(await files[2].arrayBuffer()).subarray(16, 16 + 784);
+    const images = files[2][1].subarray(16, 16 + 784);
     const pad = $('pad').getContext('2d');
     const drawing = pad.createImageData(280, 280);
     for (let i = 0; i < 280 * 280; i += 1) {
@@ -283,9 +291,20 @@ async function main() {
     return;
   }
   await init();
-  const adapter = await trainer.open_device();
+  let adapter;
+  try {
+    adapter = await trainer.open_device();
+  } catch (e) {
+    status('');
+    showError(`This browser has WebGPU but gave the page no GPU adapter (${e.message || e}). ` +
+      'Turn on hardware acceleration in its settings and update the GPU driver; Chrome on Linux ' +
+      'may need chrome://flags/#enable-unsafe-webgpu, or --enable-unsafe-webgpu on its command line.');
+    return;
+  }
   status(`Ready on ${adapter}. Choose the data files, then Train.`);
-  $('files').addEventListener('change', (e) => handFiles([...e.target.files]).catch(showError));
+  for (const input of ['files', 'folder']) {
+    $(input).addEventListener('change', (e) => chosenFiles(e.target.files).then(handFiles).catch(showError));
+  }
   $('train').addEventListener('click', () => start().catch((e) => { showError(e); running = false; buttons(); }));
   $('stop').addEventListener('click', () => { running = false; status(`${$('status').textContent} (stopping)`); });
   $('continue').addEventListener('click', () => trainLoop());
