@@ -194,17 +194,21 @@ fn page_trains_like_the_command_line(url: &str, data: &Path, run: &PageRun) {
         metrics.to_str().unwrap(),
     );
     let epochs_arg = epochs.to_string();
-    let mut args = run.dataset.to_vec();
-    args.extend([
+    // What every native run here is given: the data, the preset, the page's seed.
+    let mut recipe = run.dataset.to_vec();
+    recipe.extend([
         "--offline",
         "--data",
         data,
         "--model",
         preset,
-        "--epochs",
-        &epochs_arg,
         "--seed",
         "7",
+    ]);
+    let mut args = recipe.clone();
+    args.extend([
+        "--epochs",
+        &epochs_arg,
         "--save",
         model_arg,
         "--metrics",
@@ -293,15 +297,7 @@ fn page_trains_like_the_command_line(url: &str, data: &Path, run: &PageRun) {
         let tuned = saved.path().join("tuned.safetensors");
         let mut args = vec!["train", "--init", model_arg, "--epochs", "1"];
         args.extend(["--save", tuned.to_str().unwrap()]);
-        args.extend([
-            "--offline",
-            "--data",
-            data,
-            "--model",
-            preset,
-            "--seed",
-            "7",
-        ]);
+        args.extend(&recipe);
         on_swiftshader(&args);
         let tuned_sha = format!("{:x}", Sha256::digest(std::fs::read(&tuned).unwrap()));
         assert_eq!(
