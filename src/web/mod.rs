@@ -39,7 +39,7 @@ struct Session {
 
 thread_local! {
     static DEVICE: RefCell<Option<&'static Device>> = const { RefCell::new(None) };
-    /// The dataset files the page has handed over, by file name.
+    /// The dataset files the page has handed over, by name (or path inside a chosen folder).
     static FILES: RefCell<HashMap<String, Vec<u8>>> = RefCell::new(HashMap::new());
     /// The run; taken out while a call awaits the GPU, so that a second call meanwhile is
     /// refused instead of racing it.
