@@ -43,14 +43,10 @@ pub fn run(options: &WebOptions) -> Result<()> {
     Ok(())
 }
 
-fn tool_failed(what: &str, hint: &str) -> impl Fn(std::io::Error) -> Error {
-    let (what, hint) = (what.to_string(), hint.to_string());
-    move |e| Error::Web(format!("could not run {what}: {e}; {hint}"))
-}
-
 /// Runs `command`, its output going to the terminal; an error naming `what` when it fails.
 fn run_tool(mut command: Command, what: &str, hint: &str) -> Result<()> {
-    let status = command.status().map_err(tool_failed(what, hint))?;
+    let status =
+        (command.status()).map_err(|e| Error::Web(format!("could not run {what}: {e}; {hint}")))?;
     match status.success() {
         true => Ok(()),
         false => Err(Error::Web(format!("{what} failed ({status}); {hint}"))),

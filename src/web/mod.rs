@@ -120,21 +120,8 @@ fn data_from_files() -> Result<(Dataset, Dataset, DataIdentity), JsError> {
 /// and `root/test/<class>/`, decoded as `train --dataset folder` decodes them (no resizing: the
 /// images must share one size).
 fn folder_from_files(root: &str) -> Result<(Dataset, Dataset, DataIdentity), JsError> {
-    let prefix = format!("{root}/");
-    let source = folder::InMemory(FILES.with_borrow(|files| {
-        (files.iter())
-            .filter(|(name, _)| name.starts_with(&prefix))
-            .map(|(name, bytes)| (name.into(), bytes.clone()))
-            .collect()
-    }));
-    let dir = Path::new(root);
-    let options = folder::FolderOptions::default();
-    if !folder::FolderFiles::is_dir(&source, &folder::split_dir(dir, Split::Test)) {
-        return Err(JsError::new(&format!(
-            "{root} has no test/ folder: the page takes an image folder with train/<class>/ and \
-             test/<class>/ sub-folders"
-        )));
-    }
+    let source = folder_source(root)?;
+    let (dir, options) = (Path::new(root), folder::FolderOptions::default());
     let train = folder::load_from(&source, dir, Split::Train, options, None).map_err(failed)?;
     let test = folder::load_from(&source, dir, Split::Test, options, Some(&train.class_names))
         .map_err(failed)?;
@@ -147,6 +134,39 @@ fn folder_from_files(root: &str) -> Result<(Dataset, Dataset, DataIdentity), JsE
         ..DataIdentity::identify(md5, DatasetKind::Folder)
     };
     Ok((train.data, test.data, data))
+}
+
+/// The chosen folder's files, by their paths (under `root`); an error where it has no test/.
+fn folder_source(root: &str) -> Result<folder::InMemory, JsError> {
+    let prefix = format!("{root}/");
+    let source = folder::InMemory(FILES.with_borrow(|files| {
+        (files.iter())
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .map(|(name, bytes)| (name.into(), bytes.clone()))
+            .collect()
+    }));
+    match folder::FolderFiles::is_dir(&source, &folder::split_dir(Path::new(root), Split::Test)) {
+        true => Ok(source),
+        false => Err(JsError::new(&format!(
+            "{root} has no test/ folder: the page takes an image folder with train/<class>/ and \
+             test/<class>/ sub-folders"
+        ))),
+    }
+}
+
+/// The test set of the files handed over, without decoding the training set: an image folder's
+/// classes are its train/ sub-folders, as its training split names them.
+fn test_set_from_files() -> Result<Dataset, JsError> {
+    let Some(root) = folder_root() else {
+        return Ok(split_from_files(Split::Test)?.0);
+    };
+    let source = folder_source(&root)?;
+    let dir = Path::new(&root);
+    let classes = folder::FolderFiles::subfolders(&source, &folder::split_dir(dir, Split::Train))
+        .map_err(failed)?;
+    let options = folder::FolderOptions::default();
+    let test = folder::load_from(&source, dir, Split::Test, options, Some(&classes));
+    Ok(test.map_err(failed)?.data)
 }
 
 /// One split of the files handed over: CIFAR-10's binary batches where `test_batch.bin` is among
@@ -419,7 +439,7 @@ pub async fn evaluate_model() -> Result<String, JsError> {
         .with_borrow(|d| *d)
         .ok_or_else(|| JsError::new("open the device first"))?;
     let saved = current_model().await?;
-    let (_, test_set, _) = data_from_files()?;
+    let test_set = test_set_from_files()?;
     let trainer = Trainer::for_evaluation(&device.gpu, &device.kernels, saved.spec, &test_set)
         .map_err(failed)?;
     trainer.set_parameters(&saved.params).map_err(failed)?;
