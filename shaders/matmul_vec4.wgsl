@@ -32,6 +32,18 @@
 //              dims: m, n = C, a_offset (dZ [samples OH OW, F]), b_offset (W), b_col_stride
 //              = F, c_offset; C % 4 == 0 and F % 4 == 0. Any stride is computed right, but the
 //              host takes it at stride 1 only (MatmulKernels::conv_input_grad says why).
+//   conv_forward  a convolution's forward product Y = f(P W) (matmul_nn's, the same blocks,
+//              loads of B and FMAs in the same order) with A = P, the patch matrix, read from
+//              the input image X [samples H W, C] instead of a matrix im2col wrote: for output
+//              position m and k = (ky KW + kx) C + c,
+//                P[m, k] = X[(n, oy SY + ky - PY, ox SX + kx - PX), c]   (0 in the padding)
+//              and after the taps the quad (bias, 0, 0, 0), bias = conv.bias (the ones column
+//              the bias row of W meets). dims as matmul_nn's for P (K = KH KW C + 4), with
+//              a_offset X's place; C % 4 == 0, so that a quad of k is a texel of X's mirror.
+//   conv_weight_grad_parts  a convolution's weight gradient [dW; db; 0] = Pᵀ dZ as
+//              matmul_tn_shared_parts computes it (the same parts, blocks and order), P read
+//              from X as above, one output position after another along K; dims as for the
+//              patch matrix's product (M = KH KW C + 4 >= 64), dims.parts 1 storing C itself.
 // Epilogue (dims.epilogue): 0 stores the product. matmul_nn, as in matmul.wgsl: 1 + an
 // activation code stores f(C + bias), the bias a vec4 per column quad at vec4 bias_offset / 4 + q
 // of the B buffer (its mirror), or 16 + an activation code stores f(C) (a convolution's product,
@@ -53,7 +65,9 @@
 //   3 out    storage, read_write  vec4<f32> array; C is row-major [M, N] at dims.c_offset / 4
 //   4 below  texture_2d<f32>      matmul_nt only: mirror of the buffer holding a, its vec4 i
 //                                 beside C's vec4 i (any mirror where the epilogue is 0)
-//   5 conv   storage, read        conv_input_grad only: ConvShape (shared/conv_shape.wgsl)
+//   5 conv   storage, read        conv_input_grad, conv_forward, conv_weight_grad_parts only:
+//                                 ConvShape (shared/conv_shape.wgsl); for the latter two lhs
+//                                 is the mirror of X
 //   6 below_values storage, read  conv_input_grad only: X vec4 [samples H W C / 4] (any buffer
 //                                 where conv.derivative is 0)
 //
@@ -72,9 +86,10 @@
 // multiples of a block, and every lane takes part in every shuffle.
 // conv_input_grad computes 8 x 8 blocks as matmul_nt does, the rows it loads per four k found
 // per tap from the pixel's position.
-// Workgroup: 64 invocations covering 8 x 8 blocks (matmul_nn: 2 NN_ACROSS x 32 / NN_ACROSS;
-// conv_input_grad: 4 x 16, 32 columns and 128 rows).
-// Dispatch grid: (ceil(N / (block columns of a workgroup)), ceil(M / (its rows)), 1).
+// Workgroup: 64 invocations covering 8 x 8 blocks (matmul_nn and conv_forward: 2 NN_ACROSS x
+// 32 / NN_ACROSS; conv_input_grad: 4 x 16, 32 columns and 128 rows).
+// Dispatch grid: (ceil(N / (block columns of a workgroup)), ceil(M / (its rows)), 1); the
+// shared parts kernels' at their entry point.
 
 import package::shared::matmul_dims::{Dims, NO_EPILOGUE, DERIVATIVE_EPILOGUE, ACTIVATION_EPILOGUE};
 import package::shared::activations::{activate4, derivative_from_output4};
@@ -347,25 +362,38 @@ fn matmul_nn(invocation: Invocation) {
     var c2: array<vec4<f32>, 8>;
     var c3: array<vec4<f32>, 8>;
     for (var k4 = 0u; k4 < k4_end; k4++) {
-        let mine0 = lhs_at(a0 + k4);
-        let mine1 = lhs_at(a1 + k4);
-        let mine2 = lhs_at(a2 + k4);
-        let mine3 = lhs_at(a3 + k4);
-        let rows = array<vec4<f32>, 8>(
-            subgroupShuffle(mine0, a_source), subgroupShuffle(mine1, a_source),
-            subgroupShuffle(mine2, a_source), subgroupShuffle(mine3, a_source),
-            subgroupShuffle(mine0, a_source + 1u), subgroupShuffle(mine1, a_source + 1u),
-            subgroupShuffle(mine2, a_source + 1u), subgroupShuffle(mine3, a_source + 1u),
-        );
+        let mine = array<vec4<f32>, 4>(lhs_at(a0 + k4), lhs_at(a1 + k4), lhs_at(a2 + k4), lhs_at(a3 + k4));
         let b = b_first + 4u * k4 * b_stride;
-        add_quad(&c0, rows, rhs_at(b + q.x), b_source);
-        add_quad(&c1, rows, rhs_at(b + q.y), b_source);
-        add_quad(&c2, rows, rhs_at(b + q.z), b_source);
-        add_quad(&c3, rows, rhs_at(b + q.w), b_source);
+        nn_four_k(&c0, &c1, &c2, &c3, mine, a_source, NnColumns(b, q, b_source));
     }
     if (m0 < dims.m && q_first <= last) {
         store_forward_wide(WideBlock(c0, c1, c2, c3), m0, q_first);
     }
+}
+
+// Where a lane of matmul_nn (and conv_forward) loads B at four k: the four column quads `q` of
+// B's row `row` (a vec4 index; the k row index / 2 of the four), shared with the lanes
+// `source`, source + 2, source + 4 and source + 6.
+struct NnColumns {
+    row: u32,
+    q: vec4<u32>,
+    source: u32,
+}
+
+// matmul_nn's four k: the block's 8 rows of A at those k, gathered from the lanes that loaded
+// them (`mine`: this lane's 4 rows, the other lane of its block row `a_source + 1`'s), times B's
+// 16 columns, added into c0..c3.
+fn nn_four_k(c0: ptr<function, array<vec4<f32>, 8>>, c1: ptr<function, array<vec4<f32>, 8>>, c2: ptr<function, array<vec4<f32>, 8>>, c3: ptr<function, array<vec4<f32>, 8>>, mine: array<vec4<f32>, 4>, a_source: u32, b: NnColumns) {
+    let rows = array<vec4<f32>, 8>(
+        subgroupShuffle(mine[0], a_source), subgroupShuffle(mine[1], a_source),
+        subgroupShuffle(mine[2], a_source), subgroupShuffle(mine[3], a_source),
+        subgroupShuffle(mine[0], a_source + 1u), subgroupShuffle(mine[1], a_source + 1u),
+        subgroupShuffle(mine[2], a_source + 1u), subgroupShuffle(mine[3], a_source + 1u),
+    );
+    add_quad(c0, rows, rhs_at(b.row + b.q.x), b.source);
+    add_quad(c1, rows, rhs_at(b.row + b.q.y), b.source);
+    add_quad(c2, rows, rhs_at(b.row + b.q.z), b.source);
+    add_quad(c3, rows, rhs_at(b.row + b.q.w), b.source);
 }
 
 // B's 8 columns at four k (vec4 k4 of each column's row `b_row[c]` of the stored [N, K], loaded
@@ -637,11 +665,20 @@ fn matmul_tn(invocation: Invocation) {
 // product with enough rows of C to give a group's 8 lanes a block each (M >= 64), where the
 // unshared parts load 24 vec4 per four k and a lane here 10. Part: workgroup_id.z. A workgroup
 // is TN_ACROSS groups across (16 TN_ACROSS columns) and 8 / TN_ACROSS down (64 8 / TN_ACROSS
-// rows). Dispatch grid: (ceil(N / (16 TN_ACROSS)), ceil(M / (512 / TN_ACROSS)), parts).
+// rows). Dispatch grid: (ceil(N / (16 TN_ACROSS)), ceil(M / (512 / TN_ACROSS)), parts); the same
+// for conv_weight_grad_parts.
 override TN_ACROSS: u32 = 8u;
 
-@compute @workgroup_size(64)
-fn matmul_tn_shared_parts(invocation: Invocation) {
+// A lane of matmul_tn_shared_parts (or conv_weight_grad_parts): its block, and its part's
+// slice of K.
+struct SharedPart {
+    lane: Lane,
+    part: u32,
+    k_begin: u32,
+    k_end: u32,
+}
+
+fn shared_part(invocation: Invocation) -> SharedPart {
     let workgroup = invocation.workgroup;
     let flat = invocation.subgroup * invocation.subgroup_size + invocation.lane;
     let group = flat / 8u;
@@ -657,12 +694,22 @@ fn matmul_tn_shared_parts(invocation: Invocation) {
     if (part == parts - 1u) {
         k_end = dims.k;
     }
-    let sum = tn_slice(lane, k_begin, k_end);
-    let m0 = block.y * 8u;
-    let q_first = block.x * 4u;
+    return SharedPart(lane, part, k_begin, k_end);
+}
+
+// Stores a part's block at C's place + part M N (C's own place for a single part).
+fn store_part(sum: WideBlock, at: SharedPart) {
+    let m0 = at.lane.block.y * 8u;
+    let q_first = at.lane.block.x * 4u;
     if (m0 < dims.m && q_first <= dims.n / 4u - 1u) {
-        store_wide(sum, m0, q_first, (dims.c_offset + part * dims.m * dims.n) / 4u);
+        store_wide(sum, m0, q_first, (dims.c_offset + at.part * dims.m * dims.n) / 4u);
     }
+}
+
+@compute @workgroup_size(64)
+fn matmul_tn_shared_parts(invocation: Invocation) {
+    let at = shared_part(invocation);
+    store_part(tn_slice(at.lane, at.k_begin, at.k_end), at);
 }
 
 // matmul_tn_parts: matmul_tn's product split along K, for shapes with few blocks of C and a long
@@ -713,4 +760,210 @@ fn matmul_tn_parts(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     if (m0 < dims.m && q_first <= last) {
         store_wide(block_sum, m0, q_first, (dims.c_offset + part * dims.m * dims.n) / 4u);
     }
+}
+
+// conv_forward and conv_weight_grad_parts (see the header): a convolution's products over its
+// input image itself, reading the patch matrix's values where im2col would have put them.
+
+// One output position's window: the input pixel where its sample starts (n H W), and the row
+// and column of its top-left tap in the padded input.
+struct Window {
+    sample_pixel: u32,
+    top: u32,
+    left: u32,
+}
+
+// The input image as the windows read it, from `conv` once.
+struct Image {
+    height: u32,
+    width: u32,
+    pad_y: u32,
+    pad_x: u32,
+    channel_quads: u32,
+    // The vec4 where X starts in the lhs mirror.
+    first: u32,
+}
+
+fn image() -> Image {
+    return Image(conv.in_height, conv.in_width, conv.pad_y, conv.pad_x, conv.channels / 4u, dims.a_offset / 4u);
+}
+
+// The window of output position m (samples OH OW positions, row by row).
+fn window_of(m: u32) -> Window {
+    let per_sample = conv.out_height * conv.out_width;
+    let n = quotient(m, per_sample);
+    let in_sample = m - n * per_sample;
+    let oy = quotient(in_sample, conv.out_width);
+    let ox = in_sample - oy * conv.out_width;
+    return Window(n * conv.in_height * conv.in_width, oy * conv.stride_y, ox * conv.stride_x);
+}
+
+// The first vec4 of the channels of the input pixel under tap (ky, kx) of window w, or NO_SOURCE
+// where the tap lies in the padding.
+fn window_source(w: Window, ky: u32, kx: u32, image: Image) -> u32 {
+    let py = w.top + ky;
+    let px = w.left + kx;
+    if (py < image.pad_y || px < image.pad_x || py - image.pad_y >= image.height || px - image.pad_x >= image.width) {
+        return NO_SOURCE;
+    }
+    return image.first + (w.sample_pixel + (py - image.pad_y) * image.width + px - image.pad_x) * image.channel_quads;
+}
+
+// The patch matrix's last four columns in every row: its ones column (the bias row of W meets
+// it; 0 where the layer has no bias) and zeros.
+fn ones_quad() -> vec4<f32> {
+    return vec4<f32>(f32(conv.bias), 0.0, 0.0, 0.0);
+}
+
+@compute @workgroup_size(64)
+fn conv_forward(invocation: Invocation) {
+    let lane = lane_of_tiles(invocation, 2u, NN_ACROSS);
+    let m0 = lane.block.y * 8u;
+    let q_first = lane.block.x * 4u;
+    let last = dims.n / 4u - 1u;
+    let q = vec4<u32>(min(q_first, last), min(q_first + 1u, last), min(q_first + 2u, last), min(q_first + 3u, last));
+    // As matmul_nn: this lane's rows are 4 h .. 4 h + 3 of its block, windows here.
+    let h = lane.index % 2u;
+    let last_row = dims.m - 1u;
+    let w0 = window_of(min(m0 + 4u * h, last_row));
+    let w1 = window_of(min(m0 + 4u * h + 1u, last_row));
+    let w2 = window_of(min(m0 + 4u * h + 2u, last_row));
+    let w3 = window_of(min(m0 + 4u * h + 3u, last_row));
+    let image = image();
+    let a_source = lane.group_base + 2u * (lane.index / 2u);
+    let b_source = lane.group_base + h;
+    let b_stride = dims.b_row_stride / 4u;
+    let b_first = dims.b_offset / 4u + (lane.index / 2u) * b_stride;
+    let kernel_height = conv.kernel_height;
+    let kernel_width = conv.kernel_width;
+    var c0: array<vec4<f32>, 8>;
+    var c1: array<vec4<f32>, 8>;
+    var c2: array<vec4<f32>, 8>;
+    var c3: array<vec4<f32>, 8>;
+    // k runs over the taps, channels fastest, as along a row of the patch matrix.
+    var b = b_first;
+    for (var ky = 0u; ky < kernel_height; ky++) {
+        for (var kx = 0u; kx < kernel_width; kx++) {
+            let s0 = window_source(w0, ky, kx, image);
+            let s1 = window_source(w1, ky, kx, image);
+            let s2 = window_source(w2, ky, kx, image);
+            let s3 = window_source(w3, ky, kx, image);
+            for (var cq = 0u; cq < image.channel_quads; cq++) {
+                let mine = array<vec4<f32>, 4>(tap_value(s0, cq), tap_value(s1, cq), tap_value(s2, cq), tap_value(s3, cq));
+                nn_four_k(&c0, &c1, &c2, &c3, mine, a_source, NnColumns(b, q, b_source));
+                b += 4u * b_stride;
+            }
+        }
+    }
+    let ones = ones_quad();
+    nn_four_k(&c0, &c1, &c2, &c3, array<vec4<f32>, 4>(ones, ones, ones, ones), a_source, NnColumns(b, q, b_source));
+    if (m0 < dims.m && q_first <= last) {
+        store_forward_wide(WideBlock(c0, c1, c2, c3), m0, q_first);
+    }
+}
+
+// One of the two quads of patch columns a lane of conv_weight_grad_parts reads per k (its block's
+// 8 rows of C are patch columns 8 block.y .. 8 block.y + 7): tap (ky, kx) and channel quad cq,
+// or the ones quad.
+struct PatchQuad {
+    ky: u32,
+    kx: u32,
+    cq: u32,
+    ones: bool,
+}
+
+fn patch_quad(mq: u32, image: Image) -> PatchQuad {
+    let tap = quotient(mq, image.channel_quads);
+    let ky = quotient(tap, conv.kernel_width);
+    let ones = tap >= conv.kernel_height * conv.kernel_width;
+    return PatchQuad(ky, tap - ky * conv.kernel_width, mq - tap * image.channel_quads, ones);
+}
+
+// The patch matrix's vec4 at quad p of the row of window w.
+fn patch_value(w: Window, p: PatchQuad, image: Image, ones: vec4<f32>) -> vec4<f32> {
+    let value = tap_value(window_source(w, p.ky, p.kx, image), p.cq);
+    return select(value, ones, p.ones);
+}
+
+// Output positions in order: the window after w (o: w's column and row in the output).
+struct Walk {
+    window: Window,
+    column: u32,
+    row: u32,
+}
+
+fn walk_from(m: u32) -> Walk {
+    let per_sample = conv.out_height * conv.out_width;
+    let in_sample = m - quotient(m, per_sample) * per_sample;
+    let row = quotient(in_sample, conv.out_width);
+    return Walk(window_of(m), in_sample - row * conv.out_width, row);
+}
+
+// The walk one position on, for an output `size` (OW, OH) with strides `stride` (SX, SY) over
+// an input of `input_pixels` (H W) a sample.
+fn step_walk(walk: ptr<function, Walk>, size: vec2<u32>, stride: vec2<u32>, input_pixels: u32) {
+    (*walk).column += 1u;
+    (*walk).window.left += stride.x;
+    if ((*walk).column == size.x) {
+        (*walk).column = 0u;
+        (*walk).window.left = 0u;
+        (*walk).row += 1u;
+        (*walk).window.top += stride.y;
+        if ((*walk).row == size.y) {
+            (*walk).row = 0u;
+            (*walk).window.top = 0u;
+            (*walk).window.sample_pixel += input_pixels;
+        }
+    }
+}
+
+// tn_slice with A the patch matrix read from the image: the same loads of B, the same FMAs in
+// the same order.
+fn tn_slice_image(lane: Lane, k_begin: u32, k_end: u32) -> WideBlock {
+    let m0 = lane.block.y * 8u;
+    let q_first = lane.block.x * 4u;
+    let last = dims.n / 4u - 1u;
+    let q = vec4<u32>(min(q_first, last), min(q_first + 1u, last), min(q_first + 2u, last), min(q_first + 3u, last));
+    let image = image();
+    let mq0 = min(m0 / 4u, dims.m / 4u - 1u);
+    let lo = patch_quad(mq0, image);
+    let hi = patch_quad(min(mq0 + 1u, dims.m / 4u - 1u), image);
+    let ones = ones_quad();
+    let size = vec2<u32>(conv.out_width, conv.out_height);
+    let stride = vec2<u32>(conv.stride_x, conv.stride_y);
+    let input_pixels = image.height * image.width;
+    var walk = walk_from(k_begin);
+    let b_stride = dims.b_row_stride / 4u;
+    var block: WideBlock;
+    var b_k = dims.b_offset / 4u + k_begin * b_stride;
+    let my_k = lane.index / 2u;
+    let my_columns = select(q.xy, q.zw, (lane.index & 1u) == 1u);
+    let k4_count = (k_end - k_begin) / 4u;
+    for (var k4 = 0u; k4 < k4_count; k4++) {
+        let b_row = b_k + my_k * b_stride;
+        let mine0 = rhs_at(b_row + my_columns.x);
+        let mine1 = rhs_at(b_row + my_columns.y);
+        for (var j = 0u; j < 4u; j++) {
+            let source = lane.group_base + 2u * j;
+            let b0 = subgroupShuffle(mine0, source);
+            let b1 = subgroupShuffle(mine1, source);
+            let b2 = subgroupShuffle(mine0, source + 1u);
+            let b3 = subgroupShuffle(mine1, source + 1u);
+            tn_step(&block, patch_value(walk.window, lo, image, ones), patch_value(walk.window, hi, image, ones), b0, b1, b2, b3);
+            step_walk(&walk, size, stride, input_pixels);
+        }
+        b_k += 4u * b_stride;
+    }
+    for (var k = k_begin + 4u * k4_count; k < k_end; k++) {
+        tn_step(&block, patch_value(walk.window, lo, image, ones), patch_value(walk.window, hi, image, ones), rhs_at(b_k + q.x), rhs_at(b_k + q.y), rhs_at(b_k + q.z), rhs_at(b_k + q.w));
+        step_walk(&walk, size, stride, input_pixels);
+        b_k += b_stride;
+    }
+    return block;
+}
+
+@compute @workgroup_size(64)
+fn conv_weight_grad_parts(invocation: Invocation) {
+    let at = shared_part(invocation);
+    store_part(tn_slice_image(at.lane, at.k_begin, at.k_end), at);
 }

@@ -6,6 +6,7 @@ use web_time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::gpu::ops::ImageProductKind;
 use crate::gpu::uniforms::{ConvShape, MatmulDims, PeakShape};
 use crate::gpu::{Gpu, Kernels, MatmulOperand, MatmulVariant, TextureMirror};
 use crate::layers::kind::Product;
@@ -21,9 +22,10 @@ pub struct MatmulShape {
     pub k: u32,
     /// The variant the training step runs it on, and its rate.
     pub variant: MatmulVariant,
-    /// The form the step computes it in: "product" (on `variant`), or "direct" (a convolution's
+    /// The form the step computes it in: "product" (on `variant`), "direct" (a convolution's
     /// input gradient straight from its output's gradient, without the patch matrix's gradient
-    /// and col2im).
+    /// and col2im), or "image" (a convolution's forward product or weight gradient read from its
+    /// input image, without the patch matrix).
     pub form: &'static str,
     pub gflops: f64,
     /// Each variant's rate.
@@ -31,6 +33,8 @@ pub struct MatmulShape {
     pub registers_gflops: f64,
     /// The direct form's rate (its model FLOPs over its time), where the adapter runs it.
     pub direct_gflops: Option<f64>,
+    /// The image form's rate, where the adapter runs it.
+    pub image_gflops: Option<f64>,
 }
 
 /// Times a product with every variant (each in the form a training step computes it with);
@@ -50,10 +54,15 @@ pub fn measure_matmul(gpu: &Gpu, kernels: &Kernels, product: &StepMatmul) -> Res
         Some((dims, shape)) => direct_input_grad_gflops(gpu, kernels, dims, shape, product.flops)?,
         None => None,
     };
-    let (form, gflops) = match (direct_gflops, variant) {
-        (Some(gflops), _) => ("direct", gflops),
-        (None, MatmulVariant::Tiled) => ("product", tiled_gflops),
-        (None, MatmulVariant::Registers) => ("product", registers_gflops),
+    let image_gflops = match &product.image {
+        Some(shape) => image_product_gflops(gpu, kernels, dims, shape)?,
+        None => None,
+    };
+    let (form, gflops) = match (direct_gflops, image_gflops, variant) {
+        (Some(gflops), _, _) => ("direct", gflops),
+        (None, Some(gflops), _) => ("image", gflops),
+        (None, None, MatmulVariant::Tiled) => ("product", tiled_gflops),
+        (None, None, MatmulVariant::Registers) => ("product", registers_gflops),
     };
     Ok(MatmulShape {
         name,
@@ -66,7 +75,48 @@ pub fn measure_matmul(gpu: &Gpu, kernels: &Kernels, product: &StepMatmul) -> Res
         tiled_gflops,
         registers_gflops,
         direct_gflops,
+        image_gflops,
     })
+}
+
+/// GFLOP/s (`dims`' FLOPs, padding included, as the product's, over its time alone) of a
+/// convolution's forward product or weight gradient read from its input image, on buffers of
+/// constant contents; None where the adapter does not run it.
+fn image_product_gflops(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    dims: &MatmulDims,
+    shape: &ConvShape,
+) -> Result<Option<f64>> {
+    // A convolution's forward product has the epilogue of its activation (identity included).
+    let kind = match dims.epilogue_activation() {
+        Some(activation) => ImageProductKind::Forward(activation),
+        None => ImageProductKind::WeightGrad,
+    };
+    let pixels = shape.samples * shape.in_height * shape.in_width;
+    let rhs_len = dims.rhs_index(dims.k as usize - 1, dims.n as usize - 1) + 1;
+    let out_len = dims.out_index(dims.m as usize - 1, dims.n as usize - 1) + 1;
+    let buffers = [
+        gpu.storage_with("bench x", &vec![0.5f32; (pixels * shape.channels) as usize])?,
+        gpu.storage_with("bench rhs", &vec![0.25f32; rhs_len])?,
+        gpu.storage_buffer("bench out", (out_len * 4) as u64)?,
+    ];
+    let alone =
+        crate::gpu::ops::conv_image_product_alone(gpu, kernels, kind, dims, shape, &buffers)?;
+    let Some(dispatches) = alone else {
+        return Ok(None);
+    };
+    let seconds = time_repeated(gpu, 0.2, |encoder, repeats| {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        for _ in 0..repeats {
+            for (kernel, group, [x, y, z]) in &dispatches {
+                pass.set_pipeline(&kernel.pipeline);
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(*x, *y, *z);
+            }
+        }
+    })?;
+    Ok(Some(flops(dims) / seconds / 1e9))
 }
 
 /// GFLOP/s (`flops` over its time alone) of a convolution's direct input gradient, on buffers of
@@ -105,6 +155,8 @@ pub struct StepMatmul {
     pub flops: f64,
     /// A convolution's input gradient in the direct form (`Product::direct`).
     pub direct: Option<(MatmulDims, ConvShape)>,
+    /// A convolution's product in the image form (`Product::image`).
+    pub image: Option<ConvShape>,
     /// The same product in the form the register kernels compute it with in a step where the
     /// vec4 kernels take it: the first layer's weight gradient on the transposed batch, with the
     /// bias gradient as one more row (`train::builder::TransposedInput`); else `dims`.
@@ -164,6 +216,7 @@ pub fn step_matmuls(kernels: &Kernels, spec: &ModelSpec, rows: usize) -> Vec<Ste
             dims: product.dims,
             flops: product.flops,
             direct: product.direct,
+            image: product.image,
         })
         .collect()
 }

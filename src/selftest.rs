@@ -5,6 +5,7 @@
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::gpu::kernels::{OptimizerKernels, OptimizerWords};
+use crate::gpu::ops::ImageProductKind;
 use crate::gpu::uniforms::MatmulDims;
 use crate::gpu::{Gpu, Kernels, MatmulVariant, ops};
 use crate::input::{self, Augmentation, Standardisation};
@@ -132,7 +133,7 @@ pub struct Check {
 }
 
 /// Every check, in the order `selftest` performs them.
-pub const CHECKS: [Check; 23] = [
+pub const CHECKS: [Check; 24] = [
     Check {
         name: "matmul (tiled)",
         run: |gpu, kernels, tally, rng| {
@@ -184,6 +185,10 @@ pub const CHECKS: [Check; 23] = [
     Check {
         name: "conv2d input gradient (direct)",
         run: check_conv2d_input_gradient_direct,
+    },
+    Check {
+        name: "conv2d products from the image",
+        run: check_conv2d_image_products,
     },
     Check {
         name: "max pool forward + backward",
@@ -324,6 +329,78 @@ fn check_conv2d_input_gradient_direct(
     }
     if !ran {
         tally.worst = "not run: this adapter computes the patch matrix's gradient instead".into();
+    }
+    Ok(())
+}
+
+/// selftest's "conv2d products from the image": matmul_vec4.wgsl's conv_forward and
+/// conv_weight_grad_parts against the patch matrix's products, with and without a bias, the
+/// weight gradient also over a batch long enough to be split along K.
+fn check_conv2d_image_products(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    let mut ran = false;
+    for (what, geometry, m) in conv_cases() {
+        if !kernels.matmul.takes_images(&geometry, &m) {
+            continue;
+        }
+        for bias in [true, false] {
+            let m = WeightMatrix { bias, ..m };
+            let what = format!("{what}{}", if bias { "" } else { ":nobias" });
+            let params = random_vec(rng, m.end() + 11, -1.0, 1.0);
+            let long_rows = LONG_CONV_POSITIONS.div_ceil(geometry.positions());
+            for rows in [CONV_BATCH, long_rows] {
+                let positions = rows * geometry.positions();
+                let x = random_vec(rng, rows * geometry.input.len(), -1.0, 1.0);
+                let mut patches = reference::im2col(&x, rows, &geometry, m.rows);
+                if !bias {
+                    let ones = geometry.window_len() * geometry.input.channels;
+                    patches
+                        .iter_mut()
+                        .skip(ones)
+                        .step_by(m.rows)
+                        .for_each(|v| *v = 0.0);
+                }
+                let mut cases = vec![ImageProductKind::WeightGrad];
+                if rows == CONV_BATCH {
+                    cases.extend(ACTIVATIONS.map(ImageProductKind::Forward));
+                }
+                for kind in cases {
+                    let (dims, rhs, out_len, case) = match kind {
+                        ImageProductKind::Forward(f) => {
+                            let dims = MatmulDims::conv_forward(positions, &m, f);
+                            let case = format!("{what} forward + {}", f.name());
+                            (dims, params.clone(), positions * m.outputs, case)
+                        }
+                        ImageProductKind::WeightGrad => {
+                            let dims = MatmulDims::conv_weight_grad(positions, &m);
+                            let dz = random_vec(rng, positions * m.outputs, -1.0, 1.0);
+                            let case = format!("{what} weight grad, {rows} samples");
+                            (dims, dz, params.len(), case)
+                        }
+                    };
+                    // Elements outside C must survive.
+                    let initial = random_vec(rng, out_len, -1.0, 1.0);
+                    let mut expected = initial.clone();
+                    reference::matmul(&dims, &patches, &rhs, &mut expected);
+                    let actual = ops::conv_image_product(
+                        gpu, kernels, kind, &x, &rhs, rows, &geometry, &m, &initial,
+                    )?;
+                    let Some(actual) = actual else {
+                        continue;
+                    };
+                    let atol = 1e-6 + 1e-7 * dims.k as f32;
+                    tally.close(&case, &actual, &expected, atol, 1e-4);
+                    ran = true;
+                }
+            }
+        }
+    }
+    if !ran {
+        tally.worst = "not run: this adapter computes convolutions over the patch matrix".into();
     }
     Ok(())
 }

@@ -147,12 +147,14 @@ pub fn print(r: &BenchReport) {
         pct(r.step_gflops)
     );
     for m in &r.matmuls {
-        // The form the step uses: the product on its variant, or the direct kernel.
+        // The form the step uses: the product on its variant, or the direct or image kernel.
         let form = match m.form {
-            "direct" => m.form.to_string(),
+            "direct" | "image" => m.form.to_string(),
             _ => format!("{:?}", m.variant).to_lowercase(),
         };
         let direct = (m.direct_gflops).map_or(String::new(), |g| format!(", direct {g:.2}"));
+        let image = (m.image_gflops).map_or(String::new(), |g| format!(", image {g:.2}"));
+        let direct = direct + &image;
         outln!(
             "  {:<22} {:>9.2} GFLOP/s  {:>5.1} % of peak   {:<9} (tiled {:.2}, registers {:.2}{direct}; M {} N {} K {})",
             m.name,

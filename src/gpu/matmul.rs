@@ -27,7 +27,7 @@ use super::buffers::grid_1d;
 use super::kernels::{Kernel, ROW_WORKGROUP, Slot, build};
 use super::mirror::TextureMirror;
 use super::uniforms::{ConvShape, MatmulDims, NO_EPILOGUE};
-use crate::shapes::WeightMatrix;
+use crate::shapes::{Geometry, LayerActivation, WeightMatrix};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -182,6 +182,10 @@ struct Vec4Kernels {
     tn_shared_parts: [OnceLock<Kernel>; TN_ARRANGEMENTS],
     nt: Kernel,
     conv_input_grad: Kernel,
+    /// conv_forward as `nn` (per activation and arrangement), built on first use.
+    conv_forward: [[OnceLock<Kernel>; NN_ARRANGEMENTS]; FORWARD_ACTIVATIONS],
+    /// conv_weight_grad_parts as `tn_shared_parts` (per `TN_ACROSS`), built on first use.
+    conv_weight_grad_parts: [OnceLock<Kernel>; TN_ARRANGEMENTS],
 }
 
 /// matmul_tn_shared_parts' `TN_ACROSS` values: groups across a workgroup (16 columns each).
@@ -220,16 +224,28 @@ impl Vec4Kernels {
     /// matmul_tn_shared_parts for a product `n` columns wide, and its workgroups' (columns,
     /// rows).
     fn tn_shared_parts(&self, n: u32) -> (&Kernel, (u32, u32)) {
+        self.shared_parts(
+            &self.tn_shared_parts,
+            "matmul_tn_shared_parts",
+            &VEC4_SLOTS,
+            n,
+        )
+    }
+
+    /// `entry` (matmul_tn_shared_parts or conv_weight_grad_parts) from `kernels` for a product
+    /// `n` columns wide, and its workgroups' (columns, rows).
+    fn shared_parts<'s>(
+        &'s self,
+        kernels: &'s [OnceLock<Kernel>; TN_ARRANGEMENTS],
+        entry: &'static str,
+        slots: &[(u32, Slot)],
+        n: u32,
+    ) -> (&'s Kernel, (u32, u32)) {
         let index = tn_across(n);
         let across = 1u32 << index;
-        let kernel = self.tn_shared_parts[index].get_or_init(|| {
-            build(
-                &self.device,
-                &self.module,
-                "matmul_tn_shared_parts",
-                &VEC4_SLOTS,
-                &[("TN_ACROSS", across as f64)],
-            )
+        let kernel = kernels[index].get_or_init(|| {
+            let constants = [("TN_ACROSS", across as f64)];
+            build(&self.device, &self.module, entry, slots, &constants)
         });
         (kernel, (16 * across, 512 / across))
     }
@@ -237,22 +253,50 @@ impl Vec4Kernels {
     /// matmul_nn for the forward activation and width of `dims` (any activation where it has no
     /// epilogue).
     fn nn(&self, dims: &MatmulDims) -> &Kernel {
+        self.forward(&self.nn, "matmul_nn", &VEC4_SLOTS, dims)
+    }
+
+    /// `entry` (matmul_nn or conv_forward) from `kernels` for the forward activation and width
+    /// of `dims`.
+    fn forward<'s>(
+        &'s self,
+        kernels: &'s [[OnceLock<Kernel>; NN_ARRANGEMENTS]; FORWARD_ACTIVATIONS],
+        entry: &'static str,
+        slots: &[(u32, Slot)],
+        dims: &MatmulDims,
+    ) -> &'s Kernel {
         let code = dims.epilogue_activation().map_or(0, |a| a.shader_code());
         let across = nn_across(dims.n);
-        self.nn[code as usize][across].get_or_init(|| {
+        kernels[code as usize][across].get_or_init(|| {
             let constants = [
                 ("ACTIVATION", code as f64),
                 ("NN_ACROSS", (1u32 << across) as f64),
             ];
-            build(
-                &self.device,
-                &self.module,
-                "matmul_nn",
-                &VEC4_SLOTS,
-                &constants,
-            )
+            build(&self.device, &self.module, entry, slots, &constants)
         })
     }
+}
+
+/// The bindings of conv_forward and conv_weight_grad_parts: the register kernels' and the
+/// convolution's shape.
+const IMAGE_SLOTS: [(u32, Slot); 5] = [
+    (0, Slot::Params),
+    (1, Slot::Mirror),
+    (2, Slot::Mirror),
+    (3, Slot::ReadWrite),
+    (5, Slot::Params),
+];
+
+/// A convolution's forward product or weight gradient computed from its input image, without
+/// the patch matrix (`MatmulKernels::image_forward`, `image_weight_grad`): the kernel, its grid
+/// and dims (the parts' where the product is split along K), and where split, the sum of the
+/// parts and its dims, over a scratch of `scratch_floats`.
+pub struct ImageProduct<'k> {
+    pub kernel: &'k Kernel,
+    pub grid: [u32; 3],
+    pub dims: MatmulDims,
+    pub sum: Option<(MatmulDispatch<'k>, MatmulDims)>,
+    pub scratch_floats: usize,
 }
 
 /// A product computed in parts along K (`MatmulKernels::split_along_k`): `parts` writes
@@ -299,6 +343,18 @@ impl<'k> SplitProduct<'k> {
             out.as_entire_binding(),
         ]
     }
+}
+
+/// The parts along K of a weight-gradient-form product on the register kernels (1: unsplit).
+fn register_parts(dims: &MatmulDims) -> u32 {
+    if dims.k < SPLIT_MIN_K {
+        return 1;
+    }
+    let blocks = dims.m.div_ceil(8) * dims.n.div_ceil(16);
+    SPLIT_INVOCATIONS
+        .div_ceil(blocks)
+        .min(dims.k / SPLIT_MIN_PART_K)
+        .max(1)
 }
 
 /// Products split along K only from this K on (shorter ones fill the adapter unsplit)...
@@ -445,6 +501,8 @@ impl MatmulKernels {
                     &[],
                 ),
                 nn: Default::default(),
+                conv_forward: Default::default(),
+                conv_weight_grad_parts: Default::default(),
                 module: registers,
                 device: gpu.device.clone(),
             }
@@ -576,6 +634,27 @@ impl MatmulKernels {
         [lhs, rhs]: [MatmulOperand<'_>; 2],
     ) -> Option<(&Kernel, [u32; 3])> {
         let vec4 = self.vec4.as_ref()?;
+        let grid = self.direct_input_grad_grid(dims, shape)?;
+        mirrored(lhs, rhs).then_some((&vec4.conv_input_grad, grid))
+    }
+
+    /// Whether a convolution of `geometry` with weights `matrix`, in batches of up to `batch`
+    /// samples, takes its input gradient straight from dz (`conv_input_grad`) where dz and
+    /// the parameters have mirrors: a layer that does needs no patch matrix gradient.
+    pub fn takes_direct_input_grad(
+        &self,
+        geometry: &Geometry,
+        matrix: &WeightMatrix,
+        batch: usize,
+    ) -> bool {
+        let dims = MatmulDims::conv_input_grad(batch, geometry, matrix);
+        let shape = ConvShape::new(batch, geometry, matrix.rows, LayerActivation::Identity);
+        self.vec4.is_some() && self.direct_input_grad_grid(&dims, &shape).is_some()
+    }
+
+    /// conv_input_grad's grid for `dims` of the convolution `shape`, where the preferred
+    /// variant runs it on such a shape (mirrors aside).
+    fn direct_input_grad_grid(&self, dims: &MatmulDims, shape: &ConvShape) -> Option<[u32; 3]> {
         let aligned = [
             dims.n,
             dims.b_col_stride,
@@ -588,13 +667,109 @@ impl MatmulKernels {
         // A workgroup covers 32 columns and 128 rows.
         let grid = [dims.n.div_ceil(32), dims.m.div_ceil(128), 1];
         let runs = self.preferred == MatmulVariant::Registers
-            && mirrored(lhs, rhs)
             && aligned
             && (shape.stride_y, shape.stride_x) == (1, 1)
             && dims.m > 0
             && dims.n > 0
             && grid.iter().all(|&groups| groups <= self.max_groups);
-        runs.then_some((&vec4.conv_input_grad, grid))
+        runs.then_some(grid)
+    }
+
+    /// Whether a convolution of `geometry` with weights `matrix` computes its forward product
+    /// and weight gradient from its input image (`image_forward`, `image_weight_grad`) where its
+    /// operands have mirrors: on the register kernels, channels and filters in fours, and at
+    /// least 64 rows of W (the weight gradient shares its loads as matmul_tn_shared_parts does:
+    /// a 1×1 projection's few rows keep the patch matrix). A layer that does needs no patch
+    /// matrix.
+    pub fn takes_images(&self, geometry: &Geometry, matrix: &WeightMatrix) -> bool {
+        let channels = geometry.input.channels;
+        self.reads_mirrors()
+            && channels.is_multiple_of(4)
+            && matrix.outputs.is_multiple_of(4)
+            && matrix.weight_offset.is_multiple_of(4)
+            && matrix.rows == geometry.window_len() * channels + 4
+            && matrix.rows as u32 >= SHARED_PARTS_MIN_M
+    }
+
+    /// conv_forward for `dims` (`MatmulDims::conv_forward`) of the convolution `shape` (with its
+    /// ones column's value), reading X (lhs) and W (rhs) from their mirrors, where
+    /// `takes_images` holds for it; the grid is matmul_nn's.
+    pub fn image_forward(
+        &self,
+        dims: &MatmulDims,
+        shape: &ConvShape,
+        [lhs, rhs]: [MatmulOperand<'_>; 2],
+    ) -> Option<ImageProduct<'_>> {
+        let vec4 = self.vec4.as_ref()?;
+        let nn = self.choose(dims, MatmulVariant::Registers, mirrored(lhs, rhs));
+        let fits = nn.reads_mirrors && self.image_shape_fits(dims, shape);
+        fits.then(|| ImageProduct {
+            kernel: vec4.forward(&vec4.conv_forward, "conv_forward", &IMAGE_SLOTS, dims),
+            grid: nn.grid,
+            dims: *dims,
+            sum: None,
+            scratch_floats: 0,
+        })
+    }
+
+    /// conv_weight_grad_parts for `dims` (`MatmulDims::conv_weight_grad`) of the convolution
+    /// `shape`, reading X (lhs) and dZ (rhs) from their mirrors, where `takes_images` holds for
+    /// it: in the parts `split_for` would give the patch matrix's product (so the same sums),
+    /// a single part written straight into C.
+    pub fn image_weight_grad(
+        &self,
+        dims: &MatmulDims,
+        shape: &ConvShape,
+        [lhs, rhs]: [MatmulOperand<'_>; 2],
+    ) -> Option<ImageProduct<'_>> {
+        let vec4 = self.vec4.as_ref()?;
+        let form = RegisterForm::of(dims) == Some(RegisterForm::Tn);
+        let shared = dims.m >= SHARED_PARTS_MIN_M;
+        if !(form && shared && mirrored(lhs, rhs) && self.image_shape_fits(dims, shape)) {
+            return None;
+        }
+        let parts = register_parts(dims);
+        let slots = &IMAGE_SLOTS;
+        let entry = "conv_weight_grad_parts";
+        let (kernel, (columns, rows)) =
+            vec4.shared_parts(&vec4.conv_weight_grad_parts, entry, slots, dims.n);
+        let grid = [dims.n.div_ceil(columns), dims.m.div_ceil(rows), parts];
+        if parts == 1 {
+            let dims = MatmulDims { parts, ..*dims };
+            return Some(ImageProduct {
+                kernel,
+                grid,
+                dims,
+                sum: None,
+                scratch_floats: 0,
+            });
+        }
+        let parts_kernel = self.dispatch(kernel, grid, true);
+        let split = self.split_product(dims, parts, parts_kernel, MatmulVariant::Registers);
+        Some(ImageProduct {
+            kernel,
+            grid,
+            dims: split.parts_dims,
+            sum: Some((split.sum, split.sum_dims)),
+            scratch_floats: split.scratch_floats,
+        })
+    }
+
+    /// Whether the image kernels take the convolution `shape` with `dims`: channels and filters
+    /// in fours, aligned offsets, and rows of W as the patch matrix's (taps × C, then 4), at
+    /// least 64 of them (as `takes_images` says).
+    fn image_shape_fits(&self, dims: &MatmulDims, shape: &ConvShape) -> bool {
+        let taps = shape.kernel_height * shape.kernel_width;
+        let aligned = [dims.n, dims.a_offset, dims.b_offset, dims.c_offset]
+            .iter()
+            .all(|v| v % 4 == 0);
+        self.preferred == MatmulVariant::Registers
+            && aligned
+            && shape.channels.is_multiple_of(4)
+            && shape.columns == taps * shape.channels + 4
+            && shape.columns >= SHARED_PARTS_MIN_M
+            && dims.m > 0
+            && dims.n > 0
     }
 
     /// The first layer's weight and bias gradient on the transposed batch
@@ -671,16 +846,14 @@ impl MatmulKernels {
 
     fn split_registers(&self, dims: &MatmulDims) -> Option<SplitProduct<'_>> {
         let vec4 = self.vec4.as_ref()?;
-        if RegisterForm::of(dims) != Some(RegisterForm::Tn) || dims.k < SPLIT_MIN_K {
+        if RegisterForm::of(dims) != Some(RegisterForm::Tn) {
             return None;
         }
-        let blocks = dims.m.div_ceil(8) * dims.n.div_ceil(16);
-        let parts = SPLIT_INVOCATIONS
-            .div_ceil(blocks)
-            .min(dims.k / SPLIT_MIN_PART_K);
+        let parts = register_parts(dims);
         if parts < 2 {
             return None;
         }
+        let blocks = dims.m.div_ceil(8) * dims.n.div_ceil(16);
         // The same parts either way (so the same sums): with shared loads where C has the rows.
         let (kernel, grid) = match dims.m >= SHARED_PARTS_MIN_M {
             true => {

@@ -44,15 +44,7 @@ impl TextureMirror {
     /// A mirror of `buffer` (whose size is a multiple of 16 bytes, as `Gpu::storage_buffer`
     /// makes them), or `None` where the device's textures are too small to hold it.
     pub fn new(gpu: &Gpu, what: &str, buffer: &Buffer) -> Option<Self> {
-        let needed = buffer.size().div_ceil(ROW_BYTES);
-        let limit = gpu.limits.max_texture_dimension_2d as u64;
-        // Where the shared height would not fit, the exact one (compiled separately) may.
-        let rows = Some(shared_variant_height(needed))
-            .filter(|&rows| rows <= limit)
-            .unwrap_or(needed);
-        if rows > limit || MIRROR_ROW_TEXELS > gpu.limits.max_texture_dimension_2d {
-            return None;
-        }
+        let rows = Self::rows_for(gpu, buffer.size())?;
         let texture = gpu.device.create_texture(&wgpu::TextureDescriptor {
             label: Some(what),
             size: wgpu::Extent3d {
@@ -73,6 +65,22 @@ impl TextureMirror {
             texture,
             view,
         })
+    }
+
+    /// Whether a buffer of `bytes` has a mirror on this device (`new` makes one).
+    pub fn fits(gpu: &Gpu, bytes: u64) -> bool {
+        Self::rows_for(gpu, bytes.next_multiple_of(16)).is_some()
+    }
+
+    /// The texture rows of a mirror of `bytes`, if the device's textures can hold it.
+    fn rows_for(gpu: &Gpu, bytes: u64) -> Option<u64> {
+        let needed = bytes.div_ceil(ROW_BYTES);
+        let limit = gpu.limits.max_texture_dimension_2d as u64;
+        // Where the shared height would not fit, the exact one (compiled separately) may.
+        let rows = Some(shared_variant_height(needed))
+            .filter(|&rows| rows <= limit)
+            .unwrap_or(needed);
+        (rows <= limit && MIRROR_ROW_TEXELS <= gpu.limits.max_texture_dimension_2d).then_some(rows)
     }
 
     /// The buffer this mirrors.

@@ -502,6 +502,124 @@ pub fn conv_input_grad_alone<'k>(
     Ok(Some((kernel, kernel.bind(gpu, &resources), grid)))
 }
 
+/// Which of a convolution's products `conv_image_product` computes.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageProductKind {
+    /// f(P W), rhs the parameters.
+    Forward(LayerActivation),
+    /// [dW; db; 0] = Pᵀ dz, rhs dz `[positions, F]`, into `out` at the weight offset.
+    WeightGrad,
+}
+
+/// matmul_vec4.wgsl `conv_forward` or `conv_weight_grad_parts` (with the sum of its parts): a
+/// convolution's product over `rows` samples of x, read from x without the patch matrix, into a
+/// buffer starting as `out`; None where the adapter does not run them
+/// (`MatmulKernels::takes_images`).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_image_product(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    kind: ImageProductKind,
+    x: &[f32],
+    rhs: &[f32],
+    rows: usize,
+    geometry: &Geometry,
+    matrix: &WeightMatrix,
+    out: &[f32],
+) -> Result<Option<Vec<f32>>> {
+    let positions = rows * geometry.positions();
+    let dims = match kind {
+        ImageProductKind::Forward(activation) => {
+            MatmulDims::conv_forward(positions, matrix, activation)
+        }
+        ImageProductKind::WeightGrad => MatmulDims::conv_weight_grad(positions, matrix),
+    };
+    let shape = ConvShape::new(rows, geometry, matrix.rows, LayerActivation::Identity)
+        .with_bias(matrix.bias);
+    let buffers = [
+        gpu.storage_with("x", x)?,
+        gpu.storage_with("rhs", rhs)?,
+        gpu.storage_with("out", out)?,
+    ];
+    let Some(dispatches) = conv_image_product_alone(gpu, kernels, kind, &dims, &shape, &buffers)?
+    else {
+        return Ok(None);
+    };
+    for (kernel, bind_group, grid) in &dispatches {
+        dispatch(gpu, kernel, bind_group, *grid);
+    }
+    gpu.read_back(&buffers[2], out.len()).map(Some)
+}
+
+/// A kernel with its bind group and grid, ready to dispatch.
+pub type BoundDispatch<'k> = (&'k Kernel, wgpu::BindGroup, [u32; 3]);
+
+/// `conv_image_product` of `dims` (`MatmulDims::conv_forward` or `conv_weight_grad`) of the
+/// convolution `shape` run on its own over `[x, rhs, out]`: its dispatches in order (the parts,
+/// then their sum, where split), the operands' mirrors filled whole; None where the adapter does
+/// not run it.
+pub fn conv_image_product_alone<'k>(
+    gpu: &Gpu,
+    kernels: &'k Kernels,
+    kind: ImageProductKind,
+    dims: &MatmulDims,
+    shape: &ConvShape,
+    [x, rhs, out]: &[wgpu::Buffer; 3],
+) -> Result<Option<Vec<BoundDispatch<'k>>>> {
+    let (Some(x_mirror), Some(rhs_mirror)) = (
+        TextureMirror::new(gpu, "x mirror", x),
+        TextureMirror::new(gpu, "rhs mirror", rhs),
+    ) else {
+        return Ok(None);
+    };
+    let operands = [
+        MatmulOperand::new(x, Some(&x_mirror)),
+        MatmulOperand::new(rhs, Some(&rhs_mirror)),
+    ];
+    let matmul = &kernels.matmul;
+    let product = match kind {
+        ImageProductKind::Forward(_) => matmul.image_forward(dims, shape, operands),
+        ImageProductKind::WeightGrad => matmul.image_weight_grad(dims, shape, operands),
+    };
+    let Some(product) = product else {
+        return Ok(None);
+    };
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    x_mirror.record_refresh_of(&mut encoder, u64::MAX);
+    rhs_mirror.record_refresh_of(&mut encoder, u64::MAX);
+    gpu.queue.submit([encoder.finish()]);
+    let scratch = gpu.storage_buffer("parts", (product.scratch_floats.max(1) * 4) as u64)?;
+    let target = match product.sum {
+        Some(_) => &scratch,
+        None => out,
+    };
+    let dims_buffer = gpu.params_with("dims", &product.dims);
+    let shape_buffer = gpu.params_with("shape", shape);
+    let resources = [
+        dims_buffer.as_entire_binding(),
+        wgpu::BindingResource::TextureView(&x_mirror.view),
+        wgpu::BindingResource::TextureView(&rhs_mirror.view),
+        target.as_entire_binding(),
+        shape_buffer.as_entire_binding(),
+    ];
+    let mut dispatches = vec![(
+        product.kernel,
+        product.kernel.bind(gpu, &resources),
+        product.grid,
+    )];
+    if let Some((sum, sum_dims)) = &product.sum {
+        let sum_dims = gpu.params_with("sum dims", sum_dims);
+        let resources = [
+            sum_dims.as_entire_binding(),
+            scratch.as_entire_binding(),
+            scratch.as_entire_binding(),
+            out.as_entire_binding(),
+        ];
+        dispatches.push((sum.kernel, sum.kernel.bind(gpu, &resources), sum.grid));
+    }
+    Ok(Some(dispatches))
+}
+
 /// pool.wgsl `maxpool_forward` (`_quads` where the channels come in fours): (y, argmax).
 pub fn maxpool_forward(
     gpu: &Gpu,

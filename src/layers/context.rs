@@ -2,12 +2,13 @@
 //! gradient and state buffers, the step schedule, and the products' choice of kernel variant. The
 //! trainer (`crate::train`) makes one per model; layers know nothing else of it.
 
-use wgpu::Buffer;
+use wgpu::{BindingResource, Buffer};
 
 use crate::error::Result;
 use crate::gpu::kernels::ElementwiseKernels;
+use crate::gpu::matmul::ImageProduct;
 use crate::gpu::program::Program;
-use crate::gpu::uniforms::{ElementwiseShape, MatmulDims};
+use crate::gpu::uniforms::{ConvShape, ElementwiseShape, MatmulDims};
 use crate::gpu::{Gpu, Kernel, Kernels, MatmulOperand, TextureMirror};
 use crate::shapes::WeightMatrix;
 
@@ -125,6 +126,51 @@ impl<'a, 'k> LayerContext<'a, 'k> {
         let uniform = self.gpu.params_with("matmul sum dims", &split.sum_dims);
         let resources = split.sum_resources(&uniform, scratch, out);
         program.dispatch(self.gpu, split.sum.kernel, &resources, split.sum.grid);
+    }
+
+    /// Records a convolution's product read from its input image (`MatmulKernels::image_forward`,
+    /// `image_weight_grad`): lhs is the image X, of which it reads `lhs_bytes`; `shape` the
+    /// convolution's; a split product's parts go to `scratch`, then their sum to `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn image_product(
+        &self,
+        program: &mut Program<'k>,
+        product: &ImageProduct<'k>,
+        [lhs, rhs]: [MatmulOperand<'_>; 2],
+        lhs_bytes: u64,
+        shape: &ConvShape,
+        out: &Buffer,
+        scratch: Option<&Buffer>,
+    ) {
+        const MIRRORED: &str = "the image kernels are chosen only for operands with mirrors";
+        let (lhs, rhs) = (lhs.mirror.expect(MIRRORED), rhs.mirror.expect(MIRRORED));
+        program.refresh(lhs, lhs_bytes);
+        program.refresh(rhs, product.dims.read_bytes()[1]);
+        let target = match (&product.sum, scratch) {
+            (None, _) => out,
+            (Some(_), Some(scratch)) => scratch,
+            (Some(_), None) => panic!("a split image product is given its scratch buffer"),
+        };
+        let dims = self.gpu.params_with("image product dims", &product.dims);
+        let shape = self.gpu.params_with("image product shape", shape);
+        let resources = [
+            dims.as_entire_binding(),
+            BindingResource::TextureView(&lhs.view),
+            BindingResource::TextureView(&rhs.view),
+            target.as_entire_binding(),
+            shape.as_entire_binding(),
+        ];
+        program.dispatch(self.gpu, product.kernel, &resources, product.grid);
+        if let Some((sum, sum_dims)) = &product.sum {
+            let uniform = self.gpu.params_with("matmul sum dims", sum_dims);
+            let resources = [
+                uniform.as_entire_binding(),
+                target.as_entire_binding(),
+                target.as_entire_binding(),
+                out.as_entire_binding(),
+            ];
+            program.dispatch(self.gpu, sum.kernel, &resources, sum.grid);
+        }
     }
 
     pub(crate) fn params_operand(&self) -> MatmulOperand<'a> {

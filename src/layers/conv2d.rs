@@ -6,6 +6,10 @@
 //! (unless the layer above applied it), [dW; db; 0] = Pᵀ dz, and, where a layer below needs it,
 //! dx straight from dz and W (matmul_vec4.wgsl's `conv_input_grad`) where the register kernels
 //! take it, else dP = dz Wᵀ `[rows OH OW, Kp]` and dx = col2im(dP) ⊙ below'(x).
+//! Where the register kernels take it (`MatmulKernels::takes_images`: channels and filters in
+//! fours), P is never written: the forward product and the weight gradient read its values
+//! from x itself (matmul_vec4.wgsl's `conv_forward`, `conv_weight_grad_parts`), bit for bit
+//! the same products.
 
 use wgpu::{BindingResource, Buffer};
 
@@ -20,17 +24,21 @@ use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::ROW_WORKGROUP;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::{ActivationShape, ConvShape, MatmulDims};
-use crate::gpu::{Gpu, Kernels};
+use crate::gpu::{Gpu, Kernels, TextureMirror};
 use crate::reference;
 use crate::shapes::{Geometry, LayerActivation, NormParams, Padding, Shape, WeightMatrix};
 
-/// A convolution in a training program, with its patch matrix and the patch matrix's gradient.
+/// A convolution in a training program, with its patch matrix and the patch matrix's gradient
+/// where its kernels need them.
 pub(crate) struct ConvDevice {
     geometry: Geometry,
     matrix: WeightMatrix,
     activation: LayerActivation,
-    patches: DeviceTensor,
-    patch_grads: Buffer,
+    /// None where the forward product and the weight gradient read the input image itself
+    /// (`MatmulKernels::takes_images`).
+    patches: Option<DeviceTensor>,
+    /// None where the input gradient comes straight from dz (`conv_input_grad`).
+    patch_grads: Option<Buffer>,
     /// The weight gradient's partial products, where it is computed in parts along K.
     weight_grad_parts: Option<Buffer>,
 }
@@ -39,6 +47,9 @@ pub(crate) struct ConvDevice {
 pub(crate) fn patch_floats_per_sample(geometry: &Geometry, matrix: &WeightMatrix) -> usize {
     geometry.positions() * matrix.rows
 }
+
+/// Why a layer without a patch matrix finds the image kernels: `ConvDevice::new` asked.
+const IMAGE_KERNELS: &str = "ConvDevice::new found the image kernels for this convolution";
 
 impl ConvDevice {
     pub fn new(
@@ -60,14 +71,41 @@ impl ConvDevice {
             ),
             None => None,
         };
+        // The image and dz have mirrors wherever the products read mirrors and they fit one
+        // (the parameters always do: they are no larger than a storage binding).
+        let mirrored = |floats: usize| TextureMirror::fits(gpu, (batch * floats * 4) as u64);
+        let dz_mirrored = mirrored(geometry.positions() * matrix.outputs);
+        let images = kernels.matmul.takes_images(&geometry, &matrix)
+            && mirrored(geometry.input.len())
+            && dz_mirrored;
+        let patches = match images {
+            true => None,
+            false => Some(DeviceTensor::new(gpu, kernels, "patch matrix", bytes)?),
+        };
+        let direct_input_grad =
+            dz_mirrored && (kernels.matmul).takes_direct_input_grad(&geometry, &matrix, batch);
+        let patch_grads = match direct_input_grad {
+            true => None,
+            false => Some(gpu.storage_buffer("patch matrix gradient", bytes)?),
+        };
         Ok(ConvDevice {
             weight_grad_parts,
-            patches: DeviceTensor::new(gpu, kernels, "patch matrix", bytes)?,
-            patch_grads: gpu.storage_buffer("patch matrix gradient", bytes)?,
+            patches,
+            patch_grads,
             geometry,
             matrix,
             activation,
         })
+    }
+
+    /// The convolution's shape for `rows` samples, with its ones column's value.
+    fn shape(&self, rows: usize, below: LayerActivation) -> ConvShape {
+        ConvShape::new(rows, &self.geometry, self.matrix.rows, below).with_bias(self.matrix.bias)
+    }
+
+    /// Bytes of the input image at `rows` samples.
+    fn input_bytes(&self, rows: usize) -> u64 {
+        (rows * self.geometry.input.len() * 4) as u64
     }
 }
 
@@ -81,19 +119,28 @@ impl DevicePasses for ConvDevice {
         _training: bool,
     ) {
         let g = &self.geometry;
-        let shape = ConvShape::new(rows, g, self.matrix.rows, LayerActivation::Identity)
-            .with_bias(self.matrix.bias);
-        let shape = context.gpu.params_with("im2col shape", &shape);
+        let shape = self.shape(rows, LayerActivation::Identity);
+        let dims = MatmulDims::conv_forward(rows * g.positions(), &self.matrix, self.activation);
+        let Some(patches) = &self.patches else {
+            let operands = [io.input.operand(), context.params_operand()];
+            let matmul = &context.kernels.matmul;
+            let product = matmul.image_forward(&dims, &shape, operands);
+            let product = product.expect(IMAGE_KERNELS);
+            let x_bytes = self.input_bytes(rows);
+            let out = &io.output.buffer;
+            context.image_product(program, &product, operands, x_bytes, &shape, out, None);
+            return;
+        };
+        let im2col_shape = context.gpu.params_with("im2col shape", &shape);
         let resources = [
-            shape.as_entire_binding(),
+            im2col_shape.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
-            self.patches.buffer.as_entire_binding(),
+            patches.buffer.as_entire_binding(),
         ];
         let (kernel, invocations) = context.kernels.conv.im2col_for(g, rows);
         let grid = grid_1d(invocations, ROW_WORKGROUP, context.max_groups());
         program.dispatch(context.gpu, kernel, &resources, grid);
-        let dims = MatmulDims::conv_forward(rows * g.positions(), &self.matrix, self.activation);
-        let operands = [self.patches.operand(), context.params_operand()];
+        let operands = [patches.operand(), context.params_operand()];
         context.matmul(program, dims, operands, &io.output.buffer, None);
     }
 
@@ -130,9 +177,25 @@ impl DevicePasses for ConvDevice {
         // An explanation's backward pass wants the input gradient alone.
         if backward.training {
             let dims = MatmulDims::conv_weight_grad(positions, &self.matrix);
-            let operands = [self.patches.operand(), io.output_grad.operand()];
             let scratch = self.weight_grad_parts.as_ref();
-            context.matmul_in_parts(program, dims, operands, context.grads, scratch);
+            match &self.patches {
+                Some(patches) => {
+                    let operands = [patches.operand(), io.output_grad.operand()];
+                    context.matmul_in_parts(program, dims, operands, context.grads, scratch);
+                }
+                None => {
+                    let operands = [io.input.operand(), io.output_grad.operand()];
+                    let shape = self.shape(rows, LayerActivation::Identity);
+                    let matmul = &context.kernels.matmul;
+                    let product = matmul.image_weight_grad(&dims, &shape, operands);
+                    let product = product.expect(IMAGE_KERNELS);
+                    let x_bytes = self.input_bytes(rows);
+                    let grads = context.grads;
+                    context.image_product(
+                        program, &product, operands, x_bytes, &shape, grads, scratch,
+                    );
+                }
+            }
         }
         let Some(input_grad) = io.input_grad else {
             return false;
@@ -166,13 +229,15 @@ impl DevicePasses for ConvDevice {
             program.dispatch(gpu, kernel, &resources, grid);
             return true;
         }
+        let patch_grads = (self.patch_grads.as_ref())
+            .expect("ConvDevice::new keeps the patch gradient where conv_input_grad does not run");
         let dims = MatmulDims::conv_patch_grad(positions, &self.matrix);
-        context.matmul(program, dims, operands, &self.patch_grads, None);
+        context.matmul(program, dims, operands, patch_grads, None);
         let shape = ConvShape::new(rows, g, self.matrix.rows, backward.below);
         let shape = gpu.params_with("col2im shape", &shape);
         let resources = [
             shape.as_entire_binding(),
-            self.patch_grads.as_entire_binding(),
+            patch_grads.as_entire_binding(),
             input_grad.buffer.as_entire_binding(),
             io.input.buffer.as_entire_binding(),
         ];
@@ -473,6 +538,9 @@ impl LayerKind for Conv2d {
             direct: (part == "input grad").then(|| {
                 let shape = ConvShape::new(rows, &geometry, m.rows, LayerActivation::Identity);
                 (MatmulDims::conv_input_grad(rows, &geometry, m), shape)
+            }),
+            image: (part != "input grad").then(|| {
+                ConvShape::new(rows, &geometry, m.rows, LayerActivation::Identity).with_bias(m.bias)
             }),
         })
         .collect()

@@ -310,6 +310,7 @@ impl LayerKind for Dense {
             dims,
             flops,
             direct: None,
+            image: None,
         })
         .collect()
     }

@@ -145,6 +145,10 @@ pub struct Product {
     /// `conv_input_grad`), which the register kernels run in place of `dims` and col2im where
     /// they take it: its dims and shape.
     pub direct: Option<(MatmulDims, ConvShape)>,
+    /// A convolution's forward product or weight gradient, which the register kernels may read
+    /// from the input image (matmul_vec4.wgsl's `conv_forward`, `conv_weight_grad_parts`): the
+    /// convolution's shape.
+    pub image: Option<ConvShape>,
 }
 
 /// Everything a layer kind says about itself. The defaults are those of a layer without
