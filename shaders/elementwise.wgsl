@@ -19,7 +19,8 @@
 //   3 out     storage, read_write  vec4<f32> [ceil(count / 4)]
 //
 // Workgroup: 64 invocations. Dispatch grid, folded into (x, y) with x <= 65535 (invocation =
-// (y * num_workgroups.x + x) * 64 + local): one invocation per vec4, ceil(count / 4).
+// (y * num_workgroups.x + x) * 64 + local): one invocation per VEC4S_PER_INVOCATION (8) vec4,
+// ceil(count / 32).
 
 import package::shared::activations::{activate4, derivative_from_output4};
 import package::shared::grid::flat_invocation;
@@ -36,42 +37,54 @@ struct ElementwiseShape {
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 
+// The vec4 an invocation takes: VEC4S_PER_INVOCATION consecutive ones (first, end), none past
+// ceil(count / 4). Several per invocation: on lavapipe each invocation pays its index
+// arithmetic and its read of `shape` before any value moves.
+const VEC4S_PER_INVOCATION: u32 = 8u;
+
+fn span(gid: vec3<u32>, groups: vec3<u32>) -> vec2<u32> {
+    let first = flat_invocation(gid, groups, 64u) * VEC4S_PER_INVOCATION;
+    return vec2<u32>(first, min(first + VEC4S_PER_INVOCATION, (shape.count + 3u) / 4u));
+}
+
 @compute @workgroup_size(64)
 fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_invocation(gid, groups, 64u);
-    if (i < (shape.count + 3u) / 4u) {
+    let s = span(gid, groups);
+    for (var i = s.x; i < s.y; i++) {
         out[i] = a[i] + b[i];
     }
 }
 
 @compute @workgroup_size(64)
 fn add_assign(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_invocation(gid, groups, 64u);
-    if (i < (shape.count + 3u) / 4u) {
+    let s = span(gid, groups);
+    for (var i = s.x; i < s.y; i++) {
         out[i] = out[i] + b[i];
     }
 }
 
 @compute @workgroup_size(64)
 fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_invocation(gid, groups, 64u);
-    if (i < (shape.count + 3u) / 4u) {
+    let s = span(gid, groups);
+    for (var i = s.x; i < s.y; i++) {
         out[i] = a[i];
     }
 }
 
 @compute @workgroup_size(64)
 fn activate_values(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_invocation(gid, groups, 64u);
-    if (i < (shape.count + 3u) / 4u) {
-        out[i] = activate4(shape.activation, a[i]);
+    let s = span(gid, groups);
+    let activation = shape.activation;
+    for (var i = s.x; i < s.y; i++) {
+        out[i] = activate4(activation, a[i]);
     }
 }
 
 @compute @workgroup_size(64)
 fn activation_derivative(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_invocation(gid, groups, 64u);
-    if (i < (shape.count + 3u) / 4u) {
-        out[i] = a[i] * derivative_from_output4(shape.activation, b[i]);
+    let s = span(gid, groups);
+    let activation = shape.activation;
+    for (var i = s.x; i < s.y; i++) {
+        out[i] = a[i] * derivative_from_output4(activation, b[i]);
     }
 }

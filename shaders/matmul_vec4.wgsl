@@ -30,8 +30,10 @@
 //              over f, a product like matmul_nt's with B = W's rows of the tap, rounded on
 //              its own before the sum over taps (so the bits are the patch-matrix path's).
 //              dims: m, n = C, a_offset (dZ [samples OH OW, F]), b_offset (W), b_col_stride
-//              = F, c_offset; C % 4 == 0 and F % 4 == 0. Any stride is computed right, but the
-//              host takes it at stride 1 only (MatmulKernels::conv_input_grad says why).
+//              = F, c_offset; C % 4 == 0 and F % 4 == 0. A workgroup computes pixels of one
+//              class, the grid's z (y % SY, x % SX: one class at stride 1, in pixel order),
+//              over the taps ky = y + PY (mod SY), kx = x + PX (mod SX) alone: the others
+//              never read a whole output position.
 //   conv_forward  a convolution's forward product Y = f(P W) (matmul_nn's, the same blocks,
 //              loads of B and FMAs in the same order) with A = P, the patch matrix, read from
 //              the input image X [samples H W, C] instead of a matrix im2col wrote: for output
@@ -492,28 +494,65 @@ fn tap_value(source: u32, f4: u32) -> vec4<f32> {
     return select(value, vec4<f32>(0.0), none);
 }
 
-// Row m of an 8 x 8 block of dX through conv.derivative, if the row lies inside dX (X, in
-// below_values, has dX's layout from vec4 0).
+// Row m (an input pixel) of an 8 x 8 block of dX through conv.derivative (X, in below_values,
+// has dX's layout from vec4 0).
 fn store_input_grad_row(to: Destination, derivative: u32, lo: vec4<f32>, hi: vec4<f32>, m: u32, q0: u32) {
-    if (m < to.m_end) {
-        let at = m * to.columns + q0;
-        let first = lo * derivative_from_output4(derivative, below_values[at]);
-        let second = hi * derivative_from_output4(derivative, below_values[at + 1u]);
-        store_pair(to, to.base + at, q0, first, second);
+    let at = m * to.columns + q0;
+    let first = lo * derivative_from_output4(derivative, below_values[at]);
+    let second = hi * derivative_from_output4(derivative, below_values[at + 1u]);
+    store_pair(to, to.base + at, q0, first, second);
+}
+
+// The input pixels whose taps read the same kernel rows and columns: those with y % SY == cy
+// and x % SX == cx (at stride 1 every pixel, in order), rows_y x columns_x of them a sample.
+struct PixelClass {
+    cy: u32,
+    cx: u32,
+    rows_y: u32,
+    columns_x: u32,
+    // Pixels of the class over all samples: the rows of dX it computes.
+    size: u32,
+}
+
+fn pixel_class(index: u32) -> PixelClass {
+    let sy = conv.stride_y;
+    let sx = conv.stride_x;
+    let cy = quotient(index, sx);
+    let cx = index - cy * sx;
+    let rows_y = select(0u, (conv.in_height - cy + sy - 1u) / sy, cy < conv.in_height);
+    let columns_x = select(0u, (conv.in_width - cx + sx - 1u) / sx, cx < conv.in_width);
+    return PixelClass(cy, cx, rows_y, columns_x, conv.samples * rows_y * columns_x);
+}
+
+// The input pixel (n H W + y W + x) of row r of the class `pixels` (sample, then rows, then columns).
+fn class_pixel(r: u32, pixels: PixelClass) -> u32 {
+    let per_sample = pixels.rows_y * pixels.columns_x;
+    let n = quotient(r, per_sample);
+    let in_sample = r - n * per_sample;
+    let yy = quotient(in_sample, pixels.columns_x);
+    let y = yy * conv.stride_y + pixels.cy;
+    let x = (in_sample - yy * pixels.columns_x) * conv.stride_x + pixels.cx;
+    return (n * conv.in_height + y) * conv.in_width + x;
+}
+
+// Row r of an 8 x 8 block of dX (row m0 + r of the class `pixels`) through conv.derivative, if inside.
+fn store_class_row(to: Destination, derivative: u32, lo: vec4<f32>, hi: vec4<f32>, m: u32, pixels: PixelClass, q0: u32) {
+    if (m < pixels.size) {
+        store_input_grad_row(to, derivative, lo, hi, class_pixel(m, pixels), q0);
     }
 }
 
-fn store_input_grad(block: Block, m0: u32, q0: u32) {
+fn store_input_grad(block: Block, m0: u32, pixels: PixelClass, q0: u32) {
     let to = destination();
     let derivative = conv.derivative;
-    store_input_grad_row(to, derivative, block.lo[0], block.hi[0], m0, q0);
-    store_input_grad_row(to, derivative, block.lo[1], block.hi[1], m0 + 1u, q0);
-    store_input_grad_row(to, derivative, block.lo[2], block.hi[2], m0 + 2u, q0);
-    store_input_grad_row(to, derivative, block.lo[3], block.hi[3], m0 + 3u, q0);
-    store_input_grad_row(to, derivative, block.lo[4], block.hi[4], m0 + 4u, q0);
-    store_input_grad_row(to, derivative, block.lo[5], block.hi[5], m0 + 5u, q0);
-    store_input_grad_row(to, derivative, block.lo[6], block.hi[6], m0 + 6u, q0);
-    store_input_grad_row(to, derivative, block.lo[7], block.hi[7], m0 + 7u, q0);
+    store_class_row(to, derivative, block.lo[0], block.hi[0], m0, pixels, q0);
+    store_class_row(to, derivative, block.lo[1], block.hi[1], m0 + 1u, pixels, q0);
+    store_class_row(to, derivative, block.lo[2], block.hi[2], m0 + 2u, pixels, q0);
+    store_class_row(to, derivative, block.lo[3], block.hi[3], m0 + 3u, pixels, q0);
+    store_class_row(to, derivative, block.lo[4], block.hi[4], m0 + 4u, pixels, q0);
+    store_class_row(to, derivative, block.lo[5], block.hi[5], m0 + 5u, pixels, q0);
+    store_class_row(to, derivative, block.lo[6], block.hi[6], m0 + 6u, pixels, q0);
+    store_class_row(to, derivative, block.lo[7], block.hi[7], m0 + 7u, pixels, q0);
 }
 
 @compute @workgroup_size(64)
@@ -523,11 +562,13 @@ fn conv_input_grad(invocation: Invocation) {
     let q_first = lane.block.x * 2u;
     let row_sel = lane.index / 4u;
     let col_sel = lane.index % 4u;
+    // The workgroup's rows are pixels of one class (the grid's z).
+    let pixels = pixel_class(invocation.workgroup.z);
     // The two rows of the block this lane loads for the 4 lanes sharing them (as matmul_nt's
-    // shared_rows), clamped into dX.
-    let last_row = dims.m - 1u;
-    let even = input_pixel(min(m0 + 2u * col_sel, last_row));
-    let odd = input_pixel(min(m0 + 2u * col_sel + 1u, last_row));
+    // shared_rows), clamped into the pixels (a pixels without pixels stores nothing).
+    let last_row = max(pixels.size, 1u) - 1u;
+    let even = input_pixel(class_pixel(min(m0 + 2u * col_sel, last_row), pixels));
+    let odd = input_pixel(class_pixel(min(m0 + 2u * col_sel + 1u, last_row), pixels));
     let source = lane.group_base + 4u * (lane.index / 4u);
     // W's column f of input channel n under tap t at vec4 b_offset / 4 + (t C + n) F / 4 + f / 4:
     // per tap, B stored [N, K] with rows F long, each tap C F / 4 vec4 on.
@@ -541,9 +582,15 @@ fn conv_input_grad(invocation: Invocation) {
     let tap_quads = conv.channels * filter_quads;
     let kernel_height = conv.kernel_height;
     let kernel_width = conv.kernel_width;
+    // Only the taps whose output position can be whole for the pixels: ky = cy + PY (mod SY),
+    // likewise kx (every tap at stride 1).
+    let sy = conv.stride_y;
+    let sx = conv.stride_x;
+    let first_ky = (pixels.cy + conv.pad_y) % sy;
+    let first_kx = (pixels.cx + conv.pad_x) % sx;
     var total: Block;
-    for (var ky = 0u; ky < kernel_height; ky++) {
-        for (var kx = 0u; kx < kernel_width; kx++) {
+    for (var ky = first_ky; ky < kernel_height; ky += sy) {
+        for (var kx = first_kx; kx < kernel_width; kx += sx) {
             let from_even = tap_source(even, ky, kx, first, filter_quads);
             let from_odd = tap_source(odd, ky, kx, first, filter_quads);
             let tap_first = (ky * kernel_width + kx) * tap_quads;
@@ -560,8 +607,8 @@ fn conv_input_grad(invocation: Invocation) {
             }
         }
     }
-    if (m0 < dims.m && q_first <= dims.n / 4u - 1u) {
-        store_input_grad(total, m0, q_first);
+    if (q_first <= dims.n / 4u - 1u) {
+        store_input_grad(total, m0, pixels, q_first);
     }
 }
 

@@ -1005,7 +1005,7 @@ fn check_updates(
 const CONV_BATCH: usize = 5;
 
 /// Convolutions that fit no tile: odd images, 1, 3, 4 and 8 channels (the last two through the
-/// four-channel kernels), kernels 3 and 5, strides 1 and 2, 'valid' and 'same'; with a weight
+/// four-channel kernels), kernels 1, 3 and 5, strides 1 and 2, 'valid' and 'same'; with a weight
 /// matrix inside a larger parameter buffer, as in training.
 fn conv_cases() -> Vec<(String, Geometry, WeightMatrix)> {
     let cases = [
@@ -1015,6 +1015,8 @@ fn conv_cases() -> Vec<(String, Geometry, WeightMatrix)> {
         (4, 6, 5, 8, 5, 1, Padding::Valid),
         (1, 9, 7, 4, 3, 1, Padding::Valid),
         (8, 9, 7, 12, 3, 2, Padding::Valid),
+        (4, 9, 7, 8, 3, 2, Padding::Same),
+        (8, 7, 9, 4, 1, 2, Padding::Valid),
     ];
     cases
         .into_iter()

@@ -391,9 +391,10 @@ impl ElementwiseKernels {
 }
 
 impl ElementwiseKernels {
-    /// The grid of any of them over `count` values: an invocation per vec4.
+    /// The grid of any of them over `count` values: an invocation per 8 vec4
+    /// (`VEC4S_PER_INVOCATION` in elementwise.wgsl).
     pub fn grid(count: usize, max_groups: u32) -> [u32; 3] {
-        grid_1d(count.div_ceil(4), ROW_WORKGROUP, max_groups)
+        grid_1d(count.div_ceil(32), ROW_WORKGROUP, max_groups)
     }
 }
 

@@ -623,10 +623,12 @@ impl MatmulKernels {
     /// What computes a convolution's input gradient `dims` (`MatmulDims::conv_input_grad`, of
     /// the convolution `shape`) straight from its output's gradient, if the preferred variant
     /// does (matmul_vec4.wgsl's `conv_input_grad`: on the register kernels, both operands
-    /// mirrored, channels and filters in fours, stride 1); else the caller takes the patch
-    /// matrix's gradient and col2im. With a stride of 2 most of a pixel's taps read no output
-    /// and the kernel multiplies zeros for them (ResNet-8's strided convolutions ran 3-5 times
-    /// slower than the patch matrix's gradient product).
+    /// mirrored, channels and filters in fours); else the caller takes the patch matrix's
+    /// gradient and col2im. At a stride above 1 each workgroup takes pixels of one class (the
+    /// same position in the stride's window), whose taps read the same kernel rows and
+    /// columns, so that it loops over those taps alone (when every pixel looped over every
+    /// tap, ResNet-8's strided convolutions ran 3-5 times slower than the patch matrix's
+    /// gradient product).
     pub fn conv_input_grad(
         &self,
         dims: &MatmulDims,
@@ -664,11 +666,14 @@ impl MatmulKernels {
         ]
         .iter()
         .all(|v| v % 4 == 0);
-        // A workgroup covers 32 columns and 128 rows.
-        let grid = [dims.n.div_ceil(32), dims.m.div_ceil(128), 1];
+        // A workgroup covers 32 columns and 128 rows of one class of pixels (the grid's z: a
+        // class per position in a stride's window); the first class is the largest.
+        let (sy, sx) = (shape.stride_y, shape.stride_x);
+        let largest_class =
+            shape.samples * shape.in_height.div_ceil(sy) * shape.in_width.div_ceil(sx);
+        let grid = [dims.n.div_ceil(32), largest_class.div_ceil(128), sy * sx];
         let runs = self.preferred == MatmulVariant::Registers
             && aligned
-            && (shape.stride_y, shape.stride_x) == (1, 1)
             && dims.m > 0
             && dims.n > 0
             && grid.iter().all(|&groups| groups <= self.max_groups);
