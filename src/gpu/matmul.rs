@@ -299,6 +299,19 @@ pub struct ImageProduct<'k> {
     pub scratch_floats: usize,
 }
 
+impl<'k> ImageProduct<'k> {
+    /// A product in one dispatch, storing C itself.
+    fn single(kernel: &'k Kernel, grid: [u32; 3], dims: MatmulDims) -> Self {
+        ImageProduct {
+            kernel,
+            grid,
+            dims,
+            sum: None,
+            scratch_floats: 0,
+        }
+    }
+}
+
 /// A product computed in parts along K (`MatmulKernels::split_along_k`): `parts` writes
 /// `parts_dims.parts` partial products into a scratch buffer of `scratch_floats`, `sum` adds them
 /// in a fixed order into the product's place.
@@ -708,12 +721,9 @@ impl MatmulKernels {
         let vec4 = self.vec4.as_ref()?;
         let nn = self.choose(dims, MatmulVariant::Registers, mirrored(lhs, rhs));
         let fits = nn.reads_mirrors && self.image_shape_fits(dims, shape);
-        fits.then(|| ImageProduct {
-            kernel: vec4.forward(&vec4.conv_forward, "conv_forward", &IMAGE_SLOTS, dims),
-            grid: nn.grid,
-            dims: *dims,
-            sum: None,
-            scratch_floats: 0,
+        fits.then(|| {
+            let kernel = vec4.forward(&vec4.conv_forward, "conv_forward", &IMAGE_SLOTS, dims);
+            ImageProduct::single(kernel, nn.grid, *dims)
         })
     }
 
@@ -741,13 +751,7 @@ impl MatmulKernels {
         let grid = [dims.n.div_ceil(columns), dims.m.div_ceil(rows), parts];
         if parts == 1 {
             let dims = MatmulDims { parts, ..*dims };
-            return Some(ImageProduct {
-                kernel,
-                grid,
-                dims,
-                sum: None,
-                scratch_floats: 0,
-            });
+            return Some(ImageProduct::single(kernel, grid, dims));
         }
         let parts_kernel = self.dispatch(kernel, grid, true);
         let split = self.split_product(dims, parts, parts_kernel, MatmulVariant::Registers);
