@@ -35,7 +35,7 @@
 import package::shared::activations::{derivative_from_output, derivative_from_output4};
 import package::shared::grid::flat_invocation;
 import package::shared::divide::quotient;
-import package::shared::conv_shape::{ConvShape, padded_pixel};
+import package::shared::conv_shape::{ConvShape, padded_pixel, window_corner};
 
 @group(0) @binding(0) var<storage, read> shape: ConvShape;
 @group(0) @binding(1) var<storage, read> input: array<f32>;
@@ -61,12 +61,8 @@ struct Window {
 }
 
 fn window_of(row: u32) -> Window {
-    let positions = shape.out_height * shape.out_width;
-    let n = quotient(row, positions);
-    let position = row - n * positions;
-    let oy = quotient(position, shape.out_width);
-    let ox = position - oy * shape.out_width;
-    return Window(n, oy * shape.stride_y, ox * shape.stride_x, shape.in_height, shape.in_width,
+    let c = window_corner(row, shape.out_height, shape.out_width, shape.stride_y, shape.stride_x);
+    return Window(c.n, c.top, c.left, shape.in_height, shape.in_width,
         shape.pad_y, shape.pad_x, shape.kernel_height, shape.kernel_width);
 }
 

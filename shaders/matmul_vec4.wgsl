@@ -97,7 +97,7 @@ import package::shared::matmul_dims::{Dims, NO_EPILOGUE, DERIVATIVE_EPILOGUE, AC
 import package::shared::activations::{activate4, derivative_from_output4};
 import package::shared::mirror::mirrored;
 import package::shared::grid::flat_invocation;
-import package::shared::conv_shape::{ConvShape, padded_pixel};
+import package::shared::conv_shape::{ConvShape, padded_pixel, window_corner};
 import package::shared::divide::quotient;
 
 // matmul_nn's forward activation (activation.wgsl's codes; see Epilogue above).
@@ -837,12 +837,8 @@ fn image() -> Image {
 
 // The window of output position m (samples OH OW positions, row by row).
 fn window_of(m: u32) -> Window {
-    let per_sample = conv.out_height * conv.out_width;
-    let n = quotient(m, per_sample);
-    let in_sample = m - n * per_sample;
-    let oy = quotient(in_sample, conv.out_width);
-    let ox = in_sample - oy * conv.out_width;
-    return Window(n * conv.in_height * conv.in_width, oy * conv.stride_y, ox * conv.stride_x);
+    let c = window_corner(m, conv.out_height, conv.out_width, conv.stride_y, conv.stride_x);
+    return Window(c.n * conv.in_height * conv.in_width, c.top, c.left);
 }
 
 // The first vec4 of the channels of the input pixel under tap (ky, kx) of window w, or NO_SOURCE
@@ -940,10 +936,8 @@ struct Walk {
 }
 
 fn walk_from(m: u32) -> Walk {
-    let per_sample = conv.out_height * conv.out_width;
-    let in_sample = m - quotient(m, per_sample) * per_sample;
-    let row = quotient(in_sample, conv.out_width);
-    return Walk(window_of(m), in_sample - row * conv.out_width, row);
+    let window = window_of(m);
+    return Walk(window, window.left / conv.stride_x, window.top / conv.stride_y);
 }
 
 // The walk one position on, for an output `size` (OW, OH) with strides `stride` (SX, SY) over

@@ -42,3 +42,19 @@ fn padded_pixel(pixel: u32, height: u32, width: u32, pad_y: u32, pad_x: u32) -> 
     let y = quotient(in_sample, width);
     return PaddedPixel(n, y + pad_y, in_sample - y * width + pad_x);
 }
+
+// Output position m (n OH OW + oy OW + ox) of an OH x OW output: its sample, and the row and
+// column of its window's top-left tap in the padded input at strides (SY, SX).
+struct WindowCorner {
+    n: u32,
+    top: u32,
+    left: u32,
+}
+
+fn window_corner(m: u32, out_height: u32, out_width: u32, stride_y: u32, stride_x: u32) -> WindowCorner {
+    let positions = out_height * out_width;
+    let n = quotient(m, positions);
+    let position = m - n * positions;
+    let oy = quotient(position, out_width);
+    return WindowCorner(n, oy * stride_y, (position - oy * out_width) * stride_x);
+}
