@@ -90,8 +90,9 @@
 // per tap from the pixel's position.
 // Workgroup: 64 invocations covering 8 x 8 blocks (matmul_nn and conv_forward: 2 NN_ACROSS x
 // 32 / NN_ACROSS; conv_input_grad: 4 x 16, 32 columns and 128 rows).
-// Dispatch grid: (ceil(N / (block columns of a workgroup)), ceil(M / (its rows)), 1); the
-// shared parts kernels' at their entry point.
+// Dispatch grid: (ceil(N / (block columns of a workgroup)), ceil(M / (its rows)), 1); for
+// conv_input_grad M is the largest class's pixels and z the SY SX classes; the shared parts
+// kernels' at their entry point.
 
 import package::shared::matmul_dims::{Dims, NO_EPILOGUE, DERIVATIVE_EPILOGUE, ACTIVATION_EPILOGUE};
 import package::shared::activations::{activate4, derivative_from_output4};
