@@ -12,7 +12,7 @@ use crate::input::{self, Augmentation, Standardisation};
 use crate::layers::avgpool::GlobalAvgPool;
 use crate::layers::conv2d::Conv2d;
 use crate::layers::pool::MaxPool2d;
-use crate::layers::{activation, avgpool, batchnorm, residual};
+use crate::layers::{activation, avgpool, batchnorm, dropout, pool, residual};
 use crate::model::{
     Activation, Geometry, LayerActivation, LayerSpec, Loss, NormParams, Padding, Shape,
     WeightMatrix,
@@ -418,7 +418,7 @@ fn check_max_pool_forward_backward(
             .map(|_| rng.below(7) as f32 - 3.0)
             .collect();
         let (expected, expected_argmax) = reference::maxpool_forward(&x, CONV_BATCH, &geometry);
-        let (actual, argmax) = ops::maxpool_forward(gpu, kernels, &x, CONV_BATCH, &geometry)?;
+        let (actual, argmax) = pool::gpu_forward(gpu, kernels, &x, CONV_BATCH, &geometry)?;
         tally.close(&format!("{what} forward"), &actual, &expected, 0.0, 0.0);
         tally.equal(&format!("{what} argmax"), &argmax, &expected_argmax);
         for below in ACTIVATIONS {
@@ -432,7 +432,7 @@ fn check_max_pool_forward_backward(
                 &below_x,
                 below,
             );
-            let actual = ops::maxpool_backward(
+            let actual = pool::gpu_backward(
                 gpu,
                 kernels,
                 &dy,
@@ -461,20 +461,20 @@ fn check_dropout_forward_backward(
         let x = random_vec(rng, len, -1.0, 1.0);
         let case = format!("rate {rate}, step {step}, {len} values");
         let expected = reference::dropout_forward(&x, key, step, rate);
-        let actual = ops::dropout(gpu, kernels, &x, rate, key, step, true, None)?;
+        let actual = dropout::gpu_pass(gpu, kernels, &x, rate, key, step, true, None)?;
         tally.close(&format!("{case} forward"), &actual, &expected, 0.0, 0.0);
         let kept = expected.iter().filter(|&&v| v != 0.0).count() as f64 / len as f64;
         if (kept - (1.0 - rate as f64)).abs() > 0.1 {
             tally.fail(&format!("{case}: kept {kept:.3} of the values"));
         }
-        let actual = ops::dropout(gpu, kernels, &x, rate, key, 0, false, None)?;
+        let actual = dropout::gpu_pass(gpu, kernels, &x, rate, key, 0, false, None)?;
         tally.close(&format!("{case} evaluation"), &actual, &x, 0.0, 0.0);
         for below in ACTIVATIONS {
             let dy = random_vec(rng, len, -1.0, 1.0);
             let below_x = activated(rng, len, below);
             let expected = reference::dropout_backward(&dy, key, step, rate, &below_x, below);
             let backward = Some((below_x.as_slice(), below));
-            let actual = ops::dropout(gpu, kernels, &dy, rate, key, step, true, backward)?;
+            let actual = dropout::gpu_pass(gpu, kernels, &dy, rate, key, step, true, backward)?;
             let case = format!("{case} backward through {}", below.name());
             tally.close(&case, &actual, &expected, 1e-7, 1e-6);
         }
@@ -496,11 +496,11 @@ fn check_average_pool_forward_backward(
     for (what, geometry) in pool_cases().into_iter().chain([global]) {
         let x = random_vec(rng, CONV_BATCH * geometry.input.len(), -1.0, 1.0);
         let expected = avgpool::reference_forward(&geometry, &x, CONV_BATCH);
-        let actual = ops::avgpool(gpu, kernels, &x, CONV_BATCH, &geometry, true)?;
+        let actual = avgpool::gpu_pass(gpu, kernels, &x, CONV_BATCH, &geometry, true)?;
         tally.close(&format!("{what} forward"), &actual, &expected, 1e-7, 1e-6);
         let dy = random_vec(rng, expected.len(), -1.0, 1.0);
         let expected = avgpool::reference_backward(&geometry, &dy, CONV_BATCH);
-        let actual = ops::avgpool(gpu, kernels, &dy, CONV_BATCH, &geometry, false)?;
+        let actual = avgpool::gpu_pass(gpu, kernels, &dy, CONV_BATCH, &geometry, false)?;
         tally.close(&format!("{what} backward"), &actual, &expected, 1e-7, 1e-6);
     }
     Ok(())
@@ -530,7 +530,7 @@ fn check_batchnorm_forward_backward(
             running_var: channels,
         };
         let params = [gamma.clone(), beta.clone()].concat();
-        let inputs = ops::NormInputs {
+        let inputs = batchnorm::NormInputs {
             gamma: &gamma,
             beta: &beta,
             running_mean: &mean,
@@ -543,7 +543,7 @@ fn check_batchnorm_forward_backward(
                 let (mut expected, running) =
                     batchnorm::reference_forward(&norm, &params, (&mean, &var), &x, training);
                 expected.iter_mut().for_each(|v| *v = f.apply(*v));
-                let actual = ops::batchnorm(gpu, kernels, &x, &inputs, f, training, None)?;
+                let actual = batchnorm::gpu_passes(gpu, kernels, &x, &inputs, f, training, None)?;
                 let mode = if training { "training" } else { "evaluation" };
                 let case = format!("{what}, {mode} forward");
                 tally.close(&case, &actual.values, &expected, 1e-5, 1e-4);
@@ -561,7 +561,7 @@ fn check_batchnorm_forward_backward(
             let mut grads = vec![0.0; 2 * channels];
             let expected = batchnorm::reference_backward(&norm, &params, &x, &dz, &mut grads, true)
                 .expect("an input gradient");
-            let actual = ops::batchnorm(gpu, kernels, &x, &inputs, f, true, Some(&dy[..]))?;
+            let actual = batchnorm::gpu_passes(gpu, kernels, &x, &inputs, f, true, Some(&dy[..]))?;
             let case = format!("{what}, dγ and dβ");
             tally.close(&case, &actual.dgamma_dbeta, &grads, 1e-5, 1e-4);
             tally.close(
@@ -583,7 +583,7 @@ fn check_batchnorm_forward_backward(
                 ..norm
             };
             let expected = batchnorm::reference_backward_evaluation(&state_norm, &state, &dz);
-            let actual = ops::batchnorm(gpu, kernels, &x, &inputs, f, false, Some(&dy[..]))?;
+            let actual = batchnorm::gpu_passes(gpu, kernels, &x, &inputs, f, false, Some(&dy[..]))?;
             let case = format!("{what}, dx in evaluation");
             tally.close(&case, &actual.values, &expected, 1e-5, 1e-3);
         }

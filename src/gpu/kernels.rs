@@ -1,6 +1,8 @@
 //! Every compute pipeline, built once per device, with its bind group layout.
 
-use std::sync::OnceLock;
+use std::any::{Any, TypeId};
+
+use elsa::sync::FrozenMap;
 
 use wgpu::{BindGroupLayoutEntry, BindingType, BufferBindingType, ShaderStages};
 
@@ -17,7 +19,7 @@ use crate::shapes::Geometry;
 /// pipelines every dispatch, recompiled shaders and leaked their code (≈ 0.5 MB and several ms a
 /// step).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Slot {
+pub enum Slot {
     Params,
     Read,
     ReadWrite,
@@ -76,8 +78,8 @@ impl Kernel {
 }
 
 /// Every kernel the trainer runs. Built once (matmul_nn's per-activation pipelines, and the
-/// average pool, BatchNorm and element-wise families, when a program first asks for them, as
-/// programs are built); pipelines are never created during training.
+/// layer kinds' and element-wise families, when a program first asks for them, as programs are
+/// built); pipelines are never created during training.
 pub struct Kernels {
     pub matmul: MatmulKernels,
     pub activation_backward: Kernel,
@@ -90,15 +92,11 @@ pub struct Kernels {
     /// activation.wgsl: dz = dy ⊙ f'(y) in place, for a convolution's output.
     pub apply_derivative: Kernel,
     pub conv: ConvKernels,
-    pub pool: PoolKernels,
-    /// The families only some models use, each built when a program first asks for it (its
-    /// pipelines cost start-up time on lavapipe that an MLP or a convnet need not pay).
-    avgpool: OnceLock<AvgPoolKernels>,
-    batchnorm: OnceLock<BatchNormKernels>,
-    elementwise: OnceLock<ElementwiseKernels>,
+    /// The families only some models use (a layer kind's, declared in its file), each built when
+    /// a program first asks for it (`Kernels::family`): their pipelines cost start-up time on
+    /// lavapipe that a model without them need not pay.
+    families: FrozenMap<TypeId, Box<dyn StoredFamily>>,
     device: wgpu::Device,
-    pub dropout_forward: Kernel,
-    pub dropout_backward: Kernel,
     pub sum_metrics: Kernel,
     /// The optimizer updates on float words (optimizer.wgsl), for every adapter.
     pub optimizer_floats: OptimizerKernels,
@@ -138,206 +136,6 @@ impl ConvKernels {
     }
 }
 
-/// pool.wgsl: max pooling and its gather backward, per channel and four channels at a time.
-pub struct PoolKernels {
-    pub forward: Kernel,
-    pub forward_quads: Kernel,
-    pub backward: Kernel,
-    pub backward_quads: Kernel,
-    pub backward_tiles_quads: Kernel,
-}
-
-impl PoolKernels {
-    /// The forward kernel for `geometry` and its invocations over `samples` samples.
-    pub fn forward_for(&self, geometry: &Geometry, samples: usize) -> (&Kernel, usize) {
-        let values = samples * geometry.output.len();
-        match geometry.input.channels % 4 {
-            0 => (&self.forward_quads, values / 4),
-            _ => (&self.forward, values),
-        }
-    }
-
-    /// The backward kernel for `geometry` over `samples` samples: where the channels come in
-    /// fours and the windows tile the input, one invocation per window's quad of channels,
-    /// reading the derivative below at the pool's output; otherwise one per input value (or
-    /// quad), reading it at the pool's input.
-    pub fn backward_for(&self, geometry: &Geometry, samples: usize) -> PoolBackward<'_> {
-        let tiles = geometry.rows.stride == geometry.rows.size
-            && geometry.columns.stride == geometry.columns.size;
-        let (kernel, invocations, reads_output) = match (geometry.input.channels % 4, tiles) {
-            (0, true) => (
-                &self.backward_tiles_quads,
-                samples * geometry.output.len() / 4,
-                true,
-            ),
-            (0, false) => (
-                &self.backward_quads,
-                samples * geometry.input.len() / 4,
-                false,
-            ),
-            _ => (&self.backward, samples * geometry.input.len(), false),
-        };
-        PoolBackward {
-            kernel,
-            invocations,
-            reads_output,
-        }
-    }
-}
-
-/// A max pool's backward dispatch (`PoolKernels::backward_for`).
-pub struct PoolBackward<'k> {
-    pub kernel: &'k Kernel,
-    pub invocations: usize,
-    /// Whether the kernel's `below` binding takes the pool's output (each window's maximum, the
-    /// one value of a window whose derivative counts) rather than its input.
-    pub reads_output: bool,
-}
-
-/// avgpool.wgsl: average pooling (and global average pooling) and its gather backward.
-pub struct AvgPoolKernels {
-    pub forward: Kernel,
-    pub backward: Kernel,
-}
-
-impl AvgPoolKernels {
-    /// The kernel and grid of the forward pass (or the backward) over `rows` samples of
-    /// `geometry`: an invocation per output value (per input value backward).
-    pub fn launch(
-        &self,
-        forward: bool,
-        geometry: &crate::shapes::Geometry,
-        rows: usize,
-        max_groups: u32,
-    ) -> (&Kernel, [u32; 3]) {
-        let (kernel, values) = match forward {
-            true => (&self.forward, rows * geometry.output.len()),
-            false => (&self.backward, rows * geometry.input.len()),
-        };
-        (kernel, grid_1d(values, ROW_WORKGROUP, max_groups))
-    }
-}
-
-/// batchnorm.wgsl: BatchNorm's per-channel statistics, normalisation and backward passes, for
-/// any channel count and four channels at a time.
-pub struct BatchNormKernels {
-    pub statistics: Kernel,
-    pub normalize: Kernel,
-    pub backward_sums: Kernel,
-    pub backward_input: Kernel,
-    pub statistics_quads: Kernel,
-    pub normalize_quads: Kernel,
-    pub backward_sums_quads: Kernel,
-    pub backward_input_quads: Kernel,
-    pub backward_input_evaluation: Kernel,
-}
-
-/// BatchNorm's passes, for `BatchNormKernels::launch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NormPass {
-    Statistics,
-    Normalize,
-    BackwardSums,
-    BackwardInput,
-    /// The input gradient in evaluation (one channel at a time, whatever the count).
-    BackwardInputEvaluation,
-}
-
-/// batchnorm.wgsl's `ROWS_PER_INVOCATION`: the rows of a channel quad each invocation of
-/// `batchnorm_normalize_quads` and `batchnorm_backward_input_quads` takes.
-const NORM_ROWS_PER_INVOCATION: usize = 8;
-
-impl BatchNormKernels {
-    /// The kernel and grid of `pass` over `values` values per channel of `channels` channels:
-    /// the vec4 entry points where the channels come in fours; a workgroup per channel (or four)
-    /// for the sums, an invocation per value (or per 8 rows of four channels) for the rest.
-    pub fn launch(
-        &self,
-        pass: NormPass,
-        channels: usize,
-        values: usize,
-        max_groups: u32,
-    ) -> (&Kernel, [u32; 3]) {
-        let quads = channels.is_multiple_of(4);
-        let lanes = if quads { 4 } else { 1 };
-        let per_channel = [(channels / lanes) as u32, 1, 1];
-        // The _quads elementwise passes take several rows of a channel quad per invocation.
-        let rows = if quads {
-            values.div_ceil(NORM_ROWS_PER_INVOCATION)
-        } else {
-            values
-        };
-        let per_value = grid_1d(rows * channels / lanes, ROW_WORKGROUP, max_groups);
-        let (scalar, four, grid) = match pass {
-            NormPass::Statistics => (&self.statistics, &self.statistics_quads, per_channel),
-            NormPass::Normalize => (&self.normalize, &self.normalize_quads, per_value),
-            NormPass::BackwardSums => (&self.backward_sums, &self.backward_sums_quads, per_channel),
-            NormPass::BackwardInput => {
-                (&self.backward_input, &self.backward_input_quads, per_value)
-            }
-            NormPass::BackwardInputEvaluation => {
-                let grid = grid_1d(values * channels, ROW_WORKGROUP, max_groups);
-                return (&self.backward_input_evaluation, grid);
-            }
-        };
-        (if quads { four } else { scalar }, grid)
-    }
-
-    fn new(device: &wgpu::Device, module: &wgpu::ShaderModule) -> Self {
-        use Slot::*;
-        let statistics = [(0, Params), (1, Read), (2, ReadWrite), (3, ReadWrite)];
-        let normalize = [
-            (0, Params),
-            (1, Read),
-            (2, Read),
-            (3, Read),
-            (4, Read),
-            (7, ReadWrite),
-        ];
-        let sums = [
-            (0, Params),
-            (1, Read),
-            (2, Read),
-            (5, Read),
-            (6, ReadWrite),
-            (8, Read),
-        ];
-        let input = [
-            (0, Params),
-            (1, Read),
-            (2, Read),
-            (4, Read),
-            (5, Read),
-            (6, Read),
-            (7, ReadWrite),
-            (8, Read),
-        ];
-        let input_evaluation = [
-            (0, Params),
-            (3, Read),
-            (4, Read),
-            (5, Read),
-            (7, ReadWrite),
-            (8, Read),
-        ];
-        let kernel = |name, slots: &[(u32, Slot)]| build(device, module, name, slots, &[]);
-        BatchNormKernels {
-            statistics: kernel("batchnorm_statistics", &statistics),
-            normalize: kernel("batchnorm_normalize", &normalize),
-            backward_sums: kernel("batchnorm_backward_sums", &sums),
-            backward_input: kernel("batchnorm_backward_input", &input),
-            statistics_quads: kernel("batchnorm_statistics_quads", &statistics),
-            normalize_quads: kernel("batchnorm_normalize_quads", &normalize),
-            backward_sums_quads: kernel("batchnorm_backward_sums_quads", &sums),
-            backward_input_quads: kernel("batchnorm_backward_input_quads", &input),
-            backward_input_evaluation: kernel(
-                "batchnorm_backward_input_evaluation",
-                &input_evaluation,
-            ),
-        }
-    }
-}
-
 /// elementwise.wgsl: sums, copies and activations of flat tensors.
 pub struct ElementwiseKernels {
     pub add: Kernel,
@@ -347,44 +145,22 @@ pub struct ElementwiseKernels {
     pub activation_derivative: Kernel,
 }
 
-impl ElementwiseKernels {
-    fn new(device: &wgpu::Device, module: &wgpu::ShaderModule) -> Self {
+impl KernelFamily for ElementwiseKernels {
+    const SHADER: (&'static str, &'static str) = (
+        "elementwise.wgsl",
+        crate::shader_source!("elementwise.wgsl"),
+    );
+
+    fn build(module: &FamilyModule<'_>) -> Self {
         use Slot::*;
         ElementwiseKernels {
-            add: build(
-                device,
-                module,
-                "add",
-                &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)],
-                &[],
-            ),
-            add_assign: build(
-                device,
-                module,
-                "add_assign",
-                &[(0, Params), (2, Read), (3, ReadWrite)],
-                &[],
-            ),
-            copy: build(
-                device,
-                module,
-                "copy",
-                &[(0, Params), (1, Read), (3, ReadWrite)],
-                &[],
-            ),
-            activate: build(
-                device,
-                module,
-                "activate_values",
-                &[(0, Params), (1, Read), (3, ReadWrite)],
-                &[],
-            ),
-            activation_derivative: build(
-                device,
-                module,
+            add: module.kernel("add", &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)]),
+            add_assign: module.kernel("add_assign", &[(0, Params), (2, Read), (3, ReadWrite)]),
+            copy: module.kernel("copy", &[(0, Params), (1, Read), (3, ReadWrite)]),
+            activate: module.kernel("activate_values", &[(0, Params), (1, Read), (3, ReadWrite)]),
+            activation_derivative: module.kernel(
                 "activation_derivative",
                 &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)],
-                &[],
             ),
         }
     }
@@ -497,15 +273,9 @@ impl Kernels {
         });
         let schedule = module("schedule.wgsl", crate::shader_source!("schedule.wgsl"));
         let conv = module("conv2d.wgsl", crate::shader_source!("conv2d.wgsl"));
-        let pool = module("pool.wgsl", crate::shader_source!("pool.wgsl"));
-        let dropout = module("dropout.wgsl", crate::shader_source!("dropout.wgsl"));
         let device = &gpu.device;
         let im2col_slots = [(0, Params), (1, Read), (2, ReadWrite)];
         let col2im_slots = [(0, Params), (1, Read), (2, ReadWrite), (3, Read)];
-        let pool_forward_slots = [(0, Params), (1, Read), (2, ReadWrite), (3, ReadWrite)];
-        let pool_backward_slots = [(0, Params), (1, Read), (2, ReadWrite), (3, Read), (4, Read)];
-        let dropout_slots = [(0, Read), (1, Params), (2, Read), (3, ReadWrite)];
-        let dropout_backward_slots = [(0, Read), (1, Params), (2, Read), (3, ReadWrite), (4, Read)];
 
         let loss_slots = [
             (0, Read),
@@ -553,43 +323,8 @@ impl Kernels {
                 col2im: build(device, &conv, "col2im", &col2im_slots, &[]),
                 col2im_quads: build(device, &conv, "col2im_quads", &col2im_slots, &[]),
             },
-            pool: PoolKernels {
-                forward: build(device, &pool, "maxpool_forward", &pool_forward_slots, &[]),
-                forward_quads: build(
-                    device,
-                    &pool,
-                    "maxpool_forward_quads",
-                    &pool_forward_slots,
-                    &[],
-                ),
-                backward: build(device, &pool, "maxpool_backward", &pool_backward_slots, &[]),
-                backward_quads: build(
-                    device,
-                    &pool,
-                    "maxpool_backward_quads",
-                    &pool_backward_slots,
-                    &[],
-                ),
-                backward_tiles_quads: build(
-                    device,
-                    &pool,
-                    "maxpool_backward_tiles_quads",
-                    &pool_backward_slots,
-                    &[],
-                ),
-            },
-            avgpool: OnceLock::new(),
-            batchnorm: OnceLock::new(),
-            elementwise: OnceLock::new(),
+            families: FrozenMap::new(),
             device: gpu.device.clone(),
-            dropout_forward: build(device, &dropout, "dropout_forward", &dropout_slots, &[]),
-            dropout_backward: build(
-                device,
-                &dropout,
-                "dropout_backward",
-                &dropout_backward_slots,
-                &[],
-            ),
             gather_batch: build(&gpu.device, &gather, "gather_batch", &GATHER_SLOTS, &[]),
             gather_images: build(&gpu.device, &gather, "gather_images", &GATHER_SLOTS, &[]),
             gather_batch_transposed: build(
@@ -628,41 +363,60 @@ fn shader_module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::Shad
     })
 }
 
-impl Kernels {
-    /// avgpool.wgsl's kernels (built on first use).
-    pub fn avgpool(&self) -> &AvgPoolKernels {
-        self.avgpool.get_or_init(|| {
-            use Slot::*;
-            let device = &self.device;
-            let module = shader_module(
-                device,
-                "avgpool.wgsl",
-                crate::shader_source!("avgpool.wgsl"),
-            );
-            let slots = [(0, Params), (1, Read), (2, ReadWrite)];
-            AvgPoolKernels {
-                forward: build(device, &module, "avgpool_forward", &slots, &[]),
-                backward: build(device, &module, "avgpool_backward", &slots, &[]),
-            }
-        })
-    }
+/// A family of kernels from one shader file, built the first time a program asks for it
+/// (`Kernels::family`). A layer kind declares its own in its file.
+pub trait KernelFamily: Sized + Any + wgpu::WasmNotSendSync {
+    /// The kernel file's name under `shaders/` and its source (`crate::shader_source!`).
+    const SHADER: (&'static str, &'static str);
 
-    /// batchnorm.wgsl's kernels (built on first use).
-    pub fn batchnorm(&self) -> &BatchNormKernels {
-        self.batchnorm.get_or_init(|| {
-            let source = crate::shader_source!("batchnorm.wgsl");
-            let module = shader_module(&self.device, "batchnorm.wgsl", source);
-            BatchNormKernels::new(&self.device, &module)
-        })
+    /// Its pipelines, from the file's module.
+    fn build(module: &FamilyModule<'_>) -> Self;
+}
+
+/// A built family, as `Kernels` keeps it: shared between threads natively (a test's kernels
+/// are), as wgpu's types are there.
+trait StoredFamily: Any + wgpu::WasmNotSendSync {}
+
+impl<F: KernelFamily> StoredFamily for F {}
+
+/// A family's compiled shader file, from which `KernelFamily::build` makes its kernels.
+pub struct FamilyModule<'a> {
+    device: &'a wgpu::Device,
+    module: wgpu::ShaderModule,
+}
+
+impl FamilyModule<'_> {
+    /// The kernel of `entry_point`, taking the resources of `slots` (binding number and kind, in
+    /// the order `Kernel::bind` takes them).
+    pub fn kernel(&self, entry_point: &'static str, slots: &[(u32, Slot)]) -> Kernel {
+        build(self.device, &self.module, entry_point, slots, &[])
+    }
+}
+
+impl Kernels {
+    /// The kernels of family `F`, built on first use; never rebuilt.
+    pub fn family<F: KernelFamily>(&self) -> &F {
+        let key = TypeId::of::<F>();
+        let family = match self.families.get(&key) {
+            Some(family) => family,
+            None => {
+                let (label, source) = F::SHADER;
+                let module = FamilyModule {
+                    device: &self.device,
+                    module: shader_module(&self.device, label, source),
+                };
+                self.families.insert(key, Box::new(F::build(&module)))
+            }
+        };
+        let family: &dyn Any = family;
+        family
+            .downcast_ref()
+            .expect("a family is stored under its own type")
     }
 
     /// elementwise.wgsl's kernels (built on first use).
     pub fn elementwise(&self) -> &ElementwiseKernels {
-        self.elementwise.get_or_init(|| {
-            let source = crate::shader_source!("elementwise.wgsl");
-            let module = shader_module(&self.device, "elementwise.wgsl", source);
-            ElementwiseKernels::new(&self.device, &module)
-        })
+        self.family()
     }
 }
 

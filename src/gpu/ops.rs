@@ -7,8 +7,8 @@ use wgpu::Buffer;
 use super::Gpu;
 use super::buffers::grid_1d;
 use super::kernels::{
-    ElementwiseKernels, Kernel, Kernels, NormPass, ROW_WORKGROUP, gather_grid,
-    gather_transposed_grid, optimizer_grid,
+    ElementwiseKernels, Kernel, Kernels, ROW_WORKGROUP, gather_grid, gather_transposed_grid,
+    optimizer_grid,
 };
 use super::matmul::{MatmulOperand, MatmulVariant};
 use super::mirror::TextureMirror;
@@ -20,7 +20,7 @@ use crate::reference::LossOutput;
 use crate::shapes::{Geometry, LayerActivation, Loss, WeightMatrix};
 
 /// Records one dispatch of `kernel` and submits it.
-fn dispatch(gpu: &Gpu, kernel: &Kernel, bind_group: &wgpu::BindGroup, grid: [u32; 3]) {
+pub fn dispatch(gpu: &Gpu, kernel: &Kernel, bind_group: &wgpu::BindGroup, grid: [u32; 3]) {
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     {
         let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -31,12 +31,12 @@ fn dispatch(gpu: &Gpu, kernel: &Kernel, bind_group: &wgpu::BindGroup, grid: [u32
     gpu.queue.submit([encoder.finish()]);
 }
 
-fn max_groups(gpu: &Gpu) -> u32 {
+pub fn max_groups(gpu: &Gpu) -> u32 {
     gpu.limits.max_compute_workgroups_per_dimension
 }
 
 /// A schedule holding the one step a kernel is run for (cursor 0).
-fn schedule(gpu: &Gpu, step: StepParams) -> Result<Buffer> {
+pub fn schedule(gpu: &Gpu, step: StepParams) -> Result<Buffer> {
     gpu.storage_with("schedule", &schedule_bytes(&[step]))
 }
 
@@ -363,7 +363,7 @@ pub fn optimizer_update(
 }
 
 /// The grid of `invocations` invocations of a 64-wide 1-D kernel.
-fn grid_of(gpu: &Gpu, invocations: usize) -> [u32; 3] {
+pub fn grid_of(gpu: &Gpu, invocations: usize) -> [u32; 3] {
     grid_1d(invocations, ROW_WORKGROUP, max_groups(gpu))
 }
 
@@ -620,128 +620,6 @@ pub fn conv_image_product_alone<'k>(
     Ok(Some(dispatches))
 }
 
-/// pool.wgsl `maxpool_forward` (`_quads` where the channels come in fours): (y, argmax).
-pub fn maxpool_forward(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    x: &[f32],
-    rows: usize,
-    geometry: &Geometry,
-) -> Result<(Vec<f32>, Vec<u32>)> {
-    let shape = PoolShape::new(rows, geometry, LayerActivation::Identity);
-    let shape = gpu.params_with("shape", &shape);
-    let x_buffer = gpu.storage_with("x", x)?;
-    let len = rows * geometry.output.len();
-    let y = gpu.storage_with("y", &vec![f32::NAN; len])?;
-    let argmax = gpu.storage_with("argmax", &vec![u32::MAX; len])?;
-    let (kernel, invocations) = kernels.pool.forward_for(geometry, rows);
-    let resources = [
-        shape.as_entire_binding(),
-        x_buffer.as_entire_binding(),
-        y.as_entire_binding(),
-        argmax.as_entire_binding(),
-    ];
-    let grid = grid_of(gpu, invocations);
-    dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
-    Ok((gpu.read_back(&y, len)?, gpu.read_back(&argmax, len)?))
-}
-
-/// pool.wgsl `maxpool_backward` (`_quads` where the channels come in fours): the input gradient,
-/// times below'(x).
-#[allow(clippy::too_many_arguments)]
-pub fn maxpool_backward(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    output_grads: &[f32],
-    argmax: &[u32],
-    rows: usize,
-    geometry: &Geometry,
-    x: &[f32],
-    below: LayerActivation,
-) -> Result<Vec<f32>> {
-    let shape = gpu.params_with("shape", &PoolShape::new(rows, geometry, below));
-    let grads = gpu.storage_with("output grads", output_grads)?;
-    let argmax_buffer = gpu.storage_with("argmax", argmax)?;
-    let chosen = kernels.pool.backward_for(geometry, rows);
-    // Where the kernel reads the derivative at the pool's output: x's values at the argmax.
-    let below_values = match chosen.reads_output {
-        true => crate::reference::maxpool_winners(x, argmax, rows, geometry),
-        false => x.to_vec(),
-    };
-    let x_buffer = gpu.storage_with("below", &below_values)?;
-    let len = rows * geometry.input.len();
-    let out = gpu.storage_with("input grads", &vec![f32::NAN; len])?;
-    let resources = [
-        shape.as_entire_binding(),
-        grads.as_entire_binding(),
-        out.as_entire_binding(),
-        argmax_buffer.as_entire_binding(),
-        x_buffer.as_entire_binding(),
-    ];
-    let grid = grid_of(gpu, chosen.invocations);
-    dispatch(
-        gpu,
-        chosen.kernel,
-        &chosen.kernel.bind(gpu, &resources),
-        grid,
-    );
-    gpu.read_back(&out, len)
-}
-
-/// dropout.wgsl at training step `step` (0 with `training` off): `dropout_forward` of x, or with
-/// `backward` = Some((x, below)) `dropout_backward` of the values as output gradients.
-#[allow(clippy::too_many_arguments)]
-pub fn dropout(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    values: &[f32],
-    rate: f32,
-    layer_key: u32,
-    step: u32,
-    training: bool,
-    backward: Option<(&[f32], LayerActivation)>,
-) -> Result<Vec<f32>> {
-    let schedule = schedule(
-        gpu,
-        StepParams {
-            number: step,
-            ..StepParams::rows_at(0, 0)
-        },
-    )?;
-    let below = backward.map_or(LayerActivation::Identity, |(_, below)| below);
-    let shape = DropoutShape {
-        count: values.len() as u32,
-        threshold: crate::rng::dropout_threshold(rate),
-        scale: 1.0 / (1.0 - rate),
-        layer_key,
-        derivative: below.shader_code(),
-        training: training as u32,
-        _pad: [0; 2],
-    };
-    let shape = gpu.params_with("shape", &shape);
-    let input = gpu.storage_with("input", values)?;
-    let out = gpu.storage_with("output", &vec![f32::NAN; values.len()])?;
-    let mut resources = vec![
-        schedule.as_entire_binding(),
-        shape.as_entire_binding(),
-        input.as_entire_binding(),
-        out.as_entire_binding(),
-    ];
-    let below_buffer = backward
-        .map(|(x, _)| gpu.storage_with("below", x))
-        .transpose()?;
-    let kernel = match &below_buffer {
-        Some(buffer) => {
-            resources.push(buffer.as_entire_binding());
-            &kernels.dropout_backward
-        }
-        None => &kernels.dropout_forward,
-    };
-    let grid = grid_of(gpu, values.len().div_ceil(4));
-    dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
-    gpu.read_back(&out, values.len())
-}
-
 /// activation.wgsl `apply_derivative`: grad ⊙ f'(output).
 pub fn apply_derivative(
     gpu: &Gpu,
@@ -768,164 +646,6 @@ pub fn apply_derivative(
     let grid = grid_of(gpu, grad.len().div_ceil(4));
     dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
     gpu.read_back(&grad_buffer, grad.len())
-}
-
-/// What a BatchNorm pass reads besides its input: γ and β, the running mean and variance.
-pub struct NormInputs<'a> {
-    pub gamma: &'a [f32],
-    pub beta: &'a [f32],
-    pub running_mean: &'a [f32],
-    pub running_var: &'a [f32],
-}
-
-/// What batchnorm.wgsl's passes give back: the output (Y, or dX backward), the per-channel
-/// statistics (mean, then invstd), the state after (running mean, then variance) and, backward,
-/// the gradient buffer's dγ and dβ.
-pub struct NormOutputs {
-    pub values: Vec<f32>,
-    pub stats: Vec<f32>,
-    pub state: Vec<f32>,
-    pub dgamma_dbeta: Vec<f32>,
-}
-
-/// batchnorm.wgsl (`_quads` where the channels come in fours) on x `[values, channels]`, with
-/// `activation` folded in: in training the statistics pass then the normalisation; in evaluation
-/// the normalisation alone. With `dy`, then the backward passes (dx then in `values`): in
-/// training the sums and the input gradient, in evaluation the input gradient through the
-/// running statistics.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    x: &[f32],
-    inputs: &NormInputs<'_>,
-    activation: LayerActivation,
-    training: bool,
-    dy: Option<&[f32]>,
-) -> Result<NormOutputs> {
-    let channels = inputs.gamma.len();
-    let values = x.len() / channels;
-    let shape = NormShape {
-        values: values as u32,
-        channels: channels as u32,
-        gamma: 0,
-        beta: channels as u32,
-        running_mean: 0,
-        running_var: channels as u32,
-        training: training as u32,
-        momentum: crate::shapes::BATCH_NORM_MOMENTUM,
-        epsilon: crate::shapes::BATCH_NORM_EPSILON,
-        activation: activation.shader_code(),
-        _pad: [0; 2],
-    };
-    let shape = gpu.params_with("shape", &shape);
-    let x_buffer = gpu.storage_with("x", x)?;
-    let params = gpu.storage_with("params", &[inputs.gamma, inputs.beta].concat())?;
-    let state = [inputs.running_mean, inputs.running_var].concat();
-    let state = gpu.storage_with("state", &state)?;
-    let stats = gpu.storage_with("stats", &vec![f32::NAN; 2 * channels])?;
-    let y = gpu.storage_with("y", &vec![f32::NAN; x.len()])?;
-    let dx = gpu.storage_with("dx", &vec![f32::NAN; x.len()])?;
-    let grads = gpu.storage_with("grads", &vec![f32::NAN; 2 * channels])?;
-    let k = kernels.batchnorm();
-    let launch = |pass| k.launch(pass, channels, values, max_groups(gpu));
-    let run = |kernel: &Kernel, resources: &[wgpu::BindingResource<'_>], grid| {
-        dispatch(gpu, kernel, &kernel.bind(gpu, resources), grid)
-    };
-    if training {
-        let (kernel, grid) = launch(NormPass::Statistics);
-        let resources = [
-            shape.as_entire_binding(),
-            x_buffer.as_entire_binding(),
-            stats.as_entire_binding(),
-            state.as_entire_binding(),
-        ];
-        run(kernel, &resources, grid);
-    }
-    let resources = [
-        shape.as_entire_binding(),
-        x_buffer.as_entire_binding(),
-        stats.as_entire_binding(),
-        state.as_entire_binding(),
-        params.as_entire_binding(),
-        y.as_entire_binding(),
-    ];
-    let (kernel, grid) = launch(NormPass::Normalize);
-    run(kernel, &resources, grid);
-    if let Some(dy) = dy.filter(|_| !training) {
-        let dy = gpu.storage_with("dy", dy)?;
-        let resources = [
-            shape.as_entire_binding(),
-            state.as_entire_binding(),
-            params.as_entire_binding(),
-            dy.as_entire_binding(),
-            dx.as_entire_binding(),
-            y.as_entire_binding(),
-        ];
-        let (kernel, grid) = launch(NormPass::BackwardInputEvaluation);
-        run(kernel, &resources, grid);
-    } else if let Some(dy) = dy {
-        let dy = gpu.storage_with("dy", dy)?;
-        let resources = [
-            shape.as_entire_binding(),
-            x_buffer.as_entire_binding(),
-            stats.as_entire_binding(),
-            dy.as_entire_binding(),
-            grads.as_entire_binding(),
-            y.as_entire_binding(),
-        ];
-        let (kernel, grid) = launch(NormPass::BackwardSums);
-        run(kernel, &resources, grid);
-        let resources = [
-            shape.as_entire_binding(),
-            x_buffer.as_entire_binding(),
-            stats.as_entire_binding(),
-            params.as_entire_binding(),
-            dy.as_entire_binding(),
-            grads.as_entire_binding(),
-            dx.as_entire_binding(),
-            y.as_entire_binding(),
-        ];
-        let (kernel, grid) = launch(NormPass::BackwardInput);
-        run(kernel, &resources, grid);
-    }
-    let out = if dy.is_some() { &dx } else { &y };
-    Ok(NormOutputs {
-        values: gpu.read_back(out, x.len())?,
-        stats: gpu.read_back(&stats, 2 * channels)?,
-        state: gpu.read_back(&state, 2 * channels)?,
-        dgamma_dbeta: gpu.read_back(&grads, 2 * channels)?,
-    })
-}
-
-/// avgpool.wgsl: `avgpool_forward` of x, or `avgpool_backward` of dy (`forward` false).
-pub fn avgpool(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    values: &[f32],
-    rows: usize,
-    geometry: &Geometry,
-    forward: bool,
-) -> Result<Vec<f32>> {
-    let shape = PoolShape::new(rows, geometry, LayerActivation::Identity);
-    let shape = gpu.params_with("shape", &shape);
-    let input = gpu.storage_with("input", values)?;
-    let (kernel, grid) = kernels
-        .avgpool()
-        .launch(forward, geometry, rows, max_groups(gpu));
-    let len = rows
-        * match forward {
-            true => geometry.output.len(),
-            false => geometry.input.len(),
-        };
-    let out = gpu.storage_with("output", &vec![f32::NAN; len])?;
-    let resources = [
-        shape.as_entire_binding(),
-        input.as_entire_binding(),
-        out.as_entire_binding(),
-    ];
-    dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
-    gpu.read_back(&out, len)
 }
 
 /// elementwise.wgsl's `kernel` over a and b (where it reads them) into `out` (its initial

@@ -465,85 +465,6 @@ impl ConvShape {
     }
 }
 
-/// `PoolShape` in pool.wgsl.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
-pub struct PoolShape {
-    pub samples: u32,
-    pub in_height: u32,
-    pub in_width: u32,
-    pub channels: u32,
-    pub out_height: u32,
-    pub out_width: u32,
-    pub size_y: u32,
-    pub size_x: u32,
-    pub stride_y: u32,
-    pub stride_x: u32,
-    /// Backward: the activation code of the layer beneath whose derivative is applied.
-    pub derivative: u32,
-    pub _pad: u32,
-}
-
-impl PoolShape {
-    pub fn new(samples: usize, geometry: &Geometry, derivative: LayerActivation) -> Self {
-        let (rows, cols) = (geometry.rows, geometry.columns);
-        PoolShape {
-            samples: samples as u32,
-            in_height: rows.input as u32,
-            in_width: cols.input as u32,
-            channels: geometry.input.channels as u32,
-            out_height: rows.output as u32,
-            out_width: cols.output as u32,
-            size_y: rows.size as u32,
-            size_x: cols.size as u32,
-            stride_y: rows.stride as u32,
-            stride_x: cols.stride as u32,
-            derivative: derivative.shader_code(),
-            _pad: 0,
-        }
-    }
-}
-
-/// `DropoutShape` in dropout.wgsl.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-pub struct DropoutShape {
-    pub count: u32,
-    /// A value is dropped where its hash is below this (rate · 2³²).
-    pub threshold: u32,
-    /// 1 / (1 - rate).
-    pub scale: f32,
-    pub layer_key: u32,
-    /// Backward: the activation code of the layer beneath whose derivative is applied.
-    pub derivative: u32,
-    /// 0 in evaluation: the forward pass copies its input.
-    pub training: u32,
-    pub _pad: [u32; 2],
-}
-
-/// `NormShape` in batchnorm.wgsl.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-pub struct NormShape {
-    /// Values per channel: samples × positions.
-    pub values: u32,
-    pub channels: u32,
-    /// γ's and β's offsets in the parameter (and gradient) buffer.
-    pub gamma: u32,
-    pub beta: u32,
-    /// The running mean's and variance's offsets in the state buffer.
-    pub running_mean: u32,
-    pub running_var: u32,
-    /// 1: normalise by the batch's statistics (and update the running ones).
-    pub training: u32,
-    pub momentum: f32,
-    pub epsilon: f32,
-    /// normalize: the activation applied to the normalised values; backward: the activation
-    /// whose derivative is taken from Y (0 where the layer above applied it).
-    pub activation: u32,
-    pub _pad: [u32; 2],
-}
-
 /// `ElementwiseShape` in elementwise.wgsl.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
@@ -562,24 +483,26 @@ pub struct PeakShape {
     pub _pad: [u32; 3],
 }
 
+/// What the layout tests of host structs against their WGSL twins share: here for this file's
+/// structs, and in each layer kind's file for its own.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
+pub(crate) mod twins {
     /// A host struct's size and the offsets of its named fields.
-    struct HostLayout {
-        size: usize,
-        fields: Vec<(&'static str, usize)>,
+    pub(crate) struct HostLayout {
+        pub size: usize,
+        pub fields: Vec<(&'static str, usize)>,
     }
 
+    /// `host_layout!(Type { field, ... })`: the struct's size and those fields' offsets.
     macro_rules! host_layout {
         ($ty:ty { $($field:ident),* $(,)? }) => {
-            HostLayout {
+            $crate::gpu::uniforms::twins::HostLayout {
                 size: std::mem::size_of::<$ty>(),
                 fields: vec![$((stringify!($field), std::mem::offset_of!($ty, $field))),*],
             }
         };
     }
+    pub(crate) use host_layout;
 
     /// The compiled kernel's struct `name`: its size and each member's (name, offset), as naga
     /// lays it out.
@@ -599,9 +522,49 @@ mod tests {
         found.unwrap_or_else(|| panic!("{kernel} declares no struct {name}"))
     }
 
-    /// Every WGSL struct the host writes, in every kernel that binds it, against its Rust twin:
-    /// the same size, and each member not named `_…` at the offset of the Rust field of that
-    /// name. A drifted copy would be read as other numbers, silently.
+    /// The struct `name` of `kernel` (its compiled `source`) against its host twin: the same
+    /// size, and each member not named `_…` at the offset of the Rust field of that name. A
+    /// drifted copy would be read as other numbers, silently.
+    pub(crate) fn assert_twin(kernel: &str, source: &str, name: &str, host: HostLayout) {
+        let (size, members) = wgsl_layout(kernel, source, name);
+        assert_eq!(size as usize, host.size, "{kernel} {name}: size");
+        let named: Vec<(String, usize)> = members
+            .into_iter()
+            .filter(|(member, _)| !member.starts_with('_'))
+            .map(|(member, offset)| (member, offset as usize))
+            .collect();
+        let host_fields: Vec<(String, usize)> = (host.fields.iter())
+            .map(|&(field, offset)| (field.to_string(), offset))
+            .collect();
+        assert_eq!(named, host_fields, "{kernel} {name}: members and offsets");
+    }
+
+    /// `StepParams`' layout, which every kernel reading the step schedule declares as `Step`.
+    pub(crate) fn step_layout() -> HostLayout {
+        host_layout!(super::StepParams {
+            batch_start,
+            rows,
+            adam_step_size,
+            number,
+            learning_rate,
+            decay_factor
+        })
+    }
+
+    /// The `Schedule` struct's steps start where the host writes them.
+    pub(crate) fn schedule_steps_offset(kernel: &str, source: &str) -> Option<u32> {
+        let (_, members) = wgsl_layout(kernel, source, "Schedule");
+        members.iter().find(|(m, _)| m == "steps").map(|&(_, o)| o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::twins::{HostLayout, assert_twin, host_layout, schedule_steps_offset, step_layout};
+    use super::*;
+
+    /// Every WGSL struct of this file that the host writes, in every kernel that binds it,
+    /// against its Rust twin.
     #[test]
     fn host_structs_have_the_layout_of_their_wgsl_twins() {
         let dims = || {
@@ -621,16 +584,7 @@ mod tests {
                 parts
             })
         };
-        let step = || {
-            host_layout!(StepParams {
-                batch_start,
-                rows,
-                adam_step_size,
-                number,
-                learning_rate,
-                decay_factor
-            })
-        };
+        let step = step_layout;
         let hyper = || {
             host_layout!(OptimizerHyper {
                 count,
@@ -761,78 +715,6 @@ mod tests {
                 }),
             ),
             (
-                "pool.wgsl",
-                crate::shader_source!("pool.wgsl"),
-                "PoolShape",
-                host_layout!(PoolShape {
-                    samples,
-                    in_height,
-                    in_width,
-                    channels,
-                    out_height,
-                    out_width,
-                    size_y,
-                    size_x,
-                    stride_y,
-                    stride_x,
-                    derivative
-                }),
-            ),
-            (
-                "dropout.wgsl",
-                crate::shader_source!("dropout.wgsl"),
-                "Step",
-                step(),
-            ),
-            (
-                "dropout.wgsl",
-                crate::shader_source!("dropout.wgsl"),
-                "DropoutShape",
-                host_layout!(DropoutShape {
-                    count,
-                    threshold,
-                    scale,
-                    layer_key,
-                    derivative,
-                    training
-                }),
-            ),
-            (
-                "avgpool.wgsl",
-                crate::shader_source!("avgpool.wgsl"),
-                "PoolShape",
-                host_layout!(PoolShape {
-                    samples,
-                    in_height,
-                    in_width,
-                    channels,
-                    out_height,
-                    out_width,
-                    size_y,
-                    size_x,
-                    stride_y,
-                    stride_x,
-                    derivative
-                }),
-            ),
-            (
-                "batchnorm.wgsl",
-                crate::shader_source!("batchnorm.wgsl"),
-                "NormShape",
-                host_layout!(NormShape {
-                    values,
-                    channels,
-                    gamma,
-                    beta,
-                    running_mean,
-                    running_var,
-                    training,
-                    momentum,
-                    epsilon,
-                    activation
-                }),
-            ),
-            (
                 "elementwise.wgsl",
                 crate::shader_source!("elementwise.wgsl"),
                 "ElementwiseShape",
@@ -846,25 +728,14 @@ mod tests {
             ),
         ];
         for (kernel, source, name, host) in cases {
-            let (size, members) = wgsl_layout(kernel, source, name);
-            assert_eq!(size as usize, host.size, "{kernel} {name}: size");
-            let named: Vec<(String, usize)> = members
-                .into_iter()
-                .filter(|(member, _)| !member.starts_with('_'))
-                .map(|(member, offset)| (member, offset as usize))
-                .collect();
-            let host_fields: Vec<(String, usize)> = (host.fields.iter())
-                .map(|&(field, offset)| (field.to_string(), offset))
-                .collect();
-            assert_eq!(named, host_fields, "{kernel} {name}: members and offsets");
+            assert_twin(kernel, source, name, host);
         }
         // The steps follow the schedule's header.
         for (kernel, source) in [
             ("schedule.wgsl", crate::shader_source!("schedule.wgsl")),
             ("gather.wgsl", crate::shader_source!("gather.wgsl")),
         ] {
-            let (_, members) = wgsl_layout(kernel, source, "Schedule");
-            let steps = members.iter().find(|(m, _)| m == "steps").map(|&(_, o)| o);
+            let steps = schedule_steps_offset(kernel, source);
             assert_eq!(
                 steps,
                 Some(SCHEDULE_HEADER_BYTES as u32),

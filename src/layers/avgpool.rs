@@ -7,11 +7,52 @@
 
 use super::context::LayerContext;
 use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
+use super::pool::PoolShape;
 use super::{Backward, DeviceLayer, DevicePasses, LayerIo, PoolWindows, pool_size};
 use crate::error::Result;
+use crate::gpu::buffers::grid_1d;
+use crate::gpu::kernels::{FamilyModule, KernelFamily, ROW_WORKGROUP, Slot};
 use crate::gpu::program::Program;
-use crate::gpu::uniforms::PoolShape;
+use crate::gpu::{Gpu, Kernel, Kernels, ops};
 use crate::shapes::{Geometry, LayerActivation, Padding, Shape, Window};
+
+/// avgpool.wgsl: average pooling (and global average pooling) and its gather backward.
+pub struct AvgPoolKernels {
+    pub forward: Kernel,
+    pub backward: Kernel,
+}
+
+impl AvgPoolKernels {
+    /// The kernel and grid of the forward pass (or the backward) over `rows` samples of
+    /// `geometry`: an invocation per output value (per input value backward).
+    pub fn launch(
+        &self,
+        forward: bool,
+        geometry: &Geometry,
+        rows: usize,
+        max_groups: u32,
+    ) -> (&Kernel, [u32; 3]) {
+        let (kernel, values) = match forward {
+            true => (&self.forward, rows * geometry.output.len()),
+            false => (&self.backward, rows * geometry.input.len()),
+        };
+        (kernel, grid_1d(values, ROW_WORKGROUP, max_groups))
+    }
+}
+
+impl KernelFamily for AvgPoolKernels {
+    const SHADER: (&'static str, &'static str) =
+        ("avgpool.wgsl", crate::shader_source!("avgpool.wgsl"));
+
+    fn build(module: &FamilyModule<'_>) -> Self {
+        use Slot::*;
+        let slots = [(0, Params), (1, Read), (2, ReadWrite)];
+        AvgPoolKernels {
+            forward: module.kernel("avgpool_forward", &slots),
+            backward: module.kernel("avgpool_backward", &slots),
+        }
+    }
+}
 
 /// An average pool in a training program.
 pub(crate) struct AvgPoolDevice {
@@ -39,7 +80,7 @@ impl AvgPoolDevice {
             from.as_entire_binding(),
             to.as_entire_binding(),
         ];
-        let kernels = context.kernels.avgpool();
+        let kernels = context.kernels.family::<AvgPoolKernels>();
         let (kernel, grid) = kernels.launch(forward, g, rows, context.max_groups());
         program.dispatch(context.gpu, kernel, &resources, grid);
     }
@@ -132,6 +173,38 @@ pub fn reference_backward(geometry: &Geometry, dy: &[f32], rows: usize) -> Vec<f
         }
     }
     dx
+}
+
+/// avgpool.wgsl run once on host data, for `selftest`: `avgpool_forward` of x, or
+/// `avgpool_backward` of dy (`forward` false).
+pub fn gpu_pass(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    values: &[f32],
+    rows: usize,
+    geometry: &Geometry,
+    forward: bool,
+) -> Result<Vec<f32>> {
+    let shape = PoolShape::new(rows, geometry, LayerActivation::Identity);
+    let shape = gpu.params_with("shape", &shape);
+    let input = gpu.storage_with("input", values)?;
+    let (kernel, grid) =
+        kernels
+            .family::<AvgPoolKernels>()
+            .launch(forward, geometry, rows, ops::max_groups(gpu));
+    let len = rows
+        * match forward {
+            true => geometry.output.len(),
+            false => geometry.input.len(),
+        };
+    let out = gpu.storage_with("output", &vec![f32::NAN; len])?;
+    let resources = [
+        shape.as_entire_binding(),
+        input.as_entire_binding(),
+        out.as_entire_binding(),
+    ];
+    ops::dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
+    gpu.read_back(&out, len)
 }
 
 /// AvgPool2D as `--layers` names it: `avgpool<size>[s<stride>]`.
@@ -259,5 +332,35 @@ impl LayerKind for GlobalAvgPool {
 
     fn reference_backward(&self, args: ReferenceBackward<'_>) -> Option<Vec<f32>> {
         average_backward(self, args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::uniforms::twins::{assert_twin, host_layout};
+
+    /// The host structs this kind writes have the layout of their WGSL twins.
+    #[test]
+    fn host_structs_have_the_layout_of_their_wgsl_twins() {
+        let (name, source) = AvgPoolKernels::SHADER;
+        assert_twin(
+            name,
+            source,
+            "PoolShape",
+            host_layout!(PoolShape {
+                samples,
+                in_height,
+                in_width,
+                channels,
+                out_height,
+                out_width,
+                size_y,
+                size_x,
+                stride_y,
+                stride_x,
+                derivative
+            }),
+        );
     }
 }

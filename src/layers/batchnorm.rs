@@ -20,14 +20,161 @@ use super::kind::{
 };
 use super::{Backward, DeviceLayer, DevicePasses, LayerIo, channels_last_index};
 use crate::error::Result;
-use crate::gpu::Gpu;
-use crate::gpu::Kernel;
-use crate::gpu::kernels::NormPass;
+use crate::gpu::buffers::grid_1d;
+use crate::gpu::kernels::{FamilyModule, KernelFamily, ROW_WORKGROUP, Slot};
 use crate::gpu::program::Program;
-use crate::gpu::uniforms::NormShape;
+use crate::gpu::{Gpu, Kernel, Kernels, ops};
 use crate::shapes::{
     BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, LayerActivation, NormParams, Shape, WeightMatrix,
 };
+
+/// `NormShape` in batchnorm.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NormShape {
+    /// Values per channel: samples × positions.
+    pub values: u32,
+    pub channels: u32,
+    /// γ's and β's offsets in the parameter (and gradient) buffer.
+    pub gamma: u32,
+    pub beta: u32,
+    /// The running mean's and variance's offsets in the state buffer.
+    pub running_mean: u32,
+    pub running_var: u32,
+    /// 1: normalise by the batch's statistics (and update the running ones).
+    pub training: u32,
+    pub momentum: f32,
+    pub epsilon: f32,
+    /// normalize: the activation applied to the normalised values; backward: the activation
+    /// whose derivative is taken from Y (0 where the layer above applied it).
+    pub activation: u32,
+    pub _pad: [u32; 2],
+}
+
+/// batchnorm.wgsl: BatchNorm's per-channel statistics, normalisation and backward passes, for
+/// any channel count and four channels at a time.
+pub struct BatchNormKernels {
+    pub statistics: Kernel,
+    pub normalize: Kernel,
+    pub backward_sums: Kernel,
+    pub backward_input: Kernel,
+    pub statistics_quads: Kernel,
+    pub normalize_quads: Kernel,
+    pub backward_sums_quads: Kernel,
+    pub backward_input_quads: Kernel,
+    pub backward_input_evaluation: Kernel,
+}
+
+/// BatchNorm's passes, for `BatchNormKernels::launch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormPass {
+    Statistics,
+    Normalize,
+    BackwardSums,
+    BackwardInput,
+    /// The input gradient in evaluation (one channel at a time, whatever the count).
+    BackwardInputEvaluation,
+}
+
+/// batchnorm.wgsl's `ROWS_PER_INVOCATION`: the rows of a channel quad each invocation of
+/// `batchnorm_normalize_quads` and `batchnorm_backward_input_quads` takes.
+const NORM_ROWS_PER_INVOCATION: usize = 8;
+
+impl BatchNormKernels {
+    /// The kernel and grid of `pass` over `values` values per channel of `channels` channels:
+    /// the vec4 entry points where the channels come in fours; a workgroup per channel (or four)
+    /// for the sums, an invocation per value (or per 8 rows of four channels) for the rest.
+    pub fn launch(
+        &self,
+        pass: NormPass,
+        channels: usize,
+        values: usize,
+        max_groups: u32,
+    ) -> (&Kernel, [u32; 3]) {
+        let quads = channels.is_multiple_of(4);
+        let lanes = if quads { 4 } else { 1 };
+        let per_channel = [(channels / lanes) as u32, 1, 1];
+        // The _quads elementwise passes take several rows of a channel quad per invocation.
+        let rows = if quads {
+            values.div_ceil(NORM_ROWS_PER_INVOCATION)
+        } else {
+            values
+        };
+        let per_value = grid_1d(rows * channels / lanes, ROW_WORKGROUP, max_groups);
+        let (scalar, four, grid) = match pass {
+            NormPass::Statistics => (&self.statistics, &self.statistics_quads, per_channel),
+            NormPass::Normalize => (&self.normalize, &self.normalize_quads, per_value),
+            NormPass::BackwardSums => (&self.backward_sums, &self.backward_sums_quads, per_channel),
+            NormPass::BackwardInput => {
+                (&self.backward_input, &self.backward_input_quads, per_value)
+            }
+            NormPass::BackwardInputEvaluation => {
+                let grid = grid_1d(values * channels, ROW_WORKGROUP, max_groups);
+                return (&self.backward_input_evaluation, grid);
+            }
+        };
+        (if quads { four } else { scalar }, grid)
+    }
+}
+
+impl KernelFamily for BatchNormKernels {
+    const SHADER: (&'static str, &'static str) =
+        ("batchnorm.wgsl", crate::shader_source!("batchnorm.wgsl"));
+
+    fn build(module: &FamilyModule<'_>) -> Self {
+        use Slot::*;
+        let statistics = [(0, Params), (1, Read), (2, ReadWrite), (3, ReadWrite)];
+        let normalize = [
+            (0, Params),
+            (1, Read),
+            (2, Read),
+            (3, Read),
+            (4, Read),
+            (7, ReadWrite),
+        ];
+        let sums = [
+            (0, Params),
+            (1, Read),
+            (2, Read),
+            (5, Read),
+            (6, ReadWrite),
+            (8, Read),
+        ];
+        let input = [
+            (0, Params),
+            (1, Read),
+            (2, Read),
+            (4, Read),
+            (5, Read),
+            (6, Read),
+            (7, ReadWrite),
+            (8, Read),
+        ];
+        let input_evaluation = [
+            (0, Params),
+            (3, Read),
+            (4, Read),
+            (5, Read),
+            (7, ReadWrite),
+            (8, Read),
+        ];
+        let kernel = |name, slots: &[(u32, Slot)]| module.kernel(name, slots);
+        BatchNormKernels {
+            statistics: kernel("batchnorm_statistics", &statistics),
+            normalize: kernel("batchnorm_normalize", &normalize),
+            backward_sums: kernel("batchnorm_backward_sums", &sums),
+            backward_input: kernel("batchnorm_backward_input", &input),
+            statistics_quads: kernel("batchnorm_statistics_quads", &statistics),
+            normalize_quads: kernel("batchnorm_normalize_quads", &normalize),
+            backward_sums_quads: kernel("batchnorm_backward_sums_quads", &sums),
+            backward_input_quads: kernel("batchnorm_backward_input_quads", &input),
+            backward_input_evaluation: kernel(
+                "batchnorm_backward_input_evaluation",
+                &input_evaluation,
+            ),
+        }
+    }
+}
 
 /// A BatchNorm in a training program, with the batch's mean and inverse deviation per channel.
 pub(crate) struct BatchNormDevice {
@@ -91,7 +238,7 @@ impl BatchNormDevice {
         rows: usize,
     ) -> (&'k Kernel, [u32; 3]) {
         let values = rows * self.positions;
-        let kernels = context.kernels.batchnorm();
+        let kernels = context.kernels.family::<BatchNormKernels>();
         kernels.launch(pass, self.norm.channels, values, context.max_groups())
     }
 }
@@ -305,6 +452,135 @@ pub fn reference_backward_evaluation(norm: &NormParams, params: &[f32], dy: &[f3
 /// every adapter's limit.
 const MAX_NORM_CHANNELS: usize = 65_535;
 
+/// What a BatchNorm pass reads besides its input: γ and β, the running mean and variance.
+pub struct NormInputs<'a> {
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub running_mean: &'a [f32],
+    pub running_var: &'a [f32],
+}
+
+/// What batchnorm.wgsl's passes give back: the output (Y, or dX backward), the per-channel
+/// statistics (mean, then invstd), the state after (running mean, then variance) and, backward,
+/// the gradient buffer's dγ and dβ.
+pub struct NormOutputs {
+    pub values: Vec<f32>,
+    pub stats: Vec<f32>,
+    pub state: Vec<f32>,
+    pub dgamma_dbeta: Vec<f32>,
+}
+
+/// batchnorm.wgsl run once on host data, for `selftest` (`_quads` where the channels come in
+/// fours), on x `[values, channels]`, with
+/// `activation` folded in: in training the statistics pass then the normalisation; in evaluation
+/// the normalisation alone. With `dy`, then the backward passes (dx then in `values`): in
+/// training the sums and the input gradient, in evaluation the input gradient through the
+/// running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn gpu_passes(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    x: &[f32],
+    inputs: &NormInputs<'_>,
+    activation: LayerActivation,
+    training: bool,
+    dy: Option<&[f32]>,
+) -> Result<NormOutputs> {
+    let channels = inputs.gamma.len();
+    let values = x.len() / channels;
+    let shape = NormShape {
+        values: values as u32,
+        channels: channels as u32,
+        gamma: 0,
+        beta: channels as u32,
+        running_mean: 0,
+        running_var: channels as u32,
+        training: training as u32,
+        momentum: BATCH_NORM_MOMENTUM,
+        epsilon: BATCH_NORM_EPSILON,
+        activation: activation.shader_code(),
+        _pad: [0; 2],
+    };
+    let shape = gpu.params_with("shape", &shape);
+    let x_buffer = gpu.storage_with("x", x)?;
+    let params = gpu.storage_with("params", &[inputs.gamma, inputs.beta].concat())?;
+    let state = [inputs.running_mean, inputs.running_var].concat();
+    let state = gpu.storage_with("state", &state)?;
+    let stats = gpu.storage_with("stats", &vec![f32::NAN; 2 * channels])?;
+    let y = gpu.storage_with("y", &vec![f32::NAN; x.len()])?;
+    let dx = gpu.storage_with("dx", &vec![f32::NAN; x.len()])?;
+    let grads = gpu.storage_with("grads", &vec![f32::NAN; 2 * channels])?;
+    let k = kernels.family::<BatchNormKernels>();
+    let launch = |pass| k.launch(pass, channels, values, ops::max_groups(gpu));
+    let run = |kernel: &Kernel, resources: &[wgpu::BindingResource<'_>], grid| {
+        ops::dispatch(gpu, kernel, &kernel.bind(gpu, resources), grid)
+    };
+    if training {
+        let (kernel, grid) = launch(NormPass::Statistics);
+        let resources = [
+            shape.as_entire_binding(),
+            x_buffer.as_entire_binding(),
+            stats.as_entire_binding(),
+            state.as_entire_binding(),
+        ];
+        run(kernel, &resources, grid);
+    }
+    let resources = [
+        shape.as_entire_binding(),
+        x_buffer.as_entire_binding(),
+        stats.as_entire_binding(),
+        state.as_entire_binding(),
+        params.as_entire_binding(),
+        y.as_entire_binding(),
+    ];
+    let (kernel, grid) = launch(NormPass::Normalize);
+    run(kernel, &resources, grid);
+    if let Some(dy) = dy.filter(|_| !training) {
+        let dy = gpu.storage_with("dy", dy)?;
+        let resources = [
+            shape.as_entire_binding(),
+            state.as_entire_binding(),
+            params.as_entire_binding(),
+            dy.as_entire_binding(),
+            dx.as_entire_binding(),
+            y.as_entire_binding(),
+        ];
+        let (kernel, grid) = launch(NormPass::BackwardInputEvaluation);
+        run(kernel, &resources, grid);
+    } else if let Some(dy) = dy {
+        let dy = gpu.storage_with("dy", dy)?;
+        let resources = [
+            shape.as_entire_binding(),
+            x_buffer.as_entire_binding(),
+            stats.as_entire_binding(),
+            dy.as_entire_binding(),
+            grads.as_entire_binding(),
+            y.as_entire_binding(),
+        ];
+        let (kernel, grid) = launch(NormPass::BackwardSums);
+        run(kernel, &resources, grid);
+        let resources = [
+            shape.as_entire_binding(),
+            x_buffer.as_entire_binding(),
+            stats.as_entire_binding(),
+            params.as_entire_binding(),
+            dy.as_entire_binding(),
+            grads.as_entire_binding(),
+            dx.as_entire_binding(),
+            y.as_entire_binding(),
+        ];
+        let (kernel, grid) = launch(NormPass::BackwardInput);
+        run(kernel, &resources, grid);
+    }
+    let out = if dy.is_some() { &dx } else { &y };
+    Ok(NormOutputs {
+        values: gpu.read_back(out, x.len())?,
+        stats: gpu.read_back(&stats, 2 * channels)?,
+        state: gpu.read_back(&state, 2 * channels)?,
+        dgamma_dbeta: gpu.read_back(&grads, 2 * channels)?,
+    })
+}
+
 /// BatchNorm as `--layers` names it: `bn`, or `bn:relu` (`:sigmoid`, `:tanh`) with the
 /// activation after it folded into its passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,5 +709,30 @@ impl LayerKind for BatchNorm {
             position: Box::new(move |j| start + channels_last_index(flattened_from, j)),
         })
         .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::uniforms::twins::{assert_twin, host_layout};
+
+    /// The host structs this kind writes have the layout of their WGSL twins.
+    #[test]
+    fn host_structs_have_the_layout_of_their_wgsl_twins() {
+        let (name, source) = BatchNormKernels::SHADER;
+        let shape = host_layout!(NormShape {
+            values,
+            channels,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            training,
+            momentum,
+            epsilon,
+            activation
+        });
+        assert_twin(name, source, "NormShape", shape);
     }
 }

@@ -10,13 +10,126 @@ use super::context::LayerContext;
 use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
 use super::{Backward, DeviceLayer, DevicePasses, LayerIo, PoolWindows, pool_size};
 use crate::error::Result;
-use crate::gpu::Gpu;
 use crate::gpu::buffers::grid_1d;
-use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::kernels::{FamilyModule, KernelFamily, ROW_WORKGROUP, Slot};
 use crate::gpu::program::Program;
-use crate::gpu::uniforms::PoolShape;
+use crate::gpu::{Gpu, Kernel, Kernels, ops};
 use crate::reference;
 use crate::shapes::{Geometry, LayerActivation, Shape};
+
+/// `PoolShape` in pool.wgsl and avgpool.wgsl (shaders/shared/pool_shape.wgsl).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PoolShape {
+    pub samples: u32,
+    pub in_height: u32,
+    pub in_width: u32,
+    pub channels: u32,
+    pub out_height: u32,
+    pub out_width: u32,
+    pub size_y: u32,
+    pub size_x: u32,
+    pub stride_y: u32,
+    pub stride_x: u32,
+    /// Backward: the activation code of the layer beneath whose derivative is applied.
+    pub derivative: u32,
+    pub _pad: u32,
+}
+
+impl PoolShape {
+    /// The shape of `samples` samples through `geometry`'s windows; `derivative`: the activation
+    /// of the layer beneath, whose derivative a max pool's backward applies.
+    pub fn new(samples: usize, geometry: &Geometry, derivative: LayerActivation) -> Self {
+        let (rows, cols) = (geometry.rows, geometry.columns);
+        PoolShape {
+            samples: samples as u32,
+            in_height: rows.input as u32,
+            in_width: cols.input as u32,
+            channels: geometry.input.channels as u32,
+            out_height: rows.output as u32,
+            out_width: cols.output as u32,
+            size_y: rows.size as u32,
+            size_x: cols.size as u32,
+            stride_y: rows.stride as u32,
+            stride_x: cols.stride as u32,
+            derivative: derivative.shader_code(),
+            _pad: 0,
+        }
+    }
+}
+
+/// pool.wgsl: max pooling and its gather backward, per channel and four channels at a time.
+pub struct PoolKernels {
+    pub forward: Kernel,
+    pub forward_quads: Kernel,
+    pub backward: Kernel,
+    pub backward_quads: Kernel,
+    pub backward_tiles_quads: Kernel,
+}
+
+impl PoolKernels {
+    /// The forward kernel for `geometry` and its invocations over `samples` samples.
+    pub fn forward_for(&self, geometry: &Geometry, samples: usize) -> (&Kernel, usize) {
+        let values = samples * geometry.output.len();
+        match geometry.input.channels % 4 {
+            0 => (&self.forward_quads, values / 4),
+            _ => (&self.forward, values),
+        }
+    }
+
+    /// The backward kernel for `geometry` over `samples` samples: where the channels come in
+    /// fours and the windows tile the input, one invocation per window's quad of channels,
+    /// reading the derivative below at the pool's output; otherwise one per input value (or
+    /// quad), reading it at the pool's input.
+    pub fn backward_for(&self, geometry: &Geometry, samples: usize) -> PoolBackward<'_> {
+        let tiles = geometry.rows.stride == geometry.rows.size
+            && geometry.columns.stride == geometry.columns.size;
+        let (kernel, invocations, reads_output) = match (geometry.input.channels % 4, tiles) {
+            (0, true) => (
+                &self.backward_tiles_quads,
+                samples * geometry.output.len() / 4,
+                true,
+            ),
+            (0, false) => (
+                &self.backward_quads,
+                samples * geometry.input.len() / 4,
+                false,
+            ),
+            _ => (&self.backward, samples * geometry.input.len(), false),
+        };
+        PoolBackward {
+            kernel,
+            invocations,
+            reads_output,
+        }
+    }
+}
+
+/// A max pool's backward dispatch (`PoolKernels::backward_for`).
+pub struct PoolBackward<'k> {
+    pub kernel: &'k Kernel,
+    pub invocations: usize,
+    /// Whether the kernel's `below` binding takes the pool's output (each window's maximum, the
+    /// one value of a window whose derivative counts) rather than its input.
+    pub reads_output: bool,
+}
+
+impl KernelFamily for PoolKernels {
+    const SHADER: (&'static str, &'static str) = ("pool.wgsl", crate::shader_source!("pool.wgsl"));
+
+    fn build(module: &FamilyModule<'_>) -> Self {
+        use Slot::*;
+        let forward = [(0, Params), (1, Read), (2, ReadWrite), (3, ReadWrite)];
+        let backward = [(0, Params), (1, Read), (2, ReadWrite), (3, Read), (4, Read)];
+        PoolKernels {
+            forward: module.kernel("maxpool_forward", &forward),
+            forward_quads: module.kernel("maxpool_forward_quads", &forward),
+            backward: module.kernel("maxpool_backward", &backward),
+            backward_quads: module.kernel("maxpool_backward_quads", &backward),
+            backward_tiles_quads: module.kernel("maxpool_backward_tiles_quads", &backward),
+        }
+    }
+}
 
 /// A max pool in a training program, with where each output's maximum was.
 pub(crate) struct PoolDevice {
@@ -54,7 +167,7 @@ impl DevicePasses for PoolDevice {
             io.output.buffer.as_entire_binding(),
             self.argmax.as_entire_binding(),
         ];
-        let (kernel, invocations) = context.kernels.pool.forward_for(g, rows);
+        let (kernel, invocations) = context.kernels.family::<PoolKernels>().forward_for(g, rows);
         let grid = grid_1d(invocations, ROW_WORKGROUP, context.max_groups());
         program.dispatch(context.gpu, kernel, &resources, grid);
     }
@@ -74,7 +187,10 @@ impl DevicePasses for PoolDevice {
         let shape = context
             .gpu
             .params_with("pool shape", &PoolShape::new(rows, g, backward.below));
-        let chosen = context.kernels.pool.backward_for(g, rows);
+        let chosen = context
+            .kernels
+            .family::<PoolKernels>()
+            .backward_for(g, rows);
         let below = match chosen.reads_output {
             true => io.output,
             false => io.input,
@@ -101,6 +217,75 @@ pub fn reference_forward(geometry: &Geometry, x: &[f32], rows: usize) -> (Vec<f3
 pub fn reference_backward(geometry: &Geometry, x: &[f32], dy: &[f32], rows: usize) -> Vec<f32> {
     let (_, argmax) = reference::maxpool_forward(x, rows, geometry);
     reference::maxpool_backward(dy, &argmax, rows, geometry, x, LayerActivation::Identity)
+}
+
+/// pool.wgsl `maxpool_forward` (`_quads` where the channels come in fours) run once on host
+/// data, for `selftest`: (y, argmax).
+pub fn gpu_forward(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    x: &[f32],
+    rows: usize,
+    geometry: &Geometry,
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    let shape = PoolShape::new(rows, geometry, LayerActivation::Identity);
+    let shape = gpu.params_with("shape", &shape);
+    let x_buffer = gpu.storage_with("x", x)?;
+    let len = rows * geometry.output.len();
+    let y = gpu.storage_with("y", &vec![f32::NAN; len])?;
+    let argmax = gpu.storage_with("argmax", &vec![u32::MAX; len])?;
+    let (kernel, invocations) = kernels.family::<PoolKernels>().forward_for(geometry, rows);
+    let resources = [
+        shape.as_entire_binding(),
+        x_buffer.as_entire_binding(),
+        y.as_entire_binding(),
+        argmax.as_entire_binding(),
+    ];
+    let grid = ops::grid_of(gpu, invocations);
+    ops::dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
+    Ok((gpu.read_back(&y, len)?, gpu.read_back(&argmax, len)?))
+}
+
+/// pool.wgsl `maxpool_backward` (`_quads` where the channels come in fours): the input gradient,
+/// times below'(x).
+#[allow(clippy::too_many_arguments)]
+pub fn gpu_backward(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    output_grads: &[f32],
+    argmax: &[u32],
+    rows: usize,
+    geometry: &Geometry,
+    x: &[f32],
+    below: LayerActivation,
+) -> Result<Vec<f32>> {
+    let shape = gpu.params_with("shape", &PoolShape::new(rows, geometry, below));
+    let grads = gpu.storage_with("output grads", output_grads)?;
+    let argmax_buffer = gpu.storage_with("argmax", argmax)?;
+    let chosen = kernels.family::<PoolKernels>().backward_for(geometry, rows);
+    // Where the kernel reads the derivative at the pool's output: x's values at the argmax.
+    let below_values = match chosen.reads_output {
+        true => reference::maxpool_winners(x, argmax, rows, geometry),
+        false => x.to_vec(),
+    };
+    let x_buffer = gpu.storage_with("below", &below_values)?;
+    let len = rows * geometry.input.len();
+    let out = gpu.storage_with("input grads", &vec![f32::NAN; len])?;
+    let resources = [
+        shape.as_entire_binding(),
+        grads.as_entire_binding(),
+        out.as_entire_binding(),
+        argmax_buffer.as_entire_binding(),
+        x_buffer.as_entire_binding(),
+    ];
+    let grid = ops::grid_of(gpu, chosen.invocations);
+    ops::dispatch(
+        gpu,
+        chosen.kernel,
+        &chosen.kernel.bind(gpu, &resources),
+        grid,
+    );
+    gpu.read_back(&out, len)
 }
 
 /// MaxPool2D as `--layers` names it: `maxpool<size>[s<stride>]`.
@@ -166,5 +351,35 @@ impl LayerKind for MaxPool2d {
             .geometry(args.input)
             .expect("a planned layer fits its input");
         Some(reference_backward(&geometry, args.x, args.dz, args.rows))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::uniforms::twins::{assert_twin, host_layout};
+
+    /// The host structs this kind writes have the layout of their WGSL twins.
+    #[test]
+    fn host_structs_have_the_layout_of_their_wgsl_twins() {
+        let (name, source) = PoolKernels::SHADER;
+        assert_twin(
+            name,
+            source,
+            "PoolShape",
+            host_layout!(PoolShape {
+                samples,
+                in_height,
+                in_width,
+                channels,
+                out_height,
+                out_width,
+                size_y,
+                size_x,
+                stride_y,
+                stride_x,
+                derivative
+            }),
+        );
     }
 }
