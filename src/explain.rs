@@ -59,7 +59,8 @@ impl Method {
     pub fn default_for(plan: &Plan) -> Method {
         let pooled = grad_cam_feature(plan).is_some_and(|t| {
             let consumers = &plan.tensors[t].consumers;
-            (consumers.iter()).all(|&n| matches!(plan.layer(n), Some(LayerSpec::GlobalAvgPool(_))))
+            let averages = |n| plan.layer(n).and_then(LayerSpec::kind);
+            (consumers.iter()).all(|&n| averages(n).is_some_and(|k| k.averages_each_channel()))
         });
         match pooled {
             true => Method::GradCam,
@@ -76,15 +77,8 @@ pub fn grad_cam_feature(plan: &Plan) -> Option<TensorId> {
         let tensor = &plan.tensors[t];
         // None for a residual sum.
         let made_by = tensor.producer.and_then(|p| plan.layer(p));
-        let pooled_or_flat = made_by.is_some_and(|layer| {
-            matches!(
-                layer,
-                LayerSpec::MaxPool2d(_)
-                    | LayerSpec::AvgPool2d(_)
-                    | LayerSpec::GlobalAvgPool(_)
-                    | LayerSpec::Flatten(_)
-            )
-        });
+        let pooled_or_flat =
+            (made_by.and_then(LayerSpec::kind)).is_some_and(|kind| kind.combines_positions());
         tensor.shape.height * tensor.shape.width > 1 && !pooled_or_flat
     })
 }

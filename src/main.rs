@@ -313,16 +313,17 @@ struct RecipeArgs {
     /// that loads its file) [default: mlp].
     #[arg(help_heading = "Model", long, value_enum, conflicts_with = "layers")]
     model: Option<ModelPreset>,
-    /// Any model as a list of layers (instead of --model / --hidden): comma-separated
-    /// conv<filters>k<size>[s<stride>][same|p<pad>], maxpool<size>[s<stride>],
-    /// avgpool<size>[s<stride>], gap (global average pool), bn (BatchNorm; bn:relu with its activation), relu, sigmoid, tanh,
-    /// flatten, dropout<rate>, dense<units>, and residual blocks res(<layers>) (their output
-    /// added to their input) or res(<layers>|<shortcut layers>); dense and conv may end in
-    /// :relu, :sigmoid, :tanh or :linear (default --activation; linear for the last layer, one
-    /// followed by bn, and the last of a block's branch), conv in :nobias, e.g.
-    /// conv32k3,maxpool2,conv64k3,maxpool2,flatten,dropout0.5,dense10 or
-    /// conv16k3p1:nobias,bn:relu,res(conv16k3p1:nobias,bn:relu,conv16k3p1:nobias,bn),relu,gap,dense10.
-    #[arg(help_heading = "Model", long, value_name = "LIST", value_parser = check_layers, conflicts_with = "hidden")]
+    #[arg(
+        help_heading = "Model",
+        long,
+        value_name = "LIST",
+        value_parser = check_layers,
+        conflicts_with = "hidden",
+        help = format!(
+            "Any model (instead of --model / --hidden) as {}.",
+            shadertrain::model::layers_syntax()
+        )
+    )]
     layers: Option<String>,
     /// Hold out this fraction of the training set, its last samples as loaded (Keras'
     /// validation_split), and report val_loss and val_acc every epoch [default: 0; 0.1 with

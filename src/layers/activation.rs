@@ -98,6 +98,9 @@ pub fn reference_backward(activation: LayerActivation, y: &[f32], dy: &[f32]) ->
 pub struct ActivationLayer(pub Activation);
 
 impl ActivationLayer {
+    /// The token as `--help` and the errors of `--layers` describe it.
+    pub const SYNTAX: &'static str = "relu, sigmoid, tanh";
+
     /// Reads `relu`, `sigmoid` or `tanh`.
     pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
         let activation = match LayerActivation::from_name(body)? {

@@ -215,6 +215,9 @@ pub struct AvgPool2d {
 }
 
 impl AvgPool2d {
+    /// The token as `--help` and the errors of `--layers` describe it.
+    pub const SYNTAX: &'static str = "avgpool<size>[s<stride>]";
+
     /// Reads `avgpool<size>[s<stride>]`.
     pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
         let rest = body.strip_prefix("avgpool")?;
@@ -230,6 +233,9 @@ impl AvgPool2d {
 pub struct GlobalAvgPool;
 
 impl GlobalAvgPool {
+    /// The token as `--help` and the errors of `--layers` describe it.
+    pub const SYNTAX: &'static str = "gap (global average pool)";
+
     /// Reads `gap`.
     pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
         (body == "gap").then(|| options.plain(GlobalAvgPool))
@@ -272,6 +278,10 @@ impl AvgPool2d {
 }
 
 impl LayerKind for AvgPool2d {
+    fn combines_positions(&self) -> bool {
+        true
+    }
+
     fn token(&self) -> String {
         self.windows().token("avgpool")
     }
@@ -302,6 +312,14 @@ impl LayerKind for AvgPool2d {
 }
 
 impl LayerKind for GlobalAvgPool {
+    fn combines_positions(&self) -> bool {
+        true
+    }
+
+    fn averages_each_channel(&self) -> bool {
+        true
+    }
+
     fn token(&self) -> String {
         "gap".into()
     }

@@ -589,6 +589,9 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
+    /// The token as `--help` and the errors of `--layers` describe it.
+    pub const SYNTAX: &'static str = "bn[:<activation>] (BatchNorm)";
+
     /// Reads `bn[:activation]`: linear unless it names one (not `--activation`: a BatchNorm is
     /// usually followed by its activation, or by a sum).
     pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
@@ -602,6 +605,10 @@ impl BatchNorm {
 }
 
 impl LayerKind for BatchNorm {
+    fn linear_before(&self) -> bool {
+        true
+    }
+
     fn token(&self) -> String {
         match self.activation {
             LayerActivation::Identity => "bn".into(),

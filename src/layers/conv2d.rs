@@ -325,6 +325,10 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// The token as `--help` and the errors of `--layers` describe it.
+    pub const SYNTAX: &'static str =
+        "conv<filters>k<size>[s<stride>][same|p<pad>][:<activation>][:nobias]";
+
     /// Reads `conv<filters>k<size>...`.
     pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
         let rest = body.strip_prefix("conv")?;
@@ -364,6 +368,10 @@ impl Conv2d {
 }
 
 impl LayerKind for Conv2d {
+    fn takes_default_activation(&self) -> bool {
+        true
+    }
+
     fn token(&self) -> String {
         let stride = match self.stride {
             1 => String::new(),

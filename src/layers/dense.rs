@@ -185,6 +185,9 @@ pub struct Dense {
 }
 
 impl Dense {
+    /// The token as `--help` and the errors of `--layers` describe it.
+    pub const SYNTAX: &'static str = "dense<units>[:<activation>]";
+
     /// Reads `dense<units>`.
     pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
         let rest = body.strip_prefix("dense")?;
@@ -205,6 +208,10 @@ impl Dense {
 }
 
 impl LayerKind for Dense {
+    fn takes_default_activation(&self) -> bool {
+        true
+    }
+
     fn token(&self) -> String {
         format!("dense{}:{}", self.units, self.activation.name())
     }

@@ -212,6 +212,9 @@ pub struct Dropout {
 }
 
 impl Dropout {
+    /// The token as `--help` and the errors of `--layers` describe it.
+    pub const SYNTAX: &'static str = "dropout<rate>";
+
     /// Reads `dropout<rate>`.
     pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
         let rest = body.strip_prefix("dropout")?;

@@ -42,6 +42,9 @@ impl DevicePasses for FlattenDevice {
 pub struct Flatten;
 
 impl Flatten {
+    /// The token as `--help` and the errors of `--layers` describe it.
+    pub const SYNTAX: &'static str = "flatten";
+
     /// Reads `flatten`.
     pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
         (body == "flatten").then(|| options.plain(Flatten))
@@ -49,6 +52,10 @@ impl Flatten {
 }
 
 impl LayerKind for Flatten {
+    fn combines_positions(&self) -> bool {
+        true
+    }
+
     fn token(&self) -> String {
         "flatten".into()
     }

@@ -182,6 +182,30 @@ pub(crate) trait LayerKind: std::fmt::Debug {
         Some(Parameters::None)
     }
 
+    /// Whether the layer, naming no activation in its token, takes `--activation` (dense and
+    /// conv), unless `parse_layers` makes it linear.
+    fn takes_default_activation(&self) -> bool {
+        false
+    }
+
+    /// Whether a layer before this one that takes `--activation` is linear instead (BatchNorm:
+    /// the activation comes after the normalisation).
+    fn linear_before(&self) -> bool {
+        false
+    }
+
+    /// Whether the layer combines positions (a pool, or a flatten that makes them features): its
+    /// output is no feature map for Grad-CAM.
+    fn combines_positions(&self) -> bool {
+        false
+    }
+
+    /// Whether the layer averages each channel over all positions (global average pooling), so
+    /// that Grad-CAM's channel weights are what the score takes from each channel.
+    fn averages_each_channel(&self) -> bool {
+        false
+    }
+
     /// Whether the layer's output is its input, unmoved (Flatten): the trainer shares the buffers.
     fn moves_nothing(&self) -> bool {
         false

@@ -296,6 +296,9 @@ pub struct MaxPool2d {
 }
 
 impl MaxPool2d {
+    /// The token as `--help` and the errors of `--layers` describe it.
+    pub const SYNTAX: &'static str = "maxpool<size>[s<stride>]";
+
     /// Reads `maxpool<size>[s<stride>]`.
     pub fn parse(body: &str, options: &TokenOptions) -> Option<std::result::Result<Self, String>> {
         let rest = body.strip_prefix("maxpool")?;
@@ -316,6 +319,10 @@ impl MaxPool2d {
 }
 
 impl LayerKind for MaxPool2d {
+    fn combines_positions(&self) -> bool {
+        true
+    }
+
     fn token(&self) -> String {
         self.windows().token("maxpool")
     }

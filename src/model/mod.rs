@@ -45,6 +45,9 @@ macro_rules! layer_kinds {
             }
         }
 
+        /// Each kind's token, as `--help` and the errors of `--layers` describe it.
+        const KIND_SYNTAX: &[&str] = &[$(<$kind>::SYNTAX),*];
+
         /// A token's body with its options, as the first kind that recognises it.
         fn parse_kind(
             body: &str,
@@ -61,7 +64,6 @@ macro_rules! layer_kinds {
 // The registry: each kind is its own file in `crate::layers` (its token, shapes, parameters,
 // GPU passes, CPU reference and PyTorch tensors) plus its shader, and one line here.
 layer_kinds! {
-    Dense(dense::Dense),
     Conv2d(conv2d::Conv2d),
     MaxPool2d(pool::MaxPool2d),
     AvgPool2d(avgpool::AvgPool2d),
@@ -70,6 +72,7 @@ layer_kinds! {
     Activation(activation::ActivationLayer),
     Flatten(flatten::Flatten),
     Dropout(dropout::Dropout),
+    Dense(dense::Dense),
 }
 
 /// The two branches of a residual block, each a list of layers applied to the block's input.
@@ -160,15 +163,20 @@ impl LayerSpec {
     }
 }
 
-/// The syntax of `--layers`, for messages and `--help`.
-pub const LAYERS_SYNTAX: &str = "comma-separated layers: conv<filters>k<size>[s<stride>][same|p<pad>], \
-    maxpool<size>[s<stride>], avgpool<size>[s<stride>], gap (global average pool), bn \
-    (BatchNorm), relu, sigmoid, tanh, flatten, dropout<rate>, dense<units>, and res(<layers>) or \
-    res(<layers>|<shortcut layers>), a residual block adding its layers' output to its input (or \
-    to its shortcut's output); dense and conv may end in :relu, :sigmoid, :tanh or :linear \
-    (default: --activation; linear for the last layer, for one followed by bn and for the last \
-    of a block's branch), and conv in :nobias, e.g. conv32k3,maxpool2,conv64k3,maxpool2,flatten,\
-    dropout0.5,dense10 or conv16k3p1:nobias,bn:relu,res(conv16k3p1:nobias,bn:relu,conv16k3p1:nobias,bn),relu,gap,dense10";
+/// The syntax of `--layers`, for messages and `--help`: the kinds' tokens (from the registry),
+/// the residual block's, and the options.
+pub fn layers_syntax() -> String {
+    format!(
+        "comma-separated layers: {}, and res(<layers>) or res(<layers>|<shortcut layers>), a \
+         residual block adding its layers' output to its input (or to its shortcut's output); \
+         <activation> is relu, sigmoid, tanh or linear (where a dense or conv layer names none: \
+         --activation, but linear for the last layer, for one followed by bn and for the last of \
+         a block's branch), e.g. conv32k3,maxpool2,conv64k3,maxpool2,flatten,dropout0.5,dense10 \
+         or conv16k3p1:nobias,bn:relu,res(conv16k3p1:nobias,bn:relu,conv16k3p1:nobias,bn),relu,\
+         gap,dense10",
+        KIND_SYNTAX.join(", ")
+    )
+}
 
 /// A layer list's problem: the index (from 0) of the layer it is in, its token and what is
 /// wrong.
@@ -220,11 +228,12 @@ pub fn parse_layers(
     default: Activation,
 ) -> std::result::Result<Vec<LayerSpec>, String> {
     let tokens = split_outside_parentheses(text, ',')
-        .map_err(|e| format!("{e}; expected {LAYERS_SYNTAX}"))?;
+        .map_err(|e| format!("{e}; expected {}", layers_syntax()))?;
     parse_list(&tokens, default, false).map_err(|(i, token, problem)| {
         format!(
-            "layer {} ({token:?}): {problem}; expected {LAYERS_SYNTAX}",
-            i + 1
+            "layer {} ({token:?}): {problem}; expected {}",
+            i + 1,
+            layers_syntax()
         )
     })
 }
@@ -236,22 +245,26 @@ fn parse_list(
     default: Activation,
     in_block: bool,
 ) -> std::result::Result<Vec<LayerSpec>, ListError> {
-    let weighted = |t: &str| t.starts_with("dense") || t.starts_with("conv");
-    let last_with_weights = tokens.iter().rposition(|t| weighted(t));
-    tokens
-        .iter()
-        .enumerate()
-        .map(|(i, &token)| {
+    let hidden = LayerActivation::Hidden(default);
+    let parse = |i: usize, token: &str, fallback| {
+        parse_layer(token, fallback, default).map_err(|problem| (i, token.to_string(), problem))
+    };
+    let layers = (tokens.iter().enumerate())
+        .map(|(i, &token)| parse(i, token, hidden))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let kind = |i: usize| layers.get(i).and_then(LayerSpec::kind);
+    let takes_default = |i: usize| kind(i).is_some_and(|k| k.takes_default_activation());
+    let last_with_weights = (0..layers.len()).rev().find(|&i| takes_default(i));
+    (0..layers.len())
+        .map(|i| {
             let linear = (!in_block && Some(i) == last_with_weights)
                 || (in_block && i + 1 == tokens.len())
-                || tokens
-                    .get(i + 1)
-                    .is_some_and(|next| next.split(':').next() == Some("bn"));
-            let fallback = match linear {
-                true => LayerActivation::Identity,
-                false => LayerActivation::Hidden(default),
-            };
-            parse_layer(token, fallback, default).map_err(|problem| (i, token.to_string(), problem))
+                || kind(i + 1).is_some_and(|next| next.linear_before());
+            match linear && takes_default(i) {
+                // The token again, with the identity where it names no activation.
+                true => parse(i, tokens[i], LayerActivation::Identity),
+                false => Ok(layers[i].clone()),
+            }
         })
         .collect()
 }
