@@ -12,7 +12,7 @@ use crate::input::{self, Augmentation, Standardisation};
 use crate::layers::avgpool::GlobalAvgPool;
 use crate::layers::conv2d::Conv2d;
 use crate::layers::pool::MaxPool2d;
-use crate::layers::{activation, avgpool, batchnorm, dropout, pool, residual};
+use crate::layers::{activation, avgpool, batchnorm, dropout, global_max_pool, pool, residual};
 use crate::model::{
     Activation, Geometry, LayerActivation, LayerSpec, Loss, NormParams, Padding, Shape,
     WeightMatrix,
@@ -53,7 +53,14 @@ impl Tally {
         }
     }
 
-    fn close(&mut self, case: &str, actual: &[f32], expected: &[f32], atol: f32, rtol: f32) {
+    pub(crate) fn close(
+        &mut self,
+        case: &str,
+        actual: &[f32],
+        expected: &[f32],
+        atol: f32,
+        rtol: f32,
+    ) {
         if actual.len() != expected.len() {
             self.worst_ratio = f64::INFINITY;
             self.worst = format!(
@@ -133,7 +140,7 @@ pub struct Check {
 }
 
 /// Every check, in the order `selftest` performs them.
-pub const CHECKS: [Check; 24] = [
+pub const CHECKS: [Check; 25] = [
     Check {
         name: "matmul (tiled)",
         run: |gpu, kernels, tally, rng| {
@@ -201,6 +208,10 @@ pub const CHECKS: [Check; 24] = [
     Check {
         name: "average pool forward + backward",
         run: check_average_pool_forward_backward,
+    },
+    Check {
+        name: "global max pool forward + backward",
+        run: check_global_max_pool_forward_backward,
     },
     Check {
         name: "batchnorm forward + backward",
@@ -502,6 +513,37 @@ fn check_average_pool_forward_backward(
         let expected = avgpool::reference_backward(&geometry, &dy, CONV_BATCH);
         let actual = avgpool::gpu_pass(gpu, kernels, &dy, CONV_BATCH, &geometry, false)?;
         tally.close(&format!("{what} backward"), &actual, &expected, 1e-7, 1e-6);
+    }
+    Ok(())
+}
+
+/// selftest's "global max pool forward + backward": both passes against the reference, on
+/// images of 1, 3 and 8 channels (5 × 7, and one position), ties included.
+fn check_global_max_pool_forward_backward(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    let rows = 5;
+    for input in [
+        Shape::image(1, 5, 7),
+        Shape::image(3, 5, 7),
+        Shape::image(8, 1, 1),
+    ] {
+        // Values in eighths, so that equal maxima occur.
+        let x: Vec<f32> = (0..rows * input.len())
+            .map(|_| rng.below(16) as f32 / 8.0 - 1.0)
+            .collect();
+        let dy: Vec<f32> = (0..rows * input.channels)
+            .map(|_| rng.uniform(-1.0, 1.0))
+            .collect();
+        let (y, argmax, dx) = global_max_pool::gpu_passes(gpu, kernels, input, &x, &dy, rows)?;
+        let (expected_y, expected_argmax) = global_max_pool::reference_forward(input, &x, rows);
+        tally.equal(&format!("{input} forward"), &y, &expected_y);
+        tally.equal(&format!("{input} argmax"), &argmax, &expected_argmax);
+        let expected_dx = global_max_pool::reference_backward(input, &x, &dy, rows);
+        tally.equal(&format!("{input} backward"), &dx, &expected_dx);
     }
     Ok(())
 }

@@ -407,3 +407,66 @@ fn tensors_after_a_flatten_are_in_pytorchs_order() {
     assert_eq!(value("layers.1.weight", pytorch), params[norm.gamma + ours]);
     assert_eq!(load_model(&path).unwrap().params, params);
 }
+
+/// Global max pooling (`gmp`), a kind added as its own file and shader: the reference's
+/// gradients against finite differences, the GPU's first batch and a whole GPU epoch against the
+/// reference, the same bits twice, and a saved model read back (a kind without tensors).
+#[test]
+fn global_max_pooling_trains_like_the_reference() {
+    let mut rng = Rng::new(46);
+    let input = Shape::image(3, 7, 12);
+    let layers = "conv4k3p1,bn:{a},gmp,dense3";
+    let smooth = spec(input, layers, "tanh");
+    let layout = smooth.layout();
+    let params = smooth.glorot_uniform(&mut rng);
+    let rows = 5;
+    let x = random_vec(&mut rng, rows * input.len(), 0.0, 1.0);
+    let labels: Vec<u32> = (0..rows).map(|_| rng.below(3) as u32).collect();
+    let mut trained: Vec<usize> = (layout.matrices.iter())
+        .flat_map(|m| m.weight_offset..m.bias_offset + m.outputs)
+        .collect();
+    for norm in layout.norms.iter().flatten() {
+        trained.extend(norm.gamma..norm.beta + norm.channels);
+    }
+    assert_gradients_match_finite_differences(
+        layers,
+        &smooth,
+        &params,
+        (&x[..], &labels[..]),
+        StepKey::default(),
+        &trained,
+        1e-3,
+        (3e-4, 3e-2),
+    );
+    let data = random_images(&mut rng, 23, input, 3);
+    for activation in ["relu", "tanh"] {
+        let spec = spec(input, layers, activation);
+        let what = format!("{layers} ({activation})");
+        assert_first_batch_gradients_match(&what, &spec, (&data, 5), (1e-5, 1e-3));
+    }
+    let spec = spec(input, layers, "relu");
+    let config = TrainConfig {
+        batch_size: 5,
+        seed: 9,
+        optimizer: OptimizerKind::Sgd,
+        learning_rate: 0.01,
+        ..TrainConfig::default()
+    };
+    assert_trains_like_the_reference(layers, kernels(), &spec, &config, &data);
+    let train = || {
+        let mut trainer =
+            Trainer::new(gpu(), kernels(), spec.clone(), config.clone(), &data, &data).unwrap();
+        trainer.run_epoch().unwrap();
+        trainer.parameters().unwrap()
+    };
+    let trained_params = train();
+    let bits = |params: &[f32]| params.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&trained_params), bits(&train()), "same seed, same bits");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gmp.safetensors");
+    let identity = DataIdentity::published(DatasetKind::Mnist);
+    save_model(&path, &spec, &trained_params, &identity).unwrap();
+    let saved = load_model(&path).unwrap();
+    assert_eq!(saved.spec, spec);
+    assert_eq!(bits(&saved.params), bits(&trained_params));
+}

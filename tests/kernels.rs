@@ -147,10 +147,15 @@ fn residual_sums_and_activations() {
 }
 
 #[test]
+fn global_max_pool_forward_backward() {
+    check("global max pool forward + backward");
+}
+
+#[test]
 fn every_check_has_a_test() {
     assert_eq!(
         selftest::CHECKS.len(),
-        24,
+        25,
         "add a test above for each new check"
     );
 }

@@ -16,6 +16,7 @@ pub mod conv2d;
 pub mod dense;
 pub mod dropout;
 pub mod flatten;
+pub mod global_max_pool;
 pub mod kind;
 pub mod pool;
 pub mod residual;

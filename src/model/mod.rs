@@ -14,7 +14,9 @@ pub use plan::{Node, Op, Plan, PlanTensor, TensorId};
 use crate::error::Result;
 use crate::input::Standardisation;
 use crate::layers::kind::{LayerKind, Parameters, TokenOptions};
-use crate::layers::{activation, avgpool, batchnorm, conv2d, dense, dropout, flatten, pool};
+use crate::layers::{
+    activation, avgpool, batchnorm, conv2d, dense, dropout, flatten, global_max_pool, pool,
+};
 use crate::rng::Rng;
 pub use crate::shapes::{
     Activation, BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, Geometry, LayerActivation, Loss,
@@ -68,6 +70,7 @@ layer_kinds! {
     MaxPool2d(pool::MaxPool2d),
     AvgPool2d(avgpool::AvgPool2d),
     GlobalAvgPool(avgpool::GlobalAvgPool),
+    GlobalMaxPool(global_max_pool::GlobalMaxPool),
     BatchNorm(batchnorm::BatchNorm),
     Activation(activation::ActivationLayer),
     Flatten(flatten::Flatten),
