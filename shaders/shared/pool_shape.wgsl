@@ -1,4 +1,4 @@
-// The windows of a pooling kernel (pool.wgsl, avgpool.wgsl; src/gpu/uniforms.rs `PoolShape`):
+// The windows of a pooling kernel (pool.wgsl, avgpool.wgsl; src/layers/pool.rs `PoolShape`):
 // an input of samples x H x W x C, channels-last, 'valid' windows of SY x SX, strides (TY, TX),
 // an output of OH x OW.
 struct PoolShape {

@@ -151,8 +151,9 @@ pub fn reference_backward(dy: &[f32], rate: f32, layer_key: u32, step: u32) -> V
     reference::dropout_forward(dy, layer_key, step, rate)
 }
 
-/// dropout.wgsl run once on host data, for `selftest`, at training step `step` (0 with `training` off): `dropout_forward` of x, or with
-/// `backward` = Some((x, below)) `dropout_backward` of the values as output gradients.
+/// dropout.wgsl run once on host data, for `selftest`, at training step `step` (0 with
+/// `training` off): `dropout_forward` of x, or with `backward` = Some((x, below))
+/// `dropout_backward` of the values as output gradients.
 #[allow(clippy::too_many_arguments)]
 pub fn gpu_pass(
     gpu: &Gpu,
