@@ -461,7 +461,11 @@ fn global_max_pooling_trains_like_the_reference() {
     };
     let trained_params = train();
     let bits = |params: &[f32]| params.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&trained_params), bits(&train()), "same seed, same bits");
+    assert_eq!(
+        bits(&trained_params),
+        bits(&train()),
+        "same seed, same bits"
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gmp.safetensors");
     let identity = DataIdentity::published(DatasetKind::Mnist);

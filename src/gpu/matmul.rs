@@ -24,7 +24,7 @@ use wgpu::{BindGroup, BindingResource, Buffer, CommandEncoder};
 
 use super::Gpu;
 use super::buffers::grid_1d;
-use super::kernels::{Kernel, ROW_WORKGROUP, Slot, build};
+use super::kernel::{Kernel, ROW_WORKGROUP, Slot, build};
 use super::mirror::TextureMirror;
 use super::uniforms::{ConvShape, MatmulDims, NO_EPILOGUE};
 use crate::shapes::{Geometry, LayerActivation, WeightMatrix};

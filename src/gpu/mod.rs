@@ -2,6 +2,7 @@
 
 pub mod buffers;
 pub mod context;
+pub mod kernel;
 pub mod kernels;
 pub mod matmul;
 pub mod mirror;
