@@ -363,6 +363,10 @@ fn serialise(checkpoint: &Checkpoint, path: &Path) -> Result<Vec<u8>> {
         ("label_smoothing", c.label_smoothing.to_string()),
         ("augmentation", c.augmentation.describe()),
         ("test_split", c.test_split.to_string()),
+        (
+            "batches_tracked_before",
+            c.batches_tracked_before.to_string(),
+        ),
         ("steps_per_submit", c.steps_per_submit.to_string()),
         ("train_samples", run.train_samples.to_string()),
         ("test_samples", run.test_samples.to_string()),
@@ -469,6 +473,7 @@ pub fn load_model_or_checkpoint(path: &Path) -> Result<(SavedModel, Option<u64>)
         spec: checkpoint.run.spec,
         params: checkpoint.state.parameters,
         data: checkpoint.run.data,
+        batches_tracked: checkpoint.run.config.batches_tracked_before + checkpoint.state.steps_done,
     };
     Ok((saved, Some(checkpoint.state.steps_done)))
 }
@@ -542,6 +547,7 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
                 .map_err(|e| bad(format!("__metadata__ augmentation: {e}")))?,
         },
         test_split: meta.if_present("test_split")?.unwrap_or(0.0),
+        batches_tracked_before: meta.if_present("batches_tracked_before")?.unwrap_or(0),
     };
     config.validate().map_err(|e| bad(e.to_string()))?;
     let run = RunDescription {

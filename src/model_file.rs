@@ -5,7 +5,8 @@
 //! `layers.{i}.shortcut.{j}`, `j` counting likewise), in PyTorch's layouts: a dense layer's weight `[out, in]` (`nn.Linear`), a
 //! convolution's `[out_channels, in_channels, kh, kw]` (`nn.Conv2d`; no bias where it has none),
 //! biases `[out]`, a BatchNorm's `weight` (γ), `bias` (β), `running_mean`, `running_var` `[C]`
-//! and `num_batches_tracked` (I64, as `nn.BatchNorm2d` keeps them). A dense
+//! and `num_batches_tracked` (I64, as `nn.BatchNorm2d` keeps them: the training batches it
+//! normalised, `Trainer::batches_tracked`). A dense
 //! layer after a Flatten of a C × H × W tensor numbers its inputs as `nn.Flatten` does, (channel,
 //! row, column), so `nn.Conv2d` … `nn.Flatten()` `nn.Linear` load the file with nothing but a
 //! mapping of names. (In the flat parameter buffer a weight is a `[in, out]` matrix over
@@ -58,6 +59,17 @@ pub struct SavedModel {
     pub params: Vec<f32>,
     /// The data it was trained on.
     pub data: DataIdentity,
+    /// The training batches its BatchNorms normalised (`num_batches_tracked`; 0 without any).
+    pub batches_tracked: u64,
+}
+
+/// A model's weights read for `--init`, and the training batches its BatchNorms had seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitialWeights {
+    /// Laid out as the model's `layout()` says.
+    pub params: Vec<f32>,
+    /// `num_batches_tracked` (0 where the file holds no BatchNorm counter).
+    pub batches_tracked: u64,
 }
 
 /// The command-line spelling of a flag value.
@@ -118,16 +130,20 @@ fn flattened_image(plan: &Plan, mut t: TensorId) -> Option<Shape> {
     }
 }
 
-/// Writes the model atomically.
+/// Writes the model atomically; `batches_tracked`: the training batches its BatchNorms
+/// normalised (`Trainer::batches_tracked`), written as PyTorch's `num_batches_tracked`.
 pub fn save_model(
     path: &Path,
     spec: &ModelSpec,
     params: &[f32],
     data: &DataIdentity,
+    batches_tracked: u64,
 ) -> Result<()> {
-    let bytes = model_file_bytes(spec, params, data).map_err(|problem| Error::ModelFile {
-        path: path.to_path_buf(),
-        problem,
+    let bytes = model_file_bytes(spec, params, data, batches_tracked).map_err(|problem| {
+        Error::ModelFile {
+            path: path.to_path_buf(),
+            problem,
+        }
     })?;
     write_atomically(path, &bytes)
 }
@@ -137,6 +153,7 @@ pub fn model_file_bytes(
     spec: &ModelSpec,
     params: &[f32],
     data: &DataIdentity,
+    batches_tracked: u64,
 ) -> std::result::Result<Vec<u8>, String> {
     assert_eq!(
         params.len(),
@@ -155,9 +172,11 @@ pub fn model_file_bytes(
         .collect();
     let mut metadata = describe_model(spec, data);
     metadata.insert("format".to_string(), FORMAT.to_string());
-    // PyTorch's BatchNorm counts its training batches to average with when its momentum is
-    // None; at momentum 0.1 (ours) it is never read, and we keep no count: 0.
-    let counter = 0i64.to_le_bytes();
+    // PyTorch's BatchNorm counts the batches it normalised in training (and averages by that
+    // count where its momentum is None): every BatchNorm of ours sees every step.
+    let counter = i64::try_from(batches_tracked)
+        .map_err(|_| format!("{batches_tracked} batches do not fit num_batches_tracked (i64)"))?
+        .to_le_bytes();
     let plan = spec.plan().expect("a validated model");
     let counters = batch_counter_names(&plan)
         .into_iter()
@@ -337,21 +356,33 @@ pub fn model_from_bytes(path: &Path, bytes: &[u8]) -> Result<SavedModel> {
     let metadata =
         metadata.ok_or_else(|| bad("no __metadata__: not written by shadertrain".into()))?;
     let (spec, data) = read_model_description(&metadata).map_err(&bad)?;
-    let params = read_parameters(&file, &spec, &bad)?;
-    Ok(SavedModel { spec, params, data })
+    let InitialWeights {
+        params,
+        batches_tracked,
+    } = read_parameters(&file, &spec, &bad)?;
+    Ok(SavedModel {
+        spec,
+        params,
+        data,
+        batches_tracked,
+    })
 }
 
 /// The weights of a file for the model `spec` (`--init`): a file shadertrain wrote must describe
 /// the same layers on the same input; a file without shadertrain's metadata (as PyTorch's
 /// `save_file(model.state_dict())` writes it, under our tensor names) must hold every tensor
 /// `spec` has, in name and shape.
-pub fn load_parameters_for(path: &Path, spec: &ModelSpec) -> Result<Vec<f32>> {
+pub fn load_parameters_for(path: &Path, spec: &ModelSpec) -> Result<InitialWeights> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parameters_from_bytes(path, &bytes, spec)
 }
 
 /// `load_parameters_for` on the file's bytes; `path` only names it in errors.
-pub fn parameters_from_bytes(path: &Path, bytes: &[u8], spec: &ModelSpec) -> Result<Vec<f32>> {
+pub fn parameters_from_bytes(
+    path: &Path,
+    bytes: &[u8],
+    spec: &ModelSpec,
+) -> Result<InitialWeights> {
     let bad = bad_file(path);
     let (file, metadata) = parse_safetensors(bytes, &bad)?;
     let ours = metadata.filter(|m| m.contains_key("layers") || m.contains_key("layer_sizes"));
@@ -378,13 +409,13 @@ fn bad_file(path: &Path) -> impl Fn(String) -> Error + '_ {
     }
 }
 
-/// Every tensor of `spec` from `file`, into the flat buffer's layout; a missing, extra or
-/// misshapen tensor is an error naming it.
+/// Every tensor of `spec` from `file`, into the flat buffer's layout, and the BatchNorms' batch
+/// counter; a missing, extra or misshapen tensor is an error naming it.
 fn read_parameters(
     file: &SafeTensors<'_>,
     spec: &ModelSpec,
     bad: &dyn Fn(String) -> Error,
-) -> Result<Vec<f32>> {
+) -> Result<InitialWeights> {
     // The model's tensors of another type first: their byte counts would mislead the count
     // below. (A tensor that is not the model's is named as such further down; the mappings cost
     // nothing until their positions are read, once the file is known to hold enough bytes.)
@@ -440,10 +471,33 @@ fn read_parameters(
             params[position] = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         }
     }
-    // PyTorch's batch counters may be there or not (`save_model`); nothing reads them.
-    let counters_held = (counters.iter())
-        .filter(|name| file.tensor(name).is_ok())
-        .count();
+    // PyTorch's batch counters may be there or not (files of PyTorch's may leave them out).
+    let counter_of = |name: &String| -> Result<Option<u64>> {
+        let Ok(view) = file.tensor(name) else {
+            return Ok(None);
+        };
+        let value = match (view.dtype(), view.shape(), view.data()) {
+            (Dtype::I64, [], data) if data.len() == 8 => {
+                i64::from_le_bytes(data.try_into().expect("8 bytes"))
+            }
+            (dtype, shape, _) => {
+                return Err(bad(format!(
+                    "tensor {name} is {dtype} of shape {shape:?}; a BatchNorm's batch counter \
+                     is one I64"
+                )));
+            }
+        };
+        let count = u64::try_from(value)
+            .map_err(|_| bad(format!("tensor {name} counts {value} batches")))?;
+        Ok(Some(count))
+    };
+    let held_counters: Vec<u64> = (counters.iter())
+        .map(counter_of)
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let counters_held = held_counters.len();
     if file.len() != mappings.len() + counters_held {
         let mut extra: Vec<String> = file
             .names()
@@ -461,5 +515,11 @@ fn read_parameters(
             extra.join(", ")
         )));
     }
-    Ok(params)
+    // Every BatchNorm of ours counts the same steps; of a file whose counters differ (a
+    // PyTorch model whose BatchNorms were not all trained alike), the largest.
+    let batches_tracked = held_counters.into_iter().max().unwrap_or(0);
+    Ok(InitialWeights {
+        params,
+        batches_tracked,
+    })
 }

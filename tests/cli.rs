@@ -1555,3 +1555,60 @@ fn explain_lists_and_draws_the_maps_the_reference_computes() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// Each BatchNorm's `num_batches_tracked` in a saved model counts the training batches it
+/// normalised, as PyTorch's does: the steps of the run, plus the count of the file `--init`
+/// started it from, carried through a checkpoint and a resume.
+#[test]
+fn saved_batchnorms_count_their_training_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_mnist(dir.path(), 150);
+    let data = dir.path().to_str().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let counted = |model: &str| {
+        let bytes = std::fs::read(model).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let counters = [
+            "layers.1.num_batches_tracked",
+            "layers.3.num_batches_tracked",
+        ];
+        counters.map(|name| {
+            let view = file.tensor(name).unwrap();
+            assert_eq!(view.dtype(), safetensors::Dtype::I64, "{name}");
+            i64::from_le_bytes(view.data().try_into().unwrap())
+        })
+    };
+    let train = |extra: &[&str]| {
+        let fixed = [
+            "train",
+            "--offline",
+            "--data",
+            data,
+            "--layers",
+            "conv4k3s2p1:nobias,bn:relu,flatten,dense8,bn,dense10",
+            "--batch-size",
+            "16",
+        ];
+        let (code, stdout, stderr) = shadertrain(&[&fixed[..], extra].concat());
+        assert_eq!(code, 0, "{stdout}{stderr}");
+    };
+    let (first, second) = (path("first"), path("second"));
+    train(&["--max-steps", "3", "--save", &first]);
+    assert_eq!(counted(&first), [3, 3]);
+    // 150 samples: 10 steps an epoch, so a run's count is its steps however it is cut.
+    let checkpoints = path("checkpoints");
+    train(&[
+        "--init",
+        &first,
+        "--max-steps",
+        "4",
+        "--checkpoint-dir",
+        &checkpoints,
+        "--save",
+        &second,
+    ]);
+    assert_eq!(counted(&second), [7, 7]);
+    // The resumed run saves where the first part did.
+    train(&["--resume", &checkpoints, "--max-steps", "6"]);
+    assert_eq!(counted(&second), [9, 9]);
+}

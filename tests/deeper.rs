@@ -231,7 +231,7 @@ fn a_saved_resnet_has_pytorchs_names_and_loads_back() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("resnet8.safetensors");
     let data = DataIdentity::published(DatasetKind::Mnist);
-    save_model(&path, &spec, &params, &data).unwrap();
+    save_model(&path, &spec, &params, &data, 0).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let shape = |name: &str| file.tensor(name).map(|t| t.shape().to_vec()).ok();
@@ -382,6 +382,7 @@ fn tensors_after_a_flatten_are_in_pytorchs_order() {
         &spec,
         &params,
         &DataIdentity::published(DatasetKind::Mnist),
+        0,
     )
     .unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -469,7 +470,7 @@ fn global_max_pooling_trains_like_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gmp.safetensors");
     let identity = DataIdentity::published(DatasetKind::Mnist);
-    save_model(&path, &spec, &trained_params, &identity).unwrap();
+    save_model(&path, &spec, &trained_params, &identity, 0).unwrap();
     let saved = load_model(&path).unwrap();
     assert_eq!(saved.spec, spec);
     assert_eq!(bits(&saved.params), bits(&trained_params));

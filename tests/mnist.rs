@@ -422,6 +422,7 @@ fn one_epoch_model(
         &ModelSpec::reference(),
         &params,
         &DataIdentity::published(kind),
+        0,
     )
     .unwrap();
     (model, params, test)

@@ -32,6 +32,7 @@ fn save_then_load_is_exact_and_leaves_no_temporary_file() {
         &spec(),
         &params,
         &DataIdentity::published(DatasetKind::FashionMnist),
+        0,
     )
     .unwrap();
     let loaded = load_model(&path).unwrap();
@@ -59,6 +60,7 @@ fn tensors_follow_pytorch_linear_layout() {
         &spec,
         &params,
         &DataIdentity::published(DatasetKind::Mnist),
+        0,
     )
     .unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -151,6 +153,7 @@ fn bad_files_are_refused_with_a_reason() {
         &spec(),
         &random_params(&spec()),
         &DataIdentity::published(DatasetKind::Mnist),
+        0,
     )
     .unwrap();
     let bytes = std::fs::read(&good).unwrap();
@@ -278,6 +281,7 @@ fn written_files_are_readable_by_others() {
         &spec(),
         &random_params(&spec()),
         &DataIdentity::published(DatasetKind::Mnist),
+        0,
     )
     .unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -341,6 +345,7 @@ fn convnet_tensors_have_pytorch_shapes_and_load_without_metadata() {
         &spec,
         &params,
         &DataIdentity::published(DatasetKind::Mnist),
+        0,
     )
     .unwrap();
     assert_eq!(load_model(&ours).unwrap().spec, spec);
@@ -384,7 +389,7 @@ fn convnet_tensors_have_pytorch_shapes_and_load_without_metadata() {
     without_metadata(&ours, &pytorch, None);
     // (The flat buffer pads each layer's slice; padding is not saved, so compare with the load.)
     let saved = load_model(&ours).unwrap().params;
-    assert_eq!(load_parameters_for(&pytorch, &spec).unwrap(), saved);
+    assert_eq!(load_parameters_for(&pytorch, &spec).unwrap().params, saved);
     // `load_model` needs the metadata (it says what the model is); `--init` takes it from flags.
     assert!(load_error(&pytorch).contains("__metadata__"));
 

@@ -17,15 +17,16 @@ fuzz_target!(|bytes: &[u8]| {
         let _ = (model.data.describe(), model.spec.describe());
     }
     // As `--init` reads a file for the reference model.
-    if let Ok(params) = parameters_from_bytes(path, bytes, &ModelSpec::reference()) {
-        assert_eq!(params.len(), ModelSpec::reference().layout().total);
+    if let Ok(weights) = parameters_from_bytes(path, bytes, &ModelSpec::reference()) {
+        assert_eq!(weights.params.len(), ModelSpec::reference().layout().total);
     }
     if let Ok(saved) = checkpoint::from_bytes(path, bytes) {
         let layout = saved.run.spec.layout();
         assert_eq!(saved.state.parameters.len(), layout.total);
-        // Adam's moments cover the trained parameters, not BatchNorm's running statistics.
-        if let Some((m, v)) = &saved.state.moments {
-            assert_eq!((m.len(), v.len()), (layout.trained, layout.trained));
+        // The optimizer's state covers the trained parameters, not BatchNorm's running
+        // statistics.
+        for state in &saved.state.optimizer_state {
+            assert_eq!(state.len(), layout.trained);
         }
         // A run agrees with itself (and describing it for the comparison does not panic).
         assert!(saved.run.contradictions(&saved.run).is_empty());

@@ -83,11 +83,25 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     // Checked before any work, like the output paths.
     let init = match &args.init {
         Some(path) => {
-            let params = load_parameters_for(path, &spec)
+            let weights = load_parameters_for(path, &spec)
                 .map_err(|e| Error::Config(format!("--init: {e}")))?;
-            Some((path, params))
+            Some((path, weights))
         }
         None => None,
+    };
+    // The BatchNorms' batch count goes on from the file the run started from.
+    let batches_tracked_before = match (&resumed, &init) {
+        (Some((_, saved)), _) => saved.run.config.batches_tracked_before,
+        (None, Some((_, weights))) => weights.batches_tracked,
+        (None, None) => 0,
+    };
+    let config = TrainConfig {
+        batches_tracked_before,
+        ..config
+    };
+    let run = RunDescription {
+        config: config.clone(),
+        ..run
     };
 
     // Opened before the device, the last check: a named pipe without a reader is refused here.
@@ -152,8 +166,8 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     let mut trainer = Trainer::new(&gpu, &kernels, spec, config, &train_set, &test_set)?;
     // The data lives on the GPU now.
     drop((train_set, test_set));
-    if let Some((path, params)) = init {
-        trainer.set_parameters(&params)?;
+    if let Some((path, weights)) = init {
+        trainer.set_parameters(&weights.params)?;
         outln!("initialised from {}", path.display());
     }
     if let Some((path, saved)) = &resumed {
@@ -310,7 +324,13 @@ pub fn run(mut args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     }
     if let Some(path) = &args.save {
         let params = trainer.parameters()?;
-        save_model(path, trainer.spec(), &params, &data)?;
+        save_model(
+            path,
+            trainer.spec(),
+            &params,
+            &data,
+            trainer.batches_tracked(),
+        )?;
         outln!("saved the model to {}", path.display());
     }
     Ok(())
@@ -340,7 +360,14 @@ fn stop(
     let saved = || -> Result<String> {
         let mut kept = Vec::new();
         if let Some((path, data)) = save {
-            save_model(path, trainer.spec(), &trainer.parameters()?, data)?;
+            let params = trainer.parameters()?;
+            save_model(
+                path,
+                trainer.spec(),
+                &params,
+                data,
+                trainer.batches_tracked(),
+            )?;
             let so_far = if complete { "" } else { " so far" };
             kept.push(format!("the model{so_far} in {}", path.display()));
         }

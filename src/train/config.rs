@@ -60,6 +60,10 @@ pub struct TrainConfig {
     /// test set (`--validation-split` asks for it there); 0 elsewhere. The trainer is given the
     /// sets already split: it is recorded so that a resumed run splits the same.
     pub test_split: f64,
+    /// Training batches the model's BatchNorms had seen before this run (PyTorch's
+    /// `num_batches_tracked` of the file `--init` started it from), to which each training step
+    /// adds one: what model files write as `num_batches_tracked`.
+    pub batches_tracked_before: u64,
 }
 
 impl Default for TrainConfig {
@@ -86,6 +90,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             augmentation: Augmentation::default(),
             test_split: 0.0,
+            batches_tracked_before: 0,
         }
     }
 }

@@ -472,6 +472,12 @@ impl<'k> Trainer<'k> {
         self.steps_done
     }
 
+    /// The training batches each BatchNorm has normalised, as PyTorch counts them
+    /// (`num_batches_tracked`): those before the run and one a step.
+    pub fn batches_tracked(&self) -> u64 {
+        self.config.batches_tracked_before + self.steps_done
+    }
+
     /// The epoch under way, if any: (steps taken, steps in the epoch).
     pub fn epoch_position(&self) -> Option<(usize, usize)> {
         self.epoch.as_ref().map(|e| (e.next, e.steps.len()))

@@ -22,7 +22,9 @@ use crate::input::{Standardisation, scale_pixels};
 use crate::model::reference::{forward, top_classes};
 use crate::model::{Loss, ModelSpec};
 use crate::model_file::{SavedModel, model_file_bytes, model_from_bytes};
-use crate::train::{EpochMetrics, EpochProgress, ModelPreset, Trainer, TrainingChoices};
+use crate::train::{
+    EpochMetrics, EpochProgress, ModelPreset, TrainConfig, Trainer, TrainingChoices,
+};
 
 /// The device and its kernels: opened once per page and kept for its life, so that every
 /// trainer the page builds borrows them.
@@ -292,6 +294,10 @@ pub fn start(settings: &str) -> Result<String, JsError> {
     let config = choices
         .config(preset, spec.loss, data.dataset.or(format))
         .map_err(failed)?;
+    let config = TrainConfig {
+        batches_tracked_before: loaded.as_ref().map_or(0, |saved| saved.batches_tracked),
+        ..config
+    };
     config.validate().map_err(failed)?;
     let trainer = Trainer::new(
         &device.gpu,
@@ -394,7 +400,14 @@ pub async fn model_file() -> Result<Vec<u8>, JsError> {
     let session = take_session()?;
     let params = session.trainer.parameters_async().await;
     let bytes = params.map_err(failed).and_then(|params| {
-        model_file_bytes(session.trainer.spec(), &params, &session.data).map_err(failed)
+        let trainer = &session.trainer;
+        model_file_bytes(
+            trainer.spec(),
+            &params,
+            &session.data,
+            trainer.batches_tracked(),
+        )
+        .map_err(failed)
     });
     put_back(session);
     bytes
@@ -427,6 +440,7 @@ async fn current_model() -> Result<SavedModel, JsError> {
         spec: session.trainer.spec().clone(),
         params,
         data: session.data.clone(),
+        batches_tracked: session.trainer.batches_tracked(),
     });
     put_back(session);
     saved.map_err(failed)
