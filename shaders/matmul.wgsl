@@ -15,7 +15,7 @@
 // product, whose last k multiplies the bias row by a column of ones: conv2d.wgsl).
 //
 // Bindings (group 0):
-//   0 dims   storage, read        Dims (shared/matmul_dims.wgsl; a storage buffer, not a uniform: see src/gpu/kernels.rs)
+//   0 dims   storage, read        Dims (shared/matmul_dims.wgsl; a storage buffer, not a uniform: see src/gpu/kernel.rs)
 //   1 lhs    storage, read        f32 array holding A at dims.a_offset
 //   2 rhs    storage, read        f32 array holding B at dims.b_offset
 //   3 out    storage, read_write  f32 array; C is row-major [M, N] at dims.c_offset

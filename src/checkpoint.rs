@@ -473,7 +473,8 @@ pub fn load_model_or_checkpoint(path: &Path) -> Result<(SavedModel, Option<u64>)
         spec: checkpoint.run.spec,
         params: checkpoint.state.parameters,
         data: checkpoint.run.data,
-        batches_tracked: checkpoint.run.config.batches_tracked_before + checkpoint.state.steps_done,
+        batches_tracked: (checkpoint.run.config.batches_tracked_before)
+            .saturating_add(checkpoint.state.steps_done),
     };
     Ok((saved, Some(checkpoint.state.steps_done)))
 }

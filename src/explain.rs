@@ -59,8 +59,8 @@ impl Method {
     pub fn default_for(plan: &Plan) -> Method {
         let pooled = grad_cam_feature(plan).is_some_and(|t| {
             let consumers = &plan.tensors[t].consumers;
-            let averages = |n| plan.layer(n).and_then(LayerSpec::kind);
-            (consumers.iter()).all(|&n| averages(n).is_some_and(|k| k.averages_each_channel()))
+            let kind = |n| plan.layer(n).and_then(LayerSpec::kind);
+            (consumers.iter()).all(|&n| kind(n).is_some_and(|k| k.averages_each_channel()))
         });
         match pooled {
             true => Method::GradCam,

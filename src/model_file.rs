@@ -476,20 +476,33 @@ fn read_parameters(
         let Ok(view) = file.tensor(name) else {
             return Ok(None);
         };
-        let value = match (view.dtype(), view.shape(), view.data()) {
-            (Dtype::I64, [], data) if data.len() == 8 => {
-                i64::from_le_bytes(data.try_into().expect("8 bytes"))
+        // PyTorch writes one I64; a state dict converted whole with .float() (as the message
+        // above asks of the weights) holds it as a float.
+        let data = view.data();
+        let value = match (view.dtype(), view.shape()) {
+            (Dtype::I64, []) if data.len() == 8 => {
+                i64::from_le_bytes(data.try_into().expect("8 bytes")) as f64
             }
-            (dtype, shape, _) => {
+            (Dtype::I32, []) if data.len() == 4 => {
+                i32::from_le_bytes(data.try_into().expect("4 bytes")) as f64
+            }
+            (Dtype::F32, []) if data.len() == 4 => {
+                f32::from_le_bytes(data.try_into().expect("4 bytes")) as f64
+            }
+            (Dtype::F64, []) if data.len() == 8 => {
+                f64::from_le_bytes(data.try_into().expect("8 bytes"))
+            }
+            (dtype, shape) => {
                 return Err(bad(format!(
                     "tensor {name} is {dtype} of shape {shape:?}; a BatchNorm's batch counter \
-                     is one I64"
+                     is one number (I64 in PyTorch)"
                 )));
             }
         };
-        let count = u64::try_from(value)
-            .map_err(|_| bad(format!("tensor {name} counts {value} batches")))?;
-        Ok(Some(count))
+        if !(value >= 0.0 && value.fract() == 0.0 && value <= i64::MAX as f64) {
+            return Err(bad(format!("tensor {name} counts {value} batches")));
+        }
+        Ok(Some(value as u64))
     };
     let held_counters: Vec<u64> = (counters.iter())
         .map(counter_of)

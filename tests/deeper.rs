@@ -15,7 +15,7 @@ use common::{
 use shadertrain::data::{DataIdentity, Dataset, DatasetKind};
 use shadertrain::model::reference::{StepKey, forward, forward_backward};
 use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
-use shadertrain::model_file::{load_model, save_model};
+use shadertrain::model_file::{load_model, load_parameters_for, save_model};
 use shadertrain::reference;
 use shadertrain::rng::Rng;
 use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
@@ -231,7 +231,7 @@ fn a_saved_resnet_has_pytorchs_names_and_loads_back() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("resnet8.safetensors");
     let data = DataIdentity::published(DatasetKind::Mnist);
-    save_model(&path, &spec, &params, &data, 0).unwrap();
+    save_model(&path, &spec, &params, &data, 42).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let shape = |name: &str| file.tensor(name).map(|t| t.shape().to_vec()).ok();
@@ -252,6 +252,45 @@ fn a_saved_resnet_has_pytorchs_names_and_loads_back() {
     let saved = load_model(&path).unwrap();
     assert_eq!(saved.spec, spec);
     assert_eq!(saved.params, params);
+    assert_eq!(saved.batches_tracked, 42);
+    // A state dict converted whole with .float() holds its counters as floats: --init still
+    // reads them; a counter of another shape is refused, naming it.
+    let rewritten = |counter: &dyn Fn() -> (safetensors::Dtype, Vec<usize>, Vec<u8>)| {
+        let tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = (file.tensors())
+            .into_iter()
+            .map(|(name, view)| match name.ends_with("num_batches_tracked") {
+                true => {
+                    let (dtype, shape, data) = counter();
+                    (name, dtype, shape, data)
+                }
+                false => (
+                    name,
+                    view.dtype(),
+                    view.shape().to_vec(),
+                    view.data().to_vec(),
+                ),
+            })
+            .collect();
+        let views = tensors.iter().map(|(name, dtype, shape, data)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data);
+            (name.clone(), view.unwrap())
+        });
+        let path = dir.path().join("rewritten.safetensors");
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        load_parameters_for(&path, &spec)
+    };
+    let float = || {
+        (
+            safetensors::Dtype::F32,
+            vec![],
+            42f32.to_le_bytes().to_vec(),
+        )
+    };
+    let weights = rewritten(&float).unwrap();
+    assert_eq!((weights.params, weights.batches_tracked), (params, 42));
+    let pair = || (safetensors::Dtype::I64, vec![2], [0u8; 16].to_vec());
+    let message = rewritten(&pair).unwrap_err().to_string();
+    assert!(message.contains("num_batches_tracked"), "{message}");
 }
 
 #[test]

@@ -66,8 +66,8 @@ impl Gpu {
         Ok(buffer)
     }
 
-    /// A kernel's parameter block (one of the structs in `uniforms`), as a read-only storage
-    /// buffer (why not a uniform buffer: see `kernels::Slot`).
+    /// A kernel's parameter block (one of the structs in `uniforms`, or a layer kind's own), as a
+    /// read-only storage buffer (why not a uniform buffer: see `kernel::Slot`).
     pub fn params_with<T: Pod>(&self, what: &str, value: &T) -> Buffer {
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {

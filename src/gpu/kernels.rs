@@ -1,4 +1,5 @@
-//! Every compute pipeline, built once per device, with its bind group layout.
+//! The kernels the trainer runs, built once per device: the families every model or the trainer
+//! shares, and the layer kinds' own families (declared in their files), built on first use.
 
 use std::any::{Any, TypeId};
 
@@ -317,7 +318,8 @@ impl FamilyModule<'_> {
 }
 
 impl Kernels {
-    /// The kernels of family `F`, built on first use; never rebuilt.
+    /// The kernels of family `F`, built on first use and kept (two threads asking at once may
+    /// both build it; the first stored is the one every caller gets).
     pub fn family<F: KernelFamily>(&self) -> &F {
         let key = TypeId::of::<F>();
         let family = match self.families.get(&key) {

@@ -1,5 +1,5 @@
-//! Each kernel run once on host data, results read back: what the kernel tests and `selftest`
-//! compare against `crate::reference`. Buffers are made per call, so this is for checking
+//! Each shared kernel run once on host data, results read back (a layer kind's own are run so in
+//! its file): what the kernel tests and `selftest` compare against `crate::reference`. Buffers are made per call, so this is for checking
 //! kernels, never for training.
 
 use wgpu::Buffer;

@@ -1,6 +1,7 @@
-//! Host twins of the parameter structs in `shaders/`. Field order and padding match the WGSL
-//! declarations exactly (every field is 4 bytes; each struct is padded to 16 bytes); a unit test
-//! compares each with the compiled kernels' layout.
+//! Host twins of the parameter structs of the shared kernels in `shaders/` (a layer kind's own
+//! live in its file). Field order and padding match the WGSL declarations exactly (every field is
+//! 4 bytes; each struct is padded to 16 bytes); a unit test compares each with the compiled
+//! kernels' layout (`twins`, which the layer kinds' tests use too).
 
 use bytemuck::{Pod, Zeroable};
 

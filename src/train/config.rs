@@ -153,6 +153,13 @@ impl TrainConfig {
                 self.epochs
             )));
         }
+        if i64::try_from(self.batches_tracked_before).is_err() {
+            return Err(Error::Config(format!(
+                "a BatchNorm counts at most {} batches (PyTorch's i64), not {}",
+                i64::MAX,
+                self.batches_tracked_before
+            )));
+        }
         if !(self.label_smoothing.is_finite() && (0.0..=1.0).contains(&self.label_smoothing)) {
             return Err(Error::Config(format!(
                 "--label-smoothing must be between 0 and 1, got {}",

@@ -475,7 +475,7 @@ impl<'k> Trainer<'k> {
     /// The training batches each BatchNorm has normalised, as PyTorch counts them
     /// (`num_batches_tracked`): those before the run and one a step.
     pub fn batches_tracked(&self) -> u64 {
-        self.config.batches_tracked_before + self.steps_done
+        (self.config.batches_tracked_before).saturating_add(self.steps_done)
     }
 
     /// The epoch under way, if any: (steps taken, steps in the epoch).
