@@ -8,7 +8,7 @@
 use super::context::LayerContext;
 use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
 use super::pool::PoolShape;
-use super::{Backward, DeviceLayer, DevicePasses, LayerIo, PoolWindows, pool_size};
+use super::{BufferToBufferPasses, DeviceLayer, PoolWindows, pool_size};
 use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::{FamilyModule, KernelFamily, ROW_WORKGROUP, Slot};
@@ -63,8 +63,10 @@ impl AvgPoolDevice {
     pub fn new(geometry: Geometry) -> Self {
         AvgPoolDevice { geometry }
     }
+}
 
-    fn record<'k>(
+impl BufferToBufferPasses for AvgPoolDevice {
+    fn record_pass<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
@@ -83,35 +85,6 @@ impl AvgPoolDevice {
         let kernels = context.kernels.family::<AvgPoolKernels>();
         let (kernel, grid) = kernels.launch(forward, g, rows, context.max_groups());
         program.dispatch(context.gpu, kernel, &resources, grid);
-    }
-}
-
-impl DevicePasses for AvgPoolDevice {
-    fn record_forward<'k>(
-        &self,
-        context: &LayerContext<'_, 'k>,
-        program: &mut Program<'k>,
-        io: &LayerIo<'_>,
-        rows: usize,
-        _training: bool,
-    ) {
-        let buffers = [&io.input.buffer, &io.output.buffer];
-        self.record(context, program, buffers, rows, true);
-    }
-
-    fn record_backward<'k>(
-        &self,
-        context: &LayerContext<'_, 'k>,
-        program: &mut Program<'k>,
-        io: &LayerIo<'_>,
-        rows: usize,
-        _backward: Backward,
-    ) -> bool {
-        if let Some(input_grad) = io.input_grad {
-            let buffers = [&io.output_grad.buffer, &input_grad.buffer];
-            self.record(context, program, buffers, rows, false);
-        }
-        false
     }
 }
 
@@ -356,29 +329,13 @@ impl LayerKind for GlobalAvgPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::uniforms::twins::{assert_twin, host_layout};
+    use crate::gpu::uniforms::twins::assert_twin;
+    use crate::layers::pool::pool_shape_layout;
 
     /// The host structs this kind writes have the layout of their WGSL twins.
     #[test]
     fn host_structs_have_the_layout_of_their_wgsl_twins() {
         let (name, source) = AvgPoolKernels::SHADER;
-        assert_twin(
-            name,
-            source,
-            "PoolShape",
-            host_layout!(PoolShape {
-                samples,
-                in_height,
-                in_width,
-                channels,
-                out_height,
-                out_width,
-                size_y,
-                size_x,
-                stride_y,
-                stride_x,
-                derivative
-            }),
-        );
+        assert_twin(name, source, "PoolShape", pool_shape_layout());
     }
 }

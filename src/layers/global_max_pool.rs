@@ -11,7 +11,7 @@ use wgpu::Buffer;
 
 use super::context::LayerContext;
 use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
-use super::{Backward, DeviceLayer, DevicePasses, LayerIo};
+use super::{BufferToBufferPasses, DeviceLayer};
 use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::{FamilyModule, KernelFamily, ROW_WORKGROUP, Slot};
@@ -92,8 +92,8 @@ pub(crate) struct GlobalMaxPoolDevice {
     argmax: Buffer,
 }
 
-impl GlobalMaxPoolDevice {
-    fn record<'k>(
+impl BufferToBufferPasses for GlobalMaxPoolDevice {
+    fn record_pass<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         program: &mut Program<'k>,
@@ -112,35 +112,6 @@ impl GlobalMaxPoolDevice {
         let kernels = context.kernels.family::<GlobalMaxPoolKernels>();
         let (kernel, grid) = kernels.launch(forward, self.input, rows, context.max_groups());
         program.dispatch(context.gpu, kernel, &resources, grid);
-    }
-}
-
-impl DevicePasses for GlobalMaxPoolDevice {
-    fn record_forward<'k>(
-        &self,
-        context: &LayerContext<'_, 'k>,
-        program: &mut Program<'k>,
-        io: &LayerIo<'_>,
-        rows: usize,
-        _training: bool,
-    ) {
-        let buffers = [&io.input.buffer, &io.output.buffer];
-        self.record(context, program, buffers, rows, true);
-    }
-
-    fn record_backward<'k>(
-        &self,
-        context: &LayerContext<'_, 'k>,
-        program: &mut Program<'k>,
-        io: &LayerIo<'_>,
-        rows: usize,
-        _backward: Backward,
-    ) -> bool {
-        if let Some(input_grad) = io.input_grad {
-            let buffers = [&io.output_grad.buffer, &input_grad.buffer];
-            self.record(context, program, buffers, rows, false);
-        }
-        false
     }
 }
 

@@ -113,6 +113,50 @@ pub(crate) trait DevicePasses {
     ) -> bool;
 }
 
+/// A layer whose passes are one dispatch each, from one buffer into another: forward from its
+/// input into its output, backward from its output's gradient into its input's (average
+/// pooling, global max pooling). Its backward applies no derivative of the layer below.
+pub(crate) trait BufferToBufferPasses {
+    /// Records the pass (`forward`, else backward) over `rows` samples from `from` into `to`.
+    fn record_pass<'k>(
+        &self,
+        context: &LayerContext<'_, 'k>,
+        program: &mut Program<'k>,
+        from_to: [&Buffer; 2],
+        rows: usize,
+        forward: bool,
+    );
+}
+
+impl<T: BufferToBufferPasses> DevicePasses for T {
+    fn record_forward<'k>(
+        &self,
+        context: &LayerContext<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+        _training: bool,
+    ) {
+        let from_to = [&io.input.buffer, &io.output.buffer];
+        self.record_pass(context, program, from_to, rows, true);
+    }
+
+    fn record_backward<'k>(
+        &self,
+        context: &LayerContext<'_, 'k>,
+        program: &mut Program<'k>,
+        io: &LayerIo<'_>,
+        rows: usize,
+        _backward: Backward,
+    ) -> bool {
+        if let Some(input_grad) = io.input_grad {
+            let from_to = [&io.output_grad.buffer, &input_grad.buffer];
+            self.record_pass(context, program, from_to, rows, false);
+        }
+        false
+    }
+}
+
 /// A node of the plan as the training programs record it.
 pub(crate) type DeviceLayer = Box<dyn DevicePasses>;
 

@@ -361,32 +361,33 @@ impl LayerKind for MaxPool2d {
     }
 }
 
+/// `PoolShape`'s layout, which pool.wgsl and avgpool.wgsl declare.
+#[cfg(test)]
+pub(crate) fn pool_shape_layout() -> crate::gpu::uniforms::twins::HostLayout {
+    crate::gpu::uniforms::twins::host_layout!(PoolShape {
+        samples,
+        in_height,
+        in_width,
+        channels,
+        out_height,
+        out_width,
+        size_y,
+        size_x,
+        stride_y,
+        stride_x,
+        derivative
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::uniforms::twins::{assert_twin, host_layout};
+    use crate::gpu::uniforms::twins::assert_twin;
 
     /// The host structs this kind writes have the layout of their WGSL twins.
     #[test]
     fn host_structs_have_the_layout_of_their_wgsl_twins() {
         let (name, source) = PoolKernels::SHADER;
-        assert_twin(
-            name,
-            source,
-            "PoolShape",
-            host_layout!(PoolShape {
-                samples,
-                in_height,
-                in_width,
-                channels,
-                out_height,
-                out_width,
-                size_y,
-                size_x,
-                stride_y,
-                stride_x,
-                derivative
-            }),
-        );
+        assert_twin(name, source, "PoolShape", pool_shape_layout());
     }
 }
