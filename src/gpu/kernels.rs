@@ -27,9 +27,10 @@ pub struct Kernels {
     /// activation.wgsl: dz = dy ⊙ f'(y) in place, for a convolution's output.
     pub apply_derivative: Kernel,
     pub conv: ConvKernels,
-    /// The families only some models use (a layer kind's, declared in its file), each built when
-    /// a program first asks for it (`Kernels::family`): their pipelines cost start-up time on
-    /// lavapipe that a model without them need not pay.
+    /// The families only some models use (the layer kinds', declared in their files, and the
+    /// element-wise sums of residual networks), each built when a program first asks for it
+    /// (`Kernels::family`): their pipelines cost start-up time on lavapipe that a model without
+    /// them need not pay.
     families: FrozenMap<TypeId, Box<dyn StoredFamily>>,
     device: wgpu::Device,
     pub sum_metrics: Kernel,
