@@ -174,8 +174,9 @@ pub fn model_file_bytes(
     metadata.insert("format".to_string(), FORMAT.to_string());
     // PyTorch's BatchNorm counts the batches it normalised in training (and averages by that
     // count where its momentum is None): every BatchNorm of ours sees every step.
+    // Clamped: a count past i64 (a crafted --init file's) must not lose the run at its save.
     let counter = i64::try_from(batches_tracked)
-        .map_err(|_| format!("{batches_tracked} batches do not fit num_batches_tracked (i64)"))?
+        .unwrap_or(i64::MAX)
         .to_le_bytes();
     let plan = spec.plan().expect("a validated model");
     let counters = batch_counter_names(&plan)
@@ -479,18 +480,20 @@ fn read_parameters(
         // PyTorch writes one I64; a state dict converted whole with .float() (as the message
         // above asks of the weights) holds it as a float.
         let data = view.data();
+        let whole =
+            |value: f64| (value.fract() == 0.0 && value < i64::MAX as f64).then_some(value as i64);
         let value = match (view.dtype(), view.shape()) {
             (Dtype::I64, []) if data.len() == 8 => {
-                i64::from_le_bytes(data.try_into().expect("8 bytes")) as f64
+                Some(i64::from_le_bytes(data.try_into().expect("8 bytes")))
             }
             (Dtype::I32, []) if data.len() == 4 => {
-                i32::from_le_bytes(data.try_into().expect("4 bytes")) as f64
+                Some(i32::from_le_bytes(data.try_into().expect("4 bytes")).into())
             }
             (Dtype::F32, []) if data.len() == 4 => {
-                f32::from_le_bytes(data.try_into().expect("4 bytes")) as f64
+                whole(f32::from_le_bytes(data.try_into().expect("4 bytes")).into())
             }
             (Dtype::F64, []) if data.len() == 8 => {
-                f64::from_le_bytes(data.try_into().expect("8 bytes"))
+                whole(f64::from_le_bytes(data.try_into().expect("8 bytes")))
             }
             (dtype, shape) => {
                 return Err(bad(format!(
@@ -499,10 +502,12 @@ fn read_parameters(
                 )));
             }
         };
-        if !(value >= 0.0 && value.fract() == 0.0 && value <= i64::MAX as f64) {
-            return Err(bad(format!("tensor {name} counts {value} batches")));
+        match value.and_then(|v| u64::try_from(v).ok()) {
+            Some(count) => Ok(Some(count)),
+            None => Err(bad(format!(
+                "tensor {name} holds no count of batches (a whole number from 0)"
+            ))),
         }
-        Ok(Some(value as u64))
     };
     let held_counters: Vec<u64> = (counters.iter())
         .map(counter_of)
