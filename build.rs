@@ -23,14 +23,28 @@ fn main() {
     for kernel in &kernels {
         let stem = kernel.file_stem().and_then(|s| s.to_str()).expect("a name");
         let module = format!("package::{stem}").parse().expect("a module path");
-        match compiler.compile(&module) {
-            Ok(compiled) => {
-                let out = Path::new(&out_dir).join(format!("{stem}.wgsl"));
-                std::fs::write(out, compiled.to_string()).expect("OUT_DIR is writable");
-            }
-            Err(error) => {
-                eprintln!("{}: {error}", kernel.display());
-                failed = true;
+        let source = std::fs::read_to_string(kernel).expect("a readable kernel file");
+        // A kernel file that tests the feature `mirrors` (`@if(mirrors)`) is also compiled with
+        // it, as `<stem>_mirrors.wgsl`: its passes reading texture mirrors of their operands.
+        let variants = match source.contains("@if(mirrors)") {
+            true => &[false, true][..],
+            false => &[false],
+        };
+        for &mirrors in variants {
+            compiler.set_feature("mirrors", mirrors);
+            let name = match mirrors {
+                true => format!("{stem}_mirrors.wgsl"),
+                false => format!("{stem}.wgsl"),
+            };
+            match compiler.compile(&module) {
+                Ok(compiled) => {
+                    let out = Path::new(&out_dir).join(name);
+                    std::fs::write(out, compiled.to_string()).expect("OUT_DIR is writable");
+                }
+                Err(error) => {
+                    eprintln!("{} ({name}): {error}", kernel.display());
+                    failed = true;
+                }
             }
         }
     }

@@ -39,6 +39,9 @@
 //   8 y        storage, read        backward: Y f32 [N, C], the forward pass's output
 // statistics binds 0-3; normalize 0-4 and 7; backward_sums 0, 1, 2, 5, 6, 8; backward_input 0,
 // 1, 2, 4-8; backward_input_evaluation 0, 3, 4, 5, 7, 8.
+// Compiled with the feature `mirrors` (batchnorm_mirrors.wgsl), the _quads passes bind X, dY and Y
+// (1, 5, 8) as texture_2d<f32>: rgba32float mirrors of those buffers, vec4 i at the texel
+// (i % MIRROR_ROW_TEXELS, i / MIRROR_ROW_TEXELS) (shared/mirror.wgsl).
 //
 // Workgroup: 64 invocations. Grids: statistics and backward_sums C workgroups (x), C / 4 for
 // _quads; normalize, backward_input and backward_input_evaluation one invocation per value, and for _quads one per
@@ -48,6 +51,7 @@
 import package::shared::activations::{activate, activate4, derivative_from_output, derivative_from_output4};
 import package::shared::grid::flat_invocation;
 import package::shared::divide::quotient;
+import package::shared::mirror::mirrored;
 
 struct NormShape {
     // N: values per channel (samples x positions).
@@ -80,12 +84,28 @@ struct NormShape {
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 @group(0) @binding(8) var<storage, read> y: array<f32>;
 
-@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> stats4_out: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> stats4: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> dy4: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> out4: array<vec4<f32>>;
-@group(0) @binding(8) var<storage, read> y4: array<vec4<f32>>;
+
+// The _quads passes read X, dY and Y through x_quad, dy_quad and y_quad: from the storage
+// buffers, or in the variant compiled with the feature `mirrors` (batchnorm_mirrors.wgsl) from
+// their texture mirrors (src/gpu/mirror.rs), whose fetches lavapipe vectorises where it loads a
+// buffer lane by lane.
+@if(!mirrors) @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
+@if(!mirrors) @group(0) @binding(5) var<storage, read> dy4: array<vec4<f32>>;
+@if(!mirrors) @group(0) @binding(8) var<storage, read> y4: array<vec4<f32>>;
+@if(mirrors) @group(0) @binding(1) var x_mirror: texture_2d<f32>;
+@if(mirrors) @group(0) @binding(5) var dy_mirror: texture_2d<f32>;
+@if(mirrors) @group(0) @binding(8) var y_mirror: texture_2d<f32>;
+
+// vec4 i of X, dY, Y.
+@if(!mirrors) fn x_quad(i: u32) -> vec4<f32> { return x4[i]; }
+@else fn x_quad(i: u32) -> vec4<f32> { return mirrored(x_mirror, i); }
+@if(!mirrors) fn dy_quad(i: u32) -> vec4<f32> { return dy4[i]; }
+@else fn dy_quad(i: u32) -> vec4<f32> { return mirrored(dy_mirror, i); }
+@if(!mirrors) fn y_quad(i: u32) -> vec4<f32> { return y4[i]; }
+@else fn y_quad(i: u32) -> vec4<f32> { return mirrored(y_mirror, i); }
 
 var<workgroup> partial: array<f32, 64>;
 var<workgroup> partial2: array<f32, 64>;
@@ -250,12 +270,12 @@ fn batchnorm_statistics_quads(@builtin(workgroup_id) group: vec3<u32>, @builtin(
     let n = shape.values;
     var sum = vec4<f32>(0.0);
     for (var i = local; i < n; i += 64u) {
-        sum += x4[i * quads + q];
+        sum += x_quad(i * quads + q);
     }
     let mean = reduce4(local, sum, vec4<f32>(0.0))[0] / f32(n);
     var squares = vec4<f32>(0.0);
     for (var i = local; i < n; i += 64u) {
-        let d = x4[i * quads + q] - mean;
+        let d = x_quad(i * quads + q) - mean;
         squares += d * d;
     }
     let variance = reduce4(local, squares, vec4<f32>(0.0))[0] / f32(n);
@@ -316,7 +336,7 @@ fn batchnorm_normalize_quads(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     let activation = shape.activation;
     for (var i = rows.x; i < rows.y; i++) {
         let index = i * quads + q;
-        let normalized = (x4[index] - mean) * invstd * gamma + beta;
+        let normalized = (x_quad(index) - mean) * invstd * gamma + beta;
         out4[index] = activate4(activation, normalized);
     }
 }
@@ -330,9 +350,9 @@ fn batchnorm_backward_sums_quads(@builtin(workgroup_id) group: vec3<u32>, @built
     var sum = vec4<f32>(0.0);
     var dot = vec4<f32>(0.0);
     for (var i = local; i < shape.values; i += 64u) {
-        let g = dy4[i * quads + q] * derivative_from_output4(shape.activation, y4[i * quads + q]);
+        let g = dy_quad(i * quads + q) * derivative_from_output4(shape.activation, y_quad(i * quads + q));
         sum += g;
-        dot += g * (x4[i * quads + q] - mean) * invstd;
+        dot += g * (x_quad(i * quads + q) - mean) * invstd;
     }
     let totals = reduce4(local, sum, dot);
     if (local == 0u) {
@@ -360,8 +380,8 @@ fn batchnorm_backward_input_quads(@builtin(global_invocation_id) gid: vec3<u32>,
     let activation = shape.activation;
     for (var i = rows.x; i < rows.y; i++) {
         let index = i * quads + q;
-        let normalized = (x4[index] - mean) * invstd;
-        let g = dy4[index] * derivative_from_output4(activation, y4[index]);
+        let normalized = (x_quad(index) - mean) * invstd;
+        let g = dy_quad(index) * derivative_from_output4(activation, y_quad(index));
         out4[index] = scale * (g - mean_grad - normalized * mean_dot);
     }
 }

@@ -556,8 +556,17 @@ fn check_batchnorm_forward_backward(
     rng: &mut Rng,
 ) -> Result<()> {
     // Channels-last [values, C]: 3 channels of 5 samples of 7×9, 4 and 8 channels (the
-    // vec4 kernels), 12 features of 5 samples (BatchNorm1d), 1 channel.
-    for (channels, values) in [(3, 5 * 63), (4, 5 * 63), (8, 5 * 35), (12, 5), (1, 7)] {
+    // vec4 kernels; 8 channels of 3 × 450 values span three rows of a mirror), 12 features of
+    // 5 samples (BatchNorm1d), 1 channel.
+    let shapes = [
+        (3, 5 * 63),
+        (4, 5 * 63),
+        (8, 5 * 35),
+        (8, 3 * 450),
+        (12, 5),
+        (1, 7),
+    ];
+    for (channels, values) in shapes {
         let x = random_vec(rng, channels * values, -2.0, 3.0);
         let dy = random_vec(rng, channels * values, -1.0, 1.0);
         let gamma = random_vec(rng, channels, 0.5, 1.5);
@@ -578,14 +587,25 @@ fn check_batchnorm_forward_backward(
             running_mean: &mean,
             running_var: &var,
         };
+        // The four-channel passes also as they read texture mirrors of X, dY and Y.
+        let forms: &[bool] = match channels % 4 {
+            0 => &[false, true],
+            _ => &[false],
+        };
         // The identity, and activations folded in (`bn:relu`, `bn:tanh`).
-        for f in [ACTIVATIONS[0], ACTIVATIONS[1], ACTIVATIONS[3]] {
-            let what = format!("{channels} channels of {values} values, {}", f.name());
+        let activations = [ACTIVATIONS[0], ACTIVATIONS[1], ACTIVATIONS[3]];
+        for (f, &mirrored) in activations
+            .into_iter()
+            .flat_map(|f| forms.iter().map(move |m| (f, m)))
+        {
+            let from = if mirrored { ", from mirrors" } else { "" };
+            let what = format!("{channels} channels of {values} values, {}{from}", f.name());
             for training in [false, true] {
                 let (mut expected, running) =
                     batchnorm::reference_forward(&norm, &params, (&mean, &var), &x, training);
                 expected.iter_mut().for_each(|v| *v = f.apply(*v));
-                let actual = batchnorm::gpu_passes(gpu, kernels, &x, &inputs, f, training, None)?;
+                let actual =
+                    batchnorm::gpu_passes(gpu, kernels, &x, &inputs, f, training, None, mirrored)?;
                 let mode = if training { "training" } else { "evaluation" };
                 let case = format!("{what}, {mode} forward");
                 tally.close(&case, &actual.values, &expected, 1e-5, 1e-4);
@@ -603,7 +623,8 @@ fn check_batchnorm_forward_backward(
             let mut grads = vec![0.0; 2 * channels];
             let expected = batchnorm::reference_backward(&norm, &params, &x, &dz, &mut grads, true)
                 .expect("an input gradient");
-            let actual = batchnorm::gpu_passes(gpu, kernels, &x, &inputs, f, true, Some(&dy[..]))?;
+            let actual =
+                batchnorm::gpu_passes(gpu, kernels, &x, &inputs, f, true, Some(&dy[..]), mirrored)?;
             let case = format!("{what}, dγ and dβ");
             tally.close(&case, &actual.dgamma_dbeta, &grads, 1e-5, 1e-4);
             tally.close(
@@ -625,7 +646,16 @@ fn check_batchnorm_forward_backward(
                 ..norm
             };
             let expected = batchnorm::reference_backward_evaluation(&state_norm, &state, &dz);
-            let actual = batchnorm::gpu_passes(gpu, kernels, &x, &inputs, f, false, Some(&dy[..]))?;
+            let actual = batchnorm::gpu_passes(
+                gpu,
+                kernels,
+                &x,
+                &inputs,
+                f,
+                false,
+                Some(&dy[..]),
+                mirrored,
+            )?;
             let case = format!("{what}, dx in evaluation");
             tally.close(&case, &actual.values, &expected, 1e-5, 1e-3);
         }

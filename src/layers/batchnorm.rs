@@ -11,19 +11,19 @@
 //! Parameters: γ (init 1) and β (init 0) trained; running mean (0) and variance (1) state.
 //! PyTorch names: `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked`.
 
-use wgpu::Buffer;
+use wgpu::{BindingResource, Buffer};
 
 use super::context::LayerContext;
 use super::kind::{
     DeviceArgs, LayerKind, Parameters, ReferenceBackward, ReferenceForward, TensorMapping,
     TokenOptions,
 };
-use super::{Backward, DeviceLayer, DevicePasses, LayerIo, channels_last_index};
+use super::{Backward, DeviceLayer, DevicePasses, DeviceTensor, LayerIo, channels_last_index};
 use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::{FamilyModule, KernelFamily, ROW_WORKGROUP, Slot};
 use crate::gpu::program::Program;
-use crate::gpu::{Gpu, Kernel, Kernels, ops};
+use crate::gpu::{Gpu, Kernel, Kernels, TextureMirror, ops};
 use crate::shapes::{
     BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, LayerActivation, NormParams, Shape, WeightMatrix,
 };
@@ -51,18 +51,88 @@ pub struct NormShape {
     pub _pad: [u32; 2],
 }
 
-/// batchnorm.wgsl: BatchNorm's per-channel statistics, normalisation and backward passes, for
-/// any channel count and four channels at a time.
-pub struct BatchNormKernels {
+/// The kernels of BatchNorm's four training passes in one form (one channel or four at a time,
+/// operands from buffers or from their mirrors).
+pub struct NormPassKernels {
     pub statistics: Kernel,
     pub normalize: Kernel,
     pub backward_sums: Kernel,
     pub backward_input: Kernel,
-    pub statistics_quads: Kernel,
-    pub normalize_quads: Kernel,
-    pub backward_sums_quads: Kernel,
-    pub backward_input_quads: Kernel,
+}
+
+impl NormPassKernels {
+    /// The passes' entry points `<pass><suffix>` of `module`, binding X, dY and Y as `operands`
+    /// (buffers or mirrors).
+    fn build(module: &FamilyModule<'_>, quads: bool, operands: Slot) -> Self {
+        use Slot::*;
+        let statistics = [(0, Params), (1, operands), (2, ReadWrite), (3, ReadWrite)];
+        let normalize = [
+            (0, Params),
+            (1, operands),
+            (2, Read),
+            (3, Read),
+            (4, Read),
+            (7, ReadWrite),
+        ];
+        let sums = [
+            (0, Params),
+            (1, operands),
+            (2, Read),
+            (5, operands),
+            (6, ReadWrite),
+            (8, operands),
+        ];
+        let input = [
+            (0, Params),
+            (1, operands),
+            (2, Read),
+            (4, Read),
+            (5, operands),
+            (6, Read),
+            (7, ReadWrite),
+            (8, operands),
+        ];
+        let kernel = |scalar, four, slots: &[(u32, Slot)]| {
+            module.kernel(if quads { four } else { scalar }, slots)
+        };
+        NormPassKernels {
+            statistics: kernel(
+                "batchnorm_statistics",
+                "batchnorm_statistics_quads",
+                &statistics,
+            ),
+            normalize: kernel(
+                "batchnorm_normalize",
+                "batchnorm_normalize_quads",
+                &normalize,
+            ),
+            backward_sums: kernel(
+                "batchnorm_backward_sums",
+                "batchnorm_backward_sums_quads",
+                &sums,
+            ),
+            backward_input: kernel(
+                "batchnorm_backward_input",
+                "batchnorm_backward_input_quads",
+                &input,
+            ),
+        }
+    }
+}
+
+/// batchnorm.wgsl: BatchNorm's per-channel statistics, normalisation and backward passes, for
+/// any channel count and four channels at a time, reading storage buffers.
+pub struct BatchNormKernels {
+    pub scalar: NormPassKernels,
+    pub quads: NormPassKernels,
     pub backward_input_evaluation: Kernel,
+}
+
+/// batchnorm_mirrors.wgsl (batchnorm.wgsl with the feature `mirrors`): the four-channel passes
+/// reading X, dY and Y from their texture mirrors, for the adapters whose products read mirrors
+/// (lavapipe, which loads a buffer lane by lane and fetches texels as vectors).
+pub struct BatchNormMirrorKernels {
+    pub quads: NormPassKernels,
 }
 
 /// BatchNorm's passes, for `BatchNormKernels::launch`.
@@ -82,15 +152,17 @@ const NORM_ROWS_PER_INVOCATION: usize = 8;
 
 impl BatchNormKernels {
     /// The kernel and grid of `pass` over `values` values per channel of `channels` channels:
-    /// the vec4 entry points where the channels come in fours; a workgroup per channel (or four)
-    /// for the sums, an invocation per value (or per 8 rows of four channels) for the rest.
-    pub fn launch(
-        &self,
+    /// the vec4 entry points where the channels come in fours (`mirrored`'s, reading mirrors,
+    /// where given); a workgroup per channel (or four) for the sums, an invocation per value (or
+    /// per 8 rows of four channels) for the rest.
+    pub fn launch<'k>(
+        &'k self,
+        mirrored: Option<&'k BatchNormMirrorKernels>,
         pass: NormPass,
         channels: usize,
         values: usize,
         max_groups: u32,
-    ) -> (&Kernel, [u32; 3]) {
+    ) -> (&'k Kernel, [u32; 3]) {
         let quads = channels.is_multiple_of(4);
         let lanes = if quads { 4 } else { 1 };
         let per_channel = [(channels / lanes) as u32, 1, 1];
@@ -101,19 +173,21 @@ impl BatchNormKernels {
             values
         };
         let per_value = grid_1d(rows * channels / lanes, ROW_WORKGROUP, max_groups);
-        let (scalar, four, grid) = match pass {
-            NormPass::Statistics => (&self.statistics, &self.statistics_quads, per_channel),
-            NormPass::Normalize => (&self.normalize, &self.normalize_quads, per_value),
-            NormPass::BackwardSums => (&self.backward_sums, &self.backward_sums_quads, per_channel),
-            NormPass::BackwardInput => {
-                (&self.backward_input, &self.backward_input_quads, per_value)
-            }
+        let form = match (quads, mirrored) {
+            (true, Some(mirrored)) => &mirrored.quads,
+            (true, None) => &self.quads,
+            (false, _) => &self.scalar,
+        };
+        match pass {
+            NormPass::Statistics => (&form.statistics, per_channel),
+            NormPass::Normalize => (&form.normalize, per_value),
+            NormPass::BackwardSums => (&form.backward_sums, per_channel),
+            NormPass::BackwardInput => (&form.backward_input, per_value),
             NormPass::BackwardInputEvaluation => {
                 let grid = grid_1d(values * channels, ROW_WORKGROUP, max_groups);
-                return (&self.backward_input_evaluation, grid);
+                (&self.backward_input_evaluation, grid)
             }
-        };
-        (if quads { four } else { scalar }, grid)
+        }
     }
 }
 
@@ -123,33 +197,6 @@ impl KernelFamily for BatchNormKernels {
 
     fn build(module: &FamilyModule<'_>) -> Self {
         use Slot::*;
-        let statistics = [(0, Params), (1, Read), (2, ReadWrite), (3, ReadWrite)];
-        let normalize = [
-            (0, Params),
-            (1, Read),
-            (2, Read),
-            (3, Read),
-            (4, Read),
-            (7, ReadWrite),
-        ];
-        let sums = [
-            (0, Params),
-            (1, Read),
-            (2, Read),
-            (5, Read),
-            (6, ReadWrite),
-            (8, Read),
-        ];
-        let input = [
-            (0, Params),
-            (1, Read),
-            (2, Read),
-            (4, Read),
-            (5, Read),
-            (6, Read),
-            (7, ReadWrite),
-            (8, Read),
-        ];
         let input_evaluation = [
             (0, Params),
             (3, Read),
@@ -158,20 +205,24 @@ impl KernelFamily for BatchNormKernels {
             (7, ReadWrite),
             (8, Read),
         ];
-        let kernel = |name, slots: &[(u32, Slot)]| module.kernel(name, slots);
         BatchNormKernels {
-            statistics: kernel("batchnorm_statistics", &statistics),
-            normalize: kernel("batchnorm_normalize", &normalize),
-            backward_sums: kernel("batchnorm_backward_sums", &sums),
-            backward_input: kernel("batchnorm_backward_input", &input),
-            statistics_quads: kernel("batchnorm_statistics_quads", &statistics),
-            normalize_quads: kernel("batchnorm_normalize_quads", &normalize),
-            backward_sums_quads: kernel("batchnorm_backward_sums_quads", &sums),
-            backward_input_quads: kernel("batchnorm_backward_input_quads", &input),
-            backward_input_evaluation: kernel(
-                "batchnorm_backward_input_evaluation",
-                &input_evaluation,
-            ),
+            scalar: NormPassKernels::build(module, false, Read),
+            quads: NormPassKernels::build(module, true, Read),
+            backward_input_evaluation: module
+                .kernel("batchnorm_backward_input_evaluation", &input_evaluation),
+        }
+    }
+}
+
+impl KernelFamily for BatchNormMirrorKernels {
+    const SHADER: (&'static str, &'static str) = (
+        "batchnorm_mirrors.wgsl",
+        crate::shader_source!("batchnorm_mirrors.wgsl"),
+    );
+
+    fn build(module: &FamilyModule<'_>) -> Self {
+        BatchNormMirrorKernels {
+            quads: NormPassKernels::build(module, true, Slot::Mirror),
         }
     }
 }
@@ -230,16 +281,47 @@ impl BatchNormDevice {
         context.gpu.params_with("batchnorm shape", &shape)
     }
 
-    /// The kernel and grid of `pass` over `rows` samples.
+    /// The kernel and grid of `pass` over `rows` samples; `mirrored`: reading X, dY and Y from
+    /// their mirrors.
     fn launch<'k>(
         &self,
         context: &LayerContext<'_, 'k>,
         pass: NormPass,
         rows: usize,
+        mirrored: bool,
     ) -> (&'k Kernel, [u32; 3]) {
         let values = rows * self.positions;
         let kernels = context.kernels.family::<BatchNormKernels>();
-        kernels.launch(pass, self.norm.channels, values, context.max_groups())
+        let mirror_kernels = mirrored.then(|| context.kernels.family::<BatchNormMirrorKernels>());
+        let channels = self.norm.channels;
+        kernels.launch(mirror_kernels, pass, channels, values, context.max_groups())
+    }
+
+    /// Whether the passes read `tensors` (X, and dY and Y for the backward passes) from their
+    /// mirrors, which it then refreshes for the `rows` read: where the channels come in fours
+    /// and every one of them has a mirror (on the adapters whose products read mirrors).
+    fn read_mirrors(
+        &self,
+        program: &mut Program<'_>,
+        tensors: &[&DeviceTensor],
+        rows: usize,
+    ) -> bool {
+        let mirrored = self.norm.channels.is_multiple_of(4)
+            && tensors.iter().all(|tensor| tensor.mirror.is_some());
+        let bytes = (rows * self.positions * self.norm.channels * 4) as u64;
+        let mirrors = tensors.iter().filter_map(|tensor| tensor.mirror.as_ref());
+        for mirror in mirrors.filter(|_| mirrored) {
+            program.refresh(mirror, bytes);
+        }
+        mirrored
+    }
+}
+
+/// X, dY or Y as a pass binds it: its mirror where `mirrored`, else its buffer.
+fn operand(tensor: &DeviceTensor, mirrored: bool) -> BindingResource<'_> {
+    match (mirrored, &tensor.mirror) {
+        (true, Some(mirror)) => BindingResource::TextureView(&mirror.view),
+        _ => tensor.buffer.as_entire_binding(),
     }
 }
 
@@ -253,25 +335,26 @@ impl DevicePasses for BatchNormDevice {
         training: bool,
     ) {
         let shape = self.shape(context, rows, training, self.activation);
+        let mirrored = self.read_mirrors(program, &[io.input], rows);
         if training {
             let resources = [
                 shape.as_entire_binding(),
-                io.input.buffer.as_entire_binding(),
+                operand(io.input, mirrored),
                 self.stats.as_entire_binding(),
                 context.state.as_entire_binding(),
             ];
-            let (kernel, grid) = self.launch(context, NormPass::Statistics, rows);
+            let (kernel, grid) = self.launch(context, NormPass::Statistics, rows, mirrored);
             program.dispatch(context.gpu, kernel, &resources, grid);
         }
         let resources = [
             shape.as_entire_binding(),
-            io.input.buffer.as_entire_binding(),
+            operand(io.input, mirrored),
             self.stats.as_entire_binding(),
             context.state.as_entire_binding(),
             context.params.buffer.as_entire_binding(),
             io.output.buffer.as_entire_binding(),
         ];
-        let (kernel, grid) = self.launch(context, NormPass::Normalize, rows);
+        let (kernel, grid) = self.launch(context, NormPass::Normalize, rows, mirrored);
         program.dispatch(context.gpu, kernel, &resources, grid);
     }
 
@@ -300,35 +383,39 @@ impl DevicePasses for BatchNormDevice {
                 input_grad.buffer.as_entire_binding(),
                 io.output.buffer.as_entire_binding(),
             ];
-            let (kernel, grid) = self.launch(context, NormPass::BackwardInputEvaluation, rows);
+            let pass = NormPass::BackwardInputEvaluation;
+            let (kernel, grid) = self.launch(context, pass, rows, false);
             program.dispatch(context.gpu, kernel, &resources, grid);
             return false;
         }
         let shape = self.shape(context, rows, true, derivative);
+        let operands = [io.input, io.output_grad, io.output];
+        let mirrored = self.read_mirrors(program, &operands, rows);
+        let [x, dy, y] = operands.map(|tensor| operand(tensor, mirrored));
         let resources = [
             shape.as_entire_binding(),
-            io.input.buffer.as_entire_binding(),
+            x.clone(),
             self.stats.as_entire_binding(),
-            io.output_grad.buffer.as_entire_binding(),
+            dy.clone(),
             context.grads.as_entire_binding(),
-            io.output.buffer.as_entire_binding(),
+            y.clone(),
         ];
-        let (kernel, grid) = self.launch(context, NormPass::BackwardSums, rows);
+        let (kernel, grid) = self.launch(context, NormPass::BackwardSums, rows, mirrored);
         program.dispatch(context.gpu, kernel, &resources, grid);
         let Some(input_grad) = io.input_grad else {
             return false;
         };
         let resources = [
             shape.as_entire_binding(),
-            io.input.buffer.as_entire_binding(),
+            x,
             self.stats.as_entire_binding(),
             context.params.buffer.as_entire_binding(),
-            io.output_grad.buffer.as_entire_binding(),
+            dy,
             context.grads.as_entire_binding(),
             input_grad.buffer.as_entire_binding(),
-            io.output.buffer.as_entire_binding(),
+            y,
         ];
-        let (kernel, grid) = self.launch(context, NormPass::BackwardInput, rows);
+        let (kernel, grid) = self.launch(context, NormPass::BackwardInput, rows, mirrored);
         program.dispatch(context.gpu, kernel, &resources, grid);
         false
     }
@@ -485,6 +572,7 @@ pub fn gpu_passes(
     activation: LayerActivation,
     training: bool,
     dy: Option<&[f32]>,
+    mirrored: bool,
 ) -> Result<NormOutputs> {
     let channels = inputs.gamma.len();
     let values = x.len() / channels;
@@ -502,24 +590,44 @@ pub fn gpu_passes(
         _pad: [0; 2],
     };
     let shape = gpu.params_with("shape", &shape);
-    let x_buffer = gpu.storage_with("x", x)?;
+    // X, Y and dY with mirrors where `mirrored` (refreshed before each pass that reads them).
+    let tensor = |what: &str, data: &[f32]| -> Result<DeviceTensor> {
+        let buffer = gpu.storage_with(what, data)?;
+        let mirror = mirrored
+            .then(|| TextureMirror::new(gpu, what, &buffer))
+            .flatten();
+        Ok(DeviceTensor { buffer, mirror })
+    };
+    let refresh = |tensor: &DeviceTensor| {
+        if let Some(mirror) = &tensor.mirror {
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            mirror.record_refresh_of(&mut encoder, u64::MAX);
+            gpu.queue.submit([encoder.finish()]);
+        }
+    };
+    let x_tensor = tensor("x", x)?;
+    let y_tensor = tensor("y", &vec![f32::NAN; x.len()])?;
+    let dy_tensor = dy.map(|dy| tensor("dy", dy)).transpose()?;
+    let mirrored = channels.is_multiple_of(4) && mirrored;
     let params = gpu.storage_with("params", &[inputs.gamma, inputs.beta].concat())?;
     let state = [inputs.running_mean, inputs.running_var].concat();
     let state = gpu.storage_with("state", &state)?;
     let stats = gpu.storage_with("stats", &vec![f32::NAN; 2 * channels])?;
-    let y = gpu.storage_with("y", &vec![f32::NAN; x.len()])?;
     let dx = gpu.storage_with("dx", &vec![f32::NAN; x.len()])?;
     let grads = gpu.storage_with("grads", &vec![f32::NAN; 2 * channels])?;
     let k = kernels.family::<BatchNormKernels>();
-    let launch = |pass| k.launch(pass, channels, values, ops::max_groups(gpu));
+    let mirror_kernels = mirrored.then(|| kernels.family::<BatchNormMirrorKernels>());
+    let launch = |pass| k.launch(mirror_kernels, pass, channels, values, ops::max_groups(gpu));
     let run = |kernel: &Kernel, resources: &[wgpu::BindingResource<'_>], grid| {
         ops::dispatch(gpu, kernel, &kernel.bind(gpu, resources), grid)
     };
+    refresh(&x_tensor);
+    let x_operand = operand(&x_tensor, mirrored);
     if training {
         let (kernel, grid) = launch(NormPass::Statistics);
         let resources = [
             shape.as_entire_binding(),
-            x_buffer.as_entire_binding(),
+            x_operand.clone(),
             stats.as_entire_binding(),
             state.as_entire_binding(),
         ];
@@ -527,52 +635,53 @@ pub fn gpu_passes(
     }
     let resources = [
         shape.as_entire_binding(),
-        x_buffer.as_entire_binding(),
+        x_operand.clone(),
         stats.as_entire_binding(),
         state.as_entire_binding(),
         params.as_entire_binding(),
-        y.as_entire_binding(),
+        y_tensor.buffer.as_entire_binding(),
     ];
     let (kernel, grid) = launch(NormPass::Normalize);
     run(kernel, &resources, grid);
-    if let Some(dy) = dy.filter(|_| !training) {
-        let dy = gpu.storage_with("dy", dy)?;
+    if let Some(dy_tensor) = dy_tensor.as_ref().filter(|_| !training) {
         let resources = [
             shape.as_entire_binding(),
             state.as_entire_binding(),
             params.as_entire_binding(),
-            dy.as_entire_binding(),
+            dy_tensor.buffer.as_entire_binding(),
             dx.as_entire_binding(),
-            y.as_entire_binding(),
+            y_tensor.buffer.as_entire_binding(),
         ];
         let (kernel, grid) = launch(NormPass::BackwardInputEvaluation);
         run(kernel, &resources, grid);
-    } else if let Some(dy) = dy {
-        let dy = gpu.storage_with("dy", dy)?;
+    } else if let Some(dy_tensor) = &dy_tensor {
+        refresh(&y_tensor);
+        refresh(dy_tensor);
+        let (dy_operand, y_operand) = (operand(dy_tensor, mirrored), operand(&y_tensor, mirrored));
         let resources = [
             shape.as_entire_binding(),
-            x_buffer.as_entire_binding(),
+            x_operand.clone(),
             stats.as_entire_binding(),
-            dy.as_entire_binding(),
+            dy_operand.clone(),
             grads.as_entire_binding(),
-            y.as_entire_binding(),
+            y_operand.clone(),
         ];
         let (kernel, grid) = launch(NormPass::BackwardSums);
         run(kernel, &resources, grid);
         let resources = [
             shape.as_entire_binding(),
-            x_buffer.as_entire_binding(),
+            x_operand,
             stats.as_entire_binding(),
             params.as_entire_binding(),
-            dy.as_entire_binding(),
+            dy_operand,
             grads.as_entire_binding(),
             dx.as_entire_binding(),
-            y.as_entire_binding(),
+            y_operand,
         ];
         let (kernel, grid) = launch(NormPass::BackwardInput);
         run(kernel, &resources, grid);
     }
-    let out = if dy.is_some() { &dx } else { &y };
+    let out = if dy.is_some() { &dx } else { &y_tensor.buffer };
     Ok(NormOutputs {
         values: gpu.read_back(out, x.len())?,
         stats: gpu.read_back(&stats, 2 * channels)?,
