@@ -670,31 +670,41 @@ fn check_residual_sums_and_activations(
     tally: &mut Tally,
     rng: &mut Rng,
 ) -> Result<()> {
-    // Counts that are and are not multiples of the kernels' four values per invocation.
-    for count in [4, 37, 1000] {
+    // Counts that are and are not multiples of the kernels' four values per invocation (and
+    // 5,000 values: 1,250 vec4, beyond a mirror's first row), from buffers and from mirrors.
+    for (count, mirrored) in [4, 37, 1000, 5000]
+        .into_iter()
+        .flat_map(|c| [(c, false), (c, true)])
+    {
         let a = random_vec(rng, count, -2.0, 2.0);
         let b = random_vec(rng, count, -2.0, 2.0);
         let none = vec![f32::NAN; count];
-        let k = kernels.elementwise();
         let identity = LayerActivation::Identity;
+        let run = |pick, inputs: [Option<&[f32]>; 2], out: &[f32], f| {
+            ops::elementwise(gpu, kernels, pick, mirrored, inputs, out, f)
+        };
+        let what = format!(
+            "{count} values{}",
+            if mirrored { " from mirrors" } else { "" }
+        );
         let sum = residual::reference_forward(&a, &b);
-        let actual = ops::elementwise(gpu, &k.add, [Some(&a), Some(&b)], &none, identity)?;
-        tally.close(&format!("{count} values, a + b"), &actual, &sum, 0.0, 0.0);
-        let actual = ops::elementwise(gpu, &k.add_assign, [None, Some(&b)], &a, identity)?;
-        tally.close(&format!("{count} values, a += b"), &actual, &sum, 0.0, 0.0);
-        let actual = ops::elementwise(gpu, &k.copy, [Some(&a), None], &none, identity)?;
-        tally.close(&format!("{count} values, copy"), &actual, &a, 0.0, 0.0);
+        let actual = run(|k| &k.add, [Some(&a), Some(&b)], &none, identity)?;
+        tally.close(&format!("{what}, a + b"), &actual, &sum, 0.0, 0.0);
+        let actual = run(|k| &k.add_assign, [None, Some(&b)], &a, identity)?;
+        tally.close(&format!("{what}, a += b"), &actual, &sum, 0.0, 0.0);
+        let actual = run(|k| &k.copy, [Some(&a), None], &none, identity)?;
+        tally.close(&format!("{what}, copy"), &actual, &a, 0.0, 0.0);
         for f in &ACTIVATIONS[1..] {
             let expected = activation::reference_forward(*f, &a);
-            let actual = ops::elementwise(gpu, &k.activate, [Some(&a), None], &none, *f)?;
-            let case = format!("{count} values, {}", f.name());
+            let actual = run(|k| &k.activate, [Some(&a), None], &none, *f)?;
+            let case = format!("{what}, {}", f.name());
             tally.close(&case, &actual, &expected, 1e-6, 1e-5);
             let dy = &b;
             let expected = activation::reference_backward(*f, &expected, dy);
             let y = activation::reference_forward(*f, &a);
             let inputs = [Some(&dy[..]), Some(&y[..])];
-            let actual = ops::elementwise(gpu, &k.activation_derivative, inputs, &none, *f)?;
-            let case = format!("{count} values, {} backward", f.name());
+            let actual = run(|k| &k.activation_derivative, inputs, &none, *f)?;
+            let case = format!("{what}, {} backward", f.name());
             tally.close(&case, &actual, &expected, 1e-6, 1e-5);
         }
     }

@@ -88,21 +88,41 @@ impl KernelFamily for ElementwiseKernels {
     );
 
     fn build(module: &FamilyModule<'_>) -> Self {
-        use Slot::*;
-        ElementwiseKernels {
-            add: module.kernel("add", &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)]),
-            add_assign: module.kernel("add_assign", &[(0, Params), (2, Read), (3, ReadWrite)]),
-            copy: module.kernel("copy", &[(0, Params), (1, Read), (3, ReadWrite)]),
-            activate: module.kernel("activate_values", &[(0, Params), (1, Read), (3, ReadWrite)]),
-            activation_derivative: module.kernel(
-                "activation_derivative",
-                &[(0, Params), (1, Read), (2, Read), (3, ReadWrite)],
-            ),
-        }
+        ElementwiseKernels::with_inputs(module, Slot::Read)
+    }
+}
+
+/// elementwise_mirrors.wgsl (elementwise.wgsl with the feature `mirrors`): the same kernels
+/// reading a and b from their texture mirrors, for the adapters whose products read mirrors
+/// (lavapipe, which loads a buffer lane by lane and fetches texels as vectors).
+pub struct ElementwiseMirrorKernels(pub ElementwiseKernels);
+
+impl KernelFamily for ElementwiseMirrorKernels {
+    const SHADER: (&'static str, &'static str) = (
+        "elementwise_mirrors.wgsl",
+        crate::shader_source!("elementwise_mirrors.wgsl"),
+    );
+
+    fn build(module: &FamilyModule<'_>) -> Self {
+        ElementwiseMirrorKernels(ElementwiseKernels::with_inputs(module, Slot::Mirror))
     }
 }
 
 impl ElementwiseKernels {
+    /// The module's kernels, binding a and b as `inputs` (buffers or mirrors).
+    fn with_inputs(module: &FamilyModule<'_>, inputs: Slot) -> Self {
+        use Slot::*;
+        let one = [(0, Params), (1, inputs), (3, ReadWrite)];
+        let two = [(0, Params), (1, inputs), (2, inputs), (3, ReadWrite)];
+        ElementwiseKernels {
+            add: module.kernel("add", &two),
+            add_assign: module.kernel("add_assign", &[(0, Params), (2, inputs), (3, ReadWrite)]),
+            copy: module.kernel("copy", &one),
+            activate: module.kernel("activate_values", &one),
+            activation_derivative: module.kernel("activation_derivative", &two),
+        }
+    }
+
     /// The grid of any of them over `count` values: an invocation per 8 vec4
     /// (`VEC4S_PER_INVOCATION` in elementwise.wgsl).
     pub fn grid(count: usize, max_groups: u32) -> [u32; 3] {
@@ -340,9 +360,13 @@ impl Kernels {
             .expect("a family is stored under its own type")
     }
 
-    /// elementwise.wgsl's kernels (built on first use).
-    pub fn elementwise(&self) -> &ElementwiseKernels {
-        self.family()
+    /// elementwise.wgsl's kernels (built on first use); `mirrored`: those reading their
+    /// inputs' texture mirrors.
+    pub fn elementwise(&self, mirrored: bool) -> &ElementwiseKernels {
+        match mirrored {
+            true => &self.family::<ElementwiseMirrorKernels>().0,
+            false => self.family(),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! its file): what the kernel tests and `selftest` compare against `crate::reference`. Buffers are made per call, so this is for checking
 //! kernels, never for training.
 
-use wgpu::Buffer;
+use wgpu::{BindingResource, Buffer};
 
 use super::Gpu;
 use super::buffers::grid_1d;
@@ -648,11 +648,14 @@ pub fn apply_derivative(
     gpu.read_back(&grad_buffer, grad.len())
 }
 
-/// elementwise.wgsl's `kernel` over a and b (where it reads them) into `out` (its initial
-/// contents, which `add_assign` reads); `activation` for the activation kernels.
+/// elementwise.wgsl's kernel that `pick` chooses, over a and b (where it reads them; from their
+/// texture mirrors where `mirrored`) into `out` (its initial contents, which `add_assign`
+/// reads); `activation` for the activation kernels.
 pub fn elementwise(
     gpu: &Gpu,
-    kernel: &Kernel,
+    kernels: &Kernels,
+    pick: fn(&ElementwiseKernels) -> &Kernel,
+    mirrored: bool,
     inputs: [Option<&[f32]>; 2],
     out: &[f32],
     activation: LayerActivation,
@@ -666,11 +669,27 @@ pub fn elementwise(
     let inputs: Vec<Buffer> = (inputs.iter().flatten())
         .map(|values| gpu.storage_with("input", values))
         .collect::<Result<_>>()?;
+    let mirrors: Vec<TextureMirror> = (inputs.iter())
+        .filter_map(|buffer| mirrored.then(|| TextureMirror::new(gpu, "input mirror", buffer))?)
+        .collect();
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    mirrors
+        .iter()
+        .for_each(|m| m.record_refresh_of(&mut encoder, u64::MAX));
+    gpu.queue.submit([encoder.finish()]);
     let out_buffer = gpu.storage_with("out", out)?;
     let mut resources = vec![shape.as_entire_binding()];
-    resources.extend(inputs.iter().map(|b| b.as_entire_binding()));
+    match mirrored {
+        true => resources.extend(
+            mirrors
+                .iter()
+                .map(|m| BindingResource::TextureView(&m.view)),
+        ),
+        false => resources.extend(inputs.iter().map(|b| b.as_entire_binding())),
+    }
     resources.push(out_buffer.as_entire_binding());
     let grid = ElementwiseKernels::grid(out.len(), max_groups(gpu));
+    let kernel = pick(kernels.elementwise(mirrored));
     dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
     gpu.read_back(&out_buffer, out.len())
 }

@@ -7,9 +7,7 @@ use super::context::LayerContext;
 use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
 use super::{Backward, DeviceLayer, DevicePasses, LayerIo};
 use crate::error::Result;
-use crate::gpu::kernels::ElementwiseKernels;
 use crate::gpu::program::Program;
-use crate::gpu::uniforms::ElementwiseShape;
 use crate::shapes::{Activation, LayerActivation, Shape};
 
 /// An activation layer in a training program.
@@ -25,17 +23,6 @@ impl ActivationDevice {
             activation,
         }
     }
-
-    fn shape(&self, context: &LayerContext<'_, '_>, rows: usize) -> (wgpu::Buffer, [u32; 3]) {
-        let count = rows * self.features;
-        let shape = ElementwiseShape {
-            count: count as u32,
-            activation: self.activation.shader_code(),
-            _pad: [0; 2],
-        };
-        let grid = ElementwiseKernels::grid(count, context.max_groups());
-        (context.gpu.params_with("activation shape", &shape), grid)
-    }
 }
 
 impl DevicePasses for ActivationDevice {
@@ -47,14 +34,14 @@ impl DevicePasses for ActivationDevice {
         rows: usize,
         _training: bool,
     ) {
-        let (shape, grid) = self.shape(context, rows);
-        let resources = [
-            shape.as_entire_binding(),
-            io.input.buffer.as_entire_binding(),
-            io.output.buffer.as_entire_binding(),
-        ];
-        let kernel = &context.kernels.elementwise().activate;
-        program.dispatch(context.gpu, kernel, &resources, grid);
+        context.elementwise(
+            program,
+            |k| &k.activate,
+            rows * self.features,
+            self.activation,
+            [Some(io.input), None],
+            &io.output.buffer,
+        );
     }
 
     fn record_backward<'k>(
@@ -68,15 +55,14 @@ impl DevicePasses for ActivationDevice {
         let Some(input_grad) = io.input_grad else {
             return false;
         };
-        let (shape, grid) = self.shape(context, rows);
-        let resources = [
-            shape.as_entire_binding(),
-            io.output_grad.buffer.as_entire_binding(),
-            io.output.buffer.as_entire_binding(),
-            input_grad.buffer.as_entire_binding(),
-        ];
-        let kernel = &context.kernels.elementwise().activation_derivative;
-        program.dispatch(context.gpu, kernel, &resources, grid);
+        context.elementwise(
+            program,
+            |k| &k.activation_derivative,
+            rows * self.features,
+            self.activation,
+            [Some(io.output_grad), Some(io.output)],
+            &input_grad.buffer,
+        );
         false
     }
 }

@@ -10,7 +10,7 @@ use crate::gpu::matmul::ImageProduct;
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::{ConvShape, ElementwiseShape, MatmulDims};
 use crate::gpu::{Gpu, Kernel, Kernels, MatmulOperand, TextureMirror};
-use crate::shapes::WeightMatrix;
+use crate::shapes::{LayerActivation, WeightMatrix};
 
 use super::DeviceTensor;
 
@@ -195,26 +195,39 @@ impl<'a, 'k> LayerContext<'a, 'k> {
         ))
     }
 
-    /// Records `kernel` of elementwise.wgsl over `count` values: its inputs a and b where it
-    /// reads them, and `out`.
+    /// Records the kernel of elementwise.wgsl that `pick` chooses, over `count` values:
+    /// `inputs` a and b where it reads them, from their mirrors where each has one (refreshed
+    /// for the values read), into `out`; `activation` for the activation kernels.
     pub(crate) fn elementwise(
         &self,
         program: &mut Program<'k>,
-        kernel: &'k Kernel,
+        pick: fn(&ElementwiseKernels) -> &Kernel,
         count: usize,
-        inputs: [Option<&Buffer>; 2],
+        activation: LayerActivation,
+        inputs: [Option<&DeviceTensor>; 2],
         out: &Buffer,
     ) {
         let shape = ElementwiseShape {
             count: count as u32,
-            activation: 0,
+            activation: activation.shader_code(),
             _pad: [0; 2],
         };
         let shape = self.gpu.params_with("elementwise shape", &shape);
+        let inputs: Vec<&DeviceTensor> = inputs.into_iter().flatten().collect();
+        let mirrored = inputs.iter().all(|input| input.mirror.is_some());
         let mut resources = vec![shape.as_entire_binding()];
-        resources.extend(inputs.iter().flatten().map(|b| b.as_entire_binding()));
+        for input in &inputs {
+            resources.push(match &input.mirror {
+                Some(mirror) if mirrored => {
+                    program.refresh(mirror, (count * 4) as u64);
+                    BindingResource::TextureView(&mirror.view)
+                }
+                _ => input.buffer.as_entire_binding(),
+            });
+        }
         resources.push(out.as_entire_binding());
         let grid = ElementwiseKernels::grid(count, self.max_groups());
+        let kernel = pick(self.kernels.elementwise(mirrored));
         program.dispatch(self.gpu, kernel, &resources, grid);
     }
 }

@@ -8,7 +8,7 @@
 use super::context::LayerContext;
 use super::{Backward, DevicePasses, LayerIo};
 use crate::gpu::program::Program;
-use crate::shapes::Shape;
+use crate::shapes::{LayerActivation, Shape};
 
 /// A residual sum in a training program.
 pub(crate) struct AddDevice {
@@ -35,9 +35,10 @@ impl DevicePasses for AddDevice {
         let second = io.second_input.expect("a residual sum has two inputs");
         context.elementwise(
             program,
-            &context.kernels.elementwise().add,
+            |k| &k.add,
             rows * self.features,
-            [Some(&io.input.buffer), Some(&second.buffer)],
+            LayerActivation::Identity,
+            [Some(io.input), Some(second)],
             &io.output.buffer,
         );
     }

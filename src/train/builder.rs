@@ -160,25 +160,21 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
     /// their order.
     fn sum_gradients(&self, program: &mut Program<'k>, t: TensorId, rows: usize) {
         let count = rows * self.plan.tensors[t].shape.len();
-        let parts: Vec<&Buffer> = (self.plan.tensors[t].consumers.iter())
+        let parts: Vec<&DeviceTensor> = (self.plan.tensors[t].consumers.iter())
             .map(|&c| {
                 let slot = self.plan.nodes[c].inputs.iter().position(|&i| i == t);
                 let target = slot.and_then(|slot| self.routes.targets[c][slot].as_ref());
-                &target.expect("each consumer gave its part").buffer
+                target.expect("each consumer gave its part")
             })
             .collect();
         let sum = &self.routes.grads[t].buffer;
-        let kernels = self.context.kernels.elementwise();
-        self.context.elementwise(
-            program,
-            &kernels.add,
-            count,
-            [Some(parts[0]), Some(parts[1])],
-            sum,
-        );
-        for part in &parts[2..] {
-            self.context
-                .elementwise(program, &kernels.add_assign, count, [None, Some(part)], sum);
+        let identity = LayerActivation::Identity;
+        let context = &self.context;
+        let both = [Some(parts[0]), Some(parts[1])];
+        context.elementwise(program, |k| &k.add, count, identity, both, sum);
+        for &part in &parts[2..] {
+            let second = [None, Some(part)];
+            context.elementwise(program, |k| &k.add_assign, count, identity, second, sum);
         }
     }
 
@@ -323,13 +319,12 @@ impl<'a, 'k> ProgramBuilder<'a, 'k> {
                 let target = self.routes.targets[n][slot].as_ref();
                 if let Some(target) = target.filter(|_| copy) {
                     let count = rows * plan.tensors[node.output].shape.len();
-                    let from = Some(&io.output_grad.buffer);
-                    let kernel = &self.context.kernels.elementwise().copy;
                     self.context.elementwise(
                         &mut program,
-                        kernel,
+                        |k| &k.copy,
                         count,
-                        [from, None],
+                        LayerActivation::Identity,
+                        [Some(io.output_grad), None],
                         &target.buffer,
                     );
                 }
