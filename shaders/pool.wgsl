@@ -30,6 +30,9 @@
 //                                  shape.derivative is 0); maxpool_backward_tiles_quads: Y,
 //                                  the pool's output [samples, OH, OW, C] (the maximum of each
 //                                  window, the one value whose derivative counts)
+// Compiled with the feature `mirrors` (pool_mirrors.wgsl), the _quads entry points bind 1 and 4 as
+// texture_2d<f32>: rgba32float mirrors of those buffers, vec4 i at the texel
+// (i % MIRROR_ROW_TEXELS, i / MIRROR_ROW_TEXELS) (shared/mirror.wgsl).
 //
 // Workgroup: 64 invocations. Dispatch grid, folded into (x, y) with x <= 65535 (invocation =
 // (y * num_workgroups.x + x) * 64 + local): one invocation per output value (forward) or input
@@ -40,6 +43,7 @@ import package::shared::activations::{derivative_from_output, derivative_from_ou
 import package::shared::grid::flat_invocation;
 import package::shared::divide::quotient;
 import package::shared::pool_shape::PoolShape;
+import package::shared::mirror::mirrored;
 
 
 @group(0) @binding(0) var<storage, read> shape: PoolShape;
@@ -48,11 +52,24 @@ import package::shared::pool_shape::PoolShape;
 @group(0) @binding(3) var<storage, read_write> argmax_out: array<u32>;
 @group(0) @binding(3) var<storage, read> argmax_in: array<u32>;
 @group(0) @binding(4) var<storage, read> below: array<f32>;
-@group(0) @binding(1) var<storage, read> input_quads: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> output_quads: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> argmax_out_quads: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> argmax_in_quads: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read> below_quads: array<vec4<f32>>;
+
+// The _quads entry points read bindings 1 and 4 through input_quad and below_quad: from the
+// storage buffers, or in the variant compiled with the feature `mirrors` (pool_mirrors.wgsl)
+// from their texture mirrors (src/gpu/mirror.rs), whose fetches lavapipe vectorises where it
+// loads a buffer lane by lane.
+@if(!mirrors) @group(0) @binding(1) var<storage, read> input_quads: array<vec4<f32>>;
+@if(!mirrors) @group(0) @binding(4) var<storage, read> below_quads: array<vec4<f32>>;
+@if(mirrors) @group(0) @binding(1) var input_mirror: texture_2d<f32>;
+@if(mirrors) @group(0) @binding(4) var below_mirror: texture_2d<f32>;
+
+// vec4 i of bindings 1 and 4.
+@if(!mirrors) fn input_quad(i: u32) -> vec4<f32> { return input_quads[i]; }
+@else fn input_quad(i: u32) -> vec4<f32> { return mirrored(input_mirror, i); }
+@if(!mirrors) fn below_quad(i: u32) -> vec4<f32> { return below_quads[i]; }
+@else fn below_quad(i: u32) -> vec4<f32> { return mirrored(below_mirror, i); }
 
 // Where a value's window lies, read from the shape once.
 struct Windows {
@@ -163,11 +180,11 @@ fn maxpool_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     }
     let pixel = quotient(index, quads);
     let first = window_start(w, pixel_of(pixel, w.out_height, w.out_width)) / 4u + index - pixel * quads;
-    var best = input_quads[first];
+    var best = input_quad(first);
     var best_at = vec4<u32>(0u);
     for (var dy = 0u; dy < w.size_y; dy++) {
         for (var dx = 0u; dx < w.size_x; dx++) {
-            let v = input_quads[first + (dy * w.in_width + dx) * quads];
+            let v = input_quad(first + (dy * w.in_width + dx) * quads);
             let better = v > best;
             best = select(best, v, better);
             best_at = select(best_at, vec4<u32>(dy * w.size_x + dx), better);
@@ -223,7 +240,7 @@ fn maxpool_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     let pixel = quotient(index, quads);
     let p = pixel_of(pixel, w.in_height, w.in_width);
     let q = index - pixel * quads;
-    let derivative = derivative_from_output4(shape.derivative, below_quads[index]);
+    let derivative = derivative_from_output4(shape.derivative, below_quad(index));
     var sum = vec4<f32>(0.0);
     for (var dy = 0u; dy < w.size_y; dy++) {
         for (var dx = 0u; dx < w.size_x; dx++) {
@@ -231,7 +248,7 @@ fn maxpool_backward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builti
             if (o != 0xffffffffu) {
                 let at = o * quads + q;
                 let won = argmax_in_quads[at] == vec4<u32>(dy * w.size_x + dx);
-                sum += select(vec4<f32>(0.0), input_quads[at], won);
+                sum += select(vec4<f32>(0.0), input_quad(at), won);
             }
         }
     }
@@ -258,7 +275,7 @@ fn maxpool_backward_tiles_quads(@builtin(global_invocation_id) gid: vec3<u32>, @
     // The derivative below counts only at each window's maximum (elsewhere it multiplies a 0,
     // and every activation's derivative is finite and not negative), where X is the pool's
     // output Y: one load of Y per window instead of one of X per value.
-    let value = input_quads[index] * derivative_from_output4(shape.derivative, below_quads[index]);
+    let value = input_quad(index) * derivative_from_output4(shape.derivative, below_quad(index));
     let won_at = argmax_in_quads[index];
     let y0 = o.y * w.size_y;
     let x0 = o.x * w.size_x;

@@ -429,32 +429,42 @@ fn check_max_pool_forward_backward(
             .map(|_| rng.below(7) as f32 - 3.0)
             .collect();
         let (expected, expected_argmax) = reference::maxpool_forward(&x, CONV_BATCH, &geometry);
-        let (actual, argmax) = pool::gpu_forward(gpu, kernels, &x, CONV_BATCH, &geometry)?;
-        tally.close(&format!("{what} forward"), &actual, &expected, 0.0, 0.0);
-        tally.equal(&format!("{what} argmax"), &argmax, &expected_argmax);
-        for below in ACTIVATIONS {
-            let dy = random_vec(rng, expected.len(), -1.0, 1.0);
-            let below_x = activated(rng, x.len(), below);
-            let expected = reference::maxpool_backward(
-                &dy,
-                &expected_argmax,
-                CONV_BATCH,
-                &geometry,
-                &below_x,
-                below,
-            );
-            let actual = pool::gpu_backward(
-                gpu,
-                kernels,
-                &dy,
-                &expected_argmax,
-                CONV_BATCH,
-                &geometry,
-                &below_x,
-                below,
-            )?;
-            let case = format!("{what} backward through {}", below.name());
-            tally.close(&case, &actual, &expected, 1e-7, 1e-6);
+        // The four-channel kernels also as they read texture mirrors.
+        let forms: &[bool] = match geometry.input.channels % 4 {
+            0 => &[false, true],
+            _ => &[false],
+        };
+        for &mirrored in forms {
+            let what = format!("{what}{}", if mirrored { ", from mirrors" } else { "" });
+            let (actual, argmax) =
+                pool::gpu_forward(gpu, kernels, &x, CONV_BATCH, &geometry, mirrored)?;
+            tally.close(&format!("{what} forward"), &actual, &expected, 0.0, 0.0);
+            tally.equal(&format!("{what} argmax"), &argmax, &expected_argmax);
+            for below in ACTIVATIONS {
+                let dy = random_vec(rng, expected.len(), -1.0, 1.0);
+                let below_x = activated(rng, x.len(), below);
+                let expected = reference::maxpool_backward(
+                    &dy,
+                    &expected_argmax,
+                    CONV_BATCH,
+                    &geometry,
+                    &below_x,
+                    below,
+                );
+                let actual = pool::gpu_backward(
+                    gpu,
+                    kernels,
+                    &dy,
+                    &expected_argmax,
+                    CONV_BATCH,
+                    &geometry,
+                    &below_x,
+                    below,
+                    mirrored,
+                )?;
+                let case = format!("{what} backward through {}", below.name());
+                tally.close(&case, &actual, &expected, 1e-7, 1e-6);
+            }
         }
     }
     Ok(())
@@ -1140,6 +1150,10 @@ fn pool_cases() -> Vec<(String, Geometry)> {
         (1, 9, 7, 2, 2),
         (8, 7, 9, 2, 2),
         (4, 6, 4, 3, 3),
+        // 5 samples of 22×22×8 in 4,840 texels, their 11×11 maxima in 1,210: past a mirror's
+        // first row in each.
+        (8, 22, 22, 2, 2),
+        (8, 22, 22, 3, 2),
     ]
     .into_iter()
     .map(|(channels, height, width, size, stride)| {

@@ -4,16 +4,16 @@
 //! argmax of each (its offset in the window), kept for the backward pass. Backward, from dy, a
 //! gather: dx at each input the sum of dy over the windows it won, ⊙ below'(x).
 
-use wgpu::Buffer;
+use wgpu::{BindingResource, Buffer};
 
 use super::context::LayerContext;
 use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
-use super::{Backward, DeviceLayer, DevicePasses, LayerIo, PoolWindows, pool_size};
+use super::{Backward, DeviceLayer, DevicePasses, DeviceTensor, LayerIo, PoolWindows, pool_size};
 use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::{FamilyModule, KernelFamily, ROW_WORKGROUP, Slot};
 use crate::gpu::program::Program;
-use crate::gpu::{Gpu, Kernel, Kernels, ops};
+use crate::gpu::{Gpu, Kernel, Kernels, TextureMirror, ops};
 use crate::reference;
 use crate::shapes::{Geometry, LayerActivation, Shape};
 
@@ -61,18 +61,55 @@ impl PoolShape {
 /// pool.wgsl: max pooling and its gather backward, per channel and four channels at a time.
 pub struct PoolKernels {
     pub forward: Kernel,
-    pub forward_quads: Kernel,
     pub backward: Kernel,
-    pub backward_quads: Kernel,
-    pub backward_tiles_quads: Kernel,
+    pub quads: PoolQuadKernels,
+}
+
+/// The four-channel kernels of pool.wgsl, reading buffers, or their mirrors (`PoolMirrorKernels`).
+pub struct PoolQuadKernels {
+    pub forward: Kernel,
+    pub backward: Kernel,
+    pub backward_tiles: Kernel,
+}
+
+/// pool_mirrors.wgsl (pool.wgsl with the feature `mirrors`): the four-channel kernels reading
+/// X (forward), dY and the derivative's operand (backward) from their texture mirrors, for the
+/// adapters whose products read mirrors (lavapipe, which loads a buffer lane by lane and
+/// fetches texels as vectors).
+pub struct PoolMirrorKernels(pub PoolQuadKernels);
+
+impl PoolQuadKernels {
+    /// The module's _quads entry points, binding 1 and 4 as `operands` (buffers or mirrors).
+    fn build(module: &FamilyModule<'_>, operands: Slot) -> Self {
+        use Slot::*;
+        let forward = [(0, Params), (1, operands), (2, ReadWrite), (3, ReadWrite)];
+        let backward = [
+            (0, Params),
+            (1, operands),
+            (2, ReadWrite),
+            (3, Read),
+            (4, operands),
+        ];
+        PoolQuadKernels {
+            forward: module.kernel("maxpool_forward_quads", &forward),
+            backward: module.kernel("maxpool_backward_quads", &backward),
+            backward_tiles: module.kernel("maxpool_backward_tiles_quads", &backward),
+        }
+    }
 }
 
 impl PoolKernels {
-    /// The forward kernel for `geometry` and its invocations over `samples` samples.
-    pub fn forward_for(&self, geometry: &Geometry, samples: usize) -> (&Kernel, usize) {
+    /// The forward kernel for `geometry` and its invocations over `samples` samples (`mirrored`'s
+    /// where given and the channels come in fours).
+    pub fn forward_for<'k>(
+        &'k self,
+        mirrored: Option<&'k PoolMirrorKernels>,
+        geometry: &Geometry,
+        samples: usize,
+    ) -> (&'k Kernel, usize) {
         let values = samples * geometry.output.len();
         match geometry.input.channels % 4 {
-            0 => (&self.forward_quads, values / 4),
+            0 => (&self.quads_from(mirrored).forward, values / 4),
             _ => (&self.forward, values),
         }
     }
@@ -80,21 +117,24 @@ impl PoolKernels {
     /// The backward kernel for `geometry` over `samples` samples: where the channels come in
     /// fours and the windows tile the input, one invocation per window's quad of channels,
     /// reading the derivative below at the pool's output; otherwise one per input value (or
-    /// quad), reading it at the pool's input.
-    pub fn backward_for(&self, geometry: &Geometry, samples: usize) -> PoolBackward<'_> {
+    /// quad), reading it at the pool's input. `mirrored`'s where given and the channels come
+    /// in fours.
+    pub fn backward_for<'k>(
+        &'k self,
+        mirrored: Option<&'k PoolMirrorKernels>,
+        geometry: &Geometry,
+        samples: usize,
+    ) -> PoolBackward<'k> {
         let tiles = geometry.rows.stride == geometry.rows.size
             && geometry.columns.stride == geometry.columns.size;
+        let quads = self.quads_from(mirrored);
         let (kernel, invocations, reads_output) = match (geometry.input.channels % 4, tiles) {
             (0, true) => (
-                &self.backward_tiles_quads,
+                &quads.backward_tiles,
                 samples * geometry.output.len() / 4,
                 true,
             ),
-            (0, false) => (
-                &self.backward_quads,
-                samples * geometry.input.len() / 4,
-                false,
-            ),
+            (0, false) => (&quads.backward, samples * geometry.input.len() / 4, false),
             _ => (&self.backward, samples * geometry.input.len(), false),
         };
         PoolBackward {
@@ -102,6 +142,10 @@ impl PoolKernels {
             invocations,
             reads_output,
         }
+    }
+
+    fn quads_from<'k>(&'k self, mirrored: Option<&'k PoolMirrorKernels>) -> &'k PoolQuadKernels {
+        mirrored.map_or(&self.quads, |mirrored| &mirrored.0)
     }
 }
 
@@ -123,11 +167,20 @@ impl KernelFamily for PoolKernels {
         let backward = [(0, Params), (1, Read), (2, ReadWrite), (3, Read), (4, Read)];
         PoolKernels {
             forward: module.kernel("maxpool_forward", &forward),
-            forward_quads: module.kernel("maxpool_forward_quads", &forward),
             backward: module.kernel("maxpool_backward", &backward),
-            backward_quads: module.kernel("maxpool_backward_quads", &backward),
-            backward_tiles_quads: module.kernel("maxpool_backward_tiles_quads", &backward),
+            quads: PoolQuadKernels::build(module, Read),
         }
+    }
+}
+
+impl KernelFamily for PoolMirrorKernels {
+    const SHADER: (&'static str, &'static str) = (
+        "pool_mirrors.wgsl",
+        crate::shader_source!("pool_mirrors.wgsl"),
+    );
+
+    fn build(module: &FamilyModule<'_>) -> Self {
+        PoolMirrorKernels(PoolQuadKernels::build(module, Slot::Mirror))
     }
 }
 
@@ -147,6 +200,35 @@ impl PoolDevice {
     }
 }
 
+impl PoolDevice {
+    /// The mirror kernels where the channels come in fours and every one of `operands` (with
+    /// the bytes a pass reads of it) has a mirror, which are then refreshed; else `None`.
+    fn mirror_kernels<'k>(
+        &self,
+        context: &LayerContext<'_, 'k>,
+        program: &mut Program<'k>,
+        operands: &[(&DeviceTensor, usize)],
+    ) -> Option<&'k PoolMirrorKernels> {
+        let mirrored = self.geometry.input.channels.is_multiple_of(4)
+            && operands.iter().all(|(tensor, _)| tensor.mirror.is_some());
+        let mirrors = operands
+            .iter()
+            .filter_map(|(t, bytes)| Some((t.mirror.as_ref()?, bytes)));
+        for (mirror, &bytes) in mirrors.filter(|_| mirrored) {
+            program.refresh(mirror, bytes as u64);
+        }
+        mirrored.then(|| context.kernels.family::<PoolMirrorKernels>())
+    }
+}
+
+/// A tensor as a pass binds it: its mirror where the pass reads mirrors, else its buffer.
+fn operand<T>(tensor: &DeviceTensor, mirrored: Option<T>) -> BindingResource<'_> {
+    match (mirrored, &tensor.mirror) {
+        (Some(_), Some(mirror)) => BindingResource::TextureView(&mirror.view),
+        _ => tensor.buffer.as_entire_binding(),
+    }
+}
+
 impl DevicePasses for PoolDevice {
     fn record_forward<'k>(
         &self,
@@ -161,13 +243,16 @@ impl DevicePasses for PoolDevice {
             "pool shape",
             &PoolShape::new(rows, g, LayerActivation::Identity),
         );
+        let input_bytes = rows * g.input.len() * 4;
+        let mirrored = self.mirror_kernels(context, program, &[(io.input, input_bytes)]);
         let resources = [
             shape.as_entire_binding(),
-            io.input.buffer.as_entire_binding(),
+            operand(io.input, mirrored),
             io.output.buffer.as_entire_binding(),
             self.argmax.as_entire_binding(),
         ];
-        let (kernel, invocations) = context.kernels.family::<PoolKernels>().forward_for(g, rows);
+        let kernels = context.kernels.family::<PoolKernels>();
+        let (kernel, invocations) = kernels.forward_for(mirrored, g, rows);
         let grid = grid_1d(invocations, ROW_WORKGROUP, context.max_groups());
         program.dispatch(context.gpu, kernel, &resources, grid);
     }
@@ -187,20 +272,21 @@ impl DevicePasses for PoolDevice {
         let shape = context
             .gpu
             .params_with("pool shape", &PoolShape::new(rows, g, backward.below));
-        let chosen = context
-            .kernels
-            .family::<PoolKernels>()
-            .backward_for(g, rows);
-        let below = match chosen.reads_output {
-            true => io.output,
-            false => io.input,
+        let kernels = context.kernels.family::<PoolKernels>();
+        // Which tensor the derivative is read at does not depend on the form.
+        let below = match kernels.backward_for(None, g, rows).reads_output {
+            true => (io.output, rows * g.output.len() * 4),
+            false => (io.input, rows * g.input.len() * 4),
         };
+        let dy = (io.output_grad, rows * g.output.len() * 4);
+        let mirrored = self.mirror_kernels(context, program, &[dy, below]);
+        let chosen = kernels.backward_for(mirrored, g, rows);
         let resources = [
             shape.as_entire_binding(),
-            io.output_grad.buffer.as_entire_binding(),
+            operand(io.output_grad, mirrored),
             input_grad.buffer.as_entire_binding(),
             self.argmax.as_entire_binding(),
-            below.buffer.as_entire_binding(),
+            operand(below.0, mirrored),
         ];
         let grid = grid_1d(chosen.invocations, ROW_WORKGROUP, context.max_groups());
         program.dispatch(context.gpu, chosen.kernel, &resources, grid);
@@ -219,25 +305,42 @@ pub fn reference_backward(geometry: &Geometry, x: &[f32], dy: &[f32], rows: usiz
     reference::maxpool_backward(dy, &argmax, rows, geometry, x, LayerActivation::Identity)
 }
 
-/// pool.wgsl `maxpool_forward` (`_quads` where the channels come in fours) run once on host
-/// data, for `selftest`: (y, argmax).
+/// A buffer of `values` for a host run, with its mirror (refreshed) where `mirrored`.
+fn host_tensor(gpu: &Gpu, what: &str, values: &[f32], mirrored: bool) -> Result<DeviceTensor> {
+    let buffer = gpu.storage_with(what, values)?;
+    let mirror = mirrored
+        .then(|| TextureMirror::new(gpu, what, &buffer))
+        .flatten();
+    if let Some(mirror) = &mirror {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        mirror.record_refresh_of(&mut encoder, u64::MAX);
+        gpu.queue.submit([encoder.finish()]);
+    }
+    Ok(DeviceTensor { buffer, mirror })
+}
+
+/// pool.wgsl `maxpool_forward` (`_quads` where the channels come in fours; from mirrors where
+/// `mirrored`) run once on host data, for `selftest`: (y, argmax).
 pub fn gpu_forward(
     gpu: &Gpu,
     kernels: &Kernels,
     x: &[f32],
     rows: usize,
     geometry: &Geometry,
+    mirrored: bool,
 ) -> Result<(Vec<f32>, Vec<u32>)> {
     let shape = PoolShape::new(rows, geometry, LayerActivation::Identity);
     let shape = gpu.params_with("shape", &shape);
-    let x_buffer = gpu.storage_with("x", x)?;
+    let x_tensor = host_tensor(gpu, "x", x, mirrored)?;
     let len = rows * geometry.output.len();
     let y = gpu.storage_with("y", &vec![f32::NAN; len])?;
     let argmax = gpu.storage_with("argmax", &vec![u32::MAX; len])?;
-    let (kernel, invocations) = kernels.family::<PoolKernels>().forward_for(geometry, rows);
+    let mirror_kernels = mirrored.then(|| kernels.family::<PoolMirrorKernels>());
+    let family = kernels.family::<PoolKernels>();
+    let (kernel, invocations) = family.forward_for(mirror_kernels, geometry, rows);
     let resources = [
         shape.as_entire_binding(),
-        x_buffer.as_entire_binding(),
+        operand(&x_tensor, mirror_kernels),
         y.as_entire_binding(),
         argmax.as_entire_binding(),
     ];
@@ -246,8 +349,8 @@ pub fn gpu_forward(
     Ok((gpu.read_back(&y, len)?, gpu.read_back(&argmax, len)?))
 }
 
-/// pool.wgsl `maxpool_backward` (`_quads` where the channels come in fours): the input gradient,
-/// times below'(x).
+/// pool.wgsl `maxpool_backward` (`_quads` where the channels come in fours; from mirrors where
+/// `mirrored`): the input gradient, times below'(x).
 #[allow(clippy::too_many_arguments)]
 pub fn gpu_backward(
     gpu: &Gpu,
@@ -258,25 +361,28 @@ pub fn gpu_backward(
     geometry: &Geometry,
     x: &[f32],
     below: LayerActivation,
+    mirrored: bool,
 ) -> Result<Vec<f32>> {
     let shape = gpu.params_with("shape", &PoolShape::new(rows, geometry, below));
-    let grads = gpu.storage_with("output grads", output_grads)?;
+    let grads = host_tensor(gpu, "output grads", output_grads, mirrored)?;
     let argmax_buffer = gpu.storage_with("argmax", argmax)?;
-    let chosen = kernels.family::<PoolKernels>().backward_for(geometry, rows);
+    let mirror_kernels = mirrored.then(|| kernels.family::<PoolMirrorKernels>());
+    let family = kernels.family::<PoolKernels>();
+    let chosen = family.backward_for(mirror_kernels, geometry, rows);
     // Where the kernel reads the derivative at the pool's output: x's values at the argmax.
     let below_values = match chosen.reads_output {
         true => reference::maxpool_winners(x, argmax, rows, geometry),
         false => x.to_vec(),
     };
-    let x_buffer = gpu.storage_with("below", &below_values)?;
+    let below_tensor = host_tensor(gpu, "below", &below_values, mirrored)?;
     let len = rows * geometry.input.len();
     let out = gpu.storage_with("input grads", &vec![f32::NAN; len])?;
     let resources = [
         shape.as_entire_binding(),
-        grads.as_entire_binding(),
+        operand(&grads, mirror_kernels),
         out.as_entire_binding(),
         argmax_buffer.as_entire_binding(),
-        x_buffer.as_entire_binding(),
+        operand(&below_tensor, mirror_kernels),
     ];
     let grid = ops::grid_of(gpu, chosen.invocations);
     ops::dispatch(
