@@ -11,7 +11,7 @@
 //! Parameters: γ (init 1) and β (init 0) trained; running mean (0) and variance (1) state.
 //! PyTorch names: `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked`.
 
-use wgpu::{BindingResource, Buffer};
+use wgpu::Buffer;
 
 use super::context::LayerContext;
 use super::kind::{
@@ -23,7 +23,7 @@ use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::{FamilyModule, KernelFamily, ROW_WORKGROUP, Slot};
 use crate::gpu::program::Program;
-use crate::gpu::{Gpu, Kernel, Kernels, TextureMirror, ops};
+use crate::gpu::{Gpu, Kernel, Kernels, ops};
 use crate::shapes::{
     BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, LayerActivation, NormParams, Shape, WeightMatrix,
 };
@@ -317,14 +317,6 @@ impl BatchNormDevice {
     }
 }
 
-/// X, dY or Y as a pass binds it: its mirror where `mirrored`, else its buffer.
-fn operand(tensor: &DeviceTensor, mirrored: bool) -> BindingResource<'_> {
-    match (mirrored, &tensor.mirror) {
-        (true, Some(mirror)) => BindingResource::TextureView(&mirror.view),
-        _ => tensor.buffer.as_entire_binding(),
-    }
-}
-
 impl DevicePasses for BatchNormDevice {
     fn record_forward<'k>(
         &self,
@@ -339,7 +331,7 @@ impl DevicePasses for BatchNormDevice {
         if training {
             let resources = [
                 shape.as_entire_binding(),
-                operand(io.input, mirrored),
+                io.input.read_binding(mirrored),
                 self.stats.as_entire_binding(),
                 context.state.as_entire_binding(),
             ];
@@ -348,7 +340,7 @@ impl DevicePasses for BatchNormDevice {
         }
         let resources = [
             shape.as_entire_binding(),
-            operand(io.input, mirrored),
+            io.input.read_binding(mirrored),
             self.stats.as_entire_binding(),
             context.state.as_entire_binding(),
             context.params.buffer.as_entire_binding(),
@@ -391,7 +383,7 @@ impl DevicePasses for BatchNormDevice {
         let shape = self.shape(context, rows, true, derivative);
         let operands = [io.input, io.output_grad, io.output];
         let mirrored = self.read_mirrors(program, &operands, rows);
-        let [x, dy, y] = operands.map(|tensor| operand(tensor, mirrored));
+        let [x, dy, y] = operands.map(|tensor| tensor.read_binding(mirrored));
         let resources = [
             shape.as_entire_binding(),
             x.clone(),
@@ -591,14 +583,8 @@ pub fn gpu_passes(
     };
     let shape = gpu.params_with("shape", &shape);
     // X, Y and dY with mirrors where `mirrored` (refreshed before each pass that reads them).
-    let tensor = |what: &str, data: &[f32]| -> Result<DeviceTensor> {
-        let buffer = gpu.storage_with(what, data)?;
-        let mirror = mirrored
-            .then(|| TextureMirror::new(gpu, what, &buffer))
-            .flatten();
-        Ok(DeviceTensor { buffer, mirror })
-    };
-    let refresh = |tensor: &DeviceTensor| {
+    let tensor = |what: &str, data: &[f32]| DeviceTensor::from_host(gpu, what, data, mirrored);
+    let refresh_y = |tensor: &DeviceTensor| {
         if let Some(mirror) = &tensor.mirror {
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             mirror.record_refresh_of(&mut encoder, u64::MAX);
@@ -621,8 +607,7 @@ pub fn gpu_passes(
     let run = |kernel: &Kernel, resources: &[wgpu::BindingResource<'_>], grid| {
         ops::dispatch(gpu, kernel, &kernel.bind(gpu, resources), grid)
     };
-    refresh(&x_tensor);
-    let x_operand = operand(&x_tensor, mirrored);
+    let x_operand = x_tensor.read_binding(mirrored);
     if training {
         let (kernel, grid) = launch(NormPass::Statistics);
         let resources = [
@@ -655,9 +640,11 @@ pub fn gpu_passes(
         let (kernel, grid) = launch(NormPass::BackwardInputEvaluation);
         run(kernel, &resources, grid);
     } else if let Some(dy_tensor) = &dy_tensor {
-        refresh(&y_tensor);
-        refresh(dy_tensor);
-        let (dy_operand, y_operand) = (operand(dy_tensor, mirrored), operand(&y_tensor, mirrored));
+        refresh_y(&y_tensor);
+        let (dy_operand, y_operand) = (
+            dy_tensor.read_binding(mirrored),
+            y_tensor.read_binding(mirrored),
+        );
         let resources = [
             shape.as_entire_binding(),
             x_operand.clone(),

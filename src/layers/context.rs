@@ -217,13 +217,10 @@ impl<'a, 'k> LayerContext<'a, 'k> {
         let mirrored = inputs.iter().all(|input| input.mirror.is_some());
         let mut resources = vec![shape.as_entire_binding()];
         for input in &inputs {
-            resources.push(match &input.mirror {
-                Some(mirror) if mirrored => {
-                    program.refresh(mirror, (count * 4) as u64);
-                    BindingResource::TextureView(&mirror.view)
-                }
-                _ => input.buffer.as_entire_binding(),
-            });
+            if let Some(mirror) = input.mirror.as_ref().filter(|_| mirrored) {
+                program.refresh(mirror, (count * 4) as u64);
+            }
+            resources.push(input.read_binding(mirrored));
         }
         resources.push(out.as_entire_binding());
         let grid = ElementwiseKernels::grid(count, self.max_groups());

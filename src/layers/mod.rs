@@ -49,8 +49,32 @@ impl DeviceTensor {
         Ok(DeviceTensor { buffer, mirror })
     }
 
+    /// A tensor holding `values`, for a kernel's run on host data: with its mirror, refreshed,
+    /// where `mirrored`.
+    pub fn from_host(gpu: &Gpu, what: &str, values: &[f32], mirrored: bool) -> Result<Self> {
+        let buffer = gpu.storage_with(what, values)?;
+        let mirror = mirrored
+            .then(|| TextureMirror::new(gpu, what, &buffer))
+            .flatten();
+        if let Some(mirror) = &mirror {
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            mirror.record_refresh_of(&mut encoder, u64::MAX);
+            gpu.queue.submit([encoder.finish()]);
+        }
+        Ok(DeviceTensor { buffer, mirror })
+    }
+
     pub fn operand(&self) -> MatmulOperand<'_> {
         MatmulOperand::new(&self.buffer, self.mirror.as_ref())
+    }
+
+    /// The tensor as a kernel reading it binds it: its mirror where `mirrored` and it has one,
+    /// else its buffer.
+    pub fn read_binding(&self, mirrored: bool) -> wgpu::BindingResource<'_> {
+        match (mirrored, &self.mirror) {
+            (true, Some(mirror)) => wgpu::BindingResource::TextureView(&mirror.view),
+            _ => self.buffer.as_entire_binding(),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! argmax of each (its offset in the window), kept for the backward pass. Backward, from dy, a
 //! gather: dx at each input the sum of dy over the windows it won, ⊙ below'(x).
 
-use wgpu::{BindingResource, Buffer};
+use wgpu::Buffer;
 
 use super::context::LayerContext;
 use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::{FamilyModule, KernelFamily, ROW_WORKGROUP, Slot};
 use crate::gpu::program::Program;
-use crate::gpu::{Gpu, Kernel, Kernels, TextureMirror, ops};
+use crate::gpu::{Gpu, Kernel, Kernels, ops};
 use crate::reference;
 use crate::shapes::{Geometry, LayerActivation, Shape};
 
@@ -221,14 +221,6 @@ impl PoolDevice {
     }
 }
 
-/// A tensor as a pass binds it: its mirror where the pass reads mirrors, else its buffer.
-fn operand<T>(tensor: &DeviceTensor, mirrored: Option<T>) -> BindingResource<'_> {
-    match (mirrored, &tensor.mirror) {
-        (Some(_), Some(mirror)) => BindingResource::TextureView(&mirror.view),
-        _ => tensor.buffer.as_entire_binding(),
-    }
-}
-
 impl DevicePasses for PoolDevice {
     fn record_forward<'k>(
         &self,
@@ -247,7 +239,7 @@ impl DevicePasses for PoolDevice {
         let mirrored = self.mirror_kernels(context, program, &[(io.input, input_bytes)]);
         let resources = [
             shape.as_entire_binding(),
-            operand(io.input, mirrored),
+            io.input.read_binding(mirrored.is_some()),
             io.output.buffer.as_entire_binding(),
             self.argmax.as_entire_binding(),
         ];
@@ -283,10 +275,10 @@ impl DevicePasses for PoolDevice {
         let chosen = kernels.backward_for(mirrored, g, rows);
         let resources = [
             shape.as_entire_binding(),
-            operand(io.output_grad, mirrored),
+            io.output_grad.read_binding(mirrored.is_some()),
             input_grad.buffer.as_entire_binding(),
             self.argmax.as_entire_binding(),
-            operand(below.0, mirrored),
+            below.0.read_binding(mirrored.is_some()),
         ];
         let grid = grid_1d(chosen.invocations, ROW_WORKGROUP, context.max_groups());
         program.dispatch(context.gpu, chosen.kernel, &resources, grid);
@@ -305,20 +297,6 @@ pub fn reference_backward(geometry: &Geometry, x: &[f32], dy: &[f32], rows: usiz
     reference::maxpool_backward(dy, &argmax, rows, geometry, x, LayerActivation::Identity)
 }
 
-/// A buffer of `values` for a host run, with its mirror (refreshed) where `mirrored`.
-fn host_tensor(gpu: &Gpu, what: &str, values: &[f32], mirrored: bool) -> Result<DeviceTensor> {
-    let buffer = gpu.storage_with(what, values)?;
-    let mirror = mirrored
-        .then(|| TextureMirror::new(gpu, what, &buffer))
-        .flatten();
-    if let Some(mirror) = &mirror {
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        mirror.record_refresh_of(&mut encoder, u64::MAX);
-        gpu.queue.submit([encoder.finish()]);
-    }
-    Ok(DeviceTensor { buffer, mirror })
-}
-
 /// pool.wgsl `maxpool_forward` (`_quads` where the channels come in fours; from mirrors where
 /// `mirrored`) run once on host data, for `selftest`: (y, argmax).
 pub fn gpu_forward(
@@ -331,7 +309,7 @@ pub fn gpu_forward(
 ) -> Result<(Vec<f32>, Vec<u32>)> {
     let shape = PoolShape::new(rows, geometry, LayerActivation::Identity);
     let shape = gpu.params_with("shape", &shape);
-    let x_tensor = host_tensor(gpu, "x", x, mirrored)?;
+    let x_tensor = DeviceTensor::from_host(gpu, "x", x, mirrored)?;
     let len = rows * geometry.output.len();
     let y = gpu.storage_with("y", &vec![f32::NAN; len])?;
     let argmax = gpu.storage_with("argmax", &vec![u32::MAX; len])?;
@@ -340,7 +318,7 @@ pub fn gpu_forward(
     let (kernel, invocations) = family.forward_for(mirror_kernels, geometry, rows);
     let resources = [
         shape.as_entire_binding(),
-        operand(&x_tensor, mirror_kernels),
+        x_tensor.read_binding(mirror_kernels.is_some()),
         y.as_entire_binding(),
         argmax.as_entire_binding(),
     ];
@@ -364,7 +342,7 @@ pub fn gpu_backward(
     mirrored: bool,
 ) -> Result<Vec<f32>> {
     let shape = gpu.params_with("shape", &PoolShape::new(rows, geometry, below));
-    let grads = host_tensor(gpu, "output grads", output_grads, mirrored)?;
+    let grads = DeviceTensor::from_host(gpu, "output grads", output_grads, mirrored)?;
     let argmax_buffer = gpu.storage_with("argmax", argmax)?;
     let mirror_kernels = mirrored.then(|| kernels.family::<PoolMirrorKernels>());
     let family = kernels.family::<PoolKernels>();
@@ -374,15 +352,15 @@ pub fn gpu_backward(
         true => reference::maxpool_winners(x, argmax, rows, geometry),
         false => x.to_vec(),
     };
-    let below_tensor = host_tensor(gpu, "below", &below_values, mirrored)?;
+    let below_tensor = DeviceTensor::from_host(gpu, "below", &below_values, mirrored)?;
     let len = rows * geometry.input.len();
     let out = gpu.storage_with("input grads", &vec![f32::NAN; len])?;
     let resources = [
         shape.as_entire_binding(),
-        operand(&grads, mirror_kernels),
+        grads.read_binding(mirror_kernels.is_some()),
         out.as_entire_binding(),
         argmax_buffer.as_entire_binding(),
-        operand(&below_tensor, mirror_kernels),
+        below_tensor.read_binding(mirror_kernels.is_some()),
     ];
     let grid = ops::grid_of(gpu, chosen.invocations);
     ops::dispatch(
