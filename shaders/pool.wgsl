@@ -30,8 +30,8 @@
 //                                  shape.derivative is 0); maxpool_backward_tiles_quads: Y,
 //                                  the pool's output [samples, OH, OW, C] (the maximum of each
 //                                  window, the one value whose derivative counts)
-// Compiled with the feature `mirrors` (pool_mirrors.wgsl), the _quads entry points bind 1 and 4 as
-// texture_2d<f32>: rgba32float mirrors of those buffers, vec4 i at the texel
+// Compiled with the feature `mirrors` (pool_mirrors.wgsl), the _quads entry points bind 1 (and the
+// backward ones 4) as texture_2d<f32>: rgba32float mirrors of those buffers, vec4 i at the texel
 // (i % MIRROR_ROW_TEXELS, i / MIRROR_ROW_TEXELS) (shared/mirror.wgsl).
 //
 // Workgroup: 64 invocations. Dispatch grid, folded into (x, y) with x <= 65535 (invocation =

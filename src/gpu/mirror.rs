@@ -1,5 +1,6 @@
 //! Texture mirrors: a read-only `rgba32float` copy of a storage buffer, for the kernels that load
-//! their operands as textures (`shaders/matmul_vec4.wgsl`).
+//! their operands as textures (`shaders/matmul_vec4.wgsl`, and the `mirrors` variants of the
+//! BatchNorm, element-wise and max-pool kernels).
 //!
 //! Why: on lavapipe a storage-buffer load is done lane by lane, with a branch per lane and
 //! component, while a texel fetch goes through the sampler code, which is SIMD; the register
@@ -13,7 +14,7 @@ use wgpu::{Buffer, CommandEncoder, Texture, TextureView};
 
 use super::Gpu;
 
-/// Texels per texture row; `MIRROR_ROW_TEXELS` in matmul_vec4.wgsl.
+/// Texels per texture row; `MIRROR_ROW_TEXELS` in shaders/shared/mirror.wgsl.
 pub const MIRROR_ROW_TEXELS: u32 = 1024;
 
 const TEXEL_BYTES: u64 = 16;
@@ -86,6 +87,14 @@ impl TextureMirror {
     /// The buffer this mirrors.
     pub fn buffer(&self) -> &Buffer {
         &self.buffer
+    }
+
+    /// Copies the whole buffer into the texture now (a submission of its own), for a kernel's
+    /// run on host data.
+    pub fn refresh_now(&self, gpu: &Gpu) {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        self.record_refresh_of(&mut encoder, u64::MAX);
+        gpu.queue.submit([encoder.finish()]);
     }
 
     /// Records the copy of the buffer's first `bytes` (at most the buffer, rounded up to whole

@@ -672,11 +672,7 @@ pub fn elementwise(
     let mirrors: Vec<TextureMirror> = (inputs.iter())
         .filter_map(|buffer| mirrored.then(|| TextureMirror::new(gpu, "input mirror", buffer))?)
         .collect();
-    let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    mirrors
-        .iter()
-        .for_each(|m| m.record_refresh_of(&mut encoder, u64::MAX));
-    gpu.queue.submit([encoder.finish()]);
+    mirrors.iter().for_each(|mirror| mirror.refresh_now(gpu));
     let out_buffer = gpu.storage_with("out", out)?;
     let mut resources = vec![shape.as_entire_binding()];
     match mirrored {

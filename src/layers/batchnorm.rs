@@ -18,7 +18,10 @@ use super::kind::{
     DeviceArgs, LayerKind, Parameters, ReferenceBackward, ReferenceForward, TensorMapping,
     TokenOptions,
 };
-use super::{Backward, DeviceLayer, DevicePasses, DeviceTensor, LayerIo, channels_last_index};
+use super::{
+    Backward, DeviceLayer, DevicePasses, DeviceTensor, LayerIo, channels_last_index,
+    read_from_mirrors,
+};
 use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::{FamilyModule, KernelFamily, ROW_WORKGROUP, Slot};
@@ -61,8 +64,8 @@ pub struct NormPassKernels {
 }
 
 impl NormPassKernels {
-    /// The passes' entry points `<pass><suffix>` of `module`, binding X, dY and Y as `operands`
-    /// (buffers or mirrors).
+    /// The passes' entry points of `module` (their `_quads` forms where `quads`), binding X, dY
+    /// and Y as `operands` (buffers or mirrors).
     fn build(module: &FamilyModule<'_>, quads: bool, operands: Slot) -> Self {
         use Slot::*;
         let statistics = [(0, Params), (1, operands), (2, ReadWrite), (3, ReadWrite)];
@@ -152,12 +155,12 @@ const NORM_ROWS_PER_INVOCATION: usize = 8;
 
 impl BatchNormKernels {
     /// The kernel and grid of `pass` over `values` values per channel of `channels` channels:
-    /// the vec4 entry points where the channels come in fours (`mirrored`'s, reading mirrors,
-    /// where given); a workgroup per channel (or four) for the sums, an invocation per value (or
+    /// the vec4 entry points where the channels come in fours (`mirror_kernels`', reading
+    /// mirrors, where given); a workgroup per channel (or four) for the sums, an invocation per value (or
     /// per 8 rows of four channels) for the rest.
     pub fn launch<'k>(
         &'k self,
-        mirrored: Option<&'k BatchNormMirrorKernels>,
+        mirror_kernels: Option<&'k BatchNormMirrorKernels>,
         pass: NormPass,
         channels: usize,
         values: usize,
@@ -173,8 +176,8 @@ impl BatchNormKernels {
             values
         };
         let per_value = grid_1d(rows * channels / lanes, ROW_WORKGROUP, max_groups);
-        let form = match (quads, mirrored) {
-            (true, Some(mirrored)) => &mirrored.quads,
+        let form = match (quads, mirror_kernels) {
+            (true, Some(mirror_kernels)) => &mirror_kernels.quads,
             (true, None) => &self.quads,
             (false, _) => &self.scalar,
         };
@@ -298,22 +301,17 @@ impl BatchNormDevice {
     }
 
     /// Whether the passes read `tensors` (X, and dY and Y for the backward passes) from their
-    /// mirrors, which it then refreshes for the `rows` read: where the channels come in fours
-    /// and every one of them has a mirror (on the adapters whose products read mirrors).
+    /// mirrors (refreshed for the `rows` read): where the channels come in fours and every one
+    /// has a mirror (on the adapters whose products read mirrors).
     fn read_mirrors(
         &self,
         program: &mut Program<'_>,
         tensors: &[&DeviceTensor],
         rows: usize,
     ) -> bool {
-        let mirrored = self.norm.channels.is_multiple_of(4)
-            && tensors.iter().all(|tensor| tensor.mirror.is_some());
-        let bytes = (rows * self.positions * self.norm.channels * 4) as u64;
-        let mirrors = tensors.iter().filter_map(|tensor| tensor.mirror.as_ref());
-        for mirror in mirrors.filter(|_| mirrored) {
-            program.refresh(mirror, bytes);
-        }
-        mirrored
+        let bytes = rows * self.positions * self.norm.channels * 4;
+        let operands: Vec<_> = tensors.iter().map(|&tensor| (tensor, bytes)).collect();
+        read_from_mirrors(program, self.norm.channels.is_multiple_of(4), &operands)
     }
 }
 
@@ -584,13 +582,6 @@ pub fn gpu_passes(
     let shape = gpu.params_with("shape", &shape);
     // X, Y and dY with mirrors where `mirrored` (refreshed before each pass that reads them).
     let tensor = |what: &str, data: &[f32]| DeviceTensor::from_host(gpu, what, data, mirrored);
-    let refresh_y = |tensor: &DeviceTensor| {
-        if let Some(mirror) = &tensor.mirror {
-            let mut encoder = gpu.device.create_command_encoder(&Default::default());
-            mirror.record_refresh_of(&mut encoder, u64::MAX);
-            gpu.queue.submit([encoder.finish()]);
-        }
-    };
     let x_tensor = tensor("x", x)?;
     let y_tensor = tensor("y", &vec![f32::NAN; x.len()])?;
     let dy_tensor = dy.map(|dy| tensor("dy", dy)).transpose()?;
@@ -640,7 +631,9 @@ pub fn gpu_passes(
         let (kernel, grid) = launch(NormPass::BackwardInputEvaluation);
         run(kernel, &resources, grid);
     } else if let Some(dy_tensor) = &dy_tensor {
-        refresh_y(&y_tensor);
+        if let Some(mirror) = &y_tensor.mirror {
+            mirror.refresh_now(gpu);
+        }
         let (dy_operand, y_operand) = (
             dy_tensor.read_binding(mirrored),
             y_tensor.read_binding(mirrored),

@@ -12,7 +12,7 @@ use crate::gpu::uniforms::{ConvShape, ElementwiseShape, MatmulDims};
 use crate::gpu::{Gpu, Kernel, Kernels, MatmulOperand, TextureMirror};
 use crate::shapes::{LayerActivation, WeightMatrix};
 
-use super::DeviceTensor;
+use super::{DeviceTensor, read_from_mirrors};
 
 /// The resources every layer's dispatches may bind, and the helpers that record products.
 pub(crate) struct LayerContext<'a, 'k> {
@@ -213,15 +213,14 @@ impl<'a, 'k> LayerContext<'a, 'k> {
             _pad: [0; 2],
         };
         let shape = self.gpu.params_with("elementwise shape", &shape);
-        let inputs: Vec<&DeviceTensor> = inputs.into_iter().flatten().collect();
-        let mirrored = inputs.iter().all(|input| input.mirror.is_some());
+        let inputs: Vec<(&DeviceTensor, usize)> = inputs
+            .into_iter()
+            .flatten()
+            .map(|input| (input, count * 4))
+            .collect();
+        let mirrored = read_from_mirrors(program, true, &inputs);
         let mut resources = vec![shape.as_entire_binding()];
-        for input in &inputs {
-            if let Some(mirror) = input.mirror.as_ref().filter(|_| mirrored) {
-                program.refresh(mirror, (count * 4) as u64);
-            }
-            resources.push(input.read_binding(mirrored));
-        }
+        resources.extend(inputs.iter().map(|(input, _)| input.read_binding(mirrored)));
         resources.push(out.as_entire_binding());
         let grid = ElementwiseKernels::grid(count, self.max_groups());
         let kernel = pick(self.kernels.elementwise(mirrored));

@@ -57,9 +57,7 @@ impl DeviceTensor {
             .then(|| TextureMirror::new(gpu, what, &buffer))
             .flatten();
         if let Some(mirror) = &mirror {
-            let mut encoder = gpu.device.create_command_encoder(&Default::default());
-            mirror.record_refresh_of(&mut encoder, u64::MAX);
-            gpu.queue.submit([encoder.finish()]);
+            mirror.refresh_now(gpu);
         }
         Ok(DeviceTensor { buffer, mirror })
     }
@@ -68,14 +66,35 @@ impl DeviceTensor {
         MatmulOperand::new(&self.buffer, self.mirror.as_ref())
     }
 
-    /// The tensor as a kernel reading it binds it: its mirror where `mirrored` and it has one,
-    /// else its buffer.
+    /// The tensor as a kernel reading it binds it: its mirror where `mirrored` (decided only for
+    /// tensors that have one: `read_from_mirrors`), else its buffer.
     pub fn read_binding(&self, mirrored: bool) -> wgpu::BindingResource<'_> {
+        debug_assert!(
+            !mirrored || self.mirror.is_some(),
+            "a mirror read of a tensor without one"
+        );
         match (mirrored, &self.mirror) {
             (true, Some(mirror)) => wgpu::BindingResource::TextureView(&mirror.view),
             _ => self.buffer.as_entire_binding(),
         }
     }
+}
+
+/// Whether a pass reads `operands` (each with the bytes it reads of it) from their texture
+/// mirrors: where `eligible` (its kernels have a mirror form for the shape) and every one has a
+/// mirror, which `program` then refreshes for those bytes before the pass.
+pub(crate) fn read_from_mirrors(
+    program: &mut Program<'_>,
+    eligible: bool,
+    operands: &[(&DeviceTensor, usize)],
+) -> bool {
+    let mirrored = eligible && operands.iter().all(|(tensor, _)| tensor.mirror.is_some());
+    for (tensor, bytes) in operands.iter().filter(|_| mirrored) {
+        if let Some(mirror) = &tensor.mirror {
+            program.refresh(mirror, *bytes as u64);
+        }
+    }
+    mirrored
 }
 
 /// What one layer reads and writes in a step: tensors of the batch, laid out as `[rows, shape]`.

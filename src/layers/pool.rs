@@ -8,7 +8,10 @@ use wgpu::Buffer;
 
 use super::context::LayerContext;
 use super::kind::{DeviceArgs, LayerKind, ReferenceBackward, ReferenceForward, TokenOptions};
-use super::{Backward, DeviceLayer, DevicePasses, DeviceTensor, LayerIo, PoolWindows, pool_size};
+use super::{
+    Backward, DeviceLayer, DevicePasses, DeviceTensor, LayerIo, PoolWindows, pool_size,
+    read_from_mirrors,
+};
 use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::{FamilyModule, KernelFamily, ROW_WORKGROUP, Slot};
@@ -99,17 +102,17 @@ impl PoolQuadKernels {
 }
 
 impl PoolKernels {
-    /// The forward kernel for `geometry` and its invocations over `samples` samples (`mirrored`'s
-    /// where given and the channels come in fours).
+    /// The forward kernel for `geometry` and its invocations over `samples` samples
+    /// (`mirror_kernels`' where given and the channels come in fours).
     pub fn forward_for<'k>(
         &'k self,
-        mirrored: Option<&'k PoolMirrorKernels>,
+        mirror_kernels: Option<&'k PoolMirrorKernels>,
         geometry: &Geometry,
         samples: usize,
     ) -> (&'k Kernel, usize) {
         let values = samples * geometry.output.len();
         match geometry.input.channels % 4 {
-            0 => (&self.quads_from(mirrored).forward, values / 4),
+            0 => (&self.quads_from(mirror_kernels).forward, values / 4),
             _ => (&self.forward, values),
         }
     }
@@ -117,17 +120,17 @@ impl PoolKernels {
     /// The backward kernel for `geometry` over `samples` samples: where the channels come in
     /// fours and the windows tile the input, one invocation per window's quad of channels,
     /// reading the derivative below at the pool's output; otherwise one per input value (or
-    /// quad), reading it at the pool's input. `mirrored`'s where given and the channels come
-    /// in fours.
+    /// quad), reading it at the pool's input. `mirror_kernels`' where given and the channels
+    /// come in fours.
     pub fn backward_for<'k>(
         &'k self,
-        mirrored: Option<&'k PoolMirrorKernels>,
+        mirror_kernels: Option<&'k PoolMirrorKernels>,
         geometry: &Geometry,
         samples: usize,
     ) -> PoolBackward<'k> {
         let tiles = geometry.rows.stride == geometry.rows.size
             && geometry.columns.stride == geometry.columns.size;
-        let quads = self.quads_from(mirrored);
+        let quads = self.quads_from(mirror_kernels);
         let (kernel, invocations, reads_output) = match (geometry.input.channels % 4, tiles) {
             (0, true) => (
                 &quads.backward_tiles,
@@ -144,8 +147,11 @@ impl PoolKernels {
         }
     }
 
-    fn quads_from<'k>(&'k self, mirrored: Option<&'k PoolMirrorKernels>) -> &'k PoolQuadKernels {
-        mirrored.map_or(&self.quads, |mirrored| &mirrored.0)
+    fn quads_from<'k>(
+        &'k self,
+        mirror_kernels: Option<&'k PoolMirrorKernels>,
+    ) -> &'k PoolQuadKernels {
+        mirror_kernels.map_or(&self.quads, |mirror_kernels| &mirror_kernels.0)
     }
 }
 
@@ -209,14 +215,8 @@ impl PoolDevice {
         program: &mut Program<'k>,
         operands: &[(&DeviceTensor, usize)],
     ) -> Option<&'k PoolMirrorKernels> {
-        let mirrored = self.geometry.input.channels.is_multiple_of(4)
-            && operands.iter().all(|(tensor, _)| tensor.mirror.is_some());
-        let mirrors = operands
-            .iter()
-            .filter_map(|(t, bytes)| Some((t.mirror.as_ref()?, bytes)));
-        for (mirror, &bytes) in mirrors.filter(|_| mirrored) {
-            program.refresh(mirror, bytes as u64);
-        }
+        let eligible = self.geometry.input.channels.is_multiple_of(4);
+        let mirrored = read_from_mirrors(program, eligible, operands);
         mirrored.then(|| context.kernels.family::<PoolMirrorKernels>())
     }
 }
@@ -236,15 +236,15 @@ impl DevicePasses for PoolDevice {
             &PoolShape::new(rows, g, LayerActivation::Identity),
         );
         let input_bytes = rows * g.input.len() * 4;
-        let mirrored = self.mirror_kernels(context, program, &[(io.input, input_bytes)]);
+        let mirror_kernels = self.mirror_kernels(context, program, &[(io.input, input_bytes)]);
         let resources = [
             shape.as_entire_binding(),
-            io.input.read_binding(mirrored.is_some()),
+            io.input.read_binding(mirror_kernels.is_some()),
             io.output.buffer.as_entire_binding(),
             self.argmax.as_entire_binding(),
         ];
         let kernels = context.kernels.family::<PoolKernels>();
-        let (kernel, invocations) = kernels.forward_for(mirrored, g, rows);
+        let (kernel, invocations) = kernels.forward_for(mirror_kernels, g, rows);
         let grid = grid_1d(invocations, ROW_WORKGROUP, context.max_groups());
         program.dispatch(context.gpu, kernel, &resources, grid);
     }
@@ -271,14 +271,14 @@ impl DevicePasses for PoolDevice {
             false => (io.input, rows * g.input.len() * 4),
         };
         let dy = (io.output_grad, rows * g.output.len() * 4);
-        let mirrored = self.mirror_kernels(context, program, &[dy, below]);
-        let chosen = kernels.backward_for(mirrored, g, rows);
+        let mirror_kernels = self.mirror_kernels(context, program, &[dy, below]);
+        let chosen = kernels.backward_for(mirror_kernels, g, rows);
         let resources = [
             shape.as_entire_binding(),
-            io.output_grad.read_binding(mirrored.is_some()),
+            io.output_grad.read_binding(mirror_kernels.is_some()),
             input_grad.buffer.as_entire_binding(),
             self.argmax.as_entire_binding(),
-            below.0.read_binding(mirrored.is_some()),
+            below.0.read_binding(mirror_kernels.is_some()),
         ];
         let grid = grid_1d(chosen.invocations, ROW_WORKGROUP, context.max_groups());
         program.dispatch(context.gpu, chosen.kernel, &resources, grid);
@@ -309,6 +309,8 @@ pub fn gpu_forward(
 ) -> Result<(Vec<f32>, Vec<u32>)> {
     let shape = PoolShape::new(rows, geometry, LayerActivation::Identity);
     let shape = gpu.params_with("shape", &shape);
+    // Only the four-channel kernels have a mirror form.
+    let mirrored = mirrored && geometry.input.channels.is_multiple_of(4);
     let x_tensor = DeviceTensor::from_host(gpu, "x", x, mirrored)?;
     let len = rows * geometry.output.len();
     let y = gpu.storage_with("y", &vec![f32::NAN; len])?;
@@ -342,6 +344,8 @@ pub fn gpu_backward(
     mirrored: bool,
 ) -> Result<Vec<f32>> {
     let shape = gpu.params_with("shape", &PoolShape::new(rows, geometry, below));
+    // Only the four-channel kernels have a mirror form.
+    let mirrored = mirrored && geometry.input.channels.is_multiple_of(4);
     let grads = DeviceTensor::from_host(gpu, "output grads", output_grads, mirrored)?;
     let argmax_buffer = gpu.storage_with("argmax", argmax)?;
     let mirror_kernels = mirrored.then(|| kernels.family::<PoolMirrorKernels>());
