@@ -9,7 +9,7 @@ use crate::gpu::ops::ImageProductKind;
 use crate::gpu::uniforms::MatmulDims;
 use crate::gpu::{Gpu, Kernels, MatmulVariant, ops};
 use crate::input::{self, Augmentation, Standardisation};
-use crate::layers::avgpool::GlobalAvgPool;
+use crate::layers::avgpool::{AvgPool2d, GlobalAvgPool};
 use crate::layers::conv2d::Conv2d;
 use crate::layers::pool::MaxPool2d;
 use crate::layers::{activation, avgpool, batchnorm, dropout, global_max_pool, pool, residual};
@@ -510,11 +510,18 @@ fn check_average_pool_forward_backward(
     tally: &mut Tally,
     rng: &mut Rng,
 ) -> Result<()> {
-    // The max pools' windows, and a global average pool.
+    // The max pools' windows, a global average pool, and one 3×3 window over a 5×5 image (the
+    // four-channel one-window kernels, which write 0 past the window).
     let image = Shape::image(8, 7, 5);
     let global = LayerSpec::GlobalAvgPool(GlobalAvgPool).geometry(image);
     let global = (format!("{image}, gap"), global.expect("the case fits"));
-    for (what, geometry) in pool_cases().into_iter().chain([global]) {
+    let corner = LayerSpec::AvgPool2d(AvgPool2d { size: 3, stride: 3 });
+    let corner_image = Shape::image(4, 5, 5);
+    let corner = (
+        format!("{corner_image}, {}", corner.token()),
+        corner.geometry(corner_image).expect("the case fits"),
+    );
+    for (what, geometry) in pool_cases().into_iter().chain([global, corner]) {
         let x = random_vec(rng, CONV_BATCH * geometry.input.len(), -1.0, 1.0);
         let expected = avgpool::reference_forward(&geometry, &x, CONV_BATCH);
         let actual = avgpool::gpu_pass(gpu, kernels, &x, CONV_BATCH, &geometry, true)?;

@@ -16,15 +16,19 @@ use crate::gpu::program::Program;
 use crate::gpu::{Gpu, Kernel, Kernels, ops};
 use crate::shapes::{Geometry, LayerActivation, Padding, Shape, Window};
 
-/// avgpool.wgsl: average pooling (and global average pooling) and its gather backward.
+/// avgpool.wgsl: average pooling (and global average pooling) and its gather backward, and both
+/// four channels at a time where the output is one window.
 pub struct AvgPoolKernels {
     pub forward: Kernel,
     pub backward: Kernel,
+    pub global_forward_quads: Kernel,
+    pub global_backward_quads: Kernel,
 }
 
 impl AvgPoolKernels {
     /// The kernel and grid of the forward pass (or the backward) over `rows` samples of
-    /// `geometry`: an invocation per output value (per input value backward).
+    /// `geometry`: an invocation per output value (per input value backward), or where the
+    /// output is one window and the channels come in fours, one per sample's channel quad.
     pub fn launch(
         &self,
         forward: bool,
@@ -32,11 +36,15 @@ impl AvgPoolKernels {
         rows: usize,
         max_groups: u32,
     ) -> (&Kernel, [u32; 3]) {
-        let (kernel, values) = match forward {
-            true => (&self.forward, rows * geometry.output.len()),
-            false => (&self.backward, rows * geometry.input.len()),
+        let channels = geometry.input.channels;
+        let one_window = geometry.rows.output == 1 && geometry.columns.output == 1;
+        let (kernel, invocations) = match (one_window && channels.is_multiple_of(4), forward) {
+            (true, true) => (&self.global_forward_quads, rows * channels / 4),
+            (true, false) => (&self.global_backward_quads, rows * channels / 4),
+            (false, true) => (&self.forward, rows * geometry.output.len()),
+            (false, false) => (&self.backward, rows * geometry.input.len()),
         };
-        (kernel, grid_1d(values, ROW_WORKGROUP, max_groups))
+        (kernel, grid_1d(invocations, ROW_WORKGROUP, max_groups))
     }
 }
 
@@ -50,6 +58,8 @@ impl KernelFamily for AvgPoolKernels {
         AvgPoolKernels {
             forward: module.kernel("avgpool_forward", &slots),
             backward: module.kernel("avgpool_backward", &slots),
+            global_forward_quads: module.kernel("avgpool_global_forward_quads", &slots),
+            global_backward_quads: module.kernel("avgpool_global_backward_quads", &slots),
         }
     }
 }
