@@ -104,7 +104,8 @@ fn avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     output[index] = sum / f32(shape.size_y * shape.size_x);
 }
 
-// The sample and channel quad of a _global_quads invocation, or none past the last.
+// The sample and channel quad of a _global_quads invocation (a sample past the last for the
+// invocations past the tensor, which the caller skips).
 fn sample_quad(gid: vec3<u32>, groups: vec3<u32>, quads: u32) -> vec2<u32> {
     let index = flat_invocation(gid, groups, 64u);
     let n = quotient(index, quads);
