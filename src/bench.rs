@@ -159,7 +159,8 @@ pub struct StepMatmul {
     pub image: Option<ConvShape>,
     /// The same product in the form the register kernels compute it with in a step where the
     /// vec4 kernels take it: the first layer's weight gradient on the transposed batch, with the
-    /// bias gradient as one more row (`train::builder::TransposedInput`); else `dims`.
+    /// bias gradient as one more row (`train::builder::TransposedInput`), or a dense layer's
+    /// product on its padded matrix (`Product::padded`); else `dims`.
     pub register_dims: MatmulDims,
 }
 
@@ -211,7 +212,11 @@ pub fn step_matmuls(kernels: &Kernels, spec: &ModelSpec, rows: usize) -> Vec<Ste
         .map(|(name, product)| StepMatmul {
             register_dims: transposed
                 .filter(|(plain, _)| *plain == product.dims)
-                .map_or(product.dims, |(_, transposed)| transposed),
+                .map(|(_, transposed)| transposed)
+                .or(product.padded.filter(|padded| {
+                    kernels.matmul.reads_mirrors() && kernels.matmul.takes_vec4(padded)
+                }))
+                .unwrap_or(product.dims),
             name,
             dims: product.dims,
             flops: product.flops,

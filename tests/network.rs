@@ -10,8 +10,9 @@ use common::{
 };
 use shadertrain::gpu::uniforms::MatmulDims;
 use shadertrain::gpu::{Kernels, MatmulTiling, MatmulVariant};
+use shadertrain::layers::dense;
 use shadertrain::model::reference::{StepKey, forward, forward_backward};
-use shadertrain::model::{Activation, Loss, ModelSpec, Shape};
+use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
 use shadertrain::reference;
 use shadertrain::rng::Rng;
 use shadertrain::train::{OptimizerKind, TrainConfig, Trainer};
@@ -153,36 +154,47 @@ fn both_matmul_variants_train_like_the_reference() {
 
 /// The register kernels' first-layer weight and bias gradient on the transposed batch
 /// (`gather_batch_transposed` and a row of ones), in the cases the previous test does not reach:
-/// a partial batch they take (8 rows in rows of 16), a first layer whose derivative the layer
-/// above does not apply (its input-gradient product, K = 10, is not a vec4 one), and a model
-/// without hidden layers (the first layer is the output layer).
+/// a partial batch they take (8 rows in rows of 16), 10 classes (the output layer's products on
+/// its matrix padded to 12 columns, its input gradient carrying the derivative below), a
+/// first layer whose derivative the layer above does not apply (its output also feeds a residual
+/// sum), and a model without hidden layers (the first layer is the output layer).
 #[test]
 fn the_transposed_first_weight_gradient_trains_like_the_reference() {
     let kernels = Kernels::with_matmul(gpu(), MatmulTiling::default(), MatmulVariant::Registers);
     let cases = [
-        ("partial batch of 8", 72, vec![8, 16], 4),
-        ("derivative not fused", 64, vec![8], 10),
-        ("no hidden layer", 64, vec![], 4),
+        ("partial batch of 8", 72, "dense8,dense16,dense4:linear", 4),
+        ("ten classes", 64, "dense64,dense10:linear", 10),
+        (
+            "derivative not fused",
+            64,
+            "dense8,res(dense8),dense4:linear",
+            4,
+        ),
+        ("no hidden layer", 64, "dense4:linear", 4),
     ];
-    for (what, samples, hidden, classes) in cases {
+    for (what, samples, layers, classes) in cases {
         let mut rng = Rng::new(17);
         let data = random_dataset(&mut rng, samples, 12, classes);
-        let spec = ModelSpec::mlp(
-            Shape::flat(12),
-            &hidden,
-            classes,
-            Activation::Sigmoid,
-            Loss::Xent,
-        );
+        let spec = ModelSpec {
+            input: Shape::flat(12),
+            layers: parse_layers(layers, Activation::Sigmoid).unwrap(),
+            loss: Loss::Xent,
+            standardisation: None,
+        };
+        spec.validate().unwrap();
         let config = TrainConfig {
             batch_size: 16,
             learning_rate: 0.01,
             seed: 7,
             ..TrainConfig::default()
         };
-        let first = spec.layout().matrices[0];
+        let layout = spec.layout();
+        let first = layout.matrices[0];
         let transposed = MatmulDims::layer_weight_and_bias_grad_transposed(16, &first, 16);
         assert!(kernels.matmul.takes_vec4(&transposed), "{what}");
+        let last = layout.matrices.last().unwrap();
+        let padded = dense::padded_matrix(&kernels, last, 16);
+        assert_eq!(padded.is_some(), classes == 10, "{what}");
         assert_trains_like_the_reference(what, &kernels, &spec, &config, &data);
     }
 }

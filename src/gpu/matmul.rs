@@ -591,6 +591,17 @@ impl MatmulKernels {
         let (kernel, grid, reads_mirrors) = match variant {
             MatmulVariant::Tiled => (&self.tiled, self.tiled_grid(dims), false),
             MatmulVariant::Registers => match (vec4, form) {
+                // A weight gradient narrower than matmul_tn's 128-column workgroups, whose
+                // other groups would compute clamped copies of its columns: the shared parts
+                // kernel in one part, its groups arranged for the width (the same blocks and
+                // sums as matmul_tn's).
+                (Some(vec4), Some(RegisterForm::Tn))
+                    if tn_across(dims.n) < TN_ARRANGEMENTS - 1 && dims.m >= SHARED_PARTS_MIN_M =>
+                {
+                    let (kernel, (columns, rows)) = vec4.tn_shared_parts(dims.n);
+                    let grid = [dims.n.div_ceil(columns), dims.m.div_ceil(rows), 1];
+                    (kernel, grid, true)
+                }
                 (Some(vec4), Some(form)) => {
                     let kernel = match form {
                         RegisterForm::Nn => vec4.nn(dims),

@@ -550,6 +550,7 @@ impl LayerKind for Conv2d {
             image: (part != "input grad").then(|| {
                 ConvShape::new(rows, &geometry, m.rows, LayerActivation::Identity).with_bias(m.bias)
             }),
+            padded: None,
         })
         .collect()
     }

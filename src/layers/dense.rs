@@ -11,13 +11,15 @@ use super::kind::{
     TokenOptions,
 };
 use super::{
-    Backward, DeviceLayer, DevicePasses, LayerIo, channels_last_index, leading_number, positive,
+    Backward, DeviceLayer, DevicePasses, DeviceTensor, LayerIo, channels_last_index,
+    leading_number, positive,
 };
 use crate::error::Result;
 use crate::gpu::buffers::grid_1d;
-use crate::gpu::kernels::ROW_WORKGROUP;
+use crate::gpu::kernels::{FamilyModule, KernelFamily, ROW_WORKGROUP, Slot};
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::{ActivationShape, MatmulDims};
+use crate::gpu::{Gpu, Kernel, Kernels};
 use crate::reference;
 use crate::shapes::{LayerActivation, NormParams, Shape, WeightMatrix};
 
@@ -25,11 +27,158 @@ use crate::shapes::{LayerActivation, NormParams, Shape, WeightMatrix};
 pub(crate) struct DenseDevice {
     matrix: WeightMatrix,
     activation: LayerActivation,
+    padded: Option<PaddedOutputs>,
+}
+
+/// `ColumnCopy` in pad.wgsl: `rows` rows of `copied` values from `input` (rows `in_stride`
+/// apart) into `output` (rows `out_stride` apart), each row filled with zeros up to `written`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ColumnCopy {
+    pub rows: u32,
+    pub copied: u32,
+    pub written: u32,
+    pub in_offset: u32,
+    pub in_stride: u32,
+    pub out_offset: u32,
+    pub out_stride: u32,
+    pub _pad: u32,
+}
+
+/// pad.wgsl: a matrix copied between row strides.
+pub struct PadKernels {
+    pub copy_columns: Kernel,
+}
+
+impl KernelFamily for PadKernels {
+    const SHADER: (&'static str, &'static str) = ("pad.wgsl", crate::shader_source!("pad.wgsl"));
+
+    fn build(module: &FamilyModule<'_>) -> Self {
+        use Slot::*;
+        let slots = [(0, Params), (1, Read), (2, ReadWrite)];
+        PadKernels {
+            copy_columns: module.kernel("copy_columns", &slots),
+        }
+    }
+}
+
+/// Records pad.wgsl's copy `copy` from `input` to `output`.
+fn copy_columns<'k>(
+    context: &LayerContext<'_, 'k>,
+    program: &mut Program<'k>,
+    copy: ColumnCopy,
+    input: &wgpu::Buffer,
+    output: &wgpu::Buffer,
+) {
+    let invocations = copy.rows as usize * copy.written.div_ceil(4) as usize;
+    let shape = context.gpu.params_with("column copy", &copy);
+    let resources = [
+        shape.as_entire_binding(),
+        input.as_entire_binding(),
+        output.as_entire_binding(),
+    ];
+    let kernel = &context.kernels.family::<PadKernels>().copy_columns;
+    let grid = grid_1d(invocations, ROW_WORKGROUP, context.max_groups());
+    program.dispatch(context.gpu, kernel, &resources, grid);
+}
+
+/// The matrix of a dense layer whose outputs are no multiple of 4 (the 10 classes) as its
+/// products take it on adapters whose products read mirrors (lavapipe): padded with zero
+/// columns to a multiple of 4, at offset 0 of a copy, so that the vec4 kernels compute the three
+/// products where the unpadded shapes need the 4×4 scalar blocks, which load every value lane by
+/// lane. A padded value is 0, so each sum is the unpadded one followed by zero terms, summed in
+/// the same order: the same bits. None where the layer keeps its own shapes: also where it has
+/// fewer than `PADDED_MIN_WEIGHTS`.
+pub fn padded_matrix(kernels: &Kernels, m: &WeightMatrix, rows: usize) -> Option<WeightMatrix> {
+    if m.inputs * m.outputs < PADDED_MIN_WEIGHTS {
+        return None;
+    }
+    let padded = pad_outputs(m)?;
+    let takes = [
+        MatmulDims::layer_forward(rows, &padded),
+        MatmulDims::layer_weight_grad(rows, &padded),
+        MatmulDims::layer_input_grad(rows, &padded),
+    ]
+    .iter()
+    .all(|dims| kernels.matmul.takes_vec4(dims));
+    (kernels.matmul.reads_mirrors() && takes).then_some(padded)
+}
+
+/// Weights from which a dense layer pads its outputs: the padded path costs four more
+/// dispatches a step (the copies, about 20-35 µs each on lavapipe), more than the scalar blocks
+/// take for a smaller matrix (docs/performance.md).
+const PADDED_MIN_WEIGHTS: usize = 512;
+
+/// `m` with its outputs padded with zero columns to a multiple of 4, at offset 0 (the bias row
+/// after the weights), where they are no multiple of 4.
+pub fn pad_outputs(m: &WeightMatrix) -> Option<WeightMatrix> {
+    let outputs = m.outputs.next_multiple_of(4);
+    (outputs != m.outputs).then_some(WeightMatrix {
+        outputs,
+        weight_offset: 0,
+        bias_offset: m.inputs * outputs,
+        ..*m
+    })
+}
+
+/// A dense layer's copies for its products on the padded matrix (`padded_matrix`).
+struct PaddedOutputs {
+    matrix: WeightMatrix,
+    /// [W; b] `[inputs + 1, padded]`, copied from the parameters by each forward pass (the
+    /// backward pass of the same program reads it).
+    weights: DeviceTensor,
+    /// The forward product `[rows, padded]`, copied into the layer's output.
+    output: wgpu::Buffer,
+    /// dY `[rows, padded]`.
+    output_grad: DeviceTensor,
+    /// dW `[inputs, padded]`, copied into the gradient buffer.
+    weight_grad: wgpu::Buffer,
+}
+
+impl PaddedOutputs {
+    fn new(gpu: &Gpu, kernels: &Kernels, matrix: WeightMatrix, batch: usize) -> Result<Self> {
+        let bytes = |rows: usize| (rows * matrix.outputs * 4) as u64;
+        Ok(PaddedOutputs {
+            weights: DeviceTensor::new(gpu, kernels, "padded weights", bytes(matrix.rows))?,
+            output: gpu.storage_buffer("padded output", bytes(batch))?,
+            output_grad: DeviceTensor::new(gpu, kernels, "padded output grad", bytes(batch))?,
+            weight_grad: gpu.storage_buffer("padded weight grad", bytes(matrix.inputs))?,
+            matrix,
+        })
+    }
 }
 
 impl DenseDevice {
-    pub fn new(matrix: WeightMatrix, activation: LayerActivation) -> Self {
-        DenseDevice { matrix, activation }
+    pub fn new(args: &DeviceArgs<'_>, activation: LayerActivation) -> Result<Self> {
+        let matrix = args.matrix.expect("a dense layer has a matrix");
+        let padded = padded_matrix(args.kernels, &matrix, args.batch)
+            .map(|padded| PaddedOutputs::new(args.gpu, args.kernels, padded, args.batch))
+            .transpose()?;
+        Ok(DenseDevice {
+            matrix,
+            activation,
+            padded,
+        })
+    }
+
+    /// The copy of `rows` rows of the layer's `outputs` columns between a tensor of the layer and
+    /// its padded twin (`pad`: into the twin, zero-filled).
+    fn output_copy(&self, padded: &PaddedOutputs, rows: usize, pad: bool) -> ColumnCopy {
+        let (narrow, wide) = (self.matrix.outputs as u32, padded.matrix.outputs as u32);
+        let (in_stride, out_stride) = match pad {
+            true => (narrow, wide),
+            false => (wide, narrow),
+        };
+        ColumnCopy {
+            rows: rows as u32,
+            copied: narrow,
+            written: out_stride,
+            in_offset: 0,
+            in_stride,
+            out_offset: 0,
+            out_stride,
+            _pad: 0,
+        }
     }
 
     /// activation.wgsl's parameters over `rows` samples, taking the derivative of `activation`
@@ -61,13 +210,29 @@ impl DevicePasses for DenseDevice {
         rows: usize,
         _training: bool,
     ) {
-        context.matmul(
+        let Some(padded) = &self.padded else {
+            let dims = MatmulDims::layer_forward_activated(rows, &self.matrix, self.activation);
+            let operands = [io.input.operand(), context.params_operand()];
+            return context.matmul(program, dims, operands, &io.output.buffer, None);
+        };
+        let m = &self.matrix;
+        let weights = ColumnCopy {
+            rows: m.rows as u32,
+            in_offset: m.weight_offset as u32,
+            ..self.output_copy(padded, m.rows, true)
+        };
+        copy_columns(
+            context,
             program,
-            MatmulDims::layer_forward_activated(rows, &self.matrix, self.activation),
-            [io.input.operand(), context.params_operand()],
-            &io.output.buffer,
-            None,
+            weights,
+            &context.params.buffer,
+            &padded.weights.buffer,
         );
+        let dims = MatmulDims::layer_forward_activated(rows, &padded.matrix, self.activation);
+        let operands = [io.input.operand(), padded.weights.operand()];
+        context.matmul(program, dims, operands, &padded.output, None);
+        let output = self.output_copy(padded, rows, false);
+        copy_columns(context, program, output, &padded.output, &io.output.buffer);
     }
 
     /// Where the input-gradient product can carry the gradient through the activation below (the
@@ -107,7 +272,23 @@ impl DevicePasses for DenseDevice {
             let kernel = &context.kernels.activation_backward;
             program.dispatch(context.gpu, kernel, &resources, grid);
         }
-        let upstream = io.output_grad.operand();
+        // dY padded with zero columns where the products take the padded matrix.
+        let (matrix, upstream, weights) = match &self.padded {
+            Some(padded) => {
+                let copy = self.output_copy(padded, rows, true);
+                let output_grad = &padded.output_grad;
+                copy_columns(
+                    context,
+                    program,
+                    copy,
+                    &io.output_grad.buffer,
+                    &output_grad.buffer,
+                );
+                let weights = padded.weights.operand();
+                (&padded.matrix, output_grad.operand(), weights)
+            }
+            None => (m, io.output_grad.operand(), context.params_operand()),
+        };
         match transposed {
             // An explanation's backward pass wants the input gradient alone.
             _ if !backward.training => {}
@@ -116,16 +297,27 @@ impl DevicePasses for DenseDevice {
                 context.matmul(program, dims, [lhs, upstream], context.grads, None)
             }
             None => {
-                let dims = MatmulDims::layer_weight_grad(rows, m);
+                let dims = MatmulDims::layer_weight_grad(rows, matrix);
                 let operands = [io.input.operand(), upstream];
-                context.matmul(program, dims, operands, context.grads, None);
+                match &self.padded {
+                    None => context.matmul(program, dims, operands, context.grads, None),
+                    Some(padded) => {
+                        context.matmul(program, dims, operands, &padded.weight_grad, None);
+                        let copy = ColumnCopy {
+                            rows: m.inputs as u32,
+                            out_offset: m.weight_offset as u32,
+                            ..self.output_copy(padded, m.inputs, false)
+                        };
+                        copy_columns(context, program, copy, &padded.weight_grad, context.grads);
+                    }
+                }
             }
         }
         let Some(input_grad) = io.input_grad else {
             return false;
         };
-        let operands = [io.output_grad.operand(), context.params_operand()];
-        let through = MatmulDims::layer_input_grad_through(rows, m, backward.below);
+        let operands = [upstream, weights];
+        let through = MatmulDims::layer_input_grad_through(rows, matrix, backward.below);
         let below_mirror = io.input.mirror.as_ref();
         let fused = backward.below != LayerActivation::Identity
             && below_mirror.is_some()
@@ -133,7 +325,7 @@ impl DevicePasses for DenseDevice {
         if fused {
             context.matmul(program, through, operands, &input_grad.buffer, below_mirror);
         } else {
-            let dims = MatmulDims::layer_input_grad(rows, m);
+            let dims = MatmulDims::layer_input_grad(rows, matrix);
             context.matmul(program, dims, operands, &input_grad.buffer, None);
         }
         fused
@@ -251,8 +443,7 @@ impl LayerKind for Dense {
     }
 
     fn device(&self, args: &DeviceArgs<'_>) -> Result<DeviceLayer> {
-        let matrix = args.matrix.expect("a dense layer has a matrix");
-        Ok(Box::new(DenseDevice::new(matrix, self.activation)))
+        Ok(Box::new(DenseDevice::new(args, self.activation)?))
     }
 
     fn reference_forward(&self, args: ReferenceForward<'_>) -> Vec<f32> {
@@ -305,20 +496,28 @@ impl LayerKind for Dense {
 
     fn products(&self, rows: usize, _input: Shape, m: &WeightMatrix) -> Vec<Product> {
         let flops = 2.0 * rows as f64 * m.inputs as f64 * m.outputs as f64;
-        [
-            ("forward", MatmulDims::layer_forward(rows, m)),
-            ("weight grad", MatmulDims::layer_weight_grad(rows, m)),
-            ("input grad", MatmulDims::layer_input_grad(rows, m)),
-        ]
-        .into_iter()
-        .map(|(part, dims)| Product {
-            kind: "dense",
-            part,
-            dims,
-            flops,
-            direct: None,
-            image: None,
-        })
-        .collect()
+        let padded = pad_outputs(m);
+        let forms = |m: &WeightMatrix| {
+            [
+                MatmulDims::layer_forward(rows, m),
+                MatmulDims::layer_weight_grad(rows, m),
+                MatmulDims::layer_input_grad(rows, m),
+            ]
+        };
+        let padded_forms = padded.as_ref().map(forms);
+        ["forward", "weight grad", "input grad"]
+            .into_iter()
+            .zip(forms(m))
+            .enumerate()
+            .map(|(i, (part, dims))| Product {
+                kind: "dense",
+                part,
+                dims,
+                flops,
+                direct: None,
+                image: None,
+                padded: padded_forms.map(|forms| forms[i]),
+            })
+            .collect()
     }
 }

@@ -149,6 +149,10 @@ pub struct Product {
     /// from the input image (matmul_vec4.wgsl's `conv_forward`, `conv_weight_grad_parts`): the
     /// convolution's shape.
     pub image: Option<ConvShape>,
+    /// A dense layer's product on its matrix padded with zero columns to a multiple of 4
+    /// outputs (`dense::pad_outputs`), which the register kernels compute in its place where
+    /// their vec4 forms take it.
+    pub padded: Option<MatmulDims>,
 }
 
 /// Everything a layer kind says about itself. The defaults are those of a layer without
