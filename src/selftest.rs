@@ -11,6 +11,7 @@ use crate::gpu::{Gpu, Kernels, MatmulVariant, ops};
 use crate::input::{self, Augmentation, Standardisation};
 use crate::layers::avgpool::{AvgPool2d, GlobalAvgPool};
 use crate::layers::conv2d::Conv2d;
+use crate::layers::dense::{self, ColumnCopy};
 use crate::layers::pool::MaxPool2d;
 use crate::layers::{activation, avgpool, batchnorm, dropout, global_max_pool, pool, residual};
 use crate::model::{
@@ -140,7 +141,7 @@ pub struct Check {
 }
 
 /// Every check, in the order `selftest` performs them.
-pub const CHECKS: [Check; 25] = [
+pub const CHECKS: [Check; 26] = [
     Check {
         name: "matmul (tiled)",
         run: |gpu, kernels, tally, rng| {
@@ -200,6 +201,10 @@ pub const CHECKS: [Check; 25] = [
     Check {
         name: "max pool forward + backward",
         run: check_max_pool_forward_backward,
+    },
+    Check {
+        name: "column copies (padding)",
+        run: check_column_copies,
     },
     Check {
         name: "dropout forward + backward",
@@ -499,6 +504,55 @@ fn check_dropout_forward_backward(
             let case = format!("{case} backward through {}", below.name());
             tally.close(&case, &actual, &expected, 1e-7, 1e-6);
         }
+    }
+    Ok(())
+}
+
+/// selftest's "column copies (padding)": pad.wgsl's strided copy both ways, as a dense layer
+/// pads its 10 outputs to 12 and back, at offsets, over rows that fill no workgroup; the values
+/// outside the copy stay as they were.
+fn check_column_copies(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    tally: &mut Tally,
+    rng: &mut Rng,
+) -> Result<()> {
+    let case = |rows, copied, written, in_offset, in_stride, out_offset, out_stride| ColumnCopy {
+        rows,
+        copied,
+        written,
+        in_offset,
+        in_stride,
+        out_offset,
+        out_stride,
+        _pad: 0,
+    };
+    for copy in [
+        case(1601, 10, 12, 7, 10, 0, 12),
+        case(129, 10, 10, 0, 12, 5, 10),
+        case(67, 3, 4, 2, 3, 4, 4),
+        case(1, 1, 8, 0, 1, 3, 8),
+    ] {
+        let rows = copy.rows as usize;
+        let input = random_vec(
+            rng,
+            copy.in_offset as usize + rows * copy.in_stride as usize,
+            -1.0,
+            1.0,
+        );
+        let output = random_vec(
+            rng,
+            copy.out_offset as usize + rows * copy.out_stride as usize + 3,
+            -1.0,
+            1.0,
+        );
+        let expected = dense::reference_copy_columns(&copy, &input, &output);
+        let actual = dense::gpu_copy_columns(gpu, kernels, copy, &input, &output)?;
+        let what = format!(
+            "{rows} rows of {} into {} columns",
+            copy.copied, copy.written
+        );
+        tally.close(&what, &actual, &expected, 0.0, 0.0);
     }
     Ok(())
 }

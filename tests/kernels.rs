@@ -87,6 +87,11 @@ fn max_pool_forward_and_backward() {
 }
 
 #[test]
+fn column_copies() {
+    check("column copies (padding)");
+}
+
+#[test]
 fn dropout_forward_and_backward() {
     check("dropout forward + backward");
 }
@@ -155,7 +160,7 @@ fn global_max_pool_forward_backward() {
 fn every_check_has_a_test() {
     assert_eq!(
         selftest::CHECKS.len(),
-        25,
+        26,
         "add a test above for each new check"
     );
 }

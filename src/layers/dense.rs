@@ -19,7 +19,7 @@ use crate::gpu::buffers::grid_1d;
 use crate::gpu::kernels::{FamilyModule, KernelFamily, ROW_WORKGROUP, Slot};
 use crate::gpu::program::Program;
 use crate::gpu::uniforms::{ActivationShape, MatmulDims};
-use crate::gpu::{Gpu, Kernel, Kernels};
+use crate::gpu::{Gpu, Kernel, Kernels, ops};
 use crate::reference;
 use crate::shapes::{LayerActivation, NormParams, Shape, WeightMatrix};
 
@@ -80,6 +80,50 @@ fn copy_columns<'k>(
     let kernel = &context.kernels.family::<PadKernels>().copy_columns;
     let grid = grid_1d(invocations, ROW_WORKGROUP, context.max_groups());
     program.dispatch(context.gpu, kernel, &resources, grid);
+}
+
+/// pad.wgsl's copy `copy` of `input` into `output` (its values before the copy), on the host's
+/// data: for selftest.
+pub fn gpu_copy_columns(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    copy: ColumnCopy,
+    input: &[f32],
+    output: &[f32],
+) -> Result<Vec<f32>> {
+    let shape = gpu.params_with("column copy", &copy);
+    let input = gpu.storage_with("input", input)?;
+    let out = gpu.storage_with("output", output)?;
+    let resources = [
+        shape.as_entire_binding(),
+        input.as_entire_binding(),
+        out.as_entire_binding(),
+    ];
+    let kernel = &kernels.family::<PadKernels>().copy_columns;
+    let invocations = copy.rows as usize * copy.written.div_ceil(4) as usize;
+    ops::dispatch(
+        gpu,
+        kernel,
+        &kernel.bind(gpu, &resources),
+        ops::grid_of(gpu, invocations),
+    );
+    gpu.read_back(&out, output.len())
+}
+
+/// pad.wgsl's copy, CPU reference: `output` with the copy's rows written.
+pub fn reference_copy_columns(copy: &ColumnCopy, input: &[f32], output: &[f32]) -> Vec<f32> {
+    let mut output = output.to_vec();
+    for r in 0..copy.rows as usize {
+        for c in 0..copy.written as usize {
+            let from = copy.in_offset as usize + r * copy.in_stride as usize + c;
+            let value = match c < copy.copied as usize {
+                true => input[from],
+                false => 0.0,
+            };
+            output[copy.out_offset as usize + r * copy.out_stride as usize + c] = value;
+        }
+    }
+    output
 }
 
 /// The matrix of a dense layer whose outputs are no multiple of 4 (the 10 classes) as its
