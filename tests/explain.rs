@@ -8,6 +8,7 @@ use shadertrain::explain::{
     DEFAULT_STEPS, Explainer, Method, deletion_ratio, grad_cam_feature, grad_cam_map,
     integrated_map, mass_on_ink, reference_map, resize_bilinear, saliency_map,
 };
+use shadertrain::layers::dense;
 use shadertrain::model::reference::{class_score_gradients, forward};
 use shadertrain::model::{Activation, Loss, ModelSpec, Shape, parse_layers};
 use shadertrain::rng::Rng;
@@ -57,6 +58,34 @@ fn parameters(spec: &ModelSpec, rng: &mut Rng) -> Vec<f32> {
 
 fn score(spec: &ModelSpec, params: &[f32], x: &[f32], class: usize) -> f32 {
     forward(spec, params, x).pop().unwrap()[class]
+}
+
+/// An explanation's backward pass through a 10-class layer that computes on its matrix padded
+/// to 12 outputs (`dense::padded_matrix`, where the kernels read mirrors): dY is padded, the
+/// input gradient is the padded product's, and no weight gradient is taken.
+#[test]
+fn input_gradients_through_a_padded_layer_equal_the_reference() {
+    let input = Shape::image(1, 10, 10);
+    let spec = spec("flatten,dense128:tanh,dense10", input);
+    let mut rng = Rng::new(37);
+    let params = parameters(&spec, &mut rng);
+    let last = spec.layout().matrices[1];
+    if kernels().matmul.reads_mirrors() {
+        assert!(dense::padded_matrix(kernels(), &last, 5).is_some());
+    }
+    let x = random_vec(&mut rng, 3 * input.len(), 0.0, 1.0);
+    // Class 0 for the second sample: a copy that read past a row of dY would carry its 1 in.
+    let classes = [7, 0, 9];
+    let probe = ScoreGradients::new(gpu(), kernels(), &spec, &params, 5, None).unwrap();
+    let result = probe.gradients(&x, Some(&classes)).unwrap();
+    let (activations, grads) = class_score_gradients(&spec, &params, &x, &classes);
+    let logits = activations.last().unwrap();
+    assert_close("logits", &result.logits, logits, 1e-5, 1e-4);
+    assert_close("dS/dx", &result.input_grad, &grads[0], 1e-5, 1e-3);
+    assert!(
+        grads[0].iter().any(|g| g.abs() > 1e-3),
+        "the check would be empty"
+    );
 }
 
 #[test]

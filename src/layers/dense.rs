@@ -131,12 +131,9 @@ pub fn reference_copy_columns(copy: &ColumnCopy, input: &[f32], output: &[f32]) 
 /// columns to a multiple of 4, at offset 0 of a copy, so that the vec4 kernels compute the three
 /// products where the unpadded shapes need the 4×4 scalar blocks, which load every value lane by
 /// lane. A padded value is 0, so each sum is the unpadded one followed by zero terms, summed in
-/// the same order: the same bits. None where the layer keeps its own shapes: also where it has
-/// fewer than `PADDED_MIN_WEIGHTS`.
+/// the same order: the same bits (but for the sign of a sum that is exactly zero). None where
+/// the layer keeps its own shapes.
 pub fn padded_matrix(kernels: &Kernels, m: &WeightMatrix, rows: usize) -> Option<WeightMatrix> {
-    if m.inputs * m.outputs < PADDED_MIN_WEIGHTS {
-        return None;
-    }
     let padded = pad_outputs(m)?;
     let takes = [
         MatmulDims::layer_forward(rows, &padded),
@@ -149,15 +146,17 @@ pub fn padded_matrix(kernels: &Kernels, m: &WeightMatrix, rows: usize) -> Option
 }
 
 /// Weights from which a dense layer pads its outputs: the padded path costs four more
-/// dispatches a step (the copies, about 20-35 µs each on lavapipe), more than the scalar blocks
-/// take for a smaller matrix (docs/performance.md).
+/// dispatches a step (the copies; what a dispatch costs on lavapipe: docs/lavapipe.md), more
+/// than the scalar blocks take for a smaller matrix.
 const PADDED_MIN_WEIGHTS: usize = 512;
 
 /// `m` with its outputs padded with zero columns to a multiple of 4, at offset 0 (the bias row
-/// after the weights), where they are no multiple of 4.
+/// after the weights), where they are no multiple of 4 and the matrix has at least
+/// `PADDED_MIN_WEIGHTS`: the shapes alone; `padded_matrix` adds what the kernels take.
 pub fn pad_outputs(m: &WeightMatrix) -> Option<WeightMatrix> {
     let outputs = m.outputs.next_multiple_of(4);
-    (outputs != m.outputs).then_some(WeightMatrix {
+    let pads = outputs != m.outputs && m.inputs * m.outputs >= PADDED_MIN_WEIGHTS;
+    pads.then_some(WeightMatrix {
         outputs,
         weight_offset: 0,
         bias_offset: m.inputs * outputs,
@@ -165,11 +164,21 @@ pub fn pad_outputs(m: &WeightMatrix) -> Option<WeightMatrix> {
     })
 }
 
+/// Which way `DenseDevice::column_copy` copies.
+#[derive(Clone, Copy)]
+enum CopyDirection {
+    /// Into the padded twin, each row filled with zeros.
+    IntoPadded,
+    /// Back, the padding left behind.
+    OutOfPadded,
+}
+
 /// A dense layer's copies for its products on the padded matrix (`padded_matrix`).
 struct PaddedOutputs {
     matrix: WeightMatrix,
-    /// [W; b] `[inputs + 1, padded]`, copied from the parameters by each forward pass (the
-    /// backward pass of the same program reads it).
+    /// [W; b] `[inputs + 1, padded]`, copied from the parameters by each forward pass; a
+    /// backward pass reads the copy of the forward pass submitted before it, with the same
+    /// parameters (the optimizer runs after both).
     weights: DeviceTensor,
     /// The forward product `[rows, padded]`, copied into the layer's output.
     output: wgpu::Buffer,
@@ -205,13 +214,18 @@ impl DenseDevice {
         })
     }
 
-    /// The copy of `rows` rows of the layer's `outputs` columns between a tensor of the layer and
-    /// its padded twin (`pad`: into the twin, zero-filled).
-    fn output_copy(&self, padded: &PaddedOutputs, rows: usize, pad: bool) -> ColumnCopy {
+    /// The copy of `rows` rows of the layer's `outputs` columns between a matrix of the layer
+    /// and its padded twin, both from offset 0.
+    fn column_copy(
+        &self,
+        padded: &PaddedOutputs,
+        rows: usize,
+        direction: CopyDirection,
+    ) -> ColumnCopy {
         let (narrow, wide) = (self.matrix.outputs as u32, padded.matrix.outputs as u32);
-        let (in_stride, out_stride) = match pad {
-            true => (narrow, wide),
-            false => (wide, narrow),
+        let (in_stride, out_stride) = match direction {
+            CopyDirection::IntoPadded => (narrow, wide),
+            CopyDirection::OutOfPadded => (wide, narrow),
         };
         ColumnCopy {
             rows: rows as u32,
@@ -261,9 +275,8 @@ impl DevicePasses for DenseDevice {
         };
         let m = &self.matrix;
         let weights = ColumnCopy {
-            rows: m.rows as u32,
             in_offset: m.weight_offset as u32,
-            ..self.output_copy(padded, m.rows, true)
+            ..self.column_copy(padded, m.rows, CopyDirection::IntoPadded)
         };
         copy_columns(
             context,
@@ -275,7 +288,7 @@ impl DevicePasses for DenseDevice {
         let dims = MatmulDims::layer_forward_activated(rows, &padded.matrix, self.activation);
         let operands = [io.input.operand(), padded.weights.operand()];
         context.matmul(program, dims, operands, &padded.output, None);
-        let output = self.output_copy(padded, rows, false);
+        let output = self.column_copy(padded, rows, CopyDirection::OutOfPadded);
         copy_columns(context, program, output, &padded.output, &io.output.buffer);
     }
 
@@ -319,7 +332,7 @@ impl DevicePasses for DenseDevice {
         // dY padded with zero columns where the products take the padded matrix.
         let (matrix, upstream, weights) = match &self.padded {
             Some(padded) => {
-                let copy = self.output_copy(padded, rows, true);
+                let copy = self.column_copy(padded, rows, CopyDirection::IntoPadded);
                 let output_grad = &padded.output_grad;
                 copy_columns(
                     context,
@@ -336,8 +349,10 @@ impl DevicePasses for DenseDevice {
         match transposed {
             // An explanation's backward pass wants the input gradient alone.
             _ if !backward.training => {}
-            // The gather wrote the transposed batch for it.
+            // The gather wrote the transposed batch for it (never for a layer that pads: that
+            // product takes outputs in fours).
             Some((dims, lhs)) => {
+                debug_assert!(self.padded.is_none(), "dY is unpadded for this product");
                 context.matmul(program, dims, [lhs, upstream], context.grads, None)
             }
             None => {
@@ -348,9 +363,8 @@ impl DevicePasses for DenseDevice {
                     Some(padded) => {
                         context.matmul(program, dims, operands, &padded.weight_grad, None);
                         let copy = ColumnCopy {
-                            rows: m.inputs as u32,
                             out_offset: m.weight_offset as u32,
-                            ..self.output_copy(padded, m.inputs, false)
+                            ..self.column_copy(padded, m.inputs, CopyDirection::OutOfPadded)
                         };
                         copy_columns(context, program, copy, &padded.weight_grad, context.grads);
                     }

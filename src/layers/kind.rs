@@ -151,7 +151,7 @@ pub struct Product {
     pub image: Option<ConvShape>,
     /// A dense layer's product on its matrix padded with zero columns to a multiple of 4
     /// outputs (`dense::pad_outputs`), which the register kernels compute in its place where
-    /// their vec4 forms take it.
+    /// they read mirrors and their vec4 forms take it (`dense::padded_matrix`).
     pub padded: Option<MatmulDims>,
 }
 
