@@ -711,11 +711,14 @@ fn matmul_tn(invocation: Invocation) {
 // matmul_tn_shared_parts: matmul_tn_parts' parts (the same slices of K, stored in the same
 // places) computed as matmul_tn computes its blocks, the lanes of a group sharing B: for a
 // product with enough rows of C to give a group's 8 lanes a block each (M >= 64), where the
-// unshared parts load 24 vec4 per four k and a lane here 10. Part: workgroup_id.z. A workgroup
-// is TN_ACROSS groups across (16 TN_ACROSS columns) and 8 / TN_ACROSS down (64 8 / TN_ACROSS
-// rows). Dispatch grid: (ceil(N / (16 TN_ACROSS)), ceil(M / (512 / TN_ACROSS)), parts); the same
-// for conv_weight_grad_parts.
+// unshared parts load 24 vec4 per four k and a lane here 10. A workgroup's 8 groups are
+// TN_ACROSS across (16 TN_ACROSS columns), TN_DOWN down (64 TN_DOWN rows), and
+// PARTS_PER_WORKGROUP = 8 / (TN_ACROSS TN_DOWN) parts deep: group g computes part
+// workgroup_id.z PARTS_PER_WORKGROUP + g / (TN_ACROSS TN_DOWN) (one past the last part stores
+// nothing). Dispatch grid: (ceil(N / (16 TN_ACROSS)), ceil(M / (64 TN_DOWN)),
+// ceil(parts / PARTS_PER_WORKGROUP)); the same for conv_weight_grad_parts.
 override TN_ACROSS: u32 = 8u;
+override TN_DOWN: u32 = 1u;
 
 // A lane of matmul_tn_shared_parts (or conv_weight_grad_parts): its block, and its part's
 // slice of K.
@@ -730,10 +733,11 @@ fn shared_part(invocation: Invocation) -> SharedPart {
     let workgroup = invocation.workgroup;
     let flat = invocation.subgroup * invocation.subgroup_size + invocation.lane;
     let group = flat / 8u;
-    let down = 8u / TN_ACROSS;
-    let block = vec2<u32>(workgroup.x * TN_ACROSS + group % TN_ACROSS, (workgroup.y * down + group / TN_ACROSS) * 8u + flat % 8u);
+    let layer = TN_ACROSS * TN_DOWN;
+    let row_group = (group % layer) / TN_ACROSS;
+    let block = vec2<u32>(workgroup.x * TN_ACROSS + group % TN_ACROSS, (workgroup.y * TN_DOWN + row_group) * 8u + flat % 8u);
     let lane = Lane(invocation.lane & ~7u, invocation.lane & 7u, block);
-    let part = workgroup.z;
+    let part = workgroup.z * (8u / layer) + group / layer;
     let parts = dims.parts;
     let k4_all = dims.k / 4u;
     let slice = (k4_all + parts - 1u) / parts;
@@ -749,7 +753,7 @@ fn shared_part(invocation: Invocation) -> SharedPart {
 fn store_part(sum: WideBlock, at: SharedPart) {
     let m0 = at.lane.block.y * 8u;
     let q_first = at.lane.block.x * 4u;
-    if (m0 < dims.m && q_first <= dims.n / 4u - 1u) {
+    if (m0 < dims.m && q_first <= dims.n / 4u - 1u && at.part < dims.parts) {
         store_wide(sum, m0, q_first, (dims.c_offset + at.part * dims.m * dims.n) / 4u);
     }
 }

@@ -178,15 +178,19 @@ struct Vec4Kernels {
     nn: [[OnceLock<Kernel>; NN_ARRANGEMENTS]; FORWARD_ACTIVATIONS],
     tn: Kernel,
     tn_parts: Kernel,
-    /// matmul_tn_shared_parts for each `TN_ACROSS` (1, 2, 4, 8), built on first use.
-    tn_shared_parts: [OnceLock<Kernel>; TN_ARRANGEMENTS],
+    /// matmul_tn_shared_parts for each `TN_ACROSS` (1, 2, 4, 8) and `TN_DOWN` (1, 2, 4, 8;
+    /// their product at most 8), built on first use.
+    tn_shared_parts: SharedPartsKernels,
     nt: Kernel,
     conv_input_grad: Kernel,
     /// conv_forward as `nn` (per activation and arrangement), built on first use.
     conv_forward: [[OnceLock<Kernel>; NN_ARRANGEMENTS]; FORWARD_ACTIVATIONS],
-    /// conv_weight_grad_parts as `tn_shared_parts` (per `TN_ACROSS`), built on first use.
-    conv_weight_grad_parts: [OnceLock<Kernel>; TN_ARRANGEMENTS],
+    /// conv_weight_grad_parts as `tn_shared_parts` (per arrangement), built on first use.
+    conv_weight_grad_parts: SharedPartsKernels,
 }
+
+/// A shared-parts entry point per (`TN_ACROSS`, `TN_DOWN`) index.
+type SharedPartsKernels = [[OnceLock<Kernel>; TN_ARRANGEMENTS]; TN_ARRANGEMENTS];
 
 /// matmul_tn_shared_parts' `TN_ACROSS` values: groups across a workgroup (16 columns each).
 const TN_ARRANGEMENTS: usize = 4;
@@ -221,33 +225,44 @@ fn nn_across(n: u32) -> usize {
 }
 
 impl Vec4Kernels {
-    /// matmul_tn_shared_parts for a product `n` columns wide, and its workgroups' (columns,
-    /// rows).
-    fn tn_shared_parts(&self, n: u32) -> (&Kernel, (u32, u32)) {
+    /// matmul_tn_shared_parts for `dims` in `parts`, and its grid.
+    fn tn_shared_parts(&self, dims: &MatmulDims, parts: u32) -> (&Kernel, [u32; 3]) {
         self.shared_parts(
             &self.tn_shared_parts,
             "matmul_tn_shared_parts",
             &VEC4_SLOTS,
-            n,
+            dims,
+            parts,
         )
     }
 
     /// `entry` (matmul_tn_shared_parts or conv_weight_grad_parts) from `kernels` for a product
-    /// `n` columns wide, and its workgroups' (columns, rows).
+    /// of `dims` in `parts`, and its grid. A workgroup's 8 groups of lanes span the product's
+    /// width (`tn_across`), then as many groups of 64 rows as it has, up to the rest; groups
+    /// left over take further parts, where they would otherwise compute clamped copies of the
+    /// last rows (a 16-channel convolution's weight gradient has 148 rows: 3 groups of 8).
     fn shared_parts<'s>(
         &'s self,
-        kernels: &'s [OnceLock<Kernel>; TN_ARRANGEMENTS],
+        kernels: &'s SharedPartsKernels,
         entry: &'static str,
         slots: &[(u32, Slot)],
-        n: u32,
-    ) -> (&'s Kernel, (u32, u32)) {
-        let index = tn_across(n);
-        let across = 1u32 << index;
-        let kernel = kernels[index].get_or_init(|| {
-            let constants = [("TN_ACROSS", across as f64)];
+        dims: &MatmulDims,
+        parts: u32,
+    ) -> (&'s Kernel, [u32; 3]) {
+        let across_index = tn_across(dims.n);
+        let across = 1u32 << across_index;
+        let down = (8 / across).min(dims.m.div_ceil(64).next_power_of_two());
+        let kernel = kernels[across_index][down.trailing_zeros() as usize].get_or_init(|| {
+            let constants = [("TN_ACROSS", across as f64), ("TN_DOWN", down as f64)];
             build(&self.device, &self.module, entry, slots, &constants)
         });
-        (kernel, (16 * across, 512 / across))
+        let parts_per_workgroup = 8 / (across * down);
+        let grid = [
+            dims.n.div_ceil(16 * across),
+            dims.m.div_ceil(64 * down),
+            parts.div_ceil(parts_per_workgroup),
+        ];
+        (kernel, grid)
     }
 
     /// matmul_nn for the forward activation and width of `dims` (any activation where it has no
@@ -598,8 +613,7 @@ impl MatmulKernels {
                 (Some(vec4), Some(RegisterForm::Tn))
                     if tn_across(dims.n) < TN_ARRANGEMENTS - 1 && dims.m >= SHARED_PARTS_MIN_M =>
                 {
-                    let (kernel, (columns, rows)) = vec4.tn_shared_parts(dims.n);
-                    let grid = [dims.n.div_ceil(columns), dims.m.div_ceil(rows), 1];
+                    let (kernel, grid) = vec4.tn_shared_parts(dims, 1);
                     (kernel, grid, true)
                 }
                 (Some(vec4), Some(form)) => {
@@ -757,9 +771,8 @@ impl MatmulKernels {
         let parts = register_parts(dims);
         let slots = &IMAGE_SLOTS;
         let entry = "conv_weight_grad_parts";
-        let (kernel, (columns, rows)) =
-            vec4.shared_parts(&vec4.conv_weight_grad_parts, entry, slots, dims.n);
-        let grid = [dims.n.div_ceil(columns), dims.m.div_ceil(rows), parts];
+        let (kernel, grid) =
+            vec4.shared_parts(&vec4.conv_weight_grad_parts, entry, slots, dims, parts);
         if parts == 1 {
             let dims = MatmulDims { parts, ..*dims };
             return Some(ImageProduct::single(kernel, grid, dims));
@@ -876,11 +889,7 @@ impl MatmulKernels {
         let blocks = dims.m.div_ceil(8) * dims.n.div_ceil(16);
         // The same parts either way (so the same sums): with shared loads where C has the rows.
         let (kernel, grid) = match dims.m >= SHARED_PARTS_MIN_M {
-            true => {
-                let (kernel, (columns, rows)) = vec4.tn_shared_parts(dims.n);
-                let grid = [dims.n.div_ceil(columns), dims.m.div_ceil(rows), parts];
-                (kernel, grid)
-            }
+            true => vec4.tn_shared_parts(dims, parts),
             false => {
                 let invocations = (blocks * parts) as usize;
                 let grid = grid_1d(invocations, ROW_WORKGROUP, self.max_groups);
