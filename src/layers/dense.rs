@@ -45,6 +45,13 @@ pub struct ColumnCopy {
     pub _pad: u32,
 }
 
+impl ColumnCopy {
+    /// pad.wgsl's invocations for the copy: one per four columns of a row.
+    fn invocations(&self) -> usize {
+        self.rows as usize * self.written.div_ceil(4) as usize
+    }
+}
+
 /// pad.wgsl: a matrix copied between row strides.
 pub struct PadKernels {
     pub copy_columns: Kernel,
@@ -70,7 +77,6 @@ fn copy_columns<'k>(
     input: &wgpu::Buffer,
     output: &wgpu::Buffer,
 ) {
-    let invocations = copy.rows as usize * copy.written.div_ceil(4) as usize;
     let shape = context.gpu.params_with("column copy", &copy);
     let resources = [
         shape.as_entire_binding(),
@@ -78,7 +84,7 @@ fn copy_columns<'k>(
         output.as_entire_binding(),
     ];
     let kernel = &context.kernels.family::<PadKernels>().copy_columns;
-    let grid = grid_1d(invocations, ROW_WORKGROUP, context.max_groups());
+    let grid = grid_1d(copy.invocations(), ROW_WORKGROUP, context.max_groups());
     program.dispatch(context.gpu, kernel, &resources, grid);
 }
 
@@ -100,13 +106,8 @@ pub fn gpu_copy_columns(
         out.as_entire_binding(),
     ];
     let kernel = &kernels.family::<PadKernels>().copy_columns;
-    let invocations = copy.rows as usize * copy.written.div_ceil(4) as usize;
-    ops::dispatch(
-        gpu,
-        kernel,
-        &kernel.bind(gpu, &resources),
-        ops::grid_of(gpu, invocations),
-    );
+    let grid = ops::grid_of(gpu, copy.invocations());
+    ops::dispatch(gpu, kernel, &kernel.bind(gpu, &resources), grid);
     gpu.read_back(&out, output.len())
 }
 
