@@ -359,16 +359,17 @@ impl DevicePasses for DenseDevice {
             None => {
                 let dims = MatmulDims::layer_weight_grad(rows, matrix);
                 let operands = [io.input.operand(), upstream];
-                match &self.padded {
-                    None => context.matmul(program, dims, operands, context.grads, None),
-                    Some(padded) => {
-                        context.matmul(program, dims, operands, &padded.weight_grad, None);
-                        let copy = ColumnCopy {
-                            out_offset: m.weight_offset as u32,
-                            ..self.column_copy(padded, m.inputs, CopyDirection::OutOfPadded)
-                        };
-                        copy_columns(context, program, copy, &padded.weight_grad, context.grads);
-                    }
+                let target = self
+                    .padded
+                    .as_ref()
+                    .map_or(context.grads, |p| &p.weight_grad);
+                context.matmul(program, dims, operands, target, None);
+                if let Some(padded) = &self.padded {
+                    let copy = ColumnCopy {
+                        out_offset: m.weight_offset as u32,
+                        ..self.column_copy(padded, m.inputs, CopyDirection::OutOfPadded)
+                    };
+                    copy_columns(context, program, copy, &padded.weight_grad, context.grads);
                 }
             }
         }
